@@ -1,0 +1,131 @@
+"""The PostgreSQL store: psycopg 3 (async) over a small ``AsyncConnectionPool``.
+
+Each transaction borrows one pooled connection (autocommit off for its duration via
+``conn.transaction()``), so concurrent coroutines run concurrent transactions. Tables are
+unqualified and live in the first schema of the connection's search_path; a URL such as
+``postgresql://u@h/db?options=-csearch_path%3Dmy_schema`` therefore puts a whole store,
+its migration bookkeeping included, in ``my_schema``.
+
+Encoding: timestamps are ``timestamptz`` (aware datetimes, read back as UTC); JSON is
+``jsonb``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from corral.errors import StoreError, StoreUnavailable
+from corral.store._base import Dialect, Row, Store, Transaction
+from corral.store.records import RunState
+
+__all__ = ["PostgresStore"]
+
+CONNECT_TIMEOUT_S = 10
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 8
+POOL_WAIT_S = 30.0
+
+
+class PostgresTransaction(Transaction):
+    _driver_errors = (psycopg.Error,)
+
+    def __init__(self, store: PostgresStore, conn: psycopg.AsyncConnection[Any]) -> None:
+        super().__init__(store.sql, store.url)
+        self._conn = conn
+
+    async def _execute(self, sql: str, params: dict[str, Any]) -> tuple[list[Row], int]:
+        async with self._conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(sql, params)
+            rows = await cursor.fetchall() if cursor.description is not None else []
+            return rows, cursor.rowcount
+
+    async def _script(self, sql: str) -> None:
+        # Without parameters psycopg sends the text as one simple query: many statements.
+        await self._conn.execute(sql)
+
+
+class PostgresStore(Store):
+    """A store in one PostgreSQL schema; see the module docstring."""
+
+    dialect: ClassVar[Dialect] = "postgresql"
+    migration_lock_query: ClassVar[str | None] = "lock_migrations"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._conninfo = url
+        self._pool: AsyncConnectionPool | None = None
+
+    async def open(self) -> None:
+        await self._probe()
+        pool = AsyncConnectionPool(
+            self._conninfo,
+            min_size=POOL_MIN_SIZE,
+            max_size=POOL_MAX_SIZE,
+            timeout=POOL_WAIT_S,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            check=AsyncConnectionPool.check_connection,
+            name="corral-store",
+            open=False,
+        )
+        try:
+            await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        except PoolTimeout as exc:
+            await pool.close()
+            raise StoreUnavailable(f"cannot connect to the PostgreSQL store {self.url}") from exc
+        self._pool = pool
+
+    async def _probe(self) -> None:
+        """Connect once, directly, so an unreachable server fails fast with libpq's reason."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, connect_timeout=CONNECT_TIMEOUT_S
+            )
+        except psycopg.Error as exc:
+            reason = str(exc).strip() or type(exc).__name__
+            raise StoreUnavailable(
+                f"cannot connect to the PostgreSQL store {self.url}: {reason}"
+            ) from exc
+        await conn.close()
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool = True) -> AsyncIterator[Transaction]:
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"the store {self.url} is closed")
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                yield PostgresTransaction(self, conn)
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"no connection to {self.url} within {POOL_WAIT_S} s") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"transaction failed on {self.url}: {exc}") from exc
+
+    def encode_time(self, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    def decode_time(self, value: Any) -> datetime:
+        if not isinstance(value, datetime):
+            raise StoreError(f"expected a timestamptz from {self.url}, got {value!r}")
+        return value.astimezone(UTC)
+
+    def encode_json(self, value: dict[str, Any] | None) -> Jsonb | None:
+        return None if value is None else Jsonb(value)
+
+    def decode_json(self, value: Any) -> dict[str, Any] | None:
+        return None if value is None else dict(value)
+
+    def encode_states(self, states: Collection[RunState]) -> list[str]:
+        return [RunState(state).value for state in states]

@@ -1,0 +1,196 @@
+"""The SQLite store: one file, stdlib ``sqlite3``, in WAL mode.
+
+sqlite3 blocks, so every call runs on one dedicated worker thread per store (a
+single-thread executor): the event loop never waits on the disk and the connection never
+crosses threads. One connection means one transaction at a time per store; an asyncio
+lock serialises them. Writers open with ``BEGIN IMMEDIATE`` so they take the file's write
+lock up front (waiting up to the busy timeout) instead of failing at their first write.
+Other processes on the same file are excluded by SQLite's own locking.
+
+Encoding: timestamps are ISO-8601 TEXT in UTC with microseconds, fixed width, so text
+order is time order; JSON is ``json.dumps`` text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from corral.errors import StoreError, StoreUnavailable
+from corral.store._base import Dialect, Row, Store, Transaction
+from corral.store.records import RunState
+
+__all__ = ["SqliteStore"]
+
+BUSY_TIMEOUT_MS = 5000
+_T = TypeVar("_T")
+_SCHEME = "sqlite:///"
+
+
+def sqlite_path(url: str) -> Path:
+    """The absolute file path in ``sqlite:////abs/path.db``."""
+    path = url[len(_SCHEME) :] if url.startswith(_SCHEME) else ""
+    if not path.startswith("/") or "?" in path:
+        raise StoreUnavailable(
+            f"cannot open the SQLite store {url}: expected sqlite:///<absolute path>, "
+            "e.g. sqlite:////home/me/project/.corral/state.db"
+        )
+    return Path(path)
+
+
+class SqliteTransaction(Transaction):
+    _driver_errors = (sqlite3.Error,)
+
+    def __init__(self, store: SqliteStore, conn: sqlite3.Connection) -> None:
+        super().__init__(store.sql, store.url)
+        self._store = store
+        self._conn = conn
+
+    async def _execute(self, sql: str, params: dict[str, Any]) -> tuple[list[Row], int]:
+        return await self._store.call(_execute, self._conn, sql, params)
+
+    async def _script(self, sql: str) -> None:
+        await self._store.call(_script, self._conn, sql)
+
+
+class SqliteStore(Store):
+    """A store in one SQLite file; see the module docstring."""
+
+    dialect: ClassVar[Dialect] = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.path = sqlite_path(url)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)`` on this store's worker thread."""
+        if self._executor is None:
+            raise StoreError(f"the store {self.url} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corral-sqlite")
+        try:
+            self._conn = await self.call(_connect, self.path)
+        except (OSError, sqlite3.Error) as exc:
+            await self.close()
+            raise StoreUnavailable(f"cannot open the SQLite store {self.url}: {exc}") from exc
+
+    async def close(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await self.call(conn.close)
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool = True) -> AsyncIterator[Transaction]:
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"the store {self.url} is closed")
+            await self._guarded(_begin, conn, write, what="begin a transaction")
+            try:
+                yield SqliteTransaction(self, conn)
+            except BaseException:
+                await self.call(_rollback, conn)
+                raise
+            await self._guarded(_commit, conn, what="commit")
+
+    async def _guarded(self, fn: Callable[..., None], *args: Any, what: str) -> None:
+        try:
+            await self.call(fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot {what} on {self.url}: {exc}") from exc
+
+    def encode_time(self, value: datetime) -> str:
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+    def decode_time(self, value: Any) -> datetime:
+        return datetime.fromisoformat(value).astimezone(UTC)
+
+    def encode_json(self, value: dict[str, Any] | None) -> str | None:
+        return None if value is None else json.dumps(value, ensure_ascii=False)
+
+    def decode_json(self, value: Any) -> dict[str, Any] | None:
+        return None if value is None else dict(json.loads(value))
+
+    def encode_states(self, states: Collection[RunState]) -> str:
+        return json.dumps([RunState(state).value for state in states])
+
+
+# -- on the worker thread ------------------------------------------------------------
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        conn.row_factory = _dict_row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
+    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+
+
+def _begin(conn: sqlite3.Connection, write: bool) -> None:
+    if conn.in_transaction:  # left open by a cancelled rollback
+        conn.rollback()
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    conn.execute("COMMIT")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _execute(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> tuple[list[Row], int]:
+    cursor = conn.execute(sql, params)
+    try:
+        return cursor.fetchall(), cursor.rowcount
+    finally:
+        cursor.close()
+
+
+def _script(conn: sqlite3.Connection, sql: str) -> None:
+    # Not executescript(): it would COMMIT the open transaction first.
+    for statement in _statements(sql):
+        conn.execute(statement)
+
+
+def _statements(sql: str) -> Iterator[str]:
+    """Split a script into complete statements (sqlite3.complete_statement decides)."""
+    buffer = ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if any(not line.strip().startswith("--") for line in buffer.splitlines() if line.strip()):
+        raise StoreError(f"unterminated SQL statement at the end of a script: {buffer.strip()!r}")
