@@ -1,1 +1,47 @@
-"""corral.project"""
+"""corral.project: read and validate a project directory into frozen objects.
+
+project = load_project("my-project", env="staging")   # ConfigError lists every issue
+project.agents["dev"].config.schedule
+for value in project.explain(): print(value.key, value.value, value.source)
+"""
+
+from corral.project._checks import AGENT_NAME_RE, validate_agent_name
+from corral.project._loader import load_project
+from corral.project._models import (
+    AgentConfig,
+    GatewayConfig,
+    HarnessConfig,
+    HooksConfig,
+    LocalConfig,
+    ModelConfig,
+    ProjectConfig,
+    RuntimeConfig,
+    StateConfig,
+    TelemetryConfig,
+    WebhookSource,
+    WebhookTrigger,
+)
+from corral.project._project import Agent, Project, ResolvedValue
+from corral.project._skill import Skill
+
+__all__ = [
+    "AGENT_NAME_RE",
+    "Agent",
+    "AgentConfig",
+    "GatewayConfig",
+    "HarnessConfig",
+    "HooksConfig",
+    "LocalConfig",
+    "ModelConfig",
+    "Project",
+    "ProjectConfig",
+    "ResolvedValue",
+    "RuntimeConfig",
+    "Skill",
+    "StateConfig",
+    "TelemetryConfig",
+    "WebhookSource",
+    "WebhookTrigger",
+    "load_project",
+    "validate_agent_name",
+]

@@ -1,0 +1,138 @@
+"""Reading TOML files, and finding the line a dotted path was written on.
+
+``tomllib`` gives values but no positions, so :class:`Locator` scans the text
+for ``[table]`` / ``[[array]]`` headers and ``key =`` lines. It is best effort:
+exact for headers, keys in tables and keys in the n-th ``[[array]]`` entry;
+keys inside inline tables fall back to the line of their parent.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from corral.errors import ConfigIssue
+
+__all__ = ["Loc", "Locator", "read_toml", "split_key"]
+
+Loc = tuple[str | int, ...]
+"""A location inside a document: table keys and list indexes."""
+
+_HEADER = re.compile(r"^\s*(\[\[?)(.*?)\]\]?\s*(?:#.*)?$")
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
+_KEY = re.compile(rf"^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=(.*)$")
+_PART = re.compile(r"""[A-Za-z0-9_-]+|"([^"]*)"|'([^']*)'""")
+_STRINGS = re.compile(r""""(?:[^"\\]|\\.)*"|'[^']*'""")
+_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
+
+
+class Locator:
+    """Maps paths such as ``("webhooks", 0, "source")`` to 1-based line numbers."""
+
+    def __init__(self, lines: Mapping[Loc, int] | None = None) -> None:
+        self.lines: dict[Loc, int] = dict(lines or {})
+
+    @classmethod
+    def from_toml(cls, text: str) -> Locator:
+        scanner = _Scanner()
+        for number, line in enumerate(text.splitlines(), start=1):
+            scanner.feed(number, line)
+        return cls(scanner.found)
+
+    def line_for(self, path: Sequence[str | int]) -> int | None:
+        """The line of ``path``, or of its nearest written ancestor."""
+        key = tuple(path)
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key[:-1]
+        return None
+
+    def alias(self, new: Loc, old: Loc) -> None:
+        """Make ``new`` resolve to where ``old`` was written (renamed keys)."""
+        if old in self.lines:
+            self.lines[new] = self.lines[old]
+
+
+def split_key(text: str) -> tuple[str, ...]:
+    return tuple(m.group(1) or m.group(2) or m.group(0) for m in _PART.finditer(text))
+
+
+class _Scanner:
+    def __init__(self) -> None:
+        self.found: dict[Loc, int] = {}
+        self.table: Loc = ()
+        self.arrays: dict[Loc, int] = {}
+        self.in_string = False
+        self.depth = 0
+
+    def feed(self, number: int, line: str) -> None:
+        if self.in_string or self.depth > 0:
+            self._skip(line)
+            return
+        header = _HEADER.match(line)
+        if header:
+            self._header(number, header.group(1) == "[[", split_key(header.group(2)))
+            return
+        key = _KEY.match(line)
+        if key:
+            path = self.table + split_key(key.group(1))
+            self.found.setdefault(path, number)
+            self._skip(key.group(2))
+
+    def _header(self, number: int, is_array: bool, parts: tuple[str, ...]) -> None:
+        path: Loc = ()
+        for part in parts:
+            path += (part,)
+            if path in self.arrays and (path != tuple(parts) or not is_array):
+                path += (self.arrays[path],)
+        if is_array:
+            index = self.arrays.get(path, -1) + 1
+            self.arrays[path] = index
+            self.found.setdefault(path, number)
+            path += (index,)
+        self.found.setdefault(path, number)
+        self.table = path
+
+    def _skip(self, rest: str) -> None:
+        """Track multi-line strings and arrays so their lines are not read as keys."""
+        if rest.count('"""') % 2 == 1 or rest.count("'''") % 2 == 1:
+            self.in_string = not self.in_string
+        if self.in_string:
+            return
+        bare = _STRINGS.sub("", rest).split("#", 1)[0]
+        self.depth = max(0, self.depth + bare.count("[") + bare.count("{"))
+        self.depth = max(0, self.depth - bare.count("]") - bare.count("}"))
+
+
+def read_toml(path: Path, shown: str) -> tuple[dict[str, Any] | None, Locator, list[ConfigIssue]]:
+    """Parse ``path``; on a syntax error return ``None`` and one issue with its line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, Locator(), [ConfigIssue(shown, None, f"cannot read the file: {exc}")]
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return None, Locator(), [_syntax_issue(shown, text, str(exc))]
+    return data, Locator.from_toml(text), []
+
+
+def _syntax_issue(shown: str, text: str, message: str) -> ConfigIssue:
+    position = _POSITION.search(message)
+    reason = message[: position.start()] if position else message
+    line: int | None = None
+    where = ""
+    if position and position.group(1):
+        line = int(position.group(1))
+        where = f" (column {position.group(2)})"
+    elif position:
+        line = max(1, len(text.splitlines()))
+        where = " (at the end of the file)"
+    reason = reason[:1].lower() + reason[1:]
+    if reason.startswith(("illegal character '\\n'", "unterminated string")):
+        reason = "a string is not closed (a missing quote?)"
+    return ConfigIssue(shown, None, f"not valid TOML: {reason}{where}", line)
