@@ -111,7 +111,7 @@ def test_environment_file_is_validated_under_its_own_name(root: Path, environmen
     assert [str(issue) for issue in caught.value.issues] == [
         f"{path}:1: unknown key 'maxRerun' in {path}: did you mean 'maxReruns'?",
         f"{path}:2: unknown key 'server' in {path}; valid keys are: defaultAgentScale, gateway, "
-        "historyRetentionDays, local, maxCallDepth, maxReruns, models, projectName, "
+        "historyRetentionDays, local, maxAttempts, maxCallDepth, maxReruns, models, projectName, "
         "resourceLockTimeout, scale, state, telemetry, webhooks, workQueueSize",
     ]
 

@@ -108,6 +108,7 @@ class ProjectConfig(_Model):
     default_agent_scale: StrictInt = Field(1, ge=0)
     work_queue_size: StrictInt = Field(100, ge=1)
     max_reruns: StrictInt = Field(10, ge=0)
+    max_attempts: StrictInt = Field(3, ge=1)
     max_call_depth: StrictInt = Field(3, ge=0)
     resource_lock_timeout: StrictInt = Field(1800, gt=0)
     history_retention_days: StrictInt = Field(14, ge=1)
