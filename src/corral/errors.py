@@ -4,7 +4,8 @@
     ├── ConfigError        a project, agent or overlay file is wrong (carries every issue)
     ├── StoreError         the state store failed or refused
     │   ├── StoreUnavailable    cannot connect / open
-    │   └── MigrationError      schema migrations could not be applied
+    │   ├── MigrationError      schema migrations could not be applied
+    │   └── StaleFence          a run acted on a queue item it no longer holds
     ├── RunError           a run could not be started or recorded
     └── UsageError         a command was called wrongly (unknown agent, bad argument)
 
@@ -21,6 +22,7 @@ __all__ = [
     "CorralError",
     "MigrationError",
     "RunError",
+    "StaleFence",
     "StoreError",
     "StoreUnavailable",
     "UsageError",
@@ -74,6 +76,14 @@ class StoreUnavailable(StoreError):
 
 class MigrationError(StoreError):
     """Schema migrations could not be applied."""
+
+
+class StaleFence(StoreError):
+    """A run tried to act on an item it no longer holds: its lease was lost and handed on.
+
+    Nothing was changed. The run's process should stop; its work may be done again by the
+    run that holds the item now.
+    """
 
 
 class RunError(CorralError):

@@ -8,10 +8,13 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
+
+from corral.store import Store
 
 # -- direct access, bypassing the store ----------------------------------------------
 
@@ -102,3 +105,28 @@ def _postgres_dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
         "indexes": [(t, n, d.replace(f"{schema}.", "")) for t, n, d in indexes],
         "constraints": constraints,
     }
+
+
+# -- a controllable clock --------------------------------------------------------------
+
+
+class Clock:
+    """A store clock that stands still until a test moves it."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+@pytest.fixture
+def clock(store: Store) -> Clock:
+    """A standing clock installed in ``store``."""
+    ticking = Clock()
+    store.clock = ticking
+    return ticking

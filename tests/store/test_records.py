@@ -32,19 +32,38 @@ def make_row(**overrides: object) -> dict[str, object]:
         "pid": 7,
         "host": "h",
         "status_text": None,
+        "item_id": None,
+        "fence": None,
+        "attempt": None,
+        "owner": None,
+        "rerun_requested": 0,
+        "kill_requested_at": None,
     }
     return row | overrides
 
 
 def test_public_surface_is_pinned() -> None:
     assert sorted(corral.store.__all__) == [
+        "AgentSpec",
+        "AgentState",
         "AppliedMigration",
+        "Claim",
+        "EnqueueResult",
+        "FinalizeResult",
+        "ItemState",
         "MigrationError",
         "MigrationStatus",
+        "NewItem",
         "NewRun",
         "PendingMigration",
+        "ProjectState",
+        "QueueItem",
+        "Recovered",
         "Run",
         "RunState",
+        "SchedulerInfo",
+        "SchedulerState",
+        "StaleFence",
         "Store",
         "StoreError",
         "StoreUnavailable",

@@ -13,25 +13,50 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from corral.errors import MigrationError, StoreError, StoreUnavailable
-from corral.store._base import Store, Transaction, mask_url
+from corral.store._base import StaleFence, Store, Transaction, mask_url
 from corral.store.records import (
+    AgentSpec,
+    AgentState,
     AppliedMigration,
+    Claim,
+    EnqueueResult,
+    FinalizeResult,
+    ItemState,
     MigrationStatus,
+    NewItem,
     NewRun,
     PendingMigration,
+    ProjectState,
+    QueueItem,
+    Recovered,
     Run,
     RunState,
+    SchedulerInfo,
+    SchedulerState,
     TriggerKind,
 )
 
 __all__ = [
+    "AgentSpec",
+    "AgentState",
     "AppliedMigration",
+    "Claim",
+    "EnqueueResult",
+    "FinalizeResult",
+    "ItemState",
     "MigrationError",
     "MigrationStatus",
+    "NewItem",
     "NewRun",
     "PendingMigration",
+    "ProjectState",
+    "QueueItem",
+    "Recovered",
     "Run",
     "RunState",
+    "SchedulerInfo",
+    "SchedulerState",
+    "StaleFence",
     "Store",
     "StoreError",
     "StoreUnavailable",

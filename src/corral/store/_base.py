@@ -1,110 +1,52 @@
-"""The one store interface, and everything about it that does not depend on the dialect.
+"""The one store interface: ``Store``, assembled from its parts, plus runs and migrations.
 
 A backend (``_sqlite``, ``_postgres``) supplies: opening and closing, a ``transaction()``
 context manager yielding a ``Transaction`` that runs named queries, and how Python values
 are encoded for its columns. The rules (which state may follow which, what a refusal
-says) live here, once, and are written as single SQL statements so that they hold when
-several processes share the store.
+says) live in the parts, once, for both dialects:
 
-Clock: timestamps are taken from Python (``datetime.now(UTC)``) and passed as query
-parameters, never from the database clock. One code path serves both dialects (SQLite has
-no microsecond UTC clock), the values are identical on both stores, and tests can reason
-about them. Hosts sharing a PostgreSQL store must keep their clocks in sync (NTP); lease
-expiry, when it comes, may prefer the database clock and will say so where it does.
+    _core      Transaction, encoding, the clock, rows to records
+    _control   agents, the project row, the scheduler registry
+    _queue     enqueue (bounds, rejections, dedupe) and claim (caps, FIFO, fences)
+    _leases    renewing, finalising (fencing, reruns), recovering lapsed leases
+    _base      this module: lifecycle, migrations, plain run operations
+
+Clock: timestamps are taken from Python (``self.clock()``, by default
+``datetime.now(UTC)``) and passed as query parameters, never from the database clock.
+One code path serves both dialects (SQLite has no microsecond UTC clock), the values are
+identical on both stores, and tests can move the clock to expire leases. Hosts sharing a
+PostgreSQL store must keep their clocks in sync (NTP): a lease lapses when the clock of
+whoever recovers passes its expiry.
+
+Serialisation: every transaction that changes the queue or its claims takes the project
+lock first (query ``lock_project``: ``SELECT … FOR UPDATE`` of the one ``corral_project``
+row on PostgreSQL; on SQLite ``BEGIN IMMEDIATE`` already serialises writers). Those
+transactions therefore run one at a time across every process sharing the store, and a
+count of active claims taken inside one stays true until it commits.
 """
 
 from __future__ import annotations
 
 import secrets
-from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping
-from contextlib import AbstractAsyncContextManager
+from abc import abstractmethod
+from collections.abc import Collection
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ClassVar, Literal, Self
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Self
 
 from corral.errors import StoreError
+from corral.store._control import ControlOps
+from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
+from corral.store._leases import LeaseOps
 from corral.store._migrator import Migrator
-from corral.store._sqlfiles import SqlFiles, load_sql_files
-from corral.store._time import require_aware, utc_now
+from corral.store._time import require_aware
 from corral.store.records import MigrationStatus, NewRun, Run, RunState
 
-__all__ = ["Dialect", "Row", "Store", "Transaction", "mask_url"]
-
-Dialect = Literal["sqlite", "postgresql"]
-Row = dict[str, Any]
-Params = Mapping[str, Any]
-
-_TIME_COLUMNS = ("created_at", "started_at", "ended_at")
+__all__ = ["Dialect", "Row", "StaleFence", "Store", "Transaction", "mask_url"]
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
-
-
-class Transaction(ABC):
-    """One open transaction; runs the dialect's named queries by name."""
-
-    _driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
-
-    def __init__(self, sql: SqlFiles, url: str) -> None:
-        self._queries = sql.queries
-        self._url = url
-
-    async def fetch_one(self, name: str, params: Params | None = None) -> Row | None:
-        rows, _ = await self._run(name, params)
-        return rows[0] if rows else None
-
-    async def fetch_all(self, name: str, params: Params | None = None) -> list[Row]:
-        rows, _ = await self._run(name, params)
-        return rows
-
-    async def execute(self, name: str, params: Params | None = None) -> int:
-        """Run a statement; return the number of rows it changed."""
-        _, rowcount = await self._run(name, params)
-        return rowcount
-
-    async def execute_script(self, sql: str, *, what: str) -> None:
-        """Run a parameterless multi-statement script (schema, migration)."""
-        try:
-            await self._script(sql)
-        except self._driver_errors as exc:
-            raise StoreError(f"{what} failed on {self._url}: {exc}") from exc
-
-    async def _run(self, name: str, params: Params | None) -> tuple[list[Row], int]:
-        sql = self._queries[name]
-        try:
-            return await self._execute(sql, dict(params or {}))
-        except self._driver_errors as exc:
-            raise StoreError(f"query {name} failed on {self._url}: {exc}") from exc
-
-    @abstractmethod
-    async def _execute(self, sql: str, params: dict[str, Any]) -> tuple[list[Row], int]:
-        """Run one statement; return its rows (if any) and its row count."""
-
-    @abstractmethod
-    async def _script(self, sql: str) -> None:
-        """Run several statements without parameters."""
-
-
-class Store(ABC):
+class Store(LeaseOps, ControlOps):
     """Durable state of a corral project. Open with ``corral.store.open_store(url)``."""
-
-    dialect: ClassVar[Dialect]
-    #: Named query taken first in every migration transaction, or None when the
-    #: transaction itself already excludes other writers (SQLite's BEGIN IMMEDIATE).
-    migration_lock_query: ClassVar[str | None] = None
-
-    def __init__(self, url: str) -> None:
-        self.url = mask_url(url)
-        self.sql = load_sql_files(self.dialect)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -116,14 +58,6 @@ class Store(ABC):
     async def close(self) -> None:
         """Release every connection and thread; safe to call twice."""
 
-    @abstractmethod
-    def transaction(self, *, write: bool = True) -> AbstractAsyncContextManager[Transaction]:
-        """A transaction: committed on normal exit, rolled back on an exception.
-
-        ``write=False`` declares a read: SQLite then takes a deferred ``BEGIN`` instead of
-        ``BEGIN IMMEDIATE``; PostgreSQL treats both alike.
-        """
-
     async def __aenter__(self) -> Self:
         return self
 
@@ -134,31 +68,6 @@ class Store(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    # -- value encoding (per dialect) ---------------------------------------------------
-
-    @abstractmethod
-    def encode_time(self, value: datetime) -> Any: ...
-
-    @abstractmethod
-    def decode_time(self, value: Any) -> datetime: ...
-
-    @abstractmethod
-    def encode_json(self, value: dict[str, Any] | None) -> Any: ...
-
-    @abstractmethod
-    def decode_json(self, value: Any) -> dict[str, Any] | None: ...
-
-    @abstractmethod
-    def encode_states(self, states: Collection[RunState]) -> Any: ...
-
-    def run_from_row(self, row: Row) -> Run:
-        decoded = dict(row)
-        for column in _TIME_COLUMNS:
-            if decoded[column] is not None:
-                decoded[column] = self.decode_time(decoded[column])
-        decoded["trigger_detail"] = self.decode_json(decoded["trigger_detail"])
-        return Run.from_row(decoded)
 
     # -- migrations --------------------------------------------------------------------
 
@@ -185,7 +94,7 @@ class Store(ABC):
             "prompt": new.prompt,
             "state": RunState.STARTING.value,
             "parent_run_id": new.parent_run_id,
-            "created_at": self.encode_time(utc_now()),
+            "created_at": self.encode_time(self.now()),
         }
         async with self.transaction() as tx:
             row = await tx.fetch_one("create_run", params)
@@ -193,7 +102,12 @@ class Store(ABC):
 
     async def mark_run_running(self, run_id: str, *, pid: int | None, host: str | None) -> Run:
         """STARTING -> RUNNING; refused for a run in any other state."""
-        params = {"id": run_id, "pid": pid, "host": host, "started_at": self.encode_time(utc_now())}
+        params = {
+            "id": run_id,
+            "pid": pid,
+            "host": host,
+            "started_at": self.encode_time(self.now()),
+        }
         async with self.transaction() as tx:
             row = await tx.fetch_one("mark_run_running", params)
             if row is None:
@@ -207,7 +121,11 @@ class Store(ABC):
     async def finish_run(
         self, run_id: str, *, state: RunState, exit_code: int | None, error: str | None = None
     ) -> Run:
-        """STARTING/RUNNING -> ``state`` (terminal), in one conditional UPDATE."""
+        """STARTING/RUNNING -> ``state`` (terminal), in one conditional UPDATE.
+
+        For runs outside the queue; a run claimed from it ends with ``finalize``, which
+        also ends its item and its lease.
+        """
         if not state.is_terminal:
             raise ValueError(f"finish_run needs a terminal state, got {state.value!r}")
         params = {
@@ -215,10 +133,10 @@ class Store(ABC):
             "state": state.value,
             "exit_code": exit_code,
             "error": error,
-            "ended_at": self.encode_time(utc_now()),
+            "ended_at": self.encode_time(self.now()),
         }
         async with self.transaction() as tx:
-            row = await tx.fetch_one("finish_run", params)
+            row = await tx.fetch_one("finish_unqueued_run", params)
             if row is None:
                 current = await self._require_run(tx, run_id)
                 raise StoreError(_finish_refusal(current, state, self.url))
@@ -271,23 +189,15 @@ class Store(ABC):
         async with self.transaction() as tx:
             return await tx.execute("prune_runs", {"older_than": cutoff})
 
-    # -- helpers -----------------------------------------------------------------------
-
-    async def _require_run(self, tx: Transaction, run_id: str) -> Run:
-        row = await tx.fetch_one("get_run", {"id": run_id})
-        if row is None:
-            raise StoreError(f"no run {run_id!r} in {self.url}")
-        return self.run_from_row(row)
-
-    def _returned(self, row: Row | None, name: str) -> Row:
-        if row is None:
-            raise StoreError(f"query {name} returned no row on {self.url}")
-        return row
-
 
 def _finish_refusal(current: Run, wanted: RunState, url: str) -> str:
     if current.state.is_terminal:
         why = f"it already ended as {current.state.value}"
+    elif current.item_id is not None:
+        why = (
+            f"it holds queue item {current.item_id}; end it with finalize(fence={current.fence}) "
+            "so that the item and its lease end with it"
+        )
     else:
         why = f"it is {current.state.value}, not starting or running"
     return f"cannot finish run {current.id} as {wanted.value}: {why} ({url})"

@@ -24,7 +24,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from corral.errors import StoreError, StoreUnavailable
 from corral.store._base import Dialect, Row, Store, Transaction
-from corral.store.records import RunState
 
 __all__ = ["PostgresStore"]
 
@@ -127,5 +126,5 @@ class PostgresStore(Store):
     def decode_json(self, value: Any) -> dict[str, Any] | None:
         return None if value is None else dict(value)
 
-    def encode_states(self, states: Collection[RunState]) -> list[str]:
-        return [RunState(state).value for state in states]
+    def encode_list(self, values: Collection[str]) -> list[str]:
+        return list(values)

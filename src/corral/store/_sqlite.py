@@ -27,7 +27,6 @@ from typing import Any, ClassVar, TypeVar
 
 from corral.errors import StoreError, StoreUnavailable
 from corral.store._base import Dialect, Row, Store, Transaction
-from corral.store.records import RunState
 
 __all__ = ["SqliteStore"]
 
@@ -130,8 +129,8 @@ class SqliteStore(Store):
     def decode_json(self, value: Any) -> dict[str, Any] | None:
         return None if value is None else dict(json.loads(value))
 
-    def encode_states(self, states: Collection[RunState]) -> str:
-        return json.dumps([RunState(state).value for state in states])
+    def encode_list(self, values: Collection[str]) -> str:
+        return json.dumps(list(values))
 
 
 # -- on the worker thread ------------------------------------------------------------

@@ -14,12 +14,24 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Self
 
 __all__ = [
+    "AgentSpec",
+    "AgentState",
     "AppliedMigration",
+    "Claim",
+    "EnqueueResult",
+    "FinalizeResult",
+    "ItemState",
     "MigrationStatus",
+    "NewItem",
     "NewRun",
     "PendingMigration",
+    "ProjectState",
+    "QueueItem",
+    "Recovered",
     "Run",
     "RunState",
+    "SchedulerInfo",
+    "SchedulerState",
     "TriggerKind",
 ]
 
@@ -84,16 +96,19 @@ class Run:
     pid: int | None
     host: str | None
     status_text: str | None
+    item_id: int | None
+    fence: int | None
+    attempt: int | None
+    owner: str | None
+    rerun_requested: bool
+    kill_requested_at: datetime | None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
         """Build a run from a decoded ``corral_runs`` row (column ``trigger_kind``)."""
-        values = {
-            field.name: row[field.name]
-            for field in dataclasses.fields(cls)
-            if field.name != "trigger"
-        }
+        values = _fields_from(cls, row)
         values["state"] = RunState(values["state"])
+        values["rerun_requested"] = bool(values["rerun_requested"])
         return cls(trigger=TriggerKind(row["trigger_kind"]), **values)
 
     def evolve(self, **changes: Any) -> Self:
@@ -135,3 +150,207 @@ class MigrationStatus:
     @property
     def up_to_date(self) -> bool:
         return not self.pending and self.current == self.latest
+
+
+def _fields_from(cls: type[Any], row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's value for every field of ``cls`` except ``trigger`` (column trigger_kind)."""
+    return {f.name: row[f.name] for f in dataclasses.fields(cls) if f.name != "trigger"}
+
+
+# -- the queue ---------------------------------------------------------------------------
+
+
+class ItemState(enum.StrEnum):
+    """Where a queue item is: queued -> claimed -> done, or set aside with a reason.
+
+    ``dropped`` (the queue was full and a newer item took its place), ``rejected`` (never
+    accepted: unknown or disabled agent, full queue refusing) and ``failed`` (every
+    attempt's run was lost) carry the reason in ``QueueItem.reason``.
+    """
+
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    DONE = "done"
+    DROPPED = "dropped"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        """True once the item will never be dispatched again."""
+        return self not in (ItemState.QUEUED, ItemState.CLAIMED)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewItem:
+    """A trigger to queue for an agent; the store adds the rest."""
+
+    agent: str
+    trigger: TriggerKind
+    trigger_detail: dict[str, Any] | None = None
+    prompt: str | None = None
+    parent_run_id: str | None = None
+    rerun_count: int = 0
+    #: Another item with the same key makes this one a duplicate (e.g. a webhook delivery id).
+    dedupe_key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueItem:
+    """One durable trigger in an agent's queue, and the lease of whoever runs it."""
+
+    id: int
+    agent: str
+    trigger: TriggerKind
+    trigger_detail: dict[str, Any] | None
+    prompt: str | None
+    parent_run_id: str | None
+    rerun_count: int
+    dedupe_key: str | None
+    state: ItemState
+    reason: str | None
+    enqueued_at: datetime
+    claimed_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    max_attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    fence: int | None
+    run_id: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        """Build an item from a decoded ``corral_queue`` row."""
+        values = _fields_from(cls, row)
+        values["state"] = ItemState(values["state"])
+        return cls(trigger=TriggerKind(row["trigger_kind"]), **values)
+
+    def evolve(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """What ``enqueue`` did: the item (queued, or rejected with a reason), what it displaced.
+
+    ``duplicate`` means an item with the same dedupe key existed; ``item`` is that one and
+    nothing changed.
+    """
+
+    item: QueueItem
+    dropped: tuple[QueueItem, ...] = ()
+    duplicate: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed item and the run started for it (state starting, carrying the fence)."""
+
+    item: QueueItem
+    run: Run
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FinalizeResult:
+    """A finalised run, its item (done), and the rerun queued for it, if any."""
+
+    run: Run
+    item: QueueItem
+    rerun_item: QueueItem | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recovered:
+    """An item taken back from a lapsed or released lease: queued again, or failed.
+
+    ``run`` is the run that lost the lease, now ``lost`` (None if it no longer exists).
+    """
+
+    item: QueueItem
+    run: Run | None
+
+
+# -- agents, the project, schedulers -------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """An agent as the project configuration declares it."""
+
+    agent: str
+    scale: int
+    queue_size: int
+
+    def __post_init__(self) -> None:
+        if self.scale < 0:
+            raise ValueError(f"agent {self.agent!r}: scale must be >= 0, got {self.scale}")
+        if self.queue_size < 1:
+            raise ValueError(
+                f"agent {self.agent!r}: queue_size must be >= 1, got {self.queue_size}"
+            )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentState:
+    """An agent's control state in the store, with its queued and active item counts."""
+
+    agent: str
+    scale: int
+    queue_size: int
+    paused: bool
+    enabled: bool
+    present: bool
+    queued: int
+    active: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+        for flag in ("paused", "enabled", "present"):
+            values[flag] = bool(values[flag])
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProjectState:
+    """Project-wide control state: pause, the scale cap (None: no cap), retry limits."""
+
+    paused: bool
+    scale_cap: int | None
+    max_attempts: int
+    max_reruns: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        return cls(
+            paused=bool(row["paused"]),
+            scale_cap=row["scale_cap"],
+            max_attempts=row["max_attempts"],
+            max_reruns=row["max_reruns"],
+        )
+
+
+class SchedulerState(enum.StrEnum):
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SchedulerInfo:
+    """A scheduler process registered in the store; ``id`` is the owner of its leases."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    state: SchedulerState
+    gateway_url: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+        values["state"] = SchedulerState(values["state"])
+        return cls(**values)

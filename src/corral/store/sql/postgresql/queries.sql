@@ -44,6 +44,13 @@ SET state = %(state)s, exit_code = %(exit_code)s, error = %(error)s, ended_at = 
 WHERE id = %(id)s AND state IN ('starting', 'running')
 RETURNING *
 
+-- name: finish_unqueued_run
+-- finish_run for a run outside the queue; a claimed run ends with finalize.
+UPDATE corral_runs
+SET state = %(state)s, exit_code = %(exit_code)s, error = %(error)s, ended_at = %(ended_at)s
+WHERE id = %(id)s AND state IN ('starting', 'running') AND item_id IS NULL
+RETURNING *
+
 -- name: set_run_status
 UPDATE corral_runs SET status_text = %(status_text)s WHERE id = %(id)s
 
@@ -67,3 +74,219 @@ SELECT count(*) AS n FROM corral_runs WHERE agent = %(agent)s
 
 -- name: prune_runs
 DELETE FROM corral_runs WHERE ended_at IS NOT NULL AND ended_at < %(older_than)s
+
+-- name: lock_project
+-- The project row, locked first by every transaction that changes the queue or its
+-- claims: they run one at a time, so counting active claims inside them is race-free.
+SELECT * FROM corral_project WHERE id = 1 FOR UPDATE
+
+-- name: get_project
+SELECT * FROM corral_project WHERE id = 1
+
+-- name: update_project
+UPDATE corral_project
+SET scale_cap = %(scale_cap)s, max_attempts = %(max_attempts)s, max_reruns = %(max_reruns)s,
+    updated_at = %(now)s
+WHERE id = 1
+
+-- name: set_project_paused
+UPDATE corral_project SET paused = %(paused)s, updated_at = %(now)s WHERE id = 1
+
+-- name: next_fences
+-- Reserve %(n)s fencing tokens; they are (fence_counter - %(n)s, fence_counter].
+UPDATE corral_project SET fence_counter = fence_counter + %(n)s WHERE id = 1
+RETURNING fence_counter
+
+-- name: upsert_agent
+INSERT INTO corral_agents (agent, scale, queue_size, paused, enabled, present, updated_at)
+VALUES (%(agent)s, %(scale)s, %(queue_size)s, false, true, true, %(now)s)
+ON CONFLICT (agent) DO UPDATE
+SET scale = excluded.scale, queue_size = excluded.queue_size, present = true,
+    updated_at = excluded.updated_at
+
+-- name: mark_absent_agents
+UPDATE corral_agents SET present = false, updated_at = %(now)s
+WHERE present AND agent <> ALL(%(agents)s)
+
+-- name: get_agent
+SELECT * FROM corral_agents WHERE agent = %(agent)s
+
+-- name: set_agent_scale
+UPDATE corral_agents SET scale = %(scale)s, updated_at = %(now)s WHERE agent = %(agent)s
+
+-- name: set_agent_paused
+UPDATE corral_agents SET paused = %(paused)s, updated_at = %(now)s WHERE agent = %(agent)s
+
+-- name: set_agent_enabled
+UPDATE corral_agents SET enabled = %(enabled)s, updated_at = %(now)s WHERE agent = %(agent)s
+
+-- name: agent_states
+SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present,
+       (SELECT count(*) FROM corral_queue q
+        WHERE q.agent = a.agent AND q.state = 'queued') AS queued,
+       (SELECT count(*) FROM corral_queue q
+        WHERE q.agent = a.agent AND q.state = 'claimed') AS active
+FROM corral_agents a
+ORDER BY a.agent
+
+-- name: agent_state
+SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present,
+       (SELECT count(*) FROM corral_queue q
+        WHERE q.agent = a.agent AND q.state = 'queued') AS queued,
+       (SELECT count(*) FROM corral_queue q
+        WHERE q.agent = a.agent AND q.state = 'claimed') AS active
+FROM corral_agents a
+WHERE a.agent = %(agent)s
+
+-- name: find_dedupe
+SELECT * FROM corral_queue WHERE dedupe_key = %(dedupe_key)s
+
+-- name: count_queued
+-- The items that count against the queue bound: queued and never tried. An item given
+-- back after a lost lease (attempts > 0) is outside the bound and never dropped for newer.
+SELECT count(*) AS n FROM corral_queue
+WHERE agent = %(agent)s AND state = 'queued' AND attempts = 0
+
+-- name: drop_oldest
+UPDATE corral_queue
+SET state = 'dropped', reason = %(reason)s, finished_at = %(now)s
+WHERE id IN (SELECT id FROM corral_queue
+             WHERE agent = %(agent)s AND state = 'queued' AND attempts = 0
+             ORDER BY id LIMIT %(n)s)
+RETURNING *
+
+-- name: insert_item
+INSERT INTO corral_queue (agent, trigger_kind, trigger_detail, prompt, parent_run_id,
+                          rerun_count, dedupe_key, state, reason, enqueued_at,
+                          finished_at, max_attempts)
+VALUES (%(agent)s, %(trigger_kind)s, %(trigger_detail)s, %(prompt)s, %(parent_run_id)s,
+        %(rerun_count)s, %(dedupe_key)s, %(state)s, %(reason)s, %(now)s,
+        %(finished_at)s, %(max_attempts)s)
+RETURNING *
+
+-- name: count_active
+SELECT count(*) AS n FROM corral_queue WHERE state = 'claimed'
+
+-- name: claimable
+-- Oldest queued items first, per agent at most (scale - active claims of the agent),
+-- across agents in id (FIFO) order; the caller passes the project's free slots as limit.
+WITH active AS (
+    SELECT agent, count(*) AS n FROM corral_queue WHERE state = 'claimed' GROUP BY agent
+),
+ranked AS (
+    SELECT q.id, q.agent,
+           row_number() OVER (PARTITION BY q.agent ORDER BY q.id) AS position,
+           a.scale - coalesce(active.n, 0) AS free
+    FROM corral_queue q
+    JOIN corral_agents a ON a.agent = q.agent
+    LEFT JOIN active ON active.agent = q.agent
+    WHERE q.state = 'queued' AND a.present AND a.enabled AND NOT a.paused
+)
+SELECT id, agent FROM ranked WHERE position <= free ORDER BY id LIMIT %(limit)s
+
+-- name: claimable_item
+-- One given item, if its agent may take it now (FIFO order aside: it was asked for).
+SELECT q.id, q.agent
+FROM corral_queue q
+JOIN corral_agents a ON a.agent = q.agent
+WHERE q.id = %(item_id)s AND q.state = 'queued'
+  AND a.present AND a.enabled AND NOT a.paused
+  AND a.scale > (SELECT count(*) FROM corral_queue c
+                 WHERE c.agent = q.agent AND c.state = 'claimed')
+
+-- name: insert_claim_run
+INSERT INTO corral_runs (id, agent, trigger_kind, trigger_detail, prompt, state,
+                         parent_run_id, created_at, item_id, fence, attempt, owner)
+SELECT %(run_id)s, agent, trigger_kind, trigger_detail, prompt, 'starting',
+       parent_run_id, %(now)s, id, %(fence)s, attempts + 1, %(owner)s
+FROM corral_queue WHERE id = %(item_id)s AND state = 'queued'
+RETURNING *
+
+-- name: claim_item
+UPDATE corral_queue
+SET state = 'claimed', claimed_at = %(now)s, attempts = attempts + 1, lease_owner = %(owner)s,
+    lease_expires_at = %(expires_at)s, fence = %(fence)s, run_id = %(run_id)s
+WHERE id = %(item_id)s AND state = 'queued'
+RETURNING *
+
+-- name: renew_leases
+UPDATE corral_queue SET lease_expires_at = %(expires_at)s
+WHERE state = 'claimed' AND lease_owner = %(owner)s
+
+-- name: heartbeat_scheduler
+UPDATE corral_schedulers SET heartbeat_at = %(now)s WHERE id = %(id)s
+
+-- name: finish_item
+UPDATE corral_queue
+SET state = 'done', finished_at = %(now)s, lease_expires_at = NULL
+WHERE id = %(item_id)s AND state = 'claimed' AND fence = %(fence)s
+RETURNING *
+
+-- name: get_item
+SELECT * FROM corral_queue WHERE id = %(id)s
+
+-- name: lapsed_items
+SELECT * FROM corral_queue
+WHERE state = 'claimed' AND lease_expires_at < %(now)s
+ORDER BY id
+
+-- name: owner_items
+SELECT * FROM corral_queue
+WHERE state = 'claimed' AND lease_owner = %(owner)s
+ORDER BY id
+
+-- name: requeue_item
+UPDATE corral_queue
+SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %(id)s AND state = 'claimed'
+RETURNING *
+
+-- name: fail_item
+UPDATE corral_queue
+SET state = 'failed', reason = %(reason)s, finished_at = %(now)s, lease_expires_at = NULL
+WHERE id = %(id)s AND state = 'claimed'
+RETURNING *
+
+-- name: request_rerun
+UPDATE corral_runs SET rerun_requested = true
+WHERE id = %(id)s AND state IN ('queued', 'starting', 'running')
+RETURNING *
+
+-- name: request_kill
+UPDATE corral_runs SET kill_requested_at = coalesce(kill_requested_at, %(now)s)
+WHERE id = %(id)s AND state IN ('queued', 'starting', 'running')
+RETURNING *
+
+-- name: kill_requests
+SELECT * FROM corral_runs
+WHERE owner = %(owner)s AND kill_requested_at IS NOT NULL
+  AND state IN ('queued', 'starting', 'running')
+ORDER BY created_at, id
+
+-- name: list_items
+SELECT * FROM corral_queue
+WHERE state = ANY(%(states)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: list_agent_items
+SELECT * FROM corral_queue
+WHERE agent = %(agent)s AND state = ANY(%(states)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: register_scheduler
+INSERT INTO corral_schedulers (id, host, pid, started_at, heartbeat_at, state, gateway_url)
+VALUES (%(id)s, %(host)s, %(pid)s, %(now)s, %(now)s, 'running', %(gateway_url)s)
+RETURNING *
+
+-- name: set_scheduler_state
+UPDATE corral_schedulers SET state = %(state)s, heartbeat_at = %(now)s WHERE id = %(id)s
+
+-- name: list_schedulers
+SELECT * FROM corral_schedulers ORDER BY started_at, id
+
+-- name: list_live_schedulers
+SELECT * FROM corral_schedulers
+WHERE state IN ('running', 'draining') AND heartbeat_at >= %(since)s
+ORDER BY started_at, id

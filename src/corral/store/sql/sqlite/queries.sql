@@ -41,6 +41,13 @@ SET state = :state, exit_code = :exit_code, error = :error, ended_at = :ended_at
 WHERE id = :id AND state IN ('starting', 'running')
 RETURNING *
 
+-- name: finish_unqueued_run
+-- finish_run for a run outside the queue; a claimed run ends with finalize.
+UPDATE corral_runs
+SET state = :state, exit_code = :exit_code, error = :error, ended_at = :ended_at
+WHERE id = :id AND state IN ('starting', 'running') AND item_id IS NULL
+RETURNING *
+
 -- name: set_run_status
 UPDATE corral_runs SET status_text = :status_text WHERE id = :id
 
@@ -64,3 +71,219 @@ SELECT count(*) AS n FROM corral_runs WHERE agent = :agent
 
 -- name: prune_runs
 DELETE FROM corral_runs WHERE ended_at IS NOT NULL AND ended_at < :older_than
+
+-- name: lock_project
+-- The project row, read first by every transaction that changes the queue or its claims.
+-- No lock clause: the transaction's BEGIN IMMEDIATE already excludes every other writer.
+SELECT * FROM corral_project WHERE id = 1
+
+-- name: get_project
+SELECT * FROM corral_project WHERE id = 1
+
+-- name: update_project
+UPDATE corral_project
+SET scale_cap = :scale_cap, max_attempts = :max_attempts, max_reruns = :max_reruns,
+    updated_at = :now
+WHERE id = 1
+
+-- name: set_project_paused
+UPDATE corral_project SET paused = :paused, updated_at = :now WHERE id = 1
+
+-- name: next_fences
+-- Reserve :n fencing tokens; they are (fence_counter - :n, fence_counter].
+UPDATE corral_project SET fence_counter = fence_counter + :n WHERE id = 1
+RETURNING fence_counter
+
+-- name: upsert_agent
+INSERT INTO corral_agents (agent, scale, queue_size, paused, enabled, present, updated_at)
+VALUES (:agent, :scale, :queue_size, 0, 1, 1, :now)
+ON CONFLICT (agent) DO UPDATE
+SET scale = excluded.scale, queue_size = excluded.queue_size, present = 1,
+    updated_at = excluded.updated_at
+
+-- name: mark_absent_agents
+UPDATE corral_agents SET present = 0, updated_at = :now
+WHERE present = 1 AND agent NOT IN (SELECT value FROM json_each(:agents))
+
+-- name: get_agent
+SELECT * FROM corral_agents WHERE agent = :agent
+
+-- name: set_agent_scale
+UPDATE corral_agents SET scale = :scale, updated_at = :now WHERE agent = :agent
+
+-- name: set_agent_paused
+UPDATE corral_agents SET paused = :paused, updated_at = :now WHERE agent = :agent
+
+-- name: set_agent_enabled
+UPDATE corral_agents SET enabled = :enabled, updated_at = :now WHERE agent = :agent
+
+-- name: agent_states
+SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present,
+       (SELECT count(*) FROM corral_queue q
+        WHERE q.agent = a.agent AND q.state = 'queued') AS queued,
+       (SELECT count(*) FROM corral_queue q
+        WHERE q.agent = a.agent AND q.state = 'claimed') AS active
+FROM corral_agents a
+ORDER BY a.agent
+
+-- name: agent_state
+SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present,
+       (SELECT count(*) FROM corral_queue q
+        WHERE q.agent = a.agent AND q.state = 'queued') AS queued,
+       (SELECT count(*) FROM corral_queue q
+        WHERE q.agent = a.agent AND q.state = 'claimed') AS active
+FROM corral_agents a
+WHERE a.agent = :agent
+
+-- name: find_dedupe
+SELECT * FROM corral_queue WHERE dedupe_key = :dedupe_key
+
+-- name: count_queued
+-- The items that count against the queue bound: queued and never tried. An item given
+-- back after a lost lease (attempts > 0) is outside the bound and never dropped for newer.
+SELECT count(*) AS n FROM corral_queue
+WHERE agent = :agent AND state = 'queued' AND attempts = 0
+
+-- name: drop_oldest
+UPDATE corral_queue
+SET state = 'dropped', reason = :reason, finished_at = :now
+WHERE id IN (SELECT id FROM corral_queue
+             WHERE agent = :agent AND state = 'queued' AND attempts = 0
+             ORDER BY id LIMIT :n)
+RETURNING *
+
+-- name: insert_item
+INSERT INTO corral_queue (agent, trigger_kind, trigger_detail, prompt, parent_run_id,
+                          rerun_count, dedupe_key, state, reason, enqueued_at,
+                          finished_at, max_attempts)
+VALUES (:agent, :trigger_kind, :trigger_detail, :prompt, :parent_run_id,
+        :rerun_count, :dedupe_key, :state, :reason, :now,
+        :finished_at, :max_attempts)
+RETURNING *
+
+-- name: count_active
+SELECT count(*) AS n FROM corral_queue WHERE state = 'claimed'
+
+-- name: claimable
+-- Oldest queued items first, per agent at most (scale - active claims of the agent),
+-- across agents in id (FIFO) order; the caller passes the project's free slots as limit.
+WITH active AS (
+    SELECT agent, count(*) AS n FROM corral_queue WHERE state = 'claimed' GROUP BY agent
+),
+ranked AS (
+    SELECT q.id, q.agent,
+           row_number() OVER (PARTITION BY q.agent ORDER BY q.id) AS position,
+           a.scale - coalesce(active.n, 0) AS free
+    FROM corral_queue q
+    JOIN corral_agents a ON a.agent = q.agent
+    LEFT JOIN active ON active.agent = q.agent
+    WHERE q.state = 'queued' AND a.present = 1 AND a.enabled = 1 AND a.paused = 0
+)
+SELECT id, agent FROM ranked WHERE position <= free ORDER BY id LIMIT :limit
+
+-- name: claimable_item
+-- One given item, if its agent may take it now (FIFO order aside: it was asked for).
+SELECT q.id, q.agent
+FROM corral_queue q
+JOIN corral_agents a ON a.agent = q.agent
+WHERE q.id = :item_id AND q.state = 'queued'
+  AND a.present = 1 AND a.enabled = 1 AND a.paused = 0
+  AND a.scale > (SELECT count(*) FROM corral_queue c
+                 WHERE c.agent = q.agent AND c.state = 'claimed')
+
+-- name: insert_claim_run
+INSERT INTO corral_runs (id, agent, trigger_kind, trigger_detail, prompt, state,
+                         parent_run_id, created_at, item_id, fence, attempt, owner)
+SELECT :run_id, agent, trigger_kind, trigger_detail, prompt, 'starting',
+       parent_run_id, :now, id, :fence, attempts + 1, :owner
+FROM corral_queue WHERE id = :item_id AND state = 'queued'
+RETURNING *
+
+-- name: claim_item
+UPDATE corral_queue
+SET state = 'claimed', claimed_at = :now, attempts = attempts + 1, lease_owner = :owner,
+    lease_expires_at = :expires_at, fence = :fence, run_id = :run_id
+WHERE id = :item_id AND state = 'queued'
+RETURNING *
+
+-- name: renew_leases
+UPDATE corral_queue SET lease_expires_at = :expires_at
+WHERE state = 'claimed' AND lease_owner = :owner
+
+-- name: heartbeat_scheduler
+UPDATE corral_schedulers SET heartbeat_at = :now WHERE id = :id
+
+-- name: finish_item
+UPDATE corral_queue
+SET state = 'done', finished_at = :now, lease_expires_at = NULL
+WHERE id = :item_id AND state = 'claimed' AND fence = :fence
+RETURNING *
+
+-- name: get_item
+SELECT * FROM corral_queue WHERE id = :id
+
+-- name: lapsed_items
+SELECT * FROM corral_queue
+WHERE state = 'claimed' AND lease_expires_at < :now
+ORDER BY id
+
+-- name: owner_items
+SELECT * FROM corral_queue
+WHERE state = 'claimed' AND lease_owner = :owner
+ORDER BY id
+
+-- name: requeue_item
+UPDATE corral_queue
+SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
+WHERE id = :id AND state = 'claimed'
+RETURNING *
+
+-- name: fail_item
+UPDATE corral_queue
+SET state = 'failed', reason = :reason, finished_at = :now, lease_expires_at = NULL
+WHERE id = :id AND state = 'claimed'
+RETURNING *
+
+-- name: request_rerun
+UPDATE corral_runs SET rerun_requested = 1
+WHERE id = :id AND state IN ('queued', 'starting', 'running')
+RETURNING *
+
+-- name: request_kill
+UPDATE corral_runs SET kill_requested_at = coalesce(kill_requested_at, :now)
+WHERE id = :id AND state IN ('queued', 'starting', 'running')
+RETURNING *
+
+-- name: kill_requests
+SELECT * FROM corral_runs
+WHERE owner = :owner AND kill_requested_at IS NOT NULL
+  AND state IN ('queued', 'starting', 'running')
+ORDER BY created_at, id
+
+-- name: list_items
+SELECT * FROM corral_queue
+WHERE state IN (SELECT value FROM json_each(:states))
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: list_agent_items
+SELECT * FROM corral_queue
+WHERE agent = :agent AND state IN (SELECT value FROM json_each(:states))
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: register_scheduler
+INSERT INTO corral_schedulers (id, host, pid, started_at, heartbeat_at, state, gateway_url)
+VALUES (:id, :host, :pid, :now, :now, 'running', :gateway_url)
+RETURNING *
+
+-- name: set_scheduler_state
+UPDATE corral_schedulers SET state = :state, heartbeat_at = :now WHERE id = :id
+
+-- name: list_schedulers
+SELECT * FROM corral_schedulers ORDER BY started_at, id
+
+-- name: list_live_schedulers
+SELECT * FROM corral_schedulers
+WHERE state IN ('running', 'draining') AND heartbeat_at >= :since
+ORDER BY started_at, id

@@ -22,7 +22,13 @@ CREATE TABLE corral_runs (
     error TEXT,
     pid INTEGER,
     host TEXT,
-    status_text TEXT
+    status_text TEXT,
+    item_id INTEGER REFERENCES corral_queue (id) ON DELETE SET NULL,
+    fence INTEGER,
+    attempt INTEGER,
+    owner TEXT,
+    rerun_requested INTEGER NOT NULL DEFAULT 0 CHECK (rerun_requested IN (0, 1)),
+    kill_requested_at TEXT
 );
 
 CREATE INDEX corral_runs_agent_created ON corral_runs (agent, created_at);
@@ -35,3 +41,80 @@ CREATE INDEX corral_runs_ended ON corral_runs (ended_at)
 
 CREATE INDEX corral_runs_parent ON corral_runs (parent_run_id)
     WHERE parent_run_id IS NOT NULL;
+
+CREATE INDEX corral_runs_item ON corral_runs (item_id)
+    WHERE item_id IS NOT NULL;
+
+CREATE INDEX corral_runs_owner_live ON corral_runs (owner)
+    WHERE owner IS NOT NULL AND state IN ('queued', 'starting', 'running');
+
+-- One row (id = 1). Every transaction that changes the queue or its claims reads it
+-- first; on SQLite BEGIN IMMEDIATE already serialises writers. fence_counter is the
+-- source of fencing tokens: strictly increasing across the whole store.
+CREATE TABLE corral_project (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
+    scale_cap INTEGER CHECK (scale_cap IS NULL OR scale_cap >= 0),
+    max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+    max_reruns INTEGER NOT NULL DEFAULT 10 CHECK (max_reruns >= 0),
+    fence_counter INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT
+);
+
+INSERT INTO corral_project (id) VALUES (1);
+
+CREATE TABLE corral_agents (
+    agent TEXT PRIMARY KEY,
+    scale INTEGER NOT NULL CHECK (scale >= 0),
+    queue_size INTEGER NOT NULL CHECK (queue_size >= 1),
+    paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
+    enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+    present INTEGER NOT NULL DEFAULT 1 CHECK (present IN (0, 1)),
+    updated_at TEXT NOT NULL
+);
+
+-- AUTOINCREMENT: ids are never reused, so id order is arrival (FIFO) order for good.
+CREATE TABLE corral_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent TEXT NOT NULL,
+    trigger_kind TEXT NOT NULL
+        CHECK (trigger_kind IN ('schedule', 'manual', 'webhook', 'call')),
+    trigger_detail TEXT,
+    prompt TEXT,
+    parent_run_id TEXT REFERENCES corral_runs (id) ON DELETE SET NULL,
+    rerun_count INTEGER NOT NULL DEFAULT 0 CHECK (rerun_count >= 0),
+    dedupe_key TEXT,
+    state TEXT NOT NULL
+        CHECK (state IN ('queued', 'claimed', 'done', 'dropped', 'rejected', 'failed')),
+    reason TEXT,
+    enqueued_at TEXT NOT NULL,
+    claimed_at TEXT,
+    finished_at TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    max_attempts INTEGER NOT NULL CHECK (max_attempts >= 1),
+    lease_owner TEXT,
+    lease_expires_at TEXT,
+    fence INTEGER,
+    run_id TEXT REFERENCES corral_runs (id) ON DELETE SET NULL
+);
+
+CREATE UNIQUE INDEX corral_queue_dedupe ON corral_queue (dedupe_key)
+    WHERE dedupe_key IS NOT NULL;
+
+CREATE INDEX corral_queue_queued ON corral_queue (agent, id)
+    WHERE state = 'queued';
+
+CREATE INDEX corral_queue_claimed ON corral_queue (lease_expires_at)
+    WHERE state = 'claimed';
+
+CREATE INDEX corral_queue_agent ON corral_queue (agent, id);
+
+CREATE TABLE corral_schedulers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    heartbeat_at TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'draining', 'stopped')),
+    gateway_url TEXT
+);

@@ -1,0 +1,173 @@
+"""What every part of the store shares: the transaction, value encoding, the clock.
+
+``Store`` (in ``_base``) is assembled from parts that each hold one group of rules
+(runs, the queue, leases, control state); they all build on ``StoreCore`` here, which a
+backend (``_sqlite``, ``_postgres``) completes with its connection handling and how
+Python values are encoded for its columns.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Mapping
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from corral.errors import StaleFence, StoreError
+from corral.store._sqlfiles import SqlFiles, load_sql_files
+from corral.store._time import utc_now
+from corral.store.records import ProjectState, QueueItem, Run, SchedulerInfo
+
+__all__ = ["Dialect", "Params", "Row", "StaleFence", "StoreCore", "Transaction", "mask_url"]
+
+Dialect = Literal["sqlite", "postgresql"]
+Row = dict[str, Any]
+Params = Mapping[str, Any]
+
+_RUN_TIMES = ("created_at", "started_at", "ended_at", "kill_requested_at")
+_ITEM_TIMES = ("enqueued_at", "claimed_at", "finished_at", "lease_expires_at")
+_SCHEDULER_TIMES = ("started_at", "heartbeat_at")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+class Transaction(ABC):
+    """One open transaction; runs the dialect's named queries by name."""
+
+    _driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
+
+    def __init__(self, sql: SqlFiles, url: str) -> None:
+        self._queries = sql.queries
+        self._url = url
+
+    async def fetch_one(self, name: str, params: Params | None = None) -> Row | None:
+        rows, _ = await self._run(name, params)
+        return rows[0] if rows else None
+
+    async def fetch_all(self, name: str, params: Params | None = None) -> list[Row]:
+        rows, _ = await self._run(name, params)
+        return rows
+
+    async def execute(self, name: str, params: Params | None = None) -> int:
+        """Run a statement; return the number of rows it changed."""
+        _, rowcount = await self._run(name, params)
+        return rowcount
+
+    async def execute_script(self, sql: str, *, what: str) -> None:
+        """Run a parameterless multi-statement script (schema, migration)."""
+        try:
+            await self._script(sql)
+        except self._driver_errors as exc:
+            raise StoreError(f"{what} failed on {self._url}: {exc}") from exc
+
+    async def _run(self, name: str, params: Params | None) -> tuple[list[Row], int]:
+        sql = self._queries[name]
+        try:
+            return await self._execute(sql, dict(params or {}))
+        except self._driver_errors as exc:
+            raise StoreError(f"query {name} failed on {self._url}: {exc}") from exc
+
+    @abstractmethod
+    async def _execute(self, sql: str, params: dict[str, Any]) -> tuple[list[Row], int]:
+        """Run one statement; return its rows (if any) and its row count."""
+
+    @abstractmethod
+    async def _script(self, sql: str) -> None:
+        """Run several statements without parameters."""
+
+
+class StoreCore(ABC):
+    """The connection, encoding and clock every part of ``Store`` builds on."""
+
+    dialect: ClassVar[Dialect]
+    #: Named query taken first in every migration transaction, or None when the
+    #: transaction itself already excludes other writers (SQLite's BEGIN IMMEDIATE).
+    migration_lock_query: ClassVar[str | None] = None
+
+    def __init__(self, url: str) -> None:
+        self.url = mask_url(url)
+        self.sql = load_sql_files(self.dialect)
+        #: Every "now" the store records comes from here; tests move it forward.
+        self.clock: Callable[[], datetime] = utc_now
+
+    @abstractmethod
+    def transaction(self, *, write: bool = True) -> AbstractAsyncContextManager[Transaction]:
+        """A transaction: committed on normal exit, rolled back on an exception.
+
+        ``write=False`` declares a read: SQLite then takes a deferred ``BEGIN`` instead of
+        ``BEGIN IMMEDIATE``; PostgreSQL treats both alike.
+        """
+
+    # -- value encoding (per dialect) ---------------------------------------------------
+
+    @abstractmethod
+    def encode_time(self, value: datetime) -> Any: ...
+
+    @abstractmethod
+    def decode_time(self, value: Any) -> datetime: ...
+
+    @abstractmethod
+    def encode_json(self, value: dict[str, Any] | None) -> Any: ...
+
+    @abstractmethod
+    def decode_json(self, value: Any) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def encode_list(self, values: Collection[str]) -> Any:
+        """A list of strings as one parameter (for ``= ANY(…)`` / ``IN json_each(…)``)."""
+
+    def encode_states(self, states: Collection[str]) -> Any:
+        return self.encode_list([str(state) for state in states])
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    # -- rows to records ---------------------------------------------------------------
+
+    def run_from_row(self, row: Row) -> Run:
+        decoded = self._decode_times(row, _RUN_TIMES)
+        decoded["trigger_detail"] = self.decode_json(decoded["trigger_detail"])
+        return Run.from_row(decoded)
+
+    def item_from_row(self, row: Row) -> QueueItem:
+        decoded = self._decode_times(row, _ITEM_TIMES)
+        decoded["trigger_detail"] = self.decode_json(decoded["trigger_detail"])
+        return QueueItem.from_row(decoded)
+
+    def scheduler_from_row(self, row: Row) -> SchedulerInfo:
+        return SchedulerInfo.from_row(self._decode_times(row, _SCHEDULER_TIMES))
+
+    def _decode_times(self, row: Row, columns: tuple[str, ...]) -> Row:
+        decoded = dict(row)
+        for column in columns:
+            if decoded[column] is not None:
+                decoded[column] = self.decode_time(decoded[column])
+        return decoded
+
+    # -- helpers -----------------------------------------------------------------------
+
+    async def lock_project(self, tx: Transaction) -> ProjectState:
+        """Take the project lock in ``tx`` (see ``_base``) and read the project row."""
+        row = await tx.fetch_one("lock_project")
+        return ProjectState.from_row(self._returned(row, "lock_project"))
+
+    async def _require_run(self, tx: Transaction, run_id: str) -> Run:
+        row = await tx.fetch_one("get_run", {"id": run_id})
+        if row is None:
+            raise StoreError(f"no run {run_id!r} in {self.url}")
+        return self.run_from_row(row)
+
+    def _returned(self, row: Row | None, name: str) -> Row:
+        if row is None:
+            raise StoreError(f"query {name} returned no row on {self.url}")
+        return row

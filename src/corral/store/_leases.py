@@ -1,0 +1,213 @@
+"""Leases after the claim: renewing, finalising (fencing, reruns), recovering lapsed ones.
+
+Every change here to an item takes the project lock first (see ``_base``). Requests on a
+run alone (kill, rerun) are one conditional UPDATE of that run's row.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from corral.errors import StoreError
+from corral.store._core import StaleFence, Transaction
+from corral.store._queue import QueueOps
+from corral.store.records import (
+    FinalizeResult,
+    NewItem,
+    ProjectState,
+    QueueItem,
+    Recovered,
+    Run,
+    RunState,
+    TriggerKind,
+)
+
+__all__ = ["LeaseOps"]
+
+_RERUN_TRIGGERS = frozenset({TriggerKind.SCHEDULE, TriggerKind.MANUAL})
+
+
+class LeaseOps(QueueOps):
+    """Renew, finalise, recover; part of ``Store``."""
+
+    async def renew_leases(self, owner: str, *, lease_seconds: float) -> int:
+        """Extend every lease ``owner`` holds to now + ``lease_seconds``; return how many.
+
+        Also the scheduler's heartbeat. A lease that lapsed but was not yet recovered is
+        renewed too: nobody else holds its item.
+        """
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        async with self.transaction() as tx:
+            await self.lock_project(tx)
+            now = self.now()
+            expires = self.encode_time(now + timedelta(seconds=lease_seconds))
+            renewed = await tx.execute("renew_leases", {"owner": owner, "expires_at": expires})
+            await tx.execute("heartbeat_scheduler", {"id": owner, "now": self.encode_time(now)})
+        return renewed
+
+    async def finalize(
+        self,
+        run_id: str,
+        *,
+        fence: int,
+        state: RunState,
+        exit_code: int | None,
+        error: str | None = None,
+    ) -> FinalizeResult:
+        """End a claimed run and its item in one transaction, and queue its rerun if due.
+
+        Refused with StaleFence, changing nothing, unless the run's item is still claimed
+        with ``fence``. The run gets ``state`` (terminal), the item becomes done. A rerun
+        is queued when the run asked for one, succeeded, was started by a schedule or by
+        hand, and its chain has had fewer than ``max_reruns`` reruns.
+        """
+        if not state.is_terminal:
+            raise ValueError(f"finalize needs a terminal state, got {state.value!r}")
+        async with self.transaction() as tx:
+            project = await self.lock_project(tx)
+            run = await self._require_run(tx, run_id)
+            now = self.encode_time(self.now())
+            params = {"item_id": run.item_id, "fence": fence, "now": now}
+            item_row = await tx.fetch_one("finish_item", params)
+            if item_row is None:
+                raise StaleFence(await self._stale(tx, run, fence))
+            ended = await self._end_run(tx, run, state, exit_code, error)
+            item = self.item_from_row(item_row)
+            rerun = await self._rerun(tx, project, ended, item)
+        return FinalizeResult(ended, item, rerun)
+
+    async def _stale(self, tx: Transaction, run: Run, fence: int) -> str:
+        what = f"run {run.id} (fence {fence}) may not finish"
+        if run.item_id is None:
+            return f"{what}: it was not claimed from the queue; nothing was changed ({self.url})"
+        row = await tx.fetch_one("get_item", {"id": run.item_id})
+        item = None if row is None else self.item_from_row(row)
+        now = "gone" if item is None else f"{item.state.value}, fence {item.fence}"
+        return (
+            f"{what} item {run.item_id}: the run's lease was lost and the item was handed on "
+            f"(it is now {now}); nothing was changed ({self.url})"
+        )
+
+    async def _end_run(
+        self,
+        tx: Transaction,
+        run: Run,
+        state: RunState,
+        exit_code: int | None,
+        error: str | None,
+    ) -> Run:
+        params = {
+            "id": run.id,
+            "state": state.value,
+            "exit_code": exit_code,
+            "error": error,
+            "ended_at": self.encode_time(self.now()),
+        }
+        row = await tx.fetch_one("finish_run", params)
+        if row is None:
+            raise StoreError(
+                f"cannot finish run {run.id} as {state.value}: it already ended as "
+                f"{run.state.value} ({self.url})"
+            )
+        return self.run_from_row(row)
+
+    async def _rerun(
+        self, tx: Transaction, project: ProjectState, run: Run, item: QueueItem
+    ) -> QueueItem | None:
+        due = (
+            run.rerun_requested
+            and run.state is RunState.SUCCEEDED
+            and item.trigger in _RERUN_TRIGGERS
+            and item.rerun_count < project.max_reruns
+        )
+        if not due:
+            return None
+        new = NewItem(
+            agent=item.agent,
+            trigger=item.trigger,
+            trigger_detail=item.trigger_detail,
+            prompt=item.prompt,
+            parent_run_id=run.id,
+            rerun_count=item.rerun_count + 1,
+        )
+        return (await self._enqueue_locked(tx, project, new, "drop_oldest")).item
+
+    # -- requests on a live run ----------------------------------------------------------
+
+    async def request_rerun(self, run_id: str) -> Run:
+        """Ask for the run to be run again once it succeeds (``al-rerun``)."""
+        return await self._request(run_id, "request_rerun", "request a rerun of")
+
+    async def request_kill(self, run_id: str) -> Run:
+        """Ask the scheduler that owns the run to stop it (seen in ``kill_requests``)."""
+        return await self._request(run_id, "request_kill", "kill")
+
+    async def _request(self, run_id: str, query: str, what: str) -> Run:
+        params = {"id": run_id, "now": self.encode_time(self.now())}
+        async with self.transaction() as tx:
+            row = await tx.fetch_one(query, params)
+            if row is None:
+                current = await self._require_run(tx, run_id)
+                raise StoreError(f"cannot {what} run {run_id}: {_how_it_ended(current)}")
+        return self.run_from_row(row)
+
+    async def kill_requests(self, owner: str) -> list[Run]:
+        """Live runs of ``owner`` that someone asked to kill, oldest first."""
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all("kill_requests", {"owner": owner})
+        return [self.run_from_row(row) for row in rows]
+
+    # -- taking leases back --------------------------------------------------------------
+
+    async def recover_lapsed(self) -> list[Recovered]:
+        """Take back every lease that expired: its run becomes lost, its item is queued
+        again (or failed once it has had ``max_attempts`` attempts). One transaction."""
+        async with self.transaction() as tx:
+            await self.lock_project(tx)
+            now = {"now": self.encode_time(self.now())}
+            items = [self.item_from_row(row) for row in await tx.fetch_all("lapsed_items", now)]
+            return [
+                await self._take_back(tx, item, _lapsed_error(item.lease_owner)) for item in items
+            ]
+
+    async def release_owner(self, owner: str, *, reason: str) -> list[Recovered]:
+        """Take back every lease ``owner`` holds now, as ``recover_lapsed`` does on expiry;
+        ``reason`` becomes the error of each run it loses."""
+        async with self.transaction() as tx:
+            await self.lock_project(tx)
+            rows = await tx.fetch_all("owner_items", {"owner": owner})
+            items = [self.item_from_row(row) for row in rows]
+            return [await self._take_back(tx, item, reason) for item in items]
+
+    async def _take_back(self, tx: Transaction, item: QueueItem, error: str) -> Recovered:
+        now = self.encode_time(self.now())
+        run_row = None
+        if item.run_id is not None:
+            params = {
+                "id": item.run_id,
+                "state": RunState.LOST.value,
+                "exit_code": None,
+                "error": error,
+                "ended_at": now,
+            }
+            run_row = await tx.fetch_one("finish_run", params)
+        if item.attempts < item.max_attempts:
+            row = await tx.fetch_one("requeue_item", {"id": item.id})
+        else:
+            reason = f"gave up after {item.attempts} attempts; the last run {item.run_id} was lost"
+            row = await tx.fetch_one("fail_item", {"id": item.id, "reason": reason, "now": now})
+        taken = self.item_from_row(self._returned(row, "requeue_item/fail_item"))
+        return Recovered(taken, None if run_row is None else self.run_from_row(run_row))
+
+
+def _lapsed_error(owner: str | None) -> str:
+    return f"lease lapsed: scheduler {owner} stopped renewing it"
+
+
+def _how_it_ended(run: Run) -> str:
+    if not run.state.is_terminal:  # pragma: no cover - the UPDATE matched live runs
+        return f"it is {run.state.value}"
+    code = "" if run.exit_code is None else f", exit code {run.exit_code}"
+    ended = "" if run.ended_at is None else f" at {run.ended_at.isoformat(timespec='seconds')}"
+    return f"it already ended as {run.state.value}{code}{ended}"

@@ -1,0 +1,237 @@
+"""The durable queue: intake (bounds, rejections, dedupe) and claiming (caps, FIFO, fences).
+
+Both are one transaction each under the project lock (see ``_base``): the counts they
+read (queued items of an agent, active claims) cannot change before they commit.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Collection
+from datetime import timedelta
+from typing import Any, Literal
+
+from corral.store._core import Row, StoreCore, Transaction
+from corral.store.records import (
+    AgentState,
+    Claim,
+    EnqueueResult,
+    ItemState,
+    NewItem,
+    ProjectState,
+    QueueItem,
+)
+
+__all__ = ["Overflow", "QueueOps"]
+
+Overflow = Literal["drop_oldest", "refuse"]
+QUEUE_FULL = "queue full"
+
+
+class QueueOps(StoreCore):
+    """Queue intake and claiming; part of ``Store``."""
+
+    # -- intake ------------------------------------------------------------------------
+
+    async def enqueue(self, new: NewItem, *, overflow: Overflow = "drop_oldest") -> EnqueueResult:
+        """Record a trigger for an agent, in one transaction.
+
+        - An item with the same ``dedupe_key`` exists: nothing changes; that item is
+          returned with ``duplicate=True``.
+        - The agent is unknown, disabled by an operator, or has scale 0: the item is
+          recorded ``rejected`` with a reason saying why and what to do.
+        - The agent's queue is full: ``drop_oldest`` drops its oldest queued items (state
+          ``dropped``, with the reason) so this one fits; ``refuse`` records this one
+          ``rejected`` with the reason "queue full". Items given back after a lost lease
+          (attempts > 0) neither count against the bound nor are dropped for newer ones:
+          the work was accepted, and our failure lost it, not an overload.
+        - Otherwise the item is ``queued``. Paused agents accept items too.
+        """
+        if overflow not in ("drop_oldest", "refuse"):
+            raise ValueError(f"overflow must be 'drop_oldest' or 'refuse', got {overflow!r}")
+        async with self.transaction() as tx:
+            project = await self.lock_project(tx)
+            return await self._enqueue_locked(tx, project, new, overflow)
+
+    async def _enqueue_locked(
+        self, tx: Transaction, project: ProjectState, new: NewItem, overflow: Overflow
+    ) -> EnqueueResult:
+        """``enqueue`` inside ``tx``, which already holds the project lock."""
+        if new.dedupe_key is not None:
+            row = await tx.fetch_one("find_dedupe", {"dedupe_key": new.dedupe_key})
+            if row is not None:
+                return EnqueueResult(self.item_from_row(row), duplicate=True)
+        agent_row = await tx.fetch_one("agent_state", {"agent": new.agent})
+        agent = None if agent_row is None else AgentState.from_row(agent_row)
+        refusal = _unknown(new.agent) if agent is None else _refusal(agent)
+        if refusal is not None or agent is None:
+            return EnqueueResult(await self._insert(tx, project, new, refusal))
+        dropped: list[QueueItem] = []
+        waiting = await self._count_queued(tx, agent.agent)
+        if waiting >= agent.queue_size:
+            if overflow == "refuse":
+                return EnqueueResult(await self._insert(tx, project, new, QUEUE_FULL))
+            dropped = await self._drop_oldest(tx, agent, waiting - agent.queue_size + 1)
+        item = await self._insert(tx, project, new, None)
+        return EnqueueResult(item, tuple(dropped))
+
+    async def _count_queued(self, tx: Transaction, agent: str) -> int:
+        """Queued items of ``agent`` that count against its bound (never tried yet)."""
+        row = await tx.fetch_one("count_queued", {"agent": agent})
+        return int(self._returned(row, "count_queued")["n"])
+
+    async def _drop_oldest(self, tx: Transaction, agent: AgentState, n: int) -> list[QueueItem]:
+        params = {
+            "agent": agent.agent,
+            "n": n,
+            "reason": f"queue full ({agent.queue_size} items): dropped for a newer item",
+            "now": self.encode_time(self.now()),
+        }
+        rows = await tx.fetch_all("drop_oldest", params)
+        return sorted((self.item_from_row(row) for row in rows), key=lambda item: item.id)
+
+    async def _insert(
+        self, tx: Transaction, project: ProjectState, new: NewItem, rejected: str | None
+    ) -> QueueItem:
+        now = self.encode_time(self.now())
+        params = {
+            "agent": new.agent,
+            "trigger_kind": new.trigger.value,
+            "trigger_detail": self.encode_json(new.trigger_detail),
+            "prompt": new.prompt,
+            "parent_run_id": new.parent_run_id,
+            "rerun_count": new.rerun_count,
+            # A rejected item holds no dedupe key: a retry once the cause is fixed is new.
+            "dedupe_key": new.dedupe_key if rejected is None else None,
+            "state": (ItemState.QUEUED if rejected is None else ItemState.REJECTED).value,
+            "reason": rejected,
+            "now": now,
+            "finished_at": None if rejected is None else now,
+            "max_attempts": project.max_attempts,
+        }
+        row = await tx.fetch_one("insert_item", params)
+        return self.item_from_row(self._returned(row, "insert_item"))
+
+    # -- claiming ----------------------------------------------------------------------
+
+    async def claim(
+        self, owner: str, *, lease_seconds: float, limit: int, item_id: int | None = None
+    ) -> list[Claim]:
+        """Claim up to ``limit`` queued items for ``owner``, in one transaction.
+
+        Oldest first per agent and across agents by id; never more active claims for an
+        agent than its scale, nor for the project than its scale cap; nothing for paused,
+        disabled or absent agents or while the project is paused. Each claim gets a lease
+        of ``lease_seconds``, a fencing token greater than every earlier one, and a new
+        run (state starting). With ``item_id``: only that item, if its agent and the
+        project have a free slot now (it may overtake older items: it was asked for).
+        """
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        async with self.transaction() as tx:
+            project = await self.lock_project(tx)
+            chosen = await self._claimable(tx, project, limit, item_id)
+            if not chosen:
+                return []
+            return await self._claim_items(tx, owner, chosen, lease_seconds)
+
+    async def _claimable(
+        self, tx: Transaction, project: ProjectState, limit: int, item_id: int | None
+    ) -> list[Row]:
+        """The items to claim now (columns id, agent), oldest first."""
+        if project.paused:
+            return []
+        if project.scale_cap is not None:
+            active = await tx.fetch_one("count_active")
+            limit = min(limit, project.scale_cap - int(self._returned(active, "count_active")["n"]))
+        if limit <= 0:
+            return []
+        if item_id is None:
+            rows = await tx.fetch_all("claimable", {"limit": limit})
+        else:
+            rows = await tx.fetch_all("claimable_item", {"item_id": item_id})
+        return rows
+
+    async def _claim_items(
+        self, tx: Transaction, owner: str, chosen: list[Row], lease_seconds: float
+    ) -> list[Claim]:
+        count = len(chosen)
+        counter = await tx.fetch_one("next_fences", {"n": count})
+        first_fence = int(self._returned(counter, "next_fences")["fence_counter"]) - count + 1
+        now = self.now()
+        common = {
+            "owner": owner,
+            "now": self.encode_time(now),
+            "expires_at": self.encode_time(now + timedelta(seconds=lease_seconds)),
+        }
+        claims = []
+        for offset, row in enumerate(sorted(chosen, key=lambda row: int(row["id"]))):
+            params = common | {
+                "item_id": row["id"],
+                "fence": first_fence + offset,
+                "run_id": f"{row['agent']}-{secrets.token_hex(6)}",
+            }
+            claims.append(await self._claim_one(tx, params))
+        return claims
+
+    async def _claim_one(self, tx: Transaction, params: dict[str, Any]) -> Claim:
+        # The run first: the item's run_id refers to it.
+        run_row = await tx.fetch_one("insert_claim_run", params)
+        run = self.run_from_row(self._returned(run_row, "insert_claim_run"))
+        item_row = await tx.fetch_one("claim_item", params)
+        return Claim(self.item_from_row(self._returned(item_row, "claim_item")), run)
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def list_items(
+        self,
+        *,
+        agent: str | None = None,
+        states: Collection[ItemState] | None = None,
+        limit: int = 100,
+    ) -> list[QueueItem]:
+        """Queue items, newest first (by id)."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        chosen = list(ItemState) if states is None else [ItemState(s) for s in states]
+        params: dict[str, Any] = {"limit": limit, "states": self.encode_states(chosen)}
+        name = "list_items" if agent is None else "list_agent_items"
+        if agent is not None:
+            params["agent"] = agent
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all(name, params)
+        return [self.item_from_row(row) for row in rows]
+
+    async def get_item(self, item_id: int) -> QueueItem | None:
+        async with self.transaction(write=False) as tx:
+            row = await tx.fetch_one("get_item", {"id": item_id})
+        return None if row is None else self.item_from_row(row)
+
+
+def _unknown(name: str) -> str:
+    return (
+        f"unknown agent {name!r}: the project has no agents/{name}/; check the trigger's agent name"
+    )
+
+
+def _refusal(agent: AgentState) -> str | None:
+    """Why ``agent`` takes no triggers now, with what to do; None when it does."""
+    name = agent.agent
+    if not agent.present:
+        return (
+            f"unknown agent {name!r}: it is no longer in the project "
+            f"(agents/{name}/ was removed); restore it or retarget the trigger"
+        )
+    if not agent.enabled:
+        return (
+            f"agent {name!r} was disabled by an operator; "
+            f"`corral enable {name}` to accept triggers again"
+        )
+    if agent.scale == 0:
+        return (
+            f"agent {name!r} is disabled (scale = 0); set scale to 1 or more in "
+            f"agents/{name}/config.toml to accept triggers"
+        )
+    return None
