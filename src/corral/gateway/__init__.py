@@ -1,1 +1,1 @@
-"""corral.gateway"""
+"""The gateway: health and the control API now; the agent API, webhooks and the dashboard later."""

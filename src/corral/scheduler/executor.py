@@ -1,23 +1,21 @@
-"""Execute one run end to end: record it, prepare it, start it, watch it, finish it."""
+"""Execute one claimed queue item end to end: prepare, start, watch, finalise."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from corral.errors import CorralError
 from corral.harness import PromptContext, RunFiles, base_environment, build_launch, build_prompt
 from corral.project import Agent, Project
 from corral.runtime import Process, Sink, runtime_for
-from corral.store import NewRun, Run, RunState, Store, TriggerKind
+from corral.store import Claim, QueueItem, Run, RunState, StaleFence, Store, StoreError
 
-__all__ = ["RunExecutor", "RunRequest", "exit_code_for"]
+__all__ = ["TIMEOUT_EXIT_CODE", "RunExecutor", "RunResult", "exit_code_for"]
 
 log = logging.getLogger("corral.run")
 
@@ -25,22 +23,28 @@ log = logging.getLogger("corral.run")
 TIMEOUT_EXIT_CODE = 124
 
 
-@dataclass(frozen=True)
-class RunRequest:
-    agent: Agent
-    trigger: TriggerKind
-    prompt: str | None = None
-    payload: Mapping[str, Any] | None = None
-    parent_run_id: str | None = None
-
-
 def exit_code_for(returncode: int) -> int:
     """A shell-style exit code: a process killed by signal N exits 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run, and the rerun it asked for (queued in the same transaction)."""
+
+    run: Run
+    rerun_item: QueueItem | None = None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    state: RunState
+    exit_code: int | None
+    error: str | None
+
+
 class RunExecutor:
-    """Runs agents of one project against one store.
+    """Runs claimed items of one project against one store.
 
     ``grace`` is how long a run has between SIGTERM and SIGKILL when it is
     stopped (timeout, kill, shutdown).
@@ -50,6 +54,8 @@ class RunExecutor:
         self.project = project
         self.store = store
         self.grace = grace
+        self._processes: dict[str, Process] = {}
+        self._stop_reasons: dict[str, str] = {}
 
     def workdir(self, run_id: str) -> Path:
         return self.project.root / ".corral" / "runs" / run_id
@@ -57,35 +63,62 @@ class RunExecutor:
     def log_path(self, run_id: str) -> Path:
         return self.project.root / ".corral" / "logs" / f"{run_id}.log"
 
-    async def execute(self, request: RunRequest, sink: Sink | None = None) -> Run:
-        run = await self.store.create_run(
-            NewRun(
-                agent=request.agent.name,
-                trigger=request.trigger,
-                trigger_detail=dict(request.payload) if request.payload else None,
-                prompt=request.prompt,
-                parent_run_id=request.parent_run_id,
-            )
-        )
-        log.info("run created", extra={"action": "run_created", "run_id": run.id})
-        try:
-            process = await self._start(run, request)
-        except CorralError as exc:
-            return await self._finish(run.id, RunState.FAILED, None, str(exc))
-        await self.store.mark_run_running(run.id, pid=process.pid, host=socket.gethostname())
-        log.info("run started", extra={"action": "run_started", "run_id": run.id})
-        return await self._watch(run.id, process, request.agent.config.timeout, sink)
+    @property
+    def active(self) -> frozenset[str]:
+        """Ids of the runs whose processes this executor is watching now."""
+        return frozenset(self._processes)
 
-    async def _start(self, run: Run, request: RunRequest) -> Process:
-        agent = request.agent
+    async def stop(self, run_id: str, reason: str) -> bool:
+        """Stop a run this executor watches (TERM, then KILL); it is recorded as killed."""
+        process = self._processes.get(run_id)
+        if process is None:
+            return False
+        self._stop_reasons.setdefault(run_id, reason)
+        await process.stop(self.grace)
+        return True
+
+    async def execute(self, claim: Claim, sink: Sink | None = None) -> RunResult:
+        run = claim.run
+        agent = self.project.agents.get(run.agent)
+        if agent is None:
+            missing = f"agent '{run.agent}' is no longer in the project"
+            return await self._finalize(run, _Outcome(RunState.FAILED, None, missing))
+        try:
+            process = await self._start(run, agent)
+        except CorralError as exc:
+            return await self._finalize(run, _Outcome(RunState.FAILED, None, str(exc)))
+        try:
+            await self.store.mark_run_running(run.id, pid=process.pid, host=socket.gethostname())
+        except StoreError as exc:
+            # The run ended while it was starting (its lease lapsed, or it was killed).
+            await process.stop(self.grace)
+            log.warning(str(exc), extra={"action": "run_fenced_off", "run_id": run.id})
+            current = await self.store.get_run(run.id)
+            return RunResult(current if current is not None else run)
+        self._processes[run.id] = process
+        try:
+            log.info("run started", extra={"action": "run_started", "run_id": run.id})
+            outcome = await self._watch(run.id, process, agent.config.timeout, sink)
+        except asyncio.CancelledError:
+            reason = self._stop_reasons.pop(run.id, "stopped by the operator")
+            await asyncio.shield(self._finalize(run, _Outcome(RunState.KILLED, None, reason)))
+            raise
+        finally:
+            self._processes.pop(run.id, None)
+        reason = self._stop_reasons.pop(run.id, "")
+        if reason and outcome.state is not RunState.TIMED_OUT:
+            outcome = _Outcome(RunState.KILLED, outcome.exit_code, reason)
+        return await self._finalize(run, outcome)
+
+    async def _start(self, run: Run, agent: Agent) -> Process:
         files = RunFiles.under(self.workdir(run.id))
         ctx = PromptContext(
             params=agent.config.params,
             workdir=files.workdir,
             shared_dir=self.project.shared_dir,
-            trigger=request.trigger.value,
-            user_prompt=request.prompt,
-            payload=request.payload,
+            trigger=run.trigger.value,
+            user_prompt=run.prompt,
+            payload=run.trigger_detail,
         )
         prompt = build_prompt(ctx)
         files.write(prompt, agent.skill.body)
@@ -102,9 +135,13 @@ class RunExecutor:
             "CORRAL_AGENT_DIR": str(agent.dir),
             "CORRAL_SHARED_DIR": str(self.project.shared_dir),
             "CORRAL_TRIGGER": run.trigger.value,
+            "CORRAL_ITEM_ID": str(run.item_id),
+            "CORRAL_ATTEMPT": str(run.attempt),
         }
 
-    async def _watch(self, run_id: str, process: Process, timeout: float, sink: Sink | None) -> Run:
+    async def _watch(
+        self, run_id: str, process: Process, timeout: float, sink: Sink | None
+    ) -> _Outcome:
         path = self.log_path(run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("ab") as logfile:
@@ -112,25 +149,18 @@ class RunExecutor:
             try:
                 done, _ = await asyncio.wait({pump}, timeout=timeout)
             except asyncio.CancelledError:
-                await self._stop(process, pump)
-                await asyncio.shield(
-                    self._finish(
-                        run_id, RunState.KILLED, 128 + signal.SIGTERM, "stopped by the operator"
-                    )
-                )
+                await self._stop_process(process, pump)
                 raise
             if not done:
-                await self._stop(process, pump)
-                return await self._finish(
-                    run_id, RunState.TIMED_OUT, TIMEOUT_EXIT_CODE, f"timed out after {timeout:g} s"
-                )
+                await self._stop_process(process, pump)
+                error = f"timed out after {timeout:g} s"
+                return _Outcome(RunState.TIMED_OUT, TIMEOUT_EXIT_CODE, error)
             code = exit_code_for(pump.result())
-        state = RunState.SUCCEEDED if code == 0 else RunState.FAILED
-        return await self._finish(
-            run_id, state, code, None if code == 0 else f"exited with code {code}"
-        )
+        if code == 0:
+            return _Outcome(RunState.SUCCEEDED, 0, None)
+        return _Outcome(RunState.FAILED, code, f"exited with code {code}")
 
-    async def _stop(self, process: Process, pump: asyncio.Task[int]) -> None:
+    async def _stop_process(self, process: Process, pump: asyncio.Task[int]) -> None:
         await process.stop(self.grace)
         # The pipe closes once every process in the group is gone; a process that
         # left the group (setsid) and still holds it must not keep the run open.
@@ -138,14 +168,26 @@ class RunExecutor:
         if not done:
             pump.cancel()
 
-    async def _finish(
-        self, run_id: str, state: RunState, code: int | None, error: str | None
-    ) -> Run:
-        run = await self.store.finish_run(run_id, state=state, exit_code=code, error=error)
-        log.info(
-            "run finished", extra={"action": "run_finished", "run_id": run_id, "state": state.value}
-        )
-        return run
+    async def _finalize(self, run: Run, outcome: _Outcome) -> RunResult:
+        if run.fence is None:
+            raise CorralError(f"run {run.id} has no fencing token; it was not claimed")
+        try:
+            result = await asyncio.shield(
+                self.store.finalize(
+                    run.id,
+                    fence=run.fence,
+                    state=outcome.state,
+                    exit_code=outcome.exit_code,
+                    error=outcome.error,
+                )
+            )
+        except StaleFence as exc:
+            log.warning(str(exc), extra={"action": "run_fenced_off", "run_id": run.id})
+            current = await self.store.get_run(run.id)
+            return RunResult(current if current is not None else run)
+        extra = {"action": "run_finished", "run_id": run.id, "state": outcome.state.value}
+        log.info("run finished", extra=extra)
+        return RunResult(result.run, result.rerun_item)
 
 
 def _tee(logfile: BinaryIO, sink: Sink | None) -> Sink:

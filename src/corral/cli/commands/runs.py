@@ -1,10 +1,12 @@
-"""`corral run` (one run, in the foreground) and `corral runs` (history)."""
+"""`corral run` (queue or run one now) and `corral runs` (history)."""
 
 from __future__ import annotations
 
 import asyncio
 import difflib
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 from rich.markup import escape
@@ -13,11 +15,20 @@ from rich.table import Table
 from corral.cli._context import CliContext
 from corral.cli._main import cli
 from corral.cli._render import console, err_console, fmt_duration, fmt_time, print_json
-from corral.errors import UsageError
+from corral.errors import RunError, UsageError
 from corral.project import Agent, Project
-from corral.runtime import Sink
-from corral.scheduler.executor import RunExecutor, RunRequest
-from corral.store import Run, RunState, TriggerKind
+from corral.scheduler.foreground import run_in_foreground
+from corral.scheduler.service import SchedulerOptions, is_live
+from corral.store import (
+    ItemState,
+    NewItem,
+    QueueItem,
+    Run,
+    RunState,
+    SchedulerInfo,
+    Store,
+    TriggerKind,
+)
 
 _STATE_STYLE = {
     RunState.SUCCEEDED: "green",
@@ -29,9 +40,10 @@ _STATE_STYLE = {
     RunState.STARTING: "cyan",
     RunState.QUEUED: "dim",
 }
+_FOLLOW_POLL = 0.2
 
 
-def pick_agent(project: Project, name: str) -> Agent:
+def pick_agent(project: Project, name: str, *, allow_disabled: bool = False) -> Agent:
     agent = project.agents.get(name)
     if agent is None:
         names = sorted(project.agents)
@@ -39,7 +51,7 @@ def pick_agent(project: Project, name: str) -> Agent:
         hint = f"did you mean '{close[0]}'? " if close else ""
         known = ", ".join(names) if names else "none (add one under agents/)"
         raise UsageError(f"unknown agent '{name}': {hint}agents in {project.root}: {known}")
-    if not agent.enabled:
+    if not agent.enabled and not allow_disabled:
         raise UsageError(
             f"agent '{name}' is disabled (scale = 0 in agents/{name}/config.toml); "
             "set scale to 1 or more to run it"
@@ -56,19 +68,43 @@ def outcome_exit_code(run: Run) -> int:
     return 1
 
 
+async def live_scheduler(store: Store) -> SchedulerInfo | None:
+    now = datetime.now(UTC)
+    options = SchedulerOptions()
+    for info in await store.list_schedulers(live_only=True):
+        if is_live(info, now, options.renew_every):
+            return info
+    return None
+
+
 @cli.command("run")
 @click.argument("agent_name", metavar="AGENT")
 @click.argument("prompt", required=False)
+@click.option(
+    "-w", "--wait", is_flag=True, help="With a scheduler running: follow the run to its end."
+)
+@click.option(
+    "--foreground", is_flag=True, help="Run here and now even when a scheduler is running."
+)
 @click.option("-q", "--quiet", is_flag=True, help="Do not stream the run's output.")
-@click.option("--json", "as_json", is_flag=True, help="Print the finished run as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the finished (or queued) run as JSON.")
 @click.pass_obj
 def run_cmd(
-    obj: CliContext, agent_name: str, prompt: str | None, quiet: bool, as_json: bool
+    obj: CliContext,
+    agent_name: str,
+    prompt: str | None,
+    wait: bool,
+    foreground: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
-    """Run AGENT once now, in the foreground, and exit with its outcome.
+    """Run AGENT once.
 
-    PROMPT, when given, is the task (`-` reads it from stdin); without it the
-    agent gets the manual-trigger instruction to look for work.
+    With a scheduler running (`corral start`), the run is queued through it like
+    any other trigger (`--wait` follows it to the end). Without one, it runs
+    here in the foreground with its output streamed, and `corral run` exits with
+    its outcome. PROMPT, when given, is the task (`-` reads it from stdin);
+    without it the agent gets the manual-trigger instruction to look for work.
     """
     project = obj.project()
     agent = pick_agent(project, agent_name)
@@ -76,31 +112,107 @@ def run_cmd(
         prompt = sys.stdin.read()
     for warning in project.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(str(warning))}")
-    stream = None if quiet or as_json else _stdout_sink
+    stream = not (quiet or as_json)
     try:
-        run = asyncio.run(_execute(obj, project, agent, prompt, stream))
+        code = asyncio.run(_run(obj, project, agent, prompt, stream, wait, foreground, as_json))
     except KeyboardInterrupt:
         err_console.print("run stopped by the operator and recorded as killed")
         raise SystemExit(130) from None
+    raise SystemExit(code)
+
+
+async def _run(
+    obj: CliContext,
+    project: Project,
+    agent: Agent,
+    prompt: str | None,
+    stream: bool,
+    wait: bool,
+    foreground: bool,
+    as_json: bool,
+) -> int:
+    async with await obj.store(project) as store:
+        scheduler = None if foreground else await live_scheduler(store)
+        if scheduler is None:
+            results = await run_in_foreground(
+                project, store, agent, prompt, _stdout_sink if stream else None, on_wait=_waiting
+            )
+            runs = [r.run for r in results]
+        else:
+            item = await _queue(store, agent, prompt, scheduler, as_json and not wait)
+            if not wait:
+                return 0
+            runs = [await _follow(store, project, item, stream)]
+    for run in runs:
+        if as_json:
+            print_json(run_json(run))
+        else:
+            _summary(run, project)
+    return outcome_exit_code(runs[-1])
+
+
+async def _queue(
+    store: Store, agent: Agent, prompt: str | None, scheduler: SchedulerInfo, as_json: bool
+) -> QueueItem:
+    result = await store.enqueue(
+        NewItem(agent=agent.name, trigger=TriggerKind.MANUAL, prompt=prompt)
+    )
+    item = result.item
+    if item.state is ItemState.REJECTED:
+        raise UsageError(item.reason or f"agent '{agent.name}' refused the run")
+    for dropped in result.dropped:
+        err_console.print(f"[yellow]warning:[/] dropped queue item {dropped.id}: {dropped.reason}")
     if as_json:
-        print_json(run_json(run))
+        print_json({"itemId": item.id, "agent": item.agent, "state": item.state.value})
     else:
-        _summary(run, project)
-    raise SystemExit(outcome_exit_code(run))
+        err_console.print(
+            f"queued a run of {agent.name} (item {item.id}) for scheduler {scheduler.id}"
+        )
+    return item
+
+
+async def _follow(store: Store, project: Project, item: QueueItem, stream: bool) -> Run:
+    """Wait for ``item``'s run to end, streaming its log when it is on this machine."""
+    offset = 0
+    while True:
+        current = await store.get_item(item.id)
+        if current is None:
+            raise RunError(f"queue item {item.id} disappeared from the store")
+        run = await store.get_run(current.run_id) if current.run_id else None
+        if run is not None and stream:
+            offset = _copy_log(project.root / ".corral" / "logs" / f"{run.id}.log", offset)
+        if current.state in (ItemState.DROPPED, ItemState.REJECTED, ItemState.FAILED):
+            raise RunError(f"queue item {item.id} was {current.state.value}: {current.reason}")
+        if run is not None and run.state.is_terminal and current.state is not ItemState.CLAIMED:
+            if current.state is ItemState.QUEUED:  # lost, and queued for another attempt
+                await asyncio.sleep(_FOLLOW_POLL)
+                continue
+            return run
+        await asyncio.sleep(_FOLLOW_POLL)
+
+
+def _copy_log(path: Path, offset: int) -> int:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+    except FileNotFoundError:
+        return offset
+    if chunk:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+    return offset + len(chunk)
+
+
+def _waiting(item: QueueItem) -> None:
+    err_console.print(
+        f"waiting for a free slot: agent {item.agent} (or the project) is at its scale or paused"
+    )
 
 
 async def _stdout_sink(chunk: bytes) -> None:
     sys.stdout.buffer.write(chunk)
     sys.stdout.buffer.flush()
-
-
-async def _execute(
-    obj: CliContext, project: Project, agent: Agent, prompt: str | None, sink: Sink | None
-) -> Run:
-    async with await obj.store(project) as store:
-        executor = RunExecutor(project, store)
-        request = RunRequest(agent=agent, trigger=TriggerKind.MANUAL, prompt=prompt)
-        return await executor.execute(request, sink)
 
 
 def _summary(run: Run, project: Project) -> None:
@@ -127,8 +239,11 @@ def run_json(run: Run) -> dict[str, object]:
         "endedAt": run.ended_at.isoformat() if run.ended_at else None,
         "durationSeconds": run.duration.total_seconds() if run.duration else None,
         "parentRunId": run.parent_run_id,
+        "itemId": run.item_id,
+        "attempt": run.attempt,
         "pid": run.pid,
         "host": run.host,
+        "status": run.status_text,
     }
 
 

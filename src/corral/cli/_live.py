@@ -1,0 +1,81 @@
+"""The live view of `corral start`: agents, queues and recent runs, refreshed in place."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from corral.cli._render import console, fmt_duration
+from corral.scheduler.service import Scheduler
+from corral.store import AgentState, ProjectState, Run
+
+__all__ = ["LiveView"]
+
+_REFRESH = 0.5
+
+
+@dataclass
+class _Snapshot:
+    project: ProjectState | None = None
+    agents: list[AgentState] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    note: str = ""
+
+
+class LiveView:
+    def __init__(self, scheduler: Scheduler, url: str, warning: str | None) -> None:
+        self.scheduler = scheduler
+        self.url = url
+        self.warning = warning
+        self.snapshot = _Snapshot()
+
+    async def run(self) -> None:
+        with Live(self.render(), console=console, refresh_per_second=4, transient=False) as live:
+            while True:
+                await self.refresh()
+                live.update(self.render())
+                await asyncio.sleep(_REFRESH)
+
+    async def refresh(self) -> None:
+        store = self.scheduler.store
+        self.snapshot = _Snapshot(
+            project=await store.project_state(),
+            agents=[a for a in await store.agent_states() if a.present],
+            runs=await store.list_runs(limit=10),
+        )
+
+    def render(self) -> RenderableType:
+        snap = self.snapshot
+        state = "draining" if self.scheduler.draining else "running"
+        if snap.project is not None and snap.project.paused:
+            state += ", project paused"
+        head = Text.from_markup(
+            f"[bold]corral[/] scheduler {self.scheduler.info.id if self.scheduler.info else '-'}"
+            f"  {state}  gateway {self.url}  (Ctrl-C drains and stops)"
+        )
+        parts: list[RenderableType] = [head]
+        if self.warning:
+            parts.append(Text(f"warning: {self.warning}", style="yellow"))
+        parts += [self._agents(snap.agents), self._runs(snap.runs)]
+        return Group(*parts)
+
+    def _agents(self, agents: list[AgentState]) -> Table:
+        table = Table("agent", "state", "running", "queued", title="agents", title_justify="left")
+        for a in agents:
+            status = "disabled" if not a.enabled or a.scale == 0 else "paused" if a.paused else "ok"
+            table.add_row(a.agent, status, f"{a.active}/{a.scale}", str(a.queued))
+        return table
+
+    def _runs(self, runs: list[Run]) -> Table:
+        table = Table("run", "state", "status", "age", title="recent runs", title_justify="left")
+        now = datetime.now(UTC)
+        for r in runs:
+            age = r.duration if r.ended_at else now - (r.started_at or r.created_at)
+            table.add_row(r.id, r.state.value, r.status_text or r.error or "", fmt_duration(age))
+        return table

@@ -1,0 +1,155 @@
+"""`corral start` (scheduler + gateway, in the foreground) and `corral stop`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from datetime import UTC, datetime
+
+import click
+from rich.markup import escape
+
+from corral.cli._context import CliContext
+from corral.cli._live import LiveView
+from corral.cli._main import cli
+from corral.cli._render import console, err_console
+from corral.gateway.app import create_app
+from corral.gateway.server import GatewayServer, bind
+from corral.gateway.token import operator_token
+from corral.project import Project
+from corral.scheduler.service import Scheduler, SchedulerOptions, cap_warning, is_live
+from corral.store import Store, open_store
+
+_STOP_WAIT = 120.0
+
+
+@cli.command("start")
+@click.option("--headless", is_flag=True, help="Log lines instead of the live view.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), help="Gateway port (default: [gateway] port)."
+)
+@click.option("--expose", is_flag=True, help="Listen on every interface, not only loopback.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds running runs get to finish after `corral stop`.",
+)
+@click.pass_obj
+def start_cmd(
+    obj: CliContext, headless: bool, port: int | None, expose: bool, grace: float
+) -> None:
+    """Run the scheduler and the gateway for this project until stopped."""
+    project = obj.project()
+    for warning in project.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(str(warning))}")
+    if headless or not console.is_terminal:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    host = "0.0.0.0" if expose else project.config.gateway.host
+    chosen = project.config.gateway.port if port is None else port
+    options = SchedulerOptions(drain_grace=grace)
+    asyncio.run(_serve(project, host, chosen, options, live=not headless and console.is_terminal))
+
+
+async def _serve(
+    project: Project, host: str, port: int, options: SchedulerOptions, *, live: bool
+) -> None:
+    sock = bind(host, port)
+    bound = sock.getsockname()[1]
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}"
+    async with await open_store(project.state_url) as store:
+        scheduler = Scheduler(project, store, options, gateway_url=url)
+        info = await scheduler.start()
+        warning = cap_warning(project)
+        if warning:
+            err_console.print(f"[yellow]warning:[/] {warning}")
+        server = GatewayServer.for_app(create_app(scheduler, operator_token(project.root)))
+        stop, stop_now = asyncio.Event(), asyncio.Event()
+        _handle_signals(stop, stop_now, scheduler)
+        err_console.print(f"scheduler {info.id} started; gateway on {url}")
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        view = asyncio.create_task(LiveView(scheduler, url, warning).run()) if live else None
+        try:
+            await scheduler.run(stop, stop_now)
+        finally:
+            if view is not None:
+                view.cancel()
+            server.should_exit = True
+            await serving
+    err_console.print(f"scheduler {info.id} stopped")
+
+
+def _handle_signals(stop: asyncio.Event, stop_now: asyncio.Event, scheduler: Scheduler) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            n = len(scheduler.running)
+            err_console.print(
+                f"stopping: no new runs; {n} running run(s) get up to "
+                f"{scheduler.options.drain_grace:g} s to finish (signal again to stop them now)"
+            )
+            stop.set()
+        else:
+            err_console.print("stopping now: running runs are being stopped")
+            stop_now.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+
+
+@cli.command("stop")
+@click.option(
+    "--now", is_flag=True, help="Stop running runs at once instead of letting them finish."
+)
+@click.pass_obj
+def stop_cmd(obj: CliContext, now: bool) -> None:
+    """Stop the scheduler of this project running on this machine, gracefully."""
+    project = obj.project()
+    host = socket.gethostname()
+
+    async def go() -> None:
+        async with await open_store(project.state_url) as store:
+            options = SchedulerOptions()
+            live = [
+                s
+                for s in await store.list_schedulers(live_only=True)
+                if is_live(s, datetime.now(UTC), options.renew_every)
+            ]
+            here = [s for s in live if s.host == host]
+            elsewhere = [s for s in live if s.host != host]
+            if not here:
+                hint = (
+                    f"; schedulers on other hosts ({', '.join(s.host for s in elsewhere)}) "
+                    "must be stopped there"
+                    if elsewhere
+                    else ""
+                )
+                raise click.ClickException(f"no scheduler of this project runs here{hint}")
+            for info in here:
+                os.kill(info.pid, signal.SIGTERM)
+                if now:
+                    await asyncio.sleep(0.2)
+                    os.kill(info.pid, signal.SIGTERM)
+                console.print(f"asked scheduler {info.id} (pid {info.pid}) to stop")
+            await _wait_stopped(store, {s.id for s in here})
+
+    asyncio.run(go())
+
+
+async def _wait_stopped(store: Store, ids: set[str]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _STOP_WAIT
+    while loop.time() < deadline:
+        states = {s.id: s.state for s in await store.list_schedulers() if s.id in ids}
+        if all(state == "stopped" for state in states.values()):
+            console.print("stopped")
+            return
+        await asyncio.sleep(0.2)
+    raise click.ClickException("the scheduler has not stopped yet; it may still be draining")

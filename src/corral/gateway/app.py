@@ -1,0 +1,116 @@
+"""The gateway: one ASGI app for the scheduler's HTTP surface.
+
+Today it carries health and the operator control API (queue a run, read the
+fleet's state); the agent API (locks, calls, signals), webhooks, the
+dashboard and /metrics join it in later work.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from corral.gateway.token import token_matches
+from corral.scheduler.service import Scheduler
+from corral.store import ItemState, NewItem, QueueItem, Run, TriggerKind
+
+__all__ = ["create_app"]
+
+
+class RunRequestBody(BaseModel):
+    agent: str = Field(min_length=1, max_length=64)
+    prompt: str | None = Field(default=None, max_length=1_000_000)
+
+
+def item_json(item: QueueItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "agent": item.agent,
+        "trigger": item.trigger.value,
+        "state": item.state.value,
+        "reason": item.reason,
+        "attempts": item.attempts,
+        "runId": item.run_id,
+        "enqueuedAt": item.enqueued_at.isoformat(),
+    }
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "agent": run.agent,
+        "trigger": run.trigger.value,
+        "state": run.state.value,
+        "exitCode": run.exit_code,
+        "error": run.error,
+        "status": run.status_text,
+        "itemId": run.item_id,
+        "createdAt": run.created_at.isoformat(),
+        "startedAt": run.started_at.isoformat() if run.started_at else None,
+        "endedAt": run.ended_at.isoformat() if run.ended_at else None,
+    }
+
+
+def create_app(scheduler: Scheduler, token: str) -> FastAPI:
+    app = FastAPI(title="corral gateway", version="1", docs_url=None, redoc_url=None)
+
+    def operator(authorization: Annotated[str | None, Header()] = None) -> None:
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token_matches(given.strip(), token):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "a valid operator token is required")
+
+    guarded = [Depends(operator)]
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        info = scheduler.info
+        return {"ok": True, "scheduler": info.id if info else None, "draining": scheduler.draining}
+
+    @app.post("/control/runs", dependencies=guarded, status_code=status.HTTP_202_ACCEPTED)
+    async def queue_run(body: RunRequestBody) -> Any:
+        new = NewItem(agent=body.agent, trigger=TriggerKind.MANUAL, prompt=body.prompt)
+        result = await scheduler.submit(new)
+        if result.item.state is ItemState.REJECTED:
+            return JSONResponse(
+                {"ok": False, "error": result.item.reason, "item": item_json(result.item)},
+                status_code=status.HTTP_409_CONFLICT,
+            )
+        return {
+            "ok": True,
+            "item": item_json(result.item),
+            "dropped": [item_json(d) for d in result.dropped],
+        }
+
+    @app.get("/control/runs/{run_id}", dependencies=guarded)
+    async def get_run(run_id: str) -> dict[str, Any]:
+        run = await scheduler.store.get_run(run_id)
+        if run is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id}")
+        return run_json(run)
+
+    @app.get("/control/status", dependencies=guarded)
+    async def fleet_status() -> dict[str, Any]:
+        project = await scheduler.store.project_state()
+        agents = await scheduler.store.agent_states()
+        return {
+            "scheduler": scheduler.info.id if scheduler.info else None,
+            "paused": project.paused,
+            "scaleCap": project.scale_cap,
+            "agents": [
+                {
+                    "agent": a.agent,
+                    "scale": a.scale,
+                    "paused": a.paused,
+                    "enabled": a.enabled,
+                    "queued": a.queued,
+                    "running": a.active,
+                }
+                for a in agents
+                if a.present
+            ],
+        }
+
+    return app

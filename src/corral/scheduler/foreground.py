@@ -1,0 +1,115 @@
+"""`corral run` when no scheduler is running: one run (and its reruns) in this process.
+
+The run goes through the same queue and claim as any other, so the caps and
+the queue bound hold for it too; this process holds the lease and renews it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Callable
+
+from corral.errors import RunError, UsageError
+from corral.project import Agent, Project
+from corral.runtime import Sink
+from corral.scheduler.executor import RunExecutor, RunResult
+from corral.scheduler.orphans import reap_orphans
+from corral.scheduler.service import SchedulerOptions, agent_specs
+from corral.store import Claim, ItemState, NewItem, QueueItem, Store, TriggerKind
+
+__all__ = ["run_in_foreground"]
+
+Waiting = Callable[[QueueItem], None]
+
+
+async def run_in_foreground(
+    project: Project,
+    store: Store,
+    agent: Agent,
+    prompt: str | None,
+    sink: Sink | None = None,
+    *,
+    on_wait: Waiting | None = None,
+    options: SchedulerOptions | None = None,
+) -> list[RunResult]:
+    """Run ``agent`` now; return the run and any reruns it asked for, in order."""
+    opts = options or SchedulerOptions()
+    owner = f"cli-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    await store.sync_project(
+        agent_specs(project),
+        scale_cap=project.config.scale,
+        max_attempts=project.config.max_attempts,
+        max_reruns=project.config.max_reruns,
+    )
+    reap_orphans(await store.recover_lapsed())
+    queued = await store.enqueue(
+        NewItem(agent=agent.name, trigger=TriggerKind.MANUAL, prompt=prompt)
+    )
+    if queued.item.state is ItemState.REJECTED:
+        raise UsageError(queued.item.reason or f"agent '{agent.name}' refused the run")
+    executor = RunExecutor(project, store, grace=opts.kill_grace)
+    results: list[RunResult] = []
+    item: QueueItem | None = queued.item
+    while item is not None:
+        claim = await _claim(store, owner, item, opts, on_wait)
+        result = await _execute(executor, store, owner, claim, sink, opts)
+        results.append(result)
+        item = result.rerun_item
+    return results
+
+
+async def _claim(
+    store: Store, owner: str, item: QueueItem, opts: SchedulerOptions, on_wait: Waiting | None
+) -> Claim:
+    """Claim ``item`` as soon as the caps allow; say so while waiting."""
+    told = False
+    while True:
+        claims = await store.claim(
+            owner, lease_seconds=opts.lease_seconds, limit=1, item_id=item.id
+        )
+        if claims:
+            return claims[0]
+        current = await store.get_item(item.id)
+        if current is None or current.state is not ItemState.QUEUED:
+            state = "gone" if current is None else current.state.value
+            reason = f": {current.reason}" if current is not None and current.reason else ""
+            raise RunError(f"queue item {item.id} of agent '{item.agent}' is {state}{reason}")
+        if on_wait is not None and not told:
+            on_wait(current)
+            told = True
+        await asyncio.sleep(opts.poll_interval)
+
+
+async def _execute(
+    executor: RunExecutor,
+    store: Store,
+    owner: str,
+    claim: Claim,
+    sink: Sink | None,
+    opts: SchedulerOptions,
+) -> RunResult:
+    async def keep_lease() -> None:
+        while True:
+            await asyncio.sleep(opts.renew_every)
+            await store.renew_leases(owner, lease_seconds=opts.lease_seconds)
+
+    async def watch_kills() -> None:
+        while True:
+            await asyncio.sleep(opts.supervise_every)
+            if any(r.id == claim.run.id for r in await store.kill_requests(owner)):
+                await executor.stop(claim.run.id, "killed by an operator")
+                return
+
+    helpers = [asyncio.create_task(keep_lease()), asyncio.create_task(watch_kills())]
+    try:
+        return await executor.execute(claim, sink)
+    finally:
+        for task in helpers:
+            task.cancel()
+        for task in helpers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

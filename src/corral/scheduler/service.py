@@ -1,0 +1,283 @@
+"""The scheduler: intake, dispatch, supervision and a graceful drain.
+
+One `Scheduler` runs per `corral start`. Several may share one store; every
+rule that matters (caps, FIFO, one live run per item, fencing) is enforced by
+the store in one transaction, so nothing here relies on being alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from corral.project import Project
+from corral.scheduler.cron import CronTriggers
+from corral.scheduler.executor import RunExecutor
+from corral.scheduler.orphans import reap_orphans
+from corral.store import AgentSpec, Claim, EnqueueResult, NewItem, SchedulerInfo, Store
+
+__all__ = ["Scheduler", "SchedulerOptions", "agent_specs", "cap_warning", "is_live"]
+
+log = logging.getLogger("corral.scheduler")
+
+
+@dataclass(frozen=True)
+class SchedulerOptions:
+    lease_seconds: float = 30.0  # a claim lapses this long after its last renewal
+    renew_every: float = 10.0  # how often leases (and the heartbeat) are renewed
+    poll_interval: float = 0.2  # dispatch poll when nothing wakes the loop
+    supervise_every: float = 0.25  # kill requests are looked for this often
+    recover_every: float = 2.0  # lapsed leases of other schedulers are recovered this often
+    claim_batch: int = 64
+    drain_grace: float = 30.0  # `corral stop`: how long running runs may go on
+    kill_grace: float = 10.0  # TERM -> KILL
+
+
+def agent_specs(project: Project) -> list[AgentSpec]:
+    return [
+        AgentSpec(agent=a.name, scale=a.effective_scale, queue_size=a.config.max_work_queue_size)
+        for a in project.agents.values()
+    ]
+
+
+def cap_warning(project: Project) -> str | None:
+    """The documented start-up warning when the agents' scales exceed the project cap."""
+    cap = project.config.scale
+    total = sum(a.effective_scale for a in project.agents.values())
+    if cap is None or total <= cap:
+        return None
+    return (
+        f"the agents' scales add up to {total}, more than the project cap scale = {cap}: "
+        f"at most {cap} runs go at once and the rest wait in their queues"
+    )
+
+
+def is_live(info: SchedulerInfo, now: datetime, renew_every: float) -> bool:
+    """A scheduler that says it runs and has renewed its heartbeat recently."""
+    fresh = now - info.heartbeat_at < timedelta(seconds=3 * renew_every + 5)
+    return info.state in ("running", "draining") and fresh
+
+
+class Scheduler:
+    def __init__(
+        self,
+        project: Project,
+        store: Store,
+        options: SchedulerOptions | None = None,
+        *,
+        gateway_url: str | None = None,
+    ) -> None:
+        self.project = project
+        self.store = store
+        self.options = options or SchedulerOptions()
+        self.gateway_url = gateway_url
+        self.executor = RunExecutor(project, store, grace=self.options.kill_grace)
+        self.info: SchedulerInfo | None = None
+        self.draining = False
+        self._wake = asyncio.Event()
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+        self.on_claim: Callable[[Claim], None] | None = None  # observers (live view, benchmarks)
+
+    @property
+    def id(self) -> str:
+        if self.info is None:
+            raise RuntimeError("the scheduler is not started")
+        return self.info.id
+
+    @property
+    def running(self) -> frozenset[str]:
+        return frozenset(self._runs)
+
+    # -- intake ------------------------------------------------------------------------
+
+    async def submit(
+        self, new: NewItem, *, overflow: Literal["drop_oldest", "refuse"] = "drop_oldest"
+    ) -> EnqueueResult:
+        """Queue an item durably and wake the dispatcher."""
+        result = await self.store.enqueue(new, overflow=overflow)
+        for dropped in result.dropped:
+            log.warning(
+                "dropped item %s of %s: %s",
+                dropped.id,
+                dropped.agent,
+                dropped.reason,
+                extra={"action": "item_dropped", "agent": dropped.agent},
+            )
+        self.wake()
+        return result
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> SchedulerInfo:
+        """Register, recover what dead predecessors on this host left, sync the config."""
+        host = socket.gethostname()
+        await self._recover_dead_predecessors(host)
+        await self.store.sync_project(
+            agent_specs(self.project),
+            scale_cap=self.project.config.scale,
+            max_attempts=self.project.config.max_attempts,
+            max_reruns=self.project.config.max_reruns,
+        )
+        self.info = await self.store.register_scheduler(
+            host=host, pid=os.getpid(), gateway_url=self.gateway_url
+        )
+        await self._recover_lapsed()
+        log.info("scheduler %s started", self.id, extra={"action": "scheduler_started"})
+        return self.info
+
+    async def run(self, stop: asyncio.Event, stop_now: asyncio.Event | None = None) -> None:
+        """Dispatch until ``stop`` is set, then drain; ``stop_now`` cuts the drain short."""
+        if self.info is None:
+            await self.start()
+        cron = CronTriggers(self.project, self.submit)
+        try:
+            async with asyncio.TaskGroup() as group:
+                background = [
+                    group.create_task(self._dispatch()),
+                    group.create_task(self._supervise()),
+                    group.create_task(cron.run()),
+                ]
+                await stop.wait()
+                await self.drain(stop_now or asyncio.Event())
+                for task in background:
+                    task.cancel()
+        finally:
+            await self._abandon_all("the scheduler stopped")
+            await self.store.set_scheduler_state(self.id, "stopped")
+            log.info("scheduler %s stopped", self.id, extra={"action": "scheduler_stopped"})
+
+    async def drain(self, stop_now: asyncio.Event) -> None:
+        """No new dispatch; running runs get ``drain_grace`` seconds, then they are stopped."""
+        self.draining = True
+        self.wake()
+        await self.store.set_scheduler_state(self.id, "draining")
+        pending = set(self._runs.values())
+        if pending:
+            finished = asyncio.create_task(asyncio.wait(pending))
+            cut_short = asyncio.create_task(stop_now.wait())
+            await asyncio.wait(
+                {finished, cut_short},
+                timeout=self.options.drain_grace,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            finished.cancel()
+            cut_short.cancel()
+        reason = f"stopped: the scheduler shut down (drain grace {self.options.drain_grace:g} s)"
+        await self._abandon_all(reason)
+
+    async def _abandon_all(self, reason: str) -> None:
+        """Stop every run still going (recorded as killed) and wait for their finalisation."""
+        tasks = list(self._runs.values())
+        await asyncio.gather(*(self.executor.stop(r, reason) for r in list(self._runs)))
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.options.kill_grace * 2 + 5)
+
+    # -- loops -------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        batch = self.options.claim_batch
+        while not self.draining:
+            self._wake.clear()
+            claims = await self.store.claim(
+                self.id, lease_seconds=self.options.lease_seconds, limit=batch
+            )
+            for claim in claims:
+                self._launch(claim)
+            if len(claims) < batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.options.poll_interval)
+
+    def _launch(self, claim: Claim) -> None:
+        if self.on_claim is not None:
+            self.on_claim(claim)
+        run_id = claim.run.id
+        task = asyncio.create_task(self._execute(claim), name=f"run {run_id}")
+        self._runs[run_id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._runs.pop(run_id, None)
+            self.wake()  # a slot is free
+
+        task.add_done_callback(done)
+
+    async def _execute(self, claim: Claim) -> None:
+        try:
+            await self.executor.execute(claim)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The run's lease will lapse and another delivery will follow; say so loudly.
+            log.exception(
+                "run %s failed inside the scheduler",
+                claim.run.id,
+                extra={"action": "run_crashed", "run_id": claim.run.id},
+            )
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        renewed = recovered = loop.time()
+        while True:
+            await asyncio.sleep(self.options.supervise_every)
+            await self._handle_kill_requests()
+            now = loop.time()
+            if now - renewed >= self.options.renew_every:
+                await self.store.renew_leases(self.id, lease_seconds=self.options.lease_seconds)
+                renewed = now
+            if now - recovered >= self.options.recover_every:
+                await self._recover_lapsed()
+                recovered = now
+
+    async def _handle_kill_requests(self) -> None:
+        for run in await self.store.kill_requests(self.id):
+            if run.id in self._stopping or run.id not in self._runs:
+                continue
+            self._stopping[run.id] = asyncio.create_task(self._stop_for_operator(run.id))
+
+    async def _stop_for_operator(self, run_id: str) -> None:
+        try:
+            await self.executor.stop(run_id, "killed by an operator")
+        finally:
+            self._stopping.pop(run_id, None)
+
+    async def _recover_lapsed(self) -> None:
+        recovered = await self.store.recover_lapsed()
+        if recovered:
+            reap_orphans(recovered)
+            self.wake()
+
+    async def _recover_dead_predecessors(self, host: str) -> None:
+        now = datetime.now(UTC)
+        for info in await self.store.list_schedulers():
+            if info.host != host or info.state == "stopped" or _pid_alive(info.pid):
+                continue
+            reason = f"its scheduler {info.id} died (pid {info.pid} on {host} is gone)"
+            recovered = await self.store.release_owner(info.id, reason=reason)
+            reap_orphans(recovered)
+            await self.store.set_scheduler_state(info.id, "stopped")
+            log.warning(
+                "recovered %d run(s) of dead scheduler %s",
+                len(recovered),
+                info.id,
+                extra={"action": "scheduler_recovered", "since": str(now - info.heartbeat_at)},
+            )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
