@@ -253,3 +253,35 @@ def test_cap_warning_as_documented(tmp_path: Path) -> None:
         "the agents' scales add up to 5, more than the project cap scale = 2: "
         "at most 2 runs go at once and the rest wait in their queues"
     )
+
+
+async def test_documented_defaults_in_action(tmp_path: Path, store: Store) -> None:
+    """An empty config.toml: queue 100, scale 1, maxReruns 10, maxAttempts 3, timeout 3600."""
+    project = write_project(
+        tmp_path / "p", {"dev": {"command": "true"}, "chain": {"command": "sleep 0.1"}}
+    )
+    agent = project.agents["dev"]
+    assert (agent.effective_scale, agent.config.timeout) == (1, 3600)
+    async with scheduler_for(project, store) as running:
+        await store.set_paused("dev", True)
+        results = [await running.submit("dev", prompt=str(i)) for i in range(101)]
+        assert [d.id for d in results[100].dropped] == [results[0].item.id]  # 100 fit, no more
+        assert {a.agent: a.queued for a in await store.agent_states()}["dev"] == 100
+        await store.set_paused("dev", False)
+        running.scheduler.wake()
+        await wait_for(lambda: _done(store, 100), timeout=60)
+        assert max_overlap(await all_runs(store, "dev")) == 1
+
+        def always_rerun(claim: Claim) -> None:
+            running.claims.append(claim)
+            asyncio.get_running_loop().create_task(store.request_rerun(claim.run.id))
+
+        running.scheduler.on_claim = always_rerun
+        before = len(await all_runs(store))
+        await running.submit("chain", TriggerKind.SCHEDULE)
+        await wait_for(lambda: _done(store, before + 11), timeout=60)
+        await asyncio.sleep(0.5)
+    chain = [r for r in await all_runs(store) if r.trigger is TriggerKind.SCHEDULE]
+    assert len(chain) == 11  # the run and its 10 reruns
+    project_state = await store.project_state()
+    assert (project_state.max_attempts, project_state.max_reruns) == (3, 10)
