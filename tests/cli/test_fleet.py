@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -86,3 +89,28 @@ def test_stop_without_a_scheduler_says_so(corral: Corral, project: Path) -> None
     result = corral("stop", cwd=project)
     assert result.returncode == 1
     assert "no scheduler of this project runs here" in result.stderr
+
+
+def test_kill_reaches_a_foreground_run(corral: Corral, project: Path, tmp_path: Path) -> None:
+    set_command(project, "sleep 30")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    env["HOME"] = str(tmp_path / "home")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "run", "hello"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: [r for r in runs(corral, project) if r["state"] == "running"], 30)
+        victim = str(runs(corral, project)[0]["id"])
+        killed = corral("kill", victim, cwd=project)
+        assert killed.returncode == 0, killed.stderr
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143  # SIGTERM reached the agent's process group
+    assert "killed" in err and "killed by an operator" in err
+    assert runs(corral, project)[0]["state"] == "killed"
