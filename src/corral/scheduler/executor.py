@@ -143,8 +143,12 @@ class RunExecutor:
         self, run_id: str, process: Process, timeout: float, sink: Sink | None
     ) -> _Outcome:
         path = self.log_path(run_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("ab") as logfile:
+        try:
+            logfile = path.open("ab")
+        except FileNotFoundError:  # the first run, or the logs were cleaned away
+            path.parent.mkdir(parents=True, exist_ok=True)
+            logfile = path.open("ab")
+        with logfile:
             pump = asyncio.create_task(process.pump(_tee(logfile, sink)))
             try:
                 done, _ = await asyncio.wait({pump}, timeout=timeout)

@@ -1,7 +1,8 @@
 """Leases after the claim: renewing, finalising (fencing, reruns), recovering lapsed ones.
 
-Every change here to an item takes the project lock first (see ``_base``). Requests on a
-run alone (kill, rerun) are one conditional UPDATE of that run's row.
+Every change here to an item takes the project lock first (see ``_base``), except a
+``finalize`` that queues no rerun: it only frees a slot. Requests on a run alone (kill,
+rerun) are one conditional UPDATE of that run's row.
 """
 
 from __future__ import annotations
@@ -65,8 +66,17 @@ class LeaseOps(QueueOps):
         if not state.is_terminal:
             raise ValueError(f"finalize needs a terminal state, got {state.value!r}")
         async with self.transaction() as tx:
-            project = await self.lock_project(tx)
             run = await self._require_run(tx, run_id)
+            # Ending a claim only frees a slot, so it cannot break a cap: the project lock
+            # is taken only when a rerun may be queued. The fence check is the conditional
+            # UPDATE of the item; recovery locks the same item row first (FOR UPDATE), so
+            # the two cannot both act on one claim, and both lock item before run.
+            rerun_possible = (
+                run.rerun_requested
+                and state is RunState.SUCCEEDED
+                and run.trigger in _RERUN_TRIGGERS
+            )
+            project = await self.lock_project(tx) if rerun_possible else None
             now = self.encode_time(self.now())
             params = {"item_id": run.item_id, "fence": fence, "now": now}
             item_row = await tx.fetch_one("finish_item", params)
@@ -74,7 +84,7 @@ class LeaseOps(QueueOps):
                 raise StaleFence(await self._stale(tx, run, fence))
             ended = await self._end_run(tx, run, state, exit_code, error)
             item = self.item_from_row(item_row)
-            rerun = await self._rerun(tx, project, ended, item)
+            rerun = None if project is None else await self._rerun(tx, project, ended, item)
         return FinalizeResult(ended, item, rerun)
 
     async def _stale(self, tx: Transaction, run: Run, fence: int) -> str:

@@ -20,6 +20,7 @@ from corral.gateway.app import create_app
 from corral.gateway.server import GatewayServer, bind
 from corral.gateway.token import operator_token
 from corral.project import Project
+from corral.runtime._children import use_pidfd_child_watcher
 from corral.scheduler.service import Scheduler, SchedulerOptions, cap_warning, is_live
 from corral.store import Store, open_store
 
@@ -60,6 +61,7 @@ def start_cmd(
 async def _serve(
     project: Project, host: str, port: int, options: SchedulerOptions, *, live: bool
 ) -> None:
+    use_pidfd_child_watcher()
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}"

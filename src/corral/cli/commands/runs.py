@@ -17,6 +17,7 @@ from corral.cli._main import cli
 from corral.cli._render import console, err_console, fmt_duration, fmt_time, print_json
 from corral.errors import RunError, UsageError
 from corral.project import Agent, Project
+from corral.runtime._children import use_pidfd_child_watcher
 from corral.scheduler.foreground import run_in_foreground
 from corral.scheduler.service import SchedulerOptions, is_live
 from corral.store import (
@@ -131,6 +132,7 @@ async def _run(
     foreground: bool,
     as_json: bool,
 ) -> int:
+    use_pidfd_child_watcher()
     async with await obj.store(project) as store:
         scheduler = None if foreground else await live_scheduler(store)
         if scheduler is None:

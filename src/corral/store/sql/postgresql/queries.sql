@@ -226,14 +226,17 @@ RETURNING *
 SELECT * FROM corral_queue WHERE id = %(id)s
 
 -- name: lapsed_items
+-- FOR UPDATE: a finalize of the same item waits, then finds it taken back (StaleFence).
 SELECT * FROM corral_queue
 WHERE state = 'claimed' AND lease_expires_at < %(now)s
 ORDER BY id
+FOR UPDATE
 
 -- name: owner_items
 SELECT * FROM corral_queue
 WHERE state = 'claimed' AND lease_owner = %(owner)s
 ORDER BY id
+FOR UPDATE
 
 -- name: requeue_item
 UPDATE corral_queue
