@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +10,8 @@ import pytest
 
 from tests.cli.conftest import Corral
 from tests.cli.test_walking_skeleton import set_command
-from tests.scheduler.procs import SchedulerProcess, wait_until
+from tests.processes import popen_corral, wait_until
+from tests.scheduler.procs import SchedulerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -93,16 +91,7 @@ def test_stop_without_a_scheduler_says_so(corral: Corral, project: Path) -> None
 
 def test_kill_reaches_a_foreground_run(corral: Corral, project: Path, tmp_path: Path) -> None:
     set_command(project, "sleep 30")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-    env["HOME"] = str(tmp_path / "home")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "corral", "run", "hello"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = popen_corral("run", "hello", cwd=project, home=tmp_path / "home")
     try:
         wait_until(lambda: [r for r in runs(corral, project) if r["state"] == "running"], 30)
         victim = str(runs(corral, project)[0]["id"])

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tests.cli.conftest import Corral
+from tests.processes import alive, popen_corral, wait_until
 
 
 def set_agent_option(project: Path, text: str) -> None:
@@ -204,41 +202,19 @@ def test_db_migrate_and_status(corral: Corral, project: Path) -> None:
 
 
 def test_interrupting_a_run_kills_its_processes_and_records_it(
-    project: Path, tmp_path: Path
+    corral: Corral, project: Path, tmp_path: Path
 ) -> None:
     marker = tmp_path / "child.pid"
     set_command(project, f"sleep 60 & echo $! > {marker}; wait")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-    env["HOME"] = str(tmp_path / "home")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "corral", "run", "hello"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 15
-    while not (marker.exists() and marker.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = popen_corral("run", "hello", cwd=project, home=tmp_path / "home")
+    wait_until(lambda: marker.exists() and marker.read_text().strip(), 15)
     child = int(marker.read_text())
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "recorded as killed" in err
-    time.sleep(0.1)
-    assert (
-        not Path(f"/proc/{child}").exists()
-        or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
-    )
-    listed = subprocess.run(
-        [sys.executable, "-m", "corral", "runs", "--json"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    [run] = json.loads(listed.stdout)
+    wait_until(lambda: not alive(child), 5)
+    [run] = runs(corral, project)
     assert run["state"] == "killed"
 
 

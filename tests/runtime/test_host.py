@@ -10,6 +10,7 @@ import pytest
 
 from corral.errors import RunError
 from corral.runtime import HostRuntime, LaunchSpec
+from tests.processes import alive
 
 
 class Collect:
@@ -18,15 +19,6 @@ class Collect:
 
     async def __call__(self, chunk: bytes) -> None:
         self.data += chunk
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def run(spec: LaunchSpec) -> tuple[int, bytes]:

@@ -19,6 +19,7 @@ from corral.store import (
     Store,
     TriggerKind,
 )
+from tests.processes import alive
 from tests.scheduler.helpers import all_runs, max_overlap, wait_for, write_project
 
 FAST = SchedulerOptions(poll_interval=0.05, supervise_every=0.05, drain_grace=5, kill_grace=1)
@@ -200,15 +201,7 @@ async def test_kill_stops_the_process_group(tmp_path: Path, store: Store) -> Non
     assert run.state is RunState.KILLED
     assert run.error == "killed by an operator"
     child = int(pidfile.read_text())
-    await wait_for(lambda: not _alive(child), timeout=5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    await wait_for(lambda: not alive(child), timeout=5)
 
 
 async def test_drain_lets_runs_finish_within_the_grace(tmp_path: Path, store: Store) -> None:

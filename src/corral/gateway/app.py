@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 
 from corral.gateway.token import token_matches
 from corral.scheduler.service import Scheduler
-from corral.store import ItemState, NewItem, QueueItem, Run, TriggerKind
+from corral.store import ItemState, NewItem, TriggerKind
+from corral.views import item_json, run_json
 
 __all__ = ["create_app"]
 
@@ -23,35 +24,6 @@ __all__ = ["create_app"]
 class RunRequestBody(BaseModel):
     agent: str = Field(min_length=1, max_length=64)
     prompt: str | None = Field(default=None, max_length=1_000_000)
-
-
-def item_json(item: QueueItem) -> dict[str, Any]:
-    return {
-        "id": item.id,
-        "agent": item.agent,
-        "trigger": item.trigger.value,
-        "state": item.state.value,
-        "reason": item.reason,
-        "attempts": item.attempts,
-        "runId": item.run_id,
-        "enqueuedAt": item.enqueued_at.isoformat(),
-    }
-
-
-def run_json(run: Run) -> dict[str, Any]:
-    return {
-        "id": run.id,
-        "agent": run.agent,
-        "trigger": run.trigger.value,
-        "state": run.state.value,
-        "exitCode": run.exit_code,
-        "error": run.error,
-        "status": run.status_text,
-        "itemId": run.item_id,
-        "createdAt": run.created_at.isoformat(),
-        "startedAt": run.started_at.isoformat() if run.started_at else None,
-        "endedAt": run.ended_at.isoformat() if run.ended_at else None,
-    }
 
 
 def create_app(scheduler: Scheduler, token: str) -> FastAPI:

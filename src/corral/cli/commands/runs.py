@@ -30,6 +30,7 @@ from corral.store import (
     Store,
     TriggerKind,
 )
+from corral.views import item_json, run_json
 
 _STATE_STYLE = {
     RunState.SUCCEEDED: "green",
@@ -165,7 +166,7 @@ async def _queue(
     for dropped in result.dropped:
         err_console.print(f"[yellow]warning:[/] dropped queue item {dropped.id}: {dropped.reason}")
     if as_json:
-        print_json({"itemId": item.id, "agent": item.agent, "state": item.state.value})
+        print_json(item_json(item))
     else:
         err_console.print(
             f"queued a run of {agent.name} (item {item.id}) for scheduler {scheduler.id}"
@@ -226,27 +227,6 @@ def _summary(run: Run, project: Project) -> None:
         f"(exit {code})" + (f": {escape(run.error)}" if run.error else "")
     )
     err_console.print(f"log: {log}", style="dim")
-
-
-def run_json(run: Run) -> dict[str, object]:
-    return {
-        "id": run.id,
-        "agent": run.agent,
-        "trigger": run.trigger.value,
-        "state": run.state.value,
-        "exitCode": run.exit_code,
-        "error": run.error,
-        "createdAt": run.created_at.isoformat(),
-        "startedAt": run.started_at.isoformat() if run.started_at else None,
-        "endedAt": run.ended_at.isoformat() if run.ended_at else None,
-        "durationSeconds": run.duration.total_seconds() if run.duration else None,
-        "parentRunId": run.parent_run_id,
-        "itemId": run.item_id,
-        "attempt": run.attempt,
-        "pid": run.pid,
-        "host": run.host,
-        "status": run.status_text,
-    }
 
 
 @cli.command("runs")

@@ -1,0 +1,52 @@
+"""The JSON shapes of runs and queue items, shared by `--json` output and the HTTP API.
+
+Keys are camelCase, as in the rest of corral's JSON answers. Fields may be
+added; none is removed or renamed without a new API version.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from corral.store import QueueItem, Run
+
+__all__ = ["item_json", "run_json"]
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "agent": run.agent,
+        "trigger": run.trigger.value,
+        "state": run.state.value,
+        "exitCode": run.exit_code,
+        "error": run.error,
+        "status": run.status_text,
+        "createdAt": _time(run.created_at),
+        "startedAt": _time(run.started_at),
+        "endedAt": _time(run.ended_at),
+        "durationSeconds": run.duration.total_seconds() if run.duration else None,
+        "parentRunId": run.parent_run_id,
+        "itemId": run.item_id,
+        "attempt": run.attempt,
+        "pid": run.pid,
+        "host": run.host,
+    }
+
+
+def item_json(item: QueueItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "agent": item.agent,
+        "trigger": item.trigger.value,
+        "state": item.state.value,
+        "reason": item.reason,
+        "attempts": item.attempts,
+        "runId": item.run_id,
+        "enqueuedAt": _time(item.enqueued_at),
+    }
