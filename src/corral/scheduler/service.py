@@ -21,6 +21,7 @@ from corral.project import Project
 from corral.scheduler.cron import CronTriggers
 from corral.scheduler.executor import RunExecutor
 from corral.scheduler.orphans import reap_orphans
+from corral.scheduler.retention import prune_history
 from corral.store import AgentSpec, Claim, EnqueueResult, NewItem, SchedulerInfo, Store
 
 __all__ = ["Scheduler", "SchedulerOptions", "agent_specs", "cap_warning", "is_live"]
@@ -35,6 +36,7 @@ class SchedulerOptions:
     poll_interval: float = 0.2  # dispatch poll when nothing wakes the loop
     supervise_every: float = 0.25  # kill requests are looked for this often
     recover_every: float = 2.0  # lapsed leases of other schedulers are recovered this often
+    prune_every: float = 3600.0  # history older than historyRetentionDays is pruned this often
     claim_batch: int = 64
     drain_grace: float = 30.0  # `corral stop`: how long running runs may go on
     kill_grace: float = 10.0  # TERM -> KILL
@@ -227,6 +229,7 @@ class Scheduler:
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
         renewed = recovered = loop.time()
+        pruned = loop.time() - self.options.prune_every  # prune once at start
         while True:
             await asyncio.sleep(self.options.supervise_every)
             await self._handle_kill_requests()
@@ -237,6 +240,9 @@ class Scheduler:
             if now - recovered >= self.options.recover_every:
                 await self._recover_lapsed()
                 recovered = now
+            if now - pruned >= self.options.prune_every:
+                await prune_history(self.project, self.store)
+                pruned = now
 
     async def _handle_kill_requests(self) -> None:
         for run in await self.store.kill_requests(self.id):

@@ -1,0 +1,77 @@
+"""`historyRetentionDays`: forget runs, run directories and logs older than that."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from corral.project import Project
+from corral.store import Store
+
+__all__ = ["Pruned", "prune_history"]
+
+log = logging.getLogger("corral.retention")
+
+
+@dataclass(frozen=True)
+class Pruned:
+    runs: int
+    run_dirs: int
+    logs: int
+
+
+async def prune_history(project: Project, store: Store, *, now: datetime | None = None) -> Pruned:
+    """Delete ended runs, and run directories and logs untouched, for longer than the retention.
+
+    Files are judged by their modification time, so a directory of a run that is
+    still going (it writes its files) is never removed.
+    """
+    days = project.config.history_retention_days
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
+    runs = await store.prune_runs(cutoff)
+    state = project.root / ".corral"
+    dirs, logs = await asyncio.to_thread(_prune_files, state, cutoff.timestamp())
+    if runs or dirs or logs:
+        log.info(
+            "pruned %d run(s), %d run directory(ies), %d log(s) older than %d days",
+            runs,
+            dirs,
+            logs,
+            days,
+            extra={"action": "history_pruned"},
+        )
+    return Pruned(runs, dirs, logs)
+
+
+def _prune_files(state: Path, cutoff: float) -> tuple[int, int]:
+    dirs = logs = 0
+    for run_dir in _children(state / "runs"):
+        if run_dir.is_dir() and _newest_mtime(run_dir) < cutoff:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            dirs += 1
+    for log_file in _children(state / "logs"):
+        if log_file.suffix == ".log" and log_file.stat().st_mtime < cutoff:
+            log_file.unlink(missing_ok=True)
+            logs += 1
+    return dirs, logs
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def _newest_mtime(folder: Path) -> float:
+    newest = folder.stat().st_mtime
+    for path in folder.rglob("*"):
+        try:
+            newest = max(newest, path.lstat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return newest
