@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from corral.project import Project
@@ -19,6 +20,7 @@ from corral.store import (
     Store,
     TriggerKind,
 )
+from tests.conftest import PG_BASE_URL
 from tests.processes import alive
 from tests.scheduler.helpers import all_runs, max_overlap, wait_for, write_project
 
@@ -278,3 +280,56 @@ async def test_documented_defaults_in_action(tmp_path: Path, store: Store) -> No
     assert len(chain) == 11  # the run and its 10 reruns
     project_state = await store.project_state()
     assert (project_state.max_attempts, project_state.max_reruns) == (3, 10)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
+async def test_the_scheduler_rides_out_a_dropped_database_connection(
+    tmp_path: Path, store: Store
+) -> None:
+    """PostgreSQL only: cut every connection, as a failover does; the pool replaces them."""
+
+    project = write_project(tmp_path / "p", {"one": {"command": "true"}})
+    async with scheduler_for(project, store) as running:
+        await running.submit("one")
+        await wait_for(lambda: _done(store, 1))
+        with psycopg.connect(PG_BASE_URL, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND application_name <> 'psql' AND query NOT ILIKE '%pg_stat_activity%'"
+            )
+        await asyncio.sleep(0.5)  # the dispatch loop hits the dead connections
+        await wait_for(lambda: _submit_ok(running), timeout=20)
+        await wait_for(lambda: _done(store, 2), timeout=20)
+    runs = await all_runs(store)
+    assert [r.state for r in runs] == [RunState.SUCCEEDED, RunState.SUCCEEDED]
+
+
+async def _submit_ok(running: Running) -> bool:
+    try:
+        await running.submit("one")
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dialect", ["sqlite"], indirect=True)
+async def test_the_scheduler_survives_a_store_that_fails_for_a_while(
+    tmp_path: Path, store: Store, store_url: str
+) -> None:
+    """Another process holds the SQLite file's write lock past the busy timeout: the
+    scheduler's loops get StoreError, log it, retry, and carry on afterwards."""
+    import sqlite3
+
+    project = write_project(tmp_path / "p", {"one": {"command": "true"}})
+    async with scheduler_for(project, store) as running:
+        blocker = sqlite3.connect(store_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        await asyncio.sleep(6.5)  # past the 5 s busy timeout: the loops' claims fail
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert running.task is not None and not running.task.done()
+        await running.submit("one")
+        await wait_for(lambda: _done(store, 1), timeout=20)

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -22,7 +22,15 @@ from corral.scheduler.cron import CronTriggers
 from corral.scheduler.executor import RunExecutor
 from corral.scheduler.orphans import reap_orphans
 from corral.scheduler.retention import prune_history
-from corral.store import AgentSpec, Claim, EnqueueResult, NewItem, SchedulerInfo, Store
+from corral.store import (
+    AgentSpec,
+    Claim,
+    EnqueueResult,
+    NewItem,
+    SchedulerInfo,
+    Store,
+    StoreError,
+)
 
 __all__ = ["Scheduler", "SchedulerOptions", "agent_specs", "cap_warning", "is_live"]
 
@@ -146,9 +154,9 @@ class Scheduler:
         try:
             async with asyncio.TaskGroup() as group:
                 background = [
-                    group.create_task(self._dispatch()),
-                    group.create_task(self._supervise()),
-                    group.create_task(cron.run()),
+                    group.create_task(self._resilient("dispatch", self._dispatch)),
+                    group.create_task(self._resilient("supervise", self._supervise)),
+                    group.create_task(self._resilient("cron", cron.run)),
                 ]
                 await stop.wait()
                 await self.drain(stop_now or asyncio.Event())
@@ -186,6 +194,28 @@ class Scheduler:
             await asyncio.wait(tasks, timeout=self.options.kill_grace * 2 + 5)
 
     # -- loops -------------------------------------------------------------------------
+
+    async def _resilient(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop; when the store fails, say so and retry with backoff.
+
+        Any other exception is a bug: it ends the TaskGroup, and the scheduler stops
+        with the traceback instead of running on without one of its loops.
+        """
+        delay = 0.5
+        while True:
+            try:
+                await loop()
+                return
+            except StoreError as exc:
+                log.error(
+                    "%s: the store failed (%s); retrying in %.1f s",
+                    name,
+                    exc,
+                    delay,
+                    extra={"action": "store_unavailable", "loop": name},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _dispatch(self) -> None:
         batch = self.options.claim_batch
