@@ -87,19 +87,23 @@ class RunExecutor:
             process = await self._start(run, agent)
         except CorralError as exc:
             return await self._finalize(run, _Outcome(RunState.FAILED, None, str(exc)))
-        try:
-            await self.store.mark_run_running(run.id, pid=process.pid, host=socket.gethostname())
-        except StoreError as exc:
-            # The run ended while it was starting (its lease lapsed, or it was killed).
-            await process.stop(self.grace)
-            log.warning(str(exc), extra={"action": "run_fenced_off", "run_id": run.id})
-            current = await self.store.get_run(run.id)
-            return RunResult(current if current is not None else run)
         self._processes[run.id] = process
         try:
+            try:
+                await self.store.mark_run_running(
+                    run.id, pid=process.pid, host=socket.gethostname()
+                )
+            except StoreError as exc:
+                # The run ended while it was starting (its lease lapsed, or it was killed).
+                await process.stop(self.grace)
+                log.warning(str(exc), extra={"action": "run_fenced_off", "run_id": run.id})
+                current = await self.store.get_run(run.id)
+                return RunResult(current if current is not None else run)
             log.info("run started", extra={"action": "run_started", "run_id": run.id})
             outcome = await self._watch(run.id, process, agent.config.timeout, sink)
         except asyncio.CancelledError:
+            # Cancelled at any point after the spawn: the group is stopped and recorded.
+            await process.stop(self.grace)
             reason = self._stop_reasons.pop(run.id, "stopped by the operator")
             await asyncio.shield(self._finalize(run, _Outcome(RunState.KILLED, None, reason)))
             raise
