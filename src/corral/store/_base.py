@@ -9,6 +9,7 @@ says) live in the parts, once, for both dialects:
     _control   agents, the project row, the scheduler registry
     _queue     enqueue (bounds, rejections, dedupe) and claim (caps, FIFO, fences)
     _leases    renewing, finalising (fencing, reruns), recovering lapsed leases
+    _locks     resource locks: try-lock, release, heartbeat, operator release
     _base      this module: lifecycle, migrations, plain run operations
 
 Clock: timestamps are taken from Python (``self.clock()``, by default
@@ -38,6 +39,7 @@ from corral.errors import StoreError
 from corral.store._control import ControlOps
 from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
 from corral.store._leases import LeaseOps
+from corral.store._locks import LockOps
 from corral.store._migrator import Migrator
 from corral.store._time import require_aware
 from corral.store.records import MigrationStatus, NewRun, Run, RunState
@@ -45,7 +47,7 @@ from corral.store.records import MigrationStatus, NewRun, Run, RunState
 __all__ = ["Dialect", "Row", "StaleFence", "Store", "Transaction", "mask_url"]
 
 
-class Store(LeaseOps, ControlOps):
+class Store(LeaseOps, LockOps, ControlOps):
     """Durable state of a corral project. Open with ``corral.store.open_store(url)``."""
 
     # -- lifecycle -------------------------------------------------------------------
@@ -124,7 +126,8 @@ class Store(LeaseOps, ControlOps):
         """STARTING/RUNNING -> ``state`` (terminal), in one conditional UPDATE.
 
         For runs outside the queue; a run claimed from it ends with ``finalize``, which
-        also ends its item and its lease.
+        also ends its item and its lease. The run's locks are released in the same
+        transaction.
         """
         if not state.is_terminal:
             raise ValueError(f"finish_run needs a terminal state, got {state.value!r}")
@@ -140,6 +143,7 @@ class Store(LeaseOps, ControlOps):
             if row is None:
                 current = await self._require_run(tx, run_id)
                 raise StoreError(_finish_refusal(current, state, self.url))
+            await self.release_run_locks_in(tx, run_id)
         return self.run_from_row(row)
 
     async def get_run(self, run_id: str) -> Run | None:

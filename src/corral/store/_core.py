@@ -161,6 +161,11 @@ class StoreCore(ABC):
         row = await tx.fetch_one("lock_project")
         return ProjectState.from_row(self._returned(row, "lock_project"))
 
+    async def release_run_locks_in(self, tx: Transaction, run_id: str) -> int:
+        """Release every lock of ``run_id`` inside ``tx``: each transaction that ends a run
+        calls this, so a run's locks end with it (invariant 4)."""
+        return await tx.execute("release_run_locks", {"run_id": run_id})
+
     async def _require_run(self, tx: Transaction, run_id: str) -> Run:
         row = await tx.fetch_one("get_run", {"id": run_id})
         if row is None:

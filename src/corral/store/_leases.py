@@ -59,7 +59,8 @@ class LeaseOps(QueueOps):
         """End a claimed run and its item in one transaction, and queue its rerun if due.
 
         Refused with StaleFence, changing nothing, unless the run's item is still claimed
-        with ``fence``. The run gets ``state`` (terminal), the item becomes done. A rerun
+        with ``fence``. The run gets ``state`` (terminal), the item becomes done, the run's
+        locks are released. A rerun
         is queued when the run asked for one, succeeded, was started by a schedule or by
         hand, and its chain has had fewer than ``max_reruns`` reruns.
         """
@@ -83,6 +84,7 @@ class LeaseOps(QueueOps):
             if item_row is None:
                 raise StaleFence(await self._stale(tx, run, fence))
             ended = await self._end_run(tx, run, state, exit_code, error)
+            await self.release_run_locks_in(tx, run.id)
             item = self.item_from_row(item_row)
             rerun = None if project is None else await self._rerun(tx, project, ended, item)
         return FinalizeResult(ended, item, rerun)
@@ -171,8 +173,9 @@ class LeaseOps(QueueOps):
     # -- taking leases back --------------------------------------------------------------
 
     async def recover_lapsed(self) -> list[Recovered]:
-        """Take back every lease that expired: its run becomes lost, its item is queued
-        again (or failed once it has had ``max_attempts`` attempts). One transaction."""
+        """Take back every lease that expired: its run becomes lost (its locks released),
+        its item is queued again (or failed once it has had ``max_attempts`` attempts).
+        One transaction."""
         async with self.transaction() as tx:
             await self.lock_project(tx)
             now = {"now": self.encode_time(self.now())}
@@ -202,6 +205,7 @@ class LeaseOps(QueueOps):
                 "ended_at": now,
             }
             run_row = await tx.fetch_one("finish_run", params)
+            await self.release_run_locks_in(tx, item.run_id)
         if item.attempts < item.max_attempts:
             row = await tx.fetch_one("requeue_item", {"id": item.id})
         else:

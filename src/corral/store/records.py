@@ -21,6 +21,9 @@ __all__ = [
     "EnqueueResult",
     "FinalizeResult",
     "ItemState",
+    "Lock",
+    "LockGrant",
+    "LockHeld",
     "MigrationStatus",
     "NewItem",
     "NewRun",
@@ -354,3 +357,48 @@ class SchedulerInfo:
         values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
         values["state"] = SchedulerState(values["state"])
         return cls(**values)
+
+
+# -- resource locks -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LockGrant:
+    """A lock granted (or, with ``refreshed``, renewed for the run already holding it).
+
+    ``token`` is the fencing token: greater than every token granted earlier for ``key``;
+    a refresh keeps the token it had.
+    """
+
+    key: str
+    run_id: str
+    token: int
+    acquired_at: datetime
+    expires_at: datetime
+    refreshed: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LockHeld:
+    """A try-lock refused: ``holder`` (a run id) holds ``key`` unexpired since ``held_since``."""
+
+    key: str
+    holder: str
+    held_since: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lock:
+    """A lock row as stored: unexpired, or expired but not yet taken by anyone else."""
+
+    key: str
+    run_id: str
+    agent: str
+    token: int
+    acquired_at: datetime
+    expires_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        """Build a lock from a decoded ``corral_locks`` row joined with its run's agent."""
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})

@@ -293,3 +293,61 @@ SELECT * FROM corral_schedulers ORDER BY started_at, id
 SELECT * FROM corral_schedulers
 WHERE state IN ('running', 'draining') AND heartbeat_at >= %(since)s
 ORDER BY started_at, id
+
+-- name: lock_key
+-- Serialise the takers of one lock key (not the project lock: keys do not contend with
+-- one another). Tokens are then drawn in grant order, and acquired_at is read after the
+-- previous holder's release committed. A hash collision only serialises two keys.
+SELECT pg_advisory_xact_lock(hashtext('corral_locks'),
+                             hashtext(current_schema() || ':' || %(key)s))
+
+-- name: live_run_for_lock
+-- FOR SHARE: a transaction ending the run (which releases its locks) waits for this one,
+-- or this one sees the run ended.
+SELECT id, state FROM corral_runs WHERE id = %(run_id)s FOR SHARE
+
+-- name: next_lock_token
+SELECT nextval('corral_lock_tokens') AS token
+
+-- name: acquire_lock
+-- Free -> inserted; expired or held by the same run -> updated (the same run keeps its
+-- token and acquired_at); held unexpired by another run -> no row returned.
+INSERT INTO corral_locks (key, run_id, token, acquired_at, expires_at)
+VALUES (%(key)s, %(run_id)s, %(token)s, %(now)s, %(expires_at)s)
+ON CONFLICT (key) DO UPDATE
+SET token = CASE WHEN corral_locks.run_id = excluded.run_id
+                 THEN corral_locks.token ELSE excluded.token END,
+    acquired_at = CASE WHEN corral_locks.run_id = excluded.run_id
+                       THEN corral_locks.acquired_at ELSE excluded.acquired_at END,
+    run_id = excluded.run_id,
+    expires_at = excluded.expires_at
+WHERE corral_locks.expires_at <= excluded.acquired_at
+   OR corral_locks.run_id = excluded.run_id
+RETURNING *
+
+-- name: lock_holder
+SELECT * FROM corral_locks WHERE key = %(key)s
+
+-- name: release_lock
+DELETE FROM corral_locks WHERE key = %(key)s AND run_id = %(run_id)s
+
+-- name: heartbeat_lock
+UPDATE corral_locks SET expires_at = %(expires_at)s
+WHERE key = %(key)s AND run_id = %(run_id)s
+RETURNING expires_at
+
+-- name: list_locks
+SELECT l.key, l.run_id, r.agent, l.token, l.acquired_at, l.expires_at
+FROM corral_locks l JOIN corral_runs r ON r.id = l.run_id
+ORDER BY l.key
+
+-- name: get_lock
+SELECT l.key, l.run_id, r.agent, l.token, l.acquired_at, l.expires_at
+FROM corral_locks l JOIN corral_runs r ON r.id = l.run_id
+WHERE l.key = %(key)s
+
+-- name: delete_lock
+DELETE FROM corral_locks WHERE key = %(key)s AND token = %(token)s
+
+-- name: release_run_locks
+DELETE FROM corral_locks WHERE run_id = %(run_id)s

@@ -121,3 +121,16 @@ CREATE TABLE corral_schedulers (
     state text NOT NULL CHECK (state IN ('running', 'draining', 'stopped')),
     gateway_url text
 );
+
+-- Resource locks (0003): one row per held key; the primary key serialises takers.
+CREATE SEQUENCE corral_lock_tokens AS bigint;
+
+CREATE TABLE corral_locks (
+    key text PRIMARY KEY,
+    run_id text NOT NULL REFERENCES corral_runs (id) ON DELETE CASCADE,
+    token bigint NOT NULL,
+    acquired_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+
+CREATE INDEX corral_locks_run ON corral_locks (run_id);

@@ -287,3 +287,59 @@ SELECT * FROM corral_schedulers ORDER BY started_at, id
 SELECT * FROM corral_schedulers
 WHERE state IN ('running', 'draining') AND heartbeat_at >= :since
 ORDER BY started_at, id
+
+-- name: lock_key
+-- Serialise the takers of one lock key. Nothing to do: BEGIN IMMEDIATE already excludes
+-- every other writer.
+SELECT 1 AS locked
+
+-- name: live_run_for_lock
+SELECT id, state FROM corral_runs WHERE id = :run_id
+
+-- name: next_lock_token
+-- Lock tokens share the fence counter: strictly increasing across the whole store.
+UPDATE corral_project SET fence_counter = fence_counter + 1 WHERE id = 1
+RETURNING fence_counter AS token
+
+-- name: acquire_lock
+-- Free -> inserted; expired or held by the same run -> updated (the same run keeps its
+-- token and acquired_at); held unexpired by another run -> no row returned.
+INSERT INTO corral_locks (key, run_id, token, acquired_at, expires_at)
+VALUES (:key, :run_id, :token, :now, :expires_at)
+ON CONFLICT (key) DO UPDATE
+SET token = CASE WHEN corral_locks.run_id = excluded.run_id
+                 THEN corral_locks.token ELSE excluded.token END,
+    acquired_at = CASE WHEN corral_locks.run_id = excluded.run_id
+                       THEN corral_locks.acquired_at ELSE excluded.acquired_at END,
+    run_id = excluded.run_id,
+    expires_at = excluded.expires_at
+WHERE corral_locks.expires_at <= excluded.acquired_at
+   OR corral_locks.run_id = excluded.run_id
+RETURNING *
+
+-- name: lock_holder
+SELECT * FROM corral_locks WHERE key = :key
+
+-- name: release_lock
+DELETE FROM corral_locks WHERE key = :key AND run_id = :run_id
+
+-- name: heartbeat_lock
+UPDATE corral_locks SET expires_at = :expires_at
+WHERE key = :key AND run_id = :run_id
+RETURNING expires_at
+
+-- name: list_locks
+SELECT l.key, l.run_id, r.agent, l.token, l.acquired_at, l.expires_at
+FROM corral_locks l JOIN corral_runs r ON r.id = l.run_id
+ORDER BY l.key
+
+-- name: get_lock
+SELECT l.key, l.run_id, r.agent, l.token, l.acquired_at, l.expires_at
+FROM corral_locks l JOIN corral_runs r ON r.id = l.run_id
+WHERE l.key = :key
+
+-- name: delete_lock
+DELETE FROM corral_locks WHERE key = :key AND token = :token
+
+-- name: release_run_locks
+DELETE FROM corral_locks WHERE run_id = :run_id

@@ -118,3 +118,14 @@ CREATE TABLE corral_schedulers (
     state TEXT NOT NULL CHECK (state IN ('running', 'draining', 'stopped')),
     gateway_url TEXT
 );
+
+-- Resource locks (0003): one row per held key; the primary key serialises takers.
+CREATE TABLE corral_locks (
+    key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES corral_runs (id) ON DELETE CASCADE,
+    token INTEGER NOT NULL,
+    acquired_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+
+CREATE INDEX corral_locks_run ON corral_locks (run_id);
