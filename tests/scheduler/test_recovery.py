@@ -7,19 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from corral.store import ItemState, NewItem, RunState, TriggerKind, open_store
+from corral.store import (
+    ItemState,
+    NewItem,
+    QueueItem,
+    Run,
+    RunState,
+    SchedulerInfo,
+    TriggerKind,
+    open_store,
+)
 from tests.scheduler.helpers import max_overlap, write_project
 from tests.scheduler.procs import SchedulerProcess, alive, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-async def _store_snapshot(url: str) -> tuple[list, list]:  # type: ignore[type-arg]
+async def _store_snapshot(url: str) -> tuple[list[Run], list[QueueItem]]:
     async with await open_store(url) as store:
         return await store.list_runs(limit=10_000), await store.list_items(limit=10_000)
 
 
-def snapshot(url: str) -> tuple[list, list]:  # type: ignore[type-arg]
+def snapshot(url: str) -> tuple[list[Run], list[QueueItem]]:
     return asyncio.run(_store_snapshot(url))
 
 
@@ -110,8 +119,8 @@ def test_two_schedulers_never_double_dispatch_nor_exceed_caps(
     assert max_overlap(runs) <= 4
 
 
-def _live(url: str) -> list:  # type: ignore[type-arg]
-    async def go() -> list:  # type: ignore[type-arg]
+def _live(url: str) -> list[SchedulerInfo]:
+    async def go() -> list[SchedulerInfo]:
         async with await open_store(url) as store:
             return await store.list_schedulers(live_only=True)
 

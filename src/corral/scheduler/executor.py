@@ -15,7 +15,7 @@ from corral.project import Agent, Project
 from corral.runtime import Process, Sink, runtime_for
 from corral.store import Claim, QueueItem, Run, RunState, StaleFence, Store, StoreError
 
-__all__ = ["TIMEOUT_EXIT_CODE", "RunExecutor", "RunResult", "exit_code_for"]
+__all__ = ["TIMEOUT_EXIT_CODE", "RunExecutor", "RunResult"]
 
 log = logging.getLogger("corral.run")
 
@@ -62,11 +62,6 @@ class RunExecutor:
 
     def log_path(self, run_id: str) -> Path:
         return self.project.root / ".corral" / "logs" / f"{run_id}.log"
-
-    @property
-    def active(self) -> frozenset[str]:
-        """Ids of the runs whose processes this executor is watching now."""
-        return frozenset(self._processes)
 
     async def stop(self, run_id: str, reason: str) -> bool:
         """Stop a run this executor watches (TERM, then KILL); it is recorded as killed."""
