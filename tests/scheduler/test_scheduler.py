@@ -333,3 +333,19 @@ async def test_the_scheduler_survives_a_store_that_fails_for_a_while(
         assert running.task is not None and not running.task.done()
         await running.submit("one")
         await wait_for(lambda: _done(store, 1), timeout=20)
+
+
+async def test_a_loop_that_fails_stops_the_scheduler_loudly(tmp_path: Path, store: Store) -> None:
+    """A bug in one loop ends the scheduler with the error, after recording its stop."""
+    project = write_project(tmp_path / "p", {"one": {"command": "true"}})
+    scheduler = Scheduler(project, store, FAST)
+
+    async def broken() -> None:
+        raise RuntimeError("a bug in the dispatch loop")
+
+    scheduler._dispatch = broken  # type: ignore[method-assign]
+    await scheduler.start()
+    with pytest.raises(RuntimeError, match="a bug in the dispatch loop"):
+        await asyncio.wait_for(scheduler.run(asyncio.Event()), 20)
+    [info] = await store.list_schedulers()
+    assert info.state == "stopped"

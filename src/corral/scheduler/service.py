@@ -15,7 +15,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from corral.project import Project
 from corral.scheduler.cron import CronTriggers
@@ -147,25 +147,67 @@ class Scheduler:
         return self.info
 
     async def run(self, stop: asyncio.Event, stop_now: asyncio.Event | None = None) -> None:
-        """Dispatch until ``stop`` is set, then drain; ``stop_now`` cuts the drain short."""
+        """Dispatch until ``stop`` is set, then drain; ``stop_now`` cuts the drain short.
+
+        If one of the loops fails with anything but a store error (a bug), the
+        scheduler drains and stops, and the error is raised: no loop dies silently.
+        """
         if self.info is None:
             await self.start()
         cron = CronTriggers(self.project, self.submit)
+        loops = [
+            asyncio.create_task(self._resilient("dispatch", self._dispatch), name="dispatch"),
+            asyncio.create_task(self._resilient("supervise", self._supervise), name="supervise"),
+            asyncio.create_task(self._resilient("cron", cron.run), name="cron"),
+        ]
+        failure: BaseException | None = None
         try:
-            async with asyncio.TaskGroup() as group:
-                background = [
-                    group.create_task(self._resilient("dispatch", self._dispatch)),
-                    group.create_task(self._resilient("supervise", self._supervise)),
-                    group.create_task(self._resilient("cron", cron.run)),
-                ]
-                await stop.wait()
-                await self.drain(stop_now or asyncio.Event())
-                for task in background:
-                    task.cancel()
+            failure = await self._until_stopped(stop, loops)
+            await self.drain(stop_now or asyncio.Event())
         finally:
+            await self._end_loops(loops)
             await self._abandon_all("the scheduler stopped")
             await self.store.set_scheduler_state(self.id, "stopped")
             log.info("scheduler %s stopped", self.id, extra={"action": "scheduler_stopped"})
+        if failure is not None:
+            raise failure
+
+    async def _until_stopped(
+        self, stop: asyncio.Event, loops: list[asyncio.Task[None]]
+    ) -> BaseException | None:
+        """Wait for ``stop``, or for a loop to fail; a loop that simply ends is fine."""
+        stopper = asyncio.create_task(stop.wait())
+        pending: set[asyncio.Task[Any]] = {stopper, *loops}
+        try:
+            while stopper in pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {stopper}:
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error(
+                            "the %s loop failed; stopping",
+                            task.get_name(),
+                            exc_info=task.exception(),
+                            extra={"action": "loop_failed"},
+                        )
+                        return task.exception()
+            return None
+        finally:
+            stopper.cancel()
+
+    async def _end_loops(self, loops: list[asyncio.Task[None]]) -> None:
+        """Cancel the loops and give them a bounded time to unwind."""
+        for task in loops:
+            task.cancel()
+        ended, stuck = await asyncio.wait(loops, timeout=10.0)
+        for task in ended:
+            if not task.cancelled():
+                task.exception()  # retrieved: it was logged where it happened
+        for task in stuck:
+            log.error(
+                "the %s loop did not stop within 10 s; leaving it",
+                task.get_name(),
+                extra={"action": "loop_stuck"},
+            )
 
     async def drain(self, stop_now: asyncio.Event) -> None:
         """No new dispatch; running runs get ``drain_grace`` seconds, then they are stopped."""
@@ -207,6 +249,8 @@ class Scheduler:
                 await loop()
                 return
             except StoreError as exc:
+                if self.draining:
+                    raise
                 log.error(
                     "%s: the store failed (%s); retrying in %.1f s",
                     name,
