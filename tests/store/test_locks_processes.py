@@ -4,18 +4,15 @@ timestamps."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import json
-import sys
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from corral.store import Store
+from tests.store._processes import run_together, spawn
 
 WORKER = Path(__file__).with_name("_lock_worker.py")
 PROCESSES = 4
@@ -26,43 +23,11 @@ KEYS = 20
 pytestmark = pytest.mark.slow
 
 
-async def start(url: str) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(WORKER),
-        url,
-        str(RUNS_PER_PROCESS),
-        str(SECONDS),
-        str(KEYS),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        limit=16 * 1024 * 1024,  # the result is one long JSON line
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
-    assert line == b"ready\n", line
-    return proc
-
-
-async def result_of(proc: asyncio.subprocess.Process) -> dict[str, Any]:
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
-    return dict(json.loads(line))
-
-
 async def test_processes_never_share_a_lock(store: Store, store_url: str) -> None:
-    procs = [await start(store_url) for _ in range(PROCESSES)]
-    try:
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-        results = await asyncio.gather(*(result_of(proc) for proc in procs))
-        assert [await asyncio.wait_for(proc.wait(), 30) for proc in procs] == [0] * PROCESSES
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    procs = [
+        await spawn(WORKER, store_url, RUNS_PER_PROCESS, SECONDS, KEYS) for _ in range(PROCESSES)
+    ]
+    results = await run_together(procs)
 
     by_key: dict[str, list[tuple[int, datetime, datetime]]] = defaultdict(list)
     for result in results:

@@ -4,9 +4,7 @@ processes, every item is done exactly once, and a killed process loses nothing."
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import sys
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 
 from corral.store import AgentSpec, ItemState, NewItem, Run, RunState, Store, TriggerKind
 from corral.store._time import utc_now
+from tests.store._processes import go, reap, result_of, run_together, spawn
 
 WORKER = Path(__file__).with_name("_queue_worker.py")
 SCALES = {"a": 1, "b": 2, "c": 3}
@@ -26,42 +25,9 @@ PROCESSES = 4
 pytestmark = pytest.mark.slow
 
 
-async def start_worker(mode: str, url: str, arg: int) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(WORKER),
-        mode,
-        url,
-        str(arg),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
-    assert line == b"ready\n", line
-    return proc
-
-
-async def result_of(proc: asyncio.subprocess.Process) -> dict[str, Any]:
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), timeout=90)
-    return dict(json.loads(line))
-
-
 async def run_schedulers(url: str, count: int, slots: int) -> list[dict[str, Any]]:
-    procs = [await start_worker("schedule", url, slots) for _ in range(count)]
-    try:
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-        results = await asyncio.gather(*(result_of(proc) for proc in procs))
-        assert [await asyncio.wait_for(proc.wait(), 30) for proc in procs] == [0] * count
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    return results
+    procs = [await spawn(WORKER, "schedule", url, slots) for _ in range(count)]
+    return await run_together(procs)
 
 
 async def setup(store: Store, *, cap: int | None) -> None:
@@ -115,17 +81,14 @@ async def test_a_killed_scheduler_loses_nothing(store: Store, store_url: str) ->
     for n in range(9):
         await store.enqueue(NewItem(agent="bc"[n % 2], trigger=TriggerKind.SCHEDULE))
 
-    victim = await start_worker("hold", store_url, 4)
+    victim = await spawn(WORKER, "hold", store_url, 4)
     try:
-        assert victim.stdin is not None
-        victim.stdin.write(b"go\n")
+        go(victim)
         held = (await result_of(victim))["held"]
         victim.send_signal(signal.SIGKILL)
         assert await asyncio.wait_for(victim.wait(), 30) == -signal.SIGKILL
     finally:
-        if victim.returncode is None:
-            victim.kill()
-            await victim.wait()
+        await reap([victim])
     assert len(held) == 4
     assert await store.recover_lapsed() == []  # the leases are still good
 
