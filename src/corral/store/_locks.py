@@ -47,11 +47,14 @@ class LockOps(StoreCore):
         one that has ended.
         """
         _check_ttl(ttl_seconds)
+
+        async def body(tx: Transaction) -> LockGrant:
+            await tx.execute("lock_key", {"key": key})
+            await self._require_live(tx, key, run_id)
+            return await self._acquire_locked(tx, key, run_id, ttl_seconds)
+
         try:
-            async with self.transaction() as tx:
-                await tx.execute("lock_key", {"key": key})
-                await self._require_live(tx, key, run_id)
-                return await self._acquire_locked(tx, key, run_id, ttl_seconds)
+            return await self.atomic(body)
         except _Refused as refused:
             return refused.held
 
@@ -102,19 +105,25 @@ class LockOps(StoreCore):
 
     async def release_lock(self, key: str, run_id: str) -> bool:
         """Release ``key`` if ``run_id`` holds it (expired or not); False if it does not."""
-        async with self.transaction() as tx:
+
+        async def body(tx: Transaction) -> bool:
             await tx.execute("lock_key", {"key": key})
             return bool(await tx.execute("release_lock", {"key": key, "run_id": run_id}))
+
+        return await self.atomic(body)
 
     async def heartbeat_lock(self, key: str, run_id: str, *, ttl_seconds: float) -> datetime | None:
         """Make ``key`` expire ``ttl_seconds`` from now if ``run_id`` holds it (even if it
         expired and nobody took it); return the new expiry, or None if it does not."""
         _check_ttl(ttl_seconds)
-        async with self.transaction() as tx:
+
+        async def body(tx: Transaction) -> Row | None:
             await tx.execute("lock_key", {"key": key})
             expires = self.now() + timedelta(seconds=ttl_seconds)
             params = {"key": key, "run_id": run_id, "expires_at": self.encode_time(expires)}
-            row = await tx.fetch_one("heartbeat_lock", params)
+            return await tx.fetch_one("heartbeat_lock", params)
+
+        row = await self.atomic(body)
         return None if row is None else self.decode_time(row["expires_at"])
 
     async def list_locks(self) -> list[Lock]:

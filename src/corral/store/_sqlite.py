@@ -18,12 +18,13 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from corral.errors import StoreError, StoreUnavailable
 from corral.store._base import Dialect, Row, Store, Transaction
@@ -61,6 +62,35 @@ class SqliteTransaction(Transaction):
         await self._store.call(_script, self._conn, sql)
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A transaction body waiting for the worker thread, and who waits for its result."""
+
+    body: Callable[[Transaction], Awaitable[Any]]
+    write: bool
+    future: asyncio.Future[Any]
+
+
+class _InlineTransaction(Transaction):
+    """A transaction whose statements run at once on the calling thread (the worker).
+
+    Its awaitables never suspend, so a body that awaits only them can be driven to the end
+    with one ``send`` on the worker thread (see ``SqliteStore.atomic``).
+    """
+
+    _driver_errors = (sqlite3.Error,)
+
+    def __init__(self, store: SqliteStore, conn: sqlite3.Connection) -> None:
+        super().__init__(store.sql, store.url)
+        self._conn = conn
+
+    async def _execute(self, sql: str, params: dict[str, Any]) -> tuple[list[Row], int]:
+        return _execute(self._conn, sql, params)
+
+    async def _script(self, sql: str) -> None:
+        _script(self._conn, sql)
+
+
 class SqliteStore(Store):
     """A store in one SQLite file; see the module docstring."""
 
@@ -72,6 +102,8 @@ class SqliteStore(Store):
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        self._pending: list[_Pending] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(*args)`` on this store's worker thread."""
@@ -110,6 +142,80 @@ class SqliteStore(Store):
                 await self.call(_rollback, conn)
                 raise
             await self._guarded(_commit, conn, what="commit")
+
+    async def atomic(
+        self, body: Callable[[Transaction], Awaitable[_T]], *, write: bool = True
+    ) -> _T:
+        """Run ``body`` in its own transaction on the worker thread, in one hop.
+
+        Bodies submitted while the worker is busy are run together in the next hop, each in
+        its own transaction: under load the cost of crossing threads is paid once per batch
+        rather than once per statement (see docs/decisions.md).
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(body, write, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="corral-sqlite-batches")
+        return cast(_T, await future)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                async with self._lock:
+                    conn = self._conn
+                    if conn is None:
+                        raise StoreError(f"the store {self.url} is closed")
+                    outcomes = await self.call(self._run_batch, conn, batch)
+            except BaseException as exc:  # the whole hop failed (closed, cancelled)
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(
+                            exc if isinstance(exc, Exception) else StoreError(str(exc))
+                        )
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for pending, (ok, value) in zip(batch, outcomes, strict=True):
+                if pending.future.done():  # its caller gave up waiting
+                    continue
+                if ok:
+                    pending.future.set_result(value)
+                else:
+                    pending.future.set_exception(value)
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> list[tuple[bool, Any]]:
+        """On the worker thread: each body in its own transaction, one after another."""
+        outcomes: list[tuple[bool, Any]] = []
+        for pending in batch:
+            if pending.future.cancelled():
+                outcomes.append((False, None))
+                continue
+            try:
+                outcomes.append((True, self._run_inline(conn, pending.body, pending.write)))
+            except Exception as exc:
+                outcomes.append((False, exc))
+        return outcomes
+
+    def _run_inline(
+        self, conn: sqlite3.Connection, body: Callable[[Transaction], Awaitable[_T]], write: bool
+    ) -> _T:
+        """On the worker thread: begin, drive ``body`` to its end, commit (or roll back)."""
+        try:
+            _begin(conn, write)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot begin a transaction on {self.url}: {exc}") from exc
+        try:
+            result = _drive(body(_InlineTransaction(self, conn)))
+        except BaseException:
+            _rollback(conn)
+            raise
+        try:
+            _commit(conn)
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            raise StoreError(f"cannot commit on {self.url}: {exc}") from exc
+        return result
 
     async def _guarded(self, fn: Callable[..., None], *args: Any, what: str) -> None:
         try:
@@ -167,6 +273,19 @@ def _enter_wal(conn: sqlite3.Connection) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+def _drive(awaitable: Awaitable[_T]) -> _T:
+    """Run a coroutine that never suspends to its end, synchronously."""
+    coro = awaitable.__await__()
+    try:
+        yielded = coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise StoreError(
+        f"a store transaction body awaited something other than its transaction ({yielded!r})"
+    )
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
