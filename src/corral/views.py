@@ -27,6 +27,8 @@ def run_json(run: Run) -> dict[str, Any]:
         "exitCode": run.exit_code,
         "error": run.error,
         "status": run.status_text,
+        "statusAt": _time(run.status_at),
+        "returnValue": run.return_value,
         "createdAt": _time(run.created_at),
         "startedAt": _time(run.started_at),
         "endedAt": _time(run.ended_at),

@@ -1,7 +1,8 @@
 """The gateway: one ASGI app for the scheduler's HTTP surface.
 
-Today it carries health and the operator control API (queue a run, read the
-fleet's state); the agent API (locks, calls, signals), webhooks, the
+It carries health, the agent API (``agent_api``: locks, calls and signals for
+running agents, authenticated by each run's secret) and the operator control API
+(queue a run, read the fleet's state; the operator token); webhooks, the
 dashboard and /metrics join it in later work.
 """
 
@@ -13,12 +14,15 @@ from fastapi import Depends, FastAPI, Header, HTTPException, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from corral.gateway.agent_api import AgentApi, agent_router, install_error_handlers
 from corral.gateway.token import token_matches
+from corral.project import Project
+from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.service import Scheduler
-from corral.store import ItemState, NewItem, TriggerKind
+from corral.store import ItemState, NewItem, Store, TriggerKind
 from corral.views import item_json, run_json
 
-__all__ = ["create_app"]
+__all__ = ["create_agent_app", "create_app"]
 
 
 class RunRequestBody(BaseModel):
@@ -28,6 +32,9 @@ class RunRequestBody(BaseModel):
 
 def create_app(scheduler: Scheduler, token: str) -> FastAPI:
     app = FastAPI(title="corral gateway", version="1", docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.state.agent_api = AgentApi(scheduler.project, scheduler.store, scheduler.link)
+    app.include_router(agent_router(app.state.agent_api))
 
     def operator(authorization: Annotated[str | None, Header()] = None) -> None:
         scheme, _, given = (authorization or "").partition(" ")
@@ -85,4 +92,13 @@ def create_app(scheduler: Scheduler, token: str) -> FastAPI:
             ],
         }
 
+    return app
+
+
+def create_agent_app(project: Project, store: Store, link: AgentLink) -> FastAPI:
+    """The agent API alone: what `corral run` serves for the run it starts itself."""
+    app = FastAPI(title="corral gateway (agent API)", version="1", docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.state.agent_api = AgentApi(project, store, link)
+    app.include_router(agent_router(app.state.agent_api))
     return app

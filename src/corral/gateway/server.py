@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
+from corral.agentcmd import install as install_commands
 from corral.errors import UsageError
+from corral.project import Project
+from corral.scheduler.agentlink import AgentLink
+from corral.store import Store
 
-__all__ = ["GatewayServer", "bind"]
+__all__ = ["GatewayServer", "bind", "serve_agent_api"]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -47,5 +52,35 @@ class GatewayServer(uvicorn.Server):
 
     @classmethod
     def for_app(cls, app: FastAPI) -> GatewayServer:
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        # httptools parses HTTP several times faster than h11; the loop stays asyncio's
+        # (uvloop forks slowly, and runs are spawned from this loop): docs/decisions.md.
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            loop="asyncio",
+            http="httptools",
+        )
         return cls(config)
+
+
+@contextlib.asynccontextmanager
+async def serve_agent_api(project: Project, store: Store) -> AsyncIterator[AgentLink]:
+    """Serve the agent API on a free loopback port while the block runs (`corral run`
+    without a scheduler); yields the link to hand to the runs' executor."""
+    from corral.gateway.app import create_agent_app
+
+    sock = bind("127.0.0.1", 0)
+    link = AgentLink(
+        f"http://127.0.0.1:{sock.getsockname()[1]}", bin_dir=project.root / ".corral" / "bin"
+    )
+    if link.bin_dir is not None:
+        install_commands(link.bin_dir)
+    server = GatewayServer.for_app(create_agent_app(project, store, link))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield link
+    finally:
+        server.should_exit = True
+        await serving

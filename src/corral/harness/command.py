@@ -35,6 +35,11 @@ class RunFiles:
         meta = workdir / ".corral"
         return cls(workdir, meta / "prompt.md", meta / "system-prompt.md")
 
+    @property
+    def env_file(self) -> Path:
+        """Where ``setenv`` keeps variables for the rest of the run (sourced by bash)."""
+        return self.prompt.parent / "env.sh"
+
     def write(self, prompt: str, system_prompt: str) -> None:
         self.prompt.parent.mkdir(parents=True, exist_ok=True)
         self.prompt.write_text(prompt, encoding="utf-8")

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from corral.agentcmd import bash_init_path
 from corral.errors import CorralError
 from corral.harness import PromptContext, RunFiles, base_environment, build_launch, build_prompt
 from corral.project import Agent, Project
 from corral.runtime import Process, Sink, runtime_for
+from corral.scheduler.agentlink import AgentLink
 from corral.store import Claim, QueueItem, Run, RunState, StaleFence, Store, StoreError
 
 __all__ = ["TIMEOUT_EXIT_CODE", "RunExecutor", "RunResult"]
@@ -50,12 +52,24 @@ class RunExecutor:
     stopped (timeout, kill, shutdown).
     """
 
-    def __init__(self, project: Project, store: Store, *, grace: float = 10.0) -> None:
+    def __init__(
+        self,
+        project: Project,
+        store: Store,
+        *,
+        grace: float = 10.0,
+        link: AgentLink | None = None,
+    ) -> None:
         self.project = project
         self.store = store
         self.grace = grace
+        self.link = link
         self._processes: dict[str, Process] = {}
         self._stop_reasons: dict[str, str] = {}
+        self._exit_codes: dict[str, int] = {}
+        self._exit_tasks: set[asyncio.Task[None]] = set()
+        if link is not None:
+            link.on_exit = self.request_exit
 
     def workdir(self, run_id: str) -> Path:
         return self.project.root / ".corral" / "runs" / run_id
@@ -72,7 +86,36 @@ class RunExecutor:
         await process.stop(self.grace)
         return True
 
+    async def request_exit(self, run_id: str, code: int) -> bool:
+        """``al-exit``: end a run this executor watches with ``code`` (TERM, then KILL).
+
+        The group is stopped a moment later, so the command that asked can print its
+        answer first; the run is recorded with ``code`` (succeeded when 0, else failed).
+        """
+        process = self._processes.get(run_id)
+        if process is None:
+            return False
+        self._exit_codes.setdefault(run_id, code)
+
+        async def stop_soon() -> None:
+            await asyncio.sleep(0.1)
+            await process.stop(self.grace)
+
+        task = asyncio.create_task(stop_soon(), name=f"al-exit {run_id}")
+        self._exit_tasks.add(task)
+        task.add_done_callback(self._exit_tasks.discard)
+        return True
+
     async def execute(self, claim: Claim, sink: Sink | None = None) -> RunResult:
+        try:
+            return await self._execute(claim, sink)
+        finally:
+            self._exit_codes.pop(claim.run.id, None)
+            if self.link is not None:
+                self.link.revoke(claim.run.id)
+                self.link.changes.notify_all()  # its locks and its call may have moved on
+
+    async def _execute(self, claim: Claim, sink: Sink | None) -> RunResult:
         run = claim.run
         agent = self.project.agents.get(run.agent)
         if agent is None:
@@ -105,8 +148,12 @@ class RunExecutor:
         finally:
             self._processes.pop(run.id, None)
         reason = self._stop_reasons.pop(run.id, "")
+        asked = self._exit_codes.get(run.id)
         if reason and outcome.state is not RunState.TIMED_OUT:
             outcome = _Outcome(RunState.KILLED, outcome.exit_code, reason)
+        elif asked is not None and outcome.state is not RunState.TIMED_OUT:
+            state = RunState.SUCCEEDED if asked == 0 else RunState.FAILED
+            outcome = _Outcome(state, asked, None if asked == 0 else f"al-exit {asked}")
         return await self._finalize(run, outcome)
 
     async def _start(self, run: Run, agent: Agent) -> Process:
@@ -122,6 +169,7 @@ class RunExecutor:
         prompt = build_prompt(ctx)
         files.write(prompt, agent.skill.body)
         env = {**base_environment(), **self._run_environment(run, agent)}
+        env.update(await self._gateway_environment(run, files, env.get("PATH", "")))
         spec = build_launch(agent.config.harness.command, files, env, prompt)
         runtime = runtime_for(agent.config.runtime.type)
         return await runtime.launch(spec)
@@ -137,6 +185,25 @@ class RunExecutor:
             "CORRAL_ITEM_ID": str(run.item_id),
             "CORRAL_ATTEMPT": str(run.attempt),
         }
+
+    async def _gateway_environment(self, run: Run, files: RunFiles, path: str) -> dict[str, str]:
+        """What the in-run commands need: the gateway, the run's secret, the setenv file.
+
+        The secret's hash is in the store before the run starts: an agent may call the
+        gateway at once.
+        """
+        link = self.link
+        if link is None:
+            return {}
+        secret, ref = link.issue(run.id, run.agent, run.trigger.value)
+        await self.store.set_run_secret(run.id, ref.secret_hash)
+        env = {"CORRAL_RUN_SECRET": secret, "CORRAL_ENV_FILE": str(files.env_file)}
+        if link.gateway_url:
+            env["GATEWAY_URL"] = link.gateway_url
+        if link.bin_dir is not None:
+            env["PATH"] = f"{link.bin_dir}:{path}" if path else str(link.bin_dir)
+            env["BASH_ENV"] = str(bash_init_path(link.bin_dir))
+        return env
 
     async def _watch(
         self, run_id: str, process: Process, timeout: float, sink: Sink | None

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from corral.errors import RunError, UsageError
 from corral.project import Agent, Project
 from corral.runtime import Sink
+from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.executor import RunExecutor, RunResult
 from corral.scheduler.orphans import reap_orphans
 from corral.scheduler.service import SchedulerOptions, agent_specs
@@ -35,8 +36,13 @@ async def run_in_foreground(
     *,
     on_wait: Waiting | None = None,
     options: SchedulerOptions | None = None,
+    link: AgentLink | None = None,
 ) -> list[RunResult]:
-    """Run ``agent`` now; return the run and any reruns it asked for, in order."""
+    """Run ``agent`` now; return the run and any reruns it asked for, in order.
+
+    ``link`` connects the run to a gateway this process serves (the in-run commands);
+    without it they answer that there is no gateway.
+    """
     opts = options or SchedulerOptions()
     owner = f"cli-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     await store.sync_project(
@@ -51,7 +57,7 @@ async def run_in_foreground(
     )
     if queued.item.state is ItemState.REJECTED:
         raise UsageError(queued.item.reason or f"agent '{agent.name}' refused the run")
-    executor = RunExecutor(project, store, grace=opts.kill_grace)
+    executor = RunExecutor(project, store, grace=opts.kill_grace, link=link)
     results: list[RunResult] = []
     item: QueueItem | None = queued.item
     while item is not None:

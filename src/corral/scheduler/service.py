@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from corral.agentcmd import install as install_commands
 from corral.project import Project
+from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.cron import CronTriggers
 from corral.scheduler.executor import RunExecutor
 from corral.scheduler.orphans import reap_orphans
@@ -88,7 +90,10 @@ class Scheduler:
         self.store = store
         self.options = options or SchedulerOptions()
         self.gateway_url = gateway_url
-        self.executor = RunExecutor(project, store, grace=self.options.kill_grace)
+        self.link = AgentLink(
+            gateway_url, bin_dir=project.root / ".corral" / "bin", on_queued=self.wake
+        )
+        self.executor = RunExecutor(project, store, grace=self.options.kill_grace, link=self.link)
         self.info: SchedulerInfo | None = None
         self.draining = False
         self._wake = asyncio.Event()
@@ -132,6 +137,8 @@ class Scheduler:
     async def start(self) -> SchedulerInfo:
         """Register, recover what dead predecessors on this host left, sync the config."""
         host = socket.gethostname()
+        if self.link.bin_dir is not None:
+            install_commands(self.link.bin_dir)
         await self._recover_dead_predecessors(host)
         await self.store.sync_project(
             agent_specs(self.project),

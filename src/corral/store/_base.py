@@ -9,7 +9,9 @@ says) live in the parts, once, for both dialects:
     _control   agents, the project row, the scheduler registry
     _queue     enqueue (bounds, rejections, dedupe) and claim (caps, FIFO, fences)
     _leases    renewing, finalising (fencing, reruns), recovering lapsed leases
-    _locks     resource locks: try-lock, release, heartbeat, operator release
+    _locks     resource locks: try-lock, blocking waits and the wait-for graph, release,
+               heartbeat, operator release
+    _calls     agent-to-agent calls, and the signals a run sends about itself
     _base      this module: lifecycle, migrations, plain run operations
 
 Clock: timestamps are taken from Python (``self.clock()``, by default
@@ -36,6 +38,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from corral.errors import StoreError
+from corral.store._calls import CallOps
 from corral.store._control import ControlOps
 from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
 from corral.store._leases import LeaseOps
@@ -47,7 +50,7 @@ from corral.store.records import MigrationStatus, NewRun, Run, RunState
 __all__ = ["Dialect", "Row", "StaleFence", "Store", "Transaction", "mask_url"]
 
 
-class Store(LeaseOps, LockOps, ControlOps):
+class Store(LeaseOps, CallOps, LockOps, ControlOps):
     """Durable state of a corral project. Open with ``corral.store.open_store(url)``."""
 
     # -- lifecycle -------------------------------------------------------------------

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from corral.errors import StaleFence, StoreError
 from corral.store._sqlfiles import SqlFiles, load_sql_files
 from corral.store._time import utc_now
-from corral.store.records import ProjectState, QueueItem, Run, SchedulerInfo
+from corral.store.records import Deadlock, ProjectState, QueueItem, Run, SchedulerInfo
 
 __all__ = ["Dialect", "Params", "Row", "StaleFence", "StoreCore", "Transaction", "mask_url"]
 
@@ -27,7 +27,7 @@ Row = dict[str, Any]
 Params = Mapping[str, Any]
 _T = TypeVar("_T")
 
-_RUN_TIMES = ("created_at", "started_at", "ended_at", "kill_requested_at")
+_RUN_TIMES = ("created_at", "started_at", "ended_at", "kill_requested_at", "status_at")
 _ITEM_TIMES = ("enqueued_at", "claimed_at", "finished_at", "lease_expires_at")
 _SCHEDULER_TIMES = ("started_at", "heartbeat_at")
 
@@ -175,10 +175,52 @@ class StoreCore(ABC):
         row = await tx.fetch_one("lock_project")
         return ProjectState.from_row(self._returned(row, "lock_project"))
 
+    @abstractmethod
     async def release_run_locks_in(self, tx: Transaction, run_id: str) -> int:
-        """Release every lock of ``run_id`` inside ``tx``: each transaction that ends a run
-        calls this, so a run's locks end with it (invariant 4)."""
-        return await tx.execute("release_run_locks", {"run_id": run_id})
+        """Release every lock of ``run_id`` inside ``tx`` (see ``_locks``): each transaction
+        that ends a run calls this, so a run's locks end with it (invariant 4)."""
+
+    @abstractmethod
+    async def find_cycle(
+        self, tx: Transaction, waiter: str, via: str, holder: str
+    ) -> Deadlock | None:
+        """The wait-for cycle ``waiter`` would close by waiting on ``holder`` (see ``_locks``)."""
+
+    @abstractmethod
+    async def start_calls_in(self, tx: Transaction, item: QueueItem, run_id: str) -> None:
+        """Inside the claim of ``item``: its call, if any, is now running (``_calls``)."""
+
+    @abstractmethod
+    async def requeue_calls_in(self, tx: Transaction, item: QueueItem) -> None:
+        """Inside ``tx``, which queued ``item`` again: its call is pending again."""
+
+    @abstractmethod
+    async def fail_calls_in(self, tx: Transaction, item: QueueItem, error: str) -> None:
+        """Inside ``tx``, which gave ``item`` up: its call, if any, answers ``error``."""
+
+    @abstractmethod
+    async def settle_calls_in(self, tx: Transaction, run: Run) -> None:
+        """Inside ``tx``, which ended ``run``: answer the call it was running for, if any
+        (see ``_calls``)."""
+
+    async def audit_in(
+        self,
+        tx: Transaction,
+        *,
+        actor: str,
+        action: str,
+        subject: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Record an operator's action in ``corral_audit``, inside ``tx``."""
+        params = {
+            "now": self.encode_time(self.now()),
+            "actor": actor,
+            "action": action,
+            "subject": subject,
+            "detail": self.encode_json(detail),
+        }
+        await tx.execute("insert_audit", params)
 
     async def _require_run(self, tx: Transaction, run_id: str) -> Run:
         row = await tx.fetch_one("get_run", {"id": run_id})

@@ -85,6 +85,7 @@ class LeaseOps(QueueOps):
                 raise StaleFence(await self._stale(tx, run, fence))
             ended = await self._end_run(tx, run, state, exit_code, error)
             await self.release_run_locks_in(tx, run.id)
+            await self.settle_calls_in(tx, ended)
             item = self.item_from_row(item_row)
             rerun = None if project is None else await self._rerun(tx, project, ended, item)
         return FinalizeResult(ended, item, rerun)
@@ -208,9 +209,11 @@ class LeaseOps(QueueOps):
             await self.release_run_locks_in(tx, item.run_id)
         if item.attempts < item.max_attempts:
             row = await tx.fetch_one("requeue_item", {"id": item.id})
+            await self.requeue_calls_in(tx, item)
         else:
             reason = f"gave up after {item.attempts} attempts; the last run {item.run_id} was lost"
             row = await tx.fetch_one("fail_item", {"id": item.id, "reason": reason, "now": now})
+            await self.fail_calls_in(tx, item, f"the call failed: {reason}")
         taken = self.item_from_row(self._returned(row, "requeue_item/fail_item"))
         return Recovered(taken, None if run_row is None else self.run_from_row(run_row))
 

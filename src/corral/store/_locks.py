@@ -17,19 +17,11 @@ from datetime import datetime, timedelta
 
 from corral.errors import StoreError
 from corral.store._core import Row, StoreCore, Transaction
-from corral.store.records import Lock, LockGrant, LockHeld, RunState
+from corral.store.records import Deadlock, Lock, LockGrant, LockHeld, LockWaiter, RunState
 
 __all__ = ["LockOps"]
 
 _LIVE = frozenset({RunState.STARTING.value, RunState.RUNNING.value})
-
-
-class _Refused(Exception):
-    """Raised inside an acquiring transaction to roll it back: a refusal leaves no trace."""
-
-    def __init__(self, held: LockHeld) -> None:
-        super().__init__(held)
-        self.held = held
 
 
 class LockOps(StoreCore):
@@ -43,28 +35,112 @@ class LockOps(StoreCore):
         Free or expired: granted with a new token, greater than every earlier one. Held
         by ``run_id`` itself (expired or not): refreshed, expiring ``ttl_seconds`` from
         now, with the same token (``refreshed=True``). Held unexpired by another run:
-        ``LockHeld`` naming it, and nothing is written. StoreError for an unknown run or
-        one that has ended.
+        ``LockHeld`` naming it, and nothing is written. An expired lock that runs are
+        waiting for (``wait_for_lock``) goes to the first of them, not to a try-lock.
+        StoreError for an unknown run or one that has ended.
         """
         _check_ttl(ttl_seconds)
 
-        async def body(tx: Transaction) -> LockGrant:
+        async def body(tx: Transaction) -> LockGrant | LockHeld:
             await tx.execute("lock_key", {"key": key})
             await self._require_live(tx, key, run_id)
             return await self._acquire_locked(tx, key, run_id, ttl_seconds)
 
-        try:
-            return await self.atomic(body)
-        except _Refused as refused:
-            return refused.held
+        return await self.atomic(body)
+
+    async def wait_for_lock(
+        self, key: str, run_id: str, *, ttl_seconds: float, wait_seconds: float
+    ) -> LockGrant | LockHeld | Deadlock:
+        """One step of a blocking acquire (``rlock --wait``); call it again until it is
+        not ``LockHeld`` (or give up with ``cancel_lock_wait``).
+
+        Granted when the key is free or expired and ``run_id`` is first in line (runs are
+        served in the order they started waiting), or handed over by a release. While it
+        is held by another run, ``run_id`` is recorded as waiting (its edge in the
+        wait-for graph) for at most ``wait_seconds`` from its first step, and ``LockHeld``
+        is returned. A wait that would close a cycle of runs waiting for one another
+        (through locks and calls) is refused with ``Deadlock`` and leaves no edge.
+        """
+        _check_ttl(ttl_seconds)
+
+        async def body(tx: Transaction) -> LockGrant | LockHeld | Deadlock:
+            await tx.execute("lock_key", {"key": key})
+            await self._require_live(tx, key, run_id)
+            result = await self._acquire_locked(tx, key, run_id, ttl_seconds)
+            if isinstance(result, LockGrant):
+                return result
+            return await self._keep_waiting(tx, result, run_id, ttl_seconds, wait_seconds)
+
+        return await self.atomic(body)
+
+    async def _keep_waiting(
+        self, tx: Transaction, held: LockHeld, run_id: str, ttl: float, wait_seconds: float
+    ) -> LockHeld | Deadlock:
+        now = self.now()
+        params = {"key": held.key, "run_id": run_id}
+        row = await tx.fetch_one("get_wait", params)
+        waiting = row is not None
+        if row is not None and self.decode_time(row["deadline"]) <= now:
+            await tx.execute("delete_wait", params)  # a wait that lapsed: start again
+            waiting = False
+        cycle = await self.find_cycle(tx, run_id, held.key, held.holder)
+        if cycle is not None:
+            if waiting:
+                await tx.execute("delete_wait", params)
+            return cycle
+        if not waiting:
+            deadline = now + timedelta(seconds=max(wait_seconds, 0.0))
+            await tx.execute(
+                "insert_wait",
+                params
+                | {
+                    "now": self.encode_time(now),
+                    "deadline": self.encode_time(deadline),
+                    "ttl_seconds": ttl,
+                },
+            )
+        return held
+
+    async def cancel_lock_wait(self, key: str, run_id: str) -> bool:
+        """Stop waiting for ``key`` (timed out, or the request went away)."""
+
+        async def body(tx: Transaction) -> int:
+            return await tx.execute("delete_wait", {"key": key, "run_id": run_id})
+
+        return bool(await self.atomic(body))
+
+    async def find_cycle(
+        self, tx: Transaction, waiter: str, via: str, holder: str
+    ) -> Deadlock | None:
+        """The cycle ``waiter`` would close by waiting (for ``via``) on ``holder``, if any."""
+        now = {"now": self.encode_time(self.now())}
+        edges: dict[str, list[tuple[str, str]]] = {}
+        for row in await tx.fetch_all("lock_wait_edges", now):
+            edges.setdefault(row["waiter"], []).append((row["via"], row["holder"]))
+        for row in await tx.fetch_all("call_wait_edges"):
+            edges.setdefault(row["waiter"], []).append((f"call://{row['via']}", row["holder"]))
+        path = _path(edges, holder, waiter)
+        if path is None:
+            return None
+        return Deadlock((waiter, via, holder, *path))
 
     async def _acquire_locked(
         self, tx: Transaction, key: str, run_id: str, ttl_seconds: float
-    ) -> LockGrant:
+    ) -> LockGrant | LockHeld:
+        """Grant or refresh ``key`` for ``run_id``, or say who holds it. A refusal writes
+        nothing, except handing an expired lock to its first waiter."""
         # Twice at most: the holder's row can vanish between the two statements only when
         # its run ended meanwhile (that release does not serialise on the key).
         for _ in range(2):
             now = self.now()
+            current = await tx.fetch_one("lock_holder", {"key": key})
+            if current is not None and current["run_id"] != run_id:
+                expired = self.decode_time(current["expires_at"]) <= now
+                if not expired:
+                    return self._held(current)
+                successor = await self._next_in_line(tx, key, run_id)
+                if successor is not None:
+                    return self._held(successor)
             token_row = await tx.fetch_one("next_lock_token")
             token = int(self._returned(token_row, "next_lock_token")["token"])
             params = {
@@ -76,12 +152,43 @@ class LockOps(StoreCore):
             }
             row = await tx.fetch_one("acquire_lock", params)
             if row is not None:
+                await tx.execute("delete_wait", {"key": key, "run_id": run_id})
                 return self._grant(row, refreshed=int(row["token"]) != token)
-            holder = await tx.fetch_one("lock_holder", {"key": key})
-            if holder is not None:
-                since = self.decode_time(holder["acquired_at"])
-                raise _Refused(LockHeld(key=key, holder=holder["run_id"], held_since=since))
         raise StoreError(f"cannot lock {key!r} for run {run_id}: the key kept changing hands")
+
+    async def _next_in_line(self, tx: Transaction, key: str, run_id: str) -> Row | None:
+        """Hand a free or expired ``key`` to the first run waiting for it, unless that is
+        ``run_id`` (who then takes it itself); return the new lock row, if handed over."""
+        now = self.now()
+        head = await tx.fetch_one("head_waiter", {"key": key, "now": self.encode_time(now)})
+        if head is None or head["run_id"] == run_id:
+            return None
+        return await self._hand_over(tx, key, head)
+
+    async def _hand_over(self, tx: Transaction, key: str, waiter: Row) -> Row:
+        now = self.now()
+        token_row = await tx.fetch_one("next_lock_token")
+        ttl = timedelta(seconds=float(waiter["ttl_seconds"]))
+        params = {
+            "key": key,
+            "run_id": waiter["run_id"],
+            "token": int(self._returned(token_row, "next_lock_token")["token"]),
+            "now": self.encode_time(now),
+            "expires_at": self.encode_time(now + ttl),
+        }
+        row = await tx.fetch_one("hand_over_lock", params)
+        await tx.execute("delete_wait", {"key": key, "run_id": waiter["run_id"]})
+        return self._returned(row, "hand_over_lock")
+
+    async def _serve_waiters(self, tx: Transaction, keys: list[str]) -> None:
+        """Keys just released go to their first waiter, so a try-lock cannot overtake."""
+        for key in keys:
+            await self._next_in_line(tx, key, "")
+
+    def _held(self, row: Row) -> LockHeld:
+        return LockHeld(
+            key=row["key"], holder=row["run_id"], held_since=self.decode_time(row["acquired_at"])
+        )
 
     async def _require_live(self, tx: Transaction, key: str, run_id: str) -> None:
         row = await tx.fetch_one("live_run_for_lock", {"run_id": run_id})
@@ -104,11 +211,16 @@ class LockOps(StoreCore):
         )
 
     async def release_lock(self, key: str, run_id: str) -> bool:
-        """Release ``key`` if ``run_id`` holds it (expired or not); False if it does not."""
+        """Release ``key`` if ``run_id`` holds it (expired or not); False if it does not.
+        A run waiting for the key gets it in the same transaction."""
 
         async def body(tx: Transaction) -> bool:
             await tx.execute("lock_key", {"key": key})
-            return bool(await tx.execute("release_lock", {"key": key, "run_id": run_id}))
+            params = {"key": key, "run_id": run_id}
+            released = await tx.fetch_one("release_lock_returning", params) is not None
+            if released:
+                await self._serve_waiters(tx, [key])
+            return released
 
         return await self.atomic(body)
 
@@ -132,8 +244,32 @@ class LockOps(StoreCore):
             rows = await tx.fetch_all("list_locks")
         return sorted((self._lock_from_row(row) for row in rows), key=lambda lock: lock.key)
 
-    async def force_release_lock(self, key: str) -> Lock | None:
-        """Remove the lock on ``key`` whoever holds it (an operator's action); return it."""
+    async def get_lock(self, key: str) -> Lock | None:
+        """The lock row of ``key``, if any (unexpired, or expired and not yet taken)."""
+
+        async def body(tx: Transaction) -> Row | None:
+            return await tx.fetch_one("get_lock", {"key": key})
+
+        row = await self.atomic(body, write=False)
+        return None if row is None else self._lock_from_row(row)
+
+    async def list_lock_waiters(self) -> list[LockWaiter]:
+        """Runs waiting in ``rlock --wait``, by key, first in line first."""
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all("list_waits", {"now": self.encode_time(self.now())})
+        return [
+            LockWaiter(
+                key=row["key"],
+                run_id=row["run_id"],
+                since=self.decode_time(row["since"]),
+                deadline=self.decode_time(row["deadline"]),
+            )
+            for row in rows
+        ]
+
+    async def force_release_lock(self, key: str, *, actor: str = "operator") -> Lock | None:
+        """Remove the lock on ``key`` whoever holds it (an operator's action, recorded in
+        the audit log as ``actor``); return it. The first waiter, if any, gets it."""
         async with self.transaction() as tx:
             await tx.execute("lock_key", {"key": key})
             row = await tx.fetch_one("get_lock", {"key": key})
@@ -141,6 +277,11 @@ class LockOps(StoreCore):
                 return None
             lock = self._lock_from_row(row)
             await tx.execute("delete_lock", {"key": key, "token": lock.token})
+            await self._serve_waiters(tx, [key])
+            detail = {"holder": lock.run_id, "agent": lock.agent, "token": lock.token}
+            await self.audit_in(
+                tx, actor=actor, action="lock.force_release", subject=key, detail=detail
+            )
         return lock
 
     async def release_run_locks(self, run_id: str) -> int:
@@ -148,10 +289,39 @@ class LockOps(StoreCore):
         async with self.transaction() as tx:
             return await self.release_run_locks_in(tx, run_id)
 
+    async def release_run_locks_in(self, tx: Transaction, run_id: str) -> int:
+        """Inside ``tx``, which ends ``run_id``: release its locks (each to its first
+        waiter, if any) and drop its edges in the wait-for graph (invariant 4)."""
+        keys = sorted(
+            row["key"] for row in await tx.fetch_all("release_run_locks", {"run_id": run_id})
+        )
+        await tx.execute("delete_run_waits", {"run_id": run_id})
+        await tx.execute("clear_run_call_waits", {"run_id": run_id})
+        await self._serve_waiters(tx, keys)
+        return len(keys)
+
     def _lock_from_row(self, row: Row) -> Lock:
         decoded = self._decode_times(row, ("acquired_at", "expires_at"))
         decoded["token"] = int(decoded["token"])
         return Lock.from_row(decoded)
+
+
+def _path(edges: dict[str, list[tuple[str, str]]], start: str, goal: str) -> list[str] | None:
+    """A path from run ``start`` to run ``goal``, as [via, run, via, ...] after ``start``
+    (ending with the via that reaches ``goal``); None if there is none."""
+    if start == goal:
+        return []
+    seen = {start}
+    stack: list[tuple[str, list[str]]] = [(start, [])]
+    while stack:
+        node, trail = stack.pop()
+        for via, nxt in edges.get(node, ()):
+            if nxt == goal:
+                return [*trail, via]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*trail, via, nxt]))
+    return None
 
 
 def _check_ttl(ttl_seconds: float) -> None:

@@ -88,7 +88,10 @@ class QueueOps(StoreCore):
             "now": self.encode_time(self.now()),
         }
         rows = await tx.fetch_all("drop_oldest", params)
-        return sorted((self.item_from_row(row) for row in rows), key=lambda item: item.id)
+        dropped = sorted((self.item_from_row(row) for row in rows), key=lambda item: item.id)
+        for item in dropped:
+            await self.fail_calls_in(tx, item, f"the call was dropped: {params['reason']}")
+        return dropped
 
     async def _insert(
         self, tx: Transaction, project: ProjectState, new: NewItem, rejected: str | None
@@ -181,7 +184,9 @@ class QueueOps(StoreCore):
         run_row = await tx.fetch_one("insert_claim_run", params)
         run = self.run_from_row(self._returned(run_row, "insert_claim_run"))
         item_row = await tx.fetch_one("claim_item", params)
-        return Claim(self.item_from_row(self._returned(item_row, "claim_item")), run)
+        item = self.item_from_row(self._returned(item_row, "claim_item"))
+        await self.start_calls_in(tx, item, run.id)
+        return Claim(item, run)
 
     # -- reading -----------------------------------------------------------------------
 

@@ -105,6 +105,12 @@ class Run:
     owner: str | None
     rerun_requested: bool
     kill_requested_at: datetime | None
+    #: When ``status_text`` was last set (``al-status``).
+    status_at: datetime | None = None
+    #: The value the run returned with ``al-return`` (its call's answer).
+    return_value: str | None = None
+    #: The exit code the run asked to end with (``al-exit``), once it asked.
+    exit_requested: int | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
@@ -402,3 +408,83 @@ class Lock:
     def from_row(cls, row: Mapping[str, Any]) -> Self:
         """Build a lock from a decoded ``corral_locks`` row joined with its run's agent."""
         return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deadlock:
+    """A wait refused because it would close a cycle in the wait-for graph.
+
+    ``cycle`` alternates a run and what it waits for (a lock key, or ``call://<id>`` for a
+    call it waits on), starting with the run that asked: each run waits for the next one.
+    """
+
+    cycle: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallRefusal:
+    """A call that was not made, and why (``{"ok":false,"error":reason}``)."""
+
+    reason: str
+
+
+class CallState(enum.StrEnum):
+    """Where an agent-to-agent call is: pending (queued) -> running -> completed | error."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ERROR = "error"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (CallState.COMPLETED, CallState.ERROR)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Call:
+    """A call from one run to another agent (``al-subagent``), as stored."""
+
+    id: str
+    caller_run_id: str
+    caller_agent: str
+    target_agent: str
+    depth: int
+    context: str
+    item_id: int | None
+    callee_run_id: str | None
+    state: CallState
+    return_value: str | None
+    error: str | None
+    created_at: datetime
+    ended_at: datetime | None
+    waiting_since: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+        values["state"] = CallState(values["state"])
+        values["depth"] = int(values["depth"])
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LockWaiter:
+    """A run blocked in ``rlock --wait`` on ``key``; waiters are served in arrival order."""
+
+    key: str
+    run_id: str
+    since: datetime
+    deadline: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An operator's action, recorded (``corral locks release --force``, …)."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, Any] | None

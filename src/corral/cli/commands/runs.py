@@ -16,6 +16,7 @@ from corral.cli._context import CliContext
 from corral.cli._main import cli
 from corral.cli._render import console, err_console, fmt_duration, fmt_time, print_json
 from corral.errors import RunError, UsageError
+from corral.gateway.server import serve_agent_api
 from corral.project import Agent, Project
 from corral.runtime._children import use_pidfd_child_watcher
 from corral.scheduler.foreground import run_in_foreground
@@ -137,9 +138,16 @@ async def _run(
     async with await obj.store(project) as store:
         scheduler = None if foreground else await live_scheduler(store)
         if scheduler is None:
-            results = await run_in_foreground(
-                project, store, agent, prompt, _stdout_sink if stream else None, on_wait=_waiting
-            )
+            async with serve_agent_api(project, store) as link:
+                results = await run_in_foreground(
+                    project,
+                    store,
+                    agent,
+                    prompt,
+                    _stdout_sink if stream else None,
+                    on_wait=_waiting,
+                    link=link,
+                )
             runs = [r.run for r in results]
         else:
             item = await _queue(store, agent, prompt, scheduler, as_json and not wait)

@@ -350,4 +350,134 @@ WHERE l.key = %(key)s
 DELETE FROM corral_locks WHERE key = %(key)s AND token = %(token)s
 
 -- name: release_run_locks
+-- Every lock of a run that ended, released; the keys come back so waiters can be served.
 DELETE FROM corral_locks WHERE run_id = %(run_id)s
+RETURNING key
+
+-- name: release_lock_returning
+DELETE FROM corral_locks WHERE key = %(key)s AND run_id = %(run_id)s
+RETURNING key
+
+-- name: head_waiter
+-- The first live waiter for a key whose wait has not expired: the next holder.
+SELECT w.* FROM corral_lock_waits w JOIN corral_runs r ON r.id = w.run_id
+WHERE w.key = %(key)s AND w.deadline > %(now)s AND r.state IN ('starting', 'running')
+ORDER BY w.id
+LIMIT 1
+
+-- name: hand_over_lock
+INSERT INTO corral_locks (key, run_id, token, acquired_at, expires_at)
+VALUES (%(key)s, %(run_id)s, %(token)s, %(now)s, %(expires_at)s)
+ON CONFLICT (key) DO UPDATE
+SET run_id = excluded.run_id, token = excluded.token,
+    acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
+RETURNING *
+
+-- name: get_wait
+SELECT * FROM corral_lock_waits WHERE key = %(key)s AND run_id = %(run_id)s
+
+-- name: insert_wait
+INSERT INTO corral_lock_waits (key, run_id, since, deadline, ttl_seconds)
+VALUES (%(key)s, %(run_id)s, %(now)s, %(deadline)s, %(ttl_seconds)s)
+RETURNING *
+
+-- name: delete_wait
+DELETE FROM corral_lock_waits WHERE key = %(key)s AND run_id = %(run_id)s
+
+-- name: delete_run_waits
+DELETE FROM corral_lock_waits WHERE run_id = %(run_id)s
+
+-- name: list_waits
+SELECT * FROM corral_lock_waits WHERE deadline > %(now)s ORDER BY key, id
+
+-- name: lock_wait_edges
+-- The lock half of the wait-for graph: each live waiter waits for the key's holder.
+SELECT w.run_id AS waiter, w.key AS via, l.run_id AS holder
+FROM corral_lock_waits w
+JOIN corral_locks l ON l.key = w.key
+JOIN corral_runs r ON r.id = w.run_id
+WHERE w.deadline > %(now)s AND r.state IN ('starting', 'running') AND l.run_id <> w.run_id
+
+-- name: call_wait_edges
+-- The call half: a caller in al-subagent-wait waits for the run answering its call.
+SELECT caller_run_id AS waiter, id AS via, callee_run_id AS holder
+FROM corral_calls
+WHERE waiting_since IS NOT NULL AND state IN ('pending', 'running')
+  AND callee_run_id IS NOT NULL
+
+-- name: clear_run_call_waits
+UPDATE corral_calls SET waiting_since = NULL
+WHERE caller_run_id = %(run_id)s AND waiting_since IS NOT NULL
+
+-- name: insert_call
+INSERT INTO corral_calls (id, caller_run_id, caller_agent, target_agent, depth, context,
+                          item_id, state, created_at)
+VALUES (%(id)s, %(caller_run_id)s, %(caller_agent)s, %(target_agent)s, %(depth)s, %(context)s,
+        %(item_id)s, 'pending', %(now)s)
+RETURNING *
+
+-- name: get_call
+SELECT * FROM corral_calls WHERE id = %(id)s
+
+-- name: list_calls
+SELECT * FROM corral_calls ORDER BY created_at DESC, id DESC LIMIT %(limit)s
+
+-- name: depth_of_run
+-- The depth of the call a run answers (none: the run was not called).
+SELECT depth FROM corral_calls WHERE callee_run_id = %(run_id)s
+
+-- name: start_call
+UPDATE corral_calls SET state = 'running', callee_run_id = %(run_id)s
+WHERE item_id = %(item_id)s AND state IN ('pending', 'running')
+
+-- name: answer_call
+UPDATE corral_calls
+SET state = %(state)s, return_value = %(return_value)s, error = %(error)s, ended_at = %(now)s,
+    waiting_since = NULL
+WHERE callee_run_id = %(run_id)s AND state IN ('pending', 'running')
+RETURNING *
+
+-- name: requeue_call
+UPDATE corral_calls SET state = 'pending', callee_run_id = NULL
+WHERE item_id = %(item_id)s AND state IN ('pending', 'running')
+
+-- name: fail_item_calls
+UPDATE corral_calls
+SET state = 'error', error = %(error)s, ended_at = %(now)s, waiting_since = NULL
+WHERE item_id = %(item_id)s AND state IN ('pending', 'running')
+RETURNING *
+
+-- name: set_call_waiting
+UPDATE corral_calls SET waiting_since = %(since)s
+WHERE id = %(id)s AND caller_run_id = %(caller_run_id)s
+
+-- name: set_run_secret
+UPDATE corral_runs SET secret_hash = %(secret_hash)s
+WHERE id = %(id)s AND state IN ('starting', 'running')
+RETURNING *
+
+-- name: run_by_secret
+SELECT * FROM corral_runs WHERE secret_hash = %(secret_hash)s
+
+-- name: set_run_status_live
+UPDATE corral_runs SET status_text = %(status_text)s, status_at = %(now)s
+WHERE id = %(id)s AND state IN ('starting', 'running')
+RETURNING *
+
+-- name: set_return_value
+UPDATE corral_runs SET return_value = %(return_value)s
+WHERE id = %(id)s AND state IN ('starting', 'running')
+RETURNING *
+
+-- name: request_exit
+UPDATE corral_runs SET exit_requested = %(code)s
+WHERE id = %(id)s AND state IN ('starting', 'running')
+RETURNING *
+
+-- name: insert_audit
+INSERT INTO corral_audit (at, actor, action, subject, detail)
+VALUES (%(now)s, %(actor)s, %(action)s, %(subject)s, %(detail)s)
+RETURNING *
+
+-- name: list_audit
+SELECT * FROM corral_audit ORDER BY id DESC LIMIT %(limit)s

@@ -28,7 +28,11 @@ CREATE TABLE corral_runs (
     attempt INTEGER,
     owner TEXT,
     rerun_requested INTEGER NOT NULL DEFAULT 0 CHECK (rerun_requested IN (0, 1)),
-    kill_requested_at TEXT
+    kill_requested_at TEXT,
+    secret_hash TEXT,
+    status_at TEXT,
+    return_value TEXT,
+    exit_requested INTEGER
 );
 
 CREATE INDEX corral_runs_agent_created ON corral_runs (agent, created_at);
@@ -129,3 +133,55 @@ CREATE TABLE corral_locks (
 );
 
 CREATE INDEX corral_locks_run ON corral_locks (run_id);
+
+-- The agent API (0004): run secrets' hashes, calls, lock waits, the audit log.
+CREATE UNIQUE INDEX corral_runs_secret ON corral_runs (secret_hash)
+    WHERE secret_hash IS NOT NULL;
+
+CREATE TABLE corral_calls (
+    id TEXT PRIMARY KEY,
+    caller_run_id TEXT NOT NULL REFERENCES corral_runs (id) ON DELETE CASCADE,
+    caller_agent TEXT NOT NULL,
+    target_agent TEXT NOT NULL,
+    depth INTEGER NOT NULL CHECK (depth >= 1),
+    context TEXT NOT NULL,
+    item_id INTEGER REFERENCES corral_queue (id) ON DELETE SET NULL,
+    callee_run_id TEXT REFERENCES corral_runs (id) ON DELETE SET NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'completed', 'error')),
+    return_value TEXT,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    ended_at TEXT,
+    waiting_since TEXT
+);
+
+CREATE INDEX corral_calls_caller ON corral_calls (caller_run_id);
+
+CREATE INDEX corral_calls_item ON corral_calls (item_id) WHERE item_id IS NOT NULL;
+
+CREATE INDEX corral_calls_callee ON corral_calls (callee_run_id)
+    WHERE callee_run_id IS NOT NULL;
+
+-- AUTOINCREMENT: id order is arrival order, the order waiters are served in.
+CREATE TABLE corral_lock_waits (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    run_id TEXT NOT NULL REFERENCES corral_runs (id) ON DELETE CASCADE,
+    since TEXT NOT NULL,
+    deadline TEXT NOT NULL,
+    ttl_seconds REAL NOT NULL CHECK (ttl_seconds > 0),
+    UNIQUE (run_id, key)
+);
+
+CREATE INDEX corral_lock_waits_key ON corral_lock_waits (key, id);
+
+CREATE TABLE corral_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT
+);
+
+CREATE INDEX corral_audit_at ON corral_audit (at);

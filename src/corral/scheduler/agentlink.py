@@ -1,0 +1,111 @@
+"""What connects running agents to the gateway: their secrets, the URL, change notices.
+
+Each run gets a random secret in its environment (``CORRAL_RUN_SECRET``); the store keeps
+only its SHA-256 (``corral_runs.secret_hash``), and so does this registry. The gateway
+resolves a request's secret here (or, for a run this process did not start, in the
+store) and compares the hashes in constant time.
+
+``Changes`` wakes requests that wait (``rlock --wait``, ``al-subagent-wait``) as soon as
+something they wait for may have happened in this process: a lock released, a run
+ended. Changes made by other processes sharing the store are seen by polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["AgentLink", "Changes", "RunRef", "hash_secret"]
+
+#: ``al-exit`` handler: stop run ``run_id`` so that it ends with ``code``.
+ExitHandler = Callable[[str, int], Awaitable[bool]]
+
+
+def hash_secret(secret: str) -> str:
+    """The hex SHA-256 of a run secret: what the store and the registry keep."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A run that may talk to the gateway: who it is, as its secret proves."""
+
+    run_id: str
+    agent: str
+    trigger: str
+    secret_hash: str
+
+
+class Changes:
+    """Wake-ups by topic (``lock:<key>``, ``call:<id>``) plus a broadcast for everything."""
+
+    def __init__(self) -> None:
+        self._topics: dict[str, asyncio.Event] = {}
+        self._all = asyncio.Event()
+
+    def notify(self, topic: str) -> None:
+        event = self._topics.pop(topic, None)
+        if event is not None:
+            event.set()
+
+    def notify_all(self) -> None:
+        events, self._topics = list(self._topics.values()), {}
+        for event in events:
+            event.set()
+        everything, self._all = self._all, asyncio.Event()
+        everything.set()
+
+    async def wait(self, topics: list[str], timeout: float) -> None:
+        """Return when one of ``topics`` (or everything) is notified, or after ``timeout``."""
+        events = [self._topics.setdefault(topic, asyncio.Event()) for topic in topics]
+        events.append(self._all)
+        waiters = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waiters, timeout=max(timeout, 0.0), return_when="FIRST_COMPLETED")
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+
+@dataclass
+class AgentLink:
+    """Run secrets, the gateway URL runs are given, and change notices; one per process.
+
+    ``bin_dir`` holds the in-run commands (``corral.agentcmd``), put first on every run's
+    PATH. ``on_exit`` is set by whoever executes runs, so ``al-exit`` can end one.
+    """
+
+    gateway_url: str | None
+    bin_dir: Path | None = None
+    changes: Changes = field(default_factory=Changes)
+    on_exit: ExitHandler | None = None
+    on_queued: Callable[[], None] | None = None
+    _runs: dict[str, RunRef] = field(default_factory=dict)
+    _by_run: dict[str, str] = field(default_factory=dict)
+
+    def issue(self, run_id: str, agent: str, trigger: str) -> tuple[str, RunRef]:
+        """A fresh secret for a run about to start, and its registered reference."""
+        secret = secrets.token_urlsafe(32)
+        ref = RunRef(run_id, agent, trigger, hash_secret(secret))
+        self._runs[ref.secret_hash] = ref
+        self._by_run[run_id] = ref.secret_hash
+        return secret, ref
+
+    def revoke(self, run_id: str) -> None:
+        """The run ended: its secret opens nothing any more."""
+        digest = self._by_run.pop(run_id, None)
+        if digest is not None:
+            self._runs.pop(digest, None)
+
+    def lookup(self, secret: str) -> RunRef | None:
+        """The live run this process started whose secret is ``secret``, if any."""
+        digest = hash_secret(secret)
+        ref = self._runs.get(digest)
+        if ref is None or not hmac.compare_digest(ref.secret_hash, digest):
+            return None
+        return ref
