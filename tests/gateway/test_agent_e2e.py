@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -53,21 +54,21 @@ async def test_waiting_runs_take_the_lock_in_turn(tmp_path: Path, store: Store) 
         runs = await f.finished("dev", 3)
     assert [run.state for run in runs] == [RunState.SUCCEEDED] * 3
     spans = sorted(tuple(map(float, f.out(f"{r.id}.t").read_text().split())) for r in runs)
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end  # never two holders at once
 
 
 async def test_a_call_returns_the_callees_value(tmp_path: Path, store: Store) -> None:
     caller = (
         "ID=$(echo 'Review PR #17 on acme/app' | al-subagent reviewer "
-        "| sed -n 's/.*\"callId\":\"\\([^\"]*\\)\".*/\\1/p'); "
+        '| sed -n \'s/.*"callId":"\\([^"]*\\)".*/\\1/p\'); '
         '[ -n "$ID" ] || exit 7; echo "$ID" > "$OUT/call-id"; '
         'al-subagent-check "$ID" > "$OUT/check.json"; '
         'al-subagent-wait "$ID" --timeout 30 > "$OUT/wait.json"; echo "exit=$?" >> "$OUT/exit"'
     )
     callee = (
         'grep -q "Review PR #17" "$CORRAL_PROMPT_FILE" || exit 3; '
-        "al-return \"$(printf 'approved\\nwith \"quotes\" and \\\\ backslash')\" > /dev/null"
+        'al-return "$(printf \'approved\\nwith "quotes" and \\\\ backslash\')" > /dev/null'
     )
     agents = {"dev": {"command": caller}, "reviewer": {"command": callee}}
     async with running_fleet(tmp_path / "p", store, agents) as f:
@@ -87,7 +88,7 @@ async def test_a_call_returns_the_callees_value(tmp_path: Path, store: Store) ->
 
 async def test_a_failed_callee_answers_an_error(tmp_path: Path, store: Store) -> None:
     caller = (
-        "ID=$(echo ctx | al-subagent reviewer | sed -n 's/.*\"callId\":\"\\([^\"]*\\)\".*/\\1/p'); "
+        'ID=$(echo ctx | al-subagent reviewer | sed -n \'s/.*"callId":"\\([^"]*\\)".*/\\1/p\'); '
         'al-subagent-wait "$ID" --timeout 30 > "$OUT/wait.json"'
     )
     agents = {"dev": {"command": caller}, "reviewer": {"command": "exit 4"}}
@@ -122,7 +123,7 @@ async def test_call_depth_is_enforced(tmp_path: Path, store: Store) -> None:
     def chain(target: str) -> str:
         return (
             f'echo go | al-subagent {target} > "$OUT/$CORRAL_AGENT.json"; '
-            'al-return done > /dev/null'
+            "al-return done > /dev/null"
         )
 
     agents = {"a": {"command": chain("b")}, "b": {"command": chain("c")}, "c": {"command": "true"}}
@@ -139,13 +140,15 @@ async def test_status_exit_rerun_and_setenv(tmp_path: Path, store: Store) -> Non
     script = (
         'al-status "working on #42" > /dev/null; '
         "bash -c 'setenv ISSUE 42 > /dev/null'; "
-        "bash -c 'echo \"issue=$ISSUE\" > \"$OUT/env\"'; "
+        'bash -c \'echo "issue=$ISSUE" > "$OUT/env"\'; '
         'touch "$OUT/started"; sleep 30'
     )
     agents = {
         "dev": {"command": script},
         "quitter": {"command": 'al-exit 3 > "$OUT/exit.json"; sleep 30'},
-        "again": {"command": '[ -e "$OUT/again" ] || { touch "$OUT/again"; al-rerun > /dev/null; }'},
+        "again": {
+            "command": '[ -e "$OUT/again" ] || { touch "$OUT/again"; al-rerun > /dev/null; }'
+        },
     }
     async with running_fleet(tmp_path / "p", store, agents) as f:
         await f.trigger("dev")
@@ -201,7 +204,7 @@ async def test_a_run_acts_only_for_itself(tmp_path: Path, store: Store) -> None:
 async def test_a_lock_and_call_cycle_is_a_deadlock(tmp_path: Path, store: Store) -> None:
     dev = (
         f'rlock "{KEY}" > /dev/null; '
-        "ID=$(echo go | al-subagent reviewer | sed -n 's/.*\"callId\":\"\\([^\"]*\\)\".*/\\1/p'); "
+        'ID=$(echo go | al-subagent reviewer | sed -n \'s/.*"callId":"\\([^"]*\\)".*/\\1/p\'); '
         'echo "$ID" > "$OUT/call-id"; '
         'al-subagent-wait "$ID" --timeout 30 > "$OUT/wait.json"'
     )
