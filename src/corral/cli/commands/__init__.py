@@ -1,5 +1,5 @@
 """Importing this package registers every subcommand on the `corral` group."""
 
-from corral.cli.commands import control, db, fleet, project, runs
+from corral.cli.commands import control, db, fleet, locks, project, runs
 
-__all__ = ["control", "db", "fleet", "project", "runs"]
+__all__ = ["control", "db", "fleet", "locks", "project", "runs"]

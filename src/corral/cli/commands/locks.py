@@ -1,0 +1,105 @@
+"""Resource locks for operators: `corral locks`, `corral locks release KEY --force`."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from corral.cli._context import CliContext
+from corral.cli._main import cli
+from corral.cli._render import console, fmt_duration, print_json
+from corral.errors import UsageError
+from corral.store import Lock, LockWaiter
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def lock_json(lock: Lock, waiters: list[LockWaiter], now: datetime) -> dict[str, Any]:
+    return {
+        "key": lock.key,
+        "holder": lock.run_id,
+        "agent": lock.agent,
+        "token": lock.token,
+        "heldSince": _iso(lock.acquired_at),
+        "expiresAt": _iso(lock.expires_at),
+        "expired": lock.expires_at <= now,
+        "waiting": [w.run_id for w in waiters if w.key == lock.key],
+    }
+
+
+@cli.group("locks", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def locks_group(ctx: click.Context, as_json: bool) -> None:
+    """List the resource locks held now: key, holder, held for, expires in."""
+    if ctx.invoked_subcommand is not None:
+        return
+    obj: CliContext = ctx.obj
+    project = obj.project()
+
+    async def go() -> tuple[list[Lock], list[LockWaiter]]:
+        async with await obj.store(project) as store:
+            return await store.list_locks(), await store.list_lock_waiters()
+
+    locks, waiters = asyncio.run(go())
+    now = datetime.now(UTC)
+    if as_json:
+        print_json([lock_json(lock, waiters, now) for lock in locks])
+        return
+    if not locks:
+        console.print("no locks are held")
+        return
+    table = Table("key", "holder", "agent", "held for", "expires in", "waiting", box=None)
+    for lock in locks:
+        left = lock.expires_at - now
+        expires = "expired" if left.total_seconds() <= 0 else fmt_duration(left)
+        queue = sum(1 for w in waiters if w.key == lock.key)
+        table.add_row(
+            escape(lock.key),
+            lock.run_id,
+            lock.agent,
+            fmt_duration(now - lock.acquired_at),
+            expires,
+            str(queue) if queue else "-",
+        )
+    console.print(table)
+
+
+@locks_group.command("release")
+@click.argument("key")
+@click.option("--force", is_flag=True, help="Required: the holder is not asked, only told.")
+@click.pass_obj
+def release_cmd(obj: CliContext, key: str, force: bool) -> None:
+    """Take the lock on KEY away from whichever run holds it (recorded in the audit log).
+
+    The holder is not stopped: it learns the lock is gone at its next rlock-heartbeat or
+    runlock. A run waiting for KEY (rlock --wait) gets it at once.
+    """
+    if not force:
+        raise UsageError(
+            f"releasing {key!r} takes it away from the run that holds it; "
+            "add --force to do so (`corral locks` shows the holder)"
+        )
+    project = obj.project()
+    actor = f"{getpass.getuser()}@{socket.gethostname()}"
+
+    async def go() -> Lock | None:
+        async with await obj.store(project) as store:
+            return await store.force_release_lock(key, actor=actor)
+
+    lock = asyncio.run(go())
+    if lock is None:
+        raise UsageError(f"no lock on {key!r}; `corral locks` lists the locks held now")
+    console.print(
+        f"released {escape(key)} (held by run {lock.run_id} of {lock.agent}, "
+        f"token {lock.token}); recorded as {escape(actor)}"
+    )
