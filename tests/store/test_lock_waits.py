@@ -606,3 +606,16 @@ async def test_no_cycle_through_a_call_the_caller_stopped_waiting_on(store: Stor
     assert await store.wait_on_calls(caller.run.id, [call.id], waiting=True) is None
     assert await store.wait_on_calls(caller.run.id, [call.id], waiting=False) is None
     assert isinstance(await wait(store, "k", callee.run), LockHeld)
+
+
+async def test_no_cycle_through_an_expired_lock(store: Store, clock: Clock) -> None:
+    # H's lock on k1 expired while W waits for it: W takes it at its next step, so H
+    # waiting for W's k2 is no deadlock.
+    h, w = await live_run(store), await live_run(store)
+    await granted(store, "k1", h, ttl=10)
+    await granted(store, "k2", w)
+    await held(store, "k1", w)
+    clock.advance(11)
+    assert isinstance(await wait(store, "k2", h), LockHeld)
+    result = await wait(store, "k1", w)
+    assert isinstance(result, LockGrant) and result.run_id == w.id

@@ -391,12 +391,14 @@ DELETE FROM corral_lock_waits WHERE run_id = %(run_id)s
 SELECT * FROM corral_lock_waits WHERE deadline > %(now)s ORDER BY key, id
 
 -- name: lock_wait_edges
--- The lock half of the wait-for graph: each live waiter waits for the key's holder.
+-- The lock half of the wait-for graph: each live waiter waits for the key's holder,
+-- unless that lock expired (the waiter takes it at its next step).
 SELECT w.run_id AS waiter, w.key AS via, l.run_id AS holder
 FROM corral_lock_waits w
 JOIN corral_locks l ON l.key = w.key
 JOIN corral_runs r ON r.id = w.run_id
 WHERE w.deadline > %(now)s AND r.state IN ('starting', 'running') AND l.run_id <> w.run_id
+  AND l.expires_at > %(now)s
 
 -- name: call_wait_edges
 -- The call half: a caller in al-subagent-wait waits for the run answering its call.
