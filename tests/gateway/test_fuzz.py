@@ -1,0 +1,118 @@
+"""schemathesis against the gateway's own OpenAPI document: no input gets a 5xx.
+
+A real gateway (uvicorn, the scheduler, a SQLite store) serves in a thread with its own
+event loop; schemathesis generates requests for every operation from /openapi.json, with
+a live run's secret (agent API), the operator token (control API), and with neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from corral.gateway.app import create_app
+from corral.gateway.server import GatewayServer, bind
+from corral.scheduler.service import Scheduler
+from corral.store import NewItem, TriggerKind, open_store
+from tests.scheduler.helpers import write_project
+
+OPERATOR = "fuzz-operator-token"
+
+
+@dataclass
+class Served:
+    url: str
+    secret: str
+
+
+def _serve(root: Path, ready: threading.Event, stop: threading.Event, out: dict[str, Any]) -> None:
+    async def main() -> None:
+        project = write_project(
+            root, {"dev": {"scale": 2, "command": "true"}, "reviewer": {"command": "true"}}
+        )
+        async with await open_store(f"sqlite:///{root / 'state.db'}") as store:
+            sock = bind("127.0.0.1", 0)
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            scheduler = Scheduler(project, store, gateway_url=url)
+            await scheduler.start()
+            await store.enqueue(NewItem(agent="dev", trigger=TriggerKind.MANUAL))
+            (claim,) = await store.claim(scheduler.id, lease_seconds=3600, limit=1)
+            await store.mark_run_running(claim.run.id, pid=None, host=None)
+            secret, ref = scheduler.link.issue(claim.run.id, "dev", "manual")
+            await store.set_run_secret(claim.run.id, ref.secret_hash)
+            server = GatewayServer.for_app(create_app(scheduler, OPERATOR))
+            serving = asyncio.create_task(server.serve(sockets=[sock]))
+            out["served"] = Served(url, secret)
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            server.should_exit = True
+            await serving
+
+    try:
+        asyncio.run(main())
+    except BaseException as exc:  # surfaced by the fixture
+        out["error"] = exc
+        ready.set()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    ready, stop, out = threading.Event(), threading.Event(), {}
+    thread = threading.Thread(
+        target=_serve, args=(tmp_path_factory.mktemp("fuzz") / "p", ready, stop, out)
+    )
+    thread.start()
+    assert ready.wait(30), "the gateway did not start"
+    if "error" in out:
+        raise out["error"]
+    yield out["served"]
+    stop.set()
+    thread.join(30)
+
+
+def operations(served: Served) -> list[Any]:
+    schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json")
+    found = [result.ok() for result in schema.get_all_operations()]
+    assert len(found) >= 14  # the agent API, the control API, health
+    return found
+
+
+def fuzz(served: Served, headers: dict[str, str]) -> list[tuple[str, int]]:
+    """Every operation with generated input; returns (path, status) of each call."""
+    seen: list[tuple[str, int]] = []
+    for operation in operations(served):
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        def call(case: Any) -> None:
+            response = case.call(headers=headers, timeout=30)
+            seen.append((case.path, response.status_code))
+            assert response.status_code < 500, (case.method, case.path, response.text)
+
+        call()
+    return seen
+
+
+def test_no_server_error_with_a_run_secret(served: Served) -> None:
+    seen = fuzz(served, {"Authorization": f"Bearer {served.secret}"})
+    assert any(path.startswith("/agent/") and status == 200 for path, status in seen)
+
+
+def test_no_server_error_with_the_operator_token(served: Served) -> None:
+    seen = fuzz(served, {"Authorization": f"Bearer {OPERATOR}"})
+    assert any(path.startswith("/control/") and status < 300 for path, status in seen)
+
+
+def test_nothing_is_open_without_credentials(served: Served) -> None:
+    for path, status in fuzz(served, {}):
+        if path.startswith(("/agent/", "/control/")):
+            assert status in (400, 403, 404, 405, 422), (path, status)
