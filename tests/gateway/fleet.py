@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.gateway.app import create_app
-from corral.gateway.server import GatewayServer, bind
+from corral.gateway.server import GatewayServer, bind, bind_unix, unix_socket_path
 from corral.scheduler.service import Scheduler, SchedulerOptions
 from corral.store import NewItem, QueueItem, Run, Store, TriggerKind
 from tests.scheduler.helpers import wait_for, write_project
@@ -64,20 +64,25 @@ async def running_fleet(
     store: Store,
     agents: dict[str, dict[str, object]],
     project_toml: str = "",
+    tables: dict[str, str] | None = None,
 ) -> AsyncIterator[Fleet]:
     """Write the project (each agent's ``command`` may use ``$OUT``), then run it."""
     (root / "out").mkdir(parents=True, exist_ok=True)
     commands = {name: dict(values) for name, values in agents.items()}
     for values in commands.values():
         values["command"] = f'OUT="{root / "out"}"; export OUT; {values["command"]}'
-    project = write_project(root, commands, project_toml)
+    project = write_project(root, commands, project_toml, tables)
     sock = bind("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    socket_path = unix_socket_path(project.root)
+    unix_sock = bind_unix(socket_path)
     options = SchedulerOptions(poll_interval=0.05, supervise_every=0.05, kill_grace=2.0)
-    scheduler = Scheduler(project, store, options, gateway_url=url)
+    scheduler = Scheduler(
+        project, store, options, gateway_url=url, gateway_unix_url=f"unix:{socket_path}"
+    )
     await scheduler.start()
     server = GatewayServer.for_app(create_app(scheduler, TOKEN))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    serving = asyncio.create_task(server.serve(sockets=[sock, unix_sock]))
     stop = asyncio.Event()
     running = asyncio.create_task(scheduler.run(stop, stop))
     try:

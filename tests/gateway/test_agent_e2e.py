@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
+
+import pytest
 
 from corral.store import CallState, RunState, Store
 from tests.gateway.fleet import running_fleet
@@ -227,3 +230,44 @@ async def test_a_lock_and_call_cycle_is_a_deadlock(tmp_path: Path, store: Store)
     assert f.out("rlock.code").read_text().strip() == "1"
     call = await store.get_call(call_id, caller_run_id=dev_run.id)
     assert call is not None and call.state is CallState.COMPLETED
+
+
+async def test_a_run_without_network_reaches_the_gateway_over_a_unix_socket(
+    tmp_path: Path, store: Store
+) -> None:
+    script = f'echo "$GATEWAY_URL" > "$OUT/url"; rlock "{KEY}" > "$OUT/lock.json"'
+    tables = {"dev": '[runtime]\nnetwork = "none"\n'}
+    async with running_fleet(
+        tmp_path / "p", store, {"dev": {"command": script}}, tables=tables
+    ) as f:
+        await f.trigger("dev")
+        (run,) = await f.finished("dev", 1)
+    assert run.state is RunState.SUCCEEDED
+    url = f.out("url").read_text().strip()
+    assert url.startswith("unix:/") and url.endswith(".sock")
+    assert json.loads(f.out("lock.json").read_text())["ok"] is True
+
+
+async def test_no_secret_reaches_a_log_or_the_store(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    script = (
+        'printf %s "$CORRAL_RUN_SECRET" > "$OUT/secret"; '
+        f'rlock "{KEY}"; al-status "busy"; runlock "{KEY}"; rlock "not a uri"; '
+        "echo done"
+    )
+    async with running_fleet(tmp_path / "p", store, {"dev": {"command": script}}) as f:
+        await f.trigger("dev")
+        (run,) = await f.finished("dev", 1)
+    secret = f.out("secret").read_text()
+    assert len(secret) >= 32
+    assert secret not in caplog.text
+    logs = list((tmp_path / "p" / ".corral" / "logs").glob("*.log"))
+    assert logs and all(secret not in log.read_text() for log in logs)
+    assert "done" in logs[0].read_text()
+    state = (tmp_path / "p" / ".corral").rglob("*")
+    for path in state:
+        if path.is_file() and path.suffix in (".db", ".log", ".md", ".sh", ".json"):
+            assert secret.encode() not in path.read_bytes(), path
+    assert secret not in repr(run)

@@ -13,9 +13,13 @@ from corral.store import Run, Store
 
 
 def write_project(
-    root: Path, agents: dict[str, dict[str, object]], project_toml: str = ""
+    root: Path,
+    agents: dict[str, dict[str, object]],
+    project_toml: str = "",
+    tables: dict[str, str] | None = None,
 ) -> Project:
-    """A project whose agents run shell commands; ``agents`` maps name -> config values."""
+    """A project whose agents run shell commands; ``agents`` maps name -> config values,
+    ``tables`` name -> TOML tables appended to that agent's config.toml."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.toml").write_text(project_toml)
     for name, values in agents.items():
@@ -27,6 +31,7 @@ def write_project(
             if key != "command":
                 lines.append(f"{key} = {json.dumps(value)}")
         lines.append(f"[harness]\ncommand = {json.dumps(values['command'])}")
+        lines.append((tables or {}).get(name, ""))
         (folder / "config.toml").write_text("\n".join(lines) + "\n")
     return load_project(root)
 

@@ -1,10 +1,16 @@
 """A model of the lock manager, checked against both stores.
 
-Hypothesis drives random sequences of acquire, release, heartbeat, operator release, clock
-moves and runs ending; the model predicts every outcome (grant, refresh, refusal naming
-the holder, refusal of an ended run) and after every step the invariants are checked:
-at most one unexpired holder per key, tokens strictly increasing per key, the store's
-locks equal to the model's. One fresh store and one event loop per example.
+Hypothesis drives random sequences of try-lock, blocking wait (``wait_for_lock``), cancelled
+waits, release, heartbeat, operator release, clock moves and runs ending; the model predicts
+every outcome: grant, refresh, refusal naming the holder, refusal of an ended run, a wait
+recorded (or kept, or re-queued at the back once its deadline passed), a deadlock and the
+cycle it names, and every hand-over (a released, force-released or ended run's key, or an
+expired key someone else asks for, goes to the first live waiter whose deadline has not
+passed, with a new token and that waiter's TTL). After every step the invariants are
+checked: the store's locks and waiters equal to the model's, at most one unexpired holder
+per key, tokens strictly increasing, nobody waiting for a key it holds or for a free key,
+and no cycle in the wait-for graph made only of edges a wait step checked. One fresh store
+and one event loop per example.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
-from hypothesis import Phase, settings
+from hypothesis import Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -28,11 +34,21 @@ from hypothesis.stateful import (
 )
 
 from corral.errors import StoreError
-from corral.store import LockGrant, LockHeld, NewRun, RunState, Store, TriggerKind, open_store
+from corral.store import (
+    Deadlock,
+    LockGrant,
+    LockHeld,
+    NewRun,
+    RunState,
+    Store,
+    TriggerKind,
+    open_store,
+)
 from tests.store.conftest import Clock
 
 KEYS = ["k1", "k2", "k3"]
 TTLS = st.sampled_from([5.0, 10.0, 30.0])
+WAITS = st.sampled_from([0.0, 5.0, 10.0, 60.0])
 _T = TypeVar("_T")
 
 
@@ -42,6 +58,21 @@ class ModelLock:
     token: int
     acquired_at: datetime
     expires_at: datetime
+    # Bumped when the lock comes back to life after expiring (its holder's heartbeat or
+    # refresh): the edges of its waiters reappear without a wait step checking them.
+    epoch: int = 0
+
+
+@dataclasses.dataclass
+class ModelWait:
+    key: str
+    run_id: str
+    since: datetime
+    deadline: datetime
+    ttl: float
+    # (token, epoch) of the lock this wait's edge last checked for a cycle: the edge is
+    # "checked" while the key keeps that holder, continuously unexpired.
+    checked: tuple[int, int] | None = None
 
 
 class LockModel(RuleBasedStateMachine):
@@ -57,6 +88,12 @@ class LockModel(RuleBasedStateMachine):
         self.ended: list[str] = []
         self.locks: dict[str, ModelLock] = {}
         self.last_token: dict[str, int] = {}
+        self.max_token = 0
+        # Every wait row, in arrival order (the store's wait ids), lapsed ones included.
+        self.waits: list[ModelWait] = []
+        # Keys handed over by the current step, in hand-over order: their tokens are read
+        # from the store after the step (``settle``).
+        self.handed: list[str] = []
 
     def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         return self.runner.run(coro)
@@ -69,6 +106,112 @@ class LockModel(RuleBasedStateMachine):
 
     def runs(self) -> list[str]:
         return self.live + self.ended
+
+    # -- the model's rules -------------------------------------------------------------
+
+    def wait_of(self, key: str, run_id: str) -> ModelWait | None:
+        return next((w for w in self.waits if (w.key, w.run_id) == (key, run_id)), None)
+
+    def drop_wait(self, key: str, run_id: str) -> None:
+        self.waits = [w for w in self.waits if (w.key, w.run_id) != (key, run_id)]
+
+    def line(self, key: str) -> list[ModelWait]:
+        """The runs waiting for ``key`` whose deadline has not passed, first in line first."""
+        now = self.clock.now
+        return [w for w in self.waits if w.key == key and w.deadline > now]
+
+    def hand_over(self, key: str, waiter: ModelWait) -> None:
+        now = self.clock.now
+        expires = now + timedelta(seconds=waiter.ttl)
+        self.locks[key] = ModelLock(waiter.run_id, 0, now, expires)
+        self.waits.remove(waiter)
+        self.handed.append(key)
+        event("hand-over")
+
+    def serve(self, key: str) -> None:
+        """``key`` was just released: its first waiter, if any, gets it."""
+        line = self.line(key)
+        if line:
+            self.hand_over(key, line[0])
+
+    def settle(self) -> None:
+        """Read the tokens of this step's hand-overs: each greater than every earlier one."""
+        stored = {lock.key: lock for lock in self.run(self.store.list_locks())}
+        for key in self.handed:
+            lock, model = stored.get(key), self.locks[key]
+            assert lock is not None and lock.run_id == model.run_id, (key, lock, model)
+            assert lock.token > self.max_token
+            model.token = self.last_token[key] = self.max_token = lock.token
+        self.handed.clear()
+
+    def refusal(self, key: str, run_id: str) -> LockHeld | None:
+        """What a try-lock (or one wait step) of ``run_id`` is refused, if it is: an
+        unexpired lock of another run, or an expired one handed to its first waiter."""
+        held = self.locks.get(key)
+        if held is None or held.run_id == run_id:
+            return None
+        if held.expires_at > self.clock.now:
+            return LockHeld(key, held.run_id, held.acquired_at)
+        line = self.line(key)
+        if not line or line[0].run_id == run_id:
+            return None
+        self.hand_over(key, line[0])
+        return LockHeld(key, line[0].run_id, self.clock.now)
+
+    def check_grant(self, got: object, key: str, run_id: str, ttl: float) -> None:
+        now = self.clock.now
+        held = self.locks.get(key)
+        expires = now + timedelta(seconds=ttl)
+        assert isinstance(got, LockGrant), got
+        assert (got.key, got.run_id, got.expires_at) == (key, run_id, expires)
+        self.drop_wait(key, run_id)
+        if held is not None and held.run_id == run_id:
+            assert got.refreshed and (got.token, got.acquired_at) == (held.token, held.acquired_at)
+            if held.expires_at <= now:
+                held.epoch += 1
+            held.expires_at = expires
+            return
+        assert not got.refreshed and got.acquired_at == now
+        assert got.token > self.last_token.get(key, 0)
+        assert all(got.token > token for token in self.last_token.values())
+        assert got.token > self.max_token
+        self.last_token[key] = self.max_token = got.token
+        self.locks[key] = ModelLock(run_id, got.token, now, expires)
+
+    def edges(self) -> list[tuple[ModelWait, str]]:
+        """The wait-for graph: a live wait for a key held unexpired by another run."""
+        now = self.clock.now
+        found = []
+        for wait in self.waits:
+            lock = self.locks.get(wait.key)
+            if (
+                wait.deadline > now
+                and lock is not None
+                and lock.run_id != wait.run_id
+                and lock.expires_at > now
+            ):
+                found.append((wait, lock.run_id))
+        return found
+
+    def cycles(self, waiter: str, via: str, holder: str) -> list[tuple[str, ...]]:
+        """Every cycle ``waiter`` would close by waiting (for ``via``) on ``holder``, as
+        ``Deadlock.cycle``: (waiter, via, holder, key, run, ..., key back to waiter)."""
+        graph: dict[str, list[tuple[str, str]]] = {}
+        for wait, to in self.edges():
+            graph.setdefault(wait.run_id, []).append((wait.key, to))
+        found: list[tuple[str, ...]] = []
+
+        def walk(node: str, trail: tuple[str, ...], seen: frozenset[str]) -> None:
+            for key, nxt in graph.get(node, ()):
+                if nxt == waiter:
+                    found.append((waiter, via, holder, *trail, key))
+                elif nxt not in seen:
+                    walk(nxt, (*trail, key, nxt), seen | {nxt})
+
+        walk(holder, (), frozenset({holder}))
+        return found
+
+    # -- rules ---------------------------------------------------------------------------
 
     @initialize(count=st.integers(2, 3))
     def start(self, count: int) -> None:
@@ -84,7 +227,6 @@ class LockModel(RuleBasedStateMachine):
     @rule(data=st.data(), key=st.sampled_from(KEYS), ttl=TTLS)
     def acquire(self, data: st.DataObject, key: str, ttl: float) -> None:
         run_id = data.draw(st.sampled_from(self.runs()))
-        now = self.clock.now
         if run_id in self.ended:
             try:
                 self.run(self.store.acquire_lock(key, run_id, ttl_seconds=ttl))
@@ -92,32 +234,74 @@ class LockModel(RuleBasedStateMachine):
                 assert "the run has ended" in str(exc)
                 return
             raise AssertionError(f"ended run {run_id} acquired {key}")
+        refusal = self.refusal(key, run_id)
         got = self.run(self.store.acquire_lock(key, run_id, ttl_seconds=ttl))
-        held = self.locks.get(key)
-        expires = now + timedelta(seconds=ttl)
-        if held is not None and held.run_id != run_id and held.expires_at > now:
-            assert got == LockHeld(key, held.run_id, held.acquired_at)
+        self.settle()
+        if refusal is not None:
+            assert got == refusal
             return
-        assert isinstance(got, LockGrant)
-        assert (got.key, got.run_id, got.expires_at) == (key, run_id, expires)
-        if held is not None and held.run_id == run_id:
-            assert got.refreshed and (got.token, got.acquired_at) == (held.token, held.acquired_at)
-            held.expires_at = expires
+        self.check_grant(got, key, run_id, ttl)
+
+    @rule(data=st.data(), key=st.sampled_from(KEYS), ttl=TTLS, wait_seconds=WAITS)
+    def wait(self, data: st.DataObject, key: str, ttl: float, wait_seconds: float) -> None:
+        run_id = data.draw(st.sampled_from(self.runs()))
+        wait = self.store.wait_for_lock
+        if run_id in self.ended:
+            try:
+                self.run(wait(key, run_id, ttl_seconds=ttl, wait_seconds=wait_seconds))
+            except StoreError as exc:
+                assert "the run has ended" in str(exc)
+                return
+            raise AssertionError(f"ended run {run_id} waited for {key}")
+        refusal = self.refusal(key, run_id)
+        got = self.run(wait(key, run_id, ttl_seconds=ttl, wait_seconds=wait_seconds))
+        self.settle()
+        if refusal is None:
+            self.check_grant(got, key, run_id, ttl)
+            event("wait: granted")
             return
-        assert not got.refreshed and got.acquired_at == now
-        assert got.token > self.last_token.get(key, 0)
-        assert all(got.token > token for token in self.last_token.values())
-        self.last_token[key] = got.token
-        self.locks[key] = ModelLock(run_id, got.token, now, expires)
+        now = self.clock.now
+        mine = self.wait_of(key, run_id)
+        if mine is not None and mine.deadline <= now:
+            self.waits.remove(mine)  # a wait that lapsed starts again, at the back
+            mine = None
+        cycles = self.cycles(run_id, key, refusal.holder)
+        if cycles:
+            # With one path from the holder back to the waiter, the store names exactly
+            # that cycle; with several, its search order picks one of them.
+            assert isinstance(got, Deadlock), got
+            assert got.cycle in cycles, (got.cycle, cycles)
+            event(f"wait: deadlock, {len(got.cycle) // 2} runs, {min(len(cycles), 2)} paths")
+            if mine is not None:
+                self.waits.remove(mine)
+            return
+        assert got == refusal
+        event("wait: held, waiting" if mine is None else "wait: held, still waiting")
+        if mine is None:
+            deadline = now + timedelta(seconds=max(wait_seconds, 0.0))
+            mine = ModelWait(key, run_id, now, deadline, ttl)
+            self.waits.append(mine)
+        lock = self.locks[key]
+        mine.checked = (lock.token, lock.epoch)
+
+    @rule(data=st.data(), key=st.sampled_from(KEYS))
+    def cancel_wait(self, data: st.DataObject, key: str) -> None:
+        run_id = data.draw(st.sampled_from(self.runs()))
+        mine = self.wait_of(key, run_id)
+        assert self.run(self.store.cancel_lock_wait(key, run_id)) is (mine is not None)
+        if mine is not None:
+            self.waits.remove(mine)
 
     @rule(data=st.data(), key=st.sampled_from(KEYS))
     def release(self, data: st.DataObject, key: str) -> None:
         run_id = data.draw(st.sampled_from(self.runs()))
         held = self.locks.get(key)
         mine = held is not None and held.run_id == run_id
-        assert self.run(self.store.release_lock(key, run_id)) is mine
         if mine:
             del self.locks[key]
+            self.serve(key)
+        assert self.run(self.store.release_lock(key, run_id)) is mine
+        self.settle()
 
     @rule(data=st.data(), key=st.sampled_from(KEYS), ttl=TTLS)
     def heartbeat(self, data: st.DataObject, key: str, ttl: float) -> None:
@@ -127,17 +311,23 @@ class LockModel(RuleBasedStateMachine):
         if held is None or held.run_id != run_id:
             assert got is None
             return
+        if held.expires_at <= self.clock.now:
+            held.epoch += 1
         held.expires_at = self.clock.now + timedelta(seconds=ttl)
         assert got == held.expires_at
 
     @rule(key=st.sampled_from(KEYS))
     def force_release(self, key: str) -> None:
         held = self.locks.pop(key, None)
+        if held is not None:
+            self.serve(key)
         got = self.run(self.store.force_release_lock(key))
+        self.settle()
         if held is None:
             assert got is None
         else:
             assert got is not None and (got.run_id, got.token) == (held.run_id, held.token)
+            assert (got.acquired_at, got.expires_at) == (held.acquired_at, held.expires_at)
 
     @rule(seconds=st.sampled_from([1.0, 4.0, 5.0, 10.0, 31.0]))
     def advance_clock(self, seconds: float) -> None:
@@ -147,10 +337,18 @@ class LockModel(RuleBasedStateMachine):
     @rule(data=st.data(), state=st.sampled_from([RunState.SUCCEEDED, RunState.LOST]))
     def end_run(self, data: st.DataObject, state: RunState) -> None:
         run_id = data.draw(st.sampled_from(self.live))
+        keys = sorted(key for key, lock in self.locks.items() if lock.run_id == run_id)
+        for key in keys:
+            del self.locks[key]
+        self.waits = [w for w in self.waits if w.run_id != run_id]
+        for key in keys:  # served in key order, so their tokens increase in key order
+            self.serve(key)
         self.run(self.store.finish_run(run_id, state=state, exit_code=None))
+        self.settle()
         self.live.remove(run_id)
         self.ended.append(run_id)
-        self.locks = {k: lock for k, lock in self.locks.items() if lock.run_id != run_id}
+
+    # -- invariants --------------------------------------------------------------------
 
     @invariant()
     def store_matches_the_model(self) -> None:
@@ -172,6 +370,52 @@ class LockModel(RuleBasedStateMachine):
         assert len(unexpired) == len(set(unexpired))
         for lock in stored:
             assert lock.token <= self.last_token[lock.key]
+
+    @invariant()
+    def waiters_match_the_model(self) -> None:
+        now = self.clock.now
+        stored = self.run(self.store.list_lock_waiters())
+        assert [(w.key, w.run_id, w.since, w.deadline) for w in stored] == [
+            (w.key, w.run_id, w.since, w.deadline) for key in KEYS for w in self.line(key)
+        ]
+        assert all(w.run_id in self.live for w in self.waits)
+        for wait in self.waits:
+            lock = self.locks.get(wait.key)
+            # Nobody waits for a key it holds; a free key has nobody waiting for it.
+            assert lock is None or lock.run_id != wait.run_id
+            assert lock is not None or wait.deadline <= now
+
+    @invariant()
+    def no_wait_step_closed_a_cycle(self) -> None:
+        """The store refuses a wait that would close a cycle, so the edges a wait step
+        checked (still pointing at the holder they checked, continuously unexpired) form
+        no cycle. A hand-over, or a lock coming back to life, can close one without a wait
+        step; the next wait step of a run on it finds it."""
+        checked: dict[str, set[str]] = {}
+        every: dict[str, set[str]] = {}
+        for wait, holder in self.edges():
+            every.setdefault(wait.run_id, set()).add(holder)
+            lock = self.locks[wait.key]
+            if wait.checked == (lock.token, lock.epoch):
+                checked.setdefault(wait.run_id, set()).add(holder)
+        assert not _has_cycle(checked), checked
+        if _has_cycle(every):
+            event("a cycle closed without a wait step")
+
+
+def _has_cycle(graph: dict[str, set[str]]) -> bool:
+    done: set[str] = set()
+
+    def visit(node: str, path: frozenset[str]) -> bool:
+        if node in path:
+            return True
+        if node in done:
+            return False
+        found = any(visit(nxt, path | {node}) for nxt in graph.get(node, ()))
+        done.add(node)
+        return found
+
+    return any(visit(node, frozenset()) for node in list(graph))
 
 
 PHASES = [Phase.explicit, Phase.reuse, Phase.generate]

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
+import os
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -17,7 +21,7 @@ from corral.project import Project
 from corral.scheduler.agentlink import AgentLink
 from corral.store import Store
 
-__all__ = ["GatewayServer", "bind", "serve_agent_api"]
+__all__ = ["GatewayServer", "bind", "bind_unix", "serve_agent_api", "unix_socket_path"]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -38,6 +42,51 @@ def bind(host: str, port: int) -> socket.socket:
                 "(or set [gateway] port in config.toml)"
             ) from exc
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+#: sun_path holds 108 bytes on Linux; keep clear of the limit.
+_MAX_SOCKET_PATH = 100
+
+
+def unix_socket_path(project_root: Path, pid: int | None = None) -> Path:
+    """Where this process's gateway listens for runs without a network:
+    ``.corral/gateway-<pid>.sock`` (several schedulers may serve one project), or, when
+    that path is too long for a Unix socket, a short one under the temp dir."""
+    name = f"gateway-{os.getpid() if pid is None else pid}.sock"
+    preferred = project_root / ".corral" / name
+    if len(os.fsencode(preferred)) <= _MAX_SOCKET_PATH:
+        return preferred
+    digest = hashlib.sha256(os.fsencode(project_root.resolve())).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"corral-{os.getuid()}" / f"{digest}-{name}"
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path`` (mode 0600: only this user's runs connect).
+
+    A socket file left by a process that died is replaced; one that answers means another
+    gateway serves this project here, which is a clear error.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: nobody listens
+        else:
+            raise UsageError(f"another process already listens on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on the Unix socket {path}: {exc.strerror}") from exc
     sock.listen(2048)
     sock.setblocking(False)
     return sock

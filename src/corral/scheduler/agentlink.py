@@ -82,6 +82,8 @@ class AgentLink:
 
     gateway_url: str | None
     bin_dir: Path | None = None
+    #: The gateway over a Unix socket (``unix:/path``), for runs without a network.
+    unix_url: str | None = None
     changes: Changes = field(default_factory=Changes)
     on_exit: ExitHandler | None = None
     on_queued: Callable[[], None] | None = None

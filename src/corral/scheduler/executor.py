@@ -169,7 +169,8 @@ class RunExecutor:
         prompt = build_prompt(ctx)
         files.write(prompt, agent.skill.body)
         env = {**base_environment(), **self._run_environment(run, agent)}
-        env.update(await self._gateway_environment(run, files, env.get("PATH", "")))
+        offline = agent.config.runtime.network == "none"
+        env.update(await self._gateway_environment(run, files, env.get("PATH", ""), offline))
         spec = build_launch(agent.config.harness.command, files, env, prompt)
         runtime = runtime_for(agent.config.runtime.type)
         return await runtime.launch(spec)
@@ -186,11 +187,14 @@ class RunExecutor:
             "CORRAL_ATTEMPT": str(run.attempt),
         }
 
-    async def _gateway_environment(self, run: Run, files: RunFiles, path: str) -> dict[str, str]:
+    async def _gateway_environment(
+        self, run: Run, files: RunFiles, path: str, offline: bool
+    ) -> dict[str, str]:
         """What the in-run commands need: the gateway, the run's secret, the setenv file.
 
         The secret's hash is in the store before the run starts: an agent may call the
-        gateway at once.
+        gateway at once. A run without a network (``network = "none"``) reaches the
+        gateway over its Unix socket.
         """
         link = self.link
         if link is None:
@@ -198,8 +202,9 @@ class RunExecutor:
         secret, ref = link.issue(run.id, run.agent, run.trigger.value)
         await self.store.set_run_secret(run.id, ref.secret_hash)
         env = {"CORRAL_RUN_SECRET": secret, "CORRAL_ENV_FILE": str(files.env_file)}
-        if link.gateway_url:
-            env["GATEWAY_URL"] = link.gateway_url
+        url = link.unix_url if offline and link.unix_url else link.gateway_url
+        if url:
+            env["GATEWAY_URL"] = url
         if link.bin_dir is not None:
             env["PATH"] = f"{link.bin_dir}:{path}" if path else str(link.bin_dir)
             env["BASH_ENV"] = str(bash_init_path(link.bin_dir))

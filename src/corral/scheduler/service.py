@@ -85,13 +85,17 @@ class Scheduler:
         options: SchedulerOptions | None = None,
         *,
         gateway_url: str | None = None,
+        gateway_unix_url: str | None = None,
     ) -> None:
         self.project = project
         self.store = store
         self.options = options or SchedulerOptions()
         self.gateway_url = gateway_url
         self.link = AgentLink(
-            gateway_url, bin_dir=project.root / ".corral" / "bin", on_queued=self.wake
+            gateway_url,
+            bin_dir=project.root / ".corral" / "bin",
+            unix_url=gateway_unix_url,
+            on_queued=self.wake,
         )
         self.executor = RunExecutor(project, store, grace=self.options.kill_grace, link=self.link)
         self.info: SchedulerInfo | None = None

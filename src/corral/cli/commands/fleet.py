@@ -17,7 +17,7 @@ from corral.cli._live import LiveView
 from corral.cli._main import cli
 from corral.cli._render import console, err_console
 from corral.gateway.app import create_app
-from corral.gateway.server import GatewayServer, bind
+from corral.gateway.server import GatewayServer, bind, bind_unix, unix_socket_path
 from corral.gateway.token import operator_token
 from corral.project import Project
 from corral.runtime._children import use_pidfd_child_watcher
@@ -65,8 +65,12 @@ async def _serve(
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}"
+    socket_path = unix_socket_path(project.root)
+    unix_sock = bind_unix(socket_path)
     async with await open_store(project.state_url) as store:
-        scheduler = Scheduler(project, store, options, gateway_url=url)
+        scheduler = Scheduler(
+            project, store, options, gateway_url=url, gateway_unix_url=f"unix:{socket_path}"
+        )
         info = await scheduler.start()
         warning = cap_warning(project)
         if warning:
@@ -75,7 +79,7 @@ async def _serve(
         stop, stop_now = asyncio.Event(), asyncio.Event()
         _handle_signals(stop, stop_now, scheduler)
         err_console.print(f"scheduler {info.id} started; gateway on {url}")
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        serving = asyncio.create_task(server.serve(sockets=[sock, unix_sock]))
         view = asyncio.create_task(LiveView(scheduler, url, warning).run()) if live else None
         try:
             await scheduler.run(stop, stop_now)
@@ -84,6 +88,7 @@ async def _serve(
                 view.cancel()
             server.should_exit = True
             await serving
+            socket_path.unlink(missing_ok=True)
     err_console.print(f"scheduler {info.id} stopped")
 
 
