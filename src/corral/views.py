@@ -11,10 +11,10 @@ from typing import Any
 
 from corral.store import QueueItem, Run
 
-__all__ = ["item_json", "run_json"]
+__all__ = ["iso_time", "item_json", "run_json"]
 
 
-def _time(value: datetime | None) -> str | None:
+def iso_time(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
@@ -27,11 +27,11 @@ def run_json(run: Run) -> dict[str, Any]:
         "exitCode": run.exit_code,
         "error": run.error,
         "status": run.status_text,
-        "statusAt": _time(run.status_at),
+        "statusAt": iso_time(run.status_at),
         "returnValue": run.return_value,
-        "createdAt": _time(run.created_at),
-        "startedAt": _time(run.started_at),
-        "endedAt": _time(run.ended_at),
+        "createdAt": iso_time(run.created_at),
+        "startedAt": iso_time(run.started_at),
+        "endedAt": iso_time(run.ended_at),
         "durationSeconds": run.duration.total_seconds() if run.duration else None,
         "parentRunId": run.parent_run_id,
         "itemId": run.item_id,
@@ -50,5 +50,5 @@ def item_json(item: QueueItem) -> dict[str, Any]:
         "reason": item.reason,
         "attempts": item.attempts,
         "runId": item.run_id,
-        "enqueuedAt": _time(item.enqueued_at),
+        "enqueuedAt": iso_time(item.enqueued_at),
     }

@@ -7,10 +7,11 @@ import json
 import logging
 from pathlib import Path
 
+import httpx
 import pytest
 
 from corral.store import CallState, RunState, Store
-from tests.gateway.fleet import running_fleet
+from tests.gateway.fleet import TOKEN, running_fleet
 from tests.scheduler.helpers import wait_for
 
 KEY = "github://acme/app/issues/42"
@@ -271,3 +272,24 @@ async def test_no_secret_reaches_a_log_or_the_store(
         if path.is_file() and path.suffix in (".db", ".log", ".md", ".sh", ".json"):
             assert secret.encode() not in path.read_bytes(), path
     assert secret not in repr(run)
+
+
+async def test_status_text_and_locks_are_visible_over_the_control_api(
+    tmp_path: Path, store: Store
+) -> None:
+    script = f'al-status "triaging #42" > /dev/null; rlock "{KEY}" > /dev/null; sleep 30'
+    async with running_fleet(tmp_path / "p", store, {"dev": {"command": script}}) as f:
+        await f.trigger("dev")
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(base_url=f.url, headers=headers) as http:
+
+            async def seen() -> bool:
+                body = (await http.get("/control/status")).json()
+                return bool(body["locks"]) and body["running"][0]["status"] == "triaging #42"
+
+            await wait_for(seen)
+            body = (await http.get("/control/status")).json()
+        (running,) = body["running"]
+        assert running["agent"] == "dev" and running["statusAt"] is not None
+        assert body["locks"][0]["key"] == KEY and body["locks"][0]["holder"] == running["id"]
+        await f.scheduler.executor.stop(running["id"], "test over")

@@ -245,6 +245,28 @@ class LockModel(RuleBasedStateMachine):
     @rule(data=st.data(), key=st.sampled_from(KEYS), ttl=TTLS, wait_seconds=WAITS)
     def wait(self, data: st.DataObject, key: str, ttl: float, wait_seconds: float) -> None:
         run_id = data.draw(st.sampled_from(self.runs()))
+        self.wait_step(run_id, key, ttl, wait_seconds)
+
+    def blocked(self) -> list[tuple[str, str]]:
+        """(run, key): a live run and a key another run holds unexpired."""
+        now = self.clock.now
+        return [
+            (run_id, key)
+            for key, lock in sorted(self.locks.items())
+            if lock.expires_at > now
+            for run_id in self.live
+            if run_id != lock.run_id
+        ]
+
+    @precondition(lambda self: bool(self.blocked()))
+    @rule(data=st.data(), ttl=TTLS, wait_seconds=st.sampled_from([10.0, 60.0]))
+    def wait_for_a_held_key(self, data: st.DataObject, ttl: float, wait_seconds: float) -> None:
+        """The same step, aimed at a key held by another run: waits, hand-overs and
+        cycles are what the model is about."""
+        run_id, key = data.draw(st.sampled_from(self.blocked()))
+        self.wait_step(run_id, key, ttl, wait_seconds)
+
+    def wait_step(self, run_id: str, key: str, ttl: float, wait_seconds: float) -> None:
         wait = self.store.wait_for_lock
         if run_id in self.ended:
             try:

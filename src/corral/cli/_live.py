@@ -1,4 +1,4 @@
-"""The live view of `corral start`: agents, queues and recent runs, refreshed in place."""
+"""The live view of `corral start`: agents, queues, recent runs and locks, refreshed in place."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.text import Text
 
 from corral.cli._render import console, fmt_duration
 from corral.scheduler.service import Scheduler
-from corral.store import AgentState, ProjectState, Run
+from corral.store import AgentState, Lock, ProjectState, Run
 
 __all__ = ["LiveView"]
 
@@ -25,6 +25,7 @@ class _Snapshot:
     project: ProjectState | None = None
     agents: list[AgentState] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
+    locks: list[Lock] = field(default_factory=list)
     note: str = ""
 
 
@@ -48,6 +49,7 @@ class LiveView:
             project=await store.project_state(),
             agents=[a for a in await store.agent_states() if a.present],
             runs=await store.list_runs(limit=10),
+            locks=await store.list_locks(),
         )
 
     def render(self) -> RenderableType:
@@ -63,6 +65,8 @@ class LiveView:
         if self.warning:
             parts.append(Text(f"warning: {self.warning}", style="yellow"))
         parts += [self._agents(snap.agents), self._runs(snap.runs)]
+        if snap.locks:
+            parts.append(self._locks(snap.locks))
         return Group(*parts)
 
     def _agents(self, agents: list[AgentState]) -> Table:
@@ -78,4 +82,11 @@ class LiveView:
         for r in runs:
             age = r.duration if r.ended_at else now - (r.started_at or r.created_at)
             table.add_row(r.id, r.state.value, r.status_text or r.error or "", fmt_duration(age))
+        return table
+
+    def _locks(self, locks: list[Lock]) -> Table:
+        table = Table("key", "holder", "held for", title="locks", title_justify="left")
+        now = datetime.now(UTC)
+        for lock in locks:
+            table.add_row(Text(lock.key), lock.run_id, fmt_duration(now - lock.acquired_at))
         return table

@@ -8,6 +8,7 @@ dashboard and /metrics join it in later work.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, status
@@ -19,8 +20,8 @@ from corral.gateway.token import token_matches
 from corral.project import Project
 from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.service import Scheduler
-from corral.store import ItemState, NewItem, Store, TriggerKind
-from corral.views import item_json, run_json
+from corral.store import ItemState, NewItem, RunState, Store, TriggerKind
+from corral.views import iso_time, item_json, run_json
 
 __all__ = ["create_agent_app", "create_app"]
 
@@ -72,8 +73,12 @@ def create_app(scheduler: Scheduler, token: str) -> FastAPI:
 
     @app.get("/control/status", dependencies=guarded)
     async def fleet_status() -> dict[str, Any]:
-        project = await scheduler.store.project_state()
-        agents = await scheduler.store.agent_states()
+        store = scheduler.store
+        project = await store.project_state()
+        agents = await store.agent_states()
+        live = await store.list_runs(states=[RunState.STARTING, RunState.RUNNING], limit=1000)
+        locks = await store.list_locks()
+        now = datetime.now(UTC)
         return {
             "scheduler": scheduler.info.id if scheduler.info else None,
             "paused": project.paused,
@@ -89,6 +94,28 @@ def create_app(scheduler: Scheduler, token: str) -> FastAPI:
                 }
                 for a in agents
                 if a.present
+            ],
+            "running": [
+                {
+                    "id": run.id,
+                    "agent": run.agent,
+                    "trigger": run.trigger.value,
+                    "status": run.status_text,
+                    "statusAt": iso_time(run.status_at),
+                    "startedAt": iso_time(run.started_at),
+                    "ageSeconds": (now - (run.started_at or run.created_at)).total_seconds(),
+                }
+                for run in live
+            ],
+            "locks": [
+                {
+                    "key": lock.key,
+                    "holder": lock.run_id,
+                    "agent": lock.agent,
+                    "heldSince": iso_time(lock.acquired_at),
+                    "expiresAt": iso_time(lock.expires_at),
+                }
+                for lock in locks
             ],
         }
 
