@@ -9,6 +9,7 @@ import pytest
 
 from corral.store import (
     ItemState,
+    Lock,
     NewItem,
     QueueItem,
     Run,
@@ -50,23 +51,28 @@ def enqueue(url: str, agent: str, count: int) -> list[int]:
 def test_kill_9_then_restart_recovers_every_item(tmp_path: Path, store_url: str) -> None:
     root = tmp_path / "p"
     go = tmp_path / "go"
-    # Runs hang until `go` exists; the test creates it once the first scheduler is dead.
-    write_project(
-        root,
-        {"work": {"scale": 2, "command": f"while [ ! -e {go} ]; do sleep 0.05; done"}},
+    # Runs take a lock, then hang until `go` exists; the test creates it once the first
+    # scheduler is dead.
+    command = (
+        'rlock "test://run/$CORRAL_RUN_ID" > /dev/null || exit 3; '
+        f"while [ ! -e {go} ]; do sleep 0.05; done"
     )
+    write_project(root, {"work": {"scale": 2, "command": command}})
     with SchedulerProcess(root, store_url, tmp_path / "a.log") as first:
         wait_until(lambda: _registered(store_url))
         ids = enqueue(store_url, "work", 4)
-        wait_until(lambda: len([r for r in snapshot(store_url)[0] if r.pid]) == 2)
+        wait_until(lambda: len(locks(store_url)) == 2)
         orphans = [r.pid for r in snapshot(store_url)[0] if r.pid]
         first.kill9()
     assert all(alive(pid) for pid in orphans)  # the agents outlived their scheduler
+    assert len(locks(store_url)) == 2  # still held by runs whose scheduler died
 
     with SchedulerProcess(root, store_url, tmp_path / "b.log") as second:
         wait_until(lambda: "recovered 2 run(s) of dead scheduler" in second.output())
         for pid in orphans:  # the new scheduler killed what the dead one left behind
             wait_until(lambda pid=pid: not alive(pid), 10)
+        lost_ids = {r.id for r in snapshot(store_url)[0] if r.state is RunState.LOST}
+        assert not lost_ids & {lock.run_id for lock in locks(store_url)}  # released with them
         go.touch()
         wait_until(lambda: all(i.state is ItemState.DONE for i in snapshot(store_url)[1]), 60)
         assert second.stop() == 0
@@ -78,6 +84,15 @@ def test_kill_9_then_restart_recovers_every_item(tmp_path: Path, store_url: str)
     assert [r.state for r in runs if r.state is not RunState.LOST] == [RunState.SUCCEEDED] * 4
     assert sorted(i.attempts for i in items) == [1, 1, 2, 2]
     assert max_overlap(runs) <= 2
+    assert locks(store_url) == []
+
+
+def locks(url: str) -> list[Lock]:
+    async def go() -> list[Lock]:
+        async with await open_store(url) as store:
+            return await store.list_locks()
+
+    return asyncio.run(go())
 
 
 def _registered(url: str) -> bool:
