@@ -14,10 +14,12 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 # PostgreSQL and Redis are expected on 127.0.0.1; start them when they are down.
+# bubblewrap (the sandbox runtime) comes from Debian's packages; install it if missing.
 services:
 	scripts/ensure-services
+	scripts/ensure-packages
 
-demo: install
+demo: install services
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/demo
 
 lint: install
