@@ -36,6 +36,11 @@ class RunFiles:
         return cls(workdir, meta / "prompt.md", meta / "system-prompt.md")
 
     @property
+    def meta(self) -> Path:
+        """The run's own corral directory (prompt files, setenv file, credential links)."""
+        return self.prompt.parent
+
+    @property
     def env_file(self) -> Path:
         """Where ``setenv`` keeps variables for the rest of the run (sourced by bash)."""
         return self.prompt.parent / "env.sh"

@@ -1,19 +1,21 @@
 """Prompt assembly: the user message an agent receives, block by block.
 
-The order is fixed: ``<agent-config>``, ``<credential-context>`` (when the agent
-names credentials), ``<environment>``, then the trigger block. SKILL.md's body
+The order is fixed: ``<agent-config>`` (params as JSON), ``<credential-context>`` (when
+the agent names credentials), ``<environment>``, the skill blocks that teach the lock
+and call commands (when the agent uses them), then the trigger block. SKILL.md's body
 is the system prompt and is not part of this text.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PromptContext", "build_prompt", "trigger_block"]
+__all__ = ["SKILLS", "PromptContext", "build_prompt", "skills_used", "trigger_block"]
 
 SCHEDULED = "You are running on a schedule. Check for new work and act on anything you find."
 MANUAL = "You have been triggered manually. Check for new work and act on anything you find."
@@ -21,6 +23,44 @@ USER_TASK = "You have been given a specific task. Complete the task described ab
 WEBHOOK = (
     "A webhook event just fired. Review the trigger context above and take appropriate action."
 )
+
+LOCK_SKILL = """\
+Resource locks keep several instances of this agent from working on the same thing.
+Before you work on a shared resource (an issue, a pull request, a deployment), lock it
+with a URI that names it, and release it when you are done:
+
+  rlock "github://owner/repo/issues/42"     -> {"ok":true,...}: it is yours
+                                             -> {"ok":false,"holder":...}: another
+                                                instance has it; skip this resource
+  runlock "github://owner/repo/issues/42"   -> {"ok":true}
+  rlock-heartbeat "github://owner/repo/issues/42"   (every 10 minutes during long work)
+
+Hold one lock at a time unless your instructions say otherwise. A lock you hold is
+released when your run ends; it also expires if you stop heart-beating it. If rlock
+answers "possible deadlock detected", release the locks you hold and try again later."""
+
+SUBAGENT_SKILL = """\
+You can call other agents and collect their results:
+
+  ID=$(echo "what to do, with all the context needed" | al-subagent <agent> | jq -r .callId)
+  al-subagent-check "$ID"          -> {"status":"pending|running|completed|error",...}
+  al-subagent-wait "$ID" [more ids] --timeout 600
+                                   -> {"<id>":{"status":"completed","returnValue":"..."}}
+
+Fire several calls before waiting to run them side by side. A call can be refused
+({"ok":false,"error":...}): the agent does not exist, its queue is full, or the call
+chain is too deep; do the work yourself or try later."""
+
+SKILLS: Mapping[str, str] = {"lock": LOCK_SKILL, "subagent": SUBAGENT_SKILL}
+_SKILL_USE = {
+    "lock": re.compile(r"\b(?:rlock|runlock|rlock-heartbeat)\b"),
+    "subagent": re.compile(r"\bal-subagent\b"),
+}
+
+
+def skills_used(system_prompt: str) -> frozenset[str]:
+    """The skill blocks an agent gets: those whose commands its instructions mention."""
+    return frozenset(name for name, use in _SKILL_USE.items() if use.search(system_prompt))
 
 
 @dataclass(frozen=True)
@@ -31,6 +71,11 @@ class PromptContext:
     trigger: str  # schedule | manual | webhook | call
     user_prompt: str | None = None
     payload: Mapping[str, Any] | None = None  # webhook payload or {"caller":…, "context":…}
+    #: The body of ``<credential-context>`` (``corral.credentials.credential_context``).
+    credential_context: str = ""
+    skills: frozenset[str] = frozenset()
+    #: The run is in the sandbox: a read-only root with only /tmp writable.
+    sandboxed: bool = False
 
 
 def _block(tag: str, body: str) -> str:
@@ -41,11 +86,20 @@ def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def environment_block(workdir: Path, shared_dir: Path) -> str:
-    lines = [
-        f"Filesystem: your working directory is `{workdir}`. Use it for cloning repos,",
-        "writing scratch files, and any other disk I/O.",
-        f"Shared project context files are at `{shared_dir}` (read them, do not change them).",
+def environment_block(ctx: PromptContext) -> str:
+    if ctx.sandboxed:
+        lines = [
+            "Filesystem: The root filesystem is read-only. `/tmp` is the only writable directory.",
+            "Use `/tmp` for cloning repos, writing scratch files, and any other disk I/O.",
+            f"Your working directory is `{ctx.workdir}`.",
+        ]
+    else:
+        lines = [
+            f"Filesystem: your working directory is `{ctx.workdir}`. Use it for cloning repos,",
+            "writing scratch files, and any other disk I/O.",
+        ]
+    lines += [
+        f"Shared project context files are at `{ctx.shared_dir}` (read them, do not change them).",
         "Environment variables: Use `setenv NAME value` to persist variables across bash commands.",
     ]
     return _block("environment", "\n".join(lines))
@@ -68,9 +122,10 @@ def trigger_block(ctx: PromptContext) -> str:
 
 
 def build_prompt(ctx: PromptContext) -> str:
-    parts = [
-        _block("agent-config", _compact(dict(ctx.params))),
-        environment_block(ctx.workdir, ctx.shared_dir),
-        trigger_block(ctx),
-    ]
+    parts = [_block("agent-config", _compact(dict(ctx.params)))]
+    if ctx.credential_context:
+        parts.append(_block("credential-context", ctx.credential_context))
+    parts.append(environment_block(ctx))
+    parts += [_block(f"skill-{name}", SKILLS[name]) for name in SKILLS if name in ctx.skills]
+    parts.append(trigger_block(ctx))
     return "\n\n".join(parts) + "\n"

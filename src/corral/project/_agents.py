@@ -12,11 +12,12 @@ from corral.errors import ConfigIssue
 from corral.project._checks import validate_agent_name
 from corral.project._compat import legacy_frontmatter, runtime_aliases
 from corral.project._errors import did_you_mean, translate
-from corral.project._models import AgentConfig, ProjectConfig
+from corral.project._models import AgentConfig, HarnessConfig, ProjectConfig
 from corral.project._overlay import Layer, Merged, merge
 from corral.project._project import Agent, resolved_values
 from corral.project._skill import ParsedSkill, read_skill
 from corral.project._toml import Loc, Locator, read_toml
+from corral.project.presets import PRESETS
 
 __all__ = ["NOTHING_TO_RUN", "ProjectContext", "load_agents"]
 
@@ -191,15 +192,42 @@ def _webhook_refs(
     return issues
 
 
+def _preset_problem(harness: HarnessConfig) -> tuple[str, str] | None:
+    if harness.preset is None:
+        return None
+    if harness.preset not in PRESETS:
+        known = ", ".join(sorted(PRESETS))
+        guess = did_you_mean(harness.preset, PRESETS)
+        hint = f" (did you mean {guess!r}?)" if guess else ""
+        return (
+            "harness.preset",
+            f"unknown preset {harness.preset!r}{hint}; the presets are {known} "
+            "(or write the command line in 'command')",
+        )
+    if harness.command is not None:
+        return (
+            "harness.preset",
+            "set either 'preset' or 'command' in [harness], not both: "
+            "the preset is a ready-made command",
+        )
+    if harness.type == "builtin":
+        return ("harness.preset", 'a preset is a command: it needs type = "command" (or no type)')
+    return None
+
+
 def _resolve_harness(
     config: AgentConfig, files: _AgentFiles
 ) -> tuple[AgentConfig, list[ConfigIssue]]:
     harness = config.harness
+    problem = _preset_problem(harness)
+    if problem is None and harness.preset is not None:
+        harness = harness.model_copy(update={"command": PRESETS[harness.preset].command})
     kind = harness.type
     if kind is None:
         kind = "command" if harness.command is not None else "builtin" if config.models else None
-    problem: tuple[str, str] | None = None
-    if kind is None:
+    if problem is not None:
+        pass  # reported below
+    elif kind is None:
         problem = ("harness", NOTHING_TO_RUN)
     elif kind == "command" and harness.command is None:
         problem = (

@@ -157,6 +157,8 @@ class HarnessConfig(_Model):
 
     type: Literal["command", "builtin"] | None = None
     command: Annotated[str | tuple[str, ...] | None, BeforeValidator(_checks.command)] = None
+    #: A named command line for a common coding-agent CLI (``corral.project.presets``).
+    preset: StrictStr | None = None
     env: Mapping[str, StrictStr] = Field(default_factory=dict)
 
 

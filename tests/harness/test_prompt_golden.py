@@ -1,0 +1,103 @@
+"""The assembled prompt for every trigger kind, against golden files.
+
+Regenerate after an intended change with CORRAL_REGEN_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from corral.harness import PromptContext, build_prompt
+from corral.harness.prompt import skills_used
+
+GOLDEN = Path(__file__).with_name("golden")
+PARAMS = {"repo": "acme/widgets", "labels": ["bug", "triage"]}
+WEBHOOK = {
+    "source": "github",
+    "event": "issues",
+    "action": "opened",
+    "repo": "acme/widgets",
+    "number": 42,
+    "title": "Login button broken on Safari",
+    "body": "Steps to reproduce...",
+    "url": "https://github.com/acme/widgets/issues/42",
+    "author": "jdoe",
+    "labels": ["bug"],
+    "sender": "jdoe",
+    "timestamp": "2026-03-24T14:30:00Z",
+    "receiptId": "wh_abc123",
+}
+CREDENTIALS = (
+    "Credential files are mounted at `/credentials/` (read-only).\n\n"
+    "Environment variables already set from credentials:\n\n"
+    "- `GITHUB_TOKEN` / `GH_TOKEN` — use `gh` CLI and `git` directly"
+)
+
+
+def context(**changes: object) -> PromptContext:
+    base: dict[str, object] = {
+        "params": PARAMS,
+        "workdir": Path("/srv/project/.corral/runs/dev-0123456789ab"),
+        "shared_dir": Path("/srv/project/shared"),
+        "trigger": "manual",
+    }
+    return PromptContext(**(base | changes))  # type: ignore[arg-type]
+
+
+CASES = {
+    "schedule": context(trigger="schedule"),
+    "manual": context(),
+    "manual-with-prompt": context(user_prompt="Fix issue #42 and open a PR."),
+    "webhook": context(trigger="webhook", payload=WEBHOOK),
+    "call": context(
+        trigger="call",
+        payload={"caller": "orchestrator", "context": "Find competitors for Acme in the CRM space"},
+    ),
+    "webhook-sandboxed-with-credentials-and-skills": context(
+        trigger="webhook",
+        payload=WEBHOOK,
+        workdir=Path("/tmp/work"),
+        sandboxed=True,
+        credential_context=CREDENTIALS,
+        skills=frozenset({"lock", "subagent"}),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_prompt_matches_its_golden_file(name: str) -> None:
+    prompt = build_prompt(CASES[name])
+    path = GOLDEN / f"{name}.txt"
+    if os.environ.get("CORRAL_REGEN_GOLDEN"):
+        path.write_text(prompt)
+    assert prompt == path.read_text()
+
+
+def test_blocks_come_in_the_documented_order() -> None:
+    prompt = build_prompt(CASES["webhook-sandboxed-with-credentials-and-skills"])
+    tags = [
+        "<agent-config>",
+        "<credential-context>",
+        "<environment>",
+        "<skill-lock>",
+        "<skill-subagent>",
+        "<webhook-trigger>",
+    ]
+    positions = [prompt.index(tag) for tag in tags]
+    assert positions == sorted(positions)
+    assert '{"repo":"acme/widgets","labels":["bug","triage"]}' in prompt
+
+
+def test_no_credential_block_without_credentials_and_no_skills_unless_used() -> None:
+    prompt = build_prompt(CASES["manual"])
+    assert "<credential-context>" not in prompt and "<skill-" not in prompt
+
+
+def test_skills_are_detected_from_the_instructions() -> None:
+    assert skills_used('1. rlock "github://a/b/issues/1"\n2. runlock it') == {"lock"}
+    assert skills_used("echo ctx | al-subagent reviewer") == {"subagent"}
+    assert skills_used("Review the pull request.") == frozenset()
+    assert skills_used("rlock-heartbeat x; al-subagent-wait y") == {"lock", "subagent"}
