@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -25,7 +25,8 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.project import Project
 from corral.scheduler.agentlink import AgentLink, RunRef, hash_secret
@@ -46,6 +47,7 @@ __all__ = [
     "MAX_RETURN_BYTES",
     "AgentApi",
     "AgentApiError",
+    "LockFastPath",
     "agent_router",
     "install_error_handlers",
     "validate_key",
@@ -403,6 +405,98 @@ def agent_router(api: AgentApi) -> APIRouter:
     return router
 
 
+def _bad_request(errors: Sequence[Any]) -> JSONResponse:
+    problems = []
+    for error in errors:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return _answer(400, {"ok": False, "error": "bad request: " + "; ".join(problems)})
+
+
+class LockFastPath:
+    """ASGI middleware answering the lock requests (``rlock``, ``runlock``,
+    ``rlock-heartbeat``) without FastAPI's routing, dependency and validation machinery.
+
+    They are most of a fleet's gateway traffic, and that machinery was most of their CPU
+    cost (docs/decisions.md D16). The handlers, the body models and every answer are the
+    ones the FastAPI routes use (those routes remain, and make the OpenAPI document).
+    """
+
+    MAX_BODY = 64 * 1024
+
+    def __init__(self, app: ASGIApp, api: AgentApi) -> None:
+        self.app = app
+        self.api = api
+        self.routes: dict[str, tuple[type[BaseModel], Callable[..., Awaitable[JSONResponse]]]] = {
+            "/agent/locks/acquire": (AcquireBody, api.acquire),
+            "/agent/locks/release": (LockBody, api.release),
+            "/agent/locks/heartbeat": (LockBody, api.heartbeat),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            route = self.routes.get(scope["path"])
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        response = await self._answer(scope, receive, *route)
+        await response(scope, receive, send)
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        model: type[BaseModel],
+        handler: Callable[..., Awaitable[JSONResponse]],
+    ) -> JSONResponse:
+        body = await _read_body(receive, self.MAX_BODY)
+        try:
+            run = await self.api.authenticate(_bearer_secret(scope))
+            if body is None:
+                raise AgentApiError(
+                    413, {"ok": False, "error": f"request body over {self.MAX_BODY} bytes"}
+                )
+            try:
+                parsed = model.model_validate_json(body or b"null")
+            except ValidationError as exc:
+                return _bad_request(exc.errors())
+            return await handler(parsed, run)
+        except AgentApiError as exc:
+            return _answer(exc.status, exc.body)
+        except StoreError as exc:
+            return _answer(409, {"ok": False, "error": str(exc)})
+
+
+def _bearer_secret(scope: Scope) -> str:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, secret = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and secret.strip():
+                return secret.strip()
+            break
+    raise AgentApiError(
+        403, {"ok": False, "error": "missing run secret (Authorization: Bearer ...)"}
+    )
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None when it is longer than ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks) if size <= limit else None
+
+
 def install_error_handlers(app: Any) -> None:
     """Agent API refusals and bad requests answer the commands' JSON shape."""
 
@@ -412,12 +506,8 @@ def install_error_handlers(app: Any) -> None:
 
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-            problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
         if request.url.path.startswith("/agent/"):
-            return _answer(400, {"ok": False, "error": "bad request: " + "; ".join(problems)})
+            return _bad_request(exc.errors())
         return await request_validation_exception_handler(request, exc)
 
     async def store_failed(request: Request, exc: Exception) -> JSONResponse:

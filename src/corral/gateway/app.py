@@ -15,7 +15,12 @@ from fastapi import Depends, FastAPI, Header, HTTPException, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from corral.gateway.agent_api import AgentApi, agent_router, install_error_handlers
+from corral.gateway.agent_api import (
+    AgentApi,
+    LockFastPath,
+    agent_router,
+    install_error_handlers,
+)
 from corral.gateway.token import token_matches
 from corral.project import Project
 from corral.scheduler.agentlink import AgentLink
@@ -36,6 +41,7 @@ def create_app(scheduler: Scheduler, token: str) -> FastAPI:
     install_error_handlers(app)
     app.state.agent_api = AgentApi(scheduler.project, scheduler.store, scheduler.link)
     app.include_router(agent_router(app.state.agent_api))
+    app.add_middleware(LockFastPath, api=app.state.agent_api)
 
     def operator(authorization: Annotated[str | None, Header()] = None) -> None:
         scheme, _, given = (authorization or "").partition(" ")
@@ -128,4 +134,5 @@ def create_agent_app(project: Project, store: Store, link: AgentLink) -> FastAPI
     install_error_handlers(app)
     app.state.agent_api = AgentApi(project, store, link)
     app.include_router(agent_router(app.state.agent_api))
+    app.add_middleware(LockFastPath, api=app.state.agent_api)
     return app
