@@ -619,3 +619,15 @@ async def test_no_cycle_through_an_expired_lock(store: Store, clock: Clock) -> N
     assert isinstance(await wait(store, "k2", h), LockHeld)
     result = await wait(store, "k1", w)
     assert isinstance(result, LockGrant) and result.run_id == w.id
+
+
+async def test_a_late_heartbeat_does_not_take_an_expired_lock_back_from_waiters(
+    store: Store, clock: Clock
+) -> None:
+    h, w = await live_run(store), await live_run(store)
+    await granted(store, "k1", h, ttl=10)
+    await held(store, "k1", w)
+    clock.advance(11)
+    assert await store.heartbeat_lock("k1", h.id, ttl_seconds=60) is None
+    assert (await holder(store, "k1") or ("", 0))[0] == w.id
+    assert await waiters(store) == []

@@ -1,16 +1,21 @@
 """A model of the lock manager, checked against both stores.
 
 Hypothesis drives random sequences of try-lock, blocking wait (``wait_for_lock``), cancelled
-waits, release, heartbeat, operator release, clock moves and runs ending; the model predicts
-every outcome: grant, refresh, refusal naming the holder, refusal of an ended run, a wait
-recorded (or kept, or re-queued at the back once its deadline passed), a deadlock and the
-cycle it names, and every hand-over (a released, force-released or ended run's key, or an
-expired key someone else asks for, goes to the first live waiter whose deadline has not
-passed, with a new token and that waiter's TTL). After every step the invariants are
-checked: the store's locks and waiters equal to the model's, at most one unexpired holder
-per key, tokens strictly increasing, nobody waiting for a key it holds or for a free key,
-and no cycle in the wait-for graph made only of edges a wait step checked. One fresh store
-and one event loop per example.
+waits, release, heartbeat, operator release, clock moves and runs ending. Besides the rules
+drawing any run and key, a few aim at the interesting states: a holder waiting for another
+holder's key (chains, cycles), a waiter polling again, a holder releasing or heartbeating
+its own lock, an idle run taking a free key.
+
+The model predicts every outcome: grant, refresh, refusal naming the holder, refusal of an
+ended run; a wait recorded, kept (its deadline and TTL from its first step), or re-queued
+at the back once its deadline passed; a deadlock and the cycle it names; every hand-over (a
+released, force-released or ended run's key, or an expired key someone else asks for, goes
+to the first live waiter whose deadline has not passed, with a new token and that waiter's
+TTL, and its wait ends). After every step the invariants are checked: the store's locks and
+waiters equal to the model's, at most one unexpired holder per key, tokens strictly
+increasing, nobody waiting for a key it holds or for a free key, and no cycle in the
+wait-for graph made only of edges a wait step checked. One fresh store and one event loop
+per example.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from corral.store import (
 from tests.store.conftest import Clock
 
 KEYS = ["k1", "k2", "k3"]
-TTLS = st.sampled_from([5.0, 10.0, 30.0])
+TTLS = st.sampled_from([5.0, 10.0, 30.0, 300.0])
 WAITS = st.sampled_from([0.0, 5.0, 10.0, 60.0])
 _T = TypeVar("_T")
 
@@ -137,6 +142,8 @@ class LockModel(RuleBasedStateMachine):
 
     def settle(self) -> None:
         """Read the tokens of this step's hand-overs: each greater than every earlier one."""
+        if not self.handed:
+            return
         stored = {lock.key: lock for lock in self.run(self.store.list_locks())}
         for key in self.handed:
             lock, model = stored.get(key), self.locks[key]
@@ -174,8 +181,7 @@ class LockModel(RuleBasedStateMachine):
             return
         assert not got.refreshed and got.acquired_at == now
         assert got.token > self.last_token.get(key, 0)
-        assert all(got.token > token for token in self.last_token.values())
-        assert got.token > self.max_token
+        assert got.token > self.max_token  # greater than every earlier token, of any key
         self.last_token[key] = self.max_token = got.token
         self.locks[key] = ModelLock(run_id, got.token, now, expires)
 
@@ -235,6 +241,9 @@ class LockModel(RuleBasedStateMachine):
                 assert "the run has ended" in str(exc)
                 return
             raise AssertionError(f"ended run {run_id} acquired {key}")
+        self.try_lock(run_id, key, ttl)
+
+    def try_lock(self, run_id: str, key: str, ttl: float) -> None:
         refusal = self.refusal(key, run_id)
         got = self.run(self.store.acquire_lock(key, run_id, ttl_seconds=ttl))
         self.settle()
@@ -249,23 +258,51 @@ class LockModel(RuleBasedStateMachine):
         self.wait_step(run_id, key, ttl, wait_seconds)
 
     def blocked(self) -> list[tuple[str, str]]:
-        """(run, key): a live run and a key another run holds unexpired."""
+        """(run, key): a live run holding a lock (expired or not) and a key another run
+        holds unexpired: the waits that build chains and cycles."""
         now = self.clock.now
+        holders = {lock.run_id for lock in self.locks.values()}
         return [
             (run_id, key)
             for key, lock in sorted(self.locks.items())
             if lock.expires_at > now
-            for run_id in self.live
-            if run_id != lock.run_id
+            for run_id in self.live  # in creation order: run ids are random
+            if run_id in holders and run_id != lock.run_id
         ]
+
+    def idle(self) -> list[tuple[str, str]]:
+        """(run, key): a live run holding no unexpired lock, and a key nobody holds unexpired."""
+        now = self.clock.now
+        held = {key: lock.run_id for key, lock in self.locks.items() if lock.expires_at > now}
+        return [
+            (run_id, key)
+            for run_id in self.live
+            if run_id not in held.values()
+            for key in KEYS
+            if key not in held
+        ]
+
+    @precondition(lambda self: bool(self.idle()))
+    @rule(data=st.data(), ttl=TTLS)
+    def idle_run_locks(self, data: st.DataObject, ttl: float) -> None:
+        """A try-lock by a run holding nothing of a key nobody holds (unexpired)."""
+        run_id, key = data.draw(st.sampled_from(self.idle()))
+        self.try_lock(run_id, key, ttl)
 
     @precondition(lambda self: bool(self.blocked()))
     @rule(data=st.data(), ttl=TTLS, wait_seconds=st.sampled_from([10.0, 60.0]))
-    def wait_for_a_held_key(self, data: st.DataObject, ttl: float, wait_seconds: float) -> None:
-        """The same step, aimed at a key held by another run: waits, hand-overs and
-        cycles are what the model is about."""
+    def holder_waits(self, data: st.DataObject, ttl: float, wait_seconds: float) -> None:
+        """The same step, by a run holding a lock for a key another run holds."""
         run_id, key = data.draw(st.sampled_from(self.blocked()))
         self.wait_step(run_id, key, ttl, wait_seconds)
+
+    @precondition(lambda self: any(w.deadline > self.clock.now for w in self.waits))
+    @rule(data=st.data(), ttl=TTLS, wait_seconds=WAITS)
+    def waiter_polls(self, data: st.DataObject, ttl: float, wait_seconds: float) -> None:
+        """The next step of a run that is waiting (``rlock --wait`` polls until served)."""
+        now = self.clock.now
+        mine = data.draw(st.sampled_from([w for w in self.waits if w.deadline > now]))
+        self.wait_step(mine.run_id, mine.key, ttl, wait_seconds)
 
     def wait_step(self, run_id: str, key: str, ttl: float, wait_seconds: float) -> None:
         wait = self.store.wait_for_lock
@@ -290,11 +327,15 @@ class LockModel(RuleBasedStateMachine):
             mine = None
         cycles = self.cycles(run_id, key, refusal.holder)
         if cycles:
-            # With one path from the holder back to the waiter, the store names exactly
-            # that cycle; with several, its search order picks one of them.
+            # ``cycles`` holds every valid cycle: runs and keys alternating, each run
+            # waiting for the key the next one holds, the last key held by the waiter.
+            # With one path from the holder back to the waiter the store names exactly
+            # that cycle; with several, its search order (edge rows in no set order) picks
+            # one of them.
             assert isinstance(got, Deadlock), got
             assert got.cycle in cycles, (got.cycle, cycles)
             event(f"wait: deadlock, {len(got.cycle) // 2} runs, {min(len(cycles), 2)} paths")
+            event(f"wait: deadlock, {'was' if mine else 'not'} waiting")
             if mine is not None:
                 self.waits.remove(mine)
             return
@@ -317,7 +358,15 @@ class LockModel(RuleBasedStateMachine):
 
     @rule(data=st.data(), key=st.sampled_from(KEYS))
     def release(self, data: st.DataObject, key: str) -> None:
-        run_id = data.draw(st.sampled_from(self.runs()))
+        self.release_step(data.draw(st.sampled_from(self.runs())), key)
+
+    @precondition(lambda self: bool(self.locks))
+    @rule(data=st.data())
+    def holder_releases(self, data: st.DataObject) -> None:
+        key, lock = data.draw(st.sampled_from(sorted(self.locks.items())))
+        self.release_step(lock.run_id, key)
+
+    def release_step(self, run_id: str, key: str) -> None:
         held = self.locks.get(key)
         mine = held is not None and held.run_id == run_id
         if mine:
@@ -328,10 +377,25 @@ class LockModel(RuleBasedStateMachine):
 
     @rule(data=st.data(), key=st.sampled_from(KEYS), ttl=TTLS)
     def heartbeat(self, data: st.DataObject, key: str, ttl: float) -> None:
-        run_id = data.draw(st.sampled_from(self.runs()))
+        self.heartbeat_step(data.draw(st.sampled_from(self.runs())), key, ttl)
+
+    @precondition(lambda self: bool(self.locks))
+    @rule(data=st.data(), ttl=TTLS)
+    def holder_heartbeats(self, data: st.DataObject, ttl: float) -> None:
+        """A holder's heartbeat; one of a lock that expired brings its waiters' edges back."""
+        key, lock = data.draw(st.sampled_from(sorted(self.locks.items())))
+        self.heartbeat_step(lock.run_id, key, ttl)
+
+    def heartbeat_step(self, run_id: str, key: str, ttl: float) -> None:
         held = self.locks.get(key)
         got = self.run(self.store.heartbeat_lock(key, run_id, ttl_seconds=ttl))
         if held is None or held.run_id != run_id:
+            assert got is None
+            return
+        if held.expires_at <= self.clock.now and self.line(key):
+            # Expired while others wait: the first waiter gets it, not the late heartbeat.
+            self.serve(key)
+            self.settle()
             assert got is None
             return
         if held.expires_at <= self.clock.now:

@@ -226,12 +226,21 @@ class LockOps(StoreCore):
 
     async def heartbeat_lock(self, key: str, run_id: str, *, ttl_seconds: float) -> datetime | None:
         """Make ``key`` expire ``ttl_seconds`` from now if ``run_id`` holds it (even if it
-        expired and nobody took it); return the new expiry, or None if it does not."""
+        expired and nobody took it); return the new expiry, or None if it does not. An
+        expired lock that runs wait for goes to the first of them instead."""
         _check_ttl(ttl_seconds)
 
         async def body(tx: Transaction) -> Row | None:
             await tx.execute("lock_key", {"key": key})
-            expires = self.now() + timedelta(seconds=ttl_seconds)
+            now = self.now()
+            current = await tx.fetch_one("lock_holder", {"key": key})
+            if current is None or current["run_id"] != run_id:
+                return None
+            if self.decode_time(current["expires_at"]) <= now:
+                # Expired while others wait: the first of them gets it, not a late heartbeat.
+                if await self._next_in_line(tx, key, run_id) is not None:
+                    return None
+            expires = now + timedelta(seconds=ttl_seconds)
             params = {"key": key, "run_id": run_id, "expires_at": self.encode_time(expires)}
             return await tx.fetch_one("heartbeat_lock", params)
 
