@@ -1,5 +1,5 @@
 """Importing this package registers every subcommand on the `corral` group."""
 
-from corral.cli.commands import control, db, fleet, locks, project, runs
+from corral.cli.commands import control, creds, db, fleet, locks, project, runs
 
-__all__ = ["control", "db", "fleet", "locks", "project", "runs"]
+__all__ = ["control", "creds", "db", "fleet", "locks", "project", "runs"]

@@ -1,0 +1,104 @@
+"""Credential types and references: names, instances, the generic env type's checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.credentials import (
+    CredentialError,
+    CredentialRef,
+    credential_type,
+    credential_types,
+    parse_ref,
+)
+from corral.errors import RunError, UsageError
+
+
+def test_the_built_in_types() -> None:
+    names = [ctype.name for ctype in credential_types()]
+    assert names == ["github_token", "git_ssh", "anthropic_key", "openai_key", "env"]
+    ssh = credential_type("git_ssh")
+    assert [(f.name, f.multiline, f.required) for f in ssh.fields] == [
+        ("private_key", True, True),
+        ("known_hosts", True, False),
+    ]
+    assert credential_type("github_token").env_names("default") == ("GITHUB_TOKEN", "GH_TOKEN")
+    assert credential_type("env").env_names("SENTRY_TOKEN") == ("SENTRY_TOKEN",)
+
+
+def test_unknown_type_lists_the_known_ones_and_suggests_a_close_one() -> None:
+    with pytest.raises(CredentialError) as caught:
+        credential_type("githb_token")
+    text = str(caught.value)
+    assert 'unknown credential type "githb_token"' in text
+    assert 'did you mean "github_token"?' in text
+    for name in ("github_token", "git_ssh", "anthropic_key", "openai_key", "env"):
+        assert name in text
+    with pytest.raises(CredentialError) as caught:
+        credential_type("zzzz")
+    assert "did you mean" not in str(caught.value)
+    # A usage error for the command line (exit 2); a run error when a run cannot start.
+    assert isinstance(caught.value, UsageError) and isinstance(caught.value, RunError)
+
+
+def test_references_and_their_default_instance() -> None:
+    assert parse_ref("github_token") == CredentialRef("github_token", "default")
+    assert parse_ref("github_token:MyOrg") == CredentialRef("github_token", "MyOrg")
+    assert parse_ref("git_ssh:deploy.key-2") == CredentialRef("git_ssh", "deploy.key-2")
+    assert str(parse_ref("github_token:default")) == "github_token"
+    assert str(parse_ref("github_token:MyOrg")) == "github_token:MyOrg"
+    assert parse_ref("github_token").add_command == "corral creds add github_token"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GitHub_token",
+        "github token",
+        "github_token:..",
+        "github_token:.hidden",
+        "github_token:",
+        "github_token:a/b",
+        ":x",
+        "",
+    ],
+)
+def test_bad_references_are_refused(text: str) -> None:
+    with pytest.raises(CredentialError):
+        parse_ref(text)
+
+
+def test_env_type_instance_is_the_variable_name() -> None:
+    assert parse_ref("env:SENTRY_TOKEN") == CredentialRef("env", "SENTRY_TOKEN")
+    assert parse_ref("env:_private2") == CredentialRef("env", "_private2")
+    with pytest.raises(CredentialError, match="write env:NAME"):
+        parse_ref("env")
+    with pytest.raises(CredentialError, match="write env:NAME"):
+        parse_ref("env:")
+
+
+@pytest.mark.parametrize("name", ["1TOKEN", "SENTRY-TOKEN", "SENTRY.TOKEN", "A B"])
+def test_env_type_refuses_invalid_variable_names(name: str) -> None:
+    with pytest.raises(CredentialError, match="not a valid environment variable name"):
+        parse_ref(f"env:{name}")
+
+
+@pytest.mark.parametrize(
+    "name", ["PATH", "HOME", "path", "CORRAL_RUN_SECRET", "LD_PRELOAD", "LC_ALL", "GATEWAY_URL"]
+)
+def test_env_type_refuses_variables_corral_or_the_system_own(name: str) -> None:
+    with pytest.raises(CredentialError, match="cannot be set from a credential"):
+        parse_ref(f"env:{name}")
+
+
+def test_env_descriptions_for_humans() -> None:
+    (ssh,) = credential_type("git_ssh").env
+    assert ssh.describe() == (
+        "GIT_SSH_COMMAND = ssh -i <private_key file> -o IdentitiesOnly=yes "
+        "-o StrictHostKeyChecking=accept-new [-o UserKnownHostsFile=<known_hosts file>]"
+    )
+    assert [v.describe() for v in credential_type("github_token").env] == [
+        "GITHUB_TOKEN",
+        "GH_TOKEN",
+    ]
+    assert [v.describe() for v in credential_type("env").env] == ["<INSTANCE>"]
