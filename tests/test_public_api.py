@@ -20,10 +20,13 @@ def test_top_level_exports() -> None:
 
 def test_runtime_and_harness_exports() -> None:
     assert sorted(corral.runtime.__all__) == [
+        "Bind",
         "HostRuntime",
+        "Isolation",
         "LaunchSpec",
         "Process",
         "Runtime",
+        "SandboxRuntime",
         "Sink",
         "runtime_for",
     ]

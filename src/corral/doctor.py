@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
 import time
@@ -10,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from corral.errors import ConfigError, CorralError
+from corral.errors import ConfigError, CorralError, RunError
 from corral.locate import resolve_project_root
 from corral.project import Project, load_project
 from corral.runtime import HostRuntime, LaunchSpec
+from corral.runtime._limits import detect_limits
+from corral.runtime.sandbox import INSTALL_HINT, probe_sandbox
 from corral.store import open_store
 
 __all__ = ["Check", "run_checks"]
@@ -38,6 +41,7 @@ async def run_checks(project_dir: Path | None, env: str | None) -> list[Check]:
         checks.append(await check_store(project))
     checks.append(await check_host_runtime())
     checks.append(await check_sandbox(project))
+    checks.append(check_sandbox_limits(project))
     return checks
 
 
@@ -98,45 +102,70 @@ async def check_host_runtime() -> Check:
     return Check("runtime host", "ok", f"spawned a process group in {elapsed:.1f} ms")
 
 
+def _sandbox_agents(project: Project | None) -> list[str]:
+    if project is None:
+        return []
+    return [n for n, a in project.agents.items() if a.config.runtime.type == "sandbox"]
+
+
 async def check_sandbox(project: Project | None) -> Check:
-    needed = project is not None and any(
-        a.config.runtime.type == "sandbox" for a in project.agents.values()
-    )
-    severity: Status = "fail" if needed else "warn"
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
+    """bubblewrap is installed and makes a sandbox (with and without a network) here."""
+    agents = _sandbox_agents(project)
+    severity: Status = "fail" if agents else "warn"
+    try:
+        support = await asyncio.to_thread(probe_sandbox, os.environ.get("PATH"))
+    except RunError as exc:
+        installed = shutil.which("bwrap") is not None
+        fix = "let corral create namespaces (see above and docs/sandbox.md)"
+        return Check("runtime sandbox", severity, str(exc), fix if installed else INSTALL_HINT)
+    version = await _bwrap_version(support.bwrap)
+    users = f"used by {', '.join(agents)}" if agents else "no agent uses the sandbox runtime yet"
+    if support.network_error is not None:
+        offline = [
+            n for n in agents if project and project.agents[n].config.runtime.network == "none"
+        ]
         return Check(
             "runtime sandbox",
-            severity,
-            "bubblewrap (bwrap) is not installed",
-            "apt-get install -y bubblewrap",
+            "fail" if offline else "warn",
+            f"{version} makes sandboxes ({users}), but not without a network "
+            f"(--unshare-net): {support.network_error}",
+            'use network = "host" or run corral where network namespaces are allowed',
         )
+    return Check(
+        "runtime sandbox",
+        "ok",
+        f"{version} makes sandboxes, with and without a network ({users})",
+    )
+
+
+def check_sandbox_limits(project: Project | None) -> Check:
+    """Which mechanism enforces sandboxed runs' memory and CPU limits here."""
+    support = detect_limits()
+    memory = support.memory_mechanism
+    if support.memory is None:
+        memory += f"; no cgroup: {support.why_not.get('memory', '')}"
+    summary = "memory by " + ("a cgroup" if support.memory else "RLIMIT_AS")
+    summary += ", cpus " + ("by a cgroup" if support.cpu else "NOT enforced")
+    detail = f"{summary}\n  memory: {memory}\n  cpus: "
+    if support.cpu_mechanism is not None:
+        return Check("sandbox limits", "ok", detail + support.cpu_mechanism)
+    detail += f"not enforced (only a cgroup can limit CPU): {support.why_not.get('cpu', '')}"
+    if not _sandbox_agents(project):
+        return Check("sandbox limits", "ok", detail)
+    return Check(
+        "sandbox limits",
+        "warn",
+        detail,
+        "give corral a cgroup it can create children in (see docs/sandbox.md, Limits)",
+    )
+
+
+async def _bwrap_version(bwrap: str) -> str:
     proc = await asyncio.create_subprocess_exec(
-        bwrap,
-        "--ro-bind",
-        "/",
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-        "--unshare-pid",
-        "--die-with-parent",
-        "/bin/true",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        bwrap, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        return Check(
-            "runtime sandbox",
-            severity,
-            f"bwrap is installed but cannot create a sandbox: {err.decode().strip()}",
-            "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) "
-            "or run corral where bubblewrap works",
-        )
-    detail = "bubblewrap works" + ("" if needed else " (no agent uses the sandbox runtime yet)")
-    return Check("runtime sandbox", "ok", detail)
+    out, _ = await proc.communicate()
+    return f"{out.decode().strip() or 'bubblewrap'} ({bwrap})"
 
 
 async def _discard(_chunk: bytes) -> None:

@@ -254,7 +254,7 @@ async def test_no_secret_reaches_a_log_or_the_store(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     script = (
-        'printf %s "$CORRAL_RUN_SECRET" > "$OUT/secret"; '
+        'printf %s "$CORRAL_RUN_SECRET" > "$OUT/secret"; echo "mine=$CORRAL_RUN_SECRET"; '
         f'rlock "{KEY}"; al-status "busy"; runlock "{KEY}"; rlock "not a uri"; '
         "echo done"
     )
@@ -267,6 +267,7 @@ async def test_no_secret_reaches_a_log_or_the_store(
     logs = list((tmp_path / "p" / ".corral" / "logs").glob("*.log"))
     assert logs and all(secret not in log.read_text() for log in logs)
     assert "done" in logs[0].read_text()
+    assert "mine=[REDACTED]" in logs[0].read_text()  # even the run printing it
     state = (tmp_path / "p" / ".corral").rglob("*")
     for path in state:
         if path.is_file() and path.suffix in (".db", ".log", ".md", ".sh", ".json"):
@@ -293,3 +294,35 @@ async def test_status_text_and_locks_are_visible_over_the_control_api(
         assert running["agent"] == "dev" and running["statusAt"] is not None
         assert body["locks"][0]["key"] == KEY and body["locks"][0]["holder"] == running["id"]
         await f.scheduler.executor.stop(running["id"], "test over")
+
+
+async def test_a_sandboxed_run_is_isolated_and_still_takes_locks(
+    tmp_path: Path, store: Store
+) -> None:
+    probe = Path("/var/tmp") / f"corral-sandbox-probe-{tmp_path.name}"
+    script = (
+        f'rlock "{KEY}" > /tmp/lock.json; cp /tmp/lock.json "$CORRAL_WORKDIR/lock.json"; '
+        f'(echo x > "{probe}") 2> /dev/null; echo "write=$?" > "$CORRAL_WORKDIR/report"; '
+        '(echo x > "$CORRAL_AGENT_DIR/probe") 2> /dev/null; '
+        'echo "agent=$?" >> "$CORRAL_WORKDIR/report"; '
+        f'echo $(ls "{tmp_path / "p" / ".corral"}") >> "$CORRAL_WORKDIR/report"; '
+        'echo "cwd=$PWD" >> "$CORRAL_WORKDIR/report"; '
+        "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), 2)\" "
+        '2> /dev/null; echo "net=$?" >> "$CORRAL_WORKDIR/report"'
+    )
+    tables = {"dev": '[runtime]\ntype = "sandbox"\nnetwork = "none"\n'}
+    async with running_fleet(
+        tmp_path / "p", store, {"dev": {"command": script}}, tables=tables
+    ) as f:
+        await f.trigger("dev")
+        (run,) = await f.finished("dev", 1)
+        workdir = f.scheduler.executor.workdir(run.id)
+    assert run.state is RunState.SUCCEEDED, run.error
+    assert json.loads((workdir / "lock.json").read_text())["ok"] is True
+    lines = (workdir / "report").read_text().splitlines()
+    assert lines[0] != "write=0" and not probe.exists()  # the root is read-only
+    assert lines[1] != "agent=0" and not (tmp_path / "p" / "agents" / "dev" / "probe").exists()
+    listed = lines[2].split()
+    assert "logs" not in listed and "runs" not in listed  # the state dir is hidden
+    assert "cwd=/tmp/work" in lines
+    assert "net=1" in lines

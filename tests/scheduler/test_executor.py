@@ -133,16 +133,6 @@ async def test_cancelling_the_executor_kills_the_run(tmp_path: Path, store: Stor
     assert item.state is ItemState.DONE
 
 
-async def test_a_runtime_not_available_yet_fails_the_run_with_the_reason(
-    tmp_path: Path, store: Store
-) -> None:
-    project = make_project(tmp_path, "true", '\n[runtime]\ntype = "sandbox"\n')
-    run = (await RunExecutor(project, store).execute(await claim(store, project))).run
-    assert run.state is RunState.FAILED
-    assert run.exit_code is None
-    assert run.error is not None and "runtime 'sandbox' is not available" in run.error
-
-
 async def test_a_run_whose_lease_was_handed_on_cannot_finalise(
     tmp_path: Path, store: Store
 ) -> None:

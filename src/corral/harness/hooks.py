@@ -59,10 +59,11 @@ class HookFailure:
     index: int
     command: str
     result: ShellResult
+    timeout: float = HOOK_TIMEOUT
 
     def __str__(self) -> str:
         how = (
-            f"timed out after {HOOK_TIMEOUT:g} s"
+            f"timed out after {self.timeout:g} s"
             if self.result.timed_out
             else f"exited with code {self.result.exit_code}"
         )
@@ -88,7 +89,7 @@ async def run_hooks(
         result = await shell(command, log, timeout)
         if result.exit_code == 0 and not result.timed_out:
             continue
-        failure = HookFailure(kind, index, command, result)
+        failure = HookFailure(kind, index, command, result, timeout)
         await log(f"[corral] {failure}\n".encode())
         first = first or failure
         if stop_at_failure:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["LaunchSpec", "Process", "Runtime", "Sink"]
+__all__ = ["Bind", "Isolation", "LaunchSpec", "Process", "Runtime", "Sink"]
 
 #: Receives each chunk of the run's combined stdout and stderr, in order.
 Sink = Callable[[bytes], Awaitable[None]]
@@ -20,17 +20,48 @@ _READ_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
+class Bind:
+    """A host path made visible inside a sandbox."""
+
+    source: Path  # on the host; must exist
+    target: Path  # inside the sandbox
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How a sandboxed run is cut off from the machine (see docs/sandbox.md).
+
+    The root filesystem is read-only, ``/dev`` and ``/proc`` are the sandbox's
+    own, ``/tmp`` is a private empty tmpfs; then each of ``hide`` is covered
+    (an empty tmpfs over a directory, an unreadable node over a file), then
+    ``binds`` are applied in order. ``network = False`` leaves only a loopback
+    interface of the sandbox's own. ``memory_bytes`` and ``cpus`` are limits for
+    the whole run. The host runtime ignores all of it.
+    """
+
+    binds: tuple[Bind, ...] = ()
+    hide: tuple[Path, ...] = ()
+    network: bool = True
+    memory_bytes: int | None = None
+    cpus: float | None = None
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """Everything a runtime needs to start one run's process.
 
     ``env`` is the whole environment: nothing from the scheduler's own
-    environment leaks into the run unless it is listed here.
+    environment leaks into the run unless it is listed here. ``cwd`` is the
+    working directory as the run sees it: a host path for the host runtime
+    (created if missing), a path inside the sandbox for the sandbox runtime.
     """
 
     argv: Sequence[str]
     cwd: Path
     env: Mapping[str, str] = field(default_factory=dict)
     stdin: bytes | None = None
+    isolation: Isolation | None = None
 
 
 class Runtime(Protocol):

@@ -7,14 +7,22 @@ import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-from corral.agentcmd import bash_init_path
+from corral.credentials import CredentialStore
 from corral.errors import CorralError
-from corral.harness import PromptContext, RunFiles, base_environment, build_launch, build_prompt
-from corral.project import Agent, Project
-from corral.runtime import Process, Sink, runtime_for
+from corral.harness.hooks import (
+    CONTEXT_TIMEOUT,
+    HOOK_TIMEOUT,
+    ShellResult,
+    ShellRunner,
+    inject_context,
+    run_hooks,
+)
+from corral.project import Project
+from corral.runtime import Process, Sink
 from corral.scheduler.agentlink import AgentLink
+from corral.scheduler.prepare import RunPlan, plan_run
+from corral.scheduler.runlog import DEFAULT_LOG_LIMIT, RunLog
 from corral.store import Claim, QueueItem, Run, RunState, StaleFence, Store, StoreError
 
 __all__ = ["TIMEOUT_EXIT_CODE", "RunExecutor", "RunResult"]
@@ -59,12 +67,21 @@ class RunExecutor:
         *,
         grace: float = 10.0,
         link: AgentLink | None = None,
+        credentials: CredentialStore | None = None,
+        hook_timeout: float = HOOK_TIMEOUT,
+        context_timeout: float = CONTEXT_TIMEOUT,
+        log_limit: int = DEFAULT_LOG_LIMIT,
     ) -> None:
         self.project = project
         self.store = store
         self.grace = grace
         self.link = link
+        self.credentials = credentials
+        self.hook_timeout = hook_timeout
+        self.context_timeout = context_timeout
+        self.log_limit = log_limit
         self._processes: dict[str, Process] = {}
+        self._active: set[str] = set()
         self._stop_reasons: dict[str, str] = {}
         self._exit_codes: dict[str, int] = {}
         self._exit_tasks: set[asyncio.Task[None]] = set()
@@ -78,12 +95,17 @@ class RunExecutor:
         return self.project.root / ".corral" / "logs" / f"{run_id}.log"
 
     async def stop(self, run_id: str, reason: str) -> bool:
-        """Stop a run this executor watches (TERM, then KILL); it is recorded as killed."""
-        process = self._processes.get(run_id)
-        if process is None:
+        """Stop a run this executor executes (TERM, then KILL); it is recorded as killed.
+
+        Between its processes (hooks, the agent) the request is kept, and nothing more
+        of the run starts.
+        """
+        if run_id not in self._active:
             return False
         self._stop_reasons.setdefault(run_id, reason)
-        await process.stop(self.grace)
+        process = self._processes.get(run_id)
+        if process is not None:
+            await process.stop(self.grace)
         return True
 
     async def request_exit(self, run_id: str, code: int) -> bool:
@@ -107,9 +129,12 @@ class RunExecutor:
         return True
 
     async def execute(self, claim: Claim, sink: Sink | None = None) -> RunResult:
+        self._active.add(claim.run.id)
         try:
             return await self._execute(claim, sink)
         finally:
+            self._active.discard(claim.run.id)
+            self._stop_reasons.pop(claim.run.id, None)
             self._exit_codes.pop(claim.run.id, None)
             if self.link is not None:
                 self.link.revoke(claim.run.id)
@@ -122,9 +147,56 @@ class RunExecutor:
             missing = f"agent '{run.agent}' is no longer in the project"
             return await self._finalize(run, _Outcome(RunState.FAILED, None, missing))
         try:
-            process = await self._start(run, agent)
+            plan = await plan_run(
+                self.project,
+                self.store,
+                run,
+                agent,
+                self.workdir(run.id),
+                link=self.link,
+                credentials=self.credentials,
+            )
         except CorralError as exc:
             return await self._finalize(run, _Outcome(RunState.FAILED, None, str(exc)))
+        logfile = RunLog(self.log_path(run.id), sink, plan.secrets, limit=self.log_limit)
+        async with logfile as runlog:
+            try:
+                outcome = await self._run_plan(plan, runlog)
+            except asyncio.CancelledError:
+                # Cancelled at any point after the plan: the process group is stopped (by
+                # _watch or the shell runner) and the run recorded as killed.
+                reason = self._stop_reasons.pop(run.id, "stopped by the operator")
+                await asyncio.shield(self._finalize(run, _Outcome(RunState.KILLED, None, reason)))
+                raise
+            if outcome is None:  # fenced off while starting: nothing more to record
+                current = await self.store.get_run(run.id)
+                return RunResult(current if current is not None else run)
+            await self._post_hooks(plan, runlog, outcome)
+        return await self._finalize(run, outcome)
+
+    async def _run_plan(self, plan: RunPlan, runlog: RunLog) -> _Outcome | None:
+        """Pre hooks, dynamic context, the agent itself; its outcome (None: fenced off)."""
+        run, agent = plan.run, plan.agent
+        failure = await run_hooks(
+            "pre",
+            agent.config.hooks.pre,
+            self._shell(plan),
+            runlog.write,
+            timeout=self.hook_timeout,
+        )
+        if run.id in self._stop_reasons:
+            return _Outcome(RunState.KILLED, None, self._stop_reasons.pop(run.id))
+        if failure is not None:
+            return _Outcome(RunState.FAILED, failure.result.exit_code, str(failure))
+        system_prompt = await inject_context(
+            agent.skill.body, self._shell(plan), timeout=self.context_timeout
+        )
+        if run.id in self._stop_reasons:
+            return _Outcome(RunState.KILLED, None, self._stop_reasons.pop(run.id))
+        try:
+            process = await plan.runtime.launch(plan.launch(self.project, system_prompt))
+        except CorralError as exc:
+            return _Outcome(RunState.FAILED, None, str(exc))
         self._processes[run.id] = process
         try:
             try:
@@ -135,102 +207,77 @@ class RunExecutor:
                 # The run ended while it was starting (its lease lapsed, or it was killed).
                 await process.stop(self.grace)
                 log.warning(str(exc), extra={"action": "run_fenced_off", "run_id": run.id})
-                current = await self.store.get_run(run.id)
-                return RunResult(current if current is not None else run)
+                return None
             log.info("run started", extra={"action": "run_started", "run_id": run.id})
-            outcome = await self._watch(run.id, process, agent.config.timeout, sink)
-        except asyncio.CancelledError:
-            # Cancelled at any point after the spawn: the group is stopped and recorded.
-            await process.stop(self.grace)
-            reason = self._stop_reasons.pop(run.id, "stopped by the operator")
-            await asyncio.shield(self._finalize(run, _Outcome(RunState.KILLED, None, reason)))
-            raise
+            outcome = await self._watch(process, agent.config.timeout, runlog)
         finally:
             self._processes.pop(run.id, None)
-        reason = self._stop_reasons.pop(run.id, "")
-        asked = self._exit_codes.get(run.id)
+        return self._signalled(run.id, outcome)
+
+    def _signalled(self, run_id: str, outcome: _Outcome) -> _Outcome:
+        """The outcome, as changed by a stop request or an ``al-exit``."""
+        reason = self._stop_reasons.pop(run_id, "")
+        asked = self._exit_codes.get(run_id)
         if reason and outcome.state is not RunState.TIMED_OUT:
-            outcome = _Outcome(RunState.KILLED, outcome.exit_code, reason)
-        elif asked is not None and outcome.state is not RunState.TIMED_OUT:
+            return _Outcome(RunState.KILLED, outcome.exit_code, reason)
+        if asked is not None and outcome.state is not RunState.TIMED_OUT:
             state = RunState.SUCCEEDED if asked == 0 else RunState.FAILED
-            outcome = _Outcome(state, asked, None if asked == 0 else f"al-exit {asked}")
-        return await self._finalize(run, outcome)
+            return _Outcome(state, asked, None if asked == 0 else f"al-exit {asked}")
+        return outcome
 
-    async def _start(self, run: Run, agent: Agent) -> Process:
-        files = RunFiles.under(self.workdir(run.id))
-        ctx = PromptContext(
-            params=agent.config.params,
-            workdir=files.workdir,
-            shared_dir=self.project.shared_dir,
-            trigger=run.trigger.value,
-            user_prompt=run.prompt,
-            payload=run.trigger_detail,
+    async def _post_hooks(self, plan: RunPlan, runlog: RunLog, outcome: _Outcome) -> None:
+        """``hooks.post`` after the agent, unless the run was killed (stop means stop)."""
+        if not plan.agent.config.hooks.post or outcome.state is RunState.KILLED:
+            return
+        await run_hooks(
+            "post",
+            plan.agent.config.hooks.post,
+            self._shell(plan),
+            runlog.write,
+            timeout=self.hook_timeout,
+            stop_at_failure=False,
         )
-        prompt = build_prompt(ctx)
-        files.write(prompt, agent.skill.body)
-        env = {**base_environment(), **self._run_environment(run, agent)}
-        offline = agent.config.runtime.network == "none"
-        env.update(await self._gateway_environment(run, files, env.get("PATH", ""), offline))
-        spec = build_launch(agent.config.harness.command, files, env, prompt)
-        runtime = runtime_for(agent.config.runtime.type)
-        return await runtime.launch(spec)
 
-    def _run_environment(self, run: Run, agent: Agent) -> dict[str, str]:
-        return {
-            **dict(agent.config.harness.env),
-            "CORRAL_RUN_ID": run.id,
-            "CORRAL_AGENT": agent.name,
-            "CORRAL_AGENT_DIR": str(agent.dir),
-            "CORRAL_SHARED_DIR": str(self.project.shared_dir),
-            "CORRAL_TRIGGER": run.trigger.value,
-            "CORRAL_ITEM_ID": str(run.item_id),
-            "CORRAL_ATTEMPT": str(run.attempt),
-        }
+    def _shell(self, plan: RunPlan) -> ShellRunner:
+        """Run one hook or dynamic-context command in the run's runtime; a stop request
+        reaches it as it reaches the agent."""
 
-    async def _gateway_environment(
-        self, run: Run, files: RunFiles, path: str, offline: bool
-    ) -> dict[str, str]:
-        """What the in-run commands need: the gateway, the run's secret, the setenv file.
-
-        The secret's hash is in the store before the run starts: an agent may call the
-        gateway at once. A run without a network (``network = "none"``) reaches the
-        gateway over its Unix socket.
-        """
-        link = self.link
-        if link is None:
-            return {}
-        secret, ref = link.issue(run.id, run.agent, run.trigger.value)
-        await self.store.set_run_secret(run.id, ref.secret_hash)
-        env = {"CORRAL_RUN_SECRET": secret, "CORRAL_ENV_FILE": str(files.env_file)}
-        url = link.unix_url if offline and link.unix_url else link.gateway_url
-        if url:
-            env["GATEWAY_URL"] = url
-        if link.bin_dir is not None:
-            env["PATH"] = f"{link.bin_dir}:{path}" if path else str(link.bin_dir)
-            env["BASH_ENV"] = str(bash_init_path(link.bin_dir))
-        return env
-
-    async def _watch(
-        self, run_id: str, process: Process, timeout: float, sink: Sink | None
-    ) -> _Outcome:
-        path = self.log_path(run_id)
-        try:
-            logfile = path.open("ab")
-        except FileNotFoundError:  # the first run, or the logs were cleaned away
-            path.parent.mkdir(parents=True, exist_ok=True)
-            logfile = path.open("ab")
-        with logfile:
-            pump = asyncio.create_task(process.pump(_tee(logfile, sink)))
+        async def run(command: str, sink: Sink, timeout: float) -> ShellResult:
             try:
-                done, _ = await asyncio.wait({pump}, timeout=timeout)
-            except asyncio.CancelledError:
-                await self._stop_process(process, pump)
-                raise
-            if not done:
-                await self._stop_process(process, pump)
-                error = f"timed out after {timeout:g} s"
-                return _Outcome(RunState.TIMED_OUT, TIMEOUT_EXIT_CODE, error)
-            code = exit_code_for(pump.result())
+                process = await plan.runtime.launch(plan.shell(command))
+            except CorralError as exc:
+                await sink(f"[corral] {exc}\n".encode())
+                return ShellResult(127)
+            self._processes[plan.run.id] = process
+            try:
+                code = await self._pump(process, sink, timeout)
+            finally:
+                self._processes.pop(plan.run.id, None)
+            if code is None:
+                return ShellResult(TIMEOUT_EXIT_CODE, timed_out=True)
+            return ShellResult(code)
+
+        return run
+
+    async def _pump(self, process: Process, sink: Sink, timeout: float) -> int | None:
+        """The process's output to ``sink`` until it exits (its shell-style exit code), or
+        until ``timeout``, when its group is stopped (None). Cancelling stops it too."""
+        pump = asyncio.create_task(process.pump(sink))
+        try:
+            done, _ = await asyncio.wait({pump}, timeout=timeout)
+        except asyncio.CancelledError:
+            await self._stop_process(process, pump)
+            raise
+        if not done:
+            await self._stop_process(process, pump)
+            return None
+        return exit_code_for(pump.result())
+
+    async def _watch(self, process: Process, timeout: float, runlog: RunLog) -> _Outcome:
+        code = await self._pump(process, runlog.write, timeout)
+        if code is None:
+            error = f"timed out after {timeout:g} s"
+            return _Outcome(RunState.TIMED_OUT, TIMEOUT_EXIT_CODE, error)
         if code == 0:
             return _Outcome(RunState.SUCCEEDED, 0, None)
         return _Outcome(RunState.FAILED, code, f"exited with code {code}")
@@ -263,13 +310,3 @@ class RunExecutor:
         extra = {"action": "run_finished", "run_id": run.id, "state": outcome.state.value}
         log.info("run finished", extra=extra)
         return RunResult(result.run, result.rerun_item)
-
-
-def _tee(logfile: BinaryIO, sink: Sink | None) -> Sink:
-    async def write(chunk: bytes) -> None:
-        logfile.write(chunk)
-        logfile.flush()
-        if sink is not None:
-            await sink(chunk)
-
-    return write

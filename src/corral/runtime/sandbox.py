@@ -1,0 +1,489 @@
+"""The `sandbox` runtime: a run under bubblewrap, isolated like a container.
+
+Read-only root, private ``/tmp``, ``/dev`` and ``/proc``, hidden paths, chosen
+binds, optional network isolation and memory/CPU limits, without a container
+engine. docs/sandbox.md has the mount table and what is and is not isolated.
+
+The command line, for a run ``argv`` (``env`` is coreutils' env)::
+
+    env --ignore-signal=TERM bwrap
+        [--ro-bind /ENTRY /ENTRY | --symlink TARGET /ENTRY]...  (each entry of the host's /)
+        --dev /dev --proc /proc --tmpfs /tmp
+        [--tmpfs HIDDEN_DIR | --ro-bind /dev/null HIDDEN_FILE]... [--bind|--ro-bind SRC DST]...
+        [--remount-ro HIDDEN_DIR]... --remount-ro /
+        --unshare-pid --unshare-ipc --unshare-uts --hostname corral --unshare-cgroup-try
+        [--unshare-net] --die-with-parent --cap-drop ALL --chdir CWD
+        [--info-fd N --block-fd M] -- env --default-signal=TERM -u PWD -- ARGV...
+
+The sandbox's ``/`` is bwrap's own tmpfs, made read-only once every mount point
+is in place, with each entry of the host's ``/`` bound read-only into it (not
+``--ro-bind / /``, so that a bind may go to a new top-level directory such as
+``/credentials``: a mount point can be created in a tmpfs, not in the host's
+read-only root).
+
+Why the two ``env``: bubblewrap does not pass signals on, so ``Process.stop``'s
+SIGTERM to the process group would kill bwrap itself, and with it (through
+``--die-with-parent``) the whole sandbox at once, with no grace. bwrap ignores
+SIGTERM instead; the run gets the default disposition back before it starts,
+and receives the SIGTERM itself. ``-u PWD`` drops the variable bwrap sets, so
+the run sees exactly ``spec.env``. The environment travels through ``execve``,
+never on a command line (``/proc/PID/cmdline`` is readable by every user).
+
+With a limit, bwrap holds the sandbox before it starts the run (``--block-fd``)
+and says which process that is (``--info-fd``); corral moves it into the run's
+cgroup or sets its RLIMIT_AS, then lets it go, so every process of the run is
+limited from its first instruction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.errors import RunError
+from corral.runtime._base import Isolation, LaunchSpec, Process, Sink
+from corral.runtime._limits import LimitSupport, RunCgroup, limit_support, set_address_space_limit
+from corral.runtime.host import feed_stdin, start_process
+
+__all__ = [
+    "INSTALL_HINT",
+    "SandboxProcess",
+    "SandboxRuntime",
+    "SandboxSupport",
+    "filesystem",
+    "host_root",
+    "probe_sandbox",
+    "sandbox_support",
+]
+
+log = logging.getLogger("corral.run")
+
+INSTALL_HINT = "apt-get install -y bubblewrap"
+_USERNS_HINT = (
+    "bubblewrap needs user namespaces when corral does not run as root: "
+    "sysctl kernel.unprivileged_userns_clone=1 (Debian), "
+    "kernel.apparmor_restrict_unprivileged_userns=0 (Ubuntu 24.04+); "
+    "in a container, allow namespaces (e.g. docker run --privileged or a seccomp "
+    "profile that permits unshare)"
+)
+
+#: The sandbox's own /dev, /proc and /tmp (the host's are not bound in).
+OWN_MOUNTS = ("--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp")
+_OWN = frozenset(("dev", "proc", "tmp"))
+#: Namespaces and privileges every sandbox gives up.
+CONFINE = (
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--hostname",
+    "corral",
+    "--unshare-cgroup-try",
+    "--die-with-parent",
+    "--cap-drop",
+    "ALL",
+)
+_PROBE_TIMEOUT = 30.0
+_HOLD_TIMEOUT = 30.0
+_HOST_CWD = Path("/")
+_CLEANUP_WAIT = 2.0
+
+
+@dataclass(frozen=True)
+class SandboxSupport:
+    """What `probe_sandbox` found: the programs to use, and whether ``--unshare-net`` works."""
+
+    bwrap: str
+    env: str
+    #: Why a sandbox without network cannot be made here; None when it can.
+    network_error: str | None = None
+
+
+def sandbox_support() -> SandboxSupport:
+    """`probe_sandbox` for this process's PATH, once per process (failures too)."""
+    found = _cached_probe(os.environ.get("PATH"))
+    if isinstance(found, str):
+        raise RunError(found)
+    return found
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_probe(search_path: str | None) -> SandboxSupport | str:
+    try:
+        return probe_sandbox(search_path)
+    except RunError as exc:
+        return str(exc)
+
+
+def probe_sandbox(search_path: str | None = None) -> SandboxSupport:
+    """Find bwrap in ``search_path`` and run a minimal sandbox with it; RunError if it fails."""
+    bwrap = shutil.which("bwrap", path=search_path)
+    if bwrap is None:
+        raise RunError(
+            "the sandbox runtime needs bubblewrap (bwrap), which is not installed here "
+            f"(not found in PATH): {INSTALL_HINT}"
+        )
+    env = _coreutils_env(search_path)
+    outer = [env, "--ignore-signal=TERM", bwrap, *host_root(), *OWN_MOUNTS, "--remount-ro", "/"]
+    outer += [*CONFINE, "--chdir", "/"]
+    inner = ["--", env, "--default-signal=TERM", "-u", "PWD", "--", env]
+    error = _try([*outer, "--unshare-net", *inner])
+    if error is None:
+        return SandboxSupport(bwrap, env)
+    without_net = _try([*outer, *inner])
+    if without_net is not None:
+        raise RunError(
+            f"bubblewrap ({bwrap}) is installed but cannot create a sandbox here: "
+            f"{without_net}. {_USERNS_HINT}"
+        )
+    return SandboxSupport(bwrap, env, network_error=error)
+
+
+def _coreutils_env(search_path: str | None) -> str:
+    env = (
+        "/usr/bin/env"
+        if os.access("/usr/bin/env", os.X_OK)
+        else shutil.which("env", path=search_path)
+    )
+    if env is None:
+        raise RunError("the sandbox runtime needs env (GNU coreutils), which is not installed here")
+    error = _try([env, "--ignore-signal=TERM", "--default-signal=TERM", "-u", "PWD"])
+    if error is not None:
+        raise RunError(
+            f"the sandbox runtime needs GNU coreutils 8.31 or later ({env} "
+            f"--ignore-signal/--default-signal): {error}"
+        )
+    return env
+
+
+def _try(argv: list[str]) -> str | None:
+    """Run ``argv`` with an empty environment; None if it succeeds, else why not."""
+    try:
+        done = subprocess.run(
+            argv,
+            env={},
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=_PROBE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if done.returncode == 0:
+        return None
+    detail = done.stderr.decode(errors="replace").strip()
+    return detail or f"exited with code {done.returncode}"
+
+
+class SandboxProcess(Process):
+    """A sandboxed run: the `Process` of bwrap, which leads the run's process group.
+
+    ``notes`` (limits that could not be applied as asked) are the first lines
+    of the run's output. The run's cgroups are removed once it has ended.
+    """
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        notes: Sequence[str] = (),
+        cgroup: RunCgroup | None = None,
+    ) -> None:
+        super().__init__(proc)
+        self.notes = tuple(notes)
+        self.cgroup = cgroup
+        self._cleanup: asyncio.Task[None] | None = None
+        if cgroup is not None:
+            task = asyncio.create_task(_remove_when_done(proc, cgroup), name="sandbox cgroup")
+            _cleanups.add(task)
+            task.add_done_callback(_cleanups.discard)
+            self._cleanup = task
+
+    async def pump(self, sink: Sink) -> int:
+        for note in self.notes:
+            await sink(f"corral: {note}\n".encode())
+        code = await super().pump(sink)
+        if self._cleanup is not None:
+            # Normally done within milliseconds; past that it carries on by itself.
+            await asyncio.wait([self._cleanup], timeout=_CLEANUP_WAIT)
+        return code
+
+
+_cleanups: set[asyncio.Task[None]] = set()
+
+
+async def _remove_when_done(proc: asyncio.subprocess.Process, cgroup: RunCgroup) -> None:
+    await proc.wait()
+    # bwrap has exited; the sandbox's pid 1 is being killed (--die-with-parent).
+    delay = 0.01
+    for _ in range(40):
+        if cgroup.remove():
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    log.warning(
+        "could not remove the run's cgroup %s: a process is still in it",
+        ", ".join(map(str, cgroup.dirs)),
+    )
+
+
+class SandboxRuntime:
+    """Starts each run under bubblewrap (see the module doc and docs/sandbox.md).
+
+    ``spec.cwd`` is the working directory inside the sandbox (normally the
+    target of a writable bind); the caller creates the host directories it binds.
+    """
+
+    name = "sandbox"
+
+    def __init__(self, support: SandboxSupport | None = None) -> None:
+        self.support = support if support is not None else sandbox_support()
+
+    def argv(self, spec: LaunchSpec, *, hold: tuple[int, int] | None = None) -> list[str]:
+        """The command line that runs ``spec`` in a sandbox (``hold``: info and block fds)."""
+        iso = spec.isolation or Isolation()
+        if not spec.argv:
+            raise RunError("nothing to run: the command is empty")
+        if "=" in spec.argv[0]:
+            raise RunError(f"cannot run {spec.argv[0]!r} in the sandbox: '=' in a program name")
+        _absolute(spec.cwd, "the working directory")
+        args = [self.support.env, "--ignore-signal=TERM", self.support.bwrap]
+        args += filesystem(iso)
+        args += CONFINE
+        if not iso.network:
+            args.append("--unshare-net")
+        args += ["--chdir", str(spec.cwd)]
+        if hold is not None:
+            args += ["--info-fd", str(hold[0]), "--block-fd", str(hold[1])]
+        pwd = ["--", f"PWD={spec.env['PWD']}"] if "PWD" in spec.env else ["-u", "PWD", "--"]
+        return [*args, "--", self.support.env, "--default-signal=TERM", *pwd, *spec.argv]
+
+    async def launch(self, spec: LaunchSpec) -> Process:
+        iso = spec.isolation or Isolation()
+        if not iso.network and self.support.network_error is not None:
+            raise RunError(
+                'network = "none" needs a network namespace, which bubblewrap cannot '
+                f"create here: {self.support.network_error}"
+            )
+        if iso.memory_bytes is None and iso.cpus is None:
+            return await self._launch_plain(spec)
+        return await self._launch_limited(spec, iso, limit_support())
+
+    async def _launch_plain(self, spec: LaunchSpec, notes: Sequence[str] = ()) -> SandboxProcess:
+        proc = await start_process(self.argv(spec), cwd=_HOST_CWD, env=spec.env, stdin=spec.stdin)
+        await feed_stdin(proc, spec.stdin)
+        return SandboxProcess(proc, notes)
+
+    async def _launch_limited(
+        self, spec: LaunchSpec, iso: Isolation, support: LimitSupport
+    ) -> SandboxProcess:
+        notes = _limit_notes(iso, support)
+        rlimit = iso.memory_bytes if support.memory is None else None
+        cgroup = RunCgroup.create(support, iso.memory_bytes, iso.cpus)
+        if cgroup is None and rlimit is None:
+            return await self._launch_plain(spec, notes)  # only notes: nothing to apply
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        try:
+            try:
+                proc = await start_process(
+                    self.argv(spec, hold=(info_w, block_r)),
+                    cwd=_HOST_CWD,
+                    env=spec.env,
+                    stdin=spec.stdin,
+                    pass_fds=(info_w, block_r),
+                )
+            finally:
+                os.close(info_w)
+                os.close(block_r)
+        except BaseException:
+            os.close(info_r)
+            os.close(block_w)
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        # From here the SandboxProcess owns the cgroup: it is removed once bwrap is gone.
+        process = SandboxProcess(proc, notes, cgroup)
+        try:
+            await _confine_held(proc, info_r, cgroup, rlimit)
+            os.write(block_w, b"\n")  # let the sandbox start the run
+        finally:
+            os.close(info_r)
+            os.close(block_w)
+        await feed_stdin(proc, spec.stdin)
+        return process
+
+
+async def _confine_held(
+    proc: asyncio.subprocess.Process, info_fd: int, cgroup: RunCgroup | None, rlimit: int | None
+) -> None:
+    """Apply the limits to the held sandbox; on failure, kill it before it is let go."""
+    try:
+        child = _child_pid(await _read_to_eof(info_fd, _HOLD_TIMEOUT))
+        if child is None:
+            return  # bwrap failed before the sandbox existed; its message is in the output
+        try:
+            if cgroup is not None:
+                cgroup.enter(child)
+            if rlimit is not None:
+                set_address_space_limit(child, rlimit)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return  # the sandbox failed to set up and is gone; its message is in the output
+            raise RunError(f"could not apply the run's limits: {exc}") from exc
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await asyncio.shield(proc.wait())
+        raise
+
+
+def _child_pid(info: bytes) -> int | None:
+    try:
+        pid = json.loads(info)["child-pid"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return pid if isinstance(pid, int) else None
+
+
+async def _read_to_eof(fd: int, timeout: float) -> bytes:
+    """Everything written to the pipe ``fd`` until its writers close it."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            chunks.append(data)
+        elif not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        raise RunError(f"bubblewrap did not set up the sandbox within {timeout:g} s") from None
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks)
+
+
+def _limit_notes(iso: Isolation, support: LimitSupport) -> list[str]:
+    """Lines for the run's log about limits that are not applied as a cgroup would."""
+    notes: list[str] = []
+    if iso.memory_bytes is not None and support.memory is None:
+        notes.append(
+            f"memory limit {iso.memory_bytes} bytes applied as RLIMIT_AS (the address "
+            "space of each process, not the run's total): no cgroup is available here ("
+            f"{support.why_not.get('memory', '')})"
+        )
+    if iso.cpus is not None and support.cpu is None:
+        notes.append(
+            f"warning: cpus = {iso.cpus:g} is NOT enforced: only a cgroup can limit CPU "
+            f"and none is available here ({support.why_not.get('cpu', '')})"
+        )
+        _warn_cpu_once(support.why_not.get("cpu", ""))
+    return notes
+
+
+@functools.cache
+def _warn_cpu_once(why: str) -> None:
+    log.warning(
+        "CPU limits of sandboxed runs are not enforced here: %s (see docs/sandbox.md)",
+        why,
+        extra={"action": "sandbox_cpu_unlimited"},
+    )
+
+
+def host_root() -> list[str]:
+    """The host's ``/``, entry by entry, read-only (symlinks as symlinks); not /dev, /proc, /tmp."""
+    args: list[str] = []
+    with os.scandir("/") as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name in _OWN:
+                continue
+            path = f"/{entry.name}"
+            if entry.is_symlink():
+                args += ["--symlink", os.readlink(path), path]
+            else:
+                args += ["--ro-bind", path, path]
+    return args
+
+
+def filesystem(iso: Isolation) -> list[str]:
+    """The mounts: the host's root, the sandbox's own /dev, /proc and /tmp, hidden paths,
+    binds in order, then the hidden directories and the root made read-only."""
+    args = [*host_root(), *OWN_MOUNTS]
+    hidden: list[Path] = []
+    hidden_dirs: list[str] = []
+    for path in iso.hide:
+        _absolute(path, "a hidden path")
+        if path.is_dir():
+            real = path.resolve()
+            args += ["--tmpfs", str(real)]
+            hidden.append(real)
+            hidden_dirs.append(str(real))
+        elif path.exists():
+            # A device node on a nodev mount: opening it fails with EACCES.
+            args += ["--ro-bind", "/dev/null", str(path.resolve())]
+            hidden.append(path.resolve())
+        # A path that does not exist has nothing to hide (and cannot be a mount point).
+    # Where bwrap can create mount points: its tmpfs mounts and writable binds
+    # (None); under a read-only bind only what exists in its source (the source).
+    placed: list[tuple[Path, Path | None]] = [(Path("/tmp"), None), *((h, None) for h in hidden)]
+    for bind in iso.binds:
+        _absolute(bind.source, "a bind source")
+        _absolute(bind.target, "a bind target")
+        if not bind.source.exists():
+            raise RunError(
+                f"cannot bind {bind.source} into the sandbox (at {bind.target}): "
+                "it does not exist on the host"
+            )
+        _check_mount_point(bind.target, placed)
+        kind = "--bind" if bind.writable else "--ro-bind"
+        args += [kind, str(bind.source.resolve()), str(bind.target)]
+        placed.append((bind.target, None if bind.writable else bind.source))
+    for directory in hidden_dirs:
+        args += ["--remount-ro", directory]
+    return [*args, "--remount-ro", "/"]
+
+
+def _check_mount_point(target: Path, placed: Sequence[tuple[Path, Path | None]]) -> None:
+    """RunError if bwrap would have to create ``target`` in a read-only directory."""
+    for mount, source in reversed(placed):  # the last mount over target decides
+        if target.is_relative_to(mount):
+            if source is None or (source / target.relative_to(mount)).exists():
+                return  # in a tmpfs or writable bind, or already in a read-only bind
+            break
+    else:
+        top = Path("/", *target.parts[1:2])
+        if not top.exists() or target.exists():
+            return  # a new top-level directory (in the root tmpfs), or an existing path
+    raise RunError(
+        f"cannot bind at {target} in the sandbox: it does not exist, and "
+        f"{target.parent} is read-only there; choose a target under /tmp, under a "
+        "hidden path, in a new top-level directory, or one that exists"
+    )
+
+
+def _absolute(path: Path, what: str) -> None:
+    if not path.is_absolute():
+        raise RunError(f"{what} of the sandbox must be an absolute path, not {str(path)!r}")
