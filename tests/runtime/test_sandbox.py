@@ -30,6 +30,9 @@ from tests.processes import alive
 PATH = "/usr/local/bin:/usr/bin:/bin"
 WORK = Path("/tmp/work")
 
+# The interpreter itself, not a virtualenv under /tmp (a private tmpfs in the sandbox).
+PYTHON = os.path.realpath(sys.executable)
+
 
 class Collect:
     def __init__(self) -> None:
@@ -455,7 +458,7 @@ async def test_network_none_cuts_tcp_but_a_bound_unix_socket_works(
     base = project.isolation()
     iso = Isolation(binds=(*base.binds, Bind(sock, sock)), hide=base.hide, network=network)
     spec = LaunchSpec(
-        argv=[sys.executable, "-c", NET_PROBE, str(port), str(sock)],
+        argv=[PYTHON, "-c", NET_PROBE, str(port), str(sock)],
         cwd=WORK,
         env={"PATH": PATH},
         isolation=iso,
@@ -494,7 +497,7 @@ print(f"cpu {time.process_time() - cpu:.3f}")
 
 
 def python(code: str, iso: Isolation) -> LaunchSpec:
-    return LaunchSpec([sys.executable, "-c", code], cwd=WORK, env={"PATH": PATH}, isolation=iso)
+    return LaunchSpec([PYTHON, "-c", code], cwd=WORK, env={"PATH": PATH}, isolation=iso)
 
 
 async def test_a_memory_limit_stops_a_run_that_allocates_past_it(
