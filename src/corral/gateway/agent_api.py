@@ -441,7 +441,15 @@ class LockFastPath:
             await self.app(scope, receive, send)
             return
         response = await self._answer(scope, receive, *route)
-        await response(scope, receive, send)
+        # The rendered answer, sent as is: no second pass through Starlette's Response.
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": response.raw_headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
 
     async def _answer(
         self,

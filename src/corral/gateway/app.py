@@ -17,7 +17,6 @@ from pydantic import BaseModel, Field
 
 from corral.gateway.agent_api import (
     AgentApi,
-    LockFastPath,
     agent_router,
     install_error_handlers,
 )
@@ -41,7 +40,6 @@ def create_app(scheduler: Scheduler, token: str) -> FastAPI:
     install_error_handlers(app)
     app.state.agent_api = AgentApi(scheduler.project, scheduler.store, scheduler.link)
     app.include_router(agent_router(app.state.agent_api))
-    app.add_middleware(LockFastPath, api=app.state.agent_api)
 
     def operator(authorization: Annotated[str | None, Header()] = None) -> None:
         scheme, _, given = (authorization or "").partition(" ")
@@ -134,5 +132,4 @@ def create_agent_app(project: Project, store: Store, link: AgentLink) -> FastAPI
     install_error_handlers(app)
     app.state.agent_api = AgentApi(project, store, link)
     app.include_router(agent_router(app.state.agent_api))
-    app.add_middleware(LockFastPath, api=app.state.agent_api)
     return app

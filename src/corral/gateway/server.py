@@ -14,9 +14,11 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from corral.agentcmd import install as install_commands
 from corral.errors import UsageError
+from corral.gateway.agent_api import LockFastPath
 from corral.project import Project
 from corral.scheduler.agentlink import AgentLink
 from corral.store import Store
@@ -103,8 +105,11 @@ class GatewayServer(uvicorn.Server):
     def for_app(cls, app: FastAPI) -> GatewayServer:
         # httptools parses HTTP several times faster than h11; the loop stays asyncio's
         # (uvloop forks slowly, and runs are spawned from this loop): docs/decisions.md.
+        # Lock requests are answered in front of the app (LockFastPath, decision D16).
+        api = getattr(app.state, "agent_api", None)
+        asgi: ASGIApp = app if api is None else LockFastPath(app, api)
         config = uvicorn.Config(
-            app,
+            asgi,
             log_level="warning",
             access_log=False,
             lifespan="off",

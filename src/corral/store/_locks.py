@@ -42,7 +42,7 @@ class LockOps(StoreCore):
         _check_ttl(ttl_seconds)
 
         async def body(tx: Transaction) -> LockGrant | LockHeld:
-            await tx.execute("lock_key", {"key": key})
+            await self._lock_key(tx, key)
             await self._require_live(tx, key, run_id)
             return await self._acquire_locked(tx, key, run_id, ttl_seconds)
 
@@ -64,7 +64,7 @@ class LockOps(StoreCore):
         _check_ttl(ttl_seconds)
 
         async def body(tx: Transaction) -> LockGrant | LockHeld | Deadlock:
-            await tx.execute("lock_key", {"key": key})
+            await self._lock_key(tx, key)
             await self._require_live(tx, key, run_id)
             result = await self._acquire_locked(tx, key, run_id, ttl_seconds)
             if isinstance(result, LockGrant):
@@ -185,6 +185,12 @@ class LockOps(StoreCore):
         for key in keys:
             await self._next_in_line(tx, key, "")
 
+    async def _lock_key(self, tx: Transaction, key: str) -> None:
+        """Serialise the takers of ``key`` (PostgreSQL); SQLite's BEGIN IMMEDIATE already
+        excludes every other writer, so there it costs no statement."""
+        if self.dialect != "sqlite":
+            await tx.execute("lock_key", {"key": key})
+
     def _held(self, row: Row) -> LockHeld:
         return LockHeld(
             key=row["key"], holder=row["run_id"], held_since=self.decode_time(row["acquired_at"])
@@ -215,7 +221,7 @@ class LockOps(StoreCore):
         A run waiting for the key gets it in the same transaction."""
 
         async def body(tx: Transaction) -> bool:
-            await tx.execute("lock_key", {"key": key})
+            await self._lock_key(tx, key)
             params = {"key": key, "run_id": run_id}
             released = await tx.fetch_one("release_lock_returning", params) is not None
             if released:
@@ -231,7 +237,7 @@ class LockOps(StoreCore):
         _check_ttl(ttl_seconds)
 
         async def body(tx: Transaction) -> Row | None:
-            await tx.execute("lock_key", {"key": key})
+            await self._lock_key(tx, key)
             now = self.now()
             current = await tx.fetch_one("lock_holder", {"key": key})
             if current is None or current["run_id"] != run_id:
@@ -280,7 +286,7 @@ class LockOps(StoreCore):
         """Remove the lock on ``key`` whoever holds it (an operator's action, recorded in
         the audit log as ``actor``); return it. The first waiter, if any, gets it."""
         async with self.transaction() as tx:
-            await tx.execute("lock_key", {"key": key})
+            await self._lock_key(tx, key)
             row = await tx.fetch_one("get_lock", {"key": key})
             if row is None:
                 return None
