@@ -151,9 +151,13 @@ async def _failed(result: LoopResult, exc: ProviderError, transcript: Transcript
         result.exit_code = EXIT_RATE_LIMITED
     else:
         result.exit_code = EXIT_UNRECOVERABLE
-    kind = "auth" if isinstance(exc, AuthFailed) else "bad request" if isinstance(
-        exc, BadRequest
-    ) else "models failed"
+    kind = (
+        "auth"
+        if isinstance(exc, AuthFailed)
+        else "bad request"
+        if isinstance(exc, BadRequest)
+        else "models failed"
+    )
     result.error = f"{kind}: {exc}"
     await transcript({"type": "error", "kind": kind, "error": str(exc)})
     return result
