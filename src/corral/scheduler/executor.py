@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from corral.credentials import CredentialStore
 from corral.errors import CorralError
+from corral.harness.builtin import LoopResult
 from corral.harness.hooks import (
     CONTEXT_TIMEOUT,
     HOOK_TIMEOUT,
@@ -18,9 +21,11 @@ from corral.harness.hooks import (
     inject_context,
     run_hooks,
 )
+from corral.llm.fallback import Breaker
 from corral.project import Project
 from corral.runtime import Process, Sink
 from corral.scheduler.agentlink import AgentLink
+from corral.scheduler.builtin_run import run_builtin
 from corral.scheduler.prepare import RunPlan, plan_run
 from corral.scheduler.runlog import DEFAULT_LOG_LIMIT, RunLog
 from corral.store import Claim, QueueItem, Run, RunState, StaleFence, Store, StoreError
@@ -51,6 +56,21 @@ class _Outcome:
     state: RunState
     exit_code: int | None
     error: str | None
+
+
+def _loop_outcome(loop: asyncio.Task[LoopResult]) -> _Outcome:
+    """What a finished built-in loop means for the run."""
+    if loop.cancelled():
+        return _Outcome(RunState.KILLED, None, "stopped")
+    error = loop.exception()
+    if error is not None:
+        return _Outcome(RunState.FAILED, None, str(error))
+    result = loop.result()
+    if result.exit_code == 0:
+        return _Outcome(RunState.SUCCEEDED, 0, None)
+    if result.budget == "wall clock":
+        return _Outcome(RunState.TIMED_OUT, TIMEOUT_EXIT_CODE, result.error)
+    return _Outcome(RunState.FAILED, result.exit_code, result.error)
 
 
 class RunExecutor:
@@ -85,6 +105,9 @@ class RunExecutor:
         self._stop_reasons: dict[str, str] = {}
         self._exit_codes: dict[str, int] = {}
         self._exit_tasks: set[asyncio.Task[None]] = set()
+        #: Built-in harness loops, by run; and model health shared by all of them.
+        self._loops: dict[str, asyncio.Task[LoopResult]] = {}
+        self._breakers: dict[str, Breaker] = {}
         if link is not None:
             link.on_exit = self.request_exit
 
@@ -106,6 +129,9 @@ class RunExecutor:
         process = self._processes.get(run_id)
         if process is not None:
             await process.stop(self.grace)
+        loop = self._loops.get(run_id)
+        if loop is not None:
+            loop.cancel()
         return True
 
     async def request_exit(self, run_id: str, code: int) -> bool:
@@ -114,14 +140,18 @@ class RunExecutor:
         The group is stopped a moment later, so the command that asked can print its
         answer first; the run is recorded with ``code`` (succeeded when 0, else failed).
         """
-        process = self._processes.get(run_id)
-        if process is None:
+        if run_id not in self._processes and run_id not in self._loops:
             return False
         self._exit_codes.setdefault(run_id, code)
 
         async def stop_soon() -> None:
             await asyncio.sleep(0.1)
-            await process.stop(self.grace)
+            process = self._processes.get(run_id)
+            if process is not None:
+                await process.stop(self.grace)
+            loop = self._loops.get(run_id)
+            if loop is not None:
+                loop.cancel()
 
         task = asyncio.create_task(stop_soon(), name=f"al-exit {run_id}")
         self._exit_tasks.add(task)
@@ -193,6 +223,8 @@ class RunExecutor:
         )
         if run.id in self._stop_reasons:
             return _Outcome(RunState.KILLED, None, self._stop_reasons.pop(run.id))
+        if agent.config.harness.type == "builtin":
+            return await self._builtin(plan, runlog, system_prompt)
         try:
             process = await plan.runtime.launch(plan.launch(self.project, system_prompt))
         except CorralError as exc:
@@ -213,6 +245,37 @@ class RunExecutor:
         finally:
             self._processes.pop(run.id, None)
         return self._signalled(run.id, outcome)
+
+    async def _builtin(self, plan: RunPlan, runlog: RunLog, system_prompt: str) -> _Outcome | None:
+        """The built-in harness: the tool loop in this process, tools in the runtime."""
+        run = plan.run
+        try:
+            await self.store.mark_run_running(run.id, pid=None, host=socket.gethostname())
+        except StoreError as exc:
+            log.warning(str(exc), extra={"action": "run_fenced_off", "run_id": run.id})
+            return None
+
+        async def launch(argv: Sequence[str], stdin: bytes | None) -> Process:
+            process = await plan.runtime.launch(plan.process(argv, stdin))
+            self._processes[run.id] = process
+            return process
+
+        loop = asyncio.create_task(
+            run_builtin(self.project, plan, system_prompt, runlog, launch, self._breakers),
+            name=f"builtin {run.id}",
+        )
+        self._loops[run.id] = loop
+        try:
+            await asyncio.wait({loop})
+        except asyncio.CancelledError:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loop
+            raise
+        finally:
+            self._loops.pop(run.id, None)
+            self._processes.pop(run.id, None)
+        return self._signalled(run.id, _loop_outcome(loop))
 
     def _signalled(self, run_id: str, outcome: _Outcome) -> _Outcome:
         """The outcome, as changed by a stop request or an ``al-exit``."""

@@ -10,6 +10,7 @@ launch template every process of the run (hooks, dynamic context, the agent) sta
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,7 +23,27 @@ from corral.runtime import Bind, Isolation, LaunchSpec, Runtime, runtime_for
 from corral.scheduler.agentlink import AgentLink
 from corral.store import Run, Store
 
-__all__ = ["SANDBOX_CREDENTIALS", "SANDBOX_WORKDIR", "RunPlan", "memory_bytes", "plan_run"]
+__all__ = [
+    "MODEL_KEY_VARIABLES",
+    "SANDBOX_CREDENTIALS",
+    "SANDBOX_WORKDIR",
+    "RunPlan",
+    "memory_bytes",
+    "plan_run",
+]
+
+#: The variable holding each provider's API key (from a credential: ``anthropic_key``,
+#: ``openai_key``, or ``env:NAME``). For a built-in harness run it stays in the scheduler.
+MODEL_KEY_VARIABLES: Mapping[str, str] = {
+    "anthropic": "ANTHROPIC_API_KEY",
+    "openai": "OPENAI_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "xai": "XAI_API_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "google": "GEMINI_API_KEY",
+    "custom": "CUSTOM_API_KEY",
+}
 
 #: Where a sandboxed run works, and where it finds its credentials.
 SANDBOX_WORKDIR = Path("/tmp/work")
@@ -43,6 +64,8 @@ class RunPlan:
     inside: RunFiles
     credentials: tuple[LoadedCredential, ...] = ()
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: Model API keys of a built-in harness run: kept in the scheduler, never in the run.
+    model_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def shell(self, command: str) -> LaunchSpec:
         """A ``/bin/sh -c`` command in the run's place, environment and isolation."""
@@ -63,10 +86,19 @@ class RunPlan:
             sandboxed=sandboxed,
         )
 
-    def launch(self, project: Project, system_prompt: str) -> LaunchSpec:
-        """Write the prompt files and return the agent's own launch."""
+    def write_prompt(self, project: Project, system_prompt: str) -> str:
+        """Assemble the prompt, write both prompt files, return the prompt."""
         prompt = build_prompt(self.prompt_context(project))
         self.files.write(prompt, system_prompt)
+        return prompt
+
+    def process(self, argv: Sequence[str], stdin: bytes | None = None) -> LaunchSpec:
+        """Any process of the run: ``argv`` in its place, environment and isolation."""
+        return replace(self.template, argv=tuple(argv), stdin=stdin)
+
+    def launch(self, project: Project, system_prompt: str) -> LaunchSpec:
+        """Write the prompt files and return the agent's own launch."""
+        prompt = self.write_prompt(project, system_prompt)
         spec = build_launch(
             self.agent.config.harness.command, self.inside, self.template.env, prompt
         )
@@ -99,6 +131,11 @@ async def plan_run(
     else:
         for credential in loaded:
             env.update(credential.env_for(_link_credentials(files, credential)))
+    model_keys: dict[str, str] = {}
+    if agent.config.harness.type == "builtin":
+        for name in MODEL_KEY_VARIABLES.values():
+            if name in env:
+                model_keys[name] = env.pop(name)
     env.update(await _gateway_environment(store, run, inside, env.get("PATH", ""), link, agent))
     isolation = (
         _isolation(project, agent, files, loaded, link, store_of_creds.root) if sandboxed else None
@@ -107,7 +144,7 @@ async def plan_run(
     values = tuple(secret for credential in loaded for secret in credential.secrets())
     if "CORRAL_RUN_SECRET" in env:  # an agent that prints its own secret: redacted too
         values += (env["CORRAL_RUN_SECRET"],)
-    return RunPlan(run, agent, files, runtime, template, inside, loaded, values)
+    return RunPlan(run, agent, files, runtime, template, inside, loaded, values, model_keys)
 
 
 def _corral_environment(
