@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from corral.store import Store
+from corral.store import NewRun, Run, Store, TriggerKind
 
 # -- direct access, bypassing the store ----------------------------------------------
 
@@ -130,3 +130,8 @@ def clock(store: Store) -> Clock:
     ticking = Clock()
     store.clock = ticking
     return ticking
+
+
+async def live_run(store: Store, agent: str = "a") -> Run:
+    """A run outside the queue (state starting): enough to hold locks and send signals."""
+    return await store.create_run(NewRun(agent=agent, trigger=TriggerKind.MANUAL))

@@ -19,13 +19,12 @@ from corral.store import (
     LockHeld,
     LockWaiter,
     NewItem,
-    NewRun,
     Run,
     RunState,
     Store,
     TriggerKind,
 )
-from tests.store.conftest import Clock
+from tests.store.conftest import Clock, live_run
 
 TTL = 60.0
 WAIT = 600.0
@@ -33,11 +32,6 @@ LEASE = 60.0
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-async def live_run(store: Store, agent: str = "a") -> Run:
-    """A run outside the queue (state starting): enough to hold and wait for locks."""
-    return await store.create_run(NewRun(agent=agent, trigger=TriggerKind.MANUAL))
 
 
 async def setup_queue(store: Store, *agents: str, max_attempts: int = 2) -> None:

@@ -16,20 +16,15 @@ from corral.store import (
     LockGrant,
     LockHeld,
     NewItem,
-    NewRun,
     Run,
     RunState,
     Store,
     TriggerKind,
 )
-from tests.store.conftest import Clock
+from tests.store.conftest import Clock, live_run
 
 TTL = 60.0
 RawSql = Callable[[str, str], list[tuple[Any, ...]]]
-
-
-async def live_run(store: Store, agent: str = "a") -> Run:
-    return await store.create_run(NewRun(agent=agent, trigger=TriggerKind.MANUAL))
 
 
 async def granted(store: Store, key: str, run: Run, ttl: float = TTL) -> LockGrant:

@@ -14,20 +14,15 @@ from corral.store import (
     AgentSpec,
     Claim,
     NewItem,
-    NewRun,
     Run,
     RunState,
     Store,
     TriggerKind,
 )
-from tests.store.conftest import Clock
+from tests.store.conftest import Clock, live_run
 
 LEASE = 60.0
 RawSql = Callable[[str, str], list[tuple[Any, ...]]]
-
-
-async def live_run(store: Store, agent: str = "a") -> Run:
-    return await store.create_run(NewRun(agent=agent, trigger=TriggerKind.MANUAL))
 
 
 async def claimed(store: Store) -> Claim:

@@ -163,11 +163,12 @@ async def _failed(result: LoopResult, exc: ProviderError, transcript: Transcript
     return result
 
 
+_THROTTLED = frozenset({"rate_limited", "overloaded", "skipped_open"})
+
+
 def _all_throttled(exc: AllModelsFailed) -> bool:
-    return all(
-        any(word in reason for word in ("rate limited", "overloaded", "circuit open"))
-        for reason in exc.reasons.values()
-    )
+    """Every model was rate-limited, overloaded, or skipped while its circuit was open."""
+    return bool(exc.attempts) and all(a.outcome in _THROTTLED for a in exc.attempts)
 
 
 def _turn_entry(turn: int, model: str, content: list[Block], usage: Usage) -> dict[str, Any]:

@@ -30,17 +30,22 @@ __all__ = ["run_builtin"]
 Launcher = Callable[[Sequence[str], bytes | None], Awaitable[Process]]
 
 
-def model_chain(project: Project, plan: RunPlan, breakers: dict[str, Breaker]) -> ModelChain:
+async def model_chain(project: Project, plan: RunPlan, breakers: dict[str, Breaker]) -> ModelChain:
     """The agent's ``models`` in order of preference, each with its provider's key."""
-    entries = []
+    configs = []
     for name in plan.agent.config.models:
         config = project.config.models.get(name)
         if config is None:
             raise RunError(f"model {name!r} is not defined in the project's [models]")
+        configs.append((name, config))
+    entries: list[ChainEntry] = []
+    for name, config in configs:
         key = plan.model_keys.get(MODEL_KEY_VARIABLES.get(config.provider, ""), "")
         try:
             client = client_for(config, key)
         except ProviderError as exc:
+            for made in entries:  # the clients made so far hold connection pools
+                await made.client.aclose()
             raise RunError(f"model {name!r}: {exc}") from exc
         entries.append(ChainEntry(name, config.model, client))
     return ModelChain(entries, breakers=breakers)
@@ -56,7 +61,7 @@ async def run_builtin(
 ) -> LoopResult:
     """Run the tool loop for ``plan`` to its end (a budget, a failure, or the answer)."""
     prompt = plan.write_prompt(project, system_prompt)
-    chain = model_chain(project, plan, breakers)
+    chain = await model_chain(project, plan, breakers)
     toolbox = Toolbox(launch, workdir=str(plan.inside.workdir))
 
     async def transcript(entry: dict[str, Any]) -> None:

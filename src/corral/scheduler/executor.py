@@ -126,13 +126,17 @@ class RunExecutor:
         if run_id not in self._active:
             return False
         self._stop_reasons.setdefault(run_id, reason)
+        await self._halt(run_id)
+        return True
+
+    async def _halt(self, run_id: str) -> None:
+        """Stop what the run is doing now: its current process, its built-in loop."""
         process = self._processes.get(run_id)
         if process is not None:
             await process.stop(self.grace)
         loop = self._loops.get(run_id)
         if loop is not None:
             loop.cancel()
-        return True
 
     async def request_exit(self, run_id: str, code: int) -> bool:
         """``al-exit``: end a run this executor watches with ``code`` (TERM, then KILL).
@@ -146,12 +150,7 @@ class RunExecutor:
 
         async def stop_soon() -> None:
             await asyncio.sleep(0.1)
-            process = self._processes.get(run_id)
-            if process is not None:
-                await process.stop(self.grace)
-            loop = self._loops.get(run_id)
-            if loop is not None:
-                loop.cancel()
+            await self._halt(run_id)
 
         task = asyncio.create_task(stop_soon(), name=f"al-exit {run_id}")
         self._exit_tasks.add(task)

@@ -229,26 +229,6 @@ class SqliteStore(Store):
         conn.execute("RELEASE corral_body")
         return (True, result)
 
-    def _run_inline(
-        self, conn: sqlite3.Connection, body: Callable[[Transaction], Awaitable[_T]], write: bool
-    ) -> _T:
-        """On the worker thread: begin, drive ``body`` to its end, commit (or roll back)."""
-        try:
-            _begin(conn, write)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot begin a transaction on {self.url}: {exc}") from exc
-        try:
-            result = _drive(body(_InlineTransaction(self, conn)))
-        except BaseException:
-            _rollback(conn)
-            raise
-        try:
-            _commit(conn)
-        except sqlite3.Error as exc:
-            _rollback(conn)
-            raise StoreError(f"cannot commit on {self.url}: {exc}") from exc
-        return result
-
     async def _guarded(self, fn: Callable[..., None], *args: Any, what: str) -> None:
         try:
             await self.call(fn, *args)
