@@ -41,12 +41,19 @@ def make_row(**overrides: object) -> dict[str, object]:
         "status_at": None,
         "return_value": None,
         "exit_requested": None,
+        "input_tokens": None,
+        "output_tokens": None,
+        "cache_read_tokens": None,
+        "cache_write_tokens": None,
+        "cost_usd": None,
+        "budget": None,
     }
     return row | overrides
 
 
 def test_public_surface_is_pinned() -> None:
     assert sorted(corral.store.__all__) == [
+        "AgentResult",
         "AgentSpec",
         "AgentState",
         "AppliedMigration",
@@ -66,10 +73,15 @@ def test_public_surface_is_pinned() -> None:
         "MigrationError",
         "MigrationStatus",
         "NewItem",
+        "NewReceipt",
         "NewRun",
+        "OperatorToken",
         "PendingMigration",
         "ProjectState",
         "QueueItem",
+        "RECEIPT_BODY_CAP",
+        "Receipt",
+        "ReceiptOutcome",
         "Recovered",
         "Run",
         "RunState",
@@ -81,6 +93,8 @@ def test_public_surface_is_pinned() -> None:
         "StoreUnavailable",
         "Transaction",
         "TriggerKind",
+        "UsageTotal",
+        "new_receipt_id",
         "open_store",
     ]
 

@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 from corral.errors import MigrationError, StoreError, StoreUnavailable
 from corral.store._base import StaleFence, Store, Transaction, mask_url
+from corral.store._webhooks import RECEIPT_BODY_CAP, new_receipt_id
 from corral.store.records import (
+    AgentResult,
     AgentSpec,
     AgentState,
     AppliedMigration,
@@ -33,19 +35,26 @@ from corral.store.records import (
     LockWaiter,
     MigrationStatus,
     NewItem,
+    NewReceipt,
     NewRun,
+    OperatorToken,
     PendingMigration,
     ProjectState,
     QueueItem,
+    Receipt,
+    ReceiptOutcome,
     Recovered,
     Run,
     RunState,
     SchedulerInfo,
     SchedulerState,
     TriggerKind,
+    UsageTotal,
 )
 
 __all__ = [
+    "RECEIPT_BODY_CAP",
+    "AgentResult",
     "AgentSpec",
     "AgentState",
     "AppliedMigration",
@@ -65,10 +74,14 @@ __all__ = [
     "MigrationError",
     "MigrationStatus",
     "NewItem",
+    "NewReceipt",
     "NewRun",
+    "OperatorToken",
     "PendingMigration",
     "ProjectState",
     "QueueItem",
+    "Receipt",
+    "ReceiptOutcome",
     "Recovered",
     "Run",
     "RunState",
@@ -80,6 +93,8 @@ __all__ = [
     "StoreUnavailable",
     "Transaction",
     "TriggerKind",
+    "UsageTotal",
+    "new_receipt_id",
     "open_store",
 ]
 

@@ -12,6 +12,9 @@ says) live in the parts, once, for both dialects:
     _locks     resource locks: try-lock, blocking waits and the wait-for graph, release,
                heartbeat, operator release
     _calls     agent-to-agent calls, and the signals a run sends about itself
+    _webhooks  webhook receipts: a delivery recorded with the items it queued, at once
+    _tokens    operator tokens, kept by their hash
+    _metrics   what /metrics reads: runs and set-aside items since a time
     _base      this module: lifecycle, migrations, plain run operations
 
 Clock: timestamps are taken from Python (``self.clock()``, by default
@@ -33,7 +36,7 @@ from __future__ import annotations
 import secrets
 from abc import abstractmethod
 from collections.abc import Collection
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -43,14 +46,21 @@ from corral.store._control import ControlOps
 from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
 from corral.store._leases import LeaseOps
 from corral.store._locks import LockOps
+from corral.store._metrics import MetricsOps
 from corral.store._migrator import Migrator
 from corral.store._time import require_aware
+from corral.store._tokens import TokenOps
+from corral.store._webhooks import WebhookOps
 from corral.store.records import MigrationStatus, NewRun, Run, RunState
 
 __all__ = ["Dialect", "Row", "StaleFence", "Store", "Transaction", "mask_url"]
 
 
-class Store(LeaseOps, CallOps, LockOps, ControlOps):
+#: Earlier than any run: ``list_runs`` without ``since``.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Store(LeaseOps, CallOps, LockOps, ControlOps, WebhookOps, TokenOps, MetricsOps):
     """Durable state of a corral project. Open with ``corral.store.open_store(url)``."""
 
     # -- lifecycle -------------------------------------------------------------------
@@ -160,13 +170,16 @@ class Store(LeaseOps, CallOps, LockOps, ControlOps):
         agent: str | None = None,
         limit: int = 50,
         states: Collection[RunState] | None = None,
+        since: datetime | None = None,
     ) -> list[Run]:
-        """Runs, newest first (created_at, then id, descending)."""
+        """Runs, newest first (created_at, then id, descending); ``since``: only runs
+        created at or after it."""
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         params: dict[str, Any] = {
             "limit": limit,
             "states": self.encode_states(list(RunState) if states is None else states),
+            "since": self.encode_time(since or _EPOCH),
         }
         name = "list_runs" if agent is None else "list_agent_runs"
         if agent is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Collection, Mapping
+from typing import Any
 
 from corral.errors import StoreError
 from corral.store._core import Row, Transaction
@@ -223,6 +224,13 @@ class CallOps(QueueOps):
         return self.run_from_row(self._returned(await self.atomic(body), query))
 
     # -- the audit log -------------------------------------------------------------------
+
+    async def audit(
+        self, actor: str, action: str, subject: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        """Record an operator's action (``corral.gateway.actions``) in its own transaction."""
+        async with self.transaction() as tx:
+            await self.audit_in(tx, actor=actor, action=action, subject=subject, detail=detail)
 
     async def list_audit(self, *, limit: int = 100) -> list[AuditEntry]:
         """Operators' recorded actions, newest first."""

@@ -29,6 +29,7 @@ class ControlOps(StoreCore):
         scale_cap: int | None,
         max_attempts: int,
         max_reruns: int,
+        daily_cost_cap: float | None = None,
     ) -> None:
         """Make the store's agents and limits those of the configuration.
 
@@ -37,6 +38,8 @@ class ControlOps(StoreCore):
         (their queued items stay, undispatched). The project's pause flag is kept.
         """
         _check_limits(scale_cap=scale_cap, max_attempts=max_attempts, max_reruns=max_reruns)
+        if daily_cost_cap is not None and daily_cost_cap < 0:
+            raise ValueError(f"daily_cost_cap must be None or >= 0, got {daily_cost_cap}")
         names = [spec.agent for spec in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"sync_project: an agent is named twice in {names}")
@@ -44,11 +47,21 @@ class ControlOps(StoreCore):
             await self.lock_project(tx)
             now = self.encode_time(self.now())
             for spec in specs:
-                params = {"agent": spec.agent, "scale": spec.scale, "queue_size": spec.queue_size}
+                params = {
+                    "agent": spec.agent,
+                    "scale": spec.scale,
+                    "queue_size": spec.queue_size,
+                    "daily_cost_cap": spec.daily_cost_cap,
+                }
                 await tx.execute("upsert_agent", params | {"now": now})
             await tx.execute("mark_absent_agents", {"agents": self.encode_list(names), "now": now})
-            limits = {"scale_cap": scale_cap, "max_attempts": max_attempts}
-            await tx.execute("update_project", limits | {"max_reruns": max_reruns, "now": now})
+            limits = {
+                "scale_cap": scale_cap,
+                "max_attempts": max_attempts,
+                "max_reruns": max_reruns,
+                "daily_cost_cap": daily_cost_cap,
+            }
+            await tx.execute("update_project", limits | {"now": now})
 
     async def set_agent_scale(self, agent: str, scale: int) -> AgentState:
         """Change an agent's scale now; running runs above a lowered scale finish normally."""

@@ -120,7 +120,7 @@ class PostgresStore(Store):
             raise StoreError(f"expected a timestamptz from {self.url}, got {value!r}")
         return value.astimezone(UTC)
 
-    def encode_json(self, value: dict[str, Any] | None) -> Jsonb | None:
+    def encode_json(self, value: dict[str, Any] | list[Any] | None) -> Jsonb | None:
         return None if value is None else Jsonb(value)
 
     def decode_json(self, value: Any) -> dict[str, Any] | None:

@@ -11,7 +11,8 @@ from collections.abc import Collection
 from datetime import timedelta
 from typing import Any, Literal
 
-from corral.store._core import Row, StoreCore, Transaction
+from corral.store._core import Row, Transaction
+from corral.store._usage import UsageOps
 from corral.store.records import (
     AgentState,
     Claim,
@@ -28,7 +29,7 @@ Overflow = Literal["drop_oldest", "refuse"]
 QUEUE_FULL = "queue full"
 
 
-class QueueOps(StoreCore):
+class QueueOps(UsageOps):
     """Queue intake and claiming; part of ``Store``."""
 
     # -- intake ------------------------------------------------------------------------
@@ -38,8 +39,9 @@ class QueueOps(StoreCore):
 
         - An item with the same ``dedupe_key`` exists: nothing changes; that item is
           returned with ``duplicate=True``.
-        - The agent is unknown, disabled by an operator, or has scale 0: the item is
-          recorded ``rejected`` with a reason saying why and what to do.
+        - The agent is unknown, disabled by an operator, or has scale 0, or its or the
+          project's daily cost cap is reached: the item is recorded ``rejected`` with a
+          reason saying why and what to do.
         - The agent's queue is full: ``drop_oldest`` drops its oldest queued items (state
           ``dropped``, with the reason) so this one fits; ``refuse`` records this one
           ``rejected`` with the reason "queue full". Items given back after a lost lease
@@ -64,6 +66,8 @@ class QueueOps(StoreCore):
         agent_row = await tx.fetch_one("agent_state", {"agent": new.agent})
         agent = None if agent_row is None else AgentState.from_row(agent_row)
         refusal = _unknown(new.agent) if agent is None else _refusal(agent)
+        if refusal is None and agent is not None:
+            refusal = await self.cost_cap_refusal(tx, project, agent)
         if refusal is not None or agent is None:
             return EnqueueResult(await self._insert(tx, project, new, refusal))
         dropped: list[QueueItem] = []

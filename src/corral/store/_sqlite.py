@@ -241,7 +241,7 @@ class SqliteStore(Store):
     def decode_time(self, value: Any) -> datetime:
         return datetime.fromisoformat(value).astimezone(UTC)
 
-    def encode_json(self, value: dict[str, Any] | None) -> str | None:
+    def encode_json(self, value: dict[str, Any] | list[Any] | None) -> str | None:
         return None if value is None else json.dumps(value, ensure_ascii=False)
 
     def decode_json(self, value: Any) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Self
 
 __all__ = [
+    "AgentResult",
     "AgentSpec",
     "AgentState",
     "AppliedMigration",
@@ -26,16 +27,20 @@ __all__ = [
     "LockHeld",
     "MigrationStatus",
     "NewItem",
+    "NewReceipt",
     "NewRun",
     "PendingMigration",
     "ProjectState",
     "QueueItem",
+    "Receipt",
+    "ReceiptOutcome",
     "Recovered",
     "Run",
     "RunState",
     "SchedulerInfo",
     "SchedulerState",
     "TriggerKind",
+    "UsageTotal",
 ]
 
 
@@ -111,6 +116,15 @@ class Run:
     return_value: str | None = None
     #: The exit code the run asked to end with (``al-exit``), once it asked.
     exit_requested: int | None = None
+    #: What a built-in harness run has used so far (None: not an LLM run, or unknown).
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    #: Its cost in US dollars, from the model price table.
+    cost_usd: float | None = None
+    #: The budget that stopped it ("turns", "tokens", "cost", "wall clock", "daily cost").
+    budget: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
@@ -130,6 +144,28 @@ class Run:
         if self.started_at is None or self.ended_at is None:
             return None
         return self.ended_at - self.started_at
+
+    @property
+    def outcome(self) -> str:
+        """The state, except that a run a budget stopped reads ``over_budget``."""
+        return (
+            "over_budget"
+            if self.budget is not None and self.state.is_terminal
+            else self.state.value
+        )
+
+    @property
+    def tokens(self) -> int | None:
+        """Every token the run's model calls used, or None when not known."""
+        counts = (
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+        )
+        if all(count is None for count in counts):
+            return None
+        return sum(count or 0 for count in counts)
 
 
 class AppliedMigration(NamedTuple):
@@ -290,8 +326,14 @@ class AgentSpec:
     agent: str
     scale: int
     queue_size: int
+    #: Dollars the agent's runs may spend per UTC day (None: no cap).
+    daily_cost_cap: float | None = None
 
     def __post_init__(self) -> None:
+        if self.daily_cost_cap is not None and self.daily_cost_cap < 0:
+            raise ValueError(
+                f"agent {self.agent!r}: daily_cost_cap must be >= 0, got {self.daily_cost_cap}"
+            )
         if self.scale < 0:
             raise ValueError(f"agent {self.agent!r}: scale must be >= 0, got {self.scale}")
         if self.queue_size < 1:
@@ -312,6 +354,7 @@ class AgentState:
     present: bool
     queued: int
     active: int
+    daily_cost_cap: float | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
@@ -329,6 +372,8 @@ class ProjectState:
     scale_cap: int | None
     max_attempts: int
     max_reruns: int
+    #: Dollars all runs together may spend per UTC day (None: no cap).
+    daily_cost_cap: float | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
@@ -337,6 +382,37 @@ class ProjectState:
             scale_cap=row["scale_cap"],
             max_attempts=row["max_attempts"],
             max_reruns=row["max_reruns"],
+            daily_cost_cap=row["daily_cost_cap"],
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UsageTotal:
+    """One agent's runs, tokens and dollars on one UTC day (``day`` is YYYY-MM-DD)."""
+
+    day: str
+    agent: str
+    runs: int
+    #: Runs whose cost is known (built-in harness runs with priced models).
+    priced_runs: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        return cls(
+            day=str(row["day"]),
+            agent=str(row["agent"]),
+            runs=int(row["runs"]),
+            priced_runs=int(row["priced_runs"]),
+            input_tokens=int(row["input_tokens"]),
+            output_tokens=int(row["output_tokens"]),
+            cache_read_tokens=int(row["cache_read_tokens"]),
+            cache_write_tokens=int(row["cache_write_tokens"]),
+            cost_usd=float(row["cost_usd"]),
         )
 
 
@@ -488,3 +564,169 @@ class AuditEntry:
     action: str
     subject: str
     detail: dict[str, Any] | None
+
+
+# -- webhook receipts ------------------------------------------------------------------------
+
+
+class ReceiptOutcome(enum.StrEnum):
+    """What became of a webhook delivery.
+
+    ``accepted``: verified and parsed; each matching agent got an item (queued, or rejected
+    with the reason). ``duplicate``: its delivery id was already taken by an earlier
+    delivery of the source; nothing queued. ``refused``: not verified (bad or missing
+    signature, unknown source, too large); nothing queued. ``invalid``: verified but not a
+    payload corral understands; nothing queued. ``ping``: the sender's test delivery.
+    """
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REFUSED = "refused"
+    INVALID = "invalid"
+    PING = "ping"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentResult:
+    """What one delivery did for one agent: whether its filters matched (and why), and the
+    queue item made for it with that item's state then (``queued``, ``rejected``,
+    ``duplicate``), or ``why`` not."""
+
+    agent: str
+    matched: bool
+    reason: str
+    item_id: int | None = None
+    state: str | None = None
+    why: str | None = None
+    #: Older items of the agent dropped to make room for this one (queue full).
+    dropped: tuple[int, ...] = ()
+
+    @property
+    def queued(self) -> bool:
+        return self.state == ItemState.QUEUED.value
+
+    def to_json(self) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "agent": self.agent,
+            "matched": self.matched,
+            "reason": self.reason,
+            "itemId": self.item_id,
+            "state": self.state,
+            "why": self.why,
+        }
+        if self.dropped:
+            answer["dropped"] = list(self.dropped)
+        return answer
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Self:
+        return cls(
+            agent=str(value["agent"]),
+            matched=bool(value["matched"]),
+            reason=str(value["reason"]),
+            item_id=value.get("itemId"),
+            state=value.get("state"),
+            why=value.get("why"),
+            dropped=tuple(value.get("dropped", ())),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewReceipt:
+    """A webhook delivery as the gateway saw it, before the store records it.
+
+    ``body`` is what was read (the store keeps at most its cap of it); ``body_size`` the
+    whole size, which may exceed ``len(body)`` when reading stopped at a limit. ``results``
+    holds one entry per agent of the project as routing decided (matched or not, and why);
+    the store adds each matched agent's queue item. ``id`` is chosen by the caller
+    (``new_receipt_id()``) so that the items it queues can carry it.
+    """
+
+    id: str
+    source: str
+    outcome: ReceiptOutcome
+    headers: Mapping[str, str]
+    body: bytes
+    body_size: int
+    verified: bool
+    verification: str | None = None
+    event: str | None = None
+    delivery_id: str | None = None
+    error: str | None = None
+    results: tuple[AgentResult, ...] = ()
+    replay_of: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Receipt:
+    """One webhook delivery as recorded, whatever became of it."""
+
+    id: str
+    source: str
+    event: str | None
+    delivery_id: str | None
+    received_at: datetime
+    #: The request's headers, names lower-cased; Authorization and Cookie are not kept.
+    headers: dict[str, str]
+    #: The body as received, up to the store's cap (see ``body_truncated``).
+    body: bytes
+    body_size: int
+    body_truncated: bool
+    verified: bool
+    verification: str | None
+    outcome: ReceiptOutcome
+    #: Why a delivery was refused or invalid (None when accepted, a ping or a duplicate).
+    error: str | None
+    results: tuple[AgentResult, ...]
+    #: The receipt this one replayed (``corral webhook replay``).
+    replay_of: str | None
+    #: The receipt that took this delivery's id first (outcome ``duplicate``).
+    duplicate_of: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        """Build a receipt from a decoded row (``results`` a list of dicts)."""
+        values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+        values["outcome"] = ReceiptOutcome(values["outcome"])
+        values["body"] = bytes(values["body"])
+        values["body_truncated"] = bool(values["body_truncated"])
+        values["verified"] = bool(values["verified"])
+        values["headers"] = {str(k): str(v) for k, v in dict(values["headers"]).items()}
+        values["results"] = tuple(AgentResult.from_json(r) for r in values["results"])
+        return cls(**values)
+
+    @property
+    def matched(self) -> list[str]:
+        """The agents whose filters matched."""
+        return [r.agent for r in self.results if r.matched]
+
+    @property
+    def item_ids(self) -> list[int]:
+        """The queue items this delivery made, in agent order."""
+        return [r.item_id for r in self.results if r.item_id is not None]
+
+    @property
+    def queued(self) -> list[str]:
+        """The agents whose item was queued."""
+        return [r.agent for r in self.results if r.queued]
+
+
+# -- operator tokens -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OperatorToken:
+    """An operator token (``corral token create``); the store keeps only its hash."""
+
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})

@@ -56,13 +56,13 @@ UPDATE corral_runs SET status_text = %(status_text)s WHERE id = %(id)s
 
 -- name: list_runs
 SELECT * FROM corral_runs
-WHERE state = ANY(%(states)s)
+WHERE state = ANY(%(states)s) AND created_at >= %(since)s
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
 -- name: list_agent_runs
 SELECT * FROM corral_runs
-WHERE agent = %(agent)s AND state = ANY(%(states)s)
+WHERE agent = %(agent)s AND state = ANY(%(states)s) AND created_at >= %(since)s
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
@@ -86,7 +86,7 @@ SELECT * FROM corral_project WHERE id = 1
 -- name: update_project
 UPDATE corral_project
 SET scale_cap = %(scale_cap)s, max_attempts = %(max_attempts)s, max_reruns = %(max_reruns)s,
-    updated_at = %(now)s
+    daily_cost_cap = %(daily_cost_cap)s, updated_at = %(now)s
 WHERE id = 1
 
 -- name: set_project_paused
@@ -98,11 +98,12 @@ UPDATE corral_project SET fence_counter = fence_counter + %(n)s WHERE id = 1
 RETURNING fence_counter
 
 -- name: upsert_agent
-INSERT INTO corral_agents (agent, scale, queue_size, paused, enabled, present, updated_at)
-VALUES (%(agent)s, %(scale)s, %(queue_size)s, false, true, true, %(now)s)
+INSERT INTO corral_agents
+    (agent, scale, queue_size, daily_cost_cap, paused, enabled, present, updated_at)
+VALUES (%(agent)s, %(scale)s, %(queue_size)s, %(daily_cost_cap)s, false, true, true, %(now)s)
 ON CONFLICT (agent) DO UPDATE
-SET scale = excluded.scale, queue_size = excluded.queue_size, present = true,
-    updated_at = excluded.updated_at
+SET scale = excluded.scale, queue_size = excluded.queue_size,
+    daily_cost_cap = excluded.daily_cost_cap, present = true, updated_at = excluded.updated_at
 
 -- name: mark_absent_agents
 UPDATE corral_agents SET present = false, updated_at = %(now)s
@@ -121,7 +122,7 @@ UPDATE corral_agents SET paused = %(paused)s, updated_at = %(now)s WHERE agent =
 UPDATE corral_agents SET enabled = %(enabled)s, updated_at = %(now)s WHERE agent = %(agent)s
 
 -- name: agent_states
-SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present,
+SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present, a.daily_cost_cap,
        (SELECT count(*) FROM corral_queue q
         WHERE q.agent = a.agent AND q.state = 'queued') AS queued,
        (SELECT count(*) FROM corral_queue q
@@ -130,7 +131,7 @@ FROM corral_agents a
 ORDER BY a.agent
 
 -- name: agent_state
-SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present,
+SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present, a.daily_cost_cap,
        (SELECT count(*) FROM corral_queue q
         WHERE q.agent = a.agent AND q.state = 'queued') AS queued,
        (SELECT count(*) FROM corral_queue q
@@ -483,3 +484,101 @@ RETURNING *
 
 -- name: list_audit
 SELECT * FROM corral_audit ORDER BY id DESC LIMIT %(limit)s
+
+-- name: record_usage
+-- A built-in run's totals so far (absolute, so a repeated write changes nothing); the
+-- budget that stopped it, once one did.
+UPDATE corral_runs
+SET input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s,
+    cache_read_tokens = %(cache_read_tokens)s, cache_write_tokens = %(cache_write_tokens)s,
+    cost_usd = %(cost_usd)s, budget = COALESCE(%(budget)s, budget)
+WHERE id = %(id)s
+RETURNING *
+
+-- name: spend_since
+-- Dollars spent by runs created at or after :since (one agent's, or the project's).
+SELECT COALESCE(sum(cost_usd), 0) AS cost FROM corral_runs
+WHERE created_at >= %(since)s AND (%(agent)s::text IS NULL OR agent = %(agent)s::text)
+
+-- name: usage_by_day
+-- Runs, tokens and dollars per agent and UTC day, for runs created at or after :since.
+SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, agent, count(*) AS runs, count(cost_usd) AS priced_runs,
+       COALESCE(sum(input_tokens), 0) AS input_tokens,
+       COALESCE(sum(output_tokens), 0) AS output_tokens,
+       COALESCE(sum(cache_read_tokens), 0) AS cache_read_tokens,
+       COALESCE(sum(cache_write_tokens), 0) AS cache_write_tokens,
+       COALESCE(sum(cost_usd), 0) AS cost_usd
+FROM corral_runs
+WHERE created_at >= %(since)s AND (%(agent)s::text IS NULL OR agent = %(agent)s::text)
+GROUP BY to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), agent
+ORDER BY day DESC, agent
+
+-- name: find_receipt_delivery
+-- The receipt that took this delivery id for its source (accepted or ping), if any.
+SELECT * FROM corral_webhook_receipts
+WHERE source = %(source)s AND delivery_id = %(delivery_id)s AND replay_of IS NULL
+  AND outcome IN ('accepted', 'ping')
+
+-- name: insert_receipt
+INSERT INTO corral_webhook_receipts
+    (id, source, event, delivery_id, received_at, headers, body, body_size, body_truncated,
+     verified, verification, outcome, error, results, replay_of, duplicate_of)
+VALUES (%(id)s, %(source)s, %(event)s, %(delivery_id)s, %(received_at)s, %(headers)s, %(body)s,
+        %(body_size)s, %(body_truncated)s, %(verified)s, %(verification)s, %(outcome)s,
+        %(error)s, %(results)s, %(replay_of)s, %(duplicate_of)s)
+
+-- name: get_receipt
+SELECT * FROM corral_webhook_receipts WHERE id = %(id)s
+
+-- name: list_receipts
+-- Newest first; each filter applies only when its parameter is not NULL.
+SELECT * FROM corral_webhook_receipts
+WHERE (%(source)s::text IS NULL OR source = %(source)s::text)
+  AND (%(outcome)s::text IS NULL OR outcome = %(outcome)s::text)
+  AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s::timestamptz)
+ORDER BY received_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: prune_receipts
+DELETE FROM corral_webhook_receipts WHERE received_at < %(older_than)s
+
+-- Operator tokens (0007) ------------------------------------------------------------------
+
+-- name: insert_operator_token
+-- Nothing when the name is taken (live or revoked) or the hash is.
+INSERT INTO corral_operator_tokens (name, token_hash, created_at)
+VALUES (%(name)s, %(token_hash)s, %(now)s)
+ON CONFLICT DO NOTHING
+RETURNING *
+
+-- name: get_operator_token
+SELECT * FROM corral_operator_tokens WHERE name = %(name)s
+
+-- name: list_operator_tokens
+SELECT * FROM corral_operator_tokens ORDER BY created_at, name
+
+-- name: revoke_operator_token
+UPDATE corral_operator_tokens SET revoked_at = %(now)s
+WHERE name = %(name)s AND revoked_at IS NULL
+RETURNING *
+
+-- name: find_operator_token
+SELECT * FROM corral_operator_tokens WHERE token_hash = %(token_hash)s
+
+-- name: touch_operator_token
+UPDATE corral_operator_tokens SET last_used_at = %(now)s WHERE name = %(name)s
+
+-- name: count_live_operator_tokens
+SELECT count(*) AS n FROM corral_operator_tokens WHERE revoked_at IS NULL
+
+-- /metrics ------------------------------------------------------------------------------
+
+-- name: metrics_runs_since
+-- Runs that started or ended at or after since, with when their item was queued.
+SELECT r.*, q.enqueued_at AS item_enqueued_at
+FROM corral_runs r LEFT JOIN corral_queue q ON q.id = r.item_id
+WHERE r.ended_at >= %(since)s OR r.started_at >= %(since)s
+
+-- name: metrics_items_set_aside_since
+SELECT * FROM corral_queue
+WHERE state IN ('dropped', 'rejected') AND finished_at >= %(since)s

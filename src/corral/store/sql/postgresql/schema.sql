@@ -31,10 +31,18 @@ CREATE TABLE corral_runs (
     secret_hash text,
     status_at timestamptz,
     return_value text,
-    exit_requested integer
+    exit_requested integer,
+    input_tokens bigint,
+    output_tokens bigint,
+    cache_read_tokens bigint,
+    cache_write_tokens bigint,
+    cost_usd double precision,
+    budget text
 );
 
 CREATE INDEX corral_runs_agent_created ON corral_runs (agent, created_at);
+
+CREATE INDEX corral_runs_created ON corral_runs (created_at);
 
 CREATE INDEX corral_runs_live ON corral_runs (state)
     WHERE state IN ('queued', 'starting', 'running');
@@ -62,7 +70,9 @@ CREATE TABLE corral_project (
     max_attempts integer NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
     max_reruns integer NOT NULL DEFAULT 10 CHECK (max_reruns >= 0),
     fence_counter bigint NOT NULL DEFAULT 0,
-    updated_at timestamptz
+    updated_at timestamptz,
+    daily_cost_cap double precision
+        CHECK (daily_cost_cap IS NULL OR daily_cost_cap >= 0)
 );
 
 INSERT INTO corral_project (id) VALUES (1);
@@ -74,7 +84,9 @@ CREATE TABLE corral_agents (
     paused boolean NOT NULL DEFAULT false,
     enabled boolean NOT NULL DEFAULT true,
     present boolean NOT NULL DEFAULT true,
-    updated_at timestamptz NOT NULL
+    updated_at timestamptz NOT NULL,
+    daily_cost_cap double precision
+        CHECK (daily_cost_cap IS NULL OR daily_cost_cap >= 0)
 );
 
 CREATE TABLE corral_queue (
@@ -190,3 +202,50 @@ CREATE TABLE corral_audit (
 );
 
 CREATE INDEX corral_audit_at ON corral_audit (at);
+
+-- Webhook receipts (0006): every delivery, its verification, outcome and per-agent results.
+CREATE TABLE corral_webhook_receipts (
+    id text PRIMARY KEY,
+    source text NOT NULL,
+    event text,
+    delivery_id text,
+    received_at timestamptz NOT NULL,
+    headers jsonb NOT NULL,
+    body bytea NOT NULL,
+    body_size bigint NOT NULL CHECK (body_size >= 0),
+    body_truncated boolean NOT NULL,
+    verified boolean NOT NULL,
+    verification text,
+    outcome text NOT NULL
+        CHECK (outcome IN ('accepted', 'duplicate', 'refused', 'invalid', 'ping')),
+    error text,
+    results jsonb NOT NULL,
+    replay_of text,
+    duplicate_of text
+);
+
+CREATE UNIQUE INDEX corral_webhook_receipts_delivery
+    ON corral_webhook_receipts (source, delivery_id)
+    WHERE delivery_id IS NOT NULL AND replay_of IS NULL AND outcome IN ('accepted', 'ping');
+
+CREATE INDEX corral_webhook_receipts_received ON corral_webhook_receipts (received_at);
+
+-- Counting an agent's queued and claimed items (every enqueue and claim does) reads this
+-- index alone, however long the agent's history of done items grows.
+CREATE INDEX corral_queue_agent_state ON corral_queue (agent, state, attempts);
+
+-- Operator tokens (0007): only each token's SHA-256 is kept; names are never reused.
+CREATE TABLE corral_operator_tokens (
+    name text PRIMARY KEY,
+    token_hash text NOT NULL UNIQUE,
+    created_at timestamptz NOT NULL,
+    last_used_at timestamptz,
+    revoked_at timestamptz
+);
+
+-- /metrics (0007): runs started and items set aside since the last scrape.
+CREATE INDEX corral_runs_started ON corral_runs (started_at)
+    WHERE started_at IS NOT NULL;
+
+CREATE INDEX corral_queue_set_aside ON corral_queue (finished_at)
+    WHERE state IN ('dropped', 'rejected');

@@ -53,13 +53,13 @@ UPDATE corral_runs SET status_text = :status_text WHERE id = :id
 
 -- name: list_runs
 SELECT * FROM corral_runs
-WHERE state IN (SELECT value FROM json_each(:states))
+WHERE state IN (SELECT value FROM json_each(:states)) AND created_at >= :since
 ORDER BY created_at DESC, id DESC
 LIMIT :limit
 
 -- name: list_agent_runs
 SELECT * FROM corral_runs
-WHERE agent = :agent AND state IN (SELECT value FROM json_each(:states))
+WHERE agent = :agent AND state IN (SELECT value FROM json_each(:states)) AND created_at >= :since
 ORDER BY created_at DESC, id DESC
 LIMIT :limit
 
@@ -83,7 +83,7 @@ SELECT * FROM corral_project WHERE id = 1
 -- name: update_project
 UPDATE corral_project
 SET scale_cap = :scale_cap, max_attempts = :max_attempts, max_reruns = :max_reruns,
-    updated_at = :now
+    daily_cost_cap = :daily_cost_cap, updated_at = :now
 WHERE id = 1
 
 -- name: set_project_paused
@@ -95,11 +95,12 @@ UPDATE corral_project SET fence_counter = fence_counter + :n WHERE id = 1
 RETURNING fence_counter
 
 -- name: upsert_agent
-INSERT INTO corral_agents (agent, scale, queue_size, paused, enabled, present, updated_at)
-VALUES (:agent, :scale, :queue_size, 0, 1, 1, :now)
+INSERT INTO corral_agents
+    (agent, scale, queue_size, daily_cost_cap, paused, enabled, present, updated_at)
+VALUES (:agent, :scale, :queue_size, :daily_cost_cap, 0, 1, 1, :now)
 ON CONFLICT (agent) DO UPDATE
-SET scale = excluded.scale, queue_size = excluded.queue_size, present = 1,
-    updated_at = excluded.updated_at
+SET scale = excluded.scale, queue_size = excluded.queue_size,
+    daily_cost_cap = excluded.daily_cost_cap, present = 1, updated_at = excluded.updated_at
 
 -- name: mark_absent_agents
 UPDATE corral_agents SET present = 0, updated_at = :now
@@ -118,7 +119,7 @@ UPDATE corral_agents SET paused = :paused, updated_at = :now WHERE agent = :agen
 UPDATE corral_agents SET enabled = :enabled, updated_at = :now WHERE agent = :agent
 
 -- name: agent_states
-SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present,
+SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present, a.daily_cost_cap,
        (SELECT count(*) FROM corral_queue q
         WHERE q.agent = a.agent AND q.state = 'queued') AS queued,
        (SELECT count(*) FROM corral_queue q
@@ -127,7 +128,7 @@ FROM corral_agents a
 ORDER BY a.agent
 
 -- name: agent_state
-SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present,
+SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present, a.daily_cost_cap,
        (SELECT count(*) FROM corral_queue q
         WHERE q.agent = a.agent AND q.state = 'queued') AS queued,
        (SELECT count(*) FROM corral_queue q
@@ -475,3 +476,101 @@ RETURNING *
 
 -- name: list_audit
 SELECT * FROM corral_audit ORDER BY id DESC LIMIT :limit
+
+-- name: record_usage
+-- A built-in run's totals so far (absolute, so a repeated write changes nothing); the
+-- budget that stopped it, once one did.
+UPDATE corral_runs
+SET input_tokens = :input_tokens, output_tokens = :output_tokens,
+    cache_read_tokens = :cache_read_tokens, cache_write_tokens = :cache_write_tokens,
+    cost_usd = :cost_usd, budget = COALESCE(:budget, budget)
+WHERE id = :id
+RETURNING *
+
+-- name: spend_since
+-- Dollars spent by runs created at or after :since (one agent's, or the project's).
+SELECT COALESCE(sum(cost_usd), 0) AS cost FROM corral_runs
+WHERE created_at >= :since AND (:agent IS NULL OR agent = :agent)
+
+-- name: usage_by_day
+-- Runs, tokens and dollars per agent and UTC day, for runs created at or after :since.
+SELECT substr(created_at, 1, 10) AS day, agent, count(*) AS runs, count(cost_usd) AS priced_runs,
+       COALESCE(sum(input_tokens), 0) AS input_tokens,
+       COALESCE(sum(output_tokens), 0) AS output_tokens,
+       COALESCE(sum(cache_read_tokens), 0) AS cache_read_tokens,
+       COALESCE(sum(cache_write_tokens), 0) AS cache_write_tokens,
+       COALESCE(sum(cost_usd), 0) AS cost_usd
+FROM corral_runs
+WHERE created_at >= :since AND (:agent IS NULL OR agent = :agent)
+GROUP BY substr(created_at, 1, 10), agent
+ORDER BY day DESC, agent
+
+-- name: find_receipt_delivery
+-- The receipt that took this delivery id for its source (accepted or ping), if any.
+SELECT * FROM corral_webhook_receipts
+WHERE source = :source AND delivery_id = :delivery_id AND replay_of IS NULL
+  AND outcome IN ('accepted', 'ping')
+
+-- name: insert_receipt
+INSERT INTO corral_webhook_receipts
+    (id, source, event, delivery_id, received_at, headers, body, body_size, body_truncated,
+     verified, verification, outcome, error, results, replay_of, duplicate_of)
+VALUES (:id, :source, :event, :delivery_id, :received_at, :headers, :body, :body_size,
+        :body_truncated, :verified, :verification, :outcome, :error, :results, :replay_of,
+        :duplicate_of)
+
+-- name: get_receipt
+SELECT * FROM corral_webhook_receipts WHERE id = :id
+
+-- name: list_receipts
+-- Newest first; each filter applies only when its parameter is not NULL.
+SELECT * FROM corral_webhook_receipts
+WHERE (:source IS NULL OR source = :source)
+  AND (:outcome IS NULL OR outcome = :outcome)
+  AND (:since IS NULL OR received_at >= :since)
+ORDER BY received_at DESC, id DESC
+LIMIT :limit
+
+-- name: prune_receipts
+DELETE FROM corral_webhook_receipts WHERE received_at < :older_than
+
+-- Operator tokens (0007) ------------------------------------------------------------------
+
+-- name: insert_operator_token
+-- Nothing when the name is taken (live or revoked) or the hash is.
+INSERT INTO corral_operator_tokens (name, token_hash, created_at)
+VALUES (:name, :token_hash, :now)
+ON CONFLICT DO NOTHING
+RETURNING *
+
+-- name: get_operator_token
+SELECT * FROM corral_operator_tokens WHERE name = :name
+
+-- name: list_operator_tokens
+SELECT * FROM corral_operator_tokens ORDER BY created_at, name
+
+-- name: revoke_operator_token
+UPDATE corral_operator_tokens SET revoked_at = :now
+WHERE name = :name AND revoked_at IS NULL
+RETURNING *
+
+-- name: find_operator_token
+SELECT * FROM corral_operator_tokens WHERE token_hash = :token_hash
+
+-- name: touch_operator_token
+UPDATE corral_operator_tokens SET last_used_at = :now WHERE name = :name
+
+-- name: count_live_operator_tokens
+SELECT count(*) AS n FROM corral_operator_tokens WHERE revoked_at IS NULL
+
+-- /metrics ------------------------------------------------------------------------------
+
+-- name: metrics_runs_since
+-- Runs that started or ended at or after since, with when their item was queued.
+SELECT r.*, q.enqueued_at AS item_enqueued_at
+FROM corral_runs r LEFT JOIN corral_queue q ON q.id = r.item_id
+WHERE r.ended_at >= :since OR r.started_at >= :since
+
+-- name: metrics_items_set_aside_since
+SELECT * FROM corral_queue
+WHERE state IN ('dropped', 'rejected') AND finished_at >= :since

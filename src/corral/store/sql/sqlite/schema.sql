@@ -32,10 +32,18 @@ CREATE TABLE corral_runs (
     secret_hash TEXT,
     status_at TEXT,
     return_value TEXT,
-    exit_requested INTEGER
+    exit_requested INTEGER,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cache_read_tokens INTEGER,
+    cache_write_tokens INTEGER,
+    cost_usd REAL,
+    budget TEXT
 );
 
 CREATE INDEX corral_runs_agent_created ON corral_runs (agent, created_at);
+
+CREATE INDEX corral_runs_created ON corral_runs (created_at);
 
 CREATE INDEX corral_runs_live ON corral_runs (state)
     WHERE state IN ('queued', 'starting', 'running');
@@ -62,7 +70,9 @@ CREATE TABLE corral_project (
     max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
     max_reruns INTEGER NOT NULL DEFAULT 10 CHECK (max_reruns >= 0),
     fence_counter INTEGER NOT NULL DEFAULT 0,
-    updated_at TEXT
+    updated_at TEXT,
+    daily_cost_cap REAL
+        CHECK (daily_cost_cap IS NULL OR daily_cost_cap >= 0)
 );
 
 INSERT INTO corral_project (id) VALUES (1);
@@ -74,7 +84,9 @@ CREATE TABLE corral_agents (
     paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
     enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
     present INTEGER NOT NULL DEFAULT 1 CHECK (present IN (0, 1)),
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    daily_cost_cap REAL
+        CHECK (daily_cost_cap IS NULL OR daily_cost_cap >= 0)
 );
 
 -- AUTOINCREMENT: ids are never reused, so id order is arrival (FIFO) order for good.
@@ -185,3 +197,50 @@ CREATE TABLE corral_audit (
 );
 
 CREATE INDEX corral_audit_at ON corral_audit (at);
+
+-- Webhook receipts (0006): every delivery, its verification, outcome and per-agent results.
+CREATE TABLE corral_webhook_receipts (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    event TEXT,
+    delivery_id TEXT,
+    received_at TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    body_size INTEGER NOT NULL CHECK (body_size >= 0),
+    body_truncated INTEGER NOT NULL CHECK (body_truncated IN (0, 1)),
+    verified INTEGER NOT NULL CHECK (verified IN (0, 1)),
+    verification TEXT,
+    outcome TEXT NOT NULL
+        CHECK (outcome IN ('accepted', 'duplicate', 'refused', 'invalid', 'ping')),
+    error TEXT,
+    results TEXT NOT NULL,
+    replay_of TEXT,
+    duplicate_of TEXT
+);
+
+CREATE UNIQUE INDEX corral_webhook_receipts_delivery
+    ON corral_webhook_receipts (source, delivery_id)
+    WHERE delivery_id IS NOT NULL AND replay_of IS NULL AND outcome IN ('accepted', 'ping');
+
+CREATE INDEX corral_webhook_receipts_received ON corral_webhook_receipts (received_at);
+
+-- Counting an agent's queued and claimed items (every enqueue and claim does) reads this
+-- index alone, however long the agent's history of done items grows.
+CREATE INDEX corral_queue_agent_state ON corral_queue (agent, state, attempts);
+
+-- Operator tokens (0007): only each token's SHA-256 is kept; names are never reused.
+CREATE TABLE corral_operator_tokens (
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at TEXT
+);
+
+-- /metrics (0007): runs started and items set aside since the last scrape.
+CREATE INDEX corral_runs_started ON corral_runs (started_at)
+    WHERE started_at IS NOT NULL;
+
+CREATE INDEX corral_queue_set_aside ON corral_queue (finished_at)
+    WHERE state IN ('dropped', 'rejected');

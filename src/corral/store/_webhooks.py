@@ -1,0 +1,376 @@
+"""Webhook receipts: every delivery recorded, with the items it queued, in one transaction.
+
+``record_delivery`` writes a delivery's receipt and enqueues the items its matching agents
+get in the same transaction (under the project lock, as every enqueue), so the gateway
+answers 2xx only once both are durable: a crash after the answer loses nothing that was
+acknowledged, and a crash before it leaves neither (the sender retries).
+
+A delivery id is taken once per source, after verification: the first delivery with it
+that verified (accepted, or a ping) holds it; a later one with the same id is recorded as
+a ``duplicate`` of the first and queues nothing. The check reads under the project lock,
+so concurrent redeliveries (several gateways, several processes) record exactly one
+acceptance; a partial unique index makes that a constraint as well. Replays
+(``replay_of``) take no delivery id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from corral.errors import StoreError
+from corral.store._core import Row, Transaction
+from corral.store._queue import QueueOps
+from corral.store._time import require_aware
+from corral.store.records import (
+    AgentResult,
+    EnqueueResult,
+    NewItem,
+    NewReceipt,
+    ProjectState,
+    Receipt,
+    ReceiptOutcome,
+)
+
+__all__ = [
+    "DROPPED_HEADERS",
+    "RECEIPT_BODY_CAP",
+    "WebhookOps",
+    "kept_headers",
+    "new_receipt_id",
+]
+
+#: How much of a delivery's body a receipt keeps; ``body_size`` records the whole size.
+RECEIPT_BODY_CAP = 64 * 1024
+#: Request headers a receipt never keeps (credentials of the sender's HTTP client, not of
+#: the delivery). Signature headers are kept: they prove nothing without the secret.
+DROPPED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+_TAKES_DELIVERY_ID = (ReceiptOutcome.ACCEPTED, ReceiptOutcome.PING)
+
+
+def new_receipt_id() -> str:
+    """A fresh receipt id: ``wh_`` and 16 random hex digits."""
+    return f"wh_{secrets.token_hex(8)}"
+
+
+class WebhookOps(QueueOps):
+    """Webhook receipts; part of ``Store``."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._deliveries = _DeliveryBatches()
+
+    async def record_delivery(
+        self, receipt: NewReceipt, items: Sequence[NewItem] = ()
+    ) -> tuple[Receipt, list[EnqueueResult]]:
+        """Record ``receipt`` and enqueue ``items`` (one per matched agent), in one
+        transaction; return the receipt as stored and what each enqueue did.
+
+        Each item belongs to an agent whose entry in ``receipt.results`` matched; the stored
+        results gain that item's id and state (``queued``, or ``rejected`` with the reason
+        for a disabled or unknown agent), and the items dropped to make room. Only an
+        ``accepted`` receipt may carry items.
+
+        When the receipt takes a delivery id (accepted or ping, not a replay) that an
+        earlier delivery of its source already took, nothing is queued: the receipt is
+        stored as ``duplicate`` with ``duplicate_of`` naming the earlier one, and returned
+        with no enqueue results.
+        """
+        _check_items(receipt, items)
+        if self.dialect == "sqlite":
+            # SQLite's atomic() already runs concurrent bodies together, one commit each hop.
+            async def body(tx: Transaction) -> tuple[Receipt, list[EnqueueResult]]:
+                project = await self.lock_project(tx)
+                return await self._record_in(tx, project, receipt, items)
+
+            return await self.atomic(body)
+        return await self._deliveries.submit(self, receipt, items)
+
+    async def _record_in(
+        self,
+        tx: Transaction,
+        project: ProjectState,
+        receipt: NewReceipt,
+        items: Sequence[NewItem],
+    ) -> tuple[Receipt, list[EnqueueResult]]:
+        """``record_delivery`` inside ``tx``, which holds the project lock."""
+        dedupe = (
+            receipt.delivery_id is not None
+            and receipt.replay_of is None
+            and receipt.outcome in _TAKES_DELIVERY_ID
+        )
+        if dedupe:
+            params = {"source": receipt.source, "delivery_id": receipt.delivery_id}
+            first = await tx.fetch_one("find_receipt_delivery", params)
+            if first is not None:
+                duplicate = await self._insert_receipt(
+                    tx,
+                    receipt,
+                    outcome=ReceiptOutcome.DUPLICATE,
+                    results=(),
+                    duplicate_of=str(first["id"]),
+                )
+                return duplicate, []
+        results, enqueued = await self._enqueue_matched(tx, project, receipt, items)
+        stored = await self._insert_receipt(tx, receipt, outcome=receipt.outcome, results=results)
+        return stored, enqueued
+
+    async def _enqueue_matched(
+        self,
+        tx: Transaction,
+        project: ProjectState,
+        receipt: NewReceipt,
+        items: Sequence[NewItem],
+    ) -> tuple[tuple[AgentResult, ...], list[EnqueueResult]]:
+        by_agent = {item.agent: item for item in items}
+        results: list[AgentResult] = []
+        enqueued: list[EnqueueResult] = []
+        for result in receipt.results:
+            item = by_agent.get(result.agent) if result.matched else None
+            if item is None:
+                results.append(result)
+                continue
+            done = await self._enqueue_locked(tx, project, item, "drop_oldest")
+            enqueued.append(done)
+            results.append(_with_item(result, done))
+        return tuple(results), enqueued
+
+    async def _insert_receipt(
+        self,
+        tx: Transaction,
+        receipt: NewReceipt,
+        *,
+        outcome: ReceiptOutcome,
+        results: tuple[AgentResult, ...],
+        duplicate_of: str | None = None,
+    ) -> Receipt:
+        """Insert the receipt; return it as stored (built here, not read back: the body
+        need not cross from the database again)."""
+        size = max(receipt.body_size, len(receipt.body))
+        stored = Receipt(
+            id=receipt.id,
+            source=receipt.source,
+            event=receipt.event,
+            delivery_id=receipt.delivery_id,
+            received_at=self.now(),
+            headers=kept_headers(receipt.headers),
+            body=receipt.body[:RECEIPT_BODY_CAP],
+            body_size=size,
+            body_truncated=size > min(len(receipt.body), RECEIPT_BODY_CAP),
+            verified=receipt.verified,
+            verification=receipt.verification,
+            outcome=outcome,
+            error=receipt.error,
+            results=results,
+            replay_of=receipt.replay_of,
+            duplicate_of=duplicate_of,
+        )
+        params = {
+            "id": stored.id,
+            "source": stored.source,
+            "event": stored.event,
+            "delivery_id": stored.delivery_id,
+            "received_at": self.encode_time(stored.received_at),
+            "headers": self.encode_json(stored.headers),
+            "body": stored.body,
+            "body_size": stored.body_size,
+            "body_truncated": stored.body_truncated,
+            "verified": stored.verified,
+            "verification": stored.verification,
+            "outcome": outcome.value,
+            "error": stored.error,
+            "results": self.encode_json([r.to_json() for r in results]),
+            "replay_of": stored.replay_of,
+            "duplicate_of": duplicate_of,
+        }
+        await tx.execute("insert_receipt", params)
+        return stored
+
+    async def get_receipt(self, receipt_id: str) -> Receipt | None:
+        async def body(tx: Transaction) -> Row | None:
+            return await tx.fetch_one("get_receipt", {"id": receipt_id})
+
+        row = await self.atomic(body, write=False)
+        return None if row is None else self.receipt_from_row(row)
+
+    async def list_receipts(
+        self,
+        *,
+        source: str | None = None,
+        outcome: ReceiptOutcome | str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[Receipt]:
+        """Receipts, newest first; filtered by source, outcome and a received-since time."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        params = {
+            "source": source,
+            "outcome": None if outcome is None else ReceiptOutcome(outcome).value,
+            "since": None if since is None else self.encode_time(require_aware(since, "since")),
+            "limit": limit,
+        }
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all("list_receipts", params)
+        return [self.receipt_from_row(row) for row in rows]
+
+    async def prune_receipts(self, older_than: datetime) -> int:
+        """Delete receipts received before ``older_than``; return how many.
+
+        Their queue items and runs are not touched (runs have their own retention).
+        """
+        cutoff = self.encode_time(require_aware(older_than, "older_than"))
+        async with self.transaction() as tx:
+            return await tx.execute("prune_receipts", {"older_than": cutoff})
+
+    def receipt_from_row(self, row: Row) -> Receipt:
+        decoded = dict(row)
+        decoded["received_at"] = self.decode_time(decoded["received_at"])
+        decoded["headers"] = self.decode_json(decoded["headers"]) or {}
+        results = decoded["results"]
+        decoded["results"] = json.loads(results) if isinstance(results, str | bytes) else results
+        return Receipt.from_row(decoded)
+
+
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers a receipt keeps: names lower-cased, credentials dropped."""
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower not in DROPPED_HEADERS:
+            kept[lower] = value
+    return kept
+
+
+def _with_item(result: AgentResult, done: EnqueueResult) -> AgentResult:
+    item = done.item
+    why: str | None
+    if done.duplicate:
+        state, why = "duplicate", f"item {item.id} already holds this delivery for {item.agent}"
+    else:
+        state, why = item.state.value, item.reason
+    return AgentResult(
+        agent=result.agent,
+        matched=True,
+        reason=result.reason,
+        item_id=item.id,
+        state=state,
+        why=why,
+        dropped=tuple(d.id for d in done.dropped),
+    )
+
+
+def _check_items(receipt: NewReceipt, items: Sequence[NewItem]) -> None:
+    if not items:
+        return
+    if receipt.outcome is not ReceiptOutcome.ACCEPTED:
+        raise ValueError(
+            f"a {receipt.outcome.value} receipt queues nothing, got {len(items)} items"
+        )
+    matched = {r.agent for r in receipt.results if r.matched}
+    seen: set[str] = set()
+    for item in items:
+        if item.agent not in matched:
+            raise ValueError(f"item for {item.agent!r}, which the receipt does not match")
+        if item.agent in seen:
+            raise ValueError(f"two items for {item.agent!r} in one delivery")
+        seen.add(item.agent)
+
+
+@dataclass
+class _Pending:
+    receipt: NewReceipt
+    items: Sequence[NewItem]
+    future: asyncio.Future[tuple[Receipt, list[EnqueueResult]]]
+
+
+@dataclass
+class _DeliveryBatches:
+    """Deliveries recorded together (PostgreSQL): those that arrive while a transaction is
+    in flight wait, and go in the next one: one connection, one project lock and one
+    commit for the lot, each delivery all or nothing (see ``_run``).
+
+    Every delivery takes the project lock anyway, so they never ran in parallel; what a
+    batch saves is a transaction's round trips and commit per delivery. A failed delivery
+    rolls back to its savepoint and fails alone; a failed commit fails the whole batch
+    (none of it happened), so no sender is told a delivery was accepted unless it was.
+    """
+
+    pending: list[_Pending] = field(default_factory=list)
+    drainer: asyncio.Task[None] | None = None
+
+    async def submit(
+        self, store: WebhookOps, receipt: NewReceipt, items: Sequence[NewItem]
+    ) -> tuple[Receipt, list[EnqueueResult]]:
+        future: asyncio.Future[tuple[Receipt, list[EnqueueResult]]]
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append(_Pending(receipt, items, future))
+        if self.drainer is None or self.drainer.done():
+            self.drainer = asyncio.create_task(self._drain(store), name="corral-deliveries")
+        return await future
+
+    async def _drain(self, store: WebhookOps) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                outcomes = await self._run(store, batch)
+            except BaseException as exc:  # the transaction failed or was cancelled: none
+                failure = exc if isinstance(exc, Exception) else StoreError(str(exc))
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                if pending.future.done():  # its caller gave up waiting
+                    continue
+                if isinstance(outcome, BaseException):
+                    pending.future.set_exception(outcome)
+                else:
+                    pending.future.set_result(outcome)
+
+    async def _run(
+        self, store: WebhookOps, batch: list[_Pending]
+    ) -> list[tuple[Receipt, list[EnqueueResult]] | Exception]:
+        """The batch in one transaction. Deliveries rarely fail, so the batch first runs
+        without savepoints (two round trips fewer per delivery); if one fails, that
+        transaction is rolled back whole and the batch runs again with a savepoint each,
+        so the failure stays the failed delivery's alone."""
+        try:
+            return list(await self._transaction(store, batch, savepoints=False))
+        except _BodyFailed:
+            return await self._transaction(store, batch, savepoints=True)
+
+    async def _transaction(
+        self, store: WebhookOps, batch: list[_Pending], *, savepoints: bool
+    ) -> list[tuple[Receipt, list[EnqueueResult]] | Exception]:
+        outcomes: list[tuple[Receipt, list[EnqueueResult]] | Exception] = []
+        async with store.transaction() as tx:
+            project = await store.lock_project(tx)
+            for pending in batch:
+                if savepoints:
+                    await tx.execute_script("SAVEPOINT corral_delivery", what="a savepoint")
+                try:
+                    outcome = await store._record_in(tx, project, pending.receipt, pending.items)
+                except Exception as exc:
+                    if not savepoints:
+                        raise _BodyFailed from exc
+                    await tx.execute_script(
+                        "ROLLBACK TO SAVEPOINT corral_delivery", what="a rollback"
+                    )
+                    outcomes.append(exc)
+                    continue
+                if savepoints:
+                    await tx.execute_script("RELEASE SAVEPOINT corral_delivery", what="a release")
+                outcomes.append(outcome)
+        return outcomes
+
+
+class _BodyFailed(Exception):
+    """A delivery of a batch run without savepoints failed: run the batch again with them."""

@@ -1,0 +1,344 @@
+"""Conformance suite for webhook receipts, on both stores: a delivery and its items in one
+transaction, dedupe by delivery id after verification, replays, listing and pruning, and
+concurrent redeliveries from several processes giving exactly one acceptance."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from corral.errors import StoreError
+from corral.store import (
+    RECEIPT_BODY_CAP,
+    AgentResult,
+    AgentSpec,
+    ItemState,
+    NewItem,
+    NewReceipt,
+    ReceiptOutcome,
+    Store,
+    TriggerKind,
+    new_receipt_id,
+)
+from tests.store._processes import run_together, spawn
+from tests.store.conftest import Clock
+
+WORKER = Path(__file__).with_name("_webhook_worker.py")
+HEADERS = {
+    "content-type": "application/json",
+    "x-github-event": "issues",
+    "x-github-delivery": "d-1",
+    "x-hub-signature-256": "sha256=abc",
+    "authorization": "Bearer not-for-receipts",
+    "cookie": "session=nope",
+}
+
+
+async def setup(store: Store, *specs: tuple[str, int, int]) -> None:
+    await store.sync_project(
+        [AgentSpec(name, scale, size) for name, scale, size in specs],
+        scale_cap=None,
+        max_attempts=3,
+        max_reruns=0,
+    )
+
+
+def receipt(
+    *,
+    outcome: ReceiptOutcome = ReceiptOutcome.ACCEPTED,
+    source: str = "gh",
+    delivery_id: str | None = "d-1",
+    matched: tuple[str, ...] = ("a",),
+    unmatched: tuple[str, ...] = (),
+    body: bytes = b'{"action":"opened"}',
+    body_size: int | None = None,
+    replay_of: str | None = None,
+    receipt_id: str | None = None,
+) -> NewReceipt:
+    verified = outcome is not ReceiptOutcome.REFUSED
+    results = tuple(AgentResult(a, True, "events: issues") for a in matched) + tuple(
+        AgentResult(a, False, "events: issues is not push") for a in unmatched
+    )
+    return NewReceipt(
+        id=receipt_id or new_receipt_id(),
+        source=source,
+        outcome=outcome,
+        headers=HEADERS,
+        body=body,
+        body_size=len(body) if body_size is None else body_size,
+        verified=verified,
+        verification="signature verified" if verified else "signature does not match",
+        event="issues",
+        delivery_id=delivery_id,
+        error=None if verified else "bad signature",
+        results=results,
+        replay_of=replay_of,
+    )
+
+
+def items_for(new: NewReceipt) -> list[NewItem]:
+    return [
+        NewItem(
+            agent=r.agent,
+            trigger=TriggerKind.WEBHOOK,
+            trigger_detail={"event": "issues", "receiptId": new.id},
+            dedupe_key=None
+            if new.replay_of
+            else f"webhook:{new.source}:{new.delivery_id}:{r.agent}",
+        )
+        for r in new.results
+        if r.matched
+    ]
+
+
+async def test_a_delivery_and_its_items_are_recorded_together(store: Store, clock: Clock) -> None:
+    await setup(store, ("a", 1, 5), ("b", 1, 5), ("c", 1, 5))
+    new = receipt(matched=("a", "b"), unmatched=("c",))
+
+    stored, enqueued = await store.record_delivery(new, items_for(new))
+
+    assert stored.id == new.id and stored.id.startswith("wh_") and len(stored.id) == 19
+    assert stored.outcome is ReceiptOutcome.ACCEPTED
+    assert (stored.source, stored.event, stored.delivery_id) == ("gh", "issues", "d-1")
+    assert stored.received_at == clock.now
+    assert stored.verified and stored.verification == "signature verified"
+    assert stored.body == new.body and stored.body_size == len(new.body)
+    assert not stored.body_truncated
+    assert "authorization" not in stored.headers and "cookie" not in stored.headers
+    assert stored.headers["x-hub-signature-256"] == "sha256=abc"
+    assert [e.item.agent for e in enqueued] == ["a", "b"]
+    assert {e.item.state for e in enqueued} == {ItemState.QUEUED}
+    assert [(r.agent, r.matched, r.state, r.item_id) for r in stored.results] == [
+        ("a", True, "queued", enqueued[0].item.id),
+        ("b", True, "queued", enqueued[1].item.id),
+        ("c", False, None, None),
+    ]
+    assert stored.matched == ["a", "b"] and stored.queued == ["a", "b"]
+    assert stored.item_ids == [e.item.id for e in enqueued]
+    items = await store.list_items()
+    assert {i.id: i.trigger_detail for i in items} == {
+        e.item.id: {"event": "issues", "receiptId": new.id} for e in enqueued
+    }
+    assert await store.get_receipt(new.id) == stored
+    assert await store.get_receipt("wh_0000000000000000") is None
+
+
+async def test_the_body_is_kept_up_to_the_cap(store: Store) -> None:
+    big = b"x" * (RECEIPT_BODY_CAP + 10)
+    stored, _ = await store.record_delivery(receipt(matched=(), body=big, delivery_id=None))
+    assert len(stored.body) == RECEIPT_BODY_CAP and stored.body == big[:RECEIPT_BODY_CAP]
+    assert stored.body_size == RECEIPT_BODY_CAP + 10 and stored.body_truncated
+
+    # Reading stopped at a limit: the size is what the sender announced, more than was read.
+    refused = receipt(outcome=ReceiptOutcome.REFUSED, matched=(), body=b"", body_size=5 << 20)
+    stored, _ = await store.record_delivery(refused)
+    assert (stored.body, stored.body_size, stored.body_truncated) == (b"", 5 << 20, True)
+    assert stored.outcome is ReceiptOutcome.REFUSED and not stored.verified
+    assert stored.error == "bad signature"
+
+
+async def test_a_redelivery_is_a_duplicate_and_queues_nothing(store: Store) -> None:
+    await setup(store, ("a", 1, 5))
+    first = receipt()
+    stored, _ = await store.record_delivery(first, items_for(first))
+
+    again = receipt()
+    duplicate, enqueued = await store.record_delivery(again, items_for(again))
+
+    assert enqueued == []
+    assert duplicate.id == again.id and duplicate.outcome is ReceiptOutcome.DUPLICATE
+    assert duplicate.duplicate_of == stored.id and duplicate.results == ()
+    assert len(await store.list_items()) == 1
+    # The same id from another source is another delivery.
+    other = receipt(source="gh2")
+    accepted, enqueued = await store.record_delivery(other, items_for(other))
+    assert accepted.outcome is ReceiptOutcome.ACCEPTED and len(enqueued) == 1
+
+
+async def test_only_verified_deliveries_take_a_delivery_id(store: Store) -> None:
+    await setup(store, ("a", 1, 5))
+    for outcome in (ReceiptOutcome.REFUSED, ReceiptOutcome.INVALID):
+        stored, _ = await store.record_delivery(receipt(outcome=outcome, matched=()))
+        assert stored.outcome is outcome
+    ok = receipt()
+    stored, enqueued = await store.record_delivery(ok, items_for(ok))
+    assert stored.outcome is ReceiptOutcome.ACCEPTED and len(enqueued) == 1
+    # A refused redelivery after the acceptance is still recorded as refused.
+    late, _ = await store.record_delivery(receipt(outcome=ReceiptOutcome.REFUSED, matched=()))
+    assert late.outcome is ReceiptOutcome.REFUSED
+    # A ping takes its id too.
+    ping = receipt(outcome=ReceiptOutcome.PING, matched=(), delivery_id="p-1")
+    assert (await store.record_delivery(ping))[0].outcome is ReceiptOutcome.PING
+    repeat = receipt(outcome=ReceiptOutcome.PING, matched=(), delivery_id="p-1")
+    assert (await store.record_delivery(repeat))[0].outcome is ReceiptOutcome.DUPLICATE
+
+
+async def test_replays_take_no_delivery_id(store: Store) -> None:
+    await setup(store, ("a", 1, 5))
+    first = receipt()
+    original, _ = await store.record_delivery(first, items_for(first))
+    for _ in range(2):
+        replay = receipt(replay_of=original.id)
+        stored, enqueued = await store.record_delivery(replay, items_for(replay))
+        assert stored.outcome is ReceiptOutcome.ACCEPTED and stored.replay_of == original.id
+        assert stored.delivery_id == "d-1" and len(enqueued) == 1
+    assert len(await store.list_items()) == 3
+
+
+async def test_disabled_unknown_and_full_agents_are_recorded_with_the_reason(
+    store: Store,
+) -> None:
+    await setup(store, ("off", 0, 5), ("full", 1, 1))
+    await store.enqueue(NewItem(agent="full", trigger=TriggerKind.SCHEDULE))
+    new = receipt(matched=("off", "ghost", "full"))
+
+    stored, enqueued = await store.record_delivery(new, items_for(new))
+
+    by_agent = {r.agent: r for r in stored.results}
+    assert by_agent["off"].state == "rejected" and "scale = 0" in (by_agent["off"].why or "")
+    assert by_agent["ghost"].state == "rejected"
+    assert "unknown agent 'ghost'" in (by_agent["ghost"].why or "")
+    assert by_agent["full"].state == "queued" and len(by_agent["full"].dropped) == 1
+    assert stored.queued == ["full"]
+    assert [e.item.state for e in enqueued] == [
+        ItemState.REJECTED,
+        ItemState.REJECTED,
+        ItemState.QUEUED,
+    ]
+    dropped = await store.get_item(by_agent["full"].dropped[0])
+    assert dropped is not None and dropped.state is ItemState.DROPPED
+
+
+async def test_items_must_belong_to_matched_agents_of_an_accepted_receipt(store: Store) -> None:
+    await setup(store, ("a", 1, 5))
+    refused = receipt(outcome=ReceiptOutcome.REFUSED)
+    with pytest.raises(ValueError, match="refused receipt queues nothing"):
+        await store.record_delivery(refused, items_for(receipt()))
+    with pytest.raises(ValueError, match="does not match"):
+        await store.record_delivery(receipt(matched=(), unmatched=("a",)), items_for(receipt()))
+    twice = items_for(receipt()) * 2
+    with pytest.raises(ValueError, match="two items"):
+        await store.record_delivery(receipt(), twice)
+    assert await store.list_receipts() == [] and await store.list_items() == []
+
+
+async def test_a_failed_record_queues_nothing(store: Store) -> None:
+    """The receipt and its items are one transaction: when the receipt cannot be written
+    (here its id is taken), the items enqueued before it are rolled back with it."""
+    await setup(store, ("a", 1, 5))
+    taken, _ = await store.record_delivery(receipt(matched=(), delivery_id=None))
+    clash = receipt(receipt_id=taken.id, delivery_id="d-9")
+    with pytest.raises(StoreError, match="insert_receipt"):
+        await store.record_delivery(clash, items_for(clash))
+    assert await store.list_items() == []
+    assert [r.id for r in await store.list_receipts()] == [taken.id]
+
+
+async def test_a_failed_delivery_among_concurrent_ones_fails_alone(store: Store) -> None:
+    """Concurrent deliveries share transactions; one that fails (its id is taken) is
+    rolled back alone, and the others are recorded with their items."""
+    await setup(store, ("a", 1, 100))
+    taken, _ = await store.record_delivery(receipt(matched=(), delivery_id=None))
+    good = [receipt(delivery_id=f"g-{n}") for n in range(10)]
+    clash = receipt(receipt_id=taken.id, delivery_id="d-clash")
+    news = [*good[:5], clash, *good[5:]]
+
+    done = await asyncio.gather(
+        *(store.record_delivery(n, items_for(n)) for n in news), return_exceptions=True
+    )
+
+    assert isinstance(done[5], StoreError)
+    stored = [d for d in done if not isinstance(d, BaseException)]
+    assert [r.id for r, _ in stored] == [n.id for n in good]
+    items = await store.list_items(limit=100)
+    assert sorted(i.id for i in items) == sorted(r.item_ids[0] for r, _ in stored)
+    assert {str((i.trigger_detail or {})["receiptId"]) for i in items} == {n.id for n in good}
+
+
+async def test_list_receipts_filters_newest_first(store: Store, clock: Clock) -> None:
+    await setup(store, ("a", 1, 50))
+    ids = []
+    for n, (source, outcome) in enumerate(
+        [
+            ("gh", ReceiptOutcome.ACCEPTED),
+            ("gh", ReceiptOutcome.REFUSED),
+            ("sentry", ReceiptOutcome.ACCEPTED),
+            ("gh", ReceiptOutcome.INVALID),
+        ]
+    ):
+        clock.advance(1)
+        new = receipt(source=source, outcome=outcome, delivery_id=f"d-{n}", matched=())
+        ids.append((await store.record_delivery(new))[0].id)
+
+    assert [r.id for r in await store.list_receipts()] == ids[::-1]
+    assert [r.id for r in await store.list_receipts(limit=2)] == ids[:1:-1]
+    assert [r.id for r in await store.list_receipts(source="gh")] == [ids[3], ids[1], ids[0]]
+    assert [r.id for r in await store.list_receipts(outcome="accepted")] == [ids[2], ids[0]]
+    found = await store.list_receipts(source="gh", outcome=ReceiptOutcome.REFUSED)
+    assert [r.id for r in found] == [ids[1]]
+    since = clock.now - timedelta(seconds=1)
+    assert [r.id for r in await store.list_receipts(since=since)] == [ids[3], ids[2]]
+    with pytest.raises(ValueError, match="not-an-outcome"):
+        await store.list_receipts(outcome="not-an-outcome")
+    with pytest.raises(ValueError, match="limit"):
+        await store.list_receipts(limit=-1)
+
+
+async def test_prune_receipts(store: Store, clock: Clock) -> None:
+    await setup(store, ("a", 1, 5))
+    old = receipt()
+    original, _ = await store.record_delivery(old, items_for(old))
+    clock.advance(3600)
+    for _ in range(2):  # replays of it (no foreign key: pruning the original leaves them)
+        replay = receipt(replay_of=original.id)
+        await store.record_delivery(replay, items_for(replay))
+
+    assert await store.prune_receipts(clock.now - timedelta(seconds=60)) == 1
+    left = await store.list_receipts()
+    assert len(left) == 2 and {r.replay_of for r in left} == {original.id}
+    assert len(await store.list_items()) == 3  # items and runs have their own retention
+
+
+async def test_concurrent_redeliveries_in_one_process_accept_once(store: Store) -> None:
+    await setup(store, ("a", 1, 100))
+    news = [receipt(delivery_id=f"d-{n % 5}") for n in range(40)]
+
+    done = await asyncio.gather(*(store.record_delivery(n, items_for(n)) for n in news))
+
+    outcomes = Counter((r.delivery_id, r.outcome) for r, _ in done)
+    for n in range(5):
+        assert outcomes[(f"d-{n}", ReceiptOutcome.ACCEPTED)] == 1
+        assert outcomes[(f"d-{n}", ReceiptOutcome.DUPLICATE)] == 7
+    items = await store.list_items(limit=100)
+    assert len(items) == 5
+    assert sum(len(enqueued) for _, enqueued in done) == 5
+
+
+async def test_redeliveries_from_several_processes_accept_exactly_once(
+    store: Store, store_url: str
+) -> None:
+    await setup(store, ("a", 1, 1000))
+    procs = [await spawn(WORKER, store_url, 30) for _ in range(4)]
+
+    results = await run_together(procs)
+
+    accepted = [d for r in results for d in r["accepted"]]
+    duplicates = [d for r in results for d in r["duplicates"]]
+    assert sorted(accepted) == sorted(f"d-{n}" for n in range(30))  # each id accepted once
+    assert len(duplicates) == 3 * 30
+    receipts = await store.list_receipts(limit=1000)
+    assert Counter(r.outcome for r in receipts) == {
+        ReceiptOutcome.ACCEPTED: 30,
+        ReceiptOutcome.DUPLICATE: 90,
+    }
+    items = await store.list_items(limit=1000)
+    assert len(items) == 30
+    assert sorted(str(i.trigger_detail and i.trigger_detail["delivery"]) for i in items) == sorted(
+        accepted
+    )
+    firsts = {r.id for r in receipts if r.outcome is ReceiptOutcome.ACCEPTED}
+    assert {r.duplicate_of for r in receipts if r.duplicate_of} == firsts
