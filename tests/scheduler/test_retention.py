@@ -8,7 +8,15 @@ from pathlib import Path
 
 from corral.scheduler.retention import prune_history
 from corral.scheduler.service import agent_specs
-from corral.store import NewItem, RunState, Store, TriggerKind
+from corral.store import (
+    NewItem,
+    NewReceipt,
+    ReceiptOutcome,
+    RunState,
+    Store,
+    TriggerKind,
+    new_receipt_id,
+)
 from tests.scheduler.helpers import write_project
 
 
@@ -62,3 +70,32 @@ async def test_a_directory_still_written_to_is_kept(tmp_path: Path, store: Store
     pruned = await prune_history(project, store)
     assert pruned.run_dirs == 0 and run_dir.exists()
     assert pruned.logs == 1
+
+
+async def test_old_webhook_receipts_go_recent_stay(tmp_path: Path, store: Store) -> None:
+    project = write_project(
+        tmp_path / "p", {"dev": {"command": "true"}}, "historyRetentionDays = 7\n"
+    )
+
+    async def receipt() -> str:
+        new = NewReceipt(
+            id=new_receipt_id(),
+            source="gh",
+            outcome=ReceiptOutcome.REFUSED,
+            headers={},
+            body=b"{}",
+            body_size=2,
+            verified=False,
+        )
+        return (await store.record_delivery(new))[0].id
+
+    real_clock = store.clock
+    store.clock = lambda: real_clock() - timedelta(days=8)
+    old = await receipt()
+    store.clock = real_clock
+    recent = await receipt()
+
+    pruned = await prune_history(project, store)
+
+    assert pruned.receipts == 1
+    assert await store.get_receipt(old) is None and await store.get_receipt(recent) is not None

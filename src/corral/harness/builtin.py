@@ -4,7 +4,9 @@ The loop runs in the scheduler's process; the model is reached through a ``Model
 (fallback, circuit breakers) and every tool call runs in the run's runtime through a
 ``Toolbox``, so model API keys never enter the run. Every turn and tool call is written
 to the transcript (JSON objects, one per line in the run log). Budgets are enforced here,
-not by the model: turns, tokens and wall-clock time; a run stopped by one says which.
+not by the model: turns, tokens, dollars and wall-clock time, checked before every turn
+(so a run overshoots a token or cost budget by at most the turn that crossed it); a run
+stopped by one says which.
 
 Exit codes follow the documented table: 0 done, 10 authentication failure, 12 every model
 rate-limited or overloaded, 15 an unrecoverable error (the request was refused, or the
@@ -39,6 +41,8 @@ EXIT_TIMEOUT = 124
 
 #: Receives each transcript entry (a JSON-able dict).
 Transcript = Callable[[dict[str, Any]], Awaitable[None]]
+#: The dollars a turn of the named model cost, or None when the model has no price.
+Pricer = Callable[[str, Usage], float | None]
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class Budgets:
 
     max_turns: int = 50
     max_tokens: int | None = None
+    #: US dollars; needs a ``Pricer`` that knows every model's price.
+    max_cost: float | None = None
     wall_seconds: float | None = None
     #: The most the model may write in one turn.
     turn_tokens: int = 8192
@@ -58,7 +64,9 @@ class LoopResult:
     error: str | None
     turns: int
     usage: Usage = field(default_factory=lambda: Usage(0, 0, 0, 0))
-    #: Which budget stopped the run, if one did ("turns", "tokens", "wall clock").
+    #: Dollars spent so far; None once a turn's model had no price (or nothing prices).
+    cost_usd: float | None = 0.0
+    #: Which budget stopped the run, if one did ("turns", "tokens", "cost", "wall clock").
     budget: str | None = None
     final_text: str = ""
 
@@ -89,14 +97,21 @@ async def run_loop(
     transcript: Transcript,
     budgets: Budgets | None = None,
     *,
+    pricer: Pricer | None = None,
+    on_turn: Callable[[LoopResult], Awaitable[None]] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> LoopResult:
     """Run the conversation to its end, a budget, or a failure; never raises for the
-    model's or the tools' problems (they are the result)."""
+    model's or the tools' problems (they are the result).
+
+    ``on_turn`` sees the running totals after every model turn (the scheduler stores
+    them, so a day's spend counts runs still going)."""
     limits = budgets or Budgets()
+    if limits.max_cost is not None and pricer is None:
+        raise ValueError("a cost budget needs a pricer")
     started = clock()
     messages = [Message("user", [Text(prompt)])]
-    result = LoopResult(0, None, 0)
+    result = LoopResult(0, None, 0, cost_usd=0.0 if pricer is not None else None)
     while True:
         stop = _over_budget(limits, result, clock() - started)
         if stop is not None:
@@ -112,7 +127,14 @@ async def run_loop(
             return await _failed(result, exc, transcript)
         result.turns += 1
         result.usage = _add(result.usage, completion.usage)
-        await transcript(_turn_entry(result.turns, model, completion.content, completion.usage))
+        cost = None if pricer is None else pricer(model, completion.usage)
+        result.cost_usd = (
+            None if cost is None or result.cost_usd is None else result.cost_usd + cost
+        )
+        entry = _turn_entry(result.turns, model, completion.content, completion.usage)
+        await transcript(entry | {"costUsd": cost, "totalCostUsd": result.cost_usd})
+        if on_turn is not None:
+            await on_turn(result)
         messages.append(Message("assistant", list(completion.content)))
         calls = [block for block in completion.content if isinstance(block, ToolUse)]
         if not calls:
@@ -131,6 +153,12 @@ def _over_budget(limits: Budgets, result: LoopResult, elapsed: float) -> tuple[s
         return ("turns", EXIT_UNRECOVERABLE)
     if limits.max_tokens is not None and _tokens(result.usage) >= limits.max_tokens:
         return ("tokens", EXIT_UNRECOVERABLE)
+    if (
+        limits.max_cost is not None
+        and result.cost_usd is not None
+        and result.cost_usd >= limits.max_cost
+    ):
+        return ("cost", EXIT_UNRECOVERABLE)
     if limits.wall_seconds is not None and elapsed >= limits.wall_seconds:
         return ("wall clock", EXIT_TIMEOUT)
     return None
@@ -141,6 +169,8 @@ def _limit_text(limits: Budgets, budget: str) -> str:
         return f"{limits.max_turns} turns"
     if budget == "tokens":
         return f"{limits.max_tokens} tokens"
+    if budget == "cost":
+        return f"${limits.max_cost:.2f}"
     return f"{limits.wall_seconds:g} s"
 
 

@@ -4,7 +4,8 @@ The loop runs here, in the scheduler's process, with the model API keys the plan
 out of the run; every tool call starts a process in the run's runtime (host or sandbox)
 from the plan's template, so the in-run commands (rlock, al-subagent, al-return …) work
 through the bash tool exactly as for any other agent. Each turn and tool call is one JSON
-line in the run log (which redacts credential values).
+line in the run log (which redacts credential values). The run's tokens and dollars are
+written to the store after every turn; the agent's ``[budget]`` limits the run.
 """
 
 from __future__ import annotations
@@ -14,17 +15,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from corral.errors import RunError
-from corral.harness.builtin import Budgets, LoopResult, run_loop
+from corral.harness.builtin import Budgets, LoopResult, Pricer, run_loop
 from corral.harness.tools import Toolbox
 from corral.llm import client_for
 from corral.llm.errors import ProviderError
 from corral.llm.fallback import Breaker, ChainEntry, ModelChain
-from corral.project import Project
+from corral.llm.pricing import Price, price_for
+from corral.llm.types import Usage
+from corral.project import Agent, Project
 from corral.runtime import Process
 from corral.scheduler.prepare import MODEL_KEY_VARIABLES, RunPlan
 from corral.scheduler.runlog import RunLog
+from corral.store import Store
 
-__all__ = ["run_builtin"]
+__all__ = ["budgets_for", "pricer_for", "run_builtin"]
+
+#: Budgets the loop reports by name; the wall clock is the run's timeout (timed_out).
+_STORED_BUDGETS = frozenset({"turns", "tokens", "cost"})
 
 #: Starts one process of the run (``argv``, stdin) and registers it for stops.
 Launcher = Callable[[Sequence[str], bytes | None], Awaitable[Process]]
@@ -51,6 +58,55 @@ async def model_chain(project: Project, plan: RunPlan, breakers: dict[str, Break
     return ModelChain(entries, breakers=breakers)
 
 
+def budgets_for(agent: Agent) -> Budgets:
+    """The agent's ``[budget]``, with its ``timeout`` as the wall clock."""
+    budget = agent.config.budget
+    return Budgets(
+        max_turns=budget.max_turns,
+        max_tokens=budget.max_tokens,
+        max_cost=budget.max_cost,
+        wall_seconds=float(agent.config.timeout),
+    )
+
+
+def pricer_for(project: Project, agent: Agent) -> Pricer:
+    """Prices for the agent's models; every one must have a price when money is limited.
+
+    Money is limited when the agent has a cost budget or a daily cap applies (the
+    agent's or the project's): counting an unpriced model as free would break them.
+    """
+    prices: dict[str, Price | None] = {}
+    for name in agent.config.models:
+        config = project.config.models.get(name)
+        if config is None:
+            raise RunError(f"model {name!r} is not defined in the project's [models]")
+        prices[name] = price_for(config)
+    limited = [
+        what
+        for what, value in (
+            ("budget.maxCost", agent.config.budget.max_cost),
+            ("budget.dailyCost", agent.config.budget.daily_cost),
+            ("the project's [budget] dailyCost", project.config.budget.daily_cost),
+        )
+        if value is not None
+    ]
+    unpriced = [name for name, price in prices.items() if price is None]
+    if limited and unpriced:
+        name = unpriced[0]
+        model = project.config.models[name].model
+        raise RunError(
+            f"model {name!r} ({model!r}) has no known price, and agent {agent.name!r} is "
+            f"limited in dollars ({', '.join(limited)}): set [models.{name}] price = "
+            "{ input = …, output = … } (US dollars per million tokens) in config.toml"
+        )
+
+    def pricer(name: str, usage: Usage) -> float | None:
+        price = prices.get(name)
+        return None if price is None else price.cost(usage)
+
+    return pricer
+
+
 async def run_builtin(
     project: Project,
     plan: RunPlan,
@@ -58,9 +114,11 @@ async def run_builtin(
     runlog: RunLog,
     launch: Launcher,
     breakers: dict[str, Breaker],
+    store: Store,
 ) -> LoopResult:
     """Run the tool loop for ``plan`` to its end (a budget, a failure, or the answer)."""
     prompt = plan.write_prompt(project, system_prompt)
+    pricer = pricer_for(project, plan.agent)
     chain = await model_chain(project, plan, breakers)
     toolbox = Toolbox(launch, workdir=str(plan.inside.workdir))
 
@@ -68,9 +126,31 @@ async def run_builtin(
         line = json.dumps({"run": plan.run.id, **entry}, ensure_ascii=False) + "\n"
         await runlog.write(line.encode())
 
-    budgets = Budgets(wall_seconds=float(plan.agent.config.timeout))
+    async def record(result: LoopResult) -> None:
+        usage = result.usage
+        await store.record_usage(
+            plan.run.id,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cost_usd=result.cost_usd,
+            budget=result.budget if result.budget in _STORED_BUDGETS else None,
+        )
+
     try:
-        return await run_loop(chain, toolbox, system_prompt, prompt, transcript, budgets)
+        result = await run_loop(
+            chain,
+            toolbox,
+            system_prompt,
+            prompt,
+            transcript,
+            budgets_for(plan.agent),
+            pricer=pricer,
+            on_turn=record,
+        )
     finally:
         for entry in chain.entries:
             await entry.client.aclose()
+    await record(result)
+    return result

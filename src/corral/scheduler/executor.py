@@ -9,6 +9,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from corral.credentials import CredentialStore
 from corral.errors import CorralError
@@ -56,6 +57,15 @@ class _Outcome:
     state: RunState
     exit_code: int | None
     error: str | None
+
+
+_NOTHING_SPENT: dict[str, Any] = {
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cache_read_tokens": 0,
+    "cache_write_tokens": 0,
+    "cost_usd": 0.0,
+}
 
 
 def _loop_outcome(loop: asyncio.Task[LoopResult]) -> _Outcome:
@@ -175,6 +185,10 @@ class RunExecutor:
         if agent is None:
             missing = f"agent '{run.agent}' is no longer in the project"
             return await self._finalize(run, _Outcome(RunState.FAILED, None, missing))
+        capped = await self.store.daily_cap_refusal(run.agent)
+        if capped is not None:  # queued before the day's spend reached a cap
+            await self.store.record_usage(run.id, **_NOTHING_SPENT, budget="daily cost")
+            return await self._finalize(run, _Outcome(RunState.FAILED, None, capped))
         try:
             plan = await plan_run(
                 self.project,
@@ -260,7 +274,9 @@ class RunExecutor:
             return process
 
         loop = asyncio.create_task(
-            run_builtin(self.project, plan, system_prompt, runlog, launch, self._breakers),
+            run_builtin(
+                self.project, plan, system_prompt, runlog, launch, self._breakers, self.store
+            ),
             name=f"builtin {run.id}",
         )
         self._loops[run.id] = loop

@@ -19,7 +19,7 @@ from corral.runtime import Sink
 from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.executor import RunExecutor, RunResult
 from corral.scheduler.orphans import reap_orphans
-from corral.scheduler.service import SchedulerOptions, agent_specs
+from corral.scheduler.service import SchedulerOptions, sync_config
 from corral.store import Claim, ItemState, NewItem, QueueItem, Store, TriggerKind
 
 __all__ = ["run_in_foreground"]
@@ -45,12 +45,7 @@ async def run_in_foreground(
     """
     opts = options or SchedulerOptions()
     owner = f"cli-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-    await store.sync_project(
-        agent_specs(project),
-        scale_cap=project.config.scale,
-        max_attempts=project.config.max_attempts,
-        max_reruns=project.config.max_reruns,
-    )
+    await sync_config(store, project)
     reap_orphans(await store.recover_lapsed())
     queued = await store.enqueue(
         NewItem(agent=agent.name, trigger=TriggerKind.MANUAL, prompt=prompt)

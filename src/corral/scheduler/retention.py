@@ -1,4 +1,5 @@
-"""`historyRetentionDays`: forget runs, run directories and logs older than that."""
+"""`historyRetentionDays`: forget runs, run directories, logs and webhook receipts older
+than that."""
 
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ class Pruned:
     runs: int
     run_dirs: int
     logs: int
+    receipts: int = 0
 
 
 async def prune_history(project: Project, store: Store, *, now: datetime | None = None) -> Pruned:
-    """Delete ended runs, and run directories and logs untouched, for longer than the retention.
+    """Delete ended runs, run directories and logs untouched, and webhook receipts received,
+    longer ago than the retention.
 
     Files are judged by their modification time, so a directory of a run that is
     still going (it writes its files) is never removed.
@@ -33,18 +36,21 @@ async def prune_history(project: Project, store: Store, *, now: datetime | None 
     days = project.config.history_retention_days
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
     runs = await store.prune_runs(cutoff)
+    receipts = await store.prune_receipts(cutoff)
     state = project.root / ".corral"
     dirs, logs = await asyncio.to_thread(_prune_files, state, cutoff.timestamp())
-    if runs or dirs or logs:
+    if runs or dirs or logs or receipts:
         log.info(
-            "pruned %d run(s), %d run directory(ies), %d log(s) older than %d days",
+            "pruned %d run(s), %d run directory(ies), %d log(s), %d webhook receipt(s) "
+            "older than %d days",
             runs,
             dirs,
             logs,
+            receipts,
             days,
             extra={"action": "history_pruned"},
         )
-    return Pruned(runs, dirs, logs)
+    return Pruned(runs, dirs, logs, receipts)
 
 
 def _prune_files(state: Path, cutoff: float) -> tuple[int, int]:

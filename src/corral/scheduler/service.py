@@ -34,7 +34,14 @@ from corral.store import (
     StoreError,
 )
 
-__all__ = ["Scheduler", "SchedulerOptions", "agent_specs", "cap_warning", "is_live"]
+__all__ = [
+    "Scheduler",
+    "SchedulerOptions",
+    "agent_specs",
+    "cap_warning",
+    "is_live",
+    "sync_config",
+]
 
 log = logging.getLogger("corral.scheduler")
 
@@ -54,9 +61,25 @@ class SchedulerOptions:
 
 def agent_specs(project: Project) -> list[AgentSpec]:
     return [
-        AgentSpec(agent=a.name, scale=a.effective_scale, queue_size=a.config.max_work_queue_size)
+        AgentSpec(
+            agent=a.name,
+            scale=a.effective_scale,
+            queue_size=a.config.max_work_queue_size,
+            daily_cost_cap=a.config.budget.daily_cost,
+        )
         for a in project.agents.values()
     ]
+
+
+async def sync_config(store: Store, project: Project) -> None:
+    """Make the store's agents, caps and limits those of ``project``'s configuration."""
+    await store.sync_project(
+        agent_specs(project),
+        scale_cap=project.config.scale,
+        max_attempts=project.config.max_attempts,
+        max_reruns=project.config.max_reruns,
+        daily_cost_cap=project.config.budget.daily_cost,
+    )
 
 
 def cap_warning(project: Project) -> str | None:
@@ -144,12 +167,7 @@ class Scheduler:
         if self.link.bin_dir is not None:
             install_commands(self.link.bin_dir)
         await self._recover_dead_predecessors(host)
-        await self.store.sync_project(
-            agent_specs(self.project),
-            scale_cap=self.project.config.scale,
-            max_attempts=self.project.config.max_attempts,
-            max_reruns=self.project.config.max_reruns,
-        )
+        await sync_config(self.store, self.project)
         self.info = await self.store.register_scheduler(
             host=host, pid=os.getpid(), gateway_url=self.gateway_url
         )
