@@ -150,7 +150,8 @@ def test_types(cli: Cli) -> None:
         "GH_TOKEN",
         "git_ssh",
         "private_key (multi-line)",
-        "known_hosts (optional, multi-line)",
+        "known_hosts (optional,",  # the table wraps it where the terminal is narrow
+        "webhook_secret",
         "GIT_SSH_COMMAND = ssh -i <private_key file>",
         "ANTHROPIC_API_KEY",
         "OPENAI_API_KEY",
@@ -158,7 +159,18 @@ def test_types(cli: Cli) -> None:
     ):
         assert text in table, text
     types = {t["name"]: t for t in json.loads(ok(cli("types", "--json")).stdout)}
-    assert list(types) == ["github_token", "git_ssh", "anthropic_key", "openai_key", "env"]
+    assert list(types) == [
+        "github_token",
+        "git_ssh",
+        "anthropic_key",
+        "openai_key",
+        "env",
+        "webhook_secret",
+        "operator_token",
+    ]
+    # A signing secret sets nothing in a run: it never reaches one.
+    assert types["webhook_secret"]["env"] == []
+    assert types["operator_token"]["env"] == []
     assert types["github_token"]["env"] == [
         {"name": "GITHUB_TOKEN", "value": "<token>"},
         {"name": "GH_TOKEN", "value": "<token>"},

@@ -10,13 +10,22 @@ from corral.credentials import (
     credential_type,
     credential_types,
     parse_ref,
+    webhook_secret_ref,
 )
 from corral.errors import RunError, UsageError
 
 
 def test_the_built_in_types() -> None:
     names = [ctype.name for ctype in credential_types()]
-    assert names == ["github_token", "git_ssh", "anthropic_key", "openai_key", "env"]
+    assert names == [
+        "github_token",
+        "git_ssh",
+        "anthropic_key",
+        "openai_key",
+        "env",
+        "webhook_secret",
+        "operator_token",
+    ]
     ssh = credential_type("git_ssh")
     assert [(f.name, f.multiline, f.required) for f in ssh.fields] == [
         ("private_key", True, True),
@@ -102,3 +111,49 @@ def test_env_descriptions_for_humans() -> None:
         "GH_TOKEN",
     ]
     assert [v.describe() for v in credential_type("env").env] == ["<INSTANCE>"]
+
+
+def test_webhook_secret_is_for_the_gateway_only() -> None:
+    ctype = credential_type("webhook_secret")
+    assert ctype.field_names == ("secret",)
+    assert ctype.env == () and ctype.env_names("MyOrg") == ()
+    assert ctype.given_to_runs is False
+    kept = {"webhook_secret", "operator_token"}
+    assert all(t.given_to_runs for t in credential_types() if t.name not in kept)
+
+
+def test_an_operator_token_is_for_the_cli_only() -> None:
+    ctype = credential_type("operator_token")
+    assert ctype.field_names == ("token",) and ctype.env == ()
+    assert ctype.given_to_runs is False
+
+
+@pytest.mark.parametrize(
+    "alias",
+    [
+        "github_webhook_secret",
+        "sentry_client_secret",
+        "linear_webhook_secret",
+        "mintlify_webhook_secret",
+    ],
+)
+def test_the_described_systems_secret_types_are_webhook_secret(alias: str) -> None:
+    assert credential_type(alias) is credential_type("webhook_secret")
+    assert parse_ref(f"{alias}:MyOrg") == CredentialRef("webhook_secret", "MyOrg")
+    assert parse_ref(alias) == CredentialRef("webhook_secret")
+
+
+def test_a_webhook_sources_credential() -> None:
+    assert webhook_secret_ref("MyOrg") == CredentialRef("webhook_secret", "MyOrg")
+    assert webhook_secret_ref("webhook_secret") == CredentialRef("webhook_secret")
+    assert webhook_secret_ref("webhook_secret:a.b-c") == CredentialRef("webhook_secret", "a.b-c")
+    assert webhook_secret_ref("github_webhook_secret") == CredentialRef("webhook_secret")
+    with pytest.raises(CredentialError) as caught:
+        webhook_secret_ref("github_token:MyOrg")
+    assert str(caught.value) == (
+        "github_token:MyOrg: a github_token credential cannot sign webhooks; name a "
+        'webhook_secret credential: its instance alone ("MyOrg" is webhook_secret:MyOrg) or '
+        "webhook_secret:INSTANCE"
+    )
+    with pytest.raises(CredentialError, match="not valid"):
+        webhook_secret_ref(".hidden")

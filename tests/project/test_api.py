@@ -8,8 +8,9 @@ from corral.project import AGENT_NAME_RE, validate_agent_name
 
 def test_exports() -> None:
     assert sorted(corral.project.__all__) == sorted([
-        "AGENT_NAME_RE", "Agent", "AgentConfig", "GatewayConfig", "HarnessConfig", "HooksConfig",
-        "LocalConfig", "ModelConfig", "Project", "ProjectConfig", "ResolvedValue", "RuntimeConfig",
+        "AGENT_NAME_RE", "Agent", "AgentBudget", "AgentConfig", "GatewayConfig",
+        "HarnessConfig", "HooksConfig", "LocalConfig", "ModelConfig", "PriceConfig", "Project",
+        "ProjectBudget", "ProjectConfig", "ResolvedValue", "RuntimeConfig",
         "Skill", "StateConfig", "TelemetryConfig", "WebhookSource", "WebhookTrigger",
         "load_project", "validate_agent_name",
     ])  # fmt: skip

@@ -110,9 +110,9 @@ def test_environment_file_is_validated_under_its_own_name(root: Path, environmen
     path = environments / "bad.toml"
     assert [str(issue) for issue in caught.value.issues] == [
         f"{path}:1: unknown key 'maxRerun' in {path}: did you mean 'maxReruns'?",
-        f"{path}:2: unknown key 'server' in {path}; valid keys are: defaultAgentScale, gateway, "
-        "historyRetentionDays, local, maxAttempts, maxCallDepth, maxReruns, models, projectName, "
-        "resourceLockTimeout, scale, state, telemetry, webhooks, workQueueSize",
+        f"{path}:2: unknown key 'server' in {path}; valid keys are: budget, defaultAgentScale, "
+        "gateway, historyRetentionDays, local, maxAttempts, maxCallDepth, maxReruns, models, "
+        "projectName, resourceLockTimeout, scale, state, telemetry, webhooks, workQueueSize",
     ]
 
 

@@ -19,6 +19,7 @@ from corral.credentials.store import (
 )
 from corral.credentials.types import (
     DEFAULT_INSTANCE,
+    WEBHOOK_SECRET,
     CredentialField,
     CredentialRef,
     CredentialType,
@@ -26,11 +27,13 @@ from corral.credentials.types import (
     credential_type,
     credential_types,
     parse_ref,
+    webhook_secret_ref,
 )
 
 __all__ = [
     "DEFAULT_INSTANCE",
     "MIN_SECRET_LEN",
+    "WEBHOOK_SECRET",
     "CredentialError",
     "CredentialField",
     "CredentialProblem",
@@ -48,4 +51,5 @@ __all__ = [
     "credential_types",
     "default_root",
     "parse_ref",
+    "webhook_secret_ref",
 ]

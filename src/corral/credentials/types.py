@@ -19,6 +19,7 @@ from corral.credentials.errors import CredentialUsageError
 
 __all__ = [
     "DEFAULT_INSTANCE",
+    "WEBHOOK_SECRET",
     "CredentialField",
     "CredentialRef",
     "CredentialType",
@@ -26,9 +27,12 @@ __all__ = [
     "credential_type",
     "credential_types",
     "parse_ref",
+    "webhook_secret_ref",
 ]
 
 DEFAULT_INSTANCE = "default"
+#: The type of a webhook source's signing secret (``[webhooks.NAME] credential``).
+WEBHOOK_SECRET = "webhook_secret"
 
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # No leading "." : no hidden directories, and neither "." nor ".." can name an instance.
@@ -132,6 +136,9 @@ class CredentialType:
     context: str
     #: The instance is the name of the environment variable (the generic ``env`` type).
     instance_is_env_name: bool = False
+    #: Whether an agent may name it in ``credentials``. A webhook signing secret is for the
+    #: gateway alone: a run that held it could forge deliveries that start more runs.
+    given_to_runs: bool = True
 
     def field(self, name: str) -> CredentialField | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -210,8 +217,32 @@ _BUILTIN: tuple[CredentialType, ...] = (
         context="`{instance}` — set from the credential env:{instance}",
         instance_is_env_name=True,
     ),
+    CredentialType(
+        name=WEBHOOK_SECRET,
+        description="A webhook source's signing secret: for the gateway, never given to a run.",
+        fields=(CredentialField("secret", "the signing secret, as entered at the sender"),),
+        env=(),
+        context="a webhook signing secret (checked by the gateway; never given to a run)",
+        given_to_runs=False,
+    ),
+    CredentialType(
+        name="operator_token",
+        description="An operator token of a remote corral gateway, for the CLI "
+        "(`corral stat -E NAME` reads operator_token:NAME); never given to a run.",
+        fields=(CredentialField("token", "the token `corral token create` printed there"),),
+        env=(),
+        context="an operator token (used by the CLI; never given to a run)",
+        given_to_runs=False,
+    ),
 )
 _BY_NAME = {ctype.name: ctype for ctype in _BUILTIN}
+# The described system has one secret type per provider; all of them are this one here.
+_ALIASES = {
+    "github_webhook_secret": WEBHOOK_SECRET,
+    "sentry_client_secret": WEBHOOK_SECRET,
+    "linear_webhook_secret": WEBHOOK_SECRET,
+    "mintlify_webhook_secret": WEBHOOK_SECRET,
+}
 
 
 def credential_types() -> tuple[CredentialType, ...]:
@@ -220,8 +251,9 @@ def credential_types() -> tuple[CredentialType, ...]:
 
 
 def credential_type(name: str) -> CredentialType:
-    """The type called ``name``; an unknown name is an error listing the known ones."""
-    found = _BY_NAME.get(name)
+    """The type called ``name`` (or an old name of it, such as ``github_webhook_secret``);
+    an unknown name is an error listing the known ones."""
+    found = _BY_NAME.get(_ALIASES.get(name, name))
     if found is not None:
         return found
     known = ", ".join(_BY_NAME)
@@ -265,6 +297,7 @@ def parse_ref(text: str) -> CredentialRef:
             "digits and '_' (e.g. github_token or env:SENTRY_TOKEN)",
         )
     ctype = credential_type(type_name)
+    type_name = ctype.name  # an alias names the same stored credential as its type
     if ctype.instance_is_env_name:
         return CredentialRef(type_name, _env_instance(text, instance, has_instance))
     if not has_instance:
@@ -276,6 +309,27 @@ def parse_ref(text: str) -> CredentialRef:
             'and "-", not starting with "."',
         )
     return CredentialRef(type_name, instance)
+
+
+def webhook_secret_ref(text: str) -> CredentialRef:
+    """The signing secret named by a webhook source's ``credential``.
+
+    ``"MyOrg"`` (a bare instance, as the described system writes it) is
+    ``webhook_secret:MyOrg``; ``webhook_secret`` and its old per-provider names
+    (``github_webhook_secret:MyOrg``) are accepted with or without an instance. Any other
+    type is refused: only a signing secret can check a signature.
+    """
+    if ":" not in text and text != WEBHOOK_SECRET and text not in _ALIASES:
+        text = f"{WEBHOOK_SECRET}:{text}"
+    ref = parse_ref(text)
+    if ref.type != WEBHOOK_SECRET:
+        raise CredentialUsageError(
+            text,
+            f"a {ref.type} credential cannot sign webhooks",
+            f'name a {WEBHOOK_SECRET} credential: its instance alone ("MyOrg" is '
+            f"{WEBHOOK_SECRET}:MyOrg) or {WEBHOOK_SECRET}:INSTANCE",
+        )
+    return ref
 
 
 def _env_instance(text: str, instance: str, has_instance: bool) -> str:

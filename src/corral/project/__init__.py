@@ -8,12 +8,15 @@ for value in project.explain(): print(value.key, value.value, value.source)
 from corral.project._checks import AGENT_NAME_RE, validate_agent_name
 from corral.project._loader import load_project
 from corral.project._models import (
+    AgentBudget,
     AgentConfig,
     GatewayConfig,
     HarnessConfig,
     HooksConfig,
     LocalConfig,
     ModelConfig,
+    PriceConfig,
+    ProjectBudget,
     ProjectConfig,
     RuntimeConfig,
     StateConfig,
@@ -27,13 +30,16 @@ from corral.project._skill import Skill
 __all__ = [
     "AGENT_NAME_RE",
     "Agent",
+    "AgentBudget",
     "AgentConfig",
     "GatewayConfig",
     "HarnessConfig",
     "HooksConfig",
     "LocalConfig",
     "ModelConfig",
+    "PriceConfig",
     "Project",
+    "ProjectBudget",
     "ProjectConfig",
     "ResolvedValue",
     "RuntimeConfig",

@@ -15,6 +15,9 @@ from typing import Any
 from croniter import croniter
 from pydantic_core import PydanticCustomError
 
+from corral.credentials.errors import CredentialError
+from corral.credentials.types import WEBHOOK_SECRET, credential_type, webhook_secret_ref
+
 __all__ = [
     "AGENT_NAME_RE",
     "PROBLEM",
@@ -22,16 +25,20 @@ __all__ = [
     "credential_ref",
     "cron",
     "describe_value",
+    "header_name",
     "memory",
     "problem",
     "resolve_state_url",
     "state_url",
     "validate_agent_name",
+    "webhook_credential",
 ]
 
 PROBLEM = "corral_problem"
 AGENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _CREDENTIAL_RE = re.compile(r"^[a-z][a-z0-9_]*(?::[A-Za-z0-9_.-]+)?$")
+# An HTTP field name (RFC 9110 "token").
+_HEADER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _MEMORY_RE = re.compile(r"^[1-9][0-9]*[kmgt]?$", re.IGNORECASE)
 _STATE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 _CRON_FIELDS = (
@@ -74,6 +81,43 @@ def credential_ref(value: str) -> str:
             f'is "{value}", which is not a credential reference: write "type" or '
             '"type:instance" (type: lowercase letters, digits and "_", starting with a '
             'letter; instance: letters, digits, ".", "_" and "-")'
+        )
+    _run_may_have(value)
+    return value
+
+
+def _run_may_have(value: str) -> None:
+    try:
+        ctype = credential_type(value.partition(":")[0])
+    except CredentialError:
+        return  # an unknown type is reported when a run that needs it starts
+    if not ctype.given_to_runs and ctype.name != WEBHOOK_SECRET:
+        raise problem(f'names "{value}": {ctype.description} Remove it from the agent')
+    if not ctype.given_to_runs:
+        raise problem(
+            f'names "{value}", a webhook signing secret: it is for the gateway, which checks '
+            "deliveries with it, and is never given to a run; remove it (the source's "
+            "credential in config.toml is enough)"
+        )
+
+
+def webhook_credential(value: str) -> str:
+    """``[webhooks.NAME] credential``: a signing secret (see ``webhook_secret_ref``)."""
+    try:
+        webhook_secret_ref(value)
+    except CredentialError as exc:
+        found = exc.problems[0]
+        raise problem(
+            f'is "{value}": {found.message}' + (f"; {found.fix}" if found.fix else "")
+        ) from None
+    return value
+
+
+def header_name(value: str) -> str:
+    if not _HEADER_RE.fullmatch(value):
+        raise problem(
+            f'is "{value}", which is not an HTTP header name: use letters, digits and '
+            '!#$%&\'*+.^_`|~- only (no spaces or colons), e.g. "X-Signature-256"'
         )
     return value
 

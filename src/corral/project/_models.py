@@ -8,6 +8,7 @@ name, e.g. ``'schedule' <text>``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -17,22 +18,28 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
 from corral.project import _checks
 
 __all__ = [
+    "SOURCE_DEFAULTS",
+    "AgentBudget",
     "AgentConfig",
     "GatewayConfig",
     "HarnessConfig",
     "HooksConfig",
     "LocalConfig",
     "ModelConfig",
+    "PriceConfig",
+    "ProjectBudget",
     "ProjectConfig",
     "RuntimeConfig",
     "StateConfig",
@@ -47,16 +54,58 @@ Provider = Literal[
 AuthType = Literal["api_key", "oauth_token", "pi_auth"]
 ThinkingLevel = Literal["off", "minimal", "low", "medium", "high", "xhigh"]
 WebhookType = Literal["github", "sentry", "linear", "mintlify", "generic"]
+SignatureAlgorithm = Literal["sha256", "sha1", "sha512"]
 
 Memory = Annotated[StrictStr, AfterValidator(_checks.memory)]
 StateUrl = Annotated[StrictStr, AfterValidator(_checks.state_url)]
 Cron = Annotated[StrictStr, AfterValidator(_checks.cron)]
 CredentialRef = Annotated[StrictStr, AfterValidator(_checks.credential_ref)]
+WebhookCredential = Annotated[StrictStr, AfterValidator(_checks.webhook_credential)]
+HeaderName = Annotated[StrictStr, AfterValidator(_checks.header_name)]
 Strings = tuple[StrictStr, ...]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel)
+
+
+def _dollars(value: Any) -> float:
+    """An amount in US dollars: an integer or a float, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _checks.problem(
+            "must be an amount in US dollars, a number such as 5 or 2.50; found "
+            + _checks.describe_value(value)
+        )
+    if not math.isfinite(value) or value < 0:
+        raise _checks.problem(f"must be 0 or more US dollars; found {value!r}")
+    return float(value)
+
+
+Dollars = Annotated[float, BeforeValidator(_dollars)]
+
+
+class PriceConfig(_Model):
+    """What a model costs, in US dollars per million tokens."""
+
+    input: Dollars
+    output: Dollars
+    #: Prompt tokens read from the provider's cache (default: the input price).
+    cache_read: Dollars | None = None
+    #: Prompt tokens written to the provider's cache (default: the input price).
+    cache_write: Dollars | None = None
+
+
+class ProjectBudget(_Model):
+    daily_cost: Dollars | None = None
+
+
+class AgentBudget(_Model):
+    """Limits on one run of the built-in harness, and on the agent's spend per day."""
+
+    max_turns: StrictInt = Field(50, ge=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_cost: Dollars | None = None
+    daily_cost: Dollars | None = None
 
 
 # --- project config.toml ----------------------------------------------------
@@ -68,6 +117,8 @@ class ModelConfig(_Model):
     auth_type: AuthType = "api_key"
     thinking_level: ThinkingLevel | None = None
     base_url: StrictStr | None = None
+    #: Overrides the built-in price table (corral.llm.pricing) for this model.
+    price: PriceConfig | None = None
 
 
 class LocalConfig(_Model):
@@ -83,10 +134,91 @@ class GatewayConfig(_Model):
     host: StrictStr = "127.0.0.1"
 
 
+#: How each type of source signs and names its deliveries, by TOML key. ``signaturePrefix``
+#: is absent where it follows the algorithm (``"sha1="`` for ``algorithm = "sha1"``).
+SOURCE_DEFAULTS: Mapping[str, Mapping[str, str | None]] = {
+    "github": {
+        "signatureHeader": "X-Hub-Signature-256",
+        "algorithm": "sha256",
+        "signaturePrefix": "sha256=",
+        "eventHeader": "X-GitHub-Event",
+        "deliveryHeader": "X-GitHub-Delivery",
+    },
+    "generic": {
+        "signatureHeader": "X-Signature-256",
+        "algorithm": "sha256",
+        "eventHeader": None,
+        "deliveryHeader": "X-Delivery-Id",
+    },
+    "sentry": {
+        "signatureHeader": "Sentry-Hook-Signature",
+        "algorithm": "sha256",
+        "signaturePrefix": "",
+        "eventHeader": "Sentry-Hook-Resource",
+        "deliveryHeader": "Request-ID",
+    },
+    "linear": {
+        "signatureHeader": "Linear-Signature",
+        "algorithm": "sha256",
+        "signaturePrefix": "",
+        "eventHeader": None,
+        "deliveryHeader": "Linear-Delivery",
+    },
+    "mintlify": {
+        "signatureHeader": "X-Mintlify-Signature",
+        "algorithm": "sha256",
+        "eventHeader": None,
+        "deliveryHeader": "X-Delivery-Id",
+    },
+}
+# GitHub's scheme is fixed; a setting that pretends otherwise is a mistake worth reporting.
+_SCHEME_KEYS = ("signatureHeader", "algorithm", "signaturePrefix", "eventHeader", "deliveryHeader")
+
+
 class WebhookSource(_Model):
+    """A named sender of webhook deliveries: ``[webhooks.NAME]`` in config.toml.
+
+    The signature and header settings are always filled: what is not written takes the
+    type's value from :data:`SOURCE_DEFAULTS`, so code reading a source never has to
+    know the defaults. ``eventHeader = None`` means the event is named in the body.
+    """
+
     type: WebhookType
-    credential: StrictStr | None = None
+    credential: WebhookCredential | None = None
     allow_unsigned: StrictBool = False
+    max_body_bytes: StrictInt = Field(1_048_576, ge=1)
+    signature_header: HeaderName = "X-Signature-256"
+    algorithm: SignatureAlgorithm = "sha256"
+    signature_prefix: StrictStr = "sha256="
+    event_header: HeaderName | None = None
+    delivery_header: HeaderName | None = "X-Delivery-Id"
+    _name: str | None = PrivateAttr(None)
+
+    @property
+    def name(self) -> str | None:
+        """The ``NAME`` of ``[webhooks.NAME]``, when the source came from a project config."""
+        return self._name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_defaults(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if not isinstance(kind, str) or kind not in SOURCE_DEFAULTS:
+            return data  # reported by the field's own check
+        written = [key for key in _SCHEME_KEYS if key in data]
+        if kind == "github" and written:
+            names = " and ".join(f"'{key}'" for key in written)
+            them = "it" if len(written) == 1 else "them"
+            raise _checks.problem(
+                f"sets {names}, which a github source does not take: GitHub always signs "
+                'with X-Hub-Signature-256 ("sha256=<hex>") and names the event in '
+                f'X-GitHub-Event; remove {them} (a type = "generic" source takes {them})'
+            )
+        filled = {**SOURCE_DEFAULTS[kind], **data}
+        algorithm = filled.get("algorithm")
+        if "signaturePrefix" not in filled and isinstance(algorithm, str):
+            filled["signaturePrefix"] = f"{algorithm}="
+        return filled
 
 
 class TelemetryConfig(_Model):
@@ -118,6 +250,14 @@ class ProjectConfig(_Model):
     gateway: GatewayConfig = GatewayConfig()
     webhooks: Mapping[str, WebhookSource] = Field(default_factory=dict)
     telemetry: TelemetryConfig = TelemetryConfig()
+    budget: ProjectBudget = ProjectBudget()
+
+    @model_validator(mode="after")
+    def _name_sources(self) -> ProjectConfig:
+        # A source's messages (a missing signing secret) name it; the name is its key here.
+        for name, source in self.webhooks.items():
+            source._name = name
+        return self
 
 
 # --- agents/<name>/config.toml ------------------------------------------------
@@ -175,3 +315,4 @@ class AgentConfig(_Model):
     max_work_queue_size: StrictInt = Field(100, ge=1)
     runtime: RuntimeConfig = RuntimeConfig()
     harness: HarnessConfig = HarnessConfig()
+    budget: AgentBudget = AgentBudget()

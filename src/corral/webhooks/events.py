@@ -1,0 +1,91 @@
+"""A verified delivery read into an :class:`Event`: its name, delivery id and trigger JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from corral.project import WebhookSource
+from corral.webhooks._json import Node, load_object
+from corral.webhooks._trigger import Fields, trigger_json
+from corral.webhooks.delivery import Delivery
+from corral.webhooks.github import github_event, github_fields
+from corral.webhooks.providers import (
+    generic_fields,
+    linear_event,
+    linear_fields,
+    mintlify_fields,
+    sentry_fields,
+)
+
+__all__ = ["DEFAULT_EVENT", "Event", "parse"]
+
+#: The event name of a delivery that names none (generic senders without an event).
+DEFAULT_EVENT = "event"
+
+# Senders whose payloads we define or know exactly are read strictly (see _json).
+_STRICT = frozenset({"github", "generic"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What a delivery means: enough to route it, and the trigger JSON a run is given.
+
+    ``source`` is the ``[webhooks.NAME]`` it came through; ``kind`` the event name
+    (GitHub: ``X-GitHub-Event``); ``ping`` marks GitHub's hook check, which is answered
+    and queues nothing. ``trigger`` has no ``receiptId`` yet: the intake adds it.
+    """
+
+    source: str
+    kind: str
+    delivery_id: str | None
+    ping: bool
+    trigger: dict[str, Any]
+
+
+def parse(source: WebhookSource, delivery: Delivery) -> Event:
+    """Read a delivery (already verified) from ``source``; :class:`PayloadError` if the
+    body is not a JSON object, not UTF-8, or not shaped as its sender documents."""
+    payload = Node(load_object(delivery.body), strict=source.type in _STRICT)
+    kind = _event_name(source, delivery, payload)
+    fields = _fields(source, delivery, kind, payload)
+    return Event(
+        source=delivery.source,
+        kind=kind,
+        delivery_id=_header(delivery, source.delivery_header),
+        ping=source.type == "github" and kind == "ping",
+        trigger=trigger_json(source.type, delivery.source, kind, fields),
+    )
+
+
+def _header(delivery: Delivery, name: str | None) -> str | None:
+    value = delivery.header(name) if name else None
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
+def _event_name(source: WebhookSource, delivery: Delivery, payload: Node) -> str:
+    named = _header(delivery, source.event_header)
+    if source.type == "github":
+        return github_event(named)
+    if named:
+        return named
+    if source.type == "linear":
+        return linear_event(payload) or DEFAULT_EVENT
+    if source.type in ("generic", "mintlify"):
+        fallback = "build" if source.type == "mintlify" else DEFAULT_EVENT
+        return payload.text("event") or fallback
+    return DEFAULT_EVENT
+
+
+def _fields(source: WebhookSource, delivery: Delivery, kind: str, payload: Node) -> Fields:
+    if source.type == "github":
+        return github_fields(kind, payload)
+    if source.type == "sentry":
+        return sentry_fields(kind, payload, delivery.header("Sentry-Hook-Timestamp"))
+    if source.type == "linear":
+        return linear_fields(payload)
+    if source.type == "mintlify":
+        return mintlify_fields(payload)
+    return generic_fields(payload)
