@@ -35,7 +35,7 @@ def test_list_and_force_release(corral: Corral, project: Path, tmp_path: Path) -
     scale = project / "agents" / "hello" / "config.toml"
     # scale 2, and no schedule: a cron tick must not add a third run to this story
     config = scale.read_text().replace("scale = 1", "scale = 2")
-    scale.write_text(config.replace('schedule = "*/15 * * * *"', ""))
+    scale.write_text(config.replace('schedule = "0 0 1 1 *"', ""))
     with started(corral, project, tmp_path):
         assert corral("locks", cwd=project).stdout.strip() == "no locks are held"
         assert corral("run", "hello", cwd=project).returncode == 0

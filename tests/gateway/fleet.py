@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastapi import FastAPI
+
 from corral.gateway.app import create_app
 from corral.gateway.server import GatewayServer, bind, bind_unix, unix_socket_path
 from corral.scheduler.service import Scheduler, SchedulerOptions
@@ -27,6 +29,7 @@ class Fleet:
     scheduler: Scheduler
     url: str
     root: Path
+    app: FastAPI
 
     @property
     def store(self) -> Store:
@@ -81,12 +84,13 @@ async def running_fleet(
         project, store, options, gateway_url=url, gateway_unix_url=f"unix:{socket_path}"
     )
     await scheduler.start()
-    server = GatewayServer.for_app(create_app(scheduler, TOKEN))
+    app = create_app(scheduler, TOKEN)
+    server = GatewayServer.for_app(app)
     serving = asyncio.create_task(server.serve(sockets=[sock, unix_sock]))
     stop = asyncio.Event()
     running = asyncio.create_task(scheduler.run(stop, stop))
     try:
-        yield Fleet(scheduler, url, root)
+        yield Fleet(scheduler, url, root, app)
     finally:
         stop.set()
         await running

@@ -48,7 +48,8 @@ async def test_control_needs_the_operator_token(
 ) -> None:
     http, scheduler = client
     response = await http.post("/control/runs", json={"agent": "dev"}, headers=headers)
-    assert response.status_code == 403
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
     assert await scheduler.store.list_items() == []  # nothing changed
 
 
@@ -88,6 +89,10 @@ async def test_status_lists_the_agents(client: tuple[httpx.AsyncClient, Schedule
         "enabled": True,
         "queued": 1,
         "running": 0,
+        "state": "idle",
+        "triggers": ["manual", "call"],
+        "spentToday": 0.0,
+        "dailyCap": None,
     }
     assert body["paused"] is False and body["scaleCap"] is None
 

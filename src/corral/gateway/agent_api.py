@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,6 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from corral.gateway.metrics import count_lock
 from corral.project import Project
 from corral.scheduler.agentlink import AgentLink, RunRef, hash_secret
 from corral.store import (
@@ -234,22 +236,26 @@ class AgentApi:
             return await self._wait_for_lock(key, run.run_id, timeout)
         result = await self.store.acquire_lock(key, run.run_id, ttl_seconds=self.ttl)
         if isinstance(result, LockGrant):
+            count_lock("acquire", "refreshed" if result.refreshed else "granted")
             return _answer(200, _grant(result))
+        count_lock("acquire", "held")
         return _answer(409, _held(result))
 
     async def release(self, body: LockBody, run: Caller) -> JSONResponse:
         key = validate_key(body.key)
         if await self.store.release_lock(key, run.run_id):
             self.link.changes.notify(f"lock:{key}")
+            count_lock("release", "released")
             return _answer(200, {"ok": True})
-        return await self._not_holder(key)
+        return await self._not_holder("release", key)
 
     async def heartbeat(self, body: LockBody, run: Caller) -> JSONResponse:
         key = validate_key(body.key)
         expires = await self.store.heartbeat_lock(key, run.run_id, ttl_seconds=self.ttl)
         if expires is not None:
+            count_lock("heartbeat", "extended")
             return _answer(200, {"ok": True, "key": key, "expiresAt": _iso(expires)})
-        return await self._not_holder(key)
+        return await self._not_holder("heartbeat", key)
 
     async def my_locks(self, run: Caller) -> JSONResponse:
         mine = [lock for lock in await self.store.list_locks() if lock.run_id == run.run_id]
@@ -264,9 +270,11 @@ class AgentApi:
         ]
         return _answer(200, {"ok": True, "locks": locks})
 
-    async def _not_holder(self, key: str) -> JSONResponse:
+    async def _not_holder(self, op: str, key: str) -> JSONResponse:
         if await self.store.get_lock(key) is None:
+            count_lock(op, "not_found")
             return _answer(404, {"ok": False, "reason": "lock not found"})
+        count_lock(op, "not_holder")
         return _answer(409, {"ok": False, "reason": "not the lock holder"})
 
     async def _wait_for_lock(self, key: str, run_id: str, timeout: float) -> JSONResponse:
@@ -283,10 +291,13 @@ class AgentApi:
                 if not isinstance(result, LockHeld):
                     finished = True
                     if isinstance(result, Deadlock):
+                        count_lock("acquire", "deadlock")
                         return _answer(409, _deadlock(result))
+                    count_lock("acquire", "refreshed" if result.refreshed else "granted")
                     return _answer(200, _grant(result))
                 left = deadline - loop.time()
                 if left <= 0:
+                    count_lock("acquire", "timed_out")
                     answer = _held(result)
                     answer["reason"] = f"timed out after {timeout:g} s waiting for the lock"
                     return _answer(409, answer)
@@ -406,11 +417,15 @@ def agent_router(api: AgentApi) -> APIRouter:
 
 
 def _bad_request(errors: Sequence[Any]) -> JSONResponse:
+    return _answer(400, {"ok": False, "error": _problems(errors)})
+
+
+def _problems(errors: Sequence[Any]) -> str:
     problems = []
     for error in errors:
         where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
         problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
-    return _answer(400, {"ok": False, "error": "bad request: " + "; ".join(problems)})
+    return "bad request: " + "; ".join(problems)
 
 
 class LockFastPath:
@@ -516,12 +531,17 @@ def install_error_handlers(app: Any) -> None:
         assert isinstance(exc, RequestValidationError)
         if request.url.path.startswith("/agent/"):
             return _bad_request(exc.errors())
+        if request.url.path.startswith("/control/"):
+            body = {"ok": False, "error": _problems(exc.errors())}
+            return _answer(422, body | {"detail": jsonable_encoder(exc.errors())})
         return await request_validation_exception_handler(request, exc)
 
     async def store_failed(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StoreError)
         if request.url.path.startswith("/agent/"):
             return _answer(409, {"ok": False, "error": str(exc)})
+        if request.url.path.startswith("/control/"):
+            return _answer(503, {"ok": False, "error": str(exc)})
         return _answer(503, {"detail": str(exc)})
 
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[JSONResponse]]] = {

@@ -1,10 +1,15 @@
-"""Steering the fleet: pause, resume, enable, disable, scale, kill."""
+"""Steering the fleet: pause, resume, enable, disable, scale, kill.
+
+Each command is an action of ``corral.gateway.actions`` (the control API and the dashboard
+call the same ones) against the store, with no scheduler needed: a running one sees the
+change at its next poll. Each is recorded in the audit log as ``cli:<user>@<host>``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import re
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import click
 
@@ -13,23 +18,39 @@ from corral.cli._main import cli
 from corral.cli._render import console, fmt_duration
 from corral.cli.commands.runs import pick_agent
 from corral.errors import UsageError
+from corral.gateway import actions
+from corral.gateway.actions import ActionError, Offline, write_scale
 from corral.project import Project
-from corral.scheduler.service import agent_specs
+from corral.scheduler.service import sync_config
 from corral.store import Store
 
+__all__ = ["write_scale"]
+
 _KILL_WAIT = 30.0
+T = TypeVar("T")
 
 
 async def _synced(obj: CliContext, project: Project) -> Store:
     """The project's store, with every agent of the config known to it."""
     store = await obj.store(project)
-    await store.sync_project(
-        agent_specs(project),
-        scale_cap=project.config.scale,
-        max_attempts=project.config.max_attempts,
-        max_reruns=project.config.max_reruns,
-    )
+    await sync_config(store, project)
     return store
+
+
+def _act(obj: CliContext, project: Project, action: Callable[[Offline, str], Awaitable[T]]) -> T:
+    """Run ``action`` on the project's (synced) store as this user. Bad input and unknown
+    names are usage errors (exit 2); a refusal is an error (exit 1)."""
+
+    async def go() -> T:
+        async with await _synced(obj, project) as store:
+            return await action(Offline(project, store), actions.cli_actor())
+
+    try:
+        return asyncio.run(go())
+    except ActionError as exc:
+        if exc.status in (400, 404):
+            raise UsageError(exc.message) from None
+        raise
 
 
 def _set_paused(obj: CliContext, agent_name: str | None, paused: bool) -> None:
@@ -37,11 +58,8 @@ def _set_paused(obj: CliContext, agent_name: str | None, paused: bool) -> None:
     if agent_name is not None:
         pick_agent(project, agent_name, allow_disabled=True)
 
-    async def go() -> None:
-        async with await _synced(obj, project) as store:
-            await store.set_paused(agent_name, paused)
-
-    asyncio.run(go())
+    change = actions.pause if paused else actions.resume
+    _act(obj, project, lambda target, actor: change(target, agent_name, actor=actor))
     what = f"agent {agent_name}" if agent_name else "every agent of the project"
     if paused:
         console.print(f"paused {what}: nothing new is dispatched; triggers are still queued")
@@ -69,11 +87,8 @@ def _set_enabled(obj: CliContext, agent_name: str, enabled: bool) -> None:
     project = obj.project()
     pick_agent(project, agent_name, allow_disabled=True)
 
-    async def go() -> None:
-        async with await _synced(obj, project) as store:
-            await store.set_enabled(agent_name, enabled)
-
-    asyncio.run(go())
+    change = actions.enable if enabled else actions.disable
+    _act(obj, project, lambda target, actor: change(target, agent_name, actor=actor))
     if enabled:
         console.print(f"enabled agent {agent_name}: its triggers are accepted again")
     else:
@@ -103,35 +118,12 @@ def disable_cmd(obj: CliContext, agent_name: str) -> None:
 def scale_cmd(obj: CliContext, agent_name: str, scale: int) -> None:
     """Set how many runs of AGENT may go at once, live, and save it in its config.toml."""
     project = obj.project()
-    agent = pick_agent(project, agent_name, allow_disabled=True)
-
-    async def go() -> None:
-        async with await _synced(obj, project) as store:
-            await store.set_agent_scale(agent_name, scale)
-
-    asyncio.run(go())
-    write_scale(agent.dir / "config.toml", scale)
+    pick_agent(project, agent_name, allow_disabled=True)
+    _act(obj, project, lambda target, actor: actions.scale(target, agent_name, scale, actor=actor))
     note = " (0 disables the agent)" if scale == 0 else ""
     console.print(
         f"agent {agent_name} now runs at most {scale} at once{note}; saved in config.toml"
     )
-
-
-_SCALE_LINE = re.compile(r"^scale\s*=.*$", re.MULTILINE)
-_TABLE = re.compile(r"^\s*\[", re.MULTILINE)
-
-
-def write_scale(path: Path, scale: int) -> None:
-    """Set the top-level `scale` of an agent's config.toml, keeping everything else as written."""
-    text = path.read_text() if path.exists() else ""
-    table = _TABLE.search(text)
-    head_end = table.start() if table else len(text)
-    head, rest = text[:head_end], text[head_end:]
-    if _SCALE_LINE.search(head):
-        head = _SCALE_LINE.sub(f"scale = {scale}", head, count=1)
-    else:
-        head = f"scale = {scale}\n" + ("\n" if head and not head.startswith("\n") else "") + head
-    path.write_text(head + rest)
 
 
 @cli.command("kill")
@@ -143,10 +135,14 @@ def kill_cmd(obj: CliContext, run_id: str) -> None:
 
     async def go() -> None:
         async with await obj.store(project) as store:
-            run = await store.get_run(run_id)
-            if run is None:
-                raise UsageError(f"no run {run_id}; `corral runs` lists the recent ones")
-            await store.request_kill(run_id)
+            try:
+                await actions.kill(Offline(project, store), run_id, actor=actions.cli_actor())
+            except ActionError as exc:
+                if exc.status == 404:
+                    raise UsageError(
+                        f"no run {run_id}; `corral runs` lists the recent ones"
+                    ) from None
+                raise
             console.print(f"asked run {run_id} to stop; waiting for its scheduler")
             loop = asyncio.get_running_loop()
             deadline = loop.time() + _KILL_WAIT

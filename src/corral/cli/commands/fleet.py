@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
 import socket
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import click
@@ -16,9 +18,16 @@ from corral.cli._context import CliContext
 from corral.cli._live import LiveView
 from corral.cli._main import cli
 from corral.cli._render import console, err_console
+from corral.errors import UsageError
 from corral.gateway.app import create_app
 from corral.gateway.server import GatewayServer, bind, bind_unix, unix_socket_path
-from corral.gateway.token import operator_token
+from corral.gateway.token import (
+    ENV_TOKEN_NAME,
+    LOCAL_TOKEN_NAME,
+    TOKEN_ENV,
+    env_token,
+    local_token,
+)
 from corral.project import Project
 from corral.runtime._children import use_pidfd_child_watcher
 from corral.scheduler.service import Scheduler, SchedulerOptions, cap_warning, is_live
@@ -32,7 +41,17 @@ _STOP_WAIT = 120.0
 @click.option(
     "--port", type=click.IntRange(0, 65535), help="Gateway port (default: [gateway] port)."
 )
-@click.option("--expose", is_flag=True, help="Listen on every interface, not only loopback.")
+@click.option(
+    "--expose",
+    is_flag=True,
+    help="Listen on every interface (or on a non-loopback [gateway] host), not only loopback; "
+    "needs an operator token (`corral token create NAME`).",
+)
+@click.option(
+    "--public-metrics",
+    is_flag=True,
+    help="Serve /metrics without an operator token (for a scraper on a trusted network).",
+)
 @click.option(
     "--grace",
     type=click.FloatRange(min=0),
@@ -42,32 +61,90 @@ _STOP_WAIT = 120.0
 )
 @click.pass_obj
 def start_cmd(
-    obj: CliContext, headless: bool, port: int | None, expose: bool, grace: float
+    obj: CliContext,
+    headless: bool,
+    port: int | None,
+    expose: bool,
+    public_metrics: bool,
+    grace: float,
 ) -> None:
-    """Run the scheduler and the gateway for this project until stopped."""
+    """Run the scheduler and the gateway for this project until stopped.
+
+    The gateway listens on loopback unless --expose is given; exposed, it refuses to start
+    until an operator token exists, and accepts only operator tokens from the store (and
+    $CORRAL_OPERATOR_TOKEN), not the project's local token file.
+    """
     project = obj.project()
+    configured = project.config.gateway.host
+    if not expose and not is_loopback(configured):
+        raise UsageError(
+            f"[gateway] host = {configured!r} is not a loopback address: add --expose to "
+            "listen on it (the control API then needs an operator token: "
+            "`corral token create NAME`)"
+        )
     for warning in project.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(str(warning))}")
     if headless or not console.is_terminal:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-    host = "0.0.0.0" if expose else project.config.gateway.host
+    host = (configured if not is_loopback(configured) else "0.0.0.0") if expose else configured
     chosen = project.config.gateway.port if port is None else port
     options = SchedulerOptions(drain_grace=grace)
-    asyncio.run(_serve(project, host, chosen, options, live=not headless and console.is_terminal))
+    live = not headless and console.is_terminal
+    gateway = _Gateway(host, chosen, expose=expose, public_metrics=public_metrics)
+    asyncio.run(_serve(project, gateway, options, live=live))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class _Gateway:
+    host: str
+    port: int
+    expose: bool
+    public_metrics: bool
+
+
+async def _operator_tokens(project: Project, store: Store, expose: bool) -> dict[str, str]:
+    """The tokens accepted besides the store's: $CORRAL_OPERATOR_TOKEN, and on loopback
+    the project's token file. Exposed, refuse to start while no token would be accepted."""
+    fixed: dict[str, str] = {}
+    from_env = env_token()
+    if from_env:
+        fixed[ENV_TOKEN_NAME] = from_env
+    if not expose:
+        fixed[LOCAL_TOKEN_NAME] = local_token(project.root)
+        return fixed
+    if not fixed and await store.count_live_operator_tokens() == 0:
+        raise UsageError(
+            "--expose needs an operator token, and there is none: make one with "
+            f"`corral token create NAME` (or set ${TOKEN_ENV}), then start again. Exposed, "
+            "the gateway accepts only those tokens, not .corral/operator-token."
+        )
+    return fixed
 
 
 async def _serve(
-    project: Project, host: str, port: int, options: SchedulerOptions, *, live: bool
+    project: Project, gateway: _Gateway, options: SchedulerOptions, *, live: bool
 ) -> None:
     use_pidfd_child_watcher()
-    sock = bind(host, port)
-    bound = sock.getsockname()[1]
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}"
-    socket_path = unix_socket_path(project.root)
-    unix_sock = bind_unix(socket_path)
     async with await open_store(project.state_url) as store:
+        fixed = await _operator_tokens(project, store, gateway.expose)
+        host = gateway.host
+        sock = bind(host, gateway.port)
+        bound = sock.getsockname()[1]
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}"
+        socket_path = unix_socket_path(project.root)
+        unix_sock = bind_unix(socket_path)
         scheduler = Scheduler(
             project, store, options, gateway_url=url, gateway_unix_url=f"unix:{socket_path}"
         )
@@ -75,7 +152,8 @@ async def _serve(
         warning = cap_warning(project)
         if warning:
             err_console.print(f"[yellow]warning:[/] {warning}")
-        server = GatewayServer.for_app(create_app(scheduler, operator_token(project.root)))
+        app = create_app(scheduler, fixed_tokens=fixed, public_metrics=gateway.public_metrics)
+        server = GatewayServer.for_app(app)
         stop, stop_now = asyncio.Event(), asyncio.Event()
         _handle_signals(stop, stop_now, scheduler)
         err_console.print(f"scheduler {info.id} started; gateway on {url}")

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
-import socket
 from datetime import UTC, datetime
-from typing import Any
 
 import click
 from rich.markup import escape
@@ -16,24 +13,10 @@ from corral.cli._context import CliContext
 from corral.cli._main import cli
 from corral.cli._render import console, fmt_duration, print_json
 from corral.errors import UsageError
+from corral.gateway import actions
+from corral.gateway.actions import ActionError, Offline
 from corral.store import Lock, LockWaiter
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
-def lock_json(lock: Lock, waiters: list[LockWaiter], now: datetime) -> dict[str, Any]:
-    return {
-        "key": lock.key,
-        "holder": lock.run_id,
-        "agent": lock.agent,
-        "token": lock.token,
-        "heldSince": _iso(lock.acquired_at),
-        "expiresAt": _iso(lock.expires_at),
-        "expired": lock.expires_at <= now,
-        "waiting": [w.run_id for w in waiters if w.key == lock.key],
-    }
+from corral.views import lock_json
 
 
 @cli.group("locks", invoke_without_command=True)
@@ -90,15 +73,20 @@ def release_cmd(obj: CliContext, key: str, force: bool) -> None:
             "add --force to do so (`corral locks` shows the holder)"
         )
     project = obj.project()
-    actor = f"{getpass.getuser()}@{socket.gethostname()}"
+    actor = actions.cli_actor()
 
-    async def go() -> Lock | None:
+    async def go() -> Lock:
         async with await obj.store(project) as store:
-            return await store.force_release_lock(key, actor=actor)
+            return await actions.release_lock(Offline(project, store), key, actor=actor)
 
-    lock = asyncio.run(go())
-    if lock is None:
-        raise UsageError(f"no lock on {key!r}; `corral locks` lists the locks held now")
+    try:
+        lock = asyncio.run(go())
+    except ActionError as exc:
+        if exc.status == 404:
+            raise UsageError(
+                f"no lock on {key!r}; `corral locks` lists the locks held now"
+            ) from None
+        raise UsageError(exc.message) from None
     console.print(
         f"released {escape(key)} (held by run {lock.run_id} of {lock.agent}, "
         f"token {lock.token}); recorded as {escape(actor)}"

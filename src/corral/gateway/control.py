@@ -1,0 +1,409 @@
+"""The operator control API: every operator action over HTTP, under /control.
+
+Each request carries an operator token (``Authorization: Bearer <token>``; see
+``corral.gateway.token``); a missing, unknown or revoked one is answered 401 with
+``WWW-Authenticate: Bearer`` and changes nothing. The actions are those of
+``corral.gateway.actions`` (the CLI and the dashboard call the same ones), recorded in the
+audit log as ``token:<name>``. A refusal answers ``{"ok": false, "error": "..."}`` with
+its status: 400 bad input, 401 no valid token, 404 unknown agent/run/lock/receipt,
+409 refused by the current state, 422 a body or query that does not validate, 503 the
+store failed.
+
+The operator's OpenAPI document (this API, /health and /metrics; not the agent API nor
+webhook intake, which are for runs and senders) is served at /control/openapi.json.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from corral.gateway import actions
+from corral.gateway.actions import ActionError
+from corral.gateway.token import TokenVerifier
+from corral.scheduler.service import Scheduler
+from corral.status import fleet_status
+from corral.store import AgentState, AuditEntry, ItemState, RunState
+from corral.views import iso_time, item_json, lock_json, run_json
+
+__all__ = [
+    "OPENAPI_PATH",
+    "Operator",
+    "agent_json",
+    "audit_json",
+    "control_router",
+    "install_control",
+    "lock_json",
+    "operator",
+]
+
+OPENAPI_PATH = "/control/openapi.json"
+#: The largest page of runs or audit entries one request may ask for.
+MAX_LIMIT = 1000
+#: The largest scale the API sets (the store's column is a 32-bit integer).
+MAX_SCALE = 10_000
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="operatorToken",
+    description="An operator token: `corral token create NAME` makes one.",
+)
+
+
+async def operator(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The actor of a request (``token:<name>``); 401 without a valid operator token."""
+    verifier: TokenVerifier = request.app.state.tokens
+    given = credentials.credentials.strip() if credentials is not None else None
+    name = await verifier.verify(given)
+    if name is None:
+        raise ActionError(
+            401,
+            "a valid operator token is required (Authorization: Bearer <token>); "
+            "`corral token create NAME` makes one",
+        )
+    return actions.token_actor(name)
+
+
+Operator = Annotated[str, Depends(operator)]
+
+
+# -- bodies and answers ----------------------------------------------------------------
+
+
+class RunRequestBody(BaseModel):
+    agent: str = Field(min_length=1, max_length=64)
+    prompt: str | None = Field(default=None, max_length=1_000_000)
+
+
+class ScaleBody(BaseModel):
+    scale: int = Field(ge=0, le=MAX_SCALE, description="Runs at once; 0 disables the agent")
+
+
+class ErrorBody(BaseModel):
+    ok: Literal[False]
+    error: str
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    words = {
+        400: "bad input",
+        401: "missing, unknown or revoked operator token",
+        404: "no such agent, run, lock or receipt",
+        409: "refused in the current state",
+    }
+    return {status: {"model": ErrorBody, "description": words[status]} for status in statuses}
+
+
+def agent_json(state: AgentState) -> dict[str, Any]:
+    return {
+        "agent": state.agent,
+        "scale": state.scale,
+        "paused": state.paused,
+        "enabled": state.enabled,
+        "queued": state.queued,
+        "running": state.active,
+    }
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": iso_time(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "subject": entry.subject,
+        "detail": entry.detail,
+    }
+
+
+# -- the routes ------------------------------------------------------------------------
+
+
+def control_router(scheduler: Scheduler) -> APIRouter:
+    """The control API's routes over ``scheduler`` (its project and store)."""
+    router = APIRouter(
+        prefix="/control",
+        tags=["control"],
+        dependencies=[Depends(operator)],
+        responses=_errors(401),
+    )
+    _run_routes(router, scheduler)
+    _agent_routes(router, scheduler)
+    _lock_routes(router, scheduler)
+    return router
+
+
+def _run_routes(router: APIRouter, scheduler: Scheduler) -> None:
+    store = scheduler.store
+
+    # runs
+
+    @router.post(
+        "/runs",
+        status_code=202,
+        summary="Queue a manual run of an agent",
+        responses=_errors(404, 409),
+    )
+    async def queue_run(body: RunRequestBody, actor: Operator) -> Any:
+        result = await actions.queue_run(scheduler, body.agent, body.prompt, actor=actor)
+        if result.item.state is ItemState.REJECTED:
+            return JSONResponse(
+                {"ok": False, "error": result.item.reason or "", "item": item_json(result.item)},
+                status_code=409,
+            )
+        return {
+            "ok": True,
+            "item": item_json(result.item),
+            "dropped": [item_json(d) for d in result.dropped],
+        }
+
+    @router.get("/runs", summary="Recent runs, newest first")
+    async def list_runs(
+        agent: Annotated[str | None, Query(max_length=64)] = None,
+        state: Annotated[list[RunState] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    ) -> dict[str, Any]:
+        runs = await store.list_runs(agent=agent, states=state or None, limit=limit)
+        return {"ok": True, "runs": [run_json(run) for run in runs]}
+
+    @router.get("/runs/{run_id}", summary="One run", responses=_errors(404))
+    async def get_run(run_id: str) -> dict[str, Any]:
+        run = await store.get_run(run_id)
+        if run is None:
+            raise ActionError(404, f"no run {run_id}")
+        return run_json(run)
+
+    @router.post(
+        "/runs/{run_id}/kill",
+        status_code=202,
+        summary="Stop a run (SIGTERM to its process group, SIGKILL after a grace period)",
+        responses=_errors(404, 409),
+    )
+    async def kill_run(run_id: str, actor: Operator) -> dict[str, Any]:
+        run = await actions.kill(scheduler, run_id, actor=actor)
+        return {"ok": True, "run": run_json(run)}
+
+
+def _agent_routes(router: APIRouter, scheduler: Scheduler) -> None:
+    store = scheduler.store
+
+    async def agent_answer(agent: str) -> dict[str, Any]:
+        state = next((a for a in await store.agent_states() if a.agent == agent), None)
+        if state is None:  # the action found it a moment ago
+            raise ActionError(404, f"unknown agent {agent!r}")
+        return {"ok": True, "agent": agent_json(state)}
+
+    @router.get("/status", summary="The fleet now: agents, running runs, locks")
+    async def fleet_status() -> dict[str, Any]:
+        return await _status(scheduler)
+
+    @router.post("/pause", summary="Stop dispatching runs of every agent (intake goes on)")
+    async def pause_project(actor: Operator) -> dict[str, Any]:
+        await actions.pause(scheduler, None, actor=actor)
+        return {"ok": True, "paused": True}
+
+    @router.post("/resume", summary="Dispatch again after /control/pause")
+    async def resume_project(actor: Operator) -> dict[str, Any]:
+        await actions.resume(scheduler, None, actor=actor)
+        return {"ok": True, "paused": False}
+
+    @router.post(
+        "/agents/{agent}/pause",
+        summary="Stop dispatching runs of one agent (its triggers are still queued)",
+        responses=_errors(404),
+    )
+    async def pause_agent(agent: str, actor: Operator) -> dict[str, Any]:
+        await actions.pause(scheduler, agent, actor=actor)
+        return await agent_answer(agent)
+
+    @router.post(
+        "/agents/{agent}/resume",
+        summary="Dispatch an agent's runs again",
+        responses=_errors(404),
+    )
+    async def resume_agent(agent: str, actor: Operator) -> dict[str, Any]:
+        await actions.resume(scheduler, agent, actor=actor)
+        return await agent_answer(agent)
+
+    @router.post(
+        "/agents/{agent}/enable",
+        summary="Accept an agent's triggers again",
+        responses=_errors(404),
+    )
+    async def enable_agent(agent: str, actor: Operator) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "agent": agent_json(await actions.enable(scheduler, agent, actor=actor)),
+        }
+
+    @router.post(
+        "/agents/{agent}/disable",
+        summary="Refuse an agent's triggers (each refusal recorded with the reason)",
+        responses=_errors(404),
+    )
+    async def disable_agent(agent: str, actor: Operator) -> dict[str, Any]:
+        state = await actions.disable(scheduler, agent, actor=actor)
+        return {"ok": True, "agent": agent_json(state)}
+
+    @router.put(
+        "/agents/{agent}/scale",
+        summary="Set how many runs of an agent may go at once (saved in its config.toml)",
+        responses=_errors(400, 404),
+    )
+    async def scale_agent(agent: str, body: ScaleBody, actor: Operator) -> dict[str, Any]:
+        state = await actions.scale(scheduler, agent, body.scale, actor=actor)
+        return {"ok": True, "agent": agent_json(state)}
+
+
+def _lock_routes(router: APIRouter, scheduler: Scheduler) -> None:
+    store = scheduler.store
+
+    @router.get("/locks", summary="The resource locks held now")
+    async def list_locks() -> dict[str, Any]:
+        locks, waiters = await store.list_locks(), await store.list_lock_waiters()
+        now = datetime.now(UTC)
+        return {"ok": True, "locks": [lock_json(lock, waiters, now) for lock in locks]}
+
+    @router.delete(
+        "/locks/{key:path}",
+        summary="Take a lock from whichever run holds it (the first waiter gets it)",
+        responses=_errors(400, 404),
+    )
+    async def release_lock(key: str, actor: Operator) -> dict[str, Any]:
+        lock = await actions.release_lock(scheduler, key, actor=actor)
+        return {"ok": True, "lock": lock_json(lock, [], datetime.now(UTC))}
+
+    # webhook receipts and the audit log
+
+    @router.post(
+        "/webhooks/receipts/{receipt_id}/replay",
+        status_code=202,
+        summary="Deliver a recorded webhook delivery again, routed as configured now",
+        responses=_errors(404, 409),
+    )
+    async def replay_receipt(receipt_id: str, actor: Operator) -> dict[str, Any]:
+        receipt, results = await actions.replay(scheduler, receipt_id, actor=actor)
+        return {
+            "ok": True,
+            "receipt": {
+                "id": receipt.id,
+                "replayOf": receipt.replay_of,
+                "outcome": receipt.outcome.value,
+            },
+            "items": [item_json(result.item) for result in results],
+            "dropped": [item_json(d) for result in results for d in result.dropped],
+        }
+
+    @router.get("/audit", summary="Operators' recorded actions, newest first")
+    async def list_audit(
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    ) -> dict[str, Any]:
+        entries = await store.list_audit(limit=limit)
+        return {"ok": True, "entries": [audit_json(entry) for entry in entries]}
+
+
+async def _status(scheduler: Scheduler) -> dict[str, Any]:
+    status = await fleet_status(scheduler.store, scheduler.project)
+    if scheduler.info is not None:  # the one answering, even before its first heartbeat
+        status["scheduler"] = scheduler.info.id
+    return status
+
+
+# -- installing it ---------------------------------------------------------------------
+
+
+def install_control(app: FastAPI, scheduler: Scheduler, tokens: TokenVerifier) -> None:
+    """Give ``app`` the control API, its error answers and its OpenAPI document."""
+    app.state.tokens = tokens
+    app.include_router(control_router(scheduler))
+
+    async def refused(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ActionError)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(
+            {"ok": False, "error": exc.message}, status_code=exc.status, headers=headers
+        )
+
+    app.add_exception_handler(ActionError, refused)
+    cached: dict[str, Any] = {}
+
+    @app.get(OPENAPI_PATH, include_in_schema=False)
+    async def operator_openapi() -> JSONResponse:
+        if "doc" not in cached:
+            cached["doc"] = operator_openapi_document(app)
+        return JSONResponse(cached["doc"])
+
+
+def operator_openapi_document(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document of the operator's routes: /control/*, /health and /metrics.
+
+    Cut from the app's whole document: those paths, and the components they refer to."""
+    full = copy.deepcopy(app.openapi())
+    paths = {
+        path: item
+        for path, item in full.get("paths", {}).items()
+        if path.startswith("/control/") or path in ("/health", "/metrics")
+    }
+    components = full.get("components", {})
+    kept: dict[str, dict[str, Any]] = {}
+    pending = _refs(paths)
+    while pending:
+        kind, name = pending.pop()
+        if name in kept.setdefault(kind, {}):
+            continue
+        found = components.get(kind, {}).get(name)
+        if found is not None:
+            kept[kind][name] = found
+            pending |= _refs(found)
+    schemes = {
+        name
+        for item in paths.values()
+        for operation in item.values()
+        for requirement in operation.get("security", [])
+        for name in requirement
+    }
+    if schemes:
+        kept["securitySchemes"] = {
+            name: components["securitySchemes"][name] for name in sorted(schemes)
+        }
+    document: dict[str, Any] = {
+        "openapi": full["openapi"],
+        "info": {
+            "title": "corral control API",
+            "version": full["info"]["version"],
+            "description": (
+                "Operator actions and fleet state. Authenticate with an operator token "
+                "(`corral token create NAME`): `Authorization: Bearer <token>`."
+            ),
+        },
+        "paths": paths,
+    }
+    kept = {kind: dict(sorted(values.items())) for kind, values in kept.items() if values}
+    if kept:
+        document["components"] = kept
+    return document
+
+
+def _refs(value: Any) -> set[tuple[str, str]]:
+    """Every ``#/components/<kind>/<name>`` that ``value`` refers to, as (kind, name)."""
+    found: set[tuple[str, str]] = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "$ref" and isinstance(inner, str) and inner.startswith("#/components/"):
+                _, _, kind, name = inner.split("/", 3)
+                found.add((kind, name))
+            else:
+                found |= _refs(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            found |= _refs(inner)
+    return found

@@ -1,0 +1,249 @@
+"""/metrics: the fleet in Prometheus's text format.
+
+Two kinds of numbers, with different scopes (docs/operating.md lists them):
+
+- **Fleet-wide, read from the store at scrape time** (``FleetMetrics``): the gauges
+  ``corral_queue_depth``, ``corral_running`` and ``corral_agent_scale`` (the store's state
+  now), and the counters ``corral_runs_total``, ``corral_tokens_total``,
+  ``corral_cost_usd_total``, ``corral_items_dropped_total``, ``corral_items_rejected_total``
+  and the histogram ``corral_dispatch_latency_seconds``. The counters count events the
+  store recorded since this gateway started: each scrape reads the runs that started or
+  ended and the items set aside since the previous one (a window that overlaps it, each
+  event counted once by id), so every gateway sharing a store reports the same rates
+  whichever scheduler ran the run, and pruning old history never makes a counter go down.
+  Aggregate them across gateways with ``max``, not ``sum``.
+- **This process's own requests** (module-level counters, ``count_lock``,
+  ``count_delivery``): ``corral_lock_operations_total`` and
+  ``corral_webhook_deliveries_total``. Aggregate these with ``sum``.
+
+Counting a lock request is one increment of a pre-bound counter, so the lock fast path
+stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from corral.store import AgentState, ItemState, Run, Store
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "LOCAL_REGISTRY",
+    "FleetMetrics",
+    "count_delivery",
+    "count_lock",
+    "metrics_router",
+]
+
+#: Seconds from enqueue to run start.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+#: How far back each scrape looks again, for events committed a little after their time.
+OVERLAP_SECONDS = 60.0
+#: Distinct webhook source labels kept; past that, deliveries count under "other" (the
+#: source comes from the request path, and a label per probe would grow without bound).
+MAX_SOURCES = 64
+
+# -- this process's requests -------------------------------------------------------------
+
+LOCAL_REGISTRY = CollectorRegistry(auto_describe=True)
+_LOCK_OPERATIONS = Counter(
+    "corral_lock_operations",
+    "Lock requests answered by this gateway, by operation (acquire, release, heartbeat) and result",
+    ["op", "result"],
+    registry=LOCAL_REGISTRY,
+)
+_WEBHOOK_DELIVERIES = Counter(
+    "corral_webhook_deliveries",
+    "Webhook deliveries received by this gateway, by source and outcome",
+    ["source", "outcome"],
+    registry=LOCAL_REGISTRY,
+)
+_lock_children: dict[tuple[str, str], Any] = {}
+_sources: set[str] = set()
+
+
+def count_lock(op: str, result: str) -> None:
+    """Count one lock request: ``op`` acquire, release or heartbeat; ``result`` granted,
+    refreshed, held, deadlock, timed_out, released, extended, not_found, not_holder."""
+    child = _lock_children.get((op, result))
+    if child is None:
+        child = _lock_children[(op, result)] = _LOCK_OPERATIONS.labels(op, result)
+    child.inc()
+
+
+def count_delivery(source: str, outcome: str) -> None:
+    """Count one webhook delivery received by this gateway: ``source`` the configured
+    source's name (the path's), ``outcome`` what became of it (accepted, duplicate,
+    refused, invalid, ping, or an HTTP-level refusal such as unknown_source)."""
+    if source not in _sources:
+        if len(_sources) >= MAX_SOURCES:
+            source = "other"
+        else:
+            _sources.add(source)
+    _WEBHOOK_DELIVERIES.labels(source, outcome).inc()
+
+
+class _Forward(Collector):
+    """Yields another registry's metrics (this process's, into each app's registry)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self.registry.collect()
+
+
+# -- the fleet, from the store -------------------------------------------------------------
+
+
+class _Gauges(Collector):
+    def __init__(self, metrics: FleetMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        depth = GaugeMetricFamily(
+            "corral_queue_depth", "Items queued, waiting for a run, by agent", labels=["agent"]
+        )
+        running = GaugeMetricFamily(
+            "corral_running", "Runs claimed and not yet ended, by agent", labels=["agent"]
+        )
+        scale = GaugeMetricFamily(
+            "corral_agent_scale", "Runs of the agent allowed at once", labels=["agent"]
+        )
+        for agent in self.metrics.agents:
+            depth.add_metric([agent.agent], agent.queued)
+            running.add_metric([agent.agent], agent.active)
+            scale.add_metric([agent.agent], agent.scale)
+        yield from (depth, running, scale)
+
+
+class FleetMetrics:
+    """The numbers /metrics shows, for one gateway over ``store``; ``render()`` reads the
+    store (three queries) and answers the exposition text."""
+
+    def __init__(self, store: Store, *, overlap_seconds: float = OVERLAP_SECONDS) -> None:
+        self.store = store
+        self.overlap = timedelta(seconds=overlap_seconds)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.runs = Counter(
+            "corral_runs",
+            "Runs ended, by agent and outcome (succeeded, failed, timed_out, killed, lost, "
+            "over_budget)",
+            ["agent", "outcome"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "corral_tokens",
+            "Model tokens used by ended runs, by agent and kind (input, output, cache_read, "
+            "cache_write)",
+            ["agent", "kind"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "corral_cost_usd",
+            "Dollars spent by ended runs, by agent (from the model price table)",
+            ["agent"],
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "corral_items_dropped",
+            "Queued items dropped for a newer one (queue full), by agent",
+            ["agent"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "corral_items_rejected",
+            "Triggers refused (disabled agent, scale 0, cost cap, queue full for calls, ...), "
+            "by agent",
+            ["agent"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "corral_dispatch_latency_seconds",
+            "Seconds from a trigger's enqueue to its run's start, by agent",
+            ["agent"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.agents: list[AgentState] = []
+        self.registry.register(_Gauges(self))
+        self.registry.register(_Forward(LOCAL_REGISTRY))
+        self._start = store.now()
+        self._since = self._start
+        self._started: dict[str, datetime] = {}
+        self._ended: dict[str, datetime] = {}
+        self._set_aside: dict[int, datetime] = {}
+        self._lock = asyncio.Lock()
+
+    async def render(self) -> bytes:
+        """Bring the numbers up to date from the store, then the exposition text."""
+        await self.refresh()
+        return generate_latest(self.registry)
+
+    async def refresh(self) -> None:
+        async with self._lock:  # one scrape at a time: each event is counted once
+            now = self.store.now()
+            since = self._since
+            for run, enqueued_at in await self.store.runs_moved_since(since):
+                started, ended = run.started_at, run.ended_at
+                if started is not None and started >= since and run.id not in self._started:
+                    self._started[run.id] = started
+                    if enqueued_at is not None:
+                        waited = (started - enqueued_at).total_seconds()
+                        self.latency.labels(run.agent).observe(max(0.0, waited))
+                if ended is not None and ended >= since and run.id not in self._ended:
+                    self._ended[run.id] = ended
+                    self._count_ended(run.agent, run)
+            for item in await self.store.items_set_aside_since(since):
+                if item.id in self._set_aside or item.finished_at is None:
+                    continue
+                self._set_aside[item.id] = item.finished_at
+                counter = self.dropped if item.state is ItemState.DROPPED else self.rejected
+                counter.labels(item.agent).inc()
+            self.agents = [a for a in await self.store.agent_states() if a.present]
+            self._since = max(self._start, now - self.overlap)
+            for seen in (self._started, self._ended):
+                for key in [k for k, at in seen.items() if at < self._since]:
+                    del seen[key]
+            for number in [k for k, at in self._set_aside.items() if at < self._since]:
+                del self._set_aside[number]
+
+    def _count_ended(self, agent: str, run: Run) -> None:
+        self.runs.labels(agent, run.outcome).inc()
+        for kind, used in (
+            ("input", run.input_tokens),
+            ("output", run.output_tokens),
+            ("cache_read", run.cache_read_tokens),
+            ("cache_write", run.cache_write_tokens),
+        ):
+            if used:
+                self.tokens.labels(agent, kind).inc(used)
+        if run.cost_usd:
+            self.cost.labels(agent).inc(run.cost_usd)
+
+
+def metrics_router(metrics: FleetMetrics) -> APIRouter:
+    """``GET /metrics`` over ``metrics`` (the app decides whether it needs a token)."""
+    router = APIRouter()
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics (text exposition format)",
+        tags=["metrics"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+    )
+    async def scrape() -> Response:
+        return Response(await metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
