@@ -14,7 +14,8 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 # PostgreSQL and Redis are expected on 127.0.0.1; start them when they are down.
-# bubblewrap (the sandbox runtime) comes from Debian's packages; install it if missing.
+# bubblewrap (the sandbox runtime) and chromium (the dashboard's browser tests) come from
+# Debian's packages; install them if missing.
 services:
 	scripts/ensure-services
 	scripts/ensure-packages

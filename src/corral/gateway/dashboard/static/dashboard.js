@@ -1,0 +1,69 @@
+// corral dashboard: the little the server cannot do. Ages tick between updates; a
+// stream that fails because the session ended sends the page to the login form; the log
+// view follows new lines while it is scrolled to the bottom; a trigger's prompt is
+// cleared once the run is queued.
+(function () {
+  "use strict";
+  var skew = 0;
+
+  function readSkew() {
+    var meta = document.querySelector('meta[name="corral-now"]');
+    var server = meta ? Date.parse(meta.getAttribute("content")) : NaN;
+    skew = isNaN(server) ? 0 : server - Date.now();
+  }
+
+  function human(seconds) {
+    var s = Math.max(0, Math.floor(seconds));
+    var d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600);
+    var m = Math.floor((s % 3600) / 60), r = s % 60;
+    function two(n) { return n < 10 ? "0" + n : String(n); }
+    if (d) return d + "d " + h + "h";
+    if (h) return h + "h " + two(m) + "m";
+    if (m) return m + "m " + two(r) + "s";
+    return r + "s";
+  }
+
+  function tick() {
+    var now = Date.now() + skew;
+    document.querySelectorAll("time[data-age]").forEach(function (el) {
+      var at = Date.parse(el.getAttribute("datetime"));
+      if (!isNaN(at)) el.textContent = human((now - at) / 1000);
+    });
+  }
+
+  function checkSession() {
+    fetch("/dashboard/session", { credentials: "same-origin" }).then(function (answer) {
+      if (answer.status === 401 || answer.redirected) {
+        var here = encodeURIComponent(window.location.pathname).replace(/%2F/g, "/");
+        window.location.assign("/dashboard/login?next=" + here);
+      }
+    }).catch(function () { /* the gateway is away; the stream retries */ });
+  }
+
+  var followLog = true;
+  document.addEventListener("scroll", function (event) {
+    var log = event.target;
+    if (log && log.id === "log") {
+      followLog = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
+    }
+  }, true);
+
+  document.addEventListener("htmx:sseError", checkSession);
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var form = event.target;
+    if (form.matches && form.matches("form.trigger") && event.detail.successful) form.reset();
+  });
+  document.addEventListener("htmx:afterSwap", function (event) {
+    tick();
+    var log = document.getElementById("log");
+    if (log && followLog && event.target === log) log.scrollTop = log.scrollHeight;
+  });
+  document.addEventListener("htmx:sseMessage", tick);
+  document.addEventListener("DOMContentLoaded", function () {
+    readSkew();
+    tick();
+    var log = document.getElementById("log");
+    if (log) log.scrollTop = log.scrollHeight;
+    window.setInterval(tick, 1000);
+  });
+})();
