@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from corral.store import QueueItem, Run
+from corral.store import Lock, LockWaiter, QueueItem, Run
 
-__all__ = ["iso_time", "item_json", "run_json"]
+__all__ = ["iso_time", "item_json", "lock_json", "run_json"]
 
 
 def iso_time(value: datetime | None) -> str | None:
@@ -38,6 +38,18 @@ def run_json(run: Run) -> dict[str, Any]:
         "attempt": run.attempt,
         "pid": run.pid,
         "host": run.host,
+        "outcome": run.outcome,
+        "budget": run.budget,
+        "tokens": None
+        if run.tokens is None
+        else {
+            "input": run.input_tokens,
+            "output": run.output_tokens,
+            "cacheRead": run.cache_read_tokens,
+            "cacheWrite": run.cache_write_tokens,
+            "total": run.tokens,
+        },
+        "costUsd": run.cost_usd,
     }
 
 
@@ -51,4 +63,18 @@ def item_json(item: QueueItem) -> dict[str, Any]:
         "attempts": item.attempts,
         "runId": item.run_id,
         "enqueuedAt": iso_time(item.enqueued_at),
+    }
+
+
+def lock_json(lock: Lock, waiters: list[LockWaiter], now: datetime) -> dict[str, Any]:
+    """A held lock with the runs waiting for it (`corral locks --json`, the control API)."""
+    return {
+        "key": lock.key,
+        "holder": lock.run_id,
+        "agent": lock.agent,
+        "token": lock.token,
+        "heldSince": iso_time(lock.acquired_at),
+        "expiresAt": iso_time(lock.expires_at),
+        "expired": lock.expires_at <= now,
+        "waiting": [w.run_id for w in waiters if w.key == lock.key],
     }

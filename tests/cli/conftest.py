@@ -48,4 +48,10 @@ def project(tmp_path: Path, corral: Corral) -> Path:
     """A freshly scaffolded project, exactly as `corral new` makes it."""
     result = corral("new", "demo")
     assert result.returncode == 0, result.stderr
+    # The example's schedule fires every 15 minutes: a tick during a test with a running
+    # scheduler would add a run the test did not ask for. This one fires on 1 January.
+    config = tmp_path / "demo" / "agents" / "hello" / "config.toml"
+    text = config.read_text()
+    assert 'schedule = "*/15 * * * *"' in text
+    config.write_text(text.replace("*/15 * * * *", "0 0 1 1 *"))
     return tmp_path / "demo"

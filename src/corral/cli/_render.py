@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import click
 from rich.console import Console
 
-__all__ = ["console", "err_console", "fmt_duration", "fmt_time", "print_json"]
+from corral.transcript import fmt_cost, fmt_tokens
+
+__all__ = [
+    "console",
+    "err_console",
+    "fmt_cost",
+    "fmt_duration",
+    "fmt_duration_seconds",
+    "fmt_time",
+    "fmt_tokens",
+    "parse_since",
+    "print_json",
+]
 
 # When the output is not a terminal (a pipe, a log, CI), rich would assume 80
 # columns and wrap run ids; give tables room instead.
@@ -37,3 +51,29 @@ def fmt_duration(value: timedelta | None) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def fmt_duration_seconds(seconds: float | None) -> str:
+    return fmt_duration(None if seconds is None else timedelta(seconds=seconds))
+
+
+_SPAN = re.compile(r"^(\d+)([smhdw])$")
+_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``--since`` values: a span back from now (``90s``, ``15m``, ``2h``, ``3d``, ``1w``)
+    or an ISO 8601 date or time (local time when it names no zone)."""
+    moment = now or datetime.now(UTC)
+    span = _SPAN.match(text.strip())
+    if span is not None:
+        return moment - timedelta(**{_UNIT[span.group(2)]: int(span.group(1))})
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither a span (15m, 2h, 3d, 1w) nor an ISO date or time "
+            "(2026-03-10 or 2026-03-10T14:30)",
+            param_hint="'--since'",
+        ) from None
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.astimezone().astimezone(UTC)

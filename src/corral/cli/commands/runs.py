@@ -14,7 +14,17 @@ from rich.table import Table
 
 from corral.cli._context import CliContext
 from corral.cli._main import cli
-from corral.cli._render import console, err_console, fmt_duration, fmt_time, print_json
+from corral.cli._render import (
+    console,
+    err_console,
+    fmt_cost,
+    fmt_duration,
+    fmt_time,
+    fmt_tokens,
+    parse_since,
+    print_json,
+)
+from corral.cli.commands.logs import read_from
 from corral.errors import RunError, UsageError
 from corral.gateway.server import serve_agent_api
 from corral.project import Agent, Project
@@ -203,12 +213,7 @@ async def _follow(store: Store, project: Project, item: QueueItem, stream: bool)
 
 
 def _copy_log(path: Path, offset: int) -> int:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            chunk = handle.read()
-    except FileNotFoundError:
-        return offset
+    chunk = read_from(path, offset)
     if chunk:
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
@@ -239,34 +244,89 @@ def _summary(run: Run, project: Project) -> None:
 
 @cli.command("runs")
 @click.option("-a", "--agent", "agent_name", help="Only runs of this agent.")
+@click.option(
+    "-s",
+    "--state",
+    "state_names",
+    multiple=True,
+    type=click.Choice([*(state.value for state in RunState), "over_budget"]),
+    help="Only runs in this state (repeatable); over_budget: runs a budget stopped.",
+)
+@click.option("--since", help="Only runs created since: 15m, 2h, 3d, 1w, or an ISO date/time.")
 @click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def runs_cmd(obj: CliContext, agent_name: str | None, limit: int, as_json: bool) -> None:
-    """List recent runs, newest first."""
+def runs_cmd(
+    obj: CliContext,
+    agent_name: str | None,
+    state_names: tuple[str, ...],
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List recent runs, newest first, with the tokens and dollars of built-in runs."""
     project = obj.project()
+    created_since = None if since is None else parse_since(since)
+    wanted = set(state_names)
+    states = _states_for(wanted)
 
     async def go() -> list[Run]:
         async with await obj.store(project) as store:
-            return await store.list_runs(agent=agent_name, limit=limit)
+            runs = await store.list_runs(
+                agent=agent_name, limit=limit, states=states, since=created_since
+            )
+        return runs if not wanted else [r for r in runs if _wanted(r, wanted)]
 
     runs = asyncio.run(go())
     if as_json:
         print_json([run_json(r) for r in runs])
         return
     if not runs:
-        console.print("no runs yet; start one with `corral run AGENT`")
+        console.print("no runs match" if wanted or since or agent_name else _NO_RUNS)
         return
-    table = Table("run", "agent", "trigger", "state", "exit", "started", "duration", box=None)
+    table = Table(
+        "run",
+        "agent",
+        "trigger",
+        "state",
+        "exit",
+        "started",
+        "duration",
+        "tokens",
+        "cost",
+        box=None,
+    )
     for r in runs:
-        style = _STATE_STYLE.get(r.state, "white")
+        style = "red" if r.outcome == "over_budget" else _STATE_STYLE.get(r.state, "white")
+        outcome = r.outcome + (f" ({r.budget})" if r.outcome == "over_budget" else "")
         table.add_row(
             r.id,
             r.agent,
             r.trigger.value,
-            f"[{style}]{r.state.value}[/]",
+            f"[{style}]{escape(outcome)}[/]",
             "-" if r.exit_code is None else str(r.exit_code),
             fmt_time(r.started_at or r.created_at),
             fmt_duration(r.duration),
+            fmt_tokens(r.tokens),
+            fmt_cost(r.cost_usd),
         )
     console.print(table)
+
+
+_NO_RUNS = "no runs yet; start one with `corral run AGENT`"
+
+
+def _states_for(wanted: set[str]) -> list[RunState] | None:
+    """The store states to ask for (over_budget runs are failed or timed out)."""
+    if not wanted:
+        return None
+    states = {RunState(name) for name in wanted if name != "over_budget"}
+    if "over_budget" in wanted:
+        states |= {RunState.FAILED, RunState.TIMED_OUT}
+    return sorted(states)
+
+
+def _wanted(run: Run, wanted: set[str]) -> bool:
+    if run.outcome == "over_budget":
+        return "over_budget" in wanted or run.state.value in wanted
+    return run.state.value in wanted

@@ -1,0 +1,160 @@
+"""`corral logs AGENT|RUN`: a run's log, or an agent's recent runs' logs, read or followed.
+
+A run's log is what its processes printed (already redacted when it was written); for a
+built-in harness run it also holds the transcript, one JSON object per line, which is
+shown as readable lines unless ``--raw`` asks for it as stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from corral.cli._context import CliContext
+from corral.cli._main import cli
+from corral.cli._render import parse_since
+from corral.errors import UsageError
+from corral.project import Project
+from corral.store import Run, Store
+from corral.transcript import render_line
+
+__all__ = ["logs_cmd", "read_from"]
+
+_POLL = 0.2
+
+
+@cli.command("logs")
+@click.argument("target")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing as the log grows.")
+@click.option("-g", "--grep", "pattern", help="Only lines matching this regular expression.")
+@click.option(
+    "--since", help="For an agent: its runs created since (15m, 2h, 3d, or an ISO date/time)."
+)
+@click.option("--raw", is_flag=True, help="Print transcript lines as stored (JSON).")
+@click.pass_obj
+def logs_cmd(
+    obj: CliContext,
+    target: str,
+    follow: bool,
+    pattern: str | None,
+    since: str | None,
+    raw: bool,
+) -> None:
+    """Print the log of run TARGET, or of agent TARGET's latest run (with --since: of its
+    runs since then, oldest first). -f follows the run until it ends; for an agent, it
+    goes on with each new run until interrupted."""
+    project = obj.project()
+    try:
+        matcher = None if pattern is None else re.compile(pattern)
+    except re.error as exc:
+        raise click.BadParameter(f"{pattern!r} is not a regular expression: {exc}") from None
+    show = _Printer(matcher, raw)
+    created_since = None if since is None else parse_since(since)
+    try:
+        asyncio.run(_logs(obj, project, target, show, follow, created_since))
+    except KeyboardInterrupt:
+        pass
+
+
+class _Printer:
+    def __init__(self, matcher: re.Pattern[str] | None, raw: bool) -> None:
+        self.matcher = matcher
+        self.raw = raw
+        self._partial = b""
+
+    def feed(self, chunk: bytes, *, final: bool = False) -> None:
+        """Print the whole lines of ``chunk`` (the rest waits for the next one)."""
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = b"" if final else lines.pop()
+        for line in lines:
+            if line or not final:
+                self.line(line.decode("utf-8", errors="replace"))
+
+    def line(self, text: str) -> None:
+        for shown in [text] if self.raw else render_line(text):
+            if self.matcher is None or self.matcher.search(shown):
+                sys.stdout.write(shown + "\n")
+        sys.stdout.flush()
+
+    def header(self, run: Run) -> None:
+        sys.stdout.write(f"==> run {run.id} ({run.trigger.value}, {run.outcome}) <==\n")
+
+
+async def _logs(
+    obj: CliContext,
+    project: Project,
+    target: str,
+    show: _Printer,
+    follow: bool,
+    since: Any,
+) -> None:
+    logs = project.root / ".corral" / "logs"
+    async with await obj.store(project) as store:
+        run = await store.get_run(target)
+        if run is not None:
+            await _print_run(store, logs, run, show, follow)
+            return
+        if target not in project.agents:
+            raise UsageError(
+                f"{target!r} is neither a run id nor an agent of this project; "
+                "`corral runs` lists runs, `corral config` the agents"
+            )
+        runs = await store.list_runs(agent=target, limit=1 if since is None else 1000, since=since)
+        if not runs and not follow:
+            raise UsageError(
+                f"agent {target!r} has no runs" + ("" if since is None else " since then")
+            )
+        seen: set[str] = set()
+        for run in sorted(runs, key=lambda r: (r.created_at, r.id)):
+            if len(runs) > 1 or follow:
+                show.header(run)
+            seen.add(run.id)
+            await _print_run(store, logs, run, show, follow)
+        while follow:  # an agent's next runs, as they start
+            newer = await store.list_runs(agent=target, limit=20)
+            for run in sorted(newer, key=lambda r: (r.created_at, r.id)):
+                if run.id not in seen and run.started_at is not None:
+                    seen.add(run.id)
+                    show.header(run)
+                    await _print_run(store, logs, run, show, follow)
+            await asyncio.sleep(_POLL)
+
+
+async def _print_run(store: Store, logs: Path, run: Run, show: _Printer, follow: bool) -> None:
+    path = logs / f"{run.id}.log"
+    offset = 0
+    while True:
+        offset = _copy(path, offset, show)
+        if not follow:
+            break
+        current = await store.get_run(run.id)
+        if current is None or current.state.is_terminal:
+            offset = _copy(path, offset, show)  # what was written before it ended
+            break
+        await asyncio.sleep(_POLL)
+    show.feed(b"", final=True)
+    if not follow and offset == 0 and not path.exists():
+        sys.stderr.write(f"run {run.id} has no log yet ({path})\n")
+
+
+def _copy(path: Path, offset: int, show: _Printer) -> int:
+    chunk = read_from(path, offset)
+    if chunk:
+        show.feed(chunk)
+    return offset + len(chunk)
+
+
+def read_from(path: Path, offset: int) -> bytes:
+    """What a log holds past ``offset`` (nothing when it does not exist yet)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+    except FileNotFoundError:
+        return b""

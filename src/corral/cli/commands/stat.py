@@ -1,0 +1,227 @@
+"""`corral stat`: the fleet at a glance, from the local store or a remote gateway.
+
+Locally it reads the project's store (which may itself be a shared PostgreSQL). With an
+environment (`-E NAME`) whose file sets ``[gateway] url``, it asks that gateway's control
+API instead (``GET /control/status``), authenticated by ``$CORRAL_OPERATOR_TOKEN`` or
+the credential ``operator_token:NAME``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import click
+import httpx
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from corral.cli._context import CliContext
+from corral.cli._main import cli
+from corral.cli._render import (
+    console,
+    fmt_cost,
+    fmt_duration_seconds,
+    fmt_tokens,
+    print_json,
+)
+from corral.credentials import CredentialError, CredentialStore
+from corral.errors import UsageError
+from corral.project import Project
+from corral.status import fleet_status
+
+__all__ = ["load_status", "render_status", "stat_cmd", "status_view", "top_cmd"]
+
+_TOKEN_ENV = "CORRAL_OPERATOR_TOKEN"
+_STATE_STYLE = {"running": "cyan", "idle": "white", "paused": "yellow", "disabled": "dim"}
+
+
+@cli.command("stat")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def stat_cmd(obj: CliContext, as_json: bool) -> None:
+    """Agents, queues, running instances, locks and recent refusals."""
+    project = obj.project()
+    status = asyncio.run(load_status(obj, project))
+    if as_json:
+        print_json(status)
+        return
+    render_status(status)
+
+
+async def load_status(obj: CliContext, project: Project) -> dict[str, Any]:
+    """The status document, from the remote gateway the environment names, else the store."""
+    remote = _remote_url(project)
+    if remote is not None:
+        return await _fetch(remote, _remote_token(project))
+    async with await obj.store(project) as store:
+        return await fleet_status(store, project)
+
+
+def _remote_url(project: Project) -> str | None:
+    """``[gateway] url`` when the selected environment (not the project) sets it."""
+    if project.environment is None:
+        return None
+    for value in project.resolved:
+        if value.key == "gateway.url" and value.source.startswith("environment:"):
+            return None if value.value is None else str(value.value).rstrip("/")
+    return None
+
+
+def _remote_token(project: Project) -> str:
+    given = os.environ.get(_TOKEN_ENV)
+    if given:
+        return given
+    name = f"operator_token:{project.environment}"
+    try:
+        (loaded,) = CredentialStore().resolve([name])
+    except CredentialError as exc:
+        raise UsageError(
+            f"environment {project.environment!r} points at a remote gateway, which needs an "
+            f"operator token: set ${_TOKEN_ENV}, or store it with `corral creds add {name}` "
+            f"({exc})"
+        ) from None
+    return loaded.values["token"]
+
+
+async def _fetch(url: str, token: str) -> dict[str, Any]:
+    where = f"{url}/control/status"
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            response = await http.get(where, headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot reach the gateway at {where}: {exc}") from None
+    if response.status_code in (401, 403):
+        raise UsageError(
+            f"the gateway at {url} refused the operator token ({response.status_code})"
+        )
+    if response.status_code != 200:
+        raise UsageError(
+            f"the gateway at {where} answered {response.status_code}: {response.text[:200]}"
+        )
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def render_status(status: dict[str, Any]) -> None:
+    """Print the human view of a status document."""
+    console.print(status_view(status))
+
+
+def status_view(status: dict[str, Any]) -> Group:
+    """The human view of a status document, as one renderable (`corral top` redraws it)."""
+    schedulers = status.get("schedulers") or []
+    where = (
+        ", ".join(f"{s['id']} on {s['host']}" for s in schedulers)
+        if schedulers
+        else "[yellow]no scheduler running[/] (`corral start`)"
+    )
+    spent = fmt_cost(status.get("spentToday"))
+    cap = status.get("dailyCap")
+    money = f"spent today {spent}" + ("" if cap is None else f" of {fmt_cost(cap)}")
+    paused = " · [yellow]paused[/]" if status.get("paused") else ""
+    parts: list[RenderableType] = [
+        Text.from_markup(
+            f"[bold]{escape(str(status.get('project')))}[/] · {where} · {money}{paused}"
+        )
+    ]
+    agents = Table("agent", "trigger", "state", "running", "queue", "today", box=None)
+    for agent in status["agents"]:
+        kinds = [k for k in agent.get("triggers", []) if k not in ("manual", "call")]
+        state = agent.get("state", "")
+        agents.add_row(
+            agent["agent"],
+            ",".join(kinds) or "manual",
+            f"[{_STATE_STYLE.get(state, 'white')}]{state}[/]",
+            f"{agent['running']}/{agent['scale']}",
+            str(agent["queued"]),
+            _today(agent),
+        )
+    parts.append(agents)
+    if status["running"]:
+        runs = Table(
+            *("run", "agent", "age", "tokens", "cost", "status"),
+            box=None,
+            title="running",
+            title_justify="left",
+        )
+        for run in status["running"]:
+            runs.add_row(
+                run["id"],
+                run["agent"],
+                fmt_duration_seconds(run["ageSeconds"]),
+                fmt_tokens(run.get("tokens")),
+                fmt_cost(run.get("costUsd")),
+                escape(run["status"] or "-"),
+            )
+        parts.append(runs)
+    if status["locks"]:
+        locks = Table("key", "holder", "held", box=None, title="locks", title_justify="left")
+        for lock in status["locks"]:
+            locks.add_row(
+                escape(lock["key"]), lock["holder"], fmt_duration_seconds(lock["heldSeconds"])
+            )
+        parts.append(locks)
+    if status.get("recent"):
+        recent = Table(
+            "item",
+            "agent",
+            "trigger",
+            "what",
+            "why",
+            box=None,
+            title="recent drops and refusals",
+            title_justify="left",
+        )
+        for item in status["recent"]:
+            recent.add_row(
+                str(item["item"]),
+                item["agent"],
+                item["trigger"],
+                item["state"],
+                escape(item["reason"] or "-"),
+            )
+        parts.append(recent)
+    return Group(*parts)
+
+
+@cli.command("top")
+@click.option(
+    "-n",
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.2),
+    help="Seconds between refreshes.",
+)
+@click.option("--once", is_flag=True, help="Draw once and exit (for scripts and tests).")
+@click.pass_obj
+def top_cmd(obj: CliContext, interval: float, once: bool) -> None:
+    """A live view of `corral stat`, redrawn every second until Ctrl-C."""
+    project = obj.project()
+
+    async def go() -> None:
+        status = await load_status(obj, project)
+        if once:
+            console.print(status_view(status))
+            return
+        with Live(status_view(status), console=console, screen=False, auto_refresh=False) as live:
+            while True:
+                await asyncio.sleep(interval)
+                live.update(status_view(await load_status(obj, project)), refresh=True)
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        pass
+
+
+def _today(agent: dict[str, Any]) -> str:
+    spent, cap = agent.get("spentToday"), agent.get("dailyCap")
+    if not spent and cap is None:
+        return "-"
+    return fmt_cost(spent) + ("" if cap is None else f" / {fmt_cost(cap)}")
