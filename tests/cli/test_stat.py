@@ -99,3 +99,22 @@ def test_stat_of_a_remote_environment_asks_its_gateway(
         assert corral("stop", cwd=project).returncode == 0
     assert refused.returncode == 2
     assert f"the gateway at {url} refused the operator token" in refused.stderr
+
+
+def test_logs_follow_a_run_until_it_ends(corral: Corral, project: Path, tmp_path: Path) -> None:
+    set_command(project, "for i in 1 2 3 4; do echo line $i; sleep 0.5; done")
+    with started(corral, project, tmp_path):
+        assert corral("run", "hello", cwd=project).returncode == 0
+        wait_until(lambda: any(r["state"] == "running" for r in runs(corral, project)), 30)
+        run_id = str(runs(corral, project)[0]["id"])
+        followed = corral("logs", run_id, "-f", cwd=project)  # returns when the run ends
+        ended = runs(corral, project)[0]
+        assert corral("stop", cwd=project).returncode == 0
+    assert followed.returncode == 0, followed.stderr
+    assert [ln for ln in followed.stdout.splitlines() if ln.startswith("line ")] == [
+        "line 1",
+        "line 2",
+        "line 3",
+        "line 4",
+    ]
+    assert ended["state"] == "succeeded"
