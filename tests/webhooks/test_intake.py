@@ -440,3 +440,19 @@ async def test_deliveries_are_counted_in_the_metrics_by_outcome(hook: Intake) ->
     for outcome in ("accepted", "duplicate", "refused", "invalid"):
         assert await count(outcome) == before[outcome] + 1, outcome
     assert await count("unknown_source", source="unknown") == unknown_before + 1
+
+
+async def test_a_rotated_secret_is_used_within_the_secret_ttl(
+    hook: Intake, credentials: CredentialStore
+) -> None:
+    intake = hook.fleet.app.state.webhook_intake
+    intake.secret_ttl = 0.3
+    body = fixture("issues")
+    old = sign_github(body, SECRET, event="issues", delivery_id="d-rotate-1")
+    assert (await hook.post(body, old)).status_code == 202
+    credentials.add("webhook_secret", "gh", {"secret": "rotated"}, replace=True)
+    await asyncio.sleep(0.4)
+    stale = sign_github(body, SECRET, event="issues", delivery_id="d-rotate-2")
+    assert (await hook.post(body, stale)).status_code == 401
+    new = sign_github(body, "rotated", event="issues", delivery_id="d-rotate-3")
+    assert (await hook.post(body, new)).status_code == 202

@@ -25,6 +25,7 @@ front of it) makes it reachable from the sender.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -161,17 +162,24 @@ class WebhookIntake:
     credentials: CredentialStore = field(default_factory=CredentialStore)
     #: Called once a delivery's items are durable (the scheduler's wake-up).
     on_queued: Callable[[], None] | None = None
-    _secrets: dict[str, str | None] = field(default_factory=dict)
+    #: How long a signing secret read from the credential store is used before it is
+    #: read again: a secret rotated with `corral creds add --force` is in use within it.
+    secret_ttl: float = 10.0
+    _secrets: dict[str, tuple[float, str | None]] = field(default_factory=dict)
 
     def sources(self) -> Mapping[str, WebhookSource]:
         return self.project.config.webhooks
 
     def secret_for(self, name: str, source: WebhookSource) -> str | None:
-        """The source's signing secret, read once and kept; a failure is not kept, so a
-        secret stored after the first delivery is found by the next one."""
-        if name not in self._secrets:
-            self._secrets[name] = signing_secret(source, self.credentials)
-        return self._secrets[name]
+        """The source's signing secret, read at most every ``secret_ttl`` seconds; a
+        failure is not kept, so a secret stored after a refused delivery is found by the
+        next one."""
+        now = time.monotonic()
+        kept = self._secrets.get(name)
+        if kept is None or now - kept[0] >= self.secret_ttl:
+            kept = (now, signing_secret(source, self.credentials))
+            self._secrets[name] = kept
+        return kept[1]
 
     def forget_secrets(self) -> None:
         """Read every signing secret again at its next use (after a configuration change)."""
