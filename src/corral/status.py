@@ -56,7 +56,8 @@ async def fleet_status(
     problems = await store.list_items(
         states=[ItemState.DROPPED, ItemState.REJECTED], limit=RECENT_PROBLEMS
     )
-    spent = {name: await store.spent_today(name) for name in states}
+    today = {total.agent: total.cost_usd for total in await store.usage_by_day(days=1)}
+    spent = {name: today.get(name, 0.0) for name in states}
     renew_every = SchedulerOptions().renew_every
     schedulers = [
         info

@@ -36,8 +36,11 @@ def usage_cmd(obj: CliContext, agent_name: str | None, days: int, as_json: bool)
     async def go() -> tuple[list[UsageTotal], dict[str | None, float]]:
         async with await obj.store(project) as store:
             totals = await store.usage_by_day(days=days, agent=agent_name)
-            names: list[str | None] = [None, *sorted(project.agents)]
-            today = {name: await store.spent_today(name) for name in names}
+            by_agent = {t.agent: t.cost_usd for t in await store.usage_by_day(days=1)}
+            today: dict[str | None, float] = {
+                name: by_agent.get(name, 0.0) for name in sorted(project.agents)
+            }
+            today[None] = sum(by_agent.values())
         return totals, today
 
     totals, today = asyncio.run(go())
