@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -92,7 +92,7 @@ async def _logs(
     target: str,
     show: _Printer,
     follow: bool,
-    since: Any,
+    since: datetime | None,
 ) -> None:
     logs = project.root / ".corral" / "logs"
     async with await obj.store(project) as store:
