@@ -234,3 +234,24 @@ async def test_a_credential_value_never_reaches_the_transcript(
     assert token not in log
     # The model did see the tool's real output: redaction is of the log, not the run.
     assert token in json.dumps(fake.requests[-1].body)
+
+
+async def test_a_cost_budget_caps_what_the_model_may_write_in_a_turn(
+    tmp_path: Path, store: Store, fake: FakeProvider, shape: str
+) -> None:
+    # Output costs $0.04 a token: $0.50 buys 12 of them at first; after a $0.30 turn,
+    # $0.20 is left, which buys 5. Without a cost budget a turn may write 8,192.
+    fake.script(shape, *busy(6))
+    toml = project_toml(fake, shape)
+    run, _ = await one_run(tmp_path, store, toml, agent_tables("maxCost = 0.5\n"))
+    assert run.budget == "cost"
+    assert [r.body["max_tokens"] for r in fake.requests] == [12, 5]
+
+
+async def test_without_a_cost_budget_a_turn_may_write_the_usual_amount(
+    tmp_path: Path, store: Store, fake: FakeProvider, shape: str
+) -> None:
+    fake.script(shape, Reply.text("done", usage=TURN))
+    run, _ = await one_run(tmp_path, store, project_toml(fake, shape), agent_tables())
+    assert run.state is RunState.SUCCEEDED
+    assert [r.body["max_tokens"] for r in fake.requests] == [8192]

@@ -5,8 +5,9 @@ The loop runs in the scheduler's process; the model is reached through a ``Model
 ``Toolbox``, so model API keys never enter the run. Every turn and tool call is written
 to the transcript (JSON objects, one per line in the run log). Budgets are enforced here,
 not by the model: turns, tokens, dollars and wall-clock time, checked before every turn
-(so a run overshoots a token or cost budget by at most the turn that crossed it); a run
-stopped by one says which.
+(so a run overshoots a token or cost budget by at most the turn that crossed it, and a
+cost budget also caps what the model may write in a turn to what is left); a run stopped
+by one says which.
 
 Exit codes follow the documented table: 0 done, 10 authentication failure, 12 every model
 rate-limited or overloaded, 15 an unrecoverable error (the request was refused, or the
@@ -98,6 +99,7 @@ async def run_loop(
     budgets: Budgets | None = None,
     *,
     pricer: Pricer | None = None,
+    output_price: float | None = None,
     on_turn: Callable[[LoopResult], Awaitable[None]] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> LoopResult:
@@ -105,7 +107,9 @@ async def run_loop(
     model's or the tools' problems (they are the result).
 
     ``on_turn`` sees the running totals after every model turn (the scheduler stores
-    them, so a day's spend counts runs still going)."""
+    them, so a day's spend counts runs still going). ``output_price`` (dollars per output
+    token, the dearest of the models) lets a cost budget also cap how much the model may
+    write in a turn, so that the answer alone cannot spend more than is left."""
     limits = budgets or Budgets()
     if limits.max_cost is not None and pricer is None:
         raise ValueError("a cost budget needs a pricer")
@@ -121,7 +125,7 @@ async def run_loop(
             return result
         try:
             completion, model = await chain.complete(
-                system, messages, list(toolbox.specs), limits.turn_tokens
+                system, messages, list(toolbox.specs), _turn_limit(limits, result, output_price)
             )
         except ProviderError as exc:
             return await _failed(result, exc, transcript)
@@ -146,6 +150,15 @@ async def run_loop(
             answers.append(answer)
             await transcript(_tool_entry(call, answer))
         messages.append(Message("user", answers))
+
+
+def _turn_limit(limits: Budgets, result: LoopResult, output_price: float | None) -> int:
+    """The most the model may write in the next turn: ``turn_tokens``, or fewer when a
+    cost budget has less left than that many output tokens cost."""
+    if limits.max_cost is None or not output_price or result.cost_usd is None:
+        return limits.turn_tokens
+    affordable = int((limits.max_cost - result.cost_usd) / output_price)
+    return max(1, min(limits.turn_tokens, affordable))
 
 
 def _over_budget(limits: Budgets, result: LoopResult, elapsed: float) -> tuple[str, int] | None:

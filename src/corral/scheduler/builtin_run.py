@@ -69,8 +69,9 @@ def budgets_for(agent: Agent) -> Budgets:
     )
 
 
-def pricer_for(project: Project, agent: Agent) -> Pricer:
-    """Prices for the agent's models; every one must have a price when money is limited.
+def pricer_for(project: Project, agent: Agent) -> tuple[Pricer, float | None]:
+    """Prices for the agent's models, and the dearest output token among them (dollars;
+    None when none is priced); every model must have a price when money is limited.
 
     Money is limited when the agent has a cost budget or a daily cap applies (the
     agent's or the project's): counting an unpriced model as free would break them.
@@ -104,7 +105,8 @@ def pricer_for(project: Project, agent: Agent) -> Pricer:
         price = prices.get(name)
         return None if price is None else price.cost(usage)
 
-    return pricer
+    outputs = [price.output / 1_000_000 for price in prices.values() if price is not None]
+    return pricer, max(outputs, default=None)
 
 
 async def run_builtin(
@@ -118,7 +120,7 @@ async def run_builtin(
 ) -> LoopResult:
     """Run the tool loop for ``plan`` to its end (a budget, a failure, or the answer)."""
     prompt = plan.write_prompt(project, system_prompt)
-    pricer = pricer_for(project, plan.agent)
+    pricer, output_price = pricer_for(project, plan.agent)
     chain = await model_chain(project, plan, breakers)
     toolbox = Toolbox(launch, workdir=str(plan.inside.workdir))
 
@@ -147,6 +149,7 @@ async def run_builtin(
             transcript,
             budgets_for(plan.agent),
             pricer=pricer,
+            output_price=output_price,
             on_turn=record,
         )
     finally:
