@@ -31,7 +31,7 @@ def fmt_cost(value: float | None) -> str:
     """``-`` when unknown; dollars with cents, or four places below a cent."""
     if value is None:
         return "-"
-    return f"${value:.2f}" if value == 0 or value >= 0.01 else f"${value:.4f}"
+    return f"${value:,.2f}" if value == 0 or value >= 0.01 else f"${value:.4f}"
 
 
 def render_line(text: str) -> Iterator[str]:

@@ -37,7 +37,7 @@ from corral.credentials import CredentialStore
 from corral.errors import UsageError
 from corral.gateway.app import create_app
 from corral.gateway.server import GatewayServer, bind
-from corral.gateway.token import operator_token
+from corral.gateway.token import LOCAL_TOKEN_NAME, local_token
 from corral.project import load_project
 from corral.scheduler.service import Scheduler, SchedulerOptions
 from corral.status import fleet_status
@@ -104,8 +104,9 @@ async def run_demo(dest: Path, *, duration: float = 60.0, port: int = 0, say: Sa
             project, store, SchedulerOptions(drain_grace=30.0, poll_interval=0.2), gateway_url=url
         )
         info = await scheduler.start()
-        token = operator_token(project.root)
-        server = GatewayServer.for_app(create_app(scheduler, token))
+        token = local_token(project.root)  # the project's own token, as on loopback
+        app = create_app(scheduler, fixed_tokens={LOCAL_TOKEN_NAME: token})
+        server = GatewayServer.for_app(app)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         stop = asyncio.Event()
         fleet = asyncio.create_task(scheduler.run(stop))

@@ -20,6 +20,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from starlette.responses import HTMLResponse
 
+from corral.transcript import fmt_cost
+
 __all__ = ["STATIC_DIR", "Renderer", "security_headers"]
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -150,9 +152,8 @@ def iso(value: datetime | str | None) -> str:
 
 
 def cost(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
+    """Dollars as `corral stat` shows them (cents; four places below a cent)."""
+    return "—" if value is None else fmt_cost(value)
 
 
 def tokens(value: int | None) -> str:
