@@ -23,6 +23,7 @@ __all__ = [
     "MigrationError",
     "RunError",
     "StaleFence",
+    "StoreConflict",
     "StoreError",
     "StoreUnavailable",
     "UsageError",
@@ -68,6 +69,11 @@ class ConfigError(CorralError):
 
 class StoreError(CorralError):
     """The state store failed; the message names the store and the operation."""
+
+
+class StoreConflict(StoreError):
+    """What the store holds now refuses the change (no such agent, the run has ended);
+    nothing was changed. Not a failure of the store: retrying will not help."""
 
 
 class StoreUnavailable(StoreError):

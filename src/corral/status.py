@@ -99,7 +99,7 @@ async def fleet_status(
         ],
         "paused": project_state.paused,
         "scaleCap": project_state.scale_cap,
-        "spentToday": sum(spent.values()),
+        "spentToday": sum(today.values()),  # every run's, as the project's cap counts
         "dailyCap": project_state.daily_cost_cap,
         "agents": agents,
         "running": [

@@ -140,5 +140,8 @@ def test_logs_and_runs_explain_bad_input(corral: Corral, project: Path) -> None:
     bad_since = corral("runs", "--since", "yesterday", cwd=project)
     assert bad_since.returncode == 2
     assert "'yesterday' is neither a span (15m, 2h, 3d, 1w) nor an ISO date" in bad_since.stderr
+    for far in ("99999999999d", "1000000w", "0001-01-01"):
+        too_far = corral("runs", "--since", far, cwd=project)
+        assert too_far.returncode == 2 and f"'{far}' reaches back too far" in too_far.stderr
     bad_grep = corral("logs", "hello", "--grep", "(", cwd=project)
     assert bad_grep.returncode == 2 and "is not a regular expression" in bad_grep.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from corral.store import ItemState, RunState, Store
+from corral.store import ItemState, NewRun, RunState, Store, TriggerKind
 from tests.dashboard.support import ACTOR, DashFleet
 from tests.scheduler.helpers import wait_for
 
@@ -132,3 +132,26 @@ async def test_replay_a_webhook_delivery(fleet: DashFleet, signed_in: Client) ->
     assert (ACTOR, "webhook.replay", original) in await audit(fleet.store)
     missing = await http.post("/dashboard/receipts/wh_nope/replay", headers=headers)
     assert missing.status_code == 404
+
+
+async def test_a_scale_that_is_not_a_small_whole_number_is_refused(
+    fleet: DashFleet, signed_in: Client
+) -> None:
+    http, headers = signed_in
+    config = (fleet.root / "agents" / "dev" / "config.toml").read_text()
+    for bad in ("²", "99999999999", "-1", "2.5", "10001"):
+        answer = await http.post(
+            "/dashboard/agents/dev/scale", data={"scale": bad}, headers=headers
+        )
+        assert answer.status_code == 400, (bad, answer.text)
+    assert (fleet.root / "agents" / "dev" / "config.toml").read_text() == config
+
+
+async def test_a_run_stream_ignores_a_resume_id_that_is_not_a_number(
+    fleet: DashFleet, signed_in: Client
+) -> None:
+    http, headers = signed_in
+    run = await fleet.store.create_run(NewRun(agent="dev", trigger=TriggerKind.MANUAL))
+    stream = {**headers, "Last-Event-ID": "\xb2".encode("latin-1")}
+    async with http.stream("GET", f"/dashboard/runs/{run.id}/events", headers=stream) as answer:
+        assert answer.status_code == 200

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral.credentials import CredentialStore
 from corral.store import CallState, RunState, Store
 from tests.gateway.fleet import TOKEN, running_fleet
 from tests.scheduler.helpers import wait_for
@@ -326,3 +327,40 @@ async def test_a_sandboxed_run_is_isolated_and_still_takes_locks(
     assert "logs" not in listed and "runs" not in listed  # the state dir is hidden
     assert "cwd=/tmp/work" in lines
     assert "net=1" in lines
+
+
+async def test_status_and_return_values_never_show_a_secret(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a run sends the gateway is shown to operators (stat, the control API, the
+    # dashboard): its own secret and its credentials' values are redacted there as in
+    # its log.
+    token = "ghp_" + "Sx7q" * 9
+    monkeypatch.setenv("CORRAL_HOME", str(tmp_path / "home"))
+    CredentialStore(tmp_path / "home" / "credentials").add(
+        "github_token", "default", {"token": token}
+    )
+    leak = (
+        'al-status "token $GITHUB_TOKEN secret $CORRAL_RUN_SECRET" && '
+        'al-return "secret=$CORRAL_RUN_SECRET token=$GITHUB_TOKEN" && '
+        'al-status "$CORRAL_RUN_SECRET" && sleep 30'
+    )
+    agents: dict[str, dict[str, object]] = {
+        "dev": {"command": leak, "credentials": ["github_token"]}
+    }
+    async with running_fleet(tmp_path / "p", store, agents) as f:
+        await f.trigger("dev")
+
+        async def shown() -> bool:
+            runs = await store.list_runs(agent="dev")
+            return bool(runs) and runs[0].status_text == "[REDACTED]"
+
+        await wait_for(shown, timeout=30)
+        (run,) = await store.list_runs(agent="dev")
+        async with httpx.AsyncClient(base_url=f.url) as http:
+            status = (
+                await http.get("/control/status", headers={"Authorization": f"Bearer {TOKEN}"})
+            ).text
+        await store.request_kill(run.id)
+    assert run.return_value == "secret=[REDACTED] token=[REDACTED]"
+    assert token not in status and "[REDACTED]" in status

@@ -456,3 +456,28 @@ async def test_a_rotated_secret_is_used_within_the_secret_ttl(
     assert (await hook.post(body, stale)).status_code == 401
     new = sign_github(body, "rotated", event="issues", delivery_id="d-rotate-3")
     assert (await hook.post(body, new)).status_code == 202
+
+
+async def test_odd_but_signed_deliveries_get_the_same_answer_on_both_stores(
+    hook: Intake,
+) -> None:
+    # A NUL in a field (PostgreSQL's text and jsonb refuse U+0000) is kept as U+FFFD; a
+    # delivery id too long to index is refused 400 with a receipt, never 503 forever.
+    payload = fixture_json("issues")
+    payload["issue"]["title"] = "nul \u0000 here"
+    body = json.dumps(payload).encode()
+    accepted = await hook.post(body, sign_github(body, SECRET, event="issues"))
+    assert accepted.status_code == 202, accepted.text
+    assert await hook.store.get_receipt(accepted.json()["receiptId"]) is not None
+    (item,) = [a for a in accepted.json()["agents"] if a["agent"] == "dev"]
+    queued = await hook.store.get_item(item["itemId"])
+    assert queued is not None and queued.trigger_detail is not None
+    assert queued.trigger_detail["title"] in ("nul \u0000 here", "nul \ufffd here")
+
+    plain = fixture("issues")
+    long_id = sign_github(plain, SECRET, event="issues", delivery_id="d" * 6000)
+    refused = await hook.post(plain, long_id)
+    assert refused.status_code == 400, refused.text
+    assert "delivery id is 6000 characters long; corral takes at most 200" in refused.text
+    receipt = await hook.store.get_receipt(refused.json()["receiptId"])
+    assert receipt is not None and receipt.outcome is ReceiptOutcome.INVALID

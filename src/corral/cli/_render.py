@@ -66,14 +66,19 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     or an ISO 8601 date or time (local time when it names no zone)."""
     moment = now or datetime.now(UTC)
     span = _SPAN.match(text.strip())
-    if span is not None:
-        return moment - timedelta(**{_UNIT[span.group(2)]: int(span.group(1))})
+    parsed = None
     try:
+        if span is not None:
+            return moment - timedelta(**{_UNIT[span.group(2)]: int(span.group(1))})
         parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is neither a span (15m, 2h, 3d, 1w) nor an ISO date or time "
-            "(2026-03-10 or 2026-03-10T14:30)",
-            param_hint="'--since'",
-        ) from None
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.astimezone().astimezone(UTC)
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.astimezone().astimezone(UTC)
+    except (ValueError, OverflowError):
+        if span is not None or parsed is not None:  # well formed, but out of range
+            raise click.BadParameter(
+                f"{text!r} reaches back too far", param_hint="'--since'"
+            ) from None
+    raise click.BadParameter(
+        f"{text!r} is neither a span (15m, 2h, 3d, 1w) nor an ISO date or time "
+        "(2026-03-10 or 2026-03-10T14:30)",
+        param_hint="'--since'",
+    )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from corral.errors import CorralError, StoreError
+from corral.errors import CorralError, StoreConflict
 from corral.project import Project
 from corral.store import (
     AgentState,
@@ -39,6 +39,7 @@ from corral.store import (
 )
 
 __all__ = [
+    "MAX_SCALE",
     "ActionError",
     "Offline",
     "Target",
@@ -59,6 +60,9 @@ __all__ = [
 
 Overflow = Literal["drop_oldest", "refuse"]
 T = TypeVar("T")
+
+#: The most runs of one agent at once that an operator may set.
+MAX_SCALE = 10_000
 
 
 class ActionError(CorralError):
@@ -152,7 +156,7 @@ async def kill(scheduler: Target, run_id: str, *, actor: str) -> Run:
         raise ActionError(404, f"no run {run_id}")
     try:
         run = await store.request_kill(run_id)
-    except StoreError as exc:
+    except StoreConflict as exc:  # it has ended; a store failure is not this
         raise ActionError(409, str(exc)) from None
     await store.audit(actor, "run.kill", run_id, {"agent": run.agent})
     return run
@@ -205,8 +209,10 @@ async def scale(scheduler: Target, agent: str, scale: int, *, actor: str) -> Age
     """Set how many runs of ``agent`` may go at once, live in the store, and save it in
     the agent's ``config.toml`` (as ``corral scale`` does) so that a restart keeps it.
     0 disables the agent."""
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 0:
-        raise ActionError(400, f"scale must be a whole number >= 0, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 0 <= scale <= MAX_SCALE:
+        raise ActionError(
+            400, f"scale must be a whole number from 0 to {MAX_SCALE:,}, got {scale!r}"
+        )
     found = _require_agent(scheduler, agent)
     before = next((a.scale for a in await scheduler.store.agent_states() if a.agent == agent), None)
     state = await _agent_change(scheduler.store.set_agent_scale(agent, scale))
@@ -266,7 +272,7 @@ def _require_agent(scheduler: Target, agent: str) -> Path:
 async def _agent_change(change: Awaitable[T]) -> T:
     try:
         return await change
-    except StoreError as exc:  # the store does not know the agent (yet)
+    except StoreConflict as exc:  # the store does not know the agent (yet)
         raise ActionError(404, str(exc)) from None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -220,12 +221,12 @@ class AgentApi:
     async def authenticate(self, secret: str) -> RunRef:
         ref = self.link.lookup(secret)
         if ref is not None:
-            return ref
+            return dataclasses.replace(ref, secret=secret)
         digest = hash_secret(secret)
         run = await self.store.run_for_secret(digest)
         if run is None or run.state not in _LIVE:
             raise AgentApiError(403, {"ok": False, "error": "invalid run secret"})
-        return RunRef(run.id, run.agent, run.trigger.value, digest)
+        return RunRef(run.id, run.agent, run.trigger.value, digest, secret)
 
     # -- locks -------------------------------------------------------------------------
 
@@ -356,14 +357,14 @@ class AgentApi:
 
     async def give_back(self, body: ReturnBody, run: Caller) -> JSONResponse:
         _limit("the al-return value", body.value, MAX_RETURN_BYTES, "write it to a file")
-        await self.store.set_return_value(run.run_id, body.value)
+        await self.store.set_return_value(run.run_id, self.link.redact(run, body.value))
         answer: dict[str, Any] = {"ok": True}
         if run.trigger != "call":
             answer["note"] = "this run was not called by an agent; the value is kept on it"
         return _answer(200, answer)
 
     async def status(self, body: StatusBody, run: Caller) -> JSONResponse:
-        await self.store.set_status(run.run_id, body.text)
+        await self.store.set_status(run.run_id, self.link.redact(run, body.text))
         return _answer(200, {"ok": True})
 
     async def rerun(self, run: Caller, body: EmptyBody | None = None) -> JSONResponse:

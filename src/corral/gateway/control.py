@@ -25,7 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from corral.gateway import actions
-from corral.gateway.actions import ActionError
+from corral.gateway.actions import MAX_SCALE, ActionError
 from corral.gateway.token import TokenVerifier
 from corral.scheduler.service import Scheduler
 from corral.status import fleet_status
@@ -47,7 +47,6 @@ OPENAPI_PATH = "/control/openapi.json"
 #: The largest page of runs or audit entries one request may ask for.
 MAX_LIMIT = 1000
 #: The largest scale the API sets (the store's column is a 32-bit integer).
-MAX_SCALE = 10_000
 
 _bearer = HTTPBearer(
     auto_error=False,

@@ -306,7 +306,7 @@ class WebhookIntake:
             return await self.store.record_delivery(new, items)
         except StoreError as exc:
             log.error("webhook %s: cannot record the delivery: %s", new.source, exc)
-            error = f"the delivery could not be recorded, so it was not accepted; retry it ({exc})"
+            error = "the delivery could not be recorded, so it was not accepted; retry it"
             return Answer(503, {"ok": False, "error": error})
 
 

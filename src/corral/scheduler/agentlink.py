@@ -16,9 +16,11 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from corral.credentials.redact import MARKER, Redactor
 
 __all__ = ["AgentLink", "Changes", "RunRef", "hash_secret"]
 
@@ -39,6 +41,8 @@ class RunRef:
     agent: str
     trigger: str
     secret_hash: str
+    #: The secret the request presented (never shown; redacted from what the run sends).
+    secret: str = field(default="", repr=False, compare=False)
 
 
 class Changes:
@@ -89,6 +93,7 @@ class AgentLink:
     on_queued: Callable[[], None] | None = None
     _runs: dict[str, RunRef] = field(default_factory=dict)
     _by_run: dict[str, str] = field(default_factory=dict)
+    _redactors: dict[str, Redactor] = field(default_factory=dict)
 
     def issue(self, run_id: str, agent: str, trigger: str) -> tuple[str, RunRef]:
         """A fresh secret for a run about to start, and its registered reference."""
@@ -98,8 +103,28 @@ class AgentLink:
         self._by_run[run_id] = ref.secret_hash
         return secret, ref
 
+    def protect(self, run_id: str, values: Iterable[str]) -> None:
+        """Values a run must not show anyone: its credentials and its own secret.
+
+        The run log redacts them already; ``redact`` does the same for what the run sends
+        the gateway (``al-status`` text, ``al-return`` values), which operators see in
+        `corral stat`, the control API and the dashboard.
+        """
+        self._redactors[run_id] = Redactor(values)
+
+    def redact(self, run: RunRef, text: str) -> str:
+        """``text`` from ``run`` with its protected values, and the secret it presented,
+        replaced by ``[REDACTED]``."""
+        kept = self._redactors.get(run.run_id)
+        if kept is not None:
+            text = kept.redact(text)
+        if run.secret and run.secret in text:
+            text = text.replace(run.secret, MARKER.decode())
+        return text
+
     def revoke(self, run_id: str) -> None:
         """The run ended: its secret opens nothing any more."""
+        self._redactors.pop(run_id, None)
         digest = self._by_run.pop(run_id, None)
         if digest is not None:
             self._runs.pop(digest, None)

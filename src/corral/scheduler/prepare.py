@@ -144,6 +144,8 @@ async def plan_run(
     values = tuple(secret for credential in loaded for secret in credential.secrets())
     if "CORRAL_RUN_SECRET" in env:  # an agent that prints its own secret: redacted too
         values += (env["CORRAL_RUN_SECRET"],)
+    if link is not None:  # and what it sends the gateway (status text, return value)
+        link.protect(run.id, values)
     return RunPlan(run, agent, files, runtime, template, inside, loaded, values, model_keys)
 
 

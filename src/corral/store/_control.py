@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 
-from corral.errors import StoreError
+from corral.errors import StoreConflict, StoreError
 from corral.store._core import StoreCore
 from corral.store.records import AgentSpec, AgentState, ProjectState, SchedulerInfo, SchedulerState
 
@@ -105,7 +105,7 @@ class ControlOps(StoreCore):
             await self.lock_project(tx)
             now = self.encode_time(self.now())
             if not await tx.execute(query, {"agent": agent, "now": now} | params):
-                raise StoreError(
+                raise StoreConflict(
                     f"cannot {what} agent {agent!r}: no such agent in {self.url} "
                     "(agents are recorded when a scheduler starts with the project)"
                 )

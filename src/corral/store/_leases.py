@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from corral.errors import StoreError
+from corral.errors import StoreConflict, StoreError
 from corral.store._core import StaleFence, Transaction
 from corral.store._queue import QueueOps
 from corral.store.records import (
@@ -162,7 +162,7 @@ class LeaseOps(QueueOps):
             row = await tx.fetch_one(query, params)
             if row is None:
                 current = await self._require_run(tx, run_id)
-                raise StoreError(f"cannot {what} run {run_id}: {_how_it_ended(current)}")
+                raise StoreConflict(f"cannot {what} run {run_id}: {_how_it_ended(current)}")
         return self.run_from_row(row)
 
     async def kill_requests(self, owner: str) -> list[Run]:

@@ -33,6 +33,25 @@ POOL_MAX_SIZE = 8
 POOL_WAIT_S = 30.0
 
 
+def _text_safe(value: Any) -> Any:
+    """PostgreSQL's text cannot hold U+0000 (SQLite's can): it is stored as U+FFFD, so a
+    run's status text or a webhook's field with one is kept, not refused."""
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _json_safe(value: Any) -> Any:
+    """``_text_safe`` through a JSON value (jsonb refuses ``\\u0000`` too)."""
+    if isinstance(value, str):
+        return _text_safe(value)
+    if isinstance(value, dict):
+        return {_text_safe(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 class PostgresTransaction(Transaction):
     _driver_errors = (psycopg.Error,)
 
@@ -41,8 +60,9 @@ class PostgresTransaction(Transaction):
         self._conn = conn
 
     async def _execute(self, sql: str, params: dict[str, Any]) -> tuple[list[Row], int]:
+        safe = {name: _text_safe(value) for name, value in params.items()}
         async with self._conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(sql, params)
+            await cursor.execute(sql, safe)
             rows = await cursor.fetchall() if cursor.description is not None else []
             return rows, cursor.rowcount
 
@@ -121,7 +141,7 @@ class PostgresStore(Store):
         return value.astimezone(UTC)
 
     def encode_json(self, value: dict[str, Any] | list[Any] | None) -> Jsonb | None:
-        return None if value is None else Jsonb(value)
+        return None if value is None else Jsonb(_json_safe(value))
 
     def decode_json(self, value: Any) -> dict[str, Any] | None:
         return None if value is None else dict(value)

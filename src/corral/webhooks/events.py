@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.project import WebhookSource
-from corral.webhooks._json import Node, load_object
+from corral.webhooks._json import Node, PayloadError, load_object
 from corral.webhooks._trigger import Fields, trigger_json
 from corral.webhooks.delivery import Delivery
 from corral.webhooks.github import github_event, github_fields
@@ -47,15 +47,29 @@ def parse(source: WebhookSource, delivery: Delivery) -> Event:
     """Read a delivery (already verified) from ``source``; :class:`PayloadError` if the
     body is not a JSON object, not UTF-8, or not shaped as its sender documents."""
     payload = Node(load_object(delivery.body), strict=source.type in _STRICT)
-    kind = _event_name(source, delivery, payload)
+    kind = _bounded("event name", _event_name(source, delivery, payload))
     fields = _fields(source, delivery, kind, payload)
+    delivery_id = _header(delivery, source.delivery_header)
     return Event(
         source=delivery.source,
         kind=kind,
-        delivery_id=_header(delivery, source.delivery_header),
+        delivery_id=None if delivery_id is None else _bounded("delivery id", delivery_id),
         ping=source.type == "github" and kind == "ping",
         trigger=trigger_json(source.type, delivery.source, kind, fields),
     )
+
+
+#: The longest event name or delivery id taken (GitHub's are a few dozen characters):
+#: both are stored and indexed, and an index entry has a size limit.
+MAX_ID_LENGTH = 200
+
+
+def _bounded(what: str, value: str) -> str:
+    if len(value) > MAX_ID_LENGTH:
+        raise PayloadError(
+            f"the {what} is {len(value)} characters long; corral takes at most {MAX_ID_LENGTH}"
+        )
+    return value
 
 
 def _header(delivery: Delivery, name: str | None) -> str | None:

@@ -5,6 +5,7 @@ area, with the action's status (404, 409, ...) when it was refused."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
@@ -12,7 +13,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from corral.errors import CorralError
+from corral.errors import CorralError, StoreError
 from corral.gateway import actions
 from corral.gateway.dashboard._auth import COOKIE, Operator, csrf_ok, safe_next, same_origin
 from corral.gateway.dashboard._context import Dashboard, signed_in
@@ -27,6 +28,8 @@ FORM_LIMIT = 1_100_000
 #: How long the browser keeps the session cookie; the token itself is checked on every
 #: request regardless.
 COOKIE_SECONDS = 12 * 3600
+
+log = logging.getLogger(__name__)
 
 
 class Refused(CorralError):
@@ -75,6 +78,11 @@ async def _act(dash: Dashboard, work: Awaitable[T], done: Callable[[T], str]) ->
         result = await work
     except actions.ActionError as exc:
         return _flash(dash, exc.message, ok=False, status=exc.status)
+    except StoreError as exc:
+        log.error("a dashboard action failed in the store: %s", exc)
+        return _flash(
+            dash, "The store failed; nothing was changed. Try again.", ok=False, status=503
+        )
     dash.feed.poke()
     return _flash(dash, done(result), ok=True)
 
@@ -172,7 +180,7 @@ def _agent_routes(router: APIRouter, dash: Dashboard) -> None:
     @router.post("/agents/{name}/scale")
     async def scale(name: str, request: Request, operator: Checked) -> HTMLResponse:
         given = (await read_form(request)).get("scale", "").strip()
-        if not given.isdigit():
+        if not (given.isascii() and given.isdigit() and len(given) <= 9):
             return _flash(
                 dash, f"Scale must be a whole number >= 0, not {given!r}.", ok=False, status=400
             )

@@ -56,7 +56,7 @@ def stream_routes(dash: Dashboard) -> APIRouter:
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> Response:
         resume = request.headers.get("last-event-id", "")
-        start = int(resume) if resume.isdigit() else offset
+        start = int(resume) if resume.isascii() and resume.isdigit() else offset
         if await dash.scheduler.store.get_run(run_id) is None:
             return Response("no such run", status_code=404, media_type="text/plain")
         return EventStream(_run_stream(dash, request, run_id, start))
