@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from corral.gateway.token import hash_token
-from corral.store import RunState, open_store
+from corral.store import NewItem, RunState, TriggerKind, open_store
 from tests.dashboard.support import TOKEN, DashFleet, dashboard_fleet
 from tests.scheduler.helpers import wait_for
 
@@ -290,3 +290,17 @@ async def test_without_the_token_every_page_is_the_login_page(tab: Tab, live: Da
     live.app.state.tokens.forget()
     await tab.page.wait_for_url("**/dashboard/login?next=/dashboard/queue")
     del tab.errors[before:]  # htmx reports the refused stream (401) on the console
+
+
+async def test_a_live_update_keeps_what_is_being_typed(tab: Tab, live: DashFleet) -> None:
+    await tab.sign_in("/dashboard/agents/hooked")
+    await live.store.set_paused("hooked", True)  # queued items stay queued
+    queued = "#agent .facts div:has(dt:text-is('Queued')) dd"
+    field = "#agent input[name=scale]"
+    await tab.page.fill(field, "7")
+    # A change elsewhere is pushed into the fragment that holds the field being edited.
+    await live.store.enqueue(NewItem(agent="hooked", trigger=TriggerKind.MANUAL))
+    live.scheduler.wake()
+    await tab.page.wait_for_selector(f"{queued}:text-is('1')")
+    assert await tab.page.input_value(field) == "7"
+    assert await tab.page.evaluate("document.activeElement.name") == "scale"

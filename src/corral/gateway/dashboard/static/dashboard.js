@@ -1,7 +1,7 @@
 // corral dashboard: the little the server cannot do. Ages tick between updates; a
 // stream that fails because the session ended sends the page to the login form; the log
 // view follows new lines while it is scrolled to the bottom; a trigger's prompt is
-// cleared once the run is queued.
+// cleared once the run is queued; a field being edited survives a live update.
 (function () {
   "use strict";
   var skew = 0;
@@ -58,7 +58,27 @@
     var log = document.getElementById("log");
     if (log && followLog && event.target === log) log.scrollTop = log.scrollHeight;
   });
-  document.addEventListener("htmx:sseMessage", tick);
+  // A live update must not take away what someone is typing: the field with the focus
+  // inside a fragment about to be replaced keeps its value, caret and focus.
+  var editing = null;
+  document.addEventListener("htmx:sseBeforeMessage", function (event) {
+    var el = document.activeElement;
+    editing = null;
+    if (el && el.name && /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName) && event.target.contains(el)) {
+      editing = { name: el.name, value: el.value, start: el.selectionStart, end: el.selectionEnd };
+    }
+  });
+  document.addEventListener("htmx:sseMessage", function (event) {
+    tick();
+    if (!editing) return;
+    var again = event.target.querySelector('[name="' + editing.name + '"]');
+    if (again) {
+      again.value = editing.value;
+      again.focus();
+      try { again.setSelectionRange(editing.start, editing.end); } catch (e) { /* number inputs */ }
+    }
+    editing = null;
+  });
   document.addEventListener("DOMContentLoaded", function () {
     readSkew();
     tick();
