@@ -16,7 +16,7 @@ from typing import Any
 from corral.project import Agent, Project
 from corral.scheduler.service import SchedulerOptions, is_live
 from corral.store import AgentState, ItemState, RunState, Store
-from corral.views import iso_time
+from corral.views import agent_json, iso_time
 
 __all__ = ["agent_state_text", "fleet_status", "trigger_kinds"]
 
@@ -71,13 +71,8 @@ async def fleet_status(
     for name, state in sorted(states.items()):
         agent = project.agents.get(name)
         agents.append(
-            {
-                "agent": name,
-                "scale": state.scale,
-                "paused": state.paused,
-                "enabled": state.enabled,
-                "queued": state.queued,
-                "running": state.active,
+            agent_json(state)
+            | {
                 "state": agent_state_text(state, project_state.paused),
                 "triggers": [] if agent is None else trigger_kinds(agent),
                 "spentToday": spent[name],

@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from corral.store import Lock, LockWaiter, QueueItem, Run
+from corral.store import AgentState, Lock, LockWaiter, QueueItem, Run
 
-__all__ = ["iso_time", "item_json", "lock_json", "run_json"]
+__all__ = ["agent_json", "iso_time", "item_json", "lock_json", "run_json"]
 
 
 def iso_time(value: datetime | None) -> str | None:
@@ -77,4 +77,16 @@ def lock_json(lock: Lock, waiters: list[LockWaiter], now: datetime) -> dict[str,
         "expiresAt": iso_time(lock.expires_at),
         "expired": lock.expires_at <= now,
         "waiting": [w.run_id for w in waiters if w.key == lock.key],
+    }
+
+
+def agent_json(state: AgentState) -> dict[str, Any]:
+    """An agent's control state and counts, as the control API answers them."""
+    return {
+        "agent": state.agent,
+        "scale": state.scale,
+        "paused": state.paused,
+        "enabled": state.enabled,
+        "queued": state.queued,
+        "running": state.active,
     }

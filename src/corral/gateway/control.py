@@ -29,8 +29,8 @@ from corral.gateway.actions import MAX_SCALE, ActionError
 from corral.gateway.token import TokenVerifier
 from corral.scheduler.service import Scheduler
 from corral.status import fleet_status
-from corral.store import AgentState, AuditEntry, ItemState, RunState
-from corral.views import iso_time, item_json, lock_json, run_json
+from corral.store import AuditEntry, ItemState, RunState
+from corral.views import agent_json, iso_time, item_json, lock_json, run_json
 
 __all__ = [
     "OPENAPI_PATH",
@@ -100,17 +100,6 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "refused in the current state",
     }
     return {status: {"model": ErrorBody, "description": words[status]} for status in statuses}
-
-
-def agent_json(state: AgentState) -> dict[str, Any]:
-    return {
-        "agent": state.agent,
-        "scale": state.scale,
-        "paused": state.paused,
-        "enabled": state.enabled,
-        "queued": state.queued,
-        "running": state.active,
-    }
 
 
 def audit_json(entry: AuditEntry) -> dict[str, Any]:

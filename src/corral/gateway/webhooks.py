@@ -39,6 +39,7 @@ from corral.credentials import CredentialError, CredentialStore
 from corral.errors import StoreError
 from corral.gateway.metrics import count_delivery
 from corral.project import Project, WebhookSource
+from corral.scheduler.service import log_dropped
 from corral.store import (
     AgentResult,
     EnqueueResult,
@@ -265,7 +266,7 @@ class WebhookIntake:
         receipt, enqueued = stored
         if receipt.outcome is ReceiptOutcome.DUPLICATE:
             return _duplicate(receipt)
-        _log_dropped(enqueued)
+        log_dropped(enqueued)
         if enqueued and self.on_queued is not None:
             self.on_queued()
         return Answer(202, accepted_json(receipt))
@@ -375,18 +376,6 @@ def _duplicate(receipt: Receipt) -> Answer:
     )
 
 
-def _log_dropped(enqueued: Sequence[EnqueueResult]) -> None:
-    for result in enqueued:
-        for dropped in result.dropped:
-            log.warning(
-                "dropped item %s of %s: %s",
-                dropped.id,
-                dropped.agent,
-                dropped.reason,
-                extra={"action": "item_dropped", "agent": dropped.agent},
-            )
-
-
 def _too_big(name: str, source: WebhookSource, body: _Body) -> str:
     limit = source.max_body_bytes
     size = f"{body.declared} bytes" if body.declared is not None else f"more than {limit} bytes"
@@ -469,7 +458,7 @@ async def replay_receipt(
     results, items = plan_items(project, event, new_id, replay=True)
     new = NewReceipt(**base, outcome=ReceiptOutcome.ACCEPTED, results=results)
     recorded = await store.record_delivery(new, items)
-    _log_dropped(recorded[1])
+    log_dropped(recorded[1])
     return recorded
 
 

@@ -185,7 +185,12 @@ class RunExecutor:
         if agent is None:
             missing = f"agent '{run.agent}' is no longer in the project"
             return await self._finalize(run, _Outcome(RunState.FAILED, None, missing))
-        capped = await self.store.daily_cap_refusal(run.agent)
+        capped = (
+            await self.store.daily_cap_refusal(run.agent)
+            if agent.config.budget.daily_cost is not None
+            or self.project.config.budget.daily_cost is not None
+            else None
+        )
         if capped is not None:  # queued before the day's spend reached a cap
             await self.store.record_usage(run.id, **_NOTHING_SPENT, budget="daily cost")
             return await self._finalize(run, _Outcome(RunState.FAILED, None, capped))

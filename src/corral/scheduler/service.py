@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -40,6 +40,7 @@ __all__ = [
     "agent_specs",
     "cap_warning",
     "is_live",
+    "log_dropped",
     "sync_config",
 ]
 
@@ -69,6 +70,19 @@ def agent_specs(project: Project) -> list[AgentSpec]:
         )
         for a in project.agents.values()
     ]
+
+
+def log_dropped(results: Iterable[EnqueueResult]) -> None:
+    """Log every item an enqueue dropped to make room (they are recorded in the store)."""
+    for result in results:
+        for dropped in result.dropped:
+            log.warning(
+                "dropped item %s of %s: %s",
+                dropped.id,
+                dropped.agent,
+                dropped.reason,
+                extra={"action": "item_dropped", "agent": dropped.agent},
+            )
 
 
 async def sync_config(store: Store, project: Project) -> None:
@@ -145,14 +159,7 @@ class Scheduler:
     ) -> EnqueueResult:
         """Queue an item durably and wake the dispatcher."""
         result = await self.store.enqueue(new, overflow=overflow)
-        for dropped in result.dropped:
-            log.warning(
-                "dropped item %s of %s: %s",
-                dropped.id,
-                dropped.agent,
-                dropped.reason,
-                extra={"action": "item_dropped", "agent": dropped.agent},
-            )
+        log_dropped([result])
         self.wake()
         return result
 
