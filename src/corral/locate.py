@@ -1,12 +1,33 @@
-"""Finding the project a command is about."""
+"""Finding the project a command is about, and corral's own directory in the home."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from corral.errors import UsageError
 
-__all__ = ["find_project_root", "resolve_project_root"]
+__all__ = [
+    "STATE_DIR_MODE",
+    "STATE_FILE_MODE",
+    "corral_home",
+    "find_project_root",
+    "open_private",
+    "private_dirs",
+    "resolve_project_root",
+    "state_dir",
+]
+
+#: Modes of corral's state (a project's ``.corral/``, its store file, logs, run
+#: directories and token; the credential store): only corral's own user may read it.
+STATE_DIR_MODE = 0o700
+STATE_FILE_MODE = 0o600
+
+
+def corral_home() -> Path:
+    """``$CORRAL_HOME``, else ``~/.corral``: environments and the credential store live here."""
+    home = os.environ.get("CORRAL_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".corral"
 
 
 def find_project_root(start: Path) -> Path | None:
@@ -31,3 +52,49 @@ def resolve_project_root(explicit: Path | None) -> Path:
             "or create one with `corral new DIR`."
         )
     return found
+
+
+def state_dir(root: Path) -> Path:
+    """The project's ``.corral`` directory, made (or made again) private: mode 0700."""
+    return private_dirs(root / ".corral", root / ".corral")
+
+
+def private_dirs(path: Path, top: Path) -> Path:
+    """Make ``path`` a directory, with every directory from ``top`` down to it mode 0700.
+
+    ``top`` is ``path`` or one of its parents; the parents of ``top`` (the project, say)
+    are made if missing, as any directory, and otherwise left as they are. A directory
+    made here has its mode from the start (the umask can only remove bits); one that was
+    there is made private too.
+    """
+    if path != top and top not in path.parents:
+        raise ValueError(f"{top} is not {path} or one of its parents")
+    top.parent.mkdir(parents=True, exist_ok=True)
+    chain = [top, *(top / part for part in _prefixes(path.relative_to(top)))]
+    for directory in chain:
+        try:
+            os.mkdir(directory, STATE_DIR_MODE)
+        except FileExistsError:
+            pass
+        info = os.stat(directory)
+        if info.st_mode & 0o7777 != STATE_DIR_MODE:
+            os.chmod(directory, STATE_DIR_MODE)
+    return path
+
+
+def _prefixes(relative: Path) -> list[Path]:
+    parts = relative.parts
+    return [Path(*parts[: i + 1]) for i in range(len(parts))]
+
+
+def open_private(path: Path, flags: int) -> int:
+    """``os.open`` of a state file with ``O_CREAT``: a new file is 0600 from the start, and
+    one that was readable by others is made 0600."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o7777 != STATE_FILE_MODE:
+            os.fchmod(fd, STATE_FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

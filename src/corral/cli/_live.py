@@ -11,7 +11,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from corral.cli._render import console, fmt_duration
+from corral.cli._render import cell, console, fmt_duration, safe
+from corral.inert import inert
 from corral.scheduler.service import Scheduler
 from corral.store import AgentState, Lock, ProjectState, Run
 
@@ -57,13 +58,14 @@ class LiveView:
         state = "draining" if self.scheduler.draining else "running"
         if snap.project is not None and snap.project.paused:
             state += ", project paused"
+        scheduler_id = self.scheduler.info.id if self.scheduler.info else "-"
         head = Text.from_markup(
-            f"[bold]corral[/] scheduler {self.scheduler.info.id if self.scheduler.info else '-'}"
-            f"  {state}  gateway {self.url}  (Ctrl-C drains and stops)"
+            f"[bold]corral[/] scheduler {safe(scheduler_id)}"
+            f"  {state}  gateway {safe(self.url)}  (Ctrl-C drains and stops)"
         )
         parts: list[RenderableType] = [head]
         if self.warning:
-            parts.append(Text(f"warning: {self.warning}", style="yellow"))
+            parts.append(Text(f"warning: {inert(self.warning)}", style="yellow"))
         parts += [self._agents(snap.agents), self._runs(snap.runs)]
         if snap.locks:
             parts.append(self._locks(snap.locks))
@@ -73,7 +75,7 @@ class LiveView:
         table = Table("agent", "state", "running", "queued", title="agents", title_justify="left")
         for a in agents:
             status = "disabled" if not a.enabled or a.scale == 0 else "paused" if a.paused else "ok"
-            table.add_row(a.agent, status, f"{a.active}/{a.scale}", str(a.queued))
+            table.add_row(cell(a.agent), status, f"{a.active}/{a.scale}", str(a.queued))
         return table
 
     def _runs(self, runs: list[Run]) -> Table:
@@ -81,12 +83,17 @@ class LiveView:
         now = datetime.now(UTC)
         for r in runs:
             age = r.duration if r.ended_at else now - (r.started_at or r.created_at)
-            table.add_row(r.id, r.state.value, r.status_text or r.error or "", fmt_duration(age))
+            table.add_row(
+                cell(r.id),
+                cell(r.state.value),
+                cell(r.status_text or r.error or ""),
+                fmt_duration(age),
+            )
         return table
 
     def _locks(self, locks: list[Lock]) -> Table:
         table = Table("key", "holder", "held for", title="locks", title_justify="left")
         now = datetime.now(UTC)
         for lock in locks:
-            table.add_row(Text(lock.key), lock.run_id, fmt_duration(now - lock.acquired_at))
+            table.add_row(cell(lock.key), cell(lock.run_id), fmt_duration(now - lock.acquired_at))
         return table

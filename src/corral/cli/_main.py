@@ -1,14 +1,14 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.markup import escape
 
 from corral._version import __version__
 from corral.cli._context import CliContext
-from corral.cli._render import err_console
+from corral.cli._render import configure_logging, err_console, safe_lines
 from corral.errors import ConfigError, CorralError, UsageError
 
 #: Exit codes of the CLI itself (a run's own exit code is passed through by `corral run`).
@@ -24,18 +24,14 @@ class CorralGroup(click.Group):
             return super().invoke(ctx)
         except ConfigError as exc:
             err_console.print(
-                f"[bold red]error:[/] {escape(exc.render())}", markup=True, soft_wrap=True
+                f"[bold red]error:[/] {safe_lines(exc.render())}", markup=True, soft_wrap=True
             )
             raise SystemExit(EXIT_USAGE) from None
         except UsageError as exc:
-            err_console.print(
-                f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True
-            )
+            err_console.print(f"[bold red]error:[/] {safe_lines(exc)}", markup=True, soft_wrap=True)
             raise SystemExit(EXIT_USAGE) from None
         except CorralError as exc:
-            err_console.print(
-                f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True
-            )
+            err_console.print(f"[bold red]error:[/] {safe_lines(exc)}", markup=True, soft_wrap=True)
             raise SystemExit(EXIT_ERROR) from None
 
 
@@ -65,4 +61,5 @@ def cli(ctx: click.Context, project_dir: Path | None, env: str | None) -> None:
 def main() -> None:
     from corral.cli import commands  # noqa: F401  (registers the subcommands)
 
+    configure_logging(logging.WARNING)  # as Python's default, but inert (docs/watching.md)
     cli()

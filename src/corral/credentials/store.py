@@ -29,7 +29,7 @@ from corral.credentials.types import (
     credential_type,
     parse_ref,
 )
-from corral.project._overlay import corral_home
+from corral.locate import corral_home
 
 __all__ = ["CredentialStore", "LoadedCredential", "StoredCredential", "default_root"]
 

@@ -276,9 +276,11 @@ def print_summary(report: DemoReport, say: Say) -> None:
     say(f"  calls answered: {report.calls_answered}; reruns: {report.reruns}")
 
 
-def main(dest: Path, duration: float, port: int) -> int:
-    """The `corral demo` command: run, then print `corral stat` and the summary."""
-    from corral.cli.commands.stat import render_status
+def main(
+    dest: Path, duration: float, port: int, render_status: Callable[[dict[str, Any]], None]
+) -> int:
+    """The `corral demo` command: run, then print `corral stat` (drawn by ``render_status``,
+    which the CLI passes in: the demo sits below the CLI's layer) and the summary."""
 
     def say(text: str) -> None:
         sys.stderr.write(text + "\n")

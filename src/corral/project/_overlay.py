@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import ConfigIssue
+from corral.locate import corral_home
 from corral.project._toml import Loc, Locator, read_toml
 
 __all__ = ["Layer", "Merged", "ProjectLayers", "corral_home", "merge", "read_project_layers"]
@@ -72,11 +73,6 @@ def _claim(merged: Merged, value: Any, loc: Loc, layer: Layer) -> None:
     if isinstance(value, dict):
         for key, inner in value.items():
             _claim(merged, inner, (*loc, key), layer)
-
-
-def corral_home() -> Path:
-    home = os.environ.get("CORRAL_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".corral"
 
 
 @dataclass

@@ -17,7 +17,7 @@ import yaml
 from corral.errors import ConfigIssue
 from corral.project._checks import describe_value
 from corral.project._errors import did_you_mean
-from corral.project._toml import Locator
+from corral.project._toml import Locator, nested_too_deep, too_deep_issue
 
 __all__ = ["LEGACY_FIELDS", "ParsedSkill", "Skill", "read_skill"]
 
@@ -89,6 +89,11 @@ def _parse_front(front: str, body: str, shown: str, agent: str) -> ParsedSkill:
         data = yaml.load(front, Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         return ParsedSkill(Skill(agent), errors=[_yaml_issue(exc, shown)])
+    except RecursionError:  # the composer recurses once per nested mapping or list
+        return ParsedSkill(Skill(agent), errors=[too_deep_issue(shown)])
+    deep = nested_too_deep(data, shown)
+    if deep is not None:
+        return ParsedSkill(Skill(agent), errors=[deep])
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -16,10 +16,16 @@ from typing import Any
 
 from corral.errors import ConfigIssue
 
-__all__ = ["Loc", "Locator", "read_toml", "split_key"]
+__all__ = ["MAX_CONFIG_DEPTH", "Loc", "Locator", "nested_too_deep", "read_toml", "split_key"]
 
 Loc = tuple[str | int, ...]
 """A location inside a document: table keys and list indexes."""
+
+#: How deep tables and arrays (or YAML mappings and lists) may nest in a config file.
+#: corral's own settings nest four levels at most; the limit keeps a file nested
+#: thousands deep (by accident or on purpose) a config error instead of exhausting the
+#: stack of the parser, the merge or the validation.
+MAX_CONFIG_DEPTH = 64
 
 _HEADER = re.compile(r"^\s*(\[\[?)(.*?)\]\]?\s*(?:#.*)?$")
 _KEY_PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
@@ -108,8 +114,36 @@ class _Scanner:
         self.depth = max(0, self.depth - bare.count("]") - bare.count("}"))
 
 
+def nested_too_deep(data: object, shown: str) -> ConfigIssue | None:
+    """The issue to report when ``data`` nests deeper than :data:`MAX_CONFIG_DEPTH`
+    (measured without recursion, so any depth can be measured)."""
+    stack: list[tuple[object, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        if depth > MAX_CONFIG_DEPTH:
+            return too_deep_issue(shown)
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def too_deep_issue(shown: str) -> ConfigIssue:
+    return ConfigIssue(
+        shown,
+        None,
+        f"nested too deeply: corral reads at most {MAX_CONFIG_DEPTH} levels of tables and "
+        "arrays in a config file",
+    )
+
+
 def read_toml(path: Path, shown: str) -> tuple[dict[str, Any] | None, Locator, list[ConfigIssue]]:
-    """Parse ``path``; on a syntax error return ``None`` and one issue with its line."""
+    """Parse ``path``; on a syntax error return ``None`` and one issue with its line.
+    A file nested deeper than :data:`MAX_CONFIG_DEPTH` is an issue too."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -118,6 +152,11 @@ def read_toml(path: Path, shown: str) -> tuple[dict[str, Any] | None, Locator, l
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         return None, Locator(), [_syntax_issue(shown, text, str(exc))]
+    except RecursionError:  # the parser recurses once per nested array or inline table
+        return None, Locator(), [too_deep_issue(shown)]
+    deep = nested_too_deep(data, shown)
+    if deep is not None:
+        return None, Locator(), [deep]
     return data, Locator.from_toml(text), []
 
 

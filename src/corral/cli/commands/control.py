@@ -15,7 +15,7 @@ import click
 
 from corral.cli._context import CliContext
 from corral.cli._main import cli
-from corral.cli._render import console, fmt_duration
+from corral.cli._render import console, fmt_duration, safe
 from corral.cli.commands.runs import pick_agent
 from corral.errors import UsageError
 from corral.gateway import actions
@@ -143,19 +143,18 @@ def kill_cmd(obj: CliContext, run_id: str) -> None:
                         f"no run {run_id}; `corral runs` lists the recent ones"
                     ) from None
                 raise
-            console.print(f"asked run {run_id} to stop; waiting for its scheduler")
+            console.print(f"asked run {safe(run_id)} to stop; waiting for its scheduler")
             loop = asyncio.get_running_loop()
             deadline = loop.time() + _KILL_WAIT
             while loop.time() < deadline:
                 current = await store.get_run(run_id)
                 if current is not None and current.state.is_terminal:
-                    console.print(
-                        f"run {run_id} {current.state.value} after {fmt_duration(current.duration)}"
-                    )
+                    took = fmt_duration(current.duration)
+                    console.print(f"run {safe(run_id)} {current.state.value} after {took}")
                     return
                 await asyncio.sleep(0.2)
             console.print(
-                f"run {run_id} has not stopped yet; the kill request stays recorded. If its "
+                f"run {safe(run_id)} has not stopped yet; the kill request stays recorded. If its "
                 "scheduler is gone, the run is marked lost when its lease lapses."
             )
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from corral.cli._main import cli
-from corral.cli._render import console, print_json
+from corral.cli._render import cell, console, print_json
 from corral.credentials import (
     CredentialField,
     CredentialRef,
@@ -212,11 +212,11 @@ def ls_cmd(as_json: bool) -> None:
     for item in stored:
         status = "ok" if not item.problems else "; ".join(item.problems)
         table.add_row(
-            escape(item.ref.type),
-            escape(item.ref.instance),
-            escape(", ".join(item.fields)),
-            escape(str(item.path)),
-            escape(status),
+            cell(item.ref.type),
+            cell(item.ref.instance),
+            cell(", ".join(item.fields)),
+            cell(item.path),
+            cell(status),
         )
     console.print(table)
 

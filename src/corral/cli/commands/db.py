@@ -9,7 +9,7 @@ from rich.table import Table
 
 from corral.cli._context import CliContext
 from corral.cli._main import cli
-from corral.cli._render import console, fmt_time, print_json
+from corral.cli._render import cell, console, fmt_time, print_json, safe
 from corral.store import MigrationStatus, open_store
 
 
@@ -59,13 +59,13 @@ def status(obj: CliContext, as_json: bool) -> None:
             }
         )
         return
-    console.print(f"store    {url} ({dialect})")
+    console.print(f"store    {safe(url)} ({dialect})")
     console.print(f"version  {st.current} of {st.latest}")
     table = Table("version", "name", "applied", box=None)
     for version, name, applied_at in st.applied:
-        table.add_row(str(version), name, fmt_time(applied_at))
+        table.add_row(str(version), cell(name), fmt_time(applied_at))
     for version, name in st.pending:
-        table.add_row(str(version), name, "[yellow]pending[/]")
+        table.add_row(str(version), cell(name), "[yellow]pending[/]")
     console.print(table)
     if st.pending:
         console.print("run `corral db migrate` to apply the pending migrations")

@@ -28,6 +28,7 @@ def demo_cmd(directory: Path, duration: float, port: int) -> None:
     """Lay out a demo project in DIRECTORY and run its fleet for about a minute: signed
     webhooks, agents contending for issue locks and calling each other, a schedule and a
     rerun; then print `corral stat` and what happened."""
+    from corral.cli.commands.stat import render_status
     from corral.demo import main
 
-    sys.exit(main(directory, duration, port))
+    sys.exit(main(directory, duration, port, render_status))

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import click
-from rich.markup import escape
 
 from corral.cli._context import CliContext
 from corral.cli._live import LiveView
 from corral.cli._main import cli
-from corral.cli._render import console, err_console
+from corral.cli._render import configure_logging, console, err_console, safe
 from corral.errors import UsageError
 from corral.gateway.app import create_app
 from corral.gateway.server import GatewayServer, bind, bind_unix, unix_socket_path
@@ -28,6 +27,7 @@ from corral.gateway.token import (
     env_token,
     local_token,
 )
+from corral.inert import inert
 from corral.project import Project
 from corral.runtime._children import use_pidfd_child_watcher
 from corral.scheduler.service import Scheduler, SchedulerOptions, cap_warning, is_live
@@ -83,11 +83,11 @@ def start_cmd(
             "`corral token create NAME`)"
         )
     for warning in project.warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(str(warning))}")
-    if headless or not console.is_terminal:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        err_console.print(f"[yellow]warning:[/] {safe(warning)}")
+    configure_logging(
+        logging.INFO if headless or not console.is_terminal else logging.WARNING,
+        "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     host = (configured if not is_loopback(configured) else "0.0.0.0") if expose else configured
     chosen = project.config.gateway.port if port is None else port
     options = SchedulerOptions(drain_grace=grace)
@@ -151,12 +151,12 @@ async def _serve(
         info = await scheduler.start()
         warning = cap_warning(project)
         if warning:
-            err_console.print(f"[yellow]warning:[/] {warning}")
+            err_console.print(f"[yellow]warning:[/] {safe(warning)}")
         app = create_app(scheduler, fixed_tokens=fixed, public_metrics=gateway.public_metrics)
         server = GatewayServer.for_app(app)
         stop, stop_now = asyncio.Event(), asyncio.Event()
         _handle_signals(stop, stop_now, scheduler)
-        err_console.print(f"scheduler {info.id} started; gateway on {url}")
+        err_console.print(f"scheduler {info.id} started; gateway on {safe(url)}")
         serving = asyncio.create_task(server.serve(sockets=[sock, unix_sock]))
         view = asyncio.create_task(LiveView(scheduler, url, warning).run()) if live else None
         try:
@@ -211,7 +211,7 @@ def stop_cmd(obj: CliContext, now: bool) -> None:
             elsewhere = [s for s in live if s.host != host]
             if not here:
                 hint = (
-                    f"; schedulers on other hosts ({', '.join(s.host for s in elsewhere)}) "
+                    f"; schedulers on other hosts ({', '.join(inert(s.host) for s in elsewhere)}) "
                     "must be stopped there"
                     if elsewhere
                     else ""

@@ -6,12 +6,11 @@ import asyncio
 from datetime import UTC, datetime
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from corral.cli._context import CliContext
 from corral.cli._main import cli
-from corral.cli._render import console, fmt_duration, print_json
+from corral.cli._render import cell, console, fmt_duration, print_json, safe
 from corral.errors import UsageError
 from corral.gateway import actions
 from corral.gateway.actions import ActionError, Offline
@@ -47,9 +46,9 @@ def locks_group(ctx: click.Context, as_json: bool) -> None:
         expires = "expired" if left.total_seconds() <= 0 else fmt_duration(left)
         queue = sum(1 for w in waiters if w.key == lock.key)
         table.add_row(
-            escape(lock.key),
-            lock.run_id,
-            lock.agent,
+            cell(lock.key),
+            cell(lock.run_id),
+            cell(lock.agent),
             fmt_duration(now - lock.acquired_at),
             expires,
             str(queue) if queue else "-",
@@ -88,6 +87,6 @@ def release_cmd(obj: CliContext, key: str, force: bool) -> None:
             ) from None
         raise UsageError(exc.message) from None
     console.print(
-        f"released {escape(key)} (held by run {lock.run_id} of {lock.agent}, "
-        f"token {lock.token}); recorded as {escape(actor)}"
+        f"released {safe(key)} (held by run {safe(lock.run_id)} of {safe(lock.agent)}, "
+        f"token {lock.token}); recorded as {safe(actor)}"
     )

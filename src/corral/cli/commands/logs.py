@@ -19,6 +19,7 @@ from corral.cli._context import CliContext
 from corral.cli._main import cli
 from corral.cli._render import parse_since
 from corral.errors import UsageError
+from corral.inert import inert, inert_output
 from corral.project import Project
 from corral.store import Run, Store
 from corral.transcript import render_line
@@ -74,16 +75,19 @@ class _Printer:
         self._partial = b"" if final else lines.pop()
         for line in lines:
             if line or not final:
-                self.line(line.decode("utf-8", errors="replace"))
+                self.line(line.removesuffix(b"\r").decode("utf-8", errors="replace"))
 
     def line(self, text: str) -> None:
+        """One line of the log, made inert: a run's colours stay, every other escape
+        sequence and control character is shown escaped (docs/watching.md)."""
         for shown in [text] if self.raw else render_line(text):
             if self.matcher is None or self.matcher.search(shown):
-                sys.stdout.write(shown + "\n")
+                sys.stdout.write(inert_output(shown) + "\n")
         sys.stdout.flush()
 
     def header(self, run: Run) -> None:
-        sys.stdout.write(f"==> run {run.id} ({run.trigger.value}, {run.outcome}) <==\n")
+        what = inert(f"{run.id} ({run.trigger.value}, {run.outcome})")
+        sys.stdout.write(f"==> run {what} <==\n")
 
 
 async def _logs(
@@ -140,7 +144,7 @@ async def _print_run(store: Store, logs: Path, run: Run, show: _Printer, follow:
         await asyncio.sleep(_POLL)
     show.feed(b"", final=True)
     if not follow and offset == 0 and not path.exists():
-        sys.stderr.write(f"run {run.id} has no log yet ({path})\n")
+        sys.stderr.write(inert(f"run {run.id} has no log yet ({path})") + "\n")
 
 
 def _copy(path: Path, offset: int, show: _Printer) -> int:

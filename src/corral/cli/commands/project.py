@@ -6,12 +6,11 @@ import asyncio
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from corral.cli._context import CliContext
 from corral.cli._main import cli
-from corral.cli._render import console, err_console, print_json
+from corral.cli._render import cell, console, err_console, print_json, safe
 from corral.doctor import Check, run_checks
 from corral.scaffold import create_project
 
@@ -22,10 +21,10 @@ def new_cmd(directory: Path) -> None:
     """Create a working project in DIRECTORY, with one example agent."""
     written = create_project(directory)
     for path in written:
-        console.print(f"  created {path}")
+        console.print(f"  created {safe(path)}")
     console.print(
-        f"\nA project is ready in {directory}. Next:\n"
-        f"  cd {directory}\n"
+        f"\nA project is ready in {safe(directory)}. Next:\n"
+        f"  cd {safe(directory)}\n"
         "  corral run hello                 # run the example agent once\n"
         '  corral run hello "say hi"        # ... with a task\n'
         "  corral runs                      # see the history"
@@ -46,17 +45,19 @@ def config_cmd(obj: CliContext, agent_name: str | None, as_json: bool) -> None:
     if as_json:
         print_json([{"key": v.key, "value": v.value, "source": v.source} for v in values])
         return
-    console.print(f"project  {project.root}")
+    console.print(f"project  {safe(project.root)}")
     if project.environment:
-        console.print(f"environment  {project.environment}")
+        console.print(f"environment  {safe(project.environment)}")
     table = Table("key", "value", "source", box=None)
     for v in values:
         table.add_row(
-            v.key, escape(repr(v.value) if not isinstance(v.value, str) else v.value), v.source
+            cell(v.key),
+            cell(repr(v.value) if not isinstance(v.value, str) else v.value),
+            cell(v.source),
         )
     console.print(table)
     for warning in project.warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(str(warning))}")
+        err_console.print(f"[yellow]warning:[/] {safe(warning)}")
 
 
 _MARK = {"ok": "[green]  ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
@@ -74,8 +75,8 @@ def doctor_cmd(obj: CliContext, as_json: bool) -> None:
         )
     else:
         for c in checks:
-            console.print(f"{_MARK[c.status]}  {c.name}: {escape(c.detail)}")
+            console.print(f"{_MARK[c.status]}  {safe(c.name)}: {safe(c.detail)}")
             if c.fix:
-                console.print(f"{'':>6}fix: {escape(c.fix)}", style="dim")
+                console.print(f"{'':>6}fix: {safe(c.fix)}", style="dim")
     if any(c.status == "fail" for c in checks):
         raise SystemExit(1)

@@ -16,18 +16,19 @@ import click
 import httpx
 from rich.console import Group, RenderableType
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from corral.cli._context import CliContext
 from corral.cli._main import cli
 from corral.cli._render import (
+    cell,
     console,
     fmt_cost,
     fmt_duration_seconds,
     fmt_tokens,
     print_json,
+    safe,
 )
 from corral.credentials import CredentialError, CredentialStore
 from corral.errors import UsageError
@@ -116,7 +117,7 @@ def status_view(status: dict[str, Any]) -> Group:
     """The human view of a status document, as one renderable (`corral top` redraws it)."""
     schedulers = status.get("schedulers") or []
     where = (
-        ", ".join(f"{s['id']} on {s['host']}" for s in schedulers)
+        ", ".join(f"{safe(s['id'])} on {safe(s['host'])}" for s in schedulers)
         if schedulers
         else "[yellow]no scheduler running[/] (`corral start`)"
     )
@@ -126,7 +127,7 @@ def status_view(status: dict[str, Any]) -> Group:
     paused = " · [yellow]paused[/]" if status.get("paused") else ""
     parts: list[RenderableType] = [
         Text.from_markup(
-            f"[bold]{escape(str(status.get('project')))}[/] · {where} · {money}{paused}"
+            f"[bold]{safe(status.get('project'))}[/] · {where} · {safe(money)}{paused}"
         )
     ]
     agents = Table("agent", "trigger", "state", "running", "queue", "today", box=None)
@@ -134,12 +135,12 @@ def status_view(status: dict[str, Any]) -> Group:
         kinds = [k for k in agent.get("triggers", []) if k not in ("manual", "call")]
         state = agent.get("state", "")
         agents.add_row(
-            agent["agent"],
-            ",".join(kinds) or "manual",
-            f"[{_STATE_STYLE.get(state, 'white')}]{state}[/]",
-            f"{agent['running']}/{agent['scale']}",
-            str(agent["queued"]),
-            _today(agent),
+            cell(agent["agent"]),
+            cell(",".join(map(str, kinds)) or "manual"),
+            cell(state, style=_STATE_STYLE.get(state, "white")),
+            cell(f"{agent['running']}/{agent['scale']}"),
+            cell(agent["queued"]),
+            cell(_today(agent)),
         )
     parts.append(agents)
     if status["running"]:
@@ -151,19 +152,19 @@ def status_view(status: dict[str, Any]) -> Group:
         )
         for run in status["running"]:
             runs.add_row(
-                run["id"],
-                run["agent"],
+                cell(run["id"]),
+                cell(run["agent"]),
                 fmt_duration_seconds(run["ageSeconds"]),
                 fmt_tokens(run.get("tokens")),
                 fmt_cost(run.get("costUsd")),
-                escape(run["status"] or "-"),
+                cell(run["status"] or "-"),
             )
         parts.append(runs)
     if status["locks"]:
         locks = Table("key", "holder", "held", box=None, title="locks", title_justify="left")
         for lock in status["locks"]:
             locks.add_row(
-                escape(lock["key"]), lock["holder"], fmt_duration_seconds(lock["heldSeconds"])
+                cell(lock["key"]), cell(lock["holder"]), fmt_duration_seconds(lock["heldSeconds"])
             )
         parts.append(locks)
     if status.get("recent"):
@@ -179,11 +180,11 @@ def status_view(status: dict[str, Any]) -> Group:
         )
         for item in status["recent"]:
             recent.add_row(
-                str(item["item"]),
-                item["agent"],
-                item["trigger"],
-                item["state"],
-                escape(item["reason"] or "-"),
+                cell(item["item"]),
+                cell(item["agent"]),
+                cell(item["trigger"]),
+                cell(item["state"]),
+                cell(item["reason"] or "-"),
             )
         parts.append(recent)
     return Group(*parts)

@@ -11,12 +11,11 @@ import sys
 from typing import Any
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from corral.cli._context import CliContext
 from corral.cli._main import cli
-from corral.cli._render import console, err_console, fmt_time, print_json
+from corral.cli._render import cell, console, err_console, fmt_time, print_json, safe
 from corral.errors import UsageError
 from corral.gateway import actions
 from corral.gateway.token import check_token_name, hash_token, new_token
@@ -66,9 +65,9 @@ def create_cmd(obj: CliContext, name: str, as_json: bool) -> None:
         return
     sys.stdout.write(token + "\n")
     err_console.print(
-        f"made operator token {escape(name)}; it is shown only now, so store it somewhere "
+        f"made operator token {safe(name)}; it is shown only now, so store it somewhere "
         f"safe. Send it as `Authorization: Bearer <token>`; `corral token revoke "
-        f"{escape(name)}` disables it."
+        f"{safe(name)}` disables it."
     )
 
 
@@ -93,7 +92,7 @@ def ls_cmd(obj: CliContext, as_json: bool) -> None:
     table = Table("name", "created", "last used", "revoked", box=None)
     for token in tokens:
         table.add_row(
-            escape(token.name),
+            cell(token.name),
             fmt_time(token.created_at),
             fmt_time(token.last_used_at),
             fmt_time(token.revoked_at) if token.revoked else "-",
@@ -118,6 +117,6 @@ def revoke_cmd(obj: CliContext, name: str) -> None:
     if token is None:
         raise UsageError(f"no operator token named {name!r}; `corral token ls` lists them")
     if already:
-        console.print(f"token {escape(name)} was already revoked ({fmt_time(token.revoked_at)})")
+        console.print(f"token {safe(name)} was already revoked ({fmt_time(token.revoked_at)})")
         return
-    console.print(f"revoked token {escape(name)}; gateways refuse it within a few seconds")
+    console.print(f"revoked token {safe(name)}; gateways refuse it within a few seconds")

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from corral.cli._context import CliContext
 from corral.cli._main import cli
-from corral.cli._render import console, fmt_cost, fmt_tokens, print_json
+from corral.cli._render import cell, console, fmt_cost, fmt_tokens, print_json, safe
 from corral.project import Project
 from corral.store import UsageTotal
 
@@ -58,8 +58,8 @@ def usage_cmd(obj: CliContext, agent_name: str | None, days: int, as_json: bool)
         )
         for t in totals:
             table.add_row(
-                t.day,
-                t.agent,
+                cell(t.day),
+                cell(t.agent),
                 str(t.runs),
                 fmt_tokens(t.input_tokens),
                 fmt_tokens(t.output_tokens),
@@ -72,7 +72,7 @@ def usage_cmd(obj: CliContext, agent_name: str | None, days: int, as_json: bool)
     for cap in caps:
         if cap["dailyCap"] is None:
             continue
-        who = "project" if cap["agent"] is None else f"agent {cap['agent']}"
+        who = "project" if cap["agent"] is None else f"agent {safe(cap['agent'])}"
         line = f"today: {who} spent {fmt_cost(cap['spent'])} of {fmt_cost(cap['dailyCap'])}"
         reached = cap["spent"] >= cap["dailyCap"]
         console.print(line + (" [red](cap reached: new runs refused)[/]" if reached else ""))

@@ -10,12 +10,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from corral.cli._context import CliContext
 from corral.cli._main import cli
-from corral.cli._render import console, err_console, fmt_time, print_json
+from corral.cli._render import (
+    cell,
+    console,
+    err_console,
+    fmt_time,
+    print_json,
+    safe,
+    safe_lines,
+)
 from corral.errors import UsageError
 from corral.gateway.webhooks import ReplayRefused, replay_receipt
 from corral.store import EnqueueResult, Receipt, ReceiptOutcome
@@ -73,6 +81,9 @@ def receipt_json(receipt: Receipt, *, body: bool = False) -> dict[str, Any]:
         "bodyTruncated": receipt.body_truncated,
         "replayOf": receipt.replay_of,
         "duplicateOf": receipt.duplicate_of,
+        # a stranger's receipt: more deliveries like it, counted here rather than stored
+        "repeats": receipt.repeats,
+        "lastRepeatAt": iso_time(receipt.last_repeat_at),
         "agents": [r.to_json() for r in receipt.results],
         "queued": receipt.queued,
         "itemIds": receipt.item_ids,
@@ -87,7 +98,8 @@ def _agents_cell(receipt: Receipt) -> str:
     if receipt.outcome is ReceiptOutcome.DUPLICATE:
         return f"duplicate of {receipt.duplicate_of}"
     if receipt.outcome in (ReceiptOutcome.REFUSED, ReceiptOutcome.INVALID):
-        return receipt.error or "-"
+        more = f" (and {receipt.repeats} more like it)" if receipt.repeats else ""
+        return (receipt.error or "-") + more
     if not receipt.results:
         return "-" if receipt.outcome is ReceiptOutcome.PING else "no agent subscribes"
     parts = []
@@ -100,10 +112,10 @@ def _agents_cell(receipt: Receipt) -> str:
     return shown + (f"; {others} not matched" if others and parts else "")
 
 
-def _outcome_cell(receipt: Receipt) -> str:
+def _outcome_cell(receipt: Receipt) -> Text:
     style = _OUTCOME_STYLE[receipt.outcome]
     text = receipt.outcome.value + (" (replay)" if receipt.replay_of else "")
-    return f"[{style}]{text}[/]"
+    return cell(text, style=style)
 
 
 @cli.group("webhook")
@@ -154,12 +166,12 @@ def receipts_cmd(
     table = Table("receipt", "received", "source", "event", "outcome", "agents", box=None)
     for receipt in receipts:
         table.add_row(
-            receipt.id,
+            cell(receipt.id),
             fmt_time(receipt.received_at),
-            escape(receipt.source),
-            escape(receipt.event or "-"),
+            cell(receipt.source),
+            cell(receipt.event or "-"),
             _outcome_cell(receipt),
-            escape(_agents_cell(receipt)),
+            cell(_agents_cell(receipt)),
         )
     console.print(table)
 
@@ -189,8 +201,10 @@ def receipt_cmd(obj: CliContext, receipt_id: str, as_json: bool, with_body: bool
 def _show(receipt: Receipt, with_body: bool) -> None:
     verified = f"{'yes' if receipt.verified else 'no'}: {receipt.verification or '-'}"
     cut = f", stored {len(receipt.body)} (truncated)" if receipt.body_truncated else ""
-    console.print(f"[bold]{'receipt':>12}[/]  {receipt.id}")
-    console.print(f"[bold]{'outcome':>12}[/]  {_outcome_cell(receipt)}")
+    console.print(f"[bold]{'receipt':>12}[/]  {safe(receipt.id)}")
+    console.print(
+        Text.assemble(Text(f"{'outcome':>12}", style="bold"), "  ", _outcome_cell(receipt))
+    )
     plain = [
         ("received", f"{fmt_time(receipt.received_at)} ({iso_time(receipt.received_at)})"),
         ("source", receipt.source),
@@ -204,22 +218,22 @@ def _show(receipt: Receipt, with_body: bool) -> None:
     ]
     for name, value in plain:
         if value is not None:
-            console.print(f"[bold]{name:>12}[/]  {escape(value)}")
+            console.print(f"[bold]{name:>12}[/]  {safe(value)}")
     if receipt.results:
         table = Table("agent", "matched", "why", "item", "state", box=None, title="agents")
         for r in receipt.results:
             why = r.reason if r.why is None else f"{r.reason}; {r.why}"
             table.add_row(
-                r.agent,
+                cell(r.agent),
                 "yes" if r.matched else "no",
-                escape(why),
-                "-" if r.item_id is None else str(r.item_id),
-                r.state or "-",
+                cell(why),
+                cell(r.item_id),
+                cell(r.state),
             )
         console.print(table)
     console.print("[bold]headers[/]")
     for name, value in sorted(receipt.headers.items()):
-        console.print(f"  {escape(name)}: {escape(value)}")
+        console.print(f"  {safe(name)}: {safe(value)}")
     if with_body:
         console.print("[bold]body[/]")
         text = _body_json(receipt)["body"]
@@ -230,7 +244,7 @@ def _show(receipt: Receipt, with_body: bool) -> None:
             text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
         except ValueError:
             pass
-        console.print(escape(text), soft_wrap=True)
+        console.print(safe_lines(text), soft_wrap=True)
 
 
 @webhook_group.command("replay")
@@ -260,15 +274,17 @@ def replay_cmd(obj: CliContext, receipt_id: str, as_json: bool) -> None:
         return
     for result in enqueued:
         for dropped in result.dropped:
-            why = escape(dropped.reason or "")
+            why = safe(dropped.reason or "")
             err_console.print(f"[yellow]warning:[/] dropped queue item {dropped.id}: {why}")
-    console.print(f"replayed {receipt_id} as {receipt.id} ({receipt.outcome.value})")
+    console.print(f"replayed {safe(receipt_id)} as {safe(receipt.id)} ({receipt.outcome.value})")
     for r in receipt.results:
         if r.queued:
-            console.print(f"  {r.agent}: queued (item {r.item_id})")
+            console.print(f"  {safe(r.agent)}: queued (item {r.item_id})")
         elif r.matched:
-            console.print(f"  {r.agent}: {r.state} (item {r.item_id}): {escape(r.why or '')}")
+            console.print(
+                f"  {safe(r.agent)}: {safe(r.state)} (item {r.item_id}): {safe(r.why or '')}"
+            )
         else:
-            console.print(f"  {r.agent}: not matched: {escape(r.reason)}")
+            console.print(f"  {safe(r.agent)}: not matched: {safe(r.reason)}")
     if not receipt.results and receipt.outcome is ReceiptOutcome.ACCEPTED:
         console.print("  no agent subscribes to this source now")
