@@ -14,9 +14,10 @@ from typing import Literal
 from corral.errors import ConfigError, CorralError, RunError
 from corral.locate import resolve_project_root
 from corral.project import Project, load_project
-from corral.runtime import HostRuntime, LaunchSpec
+from corral.runtime import HostRuntime, Isolation, LaunchSpec
 from corral.runtime._limits import detect_limits
-from corral.runtime.sandbox import INSTALL_HINT, probe_sandbox
+from corral.runtime.sandbox import INSTALL_HINT, SandboxRuntime, probe_sandbox
+from corral.scheduler.prepare import RUN_ID_BASE, RUN_ID_SPAN
 from corral.store import open_store
 
 __all__ = ["Check", "run_checks"]
@@ -42,6 +43,7 @@ async def run_checks(project_dir: Path | None, env: str | None) -> list[Check]:
     checks.append(await check_host_runtime())
     checks.append(await check_sandbox(project))
     checks.append(check_sandbox_limits(project))
+    checks.append(await check_sandbox_walls(project))
     return checks
 
 
@@ -157,6 +159,41 @@ def check_sandbox_limits(project: Project | None) -> Check:
         "warn",
         detail,
         "give corral a cgroup it can create children in (see docs/sandbox.md, Limits)",
+    )
+
+
+async def check_sandbox_walls(project: Project | None) -> Check:
+    """What keeps a sandboxed run out of corral's state here: a uid of its own (corral is
+    root), or only the hidden paths (corral is another user)."""
+    agents = _sandbox_agents(project)
+    if os.geteuid() != 0:
+        detail = (
+            f"runs are corral's own user (uid {os.geteuid()}): only hidden paths keep them "
+            "out of corral's state (this project's .corral and store, the corral home, the "
+            "state of the projects run from that home); whatever else this user can read, "
+            "a run can read"
+        )
+        fix = "run corral as root (each run then gets a uid of its own; docs/sandbox.md)"
+        return Check("sandbox walls", "warn" if agents else "ok", detail, fix)
+    try:
+        support = await asyncio.to_thread(probe_sandbox, os.environ.get("PATH"))
+        uid = RUN_ID_BASE
+        spec = LaunchSpec(
+            argv=["/bin/sh", "-c", 'test "$(id -u)" = "$0"', str(uid)],
+            cwd=Path("/"),
+            isolation=Isolation(uid=uid, gid=uid),
+        )
+        code = await (await SandboxRuntime(support).launch(spec)).pump(_discard)
+    except RunError as exc:
+        return Check("sandbox walls", "fail" if agents else "warn", str(exc))
+    if code != 0:
+        return Check("sandbox walls", "fail" if agents else "warn", f"uid switch exited {code}")
+    last = RUN_ID_BASE + RUN_ID_SPAN - 1
+    return Check(
+        "sandbox walls",
+        "ok",
+        f"each sandboxed run is a uid of its own ({RUN_ID_BASE}-{last}) with its project's "
+        "gid: corral's state (0700/0600) is out of its reach wherever it is",
     )
 
 

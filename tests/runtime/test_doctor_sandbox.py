@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from corral.doctor import check_sandbox, check_sandbox_limits
+from corral.doctor import check_sandbox, check_sandbox_limits, check_sandbox_walls
 from corral.project import Project, load_project
 from corral.runtime._limits import detect_limits
 from corral.runtime.sandbox import INSTALL_HINT
+from corral.scheduler.prepare import RUN_ID_BASE
 from tests.runtime.conftest import require_sandbox
 
 
@@ -54,3 +56,16 @@ def test_the_limit_mechanisms_are_named(tmp_path: Path) -> None:
     else:
         assert check.status == "warn" and "cpus NOT enforced" in check.detail
         assert check.fix is not None
+
+
+async def test_doctor_says_what_keeps_runs_out_of_corral_state(tmp_path: Path) -> None:
+    require_sandbox()
+    check = await check_sandbox_walls(sandbox_project(tmp_path))
+    assert check.name == "sandbox walls"
+    if os.geteuid() == 0:
+        # It really switched a sandboxed process to a uid of the documented range.
+        assert check.status == "ok", check
+        assert f"uid of its own ({RUN_ID_BASE}-" in check.detail
+    else:
+        assert check.status == "warn" and "only hidden paths" in check.detail
+        assert check.fix is not None and "root" in check.fix

@@ -62,7 +62,11 @@ def install(bin_dir: Path, python: str | None = None) -> Path:
     interpreter = python if python is not None else os.path.realpath(sys.executable)
     shebang = f"#!{interpreter} -SI\n"
     _check_interpreter(interpreter, shebang)
-    target.mkdir(parents=True, exist_ok=True)
+    # The directory it is in (a project's .corral) is private when made here; the
+    # commands themselves are no secret, and a sandboxed run of another uid runs them.
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target.mkdir(exist_ok=True)
+    os.chmod(target, 0o755)
 
     package = importlib.resources.files(__name__)
     module = target / f"{MODULE_NAME}.py"
@@ -120,6 +124,7 @@ def _precompile(module: Path, interpreter: str, changed: bool) -> None:
     )
     cache = Path(importlib.util.cache_from_source(str(module)))
     cache.parent.mkdir(exist_ok=True)
+    os.chmod(cache.parent, 0o755)
     _write_atomic(cache, pyc, 0o644)
 
 

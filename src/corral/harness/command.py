@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import RunError
+from corral.locate import open_private
 from corral.runtime import LaunchSpec
 
 __all__ = ["RunFiles", "base_environment", "build_launch"]
@@ -46,9 +47,12 @@ class RunFiles:
         return self.prompt.parent / "env.sh"
 
     def write(self, prompt: str, system_prompt: str) -> None:
+        """Write both prompt files, private to corral's user (0600) from the start."""
         self.prompt.parent.mkdir(parents=True, exist_ok=True)
-        self.prompt.write_text(prompt, encoding="utf-8")
-        self.system_prompt.write_text(system_prompt, encoding="utf-8")
+        for path, text in ((self.prompt, prompt), (self.system_prompt, system_prompt)):
+            fd = open_private(path, os.O_WRONLY | os.O_TRUNC)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
 
 
 def base_environment(inherit: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -8,12 +8,26 @@ The command line, for a run ``argv`` (``env`` is coreutils' env)::
 
     env --ignore-signal=TERM bwrap
         [--ro-bind /ENTRY /ENTRY | --symlink TARGET /ENTRY]...  (each entry of the host's /)
-        --dev /dev --proc /proc --tmpfs /tmp
-        [--tmpfs HIDDEN_DIR | --ro-bind /dev/null HIDDEN_FILE]... [--bind|--ro-bind SRC DST]...
+        --dev /dev --proc /proc --perms 1777 --tmpfs /tmp
+        [--tmpfs HIDDEN_DIR | --ro-bind /dev/null HIDDEN_FILE]...
+        [[--perms 0755 --dir PARENT]... --bind|--ro-bind SRC DST]...
+        [[--perms 0755 --dir PARENT]... --perms 0444 --ro-bind-data FD DST]...
         [--remount-ro HIDDEN_DIR]... --remount-ro /
         --unshare-pid --unshare-ipc --unshare-uts --hostname corral --unshare-cgroup-try
-        [--unshare-net] --die-with-parent --cap-drop ALL --chdir CWD
-        [--info-fd N --block-fd M] -- env --default-signal=TERM -u PWD -- ARGV...
+        [--unshare-net] --die-with-parent --cap-drop ALL
+        [--cap-add CAP_SETUID --cap-add CAP_SETGID --cap-add CAP_SETPCAP] --chdir CWD
+        [--info-fd N --block-fd M] --
+        [setpriv --reuid=UID --regid=GID --clear-groups --inh-caps=-all --bounding-set=-all --]
+        env --default-signal=TERM [--chdir=CWD] -u PWD -- ARGV...
+
+With ``Isolation.uid`` (corral runs as root), the run's processes have that uid and
+gid on the host, not corral's: bwrap sets the sandbox up as root, then ``setpriv``
+switches to the run's ids and drops the three capabilities it kept for that, before
+anything of the run starts (bwrap's ``--chdir`` is then ``/`` and the inner ``env``
+enters CWD: bwrap, uid 0 with no capabilities, may not enter the run's own directory).
+A file or directory of corral's state (0600, 0700, owned by corral's user) is then
+unreadable to the run whatever path leads to it, which is what keeps runs out of every
+project's state on the host; the hidden paths only add to it.
 
 The sandbox's ``/`` is bwrap's own tmpfs, made read-only once every mount point
 is in place, with each entry of the host's ``/`` bound read-only into it (not
@@ -46,15 +60,17 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import RunError
-from corral.runtime._base import Isolation, LaunchSpec, Process, Sink
+from corral.runtime._base import Bind, Isolation, LaunchSpec, Process, Sink
+from corral.runtime._contain import Containment
 from corral.runtime._limits import LimitSupport, RunCgroup, limit_support, set_address_space_limit
-from corral.runtime.host import feed_stdin, start_process
+from corral.runtime.host import contain_for, feed_stdin, start_process
 
 __all__ = [
     "INSTALL_HINT",
@@ -78,8 +94,9 @@ _USERNS_HINT = (
     "profile that permits unshare)"
 )
 
-#: The sandbox's own /dev, /proc and /tmp (the host's are not bound in).
-OWN_MOUNTS = ("--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp")
+#: The sandbox's own /dev, /proc and /tmp (the host's are not bound in); /tmp is
+#: writable for every user, as a /tmp is (the run may not be corral's user).
+OWN_MOUNTS = ("--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp")
 _OWN = frozenset(("dev", "proc", "tmp"))
 #: Namespaces and privileges every sandbox gives up.
 CONFINE = (
@@ -93,6 +110,12 @@ CONFINE = (
     "--cap-drop",
     "ALL",
 )
+#: What a sandbox keeps to switch to the run's uid and gid (dropped by setpriv at once).
+_SWITCH_CAPS = ("--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP")
+#: Directories bwrap makes for mount points in its tmpfs mounts (its own are 0700).
+_MOUNT_PARENT_MODE = "0755"
+#: Files copied into the sandbox (credentials): readable by the run, whatever its uid.
+_DATA_MODE = "0444"
 _PROBE_TIMEOUT = 30.0
 _HOLD_TIMEOUT = 30.0
 _HOST_CWD = Path("/")
@@ -107,6 +130,8 @@ class SandboxSupport:
     env: str
     #: Why a sandbox without network cannot be made here; None when it can.
     network_error: str | None = None
+    #: util-linux's setpriv, which switches a run to its own uid (None: not installed).
+    setpriv: str | None = None
 
 
 def sandbox_support() -> SandboxSupport:
@@ -137,16 +162,17 @@ def probe_sandbox(search_path: str | None = None) -> SandboxSupport:
     outer = [env, "--ignore-signal=TERM", bwrap, *host_root(), *OWN_MOUNTS, "--remount-ro", "/"]
     outer += [*CONFINE, "--chdir", "/"]
     inner = ["--", env, "--default-signal=TERM", "-u", "PWD", "--", env]
+    setpriv = shutil.which("setpriv", path=search_path)
     error = _try([*outer, "--unshare-net", *inner])
     if error is None:
-        return SandboxSupport(bwrap, env)
+        return SandboxSupport(bwrap, env, setpriv=setpriv)
     without_net = _try([*outer, *inner])
     if without_net is not None:
         raise RunError(
             f"bubblewrap ({bwrap}) is installed but cannot create a sandbox here: "
             f"{without_net}. {_USERNS_HINT}"
         )
-    return SandboxSupport(bwrap, env, network_error=error)
+    return SandboxSupport(bwrap, env, network_error=error, setpriv=setpriv)
 
 
 def _coreutils_env(search_path: str | None) -> str:
@@ -199,8 +225,9 @@ class SandboxProcess(Process):
         proc: asyncio.subprocess.Process,
         notes: Sequence[str] = (),
         cgroup: RunCgroup | None = None,
+        containment: Containment | None = None,
     ) -> None:
-        super().__init__(proc)
+        super().__init__(proc, containment)
         self.notes = tuple(notes)
         self.cgroup = cgroup
         self._cleanup: asyncio.Task[None] | None = None
@@ -250,24 +277,63 @@ class SandboxRuntime:
     def __init__(self, support: SandboxSupport | None = None) -> None:
         self.support = support if support is not None else sandbox_support()
 
-    def argv(self, spec: LaunchSpec, *, hold: tuple[int, int] | None = None) -> list[str]:
-        """The command line that runs ``spec`` in a sandbox (``hold``: info and block fds)."""
+    def argv(
+        self,
+        spec: LaunchSpec,
+        *,
+        hold: tuple[int, int] | None = None,
+        data: Sequence[int] = (),
+    ) -> list[str]:
+        """The command line that runs ``spec`` in a sandbox (``hold``: info and block fds;
+        ``data``: a readable fd for each of ``spec.isolation.files``, in order)."""
         iso = spec.isolation or Isolation()
         if not spec.argv:
             raise RunError("nothing to run: the command is empty")
         if "=" in spec.argv[0]:
             raise RunError(f"cannot run {spec.argv[0]!r} in the sandbox: '=' in a program name")
         _absolute(spec.cwd, "the working directory")
+        switch = self._switch(iso)
         args = [self.support.env, "--ignore-signal=TERM", self.support.bwrap]
-        args += filesystem(iso)
+        args += filesystem(iso, data)
         args += CONFINE
+        if switch:
+            args += _SWITCH_CAPS
         if not iso.network:
             args.append("--unshare-net")
-        args += ["--chdir", str(spec.cwd)]
+        # bwrap, uid 0 without capabilities, may not enter a directory of the run's uid:
+        # then the run's env changes to it, once it is that uid.
+        chdir = [f"--chdir={spec.cwd}"] if switch else []
+        args += ["--chdir", "/" if switch else str(spec.cwd)]
         if hold is not None:
             args += ["--info-fd", str(hold[0]), "--block-fd", str(hold[1])]
         pwd = ["--", f"PWD={spec.env['PWD']}"] if "PWD" in spec.env else ["-u", "PWD", "--"]
-        return [*args, "--", self.support.env, "--default-signal=TERM", *pwd, *spec.argv]
+        inner = [self.support.env, "--default-signal=TERM", *chdir, *pwd, *spec.argv]
+        return [*args, "--", *switch, *inner]
+
+    def _switch(self, iso: Isolation) -> list[str]:
+        """The ``setpriv`` that makes the run's processes ``iso.uid``/``iso.gid``, or []."""
+        if iso.uid is None:
+            return []
+        gid = iso.uid if iso.gid is None else iso.gid
+        if os.geteuid() != 0:
+            raise RunError(
+                f"cannot run the sandbox as uid {iso.uid}: only corral running as root "
+                "can give a run a uid of its own"
+            )
+        if self.support.setpriv is None:
+            raise RunError(
+                "the sandbox runtime needs setpriv (util-linux) to run each run as a uid "
+                "of its own when corral runs as root: apt-get install -y util-linux"
+            )
+        return [
+            self.support.setpriv,
+            f"--reuid={iso.uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]
 
     async def launch(self, spec: LaunchSpec) -> Process:
         iso = spec.isolation or Isolation()
@@ -276,33 +342,47 @@ class SandboxRuntime:
                 'network = "none" needs a network namespace, which bubblewrap cannot '
                 f"create here: {self.support.network_error}"
             )
-        if iso.memory_bytes is None and iso.cpus is None:
-            return await self._launch_plain(spec)
-        return await self._launch_limited(spec, iso, limit_support())
+        with _data_fds(iso) as data:
+            if iso.memory_bytes is None and iso.cpus is None:
+                return await self._launch_plain(spec, data=data)
+            return await self._launch_limited(spec, iso, limit_support(), data)
 
-    async def _launch_plain(self, spec: LaunchSpec, notes: Sequence[str] = ()) -> SandboxProcess:
-        proc = await start_process(self.argv(spec), cwd=_HOST_CWD, env=spec.env, stdin=spec.stdin)
+    async def _launch_plain(
+        self, spec: LaunchSpec, notes: Sequence[str] = (), *, data: Sequence[int] = ()
+    ) -> SandboxProcess:
+        containment = contain_for(spec.env)
+        proc = await start_process(
+            self.argv(spec, data=data),
+            cwd=_HOST_CWD,
+            env=spec.env,
+            stdin=spec.stdin,
+            pass_fds=data,
+            containment=containment,
+        )
         await feed_stdin(proc, spec.stdin)
-        return SandboxProcess(proc, notes)
+        return SandboxProcess(proc, notes, containment=containment)
 
     async def _launch_limited(
-        self, spec: LaunchSpec, iso: Isolation, support: LimitSupport
+        self, spec: LaunchSpec, iso: Isolation, support: LimitSupport, data: Sequence[int] = ()
     ) -> SandboxProcess:
         notes = _limit_notes(iso, support)
         rlimit = iso.memory_bytes if support.memory is None else None
         cgroup = RunCgroup.create(support, iso.memory_bytes, iso.cpus)
         if cgroup is None and rlimit is None:
-            return await self._launch_plain(spec, notes)  # only notes: nothing to apply
+            # only notes: nothing to apply
+            return await self._launch_plain(spec, notes, data=data)
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
+        containment = contain_for(spec.env)
         try:
             try:
                 proc = await start_process(
-                    self.argv(spec, hold=(info_w, block_r)),
+                    self.argv(spec, hold=(info_w, block_r), data=data),
                     cwd=_HOST_CWD,
                     env=spec.env,
                     stdin=spec.stdin,
-                    pass_fds=(info_w, block_r),
+                    pass_fds=(info_w, block_r, *data),
+                    containment=containment,
                 )
             finally:
                 os.close(info_w)
@@ -314,7 +394,7 @@ class SandboxRuntime:
                 cgroup.remove()
             raise
         # From here the SandboxProcess owns the cgroup: it is removed once bwrap is gone.
-        process = SandboxProcess(proc, notes, cgroup)
+        process = SandboxProcess(proc, notes, cgroup, containment)
         try:
             await _confine_held(proc, info_r, cgroup, rlimit)
             os.write(block_w, b"\n")  # let the sandbox start the run
@@ -428,27 +508,19 @@ def host_root() -> list[str]:
     return args
 
 
-def filesystem(iso: Isolation) -> list[str]:
-    """The mounts: the host's root, the sandbox's own /dev, /proc and /tmp, hidden paths,
-    binds in order, then the hidden directories and the root made read-only."""
-    args = [*host_root(), *OWN_MOUNTS]
-    hidden: list[Path] = []
-    hidden_dirs: list[str] = []
+def filesystem(iso: Isolation, data: Sequence[int] = ()) -> list[str]:
+    """The mounts: the host's root, the sandbox's own /dev, /proc and /tmp, the hidden
+    paths, the binds and the data files in order, then the hidden directories and the
+    root made read-only (``data``: an fd for each of ``iso.files``).
+
+    A bind may not show a hidden path: its source, symlinks resolved, is refused when it
+    is a hidden path or contains one. With ``iso.uid``, a bind target behind a host
+    directory the run could not enter (``/root``, a project's ``.corral``) gets an empty
+    tmpfs over that directory, so corral's own binds (the in-run commands, the
+    interpreter that runs them) stay reachable while the rest of it stays out of sight.
+    """
     for path in iso.hide:
         _absolute(path, "a hidden path")
-        if path.is_dir():
-            real = path.resolve()
-            args += ["--tmpfs", str(real)]
-            hidden.append(real)
-            hidden_dirs.append(str(real))
-        elif path.exists():
-            # A device node on a nodev mount: opening it fails with EACCES.
-            args += ["--ro-bind", "/dev/null", str(path.resolve())]
-            hidden.append(path.resolve())
-        # A path that does not exist has nothing to hide (and cannot be a mount point).
-    # Where bwrap can create mount points: its tmpfs mounts and writable binds
-    # (None); under a read-only bind only what exists in its source (the source).
-    placed: list[tuple[Path, Path | None]] = [(Path("/tmp"), None), *((h, None) for h in hidden)]
     for bind in iso.binds:
         _absolute(bind.source, "a bind source")
         _absolute(bind.target, "a bind target")
@@ -457,13 +529,125 @@ def filesystem(iso: Isolation) -> list[str]:
                 f"cannot bind {bind.source} into the sandbox (at {bind.target}): "
                 "it does not exist on the host"
             )
+    if len(data) != len(iso.files):
+        raise RunError(f"{len(iso.files)} files to copy into the sandbox but {len(data)} fds")
+    hidden = [path.resolve() for path in iso.hide if path.exists()]
+    for bind in iso.binds:
+        _refuse_showing(bind, hidden)
+    covers = _covers(iso) if iso.uid is not None else []
+    dirs = _outermost([path for path in [*hidden, *covers] if path.is_dir()])
+    files = [path for path in hidden if not path.is_dir() and not _under(path, dirs)]
+    args = [*host_root(), *OWN_MOUNTS]
+    for directory in dirs:
+        args += ["--tmpfs", str(directory)]
+    for path in files:
+        # A device node on a nodev mount: opening it fails with EACCES.
+        args += ["--ro-bind", "/dev/null", str(path)]
+    # Where bwrap can create mount points: its tmpfs mounts and writable binds
+    # (None); under a read-only bind only what exists in its source (the source).
+    tmpfs = [Path("/tmp"), *dirs]
+    placed: list[tuple[Path, Path | None]] = [(mount, None) for mount in tmpfs]
+    for bind in iso.binds:
         _check_mount_point(bind.target, placed)
+        args += _mount_parents(bind.target, placed, tmpfs)
         kind = "--bind" if bind.writable else "--ro-bind"
         args += [kind, str(bind.source.resolve()), str(bind.target)]
         placed.append((bind.target, None if bind.writable else bind.source))
-    for directory in hidden_dirs:
-        args += ["--remount-ro", directory]
+    for copied, fd in zip(iso.files, data, strict=True):
+        _absolute(copied.target, "a file copied into the sandbox")
+        _check_mount_point(copied.target, placed)
+        args += _mount_parents(copied.target, placed, tmpfs)
+        args += ["--perms", _DATA_MODE, "--ro-bind-data", str(fd), str(copied.target)]
+    for directory in dirs:
+        args += ["--remount-ro", str(directory)]
     return [*args, "--remount-ro", "/"]
+
+
+def _refuse_showing(bind: Bind, hidden: Sequence[Path]) -> None:
+    """RunError if ``bind`` would show a hidden path (its source is one or contains one)."""
+    source = bind.source.resolve()
+    for path in hidden:
+        if path == source or source in path.parents:
+            shown = "" if source == bind.source else f" (which resolves to {source})"
+            raise RunError(
+                f"cannot bind {bind.source}{shown} into the sandbox at {bind.target}: "
+                f"it would show {path}, which is hidden from runs"
+            )
+
+
+def _under(path: Path, dirs: Sequence[Path]) -> bool:
+    return any(directory in path.parents for directory in dirs)
+
+
+def _outermost(dirs: Sequence[Path]) -> list[Path]:
+    """``dirs`` without duplicates and without those inside another, shortest first."""
+    kept: list[Path] = []
+    for directory in sorted(set(dirs), key=lambda d: (len(d.parts), str(d))):
+        if not _under(directory, kept):
+            kept.append(directory)
+    return kept
+
+
+def _covers(iso: Isolation) -> list[Path]:
+    """Host directories that keep a run of another uid from its binds' targets: for each
+    target outside /tmp, its first ancestor that others may not enter."""
+    covers: list[Path] = []
+    for bind in iso.binds:
+        target = bind.target
+        if target == Path("/tmp") or Path("/tmp") in target.parents:
+            continue
+        for ancestor in reversed(target.parents[:-1]):  # from the top, "/" left out
+            try:
+                mode = ancestor.stat().st_mode
+            except OSError:
+                break  # not on the host: a mount point bwrap makes in a tmpfs
+            if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+                covers.append(ancestor)
+                break
+    return covers
+
+
+def _mount_parents(
+    target: Path, placed: Sequence[tuple[Path, Path | None]], tmpfs: Sequence[Path]
+) -> list[str]:
+    """``--dir`` for the directories leading to ``target`` inside a tmpfs of the sandbox,
+    so that they are 0755 (enterable by the run) rather than bwrap's 0700."""
+    mount: Path | None = None
+    for path, _ in reversed(placed):
+        if path == target or path in target.parents:
+            mount = path
+            break
+    if mount is None:  # in the root tmpfs: a new top-level directory
+        top = Path("/", *target.parts[1:2])
+        if top.exists() or top == target:
+            return []
+        chain = [top, *(p for p in reversed(target.parents) if top in p.parents)]
+    elif mount in tmpfs and mount != target:
+        chain = [p for p in reversed(target.parents) if mount in p.parents]
+    else:
+        return []
+    args: list[str] = []
+    for directory in chain:
+        args += ["--perms", _MOUNT_PARENT_MODE, "--dir", str(directory)]
+    return args
+
+
+@contextlib.contextmanager
+def _data_fds(iso: Isolation) -> Iterator[tuple[int, ...]]:
+    """A memory file holding each of ``iso.files``, open for the launch, closed after."""
+    fds: list[int] = []
+    try:
+        for file in iso.files:
+            fd = os.memfd_create("corral-data", os.MFD_CLOEXEC)
+            fds.append(fd)
+            view = memoryview(file.content)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.lseek(fd, 0, os.SEEK_SET)
+        yield tuple(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _check_mount_point(target: Path, placed: Sequence[tuple[Path, Path | None]]) -> None:

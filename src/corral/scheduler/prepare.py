@@ -9,27 +9,36 @@ launch template every process of the run (hooks, dynamic context, the agent) sta
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import stat
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from corral.agentcmd import bash_init_path
 from corral.credentials import CredentialStore, LoadedCredential, credential_context
+from corral.errors import RunError
 from corral.harness import PromptContext, RunFiles, base_environment, build_launch, build_prompt
 from corral.harness.prompt import skills_used
+from corral.locate import corral_home, open_private, private_dirs
 from corral.project import Agent, Project
-from corral.runtime import Bind, Isolation, LaunchSpec, Runtime, runtime_for
+from corral.runtime import Bind, DataFile, Isolation, LaunchSpec, Runtime, runtime_for
 from corral.scheduler.agentlink import AgentLink
 from corral.store import Run, Store
 
 __all__ = [
     "MODEL_KEY_VARIABLES",
+    "RUN_ID_BASE",
+    "RUN_ID_SPAN",
     "SANDBOX_CREDENTIALS",
     "SANDBOX_WORKDIR",
     "RunPlan",
     "memory_bytes",
     "plan_run",
+    "run_ids",
 ]
 
 #: The variable holding each provider's API key (from a credential: ``anthropic_key``,
@@ -48,6 +57,13 @@ MODEL_KEY_VARIABLES: Mapping[str, str] = {
 #: Where a sandboxed run works, and where it finds its credentials.
 SANDBOX_WORKDIR = Path("/tmp/work")
 SANDBOX_CREDENTIALS = Path("/credentials")
+
+#: When corral runs as root, each sandboxed run gets a uid of its own from this range
+#: (derived from the run's id) and the gid of its project (derived from the project's
+#: path, same range): none is a user of the machine, so nothing of corral's state
+#: (0700 directories, 0600 files) nor anything private of the machine's users is theirs.
+RUN_ID_BASE = 0x68000000  # 1744830464
+RUN_ID_SPAN = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -87,9 +103,13 @@ class RunPlan:
         )
 
     def write_prompt(self, project: Project, system_prompt: str) -> str:
-        """Assemble the prompt, write both prompt files, return the prompt."""
+        """Assemble the prompt, write both prompt files (0600, the run's), return it."""
         prompt = build_prompt(self.prompt_context(project))
         self.files.write(prompt, system_prompt)
+        iso = self.template.isolation
+        if iso is not None and iso.uid is not None:
+            for path in (self.files.prompt, self.files.system_prompt):
+                os.chown(path, iso.uid, _gid(iso))
         return prompt
 
     def process(self, argv: Sequence[str], stdin: bytes | None = None) -> LaunchSpec:
@@ -118,8 +138,9 @@ async def plan_run(
     """Resolve the agent's credentials (a missing one is a RunError naming the fix), pick
     its runtime, and build the environment and isolation of ``run``."""
     files = RunFiles.under(workdir)
-    files.meta.mkdir(parents=True, exist_ok=True)
     sandboxed = agent.config.runtime.type == "sandbox"
+    ids = run_ids(project, run) if sandboxed else None
+    _private_run_dir(project, files, ids)
     runtime = runtime_for(agent.config.runtime.type)
     store_of_creds = credentials or CredentialStore()
     loaded = tuple(store_of_creds.resolve(list(agent.config.credentials)))
@@ -138,7 +159,9 @@ async def plan_run(
                 model_keys[name] = env.pop(name)
     env.update(await _gateway_environment(store, run, inside, env.get("PATH", ""), link, agent))
     isolation = (
-        _isolation(project, agent, files, loaded, link, store_of_creds.root) if sandboxed else None
+        _isolation(project, agent, files, loaded, link, store_of_creds.root, ids)
+        if sandboxed
+        else None
     )
     template = LaunchSpec(argv=(), cwd=inside.workdir, env=env, isolation=isolation)
     values = tuple(secret for credential in loaded for secret in credential.secrets())
@@ -147,6 +170,33 @@ async def plan_run(
     if link is not None:  # and what it sends the gateway (status text, return value)
         link.protect(run.id, values)
     return RunPlan(run, agent, files, runtime, template, inside, loaded, values, model_keys)
+
+
+def run_ids(project: Project, run: Run) -> tuple[int, int] | None:
+    """The host uid and gid a sandboxed run gets when corral runs as root (else None:
+    it runs as corral's user). See RUN_ID_BASE."""
+    if os.geteuid() != 0:
+        return None
+    return _in_range(run.id), _in_range(str(project.root.resolve()))
+
+
+def _in_range(text: str) -> int:
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+    return RUN_ID_BASE + int.from_bytes(digest[:8], "big") % RUN_ID_SPAN
+
+
+def _gid(iso: Isolation) -> int:
+    return iso.gid if iso.gid is not None else -1
+
+
+def _private_run_dir(project: Project, files: RunFiles, ids: tuple[int, int] | None) -> None:
+    """The run's directory and its corral files: private (0700, 0600), from ``.corral``
+    down; with ``ids``, the run's own (it works and writes there as that uid)."""
+    private_dirs(files.meta, project.root / ".corral")
+    os.close(open_private(files.env_file, os.O_WRONLY))  # setenv appends to it
+    if ids is not None:
+        for path in (files.workdir, files.meta, files.env_file):
+            os.chown(path, *ids)
 
 
 def _corral_environment(
@@ -170,7 +220,7 @@ def _link_credentials(files: RunFiles, credential: LoadedCredential) -> Path:
     its directory (only the ones it names); return that root."""
     root = files.meta / "credentials"
     link = root / credential.ref.type / credential.ref.instance
-    link.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(link.parent, root)
     if not link.is_symlink():
         link.symlink_to(credential.directory, target_is_directory=True)
     return root
@@ -207,28 +257,122 @@ def _isolation(
     credentials: tuple[LoadedCredential, ...],
     link: AgentLink | None,
     credentials_root: Path,
+    ids: tuple[int, int] | None,
 ) -> Isolation:
-    """The sandbox's view: the project's state, other runs and every credential hidden;
-    the run's own directory writable under /tmp; what it needs bound read-only."""
-    state = project.root / ".corral"
+    """The sandbox's view: every corral state corral knows of hidden (this project's, its
+    store, the corral home with the credential store, the other projects run from this
+    home); the run's own directory writable under /tmp; what it needs bound read-only;
+    its own credentials copied in. With ``ids`` the run is its own uid as well, which
+    keeps it out of every private file of the host however the projects are laid out."""
+    hide = _state_paths(project, credentials_root)
     binds = [Bind(files.workdir, SANDBOX_WORKDIR, writable=True)]
-    binds += [Bind(agent.dir, agent.dir), *_if_exists(project.shared_dir)]
+    for content in (agent.dir, project.shared_dir):
+        if content.is_dir():
+            _refuse_state(content, hide)
+            binds.append(Bind(content, content))
     if link is not None and link.bin_dir is not None:
         binds.append(Bind(link.bin_dir, link.bin_dir))
+        if ids is not None:
+            binds += _interpreter()
     if link is not None and link.unix_url and agent.config.runtime.network == "none":
         socket_path = Path(link.unix_url.removeprefix("unix:"))
+        if ids is not None:  # the project's runs (its gid) may connect; it is in .corral
+            os.chown(socket_path, -1, ids[1])
+            os.chmod(socket_path, 0o660)
         binds.append(Bind(socket_path, socket_path, writable=True))
-    for credential in credentials:
-        target = SANDBOX_CREDENTIALS / credential.ref.type / credential.ref.instance
-        binds.append(Bind(credential.directory, target))
+    data = [
+        DataFile(SANDBOX_CREDENTIALS / cred.ref.type / cred.ref.instance / name, value.encode())
+        for cred in credentials
+        for name, value in sorted(cred.values.items())
+    ]
     memory = agent.config.runtime.memory
     return Isolation(
         binds=tuple(binds),
-        hide=(state, credentials_root),
+        hide=tuple(hide),
         network=agent.config.runtime.network != "none",
         memory_bytes=None if memory is None else memory_bytes(memory),
         cpus=agent.config.runtime.cpus,
+        uid=None if ids is None else ids[0],
+        gid=None if ids is None else ids[1],
+        files=tuple(data),
     )
+
+
+def _state_paths(project: Project, credentials_root: Path) -> list[Path]:
+    """What a sandbox hides: the project's ``.corral``, its SQLite store wherever it is
+    (with its -wal, -shm and -journal files), the corral home and the credential store,
+    and the state of every other project started from this corral home."""
+    state = project.root / ".corral"
+    paths = [state, corral_home(), credentials_root]
+    if project.state_url.startswith("sqlite:///"):
+        db = Path(project.state_url.removeprefix("sqlite:///"))
+        if not db.is_relative_to(state):
+            paths += [db.with_name(db.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    paths += known_state_dirs(state)
+    return [path.resolve() for path in paths if path.is_absolute()]
+
+
+def _refuse_state(content: Path, hide: Sequence[Path]) -> None:
+    """RunError when a project folder bound into the sandbox is, holds or is inside
+    corral's state (``shared`` a symlink to ``.corral``, say)."""
+    real = content.resolve()
+    for path in hide:
+        if real == path or path in real.parents or real in path.parents:
+            shown = "" if real == content else f" resolves to {real}, which"
+            raise RunError(
+                f"{content}{shown} is or holds corral's state ({path}): a sandboxed run "
+                "cannot have it; point it at a directory outside the project's .corral "
+                "and the corral home"
+            )
+
+
+def _interpreter() -> list[Bind]:
+    """The Python installation that runs the in-run commands, when a run of another uid
+    could not reach it where it is (under /root, say): bound at its own path."""
+    prefix = Path(sys.base_prefix).resolve()
+    executable = Path(os.path.realpath(sys.executable))
+    for directory in executable.parents:
+        try:
+            if not directory.stat().st_mode & stat.S_IXOTH:
+                return [Bind(prefix, prefix)]
+        except OSError:
+            break
+    return []
+
+
+#: Where the state directories of the projects run from this corral home are listed.
+_KNOWN = "state-dirs"
+_registered: set[Path] = set()
+
+
+def known_state_dirs(state: Path) -> list[Path]:
+    """The state directories of the projects run from this corral home (``state`` added).
+
+    A sandbox hides them all: when corral does not run as root the runs are corral's
+    user, and hiding is what keeps them out of the other projects' state.
+    """
+    listing = corral_home() / _KNOWN
+    try:
+        known = [Path(line) for line in listing.read_text().splitlines() if line.strip()]
+    except OSError:
+        known = []
+    real = state.resolve()
+    alive = [path for path in known if path.is_absolute() and path.is_dir()]
+    if real not in known and real not in _registered:
+        # Listed anew, without the projects that are gone (replaced whole: a concurrent
+        # writer's entry may be lost, and is listed again by that project's next run).
+        lines = "".join(f"{path}\n" for path in dict.fromkeys([*alive, real]))
+        temp = listing.with_name(f".{_KNOWN}.{os.getpid()}.tmp")
+        try:
+            private_dirs(listing.parent, listing.parent)
+            fd = open_private(temp, os.O_WRONLY | os.O_TRUNC)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(lines)
+            os.replace(temp, listing)
+            _registered.add(real)
+        except OSError:
+            pass  # a read-only home: the other hides still hold
+    return [path for path in alive if path != real]
 
 
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -240,7 +384,3 @@ def memory_bytes(text: str) -> int:
     if match is None:
         raise ValueError(f"not a memory size: {text!r}")
     return int(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _if_exists(path: Path) -> list[Bind]:
-    return [Bind(path, path)] if path.is_dir() else []

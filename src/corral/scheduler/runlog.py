@@ -2,17 +2,21 @@
 
 The log is `.corral/logs/<run-id>.log`. Output beyond ``limit`` bytes is not stored; the
 log ends with a marker saying how much was cut. The live sink (`corral run` streaming)
-sees the same redacted bytes, uncapped.
+sees the same redacted bytes, uncapped. When the log cannot be written (a full disk), the
+log stops, ``on_error`` is told once, and nothing is raised into the run's output pump.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
 from corral.credentials import Redactor
+from corral.locate import open_private, private_dirs
 from corral.runtime import Sink
 
 __all__ = ["DEFAULT_LOG_LIMIT", "RunLog"]
@@ -29,8 +33,12 @@ class RunLog:
         secrets: Iterable[str] = (),
         *,
         limit: int = DEFAULT_LOG_LIMIT,
+        on_error: Callable[[OSError], None] | None = None,
     ) -> None:
         self.path = path
+        self.on_error = on_error
+        #: Why the log stopped being written, if it did.
+        self.error: OSError | None = None
         self.sink = sink
         self.limit = limit
         self.written = 0
@@ -40,11 +48,18 @@ class RunLog:
 
     async def __aenter__(self) -> Self:
         try:
-            self._file = self.path.open("ab")
+            self._file = self._open()
         except FileNotFoundError:  # the first run, or the logs were cleaned away
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("ab")
+            logs = self.path.parent
+            top = logs.parent if logs.parent.name == ".corral" else logs
+            top.parent.mkdir(parents=True, exist_ok=True)
+            private_dirs(logs, top)
+            self._file = self._open()
         return self
+
+    def _open(self) -> BinaryIO:
+        """The log, for appending; only corral's user may read it (0600)."""
+        return os.fdopen(open_private(self.path, os.O_WRONLY | os.O_APPEND), "ab")
 
     async def __aexit__(
         self,
@@ -58,13 +73,17 @@ class RunLog:
         self._store(tail)
         if self.sink is not None and tail and exc_type is None:
             await self.sink(tail)
-        if self.dropped:
+        if self.dropped and self._file is not None:
             marker = (
                 f"\n[corral: the log was cut at {self.limit} bytes; "
                 f"{self.dropped} more bytes of output were not kept]\n"
             )
-            self._file.write(marker.encode())
-        self._file.close()
+            self._write(marker.encode())
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as exc:
+                self._failed(exc)
         self._file = None
 
     async def write(self, chunk: bytes) -> None:
@@ -79,8 +98,30 @@ class RunLog:
             return
         room = max(self.limit - self.written, 0)
         kept = data[:room]
-        if kept:
-            self._file.write(kept)
-            self._file.flush()
+        if kept and self._write(kept):
             self.written += len(kept)
         self.dropped += len(data) - len(kept)
+
+    def _write(self, data: bytes) -> bool:
+        """Write and flush ``data``; on a write error (ENOSPC …) stop the log."""
+        if self._file is None:
+            return False
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        return True
+
+    def _failed(self, exc: OSError) -> None:
+        if exc.filename is None:
+            exc.filename = str(self.path)
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+        if self.error is None:
+            self.error = exc
+            if self.on_error is not None:
+                self.on_error(exc)
