@@ -21,6 +21,7 @@ def test_top_level_exports() -> None:
 def test_runtime_and_harness_exports() -> None:
     assert sorted(corral.runtime.__all__) == [
         "Bind",
+        "DataFile",
         "HostRuntime",
         "Isolation",
         "LaunchSpec",

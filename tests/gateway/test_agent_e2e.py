@@ -197,7 +197,7 @@ async def test_a_run_acts_only_for_itself(tmp_path: Path, store: Store) -> None:
         "reason": "not the lock holder",
     }
     assert f.out("release.code").read_text().strip() == "1"
-    assert json.loads(f.out("heartbeat.json").read_text())["reason"] == "not the lock holder"
+    assert json.loads(f.out("heartbeat.json").read_text())["reason"] == "lock lost"
     assert json.loads(f.out("forged.json").read_text()) == {
         "ok": False,
         "error": "invalid run secret",

@@ -27,6 +27,7 @@ EXIT_USAGE = 9
 EXIT_BAD_GATEWAY = 10
 EXIT_GATEWAY_TIMEOUT = 11
 EXIT_SERVER_ERROR = 12
+EXIT_LOCK_LOST = 13
 
 STATUS_EXIT = {
     200: EXIT_OK,
@@ -40,6 +41,7 @@ STATUS_EXIT = {
     502: EXIT_BAD_GATEWAY,
     504: EXIT_GATEWAY_TIMEOUT,
     500: EXIT_SERVER_ERROR,
+    410: EXIT_LOCK_LOST,
 }
 
 USAGE = {
@@ -337,7 +339,7 @@ def setenv(argv: list[str]) -> int:
         return complain("CORRAL_ENV_FILE is not set: setenv only works inside a corral run")
     data = b"".join(lines)
     try:
-        fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT, 0o666)
+        fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT, 0o600)
         try:
             while data:
                 data = data[posix.write(fd, data) :]

@@ -1,11 +1,12 @@
 """Where a run executes: `host` (a process group) or `sandbox` (bubblewrap)."""
 
-from corral.runtime._base import Bind, Isolation, LaunchSpec, Process, Runtime, Sink
+from corral.runtime._base import Bind, DataFile, Isolation, LaunchSpec, Process, Runtime, Sink
 from corral.runtime.host import HostRuntime
 from corral.runtime.sandbox import SandboxRuntime
 
 __all__ = [
     "Bind",
+    "DataFile",
     "HostRuntime",
     "Isolation",
     "LaunchSpec",

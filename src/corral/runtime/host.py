@@ -1,13 +1,15 @@
-"""The `host` runtime: a plain process in its own process group and run directory."""
+"""The `host` runtime: a plain process in its own session, containment and run directory."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from corral.errors import RunError
 from corral.runtime._base import LaunchSpec, Process
+from corral.runtime._contain import MARKER, Containment, contain_support
 
 __all__ = ["HostRuntime", "feed_stdin", "start_process"]
 
@@ -15,18 +17,27 @@ __all__ = ["HostRuntime", "feed_stdin", "start_process"]
 class HostRuntime:
     """Starts the run as a child process on this machine.
 
-    The child leads a new session (so a timeout or kill reaches every process
-    it started), works in its own directory, and sees only ``spec.env``.
-    ``spec.isolation`` is ignored: a host run is not isolated.
+    The child leads a new session and starts in a containment of its own (a cgroup
+    where corral may make one), so a timeout or kill reaches every process it
+    started, ``setsid`` or not. It works in its own directory and sees only
+    ``spec.env``. ``spec.isolation`` is ignored: a host run is not isolated.
     """
 
     name = "host"
 
     async def launch(self, spec: LaunchSpec) -> Process:
         spec.cwd.mkdir(parents=True, exist_ok=True)
-        proc = await start_process(spec.argv, cwd=spec.cwd, env=spec.env, stdin=spec.stdin)
+        containment = contain_for(spec.env)
+        proc = await start_process(
+            spec.argv, cwd=spec.cwd, env=spec.env, stdin=spec.stdin, containment=containment
+        )
         await feed_stdin(proc, spec.stdin)
-        return Process(proc)
+        return Process(proc, containment)
+
+
+def contain_for(env: Mapping[str, str]) -> Containment:
+    """A new containment for a process of the run named by ``CORRAL_RUN_ID`` in ``env``."""
+    return Containment.create(contain_support(), env.get(MARKER))
 
 
 async def start_process(
@@ -36,15 +47,25 @@ async def start_process(
     env: Mapping[str, str],
     stdin: bytes | None,
     pass_fds: Collection[int] = (),
+    containment: Containment | None = None,
 ) -> asyncio.subprocess.Process:
-    """Start ``argv`` leading a new session, stdout and stderr merged.
+    """Start ``argv`` leading a new session, stdout and stderr merged, inside
+    ``containment`` from its first instruction.
 
     Shared by the runtimes (the sandbox runtime starts bubblewrap through it).
     With ``stdin`` the child's stdin is a pipe: give the bytes to `feed_stdin`.
     """
+    command = list(argv)
+    if containment is not None and containment.path is not None:
+        try:
+            _check_program(command, cwd, env)
+        except RunError:
+            containment.discard()
+            raise
+        command = containment.wrap(command, env.get("PWD"))
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *command,
             cwd=cwd,
             env=dict(env),
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -54,8 +75,28 @@ async def start_process(
             pass_fds=tuple(pass_fds),
         )
     except OSError as exc:
+        if containment is not None:
+            containment.discard()
         raise RunError(f"could not start {argv[0]!r}: {exc.strerror or exc}") from exc
     return proc
+
+
+def _check_program(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> None:
+    """RunError unless ``argv[0]`` names a program that can be started (as exec would
+    find it), so a missing program is reported as before the containment stub."""
+    if not argv:
+        raise RunError("nothing to run: the command is empty")
+    program = argv[0]
+    if "/" in program:
+        candidates = [cwd / program]
+    else:
+        search = env.get("PATH", os.defpath)
+        candidates = [cwd / (d or ".") / program for d in search.split(os.pathsep)]
+    found = [path for path in candidates if path.is_file()]
+    if any(os.access(path, os.X_OK) for path in found):
+        return
+    why = "Permission denied" if found else "No such file or directory"
+    raise RunError(f"could not start {program!r}: {why}")
 
 
 async def feed_stdin(proc: asyncio.subprocess.Process, data: bytes | None) -> None:

@@ -1,21 +1,20 @@
 """Processes left behind by a dead scheduler on this host.
 
-A run's process leads its own session, so it outlives a scheduler killed with
-SIGKILL. When that run is recovered as `lost`, its process group is killed if
-it is still here: the group leader is recognised by the run id in its
-environment, so a recycled pid is never touched.
+A run's processes lead their own session, so they can outlive a scheduler killed
+with SIGKILL if its watchdog could not stop them. When such a run is recovered as
+`lost`, every process of it still on this host is killed: its cgroups, and every
+process carrying its run id in the environment (see corral.runtime._contain), so a
+recycled pid is never touched and a ``setsid`` child is not missed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
 import socket
 from collections.abc import Iterable
 from pathlib import Path
 
+from corral.runtime._contain import kill_run, run_pids
 from corral.store import Recovered
 
 __all__ = ["is_run_process", "reap_orphans"]
@@ -33,16 +32,17 @@ def is_run_process(pid: int, run_id: str) -> bool:
 
 
 def reap_orphans(recovered: Iterable[Recovered]) -> list[str]:
-    """Kill the process groups of recovered runs that still run on this host."""
+    """Kill every process of the recovered runs that ran on this host; the ids of the
+    runs that still had processes here."""
     host = socket.gethostname()
     reaped = []
     for item in recovered:
         run = item.run
-        if run is None or run.pid is None or run.host != host:
+        if run is None or run.host != host:
             continue
-        if is_run_process(run.pid, run.id):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(run.pid, signal.SIGKILL)
+        left = bool(run_pids(run.id))
+        kill_run(run.id, scan=True)
+        if left:
             reaped.append(run.id)
             log.warning(
                 "killed the orphaned processes of lost run %s",
