@@ -235,7 +235,10 @@ async def test_drain_stops_runs_past_the_grace(tmp_path: Path, store: Store) -> 
     [run] = await all_runs(store)
     assert run.state is RunState.KILLED
     assert run.error is not None and "drain grace 0.3 s" in run.error
+    assert "queued again" in run.error
     assert queued_after.item.state is ItemState.QUEUED
+    interrupted = await store.get_item(run.item_id or 0)
+    assert interrupted is not None and interrupted.state is ItemState.QUEUED
 
 
 def test_cap_warning_as_documented(tmp_path: Path) -> None:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from corral.credentials import CredentialStore
-from corral.errors import CorralError
+from corral.errors import CorralError, StoreConflict
 from corral.harness.builtin import LoopResult
 from corral.harness.hooks import (
     CONTEXT_TIMEOUT,
@@ -25,18 +26,41 @@ from corral.harness.hooks import (
 from corral.llm.fallback import Breaker
 from corral.project import Project
 from corral.runtime import Process, Sink
+from corral.runtime._contain import kill_run_async
 from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.builtin_run import run_builtin
 from corral.scheduler.prepare import RunPlan, plan_run
 from corral.scheduler.runlog import DEFAULT_LOG_LIMIT, RunLog
 from corral.store import Claim, QueueItem, Run, RunState, StaleFence, Store, StoreError
 
-__all__ = ["TIMEOUT_EXIT_CODE", "RunExecutor", "RunResult"]
+__all__ = ["STORE_RETRY", "TIMEOUT_EXIT_CODE", "RunExecutor", "RunResult", "StoreGaveUp"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("corral.run")
 
 #: The exit code a timed-out run is recorded with (as `timeout(1)` uses).
 TIMEOUT_EXIT_CODE = 124
+
+#: How long the end (or the start) of a run is retried while the store fails, in seconds.
+STORE_RETRY = 60.0
+
+
+class StoreGaveUp(StoreError):
+    """Recording a run's end failed past every retry: the run's lease is left to lapse,
+    and recovery (on any scheduler) records the run lost and queues its item again."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a fault of corral's own while it executed a run means, for the run's error."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"the disk is full: corral could not write the run's files{where}: {exc.strerror}"
+    if isinstance(exc, OSError):
+        return f"corral could not write the run's files: {exc}"
+    if isinstance(exc, StoreError):
+        return f"the store failed while the run went on: {exc}"
+    return f"corral failed while it executed the run: {type(exc).__name__}: {exc}"
 
 
 def exit_code_for(returncode: int) -> int:
@@ -101,10 +125,16 @@ class RunExecutor:
         hook_timeout: float = HOOK_TIMEOUT,
         context_timeout: float = CONTEXT_TIMEOUT,
         log_limit: int = DEFAULT_LOG_LIMIT,
+        store_retry: float = STORE_RETRY,
+        reserve_reruns: bool = False,
     ) -> None:
         self.project = project
         self.store = store
         self.grace = grace
+        #: How long the start and the end of a run are retried while the store fails.
+        self.store_retry = store_retry
+        #: Reruns are reserved for the owner of the run (`corral run` in the foreground).
+        self.reserve_reruns = reserve_reruns
         self.link = link
         self.credentials = credentials
         self.hook_timeout = hook_timeout
@@ -113,8 +143,16 @@ class RunExecutor:
         self._processes: dict[str, Process] = {}
         self._active: set[str] = set()
         self._stop_reasons: dict[str, str] = {}
+        #: Runs stopped by a fault of corral's own (a full disk): recorded failed.
+        self._failures: dict[str, str] = {}
+        #: Runs stopped by a shutdown: their items go back to the queue.
+        self._requeue: set[str] = set()
         self._exit_codes: dict[str, int] = {}
         self._exit_tasks: set[asyncio.Task[None]] = set()
+        #: Runs whose lease this scheduler could not renew in time (self-fenced).
+        self._fenced: dict[str, str] = {}
+        #: Why this executor's leases may be lapsing (set by the scheduler), or None.
+        self.lease_overdue: Callable[[], str | None] = lambda: None
         #: Built-in harness loops, by run; and model health shared by all of them.
         self._loops: dict[str, asyncio.Task[LoopResult]] = {}
         self._breakers: dict[str, Breaker] = {}
@@ -127,15 +165,41 @@ class RunExecutor:
     def log_path(self, run_id: str) -> Path:
         return self.project.root / ".corral" / "logs" / f"{run_id}.log"
 
-    async def stop(self, run_id: str, reason: str) -> bool:
+    async def stop(self, run_id: str, reason: str, *, requeue: bool = False) -> bool:
         """Stop a run this executor executes (TERM, then KILL); it is recorded as killed.
 
         Between its processes (hooks, the agent) the request is kept, and nothing more
-        of the run starts.
+        of the run starts. With ``requeue`` (a shutdown), the run's item goes back to
+        the queue to be run again (``Store.release``) instead of being done.
         """
         if run_id not in self._active:
             return False
         self._stop_reasons.setdefault(run_id, reason)
+        if requeue:
+            self._requeue.add(run_id)
+        await self._halt(run_id)
+        return True
+
+    def _fail(self, run_id: str, reason: str) -> None:
+        """End the run because of a fault of corral's own (a full disk): it is recorded
+        failed with ``reason``; its processes are stopped as a kill stops them."""
+        if run_id not in self._active or run_id in self._failures:
+            return
+        self._failures[run_id] = reason
+        log.error(reason, extra={"action": "run_fault", "run_id": run_id})
+        task = asyncio.create_task(self._halt(run_id), name=f"fault {run_id}")
+        self._exit_tasks.add(task)
+        task.add_done_callback(self._exit_tasks.discard)
+
+    async def fence_off(self, run_id: str, reason: str) -> bool:
+        """Kill everything of a run whose lease could not be renewed in time, and record
+        no outcome for it: its lease is handed back (the run becomes lost, its item is
+        delivered again), not finalised as if nothing had happened."""
+        if run_id not in self._active:
+            return False
+        self._fenced.setdefault(run_id, reason)
+        self._stop_reasons.setdefault(run_id, reason)
+        await kill_run_async(run_id, scan=True)
         await self._halt(run_id)
         return True
 
@@ -168,23 +232,63 @@ class RunExecutor:
         return True
 
     async def execute(self, claim: Claim, sink: Sink | None = None) -> RunResult:
-        self._active.add(claim.run.id)
+        """Run a claimed item to its end and record the end.
+
+        A fault of corral's own on the way (a full disk, a store error, a bug) ends the
+        run's processes and records it failed with the reason. Only when recording the
+        end fails past every retry does this raise (StoreGaveUp): the run's lease is then
+        left to lapse (see ``Scheduler``), and recovery hands its item on.
+        """
+        run_id = claim.run.id
+        self._active.add(run_id)
         try:
-            return await self._execute(claim, sink)
+            try:
+                return await self._execute(claim, sink)
+            except (StoreGaveUp, StaleFence):
+                raise
+            except Exception as exc:
+                log.exception(
+                    "run %s failed inside corral; stopping it",
+                    run_id,
+                    extra={"action": "run_crashed", "run_id": run_id},
+                )
+                await self._halt(run_id)
+                return await self._end(
+                    claim.run, _Outcome(RunState.FAILED, None, failure_reason(exc))
+                )
         finally:
-            self._active.discard(claim.run.id)
-            self._stop_reasons.pop(claim.run.id, None)
-            self._exit_codes.pop(claim.run.id, None)
+            self._active.discard(run_id)
+            self._fenced.pop(run_id, None)
+            self._stop_reasons.pop(run_id, None)
+            self._failures.pop(run_id, None)
+            self._requeue.discard(run_id)
+            self._exit_codes.pop(run_id, None)
             if self.link is not None:
                 self.link.revoke(claim.run.id)
                 self.link.changes.notify_all()  # its locks and its call may have moved on
 
     async def _execute(self, claim: Claim, sink: Sink | None) -> RunResult:
         run = claim.run
+        try:
+            outcome = await self._outcome(run, sink)
+        except asyncio.CancelledError:
+            # Cancelled at any point: the process group is stopped (by _watch or the shell
+            # runner) and the run recorded as killed.
+            reason = self._stop_reasons.pop(run.id, "stopped by the operator")
+            await asyncio.shield(self._end(run, _Outcome(RunState.KILLED, None, reason)))
+            raise
+        if outcome is None:  # fenced off while starting: nothing more to record
+            current = await self.store.get_run(run.id)
+            return RunResult(current if current is not None else run)
+        return await self._end(run, outcome)
+
+    async def _outcome(self, run: Run, sink: Sink | None) -> _Outcome | None:
+        """Execute the run; how it ended (None: it was fenced off while it started)."""
         agent = self.project.agents.get(run.agent)
         if agent is None:
-            missing = f"agent '{run.agent}' is no longer in the project"
-            return await self._finalize(run, _Outcome(RunState.FAILED, None, missing))
+            return _Outcome(
+                RunState.FAILED, None, f"agent '{run.agent}' is no longer in the project"
+            )
         capped = (
             await self.store.daily_cap_refusal(run.agent)
             if agent.config.budget.daily_cost is not None
@@ -193,7 +297,7 @@ class RunExecutor:
         )
         if capped is not None:  # queued before the day's spend reached a cap
             await self.store.record_usage(run.id, **_NOTHING_SPENT, budget="daily cost")
-            return await self._finalize(run, _Outcome(RunState.FAILED, None, capped))
+            return _Outcome(RunState.FAILED, None, capped)
         try:
             plan = await plan_run(
                 self.project,
@@ -205,22 +309,20 @@ class RunExecutor:
                 credentials=self.credentials,
             )
         except CorralError as exc:
-            return await self._finalize(run, _Outcome(RunState.FAILED, None, str(exc)))
-        logfile = RunLog(self.log_path(run.id), sink, plan.secrets, limit=self.log_limit)
+            return _Outcome(RunState.FAILED, None, str(exc))
+
+        def log_failed(exc: OSError) -> None:  # the disk filled up under the run's log
+            self._fail(run.id, failure_reason(exc))
+
+        logfile = RunLog(
+            self.log_path(run.id), sink, plan.secrets, limit=self.log_limit, on_error=log_failed
+        )
         async with logfile as runlog:
-            try:
-                outcome = await self._run_plan(plan, runlog)
-            except asyncio.CancelledError:
-                # Cancelled at any point after the plan: the process group is stopped (by
-                # _watch or the shell runner) and the run recorded as killed.
-                reason = self._stop_reasons.pop(run.id, "stopped by the operator")
-                await asyncio.shield(self._finalize(run, _Outcome(RunState.KILLED, None, reason)))
-                raise
-            if outcome is None:  # fenced off while starting: nothing more to record
-                current = await self.store.get_run(run.id)
-                return RunResult(current if current is not None else run)
+            outcome = await self._run_plan(plan, runlog)
+            if outcome is None:
+                return None
             await self._post_hooks(plan, runlog, outcome)
-        return await self._finalize(run, outcome)
+        return outcome
 
     async def _run_plan(self, plan: RunPlan, runlog: RunLog) -> _Outcome | None:
         """Pre hooks, dynamic context, the agent itself; its outcome (None: fenced off)."""
@@ -232,15 +334,17 @@ class RunExecutor:
             runlog.write,
             timeout=self.hook_timeout,
         )
-        if run.id in self._stop_reasons:
-            return _Outcome(RunState.KILLED, None, self._stop_reasons.pop(run.id))
+        cut = self._cut_short(run.id)
+        if cut is not None:
+            return cut
         if failure is not None:
             return _Outcome(RunState.FAILED, failure.result.exit_code, str(failure))
         system_prompt = await inject_context(
             agent.skill.body, self._shell(plan), timeout=self.context_timeout
         )
-        if run.id in self._stop_reasons:
-            return _Outcome(RunState.KILLED, None, self._stop_reasons.pop(run.id))
+        cut = self._cut_short(run.id)
+        if cut is not None:
+            return cut
         if agent.config.harness.type == "builtin":
             return await self._builtin(plan, runlog, system_prompt)
         try:
@@ -249,15 +353,10 @@ class RunExecutor:
             return _Outcome(RunState.FAILED, None, str(exc))
         self._processes[run.id] = process
         try:
-            try:
-                await self.store.mark_run_running(
-                    run.id, pid=process.pid, host=socket.gethostname()
-                )
-            except StoreError as exc:
-                # The run ended while it was starting (its lease lapsed, or it was killed).
+            started = await self._record_start(run, process.pid)
+            if started != "recorded":
                 await process.stop(self.grace)
-                log.warning(str(exc), extra={"action": "run_fenced_off", "run_id": run.id})
-                return None
+                return None if started == "fenced" else started
             log.info("run started", extra={"action": "run_started", "run_id": run.id})
             outcome = await self._watch(process, agent.config.timeout, runlog)
         finally:
@@ -267,11 +366,9 @@ class RunExecutor:
     async def _builtin(self, plan: RunPlan, runlog: RunLog, system_prompt: str) -> _Outcome | None:
         """The built-in harness: the tool loop in this process, tools in the runtime."""
         run = plan.run
-        try:
-            await self.store.mark_run_running(run.id, pid=None, host=socket.gethostname())
-        except StoreError as exc:
-            log.warning(str(exc), extra={"action": "run_fenced_off", "run_id": run.id})
-            return None
+        started = await self._record_start(run, None)
+        if started != "recorded":
+            return None if started == "fenced" else started
 
         async def launch(argv: Sequence[str], stdin: bytes | None) -> Process:
             process = await plan.runtime.launch(plan.process(argv, stdin))
@@ -299,6 +396,9 @@ class RunExecutor:
 
     def _signalled(self, run_id: str, outcome: _Outcome) -> _Outcome:
         """The outcome, as changed by a stop request or an ``al-exit``."""
+        failed = self._failures.get(run_id)
+        if failed is not None:
+            return _Outcome(RunState.FAILED, outcome.exit_code, failed)
         reason = self._stop_reasons.pop(run_id, "")
         asked = self._exit_codes.get(run_id)
         if reason and outcome.state is not RunState.TIMED_OUT:
@@ -373,18 +473,121 @@ class RunExecutor:
         if not done:
             pump.cancel()
 
+    def _cut_short(self, run_id: str) -> _Outcome | None:
+        """Between the run's steps: its outcome if a fault or a stop request ended it."""
+        failed = self._failures.get(run_id)
+        if failed is not None:
+            return _Outcome(RunState.FAILED, None, failed)
+        if run_id in self._stop_reasons:
+            return _Outcome(RunState.KILLED, None, self._stop_reasons.pop(run_id))
+        return None
+
+    async def _record_start(
+        self, run: Run, pid: int | None
+    ) -> Literal["recorded", "fenced"] | _Outcome:
+        """STARTING -> RUNNING in the store, retried while the store fails: "fenced" when
+        the run ended meanwhile (its lease lapsed, or it was killed), a failed outcome when
+        the store kept failing."""
+        host = socket.gethostname()
+        try:
+            await self._retrying(
+                f"record the start of run {run.id}",
+                lambda: self._mark_running(run, pid, host),
+            )
+        except StoreConflict as exc:
+            log.warning(str(exc), extra={"action": "run_fenced_off", "run_id": run.id})
+            return "fenced"
+        except StoreGaveUp as exc:
+            return _Outcome(RunState.FAILED, None, str(exc))
+        return "recorded"
+
+    async def _mark_running(self, run: Run, pid: int | None, host: str) -> None:
+        try:
+            await self.store.mark_run_running(run.id, pid=pid, host=host)
+        except StoreError as exc:
+            current = await self.store.get_run(run.id)
+            if current is not None and current.state is not RunState.STARTING:
+                raise StoreConflict(str(exc)) from exc  # it ended: nothing to retry
+            raise
+
+    async def _retrying(self, what: str, op: Callable[[], Awaitable[_T]]) -> _T:
+        """``op`` until it succeeds, retried with backoff for ``store_retry`` seconds while
+        the store fails (busy, unreachable, a backend terminated, a full disk). A refusal
+        of what the store holds (StaleFence, StoreConflict) is final; giving up raises
+        StoreGaveUp."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.store_retry
+        delay, attempts = 0.25, 0
+        while True:
+            attempts += 1
+            try:
+                return await asyncio.shield(op())
+            except (StoreConflict, StaleFence):
+                raise
+            except StoreError as exc:
+                if loop.time() + delay > deadline:
+                    raise StoreGaveUp(
+                        f"could not {what}: the store failed {attempts} times over "
+                        f"{self.store_retry:g} s; the last error: {exc}"
+                    ) from exc
+                log.warning(
+                    "could not %s (%s); trying again in %.1f s",
+                    what,
+                    exc,
+                    delay,
+                    extra={"action": "store_retry", "attempt": attempts},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _end(self, run: Run, outcome: _Outcome) -> RunResult:
+        """Record the run's end: finalised, or given back to the queue when a shutdown
+        stopped it (``stop(requeue=True)``) or its lease could not be renewed in time."""
+        # Nothing of the run outlives it: its locks are released with the outcome.
+        await asyncio.shield(kill_run_async(run.id))
+        overdue = self.lease_overdue()
+        if overdue is not None:  # its processes may have been killed by the watchdog
+            self._fenced.setdefault(run.id, overdue)
+        if run.id in self._fenced:
+            return await self._release(run, self._fenced[run.id])
+        if outcome.state is RunState.KILLED and run.id in self._requeue:
+            return await self._release(run, outcome.error or "stopped by a shutdown")
+        return await self._finalize(run, outcome)
+
+    async def _release(self, run: Run, reason: str) -> RunResult:
+        if run.fence is None:
+            raise CorralError(f"run {run.id} has no fencing token; it was not claimed")
+        fence = run.fence
+        why = f"interrupted: {reason}; its item {run.item_id} was queued again"
+        try:
+            ended = await self._retrying(
+                f"give run {run.id} back to the queue",
+                lambda: self.store.release(run.id, fence=fence, reason=why),
+            )
+        except StaleFence as exc:
+            log.warning(str(exc), extra={"action": "run_fenced_off", "run_id": run.id})
+            current = await self.store.get_run(run.id)
+            return RunResult(current if current is not None else run)
+        extra = {"action": "run_requeued", "run_id": run.id, "item_id": run.item_id}
+        log.info("run interrupted; its item was queued again", extra=extra)
+        return RunResult(ended)
+
     async def _finalize(self, run: Run, outcome: _Outcome) -> RunResult:
         if run.fence is None:
             raise CorralError(f"run {run.id} has no fencing token; it was not claimed")
+        fence = run.fence
+        reserve = run.owner if self.reserve_reruns else None
         try:
-            result = await asyncio.shield(
-                self.store.finalize(
+            result = await self._retrying(
+                f"record the end of run {run.id} ({outcome.state.value})",
+                lambda: self.store.finalize(
                     run.id,
-                    fence=run.fence,
+                    fence=fence,
                     state=outcome.state,
                     exit_code=outcome.exit_code,
                     error=outcome.error,
-                )
+                    reserve_rerun_for=reserve,
+                ),
             )
         except StaleFence as exc:
             log.warning(str(exc), extra={"action": "run_fenced_off", "run_id": run.id})

@@ -1,7 +1,11 @@
-"""`corral run` when no scheduler is running: one run (and its reruns) in this process.
+"""`corral run` in the foreground: one run (and its reruns) in this process.
 
 The run goes through the same queue and claim as any other, so the caps and
 the queue bound hold for it too; this process holds the lease and renews it.
+The item is reserved for this process in the transaction that queues it (and
+its reruns in the one that queues them): a scheduler running meanwhile never
+claims it, however fresh its heartbeat. If this process dies before it claims
+the item, the reservation lapses and any scheduler runs it.
 """
 
 from __future__ import annotations
@@ -47,12 +51,21 @@ async def run_in_foreground(
     owner = f"cli-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     await sync_config(store, project)
     reap_orphans(await store.recover_lapsed())
-    queued = await store.enqueue(
-        NewItem(agent=agent.name, trigger=TriggerKind.MANUAL, prompt=prompt)
+    queued = await store.enqueue_reserved(
+        NewItem(agent=agent.name, trigger=TriggerKind.MANUAL, prompt=prompt),
+        owner=owner,
+        seconds=opts.lease_seconds,
     )
     if queued.item.state is ItemState.REJECTED:
         raise UsageError(queued.item.reason or f"agent '{agent.name}' refused the run")
-    executor = RunExecutor(project, store, grace=opts.kill_grace, link=link)
+    executor = RunExecutor(
+        project,
+        store,
+        grace=opts.kill_grace,
+        link=link,
+        store_retry=opts.store_retry,
+        reserve_reruns=True,
+    )
     results: list[RunResult] = []
     item: QueueItem | None = queued.item
     while item is not None:
@@ -66,8 +79,11 @@ async def run_in_foreground(
 async def _claim(
     store: Store, owner: str, item: QueueItem, opts: SchedulerOptions, on_wait: Waiting | None
 ) -> Claim:
-    """Claim ``item`` as soon as the caps allow; say so while waiting."""
+    """Claim ``item`` as soon as the caps allow; say so while waiting, and keep the item
+    reserved for ``owner`` meanwhile."""
     told = False
+    loop = asyncio.get_running_loop()
+    reserved = loop.time()
     while True:
         claims = await store.claim(
             owner, lease_seconds=opts.lease_seconds, limit=1, item_id=item.id
@@ -82,6 +98,9 @@ async def _claim(
         if on_wait is not None and not told:
             on_wait(current)
             told = True
+        if loop.time() - reserved >= opts.renew_every:
+            await store.reserve(item.id, owner, seconds=opts.lease_seconds)
+            reserved = loop.time()
         await asyncio.sleep(opts.poll_interval)
 
 
@@ -96,7 +115,9 @@ async def _execute(
     async def keep_lease() -> None:
         while True:
             await asyncio.sleep(opts.renew_every)
-            await store.renew_leases(owner, lease_seconds=opts.lease_seconds)
+            await store.renew_leases(
+                owner, lease_seconds=opts.lease_seconds, run_ids={claim.run.id}
+            )
 
     async def watch_kills() -> None:
         while True:

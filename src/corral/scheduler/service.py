@@ -24,6 +24,7 @@ from corral.scheduler.cron import CronTriggers
 from corral.scheduler.executor import RunExecutor
 from corral.scheduler.orphans import reap_orphans
 from corral.scheduler.retention import prune_history
+from corral.scheduler.watchdog import Watchdog, boottime, fence_deadline
 from corral.store import (
     AgentSpec,
     Claim,
@@ -58,6 +59,7 @@ class SchedulerOptions:
     claim_batch: int = 64
     drain_grace: float = 30.0  # `corral stop`: how long running runs may go on
     kill_grace: float = 10.0  # TERM -> KILL
+    store_retry: float = 60.0  # how long a run's start and end are retried while the store fails
 
 
 def agent_specs(project: Project) -> list[AgentSpec]:
@@ -134,13 +136,23 @@ class Scheduler:
             unix_url=gateway_unix_url,
             on_queued=self.wake,
         )
-        self.executor = RunExecutor(project, store, grace=self.options.kill_grace, link=self.link)
+        self.executor = RunExecutor(
+            project,
+            store,
+            grace=self.options.kill_grace,
+            link=self.link,
+            store_retry=self.options.store_retry,
+        )
         self.info: SchedulerInfo | None = None
         self.draining = False
         self._wake = asyncio.Event()
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self.on_claim: Callable[[Claim], None] | None = None  # observers (live view, benchmarks)
+        #: Self-fencing (scheduler/watchdog.py): past this boottime, runs are stopped.
+        self.watchdog = Watchdog()
+        self.fence_deadline = 0.0
+        self.executor.lease_overdue = self.overdue
 
     @property
     def id(self) -> str:
@@ -191,6 +203,7 @@ class Scheduler:
         if self.info is None:
             await self.start()
         cron = CronTriggers(self.project, self.submit)
+        self._start_watchdog()
         loops = [
             asyncio.create_task(self._resilient("dispatch", self._dispatch), name="dispatch"),
             asyncio.create_task(self._resilient("supervise", self._supervise), name="supervise"),
@@ -203,6 +216,7 @@ class Scheduler:
         finally:
             await self._end_loops(loops)
             await self._abandon_all("the scheduler stopped")
+            self.watchdog.close()
             await self.store.set_scheduler_state(self.id, "stopped")
             log.info("scheduler %s stopped", self.id, extra={"action": "scheduler_stopped"})
         if failure is not None:
@@ -261,13 +275,17 @@ class Scheduler:
             )
             finished.cancel()
             cut_short.cancel()
-        reason = f"stopped: the scheduler shut down (drain grace {self.options.drain_grace:g} s)"
+        reason = f"the scheduler shut down (drain grace {self.options.drain_grace:g} s)"
         await self._abandon_all(reason)
 
     async def _abandon_all(self, reason: str) -> None:
-        """Stop every run still going (recorded as killed) and wait for their finalisation."""
+        """Stop every run still going and wait until each is recorded: killed with
+        ``reason``, its item queued again for the next scheduler (work interrupted by a
+        shutdown is not dropped)."""
         tasks = list(self._runs.values())
-        await asyncio.gather(*(self.executor.stop(r, reason) for r in list(self._runs)))
+        await asyncio.gather(
+            *(self.executor.stop(r, reason, requeue=True) for r in list(self._runs))
+        )
         if tasks:
             await asyncio.wait(tasks, timeout=self.options.kill_grace * 2 + 5)
 
@@ -301,6 +319,9 @@ class Scheduler:
         batch = self.options.claim_batch
         while not self.draining:
             self._wake.clear()
+            if self.overdue() is not None:  # no new work until a renewal succeeds
+                await asyncio.sleep(self.options.poll_interval)
+                continue
             claims = await self.store.claim(
                 self.id, lease_seconds=self.options.lease_seconds, limit=batch
             )
@@ -316,9 +337,11 @@ class Scheduler:
         run_id = claim.run.id
         task = asyncio.create_task(self._execute(claim), name=f"run {run_id}")
         self._runs[run_id] = task
+        self.watchdog.track(run_id)
 
         def done(_: asyncio.Task[None]) -> None:
             self._runs.pop(run_id, None)
+            self.watchdog.untrack(run_id)
             self.wake()  # a slot is free
 
         task.add_done_callback(done)
@@ -329,10 +352,14 @@ class Scheduler:
         except asyncio.CancelledError:
             raise
         except Exception:
-            # The run's lease will lapse and another delivery will follow; say so loudly.
+            # Its end could not be recorded (the store failed past every retry). The run
+            # leaves ``_runs`` with this task, so its lease is no longer renewed: it lapses
+            # and recovery (here or on another scheduler) records it lost and re-delivers it.
             log.exception(
-                "run %s failed inside the scheduler",
+                "run %s ended but its end could not be recorded; its lease will lapse in "
+                "%g s and its item will be recovered",
                 claim.run.id,
+                self.options.lease_seconds,
                 extra={"action": "run_crashed", "run_id": claim.run.id},
             )
 
@@ -342,10 +369,17 @@ class Scheduler:
         pruned = loop.time() - self.options.prune_every  # prune once at start
         while True:
             await asyncio.sleep(self.options.supervise_every)
+            await self._fence_if_overdue()
             await self._handle_kill_requests()
             now = loop.time()
             if now - renewed >= self.options.renew_every:
-                await self.store.renew_leases(self.id, lease_seconds=self.options.lease_seconds)
+                sent = boottime()
+                # Only the runs still executed here: a run whose end could not be recorded
+                # is no longer tracked, so its lease lapses and recovery hands it on.
+                await self.store.renew_leases(
+                    self.id, lease_seconds=self.options.lease_seconds, run_ids=set(self._runs)
+                )
+                self._renewed(sent)
                 renewed = now
             if now - recovered >= self.options.recover_every:
                 await self._recover_lapsed()
@@ -353,6 +387,56 @@ class Scheduler:
             if now - pruned >= self.options.prune_every:
                 await prune_history(self.project, self.store)
                 pruned = now
+
+    # -- self-fencing --------------------------------------------------------------------
+
+    def _start_watchdog(self) -> None:
+        """Start the watchdog; until the first renewal, runs are covered by their claims
+        (every claim is sent after this moment)."""
+        self.fence_deadline = fence_deadline(boottime(), self.options.lease_seconds)
+        self.watchdog.deadline = self.fence_deadline
+        self.watchdog.start()
+        log.info(
+            "runs are contained by %s; self-fencing watchdog pid %s",
+            self.watchdog.support.describe(),
+            self.watchdog.pid,
+            extra={"action": "watchdog_started"},
+        )
+
+    def _renewed(self, sent: float) -> None:
+        """A renewal sent at ``sent`` succeeded: the runs may go on until the new deadline."""
+        self.fence_deadline = max(
+            self.fence_deadline, fence_deadline(sent, self.options.lease_seconds)
+        )
+        self.watchdog.ensure()
+        self.watchdog.set_deadline(self.fence_deadline)
+
+    def overdue(self) -> str | None:
+        """Why this scheduler's runs must stop (its leases may lapse), or None."""
+        late = boottime() - self.fence_deadline
+        if self.fence_deadline == 0.0 or late < 0:
+            return None
+        return (
+            f"self-fenced: scheduler {self.info.id if self.info else '?'} could not renew "
+            f"its leases in time ({late:.1f} s past its fencing deadline, lease "
+            f"{self.options.lease_seconds:g} s), so it stopped the run before the lease "
+            "could lapse"
+        )
+
+    async def _fence_if_overdue(self) -> None:
+        """Stop every run when the renewal is overdue (the watchdog has normally done it
+        already): they are handed back, not finalised as if nothing happened."""
+        self.watchdog.ensure()
+        reason = self.overdue()
+        if reason is None or not self._runs:
+            return
+        log.error(
+            "lease renewal overdue: stopping %d run(s) (%s)",
+            len(self._runs),
+            reason,
+            extra={"action": "self_fenced"},
+        )
+        await asyncio.gather(*(self.executor.fence_off(r, reason) for r in list(self._runs)))
 
     async def _handle_kill_requests(self) -> None:
         for run in await self.store.kill_requests(self.id):

@@ -7,13 +7,17 @@ rerun) are one conditional UPDATE of that run's row.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import replace
 from datetime import timedelta
 
 from corral.errors import StoreConflict, StoreError
 from corral.store._core import StaleFence, Transaction
 from corral.store._queue import QueueOps
 from corral.store.records import (
+    EnqueueResult,
     FinalizeResult,
+    ItemState,
     NewItem,
     ProjectState,
     QueueItem,
@@ -26,16 +30,24 @@ from corral.store.records import (
 __all__ = ["LeaseOps"]
 
 _RERUN_TRIGGERS = frozenset({TriggerKind.SCHEDULE, TriggerKind.MANUAL})
+#: How long a rerun of a foreground `corral run` stays reserved for it before anyone
+#: may run it (the command claims it at once, or renews the reservation while it waits).
+_RESERVE_SECONDS = 30.0
 
 
 class LeaseOps(QueueOps):
     """Renew, finalise, recover; part of ``Store``."""
 
-    async def renew_leases(self, owner: str, *, lease_seconds: float) -> int:
-        """Extend every lease ``owner`` holds to now + ``lease_seconds``; return how many.
+    async def renew_leases(
+        self, owner: str, *, lease_seconds: float, run_ids: Collection[str] | None = None
+    ) -> int:
+        """Extend the leases ``owner`` holds to now + ``lease_seconds``; return how many.
 
-        Also the scheduler's heartbeat. A lease that lapsed but was not yet recovered is
-        renewed too: nobody else holds its item.
+        With ``run_ids``, only the leases of those runs: a scheduler passes the runs it
+        still executes, so the lease of a run it gave up on (its finalisation failed past
+        every retry) lapses and recovery hands its item on. Without, every lease of
+        ``owner``. Also the scheduler's heartbeat. A lease that lapsed but was not yet
+        recovered is renewed too: nobody else holds its item.
         """
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
@@ -43,7 +55,14 @@ class LeaseOps(QueueOps):
             await self.lock_project(tx)
             now = self.now()
             expires = self.encode_time(now + timedelta(seconds=lease_seconds))
-            renewed = await tx.execute("renew_leases", {"owner": owner, "expires_at": expires})
+            params: dict[str, object] = {"owner": owner, "expires_at": expires}
+            if run_ids is None:
+                renewed = await tx.execute("renew_leases", params)
+            elif run_ids:
+                params["run_ids"] = self.encode_list(sorted(run_ids))
+                renewed = await tx.execute("renew_run_leases", params)
+            else:
+                renewed = 0
             await tx.execute("heartbeat_scheduler", {"id": owner, "now": self.encode_time(now)})
         return renewed
 
@@ -55,6 +74,7 @@ class LeaseOps(QueueOps):
         state: RunState,
         exit_code: int | None,
         error: str | None = None,
+        reserve_rerun_for: str | None = None,
     ) -> FinalizeResult:
         """End a claimed run and its item in one transaction, and queue its rerun if due.
 
@@ -62,7 +82,9 @@ class LeaseOps(QueueOps):
         with ``fence``. The run gets ``state`` (terminal), the item becomes done, the run's
         locks are released. A rerun
         is queued when the run asked for one, succeeded, was started by a schedule or by
-        hand, and its chain has had fewer than ``max_reruns`` reruns.
+        hand, and its chain has had fewer than ``max_reruns`` reruns; with
+        ``reserve_rerun_for``, the rerun is reserved for that owner (see ``reserve``), as
+        `corral run` in the foreground runs its reruns itself.
         """
         if not state.is_terminal:
             raise ValueError(f"finalize needs a terminal state, got {state.value!r}")
@@ -88,7 +110,61 @@ class LeaseOps(QueueOps):
             await self.settle_calls_in(tx, ended)
             item = self.item_from_row(item_row)
             rerun = None if project is None else await self._rerun(tx, project, ended, item)
+            if rerun is not None and reserve_rerun_for is not None:
+                rerun = await self._reserve_in(tx, rerun.id, reserve_rerun_for, _RESERVE_SECONDS)
         return FinalizeResult(ended, item, rerun)
+
+    async def release(self, run_id: str, *, fence: int, reason: str) -> Run:
+        """End a claimed run as killed with ``reason`` and give its item back to the queue,
+        in one transaction: a run interrupted by a shutdown is work to do again.
+
+        The item keeps its place (its id, so it comes before anything queued after it);
+        the attempt counts, as a lost one does, so it stays outside the queue bound. The
+        run's locks are released and a call it was answering is pending again. Refused
+        with StaleFence, changing nothing, unless the item is still claimed with ``fence``.
+        """
+        async with self.transaction() as tx:
+            await self.lock_project(tx)
+            run = await self._require_run(tx, run_id)
+            params = {"item_id": run.item_id, "fence": fence}
+            item_row = await tx.fetch_one("release_item", params)
+            if item_row is None:
+                raise StaleFence(await self._stale(tx, run, fence))
+            ended = await self._end_run(tx, run, RunState.KILLED, None, reason)
+            await self.release_run_locks_in(tx, run.id)
+            await self.requeue_calls_in(tx, self.item_from_row(item_row))
+        return ended
+
+    async def reserve(self, item_id: int, owner: str, *, seconds: float) -> QueueItem | None:
+        """Keep queued item ``item_id`` for ``owner`` for ``seconds`` more: no one else may
+        claim it until then (``claim`` with ``item_id``). None when it is no longer queued.
+
+        `corral run` in the foreground reserves the item it queued, in the transaction
+        that queues it (``enqueue_reserved``), and renews the reservation while it waits
+        for a slot; if it dies, the reservation lapses and any scheduler runs the item.
+        """
+        async with self.transaction() as tx:
+            return await self._reserve_in(tx, item_id, owner, seconds)
+
+    async def enqueue_reserved(self, new: NewItem, *, owner: str, seconds: float) -> EnqueueResult:
+        """``enqueue``, and ``reserve`` the new item for ``owner``, in one transaction."""
+        async with self.transaction() as tx:
+            project = await self.lock_project(tx)
+            result = await self._enqueue_locked(tx, project, new, "drop_oldest")
+            if result.item.state is not ItemState.QUEUED:
+                return result
+            reserved = await self._reserve_in(tx, result.item.id, owner, seconds)
+        return result if reserved is None else replace(result, item=reserved)
+
+    async def _reserve_in(
+        self, tx: Transaction, item_id: int, owner: str, seconds: float
+    ) -> QueueItem | None:
+        if seconds <= 0:
+            raise ValueError(f"a reservation needs seconds > 0, got {seconds}")
+        expires = self.encode_time(self.now() + timedelta(seconds=seconds))
+        params = {"id": item_id, "owner": owner, "expires_at": expires}
+        row = await tx.fetch_one("reserve_item", params)
+        return None if row is None else self.item_from_row(row)
 
     async def _stale(self, tx: Transaction, run: Run, fence: int) -> str:
         what = f"run {run.id} (fence {fence}) may not finish"

@@ -139,6 +139,11 @@ WHERE a.agent = :agent
 -- name: find_dedupe
 SELECT * FROM corral_queue WHERE dedupe_key = :dedupe_key
 
+-- name: find_dedupe_any
+-- The item stored under any of :keys (a key and its aliases), oldest first.
+SELECT * FROM corral_queue WHERE dedupe_key IN (SELECT value FROM json_each(:keys))
+ORDER BY id LIMIT 1
+
 -- name: count_queued
 -- The items that count against the queue bound: queued and never tried. An item given
 -- back after a lost lease (attempts > 0) is outside the bound and never dropped for newer.
@@ -172,7 +177,7 @@ WITH active AS (
     SELECT agent, count(*) AS n FROM corral_queue WHERE state = 'claimed' GROUP BY agent
 ),
 ranked AS (
-    SELECT q.id, q.agent,
+    SELECT q.id, q.agent, q.lease_owner, q.lease_expires_at,
            row_number() OVER (PARTITION BY q.agent ORDER BY q.id) AS position,
            a.scale - coalesce(active.n, 0) AS free
     FROM corral_queue q
@@ -180,7 +185,11 @@ ranked AS (
     LEFT JOIN active ON active.agent = q.agent
     WHERE q.state = 'queued' AND a.present = 1 AND a.enabled = 1 AND a.paused = 0
 )
-SELECT id, agent FROM ranked WHERE position <= free ORDER BY id LIMIT :limit
+-- An item reserved for a `corral run` in the foreground (a queued item with an unexpired
+-- lease) keeps its place in line, but only its owner may claim it.
+SELECT id, agent FROM ranked
+WHERE position <= free AND (lease_owner IS NULL OR lease_expires_at < :now)
+ORDER BY id LIMIT :limit
 
 -- name: claimable_item
 -- One given item, if its agent may take it now (FIFO order aside: it was asked for).
@@ -188,6 +197,7 @@ SELECT q.id, q.agent
 FROM corral_queue q
 JOIN corral_agents a ON a.agent = q.agent
 WHERE q.id = :item_id AND q.state = 'queued'
+  AND (q.lease_owner IS NULL OR q.lease_owner = :owner OR q.lease_expires_at < :now)
   AND a.present = 1 AND a.enabled = 1 AND a.paused = 0
   AND a.scale > (SELECT count(*) FROM corral_queue c
                  WHERE c.agent = q.agent AND c.state = 'claimed')
@@ -210,6 +220,27 @@ RETURNING *
 -- name: renew_leases
 UPDATE corral_queue SET lease_expires_at = :expires_at
 WHERE state = 'claimed' AND lease_owner = :owner
+
+-- name: renew_run_leases
+UPDATE corral_queue SET lease_expires_at = :expires_at
+WHERE state = 'claimed' AND lease_owner = :owner
+  AND run_id IN (SELECT value FROM json_each(:run_ids))
+
+-- name: reserve_item
+-- A queued item only ``owner`` may claim until ``expires_at`` (`corral run` in the
+-- foreground); claiming it, or a requeue, replaces the reservation.
+UPDATE corral_queue SET lease_owner = :owner, lease_expires_at = :expires_at
+WHERE id = :id AND state = 'queued'
+RETURNING *
+
+-- name: release_item
+-- A run interrupted by a shutdown: its item goes back to the queue in its old place
+-- (its id). The attempt counts, as a lost one does, so the item stays outside the queue
+-- bound and is never dropped to make room.
+UPDATE corral_queue
+SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
+WHERE id = :item_id AND state = 'claimed' AND fence = :fence
+RETURNING *
 
 -- name: heartbeat_scheduler
 UPDATE corral_schedulers SET heartbeat_at = :now WHERE id = :id
@@ -514,10 +545,12 @@ WHERE source = :source AND delivery_id = :delivery_id AND replay_of IS NULL
 -- name: insert_receipt
 INSERT INTO corral_webhook_receipts
     (id, source, event, delivery_id, received_at, headers, body, body_size, body_truncated,
-     verified, verification, outcome, error, results, replay_of, duplicate_of)
+     verified, verification, outcome, error, results, replay_of, duplicate_of,
+     repeat_key)
 VALUES (:id, :source, :event, :delivery_id, :received_at, :headers, :body, :body_size,
         :body_truncated, :verified, :verification, :outcome, :error, :results, :replay_of,
-        :duplicate_of)
+        :duplicate_of,
+        :repeat_key)
 
 -- name: get_receipt
 SELECT * FROM corral_webhook_receipts WHERE id = :id
@@ -532,7 +565,31 @@ ORDER BY received_at DESC, id DESC
 LIMIT :limit
 
 -- name: prune_receipts
-DELETE FROM corral_webhook_receipts WHERE received_at < :older_than
+-- Every receipt received before older_than; a stranger's (0010) before strangers_before.
+DELETE FROM corral_webhook_receipts
+WHERE received_at < :older_than
+   OR (repeat_key IS NOT NULL AND received_at < :strangers_before)
+
+-- name: prune_stranger_receipts
+DELETE FROM corral_webhook_receipts
+WHERE repeat_key IS NOT NULL AND received_at < :strangers_before
+
+-- name: recent_repeats
+-- A stranger's receipts of one kind since a time: how many, and the newest.
+SELECT count(*) AS n, max(received_at) AS newest FROM corral_webhook_receipts
+WHERE repeat_key = :repeat_key AND received_at >= :since
+
+-- name: count_repeat
+-- Count one more delivery on the newest receipt of a kind (recent_repeats' newest).
+UPDATE corral_webhook_receipts
+SET repeats = repeats + 1, last_repeat_at = :now
+WHERE id = (
+    SELECT id FROM corral_webhook_receipts
+    WHERE repeat_key = :repeat_key AND received_at >= :since
+    ORDER BY received_at DESC, id DESC
+    LIMIT 1
+)
+RETURNING *
 
 -- Operator tokens (0007) ------------------------------------------------------------------
 
@@ -574,3 +631,20 @@ WHERE r.ended_at >= :since OR r.started_at >= :since
 -- name: metrics_items_set_aside_since
 SELECT * FROM corral_queue
 WHERE state IN ('dropped', 'rejected') AND finished_at >= :since
+
+-- name: prune_request_keys
+-- Idempotency keys past their time (see 0008); every keyed request prunes them first.
+DELETE FROM corral_request_keys WHERE expires_at < :now
+
+-- name: find_request_key
+SELECT * FROM corral_request_keys WHERE key = :key
+
+-- name: insert_request_key
+INSERT INTO corral_request_keys
+    (key, fingerprint, agent, item_id, dropped, created_at, expires_at)
+VALUES (:key, :fingerprint, :agent, :item_id, :dropped, :now, :expires_at)
+
+-- name: bound_lock_waits
+-- A request's transaction waits this long at most for a row lock (SQLite: the file's
+-- write lock is taken at BEGIN IMMEDIATE, bounded by the busy timeout; nothing to do).
+SELECT 1 AS bounded
