@@ -14,11 +14,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from corral.gateway.agent_api import (
-    AgentApi,
-    agent_router,
-    install_error_handlers,
-)
+from corral.gateway.agent_api import AgentApi, install_agent_api
 from corral.gateway.control import install_control, operator
 from corral.gateway.dashboard import install_dashboard
 from corral.gateway.metrics import FleetMetrics, metrics_router
@@ -46,9 +42,7 @@ def create_app(
     (name -> token) under its name. ``public_metrics``: /metrics without a token.
     """
     app = FastAPI(title="corral gateway", version="1", docs_url=None, redoc_url=None)
-    install_error_handlers(app)
-    app.state.agent_api = AgentApi(scheduler.project, scheduler.store, scheduler.link)
-    app.include_router(agent_router(app.state.agent_api))
+    install_agent_api(app, AgentApi(scheduler.project, scheduler.store, scheduler.link))
     install_webhooks(app, scheduler)
     fixed = dict(fixed_tokens or {})
     if token:
@@ -70,7 +64,5 @@ def create_app(
 def create_agent_app(project: Project, store: Store, link: AgentLink) -> FastAPI:
     """The agent API alone: what `corral run` serves for the run it starts itself."""
     app = FastAPI(title="corral gateway (agent API)", version="1", docs_url=None, redoc_url=None)
-    install_error_handlers(app)
-    app.state.agent_api = AgentApi(project, store, link)
-    app.include_router(agent_router(app.state.agent_api))
+    install_agent_api(app, AgentApi(project, store, link))
     return app

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from corral.errors import StoreError
+from corral.errors import StoreConflict
 from corral.store._core import Row, Transaction
 from corral.store._queue import QUEUE_FULL, QueueOps
 from corral.store.records import (
@@ -59,7 +59,7 @@ class CallOps(QueueOps):
             project = await self.lock_project(tx)
             caller = await self._require_run(tx, caller_run_id)
             if caller.state not in _LIVE:
-                raise StoreError(
+                raise StoreConflict(
                     f"run {caller.id} cannot call {target_agent!r}: it has ended "
                     f"({caller.state.value})"
                 )
@@ -216,7 +216,7 @@ class CallOps(QueueOps):
             row = await tx.fetch_one(query, {"id": run_id, **params})
             if row is None:
                 current = await self._require_run(tx, run_id)
-                raise StoreError(
+                raise StoreConflict(
                     f"cannot {what} run {run_id}: it has ended ({current.state.value})"
                 )
             return row

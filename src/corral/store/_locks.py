@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from corral.errors import StoreError
+from corral.errors import StoreConflict, StoreError
 from corral.store._core import Row, StoreCore, Transaction
 from corral.store.records import Deadlock, Lock, LockGrant, LockHeld, LockWaiter, RunState
 
@@ -37,7 +37,7 @@ class LockOps(StoreCore):
         now, with the same token (``refreshed=True``). Held unexpired by another run:
         ``LockHeld`` naming it, and nothing is written. An expired lock that runs are
         waiting for (``wait_for_lock``) goes to the first of them, not to a try-lock.
-        StoreError for an unknown run or one that has ended.
+        StoreConflict for an unknown run or one that has ended.
         """
         _check_ttl(ttl_seconds)
 
@@ -199,9 +199,9 @@ class LockOps(StoreCore):
     async def _require_live(self, tx: Transaction, key: str, run_id: str) -> None:
         row = await tx.fetch_one("live_run_for_lock", {"run_id": run_id})
         if row is None:
-            raise StoreError(f"cannot lock {key!r}: no run {run_id!r} in {self.url}")
+            raise StoreConflict(f"cannot lock {key!r}: no run {run_id!r} in {self.url}")
         if row["state"] not in _LIVE:
-            raise StoreError(
+            raise StoreConflict(
                 f"cannot lock {key!r} for run {run_id}: the run has ended "
                 f"({row['state']}); its locks were released with it ({self.url})"
             )
