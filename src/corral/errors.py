@@ -3,7 +3,10 @@
     CorralError
     ├── ConfigError        a project, agent or overlay file is wrong (carries every issue)
     ├── StoreError         the state store failed or refused
+    │   ├── StoreConflict       what the store holds refuses the change
+    │   │   └── RequestKeyReused    an idempotency key sent with a different request
     │   ├── StoreUnavailable    cannot connect / open
+    │   │   └── StoreBusy           not within the wait bound; retry later
     │   ├── MigrationError      schema migrations could not be applied
     │   └── StaleFence          a run acted on a queue item it no longer holds
     ├── RunError           a run could not be started or recorded
@@ -21,8 +24,10 @@ __all__ = [
     "ConfigIssue",
     "CorralError",
     "MigrationError",
+    "RequestKeyReused",
     "RunError",
     "StaleFence",
+    "StoreBusy",
     "StoreConflict",
     "StoreError",
     "StoreUnavailable",
@@ -78,6 +83,20 @@ class StoreConflict(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be opened or reached."""
+
+
+class StoreBusy(StoreUnavailable):
+    """The store did not take the change within the bound corral waits for it (no pooled
+    connection free, a row or the SQLite file locked by another writer). Nothing was
+    changed; trying again after ``retry_after`` seconds may succeed."""
+
+    def __init__(self, message: str, *, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestKeyReused(StoreConflict):
+    """An idempotency key came again with a different request; nothing was changed."""
 
 
 class MigrationError(StoreError):

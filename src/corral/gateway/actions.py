@@ -21,10 +21,11 @@ import socket
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
-from corral.errors import CorralError, StoreConflict
+from corral.errors import CorralError, RequestKeyReused, StoreConflict
 from corral.project import Project
+from corral.scheduler.service import log_dropped
 from corral.store import (
     AgentState,
     EnqueueResult,
@@ -124,19 +125,23 @@ def token_actor(name: str) -> str:
 
 
 async def queue_run(
-    scheduler: Target, agent: str, prompt: str | None, *, actor: str
+    scheduler: Target, agent: str, prompt: str | None, *, actor: str, key: str | None = None
 ) -> EnqueueResult:
     """Queue a manual run of ``agent``; the result says whether it was queued, rejected
-    (with the reason) or pushed older items out. 404 for an agent the project lacks."""
+    (with the reason) or pushed older items out. 404 for an agent the project lacks.
+
+    The item, its audit entry and ``key`` (an idempotency key) are recorded in one
+    transaction. A ``key`` sent before with the same request answers that request's item
+    (``duplicate``), queueing nothing; with another request it is refused (422)."""
     _require_agent(scheduler, agent)
-    result = await scheduler.submit(NewItem(agent=agent, trigger=TriggerKind.MANUAL, prompt=prompt))
-    item = result.item
-    detail: dict[str, Any] = {"item": item.id, "state": item.state.value}
-    if item.reason:
-        detail["reason"] = item.reason
-    if result.dropped:
-        detail["dropped"] = [d.id for d in result.dropped]
-    await scheduler.store.audit(actor, "run.trigger", agent, detail)
+    new = NewItem(agent=agent, trigger=TriggerKind.MANUAL, prompt=prompt)
+    try:
+        result = await scheduler.store.enqueue_request(new, actor=actor, key=key)
+    except RequestKeyReused as exc:
+        raise ActionError(422, str(exc)) from None
+    if not result.duplicate:
+        log_dropped([result])
+        scheduler.wake()
     return result
 
 

@@ -1,8 +1,9 @@
 """Cron triggers: each agent's `schedule`, in the host's time zone.
 
 Every scheduler sharing a store runs this loop; a tick is enqueued with a
-dedupe key naming the agent and the tick's time, so the store keeps exactly
-one item per tick however many schedulers saw it.
+dedupe key naming the agent and the tick's instant in UTC, so the store keeps
+exactly one item per tick however many schedulers saw it, whatever time zone
+each of them runs in.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from croniter import croniter
 
 from corral.project import Project
 from corral.store import EnqueueResult, NewItem, TriggerKind
 
-__all__ = ["CronTriggers", "next_tick", "tick_key"]
+__all__ = ["CronTriggers", "legacy_tick_keys", "next_tick", "tick_key"]
 
 log = logging.getLogger("corral.cron")
 
@@ -35,9 +36,27 @@ def next_tick(expression: str, after: datetime) -> datetime:
     return value
 
 
+#: Every UTC offset a host's zone can have, in quarter hours: -12:00 ... +14:00.
+_OFFSETS = tuple(timedelta(minutes=15 * q) for q in range(-48, 57))
+
+
 def tick_key(agent: str, tick: datetime) -> str:
-    """The dedupe key of one tick: the same on every scheduler that sees it."""
-    return f"schedule:{agent}:{tick.astimezone().isoformat(timespec='minutes')}"
+    """The dedupe key of one tick: the same on every scheduler that sees it, whatever
+    its time zone (the instant in UTC, to the minute)."""
+    return f"schedule:{agent}:{tick.astimezone(UTC).isoformat(timespec='minutes')}"
+
+
+def legacy_tick_keys(agent: str, tick: datetime) -> tuple[str, ...]:
+    """The keys earlier corral versions gave this tick: its local time in whatever
+    zone that scheduler ran, so one per UTC offset. A store shared with such a scheduler
+    during an upgrade may hold the tick under any of them (the UTC one is ``tick_key``)."""
+    instant = tick.astimezone(UTC)
+    keys = (
+        f"schedule:{agent}:{instant.astimezone(timezone(offset)).isoformat(timespec='minutes')}"
+        for offset in _OFFSETS
+        if offset
+    )
+    return tuple(keys)
 
 
 class CronTriggers:
@@ -84,7 +103,12 @@ class CronTriggers:
                 extra={"action": "tick_skipped", "agent": agent},
             )
             return None
-        new = NewItem(agent=agent, trigger=TriggerKind.SCHEDULE, dedupe_key=tick_key(agent, tick))
+        new = NewItem(
+            agent=agent,
+            trigger=TriggerKind.SCHEDULE,
+            dedupe_key=tick_key(agent, tick),
+            dedupe_aliases=legacy_tick_keys(agent, tick),
+        )
         result = await self._submit(new)
         if not result.duplicate:
             log.info("tick of %s", agent, extra={"action": "tick_enqueued", "agent": agent})

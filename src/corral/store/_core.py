@@ -69,14 +69,19 @@ class Transaction(ABC):
         try:
             await self._script(sql)
         except self._driver_errors as exc:
-            raise StoreError(f"{what} failed on {self._url}: {exc}") from exc
+            raise self.failure(f"{what} failed on {self._url}", exc) from exc
 
     async def _run(self, name: str, params: Params | None) -> tuple[list[Row], int]:
         sql = self._queries[name]
         try:
             return await self._execute(sql, dict(params or {}))
         except self._driver_errors as exc:
-            raise StoreError(f"query {name} failed on {self._url}: {exc}") from exc
+            raise self.failure(f"query {name} failed on {self._url}", exc) from exc
+
+    def failure(self, what: str, exc: Exception) -> StoreError:
+        """The store error for driver error ``exc``: ``StoreBusy`` where the backend says
+        the wait for another writer ran out (the caller may retry), else ``StoreError``."""
+        return StoreError(f"{what}: {exc}")
 
     @abstractmethod
     async def _execute(self, sql: str, params: dict[str, Any]) -> tuple[list[Row], int]:

@@ -6,6 +6,11 @@ unqualified and live in the first schema of the connection's search_path; a URL 
 ``postgresql://u@h/db?options=-csearch_path%3Dmy_schema`` therefore puts a whole store,
 its migration bookkeeping included, in ``my_schema``.
 
+Waits are bounded: a transaction that finds no pooled connection free within
+``POOL_WAIT_S`` fails with ``StoreBusy`` (nothing ran, so nothing commits later), as does a
+request transaction that waits longer than its lock timeout for a row another writer holds
+(``bound_lock_waits``). The gateway answers both 503 with ``Retry-After``.
+
 Encoding: timestamps are ``timestamptz`` (aware datetimes, read back as UTC); JSON is
 ``jsonb``.
 """
@@ -22,7 +27,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from corral.errors import StoreError, StoreUnavailable
+from corral.errors import StoreBusy, StoreError, StoreUnavailable
 from corral.store._base import Dialect, Row, Store, Transaction
 
 __all__ = ["PostgresStore"]
@@ -30,7 +35,11 @@ __all__ = ["PostgresStore"]
 CONNECT_TIMEOUT_S = 10
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 8
-POOL_WAIT_S = 30.0
+#: The longest a transaction waits for a pooled connection before ``StoreBusy``: a few
+#: seconds, so a client is answered (503, retry) before it gives up and retries itself.
+POOL_WAIT_S = 5.0
+#: What ``StoreBusy`` suggests a client waits before trying again, in seconds.
+RETRY_AFTER_S = 2
 
 
 def _text_safe(value: Any) -> Any:
@@ -69,6 +78,15 @@ class PostgresTransaction(Transaction):
     async def _script(self, sql: str) -> None:
         # Without parameters psycopg sends the text as one simple query: many statements.
         await self._conn.execute(sql)
+
+    def failure(self, what: str, exc: Exception) -> StoreError:
+        if isinstance(exc, psycopg.errors.LockNotAvailable):
+            return StoreBusy(
+                f"{what}: the store is busy (another writer held a row it needs past the "
+                "lock timeout); nothing was changed, try again",
+                retry_after=RETRY_AFTER_S,
+            )
+        return super().failure(what, exc)
 
 
 class PostgresStore(Store):
@@ -128,7 +146,11 @@ class PostgresStore(Store):
             async with pool.connection() as conn, conn.transaction():
                 yield PostgresTransaction(self, conn)
         except PoolTimeout as exc:
-            raise StoreUnavailable(f"no connection to {self.url} within {POOL_WAIT_S} s") from exc
+            raise StoreBusy(
+                f"no free connection to {self.url} within {POOL_WAIT_S:g} s (the store is "
+                "busy); nothing was changed, try again",
+                retry_after=RETRY_AFTER_S,
+            ) from exc
         except psycopg.Error as exc:
             raise StoreError(f"transaction failed on {self.url}: {exc}") from exc
 

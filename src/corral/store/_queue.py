@@ -6,11 +6,14 @@ read (queued items of an agent, active claims) cannot change before they commit.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 from collections.abc import Collection
 from datetime import timedelta
 from typing import Any, Literal
 
+from corral.errors import RequestKeyReused
 from corral.store._core import Row, Transaction
 from corral.store._usage import UsageOps
 from corral.store.records import (
@@ -23,10 +26,28 @@ from corral.store.records import (
     QueueItem,
 )
 
-__all__ = ["Overflow", "QueueOps"]
+__all__ = ["REQUEST_KEY_TTL", "Overflow", "QueueOps", "request_fingerprint"]
 
 Overflow = Literal["drop_oldest", "refuse"]
 QUEUE_FULL = "queue full"
+#: How long an idempotency key is kept: a retry within it answers the first request.
+REQUEST_KEY_TTL = timedelta(hours=24)
+#: The longest an operator's request waits for a row another writer holds (PostgreSQL;
+#: SQLite bounds the whole transaction by its busy timeout) before ``StoreBusy``.
+REQUEST_LOCK_WAIT_MS = 3000
+
+
+def request_fingerprint(new: NewItem) -> str:
+    """SHA-256 (hex) of what ``new`` asks for: a key sent again must ask the same."""
+    asked = {
+        "agent": new.agent,
+        "trigger": new.trigger.value,
+        "trigger_detail": new.trigger_detail,
+        "prompt": new.prompt,
+        "parent_run_id": new.parent_run_id,
+    }
+    text = json.dumps(asked, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class QueueOps(UsageOps):
@@ -55,12 +76,97 @@ class QueueOps(UsageOps):
             project = await self.lock_project(tx)
             return await self._enqueue_locked(tx, project, new, overflow)
 
+    async def enqueue_request(
+        self,
+        new: NewItem,
+        *,
+        actor: str,
+        key: str | None = None,
+        action: str = "run.trigger",
+        overflow: Overflow = "drop_oldest",
+    ) -> EnqueueResult:
+        """Queue an operator's request (``POST /control/runs``, ``corral run``) as ``enqueue``
+        does, in ONE transaction with its audit entry and, given ``key``, its idempotency
+        key: either all of it is recorded or none of it.
+
+        - ``key`` was recorded (within ``REQUEST_KEY_TTL``) for the same request: nothing
+          changes; the item that request queued is returned (as it is now) with the items
+          it displaced then, and ``duplicate=True``.
+        - ``key`` was recorded for a different request: ``RequestKeyReused``.
+        - Waits for a row another writer holds at most ``REQUEST_LOCK_WAIT_MS``, then
+          ``StoreBusy`` (so a request answered "busy" never commits afterwards).
+        """
+        fingerprint = request_fingerprint(new)
+        async with self.transaction() as tx:
+            await tx.execute("bound_lock_waits", {"timeout": f"{REQUEST_LOCK_WAIT_MS}ms"})
+            project = await self.lock_project(tx)
+            if key is not None:
+                earlier = await self._earlier_request(tx, key, fingerprint, new)
+                if earlier is not None:
+                    return earlier
+            result = await self._enqueue_locked(tx, project, new, overflow)
+            item = result.item
+            if key is not None:
+                await self._record_request_key(tx, key, fingerprint, result)
+            detail: dict[str, Any] = {"item": item.id, "state": item.state.value}
+            if item.reason:
+                detail["reason"] = item.reason
+            if result.dropped:
+                detail["dropped"] = [d.id for d in result.dropped]
+            if key is not None:
+                detail["key"] = key
+            await self.audit_in(tx, actor=actor, action=action, subject=new.agent, detail=detail)
+            return result
+
+    async def _earlier_request(
+        self, tx: Transaction, key: str, fingerprint: str, new: NewItem
+    ) -> EnqueueResult | None:
+        """The result of the request ``key`` named before, or None if it names none yet."""
+        await tx.execute("prune_request_keys", {"now": self.encode_time(self.now())})
+        row = await tx.fetch_one("find_request_key", {"key": key})
+        if row is None:
+            return None
+        if row["fingerprint"] != fingerprint:
+            when = self.decode_time(row["created_at"]).isoformat(timespec="seconds")
+            raise RequestKeyReused(
+                f"idempotency key {key!r} was first sent at {when} with a different request "
+                f"(a run of {row['agent']!r}); this request (a run of {new.agent!r}) was not "
+                "queued: send a new key with a new request"
+            )
+        item_row = await tx.fetch_one("get_item", {"id": row["item_id"]})
+        item = self.item_from_row(self._returned(item_row, "get_item"))
+        dropped = []
+        for dropped_id in (self.decode_json(row["dropped"]) or {}).get("ids", []):
+            dropped_row = await tx.fetch_one("get_item", {"id": dropped_id})
+            if dropped_row is not None:
+                dropped.append(self.item_from_row(dropped_row))
+        return EnqueueResult(item, tuple(dropped), duplicate=True)
+
+    async def _record_request_key(
+        self, tx: Transaction, key: str, fingerprint: str, result: EnqueueResult
+    ) -> None:
+        now = self.now()
+        params = {
+            "key": key,
+            "fingerprint": fingerprint,
+            "agent": result.item.agent,
+            "item_id": result.item.id,
+            "dropped": self.encode_json({"ids": [d.id for d in result.dropped]}),
+            "now": self.encode_time(now),
+            "expires_at": self.encode_time(now + REQUEST_KEY_TTL),
+        }
+        await tx.execute("insert_request_key", params)
+
     async def _enqueue_locked(
         self, tx: Transaction, project: ProjectState, new: NewItem, overflow: Overflow
     ) -> EnqueueResult:
         """``enqueue`` inside ``tx``, which already holds the project lock."""
         if new.dedupe_key is not None:
-            row = await tx.fetch_one("find_dedupe", {"dedupe_key": new.dedupe_key})
+            if new.dedupe_aliases:
+                keys = self.encode_list([new.dedupe_key, *new.dedupe_aliases])
+                row = await tx.fetch_one("find_dedupe_any", {"keys": keys})
+            else:
+                row = await tx.fetch_one("find_dedupe", {"dedupe_key": new.dedupe_key})
             if row is not None:
                 return EnqueueResult(self.item_from_row(row), duplicate=True)
         agent_row = await tx.fetch_one("agent_state", {"agent": new.agent})
@@ -139,15 +245,21 @@ class QueueOps(UsageOps):
             raise ValueError(f"limit must be >= 0, got {limit}")
         async with self.transaction() as tx:
             project = await self.lock_project(tx)
-            chosen = await self._claimable(tx, project, limit, item_id)
+            chosen = await self._claimable(tx, project, limit, item_id, owner)
             if not chosen:
                 return []
             return await self._claim_items(tx, owner, chosen, lease_seconds)
 
     async def _claimable(
-        self, tx: Transaction, project: ProjectState, limit: int, item_id: int | None
+        self,
+        tx: Transaction,
+        project: ProjectState,
+        limit: int,
+        item_id: int | None,
+        owner: str,
     ) -> list[Row]:
-        """The items to claim now (columns id, agent), oldest first."""
+        """The items to claim now (columns id, agent), oldest first. An item reserved for
+        another owner (``reserve``) is never among them until its reservation lapses."""
         if project.paused:
             return []
         if project.scale_cap is not None:
@@ -155,10 +267,12 @@ class QueueOps(UsageOps):
             limit = min(limit, project.scale_cap - int(self._returned(active, "count_active")["n"]))
         if limit <= 0:
             return []
+        now = self.encode_time(self.now())
         if item_id is None:
-            rows = await tx.fetch_all("claimable", {"limit": limit})
+            rows = await tx.fetch_all("claimable", {"limit": limit, "now": now})
         else:
-            rows = await tx.fetch_all("claimable_item", {"item_id": item_id})
+            params = {"item_id": item_id, "owner": owner, "now": now}
+            rows = await tx.fetch_all("claimable_item", params)
         return rows
 
     async def _claim_items(

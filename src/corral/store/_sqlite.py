@@ -7,6 +7,10 @@ lock serialises them. Writers open with ``BEGIN IMMEDIATE`` so they take the fil
 lock up front (waiting up to the busy timeout) instead of failing at their first write.
 Other processes on the same file are excluded by SQLite's own locking.
 
+Waits are bounded: a transaction waits at most ``BUSY_TIMEOUT_MS`` in all, for its turn on
+the connection and then for the file's write lock, and past that fails with ``StoreBusy``
+before it began (nothing commits later); the gateway answers 503 with ``Retry-After``.
+
 Encoding: timestamps are ISO-8601 TEXT in UTC with microseconds, fixed width, so text
 order is time order; JSON is ``json.dumps`` text.
 """
@@ -14,8 +18,10 @@ order is time order; JSON is ``json.dumps`` text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
@@ -26,12 +32,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, cast
 
-from corral.errors import StoreError, StoreUnavailable
+from corral.errors import StoreBusy, StoreError, StoreUnavailable
+from corral.locate import STATE_DIR_MODE, STATE_FILE_MODE, open_private, private_dirs
 from corral.store._base import Dialect, Row, Store, Transaction
 
 __all__ = ["SqliteStore"]
 
+#: The longest a transaction waits for its turn and the file's write lock, in all.
 BUSY_TIMEOUT_MS = 5000
+#: What ``StoreBusy`` suggests a client waits before trying again, in seconds.
+RETRY_AFTER_S = 2
+#: SQLite's primary result codes for "another connection holds the lock".
+_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 _T = TypeVar("_T")
 _SCHEME = "sqlite:///"
 
@@ -61,6 +73,9 @@ class SqliteTransaction(Transaction):
     async def _script(self, sql: str) -> None:
         await self._store.call(_script, self._conn, sql)
 
+    def failure(self, what: str, exc: Exception) -> StoreError:
+        return _failure(what, exc)
+
 
 @dataclass(frozen=True)
 class _Pending:
@@ -89,6 +104,9 @@ class _InlineTransaction(Transaction):
 
     async def _script(self, sql: str) -> None:
         _script(self._conn, sql)
+
+    def failure(self, what: str, exc: Exception) -> StoreError:
+        return _failure(what, exc)
 
 
 class SqliteStore(Store):
@@ -131,17 +149,40 @@ class SqliteStore(Store):
 
     @asynccontextmanager
     async def transaction(self, *, write: bool = True) -> AsyncIterator[Transaction]:
-        async with self._lock:
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        await self._take_turn(deadline)
+        try:
             conn = self._conn
             if conn is None:
                 raise StoreError(f"the store {self.url} is closed")
-            await self._guarded(_begin, conn, write, what="begin a transaction")
+            busy_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            await self._guarded(_begin, conn, write, busy_ms, what="begin a transaction")
             try:
                 yield SqliteTransaction(self, conn)
             except BaseException:
                 await self.call(_rollback, conn)
                 raise
-            await self._guarded(_commit, conn, what="commit")
+            try:
+                await self._guarded(_commit, conn, what="commit")
+            except StoreError:  # SQLite keeps the transaction open: it must not commit later
+                await self.call(_rollback, conn)
+                raise
+        finally:
+            self._lock.release()
+
+    async def _take_turn(self, deadline: float) -> None:
+        """Take this store's connection (one transaction at a time) by ``deadline``, or
+        fail with ``StoreBusy``: the transactions ahead are waiting for another process."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise StoreBusy(
+                f"cannot begin a transaction on {self.url}: the store was busy for "
+                f"{BUSY_TIMEOUT_MS / 1000:g} s (another process holds its write lock); "
+                "nothing was changed, try again",
+                retry_after=RETRY_AFTER_S,
+            ) from None
 
     async def atomic(
         self, body: Callable[[Transaction], Awaitable[_T]], *, write: bool = True
@@ -196,9 +237,9 @@ class SqliteStore(Store):
         if not live:
             return [(False, None)] * len(batch)
         try:
-            _begin(conn, any(pending.write for pending in live))
+            _begin(conn, any(pending.write for pending in live), BUSY_TIMEOUT_MS)
         except sqlite3.Error as exc:
-            error = StoreError(f"cannot begin a transaction on {self.url}: {exc}")
+            error = _failure(f"cannot begin a transaction on {self.url}", exc)
             return [(False, error)] * len(batch)
         outcomes: list[tuple[bool, Any]] = []
         try:
@@ -233,7 +274,7 @@ class SqliteStore(Store):
         try:
             await self.call(fn, *args)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot {what} on {self.url}: {exc}") from exc
+            raise _failure(f"cannot {what} on {self.url}", exc) from exc
 
     def encode_time(self, value: datetime) -> str:
         return value.astimezone(UTC).isoformat(timespec="microseconds")
@@ -255,7 +296,7 @@ class SqliteStore(Store):
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_files(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
         conn.row_factory = _dict_row
@@ -267,6 +308,19 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _private_files(path: Path) -> None:
+    """The store's file, and the -wal, -shm and -journal files SQLite makes beside it with
+    the file's own mode: only corral's user may read them (0600; a new directory 0700)."""
+    if path.parent.name == ".corral":
+        private_dirs(path.parent, path.parent)
+    else:
+        path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+    os.close(open_private(path, os.O_RDWR))
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path.with_name(path.name + suffix), STATE_FILE_MODE)
 
 
 def _enter_wal(conn: sqlite3.Connection) -> None:
@@ -304,9 +358,23 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
 
 
-def _begin(conn: sqlite3.Connection, write: bool) -> None:
+def _failure(what: str, exc: Exception) -> StoreError:
+    """``StoreBusy`` when SQLite gave up waiting for another connection's lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    busy = (code is not None and code & 0xFF in _BUSY_CODES) or "database is locked" in str(exc)
+    if busy:
+        return StoreBusy(
+            f"{what}: the store is busy (another process held its write lock past the "
+            f"{BUSY_TIMEOUT_MS / 1000:g} s wait); nothing was changed, try again",
+            retry_after=RETRY_AFTER_S,
+        )
+    return StoreError(f"{what}: {exc}")
+
+
+def _begin(conn: sqlite3.Connection, write: bool, busy_ms: int) -> None:
     if conn.in_transaction:  # left open by a cancelled rollback
         conn.rollback()
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
     conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
 

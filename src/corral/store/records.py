@@ -238,6 +238,9 @@ class NewItem:
     rerun_count: int = 0
     #: Another item with the same key makes this one a duplicate (e.g. a webhook delivery id).
     dedupe_key: str | None = None
+    #: Other keys the same trigger may be stored under (keys earlier versions wrote): an
+    #: item under any of them makes this one a duplicate too. The item keeps ``dedupe_key``.
+    dedupe_aliases: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -655,6 +658,11 @@ class NewReceipt:
     error: str | None = None
     results: tuple[AgentResult, ...] = ()
     replay_of: str | None = None
+    #: Set for a delivery from a sender not known to be trusted (refused before it could
+    #: be verified, or unsigned and invalid): the kind it is counted under
+    #: (``refused:<source>``). Such a receipt keeps little, is counted on a recent one of
+    #: its kind when there are many, and is pruned after a day (see ``store._webhooks``).
+    repeat_key: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -682,6 +690,10 @@ class Receipt:
     replay_of: str | None
     #: The receipt that took this delivery's id first (outcome ``duplicate``).
     duplicate_of: str | None
+    #: A stranger's receipt (``NewReceipt.repeat_key``): how many more deliveries of its
+    #: kind were counted on it rather than stored, and when the last one came.
+    repeats: int = 0
+    last_repeat_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import difflib
 import sys
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from corral.cli._context import CliContext
 from corral.cli._main import cli
 from corral.cli._render import (
+    cell,
     console,
     err_console,
     fmt_cost,
@@ -23,10 +24,14 @@ from corral.cli._render import (
     fmt_tokens,
     parse_since,
     print_json,
+    safe,
 )
 from corral.cli.commands.logs import read_from
+from corral.cli.remote_run import remote_gateway, run_remote
 from corral.errors import RunError, UsageError
+from corral.gateway.actions import cli_actor
 from corral.gateway.server import serve_agent_api
+from corral.inert import OutputFilter, inert
 from corral.project import Agent, Project
 from corral.runtime._children import use_pidfd_child_watcher
 from corral.scheduler.foreground import run_in_foreground
@@ -97,7 +102,9 @@ async def live_scheduler(store: Store) -> SchedulerInfo | None:
     "-w", "--wait", is_flag=True, help="With a scheduler running: follow the run to its end."
 )
 @click.option(
-    "--foreground", is_flag=True, help="Run here and now even when a scheduler is running."
+    "--foreground",
+    is_flag=True,
+    help="Run here even when a scheduler is running (the item is reserved for this command).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Do not stream the run's output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the finished (or queued) run as JSON.")
@@ -116,15 +123,22 @@ def run_cmd(
     With a scheduler running (`corral start`), the run is queued through it like
     any other trigger (`--wait` follows it to the end). Without one, it runs
     here in the foreground with its output streamed, and `corral run` exits with
-    its outcome. PROMPT, when given, is the task (`-` reads it from stdin);
-    without it the agent gets the manual-trigger instruction to look for work.
+    its outcome; its item is reserved for this command, so no scheduler takes it.
+    PROMPT, when given, is the task (`-` reads it from stdin); without it the
+    agent gets the manual-trigger instruction to look for work.
     """
     project = obj.project()
     agent = pick_agent(project, agent_name)
     if prompt == "-":
         prompt = sys.stdin.read()
     for warning in project.warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(str(warning))}")
+        err_console.print(f"[yellow]warning:[/] {safe(warning)}")
+    remote = remote_gateway(project)
+    if remote is not None:  # queued there under an idempotency key (retries are safe)
+        here = wait or foreground
+        raise SystemExit(
+            run_remote(project, remote, agent.name, prompt, here=here, as_json=as_json)
+        )
     stream = not (quiet or as_json)
     try:
         code = asyncio.run(_run(obj, project, agent, prompt, stream, wait, foreground, as_json))
@@ -148,16 +162,18 @@ async def _run(
     async with await obj.store(project) as store:
         scheduler = None if foreground else await live_scheduler(store)
         if scheduler is None:
+            output = _Output()
             async with serve_agent_api(project, store) as link:
                 results = await run_in_foreground(
                     project,
                     store,
                     agent,
                     prompt,
-                    _stdout_sink if stream else None,
+                    output.sink if stream else None,
                     on_wait=_waiting,
                     link=link,
                 )
+            output.flush()
             runs = [r.run for r in results]
         else:
             item = await _queue(store, agent, prompt, scheduler, as_json and not wait)
@@ -175,19 +191,21 @@ async def _run(
 async def _queue(
     store: Store, agent: Agent, prompt: str | None, scheduler: SchedulerInfo, as_json: bool
 ) -> QueueItem:
-    result = await store.enqueue(
-        NewItem(agent=agent.name, trigger=TriggerKind.MANUAL, prompt=prompt)
-    )
+    # queued with its audit entry and a key of its own, as POST /control/runs queues
+    new = NewItem(agent=agent.name, trigger=TriggerKind.MANUAL, prompt=prompt)
+    result = await store.enqueue_request(new, actor=cli_actor(), key=f"cli-{uuid.uuid4()}")
     item = result.item
     if item.state is ItemState.REJECTED:
-        raise UsageError(item.reason or f"agent '{agent.name}' refused the run")
+        raise UsageError(inert(item.reason or f"agent '{agent.name}' refused the run"))
     for dropped in result.dropped:
-        err_console.print(f"[yellow]warning:[/] dropped queue item {dropped.id}: {dropped.reason}")
+        err_console.print(
+            f"[yellow]warning:[/] dropped queue item {dropped.id}: {safe(dropped.reason)}"
+        )
     if as_json:
         print_json(item_json(item))
     else:
         err_console.print(
-            f"queued a run of {agent.name} (item {item.id}) for scheduler {scheduler.id}"
+            f"queued a run of {agent.name} (item {item.id}) for scheduler {safe(scheduler.id)}"
         )
     return item
 
@@ -195,28 +213,32 @@ async def _queue(
 async def _follow(store: Store, project: Project, item: QueueItem, stream: bool) -> Run:
     """Wait for ``item``'s run to end, streaming its log when it is on this machine."""
     offset = 0
+    output = _Output()
     while True:
         current = await store.get_item(item.id)
         if current is None:
             raise RunError(f"queue item {item.id} disappeared from the store")
         run = await store.get_run(current.run_id) if current.run_id else None
         if run is not None and stream:
-            offset = _copy_log(project.root / ".corral" / "logs" / f"{run.id}.log", offset)
+            log = project.root / ".corral" / "logs" / f"{run.id}.log"
+            offset = _copy_log(log, offset, output)
         if current.state in (ItemState.DROPPED, ItemState.REJECTED, ItemState.FAILED):
-            raise RunError(f"queue item {item.id} was {current.state.value}: {current.reason}")
+            output.flush()
+            reason = inert(current.reason)
+            raise RunError(f"queue item {item.id} was {current.state.value}: {reason}")
         if run is not None and run.state.is_terminal and current.state is not ItemState.CLAIMED:
             if current.state is ItemState.QUEUED:  # lost, and queued for another attempt
                 await asyncio.sleep(_FOLLOW_POLL)
                 continue
+            output.flush()
             return run
         await asyncio.sleep(_FOLLOW_POLL)
 
 
-def _copy_log(path: Path, offset: int) -> int:
+def _copy_log(path: Path, offset: int, output: _Output) -> int:
     chunk = read_from(path, offset)
     if chunk:
-        sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
+        output.write(chunk)
     return offset + len(chunk)
 
 
@@ -226,20 +248,39 @@ def _waiting(item: QueueItem) -> None:
     )
 
 
-async def _stdout_sink(chunk: bytes) -> None:
-    sys.stdout.buffer.write(chunk)
-    sys.stdout.buffer.flush()
+class _Output:
+    """A run's output on stdout, made inert as `corral logs` shows it (colours stay;
+    other escape sequences and controls are shown escaped): docs/watching.md."""
+
+    def __init__(self) -> None:
+        self._filter = OutputFilter()
+
+    async def sink(self, chunk: bytes) -> None:
+        self.write(chunk)
+
+    def write(self, chunk: bytes) -> None:
+        _stdout(self._filter.feed(chunk))
+
+    def flush(self) -> None:
+        _stdout(self._filter.flush())
+
+
+def _stdout(text: str) -> None:
+    if text:
+        sys.stdout.buffer.write(text.encode("utf-8", errors="replace"))
+        sys.stdout.buffer.flush()
 
 
 def _summary(run: Run, project: Project) -> None:
     style = _STATE_STYLE.get(run.state, "white")
     code = "-" if run.exit_code is None else str(run.exit_code)
     log = project.root / ".corral" / "logs" / f"{run.id}.log"
+    took = fmt_duration(run.duration)
     err_console.print(
-        f"run [bold]{run.id}[/] [{style}]{run.state.value}[/] in {fmt_duration(run.duration)} "
-        f"(exit {code})" + (f": {escape(run.error)}" if run.error else "")
+        f"run [bold]{safe(run.id)}[/] [{style}]{run.state.value}[/] in {took} (exit {code})"
+        + (f": {safe(run.error)}" if run.error else "")
     )
-    err_console.print(f"log: {log}", style="dim")
+    err_console.print(f"log: {safe(log)}", style="dim")
 
 
 @cli.command("runs")
@@ -300,10 +341,10 @@ def runs_cmd(
         style = "red" if r.outcome == "over_budget" else _STATE_STYLE.get(r.state, "white")
         outcome = r.outcome + (f" ({r.budget})" if r.outcome == "over_budget" else "")
         table.add_row(
-            r.id,
-            r.agent,
-            r.trigger.value,
-            f"[{style}]{escape(outcome)}[/]",
+            cell(r.id),
+            cell(r.agent),
+            cell(r.trigger.value),
+            cell(outcome, style=style),
             "-" if r.exit_code is None else str(r.exit_code),
             fmt_time(r.started_at or r.created_at),
             fmt_duration(r.duration),
