@@ -228,7 +228,8 @@ async def test_force_release_and_replay(tab: Tab, live: DashFleet) -> None:
     await tab.page.wait_for_selector("text=No lock is held.")  # pushed live
     async with httpx.AsyncClient(base_url=live.url) as http:
         body = b'{"title": "<b>hi</b>"}'
-        sent = await http.post("/webhooks/open", content=body)
+        json_type = {"Content-Type": "application/json"}
+        sent = await http.post("/webhooks/open", content=body, headers=json_type)
     original = sent.json()["receiptId"]
     await tab.open("/dashboard/receipts")
     await tab.page.click(f"tr[data-receipt='{original}'] button:text-is('Replay')")

@@ -198,7 +198,8 @@ async def test_list_and_force_release_locks(fleet: tuple[Fleet, httpx.AsyncClien
 async def test_replay_a_webhook_receipt(fleet: tuple[Fleet, httpx.AsyncClient]) -> None:
     f, http = fleet
     body = json.dumps({"event": "deploy", "env": "prod"}).encode()
-    delivered = await http.post("/webhooks/hooks", content=body, headers={"X-Delivery-Id": "d1"})
+    headers = {"X-Delivery-Id": "d1", "Content-Type": "application/json"}
+    delivered = await http.post("/webhooks/hooks", content=body, headers=headers)
     assert delivered.status_code == 202, delivered.text
     await f.finished("hooked", 1)
     [original] = await f.store.list_receipts()

@@ -31,7 +31,7 @@ def test_exports() -> None:
 def test_records_are_frozen_with_the_documented_fields() -> None:
     fields = {
         Delivery: ["source", "headers", "body"],
-        Verification: ["ok", "detail"],
+        Verification: ["ok", "detail", "signed"],
         Event: ["source", "kind", "delivery_id", "ping", "trigger"],
         Match: ["agent", "matched", "reason"],
     }

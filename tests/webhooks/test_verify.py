@@ -92,7 +92,7 @@ def test_a_body_changed_by_one_byte_does_not_match() -> None:
 def test_allow_unsigned_accepts_a_delivery_without_a_signature() -> None:
     lenient = source(allowUnsigned=True)
     found = verify(lenient, SECRET, with_signature(None))
-    assert found == Verification(True, "unsigned; allowed by allowUnsigned")
+    assert found == Verification(True, "unsigned; allowed by allowUnsigned", signed=False)
 
 
 def test_allow_unsigned_never_accepts_a_wrong_signature() -> None:
@@ -118,7 +118,7 @@ def test_without_a_secret_only_allow_unsigned_accepts() -> None:
     )
     unchecked = verify(lenient, None, delivery_for("issues"))
     assert unchecked == Verification(
-        True, "signature not checked (no signing secret); allowed by allowUnsigned"
+        True, "signature not checked (no signing secret); allowed by allowUnsigned", signed=False
     )
 
 

@@ -16,16 +16,22 @@ webhook intake, which are for runs and senders) is served at /control/openapi.js
 from __future__ import annotations
 
 import copy
+import inspect
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from corral.errors import StoreBusy, StoreError
 from corral.gateway import actions
 from corral.gateway.actions import MAX_SCALE, ActionError
+from corral.gateway.edge import WholeNumber, json_response, problems
 from corral.gateway.token import TokenVerifier
 from corral.scheduler.service import Scheduler
 from corral.status import fleet_status
@@ -78,13 +84,25 @@ Operator = Annotated[str, Depends(operator)]
 # -- bodies and answers ----------------------------------------------------------------
 
 
+#: An idempotency key: 1 to 200 visible ASCII characters (a UUID is a good one).
+REQUEST_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+
+
 class RunRequestBody(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
     agent: str = Field(min_length=1, max_length=64)
     prompt: str | None = Field(default=None, max_length=1_000_000)
+    idempotency_key: str | None = Field(
+        default=None,
+        alias="idempotencyKey",
+        pattern=REQUEST_KEY_PATTERN,
+        description="The same as the Idempotency-Key header (give either, or both alike)",
+    )
 
 
 class ScaleBody(BaseModel):
-    scale: int = Field(ge=0, le=MAX_SCALE, description="Runs at once; 0 disables the agent")
+    scale: WholeNumber = Field(ge=0, le=MAX_SCALE, description="Runs at once; 0 disables the agent")
 
 
 class ErrorBody(BaseModel):
@@ -98,6 +116,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "missing, unknown or revoked operator token",
         404: "no such agent, run, lock or receipt",
         409: "refused in the current state",
+        422: "a body that does not validate, or an idempotency key sent with another request",
+        503: "the store is busy or failed; nothing was changed: retry after Retry-After",
     }
     return {status: {"model": ErrorBody, "description": words[status]} for status in statuses}
 
@@ -139,20 +159,37 @@ def _run_routes(router: APIRouter, scheduler: Scheduler) -> None:
         "/runs",
         status_code=202,
         summary="Queue a manual run of an agent",
-        responses=_errors(404, 409),
+        description=(
+            "With an `Idempotency-Key` header (or `idempotencyKey` in the body), a retry "
+            "of the same request within a day answers the first one's item and status "
+            "(with `Idempotent-Replayed: true`) and queues nothing; the same key with a "
+            "different request is a 422. A busy store answers 503 with `Retry-After`, "
+            "having changed nothing: retry with the same key."
+        ),
+        responses=_errors(400, 404, 409, 422, 503),
     )
-    async def queue_run(body: RunRequestBody, actor: Operator) -> Any:
-        result = await actions.queue_run(scheduler, body.agent, body.prompt, actor=actor)
+    async def queue_run(
+        body: RunRequestBody,
+        actor: Operator,
+        idempotency_key: Annotated[
+            str | None, Header(pattern=REQUEST_KEY_PATTERN, alias="Idempotency-Key")
+        ] = None,
+    ) -> Any:
+        key = _request_key(idempotency_key, body.idempotency_key)
+        result = await actions.queue_run(scheduler, body.agent, body.prompt, actor=actor, key=key)
+        headers = {"Idempotent-Replayed": "true"} if result.duplicate else None
         if result.item.state is ItemState.REJECTED:
             return JSONResponse(
                 {"ok": False, "error": result.item.reason or "", "item": item_json(result.item)},
                 status_code=409,
+                headers=headers,
             )
-        return {
+        answer = {
             "ok": True,
             "item": item_json(result.item),
             "dropped": [item_json(d) for d in result.dropped],
         }
+        return JSONResponse(answer, status_code=202, headers=headers)
 
     @router.get("/runs", summary="Recent runs, newest first")
     async def list_runs(
@@ -317,11 +354,11 @@ def install_control(app: FastAPI, scheduler: Scheduler, tokens: TokenVerifier) -
     async def refused(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ActionError)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(
-            {"ok": False, "error": exc.message}, status_code=exc.status, headers=headers
-        )
+        return json_response({"ok": False, "error": exc.message}, exc.status, headers)
 
     app.add_exception_handler(ActionError, refused)
+    _install_busy_handler(app)
+    _install_invalid_handler(app)
     cached: dict[str, Any] = {}
 
     @app.get(OPENAPI_PATH, include_in_schema=False)
@@ -329,6 +366,72 @@ def install_control(app: FastAPI, scheduler: Scheduler, tokens: TokenVerifier) -
         if "doc" not in cached:
             cached["doc"] = operator_openapi_document(app)
         return JSONResponse(cached["doc"])
+
+
+def _install_invalid_handler(app: FastAPI) -> None:
+    """A body or query of /control/* that does not validate is a 422 naming each field;
+    the answer encodes whatever input it echoes (a lone surrogate included). Other paths
+    keep the handler installed before this one."""
+    earlier = app.exception_handlers.get(RequestValidationError)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        if request.url.path.startswith("/control/") or earlier is None:
+            errors = exc.errors()
+            body = {"ok": False, "error": problems(errors), "detail": jsonable_encoder(errors)}
+            return json_response(body, 422)
+        answer = earlier(request, exc)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    app.add_exception_handler(RequestValidationError, invalid)
+    earlier_http = app.exception_handlers.get(StarletteHTTPException)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """FastAPI's own refusals (a body it cannot parse: 400) in the API's shape."""
+        assert isinstance(exc, StarletteHTTPException)
+        if request.url.path.startswith("/control/") or earlier_http is None:
+            body = {"ok": False, "error": f"bad request: {exc.detail}"}
+            if exc.status_code != 400:
+                body = {"ok": False, "error": str(exc.detail)}
+            return json_response(body, exc.status_code, dict(exc.headers or {}))
+        answer = earlier_http(request, exc)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def _request_key(header: str | None, field: str | None) -> str | None:
+    """The idempotency key of a request: the header's or the body's (400 if they differ)."""
+    if header is not None and field is not None and header != field:
+        raise ActionError(
+            400,
+            "the Idempotency-Key header and the body's idempotencyKey differ; "
+            "send one key (either place, or both alike)",
+        )
+    return header if header is not None else field
+
+
+def _install_busy_handler(app: FastAPI) -> None:
+    """A store that did not answer within its wait bound (``StoreBusy``: no pooled
+    connection, a row or the SQLite file locked by another writer) is a 503 with
+    ``Retry-After``; nothing was changed, so a retry is safe. Paths outside /control/
+    keep the answer of the store-failure handler installed before this one, with the
+    header added."""
+    earlier = app.exception_handlers.get(StoreError)
+
+    async def busy(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StoreBusy)
+        retry_after = str(exc.retry_after)
+        if request.url.path.startswith("/control/") or earlier is None:
+            body = {"ok": False, "error": str(exc)}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": retry_after})
+        answer = earlier(request, exc)
+        response: Response = await answer if inspect.isawaitable(answer) else answer
+        if response.status_code == 503:
+            response.headers["Retry-After"] = retry_after
+        return response
+
+    app.add_exception_handler(StoreBusy, busy)
 
 
 def operator_openapi_document(app: FastAPI) -> dict[str, Any]:

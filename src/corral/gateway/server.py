@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,11 +20,20 @@ from starlette.types import ASGIApp
 from corral.agentcmd import install as install_commands
 from corral.errors import UsageError
 from corral.gateway.agent_api import LockFastPath
+from corral.gateway.guard import EdgeLimits, default_limits, guarded
+from corral.locate import private_dirs
 from corral.project import Project
 from corral.scheduler.agentlink import AgentLink
 from corral.store import Store
 
-__all__ = ["GatewayServer", "bind", "bind_unix", "serve_agent_api", "unix_socket_path"]
+__all__ = [
+    "EdgeLimits",
+    "GatewayServer",
+    "bind",
+    "bind_unix",
+    "serve_agent_api",
+    "unix_socket_path",
+]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -71,7 +81,7 @@ def bind_unix(path: Path) -> socket.socket:
     A socket file left by a process that died is replaced; one that answers means another
     gateway serves this project here, which is a clear error.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_parent(path.parent)
     if path.exists():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -94,6 +104,22 @@ def bind_unix(path: Path) -> socket.socket:
     return sock
 
 
+def _private_parent(directory: Path) -> None:
+    """The socket's directory: a project's ``.corral`` or corral's own under the temporary
+    directory, 0700 and this user's (one made by someone else is refused)."""
+    if directory.name == ".corral":
+        private_dirs(directory, directory)
+        return
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise UsageError(
+            f"cannot listen in {directory}: it is not a directory of this user's "
+            "(someone else made it); remove it, or choose a shorter project path"
+        )
+    os.chmod(directory, 0o700)
+
+
 class GatewayServer(uvicorn.Server):
     """uvicorn, minus its own signal handling: `corral start` owns the signals."""
 
@@ -102,19 +128,24 @@ class GatewayServer(uvicorn.Server):
         yield
 
     @classmethod
-    def for_app(cls, app: FastAPI) -> GatewayServer:
+    def for_app(cls, app: FastAPI, limits: EdgeLimits | None = None) -> GatewayServer:
         # httptools parses HTTP several times faster than h11; the loop stays asyncio's
         # (uvloop forks slowly, and runs are spawned from this loop): docs/decisions.md.
         # Lock requests are answered in front of the app (LockFastPath, decision D16).
+        # Every connection is bounded in time, head size and number (gateway.guard).
+        edge = limits or default_limits()
         api = getattr(app.state, "agent_api", None)
         asgi: ASGIApp = app if api is None else LockFastPath(app, api)
         config = uvicorn.Config(
             asgi,
             log_level="warning",
+            # no handlers of uvicorn's own: its records reach corral's (escaping) log setup
+            log_config=None,
             access_log=False,
             lifespan="off",
             loop="asyncio",
-            http="httptools",
+            http=guarded(edge),
+            timeout_keep_alive=max(1, int(edge.keep_alive)),
         )
         return cls(config)
 

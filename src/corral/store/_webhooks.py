@@ -11,16 +11,27 @@ a ``duplicate`` of the first and queues nothing. The check reads under the proje
 so concurrent redeliveries (several gateways, several processes) record exactly one
 acceptance; a partial unique index makes that a constraint as well. Replays
 (``replay_of``) take no delivery id.
+
+A stranger's delivery (``NewReceipt.repeat_key`` set: refused before it could be trusted,
+or unsigned and invalid) is what anyone can send at no cost, so what it may add to the
+store is bounded: its receipt keeps ``REFUSED_BODY_CAP`` of the body and
+``REFUSED_HEADERS_CAP`` of the headers; past ``REFUSED_PER_HOUR`` receipts of its kind in
+an hour, it is counted on the newest of them (``repeats``) instead of stored; and such
+receipts are pruned after ``REFUSED_RETENTION``, by the hourly prune and by the next
+stranger's delivery. So strangers add at most ``REFUSED_PER_HOUR`` receipts of a few KiB an
+hour for each kind (``refused:<source>``, ``refused:unknown source``, ``invalid:<source>``),
+held a day, however many deliveries they send.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from corral.errors import StoreError
 from corral.store._core import Row, Transaction
@@ -39,6 +50,10 @@ from corral.store.records import (
 __all__ = [
     "DROPPED_HEADERS",
     "RECEIPT_BODY_CAP",
+    "REFUSED_BODY_CAP",
+    "REFUSED_HEADERS_CAP",
+    "REFUSED_PER_HOUR",
+    "REFUSED_RETENTION",
     "WebhookOps",
     "kept_headers",
     "new_receipt_id",
@@ -49,6 +64,18 @@ RECEIPT_BODY_CAP = 64 * 1024
 #: Request headers a receipt never keeps (credentials of the sender's HTTP client, not of
 #: the delivery). Signature headers are kept: they prove nothing without the secret.
 DROPPED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+#: What a stranger's receipt keeps of the body, and of the headers (as JSON), at most.
+REFUSED_BODY_CAP = 1024
+REFUSED_HEADERS_CAP = 4096
+#: Receipts of one kind of stranger's delivery stored an hour; more are counted on the last.
+REFUSED_PER_HOUR = 20
+#: How long a stranger's receipt is kept.
+REFUSED_RETENTION = timedelta(days=1)
+_REPEAT_WINDOW = timedelta(hours=1)
+#: A stranger's header value is cut to this many characters, its name to the next.
+_STRANGER_VALUE = 256
+_STRANGER_NAME = 64
 
 _TAKES_DELIVERY_ID = (ReceiptOutcome.ACCEPTED, ReceiptOutcome.PING)
 
@@ -116,9 +143,33 @@ class WebhookOps(QueueOps):
                     duplicate_of=str(first["id"]),
                 )
                 return duplicate, []
+        if receipt.repeat_key is not None:
+            return await self._record_stranger(tx, receipt), []
         results, enqueued = await self._enqueue_matched(tx, project, receipt, items)
         stored = await self._insert_receipt(tx, receipt, outcome=receipt.outcome, results=results)
         return stored, enqueued
+
+    async def _record_stranger(self, tx: Transaction, receipt: NewReceipt) -> Receipt:
+        """A stranger's receipt, trimmed; or, past ``REFUSED_PER_HOUR`` of its kind this
+        hour, one more delivery counted on the newest (see the module docstring)."""
+        now = self.now()
+        await tx.execute(
+            "prune_stranger_receipts",
+            {"strangers_before": self.encode_time(now - REFUSED_RETENTION)},
+        )
+        params = {"repeat_key": receipt.repeat_key, "since": self.encode_time(now - _REPEAT_WINDOW)}
+        recent = await tx.fetch_one("recent_repeats", params)
+        if recent is not None and int(recent["n"]) >= REFUSED_PER_HOUR:
+            row = await tx.fetch_one("count_repeat", params | {"now": self.encode_time(now)})
+            if row is not None:
+                return self.receipt_from_row(row)
+        trimmed = dataclasses.replace(
+            receipt,
+            headers=stranger_headers(receipt.headers),
+            body=receipt.body[:REFUSED_BODY_CAP],
+            body_size=max(receipt.body_size, len(receipt.body)),
+        )
+        return await self._insert_receipt(tx, trimmed, outcome=receipt.outcome, results=())
 
     async def _enqueue_matched(
         self,
@@ -171,6 +222,7 @@ class WebhookOps(QueueOps):
             duplicate_of=duplicate_of,
         )
         params = {
+            "repeat_key": receipt.repeat_key,
             "id": stored.id,
             "source": stored.source,
             "event": stored.event,
@@ -220,17 +272,24 @@ class WebhookOps(QueueOps):
         return [self.receipt_from_row(row) for row in rows]
 
     async def prune_receipts(self, older_than: datetime) -> int:
-        """Delete receipts received before ``older_than``; return how many.
+        """Delete receipts received before ``older_than``, and a stranger's receipts older
+        than ``REFUSED_RETENTION``; return how many.
 
         Their queue items and runs are not touched (runs have their own retention).
         """
-        cutoff = self.encode_time(require_aware(older_than, "older_than"))
+        params = {
+            "older_than": self.encode_time(require_aware(older_than, "older_than")),
+            "strangers_before": self.encode_time(self.now() - REFUSED_RETENTION),
+        }
         async with self.transaction() as tx:
-            return await tx.execute("prune_receipts", {"older_than": cutoff})
+            return await tx.execute("prune_receipts", params)
 
     def receipt_from_row(self, row: Row) -> Receipt:
         decoded = dict(row)
         decoded["received_at"] = self.decode_time(decoded["received_at"])
+        last = decoded.get("last_repeat_at")
+        decoded["last_repeat_at"] = None if last is None else self.decode_time(last)
+        decoded.setdefault("repeats", 0)
         decoded["headers"] = self.decode_json(decoded["headers"]) or {}
         results = decoded["results"]
         decoded["results"] = json.loads(results) if isinstance(results, str | bytes) else results
@@ -244,6 +303,22 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
         lower = name.lower()
         if lower not in DROPPED_HEADERS:
             kept[lower] = value
+    return kept
+
+
+def stranger_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """What a stranger's receipt keeps of the headers: those ``kept_headers`` keeps, each
+    name and value cut short, as many as fit in ``REFUSED_HEADERS_CAP`` as JSON."""
+    kept: dict[str, str] = {}
+    room = REFUSED_HEADERS_CAP - 2  # the braces
+    for name, value in kept_headers(headers).items():
+        short_name = name[:_STRANGER_NAME]
+        short = value if len(value) <= _STRANGER_VALUE else value[:_STRANGER_VALUE] + "…"
+        cost = len(json.dumps({short_name: short})) - 1  # the pair and its comma
+        if cost > room or short_name in kept:
+            continue
+        kept[short_name] = short
+        room -= cost
     return kept
 
 

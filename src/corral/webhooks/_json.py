@@ -10,6 +10,7 @@ read leniently: a field of an unexpected type is treated as absent.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,7 +70,49 @@ def load_object(body: bytes) -> dict[str, Any]:
         raise PayloadError(f"the body is not usable JSON: {_first_line(exc)}") from None
     if not isinstance(value, dict):
         raise PayloadError(f"the body must be a JSON object, got {describe(value)}")
+    if _MAY_HOLD_SURROGATE.search(text):
+        try:
+            _refuse_lone_surrogates(value, "")
+        except RecursionError:
+            raise PayloadError("the body is not usable JSON: it is nested too deeply") from None
     return value
+
+
+#: A ``\\uD800``-``\\uDFFF`` escape: JSON text may spell half of a UTF-16 pair alone, which
+#: decodes to a string no UTF-8 store or answer can hold. Only a body with one is walked.
+_MAY_HOLD_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _refuse_lone_surrogates(value: Any, where: str) -> None:
+    """A :class:`PayloadError` naming the first key or string holding a lone surrogate (a
+    surrogate pair was already joined into its character by the decoder)."""
+    if isinstance(value, str):
+        if not value.isascii() and _has_surrogate(value):
+            raise PayloadError(
+                f"{_place(where)} holds a lone UTF-16 surrogate (an escape from "
+                "\\ud800 to \\udfff without its pair), which is not text"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else key
+            if _has_surrogate(key):
+                raise PayloadError(f"a key in {_place(where)} holds a lone UTF-16 surrogate")
+            _refuse_lone_surrogates(item, path)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_lone_surrogates(item, f"{where}[{index}]")
+
+
+def _place(where: str) -> str:
+    return f"'{where}'" if where else "the body"
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _no_constant(name: str) -> Any:

@@ -62,6 +62,10 @@ class Verification:
 
     ok: bool
     detail: str
+    #: False when accepted without a checked signature (``allowUnsigned``): nothing but
+    #: the request itself says who sent it, so the intake also refuses what a web page
+    #: could send (see ``corral.gateway.webhooks.intake``).
+    signed: bool = True
 
 
 def verify(source: WebhookSource, secret: str | None, delivery: Delivery) -> Verification:
@@ -77,9 +81,11 @@ def verify(source: WebhookSource, secret: str | None, delivery: Delivery) -> Ver
     if not secret:
         if source.allow_unsigned:
             if given is None:
-                return Verification(True, UNSIGNED_ALLOWED)
+                return Verification(True, UNSIGNED_ALLOWED, signed=False)
             return Verification(
-                True, "signature not checked (no signing secret); allowed by allowUnsigned"
+                True,
+                "signature not checked (no signing secret); allowed by allowUnsigned",
+                signed=False,
             )
         name = delivery.source
         return Verification(
@@ -90,7 +96,7 @@ def verify(source: WebhookSource, secret: str | None, delivery: Delivery) -> Ver
         )
     if given is None:
         if source.allow_unsigned:
-            return Verification(True, UNSIGNED_ALLOWED)
+            return Verification(True, UNSIGNED_ALLOWED, signed=False)
         return Verification(False, f"no {header} header")
     return _check(source, secret, delivery.body, given)
 

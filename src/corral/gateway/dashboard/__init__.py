@@ -3,6 +3,7 @@ server-sent events for what changes, no build step. Mounted at ``/dashboard`` be
 operator token (see ``_auth``); docs/dashboard.md is the user's page.
 
     _auth     the session cookie, the token check, CSRF and origin checks
+    _host     the Host check (DNS rebinding)
     _feed     one shared producer of fleet snapshots for every open stream
     _views    the live fragments, rendered from a snapshot
     _pages    the pages (GET)
@@ -21,6 +22,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from corral.gateway.dashboard._auth import Gate
 from corral.gateway.dashboard._context import Dashboard, LoginRequired, login_url
 from corral.gateway.dashboard._feed import Feed
+from corral.gateway.dashboard._host import HostCheck, served_names
 from corral.gateway.dashboard._pages import page_routes
 from corral.gateway.dashboard._posts import Refused, post_routes, refused_handler
 from corral.gateway.dashboard._render import Renderer, security_headers
@@ -41,6 +43,7 @@ def install_dashboard(app: FastAPI, scheduler: Scheduler) -> Dashboard:
     app.include_router(stream_routes(dash))
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(Refused, refused_handler(dash))
+    app.add_middleware(HostCheck, names=served_names(scheduler.project))
     app.state.dashboard = dash
     return dash
 

@@ -573,7 +573,7 @@ ORDER BY received_at DESC, id DESC
 LIMIT %(limit)s
 
 -- name: prune_receipts
--- Every receipt received before older_than; a stranger's (0010) before strangers_before.
+-- Every receipt received before older_than; a stranger's (0009) before strangers_before.
 DELETE FROM corral_webhook_receipts
 WHERE received_at < %(older_than)s
    OR (repeat_key IS NOT NULL AND received_at < %(strangers_before)s)

@@ -221,7 +221,11 @@ CREATE TABLE corral_webhook_receipts (
     error text,
     results jsonb NOT NULL,
     replay_of text,
-    duplicate_of text
+    duplicate_of text,
+    -- 0009: a stranger's receipt: its kind, and the deliveries counted on it
+    repeat_key text,
+    repeats integer NOT NULL DEFAULT 0,
+    last_repeat_at timestamptz
 );
 
 CREATE UNIQUE INDEX corral_webhook_receipts_delivery
@@ -229,6 +233,9 @@ CREATE UNIQUE INDEX corral_webhook_receipts_delivery
     WHERE delivery_id IS NOT NULL AND replay_of IS NULL AND outcome IN ('accepted', 'ping');
 
 CREATE INDEX corral_webhook_receipts_received ON corral_webhook_receipts (received_at);
+
+CREATE INDEX corral_webhook_receipts_repeats
+    ON corral_webhook_receipts (repeat_key, received_at) WHERE repeat_key IS NOT NULL;
 
 -- Counting an agent's queued and claimed items (every enqueue and claim does) reads this
 -- index alone, however long the agent's history of done items grows.
@@ -249,3 +256,17 @@ CREATE INDEX corral_runs_started ON corral_runs (started_at)
 
 CREATE INDEX corral_queue_set_aside ON corral_queue (finished_at)
     WHERE state IN ('dropped', 'rejected');
+
+-- Idempotency keys of operator requests (0008): a retry with the same key answers the
+-- item the first request queued. Kept a day.
+CREATE TABLE corral_request_keys (
+    key text PRIMARY KEY,
+    fingerprint text NOT NULL,
+    agent text NOT NULL,
+    item_id bigint NOT NULL,
+    dropped jsonb,
+    created_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+
+CREATE INDEX corral_request_keys_expires ON corral_request_keys (expires_at);

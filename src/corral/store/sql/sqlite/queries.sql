@@ -565,7 +565,7 @@ ORDER BY received_at DESC, id DESC
 LIMIT :limit
 
 -- name: prune_receipts
--- Every receipt received before older_than; a stranger's (0010) before strangers_before.
+-- Every receipt received before older_than; a stranger's (0009) before strangers_before.
 DELETE FROM corral_webhook_receipts
 WHERE received_at < :older_than
    OR (repeat_key IS NOT NULL AND received_at < :strangers_before)
