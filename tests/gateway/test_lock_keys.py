@@ -108,3 +108,19 @@ def test_a_key_holding_the_runs_secret_is_refused(gateway: AgentGateway) -> None
     done = gateway.command("rlock", f"leak://{gateway.secret}")
     assert done.returncode == 4 and gateway.secret.encode() not in done.stdout
     assert "secret" in json.loads(done.stdout)["error"]
+
+
+def test_booleans_are_not_numbers_in_agent_requests(gateway: AgentGateway) -> None:
+    # JSON's true is not 1: an exit code or a wait given as a boolean is refused, by name.
+    headers = {"Authorization": f"Bearer {gateway.secret}", "Content-Type": "application/json"}
+    cases = [
+        ("/agent/exit", {"code": True}, "code"),
+        ("/agent/locks/acquire", {"key": "k://bool", "wait": True, "timeout": True}, "timeout"),
+        ("/agent/calls/wait", {"callIds": ["1"], "timeout": False}, "timeout"),
+    ]
+    for path, body, field in cases:
+        answer = httpx.post(gateway.url + path, json=body, headers=headers)
+        assert answer.status_code == 400, (path, answer.status_code, answer.text)
+        assert f"{field} must be" in answer.text and "boolean" in answer.text, answer.text
+    # The run is still going: a refused request changed nothing.
+    assert gateway.command("rlock", "k://still-mine").returncode == 0

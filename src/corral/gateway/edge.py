@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, ValidationInfo
 from starlette.responses import JSONResponse
 
-__all__ = ["SafeJSONResponse", "WholeNumber", "json_response", "problems"]
+__all__ = ["SafeJSONResponse", "Seconds", "WholeNumber", "json_response", "problems"]
 
 
 class SafeJSONResponse(JSONResponse):
@@ -43,9 +43,20 @@ def _not_a_boolean(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+def _seconds_not_a_boolean(value: Any, info: ValidationInfo) -> Any:
+    if isinstance(value, bool):
+        spelled = "true" if value else "false"
+        raise ValueError(
+            f"{info.field_name} must be a number of seconds, not a boolean ({spelled})"
+        )
+    return value
+
+
 #: An ``int`` taken from a request body: ``true`` and ``false`` are refused (pydantic's lax
 #: mode would read them as 1 and 0).
 WholeNumber = Annotated[int, BeforeValidator(_not_a_boolean)]
+#: A duration in seconds taken from a request body, booleans refused in the same way.
+Seconds = Annotated[float, BeforeValidator(_seconds_not_a_boolean)]
 
 
 def problems(errors: Sequence[Any]) -> str:

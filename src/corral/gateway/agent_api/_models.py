@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
+from corral.gateway.edge import Seconds, WholeNumber
 from corral.store import Call, CallState, Deadlock, LockGrant, LockHeld
 
 __all__ = [
@@ -54,7 +55,7 @@ class LockBody(BaseModel):
 
 class AcquireBody(LockBody):
     wait: bool = False
-    timeout: float | None = Field(default=None, ge=0, le=MAX_WAIT)
+    timeout: Seconds | None = Field(default=None, ge=0, le=MAX_WAIT)
 
 
 class CallBody(BaseModel):
@@ -66,7 +67,7 @@ class WaitBody(BaseModel):
     callIds: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
         min_length=1, max_length=100
     )
-    timeout: float = Field(default=DEFAULT_CALL_WAIT, ge=0, le=MAX_WAIT)
+    timeout: Seconds = Field(default=DEFAULT_CALL_WAIT, ge=0, le=MAX_WAIT)
 
 
 class ReturnBody(BaseModel):
@@ -78,7 +79,7 @@ class StatusBody(BaseModel):
 
 
 class ExitBody(BaseModel):
-    code: int = Field(default=15, ge=0, le=255)
+    code: WholeNumber = Field(default=15, ge=0, le=255)
 
 
 class EmptyBody(BaseModel):
