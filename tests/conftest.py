@@ -54,6 +54,21 @@ def _pg_admin(sql: str) -> None:
         conn.execute(sql.encode())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_corral_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A corral home of the test session's own, so that no test writes to the real
+    ``~/.corral`` (credentials, the registry of state directories); a test that needs
+    another one sets ``CORRAL_HOME`` itself."""
+    home = tmp_path_factory.mktemp("corral-home")
+    before = os.environ.get("CORRAL_HOME")
+    os.environ["CORRAL_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("CORRAL_HOME", None)
+    else:
+        os.environ["CORRAL_HOME"] = before
+
+
 @pytest.fixture(params=DIALECTS)
 def dialect(request: pytest.FixtureRequest) -> str:
     if request.param == "postgresql":

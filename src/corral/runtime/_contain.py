@@ -37,7 +37,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -346,6 +346,23 @@ def _kill_marked(run_id: str) -> int:
     return len(found)
 
 
+def _killing(run_id: str, support: ContainSupport, scan: bool) -> Generator[None, None, bool]:
+    """The rounds of killing a run's processes; it yields where the caller should wait a
+    moment before the next round, and returns True when nothing of the run is left."""
+    clean = True
+    for path in run_cgroups(support, run_id):
+        for _ in range(_KILL_ROUNDS):
+            if _kill_round(path, support.kind):
+                break
+            yield
+        clean = _remove(path) and clean
+    for _ in range(_KILL_ROUNDS if scan else 0):
+        if _kill_marked(run_id) == 0:
+            return clean
+        yield
+    return clean and not scan
+
+
 def kill_run(
     run_id: str, support: ContainSupport | None = None, *, scan: bool | None = None
 ) -> bool:
@@ -356,19 +373,13 @@ def kill_run(
     and clean-up outside an event loop; True when nothing of the run is left.
     """
     support = support or contain_support()
-    scan = support.base is None if scan is None else scan
-    clean = True
-    for path in run_cgroups(support, run_id):
-        for _ in range(_KILL_ROUNDS):
-            if _kill_round(path, support.kind):
-                break
-            time.sleep(_SETTLE)
-        clean = _remove(path) and clean
-    for _ in range(_KILL_ROUNDS if scan else 0):
-        if _kill_marked(run_id) == 0:
-            return clean
+    steps = _killing(run_id, support, support.base is None if scan is None else scan)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return bool(done.value)
         time.sleep(_SETTLE)
-    return clean and not scan
 
 
 async def kill_run_async(
@@ -376,16 +387,10 @@ async def kill_run_async(
 ) -> bool:
     """`kill_run` for the event loop: the waits between rounds do not block it."""
     support = support or contain_support()
-    scan = support.base is None if scan is None else scan
-    clean = True
-    for path in run_cgroups(support, run_id):
-        for _ in range(_KILL_ROUNDS):
-            if _kill_round(path, support.kind):
-                break
-            await asyncio.sleep(_SETTLE)
-        clean = _remove(path) and clean
-    for _ in range(_KILL_ROUNDS if scan else 0):
-        if _kill_marked(run_id) == 0:
-            return clean
+    steps = _killing(run_id, support, support.base is None if scan is None else scan)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return bool(done.value)
         await asyncio.sleep(_SETTLE)
-    return clean and not scan
