@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ __all__ = [
     "private_dirs",
     "resolve_project_root",
     "state_dir",
+    "write_private_in",
 ]
 
 #: Modes of corral's state (a project's ``.corral/``, its store file, logs, run
@@ -98,3 +100,32 @@ def open_private(path: Path, flags: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def write_private_in(
+    directory: Path, name: str, text: str, owner: tuple[int, int] | None = None
+) -> None:
+    """Write ``name`` in ``directory`` as a new 0600 file, never through a link.
+
+    For a directory a run can write to (its own ``.corral``, which belongs to the run's
+    uid in the sandbox): whatever the run left under ``name`` (a symlink to another
+    project's token, a hard link) is removed, not followed, and a ``directory`` that is
+    itself a symlink is refused. ``owner`` (uid, gid) is given to the new file by its
+    descriptor, never by its path.
+    """
+    flags = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        dir_fd = os.open(directory, flags)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror} (not a plain directory)", str(directory)) from exc
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        create = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, create, STATE_FILE_MODE, dir_fd=dir_fd)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
+            handle.write(text)
+    finally:
+        os.close(dir_fd)

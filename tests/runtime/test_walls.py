@@ -311,3 +311,43 @@ async def test_every_state_directory_is_0700_and_every_file_0600(
     finally:
         os.umask(previous)
     assert wrong == []
+
+
+@pytest.mark.parametrize("link", ["files", "directory"])
+async def test_links_a_run_plants_are_never_written_through(walls: Path, link: str) -> None:
+    # The run's own .corral belongs to its uid, and its pre hooks run before corral
+    # writes the prompt files there. A link planted under those names (or in place of
+    # the directory) must never make corral (root) write, chmod or chown another file.
+    require_sandbox()
+    victim = walls / "victim"
+    victim.mkdir(mode=0o700)
+    token = victim / "operator-token"
+    token.write_text("the real token\n")
+    token.chmod(0o600)
+    if link == "files":
+        hooks = [
+            f"ln -sf {token} /tmp/work/.corral/system-prompt.md",
+            f"ln -sf {token} /tmp/work/.corral/prompt.md",
+        ]
+    else:
+        hooks = [f"mv /tmp/work/.corral /tmp/work/moved && ln -s {victim} /tmp/work/.corral"]
+    table = SANDBOX + "[hooks]\npre = " + json.dumps(hooks) + "\n"
+    root = walls / "a"
+    store = await open_store(f"sqlite:///{root / '.corral' / 'state.db'}")
+    try:
+        async with running_fleet(
+            root, store, {"dev": {"command": "true"}}, tables={"dev": table}
+        ) as f:
+            await f.trigger("dev")
+            (run,) = await f.finished("dev", 1)
+    finally:
+        await store.close()
+    assert token.read_text() == "the real token\n"
+    info = token.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (os.geteuid(), 0o600)
+    assert sorted(p.name for p in victim.iterdir()) == ["operator-token"]
+    if link == "files":  # the planted links were replaced by the real prompt files
+        assert run.state is RunState.SUCCEEDED, run.error
+    else:  # a run directory that is not a plain directory ends the run, clearly
+        assert run.state is RunState.FAILED, run.error
+        assert "not a plain directory" in (run.error or ""), run.error

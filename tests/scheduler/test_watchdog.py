@@ -115,3 +115,24 @@ async def test_when_the_scheduler_is_gone_its_runs_are_killed(tmp_path: Path, ho
     finally:
         watchdog.close()
         await process.stop(0.1)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_a_passed_deadline_with_nothing_to_kill_does_not_spin() -> None:
+    # During a long store outage the deadline stays in the past: the watchdog must wait
+    # for news, not loop on a zero timeout.
+    watchdog = Watchdog()
+    watchdog.start()
+    try:
+        assert watchdog.pid is not None
+        watchdog.set_deadline(boottime() - 1.0)
+        await asyncio.sleep(0.3)
+        before = _cpu_seconds(watchdog.pid)
+        await asyncio.sleep(1.5)
+        assert _cpu_seconds(watchdog.pid) - before < 0.3
+    finally:
+        watchdog.close()

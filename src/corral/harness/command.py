@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import RunError
-from corral.locate import open_private
+from corral.locate import write_private_in
 from corral.runtime import LaunchSpec
 
 __all__ = ["RunFiles", "base_environment", "build_launch"]
@@ -46,13 +46,15 @@ class RunFiles:
         """Where ``setenv`` keeps variables for the rest of the run (sourced by bash)."""
         return self.prompt.parent / "env.sh"
 
-    def write(self, prompt: str, system_prompt: str) -> None:
-        """Write both prompt files, private to corral's user (0600) from the start."""
+    def write(self, prompt: str, system_prompt: str, owner: tuple[int, int] | None = None) -> None:
+        """Write both prompt files, 0600 from the start (``owner``'s, when given).
+
+        The run's hooks have run in this directory before: a name it turned into a link
+        is replaced, never written through (`write_private_in`).
+        """
         self.prompt.parent.mkdir(parents=True, exist_ok=True)
         for path, text in ((self.prompt, prompt), (self.system_prompt, system_prompt)):
-            fd = open_private(path, os.O_WRONLY | os.O_TRUNC)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            write_private_in(path.parent, path.name, text, owner)
 
 
 def base_environment(inherit: Mapping[str, str] | None = None) -> dict[str, str]:

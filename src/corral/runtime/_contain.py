@@ -385,12 +385,6 @@ def kill_run(
 async def kill_run_async(
     run_id: str, support: ContainSupport | None = None, *, scan: bool | None = None
 ) -> bool:
-    """`kill_run` for the event loop: the waits between rounds do not block it."""
-    support = support or contain_support()
-    steps = _killing(run_id, support, support.base is None if scan is None else scan)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return bool(done.value)
-        await asyncio.sleep(_SETTLE)
+    """`kill_run` for the event loop: the rounds (``/proc`` scans, cgroup freezes, the
+    waits between them) run in a worker thread, so renewals are never held up by them."""
+    return await asyncio.to_thread(kill_run, run_id, support, scan=scan)

@@ -174,11 +174,19 @@ class RunExecutor:
         """
         if run_id not in self._active:
             return False
-        self._stop_reasons.setdefault(run_id, reason)
-        if requeue:
+        # A shutdown gives back only work nobody asked to end: a run an operator killed,
+        # or one that asked for al-exit, keeps that end.
+        if requeue and run_id not in self._stop_reasons and run_id not in self._exit_codes:
             self._requeue.add(run_id)
+        self._stop_reasons.setdefault(run_id, reason)
         await self._halt(run_id)
         return True
+
+    def mark_fenced(self, run_id: str, reason: str) -> None:
+        """Record that the run's processes were (or may have been) killed by the watchdog:
+        its end hands the item back instead of recording an outcome."""
+        if run_id in self._active:
+            self._fenced.setdefault(run_id, reason)
 
     def _fail(self, run_id: str, reason: str) -> None:
         """End the run because of a fault of corral's own (a full disk): it is recorded
@@ -195,8 +203,8 @@ class RunExecutor:
         """Kill everything of a run whose lease could not be renewed in time, and record
         no outcome for it: its lease is handed back (the run becomes lost, its item is
         delivered again), not finalised as if nothing had happened."""
-        if run_id not in self._active:
-            return False
+        if run_id not in self._active or run_id in self._stop_reasons:
+            return False  # already being stopped: the kill is not repeated on every tick
         self._fenced.setdefault(run_id, reason)
         self._stop_reasons.setdefault(run_id, reason)
         await kill_run_async(run_id, scan=True)

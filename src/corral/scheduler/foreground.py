@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import socket
@@ -24,7 +25,10 @@ from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.executor import RunExecutor, RunResult
 from corral.scheduler.orphans import reap_orphans
 from corral.scheduler.service import SchedulerOptions, sync_config
-from corral.store import Claim, ItemState, NewItem, QueueItem, Store, TriggerKind
+from corral.scheduler.watchdog import boottime, fence_deadline
+from corral.store import Claim, ItemState, NewItem, QueueItem, Store, StoreError, TriggerKind
+
+log = logging.getLogger("corral.run")
 
 __all__ = ["run_in_foreground"]
 
@@ -112,18 +116,46 @@ async def _execute(
     sink: Sink | None,
     opts: SchedulerOptions,
 ) -> RunResult:
+    run_id = claim.run.id
+
     async def keep_lease() -> None:
+        """Renew the run's lease; a failed renewal is tried again every second, and a
+        run whose lease could lapse is stopped first (self-fencing, as a scheduler's
+        watchdog does: docs/decisions.md D24)."""
+        deadline = fence_deadline(boottime(), opts.lease_seconds)
+        due = boottime() + opts.renew_every
         while True:
-            await asyncio.sleep(opts.renew_every)
-            await store.renew_leases(
-                owner, lease_seconds=opts.lease_seconds, run_ids={claim.run.id}
-            )
+            await asyncio.sleep(min(1.0, opts.renew_every))
+            if boottime() >= deadline:
+                reason = (
+                    f"self-fenced: `corral run` could not renew the lease of run {run_id} "
+                    f"in time (lease {opts.lease_seconds:g} s), so it stopped the run "
+                    "before the lease could lapse"
+                )
+                log.error(reason, extra={"action": "self_fenced", "run_id": run_id})
+                await executor.fence_off(run_id, reason)
+                return
+            if boottime() < due:
+                continue
+            sent = boottime()
+            try:
+                await store.renew_leases(owner, lease_seconds=opts.lease_seconds, run_ids={run_id})
+            except StoreError as exc:
+                log.warning("could not renew the lease of run %s (%s); trying again", run_id, exc)
+                due = boottime() + 1.0
+                continue
+            deadline = max(deadline, fence_deadline(sent, opts.lease_seconds))
+            due = sent + opts.renew_every
 
     async def watch_kills() -> None:
         while True:
             await asyncio.sleep(opts.supervise_every)
-            if any(r.id == claim.run.id for r in await store.kill_requests(owner)):
-                await executor.stop(claim.run.id, "killed by an operator")
+            try:
+                requests = await store.kill_requests(owner)
+            except StoreError:
+                continue  # the store is failing: keep_lease decides what that means
+            if any(r.id == run_id for r in requests):
+                await executor.stop(run_id, "killed by an operator")
                 return
 
     helpers = [asyncio.create_task(keep_lease()), asyncio.create_task(watch_kills())]
@@ -133,5 +165,5 @@ async def _execute(
         for task in helpers:
             task.cancel()
         for task in helpers:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

@@ -105,11 +105,9 @@ class RunPlan:
     def write_prompt(self, project: Project, system_prompt: str) -> str:
         """Assemble the prompt, write both prompt files (0600, the run's), return it."""
         prompt = build_prompt(self.prompt_context(project))
-        self.files.write(prompt, system_prompt)
         iso = self.template.isolation
-        if iso is not None and iso.uid is not None:
-            for path in (self.files.prompt, self.files.system_prompt):
-                os.chown(path, iso.uid, _gid(iso))
+        owner = (iso.uid, _gid(iso)) if iso is not None and iso.uid is not None else None
+        self.files.write(prompt, system_prompt, owner)
         return prompt
 
     def process(self, argv: Sequence[str], stdin: bytes | None = None) -> LaunchSpec:

@@ -365,7 +365,10 @@ class Scheduler:
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
-        renewed = recovered = loop.time()
+        # A loop restarted after a store error renews at once: an error in another query
+        # must not push the renewal towards the fencing deadline.
+        renewed = loop.time() - self.options.renew_every
+        recovered = loop.time()
         pruned = loop.time() - self.options.prune_every  # prune once at start
         while True:
             await asyncio.sleep(self.options.supervise_every)
@@ -404,7 +407,15 @@ class Scheduler:
         )
 
     def _renewed(self, sent: float) -> None:
-        """A renewal sent at ``sent`` succeeded: the runs may go on until the new deadline."""
+        """A renewal sent at ``sent`` succeeded: the runs may go on until the new deadline.
+
+        A renewal that comes back after the deadline passed is too late for the runs of
+        the moment: the watchdog has killed their processes, so they are handed back
+        (``fence_off``), never recorded with the outcome of a killed process."""
+        late = self.overdue()
+        if late is not None:
+            for run_id in list(self._runs):
+                self.executor.mark_fenced(run_id, late)
         self.fence_deadline = max(
             self.fence_deadline, fence_deadline(sent, self.options.lease_seconds)
         )

@@ -192,7 +192,9 @@ def serve(support: ContainSupport, fd: int = 0) -> None:
     deadline = math.inf
     pending = b""
     while True:
-        wait = 1.0 if deadline == math.inf else min(1.0, max(0.0, deadline - boottime()))
+        left = deadline - boottime()
+        # Past the deadline with nothing left to kill, wait for news instead of spinning.
+        wait = 1.0 if deadline == math.inf or left <= 0 or not runs else min(1.0, left)
         readable, _, _ = select.select([fd], [], [], wait)
         if readable:
             data = os.read(fd, 65536)
