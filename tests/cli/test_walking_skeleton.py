@@ -229,3 +229,21 @@ def test_the_skeleton_on_both_stores(corral: Corral, project: Path, store_url: s
     assert status["dialect"] == ("sqlite" if store_url.startswith("sqlite") else "postgresql")
     # Nothing was written to the default SQLite file when another store was named.
     assert store_url.startswith("sqlite") or not (project / ".corral" / "state.db").exists()
+
+
+def test_a_run_without_a_network_reaches_the_gateway_without_a_scheduler(
+    corral: Corral, project: Path
+) -> None:
+    # `corral run` with no scheduler serves the agent API itself; a sandboxed run with
+    # network = "none" must reach it over the Unix socket, as it reaches `corral start`.
+    from tests.runtime.conftest import require_sandbox
+
+    require_sandbox()
+    set_command(project, "al-status 'offline and talking' && rlock k://offline")
+    set_agent_option(project, '[runtime]\ntype = "sandbox"\nnetwork = "none"')
+    result = corral("run", "hello", cwd=project)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert '"ok": true' in result.stdout or '"ok":true' in result.stdout, result.stdout
+    [run] = runs(corral, project)
+    assert run["state"] == "succeeded"
+    assert not list((project / ".corral").glob("gateway-*.sock"))  # removed after

@@ -157,15 +157,22 @@ async def serve_agent_api(project: Project, store: Store) -> AsyncIterator[Agent
     from corral.gateway.app import create_agent_app
 
     sock = bind("127.0.0.1", 0)
+    # Runs without a network (``network = "none"``) reach it over a Unix socket, as they
+    # reach a scheduler's gateway.
+    socket_path = unix_socket_path(project.root)
+    unix_sock = bind_unix(socket_path)
     link = AgentLink(
-        f"http://127.0.0.1:{sock.getsockname()[1]}", bin_dir=project.root / ".corral" / "bin"
+        f"http://127.0.0.1:{sock.getsockname()[1]}",
+        bin_dir=project.root / ".corral" / "bin",
+        unix_url=f"unix:{socket_path}",
     )
     if link.bin_dir is not None:
         install_commands(link.bin_dir)
     server = GatewayServer.for_app(create_agent_app(project, store, link))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    serving = asyncio.create_task(server.serve(sockets=[sock, unix_sock]))
     try:
         yield link
     finally:
         server.should_exit = True
         await serving
+        socket_path.unlink(missing_ok=True)
