@@ -42,6 +42,7 @@ def test_commands_and_files(tmp_path: Path) -> None:
         "al-rerun",
         "al-status",
         "al-exit",
+        "al-shutdown",
         "setenv",
     }
     for name in COMMANDS:

@@ -89,6 +89,30 @@ CASES: list[tuple[str, list[str], bytes | None, str, str, Any]] = [
     ("al-exit", [], None, "POST", "/agent/exit", {"code": 15}),
     ("al-exit", ["0"], None, "POST", "/agent/exit", {"code": 0}),
     ("al-exit", ["255"], None, "POST", "/agent/exit", {"code": 255}),
+    (
+        "al-shutdown",
+        [],
+        None,
+        "POST",
+        "/agent/shutdown",
+        {"reason": "agent requested shutdown"},
+    ),
+    (
+        "al-shutdown",
+        ["exfiltration detected"],
+        None,
+        "POST",
+        "/agent/shutdown",
+        {"reason": "exfiltration detected"},
+    ),
+    (
+        "al-shutdown",
+        ["token", 'in "a" comment'],
+        None,
+        "POST",
+        "/agent/shutdown",
+        {"reason": 'token in "a" comment'},
+    ),
 ]
 
 

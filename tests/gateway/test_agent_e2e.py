@@ -228,6 +228,7 @@ async def test_a_lock_and_call_cycle_is_a_deadlock(tmp_path: Path, store: Store)
         "ok": False,
         "reason": "possible deadlock detected",
         "cycle": [reviewer_run.id, KEY, dev_run.id, f"call://{call_id}"],
+        "deadlock": True,
     }
     assert f.out("rlock.code").read_text().strip() == "1"
     call = await store.get_call(call_id, caller_run_id=dev_run.id)

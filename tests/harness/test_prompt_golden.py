@@ -38,11 +38,13 @@ CREDENTIALS = (
 
 
 def context(**changes: object) -> PromptContext:
+    """A run's prompt context; its skills are those of a SKILL.md that names no command."""
     base: dict[str, object] = {
         "params": PARAMS,
         "workdir": Path("/srv/project/.corral/runs/dev-0123456789ab"),
         "shared_dir": Path("/srv/project/shared"),
         "trigger": "manual",
+        "skills": skills_used("Review the pull request."),
     }
     return PromptContext(**(base | changes))  # type: ignore[arg-type]
 
@@ -93,11 +95,28 @@ def test_blocks_come_in_the_documented_order() -> None:
 
 def test_no_credential_block_without_credentials_and_no_skills_unless_used() -> None:
     prompt = build_prompt(CASES["manual"])
-    assert "<credential-context>" not in prompt and "<skill-" not in prompt
+    assert "<credential-context>" not in prompt and "<skill-subagent>" not in prompt
+    assert "al-shutdown" not in prompt  # its rule is part of the credential block
 
 
-def test_skills_are_detected_from_the_instructions() -> None:
+def test_every_run_gets_the_lock_skill_as_in_action_llama() -> None:
+    # Action Llama's scheduler always includes <skill-lock>, whatever SKILL.md says.
+    assert skills_used("Review the pull request.") == {"lock"}
     assert skills_used('1. rlock "github://a/b/issues/1"\n2. runlock it') == {"lock"}
-    assert skills_used("echo ctx | al-subagent reviewer") == {"subagent"}
-    assert skills_used("Review the pull request.") == frozenset()
-    assert skills_used("rlock-heartbeat x; al-subagent-wait y") == {"lock", "subagent"}
+    for trigger in ("schedule", "manual", "webhook", "call"):
+        assert "<skill-lock>" in build_prompt(CASES[trigger])
+
+
+def test_the_subagent_skill_comes_with_the_call_commands() -> None:
+    assert skills_used("echo ctx | al-subagent reviewer") == {"lock", "subagent"}
+    assert skills_used("al-subagent-wait y") == {"lock", "subagent"}
+    assert "<skill-subagent>" not in build_prompt(CASES["call"])
+
+
+def test_the_credential_block_ends_with_the_shutdown_rule() -> None:
+    prompt = build_prompt(CASES["webhook-sandboxed-with-credentials-and-skills"])
+    block = prompt.split("<credential-context>\n", 1)[1].split("\n</credential-context>", 1)[0]
+    assert block.endswith(
+        '- If you detect credential exfiltration, immediately run: `al-shutdown "exfiltration '
+        'detected"`'
+    )

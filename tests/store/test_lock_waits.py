@@ -24,6 +24,7 @@ from corral.store import (
     Store,
     TriggerKind,
 )
+from corral.store._locks import WANT_SECONDS
 from tests.store.conftest import Clock, live_run
 
 TTL = 60.0
@@ -538,12 +539,26 @@ async def test_no_cycle_through_an_expired_wait(store: Store, clock: Clock) -> N
     assert isinstance(await wait(store, "k1", b), LockHeld)
 
 
-async def test_no_false_deadlock_after_a_failed_try_lock(store: Store) -> None:
+async def test_a_refused_try_lock_is_a_want_that_a_wait_can_close_a_cycle_with(
+    store: Store,
+) -> None:
+    # Agents retry a refused rlock in a loop: for a short while, a wants k2.
     a, b = await live_run(store), await live_run(store)
     await granted(store, "k1", a)
     await granted(store, "k2", b)
     refusal = await store.acquire_lock("k2", a.id, ttl_seconds=TTL)
     assert isinstance(refusal, LockHeld) and refusal.holder == b.id
+    assert await wait(store, "k1", b) == Deadlock((b.id, "k1", a.id, "k2"))
+    assert await waiters(store) == []
+
+
+async def test_no_false_deadlock_after_a_try_lock_given_up(store: Store, clock: Clock) -> None:
+    a, b = await live_run(store), await live_run(store)
+    await granted(store, "k1", a, ttl=1000)
+    await granted(store, "k2", b, ttl=1000)
+    refusal = await store.acquire_lock("k2", a.id, ttl_seconds=TTL)
+    assert isinstance(refusal, LockHeld) and refusal.holder == b.id
+    clock.advance(WANT_SECONDS)  # a stopped retrying: its want expired
     result = await wait(store, "k1", b)
     assert isinstance(result, LockHeld) and result.holder == a.id
     assert await waiters(store) == [b.id]

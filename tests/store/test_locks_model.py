@@ -1,6 +1,7 @@
 """A model of the lock manager, checked against both stores.
 
-Hypothesis drives random sequences of try-lock, blocking wait (``wait_for_lock``), cancelled
+Hypothesis drives random sequences of try-lock (a refused one records a short-lived
+want, see ``WANT_SECONDS``), blocking wait (``wait_for_lock``), cancelled
 waits, release, heartbeat, operator release, clock moves and runs ending. Besides the rules
 drawing any run and key, a few aim at the interesting states: a holder waiting for another
 holder's key (chains, cycles), a waiter polling again, a holder releasing or heartbeating
@@ -14,8 +15,12 @@ to the first live waiter whose deadline has not passed, with a new token and tha
 TTL, and its wait ends). After every step the invariants are checked: the store's locks and
 waiters equal to the model's, at most one unexpired holder per key, tokens strictly
 increasing, nobody waiting for a key it holds or for a free key, and no cycle in the
-wait-for graph made only of edges a wait step checked. One fresh store and one event loop
-per example.
+wait-for graph made only of edges a wait step checked. Wants are modelled too: recorded
+by a refused try-lock (renewed by the next one, replaced by one for another key), gone
+when the run takes, is handed or releases a lock, ends, or the want expires; a refused
+try-lock or wait step whose edge would close a cycle through locks, waits and unexpired
+wants is answered ``Deadlock`` naming one of those cycles, so an expired want is never
+part of a reported cycle. One fresh store and one event loop per example.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from corral.store import (
     TriggerKind,
     open_store,
 )
+from corral.store._locks import WANT_SECONDS
 from tests.store.conftest import Clock
 
 KEYS = ["k1", "k2", "k3"]
@@ -80,6 +86,15 @@ class ModelWait:
     checked: tuple[int, int] | None = None
 
 
+@dataclasses.dataclass
+class ModelWant:
+    key: str
+    since: datetime
+    expires_at: datetime
+    # As ``ModelWait.checked``: the lock the refusal that recorded (or renewed) it saw.
+    checked: tuple[int, int] | None = None
+
+
 class LockModel(RuleBasedStateMachine):
     make_url: ClassVar[Callable[[], str]]
 
@@ -96,6 +111,8 @@ class LockModel(RuleBasedStateMachine):
         self.max_token = 0
         # Every wait row, in arrival order (the store's wait ids), lapsed ones included.
         self.waits: list[ModelWait] = []
+        # Each run's want (its latest refused try-lock), expired ones included.
+        self.wants: dict[str, ModelWant] = {}
         # Keys handed over by the current step, in hand-over order: their tokens are read
         # from the store after the step (``settle``).
         self.handed: list[str] = []
@@ -131,6 +148,7 @@ class LockModel(RuleBasedStateMachine):
         expires = now + timedelta(seconds=waiter.ttl)
         self.locks[key] = ModelLock(waiter.run_id, 0, now, expires)
         self.waits.remove(waiter)
+        self.wants.pop(waiter.run_id, None)
         self.handed.append(key)
         event("hand-over")
 
@@ -173,6 +191,7 @@ class LockModel(RuleBasedStateMachine):
         assert isinstance(got, LockGrant), got
         assert (got.key, got.run_id, got.expires_at) == (key, run_id, expires)
         self.drop_wait(key, run_id)
+        self.wants.pop(run_id, None)
         if held is not None and held.run_id == run_id:
             assert got.refreshed and (got.token, got.acquired_at) == (held.token, held.acquired_at)
             if held.expires_at <= now:
@@ -200,12 +219,31 @@ class LockModel(RuleBasedStateMachine):
                 found.append((wait, lock.run_id))
         return found
 
+    def want_edges(self) -> list[tuple[str, ModelWant, str]]:
+        """The try-lock half: (run, want, holder) for an unexpired want of a live run
+        naming a key another run holds unexpired."""
+        now = self.clock.now
+        found = []
+        for run_id, want in self.wants.items():
+            lock = self.locks.get(want.key)
+            if (
+                want.expires_at > now
+                and run_id in self.live
+                and lock is not None
+                and lock.run_id != run_id
+                and lock.expires_at > now
+            ):
+                found.append((run_id, want, lock.run_id))
+        return found
+
     def cycles(self, waiter: str, via: str, holder: str) -> list[tuple[str, ...]]:
         """Every cycle ``waiter`` would close by waiting (for ``via``) on ``holder``, as
         ``Deadlock.cycle``: (waiter, via, holder, key, run, ..., key back to waiter)."""
         graph: dict[str, list[tuple[str, str]]] = {}
         for wait, to in self.edges():
             graph.setdefault(wait.run_id, []).append((wait.key, to))
+        for run_id, want, to in self.want_edges():
+            graph.setdefault(run_id, []).append((want.key, to))
         found: list[tuple[str, ...]] = []
 
         def walk(node: str, trail: tuple[str, ...], seen: frozenset[str]) -> None:
@@ -247,10 +285,24 @@ class LockModel(RuleBasedStateMachine):
         refusal = self.refusal(key, run_id)
         got = self.run(self.store.acquire_lock(key, run_id, ttl_seconds=ttl))
         self.settle()
-        if refusal is not None:
-            assert got == refusal
+        if refusal is None:
+            self.check_grant(got, key, run_id, ttl)
             return
-        self.check_grant(got, key, run_id, ttl)
+        cycles = self.cycles(run_id, key, refusal.holder)
+        if cycles:
+            assert isinstance(got, Deadlock), got
+            assert got.cycle in cycles, (got.cycle, cycles)
+            event(f"try-lock: deadlock, {len(got.cycle) // 2} runs")
+            self.wants.pop(run_id, None)
+            return
+        assert got == refusal
+        now = self.clock.now
+        mine = self.wants.get(run_id)
+        since = now if mine is None or mine.key != key or mine.expires_at <= now else mine.since
+        lock = self.locks[key]
+        expires = now + timedelta(seconds=WANT_SECONDS)
+        self.wants[run_id] = ModelWant(key, since, expires, (lock.token, lock.epoch))
+        event("try-lock: held, wants" if mine is None else "try-lock: held, wanted before")
 
     @rule(data=st.data(), key=st.sampled_from(KEYS), ttl=TTLS, wait_seconds=WAITS)
     def wait(self, data: st.DataObject, key: str, ttl: float, wait_seconds: float) -> None:
@@ -295,6 +347,14 @@ class LockModel(RuleBasedStateMachine):
         """The same step, by a run holding a lock for a key another run holds."""
         run_id, key = data.draw(st.sampled_from(self.blocked()))
         self.wait_step(run_id, key, ttl, wait_seconds)
+
+    @precondition(lambda self: bool(self.blocked()))
+    @rule(data=st.data(), ttl=TTLS)
+    def holder_try_locks(self, data: st.DataObject, ttl: float) -> None:
+        """A try-lock by a run holding a lock of a key another run holds: a want that
+        builds chains and cycles, as an agent's retry loop does."""
+        run_id, key = data.draw(st.sampled_from(self.blocked()))
+        self.try_lock(run_id, key, ttl)
 
     @precondition(lambda self: any(w.deadline > self.clock.now for w in self.waits))
     @rule(data=st.data(), ttl=TTLS, wait_seconds=WAITS)
@@ -371,6 +431,7 @@ class LockModel(RuleBasedStateMachine):
         mine = held is not None and held.run_id == run_id
         if mine:
             del self.locks[key]
+            self.wants.pop(run_id, None)
             self.serve(key)
         assert self.run(self.store.release_lock(key, run_id)) is mine
         self.settle()
@@ -428,6 +489,7 @@ class LockModel(RuleBasedStateMachine):
         for key in keys:
             del self.locks[key]
         self.waits = [w for w in self.waits if w.run_id != run_id]
+        self.wants.pop(run_id, None)
         for key in keys:  # served in key order, so their tokens increase in key order
             self.serve(key)
         self.run(self.store.finish_run(run_id, state=state, exit_code=None))
@@ -473,6 +535,16 @@ class LockModel(RuleBasedStateMachine):
             assert lock is not None or wait.deadline <= now
 
     @invariant()
+    def wants_match_the_model(self) -> None:
+        now = self.clock.now
+        stored = self.run(self.store.list_lock_wants())
+        assert sorted((w.key, w.run_id, w.since, w.deadline) for w in stored) == sorted(
+            (want.key, run_id, want.since, want.expires_at)
+            for run_id, want in self.wants.items()
+            if want.expires_at > now
+        )
+
+    @invariant()
     def no_wait_step_closed_a_cycle(self) -> None:
         """The store refuses a wait that would close a cycle, so the edges a wait step
         checked (still pointing at the holder they checked, continuously unexpired) form
@@ -485,6 +557,11 @@ class LockModel(RuleBasedStateMachine):
             lock = self.locks[wait.key]
             if wait.checked == (lock.token, lock.epoch):
                 checked.setdefault(wait.run_id, set()).add(holder)
+        for run_id, want, holder in self.want_edges():
+            every.setdefault(run_id, set()).add(holder)
+            lock = self.locks[want.key]
+            if want.checked == (lock.token, lock.epoch):
+                checked.setdefault(run_id, set()).add(holder)
         assert not _has_cycle(checked), checked
         if _has_cycle(every):
             event("a cycle closed without a wait step")

@@ -31,6 +31,7 @@ COMMANDS = (
     "al-rerun",
     "al-status",
     "al-exit",
+    "al-shutdown",
     "setenv",
 )
 

@@ -55,6 +55,7 @@ USAGE = {
     "al-rerun": "al-rerun",
     "al-status": "al-status <text ...>",
     "al-exit": "al-exit [code 0-255, default 15]",
+    "al-shutdown": "al-shutdown [reason ...]",
     "setenv": "setenv NAME VALUE [NAME VALUE ...]",
 }
 
@@ -290,6 +291,12 @@ def al_exit(argv: list[str]) -> Request:
     return "POST", "/agent/exit", '{"code":' + str(code) + "}", REQUEST_TIMEOUT
 
 
+def al_shutdown(argv: list[str]) -> Request:
+    # Action Llama's default reason; the words of several arguments are joined.
+    reason = " ".join(from_argv(arg) for arg in argv).strip() or "agent requested shutdown"
+    return "POST", "/agent/shutdown", '{"reason":' + json_string(reason) + "}", REQUEST_TIMEOUT
+
+
 HANDLERS = {
     "rlock": rlock,
     "runlock": runlock,
@@ -301,6 +308,7 @@ HANDLERS = {
     "al-rerun": al_rerun,
     "al-status": al_status,
     "al-exit": al_exit,
+    "al-shutdown": al_shutdown,
 }
 
 

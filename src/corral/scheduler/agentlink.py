@@ -26,6 +26,8 @@ __all__ = ["AgentLink", "Changes", "RunRef", "hash_secret"]
 
 #: ``al-exit`` handler: stop run ``run_id`` so that it ends with ``code``.
 ExitHandler = Callable[[str, int], Awaitable[bool]]
+#: ``al-shutdown`` handler: kill run ``run_id`` now, for ``reason``.
+ShutdownHandler = Callable[[str, str], Awaitable[bool]]
 
 
 def hash_secret(secret: str) -> str:
@@ -90,6 +92,7 @@ class AgentLink:
     unix_url: str | None = None
     changes: Changes = field(default_factory=Changes)
     on_exit: ExitHandler | None = None
+    on_shutdown: ShutdownHandler | None = None
     on_queued: Callable[[], None] | None = None
     _runs: dict[str, RunRef] = field(default_factory=dict)
     _by_run: dict[str, str] = field(default_factory=dict)

@@ -158,6 +158,7 @@ class RunExecutor:
         self._breakers: dict[str, Breaker] = {}
         if link is not None:
             link.on_exit = self.request_exit
+            link.on_shutdown = self.request_shutdown
 
     def workdir(self, run_id: str) -> Path:
         return self.project.root / ".corral" / "runs" / run_id
@@ -235,6 +236,23 @@ class RunExecutor:
             await self._halt(run_id)
 
         task = asyncio.create_task(stop_soon(), name=f"al-exit {run_id}")
+        self._exit_tasks.add(task)
+        task.add_done_callback(self._exit_tasks.discard)
+        return True
+
+    async def request_shutdown(self, run_id: str, reason: str) -> bool:
+        """``al-shutdown``: kill a run this executor executes, as an operator's kill does
+        (recorded killed, with ``al-shutdown: <reason>``; no post hook), a moment later
+        so the command that asked can print its answer first."""
+        if run_id not in self._active:
+            return False
+        self._stop_reasons.setdefault(run_id, f"al-shutdown: {reason}")
+
+        async def stop_soon() -> None:
+            await asyncio.sleep(0.1)
+            await self._halt(run_id)
+
+        task = asyncio.create_task(stop_soon(), name=f"al-shutdown {run_id}")
         self._exit_tasks.add(task)
         task.add_done_callback(self._exit_tasks.discard)
         return True

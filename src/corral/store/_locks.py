@@ -9,6 +9,14 @@ read after the previous holder's release committed.
 
 Every lock of a run is released in the transaction that ends the run (``finalize``,
 recovery, ``finish_run``), through ``release_run_locks_in``.
+
+The wait-for graph has three kinds of edge: a run blocked in ``rlock --wait`` waits for
+the key's holder (``corral_lock_waits``); a run whose plain try-lock was refused *wants*
+the key for a short while (``corral_lock_wants``, see ``acquire_lock``); a caller in
+``al-subagent-wait`` waits for its callee (``corral_calls``). Every check for a cycle
+first takes the query ``lock_wait_graph`` (PostgreSQL: one transaction-scoped advisory
+lock; SQLite: BEGIN IMMEDIATE already serialises writers), so two runs that close one
+cycle at the same moment are checked one after the other: the second is told.
 """
 
 from __future__ import annotations
@@ -19,34 +27,80 @@ from corral.errors import StoreConflict, StoreError
 from corral.store._core import Row, StoreCore, Transaction
 from corral.store.records import Deadlock, Lock, LockGrant, LockHeld, LockWaiter, RunState
 
-__all__ = ["LockOps"]
+__all__ = ["WANT_SECONDS", "LockOps"]
 
 _LIVE = frozenset({RunState.STARTING.value, RunState.RUNNING.value})
+
+#: How long a refused try-lock's want lasts (each refusal renews it): twice the 15 s an
+#: agent's retry loop typically sleeps, so a run that retries stays in the graph while a
+#: run that gave up (and neither took nor released a lock since) drops out of it soon.
+WANT_SECONDS = 30.0
 
 
 class LockOps(StoreCore):
     """Resource locks; part of ``Store``."""
 
     async def acquire_lock(
-        self, key: str, run_id: str, *, ttl_seconds: float
-    ) -> LockGrant | LockHeld:
+        self, key: str, run_id: str, *, ttl_seconds: float, want_seconds: float = WANT_SECONDS
+    ) -> LockGrant | LockHeld | Deadlock:
         """Try to lock ``key`` for ``run_id`` (a live run), in one transaction.
 
         Free or expired: granted with a new token, greater than every earlier one. Held
         by ``run_id`` itself (expired or not): refreshed, expiring ``ttl_seconds`` from
-        now, with the same token (``refreshed=True``). Held unexpired by another run:
-        ``LockHeld`` naming it, and nothing is written. An expired lock that runs are
+        now, with the same token (``refreshed=True``). An expired lock that runs are
         waiting for (``wait_for_lock``) goes to the first of them, not to a try-lock.
+        A grant drops the run's want, if any.
+
+        Held unexpired by another run: ``LockHeld`` naming it, and ``run_id`` now wants
+        ``key`` (its one want, replacing an earlier one) for ``want_seconds``, unless
+        that want would close a cycle in the wait-for graph: then ``Deadlock`` (the
+        cycle, starting with ``run_id``), and the run wants nothing.
         StoreConflict for an unknown run or one that has ended.
         """
         _check_ttl(ttl_seconds)
 
-        async def body(tx: Transaction) -> LockGrant | LockHeld:
+        async def body(tx: Transaction) -> LockGrant | LockHeld | Deadlock:
             await self._lock_key(tx, key)
             await self._require_live(tx, key, run_id)
-            return await self._acquire_locked(tx, key, run_id, ttl_seconds)
+            result = await self._acquire_locked(tx, key, run_id, ttl_seconds)
+            if isinstance(result, LockGrant):
+                return result
+            return await self._want(tx, result, run_id, want_seconds)
 
         return await self.atomic(body)
+
+    async def _want(
+        self, tx: Transaction, held: LockHeld, run_id: str, want_seconds: float
+    ) -> LockHeld | Deadlock:
+        """Record that ``run_id`` wants ``held.key``, or refuse with the cycle it closes."""
+        cycle = await self.find_cycle(tx, run_id, held.key, held.holder)
+        if cycle is not None:
+            await tx.execute("delete_run_wants", {"run_id": run_id})
+            return cycle
+        now = self.now()
+        params = {
+            "run_id": run_id,
+            "key": held.key,
+            "now": self.encode_time(now),
+            "expires_at": self.encode_time(now + timedelta(seconds=max(want_seconds, 0.0))),
+        }
+        await tx.execute("upsert_want", params)
+        return held
+
+    async def list_lock_wants(self) -> list[LockWaiter]:
+        """Runs whose try-lock was refused a short while ago, as waiters (``deadline`` is
+        when the want expires), by key; expired wants are left out."""
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all("list_wants", {"now": self.encode_time(self.now())})
+        return [
+            LockWaiter(
+                key=row["key"],
+                run_id=row["run_id"],
+                since=self.decode_time(row["since"]),
+                deadline=self.decode_time(row["expires_at"]),
+            )
+            for row in rows
+        ]
 
     async def wait_for_lock(
         self, key: str, run_id: str, *, ttl_seconds: float, wait_seconds: float
@@ -112,11 +166,18 @@ class LockOps(StoreCore):
     async def find_cycle(
         self, tx: Transaction, waiter: str, via: str, holder: str
     ) -> Deadlock | None:
-        """The cycle ``waiter`` would close by waiting (for ``via``) on ``holder``, if any."""
+        """The cycle ``waiter`` would close by waiting (for ``via``) on ``holder``, if any.
+
+        Serialised with every other check (``lock_wait_graph``) until ``tx`` ends, so the
+        edge ``tx`` then records is seen by the next check. SQLite's BEGIN IMMEDIATE
+        already excludes every other writer, so there it costs no statement."""
+        if self.dialect != "sqlite":
+            await tx.execute("lock_wait_graph")
         now = {"now": self.encode_time(self.now())}
         edges: dict[str, list[tuple[str, str]]] = {}
-        for row in await tx.fetch_all("lock_wait_edges", now):
-            edges.setdefault(row["waiter"], []).append((row["via"], row["holder"]))
+        for query in ("lock_wait_edges", "lock_want_edges"):
+            for row in await tx.fetch_all(query, now):
+                edges.setdefault(row["waiter"], []).append((row["via"], row["holder"]))
         for row in await tx.fetch_all("call_wait_edges"):
             edges.setdefault(row["waiter"], []).append((f"call://{row['via']}", row["holder"]))
         path = _path(edges, holder, waiter)
@@ -153,6 +214,7 @@ class LockOps(StoreCore):
             row = await tx.fetch_one("acquire_lock", params)
             if row is not None:
                 await tx.execute("delete_wait", {"key": key, "run_id": run_id})
+                await tx.execute("delete_run_wants", {"run_id": run_id})
                 return self._grant(row, refreshed=int(row["token"]) != token)
         raise StoreError(f"cannot lock {key!r} for run {run_id}: the key kept changing hands")
 
@@ -178,6 +240,7 @@ class LockOps(StoreCore):
         }
         row = await tx.fetch_one("hand_over_lock", params)
         await tx.execute("delete_wait", {"key": key, "run_id": waiter["run_id"]})
+        await tx.execute("delete_run_wants", {"run_id": waiter["run_id"]})
         return self._returned(row, "hand_over_lock")
 
     async def _serve_waiters(self, tx: Transaction, keys: list[str]) -> None:
@@ -218,13 +281,15 @@ class LockOps(StoreCore):
 
     async def release_lock(self, key: str, run_id: str) -> bool:
         """Release ``key`` if ``run_id`` holds it (expired or not); False if it does not.
-        A run waiting for the key gets it in the same transaction."""
+        A run waiting for the key gets it in the same transaction; ``run_id``'s want, if
+        any, is dropped (it is doing something else now)."""
 
         async def body(tx: Transaction) -> bool:
             await self._lock_key(tx, key)
             params = {"key": key, "run_id": run_id}
             released = await tx.fetch_one("release_lock_returning", params) is not None
             if released:
+                await tx.execute("delete_run_wants", {"run_id": run_id})
                 await self._serve_waiters(tx, [key])
             return released
 
@@ -311,6 +376,7 @@ class LockOps(StoreCore):
             row["key"] for row in await tx.fetch_all("release_run_locks", {"run_id": run_id})
         )
         await tx.execute("delete_run_waits", {"run_id": run_id})
+        await tx.execute("delete_run_wants", {"run_id": run_id})
         await tx.execute("clear_run_call_waits", {"run_id": run_id})
         await self._serve_waiters(tx, keys)
         return len(keys)

@@ -43,6 +43,7 @@ from corral.gateway.agent_api._models import (
     ExitBody,
     LockBody,
     ReturnBody,
+    ShutdownBody,
     StatusBody,
     WaitBody,
     call_status,
@@ -52,6 +53,7 @@ from corral.gateway.agent_api._models import (
     iso,
 )
 from corral.gateway.metrics import count_lock
+from corral.inert import inert
 from corral.project import Project
 from corral.scheduler.agentlink import AgentLink, RunRef, hash_secret
 from corral.store import CallRefusal, Deadlock, LockGrant, LockHeld, RunState, Store, StoreError
@@ -163,13 +165,26 @@ class AgentApi:
         key = self.lock_key(run, body.key)
         if body.wait:
             timeout = DEFAULT_LOCK_WAIT if body.timeout is None else body.timeout
-            return await self._wait_for_lock(key, run.run_id, timeout)
+            return await self._wait_for_lock(key, run, timeout)
         result = await self.store.acquire_lock(key, run.run_id, ttl_seconds=self.ttl)
         if isinstance(result, LockGrant):
             count_lock("acquire", "refreshed" if result.refreshed else "granted")
             return answer(200, grant_answer(result))
+        if isinstance(result, Deadlock):
+            return self._deadlock(run, result)
         count_lock("acquire", "held")
         return answer(409, held_answer(result))
+
+    def _deadlock(self, run: RunRef, deadlock: Deadlock) -> JSONResponse:
+        count_lock("acquire", "deadlock")
+        log.warning(
+            "possible deadlock: run %s (%s) closes the cycle %s",
+            run.run_id,
+            run.agent,
+            inert(" -> ".join((*deadlock.cycle, deadlock.cycle[0]))),
+            extra={"action": "lock_deadlock", "run_id": run.run_id},
+        )
+        return answer(409, deadlock_answer(deadlock))
 
     async def release(self, body: LockBody, run: Caller) -> JSONResponse:
         key = self.lock_key(run, body.key)
@@ -214,7 +229,8 @@ class AgentApi:
         count_lock(op, "not_holder")
         return answer(409, {"ok": False, "reason": "not the lock holder"})
 
-    async def _wait_for_lock(self, key: str, run_id: str, timeout: float) -> JSONResponse:
+    async def _wait_for_lock(self, key: str, run: RunRef, timeout: float) -> JSONResponse:
+        run_id = run.run_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         # The store's deadline outlives ours a little: a stale waiter is skipped by handovers.
@@ -228,8 +244,7 @@ class AgentApi:
                 if not isinstance(result, LockHeld):
                     finished = True
                     if isinstance(result, Deadlock):
-                        count_lock("acquire", "deadlock")
-                        return answer(409, deadlock_answer(result))
+                        return self._deadlock(run, result)
                     count_lock("acquire", "refreshed" if result.refreshed else "granted")
                     return answer(200, grant_answer(result))
                 left = deadline - loop.time()
@@ -322,6 +337,28 @@ class AgentApi:
             await self.link.on_exit(run.run_id, code)
         return answer(200, {"ok": True, "code": code})
 
+    async def shutdown(self, run: Caller, body: ShutdownBody | None = None) -> JSONResponse:
+        """``al-shutdown``: the run asks to be killed now (a run that detects credential
+        exfiltration is told to). Logged as an error and audited with its reason; the
+        run ends killed, as an operator's kill ends it."""
+        reason = self.redact(run, (body or ShutdownBody()).reason)
+        log.error(
+            "run %s (%s) asked to be shut down: %s",
+            run.run_id,
+            run.agent,
+            inert(reason),
+            extra={"action": "run_shutdown", "run_id": run.run_id},
+        )
+        detail = {"agent": run.agent, "reason": reason}
+        await self.store.audit(f"run:{run.run_id}", "run.shutdown", run.run_id, detail)
+        stopping = self.link.on_shutdown is not None and await self.link.on_shutdown(
+            run.run_id, reason
+        )
+        if not stopping:
+            # Another process executes the run: ask its scheduler, through the store.
+            await self.store.request_kill(run.run_id)
+        return answer(200, {"ok": True, "killed": True, "runId": run.run_id})
+
 
 def _limit(what: str, text: str, limit: int, instead: str) -> None:
     size = len(text.encode("utf-8", "surrogatepass"))
@@ -352,6 +389,7 @@ def agent_router(api: AgentApi) -> APIRouter:
         ("POST", "/status", api.status, "al-status: the text shown while this run works"),
         ("POST", "/rerun", api.rerun, "al-rerun: run again after this run succeeds"),
         ("POST", "/exit", api.exit, "al-exit: end this run with an exit code"),
+        ("POST", "/shutdown", api.shutdown, "al-shutdown: kill this run now, with a reason"),
     ]
     for method, path, handler, summary in routes:
         router.add_api_route(path, handler, methods=[method], summary=summary)

@@ -29,6 +29,7 @@ __all__ = [
     "ExitBody",
     "LockBody",
     "ReturnBody",
+    "ShutdownBody",
     "StatusBody",
     "WaitBody",
     "call_status",
@@ -82,6 +83,14 @@ class ExitBody(BaseModel):
     code: WholeNumber = Field(default=15, ge=0, le=255)
 
 
+#: ``al-shutdown`` without a reason: Action Llama's words.
+DEFAULT_SHUTDOWN_REASON = "agent requested shutdown"
+
+
+class ShutdownBody(BaseModel):
+    reason: str = Field(default=DEFAULT_SHUTDOWN_REASON, min_length=1, max_length=4096)
+
+
 class EmptyBody(BaseModel):
     pass
 
@@ -108,7 +117,13 @@ def grant_answer(grant: LockGrant) -> dict[str, Any]:
 
 
 def deadlock_answer(deadlock: Deadlock) -> dict[str, Any]:
-    return {"ok": False, "reason": "possible deadlock detected", "cycle": list(deadlock.cycle)}
+    # "deadlock": true is what Action Llama's gateway adds; the documented keys come first.
+    return {
+        "ok": False,
+        "reason": "possible deadlock detected",
+        "cycle": list(deadlock.cycle),
+        "deadlock": True,
+    }
 
 
 def call_status(call: Call) -> dict[str, Any]:

@@ -439,6 +439,39 @@ FROM corral_calls
 WHERE waiting_since IS NOT NULL AND state IN ('pending', 'running')
   AND callee_run_id IS NOT NULL
 
+-- name: lock_wait_graph
+-- Serialise cycle checks with one another, so two runs closing one cycle at the same
+-- time cannot both miss it: the second reads the first's committed edge.
+SELECT pg_advisory_xact_lock(hashtext('corral_wait_graph'), hashtext(current_schema()))
+
+-- name: upsert_want
+-- A refused try-lock: the run wants the key until %(expires_at)s. One want per run (its
+-- latest refusal); a refusal for the same key keeps its since.
+INSERT INTO corral_lock_wants (run_id, key, since, expires_at)
+VALUES (%(run_id)s, %(key)s, %(now)s, %(expires_at)s)
+ON CONFLICT (run_id) DO UPDATE
+SET since = CASE WHEN corral_lock_wants.key = excluded.key
+                  AND corral_lock_wants.expires_at > excluded.since
+                 THEN corral_lock_wants.since ELSE excluded.since END,
+    key = excluded.key,
+    expires_at = excluded.expires_at
+
+-- name: delete_run_wants
+DELETE FROM corral_lock_wants WHERE run_id = %(run_id)s
+
+-- name: list_wants
+SELECT * FROM corral_lock_wants WHERE expires_at > %(now)s ORDER BY key, since, run_id
+
+-- name: lock_want_edges
+-- The try-lock half of the wait-for graph: a live run whose unexpired want names a key
+-- another run holds (unexpired) waits for that run.
+SELECT w.run_id AS waiter, w.key AS via, l.run_id AS holder
+FROM corral_lock_wants w
+JOIN corral_locks l ON l.key = w.key
+JOIN corral_runs r ON r.id = w.run_id
+WHERE w.expires_at > %(now)s AND r.state IN ('starting', 'running') AND l.run_id <> w.run_id
+  AND l.expires_at > %(now)s
+
 -- name: clear_run_call_waits
 UPDATE corral_calls SET waiting_since = NULL
 WHERE caller_run_id = %(run_id)s AND waiting_since IS NOT NULL

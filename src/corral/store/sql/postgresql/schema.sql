@@ -192,6 +192,16 @@ CREATE TABLE corral_lock_waits (
 
 CREATE INDEX corral_lock_waits_key ON corral_lock_waits (key, id);
 
+-- Lock wants (0010): a refused try-lock's run wants the key, for a short time.
+CREATE TABLE corral_lock_wants (
+    run_id text PRIMARY KEY REFERENCES corral_runs (id) ON DELETE CASCADE,
+    key text NOT NULL,
+    since timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+
+CREATE INDEX corral_lock_wants_key ON corral_lock_wants (key);
+
 CREATE TABLE corral_audit (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at timestamptz NOT NULL,

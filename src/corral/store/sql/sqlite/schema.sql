@@ -187,6 +187,16 @@ CREATE TABLE corral_lock_waits (
 
 CREATE INDEX corral_lock_waits_key ON corral_lock_waits (key, id);
 
+-- Lock wants (0010): a refused try-lock's run wants the key, for a short time.
+CREATE TABLE corral_lock_wants (
+    run_id TEXT PRIMARY KEY REFERENCES corral_runs (id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    since TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+
+CREATE INDEX corral_lock_wants_key ON corral_lock_wants (key);
+
 CREATE TABLE corral_audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
