@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from tests.webhooks.signing import SECRET, sign_generic, sign_github
 __all__ = [
     "FIXTURES",
     "GITHUB_EVENTS",
+    "RECEIVED",
+    "RECEIVED_TEXT",
     "delivery_for",
     "event_for",
     "fixture",
@@ -51,19 +54,25 @@ def source(name: str = "my-github", **table: Any) -> WebhookSource:
     return ProjectConfig.model_validate({"webhooks": {name: table}}).webhooks[name]
 
 
+#: When the deliveries these helpers make were received: the trigger's ``timestamp``.
+RECEIVED = datetime(2026, 3, 24, 14, 30, 0, 250_000, tzinfo=UTC)
+RECEIVED_TEXT = "2026-03-24T14:30:00.250Z"
+
+
 def delivery_for(
     event: str, name: str = "my-github", secret: str = SECRET, body: bytes | None = None
 ) -> Delivery:
-    """A GitHub delivery of the fixture ``event`` (or ``body``), signed with ``secret``."""
+    """A GitHub delivery of the fixture ``event`` (or ``body``), signed with ``secret``,
+    received at :data:`RECEIVED`."""
     raw = fixture(event) if body is None else body
-    return Delivery(name, sign_github(raw, secret, event=event), raw)
+    return Delivery(name, sign_github(raw, secret, event=event), raw, RECEIVED)
 
 
 def event_for(kind: str, name: str = "my-github", **trigger: Any) -> Event:
     """An event from a generic sender whose body is ``trigger`` (the trigger JSON's keys)."""
     generic = source(name, type="generic")
     body = json.dumps({"event": kind, **trigger}).encode()
-    return parse(generic, Delivery(name, sign_generic(body, SECRET), body))
+    return parse(generic, Delivery(name, sign_generic(body, SECRET), body, RECEIVED))
 
 
 SKILL = "---\nname: {name}\ndescription: Test agent\n---\n\nDo the work.\n"

@@ -21,6 +21,7 @@ def test_exports() -> None:
         "mismatch",
         "parse",
         "route",
+        "signing_credential",
         "signing_secret",
         "verify",
         "with_receipt",
@@ -30,9 +31,9 @@ def test_exports() -> None:
 
 def test_records_are_frozen_with_the_documented_fields() -> None:
     fields = {
-        Delivery: ["source", "headers", "body"],
+        Delivery: ["source", "headers", "body", "received"],
         Verification: ["ok", "detail", "signed"],
-        Event: ["source", "kind", "delivery_id", "ping", "trigger"],
+        Event: ["source", "kind", "delivery_id", "ping", "trigger", "reply"],
         Match: ["agent", "matched", "reason"],
     }
     for record, names in fields.items():

@@ -106,7 +106,7 @@ def webhook_operation(served: Served) -> Any:
     (found,) = [
         result.ok()
         for result in schema.get_all_operations()
-        if result.ok().path == "/webhooks/{source}"
+        if result.ok().path == "/webhooks/{source}" and result.ok().method.upper() == "POST"
     ]
     return found
 

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -97,7 +98,9 @@ async def test_a_signed_delivery_is_recorded_queued_and_run(hook: Intake) -> Non
     body = fixture("issues")
     headers = sign_github(body, SECRET, event="issues", delivery_id="d-issue-1")
 
+    before = datetime.now(UTC)
     response = await hook.post(body, headers)
+    after = datetime.now(UTC)
 
     assert response.status_code == 202, response.text
     answer = response.json()
@@ -120,8 +123,13 @@ async def test_a_signed_delivery_is_recorded_queued_and_run(hook: Intake) -> Non
     (run,) = await hook.fleet.finished("dev", 1)
     assert run.state is RunState.SUCCEEDED, run.error
     assert run.item_id == by_agent["dev"]["itemId"]
+    # The trigger's timestamp is the time the delivery was received (ISO 8601, UTC).
+    assert run.trigger_detail is not None
+    stamp = run.trigger_detail["timestamp"]
+    received = datetime.fromisoformat(stamp)
+    assert stamp.endswith("Z") and before - timedelta(seconds=0.001) <= received <= after
     source = hook.fleet.scheduler.project.config.webhooks["gh"]
-    event = parse(source, Delivery("gh", headers, body))
+    event = parse(source, Delivery("gh", headers, body, received))
     assert run.trigger_detail == with_receipt(event.trigger, receipt_id)
     assert run.trigger_detail is not None and run.trigger_detail["receiptId"] == receipt_id
     prompt = hook.fleet.out(f"prompt-{run.id}.txt").read_text()

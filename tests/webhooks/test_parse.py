@@ -18,7 +18,14 @@ from corral.webhooks import (
     parse,
     with_receipt,
 )
-from tests.webhooks.helpers import GITHUB_EVENTS, delivery_for, fixture_json, source
+from tests.webhooks.helpers import (
+    GITHUB_EVENTS,
+    RECEIVED,
+    RECEIVED_TEXT,
+    delivery_for,
+    fixture_json,
+    source,
+)
 from tests.webhooks.signing import SECRET, sign_generic, sign_github
 
 
@@ -49,7 +56,7 @@ def test_issues_gives_the_documented_trigger() -> None:
         "author": "jdoe",
         "labels": ["bug", "agent"],
         "sender": "maintainer1",
-        "timestamp": "2026-03-24T14:30:00Z",
+        "timestamp": RECEIVED_TEXT,  # when it was received, as in Action Llama
         "sourceName": "my-github",
         "org": "acme",
         "branch": None,
@@ -58,11 +65,17 @@ def test_issues_gives_the_documented_trigger() -> None:
         "assignee": "octocat",
         "assignees": ["octocat"],
         "label": "agent",
+        "comment": None,
+        "commenter": None,
+        "channel": None,
     }
 
 
 def test_issue_comment_is_the_comment_on_its_issue() -> None:
+    """``author`` is the issue's author, as in Action Llama; the comment and its
+    author are ``comment`` and ``commenter``."""
     event = github_event("issue_comment")
+    issue = fixture_json("issue_comment")["issue"]
     assert event.trigger == {
         "source": "github",
         "event": "issue_comment",
@@ -70,12 +83,12 @@ def test_issue_comment_is_the_comment_on_its_issue() -> None:
         "repo": "acme/widgets",
         "number": 42,
         "title": "Login button broken on Safari",
-        "body": "Reproduced on Safari 17.3 and 17.4; Chrome is fine.",
+        "body": issue["body"],
         "url": "https://github.com/acme/widgets/issues/42",
-        "author": "qa-bot",
+        "author": "jdoe",
         "labels": ["bug"],
         "sender": "qa-bot",
-        "timestamp": "2026-03-24T15:02:44Z",
+        "timestamp": RECEIVED_TEXT,
         "sourceName": "my-github",
         "org": "acme",
         "branch": None,
@@ -84,6 +97,9 @@ def test_issue_comment_is_the_comment_on_its_issue() -> None:
         "assignee": None,
         "assignees": [],
         "label": None,
+        "comment": "Reproduced on Safari 17.3 and 17.4; Chrome is fine.",
+        "commenter": "qa-bot",
+        "channel": None,
     }
 
 
@@ -121,17 +137,18 @@ def test_pull_request_has_both_branches() -> None:
 def test_pull_request_review_is_the_review_on_its_pull_request() -> None:
     trigger = github_event("pull_request_review").trigger
     assert pick(
-        trigger, "action", "number", "title", "body", "url", "author", "timestamp", "branch"
+        trigger, "action", "number", "title", "url", "author", "comment", "commenter", "branch"
     ) == {
         "action": "submitted",
         "number": 57,
         "title": "Fix Safari login click handler",
-        "body": "Please add a test for the pointer event path.",
         "url": "https://github.com/acme/widgets/pull/57",
-        "author": "maintainer1",
-        "timestamp": "2026-03-25T11:15:30Z",
+        "author": "jdoe",  # the pull request's author, as in Action Llama
+        "comment": "Please add a test for the pointer event path.",
+        "commenter": "maintainer1",
         "branch": "fix/safari-login",
     }
+    assert trigger["body"].startswith("Fixes #42.")
 
 
 def test_push_is_its_head_commit_on_its_branch() -> None:
@@ -146,7 +163,7 @@ def test_push_is_its_head_commit_on_its_branch() -> None:
         "author": "jdoe",
         "sender": "maintainer1",
         "branch": "main",
-        "timestamp": "2026-03-25T14:30:00Z",  # 07:30-07:00, in UTC
+        "timestamp": RECEIVED_TEXT,
     }
     assert trigger["body"].endswith("Safari fires pointerup without click.")
 
@@ -158,7 +175,7 @@ def test_a_push_that_deletes_a_tag_has_no_branch_and_no_commit() -> None:
         "branch": None,
         "title": None,
         "author": "maintainer1",  # the pusher
-        "timestamp": None,  # the intake stamps the receipt time
+        "timestamp": RECEIVED_TEXT,
     }
 
 
@@ -170,7 +187,7 @@ def test_check_run_has_its_conclusion_branch_and_pull_request() -> None:
         "branch": "fix/safari-login",
         "number": 57,
         "url": "https://github.com/acme/widgets/actions/runs/8100001/job/22000001",
-        "timestamp": "2026-03-25T09:04:52Z",
+        "timestamp": RECEIVED_TEXT,
     }
 
 
@@ -184,6 +201,13 @@ def test_workflow_run_has_its_conclusion_and_branch() -> None:
         "author": "maintainer1",
         "number": None,
     }
+
+
+def test_a_workflow_runs_author_is_its_actor_as_in_action_llama() -> None:
+    payload = fixture_json("workflow_run")
+    payload["workflow_run"]["triggering_actor"] = {"login": "rerunner"}
+    trigger = github_event("workflow_run", json.dumps(payload).encode()).trigger
+    assert trigger["author"] == "maintainer1"
 
 
 def test_ping_is_marked() -> None:
@@ -400,7 +424,8 @@ def test_a_sentry_issue_alert() -> None:
         "Sentry-Hook-Timestamp": "1774449000",
         "Request-ID": "sentry-req-1",
     }
-    event = parse(source("my-sentry", type="sentry"), Delivery("my-sentry", headers, body))
+    delivery = Delivery("my-sentry", headers, body, RECEIVED)
+    event = parse(source("my-sentry", type="sentry"), delivery)
     assert (event.kind, event.delivery_id) == ("issue", "sentry-req-1")
     assert pick(event.trigger, "source", "action", "repo", "title", "body", "url", "sender") == {
         "source": "sentry",
@@ -411,7 +436,7 @@ def test_a_sentry_issue_alert() -> None:
         "url": "https://acme.sentry.io/issues/4242/",
         "sender": "Sentry",
     }
-    assert event.trigger["timestamp"] == "2026-03-25T14:30:00Z"
+    assert event.trigger["timestamp"] == RECEIVED_TEXT  # received, as in Action Llama
     assert event.trigger["assignees"] == ["jdoe"]
 
 
@@ -434,7 +459,7 @@ def test_a_linear_issue_and_an_odd_one() -> None:
     }
     linear = source("my-linear", type="linear")
     body = json.dumps(payload).encode()
-    event = parse(linear, Delivery("my-linear", {"Linear-Delivery": "ld-1"}, body))
+    event = parse(linear, Delivery("my-linear", {"Linear-Delivery": "ld-1"}, body, RECEIVED))
     assert (event.kind, event.delivery_id) == ("issues", "ld-1")
     assert pick(event.trigger, "action", "number", "title", "body", "labels", "org", "author") == {
         "action": "create",
@@ -445,10 +470,38 @@ def test_a_linear_issue_and_an_odd_one() -> None:
         "org": "org-7f3",
         "author": "jdoe@example.com",
     }
-    assert event.trigger["timestamp"] == "2026-03-25T14:30:00Z"
+    assert event.trigger["timestamp"] == RECEIVED_TEXT
     odd = json.dumps({"type": "Project", "data": "unexpected", "actor": 3}).encode()
     event = parse(linear, Delivery("my-linear", {}, odd))
     assert (event.kind, event.trigger["title"], event.trigger["sender"]) == ("project", None, None)
+
+
+def test_a_linear_comment_is_by_its_issues_creator_as_in_action_llama() -> None:
+    payload = {
+        "action": "create",
+        "type": "Comment",
+        "organizationId": "org-7f3",
+        "data": {
+            "body": "Still broken on 17.4",
+            "user": {"email": "qa@example.com"},
+            "issue": {
+                "number": 12,
+                "title": "Safari login",
+                "description": "Broken",
+                "creator": {"email": "jdoe@example.com"},
+            },
+        },
+    }
+    linear = source("my-linear", type="linear")
+    event = parse(linear, Delivery("my-linear", {}, json.dumps(payload).encode(), RECEIVED))
+    assert event.kind == "issue_comment"
+    assert pick(event.trigger, "number", "body", "author", "comment", "commenter") == {
+        "number": 12,
+        "body": "Broken",
+        "author": "jdoe@example.com",
+        "comment": "Still broken on 17.4",
+        "commenter": "qa@example.com",
+    }
 
 
 def test_a_mintlify_build() -> None:

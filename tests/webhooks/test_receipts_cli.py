@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,9 @@ async def test_receipts_and_a_replay_after_the_filter_changed(
         assert sorted(str((r.trigger_detail or {})["receiptId"]) for r in runs) == sorted(
             [new_id, second["id"]]
         )
+        # A replay's trigger says when the event was received, not when it was replayed.
+        original = await store.get_receipt(accepted)
+        assert original is not None
+        for run in runs:
+            stamp = datetime.fromisoformat(str((run.trigger_detail or {})["timestamp"]))
+            assert abs(stamp - original.received_at) < timedelta(milliseconds=1)

@@ -12,7 +12,13 @@ trigger = with_receipt(event.trigger, receipt_id)   # what <webhook-trigger> sho
 
 from corral.webhooks._json import MAX_TEXT, PayloadError
 from corral.webhooks._trigger import TRIGGER_KEYS, with_receipt
-from corral.webhooks.delivery import Delivery, Verification, signing_secret, verify
+from corral.webhooks.delivery import (
+    Delivery,
+    Verification,
+    signing_credential,
+    signing_secret,
+    verify,
+)
 from corral.webhooks.events import DEFAULT_EVENT, Event, parse
 from corral.webhooks.filters import Match, mismatch, route
 
@@ -28,6 +34,7 @@ __all__ = [
     "mismatch",
     "parse",
     "route",
+    "signing_credential",
     "signing_secret",
     "verify",
     "with_receipt",

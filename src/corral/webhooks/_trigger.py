@@ -56,13 +56,22 @@ class Fields:
     assignees: list[str] = field(default_factory=list)
     #: GitHub ``labeled`` / ``unlabeled``: the label added or removed.
     label: str | None = None
+    #: A comment's or review's text, and who wrote it (``body`` and ``author`` stay the
+    #: issue's or pull request's, as in Action Llama).
+    comment: str | None = None
+    commenter: str | None = None
+    #: Slack and Discord: the channel id.
+    channel: str | None = None
 
 
-def trigger_json(source_type: str, source_name: str, kind: str, fields: Fields) -> dict[str, Any]:
+def trigger_json(
+    source_type: str, source_name: str, kind: str, fields: Fields, received: str
+) -> dict[str, Any]:
     """The trigger for an event of ``kind`` from the source ``source_name``.
 
-    ``source`` is the source's type (``"github"``), as in the described system's
-    payloads; ``sourceName`` is the ``[webhooks.NAME]`` it came through.
+    ``source`` is the source's type (``"github"``), as in Action Llama's payloads;
+    ``sourceName`` is the ``[webhooks.NAME]`` it came through. ``timestamp`` is the
+    time the delivery was received (``received``) unless the reader set one.
     """
     return {
         "source": source_type,
@@ -76,7 +85,7 @@ def trigger_json(source_type: str, source_name: str, kind: str, fields: Fields) 
         "author": fields.author,
         "labels": list(fields.labels),
         "sender": fields.sender,
-        "timestamp": fields.timestamp,
+        "timestamp": fields.timestamp or received,
         "sourceName": source_name,
         "org": fields.org,
         "branch": fields.branch,
@@ -85,6 +94,9 @@ def trigger_json(source_type: str, source_name: str, kind: str, fields: Fields) 
         "assignee": fields.assignees[0] if fields.assignees else None,
         "assignees": list(fields.assignees),
         "label": fields.label,
+        "comment": clip(fields.comment),
+        "commenter": fields.commenter,
+        "channel": fields.channel,
     }
 
 

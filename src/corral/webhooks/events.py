@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from corral.project import WebhookSource
@@ -10,6 +12,7 @@ from corral.webhooks._json import Node, PayloadError, load_object
 from corral.webhooks._trigger import Fields, trigger_json
 from corral.webhooks.delivery import Delivery
 from corral.webhooks.github import github_event, github_fields
+from corral.webhooks.messaging import Reading, discord_read, slack_read, twitter_read
 from corral.webhooks.providers import (
     generic_fields,
     linear_event,
@@ -41,22 +44,42 @@ class Event:
     delivery_id: str | None
     ping: bool
     trigger: dict[str, Any]
+    #: A sender's check answered with what it expects (Slack's ``{"challenge": ...}``,
+    #: Discord's PONG ``{"type": 1}``); ``None`` for GitHub's ping and for events.
+    reply: dict[str, Any] | None = None
 
 
 def parse(source: WebhookSource, delivery: Delivery) -> Event:
     """Read a delivery (already verified) from ``source``; :class:`PayloadError` if the
     body is not a JSON object, not UTF-8, or not shaped as its sender documents."""
     payload = Node(load_object(delivery.body), strict=source.type in _STRICT)
-    kind = _bounded("event name", _event_name(source, delivery, payload))
-    fields = _fields(source, delivery, kind, payload)
-    delivery_id = _header(delivery, source.delivery_header)
+    reader = _MESSAGING.get(source.type)
+    if reader is not None:
+        reading = reader(payload)
+        kind, fields, delivery_id = reading.kind, reading.fields, reading.delivery_id
+        ping, reply = reading.idle or reading.reply is not None, reading.reply
+    else:
+        kind = _event_name(source, delivery, payload)
+        fields = _fields(source, kind, payload)
+        delivery_id = _header(delivery, source.delivery_header)
+        ping, reply = source.type == "github" and kind == "ping", None
+    kind = _bounded("event name", kind)
+    received = delivery.received.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return Event(
         source=delivery.source,
         kind=kind,
         delivery_id=None if delivery_id is None else _bounded("delivery id", delivery_id),
-        ping=source.type == "github" and kind == "ping",
-        trigger=trigger_json(source.type, delivery.source, kind, fields),
+        ping=ping,
+        trigger=trigger_json(source.type, delivery.source, kind, fields, received[:-4] + "Z"),
+        reply=reply,
     )
+
+
+_MESSAGING: dict[str, Callable[[Node], Reading]] = {
+    "slack": slack_read,
+    "discord": discord_read,
+    "twitter": twitter_read,
+}
 
 
 #: The longest event name or delivery id taken (GitHub's are a few dozen characters):
@@ -93,11 +116,11 @@ def _event_name(source: WebhookSource, delivery: Delivery, payload: Node) -> str
     return DEFAULT_EVENT
 
 
-def _fields(source: WebhookSource, delivery: Delivery, kind: str, payload: Node) -> Fields:
+def _fields(source: WebhookSource, kind: str, payload: Node) -> Fields:
     if source.type == "github":
         return github_fields(kind, payload)
     if source.type == "sentry":
-        return sentry_fields(kind, payload, delivery.header("Sentry-Hook-Timestamp"))
+        return sentry_fields(kind, payload)
     if source.type == "linear":
         return linear_fields(payload)
     if source.type == "mintlify":

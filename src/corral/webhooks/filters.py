@@ -2,11 +2,20 @@
 
 An entry matches when every filter it sets passes (AND across fields); a list
 filter passes when any of its values does (OR within a list); an unset filter
-does not constrain. A filter on something the event does not have (``branches``
-on an issue) does not pass: write separate entries for events that differ. An
-agent is started when any of its entries for the source matches. Names are
-compared case-insensitively (GitHub's logins, repositories and labels are), except
-branches, which git keeps case-sensitive.
+does not constrain. An agent is started when any of its entries for the source
+matches. The filters mean what Action Llama's mean:
+
+- names are compared exactly, case included;
+- a filter on something the event lacks does not pass (``actions`` on a push,
+  ``labels`` on a push), except ``branches``, ``conclusions`` and Discord's
+  ``channels``, which let an event without a branch, conclusion or channel through
+  (so ``branches = ["main"]`` still takes issues);
+- ``labels`` passes on the labels the issue or pull request has, whatever the event
+  (adding ``bug`` to an issue labelled ``ready-for-dev`` passes ``labels =
+  ["ready-for-dev"]``); ``labelMatch = "changed"`` makes a ``labeled``/``unlabeled``
+  event pass only on the label it changed (an agent is not started again for an
+  issue it was already started for);
+- ``author`` is the issue's or pull request's author, on a comment or review too.
 """
 
 from __future__ import annotations
@@ -80,10 +89,6 @@ def _texts(event: Event, key: str) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
-def _fold(values: Iterable[str]) -> set[str]:
-    return {value.casefold() for value in values}
-
-
 def _shown(values: Iterable[str]) -> str:
     return repr(list(values))
 
@@ -94,7 +99,7 @@ def _one_of(what: str, have: str | None, allowed: Sequence[str], name: str) -> s
         return None
     if have is None:
         return f"event has no {what}, required by {name} {_shown(allowed)}"
-    if have.casefold() in _fold(allowed):
+    if have in allowed:
         return None
     return f"{what} {have!r} not in {name} {_shown(allowed)}"
 
@@ -123,24 +128,26 @@ def _orgs(trigger: WebhookTrigger, event: Event) -> str | None:
     have = list(dict.fromkeys(n for n in (_text(event, "org"), owner) if n))
     if not have:
         return f"event has no org or repo owner, required by orgs {_shown(allowed)}"
-    if _fold(have) & _fold(allowed):
+    if set(have) & set(allowed):
         return None
     return f"org {' / '.join(map(repr, have))} not in orgs {_shown(allowed)}"
 
 
 def _labels(trigger: WebhookTrigger, event: Event) -> str | None:
-    """A ``labeled`` or ``unlabeled`` event matches on the label it changed (adding
-    ``bug`` to an issue that already has ``agent`` does not start the ``agent`` agent
-    again); any other event on the labels it has."""
+    """The labels the issue or pull request has; with ``labelMatch = "changed"``, a
+    ``labeled`` or ``unlabeled`` event passes on the label it changed only."""
     if not trigger.labels:
         return None
     changed = _text(event, "label")
-    if _text(event, "action") in _LABEL_ACTIONS and changed:
-        if _fold([changed]) & _fold(trigger.labels):
+    if trigger.label_match == "changed" and _text(event, "action") in _LABEL_ACTIONS:
+        if changed in trigger.labels:
             return None
-        return f"label filter {_shown(trigger.labels)} does not have the changed label {changed!r}"
+        return (
+            f"label filter {_shown(trigger.labels)} does not have the changed label "
+            f'{changed!r} (labelMatch = "changed")'
+        )
     labels = _texts(event, "labels")
-    if _fold(labels) & _fold(trigger.labels):
+    if set(labels) & set(trigger.labels):
         return None
     return f"label filter {_shown(trigger.labels)} matched none of {_shown(labels)}"
 
@@ -149,14 +156,15 @@ _LABEL_ACTIONS = frozenset({"labeled", "unlabeled"})
 
 
 def _assignee(trigger: WebhookTrigger, event: Event) -> str | None:
+    """The issue's or pull request's assignee (GitHub's ``assignee``: the first)."""
     if trigger.assignee is None:
         return None
-    assignees = _texts(event, "assignees")
-    if not assignees:
+    assignee = _text(event, "assignee")
+    if assignee is None:
         return f"event has no assignee, required by assignee {trigger.assignee!r}"
-    if trigger.assignee.casefold() in _fold(assignees):
+    if assignee == trigger.assignee:
         return None
-    return f"assignee {trigger.assignee!r} not among assignees {_shown(assignees)}"
+    return f"assignee {assignee!r} is not {trigger.assignee!r}"
 
 
 def _author(trigger: WebhookTrigger, event: Event) -> str | None:
@@ -165,28 +173,27 @@ def _author(trigger: WebhookTrigger, event: Event) -> str | None:
     author = _text(event, "author")
     if author is None:
         return f"event has no author, required by author {trigger.author!r}"
-    if author.casefold() == trigger.author.casefold():
+    if author == trigger.author:
         return None
     return f"author {author!r} is not {trigger.author!r}"
 
 
 def _branches(trigger: WebhookTrigger, event: Event) -> str | None:
-    """A pull request (or its review) passes on its head or its base branch."""
-    if not trigger.branches:
+    """The pushed branch, a pull request's head branch, a run's head branch; an event
+    without a branch passes."""
+    return _if_present("branch", _text(event, "branch"), trigger.branches, "branches")
+
+
+def _if_present(what: str, have: str | None, allowed: Sequence[str], name: str) -> str | None:
+    """A filter an event without the field passes (Action Llama's ``branches``)."""
+    if not allowed or have is None or have in allowed:
         return None
-    head, base = _text(event, "branch"), _text(event, "baseBranch")
-    if head is None and base is None:
-        return f"event has no branch, required by branches {_shown(trigger.branches)}"
-    if head in trigger.branches or base in trigger.branches:
-        return None
-    named = (("branch", head), ("base branch", base))
-    shown = " / ".join(f"{what} {name!r}" for what, name in named if name)
-    return f"{shown} not in branches {_shown(trigger.branches)}"
+    return f"{what} {have!r} not in {name} {_shown(allowed)}"
 
 
 def _conclusions(trigger: WebhookTrigger, event: Event) -> str | None:
     have = _text(event, "conclusion")
-    return _one_of("conclusion", have, trigger.conclusions, "conclusions")
+    return _if_present("conclusion", have, trigger.conclusions, "conclusions")
 
 
 def _resources(trigger: WebhookTrigger, event: Event) -> str | None:
@@ -204,6 +211,39 @@ def _projects(trigger: WebhookTrigger, event: Event) -> str | None:
     return _one_of("project", _text(event, "repo"), trigger.projects, "projects")
 
 
+def _guilds(trigger: WebhookTrigger, event: Event) -> str | None:
+    """Discord's guild is the trigger's ``repo``."""
+    return _one_of("guild", _text(event, "repo"), trigger.guilds, "guilds")
+
+
+def _team_ids(trigger: WebhookTrigger, event: Event) -> str | None:
+    """Slack's team (workspace) is the trigger's ``repo``."""
+    return _one_of("team", _text(event, "repo"), trigger.team_ids, "team_ids")
+
+
+def _users(trigger: WebhookTrigger, event: Event) -> str | None:
+    """X's subscribed account (``for_user_id``) is the trigger's ``repo``."""
+    return _one_of("user", _text(event, "repo"), trigger.users, "users")
+
+
+def _channels(trigger: WebhookTrigger, event: Event) -> str | None:
+    """Slack: an event without a channel does not pass; Discord: it does."""
+    channel = _text(event, "channel")
+    if event.trigger.get("source") == "discord":
+        return _if_present("channel", channel, trigger.channels, "channels")
+    return _one_of("channel", channel, trigger.channels, "channels")
+
+
+def _commands(trigger: WebhookTrigger, event: Event) -> str | None:
+    """Discord: a slash command's (or its autocomplete's) name; other interactions pass."""
+    if not trigger.commands or event.kind not in _COMMAND_EVENTS:
+        return None
+    return _one_of("command", _text(event, "title"), trigger.commands, "commands")
+
+
+_COMMAND_EVENTS = frozenset({"application_command", "autocomplete"})
+
+
 _CHECKS: tuple[Callable[[WebhookTrigger, Event], str | None], ...] = (
     _events,
     _actions,
@@ -217,4 +257,9 @@ _CHECKS: tuple[Callable[[WebhookTrigger, Event], str | None], ...] = (
     _resources,
     _organizations,
     _projects,
+    _guilds,
+    _team_ids,
+    _users,
+    _channels,
+    _commands,
 )

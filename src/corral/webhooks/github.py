@@ -2,9 +2,10 @@
 
 The event is named by ``X-GitHub-Event``. The events agents act on are read in
 full; any other event gets the fields every GitHub payload shares (action,
-repository, sender, organization). Comments and reviews put their own text and
-author in ``body`` and ``author`` (what the agent is reacting to) and the number,
-title and URL of the issue or pull request they belong to (what it acts on).
+repository, sender, organization). A comment or review keeps the issue's or pull
+request's number, title, text and author (``author`` is the issue's author, as in
+Action Llama) and adds its own text and author as ``comment`` and ``commenter``.
+The trigger's ``timestamp`` is the time the delivery was received, as in Action Llama.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ def _issue_like(item: Node, fields: Fields) -> None:
     single = item.login("assignee")
     if single and single not in fields.assignees:
         fields.assignees.insert(0, single)
-    fields.timestamp = item.time("updated_at") or item.time("created_at")
 
 
 def _label(payload: Node) -> str | None:
@@ -74,14 +74,15 @@ def _issues(payload: Node, fields: Fields) -> None:
 
 def _issue_comment(payload: Node, fields: Fields) -> None:
     _issue_like(payload.need("issue", "issue_comment"), fields)
-    _said(payload.need("comment", "issue_comment"), fields, "created_at")
+    _said(payload.need("comment", "issue_comment"), fields)
 
 
-def _said(remark: Node, fields: Fields, time_key: str) -> None:
-    """A comment or review: its text, author and time replace the issue's."""
-    fields.body = remark.text("body")
-    fields.author = remark.login("user")
-    fields.timestamp = remark.time("updated_at") or remark.time(time_key) or fields.timestamp
+def _said(remark: Node, fields: Fields) -> None:
+    """A comment or review: its text and author go in ``comment`` and ``commenter``;
+    ``body`` and ``author`` stay the issue's (Action Llama's ``author`` filter checks
+    the issue's author on a comment)."""
+    fields.comment = remark.text("body")
+    fields.commenter = remark.login("user")
 
 
 def _pull_request(payload: Node, fields: Fields) -> None:
@@ -95,7 +96,7 @@ def _pull_request_review(payload: Node, fields: Fields) -> None:
     pull = payload.need("pull_request", "pull_request_review")
     _issue_like(pull, fields)
     _branches(pull, fields)
-    _said(payload.need("review", "pull_request_review"), fields, "submitted_at")
+    _said(payload.need("review", "pull_request_review"), fields)
 
 
 def _push(payload: Node, fields: Fields) -> None:
@@ -110,7 +111,6 @@ def _push(payload: Node, fields: Fields) -> None:
         fields.title = message.split("\n", 1)[0] or None
         fields.body = message or None
         fields.author = commit.login("author", "username") or fields.author
-        fields.timestamp = commit.time("timestamp")
 
 
 def _first_pull_number(item: Node) -> int | None:
@@ -130,7 +130,6 @@ def _check_run(payload: Node, fields: Fields) -> None:
     fields.conclusion = run.text("conclusion")
     fields.branch = suite.text("head_branch") if suite else None
     fields.number = _first_pull_number(run)
-    fields.timestamp = run.time("completed_at") or run.time("started_at")
 
 
 def _check_suite(payload: Node, fields: Fields) -> None:
@@ -140,7 +139,6 @@ def _check_suite(payload: Node, fields: Fields) -> None:
     fields.conclusion = suite.text("conclusion")
     fields.branch = suite.text("head_branch")
     fields.number = _first_pull_number(suite)
-    fields.timestamp = suite.time("updated_at") or suite.time("created_at")
 
 
 def _workflow_run(payload: Node, fields: Fields) -> None:
@@ -150,15 +148,12 @@ def _workflow_run(payload: Node, fields: Fields) -> None:
     fields.url = run.text("html_url")
     fields.conclusion = run.text("conclusion")
     fields.branch = run.text("head_branch")
-    fields.author = run.login("triggering_actor") or run.login("actor")
+    fields.author = run.login("actor")  # who ran it, as Action Llama reads it
     fields.number = _first_pull_number(run)
-    fields.timestamp = run.time("updated_at") or run.time("created_at")
 
 
 def _ping(payload: Node, fields: Fields) -> None:
     fields.body = payload.text("zen")
-    hook = payload.obj("hook")
-    fields.timestamp = hook.time("created_at") if hook else None
 
 
 #: The GitHub events read in full; others get the common fields only.

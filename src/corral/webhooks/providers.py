@@ -9,7 +9,7 @@ is left ``null``.
 
 from __future__ import annotations
 
-from corral.webhooks._json import Node, epoch_utc
+from corral.webhooks._json import Node
 from corral.webhooks._trigger import Fields
 
 __all__ = ["generic_fields", "linear_event", "linear_fields", "mintlify_fields", "sentry_fields"]
@@ -44,7 +44,7 @@ def generic_fields(body: Node) -> Fields:
 _SENTRY_OBJECT = {"event_alert": "event", "metric_alert": "metric_alert", "error": "error"}
 
 
-def sentry_fields(resource: str, body: Node, hook_timestamp: str | None) -> Fields:
+def sentry_fields(resource: str, body: Node) -> Fields:
     """Sentry integration webhooks: ``repo`` is the Sentry project's slug."""
     data = body.obj("data") or Node({}, "data", strict=False)
     item = data.obj(_SENTRY_OBJECT.get(resource, "issue")) or Node({}, "data", strict=False)
@@ -58,21 +58,13 @@ def sentry_fields(resource: str, body: Node, hook_timestamp: str | None) -> Fiel
         body=comment if resource == "comment" else item.text("message") or item.text("culprit"),
         url=item.text("web_url") or item.text("url"),
         sender=body.login("actor", "name"),
-        timestamp=_epoch_text(hook_timestamp) or item.time("dateCreated"),
         assignees=[name for name in [assigned.text("name") if assigned else None] if name],
     )
 
 
-def _epoch_text(text: str | None) -> str | None:
-    try:
-        return epoch_utc(float(text)) if text else None
-    except ValueError:
-        return None
-
-
 def linear_event(body: Node) -> str | None:
     """Linear's ``type`` as an event name: ``Issue`` -> ``issues``, ``Comment`` ->
-    ``issue_comment`` (as the described system names them), others lower-cased."""
+    ``issue_comment`` (as Action Llama names them), others lower-cased."""
     kind = body.text("type")
     if not kind:
         return None
@@ -85,20 +77,20 @@ def linear_fields(body: Node) -> Fields:
     is_comment = body.text("type") == "Comment"
     issue = (data.obj("issue") or Node({}, "data.issue", strict=False)) if is_comment else data
     assignee = _person(issue.obj("assignee"))
-    millis = body.data.get("webhookTimestamp")
-    stamp = epoch_utc(millis / 1000) if isinstance(millis, int | float) else None
     return Fields(
         action=body.text("action"),
         number=issue.integer("number"),
         title=issue.text("title"),
-        body=data.text("body") if is_comment else data.text("description"),
+        body=issue.text("description"),
         url=body.text("url") or data.text("url"),
-        author=_person(data.obj("user") if is_comment else data.obj("creator")),
+        # The issue's creator, on a comment too (as Action Llama's author filter reads it).
+        author=_person(issue.obj("creator")),
         labels=issue.names("labels", "name"),
         sender=_person(body.obj("actor")),
-        timestamp=stamp or data.time("updatedAt") or data.time("createdAt"),
         org=body.text("organizationId"),
         assignees=[assignee] if assignee else [],
+        comment=data.text("body") if is_comment else None,
+        commenter=_person(data.obj("user")) if is_comment else None,
     )
 
 
@@ -126,7 +118,6 @@ def mintlify_fields(body: Node) -> Fields:
         body=body.text("message") or body.text("error"),
         url=body.text("url"),
         sender=body.login("user", "email"),
-        timestamp=body.time("timestamp"),
         branch=body.text("branch"),
         conclusion=_CONCLUSIONS.get(action or ""),
     )

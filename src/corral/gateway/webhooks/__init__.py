@@ -13,7 +13,9 @@ the store (``corral webhook receipts``), whatever the outcome:
    another site: what a web page could send is refused (403).
 4. The body is parsed (400 when it is not what the sender documents, a lone UTF-16
    surrogate included).
-5. A ping is answered 200 ``{"ok":true,"pong":true}``.
+5. A ping is answered 200 ``{"ok":true,"pong":true}``; Slack's ``url_verification``
+   and Discord's PING with exactly what they expect (``{"challenge":…}``,
+   ``{"type":1}``).
 6. The event is routed against the project's agents, and the receipt and one queue item
    per matching agent are written in ONE transaction (``Store.record_delivery``); only
    then does the sender get 202, so a crash after the answer loses nothing it was told
@@ -24,6 +26,9 @@ A stranger's delivery (refused, or unsigned and invalid) gets a small receipt, c
 a recent one of its kind when there are many, and kept a day (``corral.store._webhooks``);
 the HTTP layer below bounds its head, its body's time and the connections
 (``corral.gateway.guard``).
+
+``GET /webhooks/{source}?crc_token=…`` answers X's CRC check for a ``twitter`` source
+(``WebhookIntake.crc``); it records nothing.
 
 The route needs no operator token: a delivery is authenticated by its signature. The
 gateway listens on loopback unless ``corral start --expose`` (or a reverse proxy in

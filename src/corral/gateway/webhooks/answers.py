@@ -20,6 +20,9 @@ class Answer:
     status: int
     body: dict[str, Any]
     close: bool = False
+    #: The metric's outcome label when the status and body do not tell it (a sender's
+    #: check answered with the body it expects).
+    metric: str | None = None
 
     def response(self) -> JSONResponse:
         headers = {"connection": "close"} if self.close else None
@@ -38,6 +41,8 @@ _REFUSALS = {
 
 def metric_outcome(answer: Answer) -> str:
     """The delivery's outcome label for the metrics, from the answer it got."""
+    if answer.metric is not None:
+        return answer.metric
     if answer.status == 202:
         return "accepted"
     if answer.status == 200:

@@ -43,6 +43,7 @@ from corral.webhooks import (
     verify,
     with_receipt,
 )
+from corral.webhooks.schemes import crc_response, crc_token_problem
 
 __all__ = ["WebhookIntake", "dedupe_key", "plan_items"]
 
@@ -121,6 +122,34 @@ class WebhookIntake:
     def forget_secrets(self) -> None:
         """Read every signing secret again at its next use (after a configuration change)."""
         self._secrets.clear()
+
+    def crc(self, name: str, token: str | None) -> Answer:
+        """X's CRC check (``GET /webhooks/{name}?crc_token=...``): 200 with
+        ``{"response_token": "sha256=<base64 HMAC of the token>"}``, signed with the
+        source's consumer secret. Nothing is recorded: it is not a delivery."""
+        source = self.sources().get(name)
+        if source is None or source.type != "twitter":
+            shown = name if len(name) <= _MAX_NAME else name[:_MAX_NAME] + "…"
+            why = "no such source" if source is None else f"a {source.type} source"
+            error = f"CRC checks are answered for twitter sources only; {shown!r} is {why}"
+            return Answer(404, {"ok": False, "error": error})
+        problem = crc_token_problem(token)
+        if problem is not None or token is None:
+            return Answer(400, {"ok": False, "error": problem})
+        try:
+            secret = self.secret_for(name, source)
+        except CredentialError as exc:
+            error = f"the consumer secret of source {name} cannot be read: {exc}"
+            return Answer(503, {"ok": False, "error": error})
+        if not secret:
+            error = (
+                f"source '{name}' has no consumer secret to answer the CRC check with (set "
+                f'credential = "INSTANCE" in [webhooks.{name}] and store the consumer secret '
+                "with `corral creds add webhook_secret:INSTANCE`)"
+            )
+            return Answer(400, {"ok": False, "error": error})
+        log.info("webhook %s: CRC check answered", name)
+        return Answer(200, {"response_token": crc_response(secret, token)})
 
     async def receive(
         self,
@@ -202,6 +231,8 @@ class WebhookIntake:
             receipt, _ = stored
             if receipt.outcome is ReceiptOutcome.DUPLICATE:
                 return duplicate_answer(receipt)
+            if event.reply is not None:  # Slack's challenge, Discord's PONG: exactly that
+                return Answer(200, dict(event.reply), metric="ping")
             return Answer(200, {"ok": True, "pong": True, "receiptId": receipt.id})
         results, items = plan_items(self.project, event, receipt_id)
         new = NewReceipt(**base, outcome=ReceiptOutcome.ACCEPTED, results=results)

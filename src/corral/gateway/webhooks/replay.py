@@ -37,7 +37,13 @@ async def replay_receipt(
         )
     _check_replayable(project, original)
     source = project.config.webhooks[original.source]
-    delivery = Delivery(source=original.source, headers=original.headers, body=original.body)
+    # The trigger's timestamp is when the event was received, not when it was replayed.
+    delivery = Delivery(
+        source=original.source,
+        headers=original.headers,
+        body=original.body,
+        received=original.received_at,
+    )
     new_id = new_receipt_id()
     base: dict[str, Any] = {
         "id": new_id,

@@ -26,6 +26,11 @@ _SIGNED_HEADERS = [
     ("X-Hub-Signature-256", 'GitHub: "sha256=" and the HMAC-SHA256 of the body, in hex'),
     ("X-Signature-256", 'generic sources: "sha256=" and the HMAC-SHA256 of the body'),
     ("X-Delivery-Id", "generic sources: the delivery id"),
+    ("X-Slack-Signature", 'Slack: "v0=" and the HMAC-SHA256 of "v0:<timestamp>:<body>"'),
+    ("X-Slack-Request-Timestamp", "Slack: the Unix time signed (within 5 minutes of now)"),
+    ("X-Signature-Ed25519", "Discord: the Ed25519 signature of timestamp + body, in hex"),
+    ("X-Signature-Timestamp", "Discord: the timestamp signed"),
+    ("X-Twitter-Webhooks-Signature", 'X: "sha256=" and the base64 HMAC-SHA256 of the body'),
 ]
 
 _OPENAPI: dict[str, Any] = {
@@ -47,7 +52,10 @@ _OPENAPI: dict[str, Any] = {
 
 _ERROR = {"content": {_JSON: {"schema": {"type": "object"}}}}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "a ping answered, or a duplicate delivery (nothing queued)"},
+    200: {
+        "description": "a ping or a sender's check answered (Slack's challenge, Discord's "
+        "PONG), or a duplicate delivery (nothing queued)"
+    },
     202: {"description": "recorded; the matching agents' runs are queued"},
     400: {"description": "verified, but the payload is not what the sender documents", **_ERROR},
     401: {"description": "missing or wrong signature: recorded, nothing queued", **_ERROR},
@@ -94,5 +102,18 @@ def webhook_router(intake: WebhookIntake) -> APIRouter:
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening for it
         return answer.response()
+
+    @router.get(
+        "/webhooks/{source}",
+        responses={
+            200: {"description": 'the CRC answer: {"response_token": "sha256=<base64>"}'},
+            400: {"description": "no usable crc_token, or no consumer secret", **_ERROR},
+            404: {"description": "no such source, or not a twitter source", **_ERROR},
+            503: {"description": "the consumer secret cannot be read", **_ERROR},
+        },
+        summary="Answer X's CRC check (twitter sources)",
+    )
+    async def crc(source: str, crc_token: str | None = None) -> Response:
+        return intake.crc(source, crc_token).response()
 
     return router
