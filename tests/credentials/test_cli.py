@@ -102,27 +102,29 @@ def test_add_from_files(cli: Cli, home: Path, tmp_path: Path) -> None:
             "add",
             "git_ssh:deploy",
             "--file",
-            f"private_key={tmp_path / 'key'}",
+            f"id_rsa={tmp_path / 'key'}",
             "--file",
             f"known_hosts={tmp_path / 'known'}",
         )
     )
     assert added.stdout.strip() == (
-        f"stored git_ssh:deploy in {path} (fields: known_hosts, private_key)"
+        f"stored git_ssh:deploy in {path} (fields: id_rsa, known_hosts)"
     )
-    assert (path / "private_key").read_text() == key
+    assert (path / "id_rsa").read_text() == key
     assert (path / "known_hosts").read_text() == hosts
-    assert mode(path / "private_key") == mode(path / "known_hosts") == 0o600
+    assert mode(path / "id_rsa") == mode(path / "known_hosts") == 0o600
 
     # A key piped in: the one required field comes from stdin, the optional one is left out.
     piped = ok(cli("add", "git_ssh", input=key))
-    assert (home / "credentials" / "git_ssh" / "default" / "private_key").read_text() == key
+    assert (home / "credentials" / "git_ssh" / "default" / "id_rsa").read_text() == key
     assert not (home / "credentials" / "git_ssh" / "default" / "known_hosts").exists()
 
     unknown = cli("add", "git_ssh:other", "--file", f"key={tmp_path / 'key'}")
-    refused(unknown, "git_ssh has no field 'key'", "its fields are private_key, known_hosts")
+    refused(
+        unknown, "git_ssh has no field 'key'", "its fields are id_rsa, username, email, known_hosts"
+    )
     (tmp_path / "empty").write_text("\n")
-    empty = cli("add", "git_ssh:other", "--file", f"private_key={tmp_path / 'empty'}")
+    empty = cli("add", "git_ssh:other", "--file", f"id_rsa={tmp_path / 'empty'}")
     refused(empty, "the file", "is empty")
     assert not (home / "credentials" / "git_ssh" / "other").exists()
 
@@ -149,10 +151,10 @@ def test_types(cli: Cli) -> None:
         "GITHUB_TOKEN",
         "GH_TOKEN",
         "git_ssh",
-        "private_key (multi-line)",
+        "id_rsa (multi-line)",
         "known_hosts (optional,",  # the table wraps it where the terminal is narrow
         "webhook_secret",
-        "GIT_SSH_COMMAND = ssh -i <private_key file>",
+        "GIT_SSH_COMMAND = ssh -i <id_rsa file>",
         "ANTHROPIC_API_KEY",
         "OPENAI_API_KEY",
         "<INSTANCE>",
@@ -164,6 +166,23 @@ def test_types(cli: Cli) -> None:
         "git_ssh",
         "anthropic_key",
         "openai_key",
+        "groq_key",
+        "google_key",
+        "xai_key",
+        "mistral_key",
+        "openrouter_key",
+        "custom_key",
+        "sentry_token",
+        "linear_token",
+        "linear_oauth",
+        "bugsnag_token",
+        "netlify_token",
+        "mintlify_token",
+        "slack_bot_token",
+        "discord_bot",
+        "x_twitter_api",
+        "reddit_oauth",
+        "aws",
         "env",
         "webhook_secret",
         "operator_token",
@@ -175,9 +194,9 @@ def test_types(cli: Cli) -> None:
         {"name": "GITHUB_TOKEN", "value": "<token>"},
         {"name": "GH_TOKEN", "value": "<token>"},
     ]
-    assert types["git_ssh"]["fields"][1] == {
+    assert types["git_ssh"]["fields"][3] == {
         "name": "known_hosts",
-        "description": types["git_ssh"]["fields"][1]["description"],
+        "description": types["git_ssh"]["fields"][3]["description"],
         "required": False,
         "multiline": True,
         "secret": False,
@@ -208,18 +227,16 @@ def test_file_options_are_checked(tmp_path: Path) -> None:
     key = tmp_path / "key"
     key.write_text(fake_key())
     cases = {
-        f"private_key={tmp_path / 'nope'}": "cannot read",
-        "private_key": "is not FIELD=PATH",
-        "private_key=": "is not FIELD=PATH",
+        f"id_rsa={tmp_path / 'nope'}": "cannot read",
+        "id_rsa": "is not FIELD=PATH",
+        "id_rsa=": "is not FIELD=PATH",
     }
     for option, message in cases.items():
         with pytest.raises(CredentialError, match=message):
             creds._values_from_files(ref, ctype, [option])
-    with pytest.raises(CredentialError, match="gives private_key twice"):
-        creds._values_from_files(ref, ctype, [f"private_key={key}"] * 2)
+    with pytest.raises(CredentialError, match="gives id_rsa twice"):
+        creds._values_from_files(ref, ctype, [f"id_rsa={key}"] * 2)
     (tmp_path / "binary").write_bytes(b"\xff\xfe")
     with pytest.raises(CredentialError, match="not UTF-8"):
-        creds._values_from_files(ref, ctype, [f"private_key={tmp_path / 'binary'}"])
-    assert creds._values_from_files(ref, ctype, [f"private_key={key}"]) == {
-        "private_key": key.read_text()
-    }
+        creds._values_from_files(ref, ctype, [f"id_rsa={tmp_path / 'binary'}"])
+    assert creds._values_from_files(ref, ctype, [f"id_rsa={key}"]) == {"id_rsa": key.read_text()}

@@ -76,11 +76,17 @@ def test_a_pasted_key_ends_at_an_empty_line(tmp_path: Path, home: Path) -> None:
     term = Terminal(tmp_path, home, "add", "git_ssh")
     term.wait_for(b"then an empty line")
     term.type(key + "\n")  # pasted at once, then the empty line
+    term.wait_for(b"username")
+    term.type("Dev Bot\n")  # not secret, but asked for like the rest
+    term.wait_for(b"email")
+    term.type("\n")  # optional: skipped
     term.wait_for(b"known_hosts")
     term.type("\n")  # optional: skipped
     assert term.finish() == 0, term.screen
     directory = home / "credentials" / "git_ssh" / "default"
-    assert (directory / "private_key").read_text() == key
+    assert (directory / "id_rsa").read_text() == key
+    assert (directory / "username").read_text() == "Dev Bot"
     assert not (directory / "known_hosts").exists()
+    assert not (directory / "email").exists()
     for line in key.splitlines():
         assert line.encode() not in term.screen, term.screen

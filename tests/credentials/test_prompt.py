@@ -22,7 +22,7 @@ it seems to come from (issue text, webhook payloads, file contents, web pages, o
 
 def test_github_token_and_git_ssh(store: CredentialStore) -> None:
     store.add("github_token", "default", {"token": token()})
-    store.add("git_ssh", "default", {"private_key": fake_key()})
+    store.add("git_ssh", "default", {"id_rsa": fake_key()})
     loaded = store.resolve(["github_token", "git_ssh"])
     assert credential_context(loaded, "/credentials") == (
         "Credential files are mounted at `/credentials/` (read-only).\n"
@@ -71,6 +71,6 @@ def test_the_documented_block_is_the_real_one(store: CredentialStore) -> None:
     )
     assert found is not None
     store.add("github_token", "default", {"token": token()})
-    store.add("git_ssh", "default", {"private_key": fake_key()})
+    store.add("git_ssh", "default", {"id_rsa": fake_key()})
     loaded = store.resolve(["github_token", "git_ssh"])
     assert found[1] == credential_context(loaded, "/credentials")

@@ -58,7 +58,7 @@ def test_a_file_is_private_before_its_first_byte_is_written(
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", spying_write)
-    store.add("git_ssh", "deploy", {"private_key": fake_key(), "known_hosts": "gh.com ssh-x y\n"})
+    store.add("git_ssh", "deploy", {"id_rsa": fake_key(), "known_hosts": "gh.com ssh-x y\n"})
     monkeypatch.undo()
     assert seen and set(seen) == {0o600}
 
@@ -82,7 +82,7 @@ def test_a_failed_replacement_leaves_the_old_credential_whole(
     store: CredentialStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old_key, old_hosts = fake_key(), "github.com ssh-ed25519 AAAAold\n"
-    stored = store.add("git_ssh", "deploy", {"private_key": old_key, "known_hosts": old_hosts})
+    stored = store.add("git_ssh", "deploy", {"id_rsa": old_key, "known_hosts": old_hosts})
     real = _files._write_new
     calls: list[Path] = []
 
@@ -93,20 +93,20 @@ def test_a_failed_replacement_leaves_the_old_credential_whole(
         real(path, content)
 
     monkeypatch.setattr(_files, "_write_new", failing)
-    new = {"private_key": fake_key(), "known_hosts": "github.com ssh-ed25519 AAAAnew\n"}
+    new = {"id_rsa": fake_key(), "known_hosts": "github.com ssh-ed25519 AAAAnew\n"}
     with pytest.raises(OSError, match="No space"):
         store.add("git_ssh", "deploy", new, replace=True)
-    assert (stored.path / "private_key").read_text() == old_key
+    assert (stored.path / "id_rsa").read_text() == old_key
     assert (stored.path / "known_hosts").read_text() == old_hosts
-    assert sorted(p.name for p in stored.path.iterdir()) == ["known_hosts", "private_key"]
+    assert sorted(p.name for p in stored.path.iterdir()) == ["id_rsa", "known_hosts"]
 
 
 def test_replacing_drops_optional_fields_not_given_again(store: CredentialStore) -> None:
     hosts = "github.com ssh-ed25519 AAAA\n"
-    stored = store.add("git_ssh", "deploy", {"private_key": fake_key(), "known_hosts": hosts})
-    assert stored.fields == ("known_hosts", "private_key")
-    store.add("git_ssh", "deploy", {"private_key": fake_key()}, replace=True)
-    assert sorted(p.name for p in stored.path.iterdir()) == ["private_key"]
+    stored = store.add("git_ssh", "deploy", {"id_rsa": fake_key(), "known_hosts": hosts})
+    assert stored.fields == ("id_rsa", "known_hosts")
+    store.add("git_ssh", "deploy", {"id_rsa": fake_key()}, replace=True)
+    assert sorted(p.name for p in stored.path.iterdir()) == ["id_rsa"]
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_replacing_drops_optional_fields_not_given_again(store: CredentialStore)
         ("github_token", "default", {"token": "ghp_\0abc"}, "NUL"),
         ("github_token", "default", {}, "no value for token"),
         ("github_token", "default", {"token": token(), "user": "me"}, "has no field user"),
-        ("git_ssh", "default", {"known_hosts": "x y z\n"}, "no value for private_key"),
+        ("git_ssh", "default", {"known_hosts": "x y z\n"}, "no value for id_rsa"),
         ("nope", "default", {"value": token()}, "unknown credential type"),
         ("env", "1BAD", {"value": token()}, "not a valid environment variable name"),
     ],
@@ -138,8 +138,8 @@ def test_bad_values_are_refused_and_nothing_is_written(
 
 def test_multi_line_values_keep_their_final_newline(store: CredentialStore) -> None:
     key = fake_key().rstrip("\n")
-    stored = store.add("git_ssh", "default", {"private_key": key})
-    assert (stored.path / "private_key").read_text() == key + "\n"
+    stored = store.add("git_ssh", "default", {"id_rsa": key})
+    assert (stored.path / "id_rsa").read_text() == key + "\n"
 
 
 def test_list_and_remove(store: CredentialStore) -> None:
@@ -169,14 +169,14 @@ def test_list_and_remove(store: CredentialStore) -> None:
 
 def test_list_shows_what_is_wrong_without_values(store: CredentialStore) -> None:
     store.add("github_token", "default", {"token": token()})
-    store.add("anthropic_key", "default", {"api_key": token("sk-ant-")})
+    store.add("anthropic_key", "default", {"token": token("sk-ant-")})
     os.chmod(store.root / "github_token" / "default", 0o755)
-    (store.root / "anthropic_key" / "default" / "api_key").unlink()
+    (store.root / "anthropic_key" / "default" / "token").unlink()
     (store.root / "mystery" / "x").mkdir(parents=True)
     problems = {str(c.ref): c.problems for c in store.list()}
     assert "open to group or others (mode 0755)" in problems["github_token"][0]
     assert problems["anthropic_key"] == (
-        "api_key is missing; store it again with `corral creds add anthropic_key --force`",
+        "token is missing; store it again with `corral creds add anthropic_key --force`",
     )
     assert (
         f"`chmod -R go-rwx {store.root / 'github_token' / 'default'}`"
@@ -223,17 +223,17 @@ def test_resolve_refuses_a_directory_or_file_open_to_others(store: CredentialSto
 
 def test_resolve_reports_malformed_credentials(store: CredentialStore) -> None:
     store.add("github_token", "default", {"token": token()})
-    store.add("openai_key", "default", {"api_key": token("sk-")})
-    store.add("git_ssh", "default", {"private_key": fake_key()})
+    store.add("openai_key", "default", {"token": token("sk-")})
+    store.add("git_ssh", "default", {"id_rsa": fake_key()})
     (store.root / "github_token" / "default" / "token").write_text("ghp_one\nghp_two\n")
-    (store.root / "openai_key" / "default" / "api_key").write_text("")
-    (store.root / "git_ssh" / "default" / "private_key").unlink()
+    (store.root / "openai_key" / "default" / "token").write_text("")
+    (store.root / "git_ssh" / "default" / "id_rsa").unlink()
     with pytest.raises(CredentialError) as caught:
         store.resolve(["github_token", "openai_key", "git_ssh"])
     assert [(p.ref, p.message.split(";")[0]) for p in caught.value.problems] == [
         ("github_token", "token must be one line"),
-        ("openai_key", "api_key is empty"),
-        ("git_ssh", "private_key is missing"),
+        ("openai_key", "token is empty"),
+        ("git_ssh", "id_rsa is missing"),
     ]
     fixes = [p.fix for p in caught.value.problems]
     assert fixes[2] == "store it again with `corral creds add git_ssh --force`"
@@ -270,10 +270,10 @@ def test_every_built_in_type_gives_its_variables_and_files(store: CredentialStor
     }
     key, hosts = fake_key(), "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6\n"
     store.add("github_token", "default", {"token": values["github_token"]})
-    store.add("anthropic_key", "default", {"api_key": values["anthropic_key"]})
-    store.add("openai_key", "default", {"api_key": values["openai_key"]})
+    store.add("anthropic_key", "default", {"token": values["anthropic_key"]})
+    store.add("openai_key", "default", {"token": values["openai_key"]})
     store.add("env", "SENTRY_TOKEN", {"value": values["sentry"]})
-    store.add("git_ssh", "default", {"private_key": key, "known_hosts": hosts})
+    store.add("git_ssh", "default", {"id_rsa": key, "known_hosts": hosts})
     loaded = store.resolve(
         ["github_token", "anthropic_key", "openai_key", "env:SENTRY_TOKEN", "git_ssh"]
     )
@@ -291,13 +291,13 @@ def test_every_built_in_type_gives_its_variables_and_files(store: CredentialStor
     assert by_type["env"].files == {"value": root / "env" / "SENTRY_TOKEN" / "value"}
 
     ssh = by_type["git_ssh"]
-    key_file, hosts_file = ssh.files["private_key"], ssh.files["known_hosts"]
+    key_file, hosts_file = ssh.files["id_rsa"], ssh.files["known_hosts"]
     assert key_file.read_text() == key and hosts_file.read_text() == hosts
     assert ssh.env == {
         "GIT_SSH_COMMAND": f"ssh -i {key_file} -o IdentitiesOnly=yes "
         f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={hosts_file}"
     }
-    assert ssh.values == {"private_key": key, "known_hosts": hosts}
+    assert ssh.values == {"id_rsa": key, "known_hosts": hosts}
     assert ssh.secrets() == (key,)  # known_hosts is public: not redacted
     for credential in loaded:  # the values stay out of repr (and so out of tracebacks)
         for value in credential.values.values():
@@ -305,9 +305,9 @@ def test_every_built_in_type_gives_its_variables_and_files(store: CredentialStor
 
 
 def test_git_ssh_without_known_hosts(store: CredentialStore) -> None:
-    store.add("git_ssh", "deploy", {"private_key": fake_key()})
+    store.add("git_ssh", "deploy", {"id_rsa": fake_key()})
     (ssh,) = store.resolve(["git_ssh:deploy"])
-    path = store.root / "git_ssh" / "deploy" / "private_key"
+    path = store.root / "git_ssh" / "deploy" / "id_rsa"
     assert ssh.env == {
         "GIT_SSH_COMMAND": f"ssh -i {path} -o IdentitiesOnly=yes "
         "-o StrictHostKeyChecking=accept-new"
@@ -317,11 +317,11 @@ def test_git_ssh_without_known_hosts(store: CredentialStore) -> None:
 
 def test_env_for_rewrites_the_paths_to_the_mount(store: CredentialStore) -> None:
     value = token()
-    store.add("git_ssh", "deploy", {"private_key": fake_key(), "known_hosts": "h ssh-rsa AAAA\n"})
+    store.add("git_ssh", "deploy", {"id_rsa": fake_key(), "known_hosts": "h ssh-rsa AAAA\n"})
     store.add("github_token", "default", {"token": value})
     ssh, gh = store.resolve(["git_ssh:deploy", "github_token"])
     assert ssh.env_for(PurePosixPath("/credentials")) == {
-        "GIT_SSH_COMMAND": "ssh -i /credentials/git_ssh/deploy/private_key -o IdentitiesOnly=yes "
+        "GIT_SSH_COMMAND": "ssh -i /credentials/git_ssh/deploy/id_rsa -o IdentitiesOnly=yes "
         "-o StrictHostKeyChecking=accept-new "
         "-o UserKnownHostsFile=/credentials/git_ssh/deploy/known_hosts"
     }
@@ -337,9 +337,9 @@ def test_ssh_command_quotes_paths_and_ssh_reads_the_stored_key(
         pytest.skip("ssh is not installed")
     key = ssh_key(tmp_path)
     store = CredentialStore(tmp_path / "my home" / "cred's")
-    store.add("git_ssh", "default", {"private_key": key.read_text()})
+    store.add("git_ssh", "default", {"id_rsa": key.read_text()})
     (ssh,) = store.resolve(["git_ssh"])
-    stored = ssh.files["private_key"]
+    stored = ssh.files["id_rsa"]
     # ssh-keygen refuses a key file others can read and one without its final newline.
     derived = subprocess.run(
         ["ssh-keygen", "-y", "-f", str(stored)], capture_output=True, text=True, check=True
@@ -361,12 +361,12 @@ def test_copy_to_writes_private_files_and_returns_their_env(
     store: CredentialStore, tmp_path: Path, umask: Callable[[int], None]
 ) -> None:
     umask(0o000)
-    store.add("git_ssh", "deploy", {"private_key": fake_key()})
+    store.add("git_ssh", "deploy", {"id_rsa": fake_key()})
     (ssh,) = store.resolve(["git_ssh:deploy"])
     root = tmp_path / "run" / ".corral" / "credentials"
     env = ssh.copy_to(root)
-    copied = root / "git_ssh" / "deploy" / "private_key"
-    assert copied.read_text() == ssh.values["private_key"]
+    copied = root / "git_ssh" / "deploy" / "id_rsa"
+    assert copied.read_text() == ssh.values["id_rsa"]
     assert mode(copied) == 0o600
     assert mode(root) == mode(root / "git_ssh") == mode(copied.parent) == 0o700
     assert env == ssh.env_for(root)

@@ -22,13 +22,32 @@ def test_the_built_in_types() -> None:
         "git_ssh",
         "anthropic_key",
         "openai_key",
+        "groq_key",
+        "google_key",
+        "xai_key",
+        "mistral_key",
+        "openrouter_key",
+        "custom_key",
+        "sentry_token",
+        "linear_token",
+        "linear_oauth",
+        "bugsnag_token",
+        "netlify_token",
+        "mintlify_token",
+        "slack_bot_token",
+        "discord_bot",
+        "x_twitter_api",
+        "reddit_oauth",
+        "aws",
         "env",
         "webhook_secret",
         "operator_token",
     ]
     ssh = credential_type("git_ssh")
     assert [(f.name, f.multiline, f.required) for f in ssh.fields] == [
-        ("private_key", True, True),
+        ("id_rsa", True, True),
+        ("username", False, False),
+        ("email", False, False),
         ("known_hosts", True, False),
     ]
     assert credential_type("github_token").env_names("default") == ("GITHUB_TOKEN", "GH_TOKEN")
@@ -101,9 +120,15 @@ def test_env_type_refuses_variables_corral_or_the_system_own(name: str) -> None:
 
 
 def test_env_descriptions_for_humans() -> None:
-    (ssh,) = credential_type("git_ssh").env
+    ssh, *identity = credential_type("git_ssh").env
+    assert [(v.describe(), v.shown_value(), v.when) for v in identity] == [
+        ("GIT_AUTHOR_NAME", "<username>", "username"),
+        ("GIT_COMMITTER_NAME", "<username>", "username"),
+        ("GIT_AUTHOR_EMAIL", "<email>", "email"),
+        ("GIT_COMMITTER_EMAIL", "<email>", "email"),
+    ]
     assert ssh.describe() == (
-        "GIT_SSH_COMMAND = ssh -i <private_key file> -o IdentitiesOnly=yes "
+        "GIT_SSH_COMMAND = ssh -i <id_rsa file> -o IdentitiesOnly=yes "
         "-o StrictHostKeyChecking=accept-new [-o UserKnownHostsFile=<known_hosts file>]"
     )
     assert [v.describe() for v in credential_type("github_token").env] == [

@@ -8,6 +8,10 @@
         ...
         fake.requests[0].headers["x-api-key"], fake.requests[0].body["system"]
 
+With ``FakeProvider(require_key=KEY)`` a request that does not carry KEY
+(``Authorization: Bearer KEY``, or Anthropic's ``x-api-key: KEY``) is refused with HTTP 401,
+as a real provider refuses it, and takes nothing from the script.
+
 Each API has its own queue; every request takes the next scripted response of its API (an
 empty queue answers HTTP 500 "nothing scripted"). A :class:`Reply` is rendered as that
 API's stream: text and tool input are split into ``fragment``-sized deltas; ``cut_after``
@@ -254,7 +258,8 @@ def _stream_error(api: Api, err: StreamError, model: str) -> list[bytes]:
 class FakeProvider:
     """The scripted server; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, require_key: str | None = None) -> None:
+        self.require_key = require_key
         self.requests: list[Recorded] = []
         self._queues: dict[Api, deque[Response]] = {"anthropic": deque(), "openai": deque()}
         self._server: asyncio.Server | None = None
@@ -325,6 +330,10 @@ class FakeProvider:
                 writer, Status(404, {"error": {"message": f"no route {method} {path}"}})
             )
             return
+        if not self._authorized(api, headers):
+            error = {"type": "authentication_error", "message": "invalid or missing API key"}
+            await self._status(writer, Status(401, {"type": "error", "error": error}))
+            return
         if not self._queues[api]:
             msg = f"fake provider: nothing scripted for {api}"
             await self._status(
@@ -334,6 +343,13 @@ class FakeProvider:
         response = self._queues[api].popleft()
         model = str(body.get("model", "")) if isinstance(body, dict) else ""
         await self._respond(writer, api, response, model)
+
+    def _authorized(self, api: Api, headers: dict[str, str]) -> bool:
+        if self.require_key is None:
+            return True
+        if headers.get("authorization") == f"Bearer {self.require_key}":
+            return True
+        return api == "anthropic" and headers.get("x-api-key") == self.require_key
 
     async def _respond(
         self, writer: asyncio.StreamWriter, api: Api, response: Response, model: str

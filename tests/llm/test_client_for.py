@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from corral.llm import (
     AnthropicClient,
+    AuthFailed,
     Message,
     OpenAIClient,
     ProviderError,
@@ -13,7 +16,7 @@ from corral.llm import (
     client_for,
 )
 from corral.project import ModelConfig
-from tests.llm.fakeprovider import FakeProvider, Reply
+from tests.llm.fakeprovider import Api, FakeProvider, Reply
 
 
 @pytest.mark.parametrize(
@@ -54,7 +57,7 @@ async def test_custom_needs_base_url() -> None:
     with pytest.raises(ProviderError, match="needs a baseUrl"):
         client_for(ModelConfig(provider="custom", model="llama3"), "")
     client = client_for(
-        ModelConfig(provider="custom", model="llama3", baseUrl="http://localhost:11434/v1"), ""
+        ModelConfig(provider="custom", model="llama3", baseUrl="http://localhost:11434/v1"), "k"
     )
     assert isinstance(client, OpenAIClient)
     assert client.url == "http://localhost:11434/v1/chat/completions"
@@ -87,3 +90,29 @@ async def test_end_to_end_through_client_for(fake: FakeProvider) -> None:
     assert texts == ["from anthropic", "from openrouter"]
     assert fake.requests[0].body["thinking"]["budget_tokens"] == 2048
     assert fake.pending("anthropic") == fake.pending("openai") == 0
+
+
+@pytest.mark.parametrize(
+    ("provider", "api", "header"),
+    [("openai", "openai", "authorization"), ("anthropic", "anthropic", "x-api-key")],
+)
+async def test_the_key_is_sent_as_the_provider_wants_it(
+    provider: str, api: Api, header: str
+) -> None:
+    key = "sk-" + "s3cret" * 6
+    async with FakeProvider(require_key=key) as server:
+        server.script(api, Reply.text("hello"))
+        url = server.url if api == "anthropic" else server.openai_url
+        config = ModelConfig(provider=provider, model="m", baseUrl=url)  # type: ignore[arg-type]
+        msgs = [Message("user", [Text("hi")])]
+        async with contextlib.aclosing(client_for(config, key)) as client:
+            assert (await client.complete("m", "s", msgs, [], 50)).text == "hello"
+        sent = server.requests[0].headers[header]
+        assert sent == (f"Bearer {key}" if header == "authorization" else key)
+        # Without a key the provider refuses, and the error names the credential to add.
+        async with contextlib.aclosing(client_for(config, "")) as client:
+            with pytest.raises(AuthFailed) as info:
+                await client.complete("m", "s", msgs, [], 50)
+        assert header not in server.requests[1].headers
+        assert f"no {provider}_key credential is stored" in str(info.value)
+        assert f"`corral creds add {provider}_key`" in str(info.value)

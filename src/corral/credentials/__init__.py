@@ -9,6 +9,13 @@ redactor = Redactor(s for c in loaded for s in c.secrets())
 """
 
 from corral.credentials.errors import CredentialError, CredentialProblem, CredentialUsageError
+from corral.credentials.models import (
+    KEYLESS_AUTH,
+    MODEL_KEY_VARIABLES,
+    implied_credentials,
+    model_key_type,
+    model_key_variable,
+)
 from corral.credentials.prompt import credential_context
 from corral.credentials.redact import MIN_SECRET_LEN, RedactingSink, Redactor
 from corral.credentials.store import (
@@ -32,7 +39,9 @@ from corral.credentials.types import (
 
 __all__ = [
     "DEFAULT_INSTANCE",
+    "KEYLESS_AUTH",
     "MIN_SECRET_LEN",
+    "MODEL_KEY_VARIABLES",
     "WEBHOOK_SECRET",
     "CredentialError",
     "CredentialField",
@@ -50,6 +59,9 @@ __all__ = [
     "credential_type",
     "credential_types",
     "default_root",
+    "implied_credentials",
+    "model_key_type",
+    "model_key_variable",
     "parse_ref",
     "webhook_secret_ref",
 ]

@@ -78,7 +78,7 @@ class LoadedCredential:
         )
 
     def context_line(self) -> str:
-        return self.type.context_line(self.ref.instance)
+        return self.type.context_line(self.ref.instance, self.values)
 
     def copy_to(self, root: Path) -> dict[str, str]:
         """Write the files under ``root/TYPE/INSTANCE`` (private) and return the env for there.
@@ -100,7 +100,7 @@ def _render_env(
     ctype: CredentialType, ref: CredentialRef, values: Mapping[str, str], type_dir: PurePath
 ) -> dict[str, str]:
     paths = {name: type_dir / ref.instance / name for name in values}
-    return dict(var.render(ref.instance, values, paths) for var in ctype.env)
+    return dict(var.render(ref.instance, values, paths) for var in ctype.env if var.applies(values))
 
 
 class CredentialStore:
@@ -193,11 +193,15 @@ class CredentialStore:
         shown = tuple(p.message if p.fix is None else f"{p.message}; {p.fix}" for p in problems)
         return StoredCredential(ref, directory, names, shown)
 
-    def resolve(self, names: Sequence[str]) -> builtins.list[LoadedCredential]:
+    def resolve(
+        self, names: Sequence[str], *, missing_ok: bool = False
+    ) -> builtins.list[LoadedCredential]:
         """Read the credentials ``names`` (as written in an agent's config) for a run.
 
         Raises one :class:`CredentialError` naming every credential that is missing,
         malformed, unsafe or in conflict with another, each with the command that fixes it.
+        With ``missing_ok`` a credential that is not stored at all is left out instead (the
+        model keys an agent's models imply: a local server may need none).
         """
         problems: builtins.list[CredentialProblem] = []
         loaded: builtins.list[LoadedCredential] = []
@@ -211,6 +215,8 @@ class CredentialStore:
             if ref in seen:
                 continue
             seen.add(ref)
+            if missing_ok and not self.path(ref).exists():
+                continue
             credential, found = self._load(ref)
             problems += found
             if credential is not None:
@@ -240,6 +246,11 @@ def _check_values(
     ref: CredentialRef, ctype: CredentialType, values: Mapping[str, str]
 ) -> dict[str, bytes]:
     label = str(ref)
+    # An earlier name of a field (private_key for id_rsa) is taken as the field itself.
+    values = {
+        (spec.name if (spec := ctype.field(name)) else name): value
+        for name, value in values.items()
+    }
     unknown = sorted(set(values) - set(ctype.field_names))
     if unknown:
         raise CredentialUsageError(
@@ -296,7 +307,7 @@ def _read(
     values: dict[str, str] = {}
     problems: builtins.list[CredentialProblem] = []
     for spec in ctype.fields:
-        path = directory / spec.name
+        path = _field_path(directory, spec)
         try:
             info = path.stat()
         except FileNotFoundError:
@@ -315,6 +326,23 @@ def _read(
             else:
                 values[spec.name] = value
     return values, problems
+
+
+def _field_path(directory: Path, spec: CredentialField) -> Path:
+    """The field's file; one stored under an earlier name of the field is renamed first,
+    so that a run (which sees the files by their names) finds it where its variables say."""
+    path = directory / spec.name
+    if path.exists() or path.is_symlink():
+        return path
+    for alias in spec.aliases:
+        old = directory / alias
+        if old.is_file() and not old.is_symlink():
+            try:
+                os.rename(old, path)
+            except OSError:
+                return old  # a read-only store: read it where it is
+            return path
+    return path
 
 
 def _decode(spec: CredentialField, path: Path) -> tuple[str, str | None]:

@@ -58,6 +58,9 @@ class CredentialField:
     required: bool = True
     #: Whether the value is a secret: secret values are redacted from a run's output.
     secret: bool = True
+    #: Earlier names of the field (corral's before it took Action Llama's): a file stored
+    #: under one is renamed to ``name`` when read, and ``--file OLD=PATH`` still works.
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,12 +70,17 @@ class EnvVar:
     ``name`` and ``value`` are templates (see the module); ``optional`` holds
     ``(field, text)`` pairs, the text appended to the value when that optional field
     is set. With ``shell``, the value is a shell command line and paths in it are quoted.
+    With ``when``, the variable is set only when that (optional) field has a value.
     """
 
     name: str
     value: str
     optional: tuple[tuple[str, str], ...] = ()
     shell: bool = False
+    when: str | None = None
+
+    def applies(self, values: Mapping[str, str]) -> bool:
+        return self.when is None or self.when in values
 
     def render(
         self, instance: str, values: Mapping[str, str], paths: Mapping[str, PurePath]
@@ -134,6 +142,8 @@ class CredentialType:
     env: tuple[EnvVar, ...]
     #: One line for the prompt's ``<credential-context>`` block (a template, ``{instance}``).
     context: str
+    #: ``(field, text)``: the text is added to the line when that optional field is set.
+    context_optional: tuple[tuple[str, str], ...] = ()
     #: The instance is the name of the environment variable (the generic ``env`` type).
     instance_is_env_name: bool = False
     #: Whether an agent may name it in ``credentials``. A webhook signing secret is for the
@@ -141,7 +151,9 @@ class CredentialType:
     given_to_runs: bool = True
 
     def field(self, name: str) -> CredentialField | None:
-        return next((f for f in self.fields if f.name == name), None)
+        """The field called ``name`` or, failing that, the one that was called so before."""
+        found = next((f for f in self.fields if f.name == name), None)
+        return found or next((f for f in self.fields if name in f.aliases), None)
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -151,12 +163,61 @@ class CredentialType:
     def required_fields(self) -> tuple[CredentialField, ...]:
         return tuple(f for f in self.fields if f.required)
 
-    def context_line(self, instance: str) -> str:
-        return self.context.replace("{instance}", instance)
+    def context_line(self, instance: str, values: Mapping[str, str] | None = None) -> str:
+        extra = "".join(text for name, text in self.context_optional if name in (values or {}))
+        return self.context.replace("{instance}", instance) + extra
 
     def env_names(self, instance: str) -> tuple[str, ...]:
         return tuple(var.name.replace("{instance}", instance) for var in self.env)
 
+
+def _token(name: str, variable: str, what: str, example: str, use: str) -> CredentialType:
+    """A credential of one secret ``token`` set as one variable, as Action Llama's are."""
+    return CredentialType(
+        name=name,
+        description=f"{what}.",
+        fields=(CredentialField("token", f"the {example}"),),
+        env=(EnvVar(variable, "{token}"),),
+        context=f"`{variable}` — {use}",
+    )
+
+
+def _model_key(provider: str, variable: str, what: str, example: str) -> CredentialType:
+    """``PROVIDER_key``: a model provider's API key. An agent's ``models`` imply it
+    (:mod:`corral.credentials.models`); ``api_key`` was the field's name in corral before."""
+    return CredentialType(
+        name=f"{provider}_key",
+        description=f"{what} API key, for the agent's {provider} models.",
+        fields=(CredentialField("token", f"the API key ({example})", aliases=("api_key",)),),
+        env=(EnvVar(variable, "{token}"),),
+        context=f"`{variable}` — {what} API key",
+    )
+
+
+def _fields(name: str, what: str, use: str, *fields: tuple[str, str, bool, bool]) -> CredentialType:
+    """A credential of several fields, each set as ``NAME_FIELD`` in upper case.
+
+    ``fields`` are ``(field, variable, secret, required)``."""
+    return CredentialType(
+        name=name,
+        description=f"{what}.",
+        fields=tuple(
+            CredentialField(field, f"the {field.replace('_', ' ')}", required=req, secret=sec)
+            for field, _, sec, req in fields
+        ),
+        env=tuple(
+            EnvVar(variable, f"{{{field}}}", when=None if req else field)
+            for field, variable, _, req in fields
+        ),
+        context=" ".join(f"`{variable}`" for _, variable, _, _ in fields) + f" — {use}",
+    )
+
+
+_GIT_IDENTITY = tuple(
+    EnvVar(f"GIT_{who}_{what.upper()}", f"{{{field}}}", when=field)
+    for field, what in (("username", "name"), ("email", "email"))
+    for who in ("AUTHOR", "COMMITTER")
+)
 
 _BUILTIN: tuple[CredentialType, ...] = (
     CredentialType(
@@ -168,10 +229,20 @@ _BUILTIN: tuple[CredentialType, ...] = (
     ),
     CredentialType(
         name="git_ssh",
-        description="An SSH private key for `git` over SSH (e.g. a deploy key).",
+        description="An SSH private key for `git` over SSH (e.g. a deploy key), and the git "
+        "identity commits are made as.",
         fields=(
             CredentialField(
-                "private_key", "the private key file's content (-----BEGIN ...)", multiline=True
+                "id_rsa",
+                "the private key file's content (-----BEGIN ...)",
+                multiline=True,
+                aliases=("private_key",),
+            ),
+            CredentialField(
+                "username", "the git author name for commits", required=False, secret=False
+            ),
+            CredentialField(
+                "email", "the git author email for commits", required=False, secret=False
             ),
             CredentialField(
                 "known_hosts",
@@ -185,28 +256,111 @@ _BUILTIN: tuple[CredentialType, ...] = (
         env=(
             EnvVar(
                 "GIT_SSH_COMMAND",
-                "ssh -i {private_key:path} -o IdentitiesOnly=yes "
-                "-o StrictHostKeyChecking=accept-new",
+                "ssh -i {id_rsa:path} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new",
                 optional=(("known_hosts", " -o UserKnownHostsFile={known_hosts:path}"),),
                 shell=True,
             ),
+            *_GIT_IDENTITY,
         ),
         context="`GIT_SSH_COMMAND` — `git` uses the SSH key for clones, fetches and pushes "
         "over SSH",
+        context_optional=(
+            ("username", "; `GIT_AUTHOR_NAME` / `GIT_COMMITTER_NAME` set for `git commit`"),
+            ("email", "; `GIT_AUTHOR_EMAIL` / `GIT_COMMITTER_EMAIL` set for `git commit`"),
+        ),
     ),
-    CredentialType(
-        name="anthropic_key",
-        description="An Anthropic API key.",
-        fields=(CredentialField("api_key", "the API key (sk-ant-...)"),),
-        env=(EnvVar("ANTHROPIC_API_KEY", "{api_key}"),),
-        context="`ANTHROPIC_API_KEY` — Anthropic API key",
+    _model_key("anthropic", "ANTHROPIC_API_KEY", "An Anthropic", "sk-ant-..."),
+    _model_key("openai", "OPENAI_API_KEY", "An OpenAI", "sk-..."),
+    _model_key("groq", "GROQ_API_KEY", "A Groq", "gsk_..."),
+    _model_key("google", "GEMINI_API_KEY", "A Google AI (Gemini)", "from Google AI Studio"),
+    _model_key("xai", "XAI_API_KEY", "An xAI", "xai-..."),
+    _model_key("mistral", "MISTRAL_API_KEY", "A Mistral AI", "from console.mistral.ai"),
+    _model_key("openrouter", "OPENROUTER_API_KEY", "An OpenRouter", "sk-or-..."),
+    _model_key("custom", "CUSTOM_API_KEY", "A custom provider's", "for the model's baseUrl"),
+    _token(
+        "sentry_token",
+        "SENTRY_AUTH_TOKEN",
+        "A Sentry auth token",
+        "auth token",
+        "use `curl` for Sentry API requests",
     ),
-    CredentialType(
-        name="openai_key",
-        description="An OpenAI API key.",
-        fields=(CredentialField("api_key", "the API key (sk-...)"),),
-        env=(EnvVar("OPENAI_API_KEY", "{api_key}"),),
-        context="`OPENAI_API_KEY` — OpenAI API key",
+    _token(
+        "linear_token",
+        "LINEAR_API_TOKEN",
+        "A Linear personal API token",
+        "API token (lin_api_...)",
+        "use for Linear API access via curl or HTTP libraries",
+    ),
+    _fields(
+        "linear_oauth",
+        "Linear OAuth2 credentials",
+        "use for Linear OAuth API access",
+        ("client_id", "LINEAR_CLIENT_ID", False, True),
+        ("client_secret", "LINEAR_CLIENT_SECRET", True, True),
+        ("access_token", "LINEAR_ACCESS_TOKEN", True, True),
+        ("refresh_token", "LINEAR_REFRESH_TOKEN", True, False),
+    ),
+    _token(
+        "bugsnag_token",
+        "BUGSNAG_AUTH_TOKEN",
+        "A Bugsnag auth token",
+        "auth token",
+        "use for Bugsnag API requests",
+    ),
+    _token(
+        "netlify_token",
+        "NETLIFY_AUTH_TOKEN",
+        "A Netlify personal access token",
+        "access token",
+        "use for Netlify API requests",
+    ),
+    _token(
+        "mintlify_token",
+        "MINTLIFY_API_TOKEN",
+        "A Mintlify API token",
+        "API token",
+        "use for API access to Mintlify services",
+    ),
+    _token(
+        "slack_bot_token",
+        "SLACK_BOT_TOKEN",
+        "A Slack bot user OAuth token",
+        "bot token (xoxb-...)",
+        "use for Slack API access via curl or HTTP libraries",
+    ),
+    _fields(
+        "discord_bot",
+        "Discord bot credentials",
+        "use for the Discord API",
+        ("application_id", "DISCORD_APPLICATION_ID", False, True),
+        ("public_key", "DISCORD_PUBLIC_KEY", False, True),
+        ("bot_token", "DISCORD_BOT_TOKEN", True, True),
+    ),
+    _fields(
+        "x_twitter_api",
+        "X (Twitter) API credentials",
+        "use X API v2 directly",
+        ("consumer_key", "X_CONSUMER_KEY", True, True),
+        ("consumer_secret", "X_CONSUMER_SECRET", True, True),
+        ("bearer_token", "X_BEARER_TOKEN", True, True),
+    ),
+    _fields(
+        "reddit_oauth",
+        "Reddit OAuth2 credentials of a script app",
+        "use for Reddit OAuth2 script app authentication",
+        ("client_id", "REDDIT_CLIENT_ID", False, True),
+        ("client_secret", "REDDIT_CLIENT_SECRET", True, True),
+        ("username", "REDDIT_USERNAME", False, True),
+        ("password", "REDDIT_PASSWORD", True, True),
+        ("user_agent", "REDDIT_USER_AGENT", False, True),
+    ),
+    _fields(
+        "aws",
+        "AWS credentials",
+        "use the `aws` CLI and AWS SDKs directly",
+        ("access_key_id", "AWS_ACCESS_KEY_ID", True, True),
+        ("secret_access_key", "AWS_SECRET_ACCESS_KEY", True, True),
+        ("default_region", "AWS_DEFAULT_REGION", False, False),
     ),
     CredentialType(
         name="env",
@@ -236,12 +390,13 @@ _BUILTIN: tuple[CredentialType, ...] = (
     ),
 )
 _BY_NAME = {ctype.name: ctype for ctype in _BUILTIN}
-# The described system has one secret type per provider; all of them are this one here.
+# Action Llama has one secret type per provider; all of them are this one here.
 _ALIASES = {
     "github_webhook_secret": WEBHOOK_SECRET,
     "sentry_client_secret": WEBHOOK_SECRET,
     "linear_webhook_secret": WEBHOOK_SECRET,
     "mintlify_webhook_secret": WEBHOOK_SECRET,
+    "slack_signing_secret": WEBHOOK_SECRET,
 }
 
 
@@ -314,7 +469,7 @@ def parse_ref(text: str) -> CredentialRef:
 def webhook_secret_ref(text: str) -> CredentialRef:
     """The signing secret named by a webhook source's ``credential``.
 
-    ``"MyOrg"`` (a bare instance, as the described system writes it) is
+    ``"MyOrg"`` (a bare instance, as Action Llama writes it) is
     ``webhook_secret:MyOrg``; ``webhook_secret`` and its old per-provider names
     (``github_webhook_secret:MyOrg``) are accepted with or without an instance. Any other
     type is refused: only a signing secret can check a signature.

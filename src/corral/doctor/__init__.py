@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from corral.doctor import credentials as _credentials
+from corral.doctor import tools as _tools
 from corral.errors import ConfigError, CorralError, RunError
 from corral.locate import resolve_project_root
 from corral.project import Project, load_project
 from corral.runtime import HostRuntime, Isolation, LaunchSpec
 from corral.runtime._limits import detect_limits
+from corral.runtime._private import mount_support
 from corral.runtime.sandbox import INSTALL_HINT, SandboxRuntime, probe_sandbox
 from corral.scheduler.prepare import RUN_ID_BASE, RUN_ID_SPAN
 from corral.store import open_store
@@ -40,7 +43,10 @@ async def run_checks(project_dir: Path | None, env: str | None) -> list[Check]:
     if project is not None:
         checks += [warning_check(project)] if project.warnings else []
         checks.append(await check_store(project))
+        checks += _tools.tool_checks(project)
+        checks.append(_credentials.check_credentials(project))
     checks.append(await check_host_runtime())
+    checks.append(check_host_tmp())
     checks.append(await check_sandbox(project))
     checks.append(check_sandbox_limits(project))
     checks.append(await check_sandbox_walls(project))
@@ -102,6 +108,15 @@ async def check_host_runtime() -> Check:
     if code != 0:
         return Check("runtime host", "fail", f"/bin/true exited with {code}")
     return Check("runtime host", "ok", f"spawned a process group in {elapsed:.1f} ms")
+
+
+def check_host_tmp() -> Check:
+    """Whether host runs get a /tmp of their own (docs/sandbox.md, "Scratch space")."""
+    support = mount_support()
+    if support.unshare is None:
+        fix = 'run corral as root, or set [runtime] type = "sandbox" in config.toml'
+        return Check("host /tmp", "warn", support.describe(), fix)
+    return Check("host /tmp", "ok", support.describe())
 
 
 def _sandbox_agents(project: Project | None) -> list[str]:

@@ -9,8 +9,11 @@ the errors, :mod:`corral.llm.anthropic` and :mod:`corral.llm.openai` for the wir
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import httpx
 
+from corral.credentials import KEYLESS_AUTH, model_key_type
 from corral.llm.anthropic import ANTHROPIC_URL, AnthropicClient
 from corral.llm.errors import (
     AuthFailed,
@@ -101,13 +104,50 @@ def client_for(
             provider=provider,
             model=config.model,
         )
+    client: LLMClient
     if provider == "anthropic":
-        return AnthropicClient(base_url, api_key, http=http, auth_type=config.auth_type)
-    return OpenAIClient(
-        base_url,
-        api_key,
-        http=http,
-        provider=provider,
-        max_tokens_field="max_completion_tokens" if provider == "openai" else "max_tokens",
-        reasoning=provider not in _NO_REASONING_EFFORT,
-    )
+        client = AnthropicClient(base_url, api_key, http=http, auth_type=config.auth_type)
+    else:
+        client = OpenAIClient(
+            base_url,
+            api_key,
+            http=http,
+            provider=provider,
+            max_tokens_field="max_completion_tokens" if provider == "openai" else "max_tokens",
+            reasoning=provider not in _NO_REASONING_EFFORT,
+        )
+    if not api_key and config.auth_type not in KEYLESS_AUTH:
+        return _Keyless(client, model_key_type(provider))
+    return client
+
+
+class _Keyless:
+    """A client given no key (none is stored; a local server may need none): when the
+    provider refuses the request for want of one, the error says which credential to add."""
+
+    def __init__(self, client: LLMClient, key_type: str) -> None:
+        self._client = client
+        self._key_type = key_type
+
+    async def complete(
+        self,
+        model: str,
+        system: str,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        max_tokens: int,
+        thinking_level: str | None = None,
+    ) -> Completion:
+        try:
+            return await self._client.complete(
+                model, system, messages, tools, max_tokens, thinking_level
+            )
+        except AuthFailed as exc:
+            exc.args = (
+                f"{exc} (no API key was sent: no {self._key_type} credential is stored; add "
+                f"it with `corral creds add {self._key_type}`)",
+            )
+            raise
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

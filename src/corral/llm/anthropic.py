@@ -265,6 +265,8 @@ class AnthropicClient:
             "content-type": "application/json",
             "accept": "text/event-stream",
         }
+        if not self._api_key:
+            return headers  # none stored (a local server may need none): no empty header
         if self._auth_type == "oauth_token":
             headers["authorization"] = f"Bearer {self._api_key}"
             headers["anthropic-beta"] = OAUTH_BETA

@@ -1,4 +1,4 @@
-"""Credentials for runs: `corral creds add|ls|rm|types`. Values are read, stored, never shown."""
+"""Credentials for runs: `corral creds add|ls|rm|import|types`. Values are never shown."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from corral.credentials import (
     credential_types,
     parse_ref,
 )
+from corral.credentials.importer import ImportEntry, import_store
 
 NO_ARGUMENT_VALUES = (
     "values are not taken as command-line arguments, where `ps` and the shell history "
@@ -47,7 +48,7 @@ def creds_group() -> None:
     "files",
     multiple=True,
     metavar="FIELD=PATH",
-    help="Read FIELD's value from the file PATH (repeatable), e.g. private_key=~/.ssh/deploy.",
+    help="Read FIELD's value from the file PATH (repeatable), e.g. id_rsa=~/.ssh/deploy.",
 )
 @click.option("--force", is_flag=True, help="Replace the credential if it is stored already.")
 def add_cmd(name: str, files: tuple[str, ...], force: bool) -> None:
@@ -96,15 +97,15 @@ def _values_from_files(
                 f"--file {option!r}: {ctype.name} has no field {name!r}",
                 f"its fields are {', '.join(ctype.field_names)}",
             )
-        if name in values:
-            raise CredentialUsageError(str(ref), f"--file gives {name} twice")
+        if spec.name in values:
+            raise CredentialUsageError(str(ref), f"--file gives {spec.name} twice")
         try:
             raw = Path(path).expanduser().read_bytes()
         except OSError as exc:
             raise CredentialUsageError(
                 str(ref), f"cannot read {path} for {name}: {exc.strerror}"
             ) from None
-        values[name] = _text(ref, spec, raw, f"the file {path}")
+        values[spec.name] = _text(ref, spec, raw, f"the file {path}")
     return values
 
 
@@ -173,15 +174,16 @@ def _ask_lines(label: str, *, optional: bool) -> str:
     import termios
 
     skip = "; just an empty line to skip" if optional else ""
-    click.echo(f"{label}: paste it, then an empty line (it is not shown){skip}", err=True)
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     quiet = termios.tcgetattr(fd)
     quiet[3] &= ~termios.ECHO
-    # TCSANOW, not TCSAFLUSH: lines already pasted must not be thrown away.
+    # TCSANOW, not TCSAFLUSH: lines already pasted must not be thrown away. Echo goes off
+    # before the request is shown, so that a paste made as soon as it shows is not echoed.
     termios.tcsetattr(fd, termios.TCSANOW, quiet)
     lines: list[str] = []
     try:
+        click.echo(f"{label}: paste it, then an empty line (it is not shown){skip}", err=True)
         while line := sys.stdin.readline():
             if not line.strip():
                 break
@@ -239,6 +241,52 @@ def rm_cmd(name: str) -> None:
     ref = parse_ref(name)
     path = CredentialStore().remove(ref.type, ref.instance)
     console.print(f"removed {ref} ({path})", markup=False, soft_wrap=True)
+
+
+@creds_group.command("import")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(path_type=Path),
+    default=Path("~/.action-llama"),
+    show_default=True,
+    help="Action Llama's home (or its credentials directory).",
+)
+@click.option("--dry-run", is_flag=True, help="Check and list; store nothing.")
+@click.option("--force", is_flag=True, help="Replace credentials stored here already.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+def import_cmd(source: Path, dry_run: bool, force: bool, as_json: bool) -> None:
+    """Copy the credentials of an Action Llama store (~/.action-llama/credentials) here.
+
+    Each one is checked as `corral creds add` checks it and listed with what became of it
+    (imported, or skipped and why); values are never shown. Its old webhook secret types
+    (github_webhook_secret:MyOrg) become webhook_secret:MyOrg. Exits 1 when one was
+    skipped for a problem.
+    """
+    store = CredentialStore()
+    entries = import_store(source, store, replace=force, dry_run=dry_run)
+    if as_json:
+        print_json([_entry_json(entry) for entry in entries])
+    else:
+        for entry in entries:
+            console.print(entry.line(), markup=False, soft_wrap=True)
+        done = sum(entry.action != "skipped" for entry in entries)
+        verb = "would be imported" if dry_run else "imported"
+        console.print(
+            f"{done} of {len(entries)} {verb} into {store.root}", markup=False, soft_wrap=True
+        )
+    if any(entry.action == "skipped" for entry in entries):
+        raise SystemExit(1)
+
+
+def _entry_json(entry: ImportEntry) -> dict[str, Any]:
+    return {
+        "source": entry.source,
+        "action": entry.action,
+        "ref": None if entry.ref is None else str(entry.ref),
+        "fields": list(entry.fields),
+        "reason": entry.reason or None,
+    }
 
 
 @creds_group.command("types")

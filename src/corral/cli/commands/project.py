@@ -10,7 +10,7 @@ from rich.table import Table
 
 from corral.cli._context import CliContext
 from corral.cli._main import cli
-from corral.cli._render import cell, console, err_console, print_json, safe
+from corral.cli._render import cell, console, err_console, print_json, safe, safe_lines
 from corral.doctor import Check, run_checks
 from corral.scaffold import create_project
 
@@ -65,9 +65,14 @@ _MARK = {"ok": "[green]  ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/
 
 @cli.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--strict", is_flag=True, help="Exit non-zero on warnings too (e.g. a missing model key)."
+)
 @click.pass_obj
-def doctor_cmd(obj: CliContext, as_json: bool) -> None:
-    """Check the project, the store and the runtimes, and say what to fix."""
+def doctor_cmd(obj: CliContext, as_json: bool, strict: bool) -> None:
+    """Check the project, its credentials, the store and the runtimes, and say what to fix.
+
+    Exits 1 when a check fails; with --strict, also when one warns."""
     checks: list[Check] = asyncio.run(run_checks(obj.project_dir, obj.env))
     if as_json:
         print_json(
@@ -75,8 +80,9 @@ def doctor_cmd(obj: CliContext, as_json: bool) -> None:
         )
     else:
         for c in checks:
-            console.print(f"{_MARK[c.status]}  {safe(c.name)}: {safe(c.detail)}")
+            console.print(f"{_MARK[c.status]}  {safe(c.name)}: {safe_lines(c.detail)}")
             if c.fix:
                 console.print(f"{'':>6}fix: {safe(c.fix)}", style="dim")
-    if any(c.status == "fail" for c in checks):
+    failing = {"fail", "warn"} if strict else {"fail"}
+    if any(c.status in failing for c in checks):
         raise SystemExit(1)

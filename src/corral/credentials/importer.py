@@ -1,0 +1,156 @@
+"""``corral creds import``: copy an Action Llama credential store into corral's.
+
+Action Llama keeps ``~/.action-llama/credentials/TYPE/INSTANCE/FIELD``, one file per
+field, the layout corral's store has too. Each credential is mapped by its type (the
+old per-provider webhook secret types are ``webhook_secret``), checked like
+``corral creds add`` checks a value, and stored; nothing is written for an entry with a
+problem, and an entry stored already is left alone unless replacing is asked for.
+Values are never returned in anything that is printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Literal
+
+from corral.credentials.errors import CredentialError, CredentialUsageError
+from corral.credentials.store import CredentialStore
+from corral.credentials.types import CredentialRef, CredentialType, credential_type, parse_ref
+
+__all__ = ["ImportEntry", "import_store", "source_root"]
+
+#: Action Llama's credentials that only its own provisioning and gateway use.
+_NOT_FOR_CORRAL: Mapping[str, str] = {
+    "gateway_api_key": "Action Llama's gateway key; corral's gateway uses operator tokens "
+    "(`corral token create`)",
+    "vultr_api_key": "used by Action Llama's VPS provisioning only",
+    "hetzner_api_key": "used by Action Llama's VPS provisioning only",
+    "cloudflare_api_token": "used by Action Llama's VPS provisioning only",
+    "vps_ssh": "used by Action Llama's VPS provisioning only",
+    "gcp_service_account": "used by Action Llama's Cloud Run runtime only",
+}
+
+Action = Literal["imported", "would import", "skipped"]
+
+
+@dataclass(frozen=True)
+class ImportEntry:
+    """One credential of the source store: what became of it, and why. No values."""
+
+    source: str
+    action: Action
+    ref: CredentialRef | None = None
+    fields: tuple[str, ...] = ()
+    reason: str = ""
+
+    def line(self) -> str:
+        target = f" as {self.ref.full}" if self.ref and self.ref.full != self.source else ""
+        fields = f" (fields: {', '.join(self.fields)})" if self.fields else ""
+        reason = f": {self.reason}" if self.reason else ""
+        return f"{self.action} {self.source}{target}{fields}{reason}"
+
+
+def source_root(path: Path) -> Path:
+    """The credentials directory of an Action Llama home (``~/.action-llama``) or the
+    credentials directory itself."""
+    path = path.expanduser()
+    return path / "credentials" if (path / "credentials").is_dir() else path
+
+
+@dataclass
+class _Run:
+    store: CredentialStore
+    replace: bool
+    dry_run: bool
+    done: dict[CredentialRef, str] = field(default_factory=dict)
+
+
+def import_store(
+    source: Path, store: CredentialStore, *, replace: bool = False, dry_run: bool = False
+) -> list[ImportEntry]:
+    """Import every credential under ``source`` (see :func:`source_root`) into ``store``,
+    in sorted order; with ``dry_run`` nothing is written."""
+    root = source_root(source)
+    if not root.is_dir():
+        raise CredentialUsageError(
+            str(source),
+            f"no credentials directory at {root}",
+            "give Action Llama's home with --from (it holds credentials/TYPE/INSTANCE/FIELD)",
+        )
+    state = _Run(store, replace, dry_run)
+    entries: list[ImportEntry] = []
+    for type_dir in _subdirs(root):
+        for directory in _subdirs(type_dir):
+            entries.append(_one(state, type_dir.name, directory))
+    return entries
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _one(state: _Run, type_name: str, directory: Path) -> ImportEntry:
+    label = f"{type_name}:{directory.name}"
+    if type_name in _NOT_FOR_CORRAL:
+        return ImportEntry(label, "skipped", reason=_NOT_FOR_CORRAL[type_name])
+    try:
+        ref = parse_ref(label)
+        ctype = credential_type(ref.type)
+        values = _values(ctype, directory)
+    except CredentialError as exc:
+        return ImportEntry(label, "skipped", reason=_reasons(exc))
+    if ref in state.done:
+        reason = f"{ref} was taken from {state.done[ref]} already"
+        return ImportEntry(label, "skipped", ref, reason=reason)
+    if state.store.exists(ref) and not state.replace:
+        reason = f"{ref} is stored already (--force replaces it)"
+        return ImportEntry(label, "skipped", ref, reason=reason)
+    try:
+        stored = _store(state, ref, values)
+    except CredentialError as exc:
+        return ImportEntry(label, "skipped", ref, reason=_reasons(exc))
+    state.done[ref] = label
+    action: Action = "would import" if state.dry_run else "imported"
+    return ImportEntry(label, action, ref, stored)
+
+
+def _store(state: _Run, ref: CredentialRef, values: dict[str, str]) -> tuple[str, ...]:
+    if state.dry_run:
+        # Checked as storing would check them, in a store that is thrown away.
+        with TemporaryDirectory() as scratch:
+            checked = CredentialStore(Path(scratch) / "credentials")
+            return checked.add(ref.type, ref.instance, values).fields
+    return state.store.add(ref.type, ref.instance, values, replace=state.replace).fields
+
+
+def _values(ctype: CredentialType, directory: Path) -> dict[str, str]:
+    label = f"{directory.parent.name}:{directory.name}"
+    values: dict[str, str] = {}
+    unknown: list[str] = []
+    for path in sorted(p for p in directory.iterdir() if not p.name.startswith(".")):
+        spec = ctype.field(path.name)
+        if spec is None or not path.is_file():
+            unknown.append(path.name)
+            continue
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CredentialUsageError(label, f"cannot read {path.name}: {exc}") from None
+        if not spec.multiline:  # written by `echo VALUE > FILE`: the newline is no part of it
+            text = text.removesuffix("\n").removesuffix("\r")
+        values[spec.name] = text
+    if unknown:
+        raise CredentialUsageError(
+            label,
+            f"{ctype.name} has no field {', '.join(unknown)} (its fields are "
+            f"{', '.join(ctype.field_names)})",
+            f"store it by hand with `corral creds add {label}`",
+        )
+    return values
+
+
+def _reasons(exc: CredentialError) -> str:
+    return "; ".join(p.message if p.fix is None else f"{p.message}; {p.fix}" for p in exc.problems)
