@@ -161,7 +161,7 @@ def test_documented_defaults(tmp_path: Path) -> None:
     assert config.local.cpus == 2
     assert config.models["sonnet"].auth_type == "api_key"
     dev = project.agents["dev"]
-    assert dev.config.timeout == 3600
+    assert dev.config.timeout == 900
     assert dev.config.max_work_queue_size == 100
     assert dev.config.scale is None
     assert dev.effective_scale == 1

@@ -86,7 +86,7 @@ def test_explain_names_every_source(root: Path, environments: Path) -> None:
     assert found["models.sonnet.authType"] == ("api_key", "default")
     assert found["agents.dev.models"] == (("sonnet",), "agent")
     assert found["agents.dev.scale"] == (1, "default")
-    assert found["agents.dev.timeout"] == (3600, "default")
+    assert found["agents.dev.timeout"] == (900, "default")
     assert found["agents.dev.maxWorkQueueSize"] == (10, "project")
     assert found["state.url"][1] == "default"
 
@@ -111,8 +111,9 @@ def test_environment_file_is_validated_under_its_own_name(root: Path, environmen
     assert [str(issue) for issue in caught.value.issues] == [
         f"{path}:1: unknown key 'maxRerun' in {path}: did you mean 'maxReruns'?",
         f"{path}:2: unknown key 'server' in {path}; valid keys are: budget, defaultAgentScale, "
-        "gateway, historyRetentionDays, local, maxAttempts, maxCallDepth, maxReruns, models, "
-        "projectName, resourceLockTimeout, scale, state, telemetry, webhooks, workQueueSize",
+        "gateway, harness, historyRetentionDays, local, maxAttempts, maxCallDepth, maxReruns, "
+        "models, projectName, resourceLockTimeout, runtime, scale, state, telemetry, webhooks, "
+        "workQueueSize",
     ]
 
 

@@ -254,12 +254,12 @@ def test_cap_warning_as_documented(tmp_path: Path) -> None:
 
 
 async def test_documented_defaults_in_action(tmp_path: Path, store: Store) -> None:
-    """An empty config.toml: queue 100, scale 1, maxReruns 10, maxAttempts 3, timeout 3600."""
+    """An empty config.toml: queue 100, scale 1, maxReruns 10, maxAttempts 3, timeout 900."""
     project = write_project(
         tmp_path / "p", {"dev": {"command": "true"}, "chain": {"command": "sleep 0.1"}}
     )
     agent = project.agents["dev"]
-    assert (agent.effective_scale, agent.config.timeout) == (1, 3600)
+    assert (agent.effective_scale, agent.config.timeout) == (1, 900)
     async with scheduler_for(project, store) as running:
         await store.set_paused("dev", True)
         results = [await running.submit("dev", prompt=str(i)) for i in range(101)]

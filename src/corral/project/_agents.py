@@ -12,7 +12,12 @@ from corral.errors import ConfigIssue
 from corral.project._checks import validate_agent_name
 from corral.project._compat import legacy_frontmatter, runtime_aliases
 from corral.project._errors import did_you_mean, translate
-from corral.project._models import AgentConfig, HarnessConfig, ProjectConfig
+from corral.project._models import (
+    DEFAULT_AGENT_TIMEOUT,
+    AgentConfig,
+    HarnessConfig,
+    ProjectConfig,
+)
 from corral.project._overlay import Layer, Merged, merge
 from corral.project._project import Agent, resolved_values
 from corral.project._skill import ParsedSkill, read_skill
@@ -127,7 +132,7 @@ def _read_config(
 
 def _validate(context: ProjectContext, files: _AgentFiles) -> AgentConfig | None:
     fallbacks = {
-        "timeout": (context.config.local.timeout or 3600, ("local", "timeout")),
+        "timeout": (context.config.local.timeout or DEFAULT_AGENT_TIMEOUT, ("local", "timeout")),
         "maxWorkQueueSize": (context.config.work_queue_size, ("workQueueSize",)),
     }
     for key, (value, project_loc) in fallbacks.items():
@@ -135,6 +140,7 @@ def _validate(context: ProjectContext, files: _AgentFiles) -> AgentConfig | None
             files.merged.data[key] = value
             if project_loc in context.merged.origin:
                 files.merged.origin[(key,)] = context.merged.origin[project_loc]
+    _project_defaults(context, files)
     data = files.merged.data
     issues = [*_model_refs(context, data, files), *_webhook_refs(context, data, files)]
     context.errors += issues
@@ -146,6 +152,73 @@ def _validate(context: ProjectContext, files: _AgentFiles) -> AgentConfig | None
     config, harness_issues = _resolve_harness(config, files)
     context.errors += harness_issues
     return None if issues or harness_issues else config
+
+
+#: ``[harness]`` keys that together choose what runs: an agent that sets any of them
+#: takes none of the project's (a project ``command`` beside an agent ``preset`` is no
+#: conflict of the agent's making).
+_HARNESS_CHOICE = ("type", "command", "preset")
+
+
+def _project_defaults(context: ProjectContext, files: _AgentFiles) -> None:
+    """Copy the project's ``[runtime]`` and ``[harness]`` settings into the agent's data
+    where the agent does not set them, remembering the project layer as their source.
+
+    ``[runtime]`` is taken key by key, as is ``[harness] env``; the harness's ``type``,
+    ``command`` and ``preset`` come as one choice (see _HARNESS_CHOICE). Values come from
+    the validated project config, so a bad project value is reported once, at its file.
+    """
+    defaults = {
+        "runtime": context.config.runtime.model_dump(
+            by_alias=True, include=context.config.runtime.model_fields_set, mode="json"
+        ),
+        "harness": context.config.harness.model_dump(
+            by_alias=True, include=context.config.harness.model_fields_set, mode="json"
+        ),
+    }
+    data = files.merged.data
+    for table, values in defaults.items():
+        own = data.get(table)
+        if own is not None and not isinstance(own, dict):
+            continue  # the agent's own type error is reported
+        own = {} if own is None else own
+        if table == "harness" and (
+            any(key in own for key in _HARNESS_CHOICE)
+            or _preset_problem(context.config.harness) is not None  # reported at the project
+        ):
+            values = {k: v for k, v in values.items() if k not in _HARNESS_CHOICE}
+        for key, value in values.items():
+            _default_into(context, files, (table, key), own, value)
+        if own:
+            data[table] = own
+
+
+def _default_into(
+    context: ProjectContext,
+    files: _AgentFiles,
+    loc: tuple[str, str],
+    own: dict[str, Any],
+    value: Any,
+) -> None:
+    key = loc[1]
+    if isinstance(value, dict) and isinstance(own.get(key), dict):  # [harness] env
+        for name, inner in value.items():
+            if name not in own[key]:
+                own[key][name] = inner
+                _origin(context, files, (*loc, name))
+        return
+    if key not in own:
+        own[key] = value
+        _origin(context, files, loc)
+        if isinstance(value, dict):
+            for name in value:
+                _origin(context, files, (*loc, name))
+
+
+def _origin(context: ProjectContext, files: _AgentFiles, loc: Loc) -> None:
+    layer = context.merged.layer_at(loc)
+    if layer is not None:
+        files.merged.origin[loc] = layer
 
 
 def _undefined(field: str, name: str, table: str, defined: tuple[str, ...]) -> str:

@@ -12,12 +12,13 @@ from pydantic_core import PydanticCustomError
 from corral.errors import ConfigError, ConfigIssue
 from corral.project._agents import ProjectContext, load_agents
 from corral.project._checks import resolve_state_url, state_url
-from corral.project._compat import project_aliases
-from corral.project._errors import translate
+from corral.project._compat import project_aliases, runtime_aliases
+from corral.project._errors import did_you_mean, translate
 from corral.project._models import ProjectConfig
 from corral.project._overlay import Layer, Merged, ProjectLayers, merge, read_project_layers
 from corral.project._project import Project, ResolvedValue, resolved_values
 from corral.project._toml import Loc, Locator
+from corral.project.presets import PRESETS
 
 __all__ = ["load_project"]
 
@@ -39,9 +40,11 @@ def load_project(root: Path | str, env: str | None = None) -> Project:
     for layer in found.layers:
         more_errors, more_warnings = project_aliases(layer)
         errors += more_errors
-        warnings += more_warnings
+        warnings += more_warnings + runtime_aliases(layer)[1]
     merged = merge(found.layers)
     config = _validate_project(merged, errors)
+    if config is not None:
+        errors += _preset_issues(config, merged)
     url, url_source = _state_url(root, config, errors)
     context = _context(root, config or ProjectConfig(), merged, found)
     agents = load_agents(context)
@@ -71,6 +74,30 @@ def _validate_project(merged: Merged, errors: list[ConfigIssue]) -> ProjectConfi
     except ValidationError as exc:
         errors += translate(exc, ProjectConfig, where, {".env.toml": ["environment"]})
         return None
+
+
+def _preset_issues(config: ProjectConfig, merged: Merged) -> list[ConfigIssue]:
+    """The project's ``[harness] preset`` must name a preset, and not beside ``command``."""
+    harness = config.harness
+    if harness.preset is None:
+        return []
+    loc = ("harness", "preset")
+    layer = merged.layer_at(loc)
+    shown, line = (layer.shown, layer.locator.line_for(loc)) if layer else ("config.toml", None)
+    if harness.preset not in PRESETS:
+        guess = did_you_mean(harness.preset, PRESETS)
+        hint = f" (did you mean {guess!r}?)" if guess else ""
+        message = (
+            f"unknown preset {harness.preset!r}{hint}; the presets are "
+            f"{', '.join(sorted(PRESETS))} (or write the command line in 'command')"
+        )
+    elif harness.command is not None:
+        message = "set either 'preset' or 'command' in [harness], not both"
+    elif harness.type == "builtin":
+        message = 'a preset is a command: it needs type = "command" (or no type)'
+    else:
+        return []
+    return [ConfigIssue(shown, "harness.preset", message, line)]
 
 
 def _state_url(

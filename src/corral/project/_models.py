@@ -9,6 +9,7 @@ name, e.g. ``'schedule' <text>``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,7 @@ from pydantic.alias_generators import to_camel
 from corral.project import _checks
 
 __all__ = [
+    "DEFAULT_AGENT_TIMEOUT",
     "SOURCE_DEFAULTS",
     "AgentBudget",
     "AgentConfig",
@@ -53,7 +55,9 @@ Provider = Literal[
 ]
 AuthType = Literal["api_key", "oauth_token", "pi_auth"]
 ThinkingLevel = Literal["off", "minimal", "low", "medium", "high", "xhigh"]
-WebhookType = Literal["github", "sentry", "linear", "mintlify", "generic"]
+WebhookType = Literal[
+    "github", "sentry", "linear", "mintlify", "slack", "discord", "twitter", "generic"
+]
 SignatureAlgorithm = Literal["sha256", "sha1", "sha512"]
 
 Memory = Annotated[StrictStr, AfterValidator(_checks.memory)]
@@ -63,6 +67,10 @@ CredentialRef = Annotated[StrictStr, AfterValidator(_checks.credential_ref)]
 WebhookCredential = Annotated[StrictStr, AfterValidator(_checks.webhook_credential)]
 HeaderName = Annotated[StrictStr, AfterValidator(_checks.header_name)]
 Strings = tuple[StrictStr, ...]
+
+#: An agent's maximum run time in seconds when neither it nor ``[local] timeout`` sets
+#: one: Action Llama's DEFAULT_AGENT_TIMEOUT.
+DEFAULT_AGENT_TIMEOUT = 900
 
 
 class _Model(BaseModel):
@@ -170,6 +178,41 @@ SOURCE_DEFAULTS: Mapping[str, Mapping[str, str | None]] = {
         "eventHeader": None,
         "deliveryHeader": "X-Delivery-Id",
     },
+    # Slack, Discord and X sign in schemes of their own (corral.webhooks.delivery) and name
+    # the event and its id in the body.
+    "slack": {
+        "signatureHeader": "X-Slack-Signature",
+        "algorithm": "sha256",
+        "signaturePrefix": "v0=",
+        "eventHeader": None,
+        "deliveryHeader": None,
+    },
+    "discord": {
+        "signatureHeader": "X-Signature-Ed25519",
+        "algorithm": "sha256",
+        "signaturePrefix": "",
+        "eventHeader": None,
+        "deliveryHeader": None,
+    },
+    "twitter": {
+        "signatureHeader": "X-Twitter-Webhooks-Signature",
+        "algorithm": "sha256",
+        "signaturePrefix": "sha256=",
+        "eventHeader": None,
+        "deliveryHeader": None,
+    },
+}
+#: The senders whose scheme is fixed, and how they sign: a setting that pretends
+#: otherwise is a mistake worth reporting.
+_FIXED_SCHEMES = {
+    "github": 'GitHub always signs with X-Hub-Signature-256 ("sha256=<hex>") and names the '
+    "event in X-GitHub-Event",
+    "slack": "Slack always signs with X-Slack-Signature (v0) over X-Slack-Request-Timestamp "
+    "and the body, and names the event in the body",
+    "discord": "Discord always signs with X-Signature-Ed25519 over X-Signature-Timestamp and "
+    "the body, and names the interaction in the body",
+    "twitter": 'X always signs with X-Twitter-Webhooks-Signature ("sha256=<base64>") and '
+    "names the event in the body",
 }
 # GitHub's scheme is fixed; a setting that pretends otherwise is a mistake worth reporting.
 _SCHEME_KEYS = ("signatureHeader", "algorithm", "signaturePrefix", "eventHeader", "deliveryHeader")
@@ -206,13 +249,12 @@ class WebhookSource(_Model):
         if not isinstance(kind, str) or kind not in SOURCE_DEFAULTS:
             return data  # reported by the field's own check
         written = [key for key in _SCHEME_KEYS if key in data]
-        if kind == "github" and written:
+        if kind in _FIXED_SCHEMES and written:
             names = " and ".join(f"'{key}'" for key in written)
             them = "it" if len(written) == 1 else "them"
             raise _checks.problem(
-                f"sets {names}, which a github source does not take: GitHub always signs "
-                'with X-Hub-Signature-256 ("sha256=<hex>") and names the event in '
-                f'X-GitHub-Event; remove {them} (a type = "generic" source takes {them})'
+                f"sets {names}, which a {kind} source does not take: {_FIXED_SCHEMES[kind]}; "
+                f'remove {them} (a type = "generic" source takes {them})'
             )
         filled = {**SOURCE_DEFAULTS[kind], **data}
         algorithm = filled.get("algorithm")
@@ -221,17 +263,46 @@ class WebhookSource(_Model):
         return filled
 
 
+def _otlp_endpoint(value: str) -> str:
+    """An OTLP/HTTP collector's base URL (``/v1/traces`` and ``/v1/metrics`` go below it)."""
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise _checks.problem(
+            f"must be the http:// or https:// URL of an OTLP/HTTP collector, such as "
+            f'"http://127.0.0.1:4318"; found {value!r}'
+        )
+    return value
+
+
 class TelemetryConfig(_Model):
     enabled: StrictBool = False
     provider: Literal["otel", "none"] = "none"
-    endpoint: StrictStr | None = None
+    endpoint: Annotated[StrictStr, AfterValidator(_otlp_endpoint)] | None = None
     service_name: StrictStr | None = None
     headers: Mapping[str, StrictStr] = Field(default_factory=dict)
     sampling_rate: StrictFloat | None = Field(None, ge=0, le=1)
+    #: Accepted as Action Llama's configs write it; not used (docs/telemetry.md).
+    propagators: tuple[StrictStr, ...] = ()
 
 
 class StateConfig(_Model):
     url: StateUrl = "sqlite:///.corral/state.db"
+
+
+class RuntimeConfig(_Model):
+    type: Literal["host", "sandbox"] = "host"
+    network: Literal["host", "none"] = "host"
+    memory: Memory | None = None
+    cpus: StrictFloat | None = Field(None, gt=0)
+
+
+class HarnessConfig(_Model):
+    """``type`` is ``None`` only before the loader resolves the default."""
+
+    type: Literal["command", "builtin"] | None = None
+    command: Annotated[str | tuple[str, ...] | None, BeforeValidator(_checks.command)] = None
+    #: A named command line for a common coding-agent CLI (``corral.project.presets``).
+    preset: StrictStr | None = None
+    env: Mapping[str, StrictStr] = Field(default_factory=dict)
 
 
 class ProjectConfig(_Model):
@@ -251,6 +322,9 @@ class ProjectConfig(_Model):
     webhooks: Mapping[str, WebhookSource] = Field(default_factory=dict)
     telemetry: TelemetryConfig = TelemetryConfig()
     budget: ProjectBudget = ProjectBudget()
+    #: Defaults for every agent that does not set the field itself (see _agents.py).
+    runtime: RuntimeConfig = RuntimeConfig()
+    harness: HarnessConfig = HarnessConfig()
 
     @model_validator(mode="after")
     def _name_sources(self) -> ProjectConfig:
@@ -278,28 +352,19 @@ class WebhookTrigger(_Model):
     resources: Strings = ()
     organizations: Strings = ()
     projects: Strings = ()
+    guilds: Strings = ()
+    channels: Strings = ()
+    commands: Strings = ()
+    team_ids: Strings = Field((), alias="team_ids")
+    users: Strings = ()
+    #: ``present`` (Action Llama's): ``labels`` passes on the labels the issue has;
+    #: ``changed``: a ``labeled``/``unlabeled`` event passes only on the label it changed.
+    label_match: Literal["present", "changed"] = "present"
 
 
 class HooksConfig(_Model):
     pre: Strings = ()
     post: Strings = ()
-
-
-class RuntimeConfig(_Model):
-    type: Literal["host", "sandbox"] = "host"
-    network: Literal["host", "none"] = "host"
-    memory: Memory | None = None
-    cpus: StrictFloat | None = Field(None, gt=0)
-
-
-class HarnessConfig(_Model):
-    """``type`` is ``None`` only before the loader resolves the default."""
-
-    type: Literal["command", "builtin"] | None = None
-    command: Annotated[str | tuple[str, ...] | None, BeforeValidator(_checks.command)] = None
-    #: A named command line for a common coding-agent CLI (``corral.project.presets``).
-    preset: StrictStr | None = None
-    env: Mapping[str, StrictStr] = Field(default_factory=dict)
 
 
 class AgentConfig(_Model):
@@ -311,7 +376,7 @@ class AgentConfig(_Model):
     hooks: HooksConfig = HooksConfig()
     params: Mapping[str, Any] = Field(default_factory=dict)
     scale: StrictInt | None = Field(None, ge=0)
-    timeout: StrictInt = Field(3600, gt=0)
+    timeout: StrictInt = Field(DEFAULT_AGENT_TIMEOUT, gt=0)
     max_work_queue_size: StrictInt = Field(100, ge=1)
     runtime: RuntimeConfig = RuntimeConfig()
     harness: HarnessConfig = HarnessConfig()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from corral.runtime._contain import Containment
+from corral.runtime._private import StaticView
 
 __all__ = ["Bind", "DataFile", "Isolation", "LaunchSpec", "Process", "Runtime", "Sink"]
 
@@ -83,6 +84,14 @@ class LaunchSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     stdin: bytes | None = None
     isolation: Isolation | None = None
+    #: The run's own scratch directory on the host: the host runtime binds it on /tmp
+    #: where it can (docs/sandbox.md); the sandbox has a private /tmp of its own.
+    tmp: Path | None = None
+    #: What the run sees, read-only, at /app/static (see runtime._private.make_static).
+    static: StaticView | None = None
+    #: Host paths the run reaches through links (its credentials): a private /tmp must
+    #: not hide them.
+    reach: tuple[Path, ...] = ()
 
 
 class Runtime(Protocol):

@@ -10,6 +10,13 @@ from pathlib import Path
 from corral.errors import RunError
 from corral.runtime._base import LaunchSpec, Process
 from corral.runtime._contain import MARKER, Containment, contain_support
+from corral.runtime._private import (
+    MountSupport,
+    mount_support,
+    namespace_prefix,
+    note_shared_tmp,
+    tmp_blocked,
+)
 
 __all__ = ["HostRuntime", "feed_stdin", "start_process"]
 
@@ -20,19 +27,49 @@ class HostRuntime:
     The child leads a new session and starts in a containment of its own (a cgroup
     where corral may make one), so a timeout or kill reaches every process it
     started, ``setsid`` or not. It works in its own directory and sees only
-    ``spec.env``. ``spec.isolation`` is ignored: a host run is not isolated.
+    ``spec.env``. With ``spec.tmp`` it gets that directory as its /tmp where a mount
+    namespace can be made (see _private). ``spec.isolation`` is ignored: a host run is
+    not isolated.
     """
 
     name = "host"
+
+    def __init__(self, mounts: MountSupport | None = None) -> None:
+        self._mounts = mounts
+
+    @property
+    def mounts(self) -> MountSupport:
+        if self._mounts is None:
+            self._mounts = mount_support()
+        return self._mounts
 
     async def launch(self, spec: LaunchSpec) -> Process:
         spec.cwd.mkdir(parents=True, exist_ok=True)
         containment = contain_for(spec.env)
         proc = await start_process(
-            spec.argv, cwd=spec.cwd, env=spec.env, stdin=spec.stdin, containment=containment
+            spec.argv,
+            cwd=spec.cwd,
+            env=spec.env,
+            stdin=spec.stdin,
+            containment=containment,
+            namespace=self._namespace(spec),
         )
         await feed_stdin(proc, spec.stdin)
         return Process(proc, containment)
+
+    def _namespace(self, spec: LaunchSpec) -> list[str]:
+        """The mount namespace prefix giving the run its own /tmp, or [] (see _private)."""
+        if spec.tmp is None:
+            return []
+        support = self.mounts
+        if support.unshare is None:
+            note_shared_tmp(support.why_not)
+            return []
+        why = tmp_blocked(spec.cwd, spec.env, spec.reach)
+        if why is not None:
+            note_shared_tmp(why)
+            return []
+        return namespace_prefix(support, spec.tmp, spec.static, spec.env.get("PWD"))
 
 
 def contain_for(env: Mapping[str, str]) -> Containment:
@@ -48,6 +85,7 @@ async def start_process(
     stdin: bytes | None,
     pass_fds: Collection[int] = (),
     containment: Containment | None = None,
+    namespace: Sequence[str] = (),
 ) -> asyncio.subprocess.Process:
     """Start ``argv`` leading a new session, stdout and stderr merged, inside
     ``containment`` from its first instruction.
@@ -56,12 +94,15 @@ async def start_process(
     With ``stdin`` the child's stdin is a pipe: give the bytes to `feed_stdin`.
     """
     command = list(argv)
-    if containment is not None and containment.path is not None:
+    if namespace or (containment is not None and containment.path is not None):
         try:
             _check_program(command, cwd, env)
         except RunError:
-            containment.discard()
+            if containment is not None:
+                containment.discard()
             raise
+        command = [*namespace, *command]
+    if containment is not None and containment.path is not None:
         command = containment.wrap(command, env.get("PWD"))
     try:
         proc = await asyncio.create_subprocess_exec(

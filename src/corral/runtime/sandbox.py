@@ -1,8 +1,10 @@
 """The `sandbox` runtime: a run under bubblewrap, isolated like a container.
 
 Read-only root, private ``/tmp``, ``/dev`` and ``/proc``, hidden paths, chosen
-binds, optional network isolation and memory/CPU limits, without a container
-engine. docs/sandbox.md has the mount table and what is and is not isolated.
+binds, the run's ``/app/static`` view (``LaunchSpec.static``: read-only binds, as
+Action Llama's image holds the agent's files and ``shared/``), optional network
+isolation and memory/CPU limits, without a container engine. docs/sandbox.md has the
+mount table and what is and is not isolated.
 
 The command line, for a run ``argv`` (``env`` is coreutils' env)::
 
@@ -63,13 +65,14 @@ import signal
 import stat
 import subprocess
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from corral.errors import RunError
 from corral.runtime._base import Bind, Isolation, LaunchSpec, Process, Sink
 from corral.runtime._contain import Containment
 from corral.runtime._limits import LimitSupport, RunCgroup, limit_support, set_address_space_limit
+from corral.runtime._private import STATIC_DIR, StaticView
 from corral.runtime.host import contain_for, feed_stdin, start_process
 
 __all__ = [
@@ -286,7 +289,7 @@ class SandboxRuntime:
     ) -> list[str]:
         """The command line that runs ``spec`` in a sandbox (``hold``: info and block fds;
         ``data``: a readable fd for each of ``spec.isolation.files``, in order)."""
-        iso = spec.isolation or Isolation()
+        iso = _with_static(spec.isolation or Isolation(), spec.static)
         if not spec.argv:
             raise RunError("nothing to run: the command is empty")
         if "=" in spec.argv[0]:
@@ -561,6 +564,16 @@ def filesystem(iso: Isolation, data: Sequence[int] = ()) -> list[str]:
     for directory in dirs:
         args += ["--remount-ro", str(directory)]
     return [*args, "--remount-ro", "/"]
+
+
+def _with_static(iso: Isolation, static: StaticView | None) -> Isolation:
+    """``iso`` with the run's static view bound read-only at /app/static: its mount
+    points, then each entry over its own."""
+    if static is None:
+        return iso
+    binds = [Bind(static.root, STATIC_DIR)]
+    binds += [Bind(source, STATIC_DIR / name) for name, source in static.entries]
+    return replace(iso, binds=(*iso.binds, *binds))
 
 
 def _refuse_showing(bind: Bind, hidden: Sequence[Path]) -> None:

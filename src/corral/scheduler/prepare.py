@@ -19,13 +19,28 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from corral.agentcmd import bash_init_path
-from corral.credentials import CredentialStore, LoadedCredential, credential_context
+from corral.credentials import (
+    MODEL_KEY_VARIABLES,
+    CredentialStore,
+    LoadedCredential,
+    credential_context,
+    implied_credentials,
+)
 from corral.errors import RunError
 from corral.harness import PromptContext, RunFiles, base_environment, build_launch, build_prompt
 from corral.harness.prompt import skills_used
 from corral.locate import corral_home, open_private, private_dirs
 from corral.project import Agent, Project
-from corral.runtime import Bind, DataFile, Isolation, LaunchSpec, Runtime, runtime_for
+from corral.project.presets import key_providers
+from corral.runtime import (
+    Bind,
+    DataFile,
+    Isolation,
+    LaunchSpec,
+    Runtime,
+    runtime_for,
+)
+from corral.runtime._private import StaticView, make_static
 from corral.scheduler.agentlink import AgentLink
 from corral.store import Run, Store
 
@@ -36,23 +51,15 @@ __all__ = [
     "SANDBOX_CREDENTIALS",
     "SANDBOX_WORKDIR",
     "RunPlan",
+    "implied_keys",
     "memory_bytes",
     "plan_run",
     "run_ids",
 ]
 
-#: The variable holding each provider's API key (from a credential: ``anthropic_key``,
-#: ``openai_key``, or ``env:NAME``). For a built-in harness run it stays in the scheduler.
-MODEL_KEY_VARIABLES: Mapping[str, str] = {
-    "anthropic": "ANTHROPIC_API_KEY",
-    "openai": "OPENAI_API_KEY",
-    "openrouter": "OPENROUTER_API_KEY",
-    "groq": "GROQ_API_KEY",
-    "xai": "XAI_API_KEY",
-    "mistral": "MISTRAL_API_KEY",
-    "google": "GEMINI_API_KEY",
-    "custom": "CUSTOM_API_KEY",
-}
+# MODEL_KEY_VARIABLES (from corral.credentials): the variable holding each provider's API
+# key (its PROVIDER_key credential, named or implied by the agent's models, or env:NAME).
+# For a built-in harness run it stays in the scheduler.
 
 #: Where a sandboxed run works, and where it finds its credentials.
 SANDBOX_WORKDIR = Path("/tmp/work")
@@ -120,7 +127,15 @@ class RunPlan:
         spec = build_launch(
             self.agent.config.harness.command, self.inside, self.template.env, prompt
         )
-        return replace(spec, cwd=self.template.cwd, isolation=self.template.isolation)
+        template = self.template
+        return replace(
+            spec,
+            cwd=template.cwd,
+            isolation=template.isolation,
+            tmp=template.tmp,
+            static=template.static,
+            reach=template.reach,
+        )
 
 
 async def plan_run(
@@ -142,6 +157,13 @@ async def plan_run(
     runtime = runtime_for(agent.config.runtime.type)
     store_of_creds = credentials or CredentialStore()
     loaded = tuple(store_of_creds.resolve(list(agent.config.credentials)))
+    # The keys the agent's models imply; an absent one is left out (a local model server
+    # may need none; `corral doctor` names it). A coding-agent CLI reads its key from the
+    # environment; the built-in harness keeps it in the scheduler.
+    implied = tuple(store_of_creds.resolve(implied_keys(project, agent), missing_ok=True))
+    builtin = agent.config.harness.type == "builtin"
+    if not builtin:
+        loaded += implied
     inside = RunFiles.under(SANDBOX_WORKDIR) if sandboxed else files
     env = {**base_environment(), **_corral_environment(project, run, agent, inside)}
     if sandboxed:
@@ -151,23 +173,66 @@ async def plan_run(
         for credential in loaded:
             env.update(credential.env_for(_link_credentials(files, credential)))
     model_keys: dict[str, str] = {}
-    if agent.config.harness.type == "builtin":
+    if builtin:
         for name in MODEL_KEY_VARIABLES.values():
             if name in env:
                 model_keys[name] = env.pop(name)
+        for credential in implied:
+            model_keys.update(credential.env)
     env.update(await _gateway_environment(store, run, inside, env.get("PATH", ""), link, agent))
     isolation = (
         _isolation(project, agent, files, loaded, link, store_of_creds.root, ids)
         if sandboxed
         else None
     )
-    template = LaunchSpec(argv=(), cwd=inside.workdir, env=env, isolation=isolation)
-    values = tuple(secret for credential in loaded for secret in credential.secrets())
+    tmp, static, reach = _scratch(project, agent, files, loaded, env, ids)
+    template = LaunchSpec(
+        argv=(),
+        cwd=inside.workdir,
+        env=env,
+        isolation=isolation,
+        tmp=tmp,
+        static=static,
+        reach=reach,
+    )
+    given = loaded if not builtin else loaded + implied
+    values = tuple(secret for credential in given for secret in credential.secrets())
     if "CORRAL_RUN_SECRET" in env:  # an agent that prints its own secret: redacted too
         values += (env["CORRAL_RUN_SECRET"],)
     if link is not None:  # and what it sends the gateway (status text, return value)
         link.protect(run.id, values)
     return RunPlan(run, agent, files, runtime, template, inside, loaded, values, model_keys)
+
+
+def implied_keys(project: Project, agent: Agent) -> list[str]:
+    """The model key credentials ``agent``'s models (and preset) imply that it does not
+    name itself."""
+    pairs = key_providers(project.config.models, agent.config)
+    return [str(ref) for ref in implied_credentials(pairs, agent.config.credentials)]
+
+
+def _scratch(
+    project: Project,
+    agent: Agent,
+    files: RunFiles,
+    loaded: tuple[LoadedCredential, ...],
+    env: dict[str, str],
+    ids: tuple[int, int] | None,
+) -> tuple[Path | None, StaticView, tuple[Path, ...]]:
+    """The run's /app/static view (both runtimes) and, on the host, its own scratch
+    directory: TMPDIR always, and its /tmp where the host runtime can mount one; with
+    what else the run needs on the host (its agent folder, shared/, the in-run commands'
+    interpreter, its credentials), which a private /tmp must not hide (runtime._private).
+    """
+    static = make_static(files.meta / "static", agent.dir, project.shared_dir, ids)
+    if agent.config.runtime.type == "sandbox":
+        return None, static, ()
+    tmp = files.meta / "tmp"
+    private_dirs(tmp, files.meta)
+    env.setdefault("TMPDIR", str(tmp))  # an agent's own [harness.env] TMPDIR wins
+    reach = [agent.dir, project.shared_dir, Path(sys.executable)]
+    reach += [credential.directory for credential in loaded]
+    return tmp, static, tuple(reach)
 
 
 def run_ids(project: Project, run: Run) -> tuple[int, int] | None:
