@@ -33,11 +33,25 @@ def corral_home() -> Path:
 
 
 def find_project_root(start: Path) -> Path | None:
-    """The nearest directory at or above ``start`` that looks like a corral project."""
+    """The nearest directory at or above ``start`` that looks like a corral project.
+
+    An agent's folder (``agents/<name>/``) has a ``config.toml`` of its own, so a
+    directory directly under an ``agents/`` folder of a project is never taken for the
+    project: a command run inside ``agents/dev/`` (or deeper) finds the project above it.
+    """
     for candidate in (start, *start.parents):
+        if _is_agent_dir(candidate):
+            continue
         if (candidate / "agents").is_dir() or (candidate / "config.toml").is_file():
             return candidate
     return None
+
+
+def _is_agent_dir(candidate: Path) -> bool:
+    """``candidate`` is an agent's folder: it sits in a folder named ``agents`` and has no
+    ``agents/`` of its own (a project that happens to live under a folder named
+    ``agents`` has one)."""
+    return candidate.parent.name == "agents" and not (candidate / "agents").is_dir()
 
 
 def resolve_project_root(explicit: Path | None) -> Path:

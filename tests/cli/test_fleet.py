@@ -42,7 +42,7 @@ def test_run_goes_through_the_scheduler_and_wait_follows_it(
         assert "through the scheduler" in result.stdout
         assert "succeeded" in result.stderr
 
-        set_command(project, "exit 5")  # the running scheduler keeps the config it started with
+        set_command(project, "exit 5")  # queued without waiting, whatever the run does
         quick = corral("run", "hello", cwd=project)
         assert quick.returncode == 0
         wait_until(lambda: len(runs(corral, project)) == 2)

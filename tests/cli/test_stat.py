@@ -108,7 +108,10 @@ def test_logs_follow_a_run_until_it_ends(corral: Corral, project: Path, tmp_path
     set_command(project, "for i in 1 2 3 4; do echo line $i; sleep 0.5; done")
     with started(corral, project, tmp_path):
         assert corral("run", "hello", cwd=project).returncode == 0
-        wait_until(lambda: any(r["state"] == "running" for r in runs(corral, project)), 30)
+        # Running, or (on a loaded machine, between two polls) already ended: -f follows
+        # a run until it ends either way.
+        live_or_done = ("running", "succeeded")
+        wait_until(lambda: any(r["state"] in live_or_done for r in runs(corral, project)), 30)
         run_id = str(runs(corral, project)[0]["id"])
         followed = corral("logs", run_id, "-f", cwd=project)  # returns when the run ends
         ended = runs(corral, project)[0]

@@ -66,6 +66,11 @@ class LiveView:
         parts: list[RenderableType] = [head]
         if self.warning:
             parts.append(Text(f"warning: {inert(self.warning)}", style="yellow"))
+        watcher = self.scheduler.watcher
+        if watcher is not None and watcher.error:  # a bad edit: the last good config runs
+            report = inert(watcher.error, newlines=True)
+            note = f"not reloaded (running the last good configuration): {report}"
+            parts.append(Text(note, style="red"))
         parts += [self._agents(snap.agents), self._runs(snap.runs)]
         if snap.locks:
             parts.append(self._locks(snap.locks))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -8,8 +9,10 @@ import click
 
 from corral._version import __version__
 from corral.cli._context import CliContext
+from corral.cli._instances import live_instances
 from corral.cli._render import configure_logging, err_console, safe_lines
 from corral.errors import ConfigError, CorralError, UsageError
+from corral.locate import resolve_project_root
 
 #: Exit codes of the CLI itself (a run's own exit code is passed through by `corral run`).
 EXIT_ERROR = 1
@@ -17,14 +20,27 @@ EXIT_USAGE = 2
 
 
 class CorralGroup(click.Group):
-    """Turns corral's own errors into a clear message and an exit code, never a traceback."""
+    """Turns corral's own errors into a clear message and an exit code, never a traceback.
+
+    Every subcommand also takes ``-E/--env`` and ``-p/--project`` after its name
+    (``corral stat -E production``, as in Action Llama), besides before it."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            add_common_options(command)
+        return name, command, rest
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
             err_console.print(
-                f"[bold red]error:[/] {safe_lines(exc.render())}", markup=True, soft_wrap=True
+                f"[bold red]error:[/] {safe_lines(exc.render() + _still_running(ctx))}",
+                markup=True,
+                soft_wrap=True,
             )
             raise SystemExit(EXIT_USAGE) from None
         except UsageError as exc:
@@ -56,6 +72,66 @@ class CorralGroup(click.Group):
 def cli(ctx: click.Context, project_dir: Path | None, env: str | None) -> None:
     """corral runs fleets of AI coding agents."""
     ctx.obj = CliContext(project_dir=project_dir, env=env)
+
+
+def _still_running(ctx: click.Context) -> str:
+    """After a configuration error: which schedulers of the project keep running their last
+    good configuration (hot reload keeps it until the files load again)."""
+    found = ctx.find_object(CliContext)
+    try:
+        root = resolve_project_root(found.project_dir if found else None)
+    except CorralError:
+        return ""
+    pids = ", ".join(str(i.pid) for i in live_instances(root))
+    if not pids:
+        return ""
+    return (
+        f"\nthe scheduler of this project running here (pid {pids}) keeps its last good "
+        "configuration until the files load again"
+    )
+
+
+def _set_context(field: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback that puts a subcommand's ``-E``/``-p`` into the shared CliContext
+    (given after the subcommand, it wins over the same option given before it)."""
+
+    def store(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        found = ctx.find_object(CliContext)
+        if value is not None and found is not None:
+            setattr(found, field, value)
+        return value
+
+    return store
+
+
+_COMMON = (
+    ("-p", "--project", "project_dir", "Project directory (as before the subcommand)."),
+    ("-E", "--env", "env", "Environment overlay (as before the subcommand)."),
+)
+
+
+def add_common_options(command: click.Command) -> None:
+    """Give ``command`` (and every command under it) ``-p/--project`` and ``-E/--env``,
+    unless it has an option of that name already. Idempotent."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_common_options(sub)
+        return
+    taken = {opt for param in command.params for opt in param.opts}
+    for short, long, field, help_text in _COMMON:
+        if short in taken or long in taken:
+            continue
+        kind = click.Path(file_okay=False, path_type=Path) if field == "project_dir" else None
+        command.params.append(
+            click.Option(
+                [short, long],
+                type=kind,
+                expose_value=False,
+                is_eager=True,
+                callback=_set_context(field),
+                help=help_text,
+            )
+        )
 
 
 def main() -> None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import os
 import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -25,9 +28,11 @@ from rich.segment import Segment
 from rich.text import Text
 
 from corral.inert import InertFormatter, inert, is_unsafe_char
+from corral.locate import open_private
 from corral.transcript import fmt_cost, fmt_tokens
 
 __all__ = [
+    "add_file_log",
     "cell",
     "configure_logging",
     "console",
@@ -90,6 +95,36 @@ def configure_logging(level: int, fmt: str = "%(message)s") -> None:
     handler.setFormatter(InertFormatter(fmt))
     root.addHandler(handler)
     root.setLevel(level)
+
+
+class _PrivateRotatingFile(logging.handlers.RotatingFileHandler):
+    """A rotating log file that is 0600 from the start (it is part of a project's state)."""
+
+    def _open(self) -> Any:
+        fd = open_private(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND)
+        return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
+
+
+#: The scheduler's log: rotated at this size, with this many older files kept.
+LOG_FILE_BYTES = 10 * 1024 * 1024
+LOG_FILE_BACKUPS = 3
+
+
+def add_file_log(path: Path, fmt: str) -> logging.Handler:
+    """Also write corral's log records at INFO and above to ``path`` (made inert, one line
+    per record), whatever level stderr shows: `corral logs` reads it. The terminal keeps
+    the level it had (the live view shows only warnings there)."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, _StderrHandler):
+            handler.setLevel(root.level)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    added = _PrivateRotatingFile(path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS)
+    added.setFormatter(InertFormatter(fmt))
+    added.setLevel(logging.INFO)
+    root.addHandler(added)
+    root.setLevel(min(root.level, logging.INFO))
+    return added
 
 
 def cell(value: object, *, style: str = "") -> Text:

@@ -7,8 +7,10 @@ sender posts signed GitHub-style deliveries to the gateway's webhook endpoint: i
 labeled ``agent`` and comments on them, so ``dev`` runs (scale 3) contend for issue
 locks and call ``reviewer``; a repeated delivery id (answered as a duplicate) and a
 delivery with a bad signature (refused) are among them. ``janitor`` runs on its
-schedule and once by hand at the start, and asks for a rerun. At the end the fleet
-drains, and the demo prints `corral stat` and what happened.
+schedule and once by hand at the start, and asks for a rerun. The deliveries are spread
+over most of the run and a dev run's pace follows from the duration, so the fleet stays
+busy until the end (the dashboard shows it working). At the end the fleet drains, and
+the demo prints `corral stat` and what happened.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from corral.errors import UsageError
 from corral.gateway.app import create_app
 from corral.gateway.server import GatewayServer, bind
 from corral.gateway.token import LOCAL_TOKEN_NAME, local_token
-from corral.project import load_project
+from corral.project import Project, load_project
 from corral.scheduler.service import Scheduler, SchedulerOptions
 from corral.status import fleet_status
 from corral.store import NewItem, Store, TriggerKind, open_store
@@ -54,7 +56,27 @@ ISSUES = [
     (14, "Slow search on large catalogs"),
     (15, "Dark mode loses contrast in tables"),
     (16, "CSV export drops the last row"),
+    (17, "Password reset mail never arrives"),
+    (18, "Invoice totals off by one cent"),
+    (19, "Tooltip hides the save button"),
+    (20, "Timezone shown as UTC for everyone"),
+    (21, "Upload stalls at 99 percent"),
+    (22, "Broken link in the footer"),
 ]
+
+#: The issues arrive over this share of the demo's duration; the work they make takes
+#: the fleet to the end of it.
+SEND_SHARE = 0.8
+#: After the duration, how long the demo waits at most for the queued work to finish
+#: before it drains (a drain dispatches nothing, not even the call a dev run waits for).
+SETTLE_LIMIT = 45.0
+
+
+def step_seconds(duration: float) -> float:
+    """How long each of a dev run's three steps takes: 2.5 s in the one-minute demo, so
+    that its 14 dev runs (with their reviews) keep the three dev slots busy to the end."""
+    return round(max(0.2, min(2.5, duration / 24.0)), 2)
+
 
 Say = Callable[[str], None]
 
@@ -91,6 +113,8 @@ def create_demo_project(dest: Path) -> None:
 async def run_demo(dest: Path, *, duration: float = 60.0, port: int = 0, say: Say) -> DemoReport:
     """Create the demo project in ``dest`` and run its fleet for ``duration`` seconds."""
     create_demo_project(dest)
+    pace = step_seconds(duration)
+    (dest / "shared" / ".demo-step").write_text(f"{pace}\n")
     # The demo's credentials and environments stay inside the demo's directory.
     os.environ["CORRAL_HOME"] = str(dest / ".corral-home")
     secret = secrets.token_hex(20)
@@ -126,6 +150,9 @@ async def run_demo(dest: Path, *, duration: float = 60.0, port: int = 0, say: Sa
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
+            if not ended.is_set():
+                say("time is up: letting the queued work finish")
+                await _settle(store, project, ended)
         finally:
             with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(signal.SIGINT)
@@ -139,9 +166,10 @@ async def run_demo(dest: Path, *, duration: float = 60.0, port: int = 0, say: Sa
 
 
 async def _send(url: str, secret: str, duration: float, report: DemoReport, say: Say) -> None:
-    """Post the demo's deliveries, spread over the first half of the run."""
+    """Post the demo's deliveries, spread over most of the run (``SEND_SHARE``)."""
     plan = _deliveries()
-    gap = max(0.05, duration * 0.6 / len(plan))
+    waits = sum(1 for *_, at_once in plan[:-1] if not at_once)
+    gap = max(0.05, duration * SEND_SHARE / max(1, waits))
     async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
         for what, event, delivery_id, body, sign_with, at_once in plan:
             signature = _sign(body, sign_with or secret)
@@ -156,6 +184,19 @@ async def _send(url: str, secret: str, duration: float, report: DemoReport, say:
             report.deliveries[response.status_code] += 1
             say(f"webhook {what}: {response.status_code} {_answer(response)}")
             await asyncio.sleep(0.05 if at_once else gap)
+
+
+async def _settle(store: Store, project: Project, ended: asyncio.Event) -> None:
+    """Wait (at most ``SETTLE_LIMIT`` seconds, or until Ctrl-C) until no work is queued or
+    running: every delivery the demo sent is then worked off before the fleet drains."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_LIMIT
+    while loop.time() < deadline and not ended.is_set():
+        status = await fleet_status(store, project)
+        if not any(a["queued"] or a["running"] for a in status["agents"]):
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ended.wait(), 0.2)
 
 
 def _answer(response: httpx.Response) -> str:
@@ -180,6 +221,7 @@ def _deliveries() -> list[tuple[str, str, str, bytes, str | None, bool]]:
         labeled = _issue_payload(number, title, now)
         # The first issues get a comment right away: its dev run finds the lock taken.
         commented = index < 2
+        last = index == len(ISSUES) - 1  # the duplicate and the forgery follow it at once
         out.append(
             (
                 f"issue #{number} labeled agent",
@@ -187,7 +229,7 @@ def _deliveries() -> list[tuple[str, str, str, bytes, str | None, bool]]:
                 f"demo-{number}-l",
                 labeled,
                 None,
-                commented,
+                commented or last,
             )
         )
         if commented:
@@ -196,7 +238,7 @@ def _deliveries() -> list[tuple[str, str, str, bytes, str | None, bool]]:
                 (f"comment on #{number}", "issue_comment", f"demo-{number}-c", comment, None, False)
             )
     first = out[0]
-    out.append(("issue #11 again (same delivery id)", first[1], first[2], first[3], None, False))
+    out.append(("issue #11 again (same delivery id)", first[1], first[2], first[3], None, True))
     out.append(("a forged delivery (bad signature)", "issues", "demo-x", first[3], "wrong", False))
     return out
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.cron import CronTriggers
 from corral.scheduler.executor import RunExecutor
 from corral.scheduler.orphans import reap_orphans
+from corral.scheduler.reload import ProjectWatcher, ReloadSummary, summarize
 from corral.scheduler.retention import prune_history
 from corral.scheduler.watchdog import Watchdog, boottime, fence_deadline
 from corral.store import (
@@ -34,6 +36,7 @@ from corral.store import (
     Store,
     StoreError,
 )
+from corral.telemetry import RunObserver, observer_for
 
 __all__ = [
     "Scheduler",
@@ -59,6 +62,7 @@ class SchedulerOptions:
     claim_batch: int = 64
     drain_grace: float = 30.0  # `corral stop`: how long running runs may go on
     kill_grace: float = 10.0  # TERM -> KILL
+    reload_every: float = 1.0  # hot reload: how often the project's files are checked
     store_retry: float = 60.0  # how long a run's start and end are retried while the store fails
 
 
@@ -149,10 +153,19 @@ class Scheduler:
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self.on_claim: Callable[[Claim], None] | None = None  # observers (live view, benchmarks)
+        #: Telemetry ([telemetry]; corral/telemetry): a no-op unless it is enabled.
+        self.observer: RunObserver = observer_for(project)
         #: Self-fencing (scheduler/watchdog.py): past this boottime, runs are stopped.
         self.watchdog = Watchdog()
         self.fence_deadline = 0.0
         self.executor.lease_overdue = self.overdue
+        #: Hot reload (scheduler/reload.py): None turns it off (tests that want a fixed
+        #: configuration); listeners get each new configuration (the gateway's parts).
+        self.watcher: ProjectWatcher | None = ProjectWatcher(
+            project, self.reload, interval=self.options.reload_every
+        )
+        self.reload_listeners: list[Callable[[Project], None]] = []
+        self._cron_changed = asyncio.Event()
 
     @property
     def id(self) -> str:
@@ -202,13 +215,16 @@ class Scheduler:
         """
         if self.info is None:
             await self.start()
-        cron = CronTriggers(self.project, self.submit)
+        await self.observer.open(self.store, self.id)
         self._start_watchdog()
         loops = [
             asyncio.create_task(self._resilient("dispatch", self._dispatch), name="dispatch"),
             asyncio.create_task(self._resilient("supervise", self._supervise), name="supervise"),
-            asyncio.create_task(self._resilient("cron", cron.run), name="cron"),
+            asyncio.create_task(self._resilient("cron", self._cron), name="cron"),
         ]
+        if self.watcher is not None:
+            watch = self._resilient("reload", self.watcher.run)
+            loops.append(asyncio.create_task(watch, name="reload"))
         failure: BaseException | None = None
         try:
             failure = await self._until_stopped(stop, loops)
@@ -217,6 +233,7 @@ class Scheduler:
             await self._end_loops(loops)
             await self._abandon_all("the scheduler stopped")
             self.watchdog.close()
+            await self.observer.close()
             await self.store.set_scheduler_state(self.id, "stopped")
             log.info("scheduler %s stopped", self.id, extra={"action": "scheduler_stopped"})
         if failure is not None:
@@ -289,6 +306,59 @@ class Scheduler:
         if tasks:
             await asyncio.wait(tasks, timeout=self.options.kill_grace * 2 + 5)
 
+    # -- hot reload ------------------------------------------------------------------
+
+    async def reload(self, project: Project) -> ReloadSummary:
+        """Run ``project`` (a new configuration of this one) from now on.
+
+        The store learns the agents, scales and limits first (a removed agent is marked
+        absent: its queued items stay queued, undispatched, until it comes back); then new
+        runs use the new configuration: cron is restarted on the new schedules, webhooks
+        and calls see the new agents. Running runs go on with the configuration they
+        started with."""
+        summary = summarize(self.project, project)
+        await sync_config(self.store, project)
+        # Cron starts again only when the schedules changed: a tick due during a restart
+        # would be computed from the moment after it, and skipped.
+        schedules_changed = _schedules(self.project) != _schedules(project)
+        self.project = project
+        self.executor.project = project
+        if schedules_changed:
+            self._cron_changed.set()
+        for listener in self.reload_listeners:
+            listener(project)
+        self.wake()
+        log.info(
+            "configuration reloaded: %s",
+            summary.describe(),
+            extra={"action": "config_reloaded"},
+        )
+        if summary.restart_needed:
+            log.warning(
+                "%s changed: that takes effect at the next `corral start`",
+                " and ".join(summary.restart_needed),
+                extra={"action": "restart_needed"},
+            )
+        return summary
+
+    async def _cron(self) -> None:
+        """The cron triggers of the current configuration, started again on each reload."""
+        while True:
+            self._cron_changed.clear()
+            ticking = asyncio.create_task(CronTriggers(self.project, self.submit).run())
+            changed = asyncio.create_task(self._cron_changed.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {ticking, changed}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if ticking in done:
+                    ticking.result()  # a failure is raised; an end means no schedules
+                    await changed
+            finally:
+                for task in (ticking, changed):
+                    task.cancel()
+                await asyncio.gather(ticking, changed, return_exceptions=True)
+
     # -- loops -------------------------------------------------------------------------
 
     async def _resilient(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
@@ -322,9 +392,12 @@ class Scheduler:
             if self.overdue() is not None:  # no new work until a renewal succeeds
                 await asyncio.sleep(self.options.poll_interval)
                 continue
+            asked = time.time_ns()
             claims = await self.store.claim(
                 self.id, lease_seconds=self.options.lease_seconds, limit=batch
             )
+            if claims:
+                self.observer.claimed(claims, asked, time.time_ns())
             for claim in claims:
                 self._launch(claim)
             if len(claims) < batch:
@@ -348,10 +421,12 @@ class Scheduler:
 
     async def _execute(self, claim: Claim) -> None:
         try:
-            await self.executor.execute(claim)
+            result = await self.executor.execute(claim)
+            self.observer.finished(result.run)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            self.observer.unrecorded(claim.run, str(exc))
             # Its end could not be recorded (the store failed past every retry). The run
             # leaves ``_runs`` with this task, so its lease is no longer renewed: it lapses
             # and recovery (here or on another scheduler) records it lost and re-delivers it.
@@ -482,6 +557,15 @@ class Scheduler:
                 info.id,
                 extra={"action": "scheduler_recovered", "since": str(now - info.heartbeat_at)},
             )
+
+
+def _schedules(project: Project) -> dict[str, str]:
+    """The cron schedules ``project`` runs (its enabled agents')."""
+    return {
+        name: agent.config.schedule
+        for name, agent in project.agents.items()
+        if agent.config.schedule and agent.enabled
+    }
 
 
 def _pid_alive(pid: int) -> bool:

@@ -22,7 +22,7 @@ from corral.gateway import actions
 from corral.gateway.actions import ActionError, Offline, write_scale
 from corral.project import Project
 from corral.scheduler.service import sync_config
-from corral.store import Store
+from corral.store import RunState, Store
 
 __all__ = ["write_scale"]
 
@@ -127,35 +127,71 @@ def scale_cmd(obj: CliContext, agent_name: str, scale: int) -> None:
 
 
 @cli.command("kill")
-@click.argument("run_id", metavar="RUN")
+@click.argument("target", metavar="AGENT|RUN")
 @click.pass_obj
-def kill_cmd(obj: CliContext, run_id: str) -> None:
-    """Stop RUN: its process group gets SIGTERM, then SIGKILL after a grace period."""
+def kill_cmd(obj: CliContext, target: str) -> None:
+    """Stop every running run of agent AGENT, or the one run RUN: each run's process group
+    gets SIGTERM, then SIGKILL after a grace period. Queued work stays queued (`corral
+    pause AGENT` stops it being dispatched)."""
     project = obj.project()
 
     async def go() -> None:
         async with await obj.store(project) as store:
-            try:
-                await actions.kill(Offline(project, store), run_id, actor=actions.cli_actor())
-            except ActionError as exc:
-                if exc.status == 404:
-                    raise UsageError(
-                        f"no run {run_id}; `corral runs` lists the recent ones"
-                    ) from None
-                raise
-            console.print(f"asked run {safe(run_id)} to stop; waiting for its scheduler")
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + _KILL_WAIT
-            while loop.time() < deadline:
-                current = await store.get_run(run_id)
-                if current is not None and current.state.is_terminal:
-                    took = fmt_duration(current.duration)
-                    console.print(f"run {safe(run_id)} {current.state.value} after {took}")
-                    return
-                await asyncio.sleep(0.2)
-            console.print(
-                f"run {safe(run_id)} has not stopped yet; the kill request stays recorded. If its "
-                "scheduler is gone, the run is marked lost when its lease lapses."
-            )
+            target_ids = await _kill_targets(store, project, target)
+            offline = Offline(project, store)
+            asked: list[str] = []
+            for run_id in target_ids:
+                try:
+                    await actions.kill(offline, run_id, actor=actions.cli_actor())
+                except ActionError as exc:
+                    if exc.status != 409:  # 409: it ended meanwhile
+                        raise
+                    continue
+                asked.append(run_id)
+            is_agent = target in project.agents
+            if not asked:
+                what = "has no running runs" if is_agent else "has already ended"
+                console.print(f"{'agent' if is_agent else 'run'} {safe(target)} {what}")
+                return
+            what = f"{len(asked)} run(s) of agent {target}" if is_agent else f"run {target}"
+            console.print(f"asked {safe(what)} to stop; waiting for the scheduler")
+            await _wait_ended(store, asked)
 
     asyncio.run(go())
+
+
+_LIVE_STATES = (RunState.STARTING, RunState.RUNNING)
+
+
+async def _kill_targets(store: Store, project: Project, target: str) -> list[str]:
+    """The runs ``target`` names: an agent's live runs (an agent name is tried first, as in
+    Action Llama), else the run with that id."""
+    if target in project.agents:
+        runs = await store.list_runs(agent=target, limit=10_000, states=_LIVE_STATES)
+        return [r.id for r in runs]
+    if await store.get_run(target) is None:
+        raise UsageError(
+            f"{target!r} is neither an agent of this project nor a run id; "
+            "`corral runs` lists the recent runs, `corral config` the agents"
+        )
+    return [target]
+
+
+async def _wait_ended(store: Store, run_ids: list[str]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _KILL_WAIT
+    waiting = list(run_ids)
+    while waiting and loop.time() < deadline:
+        for run_id in list(waiting):
+            current = await store.get_run(run_id)
+            if current is not None and current.state.is_terminal:
+                took = fmt_duration(current.duration)
+                console.print(f"run {safe(run_id)} {current.state.value} after {took}")
+                waiting.remove(run_id)
+        if waiting:
+            await asyncio.sleep(0.2)
+    for run_id in waiting:
+        console.print(
+            f"run {safe(run_id)} has not stopped yet; the kill request stays recorded. If its "
+            "scheduler is gone, the run is marked lost when its lease lapses."
+        )

@@ -12,11 +12,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import click
+from fastapi import FastAPI
 
 from corral.cli._context import CliContext
+from corral.cli._instances import InstanceRecord, live_instances
 from corral.cli._live import LiveView
 from corral.cli._main import cli
-from corral.cli._render import configure_logging, console, err_console, safe
+from corral.cli._render import (
+    add_file_log,
+    configure_logging,
+    console,
+    err_console,
+    safe,
+    safe_lines,
+)
+from corral.cli.commands.logs import scheduler_log_path
 from corral.errors import UsageError
 from corral.gateway.app import create_app
 from corral.gateway.server import GatewayServer, bind, bind_unix, unix_socket_path
@@ -28,6 +38,7 @@ from corral.gateway.token import (
     local_token,
 )
 from corral.inert import inert
+from corral.locate import private_dirs
 from corral.project import Project
 from corral.runtime._children import use_pidfd_child_watcher
 from corral.scheduler.service import Scheduler, SchedulerOptions, cap_warning, is_live
@@ -37,11 +48,18 @@ _STOP_WAIT = 120.0
 
 
 @cli.command("start")
-@click.option("--headless", is_flag=True, help="Log lines instead of the live view.")
+@click.option("-H", "--headless", is_flag=True, help="Log lines instead of the live view.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), help="Gateway port (default: [gateway] port)."
 )
 @click.option(
+    "-w",
+    "--web-ui",
+    is_flag=True,
+    help="Accepted for Action Llama compatibility: the dashboard is always served.",
+)
+@click.option(
+    "-e",
     "--expose",
     is_flag=True,
     help="Listen on every interface (or on a non-loopback [gateway] host), not only loopback; "
@@ -64,6 +82,7 @@ def start_cmd(
     obj: CliContext,
     headless: bool,
     port: int | None,
+    web_ui: bool,
     expose: bool,
     public_metrics: bool,
     grace: float,
@@ -84,16 +103,55 @@ def start_cmd(
         )
     for warning in project.warnings:
         err_console.print(f"[yellow]warning:[/] {safe(warning)}")
-    configure_logging(
-        logging.INFO if headless or not console.is_terminal else logging.WARNING,
-        "%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     host = (configured if not is_loopback(configured) else "0.0.0.0") if expose else configured
     chosen = project.config.gateway.port if port is None else port
+    refuse_second_start(project, chosen)
+    configure_logging(
+        logging.INFO if headless or not console.is_terminal else logging.WARNING, _LOG_FORMAT
+    )
+    private_dirs(project.root / ".corral" / "logs", project.root / ".corral")
+    add_file_log(scheduler_log_path(project.root), _LOG_FORMAT)
     options = SchedulerOptions(drain_grace=grace)
     live = not headless and console.is_terminal
     gateway = _Gateway(host, chosen, expose=expose, public_metrics=public_metrics)
-    asyncio.run(_serve(project, gateway, options, live=live))
+    asyncio.run(_serve(project, gateway, options, live=live, env=obj.env))
+
+
+#: The scheduler's log lines (on stderr and in .corral/logs/scheduler.log).
+_LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+
+
+def refuse_second_start(project: Project, port: int) -> None:
+    """A `corral start` of this project already runs here on ``port``: say so (its pid,
+    its gateway) instead of failing later on the taken port. Another port (``--port 0``
+    included) starts a second scheduler of the project on purpose: schedulers share the
+    store safely."""
+    running = [i for i in live_instances(project.root) if port != 0 and i.port == port]
+    if running:
+        first = running[0]
+        raise UsageError(
+            f"a scheduler of this project is already running here: pid {first.pid}, "
+            f"gateway {first.url}, started {first.started_at}. Watch it with `corral stat` "
+            "or `corral logs`; stop it with `corral stop` (or Ctrl-C where it runs). "
+            "To run a second scheduler of this project beside it on purpose, pass --port."
+        )
+
+
+def login_hint(project: Project, url: str, expose: bool) -> str:
+    """Where the dashboard is and how to log in to it (the token itself is never printed)."""
+    lines = [f"dashboard: {url}/dashboard"]
+    if expose:
+        lines.append(
+            "  log in with an operator token: `corral token create NAME` makes one and "
+            f"prints it once (or use ${TOKEN_ENV})"
+        )
+    else:
+        token_file = project.root / ".corral" / "operator-token"
+        lines.append(
+            f"  log in with this project's operator token: `cat {token_file}` "
+            "(or any token from `corral token create NAME`)"
+        )
+    return "\n".join(lines)
 
 
 def is_loopback(host: str) -> bool:
@@ -134,15 +192,25 @@ async def _operator_tokens(project: Project, store: Store, expose: bool) -> dict
 
 
 async def _serve(
-    project: Project, gateway: _Gateway, options: SchedulerOptions, *, live: bool
+    project: Project,
+    gateway: _Gateway,
+    options: SchedulerOptions,
+    *,
+    live: bool,
+    env: str | None = None,
 ) -> None:
     use_pidfd_child_watcher()
     async with await open_store(project.state_url) as store:
         fixed = await _operator_tokens(project, store, gateway.expose)
         host = gateway.host
-        sock = bind(host, gateway.port)
+        try:
+            sock = bind(host, gateway.port)
+        except UsageError:
+            refuse_second_start(project, gateway.port)  # started meanwhile: say which
+            raise
         bound = sock.getsockname()[1]
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}"
+        record = InstanceRecord(project.root, bound, url)
         socket_path = unix_socket_path(project.root)
         unix_sock = bind_unix(socket_path)
         scheduler = Scheduler(
@@ -153,10 +221,17 @@ async def _serve(
         if warning:
             err_console.print(f"[yellow]warning:[/] {safe(warning)}")
         app = create_app(scheduler, fixed_tokens=fixed, public_metrics=gateway.public_metrics)
+        follow_reloads(app, scheduler, env)
         server = GatewayServer.for_app(app)
         stop, stop_now = asyncio.Event(), asyncio.Event()
         _handle_signals(stop, stop_now, scheduler)
         err_console.print(f"scheduler {info.id} started; gateway on {safe(url)}")
+        err_console.print(f"pid {os.getpid()}; `corral stop` stops it, as Ctrl-C here does")
+        err_console.print(safe_lines(login_hint(project, url, gateway.expose)))
+        err_console.print(
+            f"log: {safe(scheduler_log_path(project.root))} (`corral logs`); "
+            "agents added, removed or edited are picked up while it runs"
+        )
         serving = asyncio.create_task(server.serve(sockets=[sock, unix_sock]))
         view = asyncio.create_task(LiveView(scheduler, url, warning).run()) if live else None
         try:
@@ -167,7 +242,25 @@ async def _serve(
             server.should_exit = True
             await serving
             socket_path.unlink(missing_ok=True)
+            record.release()
     err_console.print(f"scheduler {info.id} stopped")
+
+
+def follow_reloads(app: FastAPI, scheduler: Scheduler, env: str | None) -> None:
+    """Hot reload reaches the gateway too: webhooks are matched, and calls checked,
+    against each new configuration."""
+    if scheduler.watcher is not None and env is not None:
+        scheduler.watcher.env = env
+
+    def apply(project: Project) -> None:
+        api = app.state.agent_api
+        api.project = project
+        api.ttl = float(project.config.resource_lock_timeout)
+        intake = app.state.webhook_intake
+        intake.project = project
+        intake.forget_secrets()
+
+    scheduler.reload_listeners.append(apply)
 
 
 def _handle_signals(stop: asyncio.Event, stop_now: asyncio.Event, scheduler: Scheduler) -> None:

@@ -1,4 +1,10 @@
-"""`corral logs AGENT|RUN`: a run's log, or an agent's recent runs' logs, read or followed.
+"""`corral logs [AGENT|RUN]`: the scheduler's log (no argument), a run's log, or an agent's
+recent runs' logs, read or followed.
+
+The scheduler's log is ``.corral/logs/scheduler.log``, written by `corral start` (every
+scheduler started in this project directory appends to it). ``-n N`` shows the last N lines
+(50 by default for the scheduler's log, as in Action Llama; the whole log of a run unless
+given).
 
 A run's log is what its processes printed (already redacted when it was written); for a
 built-in harness run it also holds the transcript, one JSON object per line, which is
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from collections import deque
 from datetime import datetime
 from pathlib import Path
 
@@ -24,13 +31,20 @@ from corral.project import Project
 from corral.store import Run, Store
 from corral.transcript import render_line
 
-__all__ = ["logs_cmd", "read_from"]
+__all__ = ["SCHEDULER", "logs_cmd", "read_from", "scheduler_log_path"]
 
 _POLL = 0.2
 
 
 @cli.command("logs")
-@click.argument("target")
+@click.argument("target", metavar="[AGENT|RUN]", required=False)
+@click.option(
+    "-n",
+    "--lines",
+    "lines",
+    type=click.IntRange(min=0),
+    help="Only the last N lines (default: 50 for the scheduler's log, all of a run's).",
+)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the log grows.")
 @click.option("-g", "--grep", "pattern", help="Only lines matching this regular expression.")
 @click.option(
@@ -40,33 +54,90 @@ _POLL = 0.2
 @click.pass_obj
 def logs_cmd(
     obj: CliContext,
-    target: str,
+    target: str | None,
+    lines: int | None,
     follow: bool,
     pattern: str | None,
     since: str | None,
     raw: bool,
 ) -> None:
-    """Print the log of run TARGET, or of agent TARGET's latest run (with --since: of its
-    runs since then, oldest first). -f follows the run until it ends; for an agent, it
-    goes on with each new run until interrupted."""
+    """Print the scheduler's log (no argument, or `scheduler`), the log of run TARGET, or of
+    agent TARGET's latest run (with --since: of its runs since then, oldest first). -f
+    follows the run until it ends; for an agent or the scheduler, it goes on until
+    interrupted."""
     project = obj.project()
     try:
         matcher = None if pattern is None else re.compile(pattern)
     except re.error as exc:
         raise click.BadParameter(f"{pattern!r} is not a regular expression: {exc}") from None
-    show = _Printer(matcher, raw)
+    scheduler = target is None or (target == SCHEDULER and target not in project.agents)
+    if scheduler and since is not None:
+        raise UsageError("--since picks an agent's runs; the scheduler's log takes -n N")
+    tail = (SCHEDULER_TAIL if scheduler else None) if lines is None else lines
+    show = _Printer(matcher, raw, tail)
     created_since = None if since is None else parse_since(since)
     try:
-        asyncio.run(_logs(obj, project, target, show, follow, created_since))
+        if target is None or scheduler:
+            asyncio.run(_scheduler_log(scheduler_log_path(project.root), show, follow))
+        else:
+            asyncio.run(_logs(obj, project, target, show, follow, created_since))
     except KeyboardInterrupt:
         pass
+    finally:
+        show.flush_tail()
+
+
+#: `corral logs scheduler` is the scheduler's log too (unless an agent has that name).
+SCHEDULER = "scheduler"
+#: How many lines of the scheduler's log are shown without -n (Action Llama's default).
+SCHEDULER_TAIL = 50
+
+
+def scheduler_log_path(root: Path) -> Path:
+    """The scheduler's log of the project at ``root`` (written by `corral start`)."""
+    return root / ".corral" / "logs" / "scheduler.log"
+
+
+async def _scheduler_log(path: Path, show: _Printer, follow: bool) -> None:
+    if not path.exists() and not follow:
+        raise UsageError(
+            f"no scheduler log yet ({path}): it is written by `corral start` in this project"
+        )
+    offset = _copy(path, 0, show)
+    show.feed(b"", final=not follow)
+    show.flush_tail()
+    while follow:
+        await asyncio.sleep(_POLL)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size < offset:  # rotated: the new file is read from its start
+            offset = 0
+        offset = _copy(path, offset, show)
 
 
 class _Printer:
-    def __init__(self, matcher: re.Pattern[str] | None, raw: bool) -> None:
+    def __init__(self, matcher: re.Pattern[str] | None, raw: bool, tail: int | None) -> None:
         self.matcher = matcher
         self.raw = raw
         self._partial = b""
+        #: With -n: lines are kept here (the last ``tail`` of them) until ``flush_tail``.
+        self._tail: deque[str] | None = None if tail is None else deque(maxlen=tail)
+
+    def write(self, text: str) -> None:
+        if self._tail is not None:
+            self._tail.append(text)
+            return
+        sys.stdout.write(text + "\n")
+
+    def flush_tail(self) -> None:
+        """Print the kept last lines; from now on lines are printed as they come."""
+        if self._tail is not None:
+            kept, self._tail = self._tail, None
+            for text in kept:
+                sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
     def feed(self, chunk: bytes, *, final: bool = False) -> None:
         """Print the whole lines of ``chunk`` (the rest waits for the next one)."""
@@ -82,12 +153,13 @@ class _Printer:
         sequence and control character is shown escaped (docs/watching.md)."""
         for shown in [text] if self.raw else render_line(text):
             if self.matcher is None or self.matcher.search(shown):
-                sys.stdout.write(inert_output(shown) + "\n")
-        sys.stdout.flush()
+                self.write(inert_output(shown))
+        if self._tail is None:
+            sys.stdout.flush()
 
     def header(self, run: Run) -> None:
         what = inert(f"{run.id} ({run.trigger.value}, {run.outcome})")
-        sys.stdout.write(f"==> run {what} <==\n")
+        self.write(f"==> run {what} <==")
 
 
 async def _logs(
@@ -137,6 +209,7 @@ async def _print_run(store: Store, logs: Path, run: Run, show: _Printer, follow:
         offset = _copy(path, offset, show)
         if not follow:
             break
+        show.flush_tail()  # -n with -f: the last lines so far, then everything new
         current = await store.get_run(run.id)
         if current is None or current.state.is_terminal:
             offset = _copy(path, offset, show)  # what was written before it ended

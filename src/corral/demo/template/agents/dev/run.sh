@@ -10,8 +10,12 @@ if ! answer=$(rlock "$key"); then
   exit 0
 fi
 echo "locked $key"
-al-status "fixing #$number"
-sleep 3
+# How long each step takes: `corral demo` sets the pace so the work fills its minute.
+step=$(cat "$CORRAL_SHARED_DIR/.demo-step" 2>/dev/null || echo 1)
+for what in "reading" "fixing" "testing the fix for"; do
+  al-status "$what #$number"
+  sleep "$step"
+done
 al-status "waiting for review of #$number"
 call=$(echo "please review the fix for #$number in $repo" | al-subagent reviewer)
 id=$(printf '%s' "$call" | python3 -c 'import json,sys; print(json.load(sys.stdin)["callId"])')
