@@ -6,6 +6,7 @@ added; none is removed or renamed without a new API version.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -66,8 +67,12 @@ def item_json(item: QueueItem) -> dict[str, Any]:
     }
 
 
-def lock_json(lock: Lock, waiters: list[LockWaiter], now: datetime) -> dict[str, Any]:
-    """A held lock with the runs waiting for it (`corral locks --json`, the control API)."""
+def lock_json(
+    lock: Lock, waiters: list[LockWaiter], now: datetime, wants: Sequence[LockWaiter] = ()
+) -> dict[str, Any]:
+    """A held lock with the runs waiting for it (`rlock --wait`) and the runs retrying it
+    (a refused plain `rlock` a short while ago: a want), for `corral locks --json` and the
+    control API."""
     return {
         "key": lock.key,
         "holder": lock.run_id,
@@ -77,6 +82,7 @@ def lock_json(lock: Lock, waiters: list[LockWaiter], now: datetime) -> dict[str,
         "expiresAt": iso_time(lock.expires_at),
         "expired": lock.expires_at <= now,
         "waiting": [w.run_id for w in waiters if w.key == lock.key],
+        "wanting": [w.run_id for w in wants if w.key == lock.key],
     }
 
 

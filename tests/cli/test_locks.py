@@ -65,3 +65,33 @@ def test_list_and_force_release(corral: Corral, project: Path, tmp_path: Path) -
         assert int(str(now_held["token"])) > int(str(held["token"]))
         assert corral("stop", "--now", cwd=project).returncode == 0
     assert all(r["state"] == "killed" for r in runs(corral, project))
+
+
+def test_a_run_retrying_a_refused_rlock_is_listed(
+    corral: Corral, project: Path, tmp_path: Path
+) -> None:
+    """A plain `rlock` refused and retried in a loop (how skills written for Action Llama
+    wait) shows as retrying the key, beside the holder and apart from `--wait` waiters."""
+    out = tmp_path / "out"
+    out.mkdir()
+    set_command(
+        project,
+        f'if [ -e "{out}/first" ]; then'
+        f'  for i in 1 2 3; do rlock "{KEY}" > /dev/null || sleep 1; done; touch "{out}/gave-up";'
+        f' else touch "{out}/first"; rlock "{KEY}" > /dev/null; fi; sleep 60',
+    )
+    scale = project / "agents" / "hello" / "config.toml"
+    config = scale.read_text().replace("scale = 1", "scale = 2")
+    scale.write_text(config.replace('schedule = "0 0 1 1 *"', ""))
+    with started(corral, project, tmp_path):
+        assert corral("run", "hello", cwd=project).returncode == 0
+        wait_until(lambda: len(locks(corral, project)) == 1)
+        assert corral("run", "hello", cwd=project).returncode == 0
+        wait_until(lambda: locks(corral, project)[0]["wanting"] != [])
+        (held,) = locks(corral, project)
+        (retrying,) = held["wanting"]  # type: ignore[misc]
+        assert retrying != held["holder"] and held["waiting"] == []
+        table = corral("locks", cwd=project).stdout
+        assert "retrying" in table
+        wait_until(lambda: (out / "gave-up").exists())
+        assert corral("stop", "--now", cwd=project).returncode == 0

@@ -295,8 +295,9 @@ def _lock_routes(router: APIRouter, scheduler: Scheduler) -> None:
     @router.get("/locks", summary="The resource locks held now")
     async def list_locks() -> dict[str, Any]:
         locks, waiters = await store.list_locks(), await store.list_lock_waiters()
+        wants = await store.list_lock_wants()
         now = datetime.now(UTC)
-        return {"ok": True, "locks": [lock_json(lock, waiters, now) for lock in locks]}
+        return {"ok": True, "locks": [lock_json(lock, waiters, now, wants) for lock in locks]}
 
     @router.delete(
         "/locks/{key:path}",

@@ -28,23 +28,27 @@ def locks_group(ctx: click.Context, as_json: bool) -> None:
     obj: CliContext = ctx.obj
     project = obj.project()
 
-    async def go() -> tuple[list[Lock], list[LockWaiter]]:
+    async def go() -> tuple[list[Lock], list[LockWaiter], list[LockWaiter]]:
         async with await obj.store(project) as store:
-            return await store.list_locks(), await store.list_lock_waiters()
+            locks = await store.list_locks()
+            return locks, await store.list_lock_waiters(), await store.list_lock_wants()
 
-    locks, waiters = asyncio.run(go())
+    locks, waiters, wants = asyncio.run(go())
     now = datetime.now(UTC)
     if as_json:
-        print_json([lock_json(lock, waiters, now) for lock in locks])
+        print_json([lock_json(lock, waiters, now, wants) for lock in locks])
         return
     if not locks:
         console.print("no locks are held")
         return
-    table = Table("key", "holder", "agent", "held for", "expires in", "waiting", box=None)
+    table = Table(
+        "key", "holder", "agent", "held for", "expires in", "waiting", "retrying", box=None
+    )
     for lock in locks:
         left = lock.expires_at - now
         expires = "expired" if left.total_seconds() <= 0 else fmt_duration(left)
         queue = sum(1 for w in waiters if w.key == lock.key)
+        retrying = sum(1 for w in wants if w.key == lock.key)
         table.add_row(
             cell(lock.key),
             cell(lock.run_id),
@@ -52,6 +56,7 @@ def locks_group(ctx: click.Context, as_json: bool) -> None:
             fmt_duration(now - lock.acquired_at),
             expires,
             str(queue) if queue else "-",
+            str(retrying) if retrying else "-",
         )
     console.print(table)
 
