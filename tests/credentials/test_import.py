@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+
+import pytest
+
+from corral.credentials import CredentialError, CredentialStore, parse_ref
+from corral.credentials.importer import import_store
 
 from .conftest import Cli
 from .keys import fake_key, token
 
 
-def al_store(root: Path, entries: dict[str, dict[str, str]]) -> Path:
-    """``root/credentials/TYPE/INSTANCE/FIELD`` as Action Llama writes it (echo > file)."""
+def al_store(root: Path, entries: dict[str, dict[str, str]], file_mode: int = 0o600) -> Path:
+    """``root/credentials/TYPE/INSTANCE/FIELD`` as Action Llama writes it (echo > file),
+    each file private unless ``file_mode`` says otherwise."""
     for ref, fields in entries.items():
         type_name, instance = ref.split(":")
         directory = root / "credentials" / type_name / instance
         directory.mkdir(parents=True)
         for name, value in fields.items():
             (directory / name).write_text(value)
+            (directory / name).chmod(file_mode)
     return root
 
 
@@ -88,3 +96,88 @@ def test_import_from_a_place_without_credentials_says_so(cli: Cli, tmp_path: Pat
     assert result.returncode == 2
     assert "no credentials directory at" in result.stderr
     assert "give Action Llama's home with --from" in result.stderr
+
+
+def test_symbolic_links_are_not_followed_and_each_is_reported(
+    store: CredentialStore, tmp_path: Path
+) -> None:
+    """A link in ~/.action-llama could lead to any file the user can read (another
+    program's secret): neither a linked field file nor a linked instance or type
+    directory is read; each is named as skipped."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "token").write_text(token("ghp_") + "\n")
+    source = al_store(tmp_path / "al", {"anthropic_key:default": {"token": token("sk-ant-")}})
+    creds = source / "credentials"
+    (creds / "github_token" / "viaslink").mkdir(parents=True)
+    (creds / "github_token" / "viaslink" / "token").symlink_to(outside / "token")
+    (creds / "github_token" / "dirlink").symlink_to(outside)
+    (creds / "openai_key").symlink_to(outside)
+    entries = {e.source: e for e in import_store(source, store)}
+    assert entries["anthropic_key:default"].action == "imported"
+    for label in ("github_token:viaslink", "github_token:dirlink", "openai_key"):
+        assert entries[label].action == "skipped", label
+        assert "is a symbolic link" in entries[label].reason, label
+        assert "links are not followed" in entries[label].reason
+    assert not store.exists(parse_ref("github_token:viaslink"))
+    assert not store.exists(parse_ref("github_token:dirlink"))
+
+
+def test_a_source_file_open_to_others_is_imported_with_a_warning(
+    store: CredentialStore, tmp_path: Path
+) -> None:
+    source = al_store(tmp_path / "al", {"github_token:default": {"token": token()}}, 0o644)
+    (entry,) = import_store(source, store)
+    assert entry.action == "imported"
+    assert "warning: token (mode 0644) in the source could be read by group or others" in (
+        entry.line()
+    )
+    assert "rotate" in entry.reason
+
+
+def test_a_dry_run_writes_nothing_anywhere(
+    store: CredentialStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dry run checked each credential by storing it in a scratch store on disk: the
+    values were written to files under $TMPDIR. Now nothing is opened for writing."""
+    source = al_store(tmp_path / "al", {"github_token:default": {"token": token()}})
+    writes: list[str] = []
+    watching = [True]
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if watching and event == "open" and isinstance(args[2], int) and args[2] & 0o3:
+            writes.append(str(args[0]))
+
+    sys.addaudithook(hook)  # cannot be removed: it stops recording once the test ends
+    try:
+        entries = import_store(source, store, dry_run=True)
+    finally:
+        watching.clear()
+    assert [e.line() for e in entries] == ["would import github_token:default (fields: token)"]
+    assert writes == []
+    assert not store.root.exists()
+
+
+def test_git_ssh_with_an_identity_alone_is_imported_and_sets_no_ssh_command(
+    store: CredentialStore, tmp_path: Path
+) -> None:
+    """Action Llama's "use system SSH config" stores git_ssh with username and email and
+    no key: corral refused it. It is taken now; GIT_SSH_COMMAND is set only with a key."""
+    source = al_store(
+        tmp_path / "al",
+        {"git_ssh:default": {"username": "Octo Cat\n", "email": "octo@example.com\n"}},
+    )
+    (entry,) = import_store(source, store)
+    assert entry.line() == "imported git_ssh:default (fields: email, username)"
+    (loaded,) = store.resolve(["git_ssh"])
+    assert loaded.env == {
+        "GIT_AUTHOR_NAME": "Octo Cat",
+        "GIT_COMMITTER_NAME": "Octo Cat",
+        "GIT_AUTHOR_EMAIL": "octo@example.com",
+        "GIT_COMMITTER_EMAIL": "octo@example.com",
+    }
+    assert "GIT_SSH_COMMAND" not in loaded.context_line()
+    assert "system's SSH configuration" in loaded.context_line()
+    # With neither a key nor an identity it is still refused, saying what is missing.
+    with pytest.raises(CredentialError, match="no value for id_rsa"):
+        store.add("git_ssh", "empty", {"known_hosts": "github.com ssh-ed25519 AAAA"})

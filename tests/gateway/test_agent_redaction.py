@@ -153,3 +153,26 @@ def test_a_run_started_by_another_process_is_redacted_too(
     assert "[REDACTED] [REDACTED]" in everything and "using [REDACTED]" in everything
     assert "[REDACTED]/[REDACTED]" in everything
     assert secret not in everything and TOKEN not in everything
+
+
+def test_a_foreign_runs_implied_model_key_is_redacted_too(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway of another process read only the agent's named credentials: the model
+    key its models imply (anthropic_key, in the run's environment) was stored as sent."""
+    model_key = "sk-ant-" + "impl1ed" * 5
+    monkeypatch.setenv("CORRAL_HOME", str(tmp_path / "home"))
+    CredentialStore(tmp_path / "home" / "credentials").add(
+        "anthropic_key", "default", {"token": model_key}
+    )
+    root = tmp_path / "p"
+    agents: dict[str, dict[str, object]] = {
+        "dev": {"command": "true", "models": ["first"]},
+        "reviewer": {"command": "true"},
+    }
+    models = '[models.first]\nprovider = "anthropic"\nmodel = "claude-x"\n'
+    write_project(root, agents, models)
+    with agent_gateway(store_url, root, install(tmp_path / "bin"), foreign=True) as gateway:
+        assert gateway.command("al-status", f"model={model_key}").returncode == 0
+        everything = stored_text(store_url)
+    assert "model=[REDACTED]" in everything and model_key not in everything

@@ -146,3 +146,57 @@ async def _post_shutdown(url: str, secret: str, reason: str) -> tuple[int, objec
             headers={"Authorization": f"Bearer {secret}"},
         )
     return response.status_code, response.json()
+
+
+async def test_al_shutdown_with_a_long_reason_still_kills(tmp_path: Path, store: Store) -> None:
+    """An agent quoting what it saw in a reason over 4096 characters got a 422 and ran on:
+    al-shutdown failed open. Now the reason is cut and the run is killed."""
+    script = (
+        'al-shutdown "exfiltration attempt: $(head -c 5000 /dev/zero | tr "\\0" x)" '
+        '> "$OUT/long.json"; sleep 30; touch "$OUT/survived"'
+    )
+    async with running_fleet(tmp_path / "p", store, {"dev": {"command": script}}) as f:
+        await f.trigger("dev")
+        (run,) = await f.finished("dev", 1, timeout=15)
+    assert run.state is RunState.KILLED
+    assert run.error is not None and run.error.startswith("al-shutdown: exfiltration attempt: xx")
+    assert run.error.endswith("…") and len(run.error) < 4096 + 20
+    assert json.loads(f.out("long.json").read_text())["killed"] is True
+    assert not f.out("survived").exists()
+
+
+BODIES: dict[str, tuple[bytes, str]] = {
+    "number": (b'{"reason": 42}', "42"),
+    "listed": (b'{"reason": ["a", 1]}', '["a", 1]'),
+    "text": (b"plain words, not JSON", "plain words, not JSON"),
+    "array": (b"[1, 2]", "[1, 2]"),
+    "null": (b'{"reason": null}', "agent requested shutdown"),
+    "huge": (b'{"reason": "' + b"y" * 70_000 + b'"}', "(al-shutdown with a body over 64 KiB"),
+}
+
+
+async def test_al_shutdown_with_any_body_kills(tmp_path: Path, store: Store) -> None:
+    """Any authenticated request kills: a non-string reason, a body that is not JSON, and
+    one over the agent API's 64 KiB cap (answered, then the connection is closed)."""
+    agents = {name: {"command": f'touch "$OUT/{name}"; sleep 30'} for name in BODIES}
+    async with running_fleet(tmp_path / "p", store, agents) as f:
+        for name in BODIES:
+            await f.trigger(name)
+        await wait_for(lambda: all(f.out(name).exists() for name in BODIES))
+        async with httpx.AsyncClient(base_url=f.url) as http:
+            for name, (body, _) in BODIES.items():
+                (run,) = await store.list_runs(agent=name)
+                response = await http.post(
+                    "/agent/shutdown",
+                    content=body,
+                    headers={
+                        "Authorization": f"Bearer {_secret_of(f.root, run.id)}",
+                        "Content-Type": "application/json",
+                    },
+                )
+                assert response.status_code == 200, (name, response.text)
+                assert response.json() == {"ok": True, "killed": True, "runId": run.id}
+        for name, (_, reason) in BODIES.items():
+            (ended,) = await f.finished(name, 1, timeout=15)
+            assert ended.state is RunState.KILLED, name
+            assert ended.error is not None and ended.error.startswith(f"al-shutdown: {reason}")

@@ -22,6 +22,7 @@ def test_exports() -> None:
         "parse",
         "route",
         "signing_credential",
+        "signing_kind",
         "signing_secret",
         "verify",
         "with_receipt",

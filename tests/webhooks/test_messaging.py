@@ -197,26 +197,26 @@ def discord(payload: dict[str, Any], key: Any = PRIVATE, stamp: str = "177444900
 
 
 def test_discord_ed25519_signatures_are_checked_with_the_public_key() -> None:
-    assert verify(DISCORD, PUBLIC, discord(COMMAND)).ok
+    assert verify(DISCORD, PUBLIC, discord(COMMAND), now=NOW).ok
     other, _ = discord_keys()
-    wrong = verify(DISCORD, PUBLIC, discord(COMMAND, key=other))
+    wrong = verify(DISCORD, PUBLIC, discord(COMMAND, key=other), now=NOW)
     assert (wrong.ok, wrong.detail) == (False, "signature does not match")
     signed = discord(COMMAND)
     tampered = Delivery("my-discord", signed.headers, signed.body.replace(b"api", b"db"))
-    assert verify(DISCORD, PUBLIC, tampered).detail == "signature does not match"
+    assert verify(DISCORD, PUBLIC, tampered, now=NOW).detail == "signature does not match"
     restamped = dict(signed.headers) | {"x-signature-timestamp": "1774449001"}
-    assert not verify(DISCORD, PUBLIC, Delivery("my-discord", restamped, signed.body)).ok
+    assert not verify(DISCORD, PUBLIC, Delivery("my-discord", restamped, signed.body), now=NOW).ok
 
 
 def test_a_discord_key_or_signature_of_the_wrong_shape_is_refused_saying_what() -> None:
-    bad_key = verify(DISCORD, "not-a-key", discord(COMMAND))
+    bad_key = verify(DISCORD, "not-a-key", discord(COMMAND), now=NOW)
     assert not bad_key.ok and "is not 64 hex digits" in bad_key.detail
     signed = discord(COMMAND)
     short = dict(signed.headers) | {"x-signature-ed25519": "ab" * 10}
-    check = verify(DISCORD, PUBLIC, Delivery("my-discord", short, signed.body))
+    check = verify(DISCORD, PUBLIC, Delivery("my-discord", short, signed.body), now=NOW)
     assert check.detail == "malformed X-Signature-Ed25519 header: expected 128 hex digits"
     unstamped = {k: v for k, v in signed.headers.items() if k != "x-signature-timestamp"}
-    check = verify(DISCORD, PUBLIC, Delivery("my-discord", unstamped, signed.body))
+    check = verify(DISCORD, PUBLIC, Delivery("my-discord", unstamped, signed.body), now=NOW)
     assert check.detail == "no X-Signature-Timestamp header"
 
 
@@ -323,7 +323,8 @@ def test_a_crc_token_that_could_be_a_body_is_refused() -> None:
 
 def test_x_events_read_as_action_llama_reads_them() -> None:
     event = parse(TWITTER, tweet(TWEET))
-    assert (event.kind, event.ping, event.delivery_id) == ("tweet_create_events", False, None)
+    assert (event.kind, event.ping) == ("tweet_create_events", False)
+    assert event.delivery_id == "sha256:" + hashlib.sha256(tweet(TWEET).body).hexdigest()
     trigger = event.trigger
     assert {
         k: trigger[k] for k in ("action", "repo", "sender", "title", "body", "url", "timestamp")
@@ -441,3 +442,83 @@ def test_an_unsigned_slack_delivery_is_accepted_only_with_allow_unsigned() -> No
     check = verify(open_slack, None, Delivery("open", {}, body), now=_now())
     assert (check.ok, check.signed) == (True, False)
     assert not verify(SLACK, None, Delivery("my-slack", {}, body)).ok
+
+
+# --- Review findings: what a stranger sends never raises, replays are refused ------------
+
+
+@pytest.mark.parametrize("stamp", ["\u00b2", "\u0661\u0662", "12.5", "-1", "1" * 13, " "])
+def test_a_timestamp_of_non_ascii_digits_is_refused_not_raised(stamp: str) -> None:
+    """ "²".isdigit() is True but int("²") raises: a sender's header reached int() and the
+    gateway answered 500. Both Slack and Discord take ASCII digits only."""
+    signed = slack(slack_message(), timestamp=NOW)
+    headers = dict(signed.headers) | {"x-slack-request-timestamp": stamp}
+    check = verify(SLACK, SECRET, Delivery("my-slack", headers, signed.body), now=NOW)
+    assert not check.ok and "X-Slack-Request-Timestamp" in check.detail
+    d_signed = discord(COMMAND, stamp=stamp)
+    check = verify(DISCORD, PUBLIC, d_signed, now=NOW)
+    assert not check.ok and "X-Signature-Timestamp" in check.detail
+
+
+def test_a_discord_timestamp_far_from_now_is_refused() -> None:
+    """Action Llama checks the signature only, so a captured interaction could be replayed
+    days later; corral refuses one signed more than 5 minutes from now."""
+    assert verify(DISCORD, PUBLIC, discord(COMMAND, stamp=str(NOW - 299)), now=NOW).ok
+    old = verify(DISCORD, PUBLIC, discord(COMMAND, stamp=str(NOW - 86_400)), now=NOW)
+    assert not old.ok and old.detail.startswith("X-Signature-Timestamp is 86400 s old")
+    ahead = verify(DISCORD, PUBLIC, discord(COMMAND, stamp=str(NOW + 400)), now=NOW)
+    assert not ahead.ok and "in the future" in ahead.detail
+    garbage = verify(DISCORD, PUBLIC, discord(COMMAND, stamp="not-a-time"), now=NOW)
+    assert not garbage.ok and garbage.detail.startswith("malformed X-Signature-Timestamp")
+
+
+SMALL_ORDER_KEYS = [
+    "00" * 32,
+    "00" * 31 + "80",
+    "01" + "00" * 31,
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    "ec" + "ff" * 30 + "7f",
+    "ED" + "FF" * 30 + "FF",
+]
+
+
+@pytest.mark.parametrize("key", SMALL_ORDER_KEYS)
+def test_a_discord_public_key_of_small_order_is_refused(key: str) -> None:
+    """With the all-zero key (a placeholder) an all-zero signature checked for any body:
+    a forged interaction was queued. Such keys are refused, saying what to store."""
+    body = dumps(COMMAND)
+    forged = {"x-signature-timestamp": str(NOW), "x-signature-ed25519": "00" * 64}
+    forged_r = {"x-signature-timestamp": str(NOW), "x-signature-ed25519": "01" + "00" * 63}
+    for headers in (forged, forged_r):
+        check = verify(DISCORD, key, Delivery("my-discord", headers, body), now=NOW)
+        assert not check.ok and "weak key" in check.detail, check.detail
+        assert "Public Key from the Discord Developer Portal" in check.detail
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"follow_events": [{"created_timestamp": "1" + "0" * 400, "source": {}}]},
+        {"follow_events": [{"created_timestamp": 1e308, "source": {}}]},
+        {"direct_message_events": [{"created_timestamp": "9" * 5000}]},
+        {"tweet_create_events": [{"created_at": "Mon Jan 01 00:00:00 +0100 0001", "text": "x"}]},
+        {"tweet_create_events": [{"created_at": "Fri Dec 31 23:59:59 -0100 9999", "text": "x"}]},
+    ],
+)
+def test_x_times_out_of_range_are_left_out_not_raised(event: dict[str, Any]) -> None:
+    """A 400-digit created_timestamp overflowed a float and year 1 at +01:00 is before
+    datetime's first instant: both raised out of parse and the gateway answered 500."""
+    parsed = parse(TWITTER, tweet({"for_user_id": "1", **event}))
+    assert parsed.trigger["timestamp"] == RECEIVED_TEXT  # the time it was received
+
+
+def test_an_x_delivery_is_identified_by_the_hash_of_its_body() -> None:
+    """X sends no delivery id and signs no timestamp: the body's SHA-256 stands in, so the
+    same signed body again is a duplicate (see test_messaging_intake for the store)."""
+    first, again = parse(TWITTER, tweet(TWEET)), parse(TWITTER, tweet(TWEET))
+    assert first.delivery_id == again.delivery_id
+    assert first.delivery_id is not None and first.delivery_id.startswith("sha256:")
+    other = parse(TWITTER, tweet(TWEET | {"for_user_id": "2"}))
+    assert other.delivery_id != first.delivery_id

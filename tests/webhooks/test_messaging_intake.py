@@ -243,3 +243,121 @@ async def test_x_crc_tweet_and_refusals(hook: Gateway) -> None:
     )
     forged = sign_twitter(body, "not-the-consumer-secret")
     await refused(hook, await hook.post("twitter", body, forged), "signature does not match")
+
+
+# --- Review findings over HTTP: 4xx with a receipt, never a 500; replays refused ---------
+
+
+async def test_odd_timestamps_and_times_get_an_answer_not_a_500(hook: Gateway) -> None:
+    """A Slack timestamp of "²" (latin-1 0xB2: isdigit() but not int()) was an
+    unauthenticated 500; X times out of datetime's range were a 500 after the signature."""
+    body = b'{"type":"event_callback"}'
+    headers = {
+        "Content-Type": "application/json",
+        "X-Slack-Request-Timestamp": b"\xb2",
+        "X-Slack-Signature": "v0=" + "0" * 64,
+    }
+    response = await hook.http.post("/webhooks/slack", content=body, headers=headers)
+    await refused(hook, response, "malformed X-Slack-Request-Timestamp")
+    for event in (
+        {"follow_events": [{"created_timestamp": "1" + "0" * 400, "source": {}}]},
+        {"tweet_create_events": [{"created_at": "Mon Jan 01 00:00:00 +0100 0001", "text": "x"}]},
+    ):
+        body = dumps({"for_user_id": "2244994945", **event})
+        response = await hook.post("twitter", body, sign_twitter(body, CONSUMER_SECRET))
+        assert response.status_code == 202, response.text
+
+
+async def test_a_replayed_x_delivery_is_a_duplicate(hook: Gateway) -> None:
+    """X sends no delivery id and its signature covers no time: the same signed body
+    was queued every time it was sent. Now it is queued once."""
+    tweet = {
+        "for_user_id": "2244994945",
+        "tweet_create_events": [
+            {
+                "created_at": "Wed Mar 25 14:30:00 +0000 2026",
+                "id_str": "77",
+                "text": "hi",
+                "user": {"id_str": "6253282", "screen_name": "jdoe"},
+            }
+        ],
+    }
+    body = dumps(tweet)
+    headers = sign_twitter(body, CONSUMER_SECRET)
+    first = await hook.post("twitter", body, headers)
+    assert first.status_code == 202, first.text
+    assert first.json()["deliveryId"].startswith("sha256:")
+    await hook.queued_run("social", first.json())
+    for _ in range(2):
+        again = await hook.post("twitter", body, headers)
+        assert again.status_code == 200 and again.json()["duplicate"] is True, again.text
+    assert len(await hook.store.list_items(agent="social")) == 1
+
+
+async def test_a_stale_or_garbled_discord_timestamp_is_refused(hook: Gateway) -> None:
+    body = dumps({"id": "555", "type": 2, "guild_id": "1111", "data": {"name": "deploy"}})
+    year_old = sign_discord(body, PRIVATE, timestamp=str(int(time.time()) - 86400 * 365))
+    await refused(hook, await hook.post("discord", body, year_old), "X-Signature-Timestamp is")
+    garbled = sign_discord(body, PRIVATE, timestamp="not-a-time")
+    await refused(hook, await hook.post("discord", body, garbled), "malformed X-Signature-Time")
+    assert await hook.store.list_items(agent="bot") == []
+
+
+async def test_a_weak_discord_key_and_the_x_crc_advice(
+    tmp_path: Path, store: Store, credentials: CredentialStore
+) -> None:
+    """A discord_bot whose public_key is all zeros (a placeholder) took an all-zero
+    signature for any body; and the CRC answer of a twitter source with no credential
+    named the wrong credential type to store."""
+    credentials.add(
+        "discord_bot",
+        "Placeholder",
+        {"application_id": "1", "public_key": "00" * 32, "bot_token": "bot-token-0123456789"},
+    )
+    project = (
+        '[webhooks.discord]\ntype = "discord"\ncredential = "Placeholder"\n'
+        '[webhooks.x]\ntype = "twitter"\nallowUnsigned = true\n'
+    )
+    tables = {"bot": '[[webhooks]]\nsource = "discord"\n', "social": '[[webhooks]]\nsource = "x"\n'}
+    agents: dict[str, dict[str, object]] = {
+        "bot": {"command": "true"},
+        "social": {"command": "true"},
+    }
+    async with (
+        running_fleet(tmp_path / "w", store, agents, project, tables) as fleet,
+        httpx.AsyncClient(base_url=fleet.url, timeout=30) as http,
+    ):
+        running = Gateway(fleet, http)
+        body = dumps({"id": "1", "type": 2, "guild_id": "1", "data": {"name": "deploy"}})
+        forged = {
+            "Content-Type": "application/json",
+            "X-Signature-Timestamp": str(int(time.time())),
+            "X-Signature-Ed25519": "00" * 64,
+        }
+        await refused(running, await running.post("discord", body, forged), "the public key")
+        assert await store.list_items(agent="bot") == []
+        crc = await http.get("/webhooks/x", params={"crc_token": "abc"})
+        assert crc.status_code == 400
+        assert "`corral creds add x_twitter_api:INSTANCE`" in crc.json()["error"]
+
+
+async def test_any_failure_in_a_check_or_a_reader_is_a_4xx_with_a_receipt(
+    hook: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant 9: whatever a sender's bytes make a check or a reader raise (a fault
+    injected here, as no known input does any more), the answer is a 4xx and a receipt."""
+    from corral.webhooks import events, schemes
+
+    def boom(*_: object) -> Any:
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setitem(schemes.SCHEMES, "slack", boom)  # type: ignore[arg-type]
+    body = dumps({"type": "event_callback"})
+    await refused(hook, await hook.post("slack", body, sign_slack(body, SECRET)), "the signature")
+    monkeypatch.setitem(events._MESSAGING, "twitter", boom)
+    body = dumps({"for_user_id": "1"})
+    response = await hook.post("twitter", body, sign_twitter(body, CONSUMER_SECRET))
+    assert response.status_code == 400, response.text
+    receipt = await hook.store.get_receipt(response.json()["receiptId"])
+    assert receipt is not None and receipt.outcome is ReceiptOutcome.INVALID
+    assert receipt.error is not None and "RuntimeError" in receipt.error

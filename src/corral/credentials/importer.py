@@ -10,10 +10,11 @@ Values are never returned in anything that is printed.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Literal
 
 from corral.credentials.errors import CredentialError, CredentialUsageError
@@ -82,14 +83,36 @@ def import_store(
         )
     state = _Run(store, replace, dry_run)
     entries: list[ImportEntry] = []
-    for type_dir in _subdirs(root):
-        for directory in _subdirs(type_dir):
+    for type_dir in _subdirs(root, entries, "{name}"):
+        for directory in _subdirs(type_dir, entries, f"{type_dir.name}:{{name}}"):
             entries.append(_one(state, type_dir.name, directory))
     return entries
 
 
-def _subdirs(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _subdirs(path: Path, entries: list[ImportEntry], label: str) -> list[Path]:
+    """The directories in ``path``, sorted. A symbolic link is not followed (it may lead
+    out of the store, to any file the user can read): each is reported as skipped."""
+    found: list[Path] = []
+    for child in sorted(path.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if child.is_symlink():
+            shown = label.format(name=child.name)
+            entries.append(ImportEntry(shown, "skipped", reason=_link_reason(child)))
+        elif child.is_dir():
+            found.append(child)
+    return found
+
+
+def _link_reason(path: Path) -> str:
+    try:
+        target = str(path.readlink())
+    except OSError:
+        target = "?"
+    return (
+        f"{path} is a symbolic link (to {target!r}); links are not followed: copy what it "
+        "points to in, or store it with `corral creds add`"
+    )
 
 
 def _one(state: _Run, type_name: str, directory: Path) -> ImportEntry:
@@ -109,39 +132,52 @@ def _one(state: _Run, type_name: str, directory: Path) -> ImportEntry:
         reason = f"{ref} is stored already (--force replaces it)"
         return ImportEntry(label, "skipped", ref, reason=reason)
     try:
-        stored = _store(state, ref, values)
+        stored = _store(state, ref, values.values)
     except CredentialError as exc:
         return ImportEntry(label, "skipped", ref, reason=_reasons(exc))
     state.done[ref] = label
     action: Action = "would import" if state.dry_run else "imported"
-    return ImportEntry(label, action, ref, stored)
+    return ImportEntry(label, action, ref, stored, reason=values.warning())
 
 
 def _store(state: _Run, ref: CredentialRef, values: dict[str, str]) -> tuple[str, ...]:
-    if state.dry_run:
-        # Checked as storing would check them, in a store that is thrown away.
-        with TemporaryDirectory() as scratch:
-            checked = CredentialStore(Path(scratch) / "credentials")
-            return checked.add(ref.type, ref.instance, values).fields
+    if state.dry_run:  # checked as storing would check them; nothing is written
+        return state.store.check(ref.type, ref.instance, values)
     return state.store.add(ref.type, ref.instance, values, replace=state.replace).fields
 
 
-def _values(ctype: CredentialType, directory: Path) -> dict[str, str]:
+@dataclass
+class _Read:
+    """What was read of one source credential: its values, and which of its files others
+    than the user could read (imported anyway, with a warning)."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    loose: list[str] = field(default_factory=list)
+
+    def warning(self) -> str:
+        if not self.loose:
+            return ""
+        return (
+            f"warning: {', '.join(self.loose)} in the source could be read by group or others; "
+            "the copy is private (0600), but consider the values exposed and rotate them"
+        )
+
+
+def _values(ctype: CredentialType, directory: Path) -> _Read:
     label = f"{directory.parent.name}:{directory.name}"
-    values: dict[str, str] = {}
+    read = _Read()
     unknown: list[str] = []
     for path in sorted(p for p in directory.iterdir() if not p.name.startswith(".")):
         spec = ctype.field(path.name)
+        if path.is_symlink():
+            raise CredentialUsageError(label, _link_reason(path))
         if spec is None or not path.is_file():
             unknown.append(path.name)
             continue
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CredentialUsageError(label, f"cannot read {path.name}: {exc}") from None
+        text = _read_file(label, path, read)
         if not spec.multiline:  # written by `echo VALUE > FILE`: the newline is no part of it
             text = text.removesuffix("\n").removesuffix("\r")
-        values[spec.name] = text
+        read.values[spec.name] = text
     if unknown:
         raise CredentialUsageError(
             label,
@@ -149,7 +185,24 @@ def _values(ctype: CredentialType, directory: Path) -> dict[str, str]:
             f"{', '.join(ctype.field_names)})",
             f"store it by hand with `corral creds add {label}`",
         )
-    return values
+    return read
+
+
+def _read_file(label: str, path: Path, read: _Read) -> str:
+    """The file's text, opened without following a link (one swapped in after the check
+    above is refused by the kernel)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            _note_mode(read, path.name, os.fstat(handle.fileno()).st_mode)
+            return handle.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialUsageError(label, f"cannot read {path.name}: {exc}") from None
+
+
+def _note_mode(read: _Read, shown: str, mode: int) -> None:
+    if mode & 0o077:
+        read.loose.append(f"{shown} (mode {stat.S_IMODE(mode):04o})")
 
 
 def _reasons(exc: CredentialError) -> str:

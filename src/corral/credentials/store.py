@@ -150,6 +150,12 @@ class CredentialStore:
         write_private_files(target, contents, prune=True)
         return StoredCredential(ref, target, tuple(sorted(contents)))
 
+    def check(self, type: str, instance: str, values: Mapping[str, str]) -> tuple[str, ...]:
+        """Check values exactly as :meth:`add` does, writing nothing anywhere; the fields
+        that would be stored (``creds import --dry-run``)."""
+        ref = parse_ref(f"{type}:{instance}")
+        return tuple(sorted(_check_values(ref, credential_type(ref.type), values)))
+
     def remove(self, type: str, instance: str) -> Path:
         """Delete a stored credential; an absent one is an error."""
         ref = parse_ref(f"{type}:{instance}")
@@ -258,7 +264,7 @@ def _check_values(
             f"{ctype.name} has no field {', '.join(unknown)}",
             f"its fields are {', '.join(ctype.field_names)}",
         )
-    missing = [f.name for f in ctype.required_fields if f.name not in values]
+    missing = ctype.missing(values)
     if missing:
         raise CredentialUsageError(label, f"no value for {', '.join(missing)}")
     contents: dict[str, bytes] = {}
@@ -311,8 +317,6 @@ def _read(
         try:
             info = path.stat()
         except FileNotFoundError:
-            if spec.required:
-                problems.append(CredentialProblem(label, f"{spec.name} is missing", redo))
             continue
         if not stat.S_ISREG(info.st_mode):
             problems.append(CredentialProblem(label, f"{path} is not a file", redo))
@@ -325,6 +329,9 @@ def _read(
                 problems.append(CredentialProblem(label, problem, redo))
             else:
                 values[spec.name] = value
+    if not problems:
+        for name in ctype.missing(values):
+            problems.append(CredentialProblem(label, f"{name} is missing", redo))
     return values, problems
 
 

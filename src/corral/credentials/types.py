@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -149,6 +149,21 @@ class CredentialType:
     #: Whether an agent may name it in ``credentials``. A webhook signing secret is for the
     #: gateway alone: a run that held it could forge deliveries that start more runs.
     given_to_runs: bool = True
+    #: Optional fields any one of which makes the credential whole without its required
+    #: ones (git_ssh: a git identity alone, SSH left to the system's configuration, as
+    #: Action Llama's "use system SSH config" stores it). The required fields stay the
+    #: ones `corral creds add` asks for first.
+    alone: tuple[str, ...] = ()
+    #: The prompt line's start when the credential holds none of its required fields.
+    context_alone: str = ""
+
+    def missing(self, values: Mapping[str, str] | Iterable[str]) -> list[str]:
+        """The required fields ``values`` lacks (none when it holds one of ``alone``)."""
+        present = set(values)
+        absent = [f.name for f in self.required_fields if f.name not in present]
+        if absent and present.intersection(self.alone):
+            return []
+        return absent
 
     def field(self, name: str) -> CredentialField | None:
         """The field called ``name`` or, failing that, the one that was called so before."""
@@ -165,7 +180,10 @@ class CredentialType:
 
     def context_line(self, instance: str, values: Mapping[str, str] | None = None) -> str:
         extra = "".join(text for name, text in self.context_optional if name in (values or {}))
-        return self.context.replace("{instance}", instance) + extra
+        base = self.context
+        if self.context_alone and not any(f.name in (values or {}) for f in self.required_fields):
+            base = self.context_alone
+        return base.replace("{instance}", instance) + extra
 
     def env_names(self, instance: str) -> tuple[str, ...]:
         return tuple(var.name.replace("{instance}", instance) for var in self.env)
@@ -259,6 +277,7 @@ _BUILTIN: tuple[CredentialType, ...] = (
                 "ssh -i {id_rsa:path} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new",
                 optional=(("known_hosts", " -o UserKnownHostsFile={known_hosts:path}"),),
                 shell=True,
+                when="id_rsa",
             ),
             *_GIT_IDENTITY,
         ),
@@ -268,6 +287,8 @@ _BUILTIN: tuple[CredentialType, ...] = (
             ("username", "; `GIT_AUTHOR_NAME` / `GIT_COMMITTER_NAME` set for `git commit`"),
             ("email", "; `GIT_AUTHOR_EMAIL` / `GIT_COMMITTER_EMAIL` set for `git commit`"),
         ),
+        alone=("username", "email"),
+        context_alone="`git` over SSH uses the system's SSH configuration (no key stored)",
     ),
     _model_key("anthropic", "ANTHROPIC_API_KEY", "An Anthropic", "sk-ant-..."),
     _model_key("openai", "OPENAI_API_KEY", "An OpenAI", "sk-..."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from corral.credentials import CredentialStore
+from corral.credentials.redact import Redactor
 from corral.errors import CorralError, StoreConflict
 from corral.harness.builtin import LoopResult
 from corral.harness.hooks import (
@@ -90,6 +92,15 @@ _NOTHING_SPENT: dict[str, Any] = {
     "cache_write_tokens": 0,
     "cost_usd": 0.0,
 }
+
+
+def _redacted(outcome: _Outcome, secrets: Sequence[str]) -> _Outcome:
+    """``outcome`` with the run's credential values in its error replaced by [REDACTED]:
+    the error is stored and shown (stat, dashboard, MCP) and exported (telemetry), and a
+    provider's answer quoted in it may echo the key it was sent."""
+    if outcome.error is None or not secrets:
+        return outcome
+    return dataclasses.replace(outcome, error=Redactor(secrets).redact(outcome.error))
 
 
 def _loop_outcome(loop: asyncio.Task[LoopResult]) -> _Outcome:
@@ -348,7 +359,7 @@ class RunExecutor:
             if outcome is None:
                 return None
             await self._post_hooks(plan, runlog, outcome)
-        return outcome
+        return _redacted(outcome, plan.secrets)
 
     async def _run_plan(self, plan: RunPlan, runlog: RunLog) -> _Outcome | None:
         """Pre hooks, dynamic context, the agent itself; its outcome (None: fenced off)."""

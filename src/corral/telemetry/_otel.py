@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -36,11 +38,15 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from corral._version import __version__
+from corral.credentials import CredentialStore, implied_credentials
+from corral.credentials.redact import Redactor
+from corral.errors import CorralError
 from corral.project import Project, TelemetryConfig
+from corral.project.presets import key_providers
 from corral.store import Claim, Run, RunState, Store, StoreError
 from corral.telemetry import RunObserver
 
-__all__ = ["DEFAULT_ENDPOINT", "OtelObserver", "run_attributes"]
+__all__ = ["DEFAULT_ENDPOINT", "OtelObserver", "run_attributes", "shown_endpoint"]
 
 log = logging.getLogger("corral.telemetry")
 
@@ -58,6 +64,16 @@ def _endpoint(config: TelemetryConfig) -> str:
     """The collector's base URL: ``endpoint``, else the standard OTLP environment variable."""
     chosen = config.endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINT
     return chosen.rstrip("/")
+
+
+def shown_endpoint(url: str) -> str:
+    """``url`` as it may be logged: without the user and password a collector's URL may
+    carry (``http://user:pass@host:4318``)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def _ns(moment: datetime | None) -> int | None:
@@ -85,6 +101,27 @@ def run_attributes(run: Run) -> dict[str, Any]:
         "corral.run.budget": run.budget,
     }
     return {key: value for key, value in values.items() if value is not None}
+
+
+def _redactor(project: Project, agent_name: str) -> Callable[[str], str]:
+    """What replaces the values of ``agent_name``'s credentials (those it names and the
+    model keys its models imply) with [REDACTED] in text bound for the collector. A
+    credential that cannot be read is left out: the executor redacted the run's error
+    with the run's own values before storing it."""
+    agent = project.agents.get(agent_name)
+    if agent is None:
+        return lambda text: text
+    pairs = key_providers(project.config.models, agent.config)
+    implied = [str(ref) for ref in implied_credentials(pairs, agent.config.credentials)]
+    store = CredentialStore()
+    values: list[str] = []
+    for names in (list(agent.config.credentials), implied):
+        try:
+            loaded = store.resolve(names, missing_ok=True)
+        except (CorralError, OSError):
+            continue
+        values += [value for credential in loaded for value in credential.secrets()]
+    return Redactor(values).redact
 
 
 def _duration(run: Run) -> float | None:
@@ -139,7 +176,7 @@ class OtelObserver(RunObserver):
         self._sampler = asyncio.create_task(self._sample_forever(), name="telemetry queue depth")
         log.info(
             "telemetry: exporting traces and metrics to %s over OTLP/HTTP",
-            self.endpoint,
+            shown_endpoint(self.endpoint),
             extra={"action": "telemetry_started"},
         )
 
@@ -208,6 +245,8 @@ class OtelObserver(RunObserver):
         span = self._spans.pop(run.id, None)
         if span is None:  # claimed before telemetry started (cannot happen today)
             return
+        if run.error is not None:  # redacted before it was stored; once more, to be sure
+            run = dataclasses.replace(run, error=_redactor(self.project, run.agent)(run.error))
         span.set_attributes(run_attributes(run))
         if run.state is RunState.SUCCEEDED:
             span.set_status(Status(StatusCode.OK))

@@ -16,6 +16,7 @@ from corral.webhooks.delivery import (
     Delivery,
     Verification,
     signing_credential,
+    signing_kind,
     signing_secret,
     verify,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "parse",
     "route",
     "signing_credential",
+    "signing_kind",
     "signing_secret",
     "verify",
     "with_receipt",

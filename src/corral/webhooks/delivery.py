@@ -28,7 +28,14 @@ from corral.credentials import (
 from corral.project import WebhookSource
 from corral.webhooks.schemes import SCHEMES
 
-__all__ = ["Delivery", "Verification", "signing_credential", "signing_secret", "verify"]
+__all__ = [
+    "Delivery",
+    "Verification",
+    "signing_credential",
+    "signing_kind",
+    "signing_secret",
+    "verify",
+]
 
 _DIGESTS: Mapping[str, Callable[..., Any]] = {
     "sha256": hashlib.sha256,
@@ -99,7 +106,7 @@ def verify(
                 signed=False,
             )
         name = delivery.source
-        kind = _APP_CREDENTIALS.get(source.type, ("webhook_secret", ""))[0]
+        kind = signing_kind(source)
         return Verification(
             False,
             f"source '{name}' has no signing secret (set credential = \"INSTANCE\" in "
@@ -147,6 +154,12 @@ _APP_CREDENTIALS = {
     "discord": ("discord_bot", "public_key"),
     "twitter": ("x_twitter_api", "consumer_secret"),
 }
+
+
+def signing_kind(source: WebhookSource) -> str:
+    """The credential type a bare ``credential = "INSTANCE"`` of ``source`` names
+    (``x_twitter_api`` for X, ``discord_bot`` for Discord, else ``webhook_secret``)."""
+    return _APP_CREDENTIALS.get(source.type, ("webhook_secret", ""))[0]
 
 
 def signing_credential(source: WebhookSource) -> tuple[CredentialRef, str] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
@@ -21,7 +22,7 @@ from corral.webhooks.providers import (
     sentry_fields,
 )
 
-__all__ = ["DEFAULT_EVENT", "Event", "parse"]
+__all__ = ["DEFAULT_EVENT", "Event", "body_id", "parse"]
 
 #: The event name of a delivery that names none (generic senders without an event).
 DEFAULT_EVENT = "event"
@@ -58,6 +59,8 @@ def parse(source: WebhookSource, delivery: Delivery) -> Event:
         reading = reader(payload)
         kind, fields, delivery_id = reading.kind, reading.fields, reading.delivery_id
         ping, reply = reading.idle or reading.reply is not None, reading.reply
+        if source.type == "twitter":
+            delivery_id = body_id(delivery.body)
     else:
         kind = _event_name(source, delivery, payload)
         fields = _fields(source, kind, payload)
@@ -73,6 +76,14 @@ def parse(source: WebhookSource, delivery: Delivery) -> Event:
         trigger=trigger_json(source.type, delivery.source, kind, fields, received[:-4] + "Z"),
         reply=reply,
     )
+
+
+def body_id(body: bytes) -> str:
+    """The delivery id of an X delivery: X sends none, so a captured delivery could be
+    replayed for ever (its signature covers the body alone, with no timestamp). The
+    SHA-256 of the body stands in: the same body again, from X retrying or from anyone
+    replaying it, is a duplicate. Action Llama takes each one as new."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 _MESSAGING: dict[str, Callable[[Node], Reading]] = {

@@ -165,16 +165,17 @@ def _tweet_time(item: Node) -> str | None:
         return None
     try:
         moment = datetime.strptime(text.strip(), "%a %b %d %H:%M:%S %z %Y")
-    except ValueError:
+        # Year 1 with a positive offset is before datetime's first instant in UTC.
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError):
         return item.time("created_at")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _millis(item: Node, key: str) -> str | None:
     value = item.data.get(key)
     try:
         return epoch_utc(int(value) / 1000) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a 400-digit number overflows a float
         return None
 
 

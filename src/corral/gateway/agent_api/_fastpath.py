@@ -59,6 +59,10 @@ def body_limit(path: str) -> int:
     return LARGE_BODY if path in _LARGE_ROUTES else SMALL_BODY
 
 
+#: The shutdown reason of an al-shutdown whose body was too big to read.
+_UNREAD_REASON = f"(al-shutdown with a body over {SMALL_BODY // 1024} KiB; its reason was not read)"
+
+
 class LockFastPath:
     """ASGI middleware: authenticate, then read with a cap, every /agent/ request, and
     answer the lock requests without FastAPI's machinery."""
@@ -82,12 +86,17 @@ class LockFastPath:
         ):
             await self.app(scope, receive, send)
             return
+        run = None
         try:
             run = await self.api.authenticate(_bearer_secret(scope))
             body = await _capped_body(scope, receive, body_limit(scope["path"]))
         except AgentApiError as exc:
             if isinstance(exc, RunEnded) and scope["path"] == "/agent/locks/heartbeat":
                 exc = exc.lock_lost()
+            if run is not None and scope["path"] == "/agent/shutdown":
+                # An authenticated al-shutdown kills, however long its reason.
+                await _send(send, await self.api.shut_down(run, _UNREAD_REASON), close=True)
+                return
             # The body was not read (or not all of it): close the connection after the
             # answer rather than read and discard what is left of it.
             await _send(send, answer(exc.status, exc.body), close=True)

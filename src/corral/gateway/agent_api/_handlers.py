@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from corral.credentials import CredentialStore
+from corral.credentials import CredentialStore, LoadedCredential
 from corral.credentials.redact import Redactor
 from corral.errors import CorralError
 from corral.gateway.agent_api._errors import AgentApiError, RunEnded, answer
@@ -43,7 +43,6 @@ from corral.gateway.agent_api._models import (
     ExitBody,
     LockBody,
     ReturnBody,
-    ShutdownBody,
     StatusBody,
     WaitBody,
     call_status,
@@ -51,11 +50,13 @@ from corral.gateway.agent_api._models import (
     grant_answer,
     held_answer,
     iso,
+    shutdown_reason,
 )
 from corral.gateway.metrics import count_lock
 from corral.inert import inert
 from corral.project import Project
 from corral.scheduler.agentlink import AgentLink, RunRef, hash_secret
+from corral.scheduler.prepare import implied_keys
 from corral.store import CallRefusal, Deadlock, LockGrant, LockHeld, RunState, Store, StoreError
 
 __all__ = ["RUN_SCOPE_KEY", "AgentApi", "Caller", "agent_router", "current_run"]
@@ -123,8 +124,11 @@ class AgentApi:
         read its agent's credentials here, to redact their values from what it sends."""
         agent = self.project.agents.get(agent_name)
         names = list(agent.config.credentials) if agent is not None else []
+        # The model keys its models imply are in the run too (a coding-agent CLI reads its
+        # key from the environment): redacted like the named ones, when stored.
+        implied = implied_keys(self.project, agent) if agent is not None else []
         try:
-            loaded = await asyncio.to_thread(CredentialStore().resolve, names)
+            loaded = await asyncio.to_thread(_resolve_all, names, implied)
         except (CorralError, OSError) as exc:
             log.warning(
                 "cannot read the credentials of run %s to redact what it sends (%s); "
@@ -337,11 +341,22 @@ class AgentApi:
             await self.link.on_exit(run.run_id, code)
         return answer(200, {"ok": True, "code": code})
 
-    async def shutdown(self, run: Caller, body: ShutdownBody | None = None) -> JSONResponse:
+    async def shutdown(self, run: Caller, request: Request) -> JSONResponse:
         """``al-shutdown``: the run asks to be killed now (a run that detects credential
-        exfiltration is told to). Logged as an error and audited with its reason; the
-        run ends killed, as an operator's kill ends it."""
-        reason = self.redact(run, (body or ShutdownBody()).reason)
+        exfiltration is told to). Any authenticated request kills: its body is read
+        whatever its shape (:func:`shutdown_reason`), and the kill comes first, before
+        the log and the audit. The run ends killed, as an operator's kill ends it."""
+        return await self.shut_down(run, shutdown_reason(await request.body()))
+
+    async def shut_down(self, run: RunRef, reason: str) -> JSONResponse:
+        """Kill ``run`` for ``reason`` (redacted here), then log and audit it."""
+        reason = self.redact(run, reason)
+        stopping = self.link.on_shutdown is not None and await self.link.on_shutdown(
+            run.run_id, reason
+        )
+        if not stopping:
+            # Another process executes the run: ask its scheduler, through the store.
+            await self.store.request_kill(run.run_id)
         log.error(
             "run %s (%s) asked to be shut down: %s",
             run.run_id,
@@ -351,13 +366,13 @@ class AgentApi:
         )
         detail = {"agent": run.agent, "reason": reason}
         await self.store.audit(f"run:{run.run_id}", "run.shutdown", run.run_id, detail)
-        stopping = self.link.on_shutdown is not None and await self.link.on_shutdown(
-            run.run_id, reason
-        )
-        if not stopping:
-            # Another process executes the run: ask its scheduler, through the store.
-            await self.store.request_kill(run.run_id)
         return answer(200, {"ok": True, "killed": True, "runId": run.run_id})
+
+
+def _resolve_all(names: list[str], implied: list[str]) -> list[LoadedCredential]:
+    """The named credentials, and those of ``implied`` that are stored."""
+    store = CredentialStore()
+    return store.resolve(names) + store.resolve(implied, missing_ok=True)
 
 
 def _limit(what: str, text: str, limit: int, instead: str) -> None:

@@ -6,6 +6,7 @@ the in-run commands (docs/agent-commands.md).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "MAX_CONTEXT_BYTES",
     "MAX_KEY_LENGTH",
     "MAX_RETURN_BYTES",
+    "MAX_SHUTDOWN_REASON",
     "MAX_WAIT",
     "NOT_FOUND_CALL",
     "POLL_SECONDS",
@@ -29,7 +31,6 @@ __all__ = [
     "ExitBody",
     "LockBody",
     "ReturnBody",
-    "ShutdownBody",
     "StatusBody",
     "WaitBody",
     "call_status",
@@ -37,6 +38,7 @@ __all__ = [
     "grant_answer",
     "held_answer",
     "iso",
+    "shutdown_reason",
 ]
 
 #: The largest ``al-return`` value, and the largest call context: 1 MiB of UTF-8.
@@ -87,8 +89,29 @@ class ExitBody(BaseModel):
 DEFAULT_SHUTDOWN_REASON = "agent requested shutdown"
 
 
-class ShutdownBody(BaseModel):
-    reason: str = Field(default=DEFAULT_SHUTDOWN_REASON, min_length=1, max_length=4096)
+#: The longest shutdown reason kept, in characters; a longer one is cut, not refused.
+MAX_SHUTDOWN_REASON = 4096
+
+
+def shutdown_reason(raw: bytes) -> str:
+    """The reason of an ``al-shutdown`` body, taken whatever its shape: a run asking to be
+    killed is killed, so nothing in its body may turn the request into a refusal. A
+    ``{"reason": ...}`` object gives the reason (a non-string one as JSON text); any
+    other body is its own text; none gives Action Llama's default. Cut to
+    :data:`MAX_SHUTDOWN_REASON` characters."""
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        parsed = json.loads(text) if text else None
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
+        parsed = text
+    if isinstance(parsed, dict):
+        parsed = parsed.get("reason")
+    if parsed is None or parsed == "":
+        return DEFAULT_SHUTDOWN_REASON
+    reason = parsed if isinstance(parsed, str) else json.dumps(parsed)[: MAX_SHUTDOWN_REASON + 1]
+    if len(reason) > MAX_SHUTDOWN_REASON:
+        return reason[: MAX_SHUTDOWN_REASON - 1] + "…"
+    return reason
 
 
 class EmptyBody(BaseModel):

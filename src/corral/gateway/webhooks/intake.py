@@ -39,6 +39,7 @@ from corral.webhooks import (
     Verification,
     parse,
     route,
+    signing_kind,
     signing_secret,
     verify,
     with_receipt,
@@ -142,10 +143,11 @@ class WebhookIntake:
             error = f"the consumer secret of source {name} cannot be read: {exc}"
             return Answer(503, {"ok": False, "error": error})
         if not secret:
+            kind = signing_kind(source)
             error = (
                 f"source '{name}' has no consumer secret to answer the CRC check with (set "
                 f'credential = "INSTANCE" in [webhooks.{name}] and store the consumer secret '
-                "with `corral creds add webhook_secret:INSTANCE`)"
+                f"with `corral creds add {kind}:INSTANCE`)"
             )
             return Answer(400, {"ok": False, "error": error})
         log.info("webhook %s: CRC check answered", name)
@@ -184,10 +186,16 @@ class WebhookIntake:
             return await self._refuse(refusal, 413, _too_big(name, source, body), close=True)
         delivery = Delivery(source=name, headers=headers, body=body.data)
         try:
-            verification = verify(source, self.secret_for(name, source), delivery)
+            secret = self.secret_for(name, source)
         except CredentialError as exc:
             detail = f"the signing secret of source {name} cannot be read: {exc}"
             return await self._refuse(refusal, 503, detail, verification=detail)
+        try:
+            verification = verify(source, secret, delivery)
+        except Exception as exc:  # a stranger's bytes never earn a 500 (invariant 9)
+            log.exception("webhook %s: the signature check failed on what was sent", name)
+            detail = f"the signature could not be checked ({type(exc).__name__}): refused"
+            return await self._refuse(refusal, 401, detail, verification=detail)
         if not verification.ok:
             detail = verification.detail
             return await self._refuse(refusal, 401, detail, verification=detail)
@@ -206,14 +214,15 @@ class WebhookIntake:
         base = _receipt_base(receipt_id, delivery, verification)
         try:
             event = parse(source, delivery)
-        except PayloadError as exc:
+        except Exception as exc:  # any failure to read a payload is the payload's: a 400
+            error = _unreadable(delivery.source, exc)
             kind, delivery_id = _claimed(source, delivery.headers)
             new = NewReceipt(
                 **base,
                 outcome=ReceiptOutcome.INVALID,
                 event=kind,
                 delivery_id=delivery_id,
-                error=str(exc),
+                error=error,
                 # Unsigned: anyone may have sent it, so it is kept as a stranger's.
                 repeat_key=None if verification.signed else f"invalid:{delivery.source}",
             )
@@ -221,8 +230,10 @@ class WebhookIntake:
             if isinstance(stored, Answer):
                 return stored
             kept = stored[0].id
-            log.warning("webhook %s: invalid payload (%s), receipt %s", delivery.source, exc, kept)
-            return Answer(400, {"ok": False, "error": str(exc), "receiptId": kept})
+            log.warning(
+                "webhook %s: invalid payload (%s), receipt %s", delivery.source, error, kept
+            )
+            return Answer(400, {"ok": False, "error": error, "receiptId": kept})
         base |= {"event": event.kind, "delivery_id": event.delivery_id}
         if event.ping:
             stored = await self._record(NewReceipt(**base, outcome=ReceiptOutcome.PING), ())
@@ -315,6 +326,15 @@ def _claimed(
     return found[0], found[1]
 
 
+def _unreadable(name: str, exc: Exception) -> str:
+    """The error of a payload ``parse`` failed on: a :class:`PayloadError` says what was
+    wrong; anything else is a reader's oversight, logged with its traceback."""
+    if isinstance(exc, PayloadError):
+        return str(exc)
+    log.error("webhook %s: the payload could not be read", name, exc_info=exc)
+    return f"the payload could not be read ({type(exc).__name__}); it is refused"
+
+
 def _receipt_base(
     receipt_id: str, delivery: Delivery, verification: Verification
 ) -> dict[str, Any]:
@@ -370,7 +390,8 @@ def _shown(text: str) -> str:
 
 def _content_length(headers: Mapping[str, str]) -> int | None:
     value = headers.get("content-length")
-    if value is None or not value.strip().isdigit():
+    # isdigit() alone takes "²", which int() refuses: ASCII digits only.
+    if value is None or not (value.strip().isascii() and value.strip().isdigit()):
         return None
     return int(value)
 
