@@ -90,3 +90,32 @@ def test_a_pasted_key_ends_at_an_empty_line(tmp_path: Path, home: Path) -> None:
     assert not (directory / "email").exists()
     for line in key.splitlines():
         assert line.encode() not in term.screen, term.screen
+
+
+def test_git_ssh_with_an_identity_alone_can_be_added_in_a_terminal(
+    tmp_path: Path, home: Path
+) -> None:
+    """Skipping the key leaves SSH to the system's configuration, as Action Llama allows."""
+    term = Terminal(tmp_path, home, "add", "git_ssh:identity")
+    term.wait_for(b"then an empty line")
+    term.type("\n")  # no key
+    term.wait_for(b"username")
+    term.type("Dev Bot\n")
+    term.wait_for(b"email")
+    term.type("bot@example.com\n")
+    term.wait_for(b"known_hosts")
+    term.type("\n")
+    assert term.finish() == 0, term.screen
+    directory = home / "credentials" / "git_ssh" / "identity"
+    assert not (directory / "id_rsa").exists()
+    assert (directory / "email").read_text() == "bot@example.com"
+
+
+def test_git_ssh_with_nothing_is_refused_in_a_terminal(tmp_path: Path, home: Path) -> None:
+    term = Terminal(tmp_path, home, "add", "git_ssh:empty")
+    for prompt in (b"then an empty line", b"username", b"email", b"known_hosts"):
+        term.wait_for(prompt)
+        term.type("\n")
+    assert term.finish() != 0, term.screen
+    assert b"no value for id_rsa (or one of username, email); nothing was stored" in term.screen
+    assert not (home / "credentials" / "git_ssh" / "empty").exists()

@@ -71,7 +71,7 @@ def add_cmd(name: str, files: tuple[str, ...], force: bool) -> None:
     values = _values_from_files(ref, ctype, files)
     rest = [spec for spec in ctype.fields if spec.name not in values]
     if sys.stdin.isatty():
-        values.update(_ask(ref, rest))
+        values.update(_ask(ref, ctype, rest))
     else:
         values.update(_from_stdin(ref, ctype, rest))
     stored = store.add(ref.type, ref.instance, values, replace=force)
@@ -150,13 +150,18 @@ def _from_stdin(
     return {spec.name: _text(ref, spec, raw, "stdin")}
 
 
-def _ask(ref: CredentialRef, rest: Sequence[CredentialField]) -> dict[str, str]:
+def _ask(
+    ref: CredentialRef, ctype: CredentialType, rest: Sequence[CredentialField]
+) -> dict[str, str]:
+    """Each field from the terminal. A required field may be skipped when the type is
+    complete without it (git_ssh with a git identity alone); that is checked at the end."""
     values: dict[str, str] = {}
     for spec in rest:
         label = f"{spec.name} ({spec.description})"
+        skippable = not spec.required or bool(ctype.alone)
         if spec.multiline:
-            value = _ask_lines(label, optional=not spec.required)
-        elif spec.required:
+            value = _ask_lines(label, optional=skippable)
+        elif not skippable:
             value = click.prompt(label, hide_input=True, err=True)
         else:
             value = click.prompt(
@@ -164,8 +169,14 @@ def _ask(ref: CredentialRef, rest: Sequence[CredentialField]) -> dict[str, str]:
             )
         if value.strip():
             values[spec.name] = value
-        elif spec.required:
+        elif not skippable:
             raise CredentialUsageError(str(ref), f"no value for {spec.name}; nothing was stored")
+    lacking = ctype.missing(values)
+    if lacking:
+        either = f" (or one of {', '.join(ctype.alone)})" if ctype.alone else ""
+        raise CredentialUsageError(
+            str(ref), f"no value for {', '.join(lacking)}{either}; nothing was stored"
+        )
     return values
 
 
