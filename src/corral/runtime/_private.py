@@ -5,10 +5,12 @@ Action Llama's containers each run has its own ``/tmp``, so concurrent runs of o
 agent never meet there. A host run gets the same where a mount namespace can be made
 (corral runs as root): the process enters a private mount namespace before its program
 starts (``unshare --mount``, through the same kind of ``/bin/sh`` stub that puts it in
-its cgroup), the run's own directory (``<run>/.corral/tmp``, 0700) is bound on ``/tmp``
-and its static view read-only on ``/app/static``. Every process of the run (hooks,
-context injection, the agent) gets a namespace of its own over the same directories,
-so they share that ``/tmp`` with each other and with nothing else.
+its cgroup), a tmpfs of its own is mounted on ``/app/static`` with the static view's
+sources bound read-only in it, then the run's own directory (``<run>/.corral/tmp``,
+0700) is bound on ``/tmp``. Every process of the run (hooks, context injection, the
+agent) gets a namespace of its own over the same directories, so they share that
+``/tmp`` with each other. It prevents collisions; it is no wall (a host run is corral's
+own user): the sandbox is the wall.
 
 Where that cannot be arranged (corral is not root, ``unshare`` is missing or refused,
 or something the run needs lives under the host's ``/tmp``), the run keeps the host's
@@ -17,19 +19,25 @@ or something the run needs lives under the host's ``/tmp``), the run keeps the h
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.errors import RunError
+
 __all__ = [
     "STATIC_DIR",
     "MountSupport",
+    "StaticEntry",
+    "StaticKind",
     "StaticView",
     "make_static",
     "mount_support",
@@ -45,15 +53,20 @@ log = logging.getLogger("corral.run")
 STATIC_DIR = Path("/app/static")
 _TMP = Path("/tmp")
 _PROBE_TIMEOUT = 10.0
-#: $0: the run's tmp; $1: its static view ("" for none); $2: how many entries, then a
-#: name and a source for each; then PWD handling as the containment stub does (sh would
-#: export a PWD of its own), then the program.
-#: ``{mount}``: util-linux's mount by its full path (the run's PATH is the run's).
+#: $0: the run's tmp; $1: "1" for a static view ("" for none); $2: how many entries,
+#: then a kind (d or f), a name and a source for each; then PWD handling as the
+#: containment stub does (sh would export a PWD of its own), then the program. The view is
+#: a tmpfs of the namespace's own, its entries bound read-only, all before /tmp is covered
+#: (an entry may come from the host's /tmp).
+#: ``{mount}`` (util-linux), ``{mkdir}``: by their full paths (the run's PATH is the run's).
 _SCRIPT = (
-    '{mount} --bind "$0" /tmp || exit 125; s=$1; n=$2; shift 2; '
-    'if [ -n "$s" ]; then {mount} --bind -o ro "$s" /app/static || exit 125; fi; '
-    'while [ "$n" -gt 0 ]; do '
-    '{mount} --bind -o ro "$2" "/app/static/$1" || exit 125; shift 2; n=$((n - 1)); done; '
+    "s=$1; n=$2; shift 2; "
+    'if [ -n "$s" ]; then {mount} -t tmpfs -o mode=0755 corral-static /app/static || exit 125; fi; '
+    'while [ "$n" -gt 0 ]; do p="/app/static/$2"; '
+    'if [ "$1" = d ]; then {mkdir} "$p"; else : >"$p"; fi && '
+    '{mount} --bind -o ro "$3" "$p" || exit 125; shift 3; n=$((n - 1)); done; '
+    'if [ -n "$s" ]; then {mount} -o remount,ro /app/static || exit 125; fi; '
+    '{mount} --bind "$0" /tmp || exit 125; '
 )
 _PLAIN = 'unset PWD; exec "$@"'
 _WITH_PWD = 'PWD=$1; export PWD; shift; exec "$@"'
@@ -69,6 +82,7 @@ class MountSupport:
     unshare: str | None  # the program; None when namespaces cannot be used
     why_not: str = ""
     mount: str = "/bin/mount"
+    mkdir: str = "/bin/mkdir"
     #: ``/app/static`` exists (as a mount point) on the host.
     static: bool = False
 
@@ -116,7 +130,8 @@ def probe_mounts() -> MountSupport:
     if done.returncode != 0:
         detail = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
         return MountSupport(None, f"a mount namespace cannot be made here: {detail}")
-    return MountSupport(unshare, mount=mount, static=_static_mount_point())
+    mkdir = shutil.which("mkdir") or "/bin/mkdir"
+    return MountSupport(unshare, mount=mount, mkdir=mkdir, static=_static_mount_point())
 
 
 def _static_mount_point() -> bool:
@@ -168,10 +183,13 @@ def namespace_prefix(
     head = [support.unshare, "--mount", "--propagation", "private", "--", "/bin/sh", "-c"]
     shown: list[str] = ["", "0"]
     if static is not None and support.static:
-        shown = [str(static.root), str(len(static.entries))]
-        for name, source in static.entries:
-            shown += [name, str(source)]
-    script = _SCRIPT.format(mount=shlex.quote(support.mount))
+        static.check(links=True)
+        # A host run is corral's own user: a linked entry is bound from where it leads.
+        bound = [entry for entry in static.entries if entry.source is not None]
+        shown = ["1", str(len(bound))]
+        for entry in bound:
+            shown += [entry.kind.value, entry.name, str(entry.source)]
+    script = _SCRIPT.format(mount=shlex.quote(support.mount), mkdir=shlex.quote(support.mkdir))
     if env_pwd is None:
         return [*head, script + _PLAIN, str(tmp), *shown]
     return [*head, script + _WITH_PWD, str(tmp), *shown, env_pwd]
@@ -188,48 +206,101 @@ def note_shared_tmp(why: str) -> None:
     )
 
 
+class StaticKind(enum.Enum):
+    """What an entry of ``/app/static`` shows: a directory or a file."""
+
+    DIRECTORY = "d"
+    FILE = "f"
+
+
+@dataclass(frozen=True)
+class StaticEntry:
+    """One entry of ``/app/static``, found once when the run is planned.
+
+    ``source``: the host path it shows, every symlink resolved (None for a dangling
+    link), of ``kind``, with the device and inode it had then (``identity``). ``link``:
+    the link text when the agent-folder entry is a symbolic link.
+    """
+
+    name: str
+    kind: StaticKind
+    source: Path | None
+    identity: tuple[int, int] = (0, 0)
+    link: str | None = None
+
+    def check(self) -> None:
+        """RunError unless ``source`` is still what it was when the run was planned: the
+        same path, with no symlink on it, to the same device and inode (a folder swapped
+        for a link since would show the run something else)."""
+        if self.source is None:
+            return
+        try:
+            real = os.path.realpath(self.source, strict=True)
+            now = os.stat(self.source)
+        except OSError as exc:
+            raise RunError(
+                f"cannot show {self.source} at {STATIC_DIR / self.name}: {exc.strerror}; "
+                "start the run again"
+            ) from exc
+        if real != str(self.source) or (now.st_dev, now.st_ino) != self.identity:
+            raise RunError(
+                f"{self.source} changed since the run was planned (it is no longer the "
+                f"{self.kind.name.lower()} it was): refusing to show it at "
+                f"{STATIC_DIR / self.name}; start the run again"
+            )
+
+
 @dataclass(frozen=True)
 class StaticView:
-    """What a run sees at ``/app/static``: ``root`` (a directory holding an empty mount
-    point for each entry) with each of ``entries`` (name, host source) bound read-only
-    over its mount point. Binds, not links: a link would lead a host run to the writable
-    original; nothing is copied per run either."""
+    """What a run sees at ``/app/static``: a fresh read-only tmpfs holding each of
+    ``entries``. No directory of the view exists on the host: nothing a run can write
+    is read when a process of the run is launched."""
 
-    root: Path
-    entries: tuple[tuple[str, Path], ...] = ()
+    entries: tuple[StaticEntry, ...] = ()
+
+    def check(self, *, links: bool) -> None:
+        """RunError if a source shown by a bind changed since the run was planned
+        (``links``: symlinked entries are bound from their targets too)."""
+        for entry in self.entries:
+            if links or entry.link is None:
+                entry.check()
 
 
-def make_static(
-    target: Path, agent_dir: Path, shared_dir: Path | None, owner: tuple[int, int] | None = None
-) -> StaticView:
-    """The run's view of ``/app/static``, made at ``target``: each entry of the agent's
-    folder and ``shared`` (the project's shared folder, which wins over an agent entry of
-    that name), as Action Llama's image holds the agent's files and ``shared/``.
-
-    Private to the run as the rest of its corral files (0700, 0600; ``owner``'s, the uid
-    and gid of a sandboxed run of its own): the binds over the mount points show the
-    sources with their own modes.
+def make_static(agent_dir: Path, shared_dir: Path | None) -> StaticView:
+    """The run's view of ``/app/static``: each entry of the agent's folder and ``shared``
+    (the project's shared folder, resolved, which wins over an agent entry of that name),
+    as Action Llama's image holds the agent's files and ``shared/``. Sources are
+    resolved here, once; the runtimes check them again at each launch.
     """
-    sources: dict[str, Path] = {}
+    entries: dict[str, StaticEntry] = {}
     if agent_dir.is_dir():
-        for entry in agent_dir.iterdir():
-            sources[entry.name] = entry.resolve()
+        for entry in agent_dir.resolve().iterdir():
+            made = _entry(entry.name, entry)
+            if made is not None:
+                entries[entry.name] = made
     if shared_dir is not None and shared_dir.is_dir():
-        sources["shared"] = shared_dir.resolve()
-    target.mkdir(mode=0o700, parents=True, exist_ok=True)
-    made = [target]
-    entries = []
-    for name, source in sorted(sources.items()):
-        point = target / name
-        if source.is_dir():
-            point.mkdir(mode=0o700, exist_ok=True)
-        elif source.is_file():
-            point.touch(mode=0o600, exist_ok=True)
-        else:
-            continue  # gone, a socket, a dangling link: nothing to show
-        made.append(point)
-        entries.append((name, source))
-    if owner is not None:
-        for path in made:
-            os.chown(path, *owner)
-    return StaticView(target, tuple(entries))
+        made = _entry("shared", shared_dir.resolve())
+        if made is not None:
+            entries["shared"] = made
+    return StaticView(tuple(entries[name] for name in sorted(entries)))
+
+
+def _entry(name: str, path: Path) -> StaticEntry | None:
+    """``path`` as an entry, or None (gone, a socket, a fifo, a device)."""
+    link: str | None = None
+    try:
+        if path.is_symlink():
+            link = os.readlink(path)
+        real = Path(os.path.realpath(path, strict=True))
+        found = os.stat(real)
+    except OSError:
+        if link is None:
+            return None  # gone since it was listed
+        return StaticEntry(name, StaticKind.FILE, None, link=link)  # dangling
+    if stat.S_ISDIR(found.st_mode):
+        kind = StaticKind.DIRECTORY
+    elif stat.S_ISREG(found.st_mode):
+        kind = StaticKind.FILE
+    else:
+        return None
+    return StaticEntry(name, kind, real, (found.st_dev, found.st_ino), link)

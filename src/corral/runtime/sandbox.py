@@ -1,10 +1,10 @@
 """The `sandbox` runtime: a run under bubblewrap, isolated like a container.
 
 Read-only root, private ``/tmp``, ``/dev`` and ``/proc``, hidden paths, chosen
-binds, the run's ``/app/static`` view (``LaunchSpec.static``: read-only binds, as
-Action Llama's image holds the agent's files and ``shared/``), optional network
-isolation and memory/CPU limits, without a container engine. docs/sandbox.md has the
-mount table and what is and is not isolated.
+binds, the run's ``/app/static`` view (``LaunchSpec.static``: a tmpfs of its own with
+read-only binds and symlinks, as Action Llama's image holds the agent's files and
+``shared/``), optional network isolation and memory/CPU limits, without a container
+engine. docs/sandbox.md has the mount table and what is and is not isolated.
 
 The command line, for a run ``argv`` (``env`` is coreutils' env)::
 
@@ -12,6 +12,8 @@ The command line, for a run ``argv`` (``env`` is coreutils' env)::
         [--ro-bind /ENTRY /ENTRY | --symlink TARGET /ENTRY]...  (each entry of the host's /)
         --dev /dev --proc /proc --perms 1777 --tmpfs /tmp
         [--tmpfs HIDDEN_DIR | --ro-bind /dev/null HIDDEN_FILE]...
+        [--perms 0755 --tmpfs /app/static [--ro-bind SRC /app/static/NAME
+         | --symlink TEXT /app/static/NAME]... --remount-ro /app/static]
         [[--perms 0755 --dir PARENT]... --bind|--ro-bind SRC DST]...
         [[--perms 0755 --dir PARENT]... --perms 0444 --ro-bind-data FD DST]...
         [--remount-ro HIDDEN_DIR]... --remount-ro /
@@ -65,7 +67,7 @@ import signal
 import stat
 import subprocess
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import RunError
@@ -122,6 +124,8 @@ _DATA_MODE = "0444"
 _PROBE_TIMEOUT = 30.0
 _HOLD_TIMEOUT = 30.0
 _HOST_CWD = Path("/")
+#: Where /app/static lives: a tmpfs of the sandbox when the host's has no /app/static.
+STATIC_APP = STATIC_DIR.parent
 _CLEANUP_WAIT = 2.0
 
 
@@ -289,7 +293,7 @@ class SandboxRuntime:
     ) -> list[str]:
         """The command line that runs ``spec`` in a sandbox (``hold``: info and block fds;
         ``data``: a readable fd for each of ``spec.isolation.files``, in order)."""
-        iso = _with_static(spec.isolation or Isolation(), spec.static)
+        iso = spec.isolation or Isolation()
         if not spec.argv:
             raise RunError("nothing to run: the command is empty")
         if "=" in spec.argv[0]:
@@ -297,7 +301,7 @@ class SandboxRuntime:
         _absolute(spec.cwd, "the working directory")
         switch = self._switch(iso)
         args = [self.support.env, "--ignore-signal=TERM", self.support.bwrap]
-        args += filesystem(iso, data)
+        args += filesystem(iso, data, spec.static)
         args += CONFINE
         if switch:
             args += _SWITCH_CAPS
@@ -496,14 +500,21 @@ def _warn_cpu_once(why: str) -> None:
     )
 
 
-def host_root() -> list[str]:
-    """The host's ``/``, entry by entry, read-only (symlinks as symlinks); not /dev, /proc, /tmp."""
+def host_root(skip: frozenset[str] = frozenset()) -> list[str]:
+    """The host's ``/``, entry by entry, read-only (symlinks as symlinks); not /dev, /proc,
+    /tmp, nor the entries named in ``skip``."""
+    return _entries_of(Path("/"), _OWN | skip)
+
+
+def _entries_of(directory: Path, skip: frozenset[str] = frozenset()) -> list[str]:
+    """Each entry of the host's ``directory`` at its own path, read-only (symlinks as
+    symlinks)."""
     args: list[str] = []
-    with os.scandir("/") as entries:
+    with os.scandir(directory) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
-            if entry.name in _OWN:
+            if entry.name in skip:
                 continue
-            path = f"/{entry.name}"
+            path = str(directory / entry.name)
             if entry.is_symlink():
                 args += ["--symlink", os.readlink(path), path]
             else:
@@ -511,10 +522,13 @@ def host_root() -> list[str]:
     return args
 
 
-def filesystem(iso: Isolation, data: Sequence[int] = ()) -> list[str]:
+def filesystem(
+    iso: Isolation, data: Sequence[int] = (), static: StaticView | None = None
+) -> list[str]:
     """The mounts: the host's root, the sandbox's own /dev, /proc and /tmp, the hidden
-    paths, the binds and the data files in order, then the hidden directories and the
-    root made read-only (``data``: an fd for each of ``iso.files``).
+    paths, the run's ``static`` view at /app/static (see `_static_mounts`), the binds and
+    the data files in order, then the hidden directories and the root made read-only
+    (``data``: an fd for each of ``iso.files``).
 
     A bind may not show a hidden path: its source, symlinks resolved, is refused when it
     is a hidden path or contains one. With ``iso.uid``, a bind target behind a host
@@ -537,10 +551,12 @@ def filesystem(iso: Isolation, data: Sequence[int] = ()) -> list[str]:
     hidden = [path.resolve() for path in iso.hide if path.exists()]
     for bind in iso.binds:
         _refuse_showing(bind, hidden)
-    covers = _covers(iso) if iso.uid is not None else []
+    extra = [STATIC_DIR] if static is not None else []
+    covers = _covers(iso, extra) if iso.uid is not None else []
     dirs = _outermost([path for path in [*hidden, *covers] if path.is_dir()])
     files = [path for path in hidden if not path.is_dir() and not _under(path, dirs)]
-    args = [*host_root(), *OWN_MOUNTS]
+    app = static is not None and _app_needs_cover(dirs)
+    args = [*host_root(frozenset({"app"}) if app else frozenset()), *OWN_MOUNTS]
     for directory in dirs:
         args += ["--tmpfs", str(directory)]
     for path in files:
@@ -549,6 +565,9 @@ def filesystem(iso: Isolation, data: Sequence[int] = ()) -> list[str]:
     # Where bwrap can create mount points: its tmpfs mounts and writable binds
     # (None); under a read-only bind only what exists in its source (the source).
     tmpfs = [Path("/tmp"), *dirs]
+    if static is not None:
+        args += _static_mounts(static, hidden, dirs, app)
+        tmpfs += [STATIC_APP] if app else []  # /app/static itself is read-only by now
     placed: list[tuple[Path, Path | None]] = [(mount, None) for mount in tmpfs]
     for bind in iso.binds:
         _check_mount_point(bind.target, placed)
@@ -561,19 +580,64 @@ def filesystem(iso: Isolation, data: Sequence[int] = ()) -> list[str]:
         _check_mount_point(copied.target, placed)
         args += _mount_parents(copied.target, placed, tmpfs)
         args += ["--perms", _DATA_MODE, "--ro-bind-data", str(fd), str(copied.target)]
-    for directory in dirs:
+    for directory in [*dirs, *([STATIC_APP] if app else [])]:
         args += ["--remount-ro", str(directory)]
     return [*args, "--remount-ro", "/"]
 
 
-def _with_static(iso: Isolation, static: StaticView | None) -> Isolation:
-    """``iso`` with the run's static view bound read-only at /app/static: its mount
-    points, then each entry over its own."""
-    if static is None:
-        return iso
-    binds = [Bind(static.root, STATIC_DIR)]
-    binds += [Bind(source, STATIC_DIR / name) for name, source in static.entries]
-    return replace(iso, binds=(*iso.binds, *binds))
+def _app_needs_cover(dirs: Sequence[Path]) -> bool:
+    """Whether the host's /app is a directory without /app/static (a Docker image with
+    WORKDIR /app, say): the sandbox then has a tmpfs at /app holding /app's entries,
+    where bwrap can make /app/static. RunError if /app cannot hold it at all."""
+    if _under(STATIC_DIR, dirs) or not os.path.lexists(STATIC_APP):
+        return False  # in a tmpfs of the sandbox: bwrap makes the directories
+    if STATIC_APP.is_symlink() or not STATIC_APP.is_dir():
+        raise RunError(
+            f"cannot make {STATIC_DIR} in the sandbox: {STATIC_APP} on the host is not a "
+            f"directory; create {STATIC_DIR} on the host (mkdir -p {STATIC_DIR})"
+        )
+    if STATIC_DIR.is_symlink() or (os.path.lexists(STATIC_DIR) and not STATIC_DIR.is_dir()):
+        raise RunError(
+            f"cannot make {STATIC_DIR} in the sandbox: it is not a directory on the host; "
+            "make it an empty directory (or remove it)"
+        )
+    return not STATIC_DIR.is_dir()
+
+
+def _static_mounts(
+    static: StaticView, hidden: Sequence[Path], dirs: Sequence[Path], app: bool
+) -> list[str]:
+    """The run's /app/static: a tmpfs of its own (never a directory on the host, which a
+    run could have changed), each directory and file entry bound read-only from the
+    source found when the run was planned (checked again now), each symlinked entry a
+    symlink with the same text (resolved in the sandbox, as the run's uid: a bind of its
+    target, made as root, would show what the run may not read); then made read-only."""
+    static.check(links=False)
+    args: list[str] = []
+    if app:  # /app's own entries in a tmpfs, where /app/static can be made
+        args += ["--perms", _MOUNT_PARENT_MODE, "--tmpfs", str(STATIC_APP)]
+        args += _entries_of(STATIC_APP)
+    else:
+        args += _mount_parents(STATIC_DIR, [(d, None) for d in dirs], dirs)
+    args += ["--perms", _MOUNT_PARENT_MODE, "--tmpfs", str(STATIC_DIR)]
+    for entry in static.entries:
+        target = str(STATIC_DIR / entry.name)
+        if entry.link is not None:
+            args += ["--symlink", entry.link, target]
+        elif entry.source is not None:
+            _refuse_static(entry.source, target, hidden)
+            args += ["--ro-bind", str(entry.source), target]
+    return [*args, "--remount-ro", str(STATIC_DIR)]
+
+
+def _refuse_static(source: Path, target: str, hidden: Sequence[Path]) -> None:
+    """RunError if ``source`` is, holds or is inside a hidden path."""
+    for path in hidden:
+        if path == source or path in source.parents or source in path.parents:
+            raise RunError(
+                f"cannot show {source} at {target} in the sandbox: it is, holds or is "
+                f"inside {path}, which is hidden from runs; move it out of there"
+            )
 
 
 def _refuse_showing(bind: Bind, hidden: Sequence[Path]) -> None:
@@ -601,12 +665,12 @@ def _outermost(dirs: Sequence[Path]) -> list[Path]:
     return kept
 
 
-def _covers(iso: Isolation) -> list[Path]:
-    """Host directories that keep a run of another uid from its binds' targets: for each
-    target outside /tmp, its first ancestor that others may not enter."""
+def _covers(iso: Isolation, extra: Sequence[Path] = ()) -> list[Path]:
+    """Host directories that keep a run of another uid from its binds' targets (and from
+    ``extra``): for each target outside /tmp, its first ancestor that others may not
+    enter."""
     covers: list[Path] = []
-    for bind in iso.binds:
-        target = bind.target
+    for target in [*(bind.target for bind in iso.binds), *extra]:
         if target == Path("/tmp") or Path("/tmp") in target.parents:
             continue
         for ancestor in reversed(target.parents[:-1]):  # from the top, "/" left out

@@ -185,7 +185,7 @@ async def plan_run(
         if sandboxed
         else None
     )
-    tmp, static, reach = _scratch(project, agent, files, loaded, env, ids)
+    tmp, static, reach = _scratch(project, agent, files, loaded, env)
     template = LaunchSpec(
         argv=(),
         cwd=inside.workdir,
@@ -217,14 +217,14 @@ def _scratch(
     files: RunFiles,
     loaded: tuple[LoadedCredential, ...],
     env: dict[str, str],
-    ids: tuple[int, int] | None,
 ) -> tuple[Path | None, StaticView, tuple[Path, ...]]:
     """The run's /app/static view (both runtimes) and, on the host, its own scratch
     directory: TMPDIR always, and its /tmp where the host runtime can mount one; with
     what else the run needs on the host (its agent folder, shared/, the in-run commands'
     interpreter, its credentials), which a private /tmp must not hide (runtime._private).
+    The view is no directory: the runtimes mount it from the sources found here.
     """
-    static = make_static(files.meta / "static", agent.dir, project.shared_dir, ids)
+    static = make_static(agent.dir, project.shared_dir)
     if agent.config.runtime.type == "sandbox":
         return None, static, ()
     tmp = files.meta / "tmp"
