@@ -56,9 +56,12 @@ async def test_old_history_goes_recent_stays(tmp_path: Path, store: Store) -> No
 
     pruned = await prune_history(project, store)
 
-    assert (pruned.runs, pruned.run_dirs, pruned.logs) == (1, 1, 1)
+    assert (pruned.runs, pruned.items, pruned.run_dirs, pruned.logs) == (1, 1, 1, 1)
     assert await store.get_run(old) is None
-    assert await store.get_run(recent) is not None
+    recent_run = await store.get_run(recent)
+    assert recent_run is not None
+    # The old run's finished item went with it; the recent one's stays.
+    assert [item.id for item in await store.list_items()] == [recent_run.item_id]
     assert not old_dir.exists() and not old_log.exists()
     assert new_dir.exists() and new_log.exists()
 

@@ -1,5 +1,8 @@
-"""`historyRetentionDays`: forget runs, run directories, logs and webhook receipts older
-than that."""
+"""`historyRetentionDays`: forget runs, finished queue items, run directories, logs and
+webhook receipts older than that.
+
+The store deletes rows in small batches, one transaction each, so a pass over a long
+history never holds the store's writer for long (see ``Store.prune_runs``)."""
 
 from __future__ import annotations
 
@@ -24,11 +27,12 @@ class Pruned:
     run_dirs: int
     logs: int
     receipts: int = 0
+    items: int = 0
 
 
 async def prune_history(project: Project, store: Store, *, now: datetime | None = None) -> Pruned:
-    """Delete ended runs, run directories and logs untouched, and webhook receipts received,
-    longer ago than the retention.
+    """Delete ended runs and finished queue items, run directories and logs untouched,
+    and webhook receipts received, longer ago than the retention.
 
     Files are judged by their modification time, so a directory of a run that is
     still going (it writes its files) is never removed.
@@ -36,21 +40,23 @@ async def prune_history(project: Project, store: Store, *, now: datetime | None 
     days = project.config.history_retention_days
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
     runs = await store.prune_runs(cutoff)
+    items = await store.prune_items(cutoff)
     receipts = await store.prune_receipts(cutoff)
     state = project.root / ".corral"
     dirs, logs = await asyncio.to_thread(_prune_files, state, cutoff.timestamp())
-    if runs or dirs or logs or receipts:
+    if runs or items or dirs or logs or receipts:
         log.info(
-            "pruned %d run(s), %d run directory(ies), %d log(s), %d webhook receipt(s) "
-            "older than %d days",
+            "pruned %d run(s), %d queue item(s), %d run directory(ies), %d log(s), "
+            "%d webhook receipt(s) older than %d days",
             runs,
+            items,
             dirs,
             logs,
             receipts,
             days,
             extra={"action": "history_pruned"},
         )
-    return Pruned(runs, dirs, logs, receipts)
+    return Pruned(runs, dirs, logs, receipts, items)
 
 
 def _prune_files(state: Path, cutoff: float) -> tuple[int, int]:

@@ -33,6 +33,7 @@ count of active claims taken inside one stays true until it commits.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from abc import abstractmethod
 from collections.abc import Collection
@@ -58,6 +59,9 @@ __all__ = ["Dialect", "Row", "StaleFence", "Store", "Transaction", "mask_url"]
 
 #: Earlier than any run: ``list_runs`` without ``since``.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+#: States a run is live in: ``list_runs`` for these alone reads the live-runs index.
+_LIVE = frozenset({RunState.QUEUED, RunState.STARTING, RunState.RUNNING})
 
 
 class Store(LeaseOps, CallOps, LockOps, ControlOps, WebhookOps, TokenOps, MetricsOps):
@@ -181,9 +185,13 @@ class Store(LeaseOps, CallOps, LockOps, ControlOps, WebhookOps, TokenOps, Metric
             "states": self.encode_states(list(RunState) if states is None else states),
             "since": self.encode_time(since or _EPOCH),
         }
-        name = "list_runs" if agent is None else "list_agent_runs"
         if agent is not None:
+            name = "list_agent_runs"
             params["agent"] = agent
+        elif states is not None and set(states) <= _LIVE:
+            name = "list_live_runs"  # the status document's and the dashboard's read
+        else:
+            name = "list_runs"
         async with self.transaction(write=False) as tx:
             rows = await tx.fetch_all(name, params)
         return [self.run_from_row(row) for row in rows]
@@ -203,11 +211,43 @@ class Store(LeaseOps, CallOps, LockOps, ControlOps, WebhookOps, TokenOps, Metric
         if not changed:
             raise StoreError(f"cannot set the status of run {run_id}: no such run ({self.url})")
 
+    #: Rows deleted per retention transaction: small enough that one batch holds the
+    #: writer for a few milliseconds, however long the history (docs/benchmarks.md).
+    prune_batch: int = 500
+    #: Pause between retention batches, so writers waiting for the store get it in turn.
+    prune_pause: float = 0.005
+
     async def prune_runs(self, older_than: datetime) -> int:
-        """Delete runs that ended before ``older_than``; return how many."""
-        cutoff = self.encode_time(require_aware(older_than, "older_than"))
-        async with self.transaction() as tx:
-            return await tx.execute("prune_runs", {"older_than": cutoff})
+        """Delete runs that ended before ``older_than``; return how many.
+
+        In batches of ``prune_batch``, each its own transaction: a large history never
+        holds the writer for long. Rows that refer to a deleted run lose the reference
+        (ON DELETE SET NULL) or go with it (its locks, waits and calls).
+        """
+        return await self._prune("prune_runs", older_than)
+
+    async def prune_items(self, older_than: datetime) -> int:
+        """Delete finished queue items (done, dropped, rejected, failed) that finished
+        before ``older_than``, in batches as ``prune_runs``; return how many.
+
+        A deleted item's dedupe key is free again, as a pruned webhook receipt's
+        delivery id is.
+        """
+        return await self._prune("prune_items", older_than)
+
+    async def _prune(self, name: str, older_than: datetime) -> int:
+        params = {
+            "older_than": self.encode_time(require_aware(older_than, "older_than")),
+            "batch": self.prune_batch,
+        }
+        total = 0
+        while True:
+            async with self.transaction() as tx:
+                deleted = await tx.execute(name, params)
+            total += deleted
+            if deleted < self.prune_batch:
+                return total
+            await asyncio.sleep(self.prune_pause)
 
 
 def _finish_refusal(current: Run, wanted: RunState, url: str) -> str:

@@ -320,9 +320,11 @@ class QueueOps(UsageOps):
             raise ValueError(f"limit must be >= 0, got {limit}")
         chosen = list(ItemState) if states is None else [ItemState(s) for s in states]
         params: dict[str, Any] = {"limit": limit, "states": self.encode_states(chosen)}
-        name = "list_items" if agent is None else "list_agent_items"
         if agent is not None:
+            name = "list_agent_items"
             params["agent"] = agent
+        else:
+            name = _items_query(set(chosen))
         async with self.transaction(write=False) as tx:
             rows = await tx.fetch_all(name, params)
         return [self.item_from_row(row) for row in rows]
@@ -331,6 +333,21 @@ class QueueOps(UsageOps):
         async with self.transaction(write=False) as tx:
             row = await tx.fetch_one("get_item", {"id": item_id})
         return None if row is None else self.item_from_row(row)
+
+
+#: Item states with a partial index of their own, and the query that reads it.
+_OPEN = frozenset({ItemState.QUEUED, ItemState.CLAIMED})
+_SET_ASIDE = frozenset({ItemState.DROPPED, ItemState.REJECTED})
+
+
+def _items_query(states: set[ItemState]) -> str:
+    """The query for ``list_items`` of ``states``: one that reads only the open (or only
+    the set-aside) rows when that is all it asks for, not every item ever queued."""
+    if states <= _OPEN:
+        return "list_open_items"
+    if states <= _SET_ASIDE:
+        return "list_set_aside_items"
+    return "list_items"
 
 
 def _unknown(name: str) -> str:

@@ -66,6 +66,15 @@ WHERE agent = %(agent)s AND state = ANY(%(states)s) AND created_at >= %(since)s
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
+-- name: list_live_runs
+-- list_runs for live states only: the literal IN lets the planner prove the partial
+-- index corral_runs_live's WHERE (a parameter array never does in a generic plan).
+SELECT * FROM corral_runs
+WHERE state IN ('queued', 'starting', 'running')
+  AND state = ANY(%(states)s) AND created_at >= %(since)s
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
 -- name: count_runs
 SELECT count(*) AS n FROM corral_runs
 
@@ -73,7 +82,24 @@ SELECT count(*) AS n FROM corral_runs
 SELECT count(*) AS n FROM corral_runs WHERE agent = %(agent)s
 
 -- name: prune_runs
-DELETE FROM corral_runs WHERE ended_at IS NOT NULL AND ended_at < %(older_than)s
+-- One batch of retention: at most batch runs that ended before older_than, oldest first.
+-- = ANY(ARRAY(…)): the ids first, then each by its key (IN (…) hash-joins a
+-- scan of the whole table).
+DELETE FROM corral_runs
+WHERE id = ANY(ARRAY(SELECT id FROM corral_runs
+             WHERE ended_at IS NOT NULL AND ended_at < %(older_than)s
+             ORDER BY ended_at LIMIT %(batch)s))
+
+-- name: prune_items
+-- One batch of retention: at most batch finished items (done, dropped, rejected, failed)
+-- that finished before older_than, oldest first.
+-- = ANY(ARRAY(…)): the ids first, then each by its key (IN (…) hash-joins a
+-- scan of the whole table).
+DELETE FROM corral_queue
+WHERE id = ANY(ARRAY(SELECT id FROM corral_queue
+             WHERE state IN ('done', 'dropped', 'rejected', 'failed')
+               AND finished_at < %(older_than)s
+             ORDER BY finished_at LIMIT %(batch)s))
 
 -- name: lock_project
 -- The project row, locked first by every transaction that changes the queue or its
@@ -301,6 +327,20 @@ ORDER BY created_at, id
 -- name: list_items
 SELECT * FROM corral_queue
 WHERE state = ANY(%(states)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: list_open_items
+-- list_items for open states (queued, claimed) only: newest first along corral_queue_open.
+SELECT * FROM corral_queue
+WHERE state IN ('queued', 'claimed') AND state = ANY(%(states)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: list_set_aside_items
+-- list_items for set-aside states (dropped, rejected) only: the set-aside rows alone.
+SELECT * FROM corral_queue
+WHERE state IN ('dropped', 'rejected') AND state = ANY(%(states)s)
 ORDER BY id DESC
 LIMIT %(limit)s
 

@@ -63,6 +63,15 @@ WHERE agent = :agent AND state IN (SELECT value FROM json_each(:states)) AND cre
 ORDER BY created_at DESC, id DESC
 LIMIT :limit
 
+-- name: list_live_runs
+-- list_runs for live states only: the literal IN lets the planner use the partial index
+-- corral_runs_live (a parameter list never matches a partial index's WHERE).
+SELECT * FROM corral_runs INDEXED BY corral_runs_live
+WHERE state IN ('queued', 'starting', 'running')
+  AND state IN (SELECT value FROM json_each(:states)) AND created_at >= :since
+ORDER BY created_at DESC, id DESC
+LIMIT :limit
+
 -- name: count_runs
 SELECT count(*) AS n FROM corral_runs
 
@@ -70,7 +79,20 @@ SELECT count(*) AS n FROM corral_runs
 SELECT count(*) AS n FROM corral_runs WHERE agent = :agent
 
 -- name: prune_runs
-DELETE FROM corral_runs WHERE ended_at IS NOT NULL AND ended_at < :older_than
+-- One batch of retention: at most :batch runs that ended before :older_than, oldest first.
+DELETE FROM corral_runs
+WHERE id IN (SELECT id FROM corral_runs
+             WHERE ended_at IS NOT NULL AND ended_at < :older_than
+             ORDER BY ended_at LIMIT :batch)
+
+-- name: prune_items
+-- One batch of retention: at most :batch finished items (done, dropped, rejected, failed)
+-- that finished before :older_than, oldest first.
+DELETE FROM corral_queue
+WHERE id IN (SELECT id FROM corral_queue INDEXED BY corral_queue_finished
+             WHERE state IN ('done', 'dropped', 'rejected', 'failed')
+               AND finished_at < :older_than
+             ORDER BY finished_at LIMIT :batch)
 
 -- name: lock_project
 -- The project row, read first by every transaction that changes the queue or its claims.
@@ -168,13 +190,16 @@ VALUES (:agent, :trigger_kind, :trigger_detail, :prompt, :parent_run_id,
 RETURNING *
 
 -- name: count_active
-SELECT count(*) AS n FROM corral_queue WHERE state = 'claimed'
+-- INDEXED BY (here and below): without statistics SQLite otherwise walks the whole of
+-- corral_queue_agent_state, every item ever queued, to find the few claimed ones.
+SELECT count(*) AS n FROM corral_queue INDEXED BY corral_queue_claimed WHERE state = 'claimed'
 
 -- name: claimable
 -- Oldest queued items first, per agent at most (scale - active claims of the agent),
 -- across agents in id (FIFO) order; the caller passes the project's free slots as limit.
 WITH active AS (
-    SELECT agent, count(*) AS n FROM corral_queue WHERE state = 'claimed' GROUP BY agent
+    SELECT agent, count(*) AS n FROM corral_queue INDEXED BY corral_queue_claimed
+    WHERE state = 'claimed' GROUP BY agent
 ),
 ranked AS (
     SELECT q.id, q.agent, q.lease_owner, q.lease_expires_at,
@@ -255,12 +280,12 @@ RETURNING *
 SELECT * FROM corral_queue WHERE id = :id
 
 -- name: lapsed_items
-SELECT * FROM corral_queue
+SELECT * FROM corral_queue INDEXED BY corral_queue_claimed
 WHERE state = 'claimed' AND lease_expires_at < :now
 ORDER BY id
 
 -- name: owner_items
-SELECT * FROM corral_queue
+SELECT * FROM corral_queue INDEXED BY corral_queue_claimed
 WHERE state = 'claimed' AND lease_owner = :owner
 ORDER BY id
 
@@ -295,6 +320,20 @@ ORDER BY created_at, id
 -- name: list_items
 SELECT * FROM corral_queue
 WHERE state IN (SELECT value FROM json_each(:states))
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: list_open_items
+-- list_items for open states (queued, claimed) only: newest first along corral_queue_open.
+SELECT * FROM corral_queue INDEXED BY corral_queue_open
+WHERE state IN ('queued', 'claimed') AND state IN (SELECT value FROM json_each(:states))
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: list_set_aside_items
+-- list_items for set-aside states (dropped, rejected) only: the set-aside rows alone.
+SELECT * FROM corral_queue INDEXED BY corral_queue_set_aside
+WHERE state IN ('dropped', 'rejected') AND state IN (SELECT value FROM json_each(:states))
 ORDER BY id DESC
 LIMIT :limit
 

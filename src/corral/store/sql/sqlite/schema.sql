@@ -275,3 +275,18 @@ CREATE TABLE corral_request_keys (
 );
 
 CREATE INDEX corral_request_keys_expires ON corral_request_keys (expires_at);
+
+-- History (0011): deleting a run nulls corral_queue.run_id / parent_run_id (indexed, so
+-- no queue scan per run); retention deletes finished items oldest first; open items
+-- newest first read only the open rows.
+CREATE INDEX corral_queue_run ON corral_queue (run_id)
+    WHERE run_id IS NOT NULL;
+
+CREATE INDEX corral_queue_parent ON corral_queue (parent_run_id)
+    WHERE parent_run_id IS NOT NULL;
+
+CREATE INDEX corral_queue_finished ON corral_queue (finished_at)
+    WHERE state IN ('done', 'dropped', 'rejected', 'failed');
+
+CREATE INDEX corral_queue_open ON corral_queue (id)
+    WHERE state IN ('queued', 'claimed');
