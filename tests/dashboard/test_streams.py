@@ -39,7 +39,8 @@ async def test_the_run_stream_tails_the_log_until_the_run_ends(
     await fleet.trigger("dev")
     run = await fleet.running("dev")
     log = fleet.scheduler.executor.log_path(run.id)
-    await wait_for(lambda: log.exists() and log.stat().st_size > 0)
+    # the talker's last words before it listens: al-status's answer
+    await wait_for(lambda: log.exists() and b'{"ok":true}' in log.read_bytes())
     offset = log.stat().st_size
     async with http.stream("GET", f"/dashboard/runs/{run.id}/events?offset={offset}") as stream:
         events = Events(stream)
