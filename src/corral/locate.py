@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 from corral.errors import UsageError
@@ -38,12 +39,41 @@ def find_project_root(start: Path) -> Path | None:
     An agent's folder (``agents/<name>/``) has a ``config.toml`` of its own, so a
     directory directly under an ``agents/`` folder of a project is never taken for the
     project: a command run inside ``agents/dev/`` (or deeper) finds the project above it.
+
+    Like git's ``safe.directory``, the search stops at a directory above ``start`` that
+    another user could have planted a project in (see :func:`unsafe_parent`).
     """
+    return _search(start)[0]
+
+
+def _search(start: Path) -> tuple[Path | None, str | None]:
+    """The project found from ``start``, or None and why the search stopped early."""
     for candidate in (start, *start.parents):
+        reason = unsafe_parent(candidate, first=candidate == start)
+        if reason is not None:
+            return None, reason
         if _is_agent_dir(candidate):
             continue
         if (candidate / "agents").is_dir() or (candidate / "config.toml").is_file():
-            return candidate
+            return candidate, None
+    return None, None
+
+
+def unsafe_parent(candidate: Path, *, first: bool) -> str | None:
+    """Why ``candidate`` may not be taken for a project while searching upwards, or None.
+
+    A sticky world-writable directory (``/tmp``) is never a project: anyone can plant
+    ``agents/`` there. A directory above the starting one must belong to this user or to
+    root (the starting directory is the one the user chose to run in)."""
+    try:
+        info = os.stat(candidate)
+    except OSError:
+        return None
+    mode = info.st_mode
+    if mode & stat.S_ISVTX and mode & stat.S_IWOTH:
+        return f"{candidate} is world-writable with the sticky bit (like /tmp)"
+    if not first and info.st_uid not in (os.geteuid(), 0):
+        return f"{candidate} belongs to another user (uid {info.st_uid})"
     return None
 
 
@@ -60,7 +90,14 @@ def resolve_project_root(explicit: Path | None) -> Path:
         if not explicit.is_dir():
             raise UsageError(f"project directory {explicit} does not exist")
         return explicit.resolve()
-    found = find_project_root(Path.cwd())
+    found, stopped = _search(Path.cwd())
+    if stopped is not None:
+        raise UsageError(
+            f"no corral project here: the search upwards from {Path.cwd()} stopped because "
+            f"{stopped}, where another user could plant a project. Run inside a project, "
+            "pass --project DIR to use a project there on purpose, or create one with "
+            "`corral new DIR`."
+        )
     if found is None:
         raise UsageError(
             f"no corral project here: {Path.cwd()} and its parents have no config.toml "
@@ -71,8 +108,24 @@ def resolve_project_root(explicit: Path | None) -> Path:
 
 
 def state_dir(root: Path) -> Path:
-    """The project's ``.corral`` directory, made (or made again) private: mode 0700."""
-    return private_dirs(root / ".corral", root / ".corral")
+    """The project's ``.corral`` directory, made (or made again) private: mode 0700.
+
+    One that is a symbolic link or belongs to another user is refused: its owner could
+    plant links there that make this user (root, say) write or chmod other files."""
+    directory = root / ".corral"
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return private_dirs(directory, directory)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{directory} is not a plain directory (a symbolic link?): remove it")
+    if info.st_uid != os.geteuid():
+        raise UsageError(
+            f"{directory} belongs to uid {info.st_uid}, not to the user running corral "
+            f"(uid {os.geteuid()}): run corral as its owner, or remove it if it was not "
+            "made by corral"
+        )
+    return private_dirs(directory, directory)
 
 
 def private_dirs(path: Path, top: Path) -> Path:

@@ -12,7 +12,8 @@ def test_exports() -> None:
         "HarnessConfig", "HooksConfig", "LocalConfig", "ModelConfig", "PriceConfig", "Project",
         "ProjectBudget", "ProjectConfig", "ResolvedValue", "RuntimeConfig",
         "Skill", "StateConfig", "TelemetryConfig", "WebhookSource", "WebhookTrigger",
-        "load_project", "validate_agent_name",
+        "load_project", "validate_agent_name", "MAX_FILE_BYTES", "load_minimal", "file_digest",
+        "read_limited",
     ])  # fmt: skip
 
 

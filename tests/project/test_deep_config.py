@@ -14,7 +14,7 @@ import pytest
 
 from corral.errors import ConfigError
 from corral.project import load_project
-from corral.project._toml import MAX_CONFIG_DEPTH
+from corral.project._toml import MAX_CONFIG_DEPTH, MAX_FILE_BYTES
 
 from .helpers import MODELS, agent, write
 
@@ -97,6 +97,10 @@ def test_deep_skill_frontmatter_is_a_config_error(
 ) -> None:
     assert callable(shape)
     root = project_with(tmp_path, "agents/deep/SKILL.md", shape(depth))
+    if (root / "agents/deep/SKILL.md").stat().st_size > MAX_FILE_BYTES:  # refused unread
+        with pytest.raises(ConfigError, match="larger than 1048576 bytes"):
+            load_project(root)
+        return
     assert_too_deep(root, "agents/deep/SKILL.md")
 
 

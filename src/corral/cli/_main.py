@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from corral._version import __version__
 from corral.cli._context import CliContext
 from corral.cli._instances import live_instances
-from corral.cli._render import configure_logging, err_console, safe_lines
+from corral.cli._render import configure_logging, err_console, safe, safe_lines
 from corral.errors import ConfigError, CorralError, UsageError
+from corral.inert import inert
 from corral.locate import resolve_project_root
 
 #: Exit codes of the CLI itself (a run's own exit code is passed through by `corral run`).
@@ -37,18 +39,23 @@ class CorralGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            err_console.print(
-                f"[bold red]error:[/] {safe_lines(exc.render() + _still_running(ctx))}",
-                markup=True,
-                soft_wrap=True,
-            )
+            report = escape(render_config_error(exc)) + safe_lines(_still_running(ctx))
+            err_console.print(f"[bold red]error:[/] {report}", markup=True, soft_wrap=True)
             raise SystemExit(EXIT_USAGE) from None
-        except UsageError as exc:
-            err_console.print(f"[bold red]error:[/] {safe_lines(exc)}", markup=True, soft_wrap=True)
+        except UsageError as exc:  # one line: a newline in a name must not forge a line
+            err_console.print(f"[bold red]error:[/] {safe(exc)}", markup=True, soft_wrap=True)
             raise SystemExit(EXIT_USAGE) from None
         except CorralError as exc:
-            err_console.print(f"[bold red]error:[/] {safe_lines(exc)}", markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {safe(exc)}", markup=True, soft_wrap=True)
             raise SystemExit(EXIT_ERROR) from None
+
+
+def render_config_error(exc: ConfigError) -> str:
+    """``exc.render()`` with each issue made inert on its own line: a newline in a file or
+    folder name (an agent's folder can be named anything) is shown escaped, never as a
+    line of its own."""
+    head = exc.render().split("\n", 1)[0]
+    return "\n".join([head, *(f"  {inert(issue)}" for issue in exc.issues)])
 
 
 @click.group(cls=CorralGroup, context_settings={"help_option_names": ["-h", "--help"]})

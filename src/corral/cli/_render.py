@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.segment import Segment
 from rich.text import Text
 
+from corral.errors import UsageError
 from corral.inert import InertFormatter, inert, is_unsafe_char
 from corral.locate import open_private
 from corral.transcript import fmt_cost, fmt_tokens
@@ -101,7 +102,9 @@ class _PrivateRotatingFile(logging.handlers.RotatingFileHandler):
     """A rotating log file that is 0600 from the start (it is part of a project's state)."""
 
     def _open(self) -> Any:
-        fd = open_private(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND)
+        # No-follow: a link planted at the log's path must not redirect root's writes.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW
+        fd = open_private(Path(self.baseFilename), flags)
         return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
 
 
@@ -119,7 +122,13 @@ def add_file_log(path: Path, fmt: str) -> logging.Handler:
         if isinstance(handler, _StderrHandler):
             handler.setLevel(root.level)
     path.parent.mkdir(parents=True, exist_ok=True)
-    added = _PrivateRotatingFile(path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS)
+    try:
+        added = _PrivateRotatingFile(path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS)
+    except OSError as exc:  # ELOOP: a symbolic link planted at the log's path
+        raise UsageError(
+            f"cannot open the scheduler's log {path}: {exc.strerror}; corral does not "
+            "follow a symbolic link there: remove it"
+        ) from None
     added.setFormatter(InertFormatter(fmt))
     added.setLevel(logging.INFO)
     root.addHandler(added)

@@ -6,7 +6,7 @@ for value in project.explain(): print(value.key, value.value, value.source)
 """
 
 from corral.project._checks import AGENT_NAME_RE, validate_agent_name
-from corral.project._loader import load_project
+from corral.project._loader import load_minimal, load_project
 from corral.project._models import (
     AgentBudget,
     AgentConfig,
@@ -26,9 +26,11 @@ from corral.project._models import (
 )
 from corral.project._project import Agent, Project, ResolvedValue
 from corral.project._skill import Skill
+from corral.project._toml import MAX_FILE_BYTES, file_digest, read_limited
 
 __all__ = [
     "AGENT_NAME_RE",
+    "MAX_FILE_BYTES",
     "Agent",
     "AgentBudget",
     "AgentConfig",
@@ -48,6 +50,9 @@ __all__ = [
     "TelemetryConfig",
     "WebhookSource",
     "WebhookTrigger",
+    "file_digest",
+    "load_minimal",
     "load_project",
+    "read_limited",
     "validate_agent_name",
 ]

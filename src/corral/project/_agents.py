@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def load_agents(context: ProjectContext) -> dict[str, Agent]:
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_dir():
             continue
-        if not (path / "SKILL.md").is_file() and not (path / "config.toml").is_file():
+        if not any(os.path.lexists(path / name) for name in ("SKILL.md", "config.toml")):
             continue
         agent = _load_agent(context, path)
         if agent is not None:
@@ -97,7 +98,7 @@ def _load_agent(context: ProjectContext, path: Path) -> Agent | None:
 
 def _read_skill(context: ProjectContext, path: Path) -> ParsedSkill | None:
     shown = f"agents/{path.name}/SKILL.md"
-    if not (path / "SKILL.md").is_file():
+    if not os.path.lexists(path / "SKILL.md"):
         message = (
             "missing: every agent needs a SKILL.md (its instructions) beside its "
             f"config.toml; create {shown}"
@@ -115,7 +116,7 @@ def _read_config(
 ) -> _AgentFiles | None:
     shown = f"agents/{path.name}/config.toml"
     config = Layer("agent", shown, {})
-    if (path / "config.toml").is_file():
+    if os.path.lexists(path / "config.toml"):  # a non-file there is an error
         data, locator, errors = read_toml(path / "config.toml", shown)
         context.errors += errors
         if data is None:

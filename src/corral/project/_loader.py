@@ -14,13 +14,13 @@ from corral.project._agents import ProjectContext, load_agents
 from corral.project._checks import resolve_state_url, state_url
 from corral.project._compat import project_aliases, runtime_aliases
 from corral.project._errors import did_you_mean, translate
-from corral.project._models import ProjectConfig
+from corral.project._models import ProjectConfig, StateConfig
 from corral.project._overlay import Layer, Merged, ProjectLayers, merge, read_project_layers
 from corral.project._project import Project, ResolvedValue, resolved_values
 from corral.project._toml import Loc, Locator
 from corral.project.presets import PRESETS
 
-__all__ = ["load_project"]
+__all__ = ["load_minimal", "load_project"]
 
 STATE_URL_VAR = "CORRAL_STATE_URL"
 
@@ -60,6 +60,43 @@ def load_project(root: Path | str, env: str | None = None) -> Project:
         environment=found.environment,
         resolved=_explain_project(config, merged, url, url_source),
     )
+
+
+def load_minimal(root: Path | str, env: str | None = None) -> Project:
+    """The project as far as it loads, for commands that need only its root and its store
+    (`corral stop`, `kill`, `logs`) while an edit does not load: the project settings if
+    they validate (else the defaults, with a ``[state] url`` that is itself valid), and the
+    agents that load. Never raises :class:`ConfigError` for the files' content."""
+    root = Path(root).expanduser().resolve()
+    found = read_project_layers(root, env)
+    merged = merge(found.layers)
+    config = _validate_project(merged, []) or ProjectConfig()
+    written = _written_state_url(merged)
+    if written is not None and "url" not in config.state.model_fields_set:
+        config = config.model_copy(update={"state": StateConfig(url=written)})
+    url, _ = _state_url(root, config, [])
+    context = _context(root, config, merged, found)
+    agents = load_agents(context)
+    return Project(
+        root=root,
+        config=config,
+        state_url=url,
+        agents=MappingProxyType(agents),
+        environment=found.environment,
+    )
+
+
+def _written_state_url(merged: Merged) -> str | None:
+    """``[state] url`` as written, if it is a valid store URL by itself."""
+    table = merged.data.get("state")
+    value = table.get("url") if isinstance(table, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        state_url(value)
+    except PydanticCustomError:
+        return None
+    return value
 
 
 def _validate_project(merged: Merged, errors: list[ConfigIssue]) -> ProjectConfig | None:

@@ -100,7 +100,7 @@ def read_project_layers(root: Path, env: str | None) -> ProjectLayers:
         found.errors.append(ConfigIssue(how, None, message))
         return found
     path = corral_home() / "environments" / f"{name}.toml"
-    if not path.is_file():
+    if not os.path.lexists(path):
         found.errors.append(ConfigIssue(str(path), None, _missing_env(name, how, path)))
         return found
     _add_file(found, path, f"environment:{name}", str(path))
@@ -108,7 +108,9 @@ def read_project_layers(root: Path, env: str | None) -> ProjectLayers:
 
 
 def _add_file(found: ProjectLayers, path: Path, label: str, shown: str) -> Layer | None:
-    if not path.is_file():
+    # Only an absent file means "no settings": a directory, FIFO or link in its place is
+    # an error (read_toml reports it), never silently no settings.
+    if not os.path.lexists(path):
         return None
     data, locator, errors = read_toml(path, shown)
     found.errors += errors

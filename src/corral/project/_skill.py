@@ -17,7 +17,7 @@ import yaml
 from corral.errors import ConfigIssue
 from corral.project._checks import describe_value
 from corral.project._errors import did_you_mean
-from corral.project._toml import Locator, nested_too_deep, too_deep_issue
+from corral.project._toml import Locator, nested_too_deep, read_text_limited, too_deep_issue
 
 __all__ = ["LEGACY_FIELDS", "ParsedSkill", "Skill", "read_skill"]
 
@@ -65,7 +65,7 @@ class ParsedSkill:
 
 def read_skill(path: Path, shown: str, agent: str) -> ParsedSkill:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_limited(path)
     except (OSError, UnicodeDecodeError) as exc:
         issue = ConfigIssue(shown, None, f"cannot read the file: {exc}")
         return ParsedSkill(Skill(agent), errors=[issue])

@@ -8,7 +8,11 @@ keys inside inline tables fall back to the line of their parent.
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,7 +20,18 @@ from typing import Any
 
 from corral.errors import ConfigIssue
 
-__all__ = ["MAX_CONFIG_DEPTH", "Loc", "Locator", "nested_too_deep", "read_toml", "split_key"]
+__all__ = [
+    "MAX_CONFIG_DEPTH",
+    "MAX_FILE_BYTES",
+    "Loc",
+    "Locator",
+    "file_digest",
+    "nested_too_deep",
+    "read_limited",
+    "read_text_limited",
+    "read_toml",
+    "split_key",
+]
 
 Loc = tuple[str | int, ...]
 """A location inside a document: table keys and list indexes."""
@@ -26,6 +41,10 @@ Loc = tuple[str | int, ...]
 #: thousands deep (by accident or on purpose) a config error instead of exhausting the
 #: stack of the parser, the merge or the validation.
 MAX_CONFIG_DEPTH = 64
+
+#: The largest config file or SKILL.md corral reads (real ones are a few KiB). The cap keeps
+#: a huge (or sparse) file a config error instead of exhausting memory.
+MAX_FILE_BYTES = 1 << 20
 
 _HEADER = re.compile(r"^\s*(\[\[?)(.*?)\]\]?\s*(?:#.*)?$")
 _KEY_PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
@@ -145,13 +164,15 @@ def read_toml(path: Path, shown: str) -> tuple[dict[str, Any] | None, Locator, l
     """Parse ``path``; on a syntax error return ``None`` and one issue with its line.
     A file nested deeper than :data:`MAX_CONFIG_DEPTH` is an issue too."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_limited(path)
     except (OSError, UnicodeDecodeError) as exc:
         return None, Locator(), [ConfigIssue(shown, None, f"cannot read the file: {exc}")]
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         return None, Locator(), [_syntax_issue(shown, text, str(exc))]
+    except ValueError as exc:  # e.g. an integer over Python's digit limit
+        return None, Locator(), [_value_issue(shown, text, exc)]
     except RecursionError:  # the parser recurses once per nested array or inline table
         return None, Locator(), [too_deep_issue(shown)]
     deep = nested_too_deep(data, shown)
@@ -175,3 +196,76 @@ def _syntax_issue(shown: str, text: str, message: str) -> ConfigIssue:
     if reason.startswith(("illegal character '\\n'", "unterminated string")):
         reason = "a string is not closed (a missing quote?)"
     return ConfigIssue(shown, None, f"not valid TOML: {reason}{where}", line)
+
+
+def _value_issue(shown: str, text: str, exc: ValueError) -> ConfigIssue:
+    """A value the parser cannot represent (an integer of thousands of digits)."""
+    line = next(
+        (n for n, row in enumerate(text.splitlines(), 1) if re.search(r"\d{4000,}", row)), None
+    )
+    reason = str(exc).split(";", 1)[0]
+    return ConfigIssue(shown, None, f"a value cannot be read: {reason}; shorten it", line)
+
+
+class UnsafeFile(OSError):
+    """A file corral will not read as a config file: its message is the whole reason."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+def _open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading without blocking (a FIFO); refuse anything but a regular
+    file. A symbolic link is followed (dotfiles and shared skills are often links) and
+    its target must be a regular file. Raises ``OSError`` with a readable reason."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        reason = "is not a regular file (a directory, FIFO or device?); replace it with a file"
+        raise UnsafeFile(errno.EINVAL, reason, str(path))
+    return fd, info
+
+
+def _too_large(path: Path, limit: int) -> OSError:
+    reason = f"is larger than {limit} bytes, the most corral reads of a config file or SKILL.md"
+    return UnsafeFile(errno.EFBIG, reason, str(path))
+
+
+def read_limited(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file ``path``, refusing one over ``limit`` bytes."""
+    fd, info = _open_regular(path)
+    with os.fdopen(fd, "rb") as handle:
+        if info.st_size > limit:
+            raise _too_large(path, limit)
+        data = handle.read(limit + 1)  # it may have grown since the fstat
+    if len(data) > limit:
+        raise _too_large(path, limit)
+    return data
+
+
+def read_text_limited(path: Path, limit: int = MAX_FILE_BYTES) -> str:
+    """:func:`read_limited` decoded as UTF-8 with universal newlines (as ``read_text``)."""
+    text = read_limited(path, limit).decode("utf-8")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def file_digest(path: Path, limit: int = MAX_FILE_BYTES) -> str:
+    """A digest that changes when the file at ``path`` does: the SHA-256 of its bytes, or a
+    word for a file that is missing, not regular, too large or unreadable (read in chunks,
+    never more than ``limit`` bytes, never blocking)."""
+    try:
+        fd, info = _open_regular(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return "not-regular" if exc.errno in (errno.EINVAL, errno.ELOOP) else f"error {exc.errno}"
+    with os.fdopen(fd, "rb") as handle:
+        if info.st_size > limit:
+            return f"too-large {info.st_size} {info.st_mtime_ns}"
+        digest = hashlib.sha256()
+        read = 0
+        while read <= limit and (chunk := handle.read(65536)):
+            digest.update(chunk)
+            read += len(chunk)
+    return f"sha256:{digest.hexdigest()}"

@@ -11,20 +11,29 @@ editor's save-by-rename is a change like any other. On a change the whole projec
 loaded again by the normal loader. A project that does not load is reported (the loader's
 error, naming file, field and line) and the last good configuration keeps running; the
 next edit is tried again.
+
+A change is loaded only once the files have stayed the same for two polls in a row, so a
+save caught half-way is not loaded. A ``config.toml`` that the last good configuration had
+and that is now missing (or not a regular file) is a bad edit, not "no settings": a file
+briefly absent during ``rm`` + ``cp`` must not drop an agent's sandbox or the project's
+limits. Removing an agent's whole folder removes the agent. Files are read without
+blocking (a FIFO) and never more than the loader's size cap, so no edit can hang or exhaust
+the scheduler; any error while checking keeps the last good configuration.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.errors import ConfigError, CorralError
+from corral.errors import ConfigError, ConfigIssue, CorralError
+from corral.inert import inert
 from corral.locate import corral_home
-from corral.project import Project, load_project
+from corral.project import Project, file_digest, load_project
 
 __all__ = ["ProjectWatcher", "ReloadSummary", "fingerprint", "summarize"]
 
@@ -49,18 +58,39 @@ def fingerprint(root: Path, environment: str | None) -> Fingerprint:
         folders = []
     for folder in folders:
         paths += [folder / name for name in _AGENT_FILES]
-    return {str(path): _digest(path) for path in paths}
+    return {str(path): file_digest(path) for path in paths}
 
 
-def _digest(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return "missing"
-    except IsADirectoryError:
-        return "directory"
-    except OSError as exc:  # unreadable: a change worth a reload, which reports it
-        return f"error {exc.errno}"
+def vanished_configs(good: Fingerprint, current: Fingerprint) -> list[str]:
+    """The ``config.toml`` files the last good configuration read that are now missing or
+    not regular files, in folders that are still there (a removed agent folder has no
+    entries in ``current``)."""
+    return [
+        path
+        for path, digest in current.items()
+        if path.endswith("config.toml")
+        and digest in ("missing", "not-regular")
+        and good.get(path, "missing").startswith("sha256:")
+    ]
+
+
+def weakened(old: Project, new: Project) -> list[str]:
+    """Agents whose isolation ``new`` weakens: sandbox -> host, or network none -> host."""
+    found = []
+    for name in sorted(set(old.agents) & set(new.agents)):
+        before, after = old.agents[name].config.runtime, new.agents[name].config.runtime
+        if before.type == "sandbox" and after.type != "sandbox":
+            found.append(f"{name} (runtime sandbox -> {after.type})")
+        elif before.type == "sandbox" and before.network == "none" and after.network != "none":
+            found.append(f"{name} (network none -> {after.network})")
+    return found
+
+
+def keep_running_values(old: Project, new: Project) -> Project:
+    """``new`` with the store URL and ``[gateway]`` of ``old``: those are in use until the
+    next `corral start`, and everything that reads them must see the ones in use."""
+    config = new.config.model_copy(update={"gateway": old.config.gateway})
+    return dataclasses.replace(new, state_url=old.state_url, config=config)
 
 
 @dataclass(frozen=True)
@@ -125,6 +155,10 @@ class ProjectWatcher:
         self.interval = interval
         self._apply = apply
         self._seen = fingerprint(self.root, project.environment)
+        #: The files of the last configuration that loaded (to tell a vanished config.toml).
+        self._good = self._seen
+        #: A change seen at the last poll, loaded if it is still the same at this one.
+        self._pending: Fingerprint | None = None
         #: The loader's report on the last change that did not load, until one does.
         self.error: str | None = None
 
@@ -134,23 +168,58 @@ class ProjectWatcher:
             await self.check()
 
     async def check(self) -> bool:
-        """Reload if a file changed; True when a new configuration was applied."""
-        current = await asyncio.to_thread(fingerprint, self.root, self.env)
-        if current == self._seen:
-            return False
+        """Reload if a file changed and then stayed the same for a poll; True when a new
+        configuration was applied."""
         try:
-            project = await asyncio.to_thread(load_project, self.root, self.env)
-        except CorralError as exc:  # ConfigError: every issue, with file, field and line
+            current = await asyncio.to_thread(fingerprint, self.root, self.env)
+        except Exception as exc:  # e.g. the agents folder unreadable: try again next poll
+            log.error("cannot check the project's files: %s", inert(str(exc)))
+            return False
+        if current == self._seen:
+            self._pending = None
+            return False
+        if current != self._pending:  # still changing (or just changed): look again later
+            self._pending = current
+            return False
+        self._pending = None
+        project = await self._load(current)
+        if project is None:
+            return False
+        await self._apply(project)  # a store error propagates: the change is tried again
+        self._seen = self._good = current
+        self.error = None
+        return True
+
+    async def _load(self, current: Fingerprint) -> Project | None:
+        """The new configuration, or None (reported once) when it is a bad edit."""
+        vanished = vanished_configs(self._good, current)
+        try:
+            if vanished:
+                shown = [str(Path(path).relative_to(self.root)) for path in vanished]
+                raise ConfigError([ConfigIssue(name, None, _VANISHED) for name in shown])
+            return await asyncio.to_thread(load_project, self.root, self.env)
+        except Exception as exc:  # any failure keeps the last good configuration running
             self._seen = current  # reported once; the next edit is tried again
-            self.error = exc.render() if isinstance(exc, ConfigError) else str(exc)
+            self.error = _describe(exc)
             log.error(
                 "the configuration changed but does not load; the last good configuration "
                 "keeps running. %s",
                 self.error,
                 extra={"action": "reload_failed"},
             )
-            return False
-        await self._apply(project)  # a store error propagates: the change is tried again
-        self._seen = current
-        self.error = None
-        return True
+            return None
+
+
+_VANISHED = (
+    "this config.toml was in the running configuration and is now missing or not a regular "
+    "file (a save in progress?); the last good configuration keeps running. Put the file "
+    "back (an empty config.toml means no settings), or remove the agent's whole folder"
+)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ConfigError):
+        return exc.render()
+    if isinstance(exc, CorralError):
+        return str(exc)
+    return inert(f"{type(exc).__name__}: {exc}")

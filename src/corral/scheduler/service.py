@@ -24,7 +24,13 @@ from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.cron import CronTriggers
 from corral.scheduler.executor import RunExecutor
 from corral.scheduler.orphans import reap_orphans
-from corral.scheduler.reload import ProjectWatcher, ReloadSummary, summarize
+from corral.scheduler.reload import (
+    ProjectWatcher,
+    ReloadSummary,
+    keep_running_values,
+    summarize,
+    weakened,
+)
 from corral.scheduler.retention import prune_history
 from corral.scheduler.watchdog import Watchdog, boottime, fence_deadline
 from corral.store import (
@@ -315,8 +321,11 @@ class Scheduler:
         absent: its queued items stay queued, undispatched, until it comes back); then new
         runs use the new configuration: cron is restarted on the new schedules, webhooks
         and calls see the new agents. Running runs go on with the configuration they
-        started with."""
+        started with. The store URL and ``[gateway]`` stay those in use (they change at the
+        next `corral start`)."""
         summary = summarize(self.project, project)
+        weaker = weakened(self.project, project)
+        project = keep_running_values(self.project, project)
         await sync_config(self.store, project)
         # Cron starts again only when the schedules changed: a tick due during a restart
         # would be computed from the moment after it, and skipped.
@@ -333,6 +342,12 @@ class Scheduler:
             summary.describe(),
             extra={"action": "config_reloaded"},
         )
+        if weaker:
+            log.warning(
+                "the reload weakens the isolation of %s: applied, as the configuration says",
+                ", ".join(weaker),
+                extra={"action": "isolation_weakened"},
+            )
         if summary.restart_needed:
             log.warning(
                 "%s changed: that takes effect at the next `corral start`",

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import click
 
-from corral.cli._context import CliContext
+from corral.cli._context import CliContext, is_agent_of
 from corral.cli._main import cli
 from corral.cli._render import console, fmt_duration, safe
 from corral.cli.commands.runs import pick_agent
@@ -133,7 +133,7 @@ def kill_cmd(obj: CliContext, target: str) -> None:
     """Stop every running run of agent AGENT, or the one run RUN: each run's process group
     gets SIGTERM, then SIGKILL after a grace period. Queued work stays queued (`corral
     pause AGENT` stops it being dispatched)."""
-    project = obj.project()
+    project = obj.project_for_store()
 
     async def go() -> None:
         async with await obj.store(project) as store:
@@ -148,7 +148,7 @@ def kill_cmd(obj: CliContext, target: str) -> None:
                         raise
                     continue
                 asked.append(run_id)
-            is_agent = target in project.agents
+            is_agent = is_agent_of(project, target)
             if not asked:
                 what = "has no running runs" if is_agent else "has already ended"
                 console.print(f"{'agent' if is_agent else 'run'} {safe(target)} {what}")
@@ -166,7 +166,7 @@ _LIVE_STATES = (RunState.STARTING, RunState.RUNNING)
 async def _kill_targets(store: Store, project: Project, target: str) -> list[str]:
     """The runs ``target`` names: an agent's live runs (an agent name is tried first, as in
     Action Llama), else the run with that id."""
-    if target in project.agents:
+    if is_agent_of(project, target):
         runs = await store.list_runs(agent=target, limit=10_000, states=_LIVE_STATES)
         return [r.id for r in runs]
     if await store.get_run(target) is None:

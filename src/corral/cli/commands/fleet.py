@@ -38,7 +38,7 @@ from corral.gateway.token import (
     local_token,
 )
 from corral.inert import inert
-from corral.locate import private_dirs
+from corral.locate import private_dirs, state_dir
 from corral.project import Project
 from corral.runtime._children import use_pidfd_child_watcher
 from corral.scheduler.service import Scheduler, SchedulerOptions, cap_warning, is_live
@@ -109,7 +109,7 @@ def start_cmd(
     configure_logging(
         logging.INFO if headless or not console.is_terminal else logging.WARNING, _LOG_FORMAT
     )
-    private_dirs(project.root / ".corral" / "logs", project.root / ".corral")
+    private_dirs(state_dir(project.root) / "logs", project.root / ".corral")
     add_file_log(scheduler_log_path(project.root), _LOG_FORMAT)
     options = SchedulerOptions(drain_grace=grace)
     live = not headless and console.is_terminal
@@ -289,7 +289,7 @@ def _handle_signals(stop: asyncio.Event, stop_now: asyncio.Event, scheduler: Sch
 @click.pass_obj
 def stop_cmd(obj: CliContext, now: bool) -> None:
     """Stop the scheduler of this project running on this machine, gracefully."""
-    project = obj.project()
+    project = obj.project_for_store()
     host = socket.gethostname()
 
     async def go() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from corral.cli._context import CliContext
+from corral.cli._context import CliContext, is_agent_of
 from corral.cli._main import cli
 from corral.cli._render import parse_since
 from corral.errors import UsageError
@@ -65,7 +65,7 @@ def logs_cmd(
     agent TARGET's latest run (with --since: of its runs since then, oldest first). -f
     follows the run until it ends; for an agent or the scheduler, it goes on until
     interrupted."""
-    project = obj.project()
+    project = obj.project_for_store()
     try:
         matcher = None if pattern is None else re.compile(pattern)
     except re.error as exc:
@@ -176,7 +176,7 @@ async def _logs(
         if run is not None:
             await _print_run(store, logs, run, show, follow)
             return
-        if target not in project.agents:
+        if not is_agent_of(project, target):
             raise UsageError(
                 f"{target!r} is neither a run id nor an agent of this project; "
                 "`corral runs` lists runs, `corral config` the agents"
