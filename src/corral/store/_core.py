@@ -119,6 +119,20 @@ class StoreCore(ABC):
         async with self.transaction(write=write) as tx:
             return await body(tx)
 
+    async def statement(self, name: str, params: Params | None = None) -> list[Row]:
+        """Run ONE named statement as a transaction of its own and return its rows.
+
+        For hot operations written as a single statement (or a call of a server-side
+        function): PostgreSQL runs it on a pooled connection in autocommit, one round
+        trip with no BEGIN and COMMIT around it; SQLite runs it as a one-statement
+        ``atomic`` body (batched with its neighbours on the worker thread).
+        """
+
+        async def body(tx: Transaction) -> list[Row]:
+            return await tx.fetch_all(name, params)
+
+        return await self.atomic(body)
+
     @abstractmethod
     def transaction(self, *, write: bool = True) -> AbstractAsyncContextManager[Transaction]:
         """A transaction: committed on normal exit, rolled back on an exception.

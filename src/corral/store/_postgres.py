@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from corral.errors import StoreBusy, StoreError, StoreUnavailable
 from corral.store._base import Dialect, Row, Store, Transaction
+from corral.store._core import Params
 
 __all__ = ["PostgresStore"]
 
@@ -153,6 +154,22 @@ class PostgresStore(Store):
             ) from exc
         except psycopg.Error as exc:
             raise StoreError(f"transaction failed on {self.url}: {exc}") from exc
+
+    async def statement(self, name: str, params: Params | None = None) -> list[Row]:
+        """One named statement in autocommit: its own transaction, one round trip."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"the store {self.url} is closed")
+        try:
+            async with pool.connection() as conn:
+                tx = PostgresTransaction(self, conn)
+                return await tx.fetch_all(name, params)
+        except PoolTimeout as exc:
+            raise StoreBusy(
+                f"no free connection to {self.url} within {POOL_WAIT_S:g} s (the store is "
+                "busy); nothing was changed, try again",
+                retry_after=RETRY_AFTER_S,
+            ) from exc
 
     def encode_time(self, value: datetime) -> datetime:
         return value.astimezone(UTC)
