@@ -4,6 +4,10 @@
                                                  and finalize until nothing is queued
     python _queue_worker.py hold     URL COUNT   claim COUNT items, report them, then hang
                                                  (the test kills it with SIGKILL)
+    python _queue_worker.py intake   URL COUNT   enqueue COUNT items of agent a with the
+                                                 dedupe keys race-0 … race-(COUNT-1)
+
+CORRAL_TEST_LEASE (seconds, default 30) sets the lease of every claim.
 
 It prints "ready", waits for "go" on stdin (so all workers start together), then prints
 one JSON line with what happened.
@@ -19,9 +23,9 @@ import socket
 import sys
 from typing import Any
 
-from corral.store import Claim, RunState, StaleFence, Store, open_store
+from corral.store import Claim, NewItem, RunState, StaleFence, Store, TriggerKind, open_store
 
-LEASE_SECONDS = 30.0
+LEASE_SECONDS = float(os.environ.get("CORRAL_TEST_LEASE", "30"))
 
 
 def wait_for_go() -> None:
@@ -67,12 +71,25 @@ async def hold(store: Store, owner: str, count: int) -> dict[str, Any]:
     return {"owner": owner, "held": [claim.item.id for claim in held]}
 
 
+async def intake(store: Store, count: int) -> dict[str, Any]:
+    """Enqueue ``count`` keyed items; another process races with the same keys."""
+    answers = []
+    for n in range(count):
+        new = NewItem(agent="a", trigger=TriggerKind.WEBHOOK, dedupe_key=f"race-{n}")
+        result = await store.enqueue(new)
+        answers.append({"key": n, "item": result.item.id, "duplicate": result.duplicate})
+    return {"answers": answers}
+
+
 async def main(mode: str, url: str, arg: int) -> None:
     async with await open_store(url, migrate=False) as store:
         info = await store.register_scheduler(host="test", pid=os.getpid(), gateway_url=None)
         wait_for_go()
         if mode == "schedule":
             print(json.dumps(await schedule(store, info.id, arg)), flush=True)
+            return
+        if mode == "intake":
+            print(json.dumps(await intake(store, arg)), flush=True)
             return
         print(json.dumps(await hold(store, info.id, arg)), flush=True)
         await asyncio.Event().wait()  # until killed

@@ -23,6 +23,7 @@ from corral.store import (
     Store,
     TriggerKind,
 )
+from tests.store._roundtrips import traced_store
 from tests.store.conftest import Clock
 
 LEASE = 60.0
@@ -337,6 +338,26 @@ async def test_a_failed_callee_answers_an_error_naming_the_run(store: Store, clo
     assert now.ended_at == clock.now
 
 
+@pytest.mark.parametrize(
+    ("state", "error", "answer"),
+    [
+        (RunState.FAILED, "boom", "reviewer run {id} failed: boom"),
+        (RunState.TIMED_OUT, "", "reviewer run {id} timed_out"),
+        (RunState.KILLED, None, "reviewer run {id} killed"),
+    ],
+)
+async def test_the_error_a_call_answers_is_worded_alike_on_both_stores(
+    store: Store, state: RunState, error: str | None, answer: str
+) -> None:
+    """PostgreSQL words it in SQL (``finalize_run``), SQLite in Python: the same text."""
+    await setup(store)
+    caller = await claimed(store)
+    made = await call(store, caller.run)
+    callee = await claim_item(store, made.item_id)
+    await store.finalize(callee.run.id, fence=fence(callee), state=state, exit_code=1, error=error)
+    assert (await seen(store, made)).error == answer.format(id=callee.run.id)
+
+
 async def test_a_lost_callee_puts_the_call_back_then_fails_it(store: Store, clock: Clock) -> None:
     await setup(store, "dev", "reviewer", max_attempts=2)
     caller = await claimed(store, owner="alive", lease=1000)
@@ -471,3 +492,27 @@ async def test_depth_is_read_from_the_call_the_caller_answers(store: Store) -> N
     retry = await claim_item(store, made.item_id, owner="alive", lease=1000)
     deeper = await call(store, retry.run, "c")
     assert deeper.depth == 2
+
+
+# -- round trips on PostgreSQL -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dialect", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_a_call_costs_one_round_trip_more_than_its_enqueue_on_postgresql(
+    store_url: str,
+) -> None:
+    """A call is its enqueue plus the call row: the project lock, the caller's state and
+    its depth are read in one statement with the lock (not three), so the call costs the
+    round trips of an enqueue of its item and one more (the call row)."""
+    async with traced_store(store_url) as (store, trips):
+        await setup(store, "dev", "reviewer", size=50)
+        caller = await claimed(store)
+        with trips.counting() as enqueue:
+            await store.enqueue(NewItem("reviewer", TriggerKind.MANUAL))
+        with trips.counting() as calling:
+            made = await call(store, caller.run)
+        assert calling.statements <= enqueue.statements + 1, calling.queries
+        assert sum("corral_runs" in query for query in calling.queries) == 1
+        assert (await seen(store, made)).state is CallState.PENDING

@@ -13,6 +13,8 @@ from corral.store import (
     AgentSpec,
     Claim,
     ItemState,
+    LockGrant,
+    LockHeld,
     NewItem,
     RunState,
     SchedulerState,
@@ -20,6 +22,7 @@ from corral.store import (
     Store,
     TriggerKind,
 )
+from tests.store._roundtrips import traced_store
 from tests.store.conftest import Clock
 
 LEASE = 60.0
@@ -382,3 +385,67 @@ async def test_finish_run_refuses_a_claimed_run(store: Store) -> None:
         await store.finish_run(claim.run.id, state=RunState.SUCCEEDED, exit_code=0)
     item = await store.get_item(claim.item.id)
     assert item is not None and item.state is ItemState.CLAIMED
+
+
+# -- round trips on PostgreSQL ---------------------------------------------------------
+
+ON_POSTGRESQL = pytest.mark.parametrize(
+    "dialect", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@ON_POSTGRESQL
+async def test_finalize_is_one_round_trip_on_postgresql(store_url: str) -> None:
+    """The usual end of a run (no rerun, no lock anyone waits for) is one statement: the
+    item done, the run ended, its locks, wants and waits gone, in one round trip."""
+    async with traced_store(store_url) as (store, trips):
+        await setup(store)
+        claim = await claimed(store)
+        other = await claimed(store, agent="b")
+        assert isinstance(await store.acquire_lock("k", claim.run.id, ttl_seconds=60), LockGrant)
+        assert isinstance(await store.acquire_lock("k2", other.run.id, ttl_seconds=60), LockGrant)
+        await store.acquire_lock("k2", claim.run.id, ttl_seconds=60)  # a want of "k2"
+        with trips.counting() as seen:
+            result = await store.finalize(
+                claim.run.id, fence=fence(claim), state=RunState.FAILED, exit_code=1, error="x"
+            )
+        assert seen.statements == 1, seen.queries
+        assert seen.checks <= 1  # the pool's check of the connection, if it makes one
+        assert result.run == await store.get_run(claim.run.id)
+        assert result.item == await store.get_item(claim.item.id)
+        assert (result.run.state, result.item.state) == (RunState.FAILED, ItemState.DONE)
+        assert [lock.key for lock in await store.list_locks()] == ["k2"]
+        assert await store.list_lock_wants() == []
+
+
+@ON_POSTGRESQL
+async def test_a_stale_finalize_on_postgresql_changes_nothing(store_url: str) -> None:
+    """The one statement refuses a stale fence by changing nothing; the transaction then
+    words the refusal as it always did."""
+    async with traced_store(store_url) as (store, _):
+        await setup(store)
+        claim = await claimed(store)
+        with pytest.raises(StaleFence, match=r"it is now claimed, fence"):
+            await store.finalize(
+                claim.run.id, fence=fence(claim) + 1, state=RunState.FAILED, exit_code=1
+            )
+        assert await store.get_run(claim.run.id) == claim.run
+        assert await store.get_item(claim.item.id) == claim.item
+
+
+@ON_POSTGRESQL
+async def test_finalize_hands_a_waited_for_lock_over_on_postgresql(store_url: str) -> None:
+    """A run that holds a lock another run waits for ends through the transaction, which
+    hands the lock to the waiter (the one statement leaves such a run alone)."""
+    async with traced_store(store_url) as (store, trips):
+        await setup(store)
+        holder = await claimed(store)
+        waiter = await claimed(store, agent="b")
+        assert isinstance(await store.acquire_lock("k", holder.run.id, ttl_seconds=60), LockGrant)
+        held = await store.wait_for_lock("k", waiter.run.id, ttl_seconds=60, wait_seconds=60)
+        assert isinstance(held, LockHeld)
+        with trips.counting() as seen:
+            await finish(store, holder)
+        assert seen.statements > 1
+        [lock] = await store.list_locks()
+        assert (lock.key, lock.run_id) == ("k", waiter.run.id)

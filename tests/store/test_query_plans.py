@@ -26,8 +26,8 @@ BIG = ("corral_runs", "corral_queue")
 #: Named queries on a hot path or a page: claim, enqueue, stat, runs, the dashboard,
 #: /metrics, lease upkeep and retention.
 HOT = (
-    "claimable", "claimable_item", "count_queued", "count_active", "drop_oldest",
-    "find_dedupe", "insert_claim_run", "claim_item", "finish_item", "get_item", "get_run",
+    "claimable", "claimable_item", "lock_agent_state", "count_active", "drop_oldest",
+    "find_dedupe", "insert_claim_runs", "claim_items", "finish_item", "get_item", "get_run",
     "lapsed_items", "owner_items", "renew_leases", "renew_run_leases", "requeue_item",
     "agent_states", "agent_state", "list_live_runs", "list_runs", "list_agent_runs",
     "list_open_items", "list_set_aside_items", "list_agent_items", "kill_requests",
@@ -53,6 +53,7 @@ PARAMS: dict[str, Any] = {
     "agent": "agent-0001", "item_id": 5, "id": "run-000005", "run_id": "run-000005",
     "owner": "sched-1", "fence": 5, "dedupe_key": "k", "reason": "r", "state": "failed",
     "exit_code": 1, "error": "e", "ended_at": NOW, "status_text": "s",
+    "plan": '[{"item_id": 5, "run_id": "run-new", "fence": 9}]',
 }  # fmt: skip
 
 

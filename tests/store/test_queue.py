@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -309,9 +310,10 @@ async def test_claim_respects_agent_scale_fifo_and_limit(store: Store) -> None:
     a = [await put(store, "a") for _ in range(4)]
     b = [await put(store, "b") for _ in range(2)]
     first = await store.claim("s", lease_seconds=LEASE, limit=2)
-    assert [c.item.id for c in first] == a[:2]
+    # Round robin across agents: each agent's oldest first, not one FIFO by id.
+    assert [c.item.id for c in first] == [a[0], b[0]]
     second = await store.claim("s", lease_seconds=LEASE, limit=10)
-    assert [c.item.id for c in second] == b[:1]
+    assert [c.item.id for c in second] == a[1:2]
     assert await store.claim("s", lease_seconds=LEASE, limit=10) == []
     counts = await states(store)
     assert (counts["a"].active, counts["a"].queued, counts["b"].active) == (2, 2, 1)
@@ -435,3 +437,48 @@ async def test_an_item_given_back_is_outside_the_queue_bound(store: Store, clock
     assert [i.id for i in queued] == [newer.item.id, retried]
     [claim] = await store.claim("s", lease_seconds=LEASE, limit=1)
     assert claim.item.id == retried and claim.item.attempts == 2
+
+
+@pytest.mark.parametrize("scale", [50, 100])
+async def test_a_burst_of_one_agent_holds_no_other_agent_back(store: Store, scale: int) -> None:
+    """Claims are round robin across agents: 500 items of a then one of b, and the first
+    batch takes b's item (with scale 100, one FIFO by id took 64 of a's first)."""
+    await setup(store, ("a", scale, 1000), ("b", 1, 10))
+    for _ in range(500):
+        await put(store, "a")
+    b_item = await put(store, "b")
+    first = await store.claim("s", lease_seconds=LEASE, limit=64)
+    assert b_item in [c.item.id for c in first]
+    taken = min(scale, 63)
+    assert Counter(c.item.agent for c in first) == {"a": taken, "b": 1}
+    counts = await states(store)
+    assert (counts["a"].active, counts["a"].queued, counts["b"].active) == (taken, 500 - taken, 1)
+
+
+async def test_agents_take_turns_oldest_item_first(store: Store) -> None:
+    """Each round takes every agent's oldest item, agents by their oldest item's age."""
+    await setup(store, ("a", 9, 10), ("b", 9, 10), ("c", 9, 10))
+    ids = {agent: [await put(store, agent) for _ in range(3)] for agent in "cab"}
+    claims = await store.claim("s", lease_seconds=LEASE, limit=4)
+    # Round one: c, a, b (in order of their oldest items); round two starts with c.
+    assert sorted(c.item.id for c in claims) == sorted(
+        [ids["c"][0], ids["a"][0], ids["b"][0], ids["c"][1]]
+    )
+
+
+async def test_claims_keep_the_counters(store: Store) -> None:
+    """agent_states reads the counters the queue's triggers keep: claim, finish, lose."""
+    await setup(store, ("a", 2, 3))
+    for _ in range(5):
+        await put(store, "a")  # the bound is 3: two dropped
+    counts = await states(store)
+    assert (counts["a"].queued, counts["a"].active) == (3, 0)
+    [one, two] = await store.claim("s", lease_seconds=LEASE, limit=5)
+    counts = await states(store)
+    assert (counts["a"].queued, counts["a"].active) == (1, 2)
+    await store.finalize(
+        one.run.id, fence=one.run.fence or 0, state=RunState.SUCCEEDED, exit_code=0
+    )
+    await store.release(two.run.id, fence=two.run.fence or 0, reason="shutdown")
+    counts = await states(store)
+    assert (counts["a"].queued, counts["a"].active) == (2, 0)

@@ -37,7 +37,7 @@ from corral.store import (
     TriggerKind,
     open_store,
 )
-from tests.store.conftest import Clock
+from tests.store.conftest import Clock, _raw_sql
 
 AGENTS = ["a", "b", "c"]
 OWNERS = ["s1", "s2"]
@@ -89,7 +89,8 @@ class QueueModel(RuleBasedStateMachine):
         super().__init__()
         self.runner = asyncio.Runner()
         self.clock = Clock()
-        self.store: Store = self.run(open_store(self.make_url()))
+        self.url = self.make_url()
+        self.store: Store = self.run(open_store(self.url))
         self.store.clock = self.clock
         self.agents: dict[str, ModelAgent] = {}
         self.items: dict[int, ModelItem] = {}
@@ -159,13 +160,17 @@ class QueueModel(RuleBasedStateMachine):
         if self.paused:
             return []
         room = limit if self.cap is None else min(limit, self.cap - self.active())
-        candidates: list[int] = []
+        # Round robin across agents: each agent's oldest first; within a round, agents in
+        # the order of their oldest waiting item (its id).
+        candidates: list[tuple[int, int]] = []
         for name, agent in self.agents.items():
             if agent.paused or not agent.enabled:
                 continue
             free = max(agent.scale - self.active(name), 0)
-            candidates += [i.id for i in self.with_state(ItemState.QUEUED, name)[:free]]
-        return sorted(candidates)[: max(room, 0)]
+            waiting = self.with_state(ItemState.QUEUED, name)[:free]
+            candidates += [(position, i.id) for position, i in enumerate(waiting)]
+        # The claims come back in id order, whichever round each was chosen in.
+        return sorted(item_id for _, item_id in sorted(candidates)[: max(room, 0)])
 
     def take_back(self, item: ModelItem) -> None:
         assert item.run_id is not None and item.fence is not None
@@ -368,6 +373,23 @@ class QueueModel(RuleBasedStateMachine):
             assert state.active <= max(state.scale, model.grace)
         if self.cap is not None:
             assert sum(s.active for s in states.values()) <= self.cap
+
+    @invariant()
+    def counters_equal_counts(self) -> None:
+        """The per-agent counters the queue's triggers keep equal count(*) of the rows."""
+        rows = _raw_sql(
+            self.url,
+            "SELECT a.agent, a.queued, a.requeued, a.running,"
+            " (SELECT count(*) FROM corral_queue q WHERE q.agent = a.agent"
+            "  AND q.state = 'queued' AND q.attempts = 0),"
+            " (SELECT count(*) FROM corral_queue q WHERE q.agent = a.agent"
+            "  AND q.state = 'queued' AND q.attempts > 0),"
+            " (SELECT count(*) FROM corral_queue q WHERE q.agent = a.agent"
+            "  AND q.state = 'claimed')"
+            " FROM corral_agents a",
+        )
+        for agent, *counts in rows:
+            assert counts[:3] == counts[3:], (agent, counts)
 
     @invariant()
     def one_live_run_per_claimed_item(self) -> None:

@@ -111,3 +111,25 @@ async def test_a_killed_scheduler_loses_nothing(store: Store, store_url: str) ->
     for item_id in held:
         attempts = sorted((r.attempt, r.state) for r in runs if r.item_id == item_id)
         assert attempts == [(1, RunState.LOST), (2, RunState.SUCCEEDED)]
+
+
+async def test_racing_intakes_of_one_key_answer_duplicate(store: Store, store_url: str) -> None:
+    """Two processes enqueue the same dedupe keys at once: each key is queued once, and
+    the loser of every race answers duplicate (the winner's item), never an error."""
+    await setup(store, cap=None)
+    keys = 150
+    procs = [await spawn(WORKER, "intake", store_url, keys) for _ in range(2)]
+    results = await run_together(procs)
+
+    by_key: dict[int, list[dict[str, Any]]] = {}
+    for result in results:
+        for answer in result["answers"]:
+            by_key.setdefault(answer["key"], []).append(answer)
+    assert len(by_key) == keys
+    for answers in by_key.values():
+        assert sorted(a["duplicate"] for a in answers) == [False, True], answers
+        assert len({a["item"] for a in answers}) == 1, answers
+    items = await store.list_items(limit=2 * keys)
+    assert len(items) == keys and {item.state for item in items} == {ItemState.QUEUED}
+    [state] = [s for s in await store.agent_states() if s.agent == "a"]
+    assert state.queued == keys

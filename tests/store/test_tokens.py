@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from corral.engine.token import hash_token, new_token
 from corral.errors import StoreError
-from corral.gateway.token import hash_token, new_token
 from corral.store import Store
 
 RawSql = Callable[[str, str], list[tuple[Any, ...]]]

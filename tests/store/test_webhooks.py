@@ -25,6 +25,7 @@ from corral.store import (
     new_receipt_id,
 )
 from tests.store._processes import run_together, spawn
+from tests.store._roundtrips import traced_store
 from tests.store.conftest import Clock
 
 WORKER = Path(__file__).with_name("_webhook_worker.py")
@@ -318,6 +319,25 @@ async def test_concurrent_redeliveries_in_one_process_accept_once(store: Store) 
     assert sum(len(enqueued) for _, enqueued in done) == 5
 
 
+async def test_redeliveries_of_an_id_with_a_nul_character_are_duplicates(store: Store) -> None:
+    """A delivery id with U+0000 (PostgreSQL keeps it as U+FFFD) is still taken once,
+    against a receipt already stored and within a batch of concurrent ones."""
+    await setup(store, ("a", 1, 100))
+    earlier = receipt(delivery_id="old\x00id")
+    first, _ = await store.record_delivery(earlier, items_for(earlier))
+    news = [receipt(delivery_id=f"{name}\x00id") for name in ("old", "new", "old", "new")]
+
+    done = await asyncio.gather(*(store.record_delivery(n, items_for(n)) for n in news))
+
+    outcomes = [stored.outcome for stored, _ in done]
+    assert (
+        outcomes
+        == [ReceiptOutcome.DUPLICATE, ReceiptOutcome.ACCEPTED] + [ReceiptOutcome.DUPLICATE] * 2
+    )
+    assert [stored.duplicate_of for stored, _ in done] == [first.id, None, first.id, done[1][0].id]
+    assert len(await store.list_items(limit=100)) == 2
+
+
 async def test_redeliveries_from_several_processes_accept_exactly_once(
     store: Store, store_url: str
 ) -> None:
@@ -342,3 +362,44 @@ async def test_redeliveries_from_several_processes_accept_exactly_once(
     )
     firsts = {r.id for r in receipts if r.outcome is ReceiptOutcome.ACCEPTED}
     assert {r.duplicate_of for r in receipts if r.duplicate_of} == firsts
+
+
+# -- round trips on PostgreSQL -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dialect", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_a_batch_of_deliveries_reads_and_writes_its_receipts_together_on_postgresql(
+    store_url: str,
+) -> None:
+    """Deliveries recorded together (one transaction, see ``_DeliveryBatches``) cost their
+    enqueues plus a constant: one statement for the delivery ids already taken, one
+    insert for every receipt, whatever the number of deliveries. A redelivery within the
+    batch, and one of a delivery already recorded, are still duplicates."""
+    async with traced_store(store_url) as (store, trips):
+        await setup(store, ("a", 1, 100))
+        earlier = receipt(delivery_id="d-0")
+        await store.record_delivery(earlier, items_for(earlier))
+        news = [receipt(delivery_id=f"d-{n % 12}") for n in range(20)]  # d-0..d-11, some twice
+        with trips.counting() as seen:
+            recorded = await asyncio.gather(*(store.record_delivery(n, items_for(n)) for n in news))
+        transactions = seen.queries.count('"BEGIN"')
+        on_receipts = [query for query in seen.queries if "corral_webhook_receipts" in query]
+        assert 1 <= transactions <= 3
+        assert len(on_receipts) <= 2 * transactions, on_receipts
+        # An enqueue of a webhook item (dedupe key) costs at most 4 statements here.
+        assert seen.statements <= transactions * 5 + len(news) * 4, seen.queries
+        outcomes = [stored.outcome for stored, _ in recorded]
+        assert outcomes.count(ReceiptOutcome.ACCEPTED) == 11  # d-1 .. d-11, once each
+        assert outcomes.count(ReceiptOutcome.DUPLICATE) == 9
+        by_delivery = {s.delivery_id: s.id for s, _ in recorded if s.outcome == "accepted"}
+        for stored, enqueued in recorded:
+            assert (await store.get_receipt(stored.id)) == stored
+            if stored.outcome is ReceiptOutcome.DUPLICATE:
+                first = (
+                    earlier.id if stored.delivery_id == "d-0" else by_delivery[stored.delivery_id]
+                )
+                assert (stored.duplicate_of, enqueued) == (first, [])
+        queued = await store.list_items(agent="a", states=[ItemState.QUEUED])
+        assert len(queued) == 12

@@ -24,11 +24,13 @@ identical on both stores, and tests can move the clock to expire leases. Hosts s
 PostgreSQL store must keep their clocks in sync (NTP): a lease lapses when the clock of
 whoever recovers passes its expiry.
 
-Serialisation: every transaction that changes the queue or its claims takes the project
-lock first (query ``lock_project``: ``SELECT … FOR UPDATE`` of the one ``corral_project``
-row on PostgreSQL; on SQLite ``BEGIN IMMEDIATE`` already serialises writers). Those
-transactions therefore run one at a time across every process sharing the store, and a
-count of active claims taken inside one stays true until it commits.
+Serialisation (docs/decisions.md D42-D43): on SQLite ``BEGIN IMMEDIATE`` serialises
+writers. On PostgreSQL a claim or an intake takes the rows of the agents it touches
+(``FOR UPDATE``; a claim ``SKIP LOCKED``, so schedulers take different agents at once)
+and reads the per-agent counters there (``queued``, ``running``, kept by triggers on
+``corral_queue``); the project row (``lock_project``) is taken only where a project-wide
+count must stay true until commit: a claim under a project scale cap, an operator's
+request with an idempotency key, recovery and release.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from corral.store._leases import LeaseOps
 from corral.store._locks import LockOps
 from corral.store._metrics import MetricsOps
 from corral.store._migrator import Migrator
+from corral.store._notify import ChangeOps
 from corral.store._time import require_aware
 from corral.store._tokens import TokenOps
 from corral.store._webhooks import WebhookOps
@@ -64,7 +67,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LIVE = frozenset({RunState.QUEUED, RunState.STARTING, RunState.RUNNING})
 
 
-class Store(LeaseOps, CallOps, LockOps, ControlOps, WebhookOps, TokenOps, MetricsOps):
+class Store(LeaseOps, CallOps, LockOps, ControlOps, WebhookOps, TokenOps, MetricsOps, ChangeOps):
     """Durable state of a corral project. Open with ``corral.store.open_store(url)``."""
 
     # -- lifecycle -------------------------------------------------------------------

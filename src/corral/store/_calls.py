@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from corral.errors import StoreConflict
+from corral.errors import StoreConflict, StoreError
 from corral.store._core import Row, Transaction
 from corral.store._queue import QUEUE_FULL, QueueOps
 from corral.store.records import (
@@ -27,6 +27,7 @@ from corral.store.records import (
     Deadlock,
     ItemState,
     NewItem,
+    ProjectState,
     QueueItem,
     Run,
     RunState,
@@ -56,28 +57,33 @@ class CallOps(QueueOps):
         """
 
         async def body(tx: Transaction) -> Call | CallRefusal:
-            project = await self.lock_project(tx)
-            caller = await self._require_run(tx, caller_run_id)
-            if caller.state not in _LIVE:
+            # The project lock, the caller's state and agent, and its depth: one statement.
+            row = await tx.fetch_one("lock_project_for_call", {"run_id": caller_run_id})
+            locked = self._returned(row, "lock_project_for_call")
+            project = ProjectState.from_row(locked)
+            if locked["caller_state"] is None:
+                raise StoreError(f"no run {caller_run_id!r} in {self.url}")
+            caller_state, caller_agent = RunState(locked["caller_state"]), locked["caller_agent"]
+            if caller_state not in _LIVE:
                 raise StoreConflict(
-                    f"run {caller.id} cannot call {target_agent!r}: it has ended "
-                    f"({caller.state.value})"
+                    f"run {caller_run_id} cannot call {target_agent!r}: it has ended "
+                    f"({caller_state.value})"
                 )
-            if target_agent == caller.agent:
+            if target_agent == caller_agent:
                 return CallRefusal("self-call not allowed")
-            row = await tx.fetch_one("depth_of_run", {"run_id": caller.id})
-            depth = (0 if row is None else int(row["depth"])) + 1
+            called_at = locked["caller_depth"]
+            depth = (0 if called_at is None else int(called_at)) + 1
             if depth > max_depth:
                 return CallRefusal(
-                    f"call depth {depth} exceeds maxCallDepth {max_depth}: {caller.agent} "
+                    f"call depth {depth} exceeds maxCallDepth {max_depth}: {caller_agent} "
                     f"was itself called at depth {depth - 1}; raise maxCallDepth in the "
                     "project config.toml or do the work without another call"
                 )
             new = NewItem(
                 agent=target_agent,
                 trigger=TriggerKind.CALL,
-                trigger_detail={"caller": caller.agent, "context": context},
-                parent_run_id=caller.id,
+                trigger_detail={"caller": caller_agent, "context": context},
+                parent_run_id=caller_run_id,
             )
             queued = await self._enqueue_locked(tx, project, new, "refuse")
             if queued.item.state is ItemState.REJECTED:
@@ -85,8 +91,8 @@ class CallOps(QueueOps):
                 return CallRefusal(QUEUE_FULL if reason == QUEUE_FULL else reason)
             params = {
                 "id": secrets.token_hex(8),
-                "caller_run_id": caller.id,
-                "caller_agent": caller.agent,
+                "caller_run_id": caller_run_id,
+                "caller_agent": caller_agent,
                 "target_agent": target_agent,
                 "depth": depth,
                 "context": context,
@@ -228,7 +234,7 @@ class CallOps(QueueOps):
     async def audit(
         self, actor: str, action: str, subject: str, detail: dict[str, Any] | None = None
     ) -> None:
-        """Record an operator's action (``corral.gateway.actions``) in its own transaction."""
+        """Record an operator's action (``corral.engine.actions``) in its own transaction."""
         async with self.transaction() as tx:
             await self.audit_in(tx, actor=actor, action=action, subject=subject, detail=detail)
 

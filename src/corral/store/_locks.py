@@ -7,6 +7,15 @@ contend with one another. Takers of one key are serialised by the query ``lock_k
 already serialises writers), so tokens are drawn in grant order and ``acquired_at`` is
 read after the previous holder's release committed.
 
+On PostgreSQL the hot requests, try-lock (``acquire_lock``), release and heartbeat, are
+each ONE call of a server-side function installed by migration 0013 (``corral_rlock``,
+``corral_runlock``, ``corral_rlock_heartbeat``), run in autocommit through
+``Store.statement``: one round trip, where the same steps sent one at a time cost ten
+(docs/decisions.md D47). The functions take the same advisory locks as the queries below,
+so they serialise with the blocking waits and operator releases that still run as
+transactions of several statements. SQLite runs the steps themselves, as one body on its
+worker thread.
+
 Every lock of a run is released in the transaction that ends the run (``finalize``,
 recovery, ``finish_run``), through ``release_run_locks_in``.
 
@@ -22,9 +31,11 @@ cycle at the same moment are checked one after the other: the second is told.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from corral.errors import StoreConflict, StoreError
 from corral.store._core import Row, StoreCore, Transaction
+from corral.store._time import utc_now
 from corral.store.records import Deadlock, Lock, LockGrant, LockHeld, LockWaiter, RunState
 
 __all__ = ["WANT_SECONDS", "LockOps"]
@@ -58,6 +69,8 @@ class LockOps(StoreCore):
         StoreConflict for an unknown run or one that has ended.
         """
         _check_ttl(ttl_seconds)
+        if self.dialect == "postgresql":
+            return await self._acquire_in_one_call(key, run_id, ttl_seconds, want_seconds)
 
         async def body(tx: Transaction) -> LockGrant | LockHeld | Deadlock:
             await self._lock_key(tx, key)
@@ -68,6 +81,51 @@ class LockOps(StoreCore):
             return await self._want(tx, result, run_id, want_seconds)
 
         return await self.atomic(body)
+
+    def _call_now(self) -> datetime | None:
+        """The time the lock functions are given: the store's clock if a test installed
+        one, else None, and the server reads its clock once the key's lock is held (as
+        the steps on SQLite read it inside their transaction): a grant is then never dated
+        before the previous holder's release, however long the call waited to get there."""
+        return None if self.clock is utc_now else self.encode_time(self.now())
+
+    async def _acquire_in_one_call(
+        self, key: str, run_id: str, ttl_seconds: float, want_seconds: float
+    ) -> LockGrant | LockHeld | Deadlock:
+        """``acquire_lock`` on PostgreSQL: the same steps, in the same order, as one call of
+        the server-side function ``corral_rlock`` (migration 0013), in autocommit: one
+        round trip whatever the outcome, where the steps cost one each."""
+        params = {
+            "key": key,
+            "run_id": run_id,
+            "now": self._call_now(),
+            "ttl": ttl_seconds,
+            "want": max(want_seconds, 0.0),
+        }
+        row = self._returned(next(iter(await self.statement("rlock", params)), None), "rlock")
+        outcome = row["outcome"]
+        if outcome in ("granted", "refreshed"):
+            return LockGrant(
+                key=key,
+                run_id=run_id,
+                token=int(row["token"]),
+                acquired_at=self.decode_time(row["acquired_at"]),
+                expires_at=self.decode_time(row["expires_at"]),
+                refreshed=outcome == "refreshed",
+            )
+        if outcome == "held":
+            return LockHeld(
+                key=key, holder=row["holder"], held_since=self.decode_time(row["acquired_at"])
+            )
+        if outcome == "deadlock":
+            edges: dict[str, list[tuple[str, str]]] = {}
+            for waiter, via, holder in row["edges"]:
+                edges.setdefault(waiter, []).append((via, holder))
+            path = _path(edges, row["holder"], run_id)
+            if path is None:  # the function found a cycle: so does the same search here
+                raise StoreError(f"rlock {key!r}: a deadlock without a cycle on {self.url}")
+            return Deadlock((run_id, key, row["holder"], *path))
+        _raise_not_live(key, run_id, row["state"], self.url)
 
     async def _want(
         self, tx: Transaction, held: LockHeld, run_id: str, want_seconds: float
@@ -262,12 +320,9 @@ class LockOps(StoreCore):
     async def _require_live(self, tx: Transaction, key: str, run_id: str) -> None:
         row = await tx.fetch_one("live_run_for_lock", {"run_id": run_id})
         if row is None:
-            raise StoreConflict(f"cannot lock {key!r}: no run {run_id!r} in {self.url}")
-        if row["state"] not in _LIVE:
-            raise StoreConflict(
-                f"cannot lock {key!r} for run {run_id}: the run has ended "
-                f"({row['state']}); its locks were released with it ({self.url})"
-            )
+            _raise_not_live(key, run_id, None, self.url)
+        elif row["state"] not in _LIVE:
+            _raise_not_live(key, run_id, row["state"], self.url)
 
     def _grant(self, row: Row, *, refreshed: bool) -> LockGrant:
         return LockGrant(
@@ -282,7 +337,12 @@ class LockOps(StoreCore):
     async def release_lock(self, key: str, run_id: str) -> bool:
         """Release ``key`` if ``run_id`` holds it (expired or not); False if it does not.
         A run waiting for the key gets it in the same transaction; ``run_id``'s want, if
-        any, is dropped (it is doing something else now)."""
+        any, is dropped (it is doing something else now). On PostgreSQL one round trip
+        (``corral_runlock``, migration 0013)."""
+        if self.dialect == "postgresql":
+            params = {"key": key, "run_id": run_id, "now": self._call_now()}
+            rows = await self.statement("runlock", params)
+            return bool(self._returned(next(iter(rows), None), "runlock")["released"])
 
         async def body(tx: Transaction) -> bool:
             await self._lock_key(tx, key)
@@ -298,8 +358,14 @@ class LockOps(StoreCore):
     async def heartbeat_lock(self, key: str, run_id: str, *, ttl_seconds: float) -> datetime | None:
         """Make ``key`` expire ``ttl_seconds`` from now if ``run_id`` holds it (even if it
         expired and nobody took it); return the new expiry, or None if it does not. An
-        expired lock that runs wait for goes to the first of them instead."""
+        expired lock that runs wait for goes to the first of them instead. On PostgreSQL
+        one round trip (``corral_rlock_heartbeat``, migration 0013)."""
         _check_ttl(ttl_seconds)
+        if self.dialect == "postgresql":
+            params = {"key": key, "run_id": run_id, "now": self._call_now(), "ttl": ttl_seconds}
+            rows = await self.statement("rlock_heartbeat", params)
+            expiry = self._returned(next(iter(rows), None), "rlock_heartbeat")["expires_at"]
+            return None if expiry is None else self.decode_time(expiry)
 
         async def body(tx: Transaction) -> Row | None:
             await self._lock_key(tx, key)
@@ -403,6 +469,16 @@ def _path(edges: dict[str, list[tuple[str, str]]], start: str, goal: str) -> lis
                 seen.add(nxt)
                 stack.append((nxt, [*trail, via, nxt]))
     return None
+
+
+def _raise_not_live(key: str, run_id: str, state: str | None, url: str) -> NoReturn:
+    """StoreConflict for a lock asked by an unknown run (``state`` None) or an ended one."""
+    if state is None:
+        raise StoreConflict(f"cannot lock {key!r}: no run {run_id!r} in {url}")
+    raise StoreConflict(
+        f"cannot lock {key!r} for run {run_id}: the run has ended "
+        f"({state}); its locks were released with it ({url})"
+    )
 
 
 def _check_ttl(ttl_seconds: float) -> None:

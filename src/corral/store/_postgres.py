@@ -17,6 +17,11 @@ Encoding: timestamps are ``timestamptz`` (aware datetimes, read back as UTC); JS
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import select
+import time
+import weakref
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -30,6 +35,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from corral.errors import StoreBusy, StoreError, StoreUnavailable
 from corral.store._base import Dialect, Row, Store, Transaction
 from corral.store._core import Params
+from corral.store._notify import PgListener
 
 __all__ = ["PostgresStore"]
 
@@ -41,6 +47,61 @@ POOL_MAX_SIZE = 8
 POOL_WAIT_S = 5.0
 #: What ``StoreBusy`` suggests a client waits before trying again, in seconds.
 RETRY_AFTER_S = 2
+#: A pooled connection handed out less than this many seconds ago, with nothing unread on
+#: its socket, is handed out again without a check query (see ``_ConnectionCheck``).
+POOL_CHECK_IDLE_S = 5.0
+
+
+class _ConnectionCheck:
+    """The pool's check of a connection it hands out, free on a busy pool.
+
+    psycopg_pool's own check sends an empty query on every checkout: one round trip per
+    transaction, as many as a lock request's whole work (D48). A server that ends a
+    connection (a restart, ``pg_terminate_backend``, an idle timeout) sends its error and
+    closes the socket, which then reads as ready with no request outstanding: such a
+    connection, and one idle for ``POOL_CHECK_IDLE_S`` or more (where a vanished server
+    host may have said nothing), get the real check. A check that fails makes the pool
+    check its other idle connections too (they usually died together, and the pool would
+    otherwise find them one checkout and one back-off sleep at a time).
+    """
+
+    def __init__(self) -> None:
+        self.pool: AsyncConnectionPool | None = None
+        self._handed: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sweep: asyncio.Task[None] | None = None
+
+    async def __call__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        now = time.monotonic()
+        last = self._handed.get(conn)
+        self._handed[conn] = now
+        if last is not None and now - last < POOL_CHECK_IDLE_S and not _has_input(conn):
+            return
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            self._handed.pop(conn, None)
+            if self.pool is not None and (self._sweep is None or self._sweep.done()):
+                self._sweep = asyncio.create_task(_check_idle(self.pool))
+            raise
+
+
+def _has_input(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server sent something to an idle connection (or it is closed)."""
+    if conn.closed or conn.broken:
+        return True
+    poller = select.poll()
+    try:
+        poller.register(conn.fileno(), select.POLLIN)
+    except (psycopg.Error, OSError, ValueError):
+        return True
+    return bool(poller.poll(0))
+
+
+async def _check_idle(pool: AsyncConnectionPool) -> None:
+    with contextlib.suppress(Exception):
+        await pool.check()
 
 
 def _text_safe(value: Any) -> Any:
@@ -100,25 +161,31 @@ class PostgresStore(Store):
         super().__init__(url)
         self._conninfo = url
         self._pool: AsyncConnectionPool | None = None
+        self.listener: PgListener | None = None
 
     async def open(self) -> None:
         await self._probe()
+        check = _ConnectionCheck()
         pool = AsyncConnectionPool(
             self._conninfo,
             min_size=POOL_MIN_SIZE,
             max_size=POOL_MAX_SIZE,
             timeout=POOL_WAIT_S,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
-            check=AsyncConnectionPool.check_connection,
+            check=check,
             name="corral-store",
             open=False,
         )
+        check.pool = pool
         try:
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         except PoolTimeout as exc:
             await pool.close()
             raise StoreUnavailable(f"cannot connect to the PostgreSQL store {self.url}") from exc
         self._pool = pool
+        # Change notices (store/_notify.py): one LISTEN connection beside the pool.
+        self.listener = PgListener(self._conninfo, self.changes, connect_timeout=CONNECT_TIMEOUT_S)
+        await self.listener.start()
 
     async def _probe(self) -> None:
         """Connect once, directly, so an unreachable server fails fast with libpq's reason."""
@@ -134,6 +201,9 @@ class PostgresStore(Store):
         await conn.close()
 
     async def close(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            await listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()

@@ -1,7 +1,14 @@
-"""The durable queue: intake (bounds, rejections, dedupe) and claiming (caps, FIFO, fences).
+"""The durable queue: intake (bounds, rejections, dedupe) and claiming (caps, fairness,
+fences).
 
-Both are one transaction each under the project lock (see ``_base``): the counts they
-read (queued items of an agent, active claims) cannot change before they commit.
+Counts are never counted: ``corral_agents.queued / requeued / running`` are kept by
+triggers on ``corral_queue`` (migration 0012), exact at every commit whatever moved an
+item. Intake and claims of one agent take turns on that agent's row (``FOR UPDATE`` on
+PostgreSQL; ``BEGIN IMMEDIATE`` serialises every writer on SQLite), so the counts they
+read cannot change before they commit, and schedulers claiming at once on PostgreSQL
+take different agents (``SKIP LOCKED``) instead of queueing on the project row. The
+project row is locked only by a claim under a project scale cap, which is what keeps that
+cap exact across processes (docs/decisions.md, D43).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from collections.abc import Collection
 from datetime import timedelta
 from typing import Any, Literal
 
-from corral.errors import RequestKeyReused
+from corral.errors import RequestKeyReused, StoreError
 from corral.store._core import Row, Transaction
 from corral.store._usage import UsageOps
 from corral.store.records import (
@@ -24,6 +31,7 @@ from corral.store.records import (
     NewItem,
     ProjectState,
     QueueItem,
+    TriggerKind,
 )
 
 __all__ = ["REQUEST_KEY_TTL", "Overflow", "QueueOps", "request_fingerprint"]
@@ -73,7 +81,9 @@ class QueueOps(UsageOps):
         if overflow not in ("drop_oldest", "refuse"):
             raise ValueError(f"overflow must be 'drop_oldest' or 'refuse', got {overflow!r}")
         async with self.transaction() as tx:
-            project = await self.lock_project(tx)
+            # The project row is read, not locked: intake needs only the agent's row.
+            row = await tx.fetch_one("get_project")
+            project = ProjectState.from_row(self._returned(row, "get_project"))
             return await self._enqueue_locked(tx, project, new, overflow)
 
     async def enqueue_request(
@@ -160,35 +170,51 @@ class QueueOps(UsageOps):
     async def _enqueue_locked(
         self, tx: Transaction, project: ProjectState, new: NewItem, overflow: Overflow
     ) -> EnqueueResult:
-        """``enqueue`` inside ``tx``, which already holds the project lock."""
-        if new.dedupe_key is not None:
-            if new.dedupe_aliases:
-                keys = self.encode_list([new.dedupe_key, *new.dedupe_aliases])
-                row = await tx.fetch_one("find_dedupe_any", {"keys": keys})
-            else:
-                row = await tx.fetch_one("find_dedupe", {"dedupe_key": new.dedupe_key})
-            if row is not None:
-                return EnqueueResult(self.item_from_row(row), duplicate=True)
-        agent_row = await tx.fetch_one("agent_state", {"agent": new.agent})
+        """``enqueue`` inside ``tx``. Locks the agent's row first: a racing intake of the
+        same agent (the same dedupe key: keys name their agent) waits for this one, then
+        finds its item as the duplicate."""
+        agent_row = await tx.fetch_one("lock_agent_state", {"agent": new.agent})
+        duplicate = await self._find_duplicate(tx, new)
+        if duplicate is not None:
+            return EnqueueResult(duplicate, duplicate=True)
         agent = None if agent_row is None else AgentState.from_row(agent_row)
         refusal = _unknown(new.agent) if agent is None else _refusal(agent)
         if refusal is None and agent is not None:
             refusal = await self.cost_cap_refusal(tx, project, agent)
         if refusal is not None or agent is None:
-            return EnqueueResult(await self._insert(tx, project, new, refusal))
+            return EnqueueResult(self._returned_item(await self._insert(tx, project, new, refusal)))
         dropped: list[QueueItem] = []
-        waiting = await self._count_queued(tx, agent.agent)
+        # The never-tried queued items (the counter; agent_row is locked): items given
+        # back after a lost lease neither count against the bound nor are dropped.
+        waiting = int(self._returned(agent_row, "lock_agent_state")["bound"])
         if waiting >= agent.queue_size:
             if overflow == "refuse":
-                return EnqueueResult(await self._insert(tx, project, new, QUEUE_FULL))
+                refused = await self._insert(tx, project, new, QUEUE_FULL)
+                return EnqueueResult(self._returned_item(refused))
             dropped = await self._drop_oldest(tx, agent, waiting - agent.queue_size + 1)
         item = await self._insert(tx, project, new, None)
+        if item is None:
+            # Another transaction committed the same key meanwhile (only possible across
+            # agents, which never share keys in practice): it is the duplicate.
+            duplicate = await self._find_duplicate(tx, new)
+            return EnqueueResult(self._returned_item(duplicate), duplicate=True)
         return EnqueueResult(item, tuple(dropped))
 
-    async def _count_queued(self, tx: Transaction, agent: str) -> int:
-        """Queued items of ``agent`` that count against its bound (never tried yet)."""
-        row = await tx.fetch_one("count_queued", {"agent": agent})
-        return int(self._returned(row, "count_queued")["n"])
+    async def _find_duplicate(self, tx: Transaction, new: NewItem) -> QueueItem | None:
+        """The item already stored under ``new``'s dedupe key or one of its aliases."""
+        if new.dedupe_key is None:
+            return None
+        if new.dedupe_aliases:
+            keys = self.encode_list([new.dedupe_key, *new.dedupe_aliases])
+            row = await tx.fetch_one("find_dedupe_any", {"keys": keys})
+        else:
+            row = await tx.fetch_one("find_dedupe", {"dedupe_key": new.dedupe_key})
+        return None if row is None else self.item_from_row(row)
+
+    def _returned_item(self, item: QueueItem | None) -> QueueItem:
+        if item is None:
+            raise StoreError(f"enqueue: the dedupe key's item vanished ({self.url})")
+        return item
 
     async def _drop_oldest(self, tx: Transaction, agent: AgentState, n: int) -> list[QueueItem]:
         params = {
@@ -205,7 +231,8 @@ class QueueOps(UsageOps):
 
     async def _insert(
         self, tx: Transaction, project: ProjectState, new: NewItem, rejected: str | None
-    ) -> QueueItem:
+    ) -> QueueItem | None:
+        """The new item; None when its dedupe key was taken meanwhile (ON CONFLICT)."""
         now = self.encode_time(self.now())
         params = {
             "agent": new.agent,
@@ -223,7 +250,7 @@ class QueueOps(UsageOps):
             "max_attempts": project.max_attempts,
         }
         row = await tx.fetch_one("insert_item", params)
-        return self.item_from_row(self._returned(row, "insert_item"))
+        return None if row is None else self.item_from_row(row)
 
     # -- claiming ----------------------------------------------------------------------
 
@@ -232,79 +259,100 @@ class QueueOps(UsageOps):
     ) -> list[Claim]:
         """Claim up to ``limit`` queued items for ``owner``, in one transaction.
 
-        Oldest first per agent and across agents by id; never more active claims for an
-        agent than its scale, nor for the project than its scale cap; nothing for paused,
-        disabled or absent agents or while the project is paused. Each claim gets a lease
-        of ``lease_seconds``, a fencing token greater than every earlier one, and a new
-        run (state starting). With ``item_id``: only that item, if its agent and the
-        project have a free slot now (it may overtake older items: it was asked for).
+        Fair across agents: round robin, each agent's oldest item first, agents in the
+        order of their oldest waiting item; never more active claims for an agent than
+        its scale, nor for the project than its scale cap; nothing for paused, disabled
+        or absent agents or while the project is paused. Each claim gets a lease of
+        ``lease_seconds``, a fencing token greater than every earlier one of its item,
+        and a new run (state starting). With ``item_id``: only that item, if its agent
+        and the project have a free slot now (it may overtake older items: it was asked
+        for). On PostgreSQL an agent another scheduler is claiming for right now is
+        skipped, not waited for; its items are that scheduler's.
         """
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         async with self.transaction() as tx:
-            project = await self.lock_project(tx)
-            chosen = await self._claimable(tx, project, limit, item_id, owner)
+            limit = await self._claim_limit(tx, limit)
+            if limit <= 0:
+                return []
+            now = self.encode_time(self.now())
+            if item_id is None:
+                chosen = await tx.fetch_all("claimable", {"limit": limit, "now": now})
+            else:
+                params = {"item_id": item_id, "owner": owner, "now": now}
+                chosen = await tx.fetch_all("claimable_item", params)
             if not chosen:
                 return []
             return await self._claim_items(tx, owner, chosen, lease_seconds)
 
-    async def _claimable(
-        self,
-        tx: Transaction,
-        project: ProjectState,
-        limit: int,
-        item_id: int | None,
-        owner: str,
-    ) -> list[Row]:
-        """The items to claim now (columns id, agent), oldest first. An item reserved for
-        another owner (``reserve``) is never among them until its reservation lapses."""
-        if project.paused:
-            return []
-        if project.scale_cap is not None:
-            active = await tx.fetch_one("count_active")
-            limit = min(limit, project.scale_cap - int(self._returned(active, "count_active")["n"]))
-        if limit <= 0:
-            return []
-        now = self.encode_time(self.now())
-        if item_id is None:
-            rows = await tx.fetch_all("claimable", {"limit": limit, "now": now})
-        else:
-            params = {"item_id": item_id, "owner": owner, "now": now}
-            rows = await tx.fetch_all("claimable_item", params)
-        return rows
+    async def _claim_limit(self, tx: Transaction, limit: int) -> int:
+        """How many items this claim may take as far as the project goes.
+
+        Without a project scale cap the project row is only read: claims of different
+        agents share nothing. With one, it is locked (``lock_project``) and the running
+        total read in a statement after it: every claim under a cap takes that lock, so
+        the total cannot grow before this transaction commits and the cap is exact.
+        """
+        project = ProjectState.from_row(
+            self._returned(await tx.fetch_one("get_project"), "get_project")
+        )
+        if project.paused or limit <= 0:
+            return 0
+        if project.scale_cap is None:
+            return limit
+        project = await self.lock_project(tx)
+        if project.paused or project.scale_cap is None:
+            return 0 if project.paused else limit
+        active = self._returned(await tx.fetch_one("count_active"), "count_active")
+        return min(limit, project.scale_cap - int(active["n"]))
 
     async def _claim_items(
         self, tx: Transaction, owner: str, chosen: list[Row], lease_seconds: float
     ) -> list[Claim]:
-        count = len(chosen)
-        counter = await tx.fetch_one("next_fences", {"n": count})
-        first_fence = int(self._returned(counter, "next_fences")["fence_counter"]) - count + 1
+        """Claim ``chosen`` (rows with id, agent, trigger_kind) set-wise: one statement
+        inserts every run, one claims every item, one starts their calls."""
+        ordered = sorted(chosen, key=lambda row: int(row["id"]))
+        fences = await self._next_fences(tx, len(ordered))
+        plan = [
+            {
+                "item_id": int(row["id"]),
+                "run_id": f"{row['agent']}-{secrets.token_hex(6)}",
+                "fence": fence,
+            }
+            for row, fence in zip(ordered, fences, strict=True)
+        ]
         now = self.now()
-        common = {
+        params = {
+            "plan": json.dumps(plan),
             "owner": owner,
             "now": self.encode_time(now),
             "expires_at": self.encode_time(now + timedelta(seconds=lease_seconds)),
         }
-        claims = []
-        for offset, row in enumerate(sorted(chosen, key=lambda row: int(row["id"]))):
-            params = common | {
-                "item_id": row["id"],
-                "fence": first_fence + offset,
-                "run_id": f"{row['agent']}-{secrets.token_hex(6)}",
-            }
-            claims.append(await self._claim_one(tx, params))
-        return claims
+        # The runs first: the items' run_id refers to them.
+        runs = {
+            row["item_id"]: self.run_from_row(row)
+            for row in await tx.fetch_all("insert_claim_runs", params)
+        }
+        items = [self.item_from_row(row) for row in await tx.fetch_all("claim_items", params)]
+        if len(runs) != len(plan) or len(items) != len(plan):
+            raise StoreError(
+                f"claim: {len(plan)} items chosen but {len(runs)} runs and {len(items)} claims "
+                f"made; nothing was changed ({self.url})"
+            )
+        if any(row["trigger_kind"] == TriggerKind.CALL.value for row in ordered):
+            await tx.execute("start_claimed_calls", params)
+        return [Claim(item, runs[item.id]) for item in sorted(items, key=lambda item: item.id)]
 
-    async def _claim_one(self, tx: Transaction, params: dict[str, Any]) -> Claim:
-        # The run first: the item's run_id refers to it.
-        run_row = await tx.fetch_one("insert_claim_run", params)
-        run = self.run_from_row(self._returned(run_row, "insert_claim_run"))
-        item_row = await tx.fetch_one("claim_item", params)
-        item = self.item_from_row(self._returned(item_row, "claim_item"))
-        await self.start_calls_in(tx, item, run.id)
-        return Claim(item, run)
+    async def _next_fences(self, tx: Transaction, count: int) -> list[int]:
+        """``count`` fencing tokens, increasing. PostgreSQL draws them from a sequence (one
+        row each, not contiguous); SQLite reserves a contiguous range on the project row."""
+        rows = await tx.fetch_all("next_fences", {"n": count})
+        if rows and "fence" in rows[0]:
+            return sorted(int(row["fence"]) for row in rows)
+        last = int(self._returned(rows[0] if rows else None, "next_fences")["fence_counter"])
+        return list(range(last - count + 1, last + 1))
 
     # -- reading -----------------------------------------------------------------------
 

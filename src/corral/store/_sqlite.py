@@ -35,6 +35,7 @@ from typing import Any, ClassVar, TypeVar, cast
 from corral.errors import StoreBusy, StoreError, StoreUnavailable
 from corral.locate import STATE_DIR_MODE, STATE_FILE_MODE, open_private, private_dirs
 from corral.store._base import Dialect, Row, Store, Transaction
+from corral.store._batching import Failed, GroupCommit, Waiting
 
 __all__ = ["SqliteStore"]
 
@@ -45,6 +46,8 @@ RETRY_AFTER_S = 2
 #: SQLite's primary result codes for "another connection holds the lock".
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 _T = TypeVar("_T")
+#: The outcome of a body whose caller stopped waiting: never run, never delivered.
+_GONE = Failed(asyncio.CancelledError())
 _SCHEME = "sqlite:///"
 
 
@@ -78,12 +81,14 @@ class SqliteTransaction(Transaction):
 
 
 @dataclass(frozen=True)
-class _Pending:
-    """A transaction body waiting for the worker thread, and who waits for its result."""
+class _Body:
+    """A transaction body waiting for the worker thread (``atomic``)."""
 
     body: Callable[[Transaction], Awaitable[Any]]
     write: bool
-    future: asyncio.Future[Any]
+
+
+_Pending = Waiting[_Body, Any]
 
 
 class _InlineTransaction(Transaction):
@@ -120,8 +125,7 @@ class SqliteStore(Store):
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
-        self._pending: list[_Pending] = []
-        self._drainer: asyncio.Task[None] | None = None
+        self._batches = GroupCommit[_Body, Any](self._run_hop, name="corral-sqlite-batches")
 
     async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(*args)`` on this store's worker thread."""
@@ -193,39 +197,17 @@ class SqliteStore(Store):
         its own transaction: under load the cost of crossing threads is paid once per batch
         rather than once per statement (see docs/decisions.md).
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(body, write, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain(), name="corral-sqlite-batches")
-        return cast(_T, await future)
+        return cast(_T, await self._batches.submit(_Body(body, write)))
 
-    async def _drain(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                async with self._lock:
-                    conn = self._conn
-                    if conn is None:
-                        raise StoreError(f"the store {self.url} is closed")
-                    outcomes = await self.call(self._run_batch, conn, batch)
-            except BaseException as exc:  # the whole hop failed (closed, cancelled)
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(
-                            exc if isinstance(exc, Exception) else StoreError(str(exc))
-                        )
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for pending, (ok, value) in zip(batch, outcomes, strict=True):
-                if pending.future.done():  # its caller gave up waiting
-                    continue
-                if ok:
-                    pending.future.set_result(value)
-                else:
-                    pending.future.set_exception(value)
+    async def _run_hop(self, batch: list[_Pending]) -> list[Any]:
+        """One hop to the worker thread for the whole batch (``GroupCommit`` queues it)."""
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"the store {self.url} is closed")
+            return await self.call(self._run_batch, conn, batch)
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> list[tuple[bool, Any]]:
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> list[Any]:
         """On the worker thread: the bodies one after another in ONE transaction, each
         inside its own savepoint (so each is still all or nothing), committed once.
 
@@ -233,19 +215,19 @@ class SqliteStore(Store):
         back to its savepoint and leaves the others alone. If the commit itself fails,
         every body of the batch fails with that error: none of them happened.
         """
-        live = [pending for pending in batch if not pending.future.cancelled()]
+        live = [pending for pending in batch if not pending.gone]
         if not live:
-            return [(False, None)] * len(batch)
+            return [_GONE] * len(batch)
         try:
-            _begin(conn, any(pending.write for pending in live), BUSY_TIMEOUT_MS)
+            _begin(conn, any(pending.job.write for pending in live), BUSY_TIMEOUT_MS)
         except sqlite3.Error as exc:
             error = _failure(f"cannot begin a transaction on {self.url}", exc)
-            return [(False, error)] * len(batch)
-        outcomes: list[tuple[bool, Any]] = []
+            return [Failed(error)] * len(batch)
+        outcomes: list[Any] = []
         try:
             for pending in batch:
-                if pending.future.cancelled():
-                    outcomes.append((False, None))
+                if pending.gone:
+                    outcomes.append(_GONE)
                     continue
                 outcomes.append(self._in_savepoint(conn, pending))
         except BaseException:
@@ -256,19 +238,19 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             _rollback(conn)
             error = StoreError(f"cannot commit on {self.url}: {exc}")
-            return [(False, error)] * len(batch)
+            return [Failed(error)] * len(batch)
         return outcomes
 
-    def _in_savepoint(self, conn: sqlite3.Connection, pending: _Pending) -> tuple[bool, Any]:
+    def _in_savepoint(self, conn: sqlite3.Connection, pending: _Pending) -> Any:
         conn.execute("SAVEPOINT corral_body")
         try:
-            result = _drive(pending.body(_InlineTransaction(self, conn)))
+            result = _drive(pending.job.body(_InlineTransaction(self, conn)))
         except Exception as exc:
             conn.execute("ROLLBACK TO corral_body")
             conn.execute("RELEASE corral_body")
-            return (False, exc)
+            return Failed(exc)
         conn.execute("RELEASE corral_body")
-        return (True, result)
+        return result
 
     async def _guarded(self, fn: Callable[..., None], *args: Any, what: str) -> None:
         try:

@@ -1,7 +1,7 @@
 """Operator tokens: the bearer tokens of the control API, the dashboard and /metrics.
 
 The store keeps a token's name and the SHA-256 of the token (hex), never the token; a
-presented token is hashed and looked up by its hash (``corral.gateway.token`` does the
+presented token is hashed and looked up by its hash (``corral.engine.token`` does the
 hashing and caches answers briefly). Names are never reused, even once revoked, so the
 audit log's ``token:<name>`` names one token for good. Making and revoking a token are
 recorded in the audit log in the same transaction.

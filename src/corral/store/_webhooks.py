@@ -25,15 +25,15 @@ held a day, however many deliveries they send.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from corral.errors import StoreError
+from corral.store._batching import Failed, GroupCommit, Waiting
 from corral.store._core import Row, Transaction
 from corral.store._queue import QueueOps
 from corral.store._time import require_aware
@@ -90,7 +90,7 @@ class WebhookOps(QueueOps):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        self._deliveries = _DeliveryBatches()
+        self._deliveries = _DeliveryBatches(self)
 
     async def record_delivery(
         self, receipt: NewReceipt, items: Sequence[NewItem] = ()
@@ -116,7 +116,7 @@ class WebhookOps(QueueOps):
                 return await self._record_in(tx, project, receipt, items)
 
             return await self.atomic(body)
-        return await self._deliveries.submit(self, receipt, items)
+        return await self._deliveries.submit(receipt, items)
 
     async def _record_in(
         self,
@@ -124,30 +124,50 @@ class WebhookOps(QueueOps):
         project: ProjectState,
         receipt: NewReceipt,
         items: Sequence[NewItem],
+        batch: _Batch | None = None,
     ) -> tuple[Receipt, list[EnqueueResult]]:
-        """``record_delivery`` inside ``tx``, which holds the project lock."""
+        """``record_delivery`` inside ``tx``, which holds the project lock.
+
+        With ``batch`` (a batch of deliveries on PostgreSQL, see ``_DeliveryBatches``), the
+        delivery ids taken come from ``batch`` instead of a query each, and the receipt is
+        added to ``batch.receipts``, inserted with the others by ``_Batch.insert``.
+        """
         dedupe = (
             receipt.delivery_id is not None
             and receipt.replay_of is None
             and receipt.outcome in _TAKES_DELIVERY_ID
         )
         if dedupe:
-            params = {"source": receipt.source, "delivery_id": receipt.delivery_id}
-            first = await tx.fetch_one("find_receipt_delivery", params)
-            if first is not None:
+            first_id = await self._delivery_taken(tx, receipt, batch)
+            if first_id is not None:
                 duplicate = await self._insert_receipt(
                     tx,
                     receipt,
                     outcome=ReceiptOutcome.DUPLICATE,
                     results=(),
-                    duplicate_of=str(first["id"]),
+                    duplicate_of=first_id,
+                    batch=batch,
                 )
                 return duplicate, []
         if receipt.repeat_key is not None:
             return await self._record_stranger(tx, receipt), []
         results, enqueued = await self._enqueue_matched(tx, project, receipt, items)
-        stored = await self._insert_receipt(tx, receipt, outcome=receipt.outcome, results=results)
+        stored = await self._insert_receipt(
+            tx, receipt, outcome=receipt.outcome, results=results, batch=batch
+        )
+        if dedupe and batch is not None:
+            batch.taken[_Batch.key(receipt)] = stored.id
         return stored, enqueued
+
+    async def _delivery_taken(
+        self, tx: Transaction, receipt: NewReceipt, batch: _Batch | None
+    ) -> str | None:
+        """The id of the receipt that took ``receipt``'s delivery id, if one did."""
+        if batch is not None:
+            return batch.taken.get(_Batch.key(receipt))
+        params = {"source": receipt.source, "delivery_id": receipt.delivery_id}
+        first = await tx.fetch_one("find_receipt_delivery", params)
+        return None if first is None else str(first["id"])
 
     async def _record_stranger(self, tx: Transaction, receipt: NewReceipt) -> Receipt:
         """A stranger's receipt, trimmed; or, past ``REFUSED_PER_HOUR`` of its kind this
@@ -199,9 +219,11 @@ class WebhookOps(QueueOps):
         outcome: ReceiptOutcome,
         results: tuple[AgentResult, ...],
         duplicate_of: str | None = None,
+        batch: _Batch | None = None,
     ) -> Receipt:
-        """Insert the receipt; return it as stored (built here, not read back: the body
-        need not cross from the database again)."""
+        """Insert the receipt (with ``batch``: add it to the batch's, inserted together at
+        its end); return it as stored (built here, not read back: the body need not cross
+        from the database again)."""
         size = max(receipt.body_size, len(receipt.body))
         stored = Receipt(
             id=receipt.id,
@@ -240,7 +262,10 @@ class WebhookOps(QueueOps):
             "replay_of": stored.replay_of,
             "duplicate_of": duplicate_of,
         }
-        await tx.execute("insert_receipt", params)
+        if batch is None:
+            await tx.execute("insert_receipt", params)
+        else:
+            batch.receipts.append(params)
         return stored
 
     async def get_receipt(self, receipt_id: str) -> Receipt | None:
@@ -357,18 +382,22 @@ def _check_items(receipt: NewReceipt, items: Sequence[NewItem]) -> None:
         seen.add(item.agent)
 
 
-@dataclass
-class _Pending:
+_Recorded = tuple[Receipt, list[EnqueueResult]]
+
+
+@dataclass(frozen=True)
+class _Delivery:
     receipt: NewReceipt
     items: Sequence[NewItem]
-    future: asyncio.Future[tuple[Receipt, list[EnqueueResult]]]
 
 
-@dataclass
+_Pending = Waiting[_Delivery, _Recorded]
+
+
 class _DeliveryBatches:
     """Deliveries recorded together (PostgreSQL): those that arrive while a transaction is
-    in flight wait, and go in the next one: one connection, one project lock and one
-    commit for the lot, each delivery all or nothing (see ``_run``).
+    in flight wait, and go in the next one (``GroupCommit``): one connection, one project
+    lock and one commit for the lot, each delivery all or nothing (see ``_run``).
 
     Every delivery takes the project lock anyway, so they never ran in parallel; what a
     batch saves is a transaction's round trips and commit per delivery. A failed delivery
@@ -376,47 +405,19 @@ class _DeliveryBatches:
     (none of it happened), so no sender is told a delivery was accepted unless it was.
     """
 
-    pending: list[_Pending] = field(default_factory=list)
-    drainer: asyncio.Task[None] | None = None
+    def __init__(self, store: WebhookOps) -> None:
+        self._store = store
+        self._group = GroupCommit[_Delivery, _Recorded](self._run, name="corral-deliveries")
 
-    async def submit(
-        self, store: WebhookOps, receipt: NewReceipt, items: Sequence[NewItem]
-    ) -> tuple[Receipt, list[EnqueueResult]]:
-        future: asyncio.Future[tuple[Receipt, list[EnqueueResult]]]
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append(_Pending(receipt, items, future))
-        if self.drainer is None or self.drainer.done():
-            self.drainer = asyncio.create_task(self._drain(store), name="corral-deliveries")
-        return await future
+    async def submit(self, receipt: NewReceipt, items: Sequence[NewItem]) -> _Recorded:
+        return await self._group.submit(_Delivery(receipt, items))
 
-    async def _drain(self, store: WebhookOps) -> None:
-        while self.pending:
-            batch, self.pending = self.pending, []
-            try:
-                outcomes = await self._run(store, batch)
-            except BaseException as exc:  # the transaction failed or was cancelled: none
-                failure = exc if isinstance(exc, Exception) else StoreError(str(exc))
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(failure)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for pending, outcome in zip(batch, outcomes, strict=True):
-                if pending.future.done():  # its caller gave up waiting
-                    continue
-                if isinstance(outcome, BaseException):
-                    pending.future.set_exception(outcome)
-                else:
-                    pending.future.set_result(outcome)
-
-    async def _run(
-        self, store: WebhookOps, batch: list[_Pending]
-    ) -> list[tuple[Receipt, list[EnqueueResult]] | Exception]:
+    async def _run(self, batch: list[_Pending]) -> list[_Recorded | Failed]:
         """The batch in one transaction. Deliveries rarely fail, so the batch first runs
         without savepoints (two round trips fewer per delivery); if one fails, that
         transaction is rolled back whole and the batch runs again with a savepoint each,
         so the failure stays the failed delivery's alone."""
+        store = self._store
         try:
             return list(await self._transaction(store, batch, savepoints=False))
         except _BodyFailed:
@@ -424,27 +425,87 @@ class _DeliveryBatches:
 
     async def _transaction(
         self, store: WebhookOps, batch: list[_Pending], *, savepoints: bool
-    ) -> list[tuple[Receipt, list[EnqueueResult]] | Exception]:
-        outcomes: list[tuple[Receipt, list[EnqueueResult]] | Exception] = []
+    ) -> list[_Recorded | Failed]:
+        outcomes: list[_Recorded | Failed] = []
         async with store.transaction() as tx:
             project = await store.lock_project(tx)
+            # Without savepoints, the deliveries' own statements are batched: one query
+            # for the delivery ids already taken, one insert for every receipt at the end.
+            together = None if savepoints else await _Batch.read(tx, batch)
             for pending in batch:
                 if savepoints:
                     await tx.execute_script("SAVEPOINT corral_delivery", what="a savepoint")
                 try:
-                    outcome = await store._record_in(tx, project, pending.receipt, pending.items)
+                    outcome = await store._record_in(
+                        tx, project, pending.job.receipt, pending.job.items, together
+                    )
                 except Exception as exc:
                     if not savepoints:
                         raise _BodyFailed from exc
                     await tx.execute_script(
                         "ROLLBACK TO SAVEPOINT corral_delivery", what="a rollback"
                     )
-                    outcomes.append(exc)
+                    outcomes.append(Failed(exc))
                     continue
                 if savepoints:
                     await tx.execute_script("RELEASE SAVEPOINT corral_delivery", what="a release")
                 outcomes.append(outcome)
+            if together is not None:
+                try:
+                    await together.insert(tx)
+                except Exception as exc:
+                    raise _BodyFailed from exc
         return outcomes
+
+
+@dataclass
+class _Batch:
+    """What the deliveries of one batch transaction share (PostgreSQL): the delivery ids
+    taken (read once for the batch, then kept up to date by each delivery in turn, so a
+    redelivery within the batch is a duplicate as it would be in the next transaction),
+    and the receipts to insert, in one statement, once every delivery has been seen."""
+
+    taken: dict[tuple[str, str], str] = field(default_factory=dict)
+    receipts: list[dict[str, Any]] = field(default_factory=list)
+
+    @staticmethod
+    def key(receipt: NewReceipt) -> tuple[str, str]:
+        """A receipt's (source, delivery id) as the database holds them (see ``_text``)."""
+        return (_text(receipt.source), _text(str(receipt.delivery_id)))
+
+    @classmethod
+    async def read(cls, tx: Transaction, batch: list[_Pending]) -> _Batch:
+        """The batch's shared state, read inside ``tx`` (which holds the project lock, so
+        no other delivery takes an id before it commits)."""
+        pairs = sorted(
+            {cls.key(p.job.receipt) for p in batch if p.job.receipt.delivery_id is not None}
+        )
+        together = cls()
+        if pairs:
+            params = {
+                "sources": [source for source, _ in pairs],
+                "delivery_ids": [delivery_id for _, delivery_id in pairs],
+            }
+            for row in await tx.fetch_all("find_receipt_deliveries", params):
+                together.taken[(row["source"], row["delivery_id"])] = str(row["id"])
+        return together
+
+    async def insert(self, tx: Transaction) -> None:
+        """Insert the batch's receipts: one array of values per column."""
+        if not self.receipts:
+            return
+        columns = {
+            name: [_text(receipt[name]) for receipt in self.receipts] for name in self.receipts[0]
+        }
+        await tx.execute("insert_receipts", columns)
+
+
+def _text(value: Any) -> Any:
+    """PostgreSQL's text cannot hold U+0000: stored as U+FFFD, as the store does for every
+    single value (the arrays of ``_Batch`` pass through it element by element)."""
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
 
 
 class _BodyFailed(Exception):

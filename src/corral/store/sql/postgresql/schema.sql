@@ -86,7 +86,11 @@ CREATE TABLE corral_agents (
     present boolean NOT NULL DEFAULT true,
     updated_at timestamptz NOT NULL,
     daily_cost_cap double precision
-        CHECK (daily_cost_cap IS NULL OR daily_cost_cap >= 0)
+        CHECK (daily_cost_cap IS NULL OR daily_cost_cap >= 0),
+    -- 0012: kept by triggers on corral_queue (below)
+    queued integer NOT NULL DEFAULT 0,
+    requeued integer NOT NULL DEFAULT 0,
+    running integer NOT NULL DEFAULT 0
 );
 
 CREATE TABLE corral_queue (
@@ -295,3 +299,367 @@ CREATE INDEX corral_queue_finished ON corral_queue (finished_at)
 
 CREATE INDEX corral_queue_open ON corral_queue (id)
     WHERE state IN ('queued', 'claimed');
+
+-- Queue counters (0012): corral_agents.queued / requeued / running, kept by triggers.
+CREATE FUNCTION corral_queue_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.state IN ('queued', 'claimed') THEN
+        UPDATE corral_agents
+        SET queued = queued - (OLD.state = 'queued' AND OLD.attempts = 0)::integer,
+            requeued = requeued - (OLD.state = 'queued' AND OLD.attempts > 0)::integer,
+            running = running - (OLD.state = 'claimed')::integer
+        WHERE agent = OLD.agent;
+    END IF;
+    IF TG_OP IN ('UPDATE', 'INSERT') AND NEW.state IN ('queued', 'claimed') THEN
+        UPDATE corral_agents
+        SET queued = queued + (NEW.state = 'queued' AND NEW.attempts = 0)::integer,
+            requeued = requeued + (NEW.state = 'queued' AND NEW.attempts > 0)::integer,
+            running = running + (NEW.state = 'claimed')::integer
+        WHERE agent = NEW.agent;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER corral_queue_count_insert AFTER INSERT ON corral_queue
+    FOR EACH ROW WHEN (NEW.state IN ('queued', 'claimed'))
+    EXECUTE FUNCTION corral_queue_count();
+
+CREATE TRIGGER corral_queue_count_update AFTER UPDATE OF state, attempts, agent ON corral_queue
+    FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state
+                       OR OLD.attempts IS DISTINCT FROM NEW.attempts
+                       OR OLD.agent IS DISTINCT FROM NEW.agent)
+    EXECUTE FUNCTION corral_queue_count();
+
+CREATE TRIGGER corral_queue_count_delete AFTER DELETE ON corral_queue
+    FOR EACH ROW WHEN (OLD.state IN ('queued', 'claimed'))
+    EXECUTE FUNCTION corral_queue_count();
+
+-- Fencing tokens of claims come from a sequence: increasing without locking a row (the
+-- project row's fence_counter was a lock every claim of every scheduler queued on). A
+-- token drawn after an item's earlier claim committed is greater than that claim's.
+CREATE SEQUENCE corral_fences AS bigint;
+
+-- Lock functions (0013): rlock, runlock and rlock-heartbeat, one round trip each (see
+-- migrations/0013_lock_functions.sql for why they are PL/pgSQL).
+-- The first live waiter (rlock --wait) for a free or expired key gets it, unless that is
+-- p_except (who takes it itself): the new lock row, or NULL if nobody was served.
+-- The caller holds the key's advisory lock.
+CREATE FUNCTION corral_lock_serve(p_key text, p_now timestamptz, p_except text)
+RETURNS corral_locks
+LANGUAGE plpgsql AS $$
+DECLARE
+    head corral_lock_waits;
+    got corral_locks;
+BEGIN
+    SELECT w.* INTO head FROM corral_lock_waits w JOIN corral_runs r ON r.id = w.run_id
+    WHERE w.key = p_key AND w.deadline > p_now AND r.state IN ('starting', 'running')
+    ORDER BY w.id
+    LIMIT 1;
+    IF NOT FOUND OR head.run_id = p_except THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO corral_locks AS l (key, run_id, token, acquired_at, expires_at)
+    VALUES (p_key, head.run_id, nextval('corral_lock_tokens'), p_now,
+            p_now + make_interval(secs => head.ttl_seconds))
+    ON CONFLICT (key) DO UPDATE
+    SET run_id = excluded.run_id, token = excluded.token,
+        acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
+    RETURNING l.* INTO got;
+    DELETE FROM corral_lock_waits w WHERE w.key = p_key AND w.run_id = head.run_id;
+    DELETE FROM corral_lock_wants w WHERE w.run_id = head.run_id;
+    RETURN got;
+END
+$$;
+
+-- A try-lock (rlock): outcome 'granted' or 'refreshed' (token, acquired_at, expires_at of
+-- the lock), 'held' (holder, acquired_at = held since; p_run_id now wants the key for
+-- p_want seconds), 'deadlock' (that want would close a cycle: p_run_id wants nothing, and
+-- edges is the wait-for graph, [[waiter, via, holder], ...], for the caller to name the
+-- cycle), 'no_run' or 'ended' (state: the run's).
+CREATE FUNCTION corral_rlock(
+    p_key text, p_run_id text, p_now timestamptz, p_ttl double precision,
+    p_want double precision
+)
+RETURNS TABLE (outcome text, holder text, token bigint, acquired_at timestamptz,
+               expires_at timestamptz, state text, edges jsonb)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz;
+    v_state text;
+    cur corral_locks;
+    got corral_locks;
+    v_token bigint;
+    v_edges jsonb;
+BEGIN
+    -- Serialise the takers of the key (the query lock_key takes the same lock).
+    PERFORM pg_advisory_xact_lock(hashtext('corral_locks'),
+                                  hashtext(current_schema() || ':' || p_key));
+    v_now := coalesce(p_now, clock_timestamp());
+    -- FOR SHARE: a transaction ending the run (which releases its locks) waits for this
+    -- one, or this one sees the run ended.
+    SELECT r.state INTO v_state FROM corral_runs r WHERE r.id = p_run_id FOR SHARE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'no_run', NULL::text, NULL::bigint, NULL::timestamptz,
+                            NULL::timestamptz, NULL::text, NULL::jsonb;
+        RETURN;
+    END IF;
+    IF v_state NOT IN ('starting', 'running') THEN
+        RETURN QUERY SELECT 'ended', NULL::text, NULL::bigint, NULL::timestamptz,
+                            NULL::timestamptz, v_state, NULL::jsonb;
+        RETURN;
+    END IF;
+    -- Twice at most: the holder's row can vanish between the two statements only when its
+    -- run ended meanwhile (that release does not serialise on the key).
+    FOR attempt IN 1..2 LOOP
+        got := NULL;
+        SELECT l.* INTO cur FROM corral_locks l WHERE l.key = p_key;
+        IF FOUND AND cur.run_id <> p_run_id THEN
+            IF cur.expires_at > v_now THEN
+                got := cur;
+            ELSE
+                -- Expired, and runs wait for it: the first of them gets it.
+                got := corral_lock_serve(p_key, v_now, p_run_id);
+            END IF;
+        END IF;
+        IF got.key IS NOT NULL THEN
+            -- Held by another run: p_run_id wants the key, unless that closes a cycle.
+            -- Cycle checks are serialised (the query lock_wait_graph takes the same lock).
+            PERFORM pg_advisory_xact_lock(hashtext('corral_wait_graph'),
+                                          hashtext(current_schema()));
+            SELECT coalesce(jsonb_agg(jsonb_build_array(e.waiter, e.via, e.holder)), '[]')
+            INTO v_edges
+            FROM (
+                SELECT w.run_id AS waiter, w.key AS via, l.run_id AS holder
+                FROM corral_lock_waits w
+                JOIN corral_locks l ON l.key = w.key
+                JOIN corral_runs r ON r.id = w.run_id
+                WHERE w.deadline > v_now AND r.state IN ('starting', 'running')
+                  AND l.run_id <> w.run_id AND l.expires_at > v_now
+                UNION ALL
+                SELECT w.run_id, w.key, l.run_id
+                FROM corral_lock_wants w
+                JOIN corral_locks l ON l.key = w.key
+                JOIN corral_runs r ON r.id = w.run_id
+                WHERE w.expires_at > v_now AND r.state IN ('starting', 'running')
+                  AND l.run_id <> w.run_id AND l.expires_at > v_now
+                UNION ALL
+                SELECT c.caller_run_id, 'call://' || c.id, c.callee_run_id
+                FROM corral_calls c
+                WHERE c.waiting_since IS NOT NULL AND c.state IN ('pending', 'running')
+                  AND c.callee_run_id IS NOT NULL
+            ) e;
+            IF EXISTS (
+                WITH RECURSIVE reach (node) AS (
+                    SELECT got.run_id
+                    UNION
+                    SELECT e.edge ->> 2 FROM jsonb_array_elements(v_edges) AS e (edge)
+                    JOIN reach ON e.edge ->> 0 = reach.node
+                )
+                SELECT 1 FROM reach WHERE node = p_run_id
+            ) THEN
+                DELETE FROM corral_lock_wants w WHERE w.run_id = p_run_id;
+                RETURN QUERY SELECT 'deadlock', got.run_id, NULL::bigint, got.acquired_at,
+                                    NULL::timestamptz, NULL::text, v_edges;
+                RETURN;
+            END IF;
+            -- One want per run (its latest refusal); a refusal for the same key keeps its
+            -- since.
+            INSERT INTO corral_lock_wants AS w (run_id, key, since, expires_at)
+            VALUES (p_run_id, p_key, v_now, v_now + make_interval(secs => greatest(p_want, 0)))
+            ON CONFLICT (run_id) DO UPDATE
+            SET since = CASE WHEN w.key = excluded.key AND w.expires_at > excluded.since
+                             THEN w.since ELSE excluded.since END,
+                key = excluded.key,
+                expires_at = excluded.expires_at;
+            RETURN QUERY SELECT 'held', got.run_id, NULL::bigint, got.acquired_at,
+                                NULL::timestamptz, NULL::text, NULL::jsonb;
+            RETURN;
+        END IF;
+        -- Free or expired -> inserted or taken over with a new token; held by p_run_id ->
+        -- refreshed (its token and acquired_at kept); held unexpired by another run (it
+        -- took the key since the read above) -> no row, and the loop reads again.
+        v_token := nextval('corral_lock_tokens');
+        INSERT INTO corral_locks AS l (key, run_id, token, acquired_at, expires_at)
+        VALUES (p_key, p_run_id, v_token, v_now, v_now + make_interval(secs => p_ttl))
+        ON CONFLICT (key) DO UPDATE
+        SET token = CASE WHEN l.run_id = excluded.run_id THEN l.token ELSE excluded.token END,
+            acquired_at = CASE WHEN l.run_id = excluded.run_id
+                               THEN l.acquired_at ELSE excluded.acquired_at END,
+            run_id = excluded.run_id,
+            expires_at = excluded.expires_at
+        WHERE l.expires_at <= excluded.acquired_at OR l.run_id = excluded.run_id
+        RETURNING l.* INTO got;
+        IF got.key IS NOT NULL THEN
+            DELETE FROM corral_lock_waits w WHERE w.key = p_key AND w.run_id = p_run_id;
+            DELETE FROM corral_lock_wants w WHERE w.run_id = p_run_id;
+            RETURN QUERY SELECT CASE WHEN got.token = v_token THEN 'granted' ELSE 'refreshed' END,
+                                got.run_id, got.token, got.acquired_at, got.expires_at,
+                                NULL::text, NULL::jsonb;
+            RETURN;
+        END IF;
+    END LOOP;
+    RAISE EXCEPTION 'cannot lock %: the key kept changing hands', p_key;
+END
+$$;
+
+-- Release (runlock): true if p_run_id held the key (expired or not). Its want, if any, is
+-- dropped, and the first run waiting for the key gets it.
+CREATE FUNCTION corral_runlock(p_key text, p_run_id text, p_now timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('corral_locks'),
+                                  hashtext(current_schema() || ':' || p_key));
+    DELETE FROM corral_locks l WHERE l.key = p_key AND l.run_id = p_run_id;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    DELETE FROM corral_lock_wants w WHERE w.run_id = p_run_id;
+    PERFORM corral_lock_serve(p_key, coalesce(p_now, clock_timestamp()), '');
+    RETURN true;
+END
+$$;
+
+-- rlock-heartbeat: the key now expires p_ttl seconds from now if p_run_id holds it (even if it
+-- expired and nobody took it): that expiry, else NULL. An expired lock that runs wait for
+-- goes to the first of them instead (NULL).
+CREATE FUNCTION corral_rlock_heartbeat(
+    p_key text, p_run_id text, p_now timestamptz, p_ttl double precision
+)
+RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz;
+    v_expires_at timestamptz;
+    cur corral_locks;
+    served corral_locks;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('corral_locks'),
+                                  hashtext(current_schema() || ':' || p_key));
+    v_now := coalesce(p_now, clock_timestamp());
+    v_expires_at := v_now + make_interval(secs => p_ttl);
+    SELECT l.* INTO cur FROM corral_locks l WHERE l.key = p_key;
+    IF NOT FOUND OR cur.run_id <> p_run_id THEN
+        RETURN NULL;
+    END IF;
+    IF cur.expires_at <= v_now THEN
+        served := corral_lock_serve(p_key, v_now, p_run_id);
+        IF served.key IS NOT NULL THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    UPDATE corral_locks l SET expires_at = v_expires_at
+    WHERE l.key = p_key AND l.run_id = p_run_id;
+    RETURN v_expires_at;
+END
+$$;
+
+-- 0014 notify: change notices for waiters in other processes (LISTEN/NOTIFY).
+-- Each trigger sends small notices (a topic) on the store's channel, 'corral_' || md5 of
+-- its schema: the dispatcher's 'queue', 'lock:<key>', 'call:<id>' (store/_notify.py).
+-- Statement-level with transition tables: one call per statement, whatever its row count;
+-- PostgreSQL folds identical notices of one transaction into one and delivers them at
+-- commit. '*' (a key too long for a notice) wakes every waiter.
+CREATE FUNCTION corral_notify_queue() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF EXISTS (SELECT 1 FROM corral_new_rows WHERE state = 'queued') THEN
+            PERFORM pg_notify('corral_' || md5(TG_TABLE_SCHEMA), 'queue');
+        END IF;
+    -- No join of the two transition tables (they have no index: a join of a 100k-row
+    -- update is quadratic). An item (re)queued, or a claimed one ended, may free work or
+    -- a slot; a claim (queued -> claimed) or a lease renewal (claimed -> claimed) sends
+    -- nothing. A queued item updated in place (a reservation) sends a spare notice, which
+    -- costs one empty claim.
+    ELSIF EXISTS (SELECT 1 FROM corral_new_rows WHERE state = 'queued')
+       OR (EXISTS (SELECT 1 FROM corral_old_rows WHERE state = 'claimed')
+           AND EXISTS (SELECT 1 FROM corral_new_rows WHERE state <> 'claimed')) THEN
+        PERFORM pg_notify('corral_' || md5(TG_TABLE_SCHEMA), 'queue');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER corral_queue_inserted AFTER INSERT ON corral_queue
+    REFERENCING NEW TABLE AS corral_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION corral_notify_queue();
+
+CREATE TRIGGER corral_queue_updated AFTER UPDATE ON corral_queue
+    REFERENCING OLD TABLE AS corral_old_rows NEW TABLE AS corral_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION corral_notify_queue();
+
+CREATE FUNCTION corral_notify_locks() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    channel text := 'corral_' || md5(TG_TABLE_SCHEMA);
+BEGIN
+    -- Only keys someone waits for (rlock --wait): a plain try-lock or release with nobody
+    -- waiting sends nothing, so the hot lock path pays one index probe, not a notice.
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify(channel, CASE WHEN octet_length(o.key) < 7000 THEN 'lock:' || o.key
+                                        ELSE '*' END)
+        FROM corral_old_rows o
+        WHERE EXISTS (SELECT 1 FROM corral_lock_waits w WHERE w.key = o.key);
+    ELSIF TG_OP = 'INSERT' THEN
+        PERFORM pg_notify(channel, CASE WHEN octet_length(n.key) < 7000 THEN 'lock:' || n.key
+                                        ELSE '*' END)
+        FROM corral_new_rows n
+        WHERE EXISTS (SELECT 1 FROM corral_lock_waits w WHERE w.key = n.key);
+    ELSE
+        PERFORM pg_notify(channel, CASE WHEN octet_length(n.key) < 7000 THEN 'lock:' || n.key
+                                        ELSE '*' END)
+        FROM corral_new_rows n JOIN corral_old_rows o ON o.key = n.key
+        WHERE n.run_id <> o.run_id
+          AND EXISTS (SELECT 1 FROM corral_lock_waits w WHERE w.key = n.key);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER corral_locks_deleted AFTER DELETE ON corral_locks
+    REFERENCING OLD TABLE AS corral_old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION corral_notify_locks();
+
+CREATE TRIGGER corral_locks_inserted AFTER INSERT ON corral_locks
+    REFERENCING NEW TABLE AS corral_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION corral_notify_locks();
+
+CREATE TRIGGER corral_locks_updated AFTER UPDATE ON corral_locks
+    REFERENCING OLD TABLE AS corral_old_rows NEW TABLE AS corral_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION corral_notify_locks();
+
+CREATE FUNCTION corral_notify_calls() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Calls that are ended after this statement and had not ended before it (an
+    -- anti-join by hash on the id, never a nested loop over two unindexed tables).
+    PERFORM pg_notify('corral_' || md5(TG_TABLE_SCHEMA), 'call:' || id)
+    FROM (SELECT id FROM corral_new_rows WHERE state IN ('completed', 'error')
+          EXCEPT
+          SELECT id FROM corral_old_rows WHERE state IN ('completed', 'error')) AS ended;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER corral_calls_updated AFTER UPDATE ON corral_calls
+    REFERENCING OLD TABLE AS corral_old_rows NEW TABLE AS corral_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION corral_notify_calls();
+
+-- Dispatch may have become possible without any item changing: an agent or the project
+-- resumed, enabled, or given more slots. Row-level with WHEN: the tables are small, and
+-- the hot updates (claim counters, the fence counter) fail the WHEN and cost no call.
+CREATE FUNCTION corral_notify_dispatch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('corral_' || md5(TG_TABLE_SCHEMA), 'queue');
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER corral_agents_dispatch AFTER UPDATE ON corral_agents FOR EACH ROW
+    WHEN (OLD.paused IS DISTINCT FROM NEW.paused OR OLD.enabled IS DISTINCT FROM NEW.enabled
+          OR OLD.present IS DISTINCT FROM NEW.present OR OLD.scale IS DISTINCT FROM NEW.scale)
+    EXECUTE FUNCTION corral_notify_dispatch();
+
+CREATE TRIGGER corral_project_dispatch AFTER UPDATE ON corral_project FOR EACH ROW
+    WHEN (OLD.paused IS DISTINCT FROM NEW.paused OR OLD.scale_cap IS DISTINCT FROM NEW.scale_cap)
+    EXECUTE FUNCTION corral_notify_dispatch();

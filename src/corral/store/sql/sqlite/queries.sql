@@ -1,5 +1,6 @@
 -- Named queries for SQLite. Each block starts with "-- name: <name>"; parameters are :name.
 -- Timestamps arrive already encoded (ISO-8601 UTC text); JSON arrives as text.
+-- Queries both dialects share are in ../common/queries.sql; this file holds the ones that differ.
 
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS corral_migrations (
@@ -12,44 +13,6 @@ CREATE TABLE IF NOT EXISTS corral_migrations (
 SELECT count(*) > 0 AS present
 FROM sqlite_master
 WHERE type = 'table' AND name = 'corral_migrations'
-
--- name: applied_migrations
-SELECT version, name, applied_at FROM corral_migrations ORDER BY version
-
--- name: record_migration
-INSERT INTO corral_migrations (version, name, applied_at) VALUES (:version, :name, :applied_at)
-
--- name: create_run
-INSERT INTO corral_runs (id, agent, trigger_kind, trigger_detail, prompt, state,
-                         parent_run_id, created_at)
-VALUES (:id, :agent, :trigger_kind, :trigger_detail, :prompt, :state,
-        :parent_run_id, :created_at)
-RETURNING *
-
--- name: get_run
-SELECT * FROM corral_runs WHERE id = :id
-
--- name: mark_run_running
-UPDATE corral_runs
-SET state = 'running', started_at = :started_at, pid = :pid, host = :host
-WHERE id = :id AND state = 'starting'
-RETURNING *
-
--- name: finish_run
-UPDATE corral_runs
-SET state = :state, exit_code = :exit_code, error = :error, ended_at = :ended_at
-WHERE id = :id AND state IN ('starting', 'running')
-RETURNING *
-
--- name: finish_unqueued_run
--- finish_run for a run outside the queue; a claimed run ends with finalize.
-UPDATE corral_runs
-SET state = :state, exit_code = :exit_code, error = :error, ended_at = :ended_at
-WHERE id = :id AND state IN ('starting', 'running') AND item_id IS NULL
-RETURNING *
-
--- name: set_run_status
-UPDATE corral_runs SET status_text = :status_text WHERE id = :id
 
 -- name: list_runs
 SELECT * FROM corral_runs
@@ -72,12 +35,6 @@ WHERE state IN ('queued', 'starting', 'running')
 ORDER BY created_at DESC, id DESC
 LIMIT :limit
 
--- name: count_runs
-SELECT count(*) AS n FROM corral_runs
-
--- name: count_agent_runs
-SELECT count(*) AS n FROM corral_runs WHERE agent = :agent
-
 -- name: prune_runs
 -- One batch of retention: at most :batch runs that ended before :older_than, oldest first.
 DELETE FROM corral_runs
@@ -99,20 +56,9 @@ WHERE id IN (SELECT id FROM corral_queue INDEXED BY corral_queue_finished
 -- No lock clause: the transaction's BEGIN IMMEDIATE already excludes every other writer.
 SELECT * FROM corral_project WHERE id = 1
 
--- name: get_project
-SELECT * FROM corral_project WHERE id = 1
-
--- name: update_project
-UPDATE corral_project
-SET scale_cap = :scale_cap, max_attempts = :max_attempts, max_reruns = :max_reruns,
-    daily_cost_cap = :daily_cost_cap, updated_at = :now
-WHERE id = 1
-
--- name: set_project_paused
-UPDATE corral_project SET paused = :paused, updated_at = :now WHERE id = 1
-
 -- name: next_fences
--- Reserve :n fencing tokens; they are (fence_counter - :n, fence_counter].
+-- Reserve :n fencing tokens; they are (fence_counter - :n, fence_counter] (writers are
+-- serialised, so the project row is no contended lock here).
 UPDATE corral_project SET fence_counter = fence_counter + :n WHERE id = 1
 RETURNING fence_counter
 
@@ -128,156 +74,100 @@ SET scale = excluded.scale, queue_size = excluded.queue_size,
 UPDATE corral_agents SET present = 0, updated_at = :now
 WHERE present = 1 AND agent NOT IN (SELECT value FROM json_each(:agents))
 
--- name: get_agent
-SELECT * FROM corral_agents WHERE agent = :agent
-
--- name: set_agent_scale
-UPDATE corral_agents SET scale = :scale, updated_at = :now WHERE agent = :agent
-
--- name: set_agent_paused
-UPDATE corral_agents SET paused = :paused, updated_at = :now WHERE agent = :agent
-
--- name: set_agent_enabled
-UPDATE corral_agents SET enabled = :enabled, updated_at = :now WHERE agent = :agent
-
--- name: agent_states
+-- name: lock_agent_state
+-- agent_state in a writing transaction (BEGIN IMMEDIATE already excludes every other
+-- writer: no lock clause). bound: the never-tried queued items, the queue bound's count.
 SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present, a.daily_cost_cap,
-       (SELECT count(*) FROM corral_queue q
-        WHERE q.agent = a.agent AND q.state = 'queued') AS queued,
-       (SELECT count(*) FROM corral_queue q
-        WHERE q.agent = a.agent AND q.state = 'claimed') AS active
-FROM corral_agents a
-ORDER BY a.agent
-
--- name: agent_state
-SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present, a.daily_cost_cap,
-       (SELECT count(*) FROM corral_queue q
-        WHERE q.agent = a.agent AND q.state = 'queued') AS queued,
-       (SELECT count(*) FROM corral_queue q
-        WHERE q.agent = a.agent AND q.state = 'claimed') AS active
+       a.queued + a.requeued AS queued, a.running AS active, a.queued AS bound
 FROM corral_agents a
 WHERE a.agent = :agent
-
--- name: find_dedupe
-SELECT * FROM corral_queue WHERE dedupe_key = :dedupe_key
 
 -- name: find_dedupe_any
 -- The item stored under any of :keys (a key and its aliases), oldest first.
 SELECT * FROM corral_queue WHERE dedupe_key IN (SELECT value FROM json_each(:keys))
 ORDER BY id LIMIT 1
 
--- name: count_queued
--- The items that count against the queue bound: queued and never tried. An item given
--- back after a lost lease (attempts > 0) is outside the bound and never dropped for newer.
-SELECT count(*) AS n FROM corral_queue
-WHERE agent = :agent AND state = 'queued' AND attempts = 0
-
--- name: drop_oldest
-UPDATE corral_queue
-SET state = 'dropped', reason = :reason, finished_at = :now
-WHERE id IN (SELECT id FROM corral_queue
-             WHERE agent = :agent AND state = 'queued' AND attempts = 0
-             ORDER BY id LIMIT :n)
-RETURNING *
-
--- name: insert_item
-INSERT INTO corral_queue (agent, trigger_kind, trigger_detail, prompt, parent_run_id,
-                          rerun_count, dedupe_key, state, reason, enqueued_at,
-                          finished_at, max_attempts)
-VALUES (:agent, :trigger_kind, :trigger_detail, :prompt, :parent_run_id,
-        :rerun_count, :dedupe_key, :state, :reason, :now,
-        :finished_at, :max_attempts)
-RETURNING *
-
--- name: count_active
--- INDEXED BY (here and below): without statistics SQLite otherwise walks the whole of
--- corral_queue_agent_state, every item ever queued, to find the few claimed ones.
-SELECT count(*) AS n FROM corral_queue INDEXED BY corral_queue_claimed WHERE state = 'claimed'
-
 -- name: claimable
--- Oldest queued items first, per agent at most (scale - active claims of the agent),
--- across agents in id (FIFO) order; the caller passes the project's free slots as limit.
-WITH active AS (
-    SELECT agent, count(*) AS n FROM corral_queue INDEXED BY corral_queue_claimed
-    WHERE state = 'claimed' GROUP BY agent
-),
-ranked AS (
-    SELECT q.id, q.agent, q.lease_owner, q.lease_expires_at,
-           row_number() OVER (PARTITION BY q.agent ORDER BY q.id) AS position,
-           a.scale - coalesce(active.n, 0) AS free
-    FROM corral_queue q
-    JOIN corral_agents a ON a.agent = q.agent
-    LEFT JOIN active ON active.agent = q.agent
-    WHERE q.state = 'queued' AND a.present = 1 AND a.enabled = 1 AND a.paused = 0
-)
+-- Up to :limit items to claim, fair across agents: round robin, each agent's oldest
+-- first, agents in the order of their oldest waiting item (so one agent's burst of a
+-- thousand holds no other agent's item back more than one batch). Per agent at most
+-- scale - running (the counters, 0012): only agents with work and a free slot are read.
 -- An item reserved for a `corral run` in the foreground (a queued item with an unexpired
 -- lease) keeps its place in line, but only its owner may claim it.
-SELECT id, agent FROM ranked
+WITH candidates AS (
+    SELECT a.agent, a.scale - a.running AS free
+    FROM corral_agents a
+    WHERE a.present = 1 AND a.enabled = 1 AND a.paused = 0 AND a.running < a.scale
+      AND a.queued + a.requeued > 0
+),
+picked AS (
+    SELECT q.id, q.agent, q.trigger_kind, q.lease_owner, q.lease_expires_at,
+           row_number() OVER (PARTITION BY q.agent ORDER BY q.id) AS position, c.free
+    FROM candidates c
+    JOIN corral_queue q INDEXED BY corral_queue_queued
+      ON q.agent = c.agent AND q.state = 'queued'
+)
+SELECT id, agent, trigger_kind FROM picked
 WHERE position <= free AND (lease_owner IS NULL OR lease_expires_at < :now)
-ORDER BY id LIMIT :limit
+ORDER BY position, id
+LIMIT :limit
 
 -- name: claimable_item
 -- One given item, if its agent may take it now (FIFO order aside: it was asked for).
-SELECT q.id, q.agent
+SELECT q.id, q.agent, q.trigger_kind
 FROM corral_queue q
 JOIN corral_agents a ON a.agent = q.agent
 WHERE q.id = :item_id AND q.state = 'queued'
   AND (q.lease_owner IS NULL OR q.lease_owner = :owner OR q.lease_expires_at < :now)
-  AND a.present = 1 AND a.enabled = 1 AND a.paused = 0
-  AND a.scale > (SELECT count(*) FROM corral_queue c
-                 WHERE c.agent = q.agent AND c.state = 'claimed')
+  AND a.present = 1 AND a.enabled = 1 AND a.paused = 0 AND a.running < a.scale
 
--- name: insert_claim_run
+-- name: insert_claim_runs
+-- The runs of a batch of claims, in one statement: plan is a JSON array of
+-- {item_id, run_id, fence}.
+WITH p AS (
+    SELECT json_extract(value, '$.item_id') AS item_id,
+           json_extract(value, '$.run_id') AS run_id,
+           json_extract(value, '$.fence') AS fence
+    FROM json_each(:plan)
+)
 INSERT INTO corral_runs (id, agent, trigger_kind, trigger_detail, prompt, state,
                          parent_run_id, created_at, item_id, fence, attempt, owner)
-SELECT :run_id, agent, trigger_kind, trigger_detail, prompt, 'starting',
-       parent_run_id, :now, id, :fence, attempts + 1, :owner
-FROM corral_queue WHERE id = :item_id AND state = 'queued'
+SELECT p.run_id, q.agent, q.trigger_kind, q.trigger_detail, q.prompt, 'starting',
+       q.parent_run_id, :now, q.id, p.fence, q.attempts + 1, :owner
+FROM p JOIN corral_queue q ON q.id = p.item_id AND q.state = 'queued'
+WHERE true
 RETURNING *
 
--- name: claim_item
+-- name: claim_items
+-- The items of a batch of claims, in one statement (plan as insert_claim_runs).
+WITH p AS (
+    SELECT json_extract(value, '$.item_id') AS item_id,
+           json_extract(value, '$.run_id') AS run_id,
+           json_extract(value, '$.fence') AS fence
+    FROM json_each(:plan)
+)
 UPDATE corral_queue
 SET state = 'claimed', claimed_at = :now, attempts = attempts + 1, lease_owner = :owner,
-    lease_expires_at = :expires_at, fence = :fence, run_id = :run_id
-WHERE id = :item_id AND state = 'queued'
+    lease_expires_at = :expires_at, fence = p.fence, run_id = p.run_id
+FROM p
+WHERE corral_queue.id = p.item_id AND corral_queue.state = 'queued'
 RETURNING *
 
--- name: renew_leases
-UPDATE corral_queue SET lease_expires_at = :expires_at
-WHERE state = 'claimed' AND lease_owner = :owner
+-- name: start_claimed_calls
+-- The calls whose items a batch just claimed now run as the claims' runs.
+WITH p AS (
+    SELECT json_extract(value, '$.item_id') AS item_id,
+           json_extract(value, '$.run_id') AS run_id
+    FROM json_each(:plan)
+)
+UPDATE corral_calls SET state = 'running', callee_run_id = p.run_id
+FROM p
+WHERE corral_calls.item_id = p.item_id AND corral_calls.state IN ('pending', 'running')
 
 -- name: renew_run_leases
 UPDATE corral_queue SET lease_expires_at = :expires_at
 WHERE state = 'claimed' AND lease_owner = :owner
   AND run_id IN (SELECT value FROM json_each(:run_ids))
-
--- name: reserve_item
--- A queued item only ``owner`` may claim until ``expires_at`` (`corral run` in the
--- foreground); claiming it, or a requeue, replaces the reservation.
-UPDATE corral_queue SET lease_owner = :owner, lease_expires_at = :expires_at
-WHERE id = :id AND state = 'queued'
-RETURNING *
-
--- name: release_item
--- A run interrupted by a shutdown: its item goes back to the queue in its old place
--- (its id). The attempt counts, as a lost one does, so the item stays outside the queue
--- bound and is never dropped to make room.
-UPDATE corral_queue
-SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
-WHERE id = :item_id AND state = 'claimed' AND fence = :fence
-RETURNING *
-
--- name: heartbeat_scheduler
-UPDATE corral_schedulers SET heartbeat_at = :now WHERE id = :id
-
--- name: finish_item
-UPDATE corral_queue
-SET state = 'done', finished_at = :now, lease_expires_at = NULL
-WHERE id = :item_id AND state = 'claimed' AND fence = :fence
-RETURNING *
-
--- name: get_item
-SELECT * FROM corral_queue WHERE id = :id
 
 -- name: lapsed_items
 SELECT * FROM corral_queue INDEXED BY corral_queue_claimed
@@ -289,33 +179,10 @@ SELECT * FROM corral_queue INDEXED BY corral_queue_claimed
 WHERE state = 'claimed' AND lease_owner = :owner
 ORDER BY id
 
--- name: requeue_item
-UPDATE corral_queue
-SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
-WHERE id = :id AND state = 'claimed'
-RETURNING *
-
--- name: fail_item
-UPDATE corral_queue
-SET state = 'failed', reason = :reason, finished_at = :now, lease_expires_at = NULL
-WHERE id = :id AND state = 'claimed'
-RETURNING *
-
 -- name: request_rerun
 UPDATE corral_runs SET rerun_requested = 1
 WHERE id = :id AND state IN ('queued', 'starting', 'running')
 RETURNING *
-
--- name: request_kill
-UPDATE corral_runs SET kill_requested_at = coalesce(kill_requested_at, :now)
-WHERE id = :id AND state IN ('queued', 'starting', 'running')
-RETURNING *
-
--- name: kill_requests
-SELECT * FROM corral_runs
-WHERE owner = :owner AND kill_requested_at IS NOT NULL
-  AND state IN ('queued', 'starting', 'running')
-ORDER BY created_at, id
 
 -- name: list_items
 SELECT * FROM corral_queue
@@ -343,22 +210,6 @@ WHERE agent = :agent AND state IN (SELECT value FROM json_each(:states))
 ORDER BY id DESC
 LIMIT :limit
 
--- name: register_scheduler
-INSERT INTO corral_schedulers (id, host, pid, started_at, heartbeat_at, state, gateway_url)
-VALUES (:id, :host, :pid, :now, :now, 'running', :gateway_url)
-RETURNING *
-
--- name: set_scheduler_state
-UPDATE corral_schedulers SET state = :state, heartbeat_at = :now WHERE id = :id
-
--- name: list_schedulers
-SELECT * FROM corral_schedulers ORDER BY started_at, id
-
--- name: list_live_schedulers
-SELECT * FROM corral_schedulers
-WHERE state IN ('running', 'draining') AND heartbeat_at >= :since
-ORDER BY started_at, id
-
 -- name: lock_key
 -- Serialise the takers of one lock key. Nothing to do: BEGIN IMMEDIATE already excludes
 -- every other writer.
@@ -371,104 +222,6 @@ SELECT id, state FROM corral_runs WHERE id = :run_id
 -- Lock tokens share the fence counter: strictly increasing across the whole store.
 UPDATE corral_project SET fence_counter = fence_counter + 1 WHERE id = 1
 RETURNING fence_counter AS token
-
--- name: acquire_lock
--- Free -> inserted; expired or held by the same run -> updated (the same run keeps its
--- token and acquired_at); held unexpired by another run -> no row returned.
-INSERT INTO corral_locks (key, run_id, token, acquired_at, expires_at)
-VALUES (:key, :run_id, :token, :now, :expires_at)
-ON CONFLICT (key) DO UPDATE
-SET token = CASE WHEN corral_locks.run_id = excluded.run_id
-                 THEN corral_locks.token ELSE excluded.token END,
-    acquired_at = CASE WHEN corral_locks.run_id = excluded.run_id
-                       THEN corral_locks.acquired_at ELSE excluded.acquired_at END,
-    run_id = excluded.run_id,
-    expires_at = excluded.expires_at
-WHERE corral_locks.expires_at <= excluded.acquired_at
-   OR corral_locks.run_id = excluded.run_id
-RETURNING *
-
--- name: lock_holder
-SELECT * FROM corral_locks WHERE key = :key
-
--- name: release_lock
-DELETE FROM corral_locks WHERE key = :key AND run_id = :run_id
-
--- name: heartbeat_lock
-UPDATE corral_locks SET expires_at = :expires_at
-WHERE key = :key AND run_id = :run_id
-RETURNING expires_at
-
--- name: list_locks
-SELECT l.key, l.run_id, r.agent, l.token, l.acquired_at, l.expires_at
-FROM corral_locks l JOIN corral_runs r ON r.id = l.run_id
-ORDER BY l.key
-
--- name: get_lock
-SELECT l.key, l.run_id, r.agent, l.token, l.acquired_at, l.expires_at
-FROM corral_locks l JOIN corral_runs r ON r.id = l.run_id
-WHERE l.key = :key
-
--- name: delete_lock
-DELETE FROM corral_locks WHERE key = :key AND token = :token
-
--- name: release_run_locks
--- Every lock of a run that ended, released; the keys come back so waiters can be served.
-DELETE FROM corral_locks WHERE run_id = :run_id
-RETURNING key
-
--- name: release_lock_returning
-DELETE FROM corral_locks WHERE key = :key AND run_id = :run_id
-RETURNING key
-
--- name: head_waiter
--- The first live waiter for a key whose wait has not expired: the next holder.
-SELECT w.* FROM corral_lock_waits w JOIN corral_runs r ON r.id = w.run_id
-WHERE w.key = :key AND w.deadline > :now AND r.state IN ('starting', 'running')
-ORDER BY w.id
-LIMIT 1
-
--- name: hand_over_lock
-INSERT INTO corral_locks (key, run_id, token, acquired_at, expires_at)
-VALUES (:key, :run_id, :token, :now, :expires_at)
-ON CONFLICT (key) DO UPDATE
-SET run_id = excluded.run_id, token = excluded.token,
-    acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
-RETURNING *
-
--- name: get_wait
-SELECT * FROM corral_lock_waits WHERE key = :key AND run_id = :run_id
-
--- name: insert_wait
-INSERT INTO corral_lock_waits (key, run_id, since, deadline, ttl_seconds)
-VALUES (:key, :run_id, :now, :deadline, :ttl_seconds)
-RETURNING *
-
--- name: delete_wait
-DELETE FROM corral_lock_waits WHERE key = :key AND run_id = :run_id
-
--- name: delete_run_waits
-DELETE FROM corral_lock_waits WHERE run_id = :run_id
-
--- name: list_waits
-SELECT * FROM corral_lock_waits WHERE deadline > :now ORDER BY key, id
-
--- name: lock_wait_edges
--- The lock half of the wait-for graph: each live waiter waits for the key's holder,
--- unless that lock expired (the waiter takes it at its next step).
-SELECT w.run_id AS waiter, w.key AS via, l.run_id AS holder
-FROM corral_lock_waits w
-JOIN corral_locks l ON l.key = w.key
-JOIN corral_runs r ON r.id = w.run_id
-WHERE w.deadline > :now AND r.state IN ('starting', 'running') AND l.run_id <> w.run_id
-  AND l.expires_at > :now
-
--- name: call_wait_edges
--- The call half: a caller in al-subagent-wait waits for the run answering its call.
-SELECT caller_run_id AS waiter, id AS via, callee_run_id AS holder
-FROM corral_calls
-WHERE waiting_since IS NOT NULL AND state IN ('pending', 'running')
-  AND callee_run_id IS NOT NULL
 
 -- name: lock_wait_graph
 -- Serialise cycle checks with one another. Nothing to do: BEGIN IMMEDIATE already
@@ -487,108 +240,16 @@ SET since = CASE WHEN corral_lock_wants.key = excluded.key
     key = excluded.key,
     expires_at = excluded.expires_at
 
--- name: delete_run_wants
-DELETE FROM corral_lock_wants WHERE run_id = :run_id
-
--- name: list_wants
-SELECT * FROM corral_lock_wants WHERE expires_at > :now ORDER BY key, since, run_id
-
--- name: lock_want_edges
--- The try-lock half of the wait-for graph: a live run whose unexpired want names a key
--- another run holds (unexpired) waits for that run.
-SELECT w.run_id AS waiter, w.key AS via, l.run_id AS holder
-FROM corral_lock_wants w
-JOIN corral_locks l ON l.key = w.key
-JOIN corral_runs r ON r.id = w.run_id
-WHERE w.expires_at > :now AND r.state IN ('starting', 'running') AND l.run_id <> w.run_id
-  AND l.expires_at > :now
-
--- name: clear_run_call_waits
-UPDATE corral_calls SET waiting_since = NULL
-WHERE caller_run_id = :run_id AND waiting_since IS NOT NULL
-
--- name: insert_call
-INSERT INTO corral_calls (id, caller_run_id, caller_agent, target_agent, depth, context,
-                          item_id, state, created_at)
-VALUES (:id, :caller_run_id, :caller_agent, :target_agent, :depth, :context,
-        :item_id, 'pending', :now)
-RETURNING *
-
--- name: get_call
-SELECT * FROM corral_calls WHERE id = :id
-
--- name: list_calls
-SELECT * FROM corral_calls ORDER BY created_at DESC, id DESC LIMIT :limit
-
--- name: depth_of_run
--- The depth of the call a run answers (none: the run was not called).
-SELECT depth FROM corral_calls WHERE callee_run_id = :run_id
-
--- name: start_call
-UPDATE corral_calls SET state = 'running', callee_run_id = :run_id
-WHERE item_id = :item_id AND state IN ('pending', 'running')
-
--- name: answer_call
-UPDATE corral_calls
-SET state = :state, return_value = :return_value, error = :error, ended_at = :now,
-    waiting_since = NULL
-WHERE callee_run_id = :run_id AND state IN ('pending', 'running')
-RETURNING *
-
--- name: requeue_call
-UPDATE corral_calls SET state = 'pending', callee_run_id = NULL
-WHERE item_id = :item_id AND state IN ('pending', 'running')
-
--- name: fail_item_calls
-UPDATE corral_calls
-SET state = 'error', error = :error, ended_at = :now, waiting_since = NULL
-WHERE item_id = :item_id AND state IN ('pending', 'running')
-RETURNING *
-
--- name: set_call_waiting
-UPDATE corral_calls SET waiting_since = :since
-WHERE id = :id AND caller_run_id = :caller_run_id
-
--- name: set_run_secret
-UPDATE corral_runs SET secret_hash = :secret_hash
-WHERE id = :id AND state IN ('starting', 'running')
-RETURNING *
-
--- name: run_by_secret
-SELECT * FROM corral_runs WHERE secret_hash = :secret_hash
-
--- name: set_run_status_live
-UPDATE corral_runs SET status_text = :status_text, status_at = :now
-WHERE id = :id AND state IN ('starting', 'running')
-RETURNING *
-
--- name: set_return_value
-UPDATE corral_runs SET return_value = :return_value
-WHERE id = :id AND state IN ('starting', 'running')
-RETURNING *
-
--- name: request_exit
-UPDATE corral_runs SET exit_requested = :code
-WHERE id = :id AND state IN ('starting', 'running')
-RETURNING *
-
--- name: insert_audit
-INSERT INTO corral_audit (at, actor, action, subject, detail)
-VALUES (:now, :actor, :action, :subject, :detail)
-RETURNING *
-
--- name: list_audit
-SELECT * FROM corral_audit ORDER BY id DESC LIMIT :limit
-
--- name: record_usage
--- A built-in run's totals so far (absolute, so a repeated write changes nothing); the
--- budget that stopped it, once one did.
-UPDATE corral_runs
-SET input_tokens = :input_tokens, output_tokens = :output_tokens,
-    cache_read_tokens = :cache_read_tokens, cache_write_tokens = :cache_write_tokens,
-    cost_usd = :cost_usd, budget = COALESCE(:budget, budget)
-WHERE id = :id
-RETURNING *
+-- name: lock_project_for_call
+-- The project row locked as ``lock_project`` does, with what a call needs of its
+-- caller (state, agent, the depth of the call it answers, if any): the first three
+-- statements of ``create_call`` as one. caller_state is NULL for an unknown run.
+-- No lock clause: BEGIN IMMEDIATE already excludes every other writer.
+SELECT p.*, r.state AS caller_state, r.agent AS caller_agent,
+    (SELECT c.depth FROM corral_calls c WHERE c.callee_run_id = r.id LIMIT 1)
+        AS caller_depth
+FROM corral_project p LEFT JOIN corral_runs r ON r.id = :run_id
+WHERE p.id = 1
 
 -- name: spend_since
 -- Dollars spent by runs created at or after :since (one agent's, or the project's).
@@ -608,25 +269,6 @@ WHERE created_at >= :since AND (:agent IS NULL OR agent = :agent)
 GROUP BY substr(created_at, 1, 10), agent
 ORDER BY day DESC, agent
 
--- name: find_receipt_delivery
--- The receipt that took this delivery id for its source (accepted or ping), if any.
-SELECT * FROM corral_webhook_receipts
-WHERE source = :source AND delivery_id = :delivery_id AND replay_of IS NULL
-  AND outcome IN ('accepted', 'ping')
-
--- name: insert_receipt
-INSERT INTO corral_webhook_receipts
-    (id, source, event, delivery_id, received_at, headers, body, body_size, body_truncated,
-     verified, verification, outcome, error, results, replay_of, duplicate_of,
-     repeat_key)
-VALUES (:id, :source, :event, :delivery_id, :received_at, :headers, :body, :body_size,
-        :body_truncated, :verified, :verification, :outcome, :error, :results, :replay_of,
-        :duplicate_of,
-        :repeat_key)
-
--- name: get_receipt
-SELECT * FROM corral_webhook_receipts WHERE id = :id
-
 -- name: list_receipts
 -- Newest first; each filter applies only when its parameter is not NULL.
 SELECT * FROM corral_webhook_receipts
@@ -636,85 +278,7 @@ WHERE (:source IS NULL OR source = :source)
 ORDER BY received_at DESC, id DESC
 LIMIT :limit
 
--- name: prune_receipts
--- Every receipt received before older_than; a stranger's (0009) before strangers_before.
-DELETE FROM corral_webhook_receipts
-WHERE received_at < :older_than
-   OR (repeat_key IS NOT NULL AND received_at < :strangers_before)
-
--- name: prune_stranger_receipts
-DELETE FROM corral_webhook_receipts
-WHERE repeat_key IS NOT NULL AND received_at < :strangers_before
-
--- name: recent_repeats
--- A stranger's receipts of one kind since a time: how many, and the newest.
-SELECT count(*) AS n, max(received_at) AS newest FROM corral_webhook_receipts
-WHERE repeat_key = :repeat_key AND received_at >= :since
-
--- name: count_repeat
--- Count one more delivery on the newest receipt of a kind (recent_repeats' newest).
-UPDATE corral_webhook_receipts
-SET repeats = repeats + 1, last_repeat_at = :now
-WHERE id = (
-    SELECT id FROM corral_webhook_receipts
-    WHERE repeat_key = :repeat_key AND received_at >= :since
-    ORDER BY received_at DESC, id DESC
-    LIMIT 1
-)
-RETURNING *
-
--- Operator tokens (0007) ------------------------------------------------------------------
-
--- name: insert_operator_token
--- Nothing when the name is taken (live or revoked) or the hash is.
-INSERT INTO corral_operator_tokens (name, token_hash, created_at)
-VALUES (:name, :token_hash, :now)
-ON CONFLICT DO NOTHING
-RETURNING *
-
--- name: get_operator_token
-SELECT * FROM corral_operator_tokens WHERE name = :name
-
--- name: list_operator_tokens
-SELECT * FROM corral_operator_tokens ORDER BY created_at, name
-
--- name: revoke_operator_token
-UPDATE corral_operator_tokens SET revoked_at = :now
-WHERE name = :name AND revoked_at IS NULL
-RETURNING *
-
--- name: find_operator_token
-SELECT * FROM corral_operator_tokens WHERE token_hash = :token_hash
-
--- name: touch_operator_token
-UPDATE corral_operator_tokens SET last_used_at = :now WHERE name = :name
-
--- name: count_live_operator_tokens
-SELECT count(*) AS n FROM corral_operator_tokens WHERE revoked_at IS NULL
-
 -- /metrics ------------------------------------------------------------------------------
-
--- name: metrics_runs_since
--- Runs that started or ended at or after since, with when their item was queued.
-SELECT r.*, q.enqueued_at AS item_enqueued_at
-FROM corral_runs r LEFT JOIN corral_queue q ON q.id = r.item_id
-WHERE r.ended_at >= :since OR r.started_at >= :since
-
--- name: metrics_items_set_aside_since
-SELECT * FROM corral_queue
-WHERE state IN ('dropped', 'rejected') AND finished_at >= :since
-
--- name: prune_request_keys
--- Idempotency keys past their time (see 0008); every keyed request prunes them first.
-DELETE FROM corral_request_keys WHERE expires_at < :now
-
--- name: find_request_key
-SELECT * FROM corral_request_keys WHERE key = :key
-
--- name: insert_request_key
-INSERT INTO corral_request_keys
-    (key, fingerprint, agent, item_id, dropped, created_at, expires_at)
-VALUES (:key, :fingerprint, :agent, :item_id, :dropped, :now, :expires_at)
 
 -- name: bound_lock_waits
 -- A request's transaction waits this long at most for a row lock (SQLite: the file's

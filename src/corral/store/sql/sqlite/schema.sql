@@ -86,7 +86,11 @@ CREATE TABLE corral_agents (
     present INTEGER NOT NULL DEFAULT 1 CHECK (present IN (0, 1)),
     updated_at TEXT NOT NULL,
     daily_cost_cap REAL
-        CHECK (daily_cost_cap IS NULL OR daily_cost_cap >= 0)
+        CHECK (daily_cost_cap IS NULL OR daily_cost_cap >= 0),
+    -- 0012: kept by triggers on corral_queue (below)
+    queued INTEGER NOT NULL DEFAULT 0,
+    requeued INTEGER NOT NULL DEFAULT 0,
+    running INTEGER NOT NULL DEFAULT 0
 );
 
 -- AUTOINCREMENT: ids are never reused, so id order is arrival (FIFO) order for good.
@@ -290,3 +294,40 @@ CREATE INDEX corral_queue_finished ON corral_queue (finished_at)
 
 CREATE INDEX corral_queue_open ON corral_queue (id)
     WHERE state IN ('queued', 'claimed');
+
+-- Queue counters (0012): corral_agents.queued / requeued / running, kept by triggers.
+CREATE TRIGGER corral_queue_count_insert AFTER INSERT ON corral_queue
+WHEN NEW.state IN ('queued', 'claimed')
+BEGIN
+    UPDATE corral_agents
+    SET queued = queued + (NEW.state = 'queued' AND NEW.attempts = 0),
+        requeued = requeued + (NEW.state = 'queued' AND NEW.attempts > 0),
+        running = running + (NEW.state = 'claimed')
+    WHERE agent = NEW.agent;
+END;
+
+CREATE TRIGGER corral_queue_count_update AFTER UPDATE OF state, attempts, agent ON corral_queue
+WHEN OLD.state IS NOT NEW.state OR OLD.attempts IS NOT NEW.attempts
+     OR OLD.agent IS NOT NEW.agent
+BEGIN
+    UPDATE corral_agents
+    SET queued = queued - (OLD.state = 'queued' AND OLD.attempts = 0),
+        requeued = requeued - (OLD.state = 'queued' AND OLD.attempts > 0),
+        running = running - (OLD.state = 'claimed')
+    WHERE agent = OLD.agent AND OLD.state IN ('queued', 'claimed');
+    UPDATE corral_agents
+    SET queued = queued + (NEW.state = 'queued' AND NEW.attempts = 0),
+        requeued = requeued + (NEW.state = 'queued' AND NEW.attempts > 0),
+        running = running + (NEW.state = 'claimed')
+    WHERE agent = NEW.agent AND NEW.state IN ('queued', 'claimed');
+END;
+
+CREATE TRIGGER corral_queue_count_delete AFTER DELETE ON corral_queue
+WHEN OLD.state IN ('queued', 'claimed')
+BEGIN
+    UPDATE corral_agents
+    SET queued = queued - (OLD.state = 'queued' AND OLD.attempts = 0),
+        requeued = requeued - (OLD.state = 'queued' AND OLD.attempts > 0),
+        running = running - (OLD.state = 'claimed')
+    WHERE agent = OLD.agent;
+END;

@@ -1,0 +1,526 @@
+"""The store's concerns, each a protocol: what a caller that needs one concern may call.
+
+``Store`` is one object assembled from parts (``_queue``, ``_leases``, ``_locks`` …, see
+``corral.store._base``); this module says which of its public methods belong to which
+concern, so that a caller can ask for only what it uses and a reader can see the shape:
+
+    QueueStore     intake and claims: enqueue (bounds, dedupe, rejections), claim, items
+    LeaseStore     a claimed item's life: reserve, renew, release, finalise, recover,
+                   kill and rerun requests (the scheduler's supervisor)
+    RunStore       run records and what a run says about itself (status, exit, return
+                   value, its secret), history and its retention
+    LockStore      resource locks: try-lock, waits, heartbeat, release, operator release
+    CallStore      agent-to-agent calls and waits on them
+    WebhookStore   webhook receipts: a delivery recorded with the items it queued
+    UsageStore     tokens and dollars per run and day, and the daily caps
+    ControlStore   the project's live control state (agents, scale, pause, enable), the
+                   scheduler registry, and the operators' audit log
+    TokenStore     operator tokens, kept by their hash
+    MetricsStore   what /metrics reads since its previous scrape
+    ChangeStore    wake-ups: wait until a topic may have changed
+    StoreLifecycle opening, closing, migrating
+
+Two more protocols describe what the concern parts are written over and how they reach
+one another; no caller outside the store should need them:
+
+    StoreBackend      transactions, named statements, value encoding, the clock, rows to
+                      records, the project lock and the in-transaction audit entry
+    TransactionHooks  steps one part runs inside another part's transaction: a run's
+                      locks released when it ends (locks, called by leases and runs),
+                      the wait-for graph searched (locks, called by calls), a call
+                      started, re-queued, failed or settled with its callee (calls,
+                      called by queue and leases), a claim's cost cap (usage, called by
+                      queue). These are the seams between parts: each is listed here,
+                      once, with its signature, instead of as an abstract method
+                      declared in one part and implemented in another.
+
+Every public method of ``Store`` belongs to exactly one of these protocols
+(tests/store/test_protocols.py checks that, and that both backends satisfy each with
+the same signatures), so a new store method has to be placed in one. The protocols are
+``runtime_checkable``; their annotations are real imports, so ``inspect.signature(...,
+eval_str=True)`` resolves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
+
+from corral.store._core import Params, Row, Transaction
+from corral.store._locks import WANT_SECONDS
+from corral.store._notify import Changes
+from corral.store._queue import Overflow
+from corral.store.records import (
+    AgentSpec,
+    AgentState,
+    AuditEntry,
+    Call,
+    CallRefusal,
+    Claim,
+    Deadlock,
+    EnqueueResult,
+    FinalizeResult,
+    ItemState,
+    Lock,
+    LockGrant,
+    LockHeld,
+    LockWaiter,
+    MigrationStatus,
+    NewItem,
+    NewReceipt,
+    NewRun,
+    OperatorToken,
+    ProjectState,
+    QueueItem,
+    Receipt,
+    ReceiptOutcome,
+    Recovered,
+    Run,
+    RunState,
+    SchedulerInfo,
+    SchedulerState,
+    UsageTotal,
+)
+
+__all__ = [
+    "CONCERNS",
+    "CallStore",
+    "ChangeStore",
+    "ControlStore",
+    "LeaseStore",
+    "LockStore",
+    "MetricsStore",
+    "QueueStore",
+    "RunStore",
+    "StoreBackend",
+    "StoreLifecycle",
+    "TokenStore",
+    "TransactionHooks",
+    "UsageStore",
+    "WebhookStore",
+]
+
+_T = TypeVar("_T")
+
+
+@runtime_checkable
+class QueueStore(Protocol):
+    """Intake and claims (``_queue``): one bounded FIFO per agent."""
+
+    async def enqueue(
+        self, new: NewItem, *, overflow: Overflow = "drop_oldest"
+    ) -> EnqueueResult: ...
+
+    async def enqueue_request(
+        self,
+        new: NewItem,
+        *,
+        actor: str,
+        key: str | None = None,
+        action: str = "run.trigger",
+        overflow: Overflow = "drop_oldest",
+    ) -> EnqueueResult: ...
+
+    async def claim(
+        self, owner: str, *, lease_seconds: float, limit: int, item_id: int | None = None
+    ) -> list[Claim]: ...
+
+    async def get_item(self, item_id: int) -> QueueItem | None: ...
+
+    async def list_items(
+        self,
+        *,
+        agent: str | None = None,
+        states: Collection[ItemState] | None = None,
+        limit: int = 100,
+    ) -> list[QueueItem]: ...
+
+    async def prune_items(self, older_than: datetime) -> int: ...
+
+
+@runtime_checkable
+class LeaseStore(Protocol):
+    """A claimed item's life under its lease (``_leases``): the supervisor's concern."""
+
+    async def reserve(self, item_id: int, owner: str, *, seconds: float) -> QueueItem | None: ...
+
+    async def enqueue_reserved(
+        self, new: NewItem, *, owner: str, seconds: float
+    ) -> EnqueueResult: ...
+
+    async def renew_leases(
+        self, owner: str, *, lease_seconds: float, run_ids: Collection[str] | None = None
+    ) -> int: ...
+
+    async def release(self, run_id: str, *, fence: int, reason: str) -> Run: ...
+
+    async def release_owner(self, owner: str, *, reason: str) -> list[Recovered]: ...
+
+    async def recover_lapsed(self) -> list[Recovered]: ...
+
+    async def finalize(
+        self,
+        run_id: str,
+        *,
+        fence: int,
+        state: RunState,
+        exit_code: int | None,
+        error: str | None = None,
+        reserve_rerun_for: str | None = None,
+    ) -> FinalizeResult: ...
+
+    async def kill_requests(self, owner: str) -> list[Run]: ...
+
+    async def request_kill(self, run_id: str) -> Run: ...
+
+    async def request_rerun(self, run_id: str) -> Run: ...
+
+
+@runtime_checkable
+class RunStore(Protocol):
+    """Run records (``_base``) and what a run says about itself (``_calls``: status,
+    exit, return value; its secret's hash), history and its retention."""
+
+    async def create_run(self, new: NewRun) -> Run: ...
+
+    async def mark_run_running(self, run_id: str, *, pid: int | None, host: str | None) -> Run: ...
+
+    async def finish_run(
+        self, run_id: str, *, state: RunState, exit_code: int | None, error: str | None = None
+    ) -> Run: ...
+
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    async def list_runs(
+        self,
+        *,
+        agent: str | None = None,
+        limit: int = 50,
+        states: Collection[RunState] | None = None,
+        since: datetime | None = None,
+    ) -> list[Run]: ...
+
+    async def count_runs(self, *, agent: str | None = None) -> int: ...
+
+    async def set_run_status(self, run_id: str, text: str) -> None: ...
+
+    async def prune_runs(self, older_than: datetime) -> int: ...
+
+    async def set_run_secret(self, run_id: str, secret_hash: str) -> Run: ...
+
+    async def run_for_secret(self, secret_hash: str) -> Run | None: ...
+
+    async def set_status(self, run_id: str, text: str) -> Run: ...
+
+    async def request_exit(self, run_id: str, code: int) -> Run: ...
+
+    async def set_return_value(self, run_id: str, value: str) -> Run: ...
+
+
+@runtime_checkable
+class LockStore(Protocol):
+    """Resource locks (``_locks``): at most one unexpired holder per key, fenced."""
+
+    async def acquire_lock(
+        self, key: str, run_id: str, *, ttl_seconds: float, want_seconds: float = WANT_SECONDS
+    ) -> LockGrant | LockHeld | Deadlock: ...
+
+    async def wait_for_lock(
+        self, key: str, run_id: str, *, ttl_seconds: float, wait_seconds: float
+    ) -> LockGrant | LockHeld | Deadlock: ...
+
+    async def cancel_lock_wait(self, key: str, run_id: str) -> bool: ...
+
+    async def release_lock(self, key: str, run_id: str) -> bool: ...
+
+    async def heartbeat_lock(
+        self, key: str, run_id: str, *, ttl_seconds: float
+    ) -> datetime | None: ...
+
+    async def get_lock(self, key: str) -> Lock | None: ...
+
+    async def list_locks(self) -> list[Lock]: ...
+
+    async def list_lock_waiters(self) -> list[LockWaiter]: ...
+
+    async def list_lock_wants(self) -> list[LockWaiter]: ...
+
+    async def release_run_locks(self, run_id: str) -> int: ...
+
+    async def force_release_lock(self, key: str, *, actor: str = "operator") -> Lock | None: ...
+
+
+@runtime_checkable
+class CallStore(Protocol):
+    """Agent-to-agent calls (``_calls``) and the caller's waits on them."""
+
+    async def create_call(
+        self, caller_run_id: str, target_agent: str, context: str, *, max_depth: int
+    ) -> Call | CallRefusal: ...
+
+    async def get_call(self, call_id: str, *, caller_run_id: str) -> Call | None: ...
+
+    async def list_calls(self, *, limit: int = 100) -> list[Call]: ...
+
+    async def wait_on_calls(
+        self, caller_run_id: str, call_ids: Collection[str], *, waiting: bool
+    ) -> Deadlock | None: ...
+
+
+@runtime_checkable
+class WebhookStore(Protocol):
+    """Webhook receipts (``_webhooks``): a delivery and the items it queued, at once."""
+
+    async def record_delivery(
+        self, receipt: NewReceipt, items: Sequence[NewItem] = ()
+    ) -> tuple[Receipt, list[EnqueueResult]]: ...
+
+    async def get_receipt(self, receipt_id: str) -> Receipt | None: ...
+
+    async def list_receipts(
+        self,
+        *,
+        source: str | None = None,
+        outcome: ReceiptOutcome | str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[Receipt]: ...
+
+    async def prune_receipts(self, older_than: datetime) -> int: ...
+
+
+@runtime_checkable
+class UsageStore(Protocol):
+    """Tokens and dollars (``_usage``) and the daily caps they are held to."""
+
+    async def record_usage(
+        self,
+        run_id: str,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int,
+        cache_write_tokens: int,
+        cost_usd: float | None,
+        budget: str | None = None,
+    ) -> Run | None: ...
+
+    async def spent_today(self, agent: str | None = None) -> float: ...
+
+    async def usage_by_day(
+        self, *, days: int = 7, agent: str | None = None
+    ) -> list[UsageTotal]: ...
+
+    async def daily_cap_refusal(self, agent: str) -> str | None: ...
+
+
+@runtime_checkable
+class ControlStore(Protocol):
+    """Live control state (``_control``: agents, the project row, the scheduler
+    registry) and the operators' audit log (``_calls``)."""
+
+    async def sync_project(
+        self,
+        specs: Sequence[AgentSpec],
+        *,
+        scale_cap: int | None,
+        max_attempts: int,
+        max_reruns: int,
+        daily_cost_cap: float | None = None,
+    ) -> None: ...
+
+    async def project_state(self) -> ProjectState: ...
+
+    async def agent_states(self) -> list[AgentState]: ...
+
+    async def set_agent_scale(self, agent: str, scale: int) -> AgentState: ...
+
+    async def set_enabled(self, agent: str, enabled: bool) -> AgentState: ...
+
+    async def set_paused(self, agent: str | None, paused: bool) -> None: ...
+
+    async def register_scheduler(
+        self, *, host: str, pid: int, gateway_url: str | None
+    ) -> SchedulerInfo: ...
+
+    async def list_schedulers(
+        self, *, live_only: bool = False, heartbeat_within: float = 300.0
+    ) -> list[SchedulerInfo]: ...
+
+    async def set_scheduler_state(self, scheduler_id: str, state: SchedulerState | str) -> None: ...
+
+    async def audit(
+        self, actor: str, action: str, subject: str, detail: dict[str, Any] | None = None
+    ) -> None: ...
+
+    async def list_audit(self, *, limit: int = 100) -> list[AuditEntry]: ...
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """Operator tokens (``_tokens``), kept by their SHA-256 only."""
+
+    async def create_operator_token(
+        self, name: str, token_hash: str, *, actor: str
+    ) -> OperatorToken: ...
+
+    async def list_operator_tokens(self) -> list[OperatorToken]: ...
+
+    async def revoke_operator_token(self, name: str, *, actor: str) -> OperatorToken | None: ...
+
+    async def use_operator_token(
+        self, token_hash: str, *, touch_every: float = 60.0
+    ) -> OperatorToken | None: ...
+
+    async def count_live_operator_tokens(self) -> int: ...
+
+
+@runtime_checkable
+class MetricsStore(Protocol):
+    """What /metrics reads (``_metrics``): what changed since the previous scrape."""
+
+    async def runs_moved_since(self, since: datetime) -> list[tuple[Run, datetime | None]]: ...
+
+    async def items_set_aside_since(self, since: datetime) -> list[QueueItem]: ...
+
+
+@runtime_checkable
+class ChangeStore(Protocol):
+    """Wake-ups (``_notify``): wait until a topic may have changed, then look again."""
+
+    @property
+    def changes(self) -> Changes: ...
+
+    async def wait_for_change(self, topics: list[str], timeout: float) -> bool: ...
+
+
+@runtime_checkable
+class StoreLifecycle(Protocol):
+    """Opening, closing and migrating a store (``_base``)."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def migrate(self, *, install_schema: bool = True) -> list[int]: ...
+
+    async def migration_status(self) -> MigrationStatus: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class StoreBackend(Protocol):
+    """What the concern parts are written over (``_core`` and a backend)."""
+
+    def transaction(self, *, write: bool = True) -> AbstractAsyncContextManager[Transaction]: ...
+
+    async def atomic(
+        self, body: Callable[[Transaction], Awaitable[_T]], *, write: bool = True
+    ) -> _T: ...
+
+    async def statement(self, name: str, params: Params | None = None) -> list[Row]: ...
+
+    def encode_time(self, value: datetime) -> Any: ...
+
+    def decode_time(self, value: Any) -> datetime: ...
+
+    def encode_json(self, value: dict[str, Any] | list[Any] | None) -> Any: ...
+
+    def decode_json(self, value: Any) -> dict[str, Any] | None: ...
+
+    def encode_list(self, values: Collection[str]) -> Any: ...
+
+    def encode_states(self, states: Collection[str]) -> Any: ...
+
+    def now(self) -> datetime: ...
+
+    def run_from_row(self, row: Row) -> Run: ...
+
+    def item_from_row(self, row: Row) -> QueueItem: ...
+
+    def scheduler_from_row(self, row: Row) -> SchedulerInfo: ...
+
+    def receipt_from_row(self, row: Row) -> Receipt: ...
+
+    async def lock_project(self, tx: Transaction) -> ProjectState: ...
+
+    async def audit_in(
+        self,
+        tx: Transaction,
+        *,
+        actor: str,
+        action: str,
+        subject: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class TransactionHooks(Protocol):
+    """Steps one part runs inside another part's transaction (the seams between parts)."""
+
+    async def release_run_locks_in(self, tx: Transaction, run_id: str) -> int:
+        """Locks: release every lock ``run_id`` holds (each to its first waiter) and drop
+        its wait edges. Called when a run ends (leases ``finalize``, recovery,
+        ``finish_run``)."""
+        ...
+
+    async def find_cycle(
+        self, tx: Transaction, waiter: str, via: str, holder: str
+    ) -> Deadlock | None:
+        """Locks: the wait-for cycle that ``waiter`` waiting on ``holder`` (through
+        ``via``: a lock key or a call) would close. Called by locks and by calls."""
+        ...
+
+    async def start_calls_in(self, tx: Transaction, item: QueueItem, run_id: str) -> None:
+        """Calls: the call behind a claimed call item now runs as ``run_id`` (queue)."""
+        ...
+
+    async def requeue_calls_in(self, tx: Transaction, item: QueueItem) -> None:
+        """Calls: the call behind a re-delivered item waits again (leases recovery)."""
+        ...
+
+    async def fail_calls_in(self, tx: Transaction, item: QueueItem, error: str) -> None:
+        """Calls: the call behind an item that will never run fails with ``error``
+        (queue: dropped or rejected; leases: out of attempts)."""
+        ...
+
+    async def settle_calls_in(self, tx: Transaction, run: Run) -> None:
+        """Calls: a called run ended; answer its caller (leases ``finalize``)."""
+        ...
+
+    async def cost_cap_refusal(
+        self, tx: Transaction, project: ProjectState, agent: AgentState
+    ) -> str | None:
+        """Usage: why a claim of ``agent`` is refused by the daily cost caps (queue)."""
+        ...
+
+
+#: Every protocol, by the name the docs use; each public ``Store`` method is in one.
+CONCERNS: tuple[type, ...] = (
+    QueueStore,
+    LeaseStore,
+    RunStore,
+    LockStore,
+    CallStore,
+    WebhookStore,
+    UsageStore,
+    ControlStore,
+    TokenStore,
+    MetricsStore,
+    ChangeStore,
+    StoreLifecycle,
+    StoreBackend,
+    TransactionHooks,
+)

@@ -1,0 +1,485 @@
+-- Named queries both dialects run as written. Each block starts with "-- name: <name>";
+-- parameters are :name (SQLite's style), which corral.store._sqlfiles.to_pyformat turns
+-- into %(name)s for PostgreSQL (and % into %%). A query of the same name in a dialect's
+-- own queries.sql replaces the one here; one that says the same once translated is an
+-- error, so write a query here once and in a dialect file only where the dialects differ.
+
+-- name: applied_migrations
+SELECT version, name, applied_at FROM corral_migrations ORDER BY version
+
+-- name: create_run
+INSERT INTO corral_runs (id, agent, trigger_kind, trigger_detail, prompt, state,
+                         parent_run_id, created_at)
+VALUES (:id, :agent, :trigger_kind, :trigger_detail, :prompt, :state,
+        :parent_run_id, :created_at)
+RETURNING *
+
+-- name: get_run
+SELECT * FROM corral_runs WHERE id = :id
+
+-- name: mark_run_running
+UPDATE corral_runs
+SET state = 'running', started_at = :started_at, pid = :pid, host = :host
+WHERE id = :id AND state = 'starting'
+RETURNING *
+
+-- name: finish_run
+UPDATE corral_runs
+SET state = :state, exit_code = :exit_code, error = :error, ended_at = :ended_at
+WHERE id = :id AND state IN ('starting', 'running')
+RETURNING *
+
+-- name: finish_unqueued_run
+-- finish_run for a run outside the queue; a claimed run ends with finalize.
+UPDATE corral_runs
+SET state = :state, exit_code = :exit_code, error = :error, ended_at = :ended_at
+WHERE id = :id AND state IN ('starting', 'running') AND item_id IS NULL
+RETURNING *
+
+-- name: set_run_status
+UPDATE corral_runs SET status_text = :status_text WHERE id = :id
+
+-- name: count_runs
+SELECT count(*) AS n FROM corral_runs
+
+-- name: count_agent_runs
+SELECT count(*) AS n FROM corral_runs WHERE agent = :agent
+
+-- name: get_project
+SELECT * FROM corral_project WHERE id = 1
+
+-- name: update_project
+UPDATE corral_project
+SET scale_cap = :scale_cap, max_attempts = :max_attempts, max_reruns = :max_reruns,
+    daily_cost_cap = :daily_cost_cap, updated_at = :now
+WHERE id = 1
+
+-- name: set_project_paused
+UPDATE corral_project SET paused = :paused, updated_at = :now WHERE id = 1
+
+-- name: get_agent
+SELECT * FROM corral_agents WHERE agent = :agent
+
+-- name: set_agent_scale
+UPDATE corral_agents SET scale = :scale, updated_at = :now WHERE agent = :agent
+
+-- name: set_agent_paused
+UPDATE corral_agents SET paused = :paused, updated_at = :now WHERE agent = :agent
+
+-- name: set_agent_enabled
+UPDATE corral_agents SET enabled = :enabled, updated_at = :now WHERE agent = :agent
+
+-- name: agent_states
+-- queued / active from the counters the queue's triggers keep (0012), not counted.
+SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present, a.daily_cost_cap,
+       a.queued + a.requeued AS queued, a.running AS active
+FROM corral_agents a
+ORDER BY a.agent
+
+-- name: agent_state
+SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present, a.daily_cost_cap,
+       a.queued + a.requeued AS queued, a.running AS active
+FROM corral_agents a
+WHERE a.agent = :agent
+
+-- name: find_dedupe
+SELECT * FROM corral_queue WHERE dedupe_key = :dedupe_key
+
+-- name: drop_oldest
+UPDATE corral_queue
+SET state = 'dropped', reason = :reason, finished_at = :now
+WHERE id IN (SELECT id FROM corral_queue
+             WHERE agent = :agent AND state = 'queued' AND attempts = 0
+             ORDER BY id LIMIT :n)
+RETURNING *
+
+-- name: renew_leases
+UPDATE corral_queue SET lease_expires_at = :expires_at
+WHERE state = 'claimed' AND lease_owner = :owner
+
+-- name: reserve_item
+-- A queued item only ``owner`` may claim until ``expires_at`` (`corral run` in the
+-- foreground); claiming it, or a requeue, replaces the reservation.
+UPDATE corral_queue SET lease_owner = :owner, lease_expires_at = :expires_at
+WHERE id = :id AND state = 'queued'
+RETURNING *
+
+-- name: release_item
+-- A run interrupted by a shutdown: its item goes back to the queue in its old place
+-- (its id). The attempt counts, as a lost one does, so the item stays outside the queue
+-- bound and is never dropped to make room.
+UPDATE corral_queue
+SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
+WHERE id = :item_id AND state = 'claimed' AND fence = :fence
+RETURNING *
+
+-- name: heartbeat_scheduler
+UPDATE corral_schedulers SET heartbeat_at = :now WHERE id = :id
+
+-- name: finish_item
+UPDATE corral_queue
+SET state = 'done', finished_at = :now, lease_expires_at = NULL
+WHERE id = :item_id AND state = 'claimed' AND fence = :fence
+RETURNING *
+
+-- name: get_item
+SELECT * FROM corral_queue WHERE id = :id
+
+-- name: requeue_item
+UPDATE corral_queue
+SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
+WHERE id = :id AND state = 'claimed'
+RETURNING *
+
+-- name: fail_item
+UPDATE corral_queue
+SET state = 'failed', reason = :reason, finished_at = :now, lease_expires_at = NULL
+WHERE id = :id AND state = 'claimed'
+RETURNING *
+
+-- name: request_kill
+UPDATE corral_runs SET kill_requested_at = coalesce(kill_requested_at, :now)
+WHERE id = :id AND state IN ('queued', 'starting', 'running')
+RETURNING *
+
+-- name: kill_requests
+SELECT * FROM corral_runs
+WHERE owner = :owner AND kill_requested_at IS NOT NULL
+  AND state IN ('queued', 'starting', 'running')
+ORDER BY created_at, id
+
+-- name: register_scheduler
+INSERT INTO corral_schedulers (id, host, pid, started_at, heartbeat_at, state, gateway_url)
+VALUES (:id, :host, :pid, :now, :now, 'running', :gateway_url)
+RETURNING *
+
+-- name: set_scheduler_state
+UPDATE corral_schedulers SET state = :state, heartbeat_at = :now WHERE id = :id
+
+-- name: list_schedulers
+SELECT * FROM corral_schedulers ORDER BY started_at, id
+
+-- name: list_live_schedulers
+SELECT * FROM corral_schedulers
+WHERE state IN ('running', 'draining') AND heartbeat_at >= :since
+ORDER BY started_at, id
+
+-- name: acquire_lock
+-- Free -> inserted; expired or held by the same run -> updated (the same run keeps its
+-- token and acquired_at); held unexpired by another run -> no row returned.
+INSERT INTO corral_locks (key, run_id, token, acquired_at, expires_at)
+VALUES (:key, :run_id, :token, :now, :expires_at)
+ON CONFLICT (key) DO UPDATE
+SET token = CASE WHEN corral_locks.run_id = excluded.run_id
+                 THEN corral_locks.token ELSE excluded.token END,
+    acquired_at = CASE WHEN corral_locks.run_id = excluded.run_id
+                       THEN corral_locks.acquired_at ELSE excluded.acquired_at END,
+    run_id = excluded.run_id,
+    expires_at = excluded.expires_at
+WHERE corral_locks.expires_at <= excluded.acquired_at
+   OR corral_locks.run_id = excluded.run_id
+RETURNING *
+
+-- name: lock_holder
+SELECT * FROM corral_locks WHERE key = :key
+
+-- name: release_lock
+DELETE FROM corral_locks WHERE key = :key AND run_id = :run_id
+
+-- name: heartbeat_lock
+UPDATE corral_locks SET expires_at = :expires_at
+WHERE key = :key AND run_id = :run_id
+RETURNING expires_at
+
+-- name: list_locks
+SELECT l.key, l.run_id, r.agent, l.token, l.acquired_at, l.expires_at
+FROM corral_locks l JOIN corral_runs r ON r.id = l.run_id
+ORDER BY l.key
+
+-- name: get_lock
+SELECT l.key, l.run_id, r.agent, l.token, l.acquired_at, l.expires_at
+FROM corral_locks l JOIN corral_runs r ON r.id = l.run_id
+WHERE l.key = :key
+
+-- name: delete_lock
+DELETE FROM corral_locks WHERE key = :key AND token = :token
+
+-- name: release_run_locks
+-- Every lock of a run that ended, released; the keys come back so waiters can be served.
+DELETE FROM corral_locks WHERE run_id = :run_id
+RETURNING key
+
+-- name: release_lock_returning
+DELETE FROM corral_locks WHERE key = :key AND run_id = :run_id
+RETURNING key
+
+-- name: head_waiter
+-- The first live waiter for a key whose wait has not expired: the next holder.
+SELECT w.* FROM corral_lock_waits w JOIN corral_runs r ON r.id = w.run_id
+WHERE w.key = :key AND w.deadline > :now AND r.state IN ('starting', 'running')
+ORDER BY w.id
+LIMIT 1
+
+-- name: hand_over_lock
+INSERT INTO corral_locks (key, run_id, token, acquired_at, expires_at)
+VALUES (:key, :run_id, :token, :now, :expires_at)
+ON CONFLICT (key) DO UPDATE
+SET run_id = excluded.run_id, token = excluded.token,
+    acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
+RETURNING *
+
+-- name: get_wait
+SELECT * FROM corral_lock_waits WHERE key = :key AND run_id = :run_id
+
+-- name: insert_wait
+INSERT INTO corral_lock_waits (key, run_id, since, deadline, ttl_seconds)
+VALUES (:key, :run_id, :now, :deadline, :ttl_seconds)
+RETURNING *
+
+-- name: delete_wait
+DELETE FROM corral_lock_waits WHERE key = :key AND run_id = :run_id
+
+-- name: delete_run_waits
+DELETE FROM corral_lock_waits WHERE run_id = :run_id
+
+-- name: list_waits
+SELECT * FROM corral_lock_waits WHERE deadline > :now ORDER BY key, id
+
+-- name: lock_wait_edges
+-- The lock half of the wait-for graph: each live waiter waits for the key's holder,
+-- unless that lock expired (the waiter takes it at its next step).
+SELECT w.run_id AS waiter, w.key AS via, l.run_id AS holder
+FROM corral_lock_waits w
+JOIN corral_locks l ON l.key = w.key
+JOIN corral_runs r ON r.id = w.run_id
+WHERE w.deadline > :now AND r.state IN ('starting', 'running') AND l.run_id <> w.run_id
+  AND l.expires_at > :now
+
+-- name: call_wait_edges
+-- The call half: a caller in al-subagent-wait waits for the run answering its call.
+SELECT caller_run_id AS waiter, id AS via, callee_run_id AS holder
+FROM corral_calls
+WHERE waiting_since IS NOT NULL AND state IN ('pending', 'running')
+  AND callee_run_id IS NOT NULL
+
+-- name: delete_run_wants
+DELETE FROM corral_lock_wants WHERE run_id = :run_id
+
+-- name: list_wants
+SELECT * FROM corral_lock_wants WHERE expires_at > :now ORDER BY key, since, run_id
+
+-- name: lock_want_edges
+-- The try-lock half of the wait-for graph: a live run whose unexpired want names a key
+-- another run holds (unexpired) waits for that run.
+SELECT w.run_id AS waiter, w.key AS via, l.run_id AS holder
+FROM corral_lock_wants w
+JOIN corral_locks l ON l.key = w.key
+JOIN corral_runs r ON r.id = w.run_id
+WHERE w.expires_at > :now AND r.state IN ('starting', 'running') AND l.run_id <> w.run_id
+  AND l.expires_at > :now
+
+-- name: clear_run_call_waits
+UPDATE corral_calls SET waiting_since = NULL
+WHERE caller_run_id = :run_id AND waiting_since IS NOT NULL
+
+-- name: insert_call
+INSERT INTO corral_calls (id, caller_run_id, caller_agent, target_agent, depth, context,
+                          item_id, state, created_at)
+VALUES (:id, :caller_run_id, :caller_agent, :target_agent, :depth, :context,
+        :item_id, 'pending', :now)
+RETURNING *
+
+-- name: get_call
+SELECT * FROM corral_calls WHERE id = :id
+
+-- name: list_calls
+SELECT * FROM corral_calls ORDER BY created_at DESC, id DESC LIMIT :limit
+
+-- name: depth_of_run
+-- The depth of the call a run answers (none: the run was not called).
+SELECT depth FROM corral_calls WHERE callee_run_id = :run_id
+
+-- name: start_call
+UPDATE corral_calls SET state = 'running', callee_run_id = :run_id
+WHERE item_id = :item_id AND state IN ('pending', 'running')
+
+-- name: answer_call
+UPDATE corral_calls
+SET state = :state, return_value = :return_value, error = :error, ended_at = :now,
+    waiting_since = NULL
+WHERE callee_run_id = :run_id AND state IN ('pending', 'running')
+RETURNING *
+
+-- name: requeue_call
+UPDATE corral_calls SET state = 'pending', callee_run_id = NULL
+WHERE item_id = :item_id AND state IN ('pending', 'running')
+
+-- name: fail_item_calls
+UPDATE corral_calls
+SET state = 'error', error = :error, ended_at = :now, waiting_since = NULL
+WHERE item_id = :item_id AND state IN ('pending', 'running')
+RETURNING *
+
+-- name: set_call_waiting
+UPDATE corral_calls SET waiting_since = :since
+WHERE id = :id AND caller_run_id = :caller_run_id
+
+-- name: set_run_secret
+UPDATE corral_runs SET secret_hash = :secret_hash
+WHERE id = :id AND state IN ('starting', 'running')
+RETURNING *
+
+-- name: run_by_secret
+SELECT * FROM corral_runs WHERE secret_hash = :secret_hash
+
+-- name: set_run_status_live
+UPDATE corral_runs SET status_text = :status_text, status_at = :now
+WHERE id = :id AND state IN ('starting', 'running')
+RETURNING *
+
+-- name: set_return_value
+UPDATE corral_runs SET return_value = :return_value
+WHERE id = :id AND state IN ('starting', 'running')
+RETURNING *
+
+-- name: request_exit
+UPDATE corral_runs SET exit_requested = :code
+WHERE id = :id AND state IN ('starting', 'running')
+RETURNING *
+
+-- name: insert_audit
+INSERT INTO corral_audit (at, actor, action, subject, detail)
+VALUES (:now, :actor, :action, :subject, :detail)
+RETURNING *
+
+-- name: list_audit
+SELECT * FROM corral_audit ORDER BY id DESC LIMIT :limit
+
+-- name: record_usage
+-- A built-in run's totals so far (absolute, so a repeated write changes nothing); the
+-- budget that stopped it, once one did.
+UPDATE corral_runs
+SET input_tokens = :input_tokens, output_tokens = :output_tokens,
+    cache_read_tokens = :cache_read_tokens, cache_write_tokens = :cache_write_tokens,
+    cost_usd = :cost_usd, budget = COALESCE(:budget, budget)
+WHERE id = :id
+RETURNING *
+
+-- name: find_receipt_delivery
+-- The receipt that took this delivery id for its source (accepted or ping), if any.
+SELECT * FROM corral_webhook_receipts
+WHERE source = :source AND delivery_id = :delivery_id AND replay_of IS NULL
+  AND outcome IN ('accepted', 'ping')
+
+-- name: get_receipt
+SELECT * FROM corral_webhook_receipts WHERE id = :id
+
+-- name: prune_receipts
+-- Every receipt received before older_than; a stranger's (0009) before strangers_before.
+DELETE FROM corral_webhook_receipts
+WHERE received_at < :older_than
+   OR (repeat_key IS NOT NULL AND received_at < :strangers_before)
+
+-- name: prune_stranger_receipts
+DELETE FROM corral_webhook_receipts
+WHERE repeat_key IS NOT NULL AND received_at < :strangers_before
+
+-- name: recent_repeats
+-- A stranger's receipts of one kind since a time: how many, and the newest.
+SELECT count(*) AS n, max(received_at) AS newest FROM corral_webhook_receipts
+WHERE repeat_key = :repeat_key AND received_at >= :since
+
+-- name: count_repeat
+-- Count one more delivery on the newest receipt of a kind (recent_repeats' newest).
+UPDATE corral_webhook_receipts
+SET repeats = repeats + 1, last_repeat_at = :now
+WHERE id = (
+    SELECT id FROM corral_webhook_receipts
+    WHERE repeat_key = :repeat_key AND received_at >= :since
+    ORDER BY received_at DESC, id DESC
+    LIMIT 1
+)
+RETURNING *
+
+-- Operator tokens (0007) ------------------------------------------------------------------
+
+-- name: insert_operator_token
+-- Nothing when the name is taken (live or revoked) or the hash is.
+INSERT INTO corral_operator_tokens (name, token_hash, created_at)
+VALUES (:name, :token_hash, :now)
+ON CONFLICT DO NOTHING
+RETURNING *
+
+-- name: get_operator_token
+SELECT * FROM corral_operator_tokens WHERE name = :name
+
+-- name: list_operator_tokens
+SELECT * FROM corral_operator_tokens ORDER BY created_at, name
+
+-- name: revoke_operator_token
+UPDATE corral_operator_tokens SET revoked_at = :now
+WHERE name = :name AND revoked_at IS NULL
+RETURNING *
+
+-- name: find_operator_token
+SELECT * FROM corral_operator_tokens WHERE token_hash = :token_hash
+
+-- name: touch_operator_token
+UPDATE corral_operator_tokens SET last_used_at = :now WHERE name = :name
+
+-- name: count_live_operator_tokens
+SELECT count(*) AS n FROM corral_operator_tokens WHERE revoked_at IS NULL
+
+-- /metrics ------------------------------------------------------------------------------
+
+-- name: metrics_runs_since
+-- Runs that started or ended at or after since, with when their item was queued.
+SELECT r.*, q.enqueued_at AS item_enqueued_at
+FROM corral_runs r LEFT JOIN corral_queue q ON q.id = r.item_id
+WHERE r.ended_at >= :since OR r.started_at >= :since
+
+-- name: metrics_items_set_aside_since
+SELECT * FROM corral_queue
+WHERE state IN ('dropped', 'rejected') AND finished_at >= :since
+
+-- name: prune_request_keys
+-- Idempotency keys past their time (see 0008); every keyed request prunes them first.
+DELETE FROM corral_request_keys WHERE expires_at < :now
+
+-- name: find_request_key
+SELECT * FROM corral_request_keys WHERE key = :key
+
+-- name: insert_request_key
+INSERT INTO corral_request_keys
+    (key, fingerprint, agent, item_id, dropped, created_at, expires_at)
+VALUES (:key, :fingerprint, :agent, :item_id, :dropped, :now, :expires_at)
+
+-- name: record_migration
+INSERT INTO corral_migrations (version, name, applied_at) VALUES (:version, :name, :applied_at)
+
+-- name: insert_item
+INSERT INTO corral_queue (agent, trigger_kind, trigger_detail, prompt, parent_run_id,
+                          rerun_count, dedupe_key, state, reason, enqueued_at,
+                          finished_at, max_attempts)
+VALUES (:agent, :trigger_kind, :trigger_detail, :prompt, :parent_run_id,
+        :rerun_count, :dedupe_key, :state, :reason, :now,
+        :finished_at, :max_attempts)
+-- A racing insert of the same key (another agent's intake: one agent's take turns on its
+-- row) answers no row; the caller then reads the winner as the duplicate.
+ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+RETURNING *
+
+-- name: count_active
+-- The project's claimed items, from the counters (0012). Read after lock_project, in a
+-- statement of its own: its snapshot then holds every claim committed before the lock.
+SELECT coalesce(sum(running), 0) AS n FROM corral_agents
+
+-- name: insert_receipt
+INSERT INTO corral_webhook_receipts
+    (id, source, event, delivery_id, received_at, headers, body, body_size, body_truncated,
+     verified, verification, outcome, error, results, replay_of, duplicate_of,
+     repeat_key)
+VALUES (:id, :source, :event, :delivery_id, :received_at, :headers, :body, :body_size,
+        :body_truncated, :verified, :verification, :outcome, :error, :results, :replay_of,
+        :duplicate_of,
+        :repeat_key)

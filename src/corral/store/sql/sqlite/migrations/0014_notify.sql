@@ -1,0 +1,4 @@
+-- 0014 notify: nothing on SQLite. PostgreSQL's triggers send change notices to other
+-- processes (LISTEN/NOTIFY); SQLite has no such channel, so waiters are woken by their own
+-- process's changes and see other processes' at their next poll (store/_notify.py).
+-- The version exists on both dialects so that their migrations stay numbered alike.
