@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral.gateway.token import hash_token, local_token
+from corral.engine.token import hash_token, local_token
 from tests.cli.conftest import Corral
 from tests.processes import wait_until
 from tests.scheduler.procs import SchedulerProcess

@@ -1,5 +1,5 @@
 """The buttons, over HTTP as htmx sends them: each changes the store through
-corral.gateway.actions and is recorded in the audit log as dashboard:<token name>."""
+corral.engine.actions and is recorded in the audit log as dashboard:<token name>."""
 
 from __future__ import annotations
 

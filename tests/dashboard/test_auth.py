@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral.gateway.token import hash_token
+from corral.engine.token import hash_token
 from corral.store import ReceiptOutcome, Store, open_store
 from tests.dashboard.support import ACTOR, TOKEN, DashFleet, Events, login
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from corral.gateway.token import hash_token
+from corral.engine.token import hash_token
 from corral.store import NewItem, RunState, TriggerKind, open_store
 from tests.dashboard.support import TOKEN, DashFleet, dashboard_fleet
 from tests.scheduler.helpers import wait_for

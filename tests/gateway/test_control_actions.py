@@ -14,7 +14,7 @@ import jsonschema_rs
 import pytest
 import schemathesis
 
-from corral.gateway.token import hash_token, new_token
+from corral.engine.token import hash_token, new_token
 from corral.store import ItemState, RunState, Store
 from tests.gateway.fleet import TOKEN, Fleet, running_fleet
 from tests.scheduler.helpers import wait_for

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral.engine.token import operator_token
 from corral.gateway.app import create_app
-from corral.gateway.token import operator_token
 from corral.scheduler.service import Scheduler, SchedulerOptions
 from corral.store import ItemState, Store
 from tests.scheduler.helpers import write_project

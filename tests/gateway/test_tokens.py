@@ -10,9 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-import corral.gateway.token as token_module
-from corral.errors import UsageError
-from corral.gateway.token import (
+import corral.engine.token as token_module
+from corral.engine.token import (
     TokenVerifier,
     check_token_name,
     hash_token,
@@ -20,6 +19,7 @@ from corral.gateway.token import (
     new_token,
     token_matches,
 )
+from corral.errors import UsageError
 from corral.store import Store
 from tests.gateway.fleet import TOKEN, running_fleet
 from tests.scheduler.helpers import wait_for

@@ -36,10 +36,10 @@ from typing import Any
 import httpx
 
 from corral.credentials import CredentialStore
+from corral.engine.token import LOCAL_TOKEN_NAME, local_token
 from corral.errors import UsageError
 from corral.gateway.app import create_app
 from corral.gateway.server import GatewayServer, bind
-from corral.gateway.token import LOCAL_TOKEN_NAME, local_token
 from corral.project import Project, load_project
 from corral.scheduler.service import Scheduler, SchedulerOptions
 from corral.status import fleet_status

@@ -14,11 +14,11 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
+from corral.engine.token import ENV_TOKEN_NAME, TokenVerifier
 from corral.gateway.agent_api import AgentApi, install_agent_api
 from corral.gateway.control import install_control, operator
 from corral.gateway.dashboard import install_dashboard
 from corral.gateway.metrics import FleetMetrics, metrics_router
-from corral.gateway.token import ENV_TOKEN_NAME, TokenVerifier
 from corral.gateway.webhooks import install_webhooks
 from corral.project import Project
 from corral.scheduler.agentlink import AgentLink

@@ -1,9 +1,9 @@
 """The operator control API: every operator action over HTTP, under /control.
 
 Each request carries an operator token (``Authorization: Bearer <token>``; see
-``corral.gateway.token``); a missing, unknown or revoked one is answered 401 with
+``corral.engine.token``); a missing, unknown or revoked one is answered 401 with
 ``WWW-Authenticate: Bearer`` and changes nothing. The actions are those of
-``corral.gateway.actions`` (the CLI and the dashboard call the same ones), recorded in the
+``corral.engine.actions`` (the CLI and the dashboard call the same ones), recorded in the
 audit log as ``token:<name>``. A refusal answers ``{"ok": false, "error": "..."}`` with
 its status: 400 bad input, 401 no valid token, 404 unknown agent/run/lock/receipt,
 409 refused by the current state, 422 a body or query that does not validate, 503 the
@@ -28,13 +28,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from corral.engine import actions
+from corral.engine.actions import MAX_SCALE, ActionError
+from corral.engine.token import TokenVerifier
 from corral.errors import StoreBusy, StoreError
-from corral.gateway import actions
-from corral.gateway.actions import MAX_SCALE, ActionError
 from corral.gateway.edge import WholeNumber, json_response, problems
-from corral.gateway.token import TokenVerifier
 from corral.scheduler.service import Scheduler
-from corral.status import fleet_status
+from corral.status import RUNNING_PAGE, RUNNING_PAGE_MAX, fleet_status
 from corral.store import AuditEntry, ItemState, RunState
 from corral.views import agent_json, iso_time, item_json, lock_json, run_json
 
@@ -227,9 +227,21 @@ def _agent_routes(router: APIRouter, scheduler: Scheduler) -> None:
             raise ActionError(404, f"unknown agent {agent!r}")
         return {"ok": True, "agent": agent_json(state)}
 
-    @router.get("/status", summary="The fleet now: agents, running runs, locks")
-    async def fleet_status() -> dict[str, Any]:
-        return await _status(scheduler)
+    @router.get(
+        "/status",
+        summary="The fleet now: agents, a page of the running runs, locks",
+        description=(
+            "Every agent is summarised; `running` lists `limit` live runs from `offset`, "
+            "oldest first (of `agent` only when given). `runningTotal` counts them all and "
+            "`runningNext` is the offset of the next page, or null."
+        ),
+    )
+    async def fleet_status(
+        limit: Annotated[int, Query(ge=0, le=RUNNING_PAGE_MAX)] = RUNNING_PAGE,
+        offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+        agent: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> dict[str, Any]:
+        return await _status(scheduler, limit=limit, offset=offset, agent=agent)
 
     @router.post("/pause", summary="Stop dispatching runs of every agent (intake goes on)")
     async def pause_project(actor: Operator) -> dict[str, Any]:
@@ -337,8 +349,12 @@ def _lock_routes(router: APIRouter, scheduler: Scheduler) -> None:
         return {"ok": True, "entries": [audit_json(entry) for entry in entries]}
 
 
-async def _status(scheduler: Scheduler) -> dict[str, Any]:
-    status = await fleet_status(scheduler.store, scheduler.project)
+async def _status(
+    scheduler: Scheduler, *, limit: int = RUNNING_PAGE, offset: int = 0, agent: str | None = None
+) -> dict[str, Any]:
+    status = await fleet_status(
+        scheduler.store, scheduler.project, limit=limit, offset=offset, agent=agent
+    )
     if scheduler.info is not None:  # the one answering, even before its first heartbeat
         status["scheduler"] = scheduler.info.id
     return status

@@ -165,6 +165,7 @@ async def serve_agent_api(project: Project, store: Store) -> AsyncIterator[Agent
         f"http://127.0.0.1:{sock.getsockname()[1]}",
         bin_dir=project.root / ".corral" / "bin",
         unix_url=f"unix:{socket_path}",
+        changes=store.changes,
     )
     if link.bin_dir is not None:
         install_commands(link.bin_dir)

@@ -14,9 +14,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from corral._version import __version__
+from corral.engine import actions
+from corral.engine.actions import ActionError, Offline
 from corral.errors import CorralError
-from corral.gateway import actions
-from corral.gateway.actions import ActionError, Offline
 from corral.inert import inert
 from corral.project import Project
 from corral.scheduler.service import sync_config

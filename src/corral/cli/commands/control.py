@@ -1,6 +1,6 @@
 """Steering the fleet: pause, resume, enable, disable, scale, kill.
 
-Each command is an action of ``corral.gateway.actions`` (the control API and the dashboard
+Each command is an action of ``corral.engine.actions`` (the control API and the dashboard
 call the same ones) against the store, with no scheduler needed: a running one sees the
 change at its next poll. Each is recorded in the audit log as ``cli:<user>@<host>``.
 """
@@ -17,9 +17,9 @@ from corral.cli._context import CliContext, is_agent_of
 from corral.cli._main import cli
 from corral.cli._render import console, fmt_duration, safe
 from corral.cli.commands.runs import pick_agent
+from corral.engine import actions
+from corral.engine.actions import ActionError, Offline, write_scale
 from corral.errors import UsageError
-from corral.gateway import actions
-from corral.gateway.actions import ActionError, Offline, write_scale
 from corral.project import Project
 from corral.scheduler.service import sync_config
 from corral.store import RunState, Store

@@ -10,9 +10,9 @@ import signal
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
-from fastapi import FastAPI
 
 from corral.cli._context import CliContext
 from corral.cli._instances import InstanceRecord, live_instances
@@ -27,22 +27,23 @@ from corral.cli._render import (
     safe_lines,
 )
 from corral.cli.commands.logs import scheduler_log_path
-from corral.errors import UsageError
-from corral.gateway.app import create_app
-from corral.gateway.server import GatewayServer, bind, bind_unix, unix_socket_path
-from corral.gateway.token import (
+from corral.engine.token import (
     ENV_TOKEN_NAME,
     LOCAL_TOKEN_NAME,
     TOKEN_ENV,
     env_token,
     local_token,
 )
+from corral.errors import UsageError
 from corral.inert import inert
 from corral.locate import private_dirs, state_dir
 from corral.project import Project
 from corral.runtime._children import use_pidfd_child_watcher
 from corral.scheduler.service import Scheduler, SchedulerOptions, cap_warning, is_live
 from corral.store import Store, open_store
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 _STOP_WAIT = 120.0
 
@@ -199,6 +200,12 @@ async def _serve(
     live: bool,
     env: str | None = None,
 ) -> None:
+    # The one place the CLI reaches into the gateway: serving it. Imported here, not at the
+    # top, so that every other command starts without FastAPI and uvicorn (the import-linter
+    # contract `cli-no-gateway` allows exactly this import and `corral run`'s).
+    from corral.gateway.app import create_app
+    from corral.gateway.server import GatewayServer, bind, bind_unix, unix_socket_path
+
     use_pidfd_child_watcher()
     async with await open_store(project.state_url) as store:
         fixed = await _operator_tokens(project, store, gateway.expose)

@@ -11,9 +11,9 @@ from rich.table import Table
 from corral.cli._context import CliContext
 from corral.cli._main import cli
 from corral.cli._render import cell, console, fmt_duration, print_json, safe
+from corral.engine import actions
+from corral.engine.actions import ActionError, Offline
 from corral.errors import UsageError
-from corral.gateway import actions
-from corral.gateway.actions import ActionError, Offline
 from corral.store import Lock, LockWaiter
 from corral.views import lock_json
 

@@ -28,9 +28,8 @@ from corral.cli._render import (
 )
 from corral.cli.commands.logs import read_from
 from corral.cli.remote_run import remote_gateway, run_remote
+from corral.engine.actions import cli_actor
 from corral.errors import RunError, UsageError
-from corral.gateway.actions import cli_actor
-from corral.gateway.server import serve_agent_api
 from corral.inert import OutputFilter, inert
 from corral.project import Agent, Project
 from corral.runtime._children import use_pidfd_child_watcher
@@ -158,6 +157,10 @@ async def _run(
     foreground: bool,
     as_json: bool,
 ) -> int:
+    # A run in the foreground serves the agent API itself; the gateway is imported only
+    # here (see `corral start`), so the other commands start without it.
+    from corral.gateway.server import serve_agent_api
+
     use_pidfd_child_watcher()
     async with await obj.store(project) as store:
         scheduler = None if foreground else await live_scheduler(store)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -33,9 +34,9 @@ from corral.cli._render import (
 from corral.credentials import CredentialError, CredentialStore
 from corral.errors import UsageError
 from corral.project import Project
-from corral.status import fleet_status
+from corral.status import RUNNING_PAGE, RUNNING_PAGE_MAX, fleet_status
 
-__all__ = ["load_status", "render_status", "stat_cmd", "status_view", "top_cmd"]
+__all__ = ["Page", "load_status", "render_status", "stat_cmd", "status_view", "top_cmd"]
 
 _TOKEN_ENV = "CORRAL_OPERATOR_TOKEN"
 _STATE_STYLE = {"running": "cyan", "idle": "white", "paused": "yellow", "disabled": "dim"}
@@ -43,24 +44,56 @@ _STATE_STYLE = {"running": "cyan", "idle": "white", "paused": "yellow", "disable
 
 @cli.command("stat")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--limit",
+    default=RUNNING_PAGE,
+    show_default=True,
+    type=click.IntRange(0, RUNNING_PAGE_MAX),
+    help="How many running instances to list.",
+)
+@click.option(
+    "--offset",
+    default=0,
+    type=click.IntRange(min=0),
+    help="List the running instances from this one on (oldest first).",
+)
+@click.option("--agent", default=None, help="List only this agent's running instances.")
 @click.pass_obj
-def stat_cmd(obj: CliContext, as_json: bool) -> None:
-    """Agents, queues, running instances, locks and recent refusals."""
+def stat_cmd(obj: CliContext, as_json: bool, limit: int, offset: int, agent: str | None) -> None:
+    """Agents, queues, running instances, locks and recent refusals.
+
+    Every agent is summarised; the running instances are listed a page at a time.
+    """
     project = obj.project()
-    status = asyncio.run(load_status(obj, project))
+    page = Page(limit, offset, agent)
+    status = asyncio.run(load_status(obj, project, page))
     if as_json:
         print_json(status)
         return
     render_status(status)
 
 
-async def load_status(obj: CliContext, project: Project) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Page:
+    """Which live runs a status document lists (see corral.status)."""
+
+    limit: int = RUNNING_PAGE
+    offset: int = 0
+    agent: str | None = None
+
+
+async def load_status(
+    obj: CliContext, project: Project, page: Page | None = None
+) -> dict[str, Any]:
     """The status document, from the remote gateway the environment names, else the store."""
+    page = page or Page()
     remote = _remote_url(project)
     if remote is not None:
-        return await _fetch(remote, _remote_token(project))
+        return await _fetch(remote, _remote_token(project), page)
     async with await obj.store(project) as store:
-        return await fleet_status(store, project)
+        return await fleet_status(
+            store, project, limit=page.limit, offset=page.offset, agent=page.agent
+        )
 
 
 def _remote_url(project: Project) -> str | None:
@@ -89,11 +122,16 @@ def _remote_token(project: Project) -> str:
     return loaded.values["token"]
 
 
-async def _fetch(url: str, token: str) -> dict[str, Any]:
+async def _fetch(url: str, token: str, page: Page) -> dict[str, Any]:
     where = f"{url}/control/status"
+    params: dict[str, str | int] = {"limit": page.limit, "offset": page.offset}
+    if page.agent is not None:
+        params["agent"] = page.agent
     try:
         async with httpx.AsyncClient(timeout=10.0) as http:
-            response = await http.get(where, headers={"Authorization": f"Bearer {token}"})
+            response = await http.get(
+                where, params=params, headers={"Authorization": f"Bearer {token}"}
+            )
     except httpx.HTTPError as exc:
         raise UsageError(f"cannot reach the gateway at {where}: {exc}") from None
     if response.status_code in (401, 403):
@@ -160,6 +198,9 @@ def status_view(status: dict[str, Any]) -> Group:
                 cell(run["status"] or "-"),
             )
         parts.append(runs)
+    more = _more_running(status)
+    if more:
+        parts.append(Text(more, style="dim"))
     if status["locks"]:
         locks = Table("key", "holder", "held", box=None, title="locks", title_justify="left")
         for lock in status["locks"]:
@@ -167,6 +208,14 @@ def status_view(status: dict[str, Any]) -> Group:
                 cell(lock["key"]), cell(lock["holder"]), fmt_duration_seconds(lock["heldSeconds"])
             )
         parts.append(locks)
+    held = status.get("locksTotal", len(status["locks"]))
+    if held > len(status["locks"]):
+        parts.append(
+            Text(
+                f"{held - len(status['locks'])} more locks held: `corral locks` lists them all",
+                style="dim",
+            )
+        )
     if status.get("recent"):
         recent = Table(
             "item",
@@ -219,6 +268,28 @@ def top_cmd(obj: CliContext, interval: float, once: bool) -> None:
         asyncio.run(go())
     except KeyboardInterrupt:
         pass
+
+
+def _more_running(status: dict[str, Any]) -> str:
+    """How many live runs this page does not list, and the command that lists them."""
+    total = status.get("runningTotal")
+    if total is None:  # a gateway from before paging lists them all
+        return ""
+    offset = status.get("runningOffset", 0)
+    shown = len(status["running"])
+    if shown == total:
+        return ""
+    agent = status.get("runningAgent")
+    whose = "" if agent is None else f" --agent {agent}"
+    text = (
+        f"runs {offset + 1}-{offset + shown} of {total} running"
+        if shown
+        else (f"{total} running, none from {offset + 1}")
+    )
+    nxt = status.get("runningNext")
+    if nxt is not None:
+        text += f"; {total - nxt} more: `corral stat{whose} --offset {nxt}`"
+    return text + " (`--agent NAME` lists one agent's)"
 
 
 def _today(agent: dict[str, Any]) -> str:

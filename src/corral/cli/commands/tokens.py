@@ -16,9 +16,9 @@ from rich.table import Table
 from corral.cli._context import CliContext
 from corral.cli._main import cli
 from corral.cli._render import cell, console, err_console, fmt_time, print_json, safe
+from corral.engine import actions
+from corral.engine.token import check_token_name, hash_token, new_token
 from corral.errors import UsageError
-from corral.gateway import actions
-from corral.gateway.token import check_token_name, hash_token, new_token
 from corral.store import OperatorToken
 from corral.views import iso_time
 

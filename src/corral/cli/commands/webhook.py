@@ -24,8 +24,8 @@ from corral.cli._render import (
     safe,
     safe_lines,
 )
+from corral.engine.deliveries import ReplayRefused, replay_receipt
 from corral.errors import UsageError
-from corral.gateway.webhooks import ReplayRefused, replay_receipt
 from corral.store import EnqueueResult, Receipt, ReceiptOutcome
 from corral.views import iso_time
 

@@ -8,8 +8,9 @@ request.
 Answers are the documented JSON of the commands; the HTTP status picks the command's exit
 code (200 -> 0, 409 -> 1, 404 -> 2, 403 -> 3, 400/413 -> 4, 503 -> 5, 410 -> 13). Waiting requests
 (``rlock --wait``, ``al-subagent-wait``) are long polls: they answer as soon as what they
-wait for happens in this process (``Changes``), and poll the store for what other
-processes do.
+wait for happens (``Changes``, the store's hub: this process's changes, and on
+PostgreSQL every process's through LISTEN/NOTIFY), and poll the store as a fallback
+(SQLite's other processes, notices lost while the listener reconnects).
 
 The parts: ``_models`` (request bodies, limits, answer shapes), ``_keys`` (lock keys),
 ``_handlers`` (``AgentApi`` and the routes), ``_fastpath`` (``LockFastPath``: the

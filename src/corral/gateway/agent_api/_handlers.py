@@ -20,7 +20,7 @@ import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -57,7 +57,8 @@ from corral.inert import inert
 from corral.project import Project
 from corral.scheduler.agentlink import AgentLink, RunRef, hash_secret
 from corral.scheduler.prepare import implied_keys
-from corral.store import CallRefusal, Deadlock, LockGrant, LockHeld, RunState, Store, StoreError
+from corral.store import CallRefusal, Deadlock, LockGrant, LockHeld, RunState, StoreError
+from corral.store.protocols import CallStore, ControlStore, LeaseStore, LockStore, RunStore
 
 __all__ = ["RUN_SCOPE_KEY", "AgentApi", "Caller", "agent_router", "current_run"]
 
@@ -95,10 +96,15 @@ async def current_run(
 Caller = Annotated[RunRef, Depends(current_run)]
 
 
+class AgentStore(LockStore, CallStore, RunStore, LeaseStore, ControlStore, Protocol):
+    """What the agent API asks of the store: locks, calls, the run's own signals and
+    secret, kill and rerun requests, and the audit entry of a run's kill."""
+
+
 class AgentApi:
     """The agent API's handlers over ``store`` for runs of ``project`` in ``link``."""
 
-    def __init__(self, project: Project, store: Store, link: AgentLink) -> None:
+    def __init__(self, project: Project, store: AgentStore, link: AgentLink) -> None:
         self.project = project
         self.store = store
         self.link = link

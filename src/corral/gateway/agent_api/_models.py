@@ -48,7 +48,8 @@ MAX_KEY_LENGTH = 1024
 DEFAULT_LOCK_WAIT = 300.0
 DEFAULT_CALL_WAIT = 900.0
 MAX_WAIT = 86_400.0
-#: How often a waiting request looks at the store for changes made by other processes.
+#: How often a waiting request looks at the store when nothing woke it: the fallback for
+#: changes no notice reports (SQLite's other processes, a lock that merely expired).
 POLL_SECONDS = 0.5
 
 

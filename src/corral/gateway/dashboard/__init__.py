@@ -7,7 +7,7 @@ operator token (see ``_auth``); docs/dashboard.md is the user's page.
     _feed     one shared producer of fleet snapshots for every open stream
     _views    the live fragments, rendered from a snapshot
     _pages    the pages (GET)
-    _posts    login, logout and the buttons (POST), through corral.gateway.actions
+    _posts    login, logout and the buttons (POST), through corral.engine.actions
     _streams  the event streams
     _logtail  a run's log, tailed and rendered for people
 """

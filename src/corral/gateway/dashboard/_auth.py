@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
-from corral.gateway.token import TokenVerifier
+from corral.engine.token import TokenVerifier
 
 __all__ = [
     "COOKIE",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from corral.status import fleet_status
+from corral.status import fleet_status, lock_entry
 from corral.store import ItemState, LockWaiter, QueueItem, Run, RunState
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ class Snapshot:
     live: dict[str, Run]
     queue: list[QueueItem]
     waiters: list[LockWaiter]
+    #: Every held lock, oldest first (the status document lists only the first ones).
+    locks: list[dict[str, Any]] = field(default_factory=list)
     _memo: dict[Hashable, asyncio.Future[Any]] = field(default_factory=dict, repr=False)
 
     async def memo(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
@@ -204,13 +206,16 @@ class Feed:
             states=[ItemState.QUEUED, ItemState.CLAIMED], limit=QUEUE_LIMIT
         )
         waiters = await store.list_lock_waiters()
+        at = datetime.now(UTC)
+        locks = sorted(await store.list_locks(), key=lambda lock: lock.acquired_at)
         return Snapshot(
             version=version,
-            at=datetime.now(UTC),
+            at=at,
             status=status,
             live={run.id: run for run in live},
             queue=sorted(queue, key=lambda item: item.id),
             waiters=waiters,
+            locks=[lock_entry(lock, at) for lock in locks],
         )
 
 
@@ -222,6 +227,7 @@ def _fingerprint(snapshot: Snapshot) -> str:
             sorted(snapshot.live.items()),
             snapshot.queue,
             snapshot.waiters,
+            _stable(snapshot.locks),
         )
     )
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import mimetypes
+from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query
 from starlette.responses import FileResponse, HTMLResponse, Response
@@ -14,6 +16,7 @@ from corral.gateway.dashboard._logtail import LogTail
 from corral.gateway.dashboard._render import STATIC_DIR, security_headers
 from corral.gateway.dashboard._views import FIXED_VIEWS, live_view, run_html, run_record
 from corral.project import Agent
+from corral.status import RUNNING_PAGE, RUNNING_PAGE_MAX, fleet_status
 
 __all__ = ["page_routes"]
 
@@ -118,6 +121,25 @@ def _list_pages(router: APIRouter, dash: Dashboard) -> None:
     async def calls(operator: Signed) -> HTMLResponse:
         found = await dash.scheduler.store.list_calls(limit=LIST_LIMIT)
         return dash.page("calls.html", operator, {"calls": found}, title="Calls", nav="calls")
+
+    @router.get("/running")
+    async def running(
+        operator: Signed,
+        offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+        limit: Annotated[int, Query(ge=1, le=RUNNING_PAGE_MAX)] = RUNNING_PAGE,
+        agent: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> HTMLResponse:
+        """Every live run, a page at a time (the fleet page lists the first ones)."""
+        status = await fleet_status(
+            dash.scheduler.store, dash.scheduler.project, limit=limit, offset=offset, agent=agent
+        )
+        query = {"limit": str(limit)} | ({} if agent is None else {"agent": agent})
+        context = {
+            "s": status,
+            "now": datetime.now(UTC),
+            "base": f"/dashboard/running?{urlencode(query)}&",
+        }
+        return dash.page("running.html", operator, context, title="Running", nav="fleet")
 
     @router.get("/receipts")
     async def receipts(

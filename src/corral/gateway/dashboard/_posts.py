@@ -1,5 +1,5 @@
 """Logging in and out, and the buttons. Every change goes through
-``corral.gateway.actions``, the code the control API and the CLI use too, recorded in the
+``corral.engine.actions``, the code the control API and the CLI use too, recorded in the
 audit log as ``dashboard:<token name>``. An answer is a message for the page's flash
 area, with the action's status (404, 409, ...) when it was refused."""
 
@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from corral.engine import actions
 from corral.errors import CorralError, StoreError
-from corral.gateway import actions
 from corral.gateway.dashboard._auth import COOKIE, Operator, csrf_ok, safe_next, same_origin
 from corral.gateway.dashboard._context import Dashboard, signed_in
 from corral.gateway.dashboard._render import security_headers

@@ -15,6 +15,8 @@ __all__ = ["FIXED_VIEWS", "LiveView", "live_view", "run_html", "run_record"]
 
 #: How many of an agent's runs its page lists.
 AGENT_RUNS = 25
+#: How many of an agent's live runs its page lists (the running page lists them all).
+AGENT_LIVE = 50
 
 
 @dataclass(frozen=True)
@@ -78,16 +80,21 @@ async def _queue(dash: Dashboard, snap: Snapshot) -> str:
 
 
 async def _locks(dash: Dashboard, snap: Snapshot) -> str:
-    context = {"locks": snap.status["locks"], "waiters": snap.waiters, "now": snap.at}
+    context = {"locks": snap.locks, "waiters": snap.waiters, "now": snap.at}
     return dash.renderer.render("_locks.html", context)
 
 
 async def _agent(dash: Dashboard, snap: Snapshot, name: str) -> str:
     runs = await dash.scheduler.store.list_runs(agent=name, limit=AGENT_RUNS)
+    live = sorted(
+        (run for run in snap.live.values() if run.agent == name),
+        key=lambda run: (run.created_at, run.id),
+    )
     context = {
         "a": snap.agent(name),
         "name": name,
-        "live": [run for run in snap.live.values() if run.agent == name],
+        "live": live[:AGENT_LIVE],
+        "live_total": len(live),
         "runs": runs,
         "queued": [i for i in snap.queue if i.agent == name and i.state is ItemState.QUEUED],
         "now": snap.at,

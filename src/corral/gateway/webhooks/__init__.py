@@ -34,29 +34,25 @@ The route needs no operator token: a delivery is authenticated by its signature.
 gateway listens on loopback unless ``corral start --expose`` (or a reverse proxy in
 front of it) makes it reachable from the sender.
 
-The package: ``answers`` (what a sender is told), ``intake`` (the steps above),
-``replay`` (a recorded delivery delivered again), ``route`` (the FastAPI route and its
-OpenAPI description) and ``fastpath`` (the same intake ahead of FastAPI's routing).
+The package: ``answers`` (what a sender is told), ``intake`` (the steps above), ``route``
+(the FastAPI route and its OpenAPI description) and ``fastpath`` (the same intake ahead of
+FastAPI's routing). What a delivery becomes (its queue items) and a replay of a recorded
+one are ``corral.engine.deliveries``, shared with the CLI.
 """
 
 from __future__ import annotations
 
 from corral.gateway.webhooks.answers import Answer, ClientGone, accepted_json
 from corral.gateway.webhooks.fastpath import WebhookFastPath
-from corral.gateway.webhooks.intake import WebhookIntake, dedupe_key, plan_items
-from corral.gateway.webhooks.replay import ReplayRefused, replay_receipt
+from corral.gateway.webhooks.intake import WebhookIntake
 from corral.gateway.webhooks.route import install_webhooks, webhook_router
 
 __all__ = [
     "Answer",
     "ClientGone",
-    "ReplayRefused",
     "WebhookFastPath",
     "WebhookIntake",
     "accepted_json",
-    "dedupe_key",
     "install_webhooks",
-    "plan_items",
-    "replay_receipt",
     "webhook_router",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from corral.credentials import CredentialError, CredentialStore
+from corral.engine.deliveries import plan_items
 from corral.errors import StoreError
 from corral.gateway.metrics import count_delivery
 from corral.gateway.webhooks.answers import (
@@ -22,31 +23,26 @@ from corral.gateway.webhooks.answers import (
 from corral.project import Project, WebhookSource
 from corral.scheduler.service import log_dropped
 from corral.store import (
-    AgentResult,
     EnqueueResult,
     NewItem,
     NewReceipt,
     Receipt,
     ReceiptOutcome,
-    Store,
-    TriggerKind,
     new_receipt_id,
 )
+from corral.store.protocols import WebhookStore
 from corral.webhooks import (
     Delivery,
-    Event,
     PayloadError,
     Verification,
     parse,
-    route,
     signing_kind,
     signing_secret,
     verify,
-    with_receipt,
 )
 from corral.webhooks.schemes import crc_response, crc_token_problem
 
-__all__ = ["WebhookIntake", "dedupe_key", "plan_items"]
+__all__ = ["WebhookIntake"]
 
 log = logging.getLogger("corral.webhooks")
 
@@ -64,40 +60,12 @@ class _Body:
     declared: int | None = None
 
 
-def dedupe_key(source: str, delivery_id: str | None, agent: str) -> str | None:
-    """The queue dedupe key of a delivery's item for ``agent`` (None without an id)."""
-    return None if delivery_id is None else f"webhook:{source}:{delivery_id}:{agent}"
-
-
-def plan_items(
-    project: Project, event: Event, receipt_id: str, *, replay: bool = False
-) -> tuple[tuple[AgentResult, ...], list[NewItem]]:
-    """Route ``event`` against the project's agents: one result per agent (matched or not,
-    and why) and one webhook item per matched agent, whose trigger detail is the event's
-    trigger JSON with ``receiptId``. A replay's items carry no dedupe key (they are new
-    work by design)."""
-    matches = route(project, event)
-    results = tuple(AgentResult(m.agent, m.matched, m.reason) for m in matches)
-    detail = with_receipt(event.trigger, receipt_id)
-    items = [
-        NewItem(
-            agent=m.agent,
-            trigger=TriggerKind.WEBHOOK,
-            trigger_detail=detail,
-            dedupe_key=None if replay else dedupe_key(event.source, event.delivery_id, m.agent),
-        )
-        for m in matches
-        if m.matched
-    ]
-    return results, items
-
-
 @dataclass
 class WebhookIntake:
     """The intake of one gateway: the project's sources, their secrets, the store."""
 
     project: Project
-    store: Store
+    store: WebhookStore
     credentials: CredentialStore = field(default_factory=CredentialStore)
     #: Called once a delivery's items are durable (the scheduler's wake-up).
     on_queued: Callable[[], None] | None = None

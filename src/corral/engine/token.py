@@ -32,7 +32,7 @@ from pathlib import Path
 
 from corral.errors import UsageError
 from corral.locate import state_dir
-from corral.store import Store
+from corral.store.protocols import TokenStore
 
 __all__ = [
     "CACHE_SECONDS",
@@ -132,7 +132,7 @@ class TokenVerifier:
 
     def __init__(
         self,
-        store: Store,
+        store: TokenStore,
         fixed: Mapping[str, str] | None = None,
         *,
         cache_seconds: float = CACHE_SECONDS,

@@ -1,16 +1,56 @@
-"""Replay: a recorded delivery delivered again, routed against the project as it is now."""
+"""What a webhook delivery becomes: queue items for the agents it matches (``plan_items``,
+used by the gateway's live intake) and, for a recorded one, a replay routed against the
+project as it is now (``replay_receipt``, used by the control API, the dashboard and the
+CLI through ``corral.engine.actions`` or directly)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from corral.gateway.webhooks.intake import plan_items
 from corral.project import Project
 from corral.scheduler.service import log_dropped
-from corral.store import EnqueueResult, NewReceipt, Receipt, ReceiptOutcome, Store, new_receipt_id
-from corral.webhooks import Delivery, PayloadError, parse
+from corral.store import (
+    AgentResult,
+    EnqueueResult,
+    NewItem,
+    NewReceipt,
+    Receipt,
+    ReceiptOutcome,
+    Store,
+    TriggerKind,
+    new_receipt_id,
+)
+from corral.webhooks import Delivery, Event, PayloadError, parse, route, with_receipt
 
-__all__ = ["ReplayRefused", "replay_receipt"]
+__all__ = ["ReplayRefused", "dedupe_key", "plan_items", "replay_receipt"]
+
+
+def dedupe_key(source: str, delivery_id: str | None, agent: str) -> str | None:
+    """The queue dedupe key of a delivery's item for ``agent`` (None without an id)."""
+    return None if delivery_id is None else f"webhook:{source}:{delivery_id}:{agent}"
+
+
+def plan_items(
+    project: Project, event: Event, receipt_id: str, *, replay: bool = False
+) -> tuple[tuple[AgentResult, ...], list[NewItem]]:
+    """Route ``event`` against the project's agents: one result per agent (matched or not,
+    and why) and one webhook item per matched agent, whose trigger detail is the event's
+    trigger JSON with ``receiptId``. A replay's items carry no dedupe key (they are new
+    work by design)."""
+    matches = route(project, event)
+    results = tuple(AgentResult(m.agent, m.matched, m.reason) for m in matches)
+    detail = with_receipt(event.trigger, receipt_id)
+    items = [
+        NewItem(
+            agent=m.agent,
+            trigger=TriggerKind.WEBHOOK,
+            trigger_detail=detail,
+            dedupe_key=None if replay else dedupe_key(event.source, event.delivery_id, m.agent),
+        )
+        for m in matches
+        if m.matched
+    ]
+    return results, items
 
 
 class ReplayRefused(Exception):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
+from corral.engine.deliveries import ReplayRefused, replay_receipt
 from corral.errors import CorralError, RequestKeyReused, StoreConflict
 from corral.project import Project
 from corral.scheduler.service import log_dropped
@@ -244,11 +245,9 @@ async def release_lock(scheduler: Target, key: str, *, actor: str) -> Lock:
 async def replay(
     scheduler: Target, receipt_id: str, *, actor: str
 ) -> tuple[Receipt, list[EnqueueResult]]:
-    """Deliver a recorded webhook delivery again (``corral.gateway.webhooks.replay_receipt``):
+    """Deliver a recorded webhook delivery again (``corral.engine.deliveries.replay_receipt``):
     returns the new receipt and the enqueue results of its items. 404 for an unknown
     receipt; 409 for one that cannot be replayed (unverified, truncated, source gone)."""
-    from corral.gateway.webhooks import ReplayRefused, replay_receipt
-
     store = scheduler.store
     if await store.get_receipt(receipt_id) is None:
         raise ActionError(404, f"no webhook receipt {receipt_id!r}")
