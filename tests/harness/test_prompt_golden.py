@@ -120,3 +120,12 @@ def test_the_credential_block_ends_with_the_shutdown_rule() -> None:
         '- If you detect credential exfiltration, immediately run: `al-shutdown "exfiltration '
         'detected"`'
     )
+
+
+def test_skills_follow_an_edited_skill_body() -> None:
+    # Kept per body text: the same agent before and after SKILL.md names al-subagent.
+    before = "Review the pull request, then stop."
+    assert skills_used(before) == {"lock"}
+    after = before + "\nAsk the tester: echo ctx | al-subagent tester"
+    assert skills_used(after) == {"lock", "subagent"}
+    assert skills_used(before) == {"lock"}

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from corral.credentials import CredentialStore
+from corral.engine.token import local_token
 from corral.errors import RunError
 from corral.gateway.server import bind_unix, unix_socket_path
-from corral.gateway.token import local_token
 from corral.runtime import Bind, Isolation, LaunchSpec
 from corral.runtime.sandbox import SandboxRuntime
 from corral.scheduler import prepare

@@ -13,6 +13,7 @@ else would teach them.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -69,9 +70,15 @@ SHUTDOWN_RULE = (
 )
 
 
+@functools.lru_cache(maxsize=64)
 def skills_used(system_prompt: str) -> frozenset[str]:
     """The skill blocks an agent gets: the lock block always, the others when its
-    instructions mention their commands."""
+    instructions mention their commands.
+
+    Kept per instructions text: every run of an agent asks again with the same SKILL.md
+    body (a string whose hash Python keeps), so the scan of a long body is paid once per
+    version of it; an edited SKILL.md is a new text, scanned anew.
+    """
     used = {name for name, use in _SKILL_USE.items() if use.search(system_prompt)}
     return ALWAYS | used
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
-from collections.abc import Collection, Mapping, Sequence
+import signal
+import subprocess
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from corral.errors import RunError
 from corral.runtime._base import LaunchSpec, Process
+from corral.runtime._children import can_spawn_off_loop, spawn_off_loop
 from corral.runtime._contain import MARKER, Containment, contain_support
 from corral.runtime._private import (
     MountSupport,
@@ -92,24 +97,39 @@ async def start_process(
 
     Shared by the runtimes (the sandbox runtime starts bubblewrap through it).
     With ``stdin`` the child's stdin is a pipe: give the bytes to `feed_stdin`.
+    The checks and the fork/exec run in a worker thread where asyncio allows it (see
+    _children): a burst of runs then does not hold up the event loop that serves the
+    gateway.
     """
-    command = list(argv)
-    if namespace or (containment is not None and containment.path is not None):
+    command = _command(argv, cwd, env, containment, namespace)
+    stdin_to = subprocess.PIPE if stdin is not None else subprocess.DEVNULL
+
+    def start() -> subprocess.Popen[bytes]:
         try:
-            _check_program(command, cwd, env)
-        except RunError:
+            return subprocess.Popen(
+                command(),
+                cwd=cwd,
+                env=dict(env),
+                stdin=stdin_to,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=tuple(pass_fds),
+            )
+        except OSError as exc:
             if containment is not None:
                 containment.discard()
-            raise
-        command = [*namespace, *command]
-    if containment is not None and containment.path is not None:
-        command = containment.wrap(command, env.get("PWD"))
+            raise RunError(f"could not start {argv[0]!r}: {exc.strerror or exc}") from exc
+
+    if can_spawn_off_loop():
+        return await spawn_off_loop(start, functools.partial(_end_orphan, containment))
+    whole = command()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *command,
+        return await asyncio.create_subprocess_exec(
+            *whole,
             cwd=cwd,
             env=dict(env),
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdin=stdin_to,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
@@ -119,7 +139,49 @@ async def start_process(
         if containment is not None:
             containment.discard()
         raise RunError(f"could not start {argv[0]!r}: {exc.strerror or exc}") from exc
-    return proc
+
+
+def _command(
+    argv: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    containment: Containment | None,
+    namespace: Sequence[str],
+) -> Callable[[], list[str]]:
+    """What to exec, checked first (a RunError for a missing program, as exec would
+    say it, and the containment discarded): a call, so it runs where the start does."""
+
+    def command() -> list[str]:
+        whole = list(argv)
+        if namespace or (containment is not None and containment.path is not None):
+            try:
+                _check_program(whole, cwd, env)
+            except RunError:
+                if containment is not None:
+                    containment.discard()
+                raise
+            whole = [*namespace, *whole]
+        if containment is not None and containment.path is not None:
+            whole = containment.wrap(whole, env.get("PWD"))
+        return whole
+
+    return command
+
+
+def _end_orphan(containment: Containment | None, popen: subprocess.Popen[bytes]) -> None:
+    """Kill and reap a child whose start was cancelled, with all it started (in a thread:
+    nothing else watches it)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    if containment is not None:
+        containment.signal_all(signal.SIGKILL)
+    popen.wait()
+    for stream in (popen.stdin, popen.stdout):
+        if stream is not None:
+            stream.close()
+    if containment is not None:
+        containment.signal_all(signal.SIGKILL)
+        containment.discard()
 
 
 def _check_program(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> None:

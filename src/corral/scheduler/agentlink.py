@@ -6,13 +6,14 @@ resolves a request's secret here (or, for a run this process did not start, in t
 store) and compares the hashes in constant time.
 
 ``Changes`` wakes requests that wait (``rlock --wait``, ``al-subagent-wait``) as soon as
-something they wait for may have happened in this process: a lock released, a run
-ended. Changes made by other processes sharing the store are seen by polling.
+something they wait for may have happened: a lock released, a run ended, a call answered.
+It is the store's hub (``store.changes``, corral/store/_notify.py): on PostgreSQL the
+changes of every process sharing the store arrive there too (LISTEN/NOTIFY); on SQLite
+only this process's do, and other processes' changes are seen by the waiters' polls.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import secrets
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.credentials.redact import MARKER, Redactor
+from corral.store._notify import Changes
 
 __all__ = ["AgentLink", "Changes", "RunRef", "hash_secret"]
 
@@ -45,37 +47,6 @@ class RunRef:
     secret_hash: str
     #: The secret the request presented (never shown; redacted from what the run sends).
     secret: str = field(default="", repr=False, compare=False)
-
-
-class Changes:
-    """Wake-ups by topic (``lock:<key>``, ``call:<id>``) plus a broadcast for everything."""
-
-    def __init__(self) -> None:
-        self._topics: dict[str, asyncio.Event] = {}
-        self._all = asyncio.Event()
-
-    def notify(self, topic: str) -> None:
-        event = self._topics.pop(topic, None)
-        if event is not None:
-            event.set()
-
-    def notify_all(self) -> None:
-        events, self._topics = list(self._topics.values()), {}
-        for event in events:
-            event.set()
-        everything, self._all = self._all, asyncio.Event()
-        everything.set()
-
-    async def wait(self, topics: list[str], timeout: float) -> None:
-        """Return when one of ``topics`` (or everything) is notified, or after ``timeout``."""
-        events = [self._topics.setdefault(topic, asyncio.Event()) for topic in topics]
-        events.append(self._all)
-        waiters = [asyncio.ensure_future(event.wait()) for event in events]
-        try:
-            await asyncio.wait(waiters, timeout=max(timeout, 0.0), return_when="FIRST_COMPLETED")
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
 
 
 @dataclass

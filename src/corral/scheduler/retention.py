@@ -12,13 +12,18 @@ import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from corral.project import Project
-from corral.store import Store
+from corral.store.protocols import QueueStore, RunStore, WebhookStore
 
-__all__ = ["Pruned", "prune_history"]
+__all__ = ["HistoryStore", "Pruned", "prune_history"]
 
 log = logging.getLogger("corral.retention")
+
+
+class HistoryStore(RunStore, QueueStore, WebhookStore, Protocol):
+    """What retention prunes: runs, finished queue items and webhook receipts."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,9 @@ class Pruned:
     items: int = 0
 
 
-async def prune_history(project: Project, store: Store, *, now: datetime | None = None) -> Pruned:
+async def prune_history(
+    project: Project, store: HistoryStore, *, now: datetime | None = None
+) -> Pruned:
     """Delete ended runs and finished queue items, run directories and logs untouched,
     and webhook receipts received, longer ago than the retention.
 

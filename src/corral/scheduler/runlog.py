@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from corral.credentials import Redactor
+from corral.credentials import RedactingSink, Redactor
 from corral.locate import open_private, private_dirs
 from corral.runtime import Sink
 
@@ -43,7 +43,11 @@ class RunLog:
         self.limit = limit
         self.written = 0
         self.dropped = 0
-        self._redactor = Redactor(secrets).stream()
+        #: The values to redact; their redactor (a compiled pattern holding the run's own
+        #: secret, so never shared by two runs) is built at the first output: a run that
+        #: prints nothing costs no pattern.
+        self._secrets = tuple(secrets)
+        self._redactor: RedactingSink | None = None
         self._file: BinaryIO | None = None
 
     async def __aenter__(self) -> Self:
@@ -69,7 +73,7 @@ class RunLog:
     ) -> None:
         if self._file is None:
             return
-        tail = self._redactor.flush()
+        tail = self._redactor.flush() if self._redactor is not None else b""
         self._store(tail)
         if self.sink is not None and tail and exc_type is None:
             await self.sink(tail)
@@ -88,6 +92,10 @@ class RunLog:
 
     async def write(self, chunk: bytes) -> None:
         """Take a chunk of output: redact, store (up to the limit), pass to the sink."""
+        if not chunk:
+            return
+        if self._redactor is None:
+            self._redactor = Redactor(self._secrets).stream()
         clean = self._redactor.feed(chunk)
         self._store(clean)
         if self.sink is not None and clean:

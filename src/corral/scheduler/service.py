@@ -42,6 +42,7 @@ from corral.store import (
     Store,
     StoreError,
 )
+from corral.store._notify import QUEUE
 from corral.telemetry import RunObserver, observer_for
 
 __all__ = [
@@ -145,6 +146,7 @@ class Scheduler:
             bin_dir=project.root / ".corral" / "bin",
             unix_url=gateway_unix_url,
             on_queued=self.wake,
+            changes=store.changes,  # the store's notices wake this process's waiters too
         )
         self.executor = RunExecutor(
             project,
@@ -401,23 +403,31 @@ class Scheduler:
                 delay = min(delay * 2, 10.0)
 
     async def _dispatch(self) -> None:
+        """Claim whenever woken: by this process (an enqueue, a slot freed) or, on
+        PostgreSQL, by any process sharing the store (``queue`` notices, store/_notify.py).
+        The poll is the fallback: SQLite's other processes, and notices lost while the
+        store's listener reconnects. A burst of notices sets one event: one more claim."""
         batch = self.options.claim_batch
-        while not self.draining:
-            self._wake.clear()
-            if self.overdue() is not None:  # no new work until a renewal succeeds
-                await asyncio.sleep(self.options.poll_interval)
-                continue
-            asked = time.time_ns()
-            claims = await self.store.claim(
-                self.id, lease_seconds=self.options.lease_seconds, limit=batch
-            )
-            if claims:
-                self.observer.claimed(claims, asked, time.time_ns())
-            for claim in claims:
-                self._launch(claim)
-            if len(claims) < batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.options.poll_interval)
+        unsubscribe = self.store.changes.subscribe(QUEUE, self.wake)
+        try:
+            while not self.draining:
+                self._wake.clear()
+                if self.overdue() is not None:  # no new work until a renewal succeeds
+                    await asyncio.sleep(self.options.poll_interval)
+                    continue
+                asked = time.time_ns()
+                claims = await self.store.claim(
+                    self.id, lease_seconds=self.options.lease_seconds, limit=batch
+                )
+                if claims:
+                    self.observer.claimed(claims, asked, time.time_ns())
+                for claim in claims:
+                    self._launch(claim)
+                if len(claims) < batch:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.options.poll_interval)
+        finally:
+            unsubscribe()
 
     def _launch(self, claim: Claim) -> None:
         if self.on_claim is not None:

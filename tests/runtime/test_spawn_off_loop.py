@@ -1,0 +1,99 @@
+"""Starting run processes leaves the event loop free: the fork/exec (and the checks
+before it) run in worker threads, and a start that is cancelled leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from corral.runtime import HostRuntime, LaunchSpec
+from corral.runtime._children import can_spawn_off_loop
+from corral.runtime._contain import MARKER, marked_pids
+from corral.runtime.host import start_process
+
+STARTS = 48
+
+
+async def _max_loop_gap(work: Callable[[], Awaitable[object]]) -> float:
+    """The longest the loop went without running a 1 ms ticker while ``work`` ran."""
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = loop.time()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.sleep(0.01)
+    try:
+        await work()
+    finally:
+        done.set()
+        await tick
+    return max(gaps)
+
+
+async def _starts(tmp_path: Path, on_loop: bool) -> None:
+    env = {"PATH": "/usr/bin:/bin"}
+    if on_loop:  # what corral did before: asyncio forks and execs on the loop itself
+        procs = await asyncio.gather(
+            *(
+                asyncio.create_subprocess_exec(
+                    "/bin/true", cwd=tmp_path, env=env, start_new_session=True
+                )
+                for _ in range(STARTS)
+            )
+        )
+    else:
+        procs = await asyncio.gather(
+            *(
+                start_process(["/bin/true"], cwd=tmp_path, env=env, stdin=None)
+                for _ in range(STARTS)
+            )
+        )
+    assert [await p.wait() for p in procs] == [0] * STARTS
+
+
+async def test_a_burst_of_starts_does_not_hold_the_loop(tmp_path: Path) -> None:
+    assert can_spawn_off_loop()
+    # Interleaved, best of three each: the machine is shared and noisy.
+    on_loop, off_loop = [], []
+    for _ in range(3):
+        on_loop.append(await _max_loop_gap(lambda: _starts(tmp_path, on_loop=True)))
+        off_loop.append(await _max_loop_gap(lambda: _starts(tmp_path, on_loop=False)))
+    assert min(off_loop) < min(on_loop) / 2, (on_loop, off_loop)
+
+
+async def test_a_cancelled_start_leaves_no_process(tmp_path: Path) -> None:
+    runtime = HostRuntime()
+    marker = f"spawn-{uuid.uuid4().hex[:12]}"
+    spec = LaunchSpec(
+        argv=["/bin/sh", "-c", "sleep 60 & exec sleep 60"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", MARKER: marker},
+    )
+    for delay in (0.0, 0.0005, 0.001, 0.002, 0.005):
+        task = asyncio.create_task(runtime.launch(spec))
+        await asyncio.sleep(delay)
+        if task.done():  # started before the cancel: an ordinary run, ended as one
+            process = task.result()
+            await process.stop(0.1)
+            continue
+        task.cancel()
+        try:
+            process = await task
+        except asyncio.CancelledError:
+            continue
+        await process.stop(0.1)
+    deadline = time.monotonic() + 5
+    while marked_pids(marker) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert marked_pids(marker) == [], "a cancelled start left a process running"
