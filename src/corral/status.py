@@ -6,6 +6,13 @@ the running instances with their ``al-status`` text and age; the active locks wi
 holder and how long they have been held; the latest drops and refusals; the live
 schedulers. Keys are camelCase like corral's other JSON answers; fields may be added,
 none is removed or renamed.
+
+The document stays small however many runs are live: every agent is summarised (its
+running and queued counts), but ``running`` lists one page of the live runs, oldest
+first (``limit``, default `RUNNING_PAGE`, from ``offset``, optionally of one ``agent``),
+with ``runningTotal`` and ``runningNext`` (the offset of the next page, or null) to reach
+the rest; ``locks`` lists the `LOCKS_SHOWN` oldest held locks, with ``locksTotal``
+(``GET /control/locks`` lists them all). At 1,000 live runs the whole list was 196 KB.
 """
 
 from __future__ import annotations
@@ -15,13 +22,29 @@ from typing import Any
 
 from corral.project import Agent, Project
 from corral.scheduler.service import SchedulerOptions, is_live
-from corral.store import AgentState, ItemState, RunState, Store
+from corral.store import AgentState, ItemState, Lock, Run, RunState, Store
 from corral.views import agent_json, iso_time
 
-__all__ = ["agent_state_text", "fleet_status", "trigger_kinds"]
+__all__ = [
+    "LOCKS_SHOWN",
+    "RUNNING_PAGE",
+    "RUNNING_PAGE_MAX",
+    "agent_state_text",
+    "fleet_status",
+    "lock_entry",
+    "running_entry",
+    "trigger_kinds",
+]
 
 #: How many recent drops and refusals the status shows.
 RECENT_PROBLEMS = 10
+#: How many live runs one status document lists by default, and at most.
+RUNNING_PAGE = 50
+RUNNING_PAGE_MAX = 500
+#: How many held locks the status document lists (the oldest first).
+LOCKS_SHOWN = 50
+#: No scheduler holds more live runs than this many (what one read fetches).
+_LIVE_READ = 1_000_000
 
 
 def trigger_kinds(agent: Agent) -> list[str]:
@@ -45,14 +68,28 @@ def agent_state_text(state: AgentState, project_paused: bool) -> str:
 
 
 async def fleet_status(
-    store: Store, project: Project, *, now: datetime | None = None
+    store: Store,
+    project: Project,
+    *,
+    now: datetime | None = None,
+    limit: int = RUNNING_PAGE,
+    offset: int = 0,
+    agent: str | None = None,
 ) -> dict[str, Any]:
-    """The status document for ``project`` as ``store`` has it now."""
+    """The status document for ``project`` as ``store`` has it now, listing the live runs
+    ``offset`` to ``offset + limit`` (oldest first; of ``agent`` only when given)."""
+    if not 0 <= limit <= RUNNING_PAGE_MAX or offset < 0:
+        raise ValueError(f"need 0 <= limit <= {RUNNING_PAGE_MAX} and offset >= 0")
     moment = now or datetime.now(UTC)
     project_state = await store.project_state()
     states = {state.agent: state for state in await store.agent_states() if state.present}
-    live = await store.list_runs(states=[RunState.STARTING, RunState.RUNNING], limit=1000)
-    locks = await store.list_locks()
+    live = await store.list_runs(
+        agent=agent, states=[RunState.STARTING, RunState.RUNNING], limit=_LIVE_READ
+    )
+    live.sort(key=lambda r: (r.created_at, r.id))
+    page = live[offset : offset + limit]
+    after = offset + len(page)
+    locks = sorted(await store.list_locks(), key=lambda lock: lock.acquired_at)
     problems = await store.list_items(
         states=[ItemState.DROPPED, ItemState.REJECTED], limit=RECENT_PROBLEMS
     )
@@ -69,12 +106,12 @@ async def fleet_status(
         spent.setdefault(name, 0.0)
     agents = []
     for name, state in sorted(states.items()):
-        agent = project.agents.get(name)
+        known = project.agents.get(name)
         agents.append(
             agent_json(state)
             | {
                 "state": agent_state_text(state, project_state.paused),
-                "triggers": [] if agent is None else trigger_kinds(agent),
+                "triggers": [] if known is None else trigger_kinds(known),
                 "spentToday": spent[name],
                 "dailyCap": state.daily_cost_cap,
             }
@@ -97,31 +134,14 @@ async def fleet_status(
         "spentToday": sum(today.values()),  # every run's, as the project's cap counts
         "dailyCap": project_state.daily_cost_cap,
         "agents": agents,
-        "running": [
-            {
-                "id": run.id,
-                "agent": run.agent,
-                "trigger": run.trigger.value,
-                "status": run.status_text,
-                "statusAt": iso_time(run.status_at),
-                "startedAt": iso_time(run.started_at),
-                "ageSeconds": (moment - (run.started_at or run.created_at)).total_seconds(),
-                "tokens": run.tokens,
-                "costUsd": run.cost_usd,
-            }
-            for run in sorted(live, key=lambda r: r.created_at)
-        ],
-        "locks": [
-            {
-                "key": lock.key,
-                "holder": lock.run_id,
-                "agent": lock.agent,
-                "heldSince": iso_time(lock.acquired_at),
-                "heldSeconds": (moment - lock.acquired_at).total_seconds(),
-                "expiresAt": iso_time(lock.expires_at),
-            }
-            for lock in sorted(locks, key=lambda lock: lock.acquired_at)
-        ],
+        "running": [running_entry(run, moment) for run in page],
+        "runningTotal": len(live),
+        "runningOffset": offset,
+        "runningLimit": limit,
+        "runningAgent": agent,
+        "runningNext": after if after < len(live) else None,
+        "locks": [lock_entry(lock, moment) for lock in locks[:LOCKS_SHOWN]],
+        "locksTotal": len(locks),
         "recent": [
             {
                 "item": item.id,
@@ -133,6 +153,33 @@ async def fleet_status(
             }
             for item in problems
         ],
+    }
+
+
+def running_entry(run: Run, now: datetime) -> dict[str, Any]:
+    """A live run as the status document lists it."""
+    return {
+        "id": run.id,
+        "agent": run.agent,
+        "trigger": run.trigger.value,
+        "status": run.status_text,
+        "statusAt": iso_time(run.status_at),
+        "startedAt": iso_time(run.started_at),
+        "ageSeconds": (now - (run.started_at or run.created_at)).total_seconds(),
+        "tokens": run.tokens,
+        "costUsd": run.cost_usd,
+    }
+
+
+def lock_entry(lock: Lock, now: datetime) -> dict[str, Any]:
+    """A held lock as the status document lists it."""
+    return {
+        "key": lock.key,
+        "holder": lock.run_id,
+        "agent": lock.agent,
+        "heldSince": iso_time(lock.acquired_at),
+        "heldSeconds": (now - lock.acquired_at).total_seconds(),
+        "expiresAt": iso_time(lock.expires_at),
     }
 
 
