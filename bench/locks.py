@@ -17,6 +17,13 @@ processes, so the gateway process's CPU is its own. Figures (medians of ``--reps
   must be 200 with ``"ok":true``. The gateway process's CPU (all its threads) over the
   window. The peer, in another process: ``redis.asyncio`` at 32 connections, ``SET key
   val NX PX 30000`` + a compare-and-delete Lua script; corral/Redis as a ratio per store.
+  And Redis from its C client, ``redis-benchmark`` (32 connections, no pipelining): plain
+  ``SET`` (the figure usually quoted), ``SET NX PX`` on fresh keys, the compare-and-delete
+  ``EVAL``, and the pair rate they imply (one of each in turn per connection:
+  1 / (1/set + 1/del)); the deletes mostly find no key, so that is an upper bound.
+* durability, read from each side and printed: corral's SQLite ``synchronous`` and
+  ``journal_mode`` (from a store's own connection), PostgreSQL's ``synchronous_commit``
+  and ``fsync``, Redis's ``appendonly`` and ``save`` (empty: nothing on disk).
 * contention: 200 live runs (200 aiohttp workers in one process) try-lock random keys of
   1,000, hold a granted one 1-5 ms, release it. Checked on the client: no grant for a key
   while another worker holds it and has not yet sent its release (double grant), and
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import functools
 import json
 import math
@@ -329,6 +337,139 @@ async def measure_command(gw: Gateway, iterations: int, warmup: int) -> dict[str
     return out
 
 
+async def measure_redis_benchmark(url: str, concurrency: int, requests: int) -> dict[str, Any]:
+    """Redis's own C load generator: requests/s of SET, SET NX PX, compare-and-delete."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    kwargs = client.connection_pool.connection_kwargs
+    await client.aclose()
+    base = ["redis-benchmark", "-h", str(kwargs.get("host", "127.0.0.1"))]
+    base += ["-p", str(kwargs.get("port", 6379)), "-n", str(requests), "-c", str(concurrency)]
+    base += ["--csv"]
+    key = "corral-bench:lock:__rand_int__"  # 10^9 keys: fresh ones; they expire in 30 s
+    runs = {
+        "set": [*base, "-t", "set"],
+        "set_nx_px": [*base, "-r", "1000000000", "SET", key, "v", "NX", "PX", "30000"],
+        "compare_and_delete": [*base, "-r", "1000000000", "EVAL", REDIS_RELEASE, "1", key, "v"],
+    }
+    out: dict[str, Any] = {"concurrency": concurrency, "requests": requests}
+    for name, argv in runs.items():
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        stdout, stderr = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"redis-benchmark {name}: {stderr.decode(errors='replace')}")
+        # --csv: a header line, then "test","rps","avg_latency_ms","min",..,"p50",..
+        rows = [row for row in csv.reader(stdout.decode().splitlines()) if row]
+        fields = rows[-1]
+        out[f"{name}_per_s"] = float(fields[1])
+        out[f"{name}_p50_ms"] = float(fields[4])
+    out["pairs_per_s"] = round(
+        1 / (1 / out["set_nx_px_per_s"] + 1 / out["compare_and_delete_per_s"]), 1
+    )
+    return out
+
+
+PGBENCH_PAIR = """\\set k random(1, 16)
+SELECT outcome FROM corral_rlock('pgb/' || :client_id || '/' || :k,
+    (SELECT id FROM bench_runs WHERE n = :client_id), NULL, 60, 30);
+SELECT corral_runlock('pgb/' || :client_id || '/' || :k,
+    (SELECT id FROM bench_runs WHERE n = :client_id), NULL);
+"""
+
+
+async def measure_pg_ceiling(dsn: str, concurrency: int, duration: float) -> dict[str, Any]:
+    """The database's own ceiling for acquire + release pairs: ``pgbench`` (C, prepared
+    statements, no corral process in the way) calling the two lock functions, with
+    ``concurrency`` connections, each a live run on keys of its own, as the gateway's
+    workers do. The gateway's figure over this one is the share corral's Python keeps."""
+    from corral.store import NewRun, TriggerKind, open_store
+
+    pgbench = shutil.which("pgbench") or next(
+        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"))), None
+    )
+    if pgbench is None:
+        return {"note": "pgbench not found"}
+    async with fresh_database(dsn, prefix="bench_pgb") as url:
+        store = await open_store(url)
+        try:
+            for _ in range(concurrency):
+                await store.create_run(NewRun(agent=AGENT, trigger=TriggerKind.MANUAL))
+        finally:
+            await store.close()
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute(
+                "CREATE TABLE bench_runs AS SELECT row_number() OVER (ORDER BY id) - 1 AS n, id"
+                " FROM corral_runs"
+            )
+        with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+            script.write(PGBENCH_PAIR)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                pgbench, "-n", "-M", "prepared", "-f", script.name, "-c", str(concurrency),
+                "-j", "2", "-T", str(max(1, round(duration))), "-d", url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            stdout, stderr = await proc.communicate()
+        finally:
+            os.unlink(script.name)
+    text = stdout.decode()
+    if proc.returncode != 0 or "tps = " not in text:
+        raise RuntimeError(f"pgbench failed: {stderr.decode(errors='replace')[-500:]}")
+    tps = float(text.split("tps = ", 1)[1].split()[0])
+    latency = float(text.split("latency average = ", 1)[1].split()[0])
+    return {"concurrency": concurrency, "pairs_per_s": round(tps, 1), "pair_avg_ms": latency}
+
+
+async def durability(store_kinds: list[str], dsn: str, redis_url: str) -> dict[str, Any]:
+    """How durable each side's write is, as its server says."""
+    import psycopg
+    import redis.asyncio as aioredis
+
+    from corral.store import open_store
+
+    out: dict[str, Any] = {}
+    if "sqlite" in store_kinds:
+        tmp = Path(tempfile.mkdtemp(prefix="corral-bench-durability-"))
+        try:
+            store = await open_store(f"sqlite:///{tmp / 'state.db'}")
+            try:
+                conn = getattr(store, "_conn")  # noqa: B009  # the store's own connection
+
+                def pragmas() -> tuple[Any, Any]:
+                    sync = dict(conn.execute("PRAGMA synchronous").fetchone())["synchronous"]
+                    journal = dict(conn.execute("PRAGMA journal_mode").fetchone())
+                    return sync, journal["journal_mode"]
+
+                sync, journal = await getattr(store, "call")(pragmas)  # noqa: B009
+            finally:
+                await store.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+        out["sqlite"] = {"synchronous": names.get(sync, sync), "journal_mode": journal}
+    if "postgresql" in store_kinds:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            pg: dict[str, Any] = {}
+            for setting in ("synchronous_commit", "fsync", "wal_sync_method"):
+                row = await (await conn.execute(f"SHOW {setting}")).fetchone()
+                pg[setting] = row[0] if row else None
+        out["postgresql"] = pg
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        out["redis"] = {
+            "appendonly": (await client.config_get("appendonly")).get("appendonly"),
+            "save": (await client.config_get("save")).get("save"),
+        }
+    finally:
+        await client.aclose()
+    return out
+
+
 def _db_procs(store: str) -> tuple[str, ...]:
     return ("postgres",) if store == "postgresql" else ()
 
@@ -390,12 +531,17 @@ async def measure_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
         out["contention"] = await measure_contention(
             gw, store, args.keys, args.warmup, args.contention_duration
         )
+    if store == "postgresql":
+        out["ceiling"] = await measure_pg_ceiling(args.dsn, args.concurrency, args.duration)
     return out
 
 
 async def measure_peer(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "throughput": await measure_redis(args.redis, args.concurrency, args.warmup, args.duration)
+        "throughput": await measure_redis(args.redis, args.concurrency, args.warmup, args.duration),
+        "redis_benchmark": await measure_redis_benchmark(
+            args.redis, args.concurrency, args.redis_requests
+        ),
     }
 
 
@@ -800,6 +946,14 @@ def _report(result: Result, stores: list[str], reps: int) -> None:
         ["store", *(h for h, _ in CONTENTION_COLUMNS)],
         [_row(s, fig[s]["contention"], CONTENTION_COLUMNS) for s in stores],
     )
+    if "postgresql" in stores and "pairs_per_s" in fig["postgresql"].get("ceiling", {}):
+        ceiling = fig["postgresql"]["ceiling"]["pairs_per_s"]
+        gw_rate = fig["postgresql"]["throughput"]["pairs_per_s"]
+        print(
+            f"\nPostgreSQL's own ceiling (pgbench calling corral_rlock + corral_runlock,"
+            f" {params['concurrency']} connections, no corral process): {ceiling} pairs/s;"
+            f" the gateway reaches {gw_rate} = {gw_rate / ceiling:.0%} of it"
+        )
     redis_rate = redis["pairs_per_s"]
     comp = [
         (f"{s} pairs/s (higher is better)", fig[s]["throughput"]["pairs_per_s"], redis_rate)
@@ -810,6 +964,43 @@ def _report(result: Result, stores: list[str], reps: int) -> None:
         f"{s}_throughput": round(a / b, 3) if b else None
         for s, (_, a, b) in zip(stores, comp, strict=True)
     }
+    rb = fig["redis"]["redis_benchmark"]
+    print_table(
+        f"Redis from redis-benchmark (C client, {rb['concurrency']} connections, no pipelining),"
+        f" median of {reps}",
+        ["command", "requests/s", "p50 ms"],
+        [
+            ["SET (-t set)", rb["set_per_s"], rb["set_p50_ms"]],
+            ["SET key v NX PX 30000 (fresh keys)", rb["set_nx_px_per_s"], rb["set_nx_px_p50_ms"]],
+            ["EVAL compare-and-delete", rb["compare_and_delete_per_s"],
+             rb["compare_and_delete_p50_ms"]],
+            ["pair (1 / (1/SET NX + 1/EVAL))", rb["pairs_per_s"], math.nan],
+            ["pair from redis.asyncio (above)", redis_rate, redis["pair_p50_ms"]],
+        ],
+    )  # fmt: skip
+    comp_c = [
+        (f"{s} pairs/s vs redis-benchmark pairs", fig[s]["throughput"]["pairs_per_s"],
+         rb["pairs_per_s"])
+        for s in stores
+    ]  # fmt: skip
+    print_comparison(f"throughput, corral vs Redis's C client, median of {reps}", comp_c,
+                     theirs="redis-benchmark")  # fmt: skip
+    result.figures["ratios_corral_over_redis"].update(
+        {
+            f"{s}_throughput_vs_redis_benchmark": round(a / b, 4) if b else None
+            for s, (_, a, b) in zip(stores, comp_c, strict=True)
+        }
+    )
+    dur = params["durability"]
+    print("\ndurability (read from each side):")
+    for side, settings in dur.items():
+        print(f"  {side}: " + ", ".join(f"{k}={v!r}" for k, v in settings.items()))
+    print(
+        "  (what they mean: Redis with appendonly 'no' and save '' keeps nothing on disk;"
+        " SQLite synchronous NORMAL in WAL loses no commit to a process crash, but may lose"
+        " the last ones to a power cut; PostgreSQL synchronous_commit on with fsync on"
+        " loses none to either)"
+    )
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -829,6 +1020,7 @@ async def _main(args: argparse.Namespace) -> int:
                 "keys",
                 "contention_duration",
                 "quick",
+                "redis_requests",
             )
         },
     )
@@ -836,6 +1028,7 @@ async def _main(args: argparse.Namespace) -> int:
     if note:
         print(note)
         result.notes.append(note)
+    result.params["durability"] = await durability(stores, args.dsn, args.redis)
     units: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
         (s, functools.partial(measure_store, s, args)) for s in stores
     ]
@@ -884,6 +1077,9 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--contention-runs", type=int, default=200, help="contending runs")
     p.add_argument("--keys", type=int, default=1000, help="contended keys")
     p.add_argument("--contention-duration", type=float, default=10.0, help="seconds")
+    p.add_argument(
+        "--redis-requests", type=int, default=200000, help="requests per redis-benchmark run"
+    )
     p.add_argument("--quick", action="store_true", help="one repetition, short phases")
     p.add_argument("--quiet-threshold", type=float, default=15.0)
     p.add_argument("--quiet-timeout", type=float, default=30.0)
@@ -901,6 +1097,7 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
         ns.warmup = min(ns.warmup, 0.5)
         ns.duration = min(ns.duration, 2.0)
         ns.contention_duration = min(ns.contention_duration, 3.0)
+        ns.redis_requests = min(ns.redis_requests, 50000)
         ns.quiet_timeout = min(ns.quiet_timeout, 5.0)
     return ns
 

@@ -156,13 +156,21 @@ def vm_kib(pid: int, key: str = "VmRSS") -> int:
 
 
 def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pids``: the system share is the kernel's work
+    for them (fork, mkdir, file and pipe syscalls), which a Python profiler sees only
+    as the frame that made the call."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    user = system = 0.0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-    return total
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+    return user, system
 
 
 @dataclass
@@ -335,10 +343,11 @@ async def measure_throughput(f: Fleet, items: int, scale: int) -> dict[str, Any]
     enqueue_s = time.monotonic() - t0
     await asyncio.sleep(0.3)
     spies = await start_py_spy(f, f"throughput-scale{scale}") if PROFILE_DIR else []
-    cpu0 = cpu_seconds(f.pids)
+    user0, sys0 = cpu_split(f.pids)
     await store.set_paused(None, False)
     await wait_settled(store, 600.0)
-    cpu1 = cpu_seconds(f.pids)
+    user1, sys1 = cpu_split(f.pids)
+    cpu0, cpu1 = user0 + sys0, user1 + sys1
     await stop_py_spy(spies)
     pairs = await items_and_runs(store, ids)
     first = min(r.created_at for _, r in pairs)
@@ -355,6 +364,7 @@ async def measure_throughput(f: Fleet, items: int, scale: int) -> dict[str, Any]
         "seconds": round(elapsed, 3),
         "enqueue_per_s": round(items / enqueue_s, 1),
         "scheduler_cpu_ms_per_run": round((cpu1 - cpu0) * 1000 / items, 3),
+        "scheduler_sys_ms_per_run": round((sys1 - sys0) * 1000 / items, 3),
         "runs_per_scheduler": [by_owner.get(s.id, 0) for s in f.schedulers],
         "not_succeeded": len(bad),
     }
@@ -444,6 +454,8 @@ async def measure_corral(
 # --------------------------------------------------------------------------- profiling
 
 PROFILE_DIR: Path | None = None  # --profile: py-spy the schedulers in throughput phases
+PROFILE_RATE = 500  # --profile-rate: samples per second
+PROFILE_GIL = False  # --profile-gil: only the thread holding the GIL (Python's own work)
 _PY_SPY = Path(PYTHON).with_name("py-spy")
 
 
@@ -462,11 +474,12 @@ async def start_py_spy(f: Fleet, label: str) -> list[asyncio.subprocess.Process]
                 "--pid",
                 str(pid),
                 "--rate",
-                "250",
+                str(PROFILE_RATE),
                 "--format",
                 "raw",
+                "--function",
                 "--nonblocking",
-                "--gil",
+                *(["--gil"] if PROFILE_GIL else []),
                 "--output",
                 str(out),
                 stdout=asyncio.subprocess.DEVNULL,
@@ -485,43 +498,63 @@ async def stop_py_spy(spies: list[asyncio.subprocess.Process]) -> None:
         await s.wait()
 
 
-# Where a scheduler's on-CPU samples go: the first of these frames (innermost-first
-# search) that a stack contains names its bucket. Function names as py-spy prints them.
+# Where a scheduler's on-CPU samples go: the first bucket one of whose markers a frame
+# of the stack contains (function names as py-spy prints them). The store's buckets come
+# first: a store call made from the executor is the store's, not the executor's.
 BUCKETS = [
-    ("store.claim (dispatch transaction)", "claim (corral/store/_queue.py"),
-    ("store.mark_run_running", "mark_run_running ("),
-    ("store.finalize", "finalize (corral/store/_leases.py"),
-    ("store.enqueue", "enqueue (corral/store/_queue.py"),
-    ("store: leases/recovery/kill polls", "_supervise ("),
-    ("spawn (runtime.launch: fork/exec, stdin)", "launch (corral/runtime/host.py"),
-    ("prompt + run files (_start minus launch)", "_start (corral/scheduler/executor.py"),
-    ("watch: log file, pump, wait", "_watch (corral/scheduler/executor.py"),
-    ("logging", "callHandlers ("),
-    ("HTTP gateway", "uvicorn"),
-    ("executor.execute (other)", "execute (corral/scheduler/executor.py"),
-    ("event loop / asyncio internals", "_run_once ("),
+    ("store: claim (dispatch)", ("claim (corral/store/_queue.py",)),
+    ("store: mark running", ("mark_run_running (",)),
+    ("store: run secret", ("set_run_secret (",)),
+    ("store: finalise", ("finalize (corral/store/_leases.py",)),
+    ("store: enqueue", ("enqueue (corral/store/_queue.py",)),
+    ("store: other (get_run, leases, recovery)", ("corral/store/",)),
+    ("containment at the end (kill_run: cgroup glob, kill, rmdir)", ("kill_run",)),
+    ("spawn (runtime.launch: fork/exec, pipes, cgroup)", ("launch (corral/runtime/",)),
+    (
+        "run dir + files (mkdir, env.sh, prompt files)",
+        ("_private_run_dir (", "_scratch (", "RunFiles.write (", "write_private_in ("),
+    ),
+    ("prompt assembly", ("build_prompt (", "prompt_context (", "build_launch (")),
+    ("prepare: other (credentials, env, static view)", ("plan_run (",)),
+    ("run log (open, redact, write, close)", ("RunLog", "Redact")),
+    ("pipe pumping / exit wait", ("pump (corral/runtime/", "_pump (", "_watch (")),
+    ("logging (scheduler log lines)", ("callHandlers (",)),
+    ("hooks / context injection", ("run_hooks (", "inject_context (")),
+    ("watchdog", ("corral/scheduler/watchdog.py",)),
+    ("telemetry / metrics", ("corral/telemetry/", "corral/gateway/metrics.py", "prometheus")),
+    ("executor: other", ("corral/scheduler/executor.py",)),
+    ("scheduler service: other", ("corral/scheduler/service.py",)),
+    ("HTTP gateway", ("uvicorn", "starlette")),
 ]
+
+#: Innermost frames of a thread that waits: py-spy may count them as active.
+_IDLE_LEAVES = ("_worker (concurrent/futures/thread.py", "select (selectors.py")
 
 
 def summarize_profile(path: Path) -> dict[str, float]:
-    """Share (%) of a raw py-spy file's samples per bucket; threads summed."""
+    """Share (%) of a raw py-spy file's busy samples per bucket; threads summed.
+
+    A sample whose innermost frame is a wait (an idle pool thread, the event loop in
+    epoll_wait) is left out: py-spy cannot always tell a waiting thread from a busy one.
+    """
     counts: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if not n.isdigit():
             continue
-        total += int(n)
         frames = stack.split(";")
-        bucket = "other"
-        for name, marker in BUCKETS:
-            if any(marker in fr for fr in frames):
+        if any(leaf in frames[-1] for leaf in _IDLE_LEAVES):
+            continue
+        total += int(n)
+        bucket = "other (event loop, asyncio, interpreter)"
+        for name, markers in BUCKETS:
+            if any(marker in fr for fr in frames for marker in markers):
                 bucket = name
                 break
-        # the SQLite store's worker thread runs the statements themselves
-        if "_worker (concurrent/futures/thread.py" in stack or "corral-sqlite" in stack:
-            bucket = "sqlite worker thread (statements, commits)"
         counts[bucket] = counts.get(bucket, 0) + int(n)
+    if not total:
+        return {}
     return {k: round(100 * v / total, 1) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
@@ -564,7 +597,8 @@ def _brief(f: dict[str, Any]) -> str:
         if k.startswith("throughput_scale_"):
             parts.append(
                 f"scale {v['scale']}: {v['runs_per_s']} runs/s"
-                f" ({v['scheduler_cpu_ms_per_run']} ms CPU/run, per scheduler"
+                f" ({v['scheduler_cpu_ms_per_run']} ms CPU/run,"
+                f" {v.get('scheduler_sys_ms_per_run')} of it system, per scheduler"
                 f" {v['runs_per_scheduler']})"
             )
     if "throughput" in f and "jobs_per_s" in f.get("throughput", {}):
@@ -795,12 +829,27 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="py-spy (pip install py-spy) the schedulers during throughput phases; "
         "raw stacks go to DIR, a summary is printed (skews the figures: profile, don't quote)",
     )
+    p.add_argument(
+        "--profile-rate",
+        type=int,
+        default=500,
+        help="py-spy samples per second; every thread that is on a CPU is sampled, "
+        "so a SQLite worker thread's statements (run without the GIL) count too",
+    )
+    p.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="sample only the thread holding the GIL: Python's own work, without the "
+        "kernel's (fork, mkdir) and SQLite's, which run with the GIL released",
+    )
     p.add_argument("--quiet-threshold", type=float, default=15.0)
     p.add_argument("--quiet-timeout", type=float, default=120.0)
     p.add_argument("--max-retries", type=int, default=3)
     ns = p.parse_args(argv)
-    global PROFILE_DIR
+    global PROFILE_DIR, PROFILE_RATE, PROFILE_GIL
     PROFILE_DIR = ns.profile
+    PROFILE_RATE = ns.profile_rate
+    PROFILE_GIL = ns.profile_gil
     if ns.quick:
         ns.runs = 1
         ns.duration = min(ns.duration, 4.0)

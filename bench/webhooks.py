@@ -176,9 +176,31 @@ async def state_url_for(store: str, tmp: Path, dsn: str) -> AsyncIterator[str]:
             yield url
 
 
+async def prefill(store: Any, depth: int) -> None:
+    """Queue ``depth`` manual items for the agent (through the store, as ``corral run``
+    queues them), so intake is measured against a deep queue. Eight at a time (the size
+    of the PostgreSQL store's pool: more would only wait for a connection, and past its
+    wait limit fail with StoreBusy on a busy machine)."""
+    from corral.store import NewItem, TriggerKind
+
+    done = 0
+    while done < depth:
+        step = min(8, depth - done)
+        await asyncio.gather(
+            *(
+                store.enqueue(NewItem(AGENT, TriggerKind.MANUAL, prompt=f"prefill {done + i}"))
+                for i in range(step)
+            )
+        )
+        done += step
+
+
 @contextlib.asynccontextmanager
-async def gateway(store_kind: str, dsn: str, queue_size: int) -> AsyncIterator[Gateway]:
-    """A fresh store and project, a started scheduler, its gateway served on loopback."""
+async def gateway(
+    store_kind: str, dsn: str, queue_size: int, depth: int = 0
+) -> AsyncIterator[Gateway]:
+    """A fresh store and project, a started scheduler, its gateway served on loopback;
+    with ``depth``, the agent's queue already holds that many queued items."""
     from corral.credentials import CredentialStore
     from corral.gateway.app import create_app
     from corral.gateway.server import GatewayServer, bind
@@ -201,6 +223,8 @@ async def gateway(store_kind: str, dsn: str, queue_size: int) -> AsyncIterator[G
                 scheduler = Scheduler(project, store, gateway_url=url)
                 scheduler.executor.credentials = credentials
                 await scheduler.start()
+                if depth:
+                    await prefill(store, depth)
                 server = GatewayServer.for_app(create_app(scheduler, TOKEN))
                 serving = asyncio.create_task(server.serve(sockets=[sock]))
                 try:
@@ -398,7 +422,7 @@ async def run_loadgen(
 async def measure_store(store: str, args: argparse.Namespace, profile: bool) -> dict[str, Any]:
     """One repetition on one store: a fresh gateway, one loaded window, the durability check."""
     queue_size = 1_000_000
-    async with gateway(store, args.dsn, queue_size) as gw:
+    async with gateway(store, args.dsn, queue_size, args.depth) as gw:
         config = {
             "url": gw.url,
             "concurrency": args.concurrency,
@@ -421,7 +445,7 @@ async def measure_store(store: str, args: argparse.Namespace, profile: bool) -> 
         checked = await asyncio.to_thread(count_durable, gw.state_url, receipt_ids)
         res["lost"] = checked["acknowledged"] - min(checked["receipts"], checked["items"])
         res["acknowledged"] = checked["acknowledged"]
-        res["dropped_or_extra"] = checked["all_items"] - checked["items"]
+        res["dropped_or_extra"] = checked["all_items"] - checked["items"] - args.depth
         if cpu.profiler is not None:
             cpu.profiler.report()
     return res
@@ -559,7 +583,16 @@ async def _main(args: argparse.Namespace) -> int:
         name="webhooks",
         params={
             k: getattr(args, k)
-            for k in ("stores", "reps", "concurrency", "warmup", "duration", "body_kib", "quick")
+            for k in (
+                "stores",
+                "reps",
+                "concurrency",
+                "warmup",
+                "duration",
+                "body_kib",
+                "quick",
+                "depth",
+            )
         },
     )
     kept: dict[str, list[dict[str, Any]]] = {s: [] for s in args.stores}
@@ -589,7 +622,8 @@ async def _main(args: argparse.Namespace) -> int:
             result.figures[store][key] = sum(r[key] for r in runs)
     print_table(
         f"webhook intake: signed GitHub issues deliveries (~{args.body_kib} KiB), "
-        f"{args.concurrency} concurrent clients, verified and durably enqueued; median of "
+        f"{args.concurrency} concurrent clients, verified and durably enqueued"
+        f"{f' into a queue of {args.depth}' if args.depth else ''}; median of "
         f"{args.reps} (CPU in % of one core; server = PostgreSQL)",
         ["store", *(h for h, _ in COLUMNS)],
         [[s, *(result.figures[s].get(k, math.nan) for _, k in COLUMNS)] for s in args.stores],
@@ -611,6 +645,12 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds before the window")
     p.add_argument("--duration", type=float, default=5.0, help="measured window, seconds")
     p.add_argument("--body-kib", type=float, default=6.0, help="payload size, KiB")
+    p.add_argument(
+        "--depth",
+        type=int,
+        default=0,
+        help="queued items of the agent before measuring (intake against a deep queue)",
+    )
     p.add_argument("--profile", action="store_true", help="cProfile the gateway (first rep)")
     p.add_argument("--quick", action="store_true", help="one repetition, short window")
     p.add_argument("--quiet-threshold", type=float, default=15.0)
