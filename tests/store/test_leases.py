@@ -449,3 +449,44 @@ async def test_finalize_hands_a_waited_for_lock_over_on_postgresql(store_url: st
         assert seen.statements > 1
         [lock] = await store.list_locks()
         assert (lock.key, lock.run_id) == ("k", waiter.run.id)
+
+
+@ON_POSTGRESQL
+async def test_a_lock_granted_while_the_run_ends_is_released_with_it(store_url: str) -> None:
+    """A grant in flight when the run ends (its transaction holds the run row FOR SHARE,
+    as ``corral_rlock`` does) commits first; the finalise that waited for it must then
+    see and release that lock. A finalise whose one statement read the locks with a
+    snapshot taken before it waited left the lock behind, held by an ended run until its
+    TTL ran out (invariant 4)."""
+    import asyncio
+
+    import psycopg
+
+    async with traced_store(store_url) as (store, _):
+        await setup(store)
+        claim = await claimed(store)
+        grant = await psycopg.AsyncConnection.connect(store_url)
+        try:
+            await grant.execute("BEGIN")
+            await grant.execute(
+                "SELECT state FROM corral_runs WHERE id = %s FOR SHARE", (claim.run.id,)
+            )
+            await grant.execute(
+                "INSERT INTO corral_locks (key, run_id, token, acquired_at, expires_at) "
+                "VALUES ('racing', %s, nextval('corral_lock_tokens'), now(), "
+                "now() + interval '30 minutes')",
+                (claim.run.id,),
+            )
+            ending = asyncio.create_task(
+                store.finalize(
+                    claim.run.id, fence=fence(claim), state=RunState.SUCCEEDED, exit_code=0
+                )  # fmt: skip
+            )
+            await asyncio.sleep(0.3)
+            assert not ending.done()  # it waits for the grant's transaction
+            await grant.execute("COMMIT")
+            result = await asyncio.wait_for(ending, 10)
+        finally:
+            await grant.close()
+        assert result.run.state is RunState.SUCCEEDED
+        assert await store.list_locks() == []

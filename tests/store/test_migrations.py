@@ -104,7 +104,13 @@ def test_both_dialects_define_the_same_named_queries() -> None:
     # SQLite runs the same steps as one body on its worker thread.
     # finalize_run, find_receipt_deliveries, insert_receipts: PostgreSQL's one statement
     # for finalize and its batched receipts (D45, D46); SQLite runs the same steps in a body.
-    batched = {"finalize_run", "find_receipt_deliveries", "insert_receipts"}
+    batched = {
+        "finalize_run",
+        "lock_item_to_end",
+        "lock_run_to_end",
+        "find_receipt_deliveries",
+        "insert_receipts",
+    }
     assert postgres - sqlite == {"lock_migrations", "rlock", "runlock", "rlock_heartbeat"} | batched
     assert sqlite <= postgres
 

@@ -9,7 +9,7 @@ Python values are encoded for its columns.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, ClassVar, Literal, TypeVar
@@ -130,6 +130,23 @@ class StoreCore(ABC):
 
         async def body(tx: Transaction) -> list[Row]:
             return await tx.fetch_all(name, params)
+
+        return await self.atomic(body)
+
+    async def statements(self, steps: Sequence[tuple[str, Params]]) -> list[Row]:
+        """Run named statements in order in ONE transaction; return the last one's rows.
+
+        PostgreSQL sends them together (pipeline mode: BEGIN, the statements and COMMIT,
+        then one wait), so they cost one round trip, yet each takes its own snapshot: a
+        statement sees what was committed while an earlier one waited for a row lock,
+        which a single statement (one snapshot, taken before it waited) does not.
+        """
+
+        async def body(tx: Transaction) -> list[Row]:
+            rows: list[Row] = []
+            for name, params in steps:
+                rows = await tx.fetch_all(name, params)
+            return rows
 
         return await self.atomic(body)
 

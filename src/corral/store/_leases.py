@@ -103,8 +103,10 @@ class LeaseOps(QueueOps):
     async def _finalize_plain(
         self, run_id: str, fence: int, state: RunState, exit_code: int | None, error: str | None
     ) -> FinalizeResult | None:
-        """PostgreSQL: ``finalize`` as the one statement ``finalize_run`` (one round trip
-        instead of nine: seven statements, BEGIN and COMMIT), for a run that queues no
+        """PostgreSQL: ``finalize`` as the statement ``finalize_run`` after the two that lock
+        its item and run rows, pipelined (one round trip instead of nine; the locks come
+        first so that finalize_run's snapshot holds a lock grant that was in flight), for
+        a run that queues no
         rerun and holds no lock a run waits for; None, having changed nothing, for any
         other run (a rerun, a lock to hand over, a stale fence, an ended run): ``finalize``
         then runs its transaction, so every refusal is worded as it always was (D45).
@@ -117,7 +119,12 @@ class LeaseOps(QueueOps):
             "error": error,
             "now": self.encode_time(self.now()),
         }
-        rows = await self.statement("finalize_run", params)
+        steps = [
+            ("lock_item_to_end", {"run_id": run_id}),
+            ("lock_run_to_end", {"run_id": run_id}),
+            ("finalize_run", params),
+        ]
+        rows = await self.statements(steps)
         if not rows:
             return None
         row = dict(rows[0])

@@ -22,7 +22,7 @@ import contextlib
 import select
 import time
 import weakref
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -142,13 +142,18 @@ class PostgresTransaction(Transaction):
         await self._conn.execute(sql)
 
     def failure(self, what: str, exc: Exception) -> StoreError:
-        if isinstance(exc, psycopg.errors.LockNotAvailable):
-            return StoreBusy(
-                f"{what}: the store is busy (another writer held a row it needs past the "
-                "lock timeout); nothing was changed, try again",
-                retry_after=RETRY_AFTER_S,
-            )
-        return super().failure(what, exc)
+        return _failure(what, exc)
+
+
+def _failure(what: str, exc: Exception) -> StoreError:
+    """``StoreBusy`` when a wait for another writer's row ran out, else ``StoreError``."""
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return StoreBusy(
+            f"{what}: the store is busy (another writer held a row it needs past the "
+            "lock timeout); nothing was changed, try again",
+            retry_after=RETRY_AFTER_S,
+        )
+    return StoreError(f"{what}: {exc}")
 
 
 class PostgresStore(Store):
@@ -240,6 +245,39 @@ class PostgresStore(Store):
                 "busy); nothing was changed, try again",
                 retry_after=RETRY_AFTER_S,
             ) from exc
+
+    async def statements(self, steps: Sequence[tuple[str, Params]]) -> list[Row]:
+        """The statements in one transaction, pipelined: one round trip (see ``StoreCore``)."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"the store {self.url} is closed")
+        queries = self.sql.queries
+        try:
+            async with pool.connection() as conn:
+                # BEGIN and COMMIT as statements of the pipeline (a transaction block
+                # would wait for BEGIN on its own). After a failed statement PostgreSQL
+                # skips the rest; the COMMIT of the failed transaction rolls it back,
+                # and leaving the pipeline raises the error.
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    cursors = []
+                    for name, params in steps:
+                        cursor = conn.cursor(row_factory=dict_row)
+                        safe = {key: _text_safe(value) for key, value in params.items()}
+                        await cursor.execute(queries[name], safe)
+                        cursors.append(cursor)
+                    await conn.execute("COMMIT")
+                last = cursors[-1]
+                return await last.fetchall() if last.description is not None else []
+        except PoolTimeout as exc:
+            raise StoreBusy(
+                f"no free connection to {self.url} within {POOL_WAIT_S:g} s (the store is "
+                "busy); nothing was changed, try again",
+                retry_after=RETRY_AFTER_S,
+            ) from exc
+        except psycopg.Error as exc:
+            names = ", ".join(name for name, _ in steps)
+            raise _failure(f"statements {names} failed on {self.url}", exc) from exc
 
     def encode_time(self, value: datetime) -> datetime:
         return value.astimezone(UTC)

@@ -175,6 +175,19 @@ UPDATE corral_queue SET lease_expires_at = %(expires_at)s
 WHERE state = 'claimed' AND lease_owner = %(owner)s
   AND run_id = ANY(%(run_ids)s)
 
+-- name: lock_item_to_end
+-- finalize_run's first step, a statement of its own: the run's item row, locked (item
+-- before run, as recovery locks them).
+SELECT q.id FROM corral_queue q
+WHERE q.id = (SELECT r.item_id FROM corral_runs r WHERE r.id = %(run_id)s)
+FOR UPDATE
+
+-- name: lock_run_to_end
+-- finalize_run's second step: the run row, locked. A lock grant in flight holds it FOR
+-- SHARE (corral_rlock); this waits for that grant to commit, so that finalize_run, a
+-- statement after this one with a snapshot of its own, sees and releases the lock.
+SELECT r.id FROM corral_runs r WHERE r.id = %(run_id)s FOR UPDATE
+
 -- name: finalize_run
 -- ``finalize`` as ONE statement (one round trip, autocommit), for the usual end of a run:
 -- the same steps as its transaction (finish_item, finish_run, release_run_locks,
