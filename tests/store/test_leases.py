@@ -480,7 +480,7 @@ async def test_a_lock_granted_while_the_run_ends_is_released_with_it(store_url: 
             ending = asyncio.create_task(
                 store.finalize(
                     claim.run.id, fence=fence(claim), state=RunState.SUCCEEDED, exit_code=0
-                )  # fmt: skip
+                )
             )
             await asyncio.sleep(0.3)
             assert not ending.done()  # it waits for the grant's transaction
