@@ -222,11 +222,7 @@ class PostgresStore(Store):
             async with pool.connection() as conn, conn.transaction():
                 yield PostgresTransaction(self, conn)
         except PoolTimeout as exc:
-            raise StoreBusy(
-                f"no free connection to {self.url} within {POOL_WAIT_S:g} s (the store is "
-                "busy); nothing was changed, try again",
-                retry_after=RETRY_AFTER_S,
-            ) from exc
+            raise self._no_connection() from exc
         except psycopg.Error as exc:
             raise StoreError(f"transaction failed on {self.url}: {exc}") from exc
 
@@ -240,11 +236,7 @@ class PostgresStore(Store):
                 tx = PostgresTransaction(self, conn)
                 return await tx.fetch_all(name, params)
         except PoolTimeout as exc:
-            raise StoreBusy(
-                f"no free connection to {self.url} within {POOL_WAIT_S:g} s (the store is "
-                "busy); nothing was changed, try again",
-                retry_after=RETRY_AFTER_S,
-            ) from exc
+            raise self._no_connection() from exc
 
     async def statements(self, steps: Sequence[tuple[str, Params]]) -> list[Row]:
         """The statements in one transaction, pipelined: one round trip (see ``StoreCore``)."""
@@ -270,14 +262,18 @@ class PostgresStore(Store):
                 last = cursors[-1]
                 return await last.fetchall() if last.description is not None else []
         except PoolTimeout as exc:
-            raise StoreBusy(
-                f"no free connection to {self.url} within {POOL_WAIT_S:g} s (the store is "
-                "busy); nothing was changed, try again",
-                retry_after=RETRY_AFTER_S,
-            ) from exc
+            raise self._no_connection() from exc
         except psycopg.Error as exc:
             names = ", ".join(name for name, _ in steps)
             raise _failure(f"statements {names} failed on {self.url}", exc) from exc
+
+    def _no_connection(self) -> StoreBusy:
+        """What a transaction that found no pooled connection in time raises."""
+        return StoreBusy(
+            f"no free connection to {self.url} within {POOL_WAIT_S:g} s (the store is "
+            "busy); nothing was changed, try again",
+            retry_after=RETRY_AFTER_S,
+        )
 
     def encode_time(self, value: datetime) -> datetime:
         return value.astimezone(UTC)
