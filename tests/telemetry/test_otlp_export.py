@@ -150,9 +150,12 @@ def test_disabled_telemetry_loads_no_sdk(tmp_path: Path) -> None:
         import sys
         from corral.project import load_project
         from corral.scheduler.service import Scheduler
+        from corral.store._sqlite import SqliteStore
         from corral.telemetry import RunObserver
         project = load_project({str(project)!r})
-        scheduler = Scheduler(project, None)
+        # A store object, never opened: building the scheduler reads nothing from it.
+        store = SqliteStore("sqlite:///" + {str(tmp_path / "state.db")!r})
+        scheduler = Scheduler(project, store)
         assert type(scheduler.observer) is RunObserver, scheduler.observer
         sdk = ("opentelemetry.sdk", "opentelemetry.exporter", "corral.telemetry._otel")
         loaded = [m for m in sys.modules if m.startswith(sdk)]
