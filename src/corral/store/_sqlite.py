@@ -86,6 +86,9 @@ class _Body:
 
     body: Callable[[Transaction], Awaitable[Any]]
     write: bool
+    #: ``time.monotonic()`` by which its transaction must have begun (see the module
+    #: docstring: a wait is bounded in all, queueing behind other batches included).
+    deadline: float
 
 
 _Pending = Waiting[_Body, Any]
@@ -197,7 +200,8 @@ class SqliteStore(Store):
         its own transaction: under load the cost of crossing threads is paid once per batch
         rather than once per statement (see docs/decisions.md).
         """
-        return cast(_T, await self._batches.submit(_Body(body, write)))
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        return cast(_T, await self._batches.submit(_Body(body, write, deadline)))
 
     async def _run_hop(self, batch: list[_Pending]) -> list[Any]:
         """One hop to the worker thread for the whole batch (``GroupCommit`` queues it)."""
@@ -213,21 +217,30 @@ class SqliteStore(Store):
 
         A commit per body was the largest cost of a busy lock service; a failed body rolls
         back to its savepoint and leaves the others alone. If the commit itself fails,
-        every body of the batch fails with that error: none of them happened.
+        every body of the batch fails with that error: none of them happened. A body whose
+        transaction has not begun by its deadline (queued behind other batches, then waiting
+        for the write lock) fails with ``StoreBusy`` and is never run, as ``transaction``.
         """
-        live = [pending for pending in batch if not pending.gone]
+        now = time.monotonic()
+        live = [pending for pending in batch if not pending.gone and pending.job.deadline >= now]
         if not live:
-            return [_GONE] * len(batch)
+            return [_GONE if pending.gone else self._busy() for pending in batch]
+        latest = max(pending.job.deadline for pending in live)
+        busy_ms = max(1, int((latest - now) * 1000))
         try:
-            _begin(conn, any(pending.job.write for pending in live), BUSY_TIMEOUT_MS)
+            _begin(conn, any(pending.job.write for pending in live), busy_ms)
         except sqlite3.Error as exc:
             error = _failure(f"cannot begin a transaction on {self.url}", exc)
             return [Failed(error)] * len(batch)
+        begun = time.monotonic()
         outcomes: list[Any] = []
         try:
             for pending in batch:
                 if pending.gone:
                     outcomes.append(_GONE)
+                    continue
+                if pending.job.deadline < begun:  # its wait (turn and write lock) ran out
+                    outcomes.append(self._busy())
                     continue
                 outcomes.append(self._in_savepoint(conn, pending))
         except BaseException:
@@ -240,6 +253,17 @@ class SqliteStore(Store):
             error = StoreError(f"cannot commit on {self.url}: {exc}")
             return [Failed(error)] * len(batch)
         return outcomes
+
+    def _busy(self) -> Failed:
+        """A body whose transaction did not begin by its deadline: not run, nor later."""
+        return Failed(
+            StoreBusy(
+                f"cannot begin a transaction on {self.url}: the store was busy for "
+                f"{BUSY_TIMEOUT_MS / 1000:g} s (another process holds its write lock); "
+                "nothing was changed, try again",
+                retry_after=RETRY_AFTER_S,
+            )
+        )
 
     def _in_savepoint(self, conn: sqlite3.Connection, pending: _Pending) -> Any:
         conn.execute("SAVEPOINT corral_body")
