@@ -108,6 +108,7 @@ def test_both_dialects_define_the_same_named_queries() -> None:
         "finalize_run",
         "lock_item_to_end",
         "lock_run_to_end",
+        "lock_agent_to_end",
         "find_receipt_deliveries",
         "insert_receipts",
     }

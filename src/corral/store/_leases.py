@@ -122,6 +122,7 @@ class LeaseOps(QueueOps):
         steps = [
             ("lock_item_to_end", {"run_id": run_id}),
             ("lock_run_to_end", {"run_id": run_id}),
+            ("lock_agent_to_end", {"run_id": run_id}),
             ("finalize_run", params),
         ]
         rows = await self.statements(steps)

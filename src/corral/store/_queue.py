@@ -281,6 +281,11 @@ class QueueOps(UsageOps):
             if item_id is None:
                 chosen = await tx.fetch_all("claimable", {"limit": limit, "now": now})
             else:
+                # The agent's row before the item's, as intake and batch claims take
+                # them (the other way round deadlocks with an intake dropping the item).
+                item_row = await tx.fetch_one("get_item", {"id": item_id})
+                if item_row is not None:
+                    await tx.fetch_one("lock_agent_state", {"agent": item_row["agent"]})
                 params = {"item_id": item_id, "owner": owner, "now": now}
                 chosen = await tx.fetch_all("claimable_item", params)
             if not chosen:

@@ -176,17 +176,29 @@ WHERE state = 'claimed' AND lease_owner = %(owner)s
   AND run_id = ANY(%(run_ids)s)
 
 -- name: lock_item_to_end
--- finalize_run's first step, a statement of its own: the run's item row, locked (item
--- before run, as recovery locks them).
+-- finalize_run's first step, a statement of its own: the run's item row, locked (item,
+-- run, agent: the order recovery and the transactional finalise take them in). NO KEY
+-- UPDATE, as the UPDATE that follows takes: a claim inserting a run that refers to
+-- these rows (FOR KEY SHARE) does not wait for it.
 SELECT q.id FROM corral_queue q
 WHERE q.id = (SELECT r.item_id FROM corral_runs r WHERE r.id = %(run_id)s)
-FOR UPDATE
+FOR NO KEY UPDATE
 
 -- name: lock_run_to_end
 -- finalize_run's second step: the run row, locked. A lock grant in flight holds it FOR
--- SHARE (corral_rlock); this waits for that grant to commit, so that finalize_run, a
--- statement after this one with a snapshot of its own, sees and releases the lock.
-SELECT r.id FROM corral_runs r WHERE r.id = %(run_id)s FOR UPDATE
+-- SHARE (corral_rlock, corral_lock_serve); this waits for that grant to commit, so that
+-- finalize_run, a statement after this one with a snapshot of its own, sees and
+-- releases the lock; a grant that comes after waits for the end and finds the run ended.
+SELECT r.id FROM corral_runs r WHERE r.id = %(run_id)s FOR NO KEY UPDATE
+
+-- name: lock_agent_to_end
+-- finalize_run's third step: the row of the run's agent, whose counters finalize_run's
+-- trigger updates. Taken before finalize_run touches any call row: a claim holds agent
+-- rows and then updates call rows (start_claimed_calls), so taking them the other way
+-- round (call rows, then the agent row at the trigger) could close a cycle.
+SELECT a.agent FROM corral_agents a
+WHERE a.agent = (SELECT r.agent FROM corral_runs r WHERE r.id = %(run_id)s)
+FOR NO KEY UPDATE
 
 -- name: finalize_run
 -- ``finalize`` as ONE statement (one round trip, autocommit), for the usual end of a run:
@@ -403,3 +415,12 @@ LIMIT %(limit)s
 -- A request's transaction waits this long at most for a row lock (the project row, held
 -- by another writer), then fails with lock_not_available instead of committing late.
 SELECT set_config('lock_timeout', %(timeout)s, true) AS bounded
+
+-- name: head_waiter
+-- The first live waiter for a key whose wait has not expired: the next holder. FOR SHARE
+-- OF r: a run being ended is waited for, re-read and passed over (see corral_lock_serve).
+SELECT w.* FROM corral_lock_waits w JOIN corral_runs r ON r.id = w.run_id
+WHERE w.key = %(key)s AND w.deadline > %(now)s AND r.state IN ('starting', 'running')
+ORDER BY w.id
+LIMIT 1
+FOR SHARE OF r

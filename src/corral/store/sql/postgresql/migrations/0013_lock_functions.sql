@@ -21,10 +21,14 @@ DECLARE
     head corral_lock_waits;
     got corral_locks;
 BEGIN
+    -- FOR SHARE OF r: a run that is ending (its finalise holds the row) is waited for and
+    -- then re-read, ended, and passed over; a lock is never handed to a run whose end
+    -- could not see it (the ended run would hold it until its TTL ran out).
     SELECT w.* INTO head FROM corral_lock_waits w JOIN corral_runs r ON r.id = w.run_id
     WHERE w.key = p_key AND w.deadline > p_now AND r.state IN ('starting', 'running')
     ORDER BY w.id
-    LIMIT 1;
+    LIMIT 1
+    FOR SHARE OF r;
     IF NOT FOUND OR head.run_id = p_except THEN
         RETURN NULL;
     END IF;
