@@ -4,10 +4,16 @@ before it) run in worker threads, and a start that is cancelled leaves nothing b
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from corral.runtime import HostRuntime, LaunchSpec
 from corral.runtime._children import can_spawn_off_loop
@@ -97,3 +103,48 @@ async def test_a_cancelled_start_leaves_no_process(tmp_path: Path) -> None:
     while marked_pids(marker) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert marked_pids(marker) == [], "a cancelled start left a process running"
+
+
+async def test_a_start_cancelled_while_handed_to_asyncio_ends_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while the started child's pipes are being connected (a busy loop), the
+    start ends the child's whole group: what the child started holds its output pipe
+    and must not keep the cancel waiting (it waited 60 s for `sleep 60` here)."""
+    loop = asyncio.get_running_loop()
+    connecting, cancelled = asyncio.Event(), asyncio.Event()
+    connect = loop.connect_read_pipe
+
+    async def slow_connect(*args: Any, **kwargs: Any) -> Any:
+        connecting.set()
+        await cancelled.wait()
+        return await connect(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "connect_read_pipe", slow_connect)
+    marker = f"spawn-{uuid.uuid4().hex[:12]}"
+    spec = LaunchSpec(
+        argv=["/bin/sh", "-c", "sleep 60 & exec sleep 60"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", MARKER: marker},
+    )
+    task = asyncio.create_task(HostRuntime().launch(spec))
+    await asyncio.wait_for(connecting.wait(), 10)
+    deadline = time.monotonic() + 10
+    while len(marked_pids(marker)) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # the child's own child is up and holds the pipe too
+    assert len(marked_pids(marker)) == 2
+    task.cancel()
+    await asyncio.sleep(0)  # the cancel reaches the start, then the pipe is connected
+    cancelled.set()
+    try:
+        done, _ = await asyncio.wait({task}, timeout=10)
+        assert done, "the cancelled start waited for the child's group to exit by itself"
+        assert task.cancelled()
+        deadline = time.monotonic() + 5
+        while marked_pids(marker) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert marked_pids(marker) == [], "a cancelled start left a process running"
+    finally:
+        for pid in marked_pids(marker):  # on failure: nothing left behind for 60 s
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

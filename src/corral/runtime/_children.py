@@ -86,12 +86,16 @@ def can_spawn_off_loop() -> bool:
 async def spawn_off_loop(
     start: Callable[[], subprocess.Popen[bytes]],
     on_orphan: Callable[[subprocess.Popen[bytes]], None],
+    kill: Callable[[subprocess.Popen[bytes]], None],
 ) -> asyncio.subprocess.Process:
     """``start()`` (which starts the child) in a worker thread; the child as asyncio's.
 
     When the caller is cancelled while the child is being started, the child must not
     run unwatched: ``on_orphan(popen)`` is called (in a thread) once it has started,
-    to end it; then the cancellation goes on. Call `can_spawn_off_loop` first.
+    to end it; then the cancellation goes on. Cancelled while the started child is
+    being handed to asyncio, ``kill(popen)`` (on the loop, without waiting) ends the
+    child and everything it started before asyncio waits for it. Call
+    `can_spawn_off_loop` first.
     """
     loop = asyncio.get_running_loop()
     started = loop.run_in_executor(_spawn_pool(), start)
@@ -100,7 +104,7 @@ async def spawn_off_loop(
     except asyncio.CancelledError:
         started.add_done_callback(functools.partial(_end_orphan, on_orphan))
         raise
-    return await _adopt(loop, popen, on_orphan)
+    return await _adopt(loop, popen, on_orphan, kill)
 
 
 def _end_orphan(
@@ -128,6 +132,7 @@ async def _adopt(
     loop: asyncio.AbstractEventLoop,
     popen: subprocess.Popen[bytes],
     on_orphan: Callable[[subprocess.Popen[bytes]], None],
+    kill: Callable[[subprocess.Popen[bytes]], None],
 ) -> asyncio.subprocess.Process:
     """What ``loop.subprocess_exec`` does after its Popen: the pipes connected, the
     child registered with the child watcher, a `asyncio.subprocess.Process` on top."""
@@ -161,6 +166,12 @@ async def _adopt(
                 await waiter
             except BaseException:
                 transport.close()
+                # Everything the child started goes too (after close(), whose poll() must
+                # not reap the child under the watcher): close() kills the child alone,
+                # and its group holds the output pipe (which the transport connects even
+                # after close() when the cancel came while it was connecting it), so
+                # _wait() would last as long as they run.
+                kill(popen)
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(transport._wait())
                 raise

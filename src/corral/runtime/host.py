@@ -122,7 +122,11 @@ async def start_process(
             raise RunError(f"could not start {argv[0]!r}: {exc.strerror or exc}") from exc
 
     if can_spawn_off_loop():
-        return await spawn_off_loop(start, functools.partial(_end_orphan, containment))
+        return await spawn_off_loop(
+            start,
+            functools.partial(_end_orphan, containment),
+            functools.partial(_kill_all, containment),
+        )
     whole = command()
     try:
         return await asyncio.create_subprocess_exec(
@@ -168,13 +172,18 @@ def _command(
     return command
 
 
-def _end_orphan(containment: Containment | None, popen: subprocess.Popen[bytes]) -> None:
-    """Kill and reap a child whose start was cancelled, with all it started (in a thread:
-    nothing else watches it)."""
+def _kill_all(containment: Containment | None, popen: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to a child whose start was cancelled and to all it started (no waiting)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(popen.pid, signal.SIGKILL)
     if containment is not None:
         containment.signal_all(signal.SIGKILL)
+
+
+def _end_orphan(containment: Containment | None, popen: subprocess.Popen[bytes]) -> None:
+    """Kill and reap a child whose start was cancelled, with all it started (in a thread:
+    nothing else watches it)."""
+    _kill_all(containment, popen)
     popen.wait()
     for stream in (popen.stdin, popen.stdout):
         if stream is not None:
