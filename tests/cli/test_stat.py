@@ -16,7 +16,7 @@ import pytest
 from tests.cli.conftest import Corral
 from tests.cli.test_fleet import runs, started
 from tests.cli.test_walking_skeleton import set_command
-from tests.processes import popen_corral, wait_until
+from tests.processes import corral_process, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -127,10 +127,10 @@ def test_logs_follow_a_run_until_it_ends(corral: Corral, project: Path, tmp_path
 
 
 def test_top_redraws_until_interrupted(project: Path, tmp_path: Path) -> None:
-    proc = popen_corral("top", "-n", "0.2", cwd=project, home=tmp_path / "home")
-    time.sleep(1.5)  # several redraws, each reading the store again
-    assert proc.poll() is None  # still redrawing
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    with corral_process("top", "-n", "0.2", cwd=project, home=tmp_path / "home") as proc:
+        time.sleep(1.5)  # several redraws, each reading the store again
+        assert proc.poll() is None  # still redrawing
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert re.search(r"^ hello +schedule +idle +0/1 +0", out, re.M), out

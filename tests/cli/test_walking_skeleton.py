@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from tests.cli.conftest import Corral
-from tests.processes import alive, popen_corral, wait_until
+from tests.processes import alive, corral_process, wait_until
 
 
 def set_agent_option(project: Path, text: str) -> None:
@@ -206,11 +206,11 @@ def test_interrupting_a_run_kills_its_processes_and_records_it(
 ) -> None:
     marker = tmp_path / "child.pid"
     set_command(project, f"sleep 60 & echo $! > {marker}; wait")
-    proc = popen_corral("run", "hello", cwd=project, home=tmp_path / "home")
-    wait_until(lambda: marker.exists() and marker.read_text().strip(), 15)
-    child = int(marker.read_text())
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    with corral_process("run", "hello", cwd=project, home=tmp_path / "home") as proc:
+        wait_until(lambda: marker.exists() and marker.read_text().strip(), 15)
+        child = int(marker.read_text())
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "recorded as killed" in err
     wait_until(lambda: not alive(child), 5)
