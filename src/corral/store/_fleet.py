@@ -37,7 +37,7 @@ from corral.store.records import (
     RunnerState,
 )
 
-__all__ = ["FleetOps"]
+__all__ = ["FleetOps", "TransitionRefused"]
 
 _TOKEN_TIMES = ("created_at", "expires_at", "redeemed_at", "revoked_at")
 _RUNNER_TIMES = ("joined_at", "last_heartbeat_at", "offline_since", "revoked_at")
@@ -277,7 +277,7 @@ class FleetOps(StoreCore):
             if current.state is state:
                 return current, False
             if current.state not in _CHANGES[state]:
-                raise StoreError(
+                raise TransitionRefused(
                     f"runner {runner_id} is {current.state.value}: it cannot be "
                     f"{_VERBS[state]}ed from there"
                     + (
@@ -453,6 +453,10 @@ class FleetOps(StoreCore):
             resolved_by=decoded["resolved_by"],
             resolution=decoded["resolution"],
         )
+
+
+class TransitionRefused(StoreError):
+    """A runner's state cannot change that way (a revoked runner stays revoked)."""
 
 
 class _Full(Exception):
