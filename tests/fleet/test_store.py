@@ -37,9 +37,7 @@ async def _join(store: Store, token: str, name: str = "box", **kw: Any) -> Runne
     )
 
 
-async def test_a_token_is_kept_by_its_hash_and_redeemed_once(
-    store: Store, raw_sql: RawSql
-) -> None:
+async def test_a_token_is_kept_by_its_hash_and_redeemed_once(store: Store, raw_sql: RawSql) -> None:
     made = await store.create_fleet_token(
         hash_token("secret-1"), ttl=DAY, labels=("gpu",), actor="cli:me@here"
     )

@@ -37,7 +37,7 @@ def _remote(project: Project) -> tuple[str, str] | None:
     from corral.cli.commands.stat import _remote_token, _remote_url
 
     url = _remote_url(project)
-    return None if url is None else (url, _remote_token(project))
+    return None if url is None else (url, _remote_token(project).strip())
 
 
 def _do(
