@@ -4,7 +4,8 @@ It carries /health, the agent API (``agent_api``: locks, calls and signals for r
 agents, authenticated by each run's secret), webhook intake (``webhooks``: each source's
 signature), the operator control API (``control``: every operator action, with its own
 OpenAPI document at /control/openapi.json), /metrics (``metrics``) and the web dashboard
-(``dashboard``), all three authenticated by an operator token (``token``).
+(``dashboard``), all three authenticated by an operator token (``token``), and the
+runner API of the fleet (``fleet``: join, heartbeat; runners' own credentials).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from corral.engine.token import ENV_TOKEN_NAME, TokenVerifier
 from corral.gateway.agent_api import AgentApi, install_agent_api
 from corral.gateway.control import install_control, operator
 from corral.gateway.dashboard import install_dashboard
+from corral.gateway.fleet import install_fleet
 from corral.gateway.metrics import FleetMetrics, metrics_router
 from corral.gateway.webhooks import install_webhooks
 from corral.project import Project
@@ -48,8 +50,9 @@ def create_app(
     if token:
         fixed[ENV_TOKEN_NAME] = token
     install_control(app, scheduler, TokenVerifier(scheduler.store, fixed))
+    install_fleet(app, scheduler)
     install_dashboard(app, scheduler)
-    app.state.metrics = FleetMetrics(scheduler.store)
+    app.state.metrics = FleetMetrics(scheduler.store, project=lambda: scheduler.project)
     guard = [] if public_metrics else [Depends(operator)]
     app.include_router(metrics_router(app.state.metrics), dependencies=guard)
 

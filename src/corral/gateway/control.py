@@ -50,6 +50,9 @@ __all__ = [
 ]
 
 OPENAPI_PATH = "/control/openapi.json"
+#: The paths whose refusals answer ``{"ok": false, "error": ...}``: the control API and
+#: the fleet's runner API.
+_OWN = ("/control/", "/fleet/")
 #: The largest page of runs or audit entries one request may ask for.
 MAX_LIMIT = 1000
 #: The largest scale the API sets (the store's column is a 32-bit integer).
@@ -393,7 +396,7 @@ def _install_invalid_handler(app: FastAPI) -> None:
 
     async def invalid(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        if request.url.path.startswith("/control/") or earlier is None:
+        if request.url.path.startswith(_OWN) or earlier is None:
             errors = exc.errors()
             body = {"ok": False, "error": problems(errors), "detail": jsonable_encoder(errors)}
             return json_response(body, 422)
@@ -406,7 +409,7 @@ def _install_invalid_handler(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         """FastAPI's own refusals (a body it cannot parse: 400) in the API's shape."""
         assert isinstance(exc, StarletteHTTPException)
-        if request.url.path.startswith("/control/") or earlier_http is None:
+        if request.url.path.startswith(_OWN) or earlier_http is None:
             body = {"ok": False, "error": f"bad request: {exc.detail}"}
             if exc.status_code != 400:
                 body = {"ok": False, "error": str(exc.detail)}
@@ -439,7 +442,7 @@ def _install_busy_handler(app: FastAPI) -> None:
     async def busy(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StoreBusy)
         retry_after = str(exc.retry_after)
-        if request.url.path.startswith("/control/") or earlier is None:
+        if request.url.path.startswith(_OWN) or earlier is None:
             body = {"ok": False, "error": str(exc)}
             return JSONResponse(body, status_code=503, headers={"Retry-After": retry_after})
         answer = earlier(request, exc)

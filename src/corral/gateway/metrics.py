@@ -12,6 +12,9 @@ Two kinds of numbers, with different scopes (docs/operating.md lists them):
   event counted once by id), so every gateway sharing a store reports the same rates
   whichever scheduler ran the run, and pruning old history never makes a counter go down.
   Aggregate them across gateways with ``max``, not ``sum``.
+- **The fleet, read at scrape time**: ``corral_fleet_runners{state}`` (online and offline
+  for active runners; cordoned, draining, revoked), ``corral_fleet_online_ratio`` and
+  ``corral_fleet_anomalies_open{kind}`` (docs/fleet.md).
 - **This process's own requests** (module-level counters, ``count_lock``,
   ``count_delivery``): ``corral_lock_operations_total`` and
   ``corral_webhook_deliveries_total``. Aggregate these with ``sum``.
@@ -23,7 +26,7 @@ stays fast.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,7 +37,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from corral.store import AgentState, ItemState, Run, Store
+from corral.engine import fleet
+from corral.project import Project
+from corral.store import AgentState, AnomalyKind, ItemState, Run, RunnerState, Store
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -127,12 +132,50 @@ class _Gauges(Collector):
         yield from (depth, running, scale)
 
 
+class _FleetGauges(Collector):
+    """The fleet's runners and anomalies, as read at the last scrape."""
+
+    def __init__(self, metrics: FleetMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        runners = GaugeMetricFamily(
+            "corral_fleet_runners",
+            "Runners by state: online and offline (active ones), cordoned, draining, revoked",
+            labels=["state"],
+        )
+        for state, count in self.metrics.runner_states.items():
+            runners.add_metric([state], count)
+        ratio = GaugeMetricFamily(
+            "corral_fleet_online_ratio",
+            "Runners heartbeating in the last 3 minutes over all registered (not revoked); "
+            "1 with none registered",
+        )
+        ratio.add_metric([], self.metrics.online_ratio)
+        anomalies = GaugeMetricFamily(
+            "corral_fleet_anomalies_open", "Anomalies not yet resolved, by kind", labels=["kind"]
+        )
+        for kind, count in self.metrics.anomalies.items():
+            anomalies.add_metric([kind], count)
+        yield from (runners, ratio, anomalies)
+
+
 class FleetMetrics:
     """The numbers /metrics shows, for one gateway over ``store``; ``render()`` reads the
     store (three queries) and answers the exposition text."""
 
-    def __init__(self, store: Store, *, overlap_seconds: float = OVERLAP_SECONDS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        overlap_seconds: float = OVERLAP_SECONDS,
+        project: Callable[[], Project] | None = None,
+    ) -> None:
         self.store = store
+        self.project = project
+        self.runner_states: dict[str, int] = {}
+        self.online_ratio = 1.0
+        self.anomalies: dict[str, int] = {kind.value: 0 for kind in AnomalyKind}
         self.overlap = timedelta(seconds=overlap_seconds)
         self.registry = CollectorRegistry(auto_describe=True)
         self.runs = Counter(
@@ -177,6 +220,7 @@ class FleetMetrics:
         )
         self.agents: list[AgentState] = []
         self.registry.register(_Gauges(self))
+        self.registry.register(_FleetGauges(self))
         self.registry.register(_Forward(LOCAL_REGISTRY))
         self._start = store.now()
         self._since = self._start
@@ -211,12 +255,34 @@ class FleetMetrics:
                 counter = self.dropped if item.state is ItemState.DROPPED else self.rejected
                 counter.labels(item.agent).inc()
             self.agents = [a for a in await self.store.agent_states() if a.present]
+            await self._refresh_fleet()
             self._since = max(self._start, now - self.overlap)
             for seen in (self._started, self._ended):
                 for key in [k for k, at in seen.items() if at < self._since]:
                     del seen[key]
             for number in [k for k, at in self._set_aside.items() if at < self._since]:
                 del self._set_aside[number]
+
+    async def _refresh_fleet(self) -> None:
+        settings = fleet.fleet_settings(self.project()) if self.project else fleet.FleetSettings()
+        await fleet.check_offline(self.store, settings)
+        now = self.store.now()
+        states = {"online": 0, "offline": 0, **{s.value: 0 for s in RunnerState}}
+        del states[RunnerState.ACTIVE.value]
+        live = recent = 0
+        for runner in await self.store.list_runners():
+            if runner.state is RunnerState.ACTIVE:
+                online = runner.online(now, settings.offline_after_seconds)
+                states["online" if online else "offline"] += 1
+            else:
+                states[runner.state.value] += 1
+            if runner.state is not RunnerState.REVOKED:
+                live += 1
+                recent += now - runner.last_heartbeat_at <= fleet.ONLINE_RATIO_WINDOW
+        self.runner_states = states
+        self.online_ratio = recent / live if live else 1.0
+        self.anomalies = {kind.value: 0 for kind in AnomalyKind}
+        self.anomalies.update(await self.store.count_open_anomalies())
 
     def _count_ended(self, agent: str, run: Run) -> None:
         self.runs.labels(agent, run.outcome).inc()

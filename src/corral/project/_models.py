@@ -35,6 +35,7 @@ __all__ = [
     "SOURCE_DEFAULTS",
     "AgentBudget",
     "AgentConfig",
+    "FleetConfig",
     "GatewayConfig",
     "HarnessConfig",
     "HooksConfig",
@@ -305,6 +306,25 @@ class HarnessConfig(_Model):
     env: Mapping[str, StrictStr] = Field(default_factory=dict)
 
 
+class FleetConfig(_Model):
+    """How runners keep in touch (docs/fleet.md): a heartbeat every ``heartbeat_seconds``;
+    a runner silent for ``offline_after_seconds`` is offline."""
+
+    heartbeat_seconds: StrictInt = Field(5, ge=1, le=300)
+    offline_after_seconds: StrictInt = Field(15, ge=2, le=3600)
+
+    @model_validator(mode="after")
+    def _window_covers_beats(self) -> FleetConfig:
+        if self.offline_after_seconds < 2 * self.heartbeat_seconds:
+            raise _checks.problem(
+                f"offlineAfterSeconds ({self.offline_after_seconds}) must be at least twice "
+                f"heartbeatSeconds ({self.heartbeat_seconds}), or a runner that misses one "
+                "heartbeat is taken for offline; raise offlineAfterSeconds or lower "
+                "heartbeatSeconds"
+            )
+        return self
+
+
 class ProjectConfig(_Model):
     project_name: StrictStr | None = None
     scale: StrictInt | None = Field(None, ge=1)
@@ -315,6 +335,9 @@ class ProjectConfig(_Model):
     max_call_depth: StrictInt = Field(3, ge=0)
     resource_lock_timeout: StrictInt = Field(1800, gt=0)
     history_retention_days: StrictInt = Field(14, ge=1)
+    #: The most runners (not revoked) the fleet may have; None: no cap.
+    max_runners: StrictInt | None = Field(None, ge=1)
+    fleet: FleetConfig = FleetConfig()
     state: StateConfig = StateConfig()
     models: Mapping[str, ModelConfig] = Field(default_factory=dict)
     local: LocalConfig = LocalConfig()

@@ -38,6 +38,7 @@ from corral.store import (
     Claim,
     EnqueueResult,
     NewItem,
+    Runner,
     SchedulerInfo,
     Store,
     StoreError,
@@ -486,6 +487,7 @@ class Scheduler:
                 renewed = now
             if now - recovered >= self.options.recover_every:
                 await self._recover_lapsed()
+                await self._check_runners()
                 recovered = now
             if now - pruned >= self.options.prune_every:
                 await prune_history(self.project, self.store)
@@ -566,6 +568,27 @@ class Scheduler:
         if recovered:
             reap_orphans(recovered)
             self.wake()
+
+    async def _check_runners(self) -> None:
+        """Mark the fleet's runners that stopped heartbeating offline (an anomaly each,
+        once per outage, whichever control plane process looks first)."""
+        offline_after = float(self.project.config.fleet.offline_after_seconds)
+        gone = await self.store.mark_offline_runners(offline_after)
+        if gone:
+            await self._runners_offline(gone)
+
+    async def _runners_offline(self, gone: list[Runner]) -> None:
+        """Runners this process found offline. Runs do not go to runners yet; when they
+        do, this is where a dead runner's runs are recovered and re-delivered."""
+        for runner in gone:
+            log.warning(
+                "runner %s (%s on %s) is offline: no heartbeat since %s",
+                runner.id,
+                runner.name,
+                runner.hostname,
+                runner.last_heartbeat_at.isoformat(),
+                extra={"action": "runner_offline", "runner_id": runner.id},
+            )
 
     async def _recover_dead_predecessors(self, host: str) -> None:
         now = datetime.now(UTC)

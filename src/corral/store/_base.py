@@ -14,6 +14,7 @@ says) live in the parts, once, for both dialects:
     _calls     agent-to-agent calls, and the signals a run sends about itself
     _webhooks  webhook receipts: a delivery recorded with the items it queued, at once
     _tokens    operator tokens, kept by their hash
+    _fleet     the fleet's membership: activation tokens, runners, liveness, anomalies
     _metrics   what /metrics reads: runs and set-aside items since a time
     _base      this module: lifecycle, migrations, plain run operations
 
@@ -47,6 +48,7 @@ from corral.errors import StoreError
 from corral.store._calls import CallOps
 from corral.store._control import ControlOps
 from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
+from corral.store._fleet import FleetOps
 from corral.store._leases import LeaseOps
 from corral.store._locks import LockOps
 from corral.store._metrics import MetricsOps
@@ -67,7 +69,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LIVE = frozenset({RunState.QUEUED, RunState.STARTING, RunState.RUNNING})
 
 
-class Store(LeaseOps, CallOps, LockOps, ControlOps, WebhookOps, TokenOps, MetricsOps, ChangeOps):
+class Store(
+    LeaseOps, CallOps, LockOps, ControlOps, WebhookOps, TokenOps, FleetOps, MetricsOps, ChangeOps
+):
     """Durable state of a corral project. Open with ``corral.store.open_store(url)``."""
 
     # -- lifecycle -------------------------------------------------------------------

@@ -16,6 +16,8 @@ concern, so that a caller can ask for only what it uses and a reader can see the
     ControlStore   the project's live control state (agents, scale, pause, enable), the
                    scheduler registry, and the operators' audit log
     TokenStore     operator tokens, kept by their hash
+    FleetStore     the fleet's membership: activation tokens, runners and their
+                   liveness, anomalies
     MetricsStore   what /metrics reads since its previous scrape
     ChangeStore    wake-ups: wait until a topic may have changed
     StoreLifecycle opening, closing, migrating
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
@@ -56,6 +58,8 @@ from corral.store._queue import Overflow
 from corral.store.records import (
     AgentSpec,
     AgentState,
+    Anomaly,
+    AnomalyKind,
     AuditEntry,
     Call,
     CallRefusal,
@@ -63,7 +67,9 @@ from corral.store.records import (
     Deadlock,
     EnqueueResult,
     FinalizeResult,
+    FleetToken,
     ItemState,
+    JoinRefusal,
     Lock,
     LockGrant,
     LockHeld,
@@ -72,6 +78,7 @@ from corral.store.records import (
     NewItem,
     NewReceipt,
     NewRun,
+    NewRunner,
     OperatorToken,
     ProjectState,
     QueueItem,
@@ -79,6 +86,8 @@ from corral.store.records import (
     ReceiptOutcome,
     Recovered,
     Run,
+    Runner,
+    RunnerState,
     RunState,
     SchedulerInfo,
     SchedulerState,
@@ -90,6 +99,7 @@ __all__ = [
     "CallStore",
     "ChangeStore",
     "ControlStore",
+    "FleetStore",
     "LeaseStore",
     "LockStore",
     "MetricsStore",
@@ -379,6 +389,65 @@ class TokenStore(Protocol):
 
 
 @runtime_checkable
+class FleetStore(Protocol):
+    """The fleet's membership (``_fleet``): activation tokens and runner credentials kept
+    by their SHA-256, runners and their liveness, anomalies."""
+
+    async def create_fleet_token(
+        self,
+        token_hash: str,
+        *,
+        ttl: timedelta,
+        labels: tuple[str, ...] = (),
+        note: str | None = None,
+        actor: str,
+    ) -> FleetToken: ...
+
+    async def list_fleet_tokens(self) -> list[FleetToken]: ...
+
+    async def revoke_fleet_token(self, token_id: str, *, actor: str) -> FleetToken | None: ...
+
+    async def redeem_fleet_token(
+        self,
+        token_hash: str,
+        credential_hash: str,
+        runner: NewRunner,
+        *,
+        max_runners: int | None = None,
+    ) -> Runner | JoinRefusal: ...
+
+    async def runner_by_credential(self, credential_hash: str) -> Runner | None: ...
+
+    async def get_runner(self, runner_id: str) -> Runner | None: ...
+
+    async def list_runners(self) -> list[Runner]: ...
+
+    async def runner_heartbeat(self, runner_id: str, *, version: str) -> Runner | None: ...
+
+    async def set_runner_state(
+        self, runner_id: str, state: RunnerState, *, actor: str
+    ) -> tuple[Runner | None, bool]: ...
+
+    async def mark_offline_runners(self, offline_after: float) -> list[Runner]: ...
+
+    async def fleet_throughput(self, since: datetime) -> list[Row]: ...
+
+    async def record_anomaly(
+        self, kind: AnomalyKind, subject: str, evidence: dict[str, Any] | None = None
+    ) -> Anomaly: ...
+
+    async def list_anomalies(
+        self, *, include_resolved: bool = False, limit: int = 100
+    ) -> list[Anomaly]: ...
+
+    async def resolve_anomaly(
+        self, anomaly_id: int, *, note: str, actor: str
+    ) -> tuple[Anomaly | None, bool]: ...
+
+    async def count_open_anomalies(self) -> dict[str, int]: ...
+
+
+@runtime_checkable
 class MetricsStore(Protocol):
     """What /metrics reads (``_metrics``): what changed since the previous scrape."""
 
@@ -520,6 +589,7 @@ CONCERNS: tuple[type, ...] = (
     UsageStore,
     ControlStore,
     TokenStore,
+    FleetStore,
     MetricsStore,
     ChangeStore,
     StoreLifecycle,

@@ -17,11 +17,15 @@ __all__ = [
     "AgentResult",
     "AgentSpec",
     "AgentState",
+    "Anomaly",
+    "AnomalyKind",
     "AppliedMigration",
     "Claim",
     "EnqueueResult",
     "FinalizeResult",
+    "FleetToken",
     "ItemState",
+    "JoinRefusal",
     "Lock",
     "LockGrant",
     "LockHeld",
@@ -29,6 +33,7 @@ __all__ = [
     "NewItem",
     "NewReceipt",
     "NewRun",
+    "NewRunner",
     "PendingMigration",
     "ProjectState",
     "QueueItem",
@@ -37,6 +42,8 @@ __all__ = [
     "Recovered",
     "Run",
     "RunState",
+    "Runner",
+    "RunnerState",
     "SchedulerInfo",
     "SchedulerState",
     "TriggerKind",
@@ -742,3 +749,120 @@ class OperatorToken:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
         return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
+
+# -- the fleet: activation tokens, runners, anomalies ----------------------------------
+
+
+class RunnerState(enum.StrEnum):
+    """A runner's membership: ``active`` takes work; ``cordoned`` takes none (its runs go
+    on); ``draining`` takes none and is to stop once its runs end; ``revoked`` is refused
+    on every request, for good."""
+
+    ACTIVE = "active"
+    CORDONED = "cordoned"
+    DRAINING = "draining"
+    REVOKED = "revoked"
+
+
+class AnomalyKind(enum.StrEnum):
+    """What an anomaly is about (``corral fleet anomalies``)."""
+
+    RUNNER_OFFLINE = "runner_offline"
+    TOKEN_REUSED = "token_reused"
+    CRASH_LOOP = "crash_loop"
+    LOCK_EXPIRED = "lock_expired"
+    HOOK_FAILED = "hook_failed"
+    BUDGET_OVERRUN = "budget_overrun"
+    RUN_STUCK = "run_stuck"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetToken:
+    """A single-use activation token (``corral fleet tokens create``); the store keeps
+    only its hash."""
+
+    id: str
+    labels: tuple[str, ...]
+    note: str | None
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    redeemed_at: datetime | None
+    redeemed_by: str | None
+    revoked_at: datetime | None
+
+    def status(self, now: datetime) -> str:
+        """``redeemed``, ``revoked``, ``expired`` or ``unused``."""
+        if self.redeemed_at is not None:
+            return "redeemed"
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= now:
+            return "expired"
+        return "unused"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Runner:
+    """A host that joined the fleet with an activation token."""
+
+    id: str
+    name: str
+    hostname: str
+    labels: tuple[str, ...]
+    slots: int
+    version: str
+    state: RunnerState
+    joined_at: datetime
+    last_heartbeat_at: datetime
+    offline_since: datetime | None
+    revoked_at: datetime | None
+    address: str | None
+    token_id: str | None
+
+    def online(self, now: datetime, offline_after: float) -> bool:
+        """Heartbeating within ``offline_after`` seconds (a revoked runner never is)."""
+        if self.state is RunnerState.REVOKED:
+            return False
+        return (now - self.last_heartbeat_at).total_seconds() <= offline_after
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewRunner:
+    """What a runner says of itself when it joins."""
+
+    name: str
+    hostname: str
+    labels: tuple[str, ...] = ()
+    slots: int = 1
+    version: str = ""
+    address: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JoinRefusal:
+    """A join that was refused, and why: ``reason`` is one of ``unknown_token``,
+    ``expired``, ``revoked``, ``reused`` (the token was redeemed already; an anomaly is
+    recorded), ``fleet_full``; ``message`` says it in words."""
+
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Anomaly:
+    """Something an operator should look at, listed until resolved."""
+
+    id: int
+    kind: AnomalyKind
+    subject: str
+    at: datetime
+    evidence: dict[str, Any] | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution: str | None
+
+    @property
+    def open(self) -> bool:
+        return self.resolved_at is None

@@ -483,3 +483,101 @@ VALUES (:id, :source, :event, :delivery_id, :received_at, :headers, :body, :body
         :body_truncated, :verified, :verification, :outcome, :error, :results, :replay_of,
         :duplicate_of,
         :repeat_key)
+
+-- -- the fleet (store/_fleet.py) ------------------------------------------------------
+
+-- name: insert_fleet_token
+INSERT INTO corral_fleet_tokens (id, token_hash, labels, note, created_by, created_at, expires_at)
+VALUES (:id, :token_hash, :labels, :note, :created_by, :now, :expires_at)
+RETURNING *
+
+-- name: list_fleet_tokens
+SELECT * FROM corral_fleet_tokens ORDER BY created_at, id
+
+-- name: get_fleet_token
+SELECT * FROM corral_fleet_tokens WHERE id = :id
+
+-- name: find_fleet_token
+SELECT * FROM corral_fleet_tokens WHERE token_hash = :token_hash
+
+-- name: revoke_fleet_token
+UPDATE corral_fleet_tokens SET revoked_at = :now
+WHERE id = :id AND revoked_at IS NULL AND redeemed_at IS NULL
+RETURNING *
+
+-- name: redeem_fleet_token
+-- The one statement that claims a token: of two redemptions at once, exactly one finds
+-- redeemed_at still NULL (PostgreSQL re-reads the row after the other's commit; SQLite's
+-- BEGIN IMMEDIATE runs them one after the other).
+UPDATE corral_fleet_tokens SET redeemed_at = :now, redeemed_by = :runner_id
+WHERE token_hash = :token_hash AND redeemed_at IS NULL AND revoked_at IS NULL
+  AND expires_at > :now
+RETURNING *
+
+-- name: count_live_runners
+SELECT count(*) AS n FROM corral_runners WHERE state <> 'revoked'
+
+-- name: insert_runner
+INSERT INTO corral_runners
+    (id, name, hostname, credential_hash, labels, slots, version, state, joined_at,
+     last_heartbeat_at, address, token_id)
+VALUES (:id, :name, :hostname, :credential_hash, :labels, :slots, :version, 'active', :now,
+        :now, :address, :token_id)
+RETURNING *
+
+-- name: find_runner_by_credential
+SELECT * FROM corral_runners WHERE credential_hash = :credential_hash
+
+-- name: get_runner
+SELECT * FROM corral_runners WHERE id = :id
+
+-- name: list_runners
+SELECT * FROM corral_runners ORDER BY joined_at, id
+
+-- name: set_runner_state
+-- Compare and set: the state changes only from the one the caller read.
+UPDATE corral_runners
+SET state = :state, revoked_at = CASE WHEN :state = 'revoked' THEN :now ELSE revoked_at END
+WHERE id = :id AND state = :expected
+RETURNING *
+
+-- name: heartbeat_runner
+UPDATE corral_runners SET last_heartbeat_at = :now, version = :version, offline_since = NULL
+WHERE id = :id AND state <> 'revoked'
+RETURNING *
+
+-- name: mark_runners_offline
+-- Runners whose last heartbeat is older than the cutoff and that are not yet marked:
+-- each is returned once per outage (a heartbeat clears offline_since).
+UPDATE corral_runners SET offline_since = :now
+WHERE state <> 'revoked' AND offline_since IS NULL AND last_heartbeat_at < :cutoff
+RETURNING *
+
+-- name: insert_anomaly
+INSERT INTO corral_anomalies (kind, subject, at, evidence)
+VALUES (:kind, :subject, :now, :evidence)
+RETURNING *
+
+-- name: get_anomaly
+SELECT * FROM corral_anomalies WHERE id = :id
+
+-- name: list_anomalies
+SELECT * FROM corral_anomalies
+WHERE (:include_resolved OR resolved_at IS NULL)
+ORDER BY at DESC, id DESC
+LIMIT :limit
+
+-- name: resolve_anomaly
+UPDATE corral_anomalies SET resolved_at = :now, resolved_by = :actor, resolution = :note
+WHERE id = :id AND resolved_at IS NULL
+RETURNING *
+
+-- name: count_open_anomalies
+SELECT kind, count(*) AS n FROM corral_anomalies WHERE resolved_at IS NULL GROUP BY kind
+
+-- name: runs_ended_by_agent_and_runner
+SELECT agent, runner_id, count(*) AS ended,
+    sum(CASE WHEN state = 'succeeded' THEN 1 ELSE 0 END) AS succeeded
+FROM corral_runs
+WHERE ended_at >= :since AND ended_at IS NOT NULL
+GROUP BY agent, runner_id

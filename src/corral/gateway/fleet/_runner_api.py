@@ -1,0 +1,211 @@
+"""The runner API: what a runner host calls, under /fleet/v1.
+
+``POST /fleet/v1/join`` redeems a single-use activation token (in the body) for a new
+runner and its credential, shown once. Every later call carries that credential
+(``Authorization: Bearer <credential>``) and goes through ``require_runner``: a missing
+or unknown credential is a 401, a revoked runner's a 403, on the very next request (no
+cache). A runner acts only for itself: the runner is whoever the credential names, never
+a field of the request.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral import __version__
+from corral.engine import fleet
+from corral.engine.actions import ActionError
+from corral.engine.token import hash_token
+from corral.gateway.edge import WholeNumber, json_response
+from corral.scheduler.service import Scheduler
+from corral.store import JoinRefusal, NewRunner, Runner, RunnerState
+
+__all__ = ["RUNNER_SCOPE_KEY", "Me", "require_runner", "runner_router"]
+
+RUNNER_SCOPE_KEY = "corral.runner"
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+_LABEL = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+_runner_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="runnerCredential",
+    description="A runner's credential: what POST /fleet/v1/join answers, once.",
+)
+
+
+async def require_runner(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_runner_bearer)],
+) -> Runner:
+    """The runner a request comes from; 401 without a known credential, 403 when that
+    runner was revoked. Everything runner-facing depends on this."""
+    given = credentials.credentials.strip() if credentials is not None else ""
+    if not given:
+        raise ActionError(
+            401,
+            "a runner credential is required (Authorization: Bearer <credential>); "
+            "`corral runner join URL --token T` gets one",
+        )
+    scheduler: Scheduler = request.app.state.fleet_scheduler
+    runner = await scheduler.store.runner_by_credential(hash_token(given))
+    if runner is None:
+        raise ActionError(
+            401,
+            "unknown runner credential: this runner is not (or no longer) a member of the "
+            "fleet; join again with a new token (`corral runner join URL --token T`)",
+        )
+    if runner.state is RunnerState.REVOKED:
+        when = runner.revoked_at.isoformat() if runner.revoked_at else "?"
+        raise ActionError(
+            403,
+            f"runner {runner.id} ({runner.name}) was revoked at {when}; it may not act for "
+            "the fleet any more. Join again with a new token if it should.",
+        )
+    request.scope[RUNNER_SCOPE_KEY] = runner
+    return runner
+
+
+Me = Annotated[Runner, Depends(require_runner)]
+
+
+class JoinBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=200, description="The activation token")
+    name: str = Field(pattern=_NAME, description="The runner's name (default: its host's)")
+    hostname: str = Field(min_length=1, max_length=253)
+    labels: list[Annotated[str, Field(pattern=_LABEL)]] = Field(default=[], max_length=32)
+    slots: WholeNumber = Field(default=1, ge=1, le=1024, description="Runs it takes at once")
+    version: str = Field(default="", max_length=64, description="Its corral version")
+
+
+class RunningRun(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    run_id: str = Field(alias="runId", min_length=1, max_length=200)
+    fence: WholeNumber = Field(ge=0, le=2**62)
+
+
+class HeartbeatBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(default="", max_length=64)
+    running: list[RunningRun] = Field(default=[], max_length=1024)
+    bundles: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default=[], max_length=256
+    )
+
+
+class JoinAnswer(BaseModel):
+    ok: Literal[True]
+    runnerId: str
+    name: str
+    credential: str
+    labels: list[str]
+    slots: int
+    state: str
+    heartbeatSeconds: int
+    offlineAfterSeconds: int
+    controlPlaneVersion: str
+
+
+class HeartbeatAnswer(BaseModel):
+    ok: Literal[True]
+    runnerId: str
+    state: str
+    heartbeatSeconds: int
+    offlineAfterSeconds: int
+    controlPlaneVersion: str
+
+
+class RefusalBody(BaseModel):
+    ok: Literal[False]
+    error: str
+    reason: str | None = None
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    words = {
+        401: "missing or unknown runner credential",
+        403: "the activation token cannot be redeemed (unknown, expired, revoked, or "
+        "redeemed already), or the runner was revoked",
+        409: "the fleet is full (maxRunners)",
+        413: "the request body is too large",
+        422: "a body that does not validate",
+        503: "the store is busy or failed: retry after Retry-After",
+    }
+    return {s: {"model": RefusalBody, "description": words[s]} for s in statuses}
+
+
+def runner_router(scheduler: Scheduler) -> APIRouter:
+    """The runner API's routes over ``scheduler`` (its project and store)."""
+    router = APIRouter(prefix="/fleet/v1", tags=["fleet"])
+    store = scheduler.store
+
+    @router.post(
+        "/join",
+        status_code=201,
+        summary="Redeem an activation token: a new runner and its credential (shown once)",
+        response_model=JoinAnswer,
+        responses=_errors(403, 409, 413, 422, 503),
+    )
+    async def join(body: JoinBody, request: Request) -> Any:
+        settings = fleet.fleet_settings(scheduler.project)
+        credential = fleet.new_runner_credential()
+        new = NewRunner(
+            name=body.name,
+            hostname=body.hostname,
+            labels=fleet.parse_labels(body.labels),
+            slots=body.slots,
+            version=body.version,
+            address=request.client.host if request.client else None,
+        )
+        joined = await store.redeem_fleet_token(
+            hash_token(body.token.strip()),
+            hash_token(credential),
+            new,
+            max_runners=settings.max_runners,
+        )
+        if isinstance(joined, JoinRefusal):
+            status = 409 if joined.reason == "fleet_full" else 403
+            answer = {"ok": False, "error": joined.message, "reason": joined.reason}
+            return json_response(answer, status)
+        answer = {
+            "ok": True,
+            "runnerId": joined.id,
+            "name": joined.name,
+            "credential": credential,
+            "labels": list(joined.labels),
+            "slots": joined.slots,
+            "state": joined.state.value,
+            "heartbeatSeconds": settings.heartbeat_seconds,
+            "offlineAfterSeconds": settings.offline_after_seconds,
+            "controlPlaneVersion": __version__,
+        }
+        return json_response(answer, 201)
+
+    @router.post(
+        "/heartbeat",
+        summary="A runner is alive: record it, and answer its state and the timings",
+        response_model=HeartbeatAnswer,
+        responses=_errors(401, 403, 413, 422, 503),
+    )
+    async def heartbeat(body: HeartbeatBody, me: Me) -> Any:
+        settings = fleet.fleet_settings(scheduler.project)
+        beat = await store.runner_heartbeat(me.id, version=body.version or me.version)
+        if beat is None:  # revoked between the check and the write
+            raise ActionError(403, f"runner {me.id} was revoked; it may not act for the fleet")
+        return {
+            "ok": True,
+            "runnerId": beat.id,
+            "state": beat.state.value,
+            "heartbeatSeconds": settings.heartbeat_seconds,
+            "offlineAfterSeconds": settings.offline_after_seconds,
+            "controlPlaneVersion": __version__,
+        }
+
+    return router
