@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI
 
 from corral.engine.token import ENV_TOKEN_NAME, TokenVerifier
 from corral.gateway.agent_api import AgentApi, install_agent_api
+from corral.gateway.bundles import install_bundles
 from corral.gateway.control import install_control, operator
 from corral.gateway.dashboard import install_dashboard
 from corral.gateway.metrics import FleetMetrics, metrics_router
@@ -48,6 +49,7 @@ def create_app(
     if token:
         fixed[ENV_TOKEN_NAME] = token
     install_control(app, scheduler, TokenVerifier(scheduler.store, fixed))
+    install_bundles(app, scheduler)
     install_dashboard(app, scheduler)
     app.state.metrics = FleetMetrics(scheduler.store)
     guard = [] if public_metrics else [Depends(operator)]
