@@ -75,6 +75,8 @@ def test_push_reaches_a_running_control_plane(tmp_path: Path, store_url: str) ->
         assert json.loads(corral(root, store_url, "runs", "--json").stdout)[0]["bundle"] == (
             hash_two
         )
+        shown_run = corral(root, store_url, "runs", "show", run.id)
+        assert shown_run.returncode == 0 and f"bundle   {hash_two}" in shown_run.stdout
 
         # The same tree again: a no-op that says so.
         again = corral(root, store_url, "push")
