@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,13 @@ from tests.scheduler.test_reload import enqueue, finished, log_of
 SHOW_SKILL = 'cat "$CORRAL_AGENT_DIR/SKILL.md"'
 
 
-def corral(root: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def corral(
+    root: Path, url: str, *args: str, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env.update({"CORRAL_STATE_URL": url, "HOME": str(root.parent)})
+    if token is not None:
+        env["CORRAL_OPERATOR_TOKEN"] = token
     return subprocess.run(
         [sys.executable, "-m", "corral", *args],
         cwd=root,
@@ -105,4 +110,37 @@ def test_push_reaches_a_running_control_plane(tmp_path: Path, store_url: str) ->
         assert "skill version two" in log_of(root, run) and run.bundle == hash_two
         shown = corral(root, store_url, "bundles", "show", hash_two[:19])
         assert "(current)" in shown.stdout and "note     v2" in shown.stdout
+        assert scheduler.stop() == 0
+
+
+@pytest.mark.slow
+def test_push_through_the_control_api(tmp_path: Path, store_url: str) -> None:
+    """With an environment that names the gateway, push uploads over the control API with
+    an operator token, and the control plane applies it."""
+    root = tmp_path / "p"
+    write_project(root, {"dev": {"command": SHOW_SKILL}})
+    skill(root, "from the directory")
+    with SchedulerProcess(root, store_url, tmp_path / "s.log") as scheduler:
+        wait_until(lambda: "started; gateway on" in scheduler.output(), 30)
+        found = re.search(r"gateway on (http://\S+)", scheduler.output())
+        assert found is not None
+        environments = tmp_path / ".corral" / "environments"
+        environments.mkdir(parents=True, exist_ok=True)
+        (environments / "remote.toml").write_text(f'[gateway]\nurl = "{found.group(1)}"\n')
+        made = corral(root, store_url, "token", "create", "pusher", "--json")
+        token = json.loads(made.stdout)["token"]
+
+        skill(root, "pushed over http")
+        refused = corral(root, store_url, "-E", "remote", "push", token="wrong")
+        assert refused.returncode != 0 and "refused the operator token" in refused.stderr
+        pushed = corral(root, store_url, "-E", "remote", "push", "--json", token=token)
+        assert pushed.returncode == 0, pushed.stderr
+        answer = json.loads(pushed.stdout)
+        assert answer["stored"] and answer["bundle"]["createdBy"] == "token:pusher"
+        hash_ = answer["bundle"]["hash"]
+        wait_until(lambda: f"running bundle {hash_}" in scheduler.output(), 30)
+        run = finished(store_url, enqueue(store_url, "dev"))
+        assert "pushed over http" in log_of(root, run) and run.bundle == hash_
+        listed = corral(root, store_url, "-E", "remote", "bundles", "ls", "--json", token=token)
+        assert json.loads(listed.stdout)["current"]["hash"] == hash_
         assert scheduler.stop() == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from corral.bundles import pack
 from corral.errors import StoreConflict
 from corral.scheduler.bundles import bundle_dir
 from corral.scheduler.service import Scheduler, SchedulerOptions
-from corral.store import NewItem, Store, TriggerKind
+from corral.store import NewItem, Store, TriggerKind, open_store
 from tests.scheduler.helpers import wait_for, write_project
 
 
@@ -116,3 +118,39 @@ async def test_a_starting_scheduler_runs_the_current_bundle(tmp_path: Path, stor
     assert scheduler.project.bundle == packed.hash
     assert set(scheduler.project.agents) == {"dev"}
     assert {a.agent for a in await store.agent_states() if a.present} == {"dev"}
+
+
+async def test_control_planes_on_one_store_converge_on_the_head(
+    tmp_path: Path, store_url: str, dialect: str
+) -> None:
+    """Two schedulers (each its own store connection and project directory) follow one
+    push. On PostgreSQL the notice wakes them long before their poll (30 s here); SQLite
+    has no notices, so they poll."""
+    interval = 30.0 if dialect == "postgresql" else 0.2
+    stores = [await open_store(store_url) for _ in range(3)]
+    try:
+        schedulers = []
+        for n, opened in enumerate(stores[:2]):
+            project = write_project(tmp_path / f"cp{n}", {"dev": {"command": "echo old"}})
+            scheduler = Scheduler(project, opened, SchedulerOptions(poll_interval=0.05))
+            await scheduler.start()
+            assert scheduler.bundles is not None
+            scheduler.bundles.interval = interval
+            schedulers.append(scheduler)
+        followers = [asyncio.create_task(s.bundles.run()) for s in schedulers]  # type: ignore[union-attr]
+        await asyncio.sleep(0.5)  # listening
+        source = tmp_path / "source"
+        write_project(source, {"dev": {"command": "echo new"}, "qa": {"command": "echo qa"}})
+        packed = pack(source)
+        started = time.monotonic()
+        await stores[2].publish_bundle(packed.hash, packed.data, packed.manifest(), actor="x")
+        await wait_for(lambda: all(s.project.bundle == packed.hash for s in schedulers), 10)
+        assert time.monotonic() - started < 5
+        for scheduler in schedulers:
+            assert set(scheduler.project.agents) == {"dev", "qa"}
+        for task in followers:
+            task.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+    finally:
+        for opened in stores:
+            await opened.close()
