@@ -10,7 +10,8 @@ import pytest
 
 from corral.bundles import pack
 from corral.errors import StoreConflict
-from corral.scheduler.bundles import bundle_dir
+from corral.scheduler.bundles import bundle_dir, load_bundle
+from corral.scheduler.reload import summarize
 from corral.scheduler.service import Scheduler, SchedulerOptions
 from corral.store import NewItem, Store, TriggerKind, open_store
 from tests.scheduler.helpers import wait_for, write_project
@@ -70,6 +71,11 @@ async def test_a_scheduler_follows_the_head_and_runs_record_it(
     assert running.agents["dev"].dir == bundle_dir(root.resolve(), packed.hash) / "agents" / "dev"
     assert running.shared_dir == bundle_dir(root.resolve(), packed.hash) / "shared"
     assert scheduler.watcher is not None and scheduler.watcher.suspended
+    # Loaded from the unpacked bundle, the store URL is still the project directory's: no
+    # "takes effect at the next start" warning.
+    loaded = await load_bundle(store, root.resolve(), packed.hash, None)
+    assert loaded.state_url == project.state_url
+    assert summarize(project, loaded).restart_needed == ()
     assert {a.agent for a in await store.agent_states() if a.present} == {"dev", "qa"}
 
     await store.enqueue(NewItem(agent="qa", trigger=TriggerKind.MANUAL))

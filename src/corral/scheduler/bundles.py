@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING
 from corral.bundles import HASH_PREFIX, BundleError, unpack
 from corral.errors import ConfigError, CorralError
 from corral.inert import inert
-from corral.project import Project, load_project
+from corral.project import Project, load_project, resolve_state_url
 from corral.store import Store
 from corral.store._bundles import BUNDLE
 
@@ -53,6 +54,8 @@ __all__ = ["BundleFollower", "bundle_dir", "check_bundle", "load_bundle"]
 
 log = logging.getLogger("corral.bundles")
 
+#: The environment variable that overrides ``[state] url`` (as the loader reads it).
+STATE_URL_VAR = "CORRAL_STATE_URL"
 #: Unpacked bundles kept besides the running one.
 KEEP = 5
 
@@ -72,7 +75,15 @@ async def load_bundle(store: Store, root: Path, hash_: str, env: str | None) -> 
             raise BundleError(f"the store names bundle {hash_} as current but does not hold it")
         await asyncio.to_thread(_unpack_into, data, target, hash_)
     project = await asyncio.to_thread(load_project, target, env)
-    return dataclasses.replace(project, root=root, files=target, bundle=hash_)
+    # A relative SQLite path is the project directory's, not the unpacked bundle's.
+    written = os.environ.get(STATE_URL_VAR) or project.config.state.url
+    return dataclasses.replace(
+        project,
+        root=root,
+        files=target,
+        bundle=hash_,
+        state_url=resolve_state_url(written, root),
+    )
 
 
 def check_bundle(data: bytes, hash_: str, env: str | None = None) -> Project:
