@@ -10,9 +10,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from corral.store import AgentState, Lock, LockWaiter, QueueItem, Run
+from corral.store import AgentState, Bundle, BundleHead, Lock, LockWaiter, QueueItem, Run
 
-__all__ = ["agent_json", "iso_time", "item_json", "lock_json", "run_json"]
+__all__ = [
+    "agent_json",
+    "bundle_head_json",
+    "bundle_json",
+    "iso_time",
+    "item_json",
+    "lock_json",
+    "run_json",
+]
 
 
 def iso_time(value: datetime | None) -> str | None:
@@ -51,6 +59,7 @@ def run_json(run: Run) -> dict[str, Any]:
             "total": run.tokens,
         },
         "costUsd": run.cost_usd,
+        "bundle": run.bundle,
     }
 
 
@@ -96,3 +105,23 @@ def agent_json(state: AgentState) -> dict[str, Any]:
         "queued": state.queued,
         "running": state.active,
     }
+
+
+def bundle_json(bundle: Bundle, head: BundleHead | None) -> dict[str, Any]:
+    """A pushed bundle; ``current``: it is the store's head."""
+    return {
+        "hash": bundle.hash,
+        "size": bundle.size,
+        "files": bundle.files,
+        "agents": dict(bundle.agents),
+        "createdAt": iso_time(bundle.created_at),
+        "createdBy": bundle.created_by,
+        "note": bundle.note,
+        "current": head is not None and head.hash == bundle.hash,
+    }
+
+
+def bundle_head_json(head: BundleHead | None) -> dict[str, Any] | None:
+    if head is None:
+        return None
+    return {"hash": head.hash, "setAt": iso_time(head.set_at), "setBy": head.set_by}

@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI
 
 from corral.engine.token import ENV_TOKEN_NAME, TokenVerifier
 from corral.gateway.agent_api import AgentApi, install_agent_api
+from corral.gateway.bundles import install_bundles
 from corral.gateway.control import install_control, operator
 from corral.gateway.dashboard import install_dashboard
 from corral.gateway.fleet import install_fleet
@@ -51,6 +52,7 @@ def create_app(
         fixed[ENV_TOKEN_NAME] = token
     install_control(app, scheduler, TokenVerifier(scheduler.store, fixed))
     install_fleet(app, scheduler)
+    install_bundles(app, scheduler)
     install_dashboard(app, scheduler)
     app.state.metrics = FleetMetrics(scheduler.store, project=lambda: scheduler.project)
     guard = [] if public_metrics else [Depends(operator)]

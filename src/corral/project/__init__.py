@@ -5,7 +5,7 @@ project.agents["dev"].config.schedule
 for value in project.explain(): print(value.key, value.value, value.source)
 """
 
-from corral.project._checks import AGENT_NAME_RE, validate_agent_name
+from corral.project._checks import AGENT_NAME_RE, resolve_state_url, validate_agent_name
 from corral.project._loader import load_minimal, load_project
 from corral.project._models import (
     AgentBudget,
@@ -54,5 +54,6 @@ __all__ = [
     "load_minimal",
     "load_project",
     "read_limited",
+    "resolve_state_url",
     "validate_agent_name",
 ]

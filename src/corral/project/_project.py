@@ -54,10 +54,17 @@ class Project:
     warnings: tuple[ConfigIssue, ...] = ()
     environment: str | None = None
     resolved: tuple[ResolvedValue, ...] = field(default=(), repr=False, compare=False)
+    #: The pushed bundle this configuration was loaded from (``sha256:…``; `corral push`),
+    #: or None when it was read from the project directory itself.
+    bundle: str | None = None
+    #: Where the project's files were read from, when not ``root``: a bundle unpacked
+    #: under the state directory. ``root`` stays the project directory (its ``.corral/``
+    #: state, logs and run directories).
+    files: Path | None = None
 
     @property
     def shared_dir(self) -> Path:
-        return self.root / "shared"
+        return (self.files or self.root) / "shared"
 
     def explain(self) -> list[ResolvedValue]:
         """Every resolved setting, project first, then each agent's, with its source."""

@@ -161,6 +161,9 @@ class ProjectWatcher:
         self._pending: Fingerprint | None = None
         #: The loader's report on the last change that did not load, until one does.
         self.error: str | None = None
+        #: True while the project comes from pushed bundles (scheduler/bundles.py): the
+        #: directory's files are then not reloaded.
+        self.suspended = False
 
     async def run(self) -> None:
         while True:
@@ -170,6 +173,8 @@ class ProjectWatcher:
     async def check(self) -> bool:
         """Reload if a file changed and then stayed the same for a poll; True when a new
         configuration was applied."""
+        if self.suspended:
+            return False
         try:
             current = await asyncio.to_thread(fingerprint, self.root, self.env)
         except Exception as exc:  # e.g. the agents folder unreadable: try again next poll

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from corral.agentcmd import install as install_commands
 from corral.project import Project
 from corral.scheduler.agentlink import AgentLink
+from corral.scheduler.bundles import BundleFollower
 from corral.scheduler.cron import CronTriggers
 from corral.scheduler.executor import RunExecutor
 from corral.scheduler.orphans import reap_orphans
@@ -175,6 +176,11 @@ class Scheduler:
         )
         self.reload_listeners: list[Callable[[Project], None]] = []
         self._cron_changed = asyncio.Event()
+        #: The store's current bundle (`corral push`), followed from start on (None: the
+        #: project directory only, for tests that want a fixed configuration).
+        self.bundles: BundleFollower | None = BundleFollower(
+            self, interval=max(self.options.reload_every, 1.0)
+        )
 
     @property
     def id(self) -> str:
@@ -208,6 +214,8 @@ class Scheduler:
         if self.link.bin_dir is not None:
             install_commands(self.link.bin_dir)
         await self._recover_dead_predecessors(host)
+        if self.bundles is not None:
+            await self.bundles.check()  # the pushed project, when there is one
         await sync_config(self.store, self.project)
         self.info = await self.store.register_scheduler(
             host=host, pid=os.getpid(), gateway_url=self.gateway_url
@@ -234,6 +242,9 @@ class Scheduler:
         if self.watcher is not None:
             watch = self._resilient("reload", self.watcher.run)
             loops.append(asyncio.create_task(watch, name="reload"))
+        if self.bundles is not None:
+            follow = self._resilient("bundles", self.bundles.run)
+            loops.append(asyncio.create_task(follow, name="bundles"))
         failure: BaseException | None = None
         try:
             failure = await self._until_stopped(stop, loops)
@@ -418,7 +429,10 @@ class Scheduler:
                     continue
                 asked = time.time_ns()
                 claims = await self.store.claim(
-                    self.id, lease_seconds=self.options.lease_seconds, limit=batch
+                    self.id,
+                    lease_seconds=self.options.lease_seconds,
+                    limit=batch,
+                    bundle=self.project.bundle,
                 )
                 if claims:
                     self.observer.claimed(claims, asked, time.time_ns())

@@ -16,6 +16,7 @@ says) live in the parts, once, for both dialects:
     _tokens    operator tokens, kept by their hash
     _fleet     the fleet's membership: activation tokens, runners, liveness, anomalies
     _metrics   what /metrics reads: runs and set-aside items since a time
+    _bundles   pushed project bundles by content hash, and the current one
     _base      this module: lifecycle, migrations, plain run operations
 
 Clock: timestamps are taken from Python (``self.clock()``, by default
@@ -45,6 +46,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from corral.errors import StoreError
+from corral.store._bundles import BundleOps
 from corral.store._calls import CallOps
 from corral.store._control import ControlOps
 from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
@@ -70,7 +72,16 @@ _LIVE = frozenset({RunState.QUEUED, RunState.STARTING, RunState.RUNNING})
 
 
 class Store(
-    LeaseOps, CallOps, LockOps, ControlOps, WebhookOps, TokenOps, FleetOps, MetricsOps, ChangeOps
+    LeaseOps,
+    CallOps,
+    LockOps,
+    ControlOps,
+    WebhookOps,
+    TokenOps,
+    FleetOps,
+    MetricsOps,
+    BundleOps,
+    ChangeOps,
 ):
     """Durable state of a corral project. Open with ``corral.store.open_store(url)``."""
 

@@ -255,7 +255,13 @@ class QueueOps(UsageOps):
     # -- claiming ----------------------------------------------------------------------
 
     async def claim(
-        self, owner: str, *, lease_seconds: float, limit: int, item_id: int | None = None
+        self,
+        owner: str,
+        *,
+        lease_seconds: float,
+        limit: int,
+        item_id: int | None = None,
+        bundle: str | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` queued items for ``owner``, in one transaction.
 
@@ -267,7 +273,8 @@ class QueueOps(UsageOps):
         and a new run (state starting). With ``item_id``: only that item, if its agent
         and the project have a free slot now (it may overtake older items: it was asked
         for). On PostgreSQL an agent another scheduler is claiming for right now is
-        skipped, not waited for; its items are that scheduler's.
+        skipped, not waited for; its items are that scheduler's. ``bundle``: the project
+        bundle the runs will run (recorded on each run).
         """
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
@@ -290,7 +297,7 @@ class QueueOps(UsageOps):
                 chosen = await tx.fetch_all("claimable_item", params)
             if not chosen:
                 return []
-            return await self._claim_items(tx, owner, chosen, lease_seconds)
+            return await self._claim_items(tx, owner, chosen, lease_seconds, bundle)
 
     async def _claim_limit(self, tx: Transaction, limit: int) -> int:
         """How many items this claim may take as far as the project goes.
@@ -314,7 +321,12 @@ class QueueOps(UsageOps):
         return min(limit, project.scale_cap - int(active["n"]))
 
     async def _claim_items(
-        self, tx: Transaction, owner: str, chosen: list[Row], lease_seconds: float
+        self,
+        tx: Transaction,
+        owner: str,
+        chosen: list[Row],
+        lease_seconds: float,
+        bundle: str | None = None,
     ) -> list[Claim]:
         """Claim ``chosen`` (rows with id, agent, trigger_kind) set-wise: one statement
         inserts every run, one claims every item, one starts their calls."""
@@ -334,6 +346,7 @@ class QueueOps(UsageOps):
             "owner": owner,
             "now": self.encode_time(now),
             "expires_at": self.encode_time(now + timedelta(seconds=lease_seconds)),
+            "bundle": bundle,
         }
         # The runs first: the items' run_id refers to them.
         runs = {

@@ -18,6 +18,7 @@ concern, so that a caller can ask for only what it uses and a reader can see the
     TokenStore     operator tokens, kept by their hash
     FleetStore     the fleet's membership: activation tokens, runners and their
                    liveness, anomalies
+    BundleStore    pushed project bundles by content hash, and the current one
     MetricsStore   what /metrics reads since its previous scrape
     ChangeStore    wake-ups: wait until a topic may have changed
     StoreLifecycle opening, closing, migrating
@@ -61,6 +62,8 @@ from corral.store.records import (
     Anomaly,
     AnomalyKind,
     AuditEntry,
+    Bundle,
+    BundleHead,
     Call,
     CallRefusal,
     Claim,
@@ -81,6 +84,7 @@ from corral.store.records import (
     NewRunner,
     OperatorToken,
     ProjectState,
+    Published,
     QueueItem,
     Receipt,
     ReceiptOutcome,
@@ -96,6 +100,7 @@ from corral.store.records import (
 
 __all__ = [
     "CONCERNS",
+    "BundleStore",
     "CallStore",
     "ChangeStore",
     "ControlStore",
@@ -135,7 +140,13 @@ class QueueStore(Protocol):
     ) -> EnqueueResult: ...
 
     async def claim(
-        self, owner: str, *, lease_seconds: float, limit: int, item_id: int | None = None
+        self,
+        owner: str,
+        *,
+        lease_seconds: float,
+        limit: int,
+        item_id: int | None = None,
+        bundle: str | None = None,
     ) -> list[Claim]: ...
 
     async def get_item(self, item_id: int) -> QueueItem | None: ...
@@ -448,6 +459,33 @@ class FleetStore(Protocol):
 
 
 @runtime_checkable
+class BundleStore(Protocol):
+    """Project bundles (``_bundles``): pushed projects by content hash, the current one."""
+
+    async def publish_bundle(
+        self,
+        hash_: str,
+        data: bytes,
+        manifest: dict[str, Any],
+        *,
+        actor: str,
+        note: str | None = None,
+    ) -> Published: ...
+
+    async def set_bundle_head(self, hash_: str, *, actor: str) -> BundleHead: ...
+
+    async def bundle_head(self) -> BundleHead | None: ...
+
+    async def get_bundle(self, hash_: str) -> Bundle | None: ...
+
+    async def bundle_data(self, hash_: str) -> bytes | None: ...
+
+    async def list_bundles(self, *, limit: int = 50) -> list[Bundle]: ...
+
+    async def find_bundles(self, prefix: str) -> list[str]: ...
+
+
+@runtime_checkable
 class MetricsStore(Protocol):
     """What /metrics reads (``_metrics``): what changed since the previous scrape."""
 
@@ -590,6 +628,7 @@ CONCERNS: tuple[type, ...] = (
     ControlStore,
     TokenStore,
     FleetStore,
+    BundleStore,
     MetricsStore,
     ChangeStore,
     StoreLifecycle,

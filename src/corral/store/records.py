@@ -20,6 +20,8 @@ __all__ = [
     "Anomaly",
     "AnomalyKind",
     "AppliedMigration",
+    "Bundle",
+    "BundleHead",
     "Claim",
     "EnqueueResult",
     "FinalizeResult",
@@ -36,6 +38,7 @@ __all__ = [
     "NewRunner",
     "PendingMigration",
     "ProjectState",
+    "Published",
     "QueueItem",
     "Receipt",
     "ReceiptOutcome",
@@ -132,6 +135,8 @@ class Run:
     cost_usd: float | None = None
     #: The budget that stopped it ("turns", "tokens", "cost", "wall clock", "daily cost").
     budget: str | None = None
+    #: The project bundle it ran (``sha256:…``), when its scheduler ran one (``corral push``).
+    bundle: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
@@ -866,3 +871,44 @@ class Anomaly:
     @property
     def open(self) -> bool:
         return self.resolved_at is None
+
+
+# -- bundles -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bundle:
+    """A pushed project bundle (``corral push``), named by the SHA-256 of its bytes."""
+
+    hash: str
+    size: int
+    #: Each agent's name -> the hash of its own bundle (what a runner fetches for it).
+    agents: dict[str, str]
+    files: int
+    created_at: datetime
+    created_by: str
+    note: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BundleHead:
+    """The project's current bundle: the one every control plane on the store runs."""
+
+    hash: str
+    set_at: datetime
+    set_by: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Published:
+    """What ``publish_bundle`` did: stored the bytes (``stored``: they were new), and made
+    them current (``moved``: the head pointed elsewhere before)."""
+
+    bundle: Bundle
+    head: BundleHead
+    stored: bool
+    moved: bool
+
+    @property
+    def unchanged(self) -> bool:
+        return not self.stored and not self.moved

@@ -1,6 +1,7 @@
 """Importing this package registers every subcommand on the `corral` group."""
 
 from corral.cli.commands import (
+    bundles,
     control,
     creds,
     db,
@@ -21,6 +22,7 @@ from corral.cli.commands import (
 )
 
 __all__ = [
+    "bundles",
     "control",
     "creds",
     "db",

@@ -286,7 +286,7 @@ def _summary(run: Run, project: Project) -> None:
     err_console.print(f"log: {safe(log)}", style="dim")
 
 
-@cli.command("runs")
+@cli.group("runs", invoke_without_command=True)
 @click.option("-a", "--agent", "agent_name", help="Only runs of this agent.")
 @click.option(
     "-s",
@@ -308,7 +308,12 @@ def runs_cmd(
     limit: int,
     as_json: bool,
 ) -> None:
-    """List recent runs, newest first, with the tokens and dollars of built-in runs."""
+    """List recent runs, newest first, with the tokens and dollars of built-in runs.
+
+    `corral runs show RUN` shows one run.
+    """
+    if click.get_current_context().invoked_subcommand is not None:
+        return
     project = obj.project()
     created_since = None if since is None else parse_since(since)
     wanted = set(state_names)
@@ -374,3 +379,40 @@ def _wanted(run: Run, wanted: set[str]) -> bool:
     if run.outcome == "over_budget":
         return "over_budget" in wanted or run.state.value in wanted
     return run.state.value in wanted
+
+
+@runs_cmd.command("show")
+@click.argument("run_id", metavar="RUN")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def run_show_cmd(obj: CliContext, run_id: str, as_json: bool) -> None:
+    """One run: its agent, trigger, state, times, host and the bundle it ran."""
+    project = obj.project_for_store()
+
+    async def go() -> Run | None:
+        async with await obj.store(project) as store:
+            return await store.get_run(run_id)
+
+    run = asyncio.run(go())
+    if run is None:
+        raise UsageError(f"no run {run_id!r} (`corral runs` lists the recent ones)")
+    if as_json:
+        print_json(run_json(run))
+        return
+    rows = [
+        ("run", run.id),
+        ("agent", run.agent),
+        ("trigger", run.trigger.value),
+        ("state", run.outcome + (f" ({run.budget})" if run.outcome == "over_budget" else "")),
+        ("exit", "-" if run.exit_code is None else str(run.exit_code)),
+        ("created", fmt_time(run.created_at)),
+        ("started", fmt_time(run.started_at)),
+        ("duration", fmt_duration(run.duration)),
+        ("attempt", "-" if run.attempt is None else str(run.attempt)),
+        ("host", run.host or "-"),
+        ("bundle", run.bundle or "- (the project directory)"),
+        ("status", run.status_text or "-"),
+        ("error", run.error or "-"),
+    ]
+    for label, value in rows:
+        console.print(f"{label:<9}{safe(value)}", soft_wrap=True)

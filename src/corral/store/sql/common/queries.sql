@@ -581,3 +581,37 @@ SELECT agent, runner_id, count(*) AS ended,
 FROM corral_runs
 WHERE ended_at >= :since AND ended_at IS NOT NULL
 GROUP BY agent, runner_id
+-- bundles -------------------------------------------------------------------------------
+
+-- name: insert_bundle
+-- Nothing when a bundle with this hash is stored already (the same bytes).
+INSERT INTO corral_bundles (hash, data, size, manifest, created_at, created_by, note)
+VALUES (:hash, :data, :size, :manifest, :now, :actor, :note)
+ON CONFLICT (hash) DO NOTHING
+RETURNING hash, size, manifest, created_at, created_by, note
+
+-- name: get_bundle
+SELECT hash, size, manifest, created_at, created_by, note FROM corral_bundles
+WHERE hash = :hash
+
+-- name: get_bundle_data
+SELECT data FROM corral_bundles WHERE hash = :hash
+
+-- name: list_bundles
+SELECT hash, size, manifest, created_at, created_by, note FROM corral_bundles
+ORDER BY created_at DESC, hash
+LIMIT :limit
+
+-- name: find_bundles
+-- The hashes starting with :prefix (a short hash the operator typed), at most a few.
+SELECT hash FROM corral_bundles WHERE hash >= :prefix AND hash < :prefix_end
+ORDER BY hash LIMIT 5
+
+-- name: get_bundle_head
+SELECT hash, set_at, set_by FROM corral_bundle_head WHERE id = 1
+
+-- name: set_bundle_head
+INSERT INTO corral_bundle_head (id, hash, set_at, set_by) VALUES (1, :hash, :now, :actor)
+ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, set_at = excluded.set_at,
+                               set_by = excluded.set_by
+RETURNING hash, set_at, set_by

@@ -147,9 +147,10 @@ FOR UPDATE OF q, a
 -- The runs of a batch of claims, in one statement: plan is a JSON array of
 -- {item_id, run_id, fence}.
 INSERT INTO corral_runs (id, agent, trigger_kind, trigger_detail, prompt, state,
-                         parent_run_id, created_at, item_id, fence, attempt, owner)
+                         parent_run_id, created_at, item_id, fence, attempt, owner,
+                         bundle)
 SELECT p.run_id, q.agent, q.trigger_kind, q.trigger_detail, q.prompt, 'starting',
-       q.parent_run_id, %(now)s, q.id, p.fence, q.attempts + 1, %(owner)s
+       q.parent_run_id, %(now)s, q.id, p.fence, q.attempts + 1, %(owner)s, %(bundle)s
 FROM jsonb_to_recordset(%(plan)s::jsonb) AS p(item_id bigint, run_id text, fence bigint)
 JOIN corral_queue q ON q.id = p.item_id AND q.state = 'queued'
 RETURNING *

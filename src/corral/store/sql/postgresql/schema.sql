@@ -38,7 +38,8 @@ CREATE TABLE corral_runs (
     cache_write_tokens bigint,
     cost_usd double precision,
     budget text,
-    runner_id text
+    runner_id text,
+    bundle text
 );
 
 CREATE INDEX corral_runs_agent_created ON corral_runs (agent, created_at);
@@ -720,3 +721,30 @@ CREATE TABLE corral_anomalies (
 
 CREATE INDEX corral_anomalies_open ON corral_anomalies (kind, at) WHERE resolved_at IS NULL;
 
+-- Bundles (0016): pushed projects by hash, and the current one.
+CREATE TABLE corral_bundles (
+    hash text PRIMARY KEY,
+    data bytea NOT NULL,
+    size bigint NOT NULL,
+    manifest jsonb NOT NULL,
+    created_at timestamptz NOT NULL,
+    created_by text NOT NULL,
+    note text
+);
+
+CREATE TABLE corral_bundle_head (
+    id integer PRIMARY KEY CHECK (id = 1),
+    hash text NOT NULL REFERENCES corral_bundles (hash),
+    set_at timestamptz NOT NULL,
+    set_by text NOT NULL
+);
+
+CREATE FUNCTION corral_notify_bundle() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('corral_' || md5(TG_TABLE_SCHEMA), 'bundle');
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER corral_bundle_head_changed AFTER INSERT OR UPDATE ON corral_bundle_head
+    FOR EACH ROW EXECUTE FUNCTION corral_notify_bundle();

@@ -131,9 +131,10 @@ WITH p AS (
     FROM json_each(:plan)
 )
 INSERT INTO corral_runs (id, agent, trigger_kind, trigger_detail, prompt, state,
-                         parent_run_id, created_at, item_id, fence, attempt, owner)
+                         parent_run_id, created_at, item_id, fence, attempt, owner,
+                         bundle)
 SELECT p.run_id, q.agent, q.trigger_kind, q.trigger_detail, q.prompt, 'starting',
-       q.parent_run_id, :now, q.id, p.fence, q.attempts + 1, :owner
+       q.parent_run_id, :now, q.id, p.fence, q.attempts + 1, :owner, :bundle
 FROM p JOIN corral_queue q ON q.id = p.item_id AND q.state = 'queued'
 WHERE true
 RETURNING *

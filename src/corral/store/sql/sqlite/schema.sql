@@ -39,7 +39,8 @@ CREATE TABLE corral_runs (
     cache_write_tokens INTEGER,
     cost_usd REAL,
     budget TEXT,
-    runner_id TEXT
+    runner_id TEXT,
+    bundle TEXT
 );
 
 CREATE INDEX corral_runs_agent_created ON corral_runs (agent, created_at);
@@ -383,4 +384,22 @@ CREATE TABLE corral_anomalies (
 );
 
 CREATE INDEX corral_anomalies_open ON corral_anomalies (kind, at) WHERE resolved_at IS NULL;
+
+-- Bundles (0016): pushed projects by hash, and the current one.
+CREATE TABLE corral_bundles (
+    hash TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    note TEXT
+);
+
+CREATE TABLE corral_bundle_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    hash TEXT NOT NULL REFERENCES corral_bundles (hash),
+    set_at TEXT NOT NULL,
+    set_by TEXT NOT NULL
+);
 

@@ -1,0 +1,215 @@
+"""Bundles over HTTP: `corral push` uploads one, runners fetch them by hash.
+
+Operators (an operator token, as for the rest of /control):
+
+    POST /control/bundles?note=...        the bundle's bytes (application/x-tar): checked
+                                          (hash, format, the project loads), stored and
+                                          made current; 200 with what changed
+    GET  /control/bundles                 the pushed bundles, newest first, and the head
+    GET  /control/bundles/{hash}          one bundle: size, files, each agent's hash
+    POST /control/bundles/{hash}/apply    make a stored bundle current (a rollback)
+
+Runners:
+
+    GET /fleet/v1/bundles/{hash}                  the bundle's bytes
+    GET /fleet/v1/bundles/{hash}/agents/{agent}   one agent's bundle (the project-level
+                                                  files and agents/<agent>/**), whose hash
+                                                  is the one the manifest names for it
+
+A bundle never changes under its name, so each answer carries its hash as a strong ETag
+and ``Cache-Control: immutable``, and ``If-None-Match`` with that ETag is answered 304.
+Every runner-facing route authenticates through ``bundle_reader``, the one dependency to
+change when runners get credentials of their own; until then it asks for an operator
+token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import Response
+
+from corral.bundles import (
+    MAX_BUNDLE_BYTES,
+    BundleError,
+    agent_archive,
+    bundle_hash,
+    manifest_of,
+    normalize_hash,
+    read_entries,
+)
+from corral.engine.actions import ActionError
+from corral.errors import ConfigError, StoreConflict
+from corral.gateway.control import Operator, operator
+from corral.scheduler.bundles import check_bundle
+from corral.scheduler.service import Scheduler
+from corral.views import bundle_head_json, bundle_json
+
+__all__ = ["bundle_reader", "install_bundles"]
+
+_TAR = "application/x-tar"
+
+
+async def bundle_reader(actor: Operator) -> str:
+    """Who may read bundles: for now anyone with an operator token (``token:<name>``)."""
+    return actor
+
+
+Reader = Annotated[str, Depends(bundle_reader)]
+
+
+def install_bundles(app: FastAPI, scheduler: Scheduler) -> None:
+    app.include_router(_control_router(scheduler))
+    app.include_router(_fleet_router(scheduler))
+
+
+def _hash(text: str) -> str:
+    try:
+        return normalize_hash(text)
+    except BundleError as exc:
+        raise ActionError(400, str(exc)) from None
+
+
+def _control_router(scheduler: Scheduler) -> APIRouter:
+    router = APIRouter(prefix="/control", tags=["bundles"], dependencies=[Depends(operator)])
+    store = scheduler.store
+
+    @router.post("/bundles", summary="Publish a project bundle and make it current")
+    async def push(
+        request: Request,
+        actor: Operator,
+        note: Annotated[str | None, Query(max_length=500)] = None,
+    ) -> dict[str, Any]:
+        data = await _body(request)
+        hash_ = bundle_hash(data)
+        try:
+            entries = await asyncio.to_thread(read_entries, data)
+            await asyncio.to_thread(check_bundle, data, hash_, scheduler.project.environment)
+        except BundleError as exc:
+            raise ActionError(400, f"not a valid bundle: {exc}") from None
+        except ConfigError as exc:
+            raise ActionError(400, "the bundle's project does not load:\n" + exc.render()) from None
+        manifest = {"agents": manifest_of(entries), "files": len(entries)}
+        published = await store.publish_bundle(hash_, data, manifest, actor=actor, note=note)
+        return {
+            "ok": True,
+            "bundle": bundle_json(published.bundle, published.head),
+            "stored": published.stored,
+            "moved": published.moved,
+            "unchanged": published.unchanged,
+        }
+
+    @router.get("/bundles", summary="Pushed bundles, newest first, and the current one")
+    async def list_bundles(
+        limit: Annotated[int, Query(ge=0, le=1000)] = 50,
+    ) -> dict[str, Any]:
+        head = await store.bundle_head()
+        bundles = await store.list_bundles(limit=limit)
+        return {
+            "current": bundle_head_json(head),
+            "bundles": [bundle_json(b, head) for b in bundles],
+        }
+
+    @router.get("/bundles/{hash_}", summary="One pushed bundle")
+    async def show_bundle(hash_: str) -> dict[str, Any]:
+        found = await store.get_bundle(_hash(hash_))
+        if found is None:
+            raise ActionError(404, f"no bundle {hash_} (`corral bundles ls` lists them)")
+        return {"bundle": bundle_json(found, await store.bundle_head())}
+
+    @router.post("/bundles/{hash_}/apply", summary="Make a pushed bundle current (roll back)")
+    async def apply_bundle(hash_: str, actor: Operator) -> dict[str, Any]:
+        try:
+            head = await store.set_bundle_head(_hash(hash_), actor=actor)
+        except StoreConflict as exc:
+            raise ActionError(404, str(exc)) from None
+        return {"ok": True, "current": bundle_head_json(head)}
+
+    return router
+
+
+def _fleet_router(scheduler: Scheduler) -> APIRouter:
+    router = APIRouter(prefix="/fleet/v1", tags=["fleet"])
+    store = scheduler.store
+
+    @router.get(
+        "/bundles/{hash_}",
+        summary="A bundle's bytes, by hash",
+        response_class=Response,
+        responses={200: {"content": {_TAR: {}}}, 304: {"description": "not modified"}},
+    )
+    async def fetch_bundle(hash_: str, request: Request, _: Reader) -> Response:
+        wanted = _hash(hash_)
+        if _matches(request, wanted):
+            return _not_modified(wanted)
+        data = await store.bundle_data(wanted)
+        if data is None:
+            raise ActionError(404, f"no bundle {wanted} in the store")
+        return _bytes(data, wanted)
+
+    @router.get(
+        "/bundles/{hash_}/agents/{agent}",
+        summary="One agent's bundle, cut from a project bundle",
+        response_class=Response,
+        responses={200: {"content": {_TAR: {}}}, 304: {"description": "not modified"}},
+    )
+    async def fetch_agent_bundle(hash_: str, agent: str, request: Request, _: Reader) -> Response:
+        wanted = _hash(hash_)
+        found = await store.get_bundle(wanted)
+        if found is None:
+            raise ActionError(404, f"no bundle {wanted} in the store")
+        agent_hash = found.agents.get(agent)
+        if agent_hash is None:
+            known = ", ".join(sorted(found.agents)) or "none"
+            raise ActionError(404, f"bundle {wanted} has no agent {agent!r} (agents: {known})")
+        if _matches(request, agent_hash):
+            return _not_modified(agent_hash)
+        data = await store.bundle_data(wanted)
+        if data is None:
+            raise ActionError(404, f"no bundle {wanted} in the store")
+        entries = await asyncio.to_thread(read_entries, data, expect=wanted)
+        cut = await asyncio.to_thread(agent_archive, entries, agent)
+        return _bytes(cut, agent_hash)
+
+    return router
+
+
+async def _body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BUNDLE_BYTES:
+        raise ActionError(413, f"a bundle may be at most {MAX_BUNDLE_BYTES} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BUNDLE_BYTES:
+            raise ActionError(413, f"a bundle may be at most {MAX_BUNDLE_BYTES} bytes")
+        chunks.append(chunk)
+    if size == 0:
+        raise ActionError(400, "the body is empty: send the bundle's bytes (`corral push`)")
+    return b"".join(chunks)
+
+
+def _etag(hash_: str) -> str:
+    return f'"{hash_}"'
+
+
+def _matches(request: Request, hash_: str) -> bool:
+    given = request.headers.get("if-none-match")
+    if not given:
+        return False
+    tags = [tag.strip() for tag in given.split(",")]
+    return "*" in tags or _etag(hash_) in tags
+
+
+_CACHE = "private, max-age=31536000, immutable"
+
+
+def _not_modified(hash_: str) -> Response:
+    return Response(status_code=304, headers={"ETag": _etag(hash_), "Cache-Control": _CACHE})
+
+
+def _bytes(data: bytes, hash_: str) -> Response:
+    headers = {"ETag": _etag(hash_), "Cache-Control": _CACHE}
+    return Response(content=data, media_type=_TAR, headers=headers)

@@ -1,0 +1,179 @@
+"""Following the project's current bundle (`corral push`) without a restart.
+
+Once a bundle has been pushed, the store's head names the project every control plane
+runs. Each `corral start` follows it: at start, and whenever the head changes (on
+PostgreSQL the notice ``bundle`` wakes it at once; the poll every ``interval`` seconds is
+the fallback, and SQLite's only way), it
+
+1. fetches the bundle's bytes from the store and checks them against their hash;
+2. unpacks them into a directory of their own, ``.corral/bundles/<hex>/`` under the
+   project directory (written under a temporary name and renamed into place, so a
+   directory by that name is always complete; one already there is reused);
+3. loads the project from it with the normal loader (the same checks as `corral start`);
+4. applies it through the scheduler's hot reload (``Scheduler.reload``: the store learns
+   the agents and limits, cron restarts on new schedules, the gateway's parts see the new
+   agents; running runs go on with the files they started with).
+
+A bundle that fails any step is reported once (the loader's errors, naming file and line)
+and never replaces the running project; the next change of the head is tried. While it
+follows bundles, the scheduler no longer reloads from the project directory's files (the
+directory watcher is suspended): the store's head is the one source of the project, so
+every control plane on the store converges on it. The store URL and ``[gateway]`` stay
+those `corral start` began with, as on any reload. Runs claimed from then on record the
+bundle hash they run.
+
+The project directory's ``.env.toml`` does not travel in a bundle; the environment the
+control plane was started with (`-E`, ``$CORRAL_ENV``) still applies to each bundle.
+The last ``KEEP`` unpacked bundles are kept (runs that started on an older one still read
+its files); older ones are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from corral.bundles import HASH_PREFIX, BundleError, unpack
+from corral.errors import ConfigError, CorralError
+from corral.inert import inert
+from corral.project import Project, load_project, resolve_state_url
+from corral.store import Store
+from corral.store._bundles import BUNDLE
+
+if TYPE_CHECKING:
+    from corral.scheduler.service import Scheduler
+
+__all__ = ["BundleFollower", "bundle_dir", "check_bundle", "load_bundle"]
+
+log = logging.getLogger("corral.bundles")
+
+#: The environment variable that overrides ``[state] url`` (as the loader reads it).
+STATE_URL_VAR = "CORRAL_STATE_URL"
+#: Unpacked bundles kept besides the running one.
+KEEP = 5
+
+
+def bundle_dir(root: Path, hash_: str) -> Path:
+    """Where bundle ``hash_`` is unpacked for the project at ``root``."""
+    return root / ".corral" / "bundles" / hash_.removeprefix(HASH_PREFIX)
+
+
+async def load_bundle(store: Store, root: Path, hash_: str, env: str | None) -> Project:
+    """The project of bundle ``hash_``, unpacked under ``root``'s state directory and
+    loaded; BundleError or ConfigError when it cannot be."""
+    target = bundle_dir(root, hash_)
+    if not target.is_dir():
+        data = await store.bundle_data(hash_)
+        if data is None:
+            raise BundleError(f"the store names bundle {hash_} as current but does not hold it")
+        await asyncio.to_thread(_unpack_into, data, target, hash_)
+    project = await asyncio.to_thread(load_project, target, env)
+    # A relative SQLite path is the project directory's, not the unpacked bundle's.
+    written = os.environ.get(STATE_URL_VAR) or project.config.state.url
+    return dataclasses.replace(
+        project,
+        root=root,
+        files=target,
+        bundle=hash_,
+        state_url=resolve_state_url(written, root),
+    )
+
+
+def check_bundle(data: bytes, hash_: str, env: str | None = None) -> Project:
+    """Check that bundle ``data`` is what its hash says and that its project loads (the
+    same checks as `corral start`), in a scratch directory; BundleError or ConfigError
+    (with every issue) when not. Blocking: call it in a thread."""
+    with tempfile.TemporaryDirectory(prefix="corral-bundle-") as scratch:
+        tree = Path(scratch) / "project"
+        unpack(data, tree, expect=hash_)
+        return load_project(tree, env)
+
+
+def _unpack_into(data: bytes, target: Path, hash_: str) -> None:
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".part-", dir=target.parent))
+    try:
+        unpack(data, staging / "tree", expect=hash_)
+        try:
+            (staging / "tree").rename(target)
+        except OSError:
+            if not target.is_dir():  # not another process that got there first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class BundleFollower:
+    """Keeps ``scheduler`` on the store's current bundle."""
+
+    def __init__(self, scheduler: Scheduler, *, interval: float = 2.0) -> None:
+        self.scheduler = scheduler
+        self.root = scheduler.project.root
+        self.env = scheduler.project.environment
+        self.interval = interval
+        #: The bundle running now (None: the project directory's files).
+        self.applied: str | None = None
+        #: The last bundle that did not load, and why (until one does).
+        self.failed: str | None = None
+        self.error: str | None = None
+
+    async def run(self) -> None:
+        while True:
+            await self.scheduler.store.wait_for_change([BUNDLE], self.interval)
+            await self.check()
+
+    async def check(self) -> bool:
+        """Apply the store's current bundle if it is new; True when one was applied."""
+        head = await self.scheduler.store.bundle_head()
+        if head is None or head.hash in (self.applied, self.failed):
+            return False
+        try:
+            project = await load_bundle(self.scheduler.store, self.root, head.hash, self.env)
+        except Exception as exc:  # any failure keeps the running project
+            self.failed, self.error = head.hash, _describe(exc)
+            log.error(
+                "bundle %s does not load; the running project stays. %s",
+                head.hash,
+                self.error,
+                extra={"action": "bundle_failed", "bundle": head.hash},
+            )
+            return False
+        watcher = self.scheduler.watcher
+        if watcher is not None:
+            watcher.suspended = True
+        await self.scheduler.reload(project)  # a store error propagates: tried again
+        self.applied, self.failed, self.error = head.hash, None, None
+        log.info(
+            "running bundle %s (pushed by %s)",
+            head.hash,
+            head.set_by,
+            extra={"action": "bundle_applied", "bundle": head.hash},
+        )
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._prune)
+        return True
+
+    def _prune(self) -> None:
+        """Remove unpacked bundles beyond the newest ``KEEP`` (never the running one)."""
+        parent = self.root / ".corral" / "bundles"
+        running = bundle_dir(self.root, self.applied) if self.applied else None
+        found = [p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in found[KEEP:]:
+            if old != running:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ConfigError):
+        return exc.render()
+    if isinstance(exc, CorralError):
+        return str(exc)
+    return inert(f"{type(exc).__name__}: {exc}")
