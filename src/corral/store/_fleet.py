@@ -315,6 +315,9 @@ class FleetOps(StoreCore):
             "now": self.encode_time(now),
             "cutoff": self.encode_time(now - timedelta(seconds=offline_after)),
         }
+        async with self.transaction(write=False) as tx:  # most looks end here: a read
+            if await tx.fetch_one("any_runner_silent", {"cutoff": params["cutoff"]}) is None:
+                return []
         async with self.transaction() as tx:
             rows = await tx.fetch_all("mark_runners_offline", params)
             gone = [self._runner(row) for row in rows]

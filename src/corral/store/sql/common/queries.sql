@@ -581,3 +581,9 @@ SELECT agent, runner_id, count(*) AS ended,
 FROM corral_runs
 WHERE ended_at >= :since AND ended_at IS NOT NULL
 GROUP BY agent, runner_id
+
+-- name: any_runner_silent
+-- A cheap read before mark_runners_offline's write: most looks find nobody to mark.
+SELECT id FROM corral_runners
+WHERE state <> 'revoked' AND offline_since IS NULL AND last_heartbeat_at < :cutoff
+LIMIT 1
