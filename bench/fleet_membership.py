@@ -8,7 +8,8 @@ token, then heartbeats every ``--interval`` seconds (5, as a runner does), sprea
 Reported: the time to join (p50/p99), the heartbeat latency (p50/p99) at the offered
 rate, the control plane's CPU over the heartbeat window (user+system of the `corral
 start` process and its threads, from /proc/<pid>/stat) as a share of one core, and that
-CPU per heartbeat (the control plane's idle CPU, measured for 5 s before, subtracted). Bounded: at most ``--runners`` clients, ``--seconds`` of heartbeats.
+CPU per heartbeat (the control plane's idle CPU, measured for 5 s before, subtracted).
+Bounded: at most ``--runners`` clients, ``--seconds`` of heartbeats.
 The client is httpx on one event loop; when it cannot offer the full rate on a loaded
 machine, the achieved rate is reported and the CPU per heartbeat is what extrapolates.
 """
