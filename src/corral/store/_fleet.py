@@ -262,6 +262,18 @@ class FleetOps(StoreCore):
         rows = await self.statement("heartbeat_runner", params)
         return self._runner(rows[0]) if rows else None
 
+    async def heartbeat_by_credential(self, credential_hash: str, *, version: str) -> Runner | None:
+        """Record a heartbeat of the runner whose credential hashes to
+        ``credential_hash``, in one statement (``version`` empty: unchanged). None: no
+        such runner, or revoked."""
+        params = {
+            "credential_hash": credential_hash,
+            "version": version,
+            "now": self.encode_time(self.now()),
+        }
+        rows = await self.statement("heartbeat_by_credential", params)
+        return self._runner(rows[0]) if rows else None
+
     async def set_runner_state(
         self, runner_id: str, state: RunnerState, *, actor: str
     ) -> tuple[Runner | None, bool]:

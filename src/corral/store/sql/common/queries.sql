@@ -587,3 +587,12 @@ GROUP BY agent, runner_id
 SELECT id FROM corral_runners
 WHERE state <> 'revoked' AND offline_since IS NULL AND last_heartbeat_at < :cutoff
 LIMIT 1
+
+-- name: heartbeat_by_credential
+-- A heartbeat authenticated and recorded in one statement (the runner API's fast path);
+-- no row: unknown or revoked, which the caller tells apart the slow way.
+UPDATE corral_runners
+SET last_heartbeat_at = :now, offline_since = NULL,
+    version = CASE WHEN :version = '' THEN version ELSE :version END
+WHERE credential_hash = :credential_hash AND state <> 'revoked'
+RETURNING *
