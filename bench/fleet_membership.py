@@ -132,11 +132,15 @@ async def _load(
             while at < start + seconds:
                 await asyncio.sleep(max(0.0, at - loop.time()))
                 sent = time.perf_counter()
-                answer = await http.post(
-                    f"{url}/fleet/v1/heartbeat", json={"version": "0"}, headers=headers
-                )
-                beats.append(time.perf_counter() - sent)
-                failures += answer.status_code != 200
+                try:
+                    answer = await http.post(
+                        f"{url}/fleet/v1/heartbeat", json={"version": "0"}, headers=headers
+                    )
+                except httpx.TransportError:  # a connection closed under the client
+                    failures += 1
+                else:
+                    beats.append(time.perf_counter() - sent)
+                    failures += answer.status_code != 200
                 at += interval
 
         await asyncio.gather(*(runner(i) for i in range(runners)))
