@@ -19,7 +19,8 @@ from tests.processes import wait_until
 from tests.scheduler.helpers import write_project
 from tests.scheduler.procs import SchedulerProcess
 
-pytestmark = pytest.mark.slow
+# each test starts a `corral start` (seconds on a busy machine) and waits on its timings
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 PROJECT = """maxRunners = 3
 

@@ -25,6 +25,7 @@ def ok(result: Any) -> str:
     return str(result.stdout)
 
 
+@pytest.mark.timeout(300)  # twenty `corral` processes, each seconds on a busy machine
 def test_tokens_join_status_revoke_and_remote(corral: Corral, tmp_path: Path) -> None:
     root = tmp_path / "project"
     write_project(

@@ -197,3 +197,18 @@ async def test_anomalies_are_listed_until_resolved(store: Store) -> None:
     assert not changed
     assert await store.resolve_anomaly(999, note="x", actor="op") == (None, False)
     assert await store.count_open_anomalies() == {}
+
+
+async def test_a_heartbeat_by_credential_is_one_statement_for_members_only(store: Store) -> None:
+    await store.create_fleet_token(hash_token("t"), ttl=DAY, actor="t")
+    runner = await _join(store, "t", "a")
+    assert isinstance(runner, Runner)
+    beat = await store.heartbeat_by_credential(hash_token("cred-a"), version="2.0")
+    assert beat is not None and beat.id == runner.id and beat.version == "2.0"
+    kept = await store.heartbeat_by_credential(hash_token("cred-a"), version="")
+    assert kept is not None and kept.version == "2.0"  # an empty version changes nothing
+    assert await store.heartbeat_by_credential(hash_token("cred-x"), version="1") is None
+    await store.set_runner_state(runner.id, RunnerState.REVOKED, actor="op")
+    assert await store.heartbeat_by_credential(hash_token("cred-a"), version="3") is None
+    after = await store.get_runner(runner.id)
+    assert after is not None and after.version == "2.0"

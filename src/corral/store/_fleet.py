@@ -262,6 +262,18 @@ class FleetOps(StoreCore):
         rows = await self.statement("heartbeat_runner", params)
         return self._runner(rows[0]) if rows else None
 
+    async def heartbeat_by_credential(self, credential_hash: str, *, version: str) -> Runner | None:
+        """Record a heartbeat of the runner whose credential hashes to
+        ``credential_hash``, in one statement (``version`` empty: unchanged). None: no
+        such runner, or revoked."""
+        params = {
+            "credential_hash": credential_hash,
+            "version": version,
+            "now": self.encode_time(self.now()),
+        }
+        rows = await self.statement("heartbeat_by_credential", params)
+        return self._runner(rows[0]) if rows else None
+
     async def set_runner_state(
         self, runner_id: str, state: RunnerState, *, actor: str
     ) -> tuple[Runner | None, bool]:
@@ -315,6 +327,9 @@ class FleetOps(StoreCore):
             "now": self.encode_time(now),
             "cutoff": self.encode_time(now - timedelta(seconds=offline_after)),
         }
+        async with self.transaction(write=False) as tx:  # most looks end here: a read
+            if await tx.fetch_one("any_runner_silent", {"cutoff": params["cutoff"]}) is None:
+                return []
         async with self.transaction() as tx:
             rows = await tx.fetch_all("mark_runners_offline", params)
             gone = [self._runner(row) for row in rows]

@@ -435,6 +435,10 @@ class FleetStore(Protocol):
 
     async def runner_heartbeat(self, runner_id: str, *, version: str) -> Runner | None: ...
 
+    async def heartbeat_by_credential(
+        self, credential_hash: str, *, version: str
+    ) -> Runner | None: ...
+
     async def set_runner_state(
         self, runner_id: str, state: RunnerState, *, actor: str
     ) -> tuple[Runner | None, bool]: ...

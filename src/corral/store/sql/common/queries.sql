@@ -615,3 +615,18 @@ INSERT INTO corral_bundle_head (id, hash, set_at, set_by) VALUES (1, :hash, :now
 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, set_at = excluded.set_at,
                                set_by = excluded.set_by
 RETURNING hash, set_at, set_by
+
+-- name: any_runner_silent
+-- A cheap read before mark_runners_offline's write: most looks find nobody to mark.
+SELECT id FROM corral_runners
+WHERE state <> 'revoked' AND offline_since IS NULL AND last_heartbeat_at < :cutoff
+LIMIT 1
+
+-- name: heartbeat_by_credential
+-- A heartbeat authenticated and recorded in one statement (the runner API's fast path);
+-- no row: unknown or revoked, which the caller tells apart the slow way.
+UPDATE corral_runners
+SET last_heartbeat_at = :now, offline_since = NULL,
+    version = CASE WHEN :version = '' THEN version ELSE :version END
+WHERE credential_hash = :credential_hash AND state <> 'revoked'
+RETURNING *
