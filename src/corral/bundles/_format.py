@@ -250,7 +250,7 @@ def read_entries(data: bytes, *, expect: str | None = None) -> list[Entry]:
                 handle = tar.extractfile(info)
                 body = handle.read() if handle is not None else b""
                 entries.append(Entry(path, body, bool(info.mode & 0o100)))
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, EOFError, ValueError, OverflowError, UnicodeError, OSError) as exc:
         raise BundleError(f"not a bundle (a tar archive): {exc}") from None
     return entries
 

@@ -76,7 +76,17 @@ def _control_router(scheduler: Scheduler) -> APIRouter:
     router = APIRouter(prefix="/control", tags=["bundles"], dependencies=[Depends(operator)])
     store = scheduler.store
 
-    @router.post("/bundles", summary="Publish a project bundle and make it current")
+    @router.post(
+        "/bundles",
+        summary="Publish a project bundle and make it current",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "The bundle's bytes, as `corral push` packs them",
+                "content": {_TAR: {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
     async def push(
         request: Request,
         actor: Operator,
