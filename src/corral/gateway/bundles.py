@@ -82,8 +82,13 @@ def _control_router(scheduler: Scheduler) -> APIRouter:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "description": "The bundle's bytes, as `corral push` packs them",
-                "content": {_TAR: {"schema": {"type": "string", "format": "binary"}}},
+                "description": (
+                    "The bundle's bytes, as `corral push` packs them (sent as "
+                    "application/x-tar; any content type is read as bytes)"
+                ),
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
             }
         },
     )
