@@ -145,7 +145,7 @@ def test_bytes_that_are_not_a_safe_bundle_are_refused(tmp_path: Path) -> None:
     packed = pack(_project(tmp_path / "p"))
     with pytest.raises(BundleError, match="damaged"):
         read_entries(packed.data[:-1] + b"x", expect=packed.hash)
-    for name in ("../escape", "/etc/passwd", "agents/../../x", "elsewhere/file"):
+    for name in ("../escape", "/etc/passwd", "agents/../../x", "elsewhere/file", "shared"):
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w") as tar:
             info = tarfile.TarInfo(name)
@@ -154,6 +154,14 @@ def test_bytes_that_are_not_a_safe_bundle_are_refused(tmp_path: Path) -> None:
         with pytest.raises(BundleError, match="bundle entry"):
             unpack(out.getvalue(), tmp_path / "never")
     assert not (tmp_path / "escape").exists()
+    # A file where the next entry needs a directory.
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name in ("shared/a", "shared/a/b"):
+            info = tarfile.TarInfo(name)
+            tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(BundleError, match="cannot be written"):
+        unpack(out.getvalue(), tmp_path / "clash")
     with pytest.raises(BundleError, match="not a bundle hash"):
         normalize_hash("sha256:xyz")
     assert normalize_hash(packed.hash.removeprefix("sha256:").upper()) == packed.hash

@@ -18,7 +18,7 @@ from corral.bundles import pack
 from corral.store import open_store
 from tests.scheduler.helpers import write_project
 from tests.scheduler.procs import SchedulerProcess, wait_until
-from tests.scheduler.test_reload import enqueue, finished, log_of
+from tests.scheduler.test_reload import HOOKED, PROJECT, enqueue, finished, log_of
 
 SHOW_SKILL = 'cat "$CORRAL_AGENT_DIR/SKILL.md"'
 
@@ -144,3 +144,20 @@ def test_push_through_the_control_api(tmp_path: Path, store_url: str) -> None:
         listed = corral(root, store_url, "-E", "remote", "bundles", "ls", "--json", token=token)
         assert json.loads(listed.stdout)["current"]["hash"] == hash_
         assert scheduler.stop() == 0
+
+
+def test_a_project_that_loads_only_with_what_does_not_travel_is_refused(
+    tmp_path: Path, store_url: str
+) -> None:
+    """An agent listening to a webhook source that only the local .env.toml defines: the
+    directory loads, the bundle would not; push says so and publishes nothing."""
+    root = tmp_path / "p"
+    write_project(root, {"dev": {"command": "true"}})
+    (root / ".env.toml").write_text(PROJECT)
+    with (root / "agents" / "dev" / "config.toml").open("a") as config:
+        config.write(HOOKED)
+    refused = corral(root, store_url, "push")
+    assert refused.returncode == 2, refused.stderr
+    assert "loads from its directory but not as a bundle" in refused.stderr
+    assert "agents/dev/config.toml" in refused.stderr
+    assert json.loads(corral(root, store_url, "bundles", "ls", "--json").stdout)["bundles"] == []

@@ -53,7 +53,7 @@ PARAMS: dict[str, Any] = {
     "agent": "agent-0001", "item_id": 5, "id": "run-000005", "run_id": "run-000005",
     "owner": "sched-1", "fence": 5, "dedupe_key": "k", "reason": "r", "state": "failed",
     "exit_code": 1, "error": "e", "ended_at": NOW, "status_text": "s",
-    "plan": '[{"item_id": 5, "run_id": "run-new", "fence": 9}]',
+    "plan": '[{"item_id": 5, "run_id": "run-new", "fence": 9}]', "bundle": None,
 }  # fmt: skip
 
 

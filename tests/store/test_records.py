@@ -47,6 +47,7 @@ def make_row(**overrides: object) -> dict[str, object]:
         "cache_write_tokens": None,
         "cost_usd": None,
         "budget": None,
+        "bundle": None,
     }
     return row | overrides
 
@@ -58,6 +59,8 @@ def test_public_surface_is_pinned() -> None:
         "AgentState",
         "AppliedMigration",
         "AuditEntry",
+        "Bundle",
+        "BundleHead",
         "Call",
         "CallRefusal",
         "CallState",
@@ -78,6 +81,7 @@ def test_public_surface_is_pinned() -> None:
         "OperatorToken",
         "PendingMigration",
         "ProjectState",
+        "Published",
         "QueueItem",
         "RECEIPT_BODY_CAP",
         "Receipt",

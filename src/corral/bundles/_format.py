@@ -250,7 +250,7 @@ def read_entries(data: bytes, *, expect: str | None = None) -> list[Entry]:
                 handle = tar.extractfile(info)
                 body = handle.read() if handle is not None else b""
                 entries.append(Entry(path, body, bool(info.mode & 0o100)))
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, EOFError, ValueError, OverflowError, UnicodeError, OSError) as exc:
         raise BundleError(f"not a bundle (a tar archive): {exc}") from None
     return entries
 
@@ -259,11 +259,14 @@ def unpack(data: bytes, target: Path, *, expect: str | None = None) -> list[Entr
     """Write bundle ``data`` into ``target`` (a new, empty directory), files 0644/0755."""
     entries = read_entries(data, expect=expect)
     target.mkdir(mode=0o755, parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for entry in entries:
         path = target.joinpath(*PurePosixPath(entry.path).parts)
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o755 if entry.executable else 0o644)
+        try:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            fd = os.open(path, flags, 0o755 if entry.executable else 0o644)
+        except OSError as exc:  # a file where a directory is needed, or the reverse
+            raise BundleError(f"bundle entry {entry.path!r} cannot be written: {exc}") from None
         with os.fdopen(fd, "wb") as handle:
             handle.write(entry.data)
     return entries
@@ -374,6 +377,6 @@ def _safe_member(name: str) -> str:
     ):
         raise BundleError(f"bundle entry {name!r} is not a safe relative path")
     top = posix.parts[0]
-    if not (name in _TOP_FILES or top in _TOP_DIRS):
+    if not (name in _TOP_FILES or (top in _TOP_DIRS and len(posix.parts) > 1)):
         raise BundleError(f"bundle entry {name!r} is outside config.toml, agents/ and shared/")
     return name

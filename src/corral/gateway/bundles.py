@@ -76,7 +76,22 @@ def _control_router(scheduler: Scheduler) -> APIRouter:
     router = APIRouter(prefix="/control", tags=["bundles"], dependencies=[Depends(operator)])
     store = scheduler.store
 
-    @router.post("/bundles", summary="Publish a project bundle and make it current")
+    @router.post(
+        "/bundles",
+        summary="Publish a project bundle and make it current",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": (
+                    "The bundle's bytes, as `corral push` packs them (sent as "
+                    "application/x-tar; any content type is read as bytes)"
+                ),
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
+        },
+    )
     async def push(
         request: Request,
         actor: Operator,
@@ -112,17 +127,17 @@ def _control_router(scheduler: Scheduler) -> APIRouter:
             "bundles": [bundle_json(b, head) for b in bundles],
         }
 
-    @router.get("/bundles/{hash_}", summary="One pushed bundle")
-    async def show_bundle(hash_: str) -> dict[str, Any]:
-        found = await store.get_bundle(_hash(hash_))
+    @router.get("/bundles/{bundle}", summary="One pushed bundle")
+    async def show_bundle(bundle: str) -> dict[str, Any]:
+        found = await store.get_bundle(_hash(bundle))
         if found is None:
-            raise ActionError(404, f"no bundle {hash_} (`corral bundles ls` lists them)")
+            raise ActionError(404, f"no bundle {bundle} (`corral bundles ls` lists them)")
         return {"bundle": bundle_json(found, await store.bundle_head())}
 
-    @router.post("/bundles/{hash_}/apply", summary="Make a pushed bundle current (roll back)")
-    async def apply_bundle(hash_: str, actor: Operator) -> dict[str, Any]:
+    @router.post("/bundles/{bundle}/apply", summary="Make a pushed bundle current (roll back)")
+    async def apply_bundle(bundle: str, actor: Operator) -> dict[str, Any]:
         try:
-            head = await store.set_bundle_head(_hash(hash_), actor=actor)
+            head = await store.set_bundle_head(_hash(bundle), actor=actor)
         except StoreConflict as exc:
             raise ActionError(404, str(exc)) from None
         return {"ok": True, "current": bundle_head_json(head)}
@@ -135,13 +150,13 @@ def _fleet_router(scheduler: Scheduler) -> APIRouter:
     store = scheduler.store
 
     @router.get(
-        "/bundles/{hash_}",
+        "/bundles/{bundle}",
         summary="A bundle's bytes, by hash",
         response_class=Response,
         responses={200: {"content": {_TAR: {}}}, 304: {"description": "not modified"}},
     )
-    async def fetch_bundle(hash_: str, request: Request, _: Reader) -> Response:
-        wanted = _hash(hash_)
+    async def fetch_bundle(bundle: str, request: Request, _: Reader) -> Response:
+        wanted = _hash(bundle)
         if _matches(request, wanted):
             return _not_modified(wanted)
         data = await store.bundle_data(wanted)
@@ -150,13 +165,13 @@ def _fleet_router(scheduler: Scheduler) -> APIRouter:
         return _bytes(data, wanted)
 
     @router.get(
-        "/bundles/{hash_}/agents/{agent}",
+        "/bundles/{bundle}/agents/{agent}",
         summary="One agent's bundle, cut from a project bundle",
         response_class=Response,
         responses={200: {"content": {_TAR: {}}}, 304: {"description": "not modified"}},
     )
-    async def fetch_agent_bundle(hash_: str, agent: str, request: Request, _: Reader) -> Response:
-        wanted = _hash(hash_)
+    async def fetch_agent_bundle(bundle: str, agent: str, request: Request, _: Reader) -> Response:
+        wanted = _hash(bundle)
         found = await store.get_bundle(wanted)
         if found is None:
             raise ActionError(404, f"no bundle {wanted} in the store")

@@ -27,7 +27,7 @@ from corral.cli._main import cli
 from corral.cli._render import cell, console, err_console, print_json, safe
 from corral.cli.remote_run import remote_gateway
 from corral.engine import actions
-from corral.errors import ConfigError, StoreConflict, UsageError
+from corral.errors import ConfigError, ConfigIssue, StoreConflict, UsageError
 from corral.inert import inert
 from corral.project import Project
 from corral.scheduler.bundles import check_bundle
@@ -92,11 +92,12 @@ def _pack(project: Project) -> Packed:
     except BundleError as exc:
         raise UsageError(f"cannot bundle the project at {project.root}: {exc}") from None
     except ConfigError as exc:
-        raise UsageError(
+        why = (
             "the project loads from its directory but not as a bundle: a file it needs is "
             "left out of bundles (local state, .env.toml, or a secret-looking name); "
-            "nothing was pushed.\n" + exc.render()
-        ) from None
+            "nothing was pushed"
+        )
+        raise ConfigError([ConfigIssue("(bundle)", None, why), *exc.issues]) from None
     return packed
 
 
