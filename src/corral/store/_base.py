@@ -130,15 +130,17 @@ class Store(LeaseOps, CallOps, LockOps, ControlOps, WebhookOps, TokenOps, Metric
             "host": host,
             "started_at": self.encode_time(self.now()),
         }
-        async with self.transaction() as tx:
-            row = await tx.fetch_one("mark_run_running", params)
-            if row is None:
+        # One statement in autocommit (one round trip on PostgreSQL; batched with its
+        # neighbours on SQLite's worker thread); the run is read only when refused.
+        rows = await self.statement("mark_run_running", params)
+        if not rows:
+            async with self.transaction(write=False) as tx:
                 current = await self._require_run(tx, run_id)
-                raise StoreError(
-                    f"cannot mark run {run_id} running: it is {current.state.value}, "
-                    f"not {RunState.STARTING.value} ({self.url})"
-                )
-        return self.run_from_row(row)
+            raise StoreError(
+                f"cannot mark run {run_id} running: it is {current.state.value}, "
+                f"not {RunState.STARTING.value} ({self.url})"
+            )
+        return self.run_from_row(rows[0])
 
     async def finish_run(
         self, run_id: str, *, state: RunState, exit_code: int | None, error: str | None = None

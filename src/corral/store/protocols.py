@@ -125,7 +125,13 @@ class QueueStore(Protocol):
     ) -> EnqueueResult: ...
 
     async def claim(
-        self, owner: str, *, lease_seconds: float, limit: int, item_id: int | None = None
+        self,
+        owner: str,
+        *,
+        lease_seconds: float,
+        limit: int,
+        item_id: int | None = None,
+        secret_hashes: Sequence[str] = (),
     ) -> list[Claim]: ...
 
     async def get_item(self, item_id: int) -> QueueItem | None: ...
