@@ -6,7 +6,8 @@ triggers on ``corral_queue`` (migration 0012), exact at every commit whatever mo
 item. Intake and claims of one agent take turns on that agent's row (``FOR UPDATE`` on
 PostgreSQL; ``BEGIN IMMEDIATE`` serialises every writer on SQLite), so the counts they
 read cannot change before they commit, and schedulers claiming at once on PostgreSQL
-take different agents (``SKIP LOCKED``) instead of queueing on the project row. The
+wait for one another per agent row, for one statement each (agent rows are taken in
+name order), instead of queueing on the project row. The
 project row is locked only by a claim under a project scale cap, which is what keeps that
 cap exact across processes (docs/decisions.md, D43).
 """
@@ -272,8 +273,10 @@ class QueueOps(UsageOps):
         ``lease_seconds``, a fencing token greater than every earlier one of its item,
         and a new run (state starting). With ``item_id``: only that item, if its agent
         and the project have a free slot now (it may overtake older items: it was asked
-        for). On PostgreSQL an agent another scheduler is claiming for right now is
-        skipped, not waited for; its items are that scheduler's.
+        for). On PostgreSQL a batch claim waits for the rows of the agents it chose
+        (held for one statement by another claim, an intake or a run's end), taken in
+        name order; under a project cap (the transaction below), an agent another
+        scheduler is claiming for right now is skipped.
 
         ``secret_hashes``: the hashes of secrets the caller made for the runs it may
         start; the i-th claim (in item id order) keeps the i-th as its run's

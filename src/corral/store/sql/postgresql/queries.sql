@@ -183,11 +183,17 @@ WHERE c.item_id = p.item_id AND c.state IN ('pending', 'running')
 -- always has a row: ``capped`` says the project has a scale cap (nothing was claimed: the
 -- caller runs the transaction that takes the project lock instead), ``paused`` that it
 -- is paused; each claim is one row, its run's columns and the item as claimed_item.
+-- Unlike claimable, the chosen agents' rows are locked in name order and WAITED for,
+-- not skipped: every writer holds an agent row for one statement or one pipelined
+-- transaction (a run's end, an intake, another claim), and skipping it made a claim of
+-- a busy agent come back empty while any of its runs was ending. Name order means two
+-- claims never wait on each other in a cycle; the conditions are checked again on the
+-- row as locked (EvalPlanQual), so scale holds exactly as before.
 WITH project AS (
     SELECT paused, scale_cap IS NOT NULL AS capped FROM corral_project WHERE id = 1
 ),
-candidates AS (
-    SELECT a.agent, a.scale - a.running AS free
+heads AS (
+    SELECT a.agent
     FROM corral_agents a
     WHERE a.present AND a.enabled AND NOT a.paused AND a.running < a.scale
       AND a.queued + a.requeued > 0
@@ -196,7 +202,15 @@ candidates AS (
     ORDER BY (SELECT min(q.id) FROM corral_queue q
               WHERE q.agent = a.agent AND q.state = 'queued'), a.agent
     LIMIT %(limit)s
-    FOR UPDATE OF a SKIP LOCKED
+),
+candidates AS (
+    SELECT a.agent, a.scale - a.running AS free
+    FROM corral_agents a
+    WHERE a.agent IN (SELECT agent FROM heads)
+      AND a.present AND a.enabled AND NOT a.paused AND a.running < a.scale
+      AND a.queued + a.requeued > 0
+    ORDER BY a.agent
+    FOR UPDATE OF a
 ),
 picked AS (
     SELECT q.id, q.agent, q.trigger_kind, q.lease_owner, q.lease_expires_at,
