@@ -301,10 +301,8 @@ class QueueOps(UsageOps):
             if claims is not None:
                 return claims
 
-        async def body(tx: Transaction) -> list[Claim]:
+        async with self.transaction() as tx:
             return await self._claim_in(tx, owner, lease_seconds, limit, item_id, hashes)
-
-        return await self.atomic(body)
 
     async def _claim_in(
         self,
