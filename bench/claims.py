@@ -5,21 +5,26 @@ a fresh store with ``--agents`` agents of scale ``--scale`` (no project cap, or
 ``--cap``), ``--items`` queued items spread evenly over them; then N worker processes,
 released together, each loop ``claim(limit=--batch)`` and finalise every claim at once
 (no run in between: this measures the store's claim path, not runs), until the queue is
-empty. Figure: items/s from the release to the last worker's exit; medians of ``--reps``.
+empty; with ``--steps run`` each run also gets its secret and is marked running, which
+is the store's whole work per run in a scheduler. Figure: items/s from the release to
+the last worker's exit; medians of ``--reps``.
 
 ``--src DIR`` runs the workers (and the setup) on another checkout's ``src`` (for
 instance ``git archive HEAD src | tar -x -C /tmp/old`` to measure the code before a
 change, on the same machine in the same session).
 
-    .venv/bin/python bench/claims.py [--stores sqlite,pg] [--procs 1,2,4] [--reps 3]
+    .venv/bin/python bench/claims.py [--stores sqlite,pg] [--procs 1,2,4] [--reps 3] [--steps run]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import inspect
 import json
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -31,22 +36,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_PG_DSN, Result, fresh_schema, median, print_table
 
 
-async def _worker(url: str, batch: int) -> None:
+async def _worker(url: str, batch: int, steps: str) -> None:
     from corral.store import RunState, open_store
 
     async with await open_store(url, migrate=False) as store:
         owner = f"bench-{os.getpid()}"
+        # Code whose claim stores the runs' secret hashes takes them in the claim; older
+        # code sets each run's secret in a write of its own, as its scheduler did.
+        in_claim = "secret_hashes" in inspect.signature(store.claim).parameters
         print("ready", flush=True)
         sys.stdin.readline()
         done = 0
         while True:
-            claims = await store.claim(owner, lease_seconds=60, limit=batch)
+            hashes = [_hash() for _ in range(batch)] if steps == "run" else []
+            extra = {"secret_hashes": hashes} if in_claim and hashes else {}
+            claims = await store.claim(owner, lease_seconds=60, limit=batch, **extra)
             if not claims:
                 if not any(s.queued for s in await store.agent_states()):
                     break
                 await asyncio.sleep(0.001)
                 continue
-            for claim in claims:
+            for i, claim in enumerate(claims):
+                if steps == "run":
+                    if not in_claim:
+                        await store.set_run_secret(claim.run.id, hashes[i])
+                    await store.mark_run_running(claim.run.id, pid=os.getpid(), host="bench")
                 await store.finalize(
                     claim.run.id,
                     fence=claim.run.fence or 0,
@@ -55,6 +69,10 @@ async def _worker(url: str, batch: int) -> None:
                 )
             done += len(claims)
         print(json.dumps({"done": done}), flush=True)
+
+
+def _hash() -> str:
+    return hashlib.sha256(secrets.token_bytes(32)).hexdigest()
 
 
 async def _setup(url: str, args: argparse.Namespace) -> None:
@@ -84,6 +102,8 @@ async def _measure(url: str, procs: int, args: argparse.Namespace) -> dict[str, 
             url,
             "--batch",
             str(args.batch),
+            "--steps",
+            args.steps,
             env=env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -118,7 +138,7 @@ def _forward(args: argparse.Namespace) -> list[str]:
 
 async def _main(args: argparse.Namespace) -> None:
     if args.worker:
-        await _worker(args.worker, args.batch)
+        await _worker(args.worker, args.batch, args.steps)
         return
     if args.setup:
         await _setup(args.setup, args)
@@ -144,7 +164,7 @@ async def _main(args: argparse.Namespace) -> None:
             rows.append([store, str(procs), f"{rate:.0f}", each])
     title = (
         f"claims ({label}): {args.items} items, {args.agents} agents x scale {args.scale}, "
-        f"cap {args.cap}, batch {args.batch}"
+        f"cap {args.cap}, batch {args.batch}, steps {args.steps}"
     )
     print_table(title, ["store", "procs", "items/s (median)", "reps"], rows)
     print(result.write())
@@ -160,6 +180,13 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=8)
     parser.add_argument("--cap", type=int, default=None)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument(
+        "--steps",
+        choices=("claim", "run"),
+        default="claim",
+        help="claim: claim and finalise; run: also the run's secret and marking it "
+        "running, as a scheduler does for every run",
+    )
     parser.add_argument("--src", default=None, help="another checkout's src directory")
     parser.add_argument("--label", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)

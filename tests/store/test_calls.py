@@ -23,7 +23,7 @@ from corral.store import (
     Store,
     TriggerKind,
 )
-from tests.store._roundtrips import traced_store
+from tests.store._roundtrips import counted_store
 from tests.store.conftest import Clock
 
 LEASE = 60.0
@@ -506,7 +506,7 @@ async def test_a_call_costs_one_round_trip_more_than_its_enqueue_on_postgresql(
     """A call is its enqueue plus the call row: the project lock, the caller's state and
     its depth are read in one statement with the lock (not three), so the call costs the
     round trips of an enqueue of its item and one more (the call row)."""
-    async with traced_store(store_url) as (store, trips):
+    async with counted_store(store_url) as (store, trips):
         await setup(store, "dev", "reviewer", size=50)
         caller = await claimed(store)
         with trips.counting() as enqueue:

@@ -22,7 +22,7 @@ from corral.store import (
     Store,
     TriggerKind,
 )
-from tests.store._roundtrips import traced_store
+from tests.store._roundtrips import counted_store
 from tests.store.conftest import Clock
 
 LEASE = 60.0
@@ -398,7 +398,7 @@ ON_POSTGRESQL = pytest.mark.parametrize(
 async def test_finalize_is_one_round_trip_on_postgresql(store_url: str) -> None:
     """The usual end of a run (no rerun, no lock anyone waits for) is one statement: the
     item done, the run ended, its locks, wants and waits gone, in one round trip."""
-    async with traced_store(store_url) as (store, trips):
+    async with counted_store(store_url) as (store, trips):
         await setup(store)
         claim = await claimed(store)
         other = await claimed(store, agent="b")
@@ -422,7 +422,7 @@ async def test_finalize_is_one_round_trip_on_postgresql(store_url: str) -> None:
 async def test_a_stale_finalize_on_postgresql_changes_nothing(store_url: str) -> None:
     """The one statement refuses a stale fence by changing nothing; the transaction then
     words the refusal as it always did."""
-    async with traced_store(store_url) as (store, _):
+    async with counted_store(store_url) as (store, _):
         await setup(store)
         claim = await claimed(store)
         with pytest.raises(StaleFence, match=r"it is now claimed, fence"):
@@ -437,7 +437,7 @@ async def test_a_stale_finalize_on_postgresql_changes_nothing(store_url: str) ->
 async def test_finalize_hands_a_waited_for_lock_over_on_postgresql(store_url: str) -> None:
     """A run that holds a lock another run waits for ends through the transaction, which
     hands the lock to the waiter (the one statement leaves such a run alone)."""
-    async with traced_store(store_url) as (store, trips):
+    async with counted_store(store_url) as (store, trips):
         await setup(store)
         holder = await claimed(store)
         waiter = await claimed(store, agent="b")
@@ -462,7 +462,7 @@ async def test_a_lock_granted_while_the_run_ends_is_released_with_it(store_url: 
 
     import psycopg
 
-    async with traced_store(store_url) as (store, _):
+    async with counted_store(store_url) as (store, _):
         await setup(store)
         claim = await claimed(store)
         grant = await psycopg.AsyncConnection.connect(store_url)

@@ -1,11 +1,11 @@
 """PostgreSQL: what a lock request costs on the wire, and the pool check that makes a
 checkout free without handing out a dead connection.
 
-Counted by ``RoundTripProxy`` (a real proxy between the store and the server, reading the
-protocol): rlock (granted, refreshed, refused with its want, refused as a deadlock),
-runlock and rlock-heartbeat are one round trip each, the pool's check included. Before the
-lock functions (migration 0013) and the cheap check: a grant 10, a refusal with its want
-11-12, a release 7, a heartbeat 6-7.
+Counted by ``RoundTripProxy`` (tests/store/_roundtrips.py: a real proxy between the
+store and the server, reading the protocol): rlock (granted, refreshed, refused with its
+want, refused as a deadlock), runlock and rlock-heartbeat are one round trip each, the
+pool's check included. Before the lock functions (migration 0013) and the cheap check: a
+grant 10, a refusal with its want 11-12, a release 7, a heartbeat 6-7.
 """
 
 from __future__ import annotations
@@ -14,39 +14,30 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 
 import corral.store._postgres as postgres_module
-from corral.store import Deadlock, LockGrant, LockHeld, Store, open_store
+from corral.store import Deadlock, LockGrant, LockHeld, open_store
 from tests.conftest import PG_BASE_URL, UrlFactory
-from tests.store._pg_round_trips import RoundTripProxy
+from tests.store._roundtrips import WARM_UP, RoundTripProxy, counted_store
 from tests.store.conftest import live_run
 
 pytestmark = pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
 
 TTL = 60.0
-#: psycopg prepares a statement on its 6th run on a connection (one extra round trip,
-#: once): every request is warmed up past that before counting.
-WARM_UP = 8
-
-
-@contextlib.asynccontextmanager
-async def proxied_store(url: str) -> AsyncIterator[tuple[Store, RoundTripProxy]]:
-    async with RoundTripProxy() as proxy, await open_store(proxy.url(url)) as store:
-        yield store, proxy
 
 
 async def trips(proxy: RoundTripProxy, request: object) -> int:
-    proxy.reset()
-    await request  # type: ignore[misc]
-    return proxy.reset()
+    """Round trips of ``request``, the pool's check of its connection included."""
+    with proxy.counting() as seen:
+        await request  # type: ignore[misc]
+    return seen.statements + seen.checks
 
 
 async def test_each_lock_request_is_one_round_trip(make_store_url: UrlFactory) -> None:
-    async with proxied_store(make_store_url()) as (store, proxy):
+    async with counted_store(make_store_url()) as (store, proxy):
         a, b = await live_run(store), await live_run(store)
         for i in range(WARM_UP):
             await store.acquire_lock(f"warm{i}", a.id, ttl_seconds=TTL)
@@ -63,15 +54,20 @@ async def test_each_lock_request_is_one_round_trip(make_store_url: UrlFactory) -
         assert await trips(proxy, store.acquire_lock("k1", b.id, ttl_seconds=TTL)) == 1
         assert [(w.run_id, w.key) for w in await store.list_lock_wants()] == [(b.id, "k1")]
         # a wanting k2 would close a -> k2 -> b -> k1 -> a: refused as a deadlock
-        proxy.reset()
-        deadlock = await store.acquire_lock("k2", a.id, ttl_seconds=TTL)
-        assert proxy.reset() == 1
+        with proxy.counting() as seen:
+            deadlock = await store.acquire_lock("k2", a.id, ttl_seconds=TTL)
+        assert seen.statements + seen.checks == 1
         assert deadlock == Deadlock((a.id, "k2", b.id, "k1"))
         assert await trips(proxy, store.heartbeat_lock("k1", a.id, ttl_seconds=TTL)) == 1
         assert await trips(proxy, store.heartbeat_lock("k1", b.id, ttl_seconds=TTL)) == 1
         assert await trips(proxy, store.release_lock("k1", b.id)) == 1
         assert await trips(proxy, store.release_lock("k1", a.id)) == 1
-        assert proxy.simple_queries == []  # no BEGIN, COMMIT or check query
+        with proxy.counting() as seen:
+            await store.heartbeat_lock("k1", a.id, ttl_seconds=TTL)
+            await store.acquire_lock("k3", a.id, ttl_seconds=TTL)
+            await store.release_lock("k3", a.id)
+        assert (seen.statements, seen.checks) == (3, 0), seen.queries  # no BEGIN, COMMIT
+        assert not {"BEGIN", "COMMIT"} & set(seen.queries), seen.queries
         # and the answers are the store's usual ones
         assert isinstance(await store.acquire_lock("k1", b.id, ttl_seconds=TTL), LockGrant)
         held = await store.acquire_lock("k1", a.id, ttl_seconds=TTL)
@@ -81,16 +77,14 @@ async def test_each_lock_request_is_one_round_trip(make_store_url: UrlFactory) -
 async def test_a_connection_idle_for_a_while_is_checked_first(
     make_store_url: UrlFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with proxied_store(make_store_url()) as (store, proxy):
+    async with counted_store(make_store_url()) as (store, proxy):
         run = await live_run(store)
         for i in range(WARM_UP):
             await store.acquire_lock(f"warm{i}", run.id, ttl_seconds=TTL)
         monkeypatch.setattr(postgres_module, "POOL_CHECK_IDLE_S", 0.0)
         assert await trips(proxy, store.acquire_lock("k", run.id, ttl_seconds=TTL)) == 2
         monkeypatch.setattr(postgres_module, "POOL_CHECK_IDLE_S", 60.0)
-        proxy.reset()
-        await store.acquire_lock("k", run.id, ttl_seconds=TTL)
-        assert proxy.reset() == 1
+        assert await trips(proxy, store.acquire_lock("k", run.id, ttl_seconds=TTL)) == 1
 
 
 async def test_the_next_call_succeeds_after_the_server_ends_every_connection(

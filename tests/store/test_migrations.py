@@ -104,7 +104,9 @@ def test_both_dialects_define_the_same_named_queries() -> None:
     # SQLite runs the same steps as one body on its worker thread.
     # finalize_run, find_receipt_deliveries, insert_receipts: PostgreSQL's one statement
     # for finalize and its batched receipts (D45, D46); SQLite runs the same steps in a body.
+    # claim_batch: PostgreSQL's one-statement claim; SQLite claims in its transaction.
     batched = {
+        "claim_batch",
         "finalize_run",
         "lock_item_to_end",
         "lock_run_to_end",

@@ -25,7 +25,7 @@ from corral.store import (
     new_receipt_id,
 )
 from tests.store._processes import run_together, spawn
-from tests.store._roundtrips import traced_store
+from tests.store._roundtrips import counted_store
 from tests.store.conftest import Clock
 
 WORKER = Path(__file__).with_name("_webhook_worker.py")
@@ -377,14 +377,14 @@ async def test_a_batch_of_deliveries_reads_and_writes_its_receipts_together_on_p
     enqueues plus a constant: one statement for the delivery ids already taken, one
     insert for every receipt, whatever the number of deliveries. A redelivery within the
     batch, and one of a delivery already recorded, are still duplicates."""
-    async with traced_store(store_url) as (store, trips):
+    async with counted_store(store_url) as (store, trips):
         await setup(store, ("a", 1, 100))
         earlier = receipt(delivery_id="d-0")
         await store.record_delivery(earlier, items_for(earlier))
         news = [receipt(delivery_id=f"d-{n % 12}") for n in range(20)]  # d-0..d-11, some twice
         with trips.counting() as seen:
             recorded = await asyncio.gather(*(store.record_delivery(n, items_for(n)) for n in news))
-        transactions = seen.queries.count('"BEGIN"')
+        transactions = seen.queries.count("BEGIN")
         on_receipts = [query for query in seen.queries if "corral_webhook_receipts" in query]
         assert 1 <= transactions <= 3
         assert len(on_receipts) <= 2 * transactions, on_receipts

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,14 +68,51 @@ class AgentLink:
     _runs: dict[str, RunRef] = field(default_factory=dict)
     _by_run: dict[str, str] = field(default_factory=dict)
     _redactors: dict[str, Redactor] = field(default_factory=dict)
+    #: Secrets made ahead of a claim and not given to any run: (hash, secret).
+    _spare: list[tuple[str, str]] = field(default_factory=list)
+    #: Secrets whose hash a claim stored with its run, until the run's start takes them.
+    _claimed: dict[str, str] = field(default_factory=dict)
 
     def issue(self, run_id: str, agent: str, trigger: str) -> tuple[str, RunRef]:
         """A fresh secret for a run about to start, and its registered reference."""
-        secret = secrets.token_urlsafe(32)
+        return self._register(secrets.token_urlsafe(32), run_id, agent, trigger)
+
+    def _register(self, secret: str, run_id: str, agent: str, trigger: str) -> tuple[str, RunRef]:
         ref = RunRef(run_id, agent, trigger, hash_secret(secret))
         self._runs[ref.secret_hash] = ref
         self._by_run[run_id] = ref.secret_hash
         return secret, ref
+
+    # -- secrets stored by the claim itself ------------------------------------------------
+
+    def spare_hashes(self, n: int) -> list[str]:
+        """The hashes of ``n`` secrets made ahead for the runs a claim may start
+        (``Store.claim(secret_hashes=…)``): the store keeps each with its run in the
+        claim, so a run's secret costs no write of its own. Secrets a claim did not use
+        are kept for the next one; none has been given to anyone."""
+        while len(self._spare) < n:
+            secret = secrets.token_urlsafe(32)
+            self._spare.append((hash_secret(secret), secret))
+        return [digest for digest, _ in self._spare[:n]]
+
+    def claimed(self, runs: Sequence[tuple[str, str, str]]) -> None:
+        """A claim that was given ``spare_hashes`` returned these runs (run id, agent,
+        trigger), in item id order: the i-th run holds the i-th hash. Each is registered
+        now and its secret kept for ``take``."""
+        used, self._spare = self._spare[: len(runs)], self._spare[len(runs) :]
+        for (run_id, agent, trigger), (_, secret) in zip(runs, used, strict=False):
+            self._register(secret, run_id, agent, trigger)
+            self._claimed[run_id] = secret
+
+    def claim_failed(self) -> None:
+        """A claim given ``spare_hashes`` failed: it may have committed before the
+        failure was seen, so none of those hashes is offered again."""
+        self._spare.clear()
+
+    def take(self, run_id: str) -> str | None:
+        """The secret a claim stored for ``run_id`` (once), or None when it stored none
+        (then ``issue`` one and store its hash)."""
+        return self._claimed.pop(run_id, None)
 
     def protect(self, run_id: str, values: Iterable[str]) -> None:
         """Values a run must not show anyone: its credentials and its own secret.
@@ -99,6 +136,7 @@ class AgentLink:
     def revoke(self, run_id: str) -> None:
         """The run ended: its secret opens nothing any more."""
         self._redactors.pop(run_id, None)
+        self._claimed.pop(run_id, None)
         digest = self._by_run.pop(run_id, None)
         if digest is not None:
             self._runs.pop(digest, None)

@@ -295,13 +295,16 @@ async def _gateway_environment(
     """What the in-run commands need: the gateway, the run's secret, the setenv file.
 
     The secret's hash is in the store before the run starts: an agent may call the
-    gateway at once. A run without a network (``network = "none"``) reaches the gateway
-    over its Unix socket.
+    gateway at once (a scheduler's claim stored it already; otherwise it is stored here).
+    A run without a network (``network = "none"``) reaches the gateway over its Unix
+    socket.
     """
     if link is None:
         return {}
-    secret, ref = link.issue(run.id, run.agent, run.trigger.value)
-    await store.set_run_secret(run.id, ref.secret_hash)
+    secret = link.take(run.id)  # stored by the claim (Scheduler._dispatch)
+    if secret is None:
+        secret, ref = link.issue(run.id, run.agent, run.trigger.value)
+        await store.set_run_secret(run.id, ref.secret_hash)
     env = {"CORRAL_RUN_SECRET": secret, "CORRAL_ENV_FILE": str(inside.env_file)}
     offline = agent.config.runtime.network == "none"
     url = link.unix_url if offline and link.unix_url else link.gateway_url

@@ -428,12 +428,7 @@ class Scheduler:
                     await asyncio.sleep(self.options.poll_interval)
                     continue
                 asked = time.time_ns()
-                claims = await self.store.claim(
-                    self.id,
-                    lease_seconds=self.options.lease_seconds,
-                    limit=batch,
-                    bundle=self.project.bundle,
-                )
+                claims = await self._claim(batch)
                 if claims:
                     self.observer.claimed(claims, asked, time.time_ns())
                 for claim in claims:
@@ -443,6 +438,24 @@ class Scheduler:
                         await asyncio.wait_for(self._wake.wait(), self.options.poll_interval)
         finally:
             unsubscribe()
+
+    async def _claim(self, batch: int) -> list[Claim]:
+        """Claim up to ``batch`` items; each run's secret hash is stored by the claim
+        itself (secrets made ahead by the link), so starting a run writes no secret."""
+        hashes = self.link.spare_hashes(batch)
+        try:
+            claims = await self.store.claim(
+                self.id,
+                lease_seconds=self.options.lease_seconds,
+                limit=batch,
+                secret_hashes=hashes,
+                bundle=self.project.bundle,
+            )
+        except BaseException:
+            self.link.claim_failed()
+            raise
+        self.link.claimed([(c.run.id, c.run.agent, c.run.trigger.value) for c in claims])
+        return claims
 
     def _launch(self, claim: Claim) -> None:
         if self.on_claim is not None:

@@ -6,7 +6,8 @@ triggers on ``corral_queue`` (migration 0012), exact at every commit whatever mo
 item. Intake and claims of one agent take turns on that agent's row (``FOR UPDATE`` on
 PostgreSQL; ``BEGIN IMMEDIATE`` serialises every writer on SQLite), so the counts they
 read cannot change before they commit, and schedulers claiming at once on PostgreSQL
-take different agents (``SKIP LOCKED``) instead of queueing on the project row. The
+wait for one another per agent row, for one statement each (agent rows are taken in
+name order), instead of queueing on the project row. The
 project row is locked only by a claim under a project scale cap, which is what keeps that
 cap exact across processes (docs/decisions.md, D43).
 """
@@ -16,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Collection
-from datetime import timedelta
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from corral.errors import RequestKeyReused, StoreError
-from corral.store._core import Row, Transaction
+from corral.store._core import _ITEM_TIMES, Row, Transaction
 from corral.store._usage import UsageOps
 from corral.store.records import (
     AgentState,
@@ -262,6 +263,7 @@ class QueueOps(UsageOps):
         limit: int,
         item_id: int | None = None,
         bundle: str | None = None,
+        secret_hashes: Sequence[str] = (),
     ) -> list[Claim]:
         """Claim up to ``limit`` queued items for ``owner``, in one transaction.
 
@@ -272,32 +274,105 @@ class QueueOps(UsageOps):
         ``lease_seconds``, a fencing token greater than every earlier one of its item,
         and a new run (state starting). With ``item_id``: only that item, if its agent
         and the project have a free slot now (it may overtake older items: it was asked
-        for). On PostgreSQL an agent another scheduler is claiming for right now is
-        skipped, not waited for; its items are that scheduler's. ``bundle``: the project
-        bundle the runs will run (recorded on each run).
+        for). On PostgreSQL a batch claim waits for the rows of the agents it chose
+        (held for one statement by another claim, an intake or a run's end), taken in
+        name order; under a project cap (the transaction below), an agent another
+        scheduler is claiming for right now is skipped.
+
+        ``secret_hashes``: the hashes of secrets the caller made for the runs it may
+        start; the i-th claim (in item id order) keeps the i-th as its run's
+        ``secret_hash``, so the run needs no write of its own to get one. Claims past
+        the end of the list get none (``set_run_secret`` later). Each must be unused.
+
+        On PostgreSQL a batch (no ``item_id``) of a project without a scale cap is ONE
+        statement in autocommit (``claim_batch``): one round trip. Under a cap, the
+        transaction below, which takes the project lock.
+
+        ``bundle``: the project bundle the runs will run (recorded on each run).
         """
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
+        hashes = list(secret_hashes)
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("claim: secret_hashes names a hash twice; each run needs its own")
+        if limit == 0:
+            return []
+        if item_id is None and self.dialect == "postgresql":
+            claims = await self._claim_batch(owner, lease_seconds, limit, hashes, bundle)
+            if claims is not None:
+                return claims
+
         async with self.transaction() as tx:
-            limit = await self._claim_limit(tx, limit)
-            if limit <= 0:
-                return []
-            now = self.encode_time(self.now())
-            if item_id is None:
-                chosen = await tx.fetch_all("claimable", {"limit": limit, "now": now})
-            else:
-                # The agent's row before the item's, as intake and batch claims take
-                # them (the other way round deadlocks with an intake dropping the item).
-                item_row = await tx.fetch_one("get_item", {"id": item_id})
-                if item_row is not None:
-                    await tx.fetch_one("lock_agent_state", {"agent": item_row["agent"]})
-                params = {"item_id": item_id, "owner": owner, "now": now}
-                chosen = await tx.fetch_all("claimable_item", params)
-            if not chosen:
-                return []
-            return await self._claim_items(tx, owner, chosen, lease_seconds, bundle)
+            return await self._claim_in(tx, owner, lease_seconds, limit, item_id, hashes, bundle)
+
+    async def _claim_in(
+        self,
+        tx: Transaction,
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        item_id: int | None,
+        hashes: list[str],
+        bundle: str | None = None,
+    ) -> list[Claim]:
+        """``claim`` inside ``tx``: every case, on both stores."""
+        limit = await self._claim_limit(tx, limit)
+        if limit <= 0:
+            return []
+        now = self.encode_time(self.now())
+        if item_id is None:
+            chosen = await tx.fetch_all("claimable", {"limit": limit, "now": now})
+        else:
+            # The agent's row before the item's, as intake and batch claims take
+            # them (the other way round deadlocks with an intake dropping the item).
+            item_row = await tx.fetch_one("get_item", {"id": item_id})
+            if item_row is not None:
+                await tx.fetch_one("lock_agent_state", {"agent": item_row["agent"]})
+            params = {"item_id": item_id, "owner": owner, "now": now}
+            chosen = await tx.fetch_all("claimable_item", params)
+        if not chosen:
+            return []
+        return await self._claim_items(tx, owner, chosen, lease_seconds, bundle, hashes)
+
+    async def _claim_batch(
+        self,
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        hashes: list[str],
+        bundle: str | None = None,
+    ) -> list[Claim] | None:
+        """PostgreSQL: a batch claim as the one statement ``claim_batch``; None, having
+        claimed nothing, when the project has a scale cap (``claim`` then takes the
+        project lock in its transaction, as every claim under a cap must)."""
+        now = self.now()
+        params = {
+            "limit": limit,
+            "owner": owner,
+            "now": self.encode_time(now),
+            "expires_at": self.encode_time(now + timedelta(seconds=lease_seconds)),
+            "secret_hashes": hashes,
+            "bundle": bundle,
+        }
+        rows = await self.statement("claim_batch", params)
+        head = self._returned(rows[0] if rows else None, "claim_batch")
+        if head["capped"] and not head["paused"]:
+            return None
+        claims = []
+        for row in rows:
+            if row["id"] is None:
+                continue
+            run = dict(row)
+            item = run.pop("claimed_item")
+            for column in ("capped", "paused", "calls_started"):
+                run.pop(column)
+            for column in _ITEM_TIMES:
+                if isinstance(item.get(column), str):
+                    item[column] = datetime.fromisoformat(item[column])
+            claims.append(Claim(self.item_from_row(item), self.run_from_row(run)))
+        return sorted(claims, key=lambda claim: claim.item.id)
 
     async def _claim_limit(self, tx: Transaction, limit: int) -> int:
         """How many items this claim may take as far as the project goes.
@@ -327,9 +402,11 @@ class QueueOps(UsageOps):
         chosen: list[Row],
         lease_seconds: float,
         bundle: str | None = None,
+        hashes: Sequence[str] = (),
     ) -> list[Claim]:
         """Claim ``chosen`` (rows with id, agent, trigger_kind) set-wise: one statement
-        inserts every run, one claims every item, one starts their calls."""
+        inserts every run (the i-th with ``hashes[i]`` as its secret hash, if there is
+        one), one claims every item, one starts their calls."""
         ordered = sorted(chosen, key=lambda row: int(row["id"]))
         fences = await self._next_fences(tx, len(ordered))
         plan = [
@@ -337,8 +414,9 @@ class QueueOps(UsageOps):
                 "item_id": int(row["id"]),
                 "run_id": f"{row['agent']}-{secrets.token_hex(6)}",
                 "fence": fence,
+                "secret_hash": hashes[i] if i < len(hashes) else None,
             }
-            for row, fence in zip(ordered, fences, strict=True)
+            for i, (row, fence) in enumerate(zip(ordered, fences, strict=True))
         ]
         now = self.now()
         params = {

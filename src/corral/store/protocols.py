@@ -147,6 +147,7 @@ class QueueStore(Protocol):
         limit: int,
         item_id: int | None = None,
         bundle: str | None = None,
+        secret_hashes: Sequence[str] = (),
     ) -> list[Claim]: ...
 
     async def get_item(self, item_id: int) -> QueueItem | None: ...

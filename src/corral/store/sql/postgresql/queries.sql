@@ -145,13 +145,15 @@ FOR UPDATE OF q, a
 
 -- name: insert_claim_runs
 -- The runs of a batch of claims, in one statement: plan is a JSON array of
--- {item_id, run_id, fence}.
+-- {item_id, run_id, fence, secret_hash} (secret_hash may be null: set later).
 INSERT INTO corral_runs (id, agent, trigger_kind, trigger_detail, prompt, state,
                          parent_run_id, created_at, item_id, fence, attempt, owner,
-                         bundle)
+                         bundle, secret_hash)
 SELECT p.run_id, q.agent, q.trigger_kind, q.trigger_detail, q.prompt, 'starting',
-       q.parent_run_id, %(now)s, q.id, p.fence, q.attempts + 1, %(owner)s, %(bundle)s
-FROM jsonb_to_recordset(%(plan)s::jsonb) AS p(item_id bigint, run_id text, fence bigint)
+       q.parent_run_id, %(now)s, q.id, p.fence, q.attempts + 1, %(owner)s, %(bundle)s,
+       p.secret_hash
+FROM jsonb_to_recordset(%(plan)s::jsonb)
+     AS p(item_id bigint, run_id text, fence bigint, secret_hash text)
 JOIN corral_queue q ON q.id = p.item_id AND q.state = 'queued'
 RETURNING *
 
@@ -171,6 +173,103 @@ UPDATE corral_calls c SET state = 'running', callee_run_id = p.run_id
 FROM jsonb_to_recordset(%(plan)s::jsonb) AS p(item_id bigint, run_id text, fence bigint)
 WHERE c.item_id = p.item_id AND c.state IN ('pending', 'running')
 
+
+-- name: claim_batch
+-- A whole batch claim in one statement, for a project without a scale cap: claimable,
+-- its fences, runs and claims, and the calls of call items started, as the statements
+-- of that name do one at a time (same rows, same locks, in the same order: agent rows,
+-- then items, then calls). Run ids are drawn here (the agent's name, '-', 12 random hex
+-- digits from gen_random_uuid's random bits) and the i-th claim in item order gets
+-- %(secret_hashes)s[i] (null past its end: the secret is then set later). The result
+-- always has a row: ``capped`` says the project has a scale cap (nothing was claimed: the
+-- caller runs the transaction that takes the project lock instead), ``paused`` that it
+-- is paused; each claim is one row, its run's columns and the item as claimed_item.
+-- Unlike claimable, the chosen agents' rows are locked in name order and WAITED for,
+-- not skipped: every writer holds an agent row for one statement or one pipelined
+-- transaction (a run's end, an intake, another claim), and skipping it made a claim of
+-- a busy agent come back empty while any of its runs was ending. Name order means two
+-- claims never wait on each other in a cycle; the conditions are checked again on the
+-- row as locked (EvalPlanQual), so scale holds exactly as before.
+WITH project AS (
+    SELECT paused, scale_cap IS NOT NULL AS capped FROM corral_project WHERE id = 1
+),
+heads AS (
+    SELECT a.agent
+    FROM corral_agents a
+    WHERE a.present AND a.enabled AND NOT a.paused AND a.running < a.scale
+      AND a.queued + a.requeued > 0
+      AND NOT EXISTS (SELECT 1 FROM corral_project pr
+                      WHERE pr.id = 1 AND (pr.paused OR pr.scale_cap IS NOT NULL))
+    ORDER BY (SELECT min(q.id) FROM corral_queue q
+              WHERE q.agent = a.agent AND q.state = 'queued'), a.agent
+    LIMIT %(limit)s
+),
+candidates AS (
+    SELECT a.agent, a.scale - a.running AS free
+    FROM corral_agents a
+    WHERE a.agent IN (SELECT agent FROM heads)
+      AND a.present AND a.enabled AND NOT a.paused AND a.running < a.scale
+      AND a.queued + a.requeued > 0
+    ORDER BY a.agent
+    FOR UPDATE OF a
+),
+picked AS (
+    SELECT q.id, q.agent, q.trigger_kind, q.lease_owner, q.lease_expires_at,
+           row_number() OVER (PARTITION BY q.agent ORDER BY q.id) AS position
+    FROM candidates c
+    CROSS JOIN LATERAL (
+        SELECT q.id, q.agent, q.trigger_kind, q.lease_owner, q.lease_expires_at
+        FROM corral_queue q
+        WHERE q.agent = c.agent AND q.state = 'queued'
+        ORDER BY q.id
+        LIMIT least(c.free, %(limit)s)
+        FOR UPDATE SKIP LOCKED
+    ) q
+),
+chosen AS (
+    SELECT id, agent, trigger_kind FROM picked
+    WHERE lease_owner IS NULL OR lease_expires_at < %(now)s
+    ORDER BY position, id
+    LIMIT %(limit)s
+),
+plan AS MATERIALIZED (
+    SELECT c.id AS item_id, c.trigger_kind,
+           c.agent || '-' || left(replace(gen_random_uuid()::text, '-', ''), 12) AS run_id,
+           nextval('corral_fences') AS fence,
+           (%(secret_hashes)s::text[])[row_number() OVER (ORDER BY c.id)] AS secret_hash
+    FROM chosen c
+),
+runs AS (
+    INSERT INTO corral_runs (id, agent, trigger_kind, trigger_detail, prompt, state,
+                             parent_run_id, created_at, item_id, fence, attempt, owner,
+                             secret_hash, bundle)
+    SELECT p.run_id, q.agent, q.trigger_kind, q.trigger_detail, q.prompt, 'starting',
+           q.parent_run_id, %(now)s, q.id, p.fence, q.attempts + 1, %(owner)s, p.secret_hash,
+           %(bundle)s
+    FROM plan p JOIN corral_queue q ON q.id = p.item_id
+    RETURNING *
+),
+items AS (
+    UPDATE corral_queue q
+    SET state = 'claimed', claimed_at = %(now)s, attempts = q.attempts + 1,
+        lease_owner = %(owner)s, lease_expires_at = %(expires_at)s, fence = p.fence,
+        run_id = p.run_id
+    FROM plan p
+    WHERE q.id = p.item_id AND q.state = 'queued'
+    RETURNING q.*
+),
+calls AS (
+    UPDATE corral_calls c SET state = 'running', callee_run_id = p.run_id
+    FROM plan p
+    WHERE p.trigger_kind = 'call' AND c.item_id = p.item_id
+      AND c.state IN ('pending', 'running')
+    RETURNING c.id
+)
+SELECT pr.capped, pr.paused, (SELECT count(*) FROM calls) AS calls_started,
+       r.*, to_jsonb(i) AS claimed_item
+FROM project pr
+LEFT JOIN (runs r JOIN items i ON i.id = r.item_id) ON true
+ORDER BY r.item_id
 -- name: renew_run_leases
 UPDATE corral_queue SET lease_expires_at = %(expires_at)s
 WHERE state = 'claimed' AND lease_owner = %(owner)s

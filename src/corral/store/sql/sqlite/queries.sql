@@ -123,18 +123,19 @@ WHERE q.id = :item_id AND q.state = 'queued'
 
 -- name: insert_claim_runs
 -- The runs of a batch of claims, in one statement: plan is a JSON array of
--- {item_id, run_id, fence}.
+-- {item_id, run_id, fence, secret_hash} (secret_hash may be null: set later).
 WITH p AS (
     SELECT json_extract(value, '$.item_id') AS item_id,
            json_extract(value, '$.run_id') AS run_id,
-           json_extract(value, '$.fence') AS fence
+           json_extract(value, '$.fence') AS fence,
+           json_extract(value, '$.secret_hash') AS secret_hash
     FROM json_each(:plan)
 )
 INSERT INTO corral_runs (id, agent, trigger_kind, trigger_detail, prompt, state,
                          parent_run_id, created_at, item_id, fence, attempt, owner,
-                         bundle)
+                         bundle, secret_hash)
 SELECT p.run_id, q.agent, q.trigger_kind, q.trigger_detail, q.prompt, 'starting',
-       q.parent_run_id, :now, q.id, p.fence, q.attempts + 1, :owner, :bundle
+       q.parent_run_id, :now, q.id, p.fence, q.attempts + 1, :owner, :bundle, p.secret_hash
 FROM p JOIN corral_queue q ON q.id = p.item_id AND q.state = 'queued'
 WHERE true
 RETURNING *
