@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -80,6 +80,13 @@ class QueueOps(UsageOps):
         """
         if overflow not in ("drop_oldest", "refuse"):
             raise ValueError(f"overflow must be 'drop_oldest' or 'refuse', got {overflow!r}")
+        if self.dialect == "postgresql":
+            # One round trip: corral_enqueue in autocommit is the transaction. An item it
+            # leaves to Python ('fallback': nothing changed) takes the transaction below.
+            rows = await self.statement("enqueue_items", self._enqueue_params([new], overflow))
+            done = self._enqueued(rows)
+            if done:
+                return done[0]
         async with self.transaction() as tx:
             # The project row is read, not locked: intake needs only the agent's row.
             row = await tx.fetch_one("get_project")
@@ -166,6 +173,80 @@ class QueueOps(UsageOps):
             "expires_at": self.encode_time(now + REQUEST_KEY_TTL),
         }
         await tx.execute("insert_request_key", params)
+
+    async def _enqueue_many_locked(
+        self,
+        tx: Transaction,
+        project: ProjectState | None,
+        items: Sequence[NewItem],
+        overflow: Overflow,
+    ) -> list[EnqueueResult]:
+        """``_enqueue_locked`` for each of ``items`` in order, inside ``tx``.
+
+        On PostgreSQL the lot is one statement (``corral_enqueue``, migration 0015), one
+        round trip whatever the count; an item it leaves to Python (an agent that takes no
+        triggers, a cost cap: it stops there, having changed nothing for that item) is
+        enqueued by ``_enqueue_locked`` and the rest go in another call. ``project`` is
+        read when None and that is needed.
+        """
+        results: list[EnqueueResult] = []
+        start = 0
+        while start < len(items):
+            if self.dialect == "postgresql":
+                params = self._enqueue_params(items[start:], overflow)
+                done = self._enqueued(await tx.fetch_all("enqueue_items", params))
+                results += done
+                start += len(done)
+                if start >= len(items):
+                    break
+            if project is None:
+                row = await tx.fetch_one("get_project")
+                project = ProjectState.from_row(self._returned(row, "get_project"))
+            results.append(await self._enqueue_locked(tx, project, items[start], overflow))
+            start += 1
+        return results
+
+    def _enqueue_params(self, items: Sequence[NewItem], overflow: Overflow) -> dict[str, Any]:
+        """The parameters of ``enqueue_items`` (PostgreSQL) for ``items``."""
+        encoded: list[dict[str, Any]] = []
+        for new in items:
+            fields: dict[str, Any] = {
+                "agent": new.agent,
+                "trigger_kind": new.trigger.value,
+                "rerun_count": new.rerun_count,
+            }
+            optional = {
+                "trigger_detail": new.trigger_detail,
+                "prompt": new.prompt,
+                "parent_run_id": new.parent_run_id,
+                "dedupe_key": new.dedupe_key,
+            }
+            fields.update({name: value for name, value in optional.items() if value is not None})
+            if new.dedupe_aliases:
+                fields["dedupe_aliases"] = list(new.dedupe_aliases)
+            encoded.append(fields)
+        return {
+            "items": self.encode_json(encoded),
+            "overflow": overflow,
+            "now": self.encode_time(self.now()),
+        }
+
+    def _enqueued(self, rows: Sequence[Row]) -> list[EnqueueResult]:
+        """What ``enqueue_items`` did, item by item, up to the first it left to Python."""
+        results: list[EnqueueResult] = []
+        dropped: list[QueueItem] = []
+        for row in rows:
+            outcome = row["outcome"]
+            if outcome == "fallback":
+                break
+            item = self.item_from_row(row)
+            if outcome == "dropped":
+                dropped.append(item)
+                continue
+            duplicate = outcome == "duplicate"
+            results.append(EnqueueResult(item, tuple(dropped), duplicate=duplicate))
+            dropped = []
+        return results
 
     async def _enqueue_locked(
         self, tx: Transaction, project: ProjectState, new: NewItem, overflow: Overflow
