@@ -114,6 +114,24 @@ class QueueOps(UsageOps):
           ``StoreBusy`` (so a request answered "busy" never commits afterwards).
         """
         fingerprint = request_fingerprint(new)
+        if self.dialect == "postgresql":
+            # One round trip (corral_enqueue_request); a key already recorded, or an item
+            # left to Python, takes the transaction below (nothing was queued).
+            now = self.now()
+            params = {
+                "item": self.encode_json(_item_json(new)),
+                "overflow": overflow,
+                "now": self.encode_time(now),
+                "key": key,
+                "fingerprint": fingerprint,
+                "expires_at": self.encode_time(now + REQUEST_KEY_TTL),
+                "actor": actor,
+                "action": action,
+                "lock_wait": f"{REQUEST_LOCK_WAIT_MS}ms",
+            }
+            done = self._enqueued(await self.statement("enqueue_request", params))
+            if done:
+                return done[0]
         async with self.transaction() as tx:
             await tx.execute("bound_lock_waits", {"timeout": f"{REQUEST_LOCK_WAIT_MS}ms"})
             project = await self.lock_project(tx)
@@ -208,23 +226,7 @@ class QueueOps(UsageOps):
 
     def _enqueue_params(self, items: Sequence[NewItem], overflow: Overflow) -> dict[str, Any]:
         """The parameters of ``enqueue_items`` (PostgreSQL) for ``items``."""
-        encoded: list[dict[str, Any]] = []
-        for new in items:
-            fields: dict[str, Any] = {
-                "agent": new.agent,
-                "trigger_kind": new.trigger.value,
-                "rerun_count": new.rerun_count,
-            }
-            optional = {
-                "trigger_detail": new.trigger_detail,
-                "prompt": new.prompt,
-                "parent_run_id": new.parent_run_id,
-                "dedupe_key": new.dedupe_key,
-            }
-            fields.update({name: value for name, value in optional.items() if value is not None})
-            if new.dedupe_aliases:
-                fields["dedupe_aliases"] = list(new.dedupe_aliases)
-            encoded.append(fields)
+        encoded = [_item_json(new) for new in items]
         return {
             "items": self.encode_json(encoded),
             "overflow": overflow,
@@ -482,6 +484,25 @@ def _items_query(states: set[ItemState]) -> str:
     if states <= _SET_ASIDE:
         return "list_set_aside_items"
     return "list_items"
+
+
+def _item_json(new: NewItem) -> dict[str, Any]:
+    """``new`` as the enqueue functions of PostgreSQL take it (migration 0015)."""
+    fields: dict[str, Any] = {
+        "agent": new.agent,
+        "trigger_kind": new.trigger.value,
+        "rerun_count": new.rerun_count,
+    }
+    optional = {
+        "trigger_detail": new.trigger_detail,
+        "prompt": new.prompt,
+        "parent_run_id": new.parent_run_id,
+        "dedupe_key": new.dedupe_key,
+    }
+    fields.update({name: value for name, value in optional.items() if value is not None})
+    if new.dedupe_aliases:
+        fields["dedupe_aliases"] = list(new.dedupe_aliases)
+    return fields
 
 
 def _unknown(name: str) -> str:

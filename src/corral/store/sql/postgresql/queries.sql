@@ -434,3 +434,9 @@ SELECT * FROM corral_enqueue(%(items)s, %(overflow)s, %(now)s)
 -- create_call in one round trip (corral_create_call, migration 0015).
 SELECT * FROM corral_create_call(%(run_id)s, %(target)s, %(context)s, %(max_depth)s,
                                  %(id)s, %(now)s)
+
+-- name: enqueue_request
+-- enqueue_request in one round trip (corral_enqueue_request, migration 0015).
+SELECT * FROM corral_enqueue_request(%(item)s, %(overflow)s, %(now)s, %(key)s,
+                                     %(fingerprint)s, %(expires_at)s, %(actor)s,
+                                     %(action)s, %(lock_wait)s)

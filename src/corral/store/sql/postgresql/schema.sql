@@ -880,3 +880,74 @@ BEGIN
         c.return_value, c.error, c.created_at, c.ended_at, c.waiting_since;
 END
 $$;
+
+-- An operator's request (enqueue_request: POST /control/runs, `corral run`) as one call:
+-- the project lock (waiting p_lock_wait at most), the item as corral_enqueue_item, its
+-- idempotency key and its audit entry. A key already recorded (a replay, or reused for
+-- another request) comes back as 'fallback' with nothing queued: Python answers it (the
+-- expired keys pruned meanwhile stay pruned, as its own transaction would prune them).
+CREATE FUNCTION corral_enqueue_request(
+    p_item jsonb, p_overflow text, p_now timestamptz, p_key text, p_fingerprint text,
+    p_expires_at timestamptz, p_actor text, p_action text, p_lock_wait text
+)
+RETURNS TABLE (outcome text, id bigint, agent text, trigger_kind text, trigger_detail jsonb,
+               prompt text, parent_run_id text, rerun_count integer, dedupe_key text,
+               state text, reason text, enqueued_at timestamptz, claimed_at timestamptz,
+               finished_at timestamptz, attempts integer, max_attempts integer,
+               lease_owner text, lease_expires_at timestamptz, fence bigint, run_id text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    p corral_project;
+    v_dropped bigint[] := '{}';
+    v_detail jsonb;
+    v_id bigint;
+    v_agent text;
+BEGIN
+    PERFORM set_config('lock_timeout', p_lock_wait, true);
+    SELECT * INTO p FROM corral_project WHERE corral_project.id = 1 FOR UPDATE;
+    IF p_key IS NOT NULL THEN
+        DELETE FROM corral_request_keys k WHERE k.expires_at < p_now;
+        PERFORM 1 FROM corral_request_keys k WHERE k.key = p_key;
+        IF FOUND THEN
+            outcome := 'fallback';
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
+    FOR outcome, id, agent, trigger_kind, trigger_detail, prompt, parent_run_id,
+        rerun_count, dedupe_key, state, reason, enqueued_at, claimed_at, finished_at,
+        attempts, max_attempts, lease_owner, lease_expires_at, fence, run_id IN
+        SELECT * FROM corral_enqueue_item(p_item, p_overflow, p_now, p.max_attempts,
+                                          p.daily_cost_cap IS NOT NULL)
+    LOOP
+        v_id := id;
+        v_agent := agent;
+        IF outcome = 'dropped' THEN
+            v_dropped := v_dropped || v_id;
+        ELSIF outcome = 'fallback' THEN
+            RETURN NEXT;
+            RETURN;
+        ELSE
+            -- The item's row (the last): its key and audit entry, worded as in Python.
+            v_detail := jsonb_build_object('item', v_id, 'state', state);
+            IF reason IS NOT NULL THEN
+                v_detail := v_detail || jsonb_build_object('reason', reason);
+            END IF;
+            IF cardinality(v_dropped) > 0 THEN
+                v_detail := v_detail || jsonb_build_object('dropped', to_jsonb(v_dropped));
+            END IF;
+            IF p_key IS NOT NULL THEN
+                v_detail := v_detail || jsonb_build_object('key', p_key);
+                INSERT INTO corral_request_keys AS k
+                    (key, fingerprint, agent, item_id, dropped, created_at, expires_at)
+                VALUES (p_key, p_fingerprint, v_agent, v_id,
+                        jsonb_build_object('ids', to_jsonb(v_dropped)), p_now, p_expires_at);
+            END IF;
+            INSERT INTO corral_audit AS a (at, actor, action, subject, detail)
+            VALUES (p_now, p_actor, p_action, p_item->>'agent', v_detail);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
