@@ -209,8 +209,12 @@ class QueueOps(UsageOps):
         """
         results: list[EnqueueResult] = []
         start = 0
+        # Under a project cost cap every item is Python's (the function would hand each back).
+        at_once = self.dialect == "postgresql" and (
+            project is None or project.daily_cost_cap is None
+        )
         while start < len(items):
-            if self.dialect == "postgresql":
+            if at_once:
                 params = self._enqueue_params(items[start:], overflow)
                 done = self._enqueued(await tx.fetch_all("enqueue_items", params))
                 results += done
