@@ -22,6 +22,7 @@ from corral.store import (
     open_store,
 )
 from tests.store._busy_holder import held_busy
+from tests.store._roundtrips import counted_store
 from tests.store.conftest import Clock
 
 
@@ -135,3 +136,39 @@ async def test_a_busy_store_fails_fast_and_commits_nothing_later(store_url: str)
         ]
         assert not any(r.duplicate for r in retried)
         assert len(await store.list_items()) == 6
+
+
+async def test_the_audit_entry_names_what_the_request_did(store: Store) -> None:
+    """The audit entry of a request that displaced items names them, with its key (the
+    same on both stores, whichever code wrote it)."""
+    await store.sync_project(
+        [AgentSpec("a", scale=1, queue_size=1)], scale_cap=None, max_attempts=3, max_reruns=0
+    )
+    first = await store.enqueue_request(manual(), actor="op", key="k-1")
+    second = await store.enqueue_request(manual(prompt="again"), actor="op", key="k-2")
+    full = await store.enqueue_request(manual(prompt="more"), actor="op", overflow="refuse")
+    assert [d.id for d in second.dropped] == [first.item.id]
+    assert full.item.state is ItemState.REJECTED and full.item.reason == "queue full"
+    details = [e.detail for e in reversed(await store.list_audit())]
+    assert details == [
+        {"item": first.item.id, "state": "queued", "key": "k-1"},
+        {"item": second.item.id, "state": "queued", "dropped": [first.item.id], "key": "k-2"},
+        {"item": full.item.id, "state": "rejected", "reason": "queue full"},
+    ]
+    replay = await store.enqueue_request(manual(prompt="again"), actor="op", key="k-2")
+    assert replay.duplicate and [d.id for d in replay.dropped] == [first.item.id]
+
+
+@pytest.mark.parametrize(
+    "dialect", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_an_operator_request_is_one_round_trip_on_postgresql(store_url: str) -> None:
+    """A keyed request (its item, key and audit entry; before: 10 round trips) is one
+    call of corral_enqueue_request; a replay of its key is answered the longer way."""
+    async with counted_store(store_url) as (store, trips):
+        await setup(store)
+        with trips.counting() as seen:
+            first = await store.enqueue_request(manual(), actor="op", key="k")
+        assert seen.statements == 1, seen.queries
+        again = await store.enqueue_request(manual(), actor="op", key="k")
+        assert again.duplicate and again.item.id == first.item.id

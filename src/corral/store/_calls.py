@@ -56,6 +56,15 @@ class CallOps(QueueOps):
         ("queue full": a call never evicts queued work).
         """
 
+        if self.dialect == "postgresql":
+            # One round trip (corral_create_call); the cases it leaves to Python (the
+            # callee takes no triggers or has a cost cap) run the transaction below.
+            called = await self._create_call_at_once(
+                caller_run_id, target_agent, context, max_depth=max_depth
+            )
+            if called is not None:
+                return called
+
         async def body(tx: Transaction) -> Call | CallRefusal:
             # The project lock, the caller's state and agent, and its depth: one statement.
             row = await tx.fetch_one("lock_project_for_call", {"run_id": caller_run_id})
@@ -74,11 +83,7 @@ class CallOps(QueueOps):
             called_at = locked["caller_depth"]
             depth = (0 if called_at is None else int(called_at)) + 1
             if depth > max_depth:
-                return CallRefusal(
-                    f"call depth {depth} exceeds maxCallDepth {max_depth}: {caller_agent} "
-                    f"was itself called at depth {depth - 1}; raise maxCallDepth in the "
-                    "project config.toml or do the work without another call"
-                )
+                return _too_deep(depth, max_depth, caller_agent)
             new = NewItem(
                 agent=target_agent,
                 trigger=TriggerKind.CALL,
@@ -87,8 +92,7 @@ class CallOps(QueueOps):
             )
             queued = await self._enqueue_locked(tx, project, new, "refuse")
             if queued.item.state is ItemState.REJECTED:
-                reason = queued.item.reason or "refused"
-                return CallRefusal(QUEUE_FULL if reason == QUEUE_FULL else reason)
+                return _refused(queued.item.reason)
             params = {
                 "id": secrets.token_hex(8),
                 "caller_run_id": caller_run_id,
@@ -102,6 +106,40 @@ class CallOps(QueueOps):
             return self._call(self._returned(await tx.fetch_one("insert_call", params), "call"))
 
         return await self.atomic(body)
+
+    async def _create_call_at_once(
+        self, caller_run_id: str, target_agent: str, context: str, *, max_depth: int
+    ) -> Call | CallRefusal | None:
+        """``create_call`` as one call of ``corral_create_call`` (PostgreSQL, migration
+        0015), in autocommit; None when it left the call to Python, having changed nothing."""
+        params = {
+            "run_id": caller_run_id,
+            "target": target_agent,
+            "context": context,
+            "max_depth": max_depth,
+            "id": secrets.token_hex(8),
+            "now": self.encode_time(self.now()),
+        }
+        row = self._returned(
+            next(iter(await self.statement("create_call", params)), None), "create_call"
+        )
+        outcome = row["outcome"]
+        if outcome == "no_run":
+            raise StoreError(f"no run {caller_run_id!r} in {self.url}")
+        if outcome == "ended":
+            raise StoreConflict(
+                f"run {caller_run_id} cannot call {target_agent!r}: it has ended "
+                f"({row['caller_state']})"
+            )
+        if outcome == "self":
+            return CallRefusal("self-call not allowed")
+        if outcome == "too_deep":
+            return _too_deep(int(row["depth"]), max_depth, row["caller_agent"])
+        if outcome == "rejected":
+            return _refused(row["reason"])
+        if outcome == "called":
+            return self._call(row)
+        return None
 
     async def get_call(self, call_id: str, *, caller_run_id: str) -> Call | None:
         """The call ``call_id`` if ``caller_run_id`` made it; None otherwise (only the
@@ -248,3 +286,17 @@ class CallOps(QueueOps):
             decoded["detail"] = self.decode_json(decoded["detail"])
             entries.append(AuditEntry(**decoded))
         return entries
+
+
+def _too_deep(depth: int, max_depth: int, caller_agent: str) -> CallRefusal:
+    return CallRefusal(
+        f"call depth {depth} exceeds maxCallDepth {max_depth}: {caller_agent} "
+        f"was itself called at depth {depth - 1}; raise maxCallDepth in the "
+        "project config.toml or do the work without another call"
+    )
+
+
+def _refused(reason: str | None) -> CallRefusal:
+    """The refusal of a call whose item was recorded rejected with ``reason``."""
+    reason = reason or "refused"
+    return CallRefusal(QUEUE_FULL if reason == QUEUE_FULL else reason)

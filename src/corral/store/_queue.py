@@ -81,6 +81,13 @@ class QueueOps(UsageOps):
         """
         if overflow not in ("drop_oldest", "refuse"):
             raise ValueError(f"overflow must be 'drop_oldest' or 'refuse', got {overflow!r}")
+        if self.dialect == "postgresql":
+            # One round trip: corral_enqueue in autocommit is the transaction. An item it
+            # leaves to Python ('fallback': nothing changed) takes the transaction below.
+            rows = await self.statement("enqueue_items", self._enqueue_params([new], overflow))
+            done = self._enqueued(rows)
+            if done:
+                return done[0]
         async with self.transaction() as tx:
             # The project row is read, not locked: intake needs only the agent's row.
             row = await tx.fetch_one("get_project")
@@ -108,6 +115,24 @@ class QueueOps(UsageOps):
           ``StoreBusy`` (so a request answered "busy" never commits afterwards).
         """
         fingerprint = request_fingerprint(new)
+        if self.dialect == "postgresql":
+            # One round trip (corral_enqueue_request); a key already recorded, or an item
+            # left to Python, takes the transaction below (nothing was queued).
+            now = self.now()
+            params = {
+                "item": self.encode_json(_item_json(new)),
+                "overflow": overflow,
+                "now": self.encode_time(now),
+                "key": key,
+                "fingerprint": fingerprint,
+                "expires_at": self.encode_time(now + REQUEST_KEY_TTL),
+                "actor": actor,
+                "action": action,
+                "lock_wait": f"{REQUEST_LOCK_WAIT_MS}ms",
+            }
+            done = self._enqueued(await self.statement("enqueue_request", params))
+            if done:
+                return done[0]
         async with self.transaction() as tx:
             await tx.execute("bound_lock_waits", {"timeout": f"{REQUEST_LOCK_WAIT_MS}ms"})
             project = await self.lock_project(tx)
@@ -167,6 +192,68 @@ class QueueOps(UsageOps):
             "expires_at": self.encode_time(now + REQUEST_KEY_TTL),
         }
         await tx.execute("insert_request_key", params)
+
+    async def _enqueue_many_locked(
+        self,
+        tx: Transaction,
+        project: ProjectState | None,
+        items: Sequence[NewItem],
+        overflow: Overflow,
+    ) -> list[EnqueueResult]:
+        """``_enqueue_locked`` for each of ``items`` in order, inside ``tx``.
+
+        On PostgreSQL the lot is one statement (``corral_enqueue``, migration 0015), one
+        round trip whatever the count; an item it leaves to Python (an agent that takes no
+        triggers, a cost cap: it stops there, having changed nothing for that item) is
+        enqueued by ``_enqueue_locked`` and the rest go in another call. ``project`` is
+        read when None and that is needed.
+        """
+        results: list[EnqueueResult] = []
+        start = 0
+        # Under a project cost cap every item is Python's (the function would hand each back).
+        at_once = self.dialect == "postgresql" and (
+            project is None or project.daily_cost_cap is None
+        )
+        while start < len(items):
+            if at_once:
+                params = self._enqueue_params(items[start:], overflow)
+                done = self._enqueued(await tx.fetch_all("enqueue_items", params))
+                results += done
+                start += len(done)
+                if start >= len(items):
+                    break
+            if project is None:
+                row = await tx.fetch_one("get_project")
+                project = ProjectState.from_row(self._returned(row, "get_project"))
+            results.append(await self._enqueue_locked(tx, project, items[start], overflow))
+            start += 1
+        return results
+
+    def _enqueue_params(self, items: Sequence[NewItem], overflow: Overflow) -> dict[str, Any]:
+        """The parameters of ``enqueue_items`` (PostgreSQL) for ``items``."""
+        encoded = [_item_json(new) for new in items]
+        return {
+            "items": self.encode_json(encoded),
+            "overflow": overflow,
+            "now": self.encode_time(self.now()),
+        }
+
+    def _enqueued(self, rows: Sequence[Row]) -> list[EnqueueResult]:
+        """What ``enqueue_items`` did, item by item, up to the first it left to Python."""
+        results: list[EnqueueResult] = []
+        dropped: list[QueueItem] = []
+        for row in rows:
+            outcome = row["outcome"]
+            if outcome == "fallback":
+                break
+            item = self.item_from_row(row)
+            if outcome == "dropped":
+                dropped.append(item)
+                continue
+            duplicate = outcome == "duplicate"
+            results.append(EnqueueResult(item, tuple(dropped), duplicate=duplicate))
+            dropped = []
+        return results
 
     async def _enqueue_locked(
         self, tx: Transaction, project: ProjectState, new: NewItem, overflow: Overflow
@@ -492,6 +579,25 @@ def _items_query(states: set[ItemState]) -> str:
     if states <= _SET_ASIDE:
         return "list_set_aside_items"
     return "list_items"
+
+
+def _item_json(new: NewItem) -> dict[str, Any]:
+    """``new`` as the enqueue functions of PostgreSQL take it (migration 0015)."""
+    fields: dict[str, Any] = {
+        "agent": new.agent,
+        "trigger_kind": new.trigger.value,
+        "rerun_count": new.rerun_count,
+    }
+    optional = {
+        "trigger_detail": new.trigger_detail,
+        "prompt": new.prompt,
+        "parent_run_id": new.parent_run_id,
+        "dedupe_key": new.dedupe_key,
+    }
+    fields.update({name: value for name, value in optional.items() if value is not None})
+    if new.dedupe_aliases:
+        fields["dedupe_aliases"] = list(new.dedupe_aliases)
+    return fields
 
 
 def _unknown(name: str) -> str:

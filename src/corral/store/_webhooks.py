@@ -124,21 +124,11 @@ class WebhookOps(QueueOps):
         project: ProjectState,
         receipt: NewReceipt,
         items: Sequence[NewItem],
-        batch: _Batch | None = None,
     ) -> tuple[Receipt, list[EnqueueResult]]:
-        """``record_delivery`` inside ``tx``, which holds the project lock.
-
-        With ``batch`` (a batch of deliveries on PostgreSQL, see ``_DeliveryBatches``), the
-        delivery ids taken come from ``batch`` instead of a query each, and the receipt is
-        added to ``batch.receipts``, inserted with the others by ``_Batch.insert``.
-        """
-        dedupe = (
-            receipt.delivery_id is not None
-            and receipt.replay_of is None
-            and receipt.outcome in _TAKES_DELIVERY_ID
-        )
-        if dedupe:
-            first_id = await self._delivery_taken(tx, receipt, batch)
+        """``record_delivery`` inside ``tx``, which holds the project lock (a batch of
+        deliveries on PostgreSQL is recorded set-wise instead: ``_DeliveryBatches``)."""
+        if _takes_delivery_id(receipt):
+            first_id = await self._delivery_taken(tx, receipt)
             if first_id is not None:
                 duplicate = await self._insert_receipt(
                     tx,
@@ -146,25 +136,16 @@ class WebhookOps(QueueOps):
                     outcome=ReceiptOutcome.DUPLICATE,
                     results=(),
                     duplicate_of=first_id,
-                    batch=batch,
                 )
                 return duplicate, []
         if receipt.repeat_key is not None:
             return await self._record_stranger(tx, receipt), []
         results, enqueued = await self._enqueue_matched(tx, project, receipt, items)
-        stored = await self._insert_receipt(
-            tx, receipt, outcome=receipt.outcome, results=results, batch=batch
-        )
-        if dedupe and batch is not None:
-            batch.taken[_Batch.key(receipt)] = stored.id
+        stored = await self._insert_receipt(tx, receipt, outcome=receipt.outcome, results=results)
         return stored, enqueued
 
-    async def _delivery_taken(
-        self, tx: Transaction, receipt: NewReceipt, batch: _Batch | None
-    ) -> str | None:
+    async def _delivery_taken(self, tx: Transaction, receipt: NewReceipt) -> str | None:
         """The id of the receipt that took ``receipt``'s delivery id, if one did."""
-        if batch is not None:
-            return batch.taken.get(_Batch.key(receipt))
         params = {"source": receipt.source, "delivery_id": receipt.delivery_id}
         first = await tx.fetch_one("find_receipt_delivery", params)
         return None if first is None else str(first["id"])
@@ -198,18 +179,9 @@ class WebhookOps(QueueOps):
         receipt: NewReceipt,
         items: Sequence[NewItem],
     ) -> tuple[tuple[AgentResult, ...], list[EnqueueResult]]:
-        by_agent = {item.agent: item for item in items}
-        results: list[AgentResult] = []
-        enqueued: list[EnqueueResult] = []
-        for result in receipt.results:
-            item = by_agent.get(result.agent) if result.matched else None
-            if item is None:
-                results.append(result)
-                continue
-            done = await self._enqueue_locked(tx, project, item, "drop_oldest")
-            enqueued.append(done)
-            results.append(_with_item(result, done))
-        return tuple(results), enqueued
+        matched = _matched_items(receipt, items)
+        done = await self._enqueue_many_locked(tx, project, matched, "drop_oldest")
+        return _merged(receipt, items, done)
 
     async def _insert_receipt(
         self,
@@ -365,6 +337,39 @@ def _with_item(result: AgentResult, done: EnqueueResult) -> AgentResult:
     )
 
 
+def _takes_delivery_id(receipt: NewReceipt) -> bool:
+    """Whether ``receipt`` takes its delivery id (see the module docstring)."""
+    return (
+        receipt.delivery_id is not None
+        and receipt.replay_of is None
+        and receipt.outcome in _TAKES_DELIVERY_ID
+    )
+
+
+def _matched_items(receipt: NewReceipt, items: Sequence[NewItem]) -> list[NewItem]:
+    """The items ``receipt`` queues, in the order of its results."""
+    by_agent = {item.agent: item for item in items}
+    return [
+        by_agent[result.agent]
+        for result in receipt.results
+        if result.matched and result.agent in by_agent
+    ]
+
+
+def _merged(
+    receipt: NewReceipt, items: Sequence[NewItem], enqueued: Sequence[EnqueueResult]
+) -> tuple[tuple[AgentResult, ...], list[EnqueueResult]]:
+    """``receipt``'s results with what the enqueue of its matched items did (``enqueued``,
+    in the order of ``_matched_items``), and those enqueue results."""
+    queued = {item.agent for item in items}
+    each = iter(enqueued)
+    results = tuple(
+        _with_item(result, next(each)) if result.matched and result.agent in queued else result
+        for result in receipt.results
+    )
+    return results, list(enqueued)
+
+
 def _check_items(receipt: NewReceipt, items: Sequence[NewItem]) -> None:
     if not items:
         return
@@ -426,35 +431,85 @@ class _DeliveryBatches:
     async def _transaction(
         self, store: WebhookOps, batch: list[_Pending], *, savepoints: bool
     ) -> list[_Recorded | Failed]:
+        if not savepoints:
+            return list(await self._together(store, batch))
         outcomes: list[_Recorded | Failed] = []
         async with store.transaction() as tx:
             project = await store.lock_project(tx)
-            # Without savepoints, the deliveries' own statements are batched: one query
-            # for the delivery ids already taken, one insert for every receipt at the end.
-            together = None if savepoints else await _Batch.read(tx, batch)
             for pending in batch:
-                if savepoints:
-                    await tx.execute_script("SAVEPOINT corral_delivery", what="a savepoint")
+                await tx.execute_script("SAVEPOINT corral_delivery", what="a savepoint")
                 try:
                     outcome = await store._record_in(
-                        tx, project, pending.job.receipt, pending.job.items, together
+                        tx, project, pending.job.receipt, pending.job.items
                     )
                 except Exception as exc:
-                    if not savepoints:
-                        raise _BodyFailed from exc
                     await tx.execute_script(
                         "ROLLBACK TO SAVEPOINT corral_delivery", what="a rollback"
                     )
                     outcomes.append(Failed(exc))
                     continue
-                if savepoints:
-                    await tx.execute_script("RELEASE SAVEPOINT corral_delivery", what="a release")
+                await tx.execute_script("RELEASE SAVEPOINT corral_delivery", what="a release")
                 outcomes.append(outcome)
-            if together is not None:
-                try:
-                    await together.insert(tx)
-                except Exception as exc:
-                    raise _BodyFailed from exc
+        return outcomes
+
+    async def _together(self, store: WebhookOps, batch: list[_Pending]) -> list[_Recorded]:
+        """The batch without savepoints, its statements set-wise: the project lock, one
+        query for the delivery ids already taken, ONE enqueue for every item of every
+        delivery (``_enqueue_many_locked``), one insert for every receipt; a stranger's
+        receipt alone is recorded as it comes (its hourly count reads the ones before)."""
+        async with store.transaction() as tx:
+            try:
+                return await self._together_in(tx, store, batch)
+            except Exception as exc:  # rolled back: the batch runs again with savepoints
+                raise _BodyFailed from exc
+
+    async def _together_in(
+        self, tx: Transaction, store: WebhookOps, batch: list[_Pending]
+    ) -> list[_Recorded]:
+        project = await store.lock_project(tx)
+        together = await _Batch.read(tx, batch)
+        # First what needs no enqueue: a duplicate of a delivery id taken before (or
+        # earlier in this batch: the first holds it), a stranger; and the items to queue.
+        plans: list[str | tuple[int, int]] = []
+        queue: list[NewItem] = []
+        for pending in batch:
+            receipt = pending.job.receipt
+            if _takes_delivery_id(receipt):
+                first_id = together.taken.get(_Batch.key(receipt))
+                if first_id is not None:
+                    plans.append(first_id)
+                    continue
+                together.taken[_Batch.key(receipt)] = receipt.id
+            if receipt.repeat_key is not None:
+                plans.append("")
+                continue
+            matched = _matched_items(receipt, pending.job.items)
+            plans.append((len(queue), len(matched)))
+            queue += matched
+        enqueued = await store._enqueue_many_locked(tx, project, queue, "drop_oldest")
+        outcomes: list[_Recorded] = []
+        for pending, plan in zip(batch, plans, strict=True):
+            receipt = pending.job.receipt
+            if isinstance(plan, tuple):
+                first, count = plan
+                results, done = _merged(receipt, pending.job.items, enqueued[first : first + count])
+                stored = await store._insert_receipt(
+                    tx, receipt, outcome=receipt.outcome, results=results, batch=together
+                )
+                outcomes.append((stored, done))
+            elif plan:
+                duplicate = await store._insert_receipt(
+                    tx,
+                    receipt,
+                    outcome=ReceiptOutcome.DUPLICATE,
+                    results=(),
+                    duplicate_of=plan,
+                    batch=together,
+                )
+                outcomes.append((duplicate, []))
+            else:
+                outcomes.append((await store._record_stranger(tx, receipt), []))
+        await together.insert(tx)
         return outcomes
 
 

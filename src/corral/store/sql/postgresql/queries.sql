@@ -524,3 +524,19 @@ WHERE w.key = %(key)s AND w.deadline > %(now)s AND r.state IN ('starting', 'runn
 ORDER BY w.id
 LIMIT 1
 FOR SHARE OF r
+
+-- name: enqueue_items
+-- Intake of :items (a JSON array of new items) in order, one round trip: the rows of
+-- corral_enqueue (migration 0015), ord the position of the item each row is about.
+SELECT * FROM corral_enqueue(%(items)s, %(overflow)s, %(now)s)
+
+-- name: create_call
+-- create_call in one round trip (corral_create_call, migration 0015).
+SELECT * FROM corral_create_call(%(run_id)s, %(target)s, %(context)s, %(max_depth)s,
+                                 %(id)s, %(now)s)
+
+-- name: enqueue_request
+-- enqueue_request in one round trip (corral_enqueue_request, migration 0015).
+SELECT * FROM corral_enqueue_request(%(item)s, %(overflow)s, %(now)s, %(key)s,
+                                     %(fingerprint)s, %(expires_at)s, %(actor)s,
+                                     %(action)s, %(lock_wait)s)
