@@ -350,6 +350,13 @@ SELECT corral_runlock(%(key)s, %(run_id)s, %(now)s) AS released
 -- name: rlock_heartbeat
 SELECT corral_rlock_heartbeat(%(key)s, %(run_id)s, %(now)s, %(ttl)s) AS expires_at
 
+-- name: lock_batch
+-- Concurrent rlock, runlock and rlock-heartbeat calls in one round trip and one commit
+-- (migration 0017): row n answers operation n, in the shape of corral_rlock's rows.
+SELECT * FROM corral_lock_batch(%(ops)s::text[], %(keys)s::text[], %(run_ids)s::text[],
+                                %(nows)s::timestamptz[], %(ttls)s::float8[],
+                                %(wants)s::float8[])
+
 -- name: lock_project_for_call
 -- The project row locked as ``lock_project`` does, with what a call needs of its
 -- caller (state, agent, the depth of the call it answers, if any): the first three
