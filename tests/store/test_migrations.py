@@ -113,7 +113,10 @@ def test_both_dialects_define_the_same_named_queries() -> None:
         "find_receipt_deliveries",
         "insert_receipts",
     }
-    assert postgres - sqlite == {"lock_migrations", "rlock", "runlock", "rlock_heartbeat", "lock_batch"} | batched
+    assert (
+        postgres - sqlite
+        == {"lock_migrations", "rlock", "runlock", "rlock_heartbeat", "lock_batch"} | batched
+    )
     assert sqlite <= postgres
 
 

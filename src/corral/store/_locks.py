@@ -443,8 +443,8 @@ class LockOps(StoreCore):
         _check_ttl(ttl_seconds)
         if self.dialect == "postgresql":
             call = _LockCall("heartbeat", key, run_id, self._call_now(), ttl_seconds)
-            row = await self._lock_call(call)
-            expiry = row["expires_at"] if row["outcome"] == "extended" else None
+            beat = await self._lock_call(call)
+            expiry = beat["expires_at"] if beat["outcome"] == "extended" else None
             return None if expiry is None else self.decode_time(expiry)
 
         async def body(tx: Transaction) -> Row | None:
