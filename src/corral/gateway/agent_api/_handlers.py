@@ -153,7 +153,7 @@ class AgentApi:
         if ref is not None:
             return dataclasses.replace(ref, secret=secret), False
         known = self._foreign_refs.get(hash_secret(secret))
-        if known is None:
+        if known is None or known.run_id not in self._foreign:  # its redactor went too
             return await self.authenticate(secret), False
         return dataclasses.replace(known, secret=secret), True
 
