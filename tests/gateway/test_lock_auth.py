@@ -88,6 +88,9 @@ async def test_a_foreign_runs_lock_requests_read_its_secret_once_and_its_end_at_
     assert await _post(app, "/agent/locks/release", secret, key) == (403, refused)
     status, lost = await _post(app, "/agent/locks/heartbeat", secret, key)
     assert status == 410 and lost["reason"] == "lock lost" and "has ended" in lost["error"]
+    too_long = {"key": "db://" + "x" * 70_000}  # over the cap: refused before it is read
+    assert await _post(app, "/agent/locks/acquire", secret, too_long) == (403, refused)
+    assert (await _post(app, "/agent/locks/acquire", other_secret, too_long))[0] == 413
     # and the other run takes the key its end released
     assert (await _post(app, "/agent/locks/acquire", other_secret, key))[0] == 200
 

@@ -105,7 +105,10 @@ class LockFastPath:
                 return
             # The body was not read (or not all of it): close the connection after the
             # answer rather than read and discard what is left of it.
-            await _send(send, answer(exc.status, exc.body), close=True)
+            refused = answer(exc.status, exc.body)
+            if unchecked:  # a body over its cap from a run that may have ended
+                refused = await self._ended_or(refused, secret, scope["path"])
+            await _send(send, refused, close=True)
             return
         except StoreError as exc:
             await _send(send, store_failure(exc), close=True)
@@ -117,15 +120,21 @@ class LockFastPath:
         if unchecked and response.status_code != 200:
             # A run known from an earlier request, its liveness not read for this one: a
             # refusal may be because it has ended, which is answered as it always was.
-            try:
-                await self.api.authenticate(secret)
-            except AgentApiError as exc:
-                if isinstance(exc, RunEnded) and scope["path"] == "/agent/locks/heartbeat":
-                    exc = exc.lock_lost()
-                response = answer(exc.status, exc.body)
-            except StoreError as exc:
-                response = store_failure(exc)
+            response = await self._ended_or(response, secret, scope["path"])
         await _send(send, response)
+
+    async def _ended_or(self, response: JSONResponse, secret: str, path: str) -> JSONResponse:
+        """``response``, unless the run of ``secret`` has ended: then the answer an ended
+        run's request gets (403; 410 "lock lost" for a heartbeat)."""
+        try:
+            await self.api.authenticate(secret)
+        except AgentApiError as exc:
+            if isinstance(exc, RunEnded) and path == "/agent/locks/heartbeat":
+                exc = exc.lock_lost()
+            return answer(exc.status, exc.body)
+        except StoreError as exc:
+            return store_failure(exc)
+        return response
 
     async def _answer(
         self,
