@@ -504,7 +504,7 @@ async def test_a_call_and_an_enqueue_are_one_round_trip_each_on_postgresql(
     store_url: str,
 ) -> None:
     """A call (the project lock, the caller's checks, its item and the call row) and a
-    plain enqueue are each ONE round trip: a call of a function of migration 0015 in
+    plain enqueue are each ONE round trip: a call of a function of migration 0017 in
     autocommit (6 and 4 round trips before: BEGIN, statements, COMMIT)."""
     async with counted_store(store_url) as (store, trips):
         await setup(store, "dev", "reviewer", size=50)

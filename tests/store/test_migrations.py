@@ -101,7 +101,8 @@ def test_migration_files_are_numbered_alike_in_every_dialect(name: str) -> None:
 def test_both_dialects_define_the_same_named_queries() -> None:
     sqlite, postgres = (set(load_sql_files(d).queries) for d in DIALECT_NAMES)
     # rlock, runlock, rlock_heartbeat: PostgreSQL's one-round-trip lock functions (0013);
-    # SQLite runs the same steps as one body on its worker thread.
+    # SQLite runs the same steps as one body on its worker thread. lock_batch: many of
+    # those calls at once, one commit (0018); SQLite batches its bodies already (D10).
     # finalize_run, find_receipt_deliveries, insert_receipts: PostgreSQL's one statement
     # for finalize and its batched receipts (D45, D46); SQLite runs the same steps in a body.
     # claim_batch: PostgreSQL's one-statement claim; SQLite claims in its transaction.
@@ -113,12 +114,15 @@ def test_both_dialects_define_the_same_named_queries() -> None:
         "lock_agent_to_end",
         "find_receipt_deliveries",
         "insert_receipts",
-        # enqueue_items, enqueue_request, create_call: one round trip each (0015, D60).
+        # enqueue_items, enqueue_request, create_call: one round trip each (0017, D60).
         "enqueue_items",
         "enqueue_request",
         "create_call",
     }
-    assert postgres - sqlite == {"lock_migrations", "rlock", "runlock", "rlock_heartbeat"} | batched
+    assert (
+        postgres - sqlite
+        == {"lock_migrations", "rlock", "runlock", "rlock_heartbeat", "lock_batch"} | batched
+    )
     assert sqlite <= postgres
 
 

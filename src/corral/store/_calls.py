@@ -111,7 +111,7 @@ class CallOps(QueueOps):
         self, caller_run_id: str, target_agent: str, context: str, *, max_depth: int
     ) -> Call | CallRefusal | None:
         """``create_call`` as one call of ``corral_create_call`` (PostgreSQL, migration
-        0015), in autocommit; None when it left the call to Python, having changed nothing."""
+        0017), in autocommit; None when it left the call to Python, having changed nothing."""
         params = {
             "run_id": caller_run_id,
             "target": target_agent,

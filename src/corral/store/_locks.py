@@ -16,6 +16,13 @@ so they serialise with the blocking waits and operator releases that still run a
 transactions of several statements. SQLite runs the steps themselves, as one body on its
 worker thread.
 
+Requests that arrive while one is in flight go together in the next round trip
+(``GroupCommit``): one call of ``corral_lock_batch`` (migration 0018) runs each of them
+as the call it would have been alone, in one transaction, so a busy gateway pays one
+round trip and one commit (one WAL flush) for a batch instead of one per request. Each
+caller still gets its own answer, after the batch committed. A request alone is sent
+alone.
+
 Every lock of a run is released in the transaction that ends the run (``finalize``,
 recovery, ``finish_run``), through ``release_run_locks_in``.
 
@@ -30,10 +37,13 @@ cycle at the same moment are checked one after the other: the second is told.
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NoReturn
 
-from corral.errors import StoreConflict, StoreError
+from corral.errors import StoreBusy, StoreConflict, StoreError
+from corral.store._batching import Failed, GroupCommit, Waiting
 from corral.store._core import Row, StoreCore, Transaction
 from corral.store._time import utc_now
 from corral.store.records import Deadlock, Lock, LockGrant, LockHeld, LockWaiter, RunState
@@ -48,8 +58,83 @@ _LIVE = frozenset({RunState.STARTING.value, RunState.RUNNING.value})
 WANT_SECONDS = 30.0
 
 
+@dataclass(frozen=True, slots=True)
+class _LockCall:
+    """One call of a PostgreSQL lock function, alone or in a batch."""
+
+    op: str  # "rlock", "runlock" or "heartbeat"
+    key: str
+    run_id: str
+    now: datetime | None
+    ttl: float = 0.0
+    want: float = 0.0
+
+
+#: The outcome given to a batched call whose caller stopped waiting (it is not sent).
+_GONE = Failed(asyncio.CancelledError())
+
+
 class LockOps(StoreCore):
     """Resource locks; part of ``Store``."""
+
+    _lock_calls: GroupCommit[_LockCall, Row] | None = None
+
+    async def _lock_call(self, call: _LockCall) -> Row:
+        """``call``'s answer, as a row of ``corral_rlock``'s shape (see ``lock_batch``):
+        sent in the next batch of this store's lock calls."""
+        if self._lock_calls is None:
+            self._lock_calls = GroupCommit(self._run_lock_calls, name="corral-lock-calls")
+        return await self._lock_calls.submit(call)
+
+    async def _run_lock_calls(self, batch: list[Waiting[_LockCall, Row]]) -> list[Row | Failed]:
+        """One round trip for the calls of ``batch`` (one alone when it is alone).
+
+        Sorted by key, so that two processes' batches take the keys' advisory locks in
+        one order. If the batch fails (nothing of it happened: one transaction), each call
+        is sent again alone and gets its own answer or error; a busy store fails them all.
+        """
+        live = sorted((w for w in batch if not w.gone), key=lambda w: w.job.key)
+        answers: dict[int, Row | Failed] = {}
+        if len(live) > 1:
+            calls = [w.job for w in live]
+            params = {
+                "ops": [c.op for c in calls],
+                "keys": [c.key for c in calls],
+                "run_ids": [c.run_id for c in calls],
+                "nows": [c.now for c in calls],
+                "ttls": [c.ttl for c in calls],
+                "wants": [c.want for c in calls],
+            }
+            try:
+                rows = await self.statement("lock_batch", params)
+            except StoreBusy:
+                raise
+            except StoreError:
+                rows = []
+            if len(rows) == len(live):
+                for waiting, row in zip(live, sorted(rows, key=lambda r: int(r["n"])), strict=True):
+                    answers[id(waiting)] = row
+        for waiting in live:
+            if id(waiting) not in answers:
+                try:
+                    answers[id(waiting)] = await self._lock_call_alone(waiting.job)
+                except StoreError as exc:
+                    answers[id(waiting)] = Failed(exc)
+        return [answers.get(id(waiting), _GONE) for waiting in batch]
+
+    async def _lock_call_alone(self, call: _LockCall) -> Row:
+        """``call`` as one statement of its own (the functions of migration 0013)."""
+        params: dict[str, object] = {"key": call.key, "run_id": call.run_id, "now": call.now}
+        if call.op == "rlock":
+            rows = await self.statement("rlock", params | {"ttl": call.ttl, "want": call.want})
+            return self._returned(next(iter(rows), None), "rlock")
+        if call.op == "runlock":
+            rows = await self.statement("runlock", params)
+            released = self._returned(next(iter(rows), None), "runlock")["released"]
+            return {"outcome": "released" if released else "not_held"}
+        rows = await self.statement("rlock_heartbeat", params | {"ttl": call.ttl})
+        expiry = self._returned(next(iter(rows), None), "rlock_heartbeat")["expires_at"]
+        return {"outcome": "lost" if expiry is None else "extended", "expires_at": expiry}
 
     async def acquire_lock(
         self, key: str, run_id: str, *, ttl_seconds: float, want_seconds: float = WANT_SECONDS
@@ -95,14 +180,10 @@ class LockOps(StoreCore):
         """``acquire_lock`` on PostgreSQL: the same steps, in the same order, as one call of
         the server-side function ``corral_rlock`` (migration 0013), in autocommit: one
         round trip whatever the outcome, where the steps cost one each."""
-        params = {
-            "key": key,
-            "run_id": run_id,
-            "now": self._call_now(),
-            "ttl": ttl_seconds,
-            "want": max(want_seconds, 0.0),
-        }
-        row = self._returned(next(iter(await self.statement("rlock", params)), None), "rlock")
+        call = _LockCall(
+            "rlock", key, run_id, self._call_now(), ttl_seconds, max(want_seconds, 0.0)
+        )
+        row = await self._lock_call(call)
         outcome = row["outcome"]
         if outcome in ("granted", "refreshed"):
             return LockGrant(
@@ -340,9 +421,8 @@ class LockOps(StoreCore):
         any, is dropped (it is doing something else now). On PostgreSQL one round trip
         (``corral_runlock``, migration 0013)."""
         if self.dialect == "postgresql":
-            params = {"key": key, "run_id": run_id, "now": self._call_now()}
-            rows = await self.statement("runlock", params)
-            return bool(self._returned(next(iter(rows), None), "runlock")["released"])
+            row = await self._lock_call(_LockCall("runlock", key, run_id, self._call_now()))
+            return bool(row["outcome"] == "released")
 
         async def body(tx: Transaction) -> bool:
             await self._lock_key(tx, key)
@@ -362,9 +442,9 @@ class LockOps(StoreCore):
         one round trip (``corral_rlock_heartbeat``, migration 0013)."""
         _check_ttl(ttl_seconds)
         if self.dialect == "postgresql":
-            params = {"key": key, "run_id": run_id, "now": self._call_now(), "ttl": ttl_seconds}
-            rows = await self.statement("rlock_heartbeat", params)
-            expiry = self._returned(next(iter(rows), None), "rlock_heartbeat")["expires_at"]
+            call = _LockCall("heartbeat", key, run_id, self._call_now(), ttl_seconds)
+            beat = await self._lock_call(call)
+            expiry = beat["expires_at"] if beat["outcome"] == "extended" else None
             return None if expiry is None else self.decode_time(expiry)
 
         async def body(tx: Transaction) -> Row | None:

@@ -202,7 +202,7 @@ class QueueOps(UsageOps):
     ) -> list[EnqueueResult]:
         """``_enqueue_locked`` for each of ``items`` in order, inside ``tx``.
 
-        On PostgreSQL the lot is one statement (``corral_enqueue``, migration 0015), one
+        On PostgreSQL the lot is one statement (``corral_enqueue``, migration 0017), one
         round trip whatever the count; an item it leaves to Python (an agent that takes no
         triggers, a cost cap: it stops there, having changed nothing for that item) is
         enqueued by ``_enqueue_locked`` and the rest go in another call. ``project`` is
@@ -582,7 +582,7 @@ def _items_query(states: set[ItemState]) -> str:
 
 
 def _item_json(new: NewItem) -> dict[str, Any]:
-    """``new`` as the enqueue functions of PostgreSQL take it (migration 0015)."""
+    """``new`` as the enqueue functions of PostgreSQL take it (migration 0017)."""
     fields: dict[str, Any] = {
         "agent": new.agent,
         "trigger_kind": new.trigger.value,

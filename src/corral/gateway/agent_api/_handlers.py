@@ -110,6 +110,10 @@ class AgentApi:
         self.link = link
         self.ttl = float(project.config.resource_lock_timeout)
         self._foreign: OrderedDict[str, Redactor] = OrderedDict()
+        #: Runs another process started, by the hash of their secret, once seen live: a
+        #: secret names one run for good, so who it is need not be read again. Whether it
+        #: is still live is never taken from here (see ``authenticate_lock_request``).
+        self._foreign_refs: OrderedDict[str, RunRef] = OrderedDict()
 
     async def authenticate(self, secret: str) -> RunRef:
         ref = self.link.lookup(secret)
@@ -118,12 +122,40 @@ class AgentApi:
         digest = hash_secret(secret)
         run = await self.store.run_for_secret(digest)
         if run is not None and run.state not in _LIVE:
+            self._foreign_refs.pop(digest, None)
             raise RunEnded(run.id, run.state.value)
         if run is None:
             raise AgentApiError(403, {"ok": False, "error": "invalid run secret"})
         if run.id not in self._foreign:
             await self._protect_foreign(run.id, run.agent)
-        return RunRef(run.id, run.agent, run.trigger.value, digest, secret)
+        found = RunRef(run.id, run.agent, run.trigger.value, digest)
+        self._foreign_refs[digest] = found
+        self._foreign_refs.move_to_end(digest)
+        while len(self._foreign_refs) > _FOREIGN_REDACTORS:
+            self._foreign_refs.popitem(last=False)
+        return dataclasses.replace(found, secret=secret)
+
+    async def authenticate_lock_request(self, secret: str) -> tuple[RunRef, bool]:
+        """The run of a lock request (rlock, runlock, rlock-heartbeat), and whether the
+        request must still prove the run is live.
+
+        A run this process started is known live from memory (its secret is revoked when
+        it ends). A run another process started costs a store read per request in
+        ``authenticate``; once seen live it is taken from memory here, and True says its
+        liveness is unchecked: the request's own store call then decides. A try-lock
+        reads the run's state in the same transaction (an ended run is refused), and a
+        release or heartbeat can succeed only for a lock the run holds, which no ended run
+        does (its end releases them in the same transaction). Any other answer must be
+        preceded by ``authenticate`` again (``LockFastPath`` does), so an ended run is
+        refused at once, with the answer it always had.
+        """
+        ref = self.link.lookup(secret)
+        if ref is not None:
+            return dataclasses.replace(ref, secret=secret), False
+        known = self._foreign_refs.get(hash_secret(secret))
+        if known is None or known.run_id not in self._foreign:  # its redactor went too
+            return await self.authenticate(secret), False
+        return dataclasses.replace(known, secret=secret), True
 
     async def _protect_foreign(self, run_id: str, agent_name: str) -> None:
         """A run another process started (so ``link`` does not know its credentials):

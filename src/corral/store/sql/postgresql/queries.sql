@@ -450,6 +450,13 @@ SELECT corral_runlock(%(key)s, %(run_id)s, %(now)s) AS released
 -- name: rlock_heartbeat
 SELECT corral_rlock_heartbeat(%(key)s, %(run_id)s, %(now)s, %(ttl)s) AS expires_at
 
+-- name: lock_batch
+-- Concurrent rlock, runlock and rlock-heartbeat calls in one round trip and one commit
+-- (migration 0018): row n answers operation n, in the shape of corral_rlock's rows.
+SELECT * FROM corral_lock_batch(%(ops)s::text[], %(keys)s::text[], %(run_ids)s::text[],
+                                %(nows)s::timestamptz[], %(ttls)s::float8[],
+                                %(wants)s::float8[])
+
 -- name: lock_project_for_call
 -- The project row locked as ``lock_project`` does, with what a call needs of its
 -- caller (state, agent, the depth of the call it answers, if any): the first three
@@ -527,16 +534,16 @@ FOR SHARE OF r
 
 -- name: enqueue_items
 -- Intake of :items (a JSON array of new items) in order, one round trip: the rows of
--- corral_enqueue (migration 0015), ord the position of the item each row is about.
+-- corral_enqueue (migration 0017), ord the position of the item each row is about.
 SELECT * FROM corral_enqueue(%(items)s, %(overflow)s, %(now)s)
 
 -- name: create_call
--- create_call in one round trip (corral_create_call, migration 0015).
+-- create_call in one round trip (corral_create_call, migration 0017).
 SELECT * FROM corral_create_call(%(run_id)s, %(target)s, %(context)s, %(max_depth)s,
                                  %(id)s, %(now)s)
 
 -- name: enqueue_request
--- enqueue_request in one round trip (corral_enqueue_request, migration 0015).
+-- enqueue_request in one round trip (corral_enqueue_request, migration 0017).
 SELECT * FROM corral_enqueue_request(%(item)s, %(overflow)s, %(now)s, %(key)s,
                                      %(fingerprint)s, %(expires_at)s, %(actor)s,
                                      %(action)s, %(lock_wait)s)

@@ -334,7 +334,7 @@ BEGIN
     WHERE agent = OLD.agent;
 END;
 
--- Fleet membership (0018): activation tokens, runners, anomalies, and the runner a run ran on.
+-- Fleet membership (0015): activation tokens, runners, anomalies, and the runner a run ran on.
 -- Tokens and runner credentials are kept by their SHA-256 only (store/_fleet.py).
 CREATE TABLE corral_fleet_tokens (
     id TEXT PRIMARY KEY,

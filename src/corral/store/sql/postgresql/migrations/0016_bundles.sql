@@ -1,4 +1,4 @@
--- 0015 bundles: the project as content-addressed bundles (`corral push`), and the bundle
+-- 0016 bundles: the project as content-addressed bundles (`corral push`), and the bundle
 -- each run ran. corral_bundles keeps each pushed bundle once, by the SHA-256 of its bytes
 -- ('sha256:<hex>'), with each agent's own bundle hash (manifest); corral_bundle_head is the
 -- project's current bundle (one row), which every control plane on the store converges on.

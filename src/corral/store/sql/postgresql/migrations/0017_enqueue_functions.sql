@@ -1,4 +1,4 @@
--- 0015 enqueue functions: intake in one round trip on PostgreSQL.
+-- 0017 enqueue functions: intake in one round trip on PostgreSQL.
 -- corral_enqueue takes a list of items (one, or every item of a batch of webhook
 -- deliveries) and enqueues them in order, each as QueueOps._enqueue_locked does: the
 -- agent's row locked, the dedupe key (and its aliases) looked up, the queue bound applied
