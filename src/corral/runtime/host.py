@@ -53,6 +53,8 @@ class HostRuntime:
 
         def before() -> None:  # where the process is started (a worker thread)
             spec.cwd.mkdir(parents=True, exist_ok=True)
+            if spec.before is not None:
+                spec.before()
             containment.make()
 
         proc = await start_process(

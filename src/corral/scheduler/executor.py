@@ -27,7 +27,7 @@ from corral.harness.hooks import (
 )
 from corral.llm.fallback import Breaker
 from corral.project import Project
-from corral.runtime import Process, Sink, in_prepare_thread
+from corral.runtime import Process, Sink
 from corral.runtime._contain import kill_run_async
 from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.builtin_run import run_builtin
@@ -391,9 +391,7 @@ class RunExecutor:
         if agent.config.harness.type == "builtin":
             return await self._builtin(plan, runlog, system_prompt)
         try:
-            # The prompt files are written in the preparation thread, off the loop.
-            spec = await in_prepare_thread(plan.launch, self.project, system_prompt)
-            process = await plan.runtime.launch(spec)
+            process = await plan.runtime.launch(plan.launch(self.project, system_prompt))
         except CorralError as exc:
             return _Outcome(RunState.FAILED, None, str(exc))
         self._processes[run.id] = process

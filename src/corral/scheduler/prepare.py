@@ -9,6 +9,7 @@ launch template every process of the run (hooks, dynamic context, the agent) sta
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -113,18 +114,22 @@ class RunPlan:
     def write_prompt(self, project: Project, system_prompt: str) -> str:
         """Assemble the prompt, write both prompt files (0600, the run's), return it."""
         prompt = build_prompt(self.prompt_context(project))
+        self._write_prompt_files(prompt, system_prompt)
+        return prompt
+
+    def _write_prompt_files(self, prompt: str, system_prompt: str) -> None:
         iso = self.template.isolation
         owner = (iso.uid, _gid(iso)) if iso is not None and iso.uid is not None else None
         self.files.write(prompt, system_prompt, owner)
-        return prompt
 
     def process(self, argv: Sequence[str], stdin: bytes | None = None) -> LaunchSpec:
         """Any process of the run: ``argv`` in its place, environment and isolation."""
         return replace(self.template, argv=tuple(argv), stdin=stdin)
 
     def launch(self, project: Project, system_prompt: str) -> LaunchSpec:
-        """Write the prompt files and return the agent's own launch."""
-        prompt = self.write_prompt(project, system_prompt)
+        """The agent's own launch; its prompt files are written by the runtime just
+        before the start (``LaunchSpec.before``: off the event loop on the host)."""
+        prompt = build_prompt(self.prompt_context(project))
         spec = build_launch(
             self.agent.config.harness.command, self.inside, self.template.env, prompt
         )
@@ -136,6 +141,7 @@ class RunPlan:
             tmp=template.tmp,
             static=template.static,
             reach=template.reach,
+            before=functools.partial(self._write_prompt_files, prompt, system_prompt),
         )
 
 
