@@ -509,13 +509,16 @@ BUCKETS = [
     ("store: enqueue", ("enqueue (corral/store/_queue.py",)),
     ("store: other (get_run, leases, recovery)", ("corral/store/",)),
     ("containment at the end (kill_run: cgroup glob, kill, rmdir)", ("kill_run",)),
-    ("spawn (runtime.launch: fork/exec, pipes, cgroup)", ("launch (corral/runtime/",)),
+    (
+        "spawn (runtime.launch: fork/exec, pipes, cgroup)",
+        ("launch (corral/runtime/", "start_process.<locals>.start (", "_adopt ("),
+    ),
     (
         "run dir + files (mkdir, env.sh, prompt files)",
         ("_private_run_dir (", "_scratch (", "RunFiles.write (", "write_private_in ("),
     ),
     ("prompt assembly", ("build_prompt (", "prompt_context (", "build_launch (")),
-    ("prepare: other (credentials, env, static view)", ("plan_run (",)),
+    ("prepare: other (credentials, env, static view)", ("plan_run (", "_prepare_files (")),
     ("run log (open, redact, write, close)", ("RunLog", "Redact")),
     ("pipe pumping / exit wait", ("pump (corral/runtime/", "_pump (", "_watch (")),
     ("logging (scheduler log lines)", ("callHandlers (",)),

@@ -188,3 +188,30 @@ def test_no_env_file_yet_is_fine(bin_dir: Path, tmp_path: Path) -> None:
     result = shell(bin_dir, tmp_path / "env", "echo ok")
     assert (result.returncode, result.stdout, result.stderr) == (0, "ok\n", "")
     assert os.path.exists(bash_init_path(bin_dir))
+
+
+@pytest.mark.parametrize("how", [executable, function])
+def test_the_first_setenv_makes_the_file_private_whatever_the_umask(
+    bin_dir: Path, tmp_path: Path, how: object
+) -> None:
+    # A run's env.sh does not exist before its first setenv (corral does not make it).
+    env_file = tmp_path / "env.sh"
+    previous = os.umask(0o022)
+    try:
+        result = how(bin_dir, env_file, "A", "1")  # type: ignore[operator]
+    finally:
+        os.umask(previous)
+    assert result.returncode == 0, result.stderr
+    assert env_file.read_text() == "export A='1'\n"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    check = shell(bin_dir, env_file, 'echo "A=$A"')
+    assert check.stdout == "A=1\n"
+
+
+def test_a_shell_of_a_run_that_never_used_setenv_starts_clean(
+    bin_dir: Path, tmp_path: Path
+) -> None:
+    env_file = tmp_path / "env.sh"  # absent: nothing was set yet
+    result = shell(bin_dir, env_file, 'echo "ok ${A-unset}"')
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok unset\n", "")
+    assert not env_file.exists()

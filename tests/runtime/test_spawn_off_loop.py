@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -148,3 +149,35 @@ async def test_a_start_cancelled_while_handed_to_asyncio_ends_at_once(
         for pid in marked_pids(marker):  # on failure: nothing left behind for 60 s
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_launch_writes_its_files_and_directory_in_the_start_thread(
+    tmp_path: Path,
+) -> None:
+    """``LaunchSpec.before`` (the prompt files) and the working directory are made where
+    the process is started: a worker thread, not the loop; before the program runs."""
+    seen: list[int] = []
+    workdir = tmp_path / "fresh" / "work"
+
+    def before() -> None:
+        seen.append(threading.get_ident())
+        assert workdir.is_dir()  # the directory first, then the files in it
+        (workdir / "prompt.md").write_text("hello\n")
+
+    spec = LaunchSpec(
+        argv=["/bin/cat", "prompt.md"],
+        cwd=workdir,
+        env={"PATH": "/usr/bin:/bin", MARKER: f"t-{uuid.uuid4().hex[:8]}"},
+        before=before,
+    )
+    process = await HostRuntime().launch(spec)
+    out = bytearray()
+
+    async def sink(chunk: bytes) -> None:
+        out.extend(chunk)
+
+    assert await process.pump(sink) == 0
+    assert bytes(out) == b"hello\n"
+    assert len(seen) == 1
+    if can_spawn_off_loop():
+        assert seen[0] != threading.get_ident()

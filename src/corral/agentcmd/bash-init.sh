@@ -4,7 +4,8 @@
 # current shell and appends `export NAME='value'` lines to $CORRAL_ENV_FILE, then
 # loads that file so each new shell of the run sees what earlier ones set.
 # The `setenv` executable does the same minus the export (a child process cannot
-# change its parent's environment); both validate and report alike.
+# change its parent's environment); both validate and report alike. The file does not
+# exist before the run's first setenv, which makes it (0600).
 
 _corral_setenv() {
     _corral_usage='usage: setenv NAME VALUE [NAME VALUE ...]'
@@ -55,6 +56,10 @@ _corral_setenv() {
     if [ -z "${CORRAL_ENV_FILE:-}" ]; then
         printf 'setenv: CORRAL_ENV_FILE is not set: setenv only works inside a corral run\n' >&2
         return 9
+    fi
+    # The run's first setenv makes the file, private (0600) whatever the umask.
+    if [ ! -e "$CORRAL_ENV_FILE" ]; then
+        (umask 077 && : >>"$CORRAL_ENV_FILE") 2>/dev/null
     fi
     if ! { printf '%s' "$_corral_lines" >>"$CORRAL_ENV_FILE"; } 2>/dev/null; then
         printf 'setenv: cannot write to CORRAL_ENV_FILE (%s)\n' "$CORRAL_ENV_FILE" >&2

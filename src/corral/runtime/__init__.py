@@ -1,6 +1,7 @@
 """Where a run executes: `host` (a process group) or `sandbox` (bubblewrap)."""
 
 from corral.runtime._base import Bind, DataFile, Isolation, LaunchSpec, Process, Runtime, Sink
+from corral.runtime._children import in_prepare_thread
 from corral.runtime.host import HostRuntime
 from corral.runtime.sandbox import SandboxRuntime
 
@@ -14,6 +15,7 @@ __all__ = [
     "Runtime",
     "SandboxRuntime",
     "Sink",
+    "in_prepare_thread",
     "runtime_for",
 ]
 

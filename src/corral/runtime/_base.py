@@ -92,6 +92,9 @@ class LaunchSpec:
     #: Host paths the run reaches through links (its credentials): a private /tmp must
     #: not hide them.
     reach: tuple[Path, ...] = ()
+    #: Blocking file work to do just before the process starts (the prompt files),
+    #: called where the start runs: the host runtime's start thread, off the loop.
+    before: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 class Runtime(Protocol):

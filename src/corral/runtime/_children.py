@@ -13,12 +13,23 @@ import threading
 import warnings
 from asyncio import unix_events
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["can_spawn_off_loop", "spawn_off_loop", "use_pidfd_child_watcher"]
+__all__ = [
+    "PREPARE_THREADS",
+    "can_spawn_off_loop",
+    "in_prepare_thread",
+    "spawn_off_loop",
+    "use_pidfd_child_watcher",
+]
+
+_T = TypeVar("_T")
 
 #: How many processes are being started at once (fork/exec and the checks before it).
 SPAWN_THREADS = 4
+#: How many runs are being prepared at once (their directories and files, the prompt,
+#: the log): a burst of runs queues here instead of on the event loop.
+PREPARE_THREADS = 2
 
 
 def use_pidfd_child_watcher() -> bool:
@@ -64,6 +75,37 @@ def _spawn_pool() -> concurrent.futures.ThreadPoolExecutor:
                 SPAWN_THREADS, thread_name_prefix="corral-spawn"
             )
         return _pool
+
+
+_prepare: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _prepare_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _prepare
+    with _pool_lock:
+        if _prepare is None:
+            _prepare = concurrent.futures.ThreadPoolExecutor(
+                PREPARE_THREADS, thread_name_prefix="corral-prepare"
+            )
+        return _prepare
+
+
+async def in_prepare_thread(call: Callable[..., _T], *args: Any) -> _T:
+    """``call(*args)`` in one of the `PREPARE_THREADS` preparation threads: a run's file
+    work (mkdir, open, write, chmod) off the event loop, at most that many at once.
+
+    Cancelled before the call started, it never runs; cancelled while it runs, this
+    waits for it to end (a preparation is a few syscalls) so that what it made is
+    settled when the cancellation goes on, then raises CancelledError.
+    """
+    future = _prepare_pool().submit(call, *args)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        if not future.cancel():
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(asyncio.wrap_future(future))
+        raise
 
 
 #: Set to 1 to start processes on the event loop as asyncio does (to compare, or should

@@ -176,12 +176,17 @@ class Containment:
     @classmethod
     def create(cls, support: ContainSupport, run_id: str | None) -> Containment:
         made = cls(support, run_id)
-        if made.path is not None:
-            try:
-                made.path.mkdir()
-            except OSError:
-                made.path = None  # contained by the marker only
+        made.make()
         return made
+
+    def make(self) -> None:
+        """Make the cgroup (blocking: where a process is started, in its thread); when
+        that fails the process is contained by the marker only."""
+        if self.path is not None:
+            try:
+                os.mkdir(self.path)
+            except OSError:
+                self.path = None
 
     def wrap(self, argv: Sequence[str], env_pwd: str | None) -> list[str]:
         """``argv`` started through the stub that enters the cgroup first.
@@ -282,9 +287,13 @@ def run_cgroups(support: ContainSupport, run_id: str) -> list[Path]:
     """Every cgroup of ``run_id`` on this machine, whichever scheduler made it."""
     if support.base is None:
         return []
-    with contextlib.suppress(OSError):
-        return sorted(support.base.glob(f"{cgroup_prefix(run_id)}.*"))
-    return []
+    prefix = cgroup_prefix(run_id) + "."
+    try:
+        with os.scandir(support.base) as entries:
+            names = [entry.name for entry in entries if entry.name.startswith(prefix)]
+    except OSError:
+        return []
+    return [support.base / name for name in sorted(names)]
 
 
 def run_pids(run_id: str, support: ContainSupport | None = None) -> set[int]:
@@ -386,5 +395,14 @@ async def kill_run_async(
     run_id: str, support: ContainSupport | None = None, *, scan: bool | None = None
 ) -> bool:
     """`kill_run` for the event loop: the rounds (``/proc`` scans, cgroup freezes, the
-    waits between them) run in a worker thread, so renewals are never held up by them."""
+    waits between them) run in a worker thread, so renewals are never held up by them.
+
+    The usual end of a run has nothing left: its processes' cgroups were removed when
+    they ended, and with cgroups no ``/proc`` scan is needed. That is seen here from
+    one listing of the run cgroups' directory, without a thread.
+    """
+    support = support or contain_support()
+    sweep = support.base is None if scan is None else scan
+    if not sweep and not run_cgroups(support, run_id):
+        return True
     return await asyncio.to_thread(kill_run, run_id, support, scan=scan)

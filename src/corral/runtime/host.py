@@ -49,8 +49,14 @@ class HostRuntime:
         return self._mounts
 
     async def launch(self, spec: LaunchSpec) -> Process:
-        spec.cwd.mkdir(parents=True, exist_ok=True)
-        containment = contain_for(spec.env)
+        containment = contain_for(spec.env, make=False)
+
+        def before() -> None:  # where the process is started (a worker thread)
+            spec.cwd.mkdir(parents=True, exist_ok=True)
+            if spec.before is not None:
+                spec.before()
+            containment.make()
+
         proc = await start_process(
             spec.argv,
             cwd=spec.cwd,
@@ -58,6 +64,7 @@ class HostRuntime:
             stdin=spec.stdin,
             containment=containment,
             namespace=self._namespace(spec),
+            before=before,
         )
         await feed_stdin(proc, spec.stdin)
         return Process(proc, containment)
@@ -77,9 +84,12 @@ class HostRuntime:
         return namespace_prefix(support, spec.tmp, spec.static, spec.env.get("PWD"))
 
 
-def contain_for(env: Mapping[str, str]) -> Containment:
-    """A new containment for a process of the run named by ``CORRAL_RUN_ID`` in ``env``."""
-    return Containment.create(contain_support(), env.get(MARKER))
+def contain_for(env: Mapping[str, str], *, make: bool = True) -> Containment:
+    """A new containment for a process of the run named by ``CORRAL_RUN_ID`` in ``env``
+    (its cgroup made now, or with ``make=False`` by `Containment.make` later)."""
+    if make:
+        return Containment.create(contain_support(), env.get(MARKER))
+    return Containment(contain_support(), env.get(MARKER))
 
 
 async def start_process(
@@ -91,6 +101,7 @@ async def start_process(
     pass_fds: Collection[int] = (),
     containment: Containment | None = None,
     namespace: Sequence[str] = (),
+    before: Callable[[], None] | None = None,
 ) -> asyncio.subprocess.Process:
     """Start ``argv`` leading a new session, stdout and stderr merged, inside
     ``containment`` from its first instruction.
@@ -99,12 +110,15 @@ async def start_process(
     With ``stdin`` the child's stdin is a pipe: give the bytes to `feed_stdin`.
     The checks and the fork/exec run in a worker thread where asyncio allows it (see
     _children): a burst of runs then does not hold up the event loop that serves the
-    gateway.
+    gateway. ``before`` is called first, where the start runs (the run's directory, its
+    containment's cgroup).
     """
     command = _command(argv, cwd, env, containment, namespace)
     stdin_to = subprocess.PIPE if stdin is not None else subprocess.DEVNULL
 
     def start() -> subprocess.Popen[bytes]:
+        if before is not None:
+            before()
         try:
             return subprocess.Popen(
                 command(),
@@ -127,6 +141,8 @@ async def start_process(
             functools.partial(_end_orphan, containment),
             functools.partial(_kill_all, containment),
         )
+    if before is not None:
+        before()
     whole = command()
     try:
         return await asyncio.create_subprocess_exec(

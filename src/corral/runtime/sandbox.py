@@ -343,6 +343,8 @@ class SandboxRuntime:
         ]
 
     async def launch(self, spec: LaunchSpec) -> Process:
+        if spec.before is not None:
+            spec.before()
         iso = spec.isolation or Isolation()
         if not iso.network and self.support.network_error is not None:
             raise RunError(

@@ -335,6 +335,13 @@ class RunExecutor:
         if capped is not None:  # queued before the day's spend reached a cap
             await self.store.record_usage(run.id, **_NOTHING_SPENT, budget="daily cost")
             return _Outcome(RunState.FAILED, None, capped)
+
+        def log_failed(exc: OSError) -> None:  # the disk filled up under the run's log
+            self._fail(run.id, failure_reason(exc))
+
+        # The log is made with the run's files, in the preparation thread; its secrets
+        # are known once the plan is.
+        logfile = RunLog(self.log_path(run.id), sink, limit=self.log_limit, on_error=log_failed)
         try:
             plan = await plan_run(
                 self.project,
@@ -344,16 +351,15 @@ class RunExecutor:
                 self.workdir(run.id),
                 link=self.link,
                 credentials=self.credentials,
+                then=logfile.open,
             )
         except CorralError as exc:
+            logfile.discard()
             return _Outcome(RunState.FAILED, None, str(exc))
-
-        def log_failed(exc: OSError) -> None:  # the disk filled up under the run's log
-            self._fail(run.id, failure_reason(exc))
-
-        logfile = RunLog(
-            self.log_path(run.id), sink, plan.secrets, limit=self.log_limit, on_error=log_failed
-        )
+        except BaseException:
+            logfile.discard()
+            raise
+        logfile.secrets = plan.secrets
         async with logfile as runlog:
             outcome = await self._run_plan(plan, runlog)
             if outcome is None:

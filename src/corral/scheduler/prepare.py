@@ -9,12 +9,13 @@ launch template every process of the run (hooks, dynamic context, the agent) sta
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import stat
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from corral.credentials import (
 from corral.errors import RunError
 from corral.harness import PromptContext, RunFiles, base_environment, build_launch, build_prompt
 from corral.harness.prompt import skills_used
-from corral.locate import corral_home, open_private, private_dirs
+from corral.locate import STATE_DIR_MODE, corral_home, open_private, private_dirs
 from corral.project import Agent, Project
 from corral.project.presets import key_providers
 from corral.runtime import (
@@ -38,6 +39,7 @@ from corral.runtime import (
     Isolation,
     LaunchSpec,
     Runtime,
+    in_prepare_thread,
     runtime_for,
 )
 from corral.runtime._private import StaticView, make_static
@@ -112,18 +114,22 @@ class RunPlan:
     def write_prompt(self, project: Project, system_prompt: str) -> str:
         """Assemble the prompt, write both prompt files (0600, the run's), return it."""
         prompt = build_prompt(self.prompt_context(project))
+        self._write_prompt_files(prompt, system_prompt)
+        return prompt
+
+    def _write_prompt_files(self, prompt: str, system_prompt: str) -> None:
         iso = self.template.isolation
         owner = (iso.uid, _gid(iso)) if iso is not None and iso.uid is not None else None
         self.files.write(prompt, system_prompt, owner)
-        return prompt
 
     def process(self, argv: Sequence[str], stdin: bytes | None = None) -> LaunchSpec:
         """Any process of the run: ``argv`` in its place, environment and isolation."""
         return replace(self.template, argv=tuple(argv), stdin=stdin)
 
     def launch(self, project: Project, system_prompt: str) -> LaunchSpec:
-        """Write the prompt files and return the agent's own launch."""
-        prompt = self.write_prompt(project, system_prompt)
+        """The agent's own launch; its prompt files are written by the runtime just
+        before the start (``LaunchSpec.before``: off the event loop on the host)."""
+        prompt = build_prompt(self.prompt_context(project))
         spec = build_launch(
             self.agent.config.harness.command, self.inside, self.template.env, prompt
         )
@@ -135,6 +141,7 @@ class RunPlan:
             tmp=template.tmp,
             static=template.static,
             reach=template.reach,
+            before=functools.partial(self._write_prompt_files, prompt, system_prompt),
         )
 
 
@@ -147,9 +154,82 @@ async def plan_run(
     *,
     link: AgentLink | None,
     credentials: CredentialStore | None = None,
+    then: Callable[[], None] | None = None,
 ) -> RunPlan:
     """Resolve the agent's credentials (a missing one is a RunError naming the fix), pick
-    its runtime, and build the environment and isolation of ``run``."""
+    its runtime, and build the environment and isolation of ``run``.
+
+    What touches the disk (the run's directory, its credential links and scratch
+    directory, the credential store's files) is done in a preparation thread
+    (`in_prepare_thread`), not on the event loop, and ``then`` (the run log's open)
+    right after it in the same thread; only the run secret (the gateway's table and a
+    store write) is issued on the loop.
+    """
+    made = await in_prepare_thread(
+        _prepare_files, project, run, agent, workdir, link, credentials, then
+    )
+    env = made.env
+    model_keys: dict[str, str] = {}
+    if made.builtin:
+        for name in MODEL_KEY_VARIABLES.values():
+            if name in env:
+                model_keys[name] = env.pop(name)
+        for credential in made.implied:
+            model_keys.update(credential.env)
+    env.update(
+        await _gateway_environment(store, run, made.inside, env.get("PATH", ""), link, agent)
+    )
+    if made.tmp is not None:
+        env.setdefault("TMPDIR", str(made.tmp))  # an agent's own [harness.env] TMPDIR wins
+    template = LaunchSpec(
+        argv=(),
+        cwd=made.inside.workdir,
+        env=env,
+        isolation=made.isolation,
+        tmp=made.tmp,
+        static=made.static,
+        reach=made.reach,
+    )
+    loaded = made.loaded
+    given = loaded if not made.builtin else loaded + made.implied
+    values = tuple(secret for credential in given for secret in credential.secrets())
+    if "CORRAL_RUN_SECRET" in env:  # an agent that prints its own secret: redacted too
+        values += (env["CORRAL_RUN_SECRET"],)
+    if link is not None:  # and what it sends the gateway (status text, return value)
+        link.protect(run.id, values)
+    return RunPlan(
+        run, agent, made.files, made.runtime, template, made.inside, loaded, values, model_keys
+    )
+
+
+@dataclass
+class _Made:
+    """What `_prepare_files` made and read for a run (in the preparation thread)."""
+
+    files: RunFiles
+    inside: RunFiles
+    runtime: Runtime
+    builtin: bool
+    loaded: tuple[LoadedCredential, ...]
+    implied: tuple[LoadedCredential, ...]
+    #: The environment so far: inherited, the agent's, corral's, the credentials'.
+    env: dict[str, str]
+    isolation: Isolation | None
+    tmp: Path | None
+    static: StaticView
+    reach: tuple[Path, ...]
+
+
+def _prepare_files(
+    project: Project,
+    run: Run,
+    agent: Agent,
+    workdir: Path,
+    link: AgentLink | None,
+    credentials: CredentialStore | None,
+    then: Callable[[], None] | None,
+) -> _Made:
+    """The blocking part of `plan_run`: directories, links, the credential store's reads."""
     files = RunFiles.under(workdir)
     sandboxed = agent.config.runtime.type == "sandbox"
     ids = run_ids(project, run) if sandboxed else None
@@ -172,36 +252,17 @@ async def plan_run(
     else:
         for credential in loaded:
             env.update(credential.env_for(_link_credentials(files, credential)))
-    model_keys: dict[str, str] = {}
-    if builtin:
-        for name in MODEL_KEY_VARIABLES.values():
-            if name in env:
-                model_keys[name] = env.pop(name)
-        for credential in implied:
-            model_keys.update(credential.env)
-    env.update(await _gateway_environment(store, run, inside, env.get("PATH", ""), link, agent))
     isolation = (
         _isolation(project, agent, files, loaded, link, store_of_creds.root, ids)
         if sandboxed
         else None
     )
-    tmp, static, reach = _scratch(project, agent, files, loaded, env)
-    template = LaunchSpec(
-        argv=(),
-        cwd=inside.workdir,
-        env=env,
-        isolation=isolation,
-        tmp=tmp,
-        static=static,
-        reach=reach,
+    tmp, static, reach = _scratch(project, agent, files, loaded)
+    if then is not None:
+        then()
+    return _Made(
+        files, inside, runtime, builtin, loaded, implied, env, isolation, tmp, static, reach
     )
-    given = loaded if not builtin else loaded + implied
-    values = tuple(secret for credential in given for secret in credential.secrets())
-    if "CORRAL_RUN_SECRET" in env:  # an agent that prints its own secret: redacted too
-        values += (env["CORRAL_RUN_SECRET"],)
-    if link is not None:  # and what it sends the gateway (status text, return value)
-        link.protect(run.id, values)
-    return RunPlan(run, agent, files, runtime, template, inside, loaded, values, model_keys)
 
 
 def implied_keys(project: Project, agent: Agent) -> list[str]:
@@ -216,7 +277,6 @@ def _scratch(
     agent: Agent,
     files: RunFiles,
     loaded: tuple[LoadedCredential, ...],
-    env: dict[str, str],
 ) -> tuple[Path | None, StaticView, tuple[Path, ...]]:
     """The run's /app/static view (both runtimes) and, on the host, its own scratch
     directory: TMPDIR always, and its /tmp where the host runtime can mount one; with
@@ -228,8 +288,7 @@ def _scratch(
     if agent.config.runtime.type == "sandbox":
         return None, static, ()
     tmp = files.meta / "tmp"
-    private_dirs(tmp, files.meta)
-    env.setdefault("TMPDIR", str(tmp))  # an agent's own [harness.env] TMPDIR wins
+    _private_dir(tmp)  # in the run's .corral, made private just before
     reach = [agent.dir, project.shared_dir, Path(sys.executable)]
     reach += [credential.directory for credential in loaded]
     return tmp, static, tuple(reach)
@@ -254,12 +313,25 @@ def _gid(iso: Isolation) -> int:
 
 def _private_run_dir(project: Project, files: RunFiles, ids: tuple[int, int] | None) -> None:
     """The run's directory and its corral files: private (0700, 0600), from ``.corral``
-    down; with ``ids``, the run's own (it works and writes there as that uid)."""
+    down; with ``ids``, the run's own (it works and writes there as that uid).
+
+    No file is made here: ``env.sh`` is made (0600) by the run's first ``setenv``, and
+    the prompt files once the prompt is assembled.
+    """
     private_dirs(files.meta, project.root / ".corral")
-    os.close(open_private(files.env_file, os.O_WRONLY))  # setenv appends to it
     if ids is not None:
-        for path in (files.workdir, files.meta, files.env_file):
+        for path in (files.workdir, files.meta):
             os.chown(path, *ids)
+
+
+def _private_dir(path: Path) -> None:
+    """``path`` made (0700 from the start) or made private, in a directory that is."""
+    try:
+        os.mkdir(path, STATE_DIR_MODE)
+    except FileExistsError:
+        pass
+    if os.stat(path).st_mode & 0o7777 != STATE_DIR_MODE:
+        os.chmod(path, STATE_DIR_MODE)
 
 
 def _corral_environment(

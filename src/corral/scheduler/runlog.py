@@ -43,14 +43,19 @@ class RunLog:
         self.limit = limit
         self.written = 0
         self.dropped = 0
-        #: The values to redact; their redactor (a compiled pattern holding the run's own
-        #: secret, so never shared by two runs) is built at the first output: a run that
-        #: prints nothing costs no pattern.
-        self._secrets = tuple(secrets)
+        #: The values to redact (settable until the first output); their redactor (a
+        #: compiled pattern holding the run's own secret, so never shared by two runs) is
+        #: built at the first output: a run that prints nothing costs no pattern.
+        self.secrets = tuple(secrets)
         self._redactor: RedactingSink | None = None
         self._file: BinaryIO | None = None
+        self._opened = False
 
-    async def __aenter__(self) -> Self:
+    def open(self) -> None:
+        """Create (or open) the log file now; blocking, so a scheduler calls it in its
+        preparation thread. ``async with`` opens it when this was not called."""
+        if self._opened:
+            return
         try:
             self._file = self._open()
         except FileNotFoundError:  # the first run, or the logs were cleaned away
@@ -59,6 +64,17 @@ class RunLog:
             top.parent.mkdir(parents=True, exist_ok=True)
             private_dirs(logs, top)
             self._file = self._open()
+        self._opened = True
+
+    def discard(self) -> None:
+        """Close a log that was opened but will not be used (its run never started)."""
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+
+    async def __aenter__(self) -> Self:
+        self.open()
         return self
 
     def _open(self) -> BinaryIO:
@@ -95,7 +111,7 @@ class RunLog:
         if not chunk:
             return
         if self._redactor is None:
-            self._redactor = Redactor(self._secrets).stream()
+            self._redactor = Redactor(self.secrets).stream()
         clean = self._redactor.feed(chunk)
         self._store(clean)
         if self.sink is not None and clean:
