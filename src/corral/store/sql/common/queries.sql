@@ -483,3 +483,18 @@ VALUES (:id, :source, :event, :delivery_id, :received_at, :headers, :body, :body
         :body_truncated, :verified, :verification, :outcome, :error, :results, :replay_of,
         :duplicate_of,
         :repeat_key)
+
+-- name: calls_made_by
+-- The calls a run made (its page), oldest first: corral_calls_caller.
+SELECT * FROM corral_calls WHERE caller_run_id = :run_id
+ORDER BY created_at, id LIMIT :limit
+
+-- name: call_answered_by
+-- The call a run was started to answer (none: the run was not called): corral_calls_callee.
+SELECT * FROM corral_calls WHERE callee_run_id = :run_id
+
+-- name: child_runs
+-- Runs queued by a run (its reruns, and the runs that answer its calls), oldest first:
+-- corral_runs_parent.
+SELECT * FROM corral_runs WHERE parent_run_id = :run_id
+ORDER BY created_at, id LIMIT :limit
