@@ -199,7 +199,7 @@ async def test_the_control_api_lists_runs_a_page_at_a_time(
 async def test_the_run_page_shows_what_started_it_and_what_it_did(
     fleet: DashFleet, signed_in: Client, other: Store
 ) -> None:
-    http, headers = signed_in
+    http, _ = signed_in
     # A webhook run: its payload, the trigger part of its prompt, its receipt.
     sent = await http.post("/webhooks/open", json={"title": "ship <it>", "body": "x" * 3000})
     receipt_id = sent.json()["receiptId"]
