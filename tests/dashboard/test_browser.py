@@ -313,6 +313,7 @@ async def test_without_the_token_every_page_is_the_login_page(tab: Tab, live: Da
         "/dashboard/calls",
         "/dashboard/receipts",
         "/dashboard/agents/dev",
+        "/dashboard/runs",
         f"/dashboard/runs/{run.id}",
     ):
         await tab.open(path)
