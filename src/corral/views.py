@@ -164,6 +164,10 @@ def run_filter(
     except ValueError:
         known = ", ".join(kind.value for kind in TriggerKind)
         raise ValueError(f"trigger must be one of {known}; got {list(triggers)!r}") from None
+    given = {"agent": agent, "since": since, "until": until, "q": search}
+    for name, value in given.items():
+        if value is not None and "\x00" in value:
+            raise ValueError(f"{name} holds a NUL character; no run has one in it")
     text = (search or "").strip()
     if len(text) > SEARCH_MAX:
         raise ValueError(f"q is {len(text)} characters long; search for at most {SEARCH_MAX}")

@@ -188,7 +188,10 @@ async def test_the_control_api_lists_runs_a_page_at_a_time(
     assert (await listed(agent="off", since="1h", limit=10))["next"] is None
     for params, words in (
         ({"before": "junk"}, "not a runs-list cursor"),
+        ({"before": "2026-03-01T12:00:00Z~run\x00"}, "not a runs-list cursor"),
         ({"since": "soon"}, "is neither a span"),
+        ({"q": "a\x00b"}, "q holds a NUL character"),
+        ({"agent": "\x00"}, "agent holds a NUL character"),
     ):
         answer = await http.get("/control/runs", params=params, headers=AUTH)
         assert answer.status_code == 400 and words in answer.text, answer.text

@@ -256,7 +256,7 @@ class RunCursor:
             created = datetime.fromisoformat(moment.replace("Z", "+00:00")) if sep else None
         except ValueError:
             created = None
-        if created is None or created.tzinfo is None or not run_id:
+        if created is None or created.tzinfo is None or not run_id or "\x00" in run_id:
             raise ValueError(
                 f"not a runs-list cursor: {text[:80]!r}; pass the `next` value of the page "
                 "before (TIME~RUN_ID, e.g. 2026-12-06T13:00:00.000000Z~dev-3f9a0c1d2e4b)"
