@@ -6,11 +6,23 @@ added; none is removed or renamed without a new API version.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from corral.store import AgentState, Bundle, BundleHead, Lock, LockWaiter, QueueItem, Run
+from corral.store import (
+    AgentState,
+    Bundle,
+    BundleHead,
+    Lock,
+    LockWaiter,
+    QueueItem,
+    Run,
+    RunFilter,
+    RunState,
+    TriggerKind,
+)
 
 __all__ = [
     "agent_json",
@@ -19,6 +31,8 @@ __all__ = [
     "iso_time",
     "item_json",
     "lock_json",
+    "parse_moment",
+    "run_filter",
     "run_json",
 ]
 
@@ -125,3 +139,68 @@ def bundle_head_json(head: BundleHead | None) -> dict[str, Any] | None:
     if head is None:
         return None
     return {"hash": head.hash, "setAt": iso_time(head.set_at), "setBy": head.set_by}
+
+
+_SPAN = re.compile(r"^(\d+)([smhdw])$")
+_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+#: The longest search text a runs list takes.
+SEARCH_MAX = 200
+
+
+def parse_moment(text: str, name: str, now: datetime | None = None) -> datetime:
+    """A time bound of a runs list: a span back from now (``90s``, ``15m``, ``2h``, ``3d``,
+    ``1w``) or an ISO 8601 date or time (UTC when it names no zone). ValueError naming
+    ``name`` and what it takes otherwise."""
+    value = text.strip()
+    span = _SPAN.match(value)
+    try:
+        if span is not None:
+            back = timedelta(**{_UNIT[span.group(2)]: int(span.group(1))})
+            return (now or datetime.now(UTC)) - back
+        moment = datetime.fromisoformat(value)
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        pass
+    raise ValueError(
+        f"{name}={text[:40]!r} is neither a span back from now (15m, 2h, 3d, 1w) nor an ISO "
+        "date or time (2026-03-10, 2026-03-10T14:30, UTC unless it names a zone)"
+    )
+
+
+def run_filter(
+    *,
+    agent: str | None = None,
+    states: Sequence[str] = (),
+    triggers: Sequence[str] = (),
+    since: str | None = None,
+    until: str | None = None,
+    search: str | None = None,
+    now: datetime | None = None,
+) -> RunFilter:
+    """The runs list's filter from the texts of a query string (the control API, the
+    dashboard); ValueError saying which value is wrong and what it takes."""
+    try:
+        wanted = tuple(RunState(state) for state in states if state)
+    except ValueError:
+        known = ", ".join(state.value for state in RunState)
+        raise ValueError(f"state must be one of {known}; got {list(states)!r}") from None
+    try:
+        kinds = tuple(TriggerKind(kind) for kind in triggers if kind)
+    except ValueError:
+        known = ", ".join(kind.value for kind in TriggerKind)
+        raise ValueError(f"trigger must be one of {known}; got {list(triggers)!r}") from None
+    given = {"agent": agent, "since": since, "until": until, "q": search}
+    for name, value in given.items():
+        if value is not None and "\x00" in value:
+            raise ValueError(f"{name} holds a NUL character; no run has one in it")
+    text = (search or "").strip()
+    if len(text) > SEARCH_MAX:
+        raise ValueError(f"q is {len(text)} characters long; search for at most {SEARCH_MAX}")
+    return RunFilter(
+        agent=agent or None,
+        states=wanted,
+        triggers=kinds,
+        since=None if not since else parse_moment(since, "since", now),
+        until=None if not until else parse_moment(until, "until", now),
+        search=text,
+    )

@@ -23,6 +23,8 @@ PAGES = [
     "/dashboard/calls",
     "/dashboard/receipts",
     "/dashboard/agents/dev",
+    "/dashboard/runs",
+    "/dashboard/runs?agent=dev&q=step",
     "/dashboard/runs/{run}",
     "/dashboard/receipts/{receipt}",
     "/dashboard/session",
@@ -32,6 +34,8 @@ STREAMS = [
     "/dashboard/events/queue",
     "/dashboard/events/locks",
     "/dashboard/events/agent?agent=dev",
+    "/dashboard/events/runs",
+    "/dashboard/events/runs?agent=dev",
     "/dashboard/runs/{run}/events",
 ]
 POSTS = [

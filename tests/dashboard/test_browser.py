@@ -218,6 +218,48 @@ async def test_the_run_page_tails_the_log_and_kills(tab: Tab, live: DashFleet) -
     assert any(d.startswith("confirm") for d in tab.dialogs)
 
 
+async def test_filter_the_runs_list_and_open_a_run(tab: Tab, live: DashFleet) -> None:
+    await live.trigger("hooked", prompt="find <me>")
+    await wait_for(lambda: _ran(live, "hooked"))
+    await tab.sign_in("/dashboard/runs")
+    await tab.page.select_option("#run-filter select[name=agent]", "dev")
+    await tab.page.click("#run-filter button[type=submit]")
+    await tab.page.wait_for_url("**/dashboard/runs?agent=dev&*")
+    await tab.page.wait_for_selector("#runs-none")
+    # A run of dev appears without a reload, its duration bar growing while it runs.
+    await tab.page.evaluate("window.stayedHere = true")
+    await live.trigger("dev")
+    run = await live.running("dev")
+    row = tab.page.locator(f"#runs tr[data-run='{run.id}']")
+    await row.wait_for()
+    bar = row.locator("meter.took")
+    first = float(await bar.evaluate("m => m.value"))
+
+    async def grew() -> bool:
+        return float(await bar.evaluate("m => m.value")) > first
+
+    await wait_for(grew)  # ticked by the page's script, between pushes
+    live.out("stop").touch()
+    await tab.page.wait_for_selector(f"#runs tr[data-run='{run.id}'][data-state='succeeded']")
+    assert await tab.page.evaluate("window.stayedHere") is True
+    live.out("stop").unlink()
+    # Search for the other agent's run by its prompt, and open it.
+    await tab.page.select_option("#run-filter select[name=agent]", "")
+    await tab.page.fill("#run-filter input[name=q]", "FIND <me>")
+    await tab.page.click("#run-filter button[type=submit]")
+    await tab.page.wait_for_url("**/dashboard/runs?*q=FIND+%3Cme%3E")
+    rows = tab.page.locator("#runs tr[data-run]")
+    assert await rows.count() == 1
+    hooked = (await live.store.list_runs(agent="hooked"))[0]
+    await rows.first.locator(f"a:text-is('{hooked.id}')").click()
+    await tab.page.wait_for_url(f"**/dashboard/runs/{hooked.id}")
+    assert await tab.page.inner_text("h1") == hooked.id
+    await tab.page.click("#run-prompt summary")
+    assert "<user-prompt>\nfind <me>\n</user-prompt>" in await tab.page.inner_text(
+        "#run-prompt pre"
+    )
+
+
 async def test_force_release_and_replay(tab: Tab, live: DashFleet) -> None:
     await live.trigger("locker")
     await live.running("locker")
@@ -250,6 +292,7 @@ async def test_a_phone_needs_no_sideways_scrolling(phone: Tab, live: DashFleet) 
     assert await phone.overflow() <= 0
     for path in (
         "/dashboard/agents/dev",
+        "/dashboard/runs",
         f"/dashboard/runs/{run.id}",
         "/dashboard/queue",
         "/dashboard/locks",
@@ -270,6 +313,7 @@ async def test_without_the_token_every_page_is_the_login_page(tab: Tab, live: Da
         "/dashboard/calls",
         "/dashboard/receipts",
         "/dashboard/agents/dev",
+        "/dashboard/runs",
         f"/dashboard/runs/{run.id}",
     ):
         await tab.open(path)

@@ -33,6 +33,7 @@ HOT = (
     "list_open_items", "list_set_aside_items", "list_agent_items", "kill_requests",
     "metrics_runs_since", "metrics_items_set_aside_since", "spend_since", "usage_by_day",
     "prune_runs", "prune_items", "finish_run", "request_kill", "set_run_status_live",
+    "page_runs", "page_agent_runs", "calls_made_by", "call_answered_by", "child_runs",
 )  # fmt: skip
 #: PostgreSQL's own hot queries (no SQLite twin): the one-statement batch claim.
 HOT_PG = ("claim_batch",)
@@ -45,6 +46,8 @@ EXPECTED_INDEX = {
     "list_set_aside_items": "corral_queue_set_aside",
     "prune_items": "corral_queue_finished",
     "prune_runs": "corral_runs_ended",
+    "page_runs": "corral_runs_created",
+    "page_agent_runs": "corral_runs_agent_created",
 }
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -56,6 +59,8 @@ PARAMS: dict[str, Any] = {
     "owner": "sched-1", "fence": 5, "dedupe_key": "k", "reason": "r", "state": "failed",
     "exit_code": 1, "error": "e", "ended_at": NOW, "status_text": "s",
     "plan": '[{"item_id": 5, "run_id": "run-new", "fence": 9}]', "bundle": None,
+    "until": datetime(9999, 12, 31, tzinfo=UTC), "before_at": NOW - timedelta(days=60),
+    "before_id": "run-050000", "search": "",
 }  # fmt: skip
 
 
@@ -66,9 +71,12 @@ _ITEM_ID = {"get_item", "requeue_item"}
 def _param(name: str, dialect: str, query: str = "") -> Any:
     if name == "id" and query in _ITEM_ID:
         return 5
-    if name == "since" and query.startswith("list_"):
+    if name == "since" and query.startswith(("list_", "page_")):
         # The status document and the dashboard list without a since: from the epoch.
         return _param("epoch", dialect)
+    if name == "triggers":
+        kinds = ["schedule", "webhook"]
+        return f'["{kinds[0]}", "{kinds[1]}"]' if dialect == "sqlite" else kinds
     if name == "states":
         states = ["starting", "running"]
         return f'["{states[0]}", "{states[1]}"]' if dialect == "sqlite" else states

@@ -196,9 +196,9 @@ _SPAN = re.compile(r"^(\d+)([smhdw])$")
 _UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """``--since`` values: a span back from now (``90s``, ``15m``, ``2h``, ``3d``, ``1w``)
-    or an ISO 8601 date or time (local time when it names no zone)."""
+def parse_since(text: str, now: datetime | None = None, *, param: str = "--since") -> datetime:
+    """``--since`` (or ``param``) values: a span back from now (``90s``, ``15m``, ``2h``,
+    ``3d``, ``1w``) or an ISO 8601 date or time (local time when it names no zone)."""
     moment = now or datetime.now(UTC)
     span = _SPAN.match(text.strip())
     parsed = None
@@ -210,10 +210,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     except (ValueError, OverflowError):
         if span is not None or parsed is not None:  # well formed, but out of range
             raise click.BadParameter(
-                f"{text!r} reaches back too far", param_hint="'--since'"
+                f"{text!r} reaches back too far", param_hint=f"'{param}'"
             ) from None
     raise click.BadParameter(
         f"{text!r} is neither a span (15m, 2h, 3d, 1w) nor an ISO date or time "
         "(2026-03-10 or 2026-03-10T14:30)",
-        param_hint="'--since'",
+        param_hint=f"'{param}'",
     )

@@ -35,8 +35,16 @@ from corral.errors import StoreBusy, StoreError
 from corral.gateway.edge import WholeNumber, json_response, problems
 from corral.scheduler.service import Scheduler
 from corral.status import RUNNING_PAGE, RUNNING_PAGE_MAX, fleet_status
-from corral.store import AuditEntry, ItemState, RunState
-from corral.views import agent_json, iso_time, item_json, lock_json, run_json
+from corral.store import AuditEntry, ItemState, RunCursor, RunState, TriggerKind
+from corral.views import (
+    SEARCH_MAX,
+    agent_json,
+    iso_time,
+    item_json,
+    lock_json,
+    run_filter,
+    run_json,
+)
 
 __all__ = [
     "OPENAPI_PATH",
@@ -194,14 +202,47 @@ def _run_routes(router: APIRouter, scheduler: Scheduler) -> None:
         }
         return JSONResponse(answer, status_code=202, headers=headers)
 
-    @router.get("/runs", summary="Recent runs, newest first")
+    @router.get(
+        "/runs",
+        summary="Runs, newest first, a page at a time",
+        description=(
+            "Every run of every agent, newest first. Filters: `agent`, `state` and "
+            "`trigger` (each repeatable), `since` and `until` (a span back from now such "
+            "as `2h` or `3d`, or an ISO time, UTC unless it names a zone), `q` (a run id "
+            "prefix, or text in the status, the trigger detail or the prompt; any case). "
+            "`next` is the cursor of the next page: pass it as `before` (null on the last "
+            "page)."
+        ),
+        responses=_errors(400),
+    )
     async def list_runs(
         agent: Annotated[str | None, Query(max_length=64)] = None,
         state: Annotated[list[RunState] | None, Query()] = None,
+        trigger: Annotated[list[TriggerKind] | None, Query()] = None,
+        q: Annotated[str | None, Query(max_length=SEARCH_MAX)] = None,
+        since: Annotated[str | None, Query(max_length=64)] = None,
+        until: Annotated[str | None, Query(max_length=64)] = None,
+        before: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     ) -> dict[str, Any]:
-        runs = await store.list_runs(agent=agent, states=state or None, limit=limit)
-        return {"ok": True, "runs": [run_json(run) for run in runs]}
+        try:
+            where = run_filter(
+                agent=agent,
+                states=state or (),
+                triggers=trigger or (),
+                since=since,
+                until=until,
+                search=q,
+            )
+            cursor = None if not before else RunCursor.parse(before)
+        except ValueError as exc:
+            raise ActionError(400, str(exc)) from None
+        page = await store.page_runs(where, before=cursor, limit=limit)
+        return {
+            "ok": True,
+            "runs": [run_json(run) for run in page.runs],
+            "next": None if page.next is None else page.next.token(),
+        }
 
     @router.get("/runs/{run_id}", summary="One run", responses=_errors(404))
     async def get_run(run_id: str) -> dict[str, Any]:

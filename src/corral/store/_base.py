@@ -59,13 +59,25 @@ from corral.store._notify import ChangeOps
 from corral.store._time import require_aware
 from corral.store._tokens import TokenOps
 from corral.store._webhooks import WebhookOps
-from corral.store.records import MigrationStatus, NewRun, Run, RunState
+from corral.store.records import (
+    MigrationStatus,
+    NewRun,
+    Run,
+    RunCursor,
+    RunFilter,
+    RunPage,
+    RunState,
+    TriggerKind,
+)
 
 __all__ = ["Dialect", "Row", "StaleFence", "Store", "Transaction", "mask_url"]
 
 
 #: Earlier than any run: ``list_runs`` without ``since``.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+#: Later than any run: a first page's keyset bound.
+_AFTER_ALL = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 #: States a run is live in: ``list_runs`` for these alone reads the live-runs index.
 _LIVE = frozenset({RunState.QUEUED, RunState.STARTING, RunState.RUNNING})
@@ -219,6 +231,46 @@ class Store(
             name = "list_runs"
         async with self.transaction(write=False) as tx:
             rows = await tx.fetch_all(name, params)
+        return [self.run_from_row(row) for row in rows]
+
+    async def page_runs(
+        self, where: RunFilter, *, before: RunCursor | None = None, limit: int = 50
+    ) -> RunPage:
+        """A page of the runs ``where`` selects, newest first (created_at, then id,
+        descending), after the cursor ``before``; its ``next`` cursor is None on the last
+        page. The walk follows the creation-time index (the agent's, with ``agent``), so a
+        page costs the rows it reads however long the history."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        states = where.states or tuple(RunState)
+        triggers = where.triggers or tuple(TriggerKind)
+        params: dict[str, Any] = {
+            "since": self.encode_time(require_aware(where.first, "since")),
+            "until": self.encode_time(require_aware(where.last, "until")),
+            "before_at": self.encode_time(where.last if before is None else before.created_at),
+            "before_id": "" if before is None else before.id,
+            "states": self.encode_states(states),
+            "triggers": self.encode_states(triggers),
+            "search": where.search.strip().lower(),
+            "limit": limit + 1,
+        }
+        if before is None:  # nothing after the cursor to leave out: every run up to until
+            params["before_at"] = self.encode_time(_AFTER_ALL)
+        name = "page_runs"
+        if where.agent is not None:
+            name = "page_agent_runs"
+            params["agent"] = where.agent
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all(name, params)
+        runs = [self.run_from_row(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return RunPage(runs, RunCursor.after(runs[-1]) if more else None)
+
+    async def list_child_runs(self, run_id: str, *, limit: int = 100) -> list[Run]:
+        """The runs ``run_id`` queued (its reruns, the runs answering its calls), oldest
+        first."""
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all("child_runs", {"run_id": run_id, "limit": limit})
         return [self.run_from_row(row) for row in rows]
 
     async def count_runs(self, *, agent: str | None = None) -> int:

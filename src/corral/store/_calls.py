@@ -159,6 +159,16 @@ class CallOps(QueueOps):
             rows = await tx.fetch_all("list_calls", {"limit": limit})
         return [self._call(row) for row in rows]
 
+    async def calls_of_run(
+        self, run_id: str, *, limit: int = 100
+    ) -> tuple[list[Call], Call | None]:
+        """The calls ``run_id`` made (oldest first), and the call it answers (None: it
+        was not called)."""
+        async with self.transaction(write=False) as tx:
+            made = await tx.fetch_all("calls_made_by", {"run_id": run_id, "limit": limit})
+            answered = await tx.fetch_one("call_answered_by", {"run_id": run_id})
+        return [self._call(row) for row in made], None if answered is None else self._call(answered)
+
     async def wait_on_calls(
         self, caller_run_id: str, call_ids: Collection[str], *, waiting: bool
     ) -> Deadlock | None:

@@ -90,8 +90,11 @@ from corral.store.records import (
     ReceiptOutcome,
     Recovered,
     Run,
+    RunCursor,
+    RunFilter,
     Runner,
     RunnerState,
+    RunPage,
     RunState,
     SchedulerInfo,
     SchedulerState,
@@ -225,6 +228,12 @@ class RunStore(Protocol):
         since: datetime | None = None,
     ) -> list[Run]: ...
 
+    async def page_runs(
+        self, where: RunFilter, *, before: RunCursor | None = None, limit: int = 50
+    ) -> RunPage: ...
+
+    async def list_child_runs(self, run_id: str, *, limit: int = 100) -> list[Run]: ...
+
     async def count_runs(self, *, agent: str | None = None) -> int: ...
 
     async def set_run_status(self, run_id: str, text: str) -> None: ...
@@ -286,6 +295,10 @@ class CallStore(Protocol):
     async def get_call(self, call_id: str, *, caller_run_id: str) -> Call | None: ...
 
     async def list_calls(self, *, limit: int = 100) -> list[Call]: ...
+
+    async def calls_of_run(
+        self, run_id: str, *, limit: int = 100
+    ) -> tuple[list[Call], Call | None]: ...
 
     async def wait_on_calls(
         self, caller_run_id: str, call_ids: Collection[str], *, waiting: bool

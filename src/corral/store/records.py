@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Self
 
 __all__ = [
@@ -236,6 +236,74 @@ class ItemState(enum.StrEnum):
     def is_final(self) -> bool:
         """True once the item will never be dispatched again."""
         return self not in (ItemState.QUEUED, ItemState.CLAIMED)
+
+
+#: The earliest and latest times a run list may ask about (no bound given).
+_FIRST = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunCursor:
+    """Where a page of the runs list ended: its last run's creation time and id. The next
+    page starts after it (keyset paging: runs created meanwhile do not shift pages)."""
+
+    created_at: datetime
+    id: str
+
+    @classmethod
+    def after(cls, run: Run) -> RunCursor:
+        return cls(run.created_at, run.id)
+
+    def token(self) -> str:
+        """The cursor in a URL: ``2026-12-06T13:00:00.123456Z~dev-3f9a0c1d2e4b``."""
+        moment = self.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return f"{moment}~{self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> RunCursor:
+        """The cursor a ``token()`` wrote; ValueError saying what is wrong otherwise."""
+        moment, sep, run_id = text.partition("~")
+        try:
+            created = datetime.fromisoformat(moment.replace("Z", "+00:00")) if sep else None
+        except ValueError:
+            created = None
+        if created is None or created.tzinfo is None or not run_id or "\x00" in run_id:
+            raise ValueError(
+                f"not a runs-list cursor: {text[:80]!r}; pass the `next` value of the page "
+                "before (TIME~RUN_ID, e.g. 2026-12-06T13:00:00.000000Z~dev-3f9a0c1d2e4b)"
+            )
+        return cls(created, run_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunFilter:
+    """Which runs a runs list shows: all of them unless a field narrows it. ``search``
+    matches a run id prefix, or text in the status, the trigger detail or the prompt
+    (case-insensitive)."""
+
+    agent: str | None = None
+    states: tuple[RunState, ...] = ()
+    triggers: tuple[TriggerKind, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    search: str = ""
+
+    @property
+    def first(self) -> datetime:
+        return self.since or _FIRST
+
+    @property
+    def last(self) -> datetime:
+        return self.until or _LAST
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of a runs list, newest first, and the cursor of the next (None: the last)."""
+
+    runs: list[Run]
+    next: RunCursor | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -40,6 +40,9 @@ from corral.store import (
     NewItem,
     QueueItem,
     Run,
+    RunCursor,
+    RunFilter,
+    RunPage,
     RunState,
     SchedulerInfo,
     Store,
@@ -296,7 +299,26 @@ def _summary(run: Run, project: Project) -> None:
     type=click.Choice([*(state.value for state in RunState), "over_budget"]),
     help="Only runs in this state (repeatable); over_budget: runs a budget stopped.",
 )
+@click.option(
+    "-t",
+    "--trigger",
+    "trigger_names",
+    multiple=True,
+    type=click.Choice([kind.value for kind in TriggerKind]),
+    help="Only runs started this way (repeatable).",
+)
+@click.option(
+    "-q",
+    "--search",
+    help="Only runs whose id starts with this, or whose status, trigger or prompt holds it.",
+)
 @click.option("--since", help="Only runs created since: 15m, 2h, 3d, 1w, or an ISO date/time.")
+@click.option("--until", help="Only runs created until then (as --since).")
+@click.option(
+    "--before",
+    metavar="CURSOR",
+    help="The next page: the cursor the page before printed (keyset paging).",
+)
 @click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
@@ -304,35 +326,54 @@ def runs_cmd(
     obj: CliContext,
     agent_name: str | None,
     state_names: tuple[str, ...],
+    trigger_names: tuple[str, ...],
+    search: str | None,
     since: str | None,
+    until: str | None,
+    before: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
-    """List recent runs, newest first, with the tokens and dollars of built-in runs.
+    """List runs, newest first, with the tokens and dollars of built-in runs.
 
     `corral runs show RUN` shows one run.
     """
     if click.get_current_context().invoked_subcommand is not None:
         return
     project = obj.project()
-    created_since = None if since is None else parse_since(since)
     wanted = set(state_names)
-    states = _states_for(wanted)
+    try:
+        cursor = None if before is None else RunCursor.parse(before)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--before'") from None
+    where = RunFilter(
+        agent=agent_name,
+        states=tuple(_states_for(wanted) or ()),
+        triggers=tuple(TriggerKind(kind) for kind in trigger_names),
+        since=None if since is None else parse_since(since),
+        until=None if until is None else parse_since(until, param="--until"),
+        search=(search or "").strip(),
+    )
 
-    async def go() -> list[Run]:
+    async def go() -> RunPage:
         async with await obj.store(project) as store:
-            runs = await store.list_runs(
-                agent=agent_name, limit=limit, states=states, since=created_since
-            )
-        return runs if not wanted else [r for r in runs if _wanted(r, wanted)]
+            return await store.page_runs(where, before=cursor, limit=limit)
 
-    runs = asyncio.run(go())
+    page = asyncio.run(go())
+    runs = page.runs if not wanted else [r for r in page.runs if _wanted(r, wanted)]
     if as_json:
         print_json([run_json(r) for r in runs])
         return
+    narrowed = wanted or since or until or agent_name or trigger_names or search or before
     if not runs:
-        console.print("no runs match" if wanted or since or agent_name else _NO_RUNS)
-        return
+        console.print("no runs match" if narrowed else _NO_RUNS)
+    else:
+        console.print(_runs_table(runs))
+    if page.next is not None:
+        console.print(f"more: corral runs ... --before {page.next.token()}", style="dim")
+
+
+def _runs_table(runs: list[Run]) -> Table:
     table = Table(
         "run",
         "agent",
@@ -359,7 +400,7 @@ def runs_cmd(
             fmt_tokens(r.tokens),
             fmt_cost(r.cost_usd),
         )
-    console.print(table)
+    return table
 
 
 _NO_RUNS = "no runs yet; start one with `corral run AGENT`"

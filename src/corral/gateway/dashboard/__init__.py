@@ -7,6 +7,8 @@ operator token (see ``_auth``); docs/dashboard.md is the user's page.
     _feed     one shared producer of fleet snapshots for every open stream
     _views    the live fragments, rendered from a snapshot
     _pages    the pages (GET)
+    _runlist  the runs list: filters from the query string, keyset pages, a live table
+    _runpage  what a run's page shows besides its status and log (trigger, calls, reruns)
     _posts    login, logout and the buttons (POST), through corral.engine.actions
     _streams  the event streams
     _logtail  a run's log, tailed and rendered for people

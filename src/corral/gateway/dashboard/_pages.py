@@ -7,13 +7,24 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 
 from corral.gateway.dashboard._auth import Operator, safe_next
 from corral.gateway.dashboard._context import Dashboard, Signed
 from corral.gateway.dashboard._logtail import LogTail
 from corral.gateway.dashboard._render import STATIC_DIR, security_headers
+from corral.gateway.dashboard._runlist import (
+    PAGE,
+    STATE_CHOICES,
+    TRIGGER_CHOICES,
+    WINDOWS,
+    BadQuery,
+    RunList,
+    render_runs,
+    runs_view,
+)
+from corral.gateway.dashboard._runpage import run_details
 from corral.gateway.dashboard._views import FIXED_VIEWS, live_view, run_html, run_record
 from corral.project import Agent
 from corral.status import RUNNING_PAGE, RUNNING_PAGE_MAX, fleet_status
@@ -110,6 +121,7 @@ def _detail_pages(router: APIRouter, dash: Dashboard) -> None:
             "offset": tail.offset,
             "live": not record.state.is_terminal,
             "has_log": path.exists(),
+            "d": await run_details(dash, record),
         }
         return dash.page("run.html", operator, context, title=f"Run {run_id}")
 
@@ -121,6 +133,27 @@ def _list_pages(router: APIRouter, dash: Dashboard) -> None:
     async def calls(operator: Signed) -> HTMLResponse:
         found = await dash.scheduler.store.list_calls(limit=LIST_LIMIT)
         return dash.page("calls.html", operator, {"calls": found}, title="Calls", nav="calls")
+
+    @router.get("/runs")
+    async def runs(request: Request, operator: Signed) -> HTMLResponse:
+        """Every run of every agent, newest first, filtered by the query string."""
+        context: dict[str, Any] = {
+            "agents": sorted(dash.scheduler.project.agents),
+            "states": STATE_CHOICES,
+            "triggers": TRIGGER_CHOICES,
+            "windows": WINDOWS,
+            "window_values": [value for value, _ in WINDOWS],
+            "page_size": PAGE,
+        }
+        try:
+            view = RunList.parse(request.query_params)
+        except BadQuery as exc:
+            context |= {"view": RunList(), "problem": f"This list cannot be shown: {exc}."}
+            return dash.page("runs.html", operator, context, title="Runs", nav="runs", status=400)
+        snap = await dash.feed.snapshot()
+        live = await snap.memo(runs_view(dash, view).key, lambda: render_runs(dash, view, snap.at))
+        context |= {"view": view, "problem": None, "query": view.query(), "live": live}
+        return dash.page("runs.html", operator, context, title="Runs", nav="runs")
 
     @router.get("/running")
     async def running(

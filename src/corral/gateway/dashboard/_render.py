@@ -20,6 +20,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from starlette.responses import HTMLResponse
 
+from corral.inert import inert
 from corral.transcript import fmt_cost
 
 __all__ = ["STATIC_DIR", "Renderer", "security_headers"]
@@ -85,6 +86,7 @@ class Renderer:
             tokens=tokens,
             seconds=seconds,
             preview=preview,
+            inert=inert_text,
         )
 
     def static_url(self, name: str) -> str:
@@ -174,6 +176,13 @@ def preview(value: object, limit: int = 120) -> str:
         return ""
     text = " ".join(str(value).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def inert_text(value: object, lines: bool = False) -> str:
+    """Text from outside with its control and format characters (ANSI escapes, bidi
+    overrides, zero-width characters) shown as visible escapes (``\\x1b``), as the CLI
+    shows them; ``lines`` keeps newlines and tabs. Autoescape still escapes the rest."""
+    return "" if value is None else inert(value, newlines=lines)
 
 
 def _time(value: datetime | str | None) -> datetime | None:

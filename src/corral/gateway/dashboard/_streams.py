@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from corral.gateway.dashboard._context import Dashboard, Signed
 from corral.gateway.dashboard._logtail import LogTail
+from corral.gateway.dashboard._runlist import BadQuery, RunList, runs_view
 from corral.gateway.dashboard._sse import KEEPALIVE, KEEPALIVE_SECONDS, EventStream, sse_event
 from corral.gateway.dashboard._views import LiveView, live_view, run_html, run_record
 
@@ -35,6 +36,15 @@ MAX_CHUNKS = 300
 
 def stream_routes(dash: Dashboard) -> APIRouter:
     router = APIRouter(prefix="/dashboard", include_in_schema=False)
+
+    @router.get("/events/runs")
+    async def runs_events(request: Request, operator: Signed) -> Response:
+        """The runs list named by the query string, again whenever the fleet changes."""
+        try:
+            view = RunList.parse(request.query_params)
+        except BadQuery as exc:
+            return Response(str(exc), status_code=400, media_type="text/plain")
+        return EventStream(_view_stream(dash, request, runs_view(dash, view)))
 
     @router.get("/events/{name}")
     async def view_events(

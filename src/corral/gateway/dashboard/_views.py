@@ -112,6 +112,7 @@ async def run_record(dash: Dashboard, snap: Snapshot, run_id: str) -> Run | None
 
 async def run_html(dash: Dashboard, snap: Snapshot, run: Run) -> str:
     async def render() -> str:
-        return dash.renderer.render("_run.html", {"run": run, "now": snap.at})
+        locks = [lock for lock in snap.locks if lock["holder"] == run.id]
+        return dash.renderer.render("_run.html", {"run": run, "now": snap.at, "locks": locks})
 
     return await snap.memo(("run-html", run.id), render)

@@ -1,7 +1,8 @@
-// corral dashboard: the little the server cannot do. Ages tick between updates; a
-// stream that fails because the session ended sends the page to the login form; the log
-// view follows new lines while it is scrolled to the bottom; a trigger's prompt is
-// cleared once the run is queued; a field being edited survives a live update.
+// corral dashboard: the little the server cannot do. Ages and the duration bars of
+// running runs tick between updates; a stream that fails because the session ended sends
+// the page to the login form; the log view follows new lines while it is scrolled to the
+// bottom; a trigger's prompt is cleared once the run is queued; a field being edited
+// survives a live update.
 (function () {
   "use strict";
   var skew = 0;
@@ -23,12 +24,33 @@
     return r + "s";
   }
 
+  // Duration bars: each relative to the longest on its table; a running run's grows.
+  function bars(now) {
+    document.querySelectorAll("table.runs").forEach(function (table) {
+      var meters = table.querySelectorAll("meter.took"), values = [], longest = 0;
+      meters.forEach(function (m, i) {
+        var start = m.getAttribute("data-start"), seconds = parseFloat(m.getAttribute("data-seconds"));
+        if (start) {
+          var at = Date.parse(start);
+          seconds = isNaN(at) ? 0 : Math.max(0, (now - at) / 1000);
+        }
+        values[i] = isNaN(seconds) ? 0 : seconds;
+        longest = Math.max(longest, values[i]);
+      });
+      meters.forEach(function (m, i) {
+        m.max = longest || 1;  // first the range, then the value (a meter clamps it)
+        m.value = values[i];
+      });
+    });
+  }
+
   function tick() {
     var now = Date.now() + skew;
     document.querySelectorAll("time[data-age]").forEach(function (el) {
       var at = Date.parse(el.getAttribute("datetime"));
       if (!isNaN(at)) el.textContent = human((now - at) / 1000);
     });
+    bars(now);
   }
 
   function checkSession() {

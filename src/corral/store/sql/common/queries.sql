@@ -581,6 +581,7 @@ SELECT agent, runner_id, count(*) AS ended,
 FROM corral_runs
 WHERE ended_at >= :since AND ended_at IS NOT NULL
 GROUP BY agent, runner_id
+
 -- bundles -------------------------------------------------------------------------------
 
 -- name: insert_bundle
@@ -630,3 +631,18 @@ SET last_heartbeat_at = :now, offline_since = NULL,
     version = CASE WHEN :version = '' THEN version ELSE :version END
 WHERE credential_hash = :credential_hash AND state <> 'revoked'
 RETURNING *
+
+-- name: calls_made_by
+-- The calls a run made (its page), oldest first: corral_calls_caller.
+SELECT * FROM corral_calls WHERE caller_run_id = :run_id
+ORDER BY created_at, id LIMIT :limit
+
+-- name: call_answered_by
+-- The call a run was started to answer (none: the run was not called): corral_calls_callee.
+SELECT * FROM corral_calls WHERE callee_run_id = :run_id
+
+-- name: child_runs
+-- Runs queued by a run (its reruns, and the runs that answer its calls), oldest first:
+-- corral_runs_parent.
+SELECT * FROM corral_runs WHERE parent_run_id = :run_id
+ORDER BY created_at, id LIMIT :limit

@@ -37,6 +37,36 @@ WHERE state IN ('queued', 'starting', 'running')
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
+-- name: page_runs
+-- The runs list (dashboard, GET /control/runs, `corral runs`): newest first, a page after
+-- the keyset cursor (before_at, before_id), filtered. The created_at range is what the
+-- index corral_runs_created serves; everything else filters the rows it walks.
+SELECT * FROM corral_runs
+WHERE created_at >= %(since)s AND created_at <= %(until)s
+  AND (created_at < %(before_at)s OR (created_at = %(before_at)s AND id < %(before_id)s))
+  AND state = ANY(%(states)s)
+  AND trigger_kind = ANY(%(triggers)s)
+  AND (%(search)s = '' OR substr(id, 1, length(%(search)s)) = %(search)s
+       OR strpos(lower(status_text), %(search)s) > 0
+       OR strpos(lower(trigger_detail::text), %(search)s) > 0
+       OR strpos(lower(prompt), %(search)s) > 0)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: page_agent_runs
+-- page_runs for one agent: the index corral_runs_agent_created (agent, created_at).
+SELECT * FROM corral_runs
+WHERE agent = %(agent)s AND created_at >= %(since)s AND created_at <= %(until)s
+  AND (created_at < %(before_at)s OR (created_at = %(before_at)s AND id < %(before_id)s))
+  AND state = ANY(%(states)s)
+  AND trigger_kind = ANY(%(triggers)s)
+  AND (%(search)s = '' OR substr(id, 1, length(%(search)s)) = %(search)s
+       OR strpos(lower(status_text), %(search)s) > 0
+       OR strpos(lower(trigger_detail::text), %(search)s) > 0
+       OR strpos(lower(prompt), %(search)s) > 0)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
 -- name: prune_runs
 -- One batch of retention: at most batch runs that ended before older_than, oldest first.
 -- = ANY(ARRAY(…)): the ids first, then each by its key (IN (…) hash-joins a

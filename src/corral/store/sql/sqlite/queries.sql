@@ -35,6 +35,36 @@ WHERE state IN ('queued', 'starting', 'running')
 ORDER BY created_at DESC, id DESC
 LIMIT :limit
 
+-- name: page_runs
+-- The runs list (dashboard, GET /control/runs, `corral runs`): newest first, a page after
+-- the keyset cursor (before_at, before_id), filtered. The created_at range is what the
+-- index corral_runs_created serves; everything else filters the rows it walks.
+SELECT * FROM corral_runs
+WHERE created_at >= :since AND created_at <= :until
+  AND (created_at < :before_at OR (created_at = :before_at AND id < :before_id))
+  AND state IN (SELECT value FROM json_each(:states))
+  AND trigger_kind IN (SELECT value FROM json_each(:triggers))
+  AND (:search = '' OR substr(id, 1, length(:search)) = :search
+       OR instr(lower(status_text), :search) > 0
+       OR instr(lower(trigger_detail), :search) > 0
+       OR instr(lower(prompt), :search) > 0)
+ORDER BY created_at DESC, id DESC
+LIMIT :limit
+
+-- name: page_agent_runs
+-- page_runs for one agent: the index corral_runs_agent_created (agent, created_at).
+SELECT * FROM corral_runs
+WHERE agent = :agent AND created_at >= :since AND created_at <= :until
+  AND (created_at < :before_at OR (created_at = :before_at AND id < :before_id))
+  AND state IN (SELECT value FROM json_each(:states))
+  AND trigger_kind IN (SELECT value FROM json_each(:triggers))
+  AND (:search = '' OR substr(id, 1, length(:search)) = :search
+       OR instr(lower(status_text), :search) > 0
+       OR instr(lower(trigger_detail), :search) > 0
+       OR instr(lower(prompt), :search) > 0)
+ORDER BY created_at DESC, id DESC
+LIMIT :limit
+
 -- name: prune_runs
 -- One batch of retention: at most :batch runs that ended before :older_than, oldest first.
 DELETE FROM corral_runs
