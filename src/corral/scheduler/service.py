@@ -433,6 +433,7 @@ class Scheduler:
                     lease_seconds=self.options.lease_seconds,
                     limit=batch,
                     bundle=self.project.bundle,
+                    agents=local_agents(self.project),
                 )
                 if claims:
                     self.observer.claimed(claims, asked, time.time_ns())
@@ -619,6 +620,14 @@ class Scheduler:
                 info.id,
                 extra={"action": "scheduler_recovered", "since": str(now - info.heartbeat_at)},
             )
+
+
+def local_agents(project: Project) -> list[str] | None:
+    """The agents this process's dispatcher claims for: None (every one) unless some run
+    on the fleet's runners only (``runsOn``), whose items only runners claim."""
+    if all(agent.config.runs_on is None for agent in project.agents.values()):
+        return None
+    return sorted(n for n, agent in project.agents.items() if agent.config.runs_on is None)
 
 
 def _schedules(project: Project) -> dict[str, str]:

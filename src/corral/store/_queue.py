@@ -262,6 +262,8 @@ class QueueOps(UsageOps):
         limit: int,
         item_id: int | None = None,
         bundle: str | None = None,
+        agents: Collection[str] | None = None,
+        runner: bool = False,
     ) -> list[Claim]:
         """Claim up to ``limit`` queued items for ``owner``, in one transaction.
 
@@ -274,7 +276,11 @@ class QueueOps(UsageOps):
         and the project have a free slot now (it may overtake older items: it was asked
         for). On PostgreSQL an agent another scheduler is claiming for right now is
         skipped, not waited for; its items are that scheduler's. ``bundle``: the project
-        bundle the runs will run (recorded on each run).
+        bundle the runs will run (recorded on each run). ``agents``: only items of these
+        agents (a control plane leaves the agents that run on runners alone; a runner
+        takes only those whose labels it has); the same statement either way, so caps
+        hold across the fleet. ``runner``: ``owner`` is a runner of the fleet, recorded
+        as each run's ``runner_id``.
         """
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
@@ -286,7 +292,11 @@ class QueueOps(UsageOps):
                 return []
             now = self.encode_time(self.now())
             if item_id is None:
-                chosen = await tx.fetch_all("claimable", {"limit": limit, "now": now})
+                only = {
+                    "restricted": agents is not None,
+                    "agents": self.encode_list(sorted(agents or ())),
+                }
+                chosen = await tx.fetch_all("claimable", {"limit": limit, "now": now, **only})
             else:
                 # The agent's row before the item's, as intake and batch claims take
                 # them (the other way round deadlocks with an intake dropping the item).
@@ -297,7 +307,10 @@ class QueueOps(UsageOps):
                 chosen = await tx.fetch_all("claimable_item", params)
             if not chosen:
                 return []
-            return await self._claim_items(tx, owner, chosen, lease_seconds, bundle)
+            claims = await self._claim_items(tx, owner, chosen, lease_seconds, bundle)
+            if runner:
+                await tx.execute("claimed_for_runner", {"owner": owner})
+            return claims
 
     async def _claim_limit(self, tx: Transaction, limit: int) -> int:
         """How many items this claim may take as far as the project goes.

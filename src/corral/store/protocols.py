@@ -147,6 +147,8 @@ class QueueStore(Protocol):
         limit: int,
         item_id: int | None = None,
         bundle: str | None = None,
+        agents: Collection[str] | None = None,
+        runner: bool = False,
     ) -> list[Claim]: ...
 
     async def get_item(self, item_id: int) -> QueueItem | None: ...
