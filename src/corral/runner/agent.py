@@ -12,6 +12,9 @@ The runner keeps three loops:
   the kill), every run's process group is killed and no work is asked for until a
   heartbeat is acknowledged again. The clock is monotonic: a runner that was frozen
   (SIGSTOP) finds on waking that the deadline passed and kills before anything else.
+  The scheduler's watchdog process (``corral.scheduler.watchdog``) holds the same
+  deadline: it kills the runs' processes when the deadline passes, and at once when the
+  runner process dies (kill -9), so no run outlives its runner.
 - work: a long poll (``POST /fleet/v1/work``) with the number of free slots; each run it
   is given is executed by the same ``RunExecutor`` the control plane uses, over a
   ``RemoteLedger`` (the executor's store calls as runner API calls, each with the run's
@@ -65,6 +68,7 @@ from corral.project import Project, load_project
 from corral.runner.proxy import AgentApiProxy
 from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.executor import RunExecutor
+from corral.scheduler.watchdog import Watchdog, boottime
 from corral.store import Claim, FinalizeResult, Run, RunState, Store
 
 __all__ = [
@@ -395,6 +399,9 @@ class Runner:
         self.state = "active"
         self._slot_freed = asyncio.Event()
         self._stops: set[asyncio.Task[bool]] = set()
+        #: A process of its own that kills the runs' processes when the fencing deadline
+        #: passes before a heartbeat moved it, and when this process dies (kill -9).
+        self.watchdog = Watchdog()
         socket_dir = settings.socket_dir or Path(tempfile.gettempdir()) / (
             f"corral-{os.getuid()}-{settings.runner_id}"
         )
@@ -407,6 +414,8 @@ class Runner:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(path, 0o700)
         install_commands(self.bin_dir)
+        self.watchdog.deadline = boottime() + self.settings.fence_after
+        self.watchdog.start()
         log.info(
             "runner %s (%s) starting: %d slot(s), control plane %s",
             self.settings.runner_id,
@@ -428,6 +437,7 @@ class Runner:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self.client.close()
+            self.watchdog.close(kill_runs=True)
 
     async def drain(self) -> None:
         """No new work; running runs finish within the grace, then are given back."""
@@ -452,7 +462,7 @@ class Runner:
                 await self._beat()
 
     async def _beat(self) -> None:
-        sent = time.monotonic()
+        sent, sent_boot = time.monotonic(), boottime()
         running = [
             {"runId": run_id, "fence": live.claim.run.fence} for run_id, live in self.live.items()
         ]
@@ -470,6 +480,7 @@ class Runner:
             log.warning("heartbeat failed: %s", exc)
             raise
         self.acked = max(self.acked, sent)
+        self.watchdog.set_deadline(sent_boot + self.settings.fence_after)
         self.state = str(answer.get("state", "active"))
         if self.fenced:
             log.info("heartbeats are acknowledged again: asking for work again")
@@ -493,6 +504,7 @@ class Runner:
     async def _fencing(self) -> None:
         while True:
             await asyncio.sleep(FENCE_CHECK)
+            self.watchdog.ensure()
             silent = time.monotonic() - self.acked
             if silent >= self.settings.fence_after and not self.fenced:
                 await self._fence_all(
@@ -540,9 +552,11 @@ class Runner:
         run_id = claim.run.id
         task = asyncio.create_task(self._execute(claim, given), name=f"run {run_id}")
         self.live[run_id] = _Live(claim, _placeholder_executor(), task)
+        self.watchdog.track(run_id)
 
         def done(_: asyncio.Task[None]) -> None:
             self.live.pop(run_id, None)
+            self.watchdog.untrack(run_id)
             self._slot_freed.set()
 
         task.add_done_callback(done)

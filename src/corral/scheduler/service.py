@@ -160,6 +160,8 @@ class Scheduler:
         self.info: SchedulerInfo | None = None
         self.draining = False
         self._wake = asyncio.Event()
+        #: Called with every wake-up of the dispatcher (work may be claimable).
+        self.wake_listeners: set[Callable[[], None]] = set()
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self.on_claim: Callable[[Claim], None] | None = None  # observers (live view, benchmarks)
@@ -205,6 +207,8 @@ class Scheduler:
 
     def wake(self) -> None:
         self._wake.set()
+        for listener in list(self.wake_listeners):  # runners' requests for work
+            listener()
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -149,6 +149,7 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
             return answer
         woken = asyncio.Event()
         unsubscribe = store.changes.subscribe(QUEUE, woken.set)
+        scheduler.wake_listeners.add(woken.set)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + body.wait
         try:
@@ -171,6 +172,7 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
                     await asyncio.wait_for(woken.wait(), min(_POLL, left))
         finally:
             unsubscribe()
+            scheduler.wake_listeners.discard(woken.set)
         head = await store.get_bundle(project.bundle)
         manifest = dict(head.agents) if head is not None else {}
         for claim in claims:
