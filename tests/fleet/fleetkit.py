@@ -71,12 +71,27 @@ class Plane:
 
 @contextlib.contextmanager
 def control_plane(root: Path, store_url: str, log: Path, *extra: str) -> Iterator[Plane]:
+    """`corral start` on ``store_url``; with ``--expose`` (listening on every address, so
+    simulated hosts reach it), an operator token is made first, as exposing requires."""
+    operator = ""
+    if "--expose" in extra:
+        env = clean_env(root.parent) | {"CORRAL_STATE_URL": store_url}
+        made = subprocess.run(
+            [sys.executable, "-m", "corral", "token", "create", "fleet-tests"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stderr
+        operator = made.stdout.strip()
     with SchedulerProcess(root, store_url, log, *extra) as process:
         wait_until(lambda: "started; gateway on" in process.output(), 90)
         found = re.search(r"gateway on (http://[0-9.]+):(\d+)", process.output())
         assert found is not None, process.output()
         port = int(found.group(2))
-        operator = (root / ".corral" / "operator-token").read_text().strip()
+        operator = operator or (root / ".corral" / "operator-token").read_text().strip()
         yield Plane(root, f"http://127.0.0.1:{port}", port, operator, process)
         process.stop()
 
