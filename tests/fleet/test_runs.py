@@ -76,6 +76,10 @@ def _fleet_project(root: Path, out: Path, marker: str, seconds: float, scale: in
                 "scale": scale,
             },
             "gpu": {"command": ["/bin/sh", "-c", "echo gpu"], "runsOn": ["gpu"]},
+            "quitter": {
+                "command": ["/bin/sh", "-c", f"echo bye; al-exit 3; sleep 30 # {marker}"],
+                "runsOn": [],
+            },
             "boss": {
                 "command": [
                     "/bin/sh",
@@ -101,6 +105,10 @@ def fleet(tmp_path: Path, store_url: str) -> Iterator[tuple[Plane, list[RunnerPr
         try:
             for name, slots in (("r1", 1), ("r2", 1)):
                 runner = join_runner(plane, tmp_path, name, ["linux"], slots)
+                if name == "r2":  # several control plane URLs: the first one is down
+                    config = json.loads(runner.config.read_text())
+                    config["urls"] = ["http://127.0.0.1:9", plane.url]
+                    runner.config.write_text(json.dumps(config))
                 runners.append(start_runner(runner))
             yield plane, runners, out
         finally:
@@ -116,10 +124,11 @@ def test_runs_spread_over_runners_with_in_run_commands(
         plane.trigger("remote")
     plane.trigger("gpu")  # no runner has the label: it waits
     plane.trigger("boss")  # local, calls remote through the fleet
+    plane.trigger("quitter")  # al-exit 3 on a runner
 
     def finished() -> bool:
-        runs = [r for r in _runs(store_url) if r.agent in ("remote", "boss")]
-        return len(runs) >= 6 and all(r.state.is_terminal for r in runs)
+        runs = [r for r in _runs(store_url) if r.agent in ("remote", "boss", "quitter")]
+        return len(runs) >= 7 and all(r.state.is_terminal for r in runs)
 
     try:
         wait_for(finished, 120)
@@ -146,6 +155,11 @@ def test_runs_spread_over_runners_with_in_run_commands(
     assert boss.state is RunState.SUCCEEDED, boss.error
     boss_log = (plane.root / ".corral" / "logs" / f"{boss.id}.log").read_text()
     assert "answer-" in boss_log, boss_log
+    # al-exit on a runner ends the run there with its code, at once
+    [quitter] = [r for r in runs if r.agent == "quitter"]
+    assert quitter.state is RunState.FAILED and quitter.exit_code == 3, quitter
+    assert quitter.ended_at and quitter.started_at
+    assert (quitter.ended_at - quitter.started_at).total_seconds() < 20
     # the gpu agent's item waits: no runner has the label, the control plane never runs it
     assert not [r for r in runs if r.agent == "gpu"]
     # the log of a runner's run is on the control plane: `corral logs` shows it
@@ -201,6 +215,9 @@ def test_a_killed_runner_loses_its_run_to_the_other(tmp_path: Path, store_url: s
             took = time.monotonic() - killed_at
             assert took < 15, took
             assert gone_after < took
+            print(
+                f"kill -9: processes gone after {gone_after:.2f} s, re-claimed after {took:.2f} s"
+            )
             started = wait_for(
                 lambda: next(r for r in _runs(store_url) if r.id == second.id).started_at, 30
             )

@@ -6,6 +6,7 @@ runner's heartbeat renewing only what it holds; and `runsOn` validation."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +103,13 @@ def test_runs_on_is_validated_and_routes_agents(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         write_project(wrong, {"gpu": {"command": "true", "runsOn": "gpu"}})
     assert "runsOn" in caught.value.render()
+
+
+def test_the_runner_prints_its_systemd_unit(corral: Any, tmp_path: Path) -> None:
+    config = tmp_path / "runner.json"
+    done = corral("runner", "start", "--print-systemd-unit", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert f"runner start --config {config}" in done.stdout
+    assert "KillSignal=SIGTERM" in done.stdout and "[Install]" in done.stdout
+    missing = corral("runner", "start", "--config", str(config))
+    assert missing.returncode != 0 and "no runner config" in missing.stderr

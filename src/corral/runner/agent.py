@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -599,8 +600,18 @@ class Runner:
                     reason = "the runner could not start it (self-fenced or draining)"
                     await ledger.release(run.id, fence=ledger.fence, reason=reason)
                 return
+
+            async def answered(method: str, target: str, status: int, content: bytes) -> None:
+                # al-exit is recorded by the control plane; this runner ends the run
+                if method == "POST" and target == "/agent/exit" and status == 200:
+                    with contextlib.suppress(ValueError, TypeError, KeyError):
+                        await executor.request_exit(run.id, int(json.loads(content)["code"]))
+
             proxy = AgentApiProxy(
-                sock, self.settings.urls, headers={"X-Corral-Runner": self.settings.runner_id}
+                sock,
+                self.settings.urls,
+                headers={"X-Corral-Runner": self.settings.runner_id},
+                on_answer=answered,
             )
             stream = LogStream(self.client, run.id, ledger.fence)
             async with proxy:

@@ -597,8 +597,8 @@ class Scheduler:
             await self._runners_offline(gone)
 
     async def _runners_offline(self, gone: list[Runner]) -> None:
-        """Runners this process found offline. Runs do not go to runners yet; when they
-        do, this is where a dead runner's runs are recovered and re-delivered."""
+        """Runners this process found offline. Their runs need nothing here: their
+        leases (12 s) lapse and ``_recover_lapsed`` records them lost and re-queues them."""
         for runner in gone:
             log.warning(
                 "runner %s (%s on %s) is offline: no heartbeat since %s",

@@ -145,7 +145,8 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
         held = len(await store.runner_holdings(me.id))
         free = min(body.free, max(me.slots - held, 0))
         if free <= 0 or not agents:
-            await asyncio.sleep(min(body.wait, 5.0) if not agents else 0)
+            # nothing it may run, or its slots are taken (runs not yet recovered count)
+            await asyncio.sleep(min(body.wait, 5.0 if not agents else 1.0))
             return answer
         woken = asyncio.Event()
         unsubscribe = store.changes.subscribe(QUEUE, woken.set)
