@@ -291,3 +291,36 @@ def test_runners_act_only_on_their_own_runs(tmp_path: Path, store_url: str) -> N
         assert revoke.status_code == 200
         late = call("a", "POST", f"/runs/{run_id}/end", json={"fence": fence, "state": "succeeded"})
         assert late.status_code == 403 and "revoked" in late.json()["error"]
+
+
+def test_an_operator_kill_and_a_drain_reach_the_runner(tmp_path: Path, store_url: str) -> None:
+    root = tmp_path / "project"
+    marker = "fleetmark-drain"
+    _fleet_project(root, tmp_path / "out", marker, 60, 2)
+    with control_plane(root, store_url, tmp_path / "start.log") as plane:
+        plane.push()
+        runner = join_runner(plane, tmp_path, "d1", ["linux"], 2)
+        config = json.loads(runner.config.read_text())
+        runner.config.write_text(json.dumps(config | {"drainSeconds": 1}))
+        start_runner(runner)
+        try:
+            plane.trigger("remote")
+            plane.trigger("remote")
+            started = wait_for(
+                lambda: [r for r in _runs(store_url) if r.started_at][1:] and _runs(store_url), 90
+            )
+            wait_for(lambda: len(run_processes(marker)) == 2, 30)
+            one, two = sorted((r for r in started if r.agent == "remote"), key=lambda r: r.id)
+            assert plane.control("POST", f"/runs/{one.id}/kill").status_code in (200, 202)
+            killed = wait_for(
+                lambda: [r for r in _runs(store_url) if r.id == one.id and r.state.is_terminal],
+                20,
+            )[0]
+            assert killed.state is RunState.KILLED and "operator" in (killed.error or "")
+            runner.stop()  # SIGTERM: drains for 1 s, then gives the run back
+            assert runner.proc is not None and runner.proc.returncode == 0, runner.output()
+            [after] = [r for r in _runs(store_url) if r.id == two.id]
+            assert after.state is RunState.KILLED and "queued again" in (after.error or "")
+            assert not run_processes(marker)
+        finally:
+            runner.stop()

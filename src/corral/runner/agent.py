@@ -400,6 +400,7 @@ class Runner:
         self.state = "active"
         self._slot_freed = asyncio.Event()
         self._stops: set[asyncio.Task[bool]] = set()
+        self._loading: dict[str, asyncio.Lock] = {}
         #: A process of its own that kills the runs' processes when the fencing deadline
         #: passes before a heartbeat moved it, and when this process dies (kill -9).
         self.watchdog = Watchdog()
@@ -632,9 +633,13 @@ class Runner:
         bundle = str(given["bundle"])
         agent_bundle = given.get("agentBundle")
         key = str(agent_bundle or bundle)
-        if key in self.projects:
-            return self.projects[key]
-        if agent_bundle:
+        async with self._loading.setdefault(key, asyncio.Lock()):  # runs of one bundle wait
+            if key not in self.projects:
+                self.projects[key] = await self._load(key, bundle, agent, bool(agent_bundle))
+        return self.projects[key]
+
+    async def _load(self, key: str, bundle: str, agent: str, per_agent: bool) -> Project:
+        if per_agent:
             path = await self.cache.get(key, agent=agent, within=bundle)
         else:
             path = await self.cache.get(bundle)
@@ -643,9 +648,7 @@ class Runner:
             data = await asyncio.to_thread(path.read_bytes)
             await asyncio.to_thread(_unpack_into, data, target, key)
         loaded = await asyncio.to_thread(load_project, target)
-        project = _replace_root(loaded, self.settings.work_dir / "work", target, bundle)
-        self.projects[key] = project
-        return project
+        return _replace_root(loaded, self.settings.work_dir / "work", target, bundle)
 
 
 def http_fetcher_failover(client: ControlClient) -> Any:
@@ -669,7 +672,11 @@ def _unpack_into(data: bytes, target: Path, hash_: str) -> None:
     temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
     try:
         unpack(data, temporary / "p", expect=hash_)
-        os.replace(temporary / "p", target)
+        try:
+            os.replace(temporary / "p", target)
+        except OSError:
+            if not target.is_dir():  # another process of this runner unpacked it first
+                raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
 

@@ -94,6 +94,8 @@ def join_cmd(
         "runnerId": answer["runnerId"],
         "name": answer["name"],
         "credential": answer["credential"],
+        "slots": answer["slots"],
+        "labels": answer["labels"],
         "heartbeatSeconds": answer["heartbeatSeconds"],
         "offlineAfterSeconds": answer["offlineAfterSeconds"],
         "joinedAt": datetime.now(UTC).isoformat(timespec="seconds"),
