@@ -32,8 +32,8 @@ class FleetRunOps(LeaseOps):
     async def runner_holdings(self, runner_id: str) -> dict[str, Holding]:
         """The runs ``runner_id`` holds now (claimed, lapsed or not, not yet recovered),
         by run id."""
-        async with self.transaction() as tx:  # owner_items locks the rows on PostgreSQL
-            rows = await tx.fetch_all("owner_items", {"owner": runner_id})
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all("runner_holdings", {"owner": runner_id})
         return {
             str(row["run_id"]): Holding(str(row["run_id"]), int(row["id"]), int(row["fence"]))
             for row in rows

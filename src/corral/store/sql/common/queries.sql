@@ -615,3 +615,9 @@ INSERT INTO corral_bundle_head (id, hash, set_at, set_by) VALUES (1, :hash, :now
 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, set_at = excluded.set_at,
                                set_by = excluded.set_by
 RETURNING hash, set_at, set_by
+
+-- name: runner_holdings
+-- The runs a runner holds now (their items claimed by it), read without locking them:
+-- every report of a runner checks it, and the writes that follow check the fence again.
+SELECT id, run_id, fence FROM corral_queue
+WHERE state = 'claimed' AND lease_owner = :owner
