@@ -1,7 +1,8 @@
 """Runs on runners, end to end, on both stores: a real `corral start` control plane and
 real `corral runner start` processes with HOMEs and configs of their own. Runs spread
 over runners by labels and slots, the in-run commands work from a runner, a run records
-its runner and bundle, its log is on the control plane; a runner killed mid-run loses
+its runner and bundle, its log is on the control plane (one runner in a simulated
+host); a runner killed mid-run loses
 its run to the other runner within 15 s, never two live processes for one item, scale
 never exceeded; runners act only on their own runs."""
 
@@ -30,6 +31,7 @@ from tests.fleet.fleetkit import (
     start_runner,
     wait_for,
 )
+from tests.hosts import hosts
 from tests.scheduler.helpers import write_project
 
 pytestmark = pytest.mark.slow
@@ -96,20 +98,26 @@ def _fleet_project(root: Path, out: Path, marker: str, seconds: float, scale: in
 
 @pytest.fixture
 def fleet(tmp_path: Path, store_url: str) -> Iterator[tuple[Plane, list[RunnerProcess], Path]]:
+    """A control plane listening on every address, a runner on this host and one in a
+    simulated host (reaching the control plane at ``host.peer``)."""
     root = tmp_path / "project"
     out = tmp_path / "out"
     _fleet_project(root, out, "fleetmark-e2e", 1.5, 2)
     runners: list[RunnerProcess] = []
-    with control_plane(root, store_url, tmp_path / "start.log") as plane:
+    with (
+        hosts("r2") as made,
+        control_plane(root, store_url, tmp_path / "start.log", "--expose") as plane,
+    ):
         plane.push()
+        host = made["r2"]
         try:
-            for name, slots in (("r1", 1), ("r2", 1)):
-                runner = join_runner(plane, tmp_path, name, ["linux"], slots)
-                if name == "r2":  # several control plane URLs: the first one is down
-                    config = json.loads(runner.config.read_text())
-                    config["urls"] = ["http://127.0.0.1:9", plane.url]
-                    runner.config.write_text(json.dumps(config))
-                runners.append(start_runner(runner))
+            runners.append(start_runner(join_runner(plane, tmp_path, "r1", ["linux"], 1)))
+            url = f"http://{host.peer}:{plane.port}"
+            r2 = join_runner(plane, tmp_path, "r2", ["linux"], 1, host=host, url=url)
+            # several control plane URLs: the first one is down
+            config = json.loads(r2.config.read_text())
+            r2.config.write_text(json.dumps(config | {"urls": ["http://127.0.0.1:9", url]}))
+            runners.append(start_runner(r2))
             yield plane, runners, out
         finally:
             for runner in runners:
