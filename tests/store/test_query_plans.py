@@ -33,6 +33,7 @@ HOT = (
     "list_open_items", "list_set_aside_items", "list_agent_items", "kill_requests",
     "metrics_runs_since", "metrics_items_set_aside_since", "spend_since", "usage_by_day",
     "prune_runs", "prune_items", "finish_run", "request_kill", "set_run_status_live",
+    "runner_holdings", "claimed_for_runner",
 )  # fmt: skip
 
 #: Reads whose plan must name this index: a range over every run ever created (say) is a
@@ -53,7 +54,8 @@ PARAMS: dict[str, Any] = {
     "agent": "agent-0001", "item_id": 5, "id": "run-000005", "run_id": "run-000005",
     "owner": "sched-1", "fence": 5, "dedupe_key": "k", "reason": "r", "state": "failed",
     "exit_code": 1, "error": "e", "ended_at": NOW, "status_text": "s",
-    "plan": '[{"item_id": 5, "run_id": "run-new", "fence": 9}]',
+    "plan": '[{"item_id": 5, "run_id": "run-new", "fence": 9}]', "restricted": True,
+    "bundle": None,
 }  # fmt: skip
 
 
@@ -70,6 +72,8 @@ def _param(name: str, dialect: str, query: str = "") -> Any:
     if name == "states":
         states = ["starting", "running"]
         return f'["{states[0]}", "{states[1]}"]' if dialect == "sqlite" else states
+    if name == "agents":
+        return '["agent-0001"]' if dialect == "sqlite" else ["agent-0001"]
     if name == "run_ids":
         return '["run-000005"]' if dialect == "sqlite" else ["run-000005"]
     value = PARAMS[name]

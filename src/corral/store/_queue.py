@@ -307,10 +307,7 @@ class QueueOps(UsageOps):
                 chosen = await tx.fetch_all("claimable_item", params)
             if not chosen:
                 return []
-            claims = await self._claim_items(tx, owner, chosen, lease_seconds, bundle)
-            if runner:
-                await tx.execute("claimed_for_runner", {"owner": owner})
-            return claims
+            return await self._claim_items(tx, owner, chosen, lease_seconds, bundle, runner)
 
     async def _claim_limit(self, tx: Transaction, limit: int) -> int:
         """How many items this claim may take as far as the project goes.
@@ -340,9 +337,11 @@ class QueueOps(UsageOps):
         chosen: list[Row],
         lease_seconds: float,
         bundle: str | None = None,
+        runner: bool = False,
     ) -> list[Claim]:
         """Claim ``chosen`` (rows with id, agent, trigger_kind) set-wise: one statement
-        inserts every run, one claims every item, one starts their calls."""
+        inserts every run, one claims every item, one starts their calls (and, for a
+        runner, one records it on the runs)."""
         ordered = sorted(chosen, key=lambda row: int(row["id"]))
         fences = await self._next_fences(tx, len(ordered))
         plan = [
@@ -374,6 +373,9 @@ class QueueOps(UsageOps):
             )
         if any(row["trigger_kind"] == TriggerKind.CALL.value for row in ordered):
             await tx.execute("start_claimed_calls", params)
+        if runner:
+            await tx.execute("claimed_for_runner", params)
+            runs = {key: run.evolve(runner_id=owner) for key, run in runs.items()}
         return [Claim(item, runs[item.id]) for item in sorted(items, key=lambda item: item.id)]
 
     async def _next_fences(self, tx: Transaction, count: int) -> list[int]:

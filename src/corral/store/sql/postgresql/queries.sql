@@ -272,9 +272,11 @@ ORDER BY id
 FOR UPDATE
 
 -- name: claimed_for_runner
--- The runs a claim just made for a runner record it (their owner is the runner).
+-- The runs a claim just made for a runner record it (plan as insert_claim_runs).
 UPDATE corral_runs SET runner_id = %(owner)s
-WHERE owner = %(owner)s AND state = 'starting' AND runner_id IS NULL
+WHERE id IN (SELECT p.run_id
+             FROM jsonb_to_recordset(%(plan)s::jsonb) AS p(item_id bigint, run_id text,
+                                                           fence bigint))
 
 -- name: owner_items
 SELECT * FROM corral_queue

@@ -177,9 +177,9 @@ WHERE state = 'claimed' AND lease_expires_at < :now
 ORDER BY id
 
 -- name: claimed_for_runner
--- The runs a claim just made for a runner record it (their owner is the runner).
+-- The runs a claim just made for a runner record it (plan as insert_claim_runs).
 UPDATE corral_runs SET runner_id = :owner
-WHERE owner = :owner AND state = 'starting' AND runner_id IS NULL
+WHERE id IN (SELECT json_extract(value, '$.run_id') FROM json_each(:plan))
 
 -- name: owner_items
 SELECT * FROM corral_queue INDEXED BY corral_queue_claimed
