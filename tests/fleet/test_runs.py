@@ -181,6 +181,15 @@ def test_runs_spread_over_runners_with_in_run_commands(
     )
     assert f"hello from {remote[0].id}" in shown.stdout, shown.stdout + shown.stderr
     assert "locked" in shown.stdout
+    show = subprocess.run(
+        [sys.executable, "-m", "corral", "runs", "show", remote[0].id],
+        cwd=plane.root,
+        env=clean_env(plane.root.parent) | {"CORRAL_STATE_URL": store_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"runner   {remote[0].runner_id}" in show.stdout, show.stdout + show.stderr
 
 
 def test_a_killed_runner_loses_its_run_to_the_other(tmp_path: Path, store_url: str) -> None:
