@@ -542,7 +542,8 @@ class Runner:
                 )
             except (StoreUnavailable, ControlPlaneError) as exc:
                 log.warning("asking for work failed: %s", exc)
-                await asyncio.sleep(1.0)
+                refused = isinstance(exc, ControlPlaneError) and exc.status in (401, 403)
+                await asyncio.sleep(5.0 if refused else 1.0)  # revoked: ask rarely
                 continue
             if answer.get("waiting"):
                 log.warning("%s", answer["waiting"])
