@@ -74,6 +74,7 @@ def run_json(run: Run) -> dict[str, Any]:
         },
         "costUsd": run.cost_usd,
         "bundle": run.bundle,
+        "runner": run.runner_id,
     }
 
 

@@ -34,6 +34,7 @@ HOT = (
     "metrics_runs_since", "metrics_items_set_aside_since", "spend_since", "usage_by_day",
     "prune_runs", "prune_items", "finish_run", "request_kill", "set_run_status_live",
     "page_runs", "page_agent_runs", "calls_made_by", "call_answered_by", "child_runs",
+    "runner_holdings", "claimed_for_runner",
 )  # fmt: skip
 #: PostgreSQL's own hot queries (no SQLite twin): the one-statement batch claim.
 HOT_PG = ("claim_batch",)
@@ -60,7 +61,7 @@ PARAMS: dict[str, Any] = {
     "exit_code": 1, "error": "e", "ended_at": NOW, "status_text": "s",
     "plan": '[{"item_id": 5, "run_id": "run-new", "fence": 9}]', "bundle": None,
     "until": datetime(9999, 12, 31, tzinfo=UTC), "before_at": NOW - timedelta(days=60),
-    "before_id": "run-050000", "search": "",
+    "before_id": "run-050000", "search": "", "restricted": True,
 }  # fmt: skip
 
 
@@ -82,6 +83,8 @@ def _param(name: str, dialect: str, query: str = "") -> Any:
         return f'["{states[0]}", "{states[1]}"]' if dialect == "sqlite" else states
     if name == "secret_hashes":
         return ["0" * 64, "1" * 64]
+    if name == "agents":
+        return '["agent-0001"]' if dialect == "sqlite" else ["agent-0001"]
     if name == "run_ids":
         return '["run-000005"]' if dialect == "sqlite" else ["run-000005"]
     value = PARAMS[name]

@@ -18,9 +18,8 @@ Runners:
 
 A bundle never changes under its name, so each answer carries its hash as a strong ETag
 and ``Cache-Control: immutable``, and ``If-None-Match`` with that ETag is answered 304.
-Every runner-facing route authenticates through ``bundle_reader``, the one dependency to
-change when runners get credentials of their own; until then it asks for an operator
-token.
+Every runner-facing route authenticates through ``bundle_reader``: a runner's
+credential, or an operator token.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from corral.bundles import (
     MAX_BUNDLE_BYTES,
@@ -41,8 +41,10 @@ from corral.bundles import (
     read_entries,
 )
 from corral.engine.actions import ActionError
+from corral.engine.fleet import CREDENTIAL_PREFIX
 from corral.errors import ConfigError, StoreConflict
 from corral.gateway.control import Operator, operator
+from corral.gateway.fleet import require_runner
 from corral.scheduler.bundles import check_bundle
 from corral.scheduler.service import Scheduler
 from corral.views import bundle_head_json, bundle_json
@@ -52,9 +54,20 @@ __all__ = ["bundle_reader", "install_bundles"]
 _TAR = "application/x-tar"
 
 
-async def bundle_reader(actor: Operator) -> str:
-    """Who may read bundles: for now anyone with an operator token (``token:<name>``)."""
-    return actor
+_reader_bearer = HTTPBearer(auto_error=False, scheme_name="runnerCredential")
+
+
+async def bundle_reader(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_reader_bearer)],
+) -> str:
+    """Who may read bundles: a runner of the fleet (its credential: ``runner:<id>``; a
+    revoked runner is refused 403), or an operator (``token:<name>``)."""
+    given = credentials.credentials.strip() if credentials is not None else ""
+    if given.startswith(CREDENTIAL_PREFIX):
+        runner = await require_runner(request, credentials)
+        return f"runner:{runner.id}"
+    return await operator(request, credentials)
 
 
 Reader = Annotated[str, Depends(bundle_reader)]

@@ -142,6 +142,24 @@ def resolve_state_url(value: str, root: Path) -> str:
     return "sqlite:///" + str(path if path.is_absolute() else root / path)
 
 
+_RUNNER_LABEL = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+
+
+def runner_labels(value: tuple[str, ...]) -> tuple[str, ...]:
+    """``runsOn``: the labels a runner must have to take the agent's runs; sorted, no
+    repeats, each 1-63 lowercase letters, digits, '_', '.' or '-'."""
+    for label in value:
+        if not _RUNNER_LABEL.fullmatch(label):
+            raise problem(
+                f"has a bad runner label {label!r}: use 1-63 lowercase letters, digits, "
+                "'_', '.' or '-', starting with a letter or digit (e.g. runsOn = [\"gpu\"]; "
+                "runsOn = [] means any runner)"
+            )
+    if len(set(value)) > 32:
+        raise problem(f"names {len(set(value))} runner labels: at most 32")
+    return tuple(sorted(set(value)))
+
+
 def cron(value: str) -> str:
     reason = _cron_problem(value.strip())
     if reason:

@@ -68,6 +68,7 @@ CredentialRef = Annotated[StrictStr, AfterValidator(_checks.credential_ref)]
 WebhookCredential = Annotated[StrictStr, AfterValidator(_checks.webhook_credential)]
 HeaderName = Annotated[StrictStr, AfterValidator(_checks.header_name)]
 Strings = tuple[StrictStr, ...]
+RunnerLabels = Annotated[tuple[StrictStr, ...], AfterValidator(_checks.runner_labels)]
 
 #: An agent's maximum run time in seconds when neither it nor ``[local] timeout`` sets
 #: one: Action Llama's DEFAULT_AGENT_TIMEOUT.
@@ -404,3 +405,6 @@ class AgentConfig(_Model):
     runtime: RuntimeConfig = RuntimeConfig()
     harness: HarnessConfig = HarnessConfig()
     budget: AgentBudget = AgentBudget()
+    #: The labels a runner must have to run this agent (``runsOn``); set (even empty: any
+    #: runner), the agent runs on the fleet's runners only, never on the control plane.
+    runs_on: RunnerLabels | None = None

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -85,6 +85,7 @@ class AgentApiProxy:
         max_body: int = 8 * 1024 * 1024,
         mode: int = 0o600,
         read_deadline: float = READ_DEADLINE,
+        on_answer: Callable[[str, str, int, bytes], Awaitable[None]] | None = None,
     ) -> None:
         if not upstreams:
             raise ValueError("an agent API proxy needs at least one control plane address")
@@ -94,6 +95,9 @@ class AgentApiProxy:
         self.max_body = max_body
         self.mode = mode
         self.read_deadline = read_deadline
+        #: Told of each forwarded request's answer (method, target, status, body): the
+        #: runner acts on what only it can do (``al-exit`` ends a run it executes).
+        self.on_answer = on_answer
         self._client = client
         self._own_client = client is None
         self._server: asyncio.base_events.Server | None = None
@@ -153,6 +157,8 @@ class AgentApiProxy:
                 return
             status, answer_headers, content = await self._forward(method, target, headers, body)
             await _write(writer, status, answer_headers, content)
+            if self.on_answer is not None:
+                await self.on_answer(method, target, status, content)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:

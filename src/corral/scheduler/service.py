@@ -160,6 +160,8 @@ class Scheduler:
         self.info: SchedulerInfo | None = None
         self.draining = False
         self._wake = asyncio.Event()
+        #: Called with every wake-up of the dispatcher (work may be claimable).
+        self.wake_listeners: set[Callable[[], None]] = set()
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self.on_claim: Callable[[Claim], None] | None = None  # observers (live view, benchmarks)
@@ -205,6 +207,8 @@ class Scheduler:
 
     def wake(self) -> None:
         self._wake.set()
+        for listener in list(self.wake_listeners):  # runners' requests for work
+            listener()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -450,6 +454,7 @@ class Scheduler:
                 limit=batch,
                 secret_hashes=hashes,
                 bundle=self.project.bundle,
+                agents=local_agents(self.project),
             )
         except BaseException:
             self.link.claim_failed()
@@ -605,8 +610,8 @@ class Scheduler:
             await self._runners_offline(gone)
 
     async def _runners_offline(self, gone: list[Runner]) -> None:
-        """Runners this process found offline. Runs do not go to runners yet; when they
-        do, this is where a dead runner's runs are recovered and re-delivered."""
+        """Runners this process found offline. Their runs need nothing here: their
+        leases (12 s) lapse and ``_recover_lapsed`` records them lost and re-queues them."""
         for runner in gone:
             log.warning(
                 "runner %s (%s on %s) is offline: no heartbeat since %s",
@@ -632,6 +637,14 @@ class Scheduler:
                 info.id,
                 extra={"action": "scheduler_recovered", "since": str(now - info.heartbeat_at)},
             )
+
+
+def local_agents(project: Project) -> list[str] | None:
+    """The agents this process's dispatcher claims for: None (every one) unless some run
+    on the fleet's runners only (``runsOn``), whose items only runners claim."""
+    if all(agent.config.runs_on is None for agent in project.agents.values()):
+        return None
+    return sorted(n for n, agent in project.agents.items() if agent.config.runs_on is None)
 
 
 def _schedules(project: Project) -> dict[str, str]:

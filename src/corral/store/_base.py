@@ -51,6 +51,7 @@ from corral.store._calls import CallOps
 from corral.store._control import ControlOps
 from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
 from corral.store._fleet import FleetOps
+from corral.store._fleet_runs import FleetRunOps
 from corral.store._leases import LeaseOps
 from corral.store._locks import LockOps
 from corral.store._metrics import MetricsOps
@@ -84,6 +85,7 @@ _LIVE = frozenset({RunState.QUEUED, RunState.STARTING, RunState.RUNNING})
 
 
 class Store(
+    FleetRunOps,
     LeaseOps,
     CallOps,
     LockOps,

@@ -351,6 +351,8 @@ class QueueOps(UsageOps):
         item_id: int | None = None,
         bundle: str | None = None,
         secret_hashes: Sequence[str] = (),
+        agents: Collection[str] | None = None,
+        runner: bool = False,
     ) -> list[Claim]:
         """Claim up to ``limit`` queued items for ``owner``, in one transaction.
 
@@ -376,6 +378,11 @@ class QueueOps(UsageOps):
         transaction below, which takes the project lock.
 
         ``bundle``: the project bundle the runs will run (recorded on each run).
+
+        ``agents``: only items of these agents (a control plane leaves the agents that run
+        on runners alone; a runner takes only those whose labels it has); the same rules
+        either way, so caps hold across the fleet (such a claim is the transaction below).
+        ``runner``: ``owner`` is a runner of the fleet, recorded as each run's ``runner_id``.
         """
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
@@ -386,13 +393,15 @@ class QueueOps(UsageOps):
             raise ValueError("claim: secret_hashes names a hash twice; each run needs its own")
         if limit == 0:
             return []
-        if item_id is None and self.dialect == "postgresql":
+        if item_id is None and agents is None and not runner and self.dialect == "postgresql":
             claims = await self._claim_batch(owner, lease_seconds, limit, hashes, bundle)
             if claims is not None:
                 return claims
 
         async with self.transaction() as tx:
-            return await self._claim_in(tx, owner, lease_seconds, limit, item_id, hashes, bundle)
+            return await self._claim_in(
+                tx, owner, lease_seconds, limit, item_id, hashes, bundle, agents, runner
+            )
 
     async def _claim_in(
         self,
@@ -403,6 +412,8 @@ class QueueOps(UsageOps):
         item_id: int | None,
         hashes: list[str],
         bundle: str | None = None,
+        agents: Collection[str] | None = None,
+        runner: bool = False,
     ) -> list[Claim]:
         """``claim`` inside ``tx``: every case, on both stores."""
         limit = await self._claim_limit(tx, limit)
@@ -410,7 +421,11 @@ class QueueOps(UsageOps):
             return []
         now = self.encode_time(self.now())
         if item_id is None:
-            chosen = await tx.fetch_all("claimable", {"limit": limit, "now": now})
+            only = {
+                "restricted": agents is not None,
+                "agents": self.encode_list(sorted(agents or ())),
+            }
+            chosen = await tx.fetch_all("claimable", {"limit": limit, "now": now, **only})
         else:
             # The agent's row before the item's, as intake and batch claims take
             # them (the other way round deadlocks with an intake dropping the item).
@@ -421,7 +436,7 @@ class QueueOps(UsageOps):
             chosen = await tx.fetch_all("claimable_item", params)
         if not chosen:
             return []
-        return await self._claim_items(tx, owner, chosen, lease_seconds, bundle, hashes)
+        return await self._claim_items(tx, owner, chosen, lease_seconds, bundle, hashes, runner)
 
     async def _claim_batch(
         self,
@@ -490,10 +505,12 @@ class QueueOps(UsageOps):
         lease_seconds: float,
         bundle: str | None = None,
         hashes: Sequence[str] = (),
+        runner: bool = False,
     ) -> list[Claim]:
         """Claim ``chosen`` (rows with id, agent, trigger_kind) set-wise: one statement
         inserts every run (the i-th with ``hashes[i]`` as its secret hash, if there is
-        one), one claims every item, one starts their calls."""
+        one), one claims every item, one starts their calls (and, for a runner, one
+        records it on the runs)."""
         ordered = sorted(chosen, key=lambda row: int(row["id"]))
         fences = await self._next_fences(tx, len(ordered))
         plan = [
@@ -526,6 +543,9 @@ class QueueOps(UsageOps):
             )
         if any(row["trigger_kind"] == TriggerKind.CALL.value for row in ordered):
             await tx.execute("start_claimed_calls", params)
+        if runner:
+            await tx.execute("claimed_for_runner", params)
+            runs = {key: run.evolve(runner_id=owner) for key, run in runs.items()}
         return [Claim(item, runs[item.id]) for item in sorted(items, key=lambda item: item.id)]
 
     async def _next_fences(self, tx: Transaction, count: int) -> list[int]:

@@ -46,13 +46,14 @@ eval_str=True)`` resolves them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from corral.store._core import Params, Row, Transaction
+from corral.store._fleet_runs import Holding
 from corral.store._locks import WANT_SECONDS
 from corral.store._notify import Changes
 from corral.store._queue import Overflow
@@ -151,6 +152,8 @@ class QueueStore(Protocol):
         item_id: int | None = None,
         bundle: str | None = None,
         secret_hashes: Sequence[str] = (),
+        agents: Collection[str] | None = None,
+        runner: bool = False,
     ) -> list[Claim]: ...
 
     async def get_item(self, item_id: int) -> QueueItem | None: ...
@@ -474,6 +477,14 @@ class FleetStore(Protocol):
     ) -> tuple[Anomaly | None, bool]: ...
 
     async def count_open_anomalies(self) -> dict[str, int]: ...
+
+    async def runner_holdings(self, runner_id: str) -> dict[str, Holding]: ...
+
+    async def renew_runner_runs(
+        self, runner_id: str, running: Mapping[str, int], *, lease_seconds: float
+    ) -> list[str]: ...
+
+    async def runner_holds(self, runner_id: str, run_id: str, fence: int | None) -> bool: ...
 
 
 @runtime_checkable

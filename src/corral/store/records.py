@@ -137,6 +137,8 @@ class Run:
     budget: str | None = None
     #: The project bundle it ran (``sha256:…``), when its scheduler ran one (``corral push``).
     bundle: str | None = None
+    #: The fleet's runner that ran it (``rnr-…``), or None when a control plane did.
+    runner_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:

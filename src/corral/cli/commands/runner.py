@@ -94,6 +94,8 @@ def join_cmd(
         "runnerId": answer["runnerId"],
         "name": answer["name"],
         "credential": answer["credential"],
+        "slots": answer["slots"],
+        "labels": answer["labels"],
         "heartbeatSeconds": answer["heartbeatSeconds"],
         "offlineAfterSeconds": answer["offlineAfterSeconds"],
         "joinedAt": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -228,3 +230,38 @@ def _write_private(path: Path, config: dict[str, Any]) -> None:
         json.dump(config, handle, indent=2)
         handle.write("\n")
     os.replace(temporary, path)
+
+
+@runner_group.command("start")
+@_config_option
+@click.option("--print-systemd-unit", is_flag=True, help="Print a systemd unit for this runner.")
+@click.option("--verbose", "-v", is_flag=True, help="Log every run's steps.")
+def start_cmd(config_path: Path | None, print_systemd_unit: bool, verbose: bool) -> None:
+    """Run the fleet's runs on this host until SIGTERM (which drains: running runs
+    finish, up to a grace, the rest go back to the queue)."""
+    import asyncio
+    import logging
+    import shutil
+    import sys
+
+    from corral.runner.agent import Runner, RunnerSettings, install_signals, systemd_unit
+
+    path = runner_config_path(config_path).absolute()
+    if print_systemd_unit:
+        executable = shutil.which("corral") or f"{sys.executable} -m corral"
+        click.echo(systemd_unit(path, executable), nl=False)
+        return
+    settings = RunnerSettings.from_config(_read_config(path), path)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("corral.runner").setLevel(logging.INFO)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_signals(stop)
+        await Runner(settings).run(stop)
+
+    asyncio.run(main())

@@ -427,7 +427,7 @@ def _wanted(run: Run, wanted: set[str]) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def run_show_cmd(obj: CliContext, run_id: str, as_json: bool) -> None:
-    """One run: its agent, trigger, state, times, host and the bundle it ran."""
+    """One run: its agent, trigger, state, times, host, the bundle it ran and its runner."""
     project = obj.project_for_store()
 
     async def go() -> Run | None:
@@ -452,6 +452,7 @@ def run_show_cmd(obj: CliContext, run_id: str, as_json: bool) -> None:
         ("attempt", "-" if run.attempt is None else str(run.attempt)),
         ("host", run.host or "-"),
         ("bundle", run.bundle or "- (the project directory)"),
+        ("runner", run.runner_id or "- (a control plane)"),
         ("status", run.status_text or "-"),
         ("error", run.error or "-"),
     ]

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from corral.gateway.fleet._control import fleet_control_router
 from corral.gateway.fleet._door import MAX_BODY, FleetDoor
 from corral.gateway.fleet._runner_api import RUNNER_SCOPE_KEY, Me, require_runner, runner_router
+from corral.gateway.fleet._runs_api import runs_router
 from corral.scheduler.service import Scheduler
 
 __all__ = [
@@ -27,5 +28,6 @@ def install_fleet(app: FastAPI, scheduler: Scheduler) -> None:
     ``install_control``, whose operator check and error answers they use)."""
     app.state.fleet_scheduler = scheduler
     app.include_router(runner_router(scheduler))
+    app.include_router(runs_router(scheduler))
     app.include_router(fleet_control_router(scheduler))
     app.add_middleware(FleetDoor)

@@ -109,6 +109,8 @@ async def _fast_heartbeat(scope: Scope, body: bytes, credential: str) -> dict[st
         parsed = HeartbeatBody.model_validate_json(body or b"null")
     except ValidationError:
         return None
+    if parsed.running:  # leases to renew, runs to answer for: the route does that
+        return None
     try:
         runner = await scheduler.store.heartbeat_by_credential(
             hash_token(credential), version=parsed.version

@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral import __version__
-from corral.engine import fleet
+from corral.engine import fleet, fleet_runs
 from corral.engine.actions import ActionError
 from corral.engine.token import hash_token
 from corral.gateway.edge import WholeNumber, json_response
@@ -122,6 +122,9 @@ class JoinAnswer(BaseModel):
 
 class HeartbeatAnswer(BaseModel):
     ok: Literal[True]
+    gone: list[str] = Field(description="Reported runs this runner no longer holds: stop them")
+    kill: list[str] = Field(description="Its runs an operator asked to kill")
+    leaseSeconds: float
     runnerId: str
     state: str
     heartbeatSeconds: int
@@ -206,7 +209,14 @@ def runner_router(scheduler: Scheduler) -> APIRouter:
         beat = await store.runner_heartbeat(me.id, version=body.version or me.version)
         if beat is None:  # revoked between the check and the write
             raise ActionError(403, f"runner {me.id} was revoked; it may not act for the fleet")
-        return heartbeat_answer(beat, settings)
+        # The leases of the runs it still holds are renewed (one statement); the ones it
+        # reports but no longer holds are answered, so it stops them.
+        reported = {run.run_id: run.fence for run in body.running}
+        gone = await store.renew_runner_runs(
+            me.id, reported, lease_seconds=fleet_runs.LEASE_SECONDS
+        )
+        kill = [run.id for run in await store.kill_requests(me.id)] if reported else []
+        return {**heartbeat_answer(beat, settings), "gone": gone, "kill": kill}
 
     return router
 
@@ -220,4 +230,7 @@ def heartbeat_answer(runner: Runner, settings: fleet.FleetSettings) -> dict[str,
         "heartbeatSeconds": settings.heartbeat_seconds,
         "offlineAfterSeconds": settings.offline_after_seconds,
         "controlPlaneVersion": __version__,
+        "leaseSeconds": fleet_runs.LEASE_SECONDS,
+        "gone": [],
+        "kill": [],
     }

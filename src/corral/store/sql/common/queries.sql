@@ -646,3 +646,8 @@ SELECT * FROM corral_calls WHERE callee_run_id = :run_id
 -- corral_runs_parent.
 SELECT * FROM corral_runs WHERE parent_run_id = :run_id
 ORDER BY created_at, id LIMIT :limit
+-- name: runner_holdings
+-- The runs a runner holds now (their items claimed by it), read without locking them:
+-- every report of a runner checks it, and the writes that follow check the fence again.
+SELECT id, run_id, fence FROM corral_queue
+WHERE state = 'claimed' AND lease_owner = :owner

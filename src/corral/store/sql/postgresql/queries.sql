@@ -138,6 +138,7 @@ WITH candidates AS (
     FROM corral_agents a
     WHERE a.present AND a.enabled AND NOT a.paused AND a.running < a.scale
       AND a.queued + a.requeued > 0
+      AND (NOT %(restricted)s OR a.agent = ANY(%(agents)s))
     ORDER BY (SELECT min(q.id) FROM corral_queue q
               WHERE q.agent = a.agent AND q.state = 'queued'), a.agent
     LIMIT %(limit)s
@@ -398,6 +399,13 @@ SELECT * FROM corral_queue
 WHERE state = 'claimed' AND lease_expires_at < %(now)s
 ORDER BY id
 FOR UPDATE
+
+-- name: claimed_for_runner
+-- The runs a claim just made for a runner record it (plan as insert_claim_runs).
+UPDATE corral_runs SET runner_id = %(owner)s
+WHERE id IN (SELECT p.run_id
+             FROM jsonb_to_recordset(%(plan)s::jsonb) AS p(item_id bigint, run_id text,
+                                                           fence bigint))
 
 -- name: owner_items
 SELECT * FROM corral_queue

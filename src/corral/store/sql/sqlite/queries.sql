@@ -129,6 +129,7 @@ WITH candidates AS (
     FROM corral_agents a
     WHERE a.present = 1 AND a.enabled = 1 AND a.paused = 0 AND a.running < a.scale
       AND a.queued + a.requeued > 0
+      AND (:restricted = 0 OR a.agent IN (SELECT value FROM json_each(:agents)))
 ),
 picked AS (
     SELECT q.id, q.agent, q.trigger_kind, q.lease_owner, q.lease_expires_at,
@@ -205,6 +206,11 @@ WHERE state = 'claimed' AND lease_owner = :owner
 SELECT * FROM corral_queue INDEXED BY corral_queue_claimed
 WHERE state = 'claimed' AND lease_expires_at < :now
 ORDER BY id
+
+-- name: claimed_for_runner
+-- The runs a claim just made for a runner record it (plan as insert_claim_runs).
+UPDATE corral_runs SET runner_id = :owner
+WHERE id IN (SELECT json_extract(value, '$.run_id') FROM json_each(:plan))
 
 -- name: owner_items
 SELECT * FROM corral_queue INDEXED BY corral_queue_claimed

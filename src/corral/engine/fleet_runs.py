@@ -1,0 +1,125 @@
+"""Runs on the fleet's runners: which agents go where, and the wire form of a claim.
+
+An agent whose config says ``runsOn = [labels]`` (even ``[]``: any runner) runs on the
+fleet's runners only: the control plane's own dispatcher never claims its items
+(``scheduler.service.local_agents``), and a runner is handed the items of the agents
+whose labels it has (``runner_agents``). Both claim with the same statement (``Store.claim`` with
+``agents``), so an agent's scale and the project's cap hold across the whole fleet.
+
+A claim travels from the control plane to a runner as JSON (``claim_json``); the runner
+rebuilds it (``claim_from_json``) and hands it to the same ``RunExecutor`` the control
+plane uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from typing import Any
+
+from corral.credentials import LoadedCredential
+from corral.project import Agent, Project
+from corral.scheduler.prepare import implied_keys
+from corral.store import Claim, QueueItem, Run
+
+__all__ = [
+    "LEASE_SECONDS",
+    "MAX_WAIT",
+    "claim_from_json",
+    "claim_json",
+    "credentials_json",
+    "implied_keys",
+    "item_from_wire",
+    "item_wire",
+    "run_from_wire",
+    "run_wire",
+    "runner_agents",
+]
+
+#: The lease of a run on a runner: its heartbeat (every 5 s) renews it; a runner that
+#: stops heartbeating loses its runs after this long (plus the recovery period, 2 s).
+LEASE_SECONDS = 12.0
+#: The longest a runner's request for work is held open, in seconds.
+MAX_WAIT = 25.0
+
+_RUN_TIMES = frozenset({"created_at", "started_at", "ended_at", "kill_requested_at", "status_at"})
+_ITEM_TIMES = frozenset({"enqueued_at", "claimed_at", "finished_at", "lease_expires_at"})
+
+
+def on_runners(agent: Agent) -> bool:
+    """True when ``agent`` runs on the fleet's runners only (``runsOn``)."""
+    return agent.config.runs_on is not None
+
+
+def runner_agents(project: Project, labels: Collection[str]) -> list[str]:
+    """The agents a runner with ``labels`` may run: those whose ``runsOn`` labels it has."""
+    have = set(labels)
+    return sorted(
+        name
+        for name, agent in project.agents.items()
+        if agent.config.runs_on is not None and set(agent.config.runs_on) <= have
+    )
+
+
+def _plain(record: Any, times: frozenset[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
+        if field.name == "trigger":
+            out["trigger_kind"] = value.value
+        elif field.name == "state":
+            out["state"] = value.value
+        elif field.name in times and isinstance(value, datetime):
+            out[field.name] = value.isoformat()
+        else:
+            out[field.name] = value
+    return out
+
+
+def _decoded(data: Mapping[str, Any], times: frozenset[str]) -> dict[str, Any]:
+    row = dict(data)
+    for name in times:
+        if isinstance(row.get(name), str):
+            row[name] = datetime.fromisoformat(row[name])
+    return row
+
+
+def run_wire(run: Run) -> dict[str, Any]:
+    """A run as JSON, every field (``run_from_wire`` reads it back)."""
+    return _plain(run, _RUN_TIMES)
+
+
+def item_wire(item: QueueItem) -> dict[str, Any]:
+    """A queue item as JSON, every field (``item_from_wire`` reads it back)."""
+    return _plain(item, _ITEM_TIMES)
+
+
+def run_from_wire(data: Mapping[str, Any]) -> Run:
+    return Run.from_row(_decoded(data, _RUN_TIMES))
+
+
+def item_from_wire(data: Mapping[str, Any]) -> QueueItem:
+    return QueueItem.from_row(_decoded(data, _ITEM_TIMES))
+
+
+def claim_json(claim: Claim) -> dict[str, Any]:
+    """A claim as JSON: its run and its item, every field."""
+    return {"run": run_wire(claim.run), "item": item_wire(claim.item)}
+
+
+def claim_from_json(data: Mapping[str, Any]) -> Claim:
+    """The claim ``claim_json`` wrote; ValueError/KeyError/TypeError for anything else."""
+    run = run_from_wire(data["run"])
+    item = item_from_wire(data["item"])
+    if run.item_id != item.id or run.fence is None:
+        raise ValueError(f"claim of run {run.id}: its item or fence does not match")
+    return Claim(item, run)
+
+
+def credentials_json(loaded: Collection[LoadedCredential]) -> list[dict[str, Any]]:
+    """The credentials' values, for a runner (in one answer only; never logged)."""
+    return [
+        {"type": cred.ref.type, "instance": cred.ref.instance, "values": dict(cred.values)}
+        for cred in loaded
+    ]

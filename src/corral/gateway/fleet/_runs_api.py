@@ -1,0 +1,332 @@
+"""The runner API for runs: a runner asks for work and reports on the runs it was given.
+
+    POST /fleet/v1/work                  {free, wait}: long poll (<= 25 s) for up to
+                                         ``free`` claims of the agents whose ``runsOn``
+                                         labels the runner has
+    POST /fleet/v1/runs/{id}/secret      {fence, hash}: the run secret's hash
+    POST /fleet/v1/runs/{id}/running     {fence, pid, host}: the run's process started
+    POST /fleet/v1/runs/{id}/log?fence=N the run's output (raw bytes, appended to its log)
+    POST /fleet/v1/runs/{id}/usage       {fence, ...}: what a built-in run used so far
+    POST /fleet/v1/runs/{id}/cap         {fence}: why the run may not start (daily cost)
+    GET  /fleet/v1/runs/{id}             the run as the store holds it
+    POST /fleet/v1/runs/{id}/end         {fence, state, exitCode, error}: finalised with
+                                         the fence
+    POST /fleet/v1/runs/{id}/release     {fence, reason}: ended, its item queued again
+
+Every call about a run is refused unless the run was claimed by this runner (403), and
+every write unless the runner still holds it with that fence (409): a runner whose lease
+lapsed, or that was frozen and thawed, can change nothing of a run that was handed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.credentials import CredentialStore
+from corral.credentials.errors import CredentialError
+from corral.engine import fleet_runs
+from corral.engine.actions import ActionError
+from corral.errors import StoreError
+from corral.gateway.edge import WholeNumber
+from corral.gateway.fleet._runner_api import Me
+from corral.locate import open_private, private_dirs
+from corral.scheduler.service import Scheduler
+from corral.store import Run, RunnerState, RunState, StaleFence
+from corral.store._notify import QUEUE
+
+__all__ = ["runs_router"]
+
+log = logging.getLogger("corral.fleet")
+
+#: How often a waiting request for work looks at the queue when nothing woke it.
+_POLL = 0.5
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class WorkBody(_Body):
+    free: WholeNumber = Field(ge=0, le=1024, description="Runs the runner can take now")
+    wait: float = Field(default=fleet_runs.MAX_WAIT, ge=0, le=fleet_runs.MAX_WAIT)
+    bundles: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default=[], max_length=256
+    )
+
+
+class FenceBody(_Body):
+    fence: WholeNumber = Field(ge=0, le=2**62)
+
+
+class SecretBody(FenceBody):
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex) of the secret")
+
+
+class RunningBody(FenceBody):
+    pid: int | None = Field(default=None, ge=0, le=2**31)
+    host: str = Field(default="", max_length=253)
+
+
+class UsageBody(FenceBody):
+    input_tokens: WholeNumber = Field(alias="inputTokens", ge=0)
+    output_tokens: WholeNumber = Field(alias="outputTokens", ge=0)
+    cache_read_tokens: WholeNumber = Field(alias="cacheReadTokens", ge=0)
+    cache_write_tokens: WholeNumber = Field(alias="cacheWriteTokens", ge=0)
+    cost_usd: float | None = Field(default=None, alias="costUsd", ge=0)
+    budget: str | None = Field(default=None, max_length=64)
+
+
+class EndBody(FenceBody):
+    state: Literal["succeeded", "failed", "timed_out", "killed"]
+    exit_code: int | None = Field(default=None, alias="exitCode", ge=-(2**31), le=2**31)
+    error: str | None = Field(default=None, max_length=16_000)
+
+
+class ReleaseBody(FenceBody):
+    reason: str = Field(min_length=1, max_length=4000)
+
+
+def runs_router(scheduler: Scheduler) -> APIRouter:
+    """The routes of runs on runners over ``scheduler`` (its project and store)."""
+    router = APIRouter(prefix="/fleet/v1", tags=["fleet"])
+    _work_route(router, scheduler)
+    _report_routes(router, scheduler)
+    _end_routes(router, scheduler)
+    return router
+
+
+def _owner_check(scheduler: Scheduler) -> Any:
+    store = scheduler.store
+
+    async def own(me: Me, run_id: str, fence: int | None) -> Run:
+        """The run, when it is ``me``'s (403 otherwise) and, with ``fence``, still held
+        by it with that fence (409 otherwise)."""
+        run = await store.get_run(run_id)
+        if run is None or run.owner != me.id:
+            raise ActionError(
+                403 if run is not None else 404,
+                f"run {run_id} is not a run of runner {me.id}"
+                if run is not None
+                else f"no run {run_id}",
+            )
+        if fence is not None and not await store.runner_holds(me.id, run_id, fence):
+            raise ActionError(409, _stale(run, fence))
+        return run
+
+    return own
+
+
+def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
+    store = scheduler.store
+
+    @router.post("/work", summary="Ask for work: up to `free` runs (long poll)")
+    async def work(body: WorkBody, me: Me) -> Any:
+        project = scheduler.project
+        agents = fleet_runs.runner_agents(project, me.labels)
+        answer: dict[str, Any] = {"ok": True, "state": me.state.value, "runs": []}
+        if me.state is not RunnerState.ACTIVE:
+            return answer  # cordoned or draining: no new work
+        if project.bundle is None:
+            if agents:
+                answer["waiting"] = (
+                    "the control plane has no project bundle: `corral push` publishes one, "
+                    "and runners run what it holds"
+                )
+            await asyncio.sleep(min(body.wait, 5.0))
+            return answer
+        held = len(await store.runner_holdings(me.id))
+        free = min(body.free, max(me.slots - held, 0))
+        if free <= 0 or not agents:
+            # nothing it may run, or its slots are taken (runs not yet recovered count)
+            await asyncio.sleep(min(body.wait, 5.0 if not agents else 1.0))
+            return answer
+        woken = asyncio.Event()
+        unsubscribe = store.changes.subscribe(QUEUE, woken.set)
+        scheduler.wake_listeners.add(woken.set)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + body.wait
+        try:
+            while True:
+                woken.clear()
+                claims = await store.claim(
+                    me.id,
+                    lease_seconds=fleet_runs.LEASE_SECONDS,
+                    limit=free,
+                    bundle=project.bundle,
+                    agents=agents,
+                    runner=True,
+                )
+                if claims:
+                    break
+                left = deadline - loop.time()
+                if left <= 0:
+                    return answer
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(_POLL, left))
+        finally:
+            unsubscribe()
+            scheduler.wake_listeners.discard(woken.set)
+        head = await store.get_bundle(project.bundle)
+        manifest = dict(head.agents) if head is not None else {}
+        for claim in claims:
+            agent = project.agents[claim.run.agent]
+            answer["runs"].append(
+                {
+                    **fleet_runs.claim_json(claim),
+                    "leaseSeconds": fleet_runs.LEASE_SECONDS,
+                    "bundle": project.bundle,
+                    "agentBundle": manifest.get(agent.name),
+                    "credentials": fleet_runs.credentials_json(_credentials(project, agent)),
+                }
+            )
+            log.info(
+                "run %s handed to runner %s",
+                claim.run.id,
+                me.id,
+                extra={"action": "run_to_runner", "run_id": claim.run.id, "runner_id": me.id},
+            )
+        return answer
+
+
+def _report_routes(router: APIRouter, scheduler: Scheduler) -> None:
+    store = scheduler.store
+    own = _owner_check(scheduler)
+
+    @router.get("/runs/{run_id}", summary="One of this runner's runs")
+    async def get_run(run_id: str, me: Me) -> Any:
+        run = await own(me, run_id, None)
+        return {"ok": True, "run": fleet_runs.run_wire(run)}
+
+    @router.post("/runs/{run_id}/secret", summary="The run secret's hash")
+    async def secret(run_id: str, body: SecretBody, me: Me) -> Any:
+        await own(me, run_id, body.fence)
+        run = await _conflicts(store.set_run_secret(run_id, body.hash))
+        return {"ok": True, "run": fleet_runs.run_wire(run)}
+
+    @router.post("/runs/{run_id}/running", summary="The run's process started")
+    async def running(run_id: str, body: RunningBody, me: Me) -> Any:
+        await own(me, run_id, body.fence)
+        # The host names the runner: a control plane never takes it for one of its own
+        # processes (its recovery reaps the processes of lost runs of its own host).
+        host = f"{body.host or me.hostname} (runner {me.name})"
+        run = await _conflicts(store.mark_run_running(run_id, pid=body.pid, host=host))
+        return {"ok": True, "run": fleet_runs.run_wire(run)}
+
+    @router.post("/runs/{run_id}/log", summary="Output of the run (raw bytes), appended")
+    async def append_log(
+        run_id: str, request: Request, me: Me, fence: Annotated[int, Query(ge=0)]
+    ) -> Any:
+        await own(me, run_id, fence)
+        data = await request.body()
+        if data:
+            path = scheduler.executor.log_path(run_id)
+            await asyncio.to_thread(_append, path, data)
+        return {"ok": True, "bytes": len(data)}
+
+    @router.post("/runs/{run_id}/usage", summary="What the run used so far")
+    async def usage(run_id: str, body: UsageBody, me: Me) -> Any:
+        await own(me, run_id, body.fence)
+        run = await store.record_usage(
+            run_id,
+            input_tokens=body.input_tokens,
+            output_tokens=body.output_tokens,
+            cache_read_tokens=body.cache_read_tokens,
+            cache_write_tokens=body.cache_write_tokens,
+            cost_usd=body.cost_usd,
+            budget=body.budget,
+        )
+        return {"ok": True, "run": None if run is None else fleet_runs.run_wire(run)}
+
+    @router.post("/runs/{run_id}/cap", summary="Why the run may not start now, if it may not")
+    async def cap(run_id: str, body: FenceBody, me: Me) -> Any:
+        run = await own(me, run_id, body.fence)
+        return {"ok": True, "refusal": await store.daily_cap_refusal(run.agent)}
+
+
+def _end_routes(router: APIRouter, scheduler: Scheduler) -> None:
+    store = scheduler.store
+    own = _owner_check(scheduler)
+
+    @router.post("/runs/{run_id}/end", summary="The run ended: finalise it with its fence")
+    async def end(run_id: str, body: EndBody, me: Me) -> Any:
+        run = await own(me, run_id, None)
+        try:
+            result = await store.finalize(
+                run_id,
+                fence=body.fence,
+                state=RunState(body.state),
+                exit_code=body.exit_code,
+                error=body.error,
+            )
+        except StaleFence as exc:
+            raise ActionError(409, str(exc)) from None
+        log.info(
+            "run %s on runner %s ended %s",
+            run.id,
+            me.id,
+            body.state,
+            extra={"action": "run_finished", "run_id": run.id, "runner_id": me.id},
+        )
+        if result.rerun_item is not None:
+            scheduler.wake()
+        return {
+            "ok": True,
+            "run": fleet_runs.run_wire(result.run),
+            "item": fleet_runs.item_wire(result.item),
+            "rerun": None if result.rerun_item is None else fleet_runs.item_wire(result.rerun_item),
+        }
+
+    @router.post("/runs/{run_id}/release", summary="Give the run's item back to the queue")
+    async def release(run_id: str, body: ReleaseBody, me: Me) -> Any:
+        await own(me, run_id, None)
+        try:
+            ended = await store.release(run_id, fence=body.fence, reason=body.reason)
+        except StaleFence as exc:
+            raise ActionError(409, str(exc)) from None
+        scheduler.wake()
+        return {"ok": True, "run": fleet_runs.run_wire(ended)}
+
+
+async def _conflicts(step: Any) -> Run:
+    """``step``'s run; a refusal of what the store holds (the run ended) is a 409."""
+    try:
+        run: Run = await step
+    except StoreError as exc:
+        raise ActionError(409, str(exc)) from None
+    return run
+
+
+def _credentials(project: Any, agent: Any) -> list[Any]:
+    """The agent's credentials as this control plane holds them; one it lacks is left
+    out (the run fails on the runner naming it, as it would here)."""
+    creds = CredentialStore()
+    loaded = []
+    refs = [*agent.config.credentials, *fleet_runs.implied_keys(project, agent)]
+    for ref in dict.fromkeys(str(r) for r in refs):
+        with contextlib.suppress(CredentialError):
+            loaded += creds.resolve([ref], missing_ok=True)
+    return loaded
+
+
+def _stale(run: Run, fence: int) -> str:
+    return (
+        f"run {run.id} (fence {fence}) is no longer this runner's: its lease lapsed or it "
+        f"ended (it is {run.state.value}); stop it and report nothing more"
+    )
+
+
+def _append(path: Path, data: bytes) -> None:
+    private_dirs(path.parent, path.parent.parent)
+    fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)

@@ -1,0 +1,200 @@
+"""A real fleet for tests: a `corral start` control plane and `corral runner start`
+processes (on this host, or inside simulated hosts), each with a HOME and config of its
+own; and what the tests count: live run processes, from /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from corral.bundles import pack
+from tests.hosts import Host
+from tests.processes import wait_until
+from tests.scheduler.procs import SchedulerProcess
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    env.update({"HOME": str(home), "CORRAL_HOME": str(home / ".corral")})
+    return env
+
+
+@dataclass
+class Plane:
+    """A control plane: its gateway URL (as this namespace reaches it) and port."""
+
+    root: Path
+    url: str
+    port: int
+    operator: str
+    process: SchedulerProcess
+
+    def control(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.operator}"}
+        return httpx.request(method, f"{self.url}/control{path}", headers=headers, timeout=30, **kw)
+
+    def push(self) -> str:
+        packed = pack(self.root)
+        done = httpx.post(
+            f"{self.url}/control/bundles",
+            content=packed.data,
+            headers={
+                "Authorization": f"Bearer {self.operator}",
+                "Content-Type": "application/x-tar",
+            },
+            timeout=60,
+        )
+        assert done.status_code == 200, done.text
+        return packed.hash
+
+    def token(self, labels: list[str]) -> str:
+        made = self.control("POST", "/fleet/tokens", json={"labels": labels})
+        assert made.status_code == 201, made.text
+        return str(made.json()["token"])
+
+    def trigger(self, agent: str) -> None:
+        done = self.control("POST", "/runs", json={"agent": agent})
+        assert done.status_code in (200, 201, 202), done.text
+
+
+@contextlib.contextmanager
+def control_plane(root: Path, store_url: str, log: Path, *extra: str) -> Iterator[Plane]:
+    """`corral start` on ``store_url``; with ``--expose`` (listening on every address, so
+    simulated hosts reach it), an operator token is made first, as exposing requires."""
+    operator = ""
+    if "--expose" in extra:
+        env = clean_env(root.parent) | {"CORRAL_STATE_URL": store_url}
+        made = subprocess.run(
+            [sys.executable, "-m", "corral", "token", "create", "fleet-tests"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stderr
+        operator = made.stdout.strip()
+    with SchedulerProcess(root, store_url, log, *extra) as process:
+        wait_until(lambda: "started; gateway on" in process.output(), 90)
+        found = re.search(r"gateway on (http://[0-9.]+):(\d+)", process.output())
+        assert found is not None, process.output()
+        port = int(found.group(2))
+        operator = operator or (root / ".corral" / "operator-token").read_text().strip()
+        yield Plane(root, f"http://127.0.0.1:{port}", port, operator, process)
+        process.stop()
+
+
+@dataclass
+class RunnerProcess:
+    name: str
+    home: Path
+    config: Path
+    log: Path
+    proc: subprocess.Popen[str] | None = None
+    runner_id: str = ""
+    host: Host | None = field(default=None, repr=False)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def join_runner(
+    plane: Plane,
+    base: Path,
+    name: str,
+    labels: list[str],
+    slots: int,
+    *,
+    host: Host | None = None,
+    url: str | None = None,
+) -> RunnerProcess:
+    """`corral runner join` (from this namespace, to the URL the runner will use)."""
+    home = base / f"runner-{name}"
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "runner.json"
+    token = plane.token(labels)
+    argv = [sys.executable, "-m", "corral", "runner", "join", url or plane.url]
+    argv += ["--token", token, "--name", name, "--slots", str(slots), "--config", str(config)]
+    if host is None:
+        done = subprocess.run(argv, env=clean_env(home), capture_output=True, text=True, timeout=60)
+    else:
+        done = host.run(
+            ["env", *[f"{k}={v}" for k, v in clean_env(home).items()], *argv], timeout=60
+        )
+    assert done.returncode == 0, done.stderr + done.stdout
+    runner_id = json.loads(config.read_text())["runnerId"]
+    return RunnerProcess(name, home, config, home / "runner.log", runner_id=runner_id, host=host)
+
+
+def start_runner(runner: RunnerProcess) -> RunnerProcess:
+    argv = [sys.executable, "-m", "corral", "runner", "start", "--config", str(runner.config), "-v"]
+    out = runner.log.open("ab")
+    env = clean_env(runner.home)
+    if runner.host is None:
+        runner.proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+    else:
+        runner.proc = runner.host.popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+    return runner
+
+
+def run_processes(marker: str) -> dict[str, list[int]]:
+    """Live processes whose command line holds ``marker``, by the item they run
+    (CORRAL_ITEM_ID in their environment)."""
+    found: dict[str, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if marker.encode() not in cmdline:
+                continue
+            status = Path(f"/proc/{entry}/stat").read_text()
+            if status.rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for var in environ:
+            if var.startswith(b"CORRAL_ITEM_ID="):
+                found.setdefault(var.split(b"=", 1)[1].decode(), []).append(int(entry))
+    return found
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
