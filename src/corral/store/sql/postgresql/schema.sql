@@ -1028,6 +1028,10 @@ BEGIN
             VALUES (p_now, p_actor, p_action, p_item->>'agent', v_detail);
         END IF;
         RETURN NEXT;
+    END LOOP;
+END
+$$;
+
 -- 0018 lock batch: concurrent try-locks, releases and heartbeats in one round trip and
 -- one commit. A gateway collects the lock requests that arrive while its previous batch
 -- is in flight and sends them as one call of corral_lock_batch (store/_locks.py): each
