@@ -13,7 +13,7 @@ def test_exports() -> None:
         "ProjectBudget", "ProjectConfig", "ResolvedValue", "RuntimeConfig",
         "Skill", "StateConfig", "TelemetryConfig", "WebhookSource", "WebhookTrigger",
         "load_project", "validate_agent_name", "MAX_FILE_BYTES", "load_minimal", "file_digest",
-        "read_limited",
+        "read_limited", "resolve_state_url",
     ])  # fmt: skip
 
 

@@ -111,8 +111,8 @@ def test_environment_file_is_validated_under_its_own_name(root: Path, environmen
     assert [str(issue) for issue in caught.value.issues] == [
         f"{path}:1: unknown key 'maxRerun' in {path}: did you mean 'maxReruns'?",
         f"{path}:2: unknown key 'server' in {path}; valid keys are: budget, defaultAgentScale, "
-        "gateway, harness, historyRetentionDays, local, maxAttempts, maxCallDepth, maxReruns, "
-        "models, projectName, resourceLockTimeout, runtime, scale, state, telemetry, webhooks, "
+        "fleet, gateway, harness, historyRetentionDays, local, maxAttempts, maxCallDepth, "
+        "maxReruns, maxRunners, models, projectName, resourceLockTimeout, runtime, scale, state, telemetry, webhooks, "
         "workQueueSize",
     ]
 
