@@ -48,6 +48,7 @@ def make_row(**overrides: object) -> dict[str, object]:
         "cost_usd": None,
         "budget": None,
         "bundle": None,
+        "runner_id": None,
     }
     return row | overrides
 
@@ -93,6 +94,9 @@ def test_public_surface_is_pinned() -> None:
         "ReceiptOutcome",
         "Recovered",
         "Run",
+        "RunCursor",
+        "RunFilter",
+        "RunPage",
         "RunState",
         "Runner",
         "RunnerState",
