@@ -29,6 +29,7 @@ def test_runtime_and_harness_exports() -> None:
         "Runtime",
         "SandboxRuntime",
         "Sink",
+        "in_prepare_thread",
         "runtime_for",
     ]
     assert sorted(corral.harness.__all__) == [

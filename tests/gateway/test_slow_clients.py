@@ -20,7 +20,11 @@ from tests.gateway.fleet import running_fleet
 
 pytestmark = pytest.mark.slow
 
-LIMITS = EdgeLimits(header_timeout=2.0, body_timeout=3.0, max_connections=40)
+LIMITS = EdgeLimits(header_timeout=3.0, body_timeout=4.0, max_connections=40)
+#: A fresh client's GET /health must answer within this while strangers trickle: well
+#: under both deadlines, so an answer queued behind the trickling connections fails it,
+#: and loose enough for a loaded machine (client set-up included).
+HEALTH_BOUND = 2.0
 #: How late a close may come after its deadline (timer granularity, a loaded machine).
 SLACK = 2.0
 
@@ -97,7 +101,7 @@ async def test_trickled_headers_are_closed_within_the_header_timeout(edge: Edge)
     trickles = [asyncio.create_task(_trickle(w, head)) for _, w in conns]
     try:
         await asyncio.sleep(0.5)
-        assert await edge.health_seconds() < 1.0  # served while they trickle
+        assert await edge.health_seconds() < HEALTH_BOUND  # served while they trickle
         bound = LIMITS.header_timeout + SLACK
         results = await asyncio.gather(*(_closed_after(r, bound + 5) for r, _ in conns))
         for took, said in results:
@@ -129,7 +133,7 @@ async def test_a_trickled_body_is_closed_within_the_body_timeout(edge: Edge) -> 
     trickles = [asyncio.create_task(_trickle(w, b'"a": "' + b"b" * 900)) for _, w in conns]
     try:
         await asyncio.sleep(0.5)
-        assert await edge.health_seconds() < 1.0
+        assert await edge.health_seconds() < HEALTH_BOUND
         bound = LIMITS.body_timeout + SLACK
         results = await asyncio.gather(*(_closed_after(r, bound + 5) for r, _ in conns))
         for took, said in results:
@@ -166,7 +170,7 @@ async def test_the_connection_count_is_capped_and_requests_still_get_through(
                     closed += 1
         open_now = len(conns) - closed
         assert open_now <= LIMITS.max_connections, f"{open_now} connections open"
-        assert await edge.health_seconds() < 1.0
+        assert await edge.health_seconds() < HEALTH_BOUND
     finally:
         _hang_up([], conns)
 
