@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from corral.agentcmd import install as install_commands
 from corral.project import Project
+from corral.scheduler import anomalies
 from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.bundles import BundleFollower
 from corral.scheduler.cron import CronTriggers
@@ -608,6 +609,8 @@ class Scheduler:
         gone = await self.store.mark_offline_runners(offline_after)
         if gone:
             await self._runners_offline(gone)
+        # Stuck runs and expired locks, here's and the runners' (docs/fleet.md).
+        await anomalies.sweep(self.store, self.project, kill_grace=self.options.kill_grace)
 
     async def _runners_offline(self, gone: list[Runner]) -> None:
         """Runners this process found offline. Their runs need nothing here: their

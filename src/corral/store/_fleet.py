@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from corral.errors import StoreError
+from corral.store._anomalies import record_episode_in
 from corral.store._core import Row, StoreCore, Transaction
 from corral.store.records import (
     Anomaly,
@@ -369,6 +370,21 @@ class FleetOps(StoreCore):
     ) -> Anomaly:
         async with self.transaction() as tx:
             return await self._anomaly_in(tx, kind, subject, evidence)
+
+    async def record_episode(
+        self,
+        kind: AnomalyKind,
+        subject: str,
+        evidence: dict[str, Any],
+        *,
+        same: str | None = None,
+    ) -> tuple[Anomaly, bool]:
+        """Record an occurrence of ``kind`` about ``subject`` once per episode: a new
+        anomaly, or the open one's evidence updated (left as it is when ``same`` names an
+        evidence key whose value did not change). The anomaly, and whether it is new."""
+        async with self.transaction() as tx:
+            row, new = await record_episode_in(self, tx, kind, subject, evidence, same=same)
+        return self._anomaly(row), new
 
     async def list_anomalies(
         self, *, include_resolved: bool = False, limit: int = 100

@@ -468,6 +468,15 @@ class FleetStore(Protocol):
         self, kind: AnomalyKind, subject: str, evidence: dict[str, Any] | None = None
     ) -> Anomaly: ...
 
+    async def record_episode(
+        self,
+        kind: AnomalyKind,
+        subject: str,
+        evidence: dict[str, Any],
+        *,
+        same: str | None = None,
+    ) -> tuple[Anomaly, bool]: ...
+
     async def list_anomalies(
         self, *, include_resolved: bool = False, limit: int = 100
     ) -> list[Anomaly]: ...

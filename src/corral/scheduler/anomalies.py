@@ -1,0 +1,101 @@
+"""The anomalies found by looking, not at a run's end: a run still live past its timeout
+(``run_stuck``) and a lock whose lease expired without release (``lock_expired``).
+
+``sweep`` runs in the scheduler's supervision loop with the recovery of lapsed leases
+(every ``recover_every``, 2 s): two reads of small indexed sets (live runs, lock rows),
+nothing on a run's path. Each occurrence is recorded once while its anomaly is open,
+whichever control plane process sees it first (``Store.record_episode``).
+
+- ``run_stuck``: a run starting or running ``timeout + kill_grace + STUCK_MARGIN``
+  seconds after it started, whether a control plane or a runner runs it: the one
+  running it meant to stop it at its timeout and it did not end. Subject: the run.
+- ``lock_expired``: a lock row past its expiry: its holder stopped renewing it and did
+  not release it (a run's end and ``runlock`` delete the row). Subject: the resource;
+  one anomaly per grant (its fencing token).
+
+The anomalies found at a run's end (crash loop, failed hook, budget overrun) are
+recorded by the store's ``finalize`` (``corral.store._anomalies``).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from corral.project import Project
+from corral.store import Anomaly, AnomalyKind, Lock, Run, RunState, Store
+
+__all__ = ["STUCK_MARGIN", "sweep"]
+
+log = logging.getLogger("corral.scheduler")
+
+#: Seconds past its timeout and kill grace before a live run counts as stuck.
+STUCK_MARGIN = 5.0
+
+_LIVE = frozenset({RunState.STARTING, RunState.RUNNING})
+
+
+async def sweep(store: Store, project: Project, *, kill_grace: float) -> list[Anomaly]:
+    """Record the stuck runs and expired locks of the moment; the anomalies opened."""
+    now = store.now()
+    opened: list[Anomaly] = []
+    for run in await store.list_runs(states=_LIVE, limit=10_000):
+        timeout = _timeout(project, run)
+        if run.started_at is None or timeout is None:
+            continue
+        due = run.started_at + timedelta(seconds=timeout + kill_grace + STUCK_MARGIN)
+        if now >= due:
+            opened += await _stuck(store, run, timeout, now)
+    for lock in await store.list_locks():
+        if lock.expires_at <= now:
+            opened += await _expired(store, lock, now)
+    for anomaly in opened:
+        log.warning(
+            "anomaly %s: %s",
+            anomaly.kind.value,
+            anomaly.subject,
+            extra={"action": "anomaly", "kind": anomaly.kind.value},
+        )
+    return opened
+
+
+def _timeout(project: Project, run: Run) -> int | None:
+    agent = project.agents.get(run.agent)
+    return None if agent is None else agent.config.timeout
+
+
+async def _stuck(store: Store, run: Run, timeout: int, now: datetime) -> list[Anomaly]:
+    assert run.started_at is not None
+    evidence = {
+        "run": run.id,
+        "agent": run.agent,
+        "state": run.state.value,
+        "started": run.started_at.isoformat(),
+        "timeoutSeconds": timeout,
+        "overdueSeconds": round((now - run.started_at).total_seconds() - timeout, 1),
+        "runner": run.runner_id,
+        "host": run.host,
+        "pid": run.pid,
+    }
+    anomaly, new = await store.record_episode(AnomalyKind.RUN_STUCK, run.id, evidence, same="run")
+    return [anomaly] if new else []
+
+
+async def _expired(store: Store, lock: Lock, now: datetime) -> list[Anomaly]:
+    holder = await store.get_run(lock.run_id)
+    evidence = {
+        "resource": lock.key,
+        "run": lock.run_id,
+        "agent": lock.agent,
+        "token": lock.token,
+        "runner": None if holder is None else holder.runner_id,
+        "host": None if holder is None else holder.host,
+        "runState": None if holder is None else holder.state.value,
+        "heldSince": lock.acquired_at.isoformat(),
+        "expiredAt": lock.expires_at.isoformat(),
+        "seenAt": now.isoformat(),
+    }
+    anomaly, new = await store.record_episode(
+        AnomalyKind.LOCK_EXPIRED, lock.key, evidence, same="token"
+    )
+    return [anomaly] if new else []
