@@ -19,15 +19,24 @@ recorded by the store's ``finalize`` (``corral.store._anomalies``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta
+from pathlib import Path
 
+from corral.errors import StoreError
 from corral.project import Project
 from corral.store import Anomaly, AnomalyKind, Lock, Run, RunState, Store
+from corral.store._anomalies import hook_failure
 
-__all__ = ["STUCK_MARGIN", "sweep"]
+__all__ = ["LOG_LINES", "STUCK_MARGIN", "add_hook_log", "sweep"]
 
 log = logging.getLogger("corral.scheduler")
+
+#: How many of the run log's last lines a ``hook_failed`` anomaly keeps.
+LOG_LINES = 10
+#: How much of the end of the run log is read for them.
+_TAIL_BYTES = 8192
 
 #: Seconds past its timeout and kill grace before a live run counts as stuck.
 STUCK_MARGIN = 5.0
@@ -99,3 +108,38 @@ async def _expired(store: Store, lock: Lock, now: datetime) -> list[Anomaly]:
         AnomalyKind.LOCK_EXPIRED, lock.key, evidence, same="token"
     )
     return [anomaly] if new else []
+
+
+async def add_hook_log(store: Store, run: Run, log_path: Path) -> None:
+    """The last lines of a run's log, added to the ``hook_failed`` anomaly its end
+    opened or updated (the log is on the control plane for runners' runs too). Costs
+    nothing unless a hook failed; a failure to read or write is logged, not raised."""
+    hook = hook_failure(run.error) if run.state is RunState.FAILED else None
+    if hook is None:
+        return
+    try:
+        lines = await asyncio.to_thread(_tail, log_path, LOG_LINES)
+        subject = f"{run.agent}:{hook['hook']}"
+        await store.add_anomaly_evidence(
+            AnomalyKind.HOOK_FAILED, subject, run.id, {"lastLines": lines}
+        )
+    except (OSError, StoreError) as exc:
+        log.warning(
+            "could not add run %s's log lines to its hook_failed anomaly: %s",
+            run.id,
+            exc,
+            extra={"action": "anomaly_unrecorded", "run_id": run.id},
+        )
+
+
+def _tail(path: Path, count: int) -> list[str]:
+    if not path.exists():
+        return []
+    with path.open("rb") as file:
+        size = file.seek(0, 2)
+        file.seek(max(size - _TAIL_BYTES, 0))
+        data = file.read()
+    lines = data.decode("utf-8", "replace").splitlines()
+    if size > _TAIL_BYTES:
+        lines = lines[1:]  # the first may be cut
+    return [line for line in lines if line.strip()][-count:]

@@ -41,6 +41,7 @@ from corral.store import (
     EnqueueResult,
     NewItem,
     Runner,
+    RunState,
     SchedulerInfo,
     Store,
     StoreError,
@@ -482,6 +483,10 @@ class Scheduler:
         try:
             result = await self.executor.execute(claim)
             self.observer.finished(result.run)
+            if result.run.state is RunState.FAILED:  # a failed hook: its last log lines
+                await anomalies.add_hook_log(
+                    self.store, result.run, self.executor.log_path(result.run.id)
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -477,6 +477,10 @@ class FleetStore(Protocol):
         same: str | None = None,
     ) -> tuple[Anomaly, bool]: ...
 
+    async def add_anomaly_evidence(
+        self, kind: AnomalyKind, subject: str, run_id: str, extra: dict[str, Any]
+    ) -> Anomaly | None: ...
+
     async def list_anomalies(
         self, *, include_resolved: bool = False, limit: int = 100
     ) -> list[Anomaly]: ...

@@ -38,6 +38,7 @@ from corral.errors import StoreError
 from corral.gateway.edge import WholeNumber
 from corral.gateway.fleet._runner_api import Me
 from corral.locate import open_private, private_dirs
+from corral.scheduler import anomalies
 from corral.scheduler.service import Scheduler
 from corral.store import Run, RunnerState, RunState, StaleFence
 from corral.store._notify import QUEUE
@@ -268,6 +269,10 @@ def _end_routes(router: APIRouter, scheduler: Scheduler) -> None:
             )
         except StaleFence as exc:
             raise ActionError(409, str(exc)) from None
+        if result.run.state is RunState.FAILED:  # a failed hook: its last log lines
+            await anomalies.add_hook_log(
+                store, result.run, scheduler.executor.log_path(result.run.id)
+            )
         log.info(
             "run %s on runner %s ended %s",
             run.id,
