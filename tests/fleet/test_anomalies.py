@@ -6,6 +6,7 @@ listed until resolved, and nothing recorded for runs that succeed."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,11 +14,30 @@ from corral.scheduler.anomalies import STUCK_MARGIN, sweep
 from corral.store import AgentSpec, Anomaly, AnomalyKind, NewItem, RunState, Store, TriggerKind
 from corral.store._anomalies import CRASH_LOOP_RUNS, hook_failure
 from tests.gateway.fleet import running_fleet
-from tests.scheduler.helpers import write_project
+from tests.scheduler.helpers import wait_for, write_project
 
 
 async def _open(store: Store, kind: AnomalyKind) -> list[Anomaly]:
     return [a for a in await store.list_anomalies() if a.kind is kind]
+
+
+async def _has_lines(store: Store, anomaly_id: int) -> bool:
+    found = [a for a in await store.list_anomalies() if a.id == anomaly_id]
+    return bool(found) and "lastLines" in (found[0].evidence or {})
+
+
+async def _settled(
+    store: Store, kind: AnomalyKind, occurrences: int = 1, count: int = 1
+) -> list[Anomaly]:
+    """The open anomalies of ``kind`` once there are ``count`` and the newest has seen
+    ``occurrences`` (a run's anomalies are recorded just after its end)."""
+
+    async def ready() -> bool:
+        found = await _open(store, kind)
+        return len(found) == count and (found[0].evidence or {}).get("occurrences") == occurrences
+
+    await wait_for(ready, timeout=10)
+    return await _open(store, kind)
 
 
 async def _setup(store: Store, **scales: int) -> None:
@@ -41,8 +61,12 @@ async def test_a_crash_loop_and_a_failed_hook_on_the_control_plane(
         "crasher": {"command": "echo boom; exit 3", "scale": 1},
         "hooked": {"command": "echo never", "scale": 1},
         "fine": {"command": "true", "scale": 1},
+        "posted": {"command": "true", "scale": 1},
     }
-    tables = {"hooked": '[hooks]\npre = ["echo hook-said-no; exit 7"]'}
+    tables = {
+        "hooked": '[hooks]\npre = ["echo hook-said-no; exit 7"]',
+        "posted": '[hooks]\npost = ["echo post-said-no; exit 9"]',
+    }
     async with running_fleet(tmp_path / "p", store, agents, tables=tables) as fleet:
         for _ in range(CRASH_LOOP_RUNS + 1):
             await fleet.trigger("fine")
@@ -54,7 +78,7 @@ async def test_a_crash_loop_and_a_failed_hook_on_the_control_plane(
         assert await _open(store, AnomalyKind.CRASH_LOOP) == []  # not yet 5 in a row
         await fleet.trigger("crasher")
         crashed = await fleet.finished("crasher", CRASH_LOOP_RUNS)
-        [loop] = await _open(store, AnomalyKind.CRASH_LOOP)
+        [loop] = await _settled(store, AnomalyKind.CRASH_LOOP)
         assert loop.subject == "agent:crasher"
         assert loop.evidence is not None
         runs = loop.evidence["runs"]
@@ -63,13 +87,15 @@ async def test_a_crash_loop_and_a_failed_hook_on_the_control_plane(
         # the same episode: a sixth failure updates it, no second row
         await fleet.trigger("crasher")
         await fleet.finished("crasher", CRASH_LOOP_RUNS + 1)
-        [again] = await _open(store, AnomalyKind.CRASH_LOOP)
+        [again] = await _settled(store, AnomalyKind.CRASH_LOOP, occurrences=2)
         assert again.id == loop.id and again.evidence["occurrences"] == 2  # type: ignore[index]
 
         for _ in range(2):
             await fleet.trigger("hooked")
         hooked = await fleet.finished("hooked", 2)
         assert all(r.state is RunState.FAILED for r in hooked)
+        [hook] = await _settled(store, AnomalyKind.HOOK_FAILED, occurrences=2)
+        await wait_for(lambda: _has_lines(store, hook.id), timeout=10)
         [hook] = await _open(store, AnomalyKind.HOOK_FAILED)
         assert hook.subject == "hooked:pre hook 1"
         evidence = hook.evidence or {}
@@ -88,8 +114,19 @@ async def test_a_crash_loop_and_a_failed_hook_on_the_control_plane(
         # the next failure is a new episode
         await fleet.trigger("hooked")
         await fleet.finished("hooked", 3)
-        [new] = await _open(store, AnomalyKind.HOOK_FAILED)
+        [new] = await _settled(store, AnomalyKind.HOOK_FAILED)
         assert new.id != hook.id
+
+        # a post hook that failed changes nothing of its run, and is an anomaly too
+        await fleet.trigger("posted")
+        [posted] = await fleet.finished("posted", 1)
+        assert posted.state is RunState.SUCCEEDED
+        await _settled(store, AnomalyKind.HOOK_FAILED, count=2)
+        [post] = [a for a in await _open(store, AnomalyKind.HOOK_FAILED) if a.id != new.id]
+        evidence = post.evidence or {}
+        assert post.subject == "posted:post hook 1" and evidence["run"] == posted.id
+        assert evidence["exitCode"] == 9 and evidence["runState"] == "succeeded"
+        assert any("post-said-no" in line for line in evidence["lastLines"])
 
 
 async def test_a_runners_crash_loop_and_a_budget_overrun(store: Store) -> None:
@@ -183,6 +220,26 @@ async def test_a_released_lock_is_no_anomaly(tmp_path: Path, store: Store) -> No
     finally:
         store.clock = real_clock
     assert await store.list_anomalies() == []
+
+
+async def test_one_open_anomaly_per_episode_under_concurrency(store: Store) -> None:
+    async def seen(n: int) -> bool:
+        _, new = await store.record_episode(
+            AnomalyKind.RUN_STUCK, "run-1", {"run": "run-1", "seen": n}
+        )
+        return new
+
+    news = await asyncio.gather(*(seen(n) for n in range(8)))
+    assert news.count(True) == 1
+    [one] = await _open(store, AnomalyKind.RUN_STUCK)
+    assert (one.evidence or {})["occurrences"] == 8
+    # the same occurrence seen again (``same``) leaves it as it is
+    _, new = await store.record_episode(
+        AnomalyKind.RUN_STUCK, "run-1", {"run": "run-1"}, same="run"
+    )
+    assert not new
+    [still] = await _open(store, AnomalyKind.RUN_STUCK)
+    assert still.evidence == one.evidence
 
 
 def test_hook_failures_are_read_from_the_error() -> None:

@@ -23,20 +23,21 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from corral.errors import StoreError
 from corral.project import Project
 from corral.store import Anomaly, AnomalyKind, Lock, Run, RunState, Store
 from corral.store._anomalies import hook_failure
 
-__all__ = ["LOG_LINES", "STUCK_MARGIN", "add_hook_log", "sweep"]
+__all__ = ["LOG_LINES", "STUCK_MARGIN", "hook_markers", "hooks_from_log", "sweep"]
 
 log = logging.getLogger("corral.scheduler")
 
 #: How many of the run log's last lines a ``hook_failed`` anomaly keeps.
 LOG_LINES = 10
-#: How much of the end of the run log is read for them.
-_TAIL_BYTES = 8192
+#: How much of the end of a run log is read for its hooks' lines.
+_TAIL_BYTES = 64 * 1024
 
 #: Seconds past its timeout and kill grace before a live run counts as stuck.
 STUCK_MARGIN = 5.0
@@ -110,29 +111,57 @@ async def _expired(store: Store, lock: Lock, now: datetime) -> list[Anomaly]:
     return [anomaly] if new else []
 
 
-async def add_hook_log(store: Store, run: Run, log_path: Path) -> None:
-    """The last lines of a run's log, added to the ``hook_failed`` anomaly its end
-    opened or updated (the log is on the control plane for runners' runs too). Costs
-    nothing unless a hook failed; a failure to read or write is logged, not raised."""
-    hook = hook_failure(run.error) if run.state is RunState.FAILED else None
-    if hook is None:
-        return
+def hook_markers(data: bytes) -> bool:
+    """Whether a piece of a run log may hold a failed hook's line (a cheap test, for each
+    piece of a runner's log as it arrives)."""
+    return b"[corral] " in data and b" hook " in data
+
+
+async def hooks_from_log(store: Store, run: Run, log_path: Path) -> None:
+    """What the end of a run's log says of its hooks (the log is on the control plane
+    for runners' runs too): the last lines are added to the ``hook_failed`` anomaly a
+    failed pre hook opened at the run's end, and a failed post hook, which changes
+    nothing of the run, opens (or updates) one of its own. A file read, and a round trip
+    only when a hook failed; a failure to read or record is logged, not raised."""
     try:
-        lines = await asyncio.to_thread(_tail, log_path, LOG_LINES)
-        subject = f"{run.agent}:{hook['hook']}"
-        await store.add_anomaly_evidence(
-            AnomalyKind.HOOK_FAILED, subject, run.id, {"lastLines": lines}
-        )
+        lines = await asyncio.to_thread(_tail, log_path)
+        failed = [found for line in lines if (found := _marker(line)) is not None]
+        if not failed:
+            return
+        last = [line for line in lines if line.strip()][-LOG_LINES:]
+        for hook in failed:
+            subject = f"{run.agent}:{hook['hook']}"
+            if hook["hook"].startswith("pre "):
+                extra = {"lastLines": last}
+                await store.add_anomaly_evidence(AnomalyKind.HOOK_FAILED, subject, run.id, extra)
+                continue
+            evidence = {
+                "run": run.id,
+                "agent": run.agent,
+                **hook,
+                "runState": run.state.value,
+                "runner": run.runner_id,
+                "host": run.host,
+                "lastLines": last,
+            }
+            await store.record_episode(AnomalyKind.HOOK_FAILED, subject, evidence, same="run")
     except (OSError, StoreError) as exc:
         log.warning(
-            "could not add run %s's log lines to its hook_failed anomaly: %s",
+            "could not read run %s's log for failed hooks: %s",
             run.id,
             exc,
             extra={"action": "anomaly_unrecorded", "run_id": run.id},
         )
 
 
-def _tail(path: Path, count: int) -> list[str]:
+def _marker(line: str) -> dict[str, Any] | None:
+    """A failed hook, from the line corral writes to the run log for it."""
+    if not line.startswith("[corral] "):
+        return None
+    return hook_failure(line.removeprefix("[corral] "), anchored=True)
+
+
+def _tail(path: Path) -> list[str]:
     if not path.exists():
         return []
     with path.open("rb") as file:
@@ -140,6 +169,4 @@ def _tail(path: Path, count: int) -> list[str]:
         file.seek(max(size - _TAIL_BYTES, 0))
         data = file.read()
     lines = data.decode("utf-8", "replace").splitlines()
-    if size > _TAIL_BYTES:
-        lines = lines[1:]  # the first may be cut
-    return [line for line in lines if line.strip()][-count:]
+    return lines[1:] if size > _TAIL_BYTES else lines  # the first may be cut

@@ -40,12 +40,14 @@ from corral.store import (
     Claim,
     EnqueueResult,
     NewItem,
+    Run,
     Runner,
     RunState,
     SchedulerInfo,
     Store,
     StoreError,
 )
+from corral.store._anomalies import hook_failure
 from corral.store._notify import QUEUE
 from corral.telemetry import RunObserver, observer_for
 
@@ -483,8 +485,8 @@ class Scheduler:
         try:
             result = await self.executor.execute(claim)
             self.observer.finished(result.run)
-            if result.run.state is RunState.FAILED:  # a failed hook: its last log lines
-                await anomalies.add_hook_log(
+            if self.hooks_to_check(result.run):
+                await anomalies.hooks_from_log(
                     self.store, result.run, self.executor.log_path(result.run.id)
                 )
         except asyncio.CancelledError:
@@ -501,6 +503,14 @@ class Scheduler:
                 self.options.lease_seconds,
                 extra={"action": "run_crashed", "run_id": claim.run.id},
             )
+
+    def hooks_to_check(self, run: Run) -> bool:
+        """Whether a run's log may show a failed hook: a pre hook failed it, or its agent
+        has post hooks (a success of an agent without any costs nothing)."""
+        if run.state is RunState.FAILED and hook_failure(run.error) is not None:
+            return True
+        agent = self.project.agents.get(run.agent)
+        return agent is not None and bool(agent.config.hooks.post)
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()

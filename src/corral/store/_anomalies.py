@@ -44,9 +44,12 @@ _HOOK = re.compile(
 )
 
 
-def hook_failure(error: str | None) -> dict[str, Any] | None:
-    """The hook an error names as failed (as ``harness.hooks.HookFailure`` words it)."""
-    found = None if error is None else _HOOK.search(error)
+def hook_failure(error: str | None, *, anchored: bool = False) -> dict[str, Any] | None:
+    """The hook an error names as failed (as ``harness.hooks.HookFailure`` words it);
+    ``anchored``: only when the text starts with it."""
+    if error is None:
+        return None
+    found = _HOOK.match(error) if anchored else _HOOK.search(error)
     if found is None:
         return None
     code = found["code"]
@@ -168,19 +171,22 @@ async def record_episode_in(
     open already, update its evidence (``occurrences`` counts them), or leave it as it is
     when its evidence has the same value for ``same`` (the same occurrence seen again):
     the row, and whether it is new."""
-    found = await tx.fetch_one("open_anomaly_of", {"kind": kind.value, "subject": subject})
-    if found is not None and same is not None:
-        if (store.decode_json(found["evidence"]) or {}).get(same) == evidence.get(same):
-            return found, False
+    key = {"kind": kind.value, "subject": subject}
+    found = await tx.fetch_one("open_anomaly_of", key)
     if found is None:
         params = {
-            "kind": kind.value,
-            "subject": subject,
+            **key,
             "now": store.encode_time(store.now()),
             "evidence": store.encode_json({**evidence, "occurrences": 1}),
         }
-        row = await tx.fetch_one("insert_anomaly", params)
-        return store._returned(row, "insert_anomaly"), True
+        row = await tx.fetch_one("insert_anomaly_episode", params)
+        if row is not None:
+            return row, True
+        # another process opened it a moment ago: this occurrence updates it
+        found = store._returned(await tx.fetch_one("open_anomaly_of", key), "open_anomaly_of")
+    if same is not None:
+        if (store.decode_json(found["evidence"]) or {}).get(same) == evidence.get(same):
+            return found, False
     before = store.decode_json(found["evidence"]) or {}
     seen = int(before.get("occurrences") or 1)
     first = before.get("first", before.get("run"))

@@ -582,6 +582,15 @@ WHERE kind = :kind AND subject = :subject AND resolved_at IS NULL
 ORDER BY id DESC
 LIMIT 1
 
+-- name: insert_anomaly_episode
+-- Nothing when another process opened this episode first (migration 0019's index).
+INSERT INTO corral_anomalies (kind, subject, at, evidence)
+VALUES (:kind, :subject, :now, :evidence)
+ON CONFLICT (kind, subject) WHERE resolved_at IS NULL
+    AND kind IN ('crash_loop', 'lock_expired', 'hook_failed', 'budget_overrun', 'run_stuck')
+DO NOTHING
+RETURNING *
+
 -- name: update_anomaly_evidence
 UPDATE corral_anomalies SET evidence = :evidence WHERE id = :id
 RETURNING *
