@@ -7,12 +7,18 @@ listed until resolved, and nothing recorded for runs that succeed."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from corral.scheduler.anomalies import STUCK_MARGIN, sweep
 from corral.store import AgentSpec, Anomaly, AnomalyKind, NewItem, RunState, Store, TriggerKind
 from corral.store._anomalies import CRASH_LOOP_RUNS, hook_failure
+from tests.fleet.fleetkit import control_plane, join_runner, start_runner
+from tests.fleet.fleetkit import wait_for as wait_until
 from tests.gateway.fleet import running_fleet
 from tests.scheduler.helpers import wait_for, write_project
 
@@ -257,3 +263,54 @@ def test_hook_failures_are_read_from_the_error() -> None:
     )
     assert late is not None and late["timedOut"] and late["exitCode"] is None
     assert hook_failure("exit 3") is None and hook_failure(None) is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_runners_failing_hook_through_corral_start(tmp_path: Path, store_url: str) -> None:
+    """A real control plane and runner: the runner's runs fail in a pre hook; the runs
+    API's end records the hook (once, five occurrences) and, after five, the runner's
+    crash loop. (A pre hook's output does not reach the control plane's log: the runs
+    API refuses a log before the run is marked running, so no log lines here.)"""
+    root = tmp_path / "project"
+    write_project(
+        root,
+        {"remote": {"command": ["/bin/sh", "-c", "true"], "runsOn": ["linux"], "scale": 1}},
+        "[fleet]\nheartbeatSeconds = 1\nofflineAfterSeconds = 30\n",
+        {"remote": '[hooks]\npre = ["echo remote-hook-said-no; exit 4"]'},
+    )
+    with control_plane(root, store_url, tmp_path / "start.log") as plane:
+        plane.push()
+        runner = join_runner(plane, tmp_path, "r1", ["linux"], 1)
+        config = json.loads(runner.config.read_text())
+        runner.config.write_text(json.dumps(config | {"drainSeconds": 1}))
+        start_runner(runner)
+        try:
+            for _ in range(CRASH_LOOP_RUNS):
+                plane.trigger("remote")
+
+            def anomalies() -> list[dict[str, Any]]:
+                found = plane.control("GET", "/fleet/anomalies").json()["anomalies"]
+                return [a for a in found if a["kind"] in ("crash_loop", "hook_failed")]
+
+            def settled() -> list[dict[str, Any]] | None:
+                found = anomalies()
+                kinds = sorted(a["kind"] for a in found)
+                hook = [a for a in found if a["kind"] == "hook_failed"]
+                if kinds != ["crash_loop", "hook_failed"]:
+                    return None
+                evidence = hook[0]["evidence"]
+                return found if evidence["occurrences"] == CRASH_LOOP_RUNS else None
+
+            found = wait_until(settled, 120)
+        finally:
+            runner.stop()
+    [loop] = [a for a in found if a["kind"] == "crash_loop"]
+    [hook] = [a for a in found if a["kind"] == "hook_failed"]
+    assert loop["subject"] == runner.runner_id and loop["open"]
+    assert len(loop["evidence"]["runs"]) == CRASH_LOOP_RUNS
+    assert {r["exitCode"] for r in loop["evidence"]["runs"]} == {4}
+    assert hook["subject"] == "remote:pre hook 1"
+    evidence = hook["evidence"]
+    assert evidence["exitCode"] == 4 and evidence["runner"] == runner.runner_id
+    assert "echo remote-hook-said-no" in evidence["command"]
