@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from corral.agentcmd import install as install_commands
 from corral.project import Project
+from corral.scheduler import anomalies
 from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.bundles import BundleFollower
 from corral.scheduler.cron import CronTriggers
@@ -39,11 +40,14 @@ from corral.store import (
     Claim,
     EnqueueResult,
     NewItem,
+    Run,
     Runner,
+    RunState,
     SchedulerInfo,
     Store,
     StoreError,
 )
+from corral.store._anomalies import hook_failure
 from corral.store._notify import QUEUE
 from corral.telemetry import RunObserver, observer_for
 
@@ -481,6 +485,10 @@ class Scheduler:
         try:
             result = await self.executor.execute(claim)
             self.observer.finished(result.run)
+            if self.hooks_to_check(result.run):
+                await anomalies.hooks_from_log(
+                    self.store, result.run, self.executor.log_path(result.run.id)
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -495,6 +503,14 @@ class Scheduler:
                 self.options.lease_seconds,
                 extra={"action": "run_crashed", "run_id": claim.run.id},
             )
+
+    def hooks_to_check(self, run: Run) -> bool:
+        """Whether a run's log may show a failed hook: a pre hook failed it, or its agent
+        has post hooks (a success of an agent without any costs nothing)."""
+        if run.state is RunState.FAILED and hook_failure(run.error) is not None:
+            return True
+        agent = self.project.agents.get(run.agent)
+        return agent is not None and bool(agent.config.hooks.post)
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
@@ -608,6 +624,8 @@ class Scheduler:
         gone = await self.store.mark_offline_runners(offline_after)
         if gone:
             await self._runners_offline(gone)
+        # Stuck runs and expired locks, here's and the runners' (docs/fleet.md).
+        await anomalies.sweep(self.store, self.project, kill_grace=self.options.kill_grace)
 
     async def _runners_offline(self, gone: list[Runner]) -> None:
         """Runners this process found offline. Their runs need nothing here: their

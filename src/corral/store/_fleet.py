@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from corral.errors import StoreError
+from corral.store._anomalies import record_episode_in
 from corral.store._core import Row, StoreCore, Transaction
 from corral.store.records import (
     Anomaly,
@@ -369,6 +370,35 @@ class FleetOps(StoreCore):
     ) -> Anomaly:
         async with self.transaction() as tx:
             return await self._anomaly_in(tx, kind, subject, evidence)
+
+    async def record_episode(
+        self,
+        kind: AnomalyKind,
+        subject: str,
+        evidence: dict[str, Any],
+        *,
+        same: str | None = None,
+    ) -> tuple[Anomaly, bool]:
+        """Record an occurrence of ``kind`` about ``subject`` once per episode: a new
+        anomaly, or the open one's evidence updated (left as it is when ``same`` names an
+        evidence key whose value did not change). The anomaly, and whether it is new."""
+        async with self.transaction() as tx:
+            row, new = await record_episode_in(self, tx, kind, subject, evidence, same=same)
+        return self._anomaly(row), new
+
+    async def add_anomaly_evidence(
+        self, kind: AnomalyKind, subject: str, run_id: str, extra: dict[str, Any]
+    ) -> Anomaly | None:
+        """Add ``extra`` to the evidence of the open anomaly of ``kind`` about ``subject``
+        if its latest occurrence is run ``run_id``'s; the anomaly after, or None."""
+        async with self.transaction() as tx:
+            row = await tx.fetch_one("open_anomaly_of", {"kind": kind.value, "subject": subject})
+            evidence = None if row is None else self.decode_json(row["evidence"]) or {}
+            if row is None or evidence is None or evidence.get("run") != run_id:
+                return None
+            params = {"id": row["id"], "evidence": self.encode_json({**evidence, **extra})}
+            row = await tx.fetch_one("update_anomaly_evidence", params)
+        return self._anomaly(self._returned(row, "update_anomaly_evidence"))
 
     async def list_anomalies(
         self, *, include_resolved: bool = False, limit: int = 100

@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from corral.errors import StoreConflict, StoreError
+from corral.store._anomalies import note_run_end
 from corral.store._core import _ITEM_TIMES, StaleFence, Transaction
 from corral.store._queue import QueueOps
 from corral.store.records import (
@@ -88,17 +89,20 @@ class LeaseOps(QueueOps):
         """
         if not state.is_terminal:
             raise ValueError(f"finalize needs a terminal state, got {state.value!r}")
+        done = None
         if self.dialect == "postgresql":
             done = await self._finalize_plain(run_id, fence, state, exit_code, error)
-            if done is not None:
-                return done
 
         async def body(tx: Transaction) -> FinalizeResult:
             return await self._finalize_in(
                 tx, run_id, fence, state, exit_code, error, reserve_rerun_for
             )
 
-        return await self.atomic(body)
+        if done is None:
+            done = await self.atomic(body)
+        if state is not RunState.SUCCEEDED:  # a success costs nothing more
+            await note_run_end(self, done.run)
+        return done
 
     async def _finalize_plain(
         self, run_id: str, fence: int, state: RunState, exit_code: int | None, error: str | None

@@ -468,6 +468,19 @@ class FleetStore(Protocol):
         self, kind: AnomalyKind, subject: str, evidence: dict[str, Any] | None = None
     ) -> Anomaly: ...
 
+    async def record_episode(
+        self,
+        kind: AnomalyKind,
+        subject: str,
+        evidence: dict[str, Any],
+        *,
+        same: str | None = None,
+    ) -> tuple[Anomaly, bool]: ...
+
+    async def add_anomaly_evidence(
+        self, kind: AnomalyKind, subject: str, run_id: str, extra: dict[str, Any]
+    ) -> Anomaly | None: ...
+
     async def list_anomalies(
         self, *, include_resolved: bool = False, limit: int = 100
     ) -> list[Anomaly]: ...

@@ -38,6 +38,7 @@ from corral.errors import StoreError
 from corral.gateway.edge import WholeNumber
 from corral.gateway.fleet._runner_api import Me
 from corral.locate import open_private, private_dirs
+from corral.scheduler import anomalies
 from corral.scheduler.service import Scheduler
 from corral.store import Run, RunnerState, RunState, StaleFence
 from corral.store._notify import QUEUE
@@ -224,11 +225,13 @@ def _report_routes(router: APIRouter, scheduler: Scheduler) -> None:
     async def append_log(
         run_id: str, request: Request, me: Me, fence: Annotated[int, Query(ge=0)]
     ) -> Any:
-        await own(me, run_id, fence)
+        run = await own(me, run_id, fence)
         data = await request.body()
         if data:
             path = scheduler.executor.log_path(run_id)
             await asyncio.to_thread(_append, path, data)
+            if anomalies.hook_markers(data):  # a failed hook's line may have come in
+                await anomalies.hooks_from_log(store, run, path)
         return {"ok": True, "bytes": len(data)}
 
     @router.post("/runs/{run_id}/usage", summary="What the run used so far")
@@ -268,6 +271,10 @@ def _end_routes(router: APIRouter, scheduler: Scheduler) -> None:
             )
         except StaleFence as exc:
             raise ActionError(409, str(exc)) from None
+        if scheduler.hooks_to_check(result.run):  # the log may have come in first
+            await anomalies.hooks_from_log(
+                store, result.run, scheduler.executor.log_path(result.run.id)
+            )
         log.info(
             "run %s on runner %s ended %s",
             run.id,

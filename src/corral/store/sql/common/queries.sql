@@ -575,6 +575,40 @@ RETURNING *
 -- name: count_open_anomalies
 SELECT kind, count(*) AS n FROM corral_anomalies WHERE resolved_at IS NULL GROUP BY kind
 
+-- name: open_anomaly_of
+-- The open anomaly of a kind and subject (an episode's row), if any.
+SELECT * FROM corral_anomalies
+WHERE kind = :kind AND subject = :subject AND resolved_at IS NULL
+ORDER BY id DESC
+LIMIT 1
+
+-- name: insert_anomaly_episode
+-- Nothing when another process opened this episode first (migration 0019's index).
+INSERT INTO corral_anomalies (kind, subject, at, evidence)
+VALUES (:kind, :subject, :now, :evidence)
+ON CONFLICT (kind, subject) WHERE resolved_at IS NULL
+    AND kind IN ('crash_loop', 'lock_expired', 'hook_failed', 'budget_overrun', 'run_stuck')
+DO NOTHING
+RETURNING *
+
+-- name: update_anomaly_evidence
+UPDATE corral_anomalies SET evidence = :evidence WHERE id = :id
+RETURNING *
+
+-- name: last_ends_on_runner
+-- The runs a runner ended last (crash_loop), newest first, by the ended-runs index.
+SELECT id, agent, state, exit_code FROM corral_runs
+WHERE ended_at IS NOT NULL AND runner_id = :runner_id
+ORDER BY ended_at DESC, id DESC
+LIMIT :limit
+
+-- name: last_ends_of_agent_here
+-- The runs of an agent on the control plane ended last (crash_loop), newest first.
+SELECT id, agent, state, exit_code FROM corral_runs
+WHERE agent = :agent AND runner_id IS NULL AND ended_at IS NOT NULL
+ORDER BY created_at DESC, id DESC
+LIMIT :limit
+
 -- name: runs_ended_by_agent_and_runner
 SELECT agent, runner_id, count(*) AS ended,
     sum(CASE WHEN state = 'succeeded' THEN 1 ELSE 0 END) AS succeeded

@@ -585,3 +585,12 @@ SELECT * FROM corral_create_call(%(run_id)s, %(target)s, %(context)s, %(max_dept
 SELECT * FROM corral_enqueue_request(%(item)s, %(overflow)s, %(now)s, %(key)s,
                                      %(fingerprint)s, %(expires_at)s, %(actor)s,
                                      %(action)s, %(lock_wait)s)
+
+-- name: open_anomaly_of
+-- The open anomaly of a kind and subject (an episode's row), locked: two processes that
+-- see one occurrence at once update it one after the other.
+SELECT * FROM corral_anomalies
+WHERE kind = %(kind)s AND subject = %(subject)s AND resolved_at IS NULL
+ORDER BY id DESC
+LIMIT 1
+FOR UPDATE

@@ -385,6 +385,12 @@ CREATE TABLE corral_anomalies (
 
 CREATE INDEX corral_anomalies_open ON corral_anomalies (kind, at) WHERE resolved_at IS NULL;
 
+-- Anomaly episodes (0019): one open anomaly of a kind and subject, for the kinds recorded
+-- once per episode.
+CREATE UNIQUE INDEX corral_anomalies_episode ON corral_anomalies (kind, subject)
+    WHERE resolved_at IS NULL
+        AND kind IN ('crash_loop', 'lock_expired', 'hook_failed', 'budget_overrun', 'run_stuck');
+
 -- Bundles (0016): pushed projects by hash, and the current one.
 CREATE TABLE corral_bundles (
     hash TEXT PRIMARY KEY,
