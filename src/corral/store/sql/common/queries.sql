@@ -582,6 +582,14 @@ FROM corral_runs
 WHERE ended_at >= :since AND ended_at IS NOT NULL
 GROUP BY agent, runner_id
 
+-- name: live_runs_by_runner_and_bundle
+-- Runs starting or running now, by runner (NULL: the control plane) and the bundle they
+-- run; the literal IN lets the planner use the partial index corral_runs_live.
+SELECT runner_id, bundle, count(*) AS live
+FROM corral_runs
+WHERE state IN ('starting', 'running')
+GROUP BY runner_id, bundle
+
 -- bundles -------------------------------------------------------------------------------
 
 -- name: insert_bundle

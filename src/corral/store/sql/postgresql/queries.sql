@@ -585,3 +585,11 @@ SELECT * FROM corral_create_call(%(run_id)s, %(target)s, %(context)s, %(max_dept
 SELECT * FROM corral_enqueue_request(%(item)s, %(overflow)s, %(now)s, %(key)s,
                                      %(fingerprint)s, %(expires_at)s, %(actor)s,
                                      %(action)s, %(lock_wait)s)
+
+-- name: runs_ended_by_hour
+-- Runs ended at or after :since by UTC hour ('YYYY-MM-DDTHH'), agent and runner (NULL:
+-- the control plane): the fleet page's throughput chart.
+SELECT to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24') AS hour, agent, runner_id, count(*) AS ended
+FROM corral_runs
+WHERE ended_at >= %(since)s AND ended_at IS NOT NULL
+GROUP BY to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24'), agent, runner_id
