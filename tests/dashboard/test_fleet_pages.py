@@ -36,7 +36,7 @@ from corral.store import (
     open_store,
 )
 from tests.dashboard.support import ACTOR, TOKEN, DashFleet, dashboard_fleet, login
-from tests.scheduler.helpers import write_project
+from tests.scheduler.helpers import wait_for, write_project
 
 Client = tuple[httpx.AsyncClient, dict[str, str]]
 
@@ -179,6 +179,8 @@ async def seed(dash: DashFleet, store_url: str) -> tuple[Runner, Runner, str]:
         )
     assert pushed.status_code == 200, pushed.text
     current = packed.hash
+    # the scheduler follows the push (a reload); claims are made once it runs the bundle
+    await wait_for(lambda: dash.scheduler.project.bundle == current)
     await claim(store, old, OLD)
     await claim(store, new, current)
     async with await open_store(store_url) as earlier:
