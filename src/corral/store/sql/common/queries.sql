@@ -584,10 +584,11 @@ GROUP BY agent, runner_id
 
 -- name: live_runs_by_runner_and_bundle
 -- Runs starting or running now, by runner (NULL: the control plane) and the bundle they
--- run; the literal IN lets the planner use the partial index corral_runs_live.
+-- run. The IN is the partial index corral_runs_live's own condition, word for word, so
+-- that both planners use it (SQLite only matches a partial index's WHERE as written).
 SELECT runner_id, bundle, count(*) AS live
 FROM corral_runs
-WHERE state IN ('starting', 'running')
+WHERE state IN ('queued', 'starting', 'running') AND state <> 'queued'
 GROUP BY runner_id, bundle
 
 -- bundles -------------------------------------------------------------------------------
