@@ -50,6 +50,7 @@ EXPECTED_INDEX = {
     "prune_runs": "corral_runs_ended",
     "page_runs": "corral_runs_created",
     "page_agent_runs": "corral_runs_agent_created",
+    "runs_ended_by_agent_and_runner": "corral_runs_ended",
     "runs_ended_by_hour": "corral_runs_ended",
     "live_runs_by_runner_and_bundle": "corral_runs_live",
 }

@@ -576,11 +576,14 @@ RETURNING *
 SELECT kind, count(*) AS n FROM corral_anomalies WHERE resolved_at IS NULL GROUP BY kind
 
 -- name: runs_ended_by_agent_and_runner
+-- Grouped by runner first: grouped by agent first, SQLite walks corral_runs_agent_created
+-- (every run ever made, in agent order, to spare a sort) instead of the range of
+-- corral_runs_ended.
 SELECT agent, runner_id, count(*) AS ended,
     sum(CASE WHEN state = 'succeeded' THEN 1 ELSE 0 END) AS succeeded
 FROM corral_runs
 WHERE ended_at >= :since AND ended_at IS NOT NULL
-GROUP BY agent, runner_id
+GROUP BY runner_id, agent
 
 -- name: live_runs_by_runner_and_bundle
 -- Runs starting or running now, by runner (NULL: the control plane) and the bundle they
