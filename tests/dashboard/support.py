@@ -94,10 +94,13 @@ class DashFleet:
 
 
 @contextlib.asynccontextmanager
-async def dashboard_fleet(root: Path, store: Store) -> AsyncIterator[DashFleet]:
-    """Run the project of ``AGENTS`` with its gateway on a loopback port."""
+async def dashboard_fleet(
+    root: Path, store: Store, extra: dict[str, dict[str, object]] | None = None
+) -> AsyncIterator[DashFleet]:
+    """Run the project of ``AGENTS`` (and ``extra`` agents) with its gateway on a loopback
+    port."""
     (root / "out").mkdir(parents=True, exist_ok=True)
-    commands = {name: dict(values) for name, values in AGENTS.items()}
+    commands = {name: dict(values) for name, values in (AGENTS | (extra or {})).items()}
     for values in commands.values():
         values["command"] = f'OUT="{root / "out"}"; export OUT; {values["command"]}'
     project = write_project(root, commands, PROJECT, TABLES)

@@ -1,7 +1,8 @@
 """The dashboard in a real browser: Debian's chromium driven by playwright, against a
 real scheduler and gateway. Pages load, live updates arrive without a reload, the buttons
-change the store, the log tails live, a phone's width needs no sideways scrolling, and a
-visitor without the token sees nothing but the login form.
+change the store, the fleet's pages draw their chart and resolve anomalies, the log tails
+live, a phone's width needs no sideways scrolling, and a visitor without the token sees
+nothing but the login form.
 
 One browser for the session; each test gets a fresh browser context (its own cookies).
 Without chromium (or the playwright package) these tests are skipped, unless
@@ -20,8 +21,18 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from corral.engine import fleet
 from corral.engine.token import hash_token
-from corral.store import NewItem, RunState, TriggerKind, open_store
+from corral.store import (
+    AnomalyKind,
+    NewItem,
+    NewRunner,
+    Runner,
+    RunnerState,
+    RunState,
+    TriggerKind,
+    open_store,
+)
 from tests.dashboard.support import TOKEN, DashFleet, dashboard_fleet
 from tests.scheduler.helpers import wait_for
 
@@ -349,3 +360,40 @@ async def test_a_live_update_keeps_what_is_being_typed(tab: Tab, live: DashFleet
     await tab.page.wait_for_selector(f"{queued}:text-is('1')")
     assert await tab.page.input_value(field) == "7"
     assert await tab.page.evaluate("document.activeElement.name") == "scale"
+
+
+async def test_the_fleet_pages_chart_buttons_and_resolving(
+    tab: Tab, phone: Tab, live: DashFleet
+) -> None:
+    store = live.store
+    await live.trigger("hooked")
+    await wait_for(lambda: _ran(live, "hooked"))
+    token, _ = await fleet.create_token(store, actor="test")
+    box = await store.redeem_fleet_token(
+        hash_token(token),
+        hash_token(fleet.new_runner_credential()),
+        NewRunner(name="box-<1>", hostname="box.lan", labels=("gpu",), version="0.0.1"),
+    )
+    assert isinstance(box, Runner)
+    found = await store.record_anomaly(AnomalyKind.TOKEN_REUSED, "tok-x", {"address": "10.0.0.9"})
+    await tab.sign_in("/dashboard/runners")
+    bar = tab.page.locator("#throughput-chart svg rect").first
+    drawn = await bar.bounding_box()
+    assert drawn is not None and drawn["height"] > 0 and drawn["width"] > 0
+    assert "hooked" in await tab.page.inner_text("#throughput-chart figcaption")
+    row = tab.page.locator(f"tr[data-runner='{box.id}']")
+    assert "box-<1>" in await row.inner_text()
+    await row.locator("button:text-is('Cordon')").click()
+    await tab.page.wait_for_selector("#flash .ok:has-text('cordoned')")
+    assert (await store.get_runner(box.id)).state is RunnerState.CORDONED  # type: ignore[union-attr]
+    await tab.page.click("nav >> text=Anomalies")
+    assert await tab.page.inner_text("h1") == "Anomalies"
+    await tab.page.fill(f"#note-{found.id}", "a second install; minted another token")
+    await tab.page.click(f"tr[data-anomaly='{found.id}'] button:text-is('Resolve')")
+    await tab.page.wait_for_selector(f"#flash .ok:has-text('Resolved anomaly {found.id}')")
+    assert await store.list_anomalies() == []
+    await store.record_anomaly(AnomalyKind.RUNNER_OFFLINE, box.id, {"hostname": "x" * 200})
+    await phone.sign_in("/dashboard/runners")
+    assert await phone.overflow() <= 0
+    await phone.open("/dashboard/anomalies")
+    assert await phone.overflow() <= 0

@@ -90,7 +90,8 @@ def test_tokens_join_status_revoke_and_remote(corral: Corral, tmp_path: Path) ->
         assert remote["runners"] == local["runners"] and remote["anomalies"]["open"] == 1
         assert remote["onlineRatio"] == 1.0
         human = ok(fleet("status"))
-        assert "online ratio" in human and "version skew" in human
+        assert "online ratio" in human and "version skew" in human and "bundle skew" in human
+        assert remote["bundles"] == local["bundles"] and remote["bundles"]["runnersBehind"] == 0
         refused = fleet("runners", "ls", "-E", "remote", env={"CORRAL_OPERATOR_TOKEN": "nope"})
         assert refused.returncode == 2 and "refused the operator token" in refused.stderr
         resolved = fleet(

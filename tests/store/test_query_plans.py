@@ -34,7 +34,8 @@ HOT = (
     "metrics_runs_since", "metrics_items_set_aside_since", "spend_since", "usage_by_day",
     "prune_runs", "prune_items", "finish_run", "request_kill", "set_run_status_live",
     "page_runs", "page_agent_runs", "calls_made_by", "call_answered_by", "child_runs",
-    "runner_holdings", "claimed_for_runner",
+    "runner_holdings", "claimed_for_runner", "runs_ended_by_agent_and_runner",
+    "runs_ended_by_hour", "live_runs_by_runner_and_bundle",
 )  # fmt: skip
 #: PostgreSQL's own hot queries (no SQLite twin): the one-statement batch claim.
 HOT_PG = ("claim_batch",)
@@ -49,6 +50,9 @@ EXPECTED_INDEX = {
     "prune_runs": "corral_runs_ended",
     "page_runs": "corral_runs_created",
     "page_agent_runs": "corral_runs_agent_created",
+    "runs_ended_by_agent_and_runner": "corral_runs_ended",
+    "runs_ended_by_hour": "corral_runs_ended",
+    "live_runs_by_runner_and_bundle": "corral_runs_live",
 }
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

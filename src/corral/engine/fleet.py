@@ -9,7 +9,9 @@
   per outage, whichever control plane process looks first); ``on_runners_offline`` is
   where the recovery of a dead runner's runs will hang once runs go to runners.
 - ``fleet_overview``: the four numbers (online ratio, job throughput, open anomalies,
-  version skew).
+  version skew: each runner's corral version and the bundles its live runs run, against
+  the newest version and the current bundle), with the throughput per hour over the
+  last day (``throughput_series``, the dashboard's chart).
 - The JSON of tokens, runners and anomalies, and the operator's changes, each audited.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from corral import __version__
@@ -31,11 +33,13 @@ from corral.views import iso_time
 
 __all__ = [
     "ACTIVATION_PREFIX",
+    "CONTROL_PLANE",
     "CREDENTIAL_PREFIX",
     "DEFAULT_TTL",
     "ONLINE_RATIO_WINDOW",
     "FleetSettings",
     "anomaly_json",
+    "bundles_running",
     "change_runner",
     "check_offline",
     "create_token",
@@ -50,6 +54,8 @@ __all__ = [
     "resolve_anomaly",
     "revoke_token",
     "runner_json",
+    "series_hours",
+    "throughput_series",
     "version_key",
 ]
 
@@ -62,6 +68,10 @@ MAX_TTL = timedelta(days=365)
 ONLINE_RATIO_WINDOW = timedelta(minutes=3)
 #: Throughput is counted over this window.
 THROUGHPUT_WINDOW = timedelta(days=1)
+#: The throughput series has one point per hour over this many hours, the current one last.
+SERIES_HOURS = 24
+#: Where the runs no runner ran are counted (the control plane's own executor).
+CONTROL_PLANE = "control-plane"
 _LABEL = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _MAX_LABELS = 32
 _TTL = re.compile(r"(\d{1,6})([smhdw])")
@@ -223,13 +233,15 @@ async def fleet_overview(store: Store, project: Project) -> dict[str, Any]:
     per_runner: dict[str, int] = {}
     for row in rows:
         per_agent[row["agent"]] = per_agent.get(row["agent"], 0) + row["ended"]
-        where = row["runner_id"] or "control-plane"
+        where = row["runner_id"] or CONTROL_PLANE
         per_runner[where] = per_runner.get(where, 0) + row["ended"]
     completed = sum(per_agent.values())
     anomalies = await store.count_open_anomalies()
     versions = {r.version for r in live if r.version} | {__version__}
     newest = max(versions, key=version_key)
     behind = [r for r in live if version_key(r.version) < version_key(newest)]
+    bundles = await bundles_running(store)
+    by_runner = bundles["byRunner"]
     return {
         "ok": True,
         "at": iso_time(now),
@@ -258,6 +270,7 @@ async def fleet_overview(store: Store, project: Project) -> dict[str, Any]:
                 runner: {"completed": n, "perHour": round(n / hours, 3)}
                 for runner, n in sorted(per_runner.items())
             },
+            "hourly": await throughput_series(store, now),
         },
         "anomalies": {"open": sum(anomalies.values()), "byKind": dict(sorted(anomalies.items()))},
         "versions": {
@@ -270,10 +283,72 @@ async def fleet_overview(store: Store, project: Project) -> dict[str, Any]:
                     "name": r.name,
                     "version": r.version,
                     "current": version_key(r.version) >= version_key(newest),
+                    "bundles": by_runner.get(r.id, []),
                 }
                 for r in live
             ],
         },
+        "bundles": bundles,
+    }
+
+
+async def bundles_running(store: Store) -> dict[str, Any]:
+    """The bundles the live runs run, by runner, against the current bundle: a runner is
+    behind while any of its live runs runs another bundle than the current one (its
+    runs started before a push keep the bundle they started with)."""
+    head = await store.bundle_head()
+    current = None if head is None else head.hash
+    by_runner: dict[str, list[dict[str, Any]]] = {}
+    rows = await store.live_bundles()
+    # by runner, then the current bundle first, then the others by name
+    rows.sort(key=lambda r: (r["runner_id"] or "", r["bundle"] != current, r["bundle"] or ""))
+    for row in rows:
+        where = row["runner_id"] or CONTROL_PLANE
+        by_runner.setdefault(where, []).append(
+            {
+                "bundle": row["bundle"],
+                "live": row["live"],
+                "current": current is None or row["bundle"] == current,
+            }
+        )
+    stale = {
+        where: sum(b["live"] for b in found if not b["current"])
+        for where, found in by_runner.items()
+    }
+    return {
+        "current": current,
+        "setAt": None if head is None else iso_time(head.set_at),
+        "runnersBehind": sum(1 for where, n in stale.items() if n and where != CONTROL_PLANE),
+        "liveRunsBehind": sum(stale.values()),
+        "byRunner": by_runner,
+    }
+
+
+def series_hours(now: datetime, hours: int = SERIES_HOURS) -> list[datetime]:
+    """The starts of the last ``hours`` UTC hours, oldest first, the current one last."""
+    top = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return [top - timedelta(hours=back) for back in range(hours - 1, -1, -1)]
+
+
+async def throughput_series(store: Store, now: datetime) -> dict[str, Any]:
+    """Runs ended per UTC hour over the last day, the current (partial) hour last: per
+    agent and per runner (``control-plane`` for the runs no runner ran), each a list of
+    counts in the order of ``hours``."""
+    slots = series_hours(now)
+    index = {slot.strftime("%Y-%m-%dT%H"): i for i, slot in enumerate(slots)}
+    per_agent: dict[str, list[int]] = {}
+    per_runner: dict[str, list[int]] = {}
+    for row in await store.fleet_throughput_hourly(slots[0]):
+        at = index.get(row["hour"])
+        if at is None:
+            continue
+        where = row["runner_id"] or CONTROL_PLANE
+        per_agent.setdefault(row["agent"], [0] * len(slots))[at] += row["ended"]
+        per_runner.setdefault(where, [0] * len(slots))[at] += row["ended"]
+    return {
+        "hours": [iso_time(slot) for slot in slots],
+        "perAgent": dict(sorted(per_agent.items())),
+        "perRunner": dict(sorted(per_runner.items())),
     }
 
 

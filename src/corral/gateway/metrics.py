@@ -14,7 +14,12 @@ Two kinds of numbers, with different scopes (docs/operating.md lists them):
   Aggregate them across gateways with ``max``, not ``sum``.
 - **The fleet, read at scrape time**: ``corral_fleet_runners{state}`` (online and offline
   for active runners; cordoned, draining, revoked), ``corral_fleet_online_ratio`` and
-  ``corral_fleet_anomalies_open{kind}`` (docs/fleet.md).
+  ``corral_fleet_anomalies_open{kind}``, and the skew: ``corral_fleet_runners_behind``
+  (runners on an older corral than the newest seen), ``corral_fleet_runners_stale_bundle``
+  and ``corral_fleet_live_runs_stale_bundle`` (runners, and live runs, on another bundle
+  than the current one) (docs/fleet.md). Completed runs per runner count in
+  ``corral_runner_runs_total{runner,outcome}`` (``control-plane`` for the runs no runner
+  ran), next to ``corral_runs_total{agent,outcome}``.
 - **This process's own requests** (module-level counters, ``count_lock``,
   ``count_delivery``): ``corral_lock_operations_total`` and
   ``corral_webhook_deliveries_total``. Aggregate these with ``sum``.
@@ -37,7 +42,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from corral import __version__
 from corral.engine import fleet
+from corral.engine.fleet import version_key
 from corral.project import Project
 from corral.store import AgentState, AnomalyKind, ItemState, Run, RunnerState, Store
 
@@ -157,12 +164,27 @@ class _FleetGauges(Collector):
         )
         for kind, count in self.metrics.anomalies.items():
             anomalies.add_metric([kind], count)
-        yield from (runners, ratio, anomalies)
+        behind = GaugeMetricFamily(
+            "corral_fleet_runners_behind",
+            "Runners (not revoked) on an older corral version than the newest in the fleet",
+            value=self.metrics.runners_behind,
+        )
+        stale = GaugeMetricFamily(
+            "corral_fleet_runners_stale_bundle",
+            "Runners with live runs of another bundle than the current one",
+            value=self.metrics.bundle_skew[0],
+        )
+        stale_runs = GaugeMetricFamily(
+            "corral_fleet_live_runs_stale_bundle",
+            "Live runs of another bundle than the current one (runners and control plane)",
+            value=self.metrics.bundle_skew[1],
+        )
+        yield from (runners, ratio, anomalies, behind, stale, stale_runs)
 
 
 class FleetMetrics:
     """The numbers /metrics shows, for one gateway over ``store``; ``render()`` reads the
-    store (three queries) and answers the exposition text."""
+    store (a few queries) and answers the exposition text."""
 
     def __init__(
         self,
@@ -176,6 +198,8 @@ class FleetMetrics:
         self.runner_states: dict[str, int] = {}
         self.online_ratio = 1.0
         self.anomalies: dict[str, int] = {kind.value: 0 for kind in AnomalyKind}
+        self.runners_behind = 0
+        self.bundle_skew = (0, 0)
         self.overlap = timedelta(seconds=overlap_seconds)
         self.registry = CollectorRegistry(auto_describe=True)
         self.runs = Counter(
@@ -209,6 +233,12 @@ class FleetMetrics:
             "Triggers refused (disabled agent, scale 0, cost cap, queue full for calls, ...), "
             "by agent",
             ["agent"],
+            registry=self.registry,
+        )
+        self.runner_runs = Counter(
+            "corral_runner_runs",
+            "Runs ended, by runner (control-plane: no runner ran it) and outcome",
+            ["runner", "outcome"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -270,7 +300,8 @@ class FleetMetrics:
         states = {"online": 0, "offline": 0, **{s.value: 0 for s in RunnerState}}
         del states[RunnerState.ACTIVE.value]
         live = recent = 0
-        for runner in await self.store.list_runners():
+        runners = await self.store.list_runners()
+        for runner in runners:
             if runner.state is RunnerState.ACTIVE:
                 online = runner.online(now, settings.offline_after_seconds)
                 states["online" if online else "offline"] += 1
@@ -281,11 +312,19 @@ class FleetMetrics:
                 recent += now - runner.last_heartbeat_at <= fleet.ONLINE_RATIO_WINDOW
         self.runner_states = states
         self.online_ratio = recent / live if live else 1.0
+        current = [r for r in runners if r.state is not RunnerState.REVOKED]
+        newest = max({r.version for r in current if r.version} | {__version__}, key=version_key)
+        self.runners_behind = sum(
+            1 for r in current if version_key(r.version) < version_key(newest)
+        )
+        bundles = await fleet.bundles_running(self.store)
+        self.bundle_skew = (bundles["runnersBehind"], bundles["liveRunsBehind"])
         self.anomalies = {kind.value: 0 for kind in AnomalyKind}
         self.anomalies.update(await self.store.count_open_anomalies())
 
     def _count_ended(self, agent: str, run: Run) -> None:
         self.runs.labels(agent, run.outcome).inc()
+        self.runner_runs.labels(run.runner_id or fleet.CONTROL_PLANE, run.outcome).inc()
         for kind, used in (
             ("input", run.input_tokens),
             ("output", run.output_tokens),

@@ -363,6 +363,31 @@ class FleetOps(StoreCore):
             for row in rows
         ]
 
+    async def fleet_throughput_hourly(self, since: datetime) -> list[Row]:
+        """Runs ended since ``since`` by UTC hour, agent and runner (None: the control
+        plane): rows of ``hour`` (``YYYY-MM-DDTHH``), ``agent``, ``runner_id``, ``ended``."""
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all("runs_ended_by_hour", {"since": self.encode_time(since)})
+        return [
+            {
+                "hour": str(row["hour"]),
+                "agent": row["agent"],
+                "runner_id": row["runner_id"],
+                "ended": int(row["ended"]),
+            }
+            for row in rows
+        ]
+
+    async def live_bundles(self) -> list[Row]:
+        """Runs starting or running now by runner (None: the control plane) and the bundle
+        they run (None: no bundle was pushed): rows of ``runner_id``, ``bundle``, ``live``."""
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all("live_runs_by_runner_and_bundle")
+        return [
+            {"runner_id": row["runner_id"], "bundle": row["bundle"], "live": int(row["live"])}
+            for row in rows
+        ]
+
     # -- anomalies ---------------------------------------------------------------------
 
     async def record_anomaly(

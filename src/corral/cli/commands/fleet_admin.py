@@ -333,6 +333,19 @@ def status_cmd(obj: CliContext, as_json: bool) -> None:
             console.print(
                 f"  {safe(runner['name'])} ({safe(runner['id'])}) runs {safe(runner['version'])}"
             )
+    bundles = status.get("bundles")  # None from a control plane before the bundle skew
+    if bundles is not None:
+        current = bundles["current"]
+        against = f"the current {safe(current[:19])}" if current else "(no bundle pushed)"
+        console.print(
+            f"[bold]bundle skew[/]   {bundles['runnersBehind']} runner(s) running another "
+            f"bundle than {against}; {bundles['liveRunsBehind']} live run(s) on one"
+        )
+        for where, found in bundles["byRunner"].items():
+            for bundle in found:
+                if not bundle["current"]:
+                    name = safe((bundle["bundle"] or "no bundle")[:19])
+                    console.print(f"  {safe(where)} runs {name} ({bundle['live']} live)")
 
 
 # -- anomalies ---------------------------------------------------------------------------

@@ -7,6 +7,8 @@ operator token (see ``_auth``); docs/dashboard.md is the user's page.
     _feed     one shared producer of fleet snapshots for every open stream
     _views    the live fragments, rendered from a snapshot
     _pages    the pages (GET)
+    _fleetpages  the runners and anomalies pages and their buttons (the fleet of runners)
+    _chart    the throughput chart's geometry (server-drawn SVG)
     _runlist  the runs list: filters from the query string, keyset pages, a live table
     _runpage  what a run's page shows besides its status and log (trigger, calls, reruns)
     _posts    login, logout and the buttons (POST), through corral.engine.actions
@@ -24,6 +26,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from corral.gateway.dashboard._auth import Gate
 from corral.gateway.dashboard._context import Dashboard, LoginRequired, login_url
 from corral.gateway.dashboard._feed import Feed
+from corral.gateway.dashboard._fleetpages import fleet_routes
 from corral.gateway.dashboard._host import HostCheck, served_names
 from corral.gateway.dashboard._pages import page_routes
 from corral.gateway.dashboard._posts import Refused, post_routes, refused_handler
@@ -42,6 +45,7 @@ def install_dashboard(app: FastAPI, scheduler: Scheduler) -> Dashboard:
     dash = Dashboard(scheduler, Gate(lambda: app.state.tokens), Feed(scheduler), Renderer())
     app.include_router(page_routes(dash))
     app.include_router(post_routes(dash))
+    app.include_router(fleet_routes(dash))
     app.include_router(stream_routes(dash))
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(Refused, refused_handler(dash))

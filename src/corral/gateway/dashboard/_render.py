@@ -87,6 +87,8 @@ class Renderer:
             seconds=seconds,
             preview=preview,
             inert=inert_text,
+            short_bundle=short_bundle,
+            evidence=evidence,
         )
 
     def static_url(self, name: str) -> str:
@@ -176,6 +178,21 @@ def preview(value: object, limit: int = 120) -> str:
         return ""
     text = " ".join(str(value).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def short_bundle(value: str | None) -> str:
+    """A bundle's name, short: ``sha256:`` and its first 12 hex digits."""
+    if not value:
+        return "no bundle"
+    algo, _, digest = value.partition(":")
+    return f"{algo}:{digest[:12]}" if digest else value[:19]
+
+
+def evidence(value: object) -> str:
+    """One value of an anomaly's evidence as text: lists and objects as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
 
 
 def inert_text(value: object, lines: bool = False) -> str:

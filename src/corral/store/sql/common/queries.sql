@@ -610,11 +610,23 @@ ORDER BY created_at DESC, id DESC
 LIMIT :limit
 
 -- name: runs_ended_by_agent_and_runner
+-- Grouped by runner first: grouped by agent first, SQLite walks corral_runs_agent_created
+-- (every run ever made, in agent order, to spare a sort) instead of the range of
+-- corral_runs_ended.
 SELECT agent, runner_id, count(*) AS ended,
     sum(CASE WHEN state = 'succeeded' THEN 1 ELSE 0 END) AS succeeded
 FROM corral_runs
 WHERE ended_at >= :since AND ended_at IS NOT NULL
-GROUP BY agent, runner_id
+GROUP BY runner_id, agent
+
+-- name: live_runs_by_runner_and_bundle
+-- Runs starting or running now, by runner (NULL: the control plane) and the bundle they
+-- run. The IN is the partial index corral_runs_live's own condition, word for word, so
+-- that both planners use it (SQLite only matches a partial index's WHERE as written).
+SELECT runner_id, bundle, count(*) AS live
+FROM corral_runs
+WHERE state IN ('queued', 'starting', 'running') AND state <> 'queued'
+GROUP BY runner_id, bundle
 
 -- bundles -------------------------------------------------------------------------------
 

@@ -594,3 +594,11 @@ WHERE kind = %(kind)s AND subject = %(subject)s AND resolved_at IS NULL
 ORDER BY id DESC
 LIMIT 1
 FOR UPDATE
+
+-- name: runs_ended_by_hour
+-- Runs ended at or after :since by UTC hour ('YYYY-MM-DDTHH'), agent and runner (NULL:
+-- the control plane): the fleet page's throughput chart.
+SELECT to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24') AS hour, agent, runner_id, count(*) AS ended
+FROM corral_runs
+WHERE ended_at >= %(since)s AND ended_at IS NOT NULL
+GROUP BY to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24'), agent, runner_id

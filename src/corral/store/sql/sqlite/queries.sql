@@ -322,3 +322,11 @@ LIMIT :limit
 -- A request's transaction waits this long at most for a row lock (SQLite: the file's
 -- write lock is taken at BEGIN IMMEDIATE, bounded by the busy timeout; nothing to do).
 SELECT 1 AS bounded
+
+-- name: runs_ended_by_hour
+-- Runs ended at or after :since by UTC hour ('YYYY-MM-DDTHH'), agent and runner (NULL:
+-- the control plane): the fleet page's throughput chart.
+SELECT substr(ended_at, 1, 13) AS hour, agent, runner_id, count(*) AS ended
+FROM corral_runs
+WHERE ended_at >= :since AND ended_at IS NOT NULL
+GROUP BY substr(ended_at, 1, 13), agent, runner_id
