@@ -108,3 +108,47 @@ def test_a_revoked_runner_is_refused_and_loses_its_runs(tmp_path: Path, store_ur
             assert "refused this runner" in runner.output()
         finally:
             runner.stop()
+
+
+def test_run_locally_false_sends_every_run_to_runners(
+    tmp_path: Path, store_url: str, corral: Any
+) -> None:
+    root = tmp_path / "project"
+    marker = "fleetmark-nolocal"
+    write_project(
+        root,
+        {"dev": {"command": ["/bin/sh", "-c", f"echo ran-here-or-there # {marker}"]}},
+        PROJECT + "runLocally = false\n",
+    )
+    env = {"CORRAL_STATE_URL": store_url}
+    with control_plane(root, store_url, tmp_path / "start.log") as plane:
+        plane.push()
+        plane.trigger("dev")
+        # the control plane runs nothing itself: the run waits, and `corral stat` says why
+        time.sleep(1.5)
+        assert [i.state.value for i in _items(store_url)] == ["queued"]
+        assert _runs(store_url) == []
+        shown = corral("stat", cwd=root, env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert "runLocally = false" in shown.stdout
+        assert "dev (1 queued, a runner with any labels)" in shown.stdout
+        status = json.loads(corral("stat", "--json", cwd=root, env=env).stdout)
+        assert status["runLocally"] is False
+        assert [a["runsOn"] for a in status["agents"]] == [[]]
+        # a runner without labels takes it
+        runner = start_runner(join_runner(plane, tmp_path, "any", [], 1))
+        try:
+            wait_for(lambda: [r for r in _runs(store_url) if r.state is RunState.SUCCEEDED], 60)
+            [run] = _runs(store_url)
+            assert run.owner == runner.runner_id
+        finally:
+            runner.stop()
+
+
+def test_run_locally_is_validated(tmp_path: Path, corral: Any) -> None:
+    root = tmp_path / "project"
+    write_project(root, {"dev": {"command": "true"}})
+    (root / "config.toml").write_text('[fleet]\nrunLocally = "no"\n')
+    shown = corral("stat", cwd=root)
+    assert shown.returncode == 2
+    assert "'fleet.runLocally' must be true or false" in shown.stderr
