@@ -114,6 +114,7 @@ async def fleet_status(
                 "triggers": [] if known is None else trigger_kinds(known),
                 "spentToday": spent[name],
                 "dailyCap": state.daily_cost_cap,
+                "runsOn": _runs_on(project, known),
             }
         )
     return {
@@ -130,6 +131,7 @@ async def fleet_status(
             for s in schedulers
         ],
         "paused": project_state.paused,
+        "runLocally": project.config.fleet.run_locally,
         "scaleCap": project_state.scale_cap,
         "spentToday": sum(today.values()),  # every run's, as the project's cap counts
         "dailyCap": project_state.daily_cost_cap,
@@ -154,6 +156,16 @@ async def fleet_status(
             for item in problems
         ],
     }
+
+
+def _runs_on(project: Project, agent: Agent | None) -> list[str] | None:
+    """The labels a runner needs to run ``agent`` (``[]``: any runner); None when it runs
+    on the control plane (``[fleet] runLocally = false`` sends every agent to runners)."""
+    if agent is None:
+        return None
+    if agent.config.runs_on is not None:
+        return sorted(agent.config.runs_on)
+    return None if project.config.fleet.run_locally else []
 
 
 def running_entry(run: Run, now: datetime) -> dict[str, Any]:

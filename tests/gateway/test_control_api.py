@@ -93,8 +93,9 @@ async def test_status_lists_the_agents(client: tuple[httpx.AsyncClient, Schedule
         "triggers": ["manual", "call"],
         "spentToday": 0.0,
         "dailyCap": None,
+        "runsOn": None,
     }
-    assert body["paused"] is False and body["scaleCap"] is None
+    assert body["paused"] is False and body["scaleCap"] is None and body["runLocally"] is True
 
 
 async def test_invalid_bodies_are_422(client: tuple[httpx.AsyncClient, Scheduler]) -> None:

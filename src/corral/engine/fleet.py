@@ -410,7 +410,8 @@ async def change_runner(
     store: Store, ref: str, state: RunnerState, *, actor: str
 ) -> tuple[Runner, bool]:
     """Revoke, drain, cordon or uncordon (``state`` active) the runner ``ref`` names:
-    the runner after, and whether it changed. 404 unknown, 409 not from its state."""
+    the runner after, and whether it changed. 404 unknown, 409 not from its state. A
+    revoked runner's runs are taken back at once (``Store.release_owner``)."""
     runner = await find_runner(store, ref)
     try:
         after, changed = await store.set_runner_state(runner.id, state, actor=actor)
@@ -418,6 +419,12 @@ async def change_runner(
         raise ActionError(409, str(exc)) from None
     if after is None:
         raise ActionError(404, f"no runner {ref!r}")
+    if after.state is RunnerState.REVOKED:
+        # A revoked runner may not act for its runs any more: they are taken back now
+        # (lost, their items queued again), not when their leases lapse.
+        await store.release_owner(
+            after.id, reason=f"runner {after.id} ({after.name}) was revoked by {actor}"
+        )
     return after, changed
 
 

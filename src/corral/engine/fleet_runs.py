@@ -35,6 +35,7 @@ __all__ = [
     "run_from_wire",
     "run_wire",
     "runner_agents",
+    "runner_labels",
 ]
 
 #: The lease of a run on a runner: its heartbeat (every 5 s) renews it; a runner that
@@ -52,14 +53,21 @@ def on_runners(agent: Agent) -> bool:
     return agent.config.runs_on is not None
 
 
+def runner_labels(project: Project, agent: Agent) -> tuple[str, ...] | None:
+    """The labels a runner needs to run ``agent``; None: it runs on the control plane
+    only. Under ``[fleet] runLocally = false`` an agent without ``runsOn`` goes to any
+    runner (as ``runsOn = []``)."""
+    if agent.config.runs_on is not None:
+        return tuple(agent.config.runs_on)
+    return None if project.config.fleet.run_locally else ()
+
+
 def runner_agents(project: Project, labels: Collection[str]) -> list[str]:
-    """The agents a runner with ``labels`` may run: those whose ``runsOn`` labels it has."""
+    """The agents a runner with ``labels`` may run: those whose ``runsOn`` labels it has
+    (every agent's, under ``[fleet] runLocally = false``)."""
     have = set(labels)
-    return sorted(
-        name
-        for name, agent in project.agents.items()
-        if agent.config.runs_on is not None and set(agent.config.runs_on) <= have
-    )
+    wanted = {name: runner_labels(project, agent) for name, agent in project.agents.items()}
+    return sorted(name for name, need in wanted.items() if need is not None and set(need) <= have)
 
 
 def _plain(record: Any, times: frozenset[str]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from corral.engine.actions import ActionError
 from corral.engine.fleet import CREDENTIAL_PREFIX
 from corral.errors import ConfigError, StoreConflict
 from corral.gateway.control import Operator, operator
-from corral.gateway.fleet import require_runner
+from corral.gateway.fleet import refusals, require_runner
 from corral.scheduler.bundles import check_bundle
 from corral.scheduler.service import Scheduler
 from corral.views import bundle_head_json, bundle_json
@@ -166,7 +166,11 @@ def _fleet_router(scheduler: Scheduler) -> APIRouter:
         "/bundles/{bundle}",
         summary="A bundle's bytes, by hash",
         response_class=Response,
-        responses={200: {"content": {_TAR: {}}}, 304: {"description": "not modified"}},
+        responses={
+            200: {"content": {_TAR: {}}},
+            304: {"description": "not modified"},
+            **refusals(400, 401, 403, 404, 503),
+        },
     )
     async def fetch_bundle(bundle: str, request: Request, _: Reader) -> Response:
         wanted = _hash(bundle)
@@ -181,7 +185,11 @@ def _fleet_router(scheduler: Scheduler) -> APIRouter:
         "/bundles/{bundle}/agents/{agent}",
         summary="One agent's bundle, cut from a project bundle",
         response_class=Response,
-        responses={200: {"content": {_TAR: {}}}, 304: {"description": "not modified"}},
+        responses={
+            200: {"content": {_TAR: {}}},
+            304: {"description": "not modified"},
+            **refusals(400, 401, 403, 404, 503),
+        },
     )
     async def fetch_agent_bundle(bundle: str, agent: str, request: Request, _: Reader) -> Response:
         wanted = _hash(bundle)

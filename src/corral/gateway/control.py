@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -54,6 +55,7 @@ __all__ = [
     "control_router",
     "install_control",
     "lock_json",
+    "openapi_part",
     "operator",
 ]
 
@@ -496,15 +498,25 @@ def _install_busy_handler(app: FastAPI) -> None:
 
 
 def operator_openapi_document(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document of the operator's routes: /control/*, /health and /metrics.
+    """The OpenAPI document of the operator's routes: /control/*, /health and /metrics."""
+    return openapi_part(
+        app,
+        lambda path: path.startswith("/control/") or path in ("/health", "/metrics"),
+        title="corral control API",
+        description=(
+            "Operator actions and fleet state. Authenticate with an operator token "
+            "(`corral token create NAME`): `Authorization: Bearer <token>`."
+        ),
+    )
 
-    Cut from the app's whole document: those paths, and the components they refer to."""
+
+def openapi_part(
+    app: FastAPI, keep: Callable[[str], bool], *, title: str, description: str
+) -> dict[str, Any]:
+    """A part of the app's whole OpenAPI document: the paths ``keep`` accepts, and the
+    components they refer to."""
     full = copy.deepcopy(app.openapi())
-    paths = {
-        path: item
-        for path, item in full.get("paths", {}).items()
-        if path.startswith("/control/") or path in ("/health", "/metrics")
-    }
+    paths = {path: item for path, item in full.get("paths", {}).items() if keep(path)}
     components = full.get("components", {})
     kept: dict[str, dict[str, Any]] = {}
     pending = _refs(paths)
@@ -529,14 +541,7 @@ def operator_openapi_document(app: FastAPI) -> dict[str, Any]:
         }
     document: dict[str, Any] = {
         "openapi": full["openapi"],
-        "info": {
-            "title": "corral control API",
-            "version": full["info"]["version"],
-            "description": (
-                "Operator actions and fleet state. Authenticate with an operator token "
-                "(`corral token create NAME`): `Authorization: Bearer <token>`."
-            ),
-        },
+        "info": {"title": title, "version": full["info"]["version"], "description": description},
         "paths": paths,
     }
     kept = {kind: dict(sorted(values.items())) for kind, values in kept.items() if values}

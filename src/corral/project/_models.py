@@ -313,6 +313,9 @@ class FleetConfig(_Model):
 
     heartbeat_seconds: StrictInt = Field(5, ge=1, le=300)
     offline_after_seconds: StrictInt = Field(15, ge=2, le=3600)
+    #: False: the control plane runs no runs itself; every agent's runs wait for runners
+    #: (an agent without ``runsOn`` goes to any runner, as ``runsOn = []`` does).
+    run_locally: StrictBool = True
 
     @model_validator(mode="after")
     def _window_covers_beats(self) -> FleetConfig:

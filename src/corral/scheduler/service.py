@@ -450,6 +450,9 @@ class Scheduler:
     async def _claim(self, batch: int) -> list[Claim]:
         """Claim up to ``batch`` items; each run's secret hash is stored by the claim
         itself (secrets made ahead by the link), so starting a run writes no secret."""
+        agents = local_agents(self.project)
+        if agents == []:  # every agent runs on runners: nothing to claim here
+            return []
         hashes = self.link.spare_hashes(batch)
         try:
             claims = await self.store.claim(
@@ -458,7 +461,7 @@ class Scheduler:
                 limit=batch,
                 secret_hashes=hashes,
                 bundle=self.project.bundle,
-                agents=local_agents(self.project),
+                agents=agents,
             )
         except BaseException:
             self.link.claim_failed()
@@ -659,7 +662,10 @@ class Scheduler:
 
 def local_agents(project: Project) -> list[str] | None:
     """The agents this process's dispatcher claims for: None (every one) unless some run
-    on the fleet's runners only (``runsOn``), whose items only runners claim."""
+    on the fleet's runners only (``runsOn``), whose items only runners claim; none at all
+    under ``[fleet] runLocally = false`` (every run waits for a runner)."""
+    if not project.config.fleet.run_locally:
+        return []
     if all(agent.config.runs_on is None for agent in project.agents.values()):
         return None
     return sorted(n for n, agent in project.agents.items() if agent.config.runs_on is None)

@@ -163,6 +163,8 @@ def status_view(status: dict[str, Any]) -> Group:
     cap = status.get("dailyCap")
     money = f"spent today {spent}" + ("" if cap is None else f" of {fmt_cost(cap)}")
     paused = " · [yellow]paused[/]" if status.get("paused") else ""
+    if status.get("runLocally") is False:
+        paused += " · [yellow]runs on runners only[/] ([fleet] runLocally = false)"
     parts: list[RenderableType] = [
         Text.from_markup(
             f"[bold]{safe(status.get('project'))}[/] · {where} · {safe(money)}{paused}"
@@ -181,6 +183,9 @@ def status_view(status: dict[str, Any]) -> Group:
             cell(_today(agent)),
         )
     parts.append(agents)
+    waiting = _waiting_for_runners(status)
+    if waiting:
+        parts.append(Text(waiting, style="yellow"))
     if status["running"]:
         runs = Table(
             *("run", "agent", "age", "tokens", "cost", "status"),
@@ -268,6 +273,25 @@ def top_cmd(obj: CliContext, interval: float, once: bool) -> None:
         asyncio.run(go())
     except KeyboardInterrupt:
         pass
+
+
+def _waiting_for_runners(status: dict[str, Any]) -> str:
+    """Why queued runs of agents that run on runners wait: for a runner with the labels
+    (`corral fleet runners ls` lists those that joined)."""
+    waits = []
+    for agent in status["agents"]:
+        labels = agent.get("runsOn")
+        if labels is None or not agent.get("queued"):
+            continue
+        need = f"labels {', '.join(map(str, labels))}" if labels else "any labels"
+        waits.append(f"{safe(agent['agent'])} ({agent['queued']} queued, a runner with {need})")
+    if not waits:
+        return ""
+    return (
+        "waiting for runners, as they run on the fleet's runners only: "
+        + "; ".join(waits)
+        + " (`corral fleet runners ls`)"
+    )
 
 
 def _more_running(status: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "HeartbeatBody",
     "Me",
     "heartbeat_answer",
+    "refusals",
     "require_runner",
     "runner_router",
 ]
@@ -138,17 +139,30 @@ class RefusalBody(BaseModel):
     reason: str | None = None
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    words = {
-        401: "missing or unknown runner credential",
-        403: "the activation token cannot be redeemed (unknown, expired, revoked, or "
-        "redeemed already), or the runner was revoked",
-        409: "the fleet is full (maxRunners)",
-        413: "the request body is too large",
-        422: "a body that does not validate",
-        503: "the store is busy or failed: retry after Retry-After",
+_REFUSALS = {
+    400: "a malformed request (a bad hash, a body that is no JSON)",
+    401: "missing or unknown runner credential",
+    403: "the activation token cannot be redeemed (unknown, expired, revoked, or "
+    "redeemed already), or the runner was revoked, or the run is another runner's",
+    404: "no such run or bundle",
+    409: "the fleet is full (maxRunners), or the run is no longer this runner's (its "
+    "lease lapsed, or it ended): stop it",
+    413: "the request body is too large",
+    422: "a body that does not validate",
+    503: "the store is busy or failed: retry after Retry-After",
+}
+
+
+def refusals(*statuses: int, **words: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of the refusals a route answers (``{ok: false, error}``);
+    ``words`` (``e409="..."``) say what a status means on that route."""
+    return {
+        s: {"model": RefusalBody, "description": words.get(f"e{s}", _REFUSALS[s])} for s in statuses
     }
-    return {s: {"model": RefusalBody, "description": words[s]} for s in statuses}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return refusals(*statuses)
 
 
 def runner_router(scheduler: Scheduler) -> APIRouter:

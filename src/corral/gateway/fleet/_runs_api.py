@@ -36,7 +36,7 @@ from corral.engine import fleet_runs
 from corral.engine.actions import ActionError
 from corral.errors import StoreError
 from corral.gateway.edge import WholeNumber
-from corral.gateway.fleet._runner_api import Me
+from corral.gateway.fleet._runner_api import Me, refusals
 from corral.locate import open_private, private_dirs
 from corral.scheduler import anomalies
 from corral.scheduler.service import Scheduler
@@ -49,6 +49,14 @@ log = logging.getLogger("corral.fleet")
 
 #: How often a waiting request for work looks at the queue when nothing woke it.
 _POLL = 0.5
+#: The log route's body: the run's output as it came, any bytes.
+_RAW_BODY = {
+    "requestBody": {
+        "required": False,
+        "description": "The run's output, appended to its log as it is",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 class _Body(BaseModel):
@@ -76,12 +84,19 @@ class RunningBody(FenceBody):
     host: str = Field(default="", max_length=253)
 
 
+#: The most tokens of one kind a run may report: far past any run, and within what both
+#: stores' integers hold (a larger number was a 500 from the store).
+MAX_TOKENS = 2**53
+#: The most dollars a run may report.
+MAX_COST = 1e9
+
+
 class UsageBody(FenceBody):
-    input_tokens: WholeNumber = Field(alias="inputTokens", ge=0)
-    output_tokens: WholeNumber = Field(alias="outputTokens", ge=0)
-    cache_read_tokens: WholeNumber = Field(alias="cacheReadTokens", ge=0)
-    cache_write_tokens: WholeNumber = Field(alias="cacheWriteTokens", ge=0)
-    cost_usd: float | None = Field(default=None, alias="costUsd", ge=0)
+    input_tokens: WholeNumber = Field(alias="inputTokens", ge=0, le=MAX_TOKENS)
+    output_tokens: WholeNumber = Field(alias="outputTokens", ge=0, le=MAX_TOKENS)
+    cache_read_tokens: WholeNumber = Field(alias="cacheReadTokens", ge=0, le=MAX_TOKENS)
+    cache_write_tokens: WholeNumber = Field(alias="cacheWriteTokens", ge=0, le=MAX_TOKENS)
+    cost_usd: float | None = Field(default=None, alias="costUsd", ge=0, le=MAX_COST)
     budget: str | None = Field(default=None, max_length=64)
 
 
@@ -93,6 +108,43 @@ class EndBody(FenceBody):
 
 class ReleaseBody(FenceBody):
     reason: str = Field(min_length=1, max_length=4000)
+
+
+class WorkAnswer(BaseModel):
+    ok: Literal[True]
+    state: str = Field(description="The runner's state: no work unless active")
+    runs: list[dict[str, Any]] = Field(description="The runs given to it, each a claim")
+    waiting: str | None = Field(default=None, description="Why no run can be given yet")
+
+
+class RunAnswer(BaseModel):
+    ok: Literal[True]
+    run: dict[str, Any] | None
+
+
+class LogAnswer(BaseModel):
+    ok: Literal[True]
+    bytes: int
+
+
+class CapAnswer(BaseModel):
+    ok: Literal[True]
+    refusal: str | None = Field(description="Why the run may not start now; null: it may")
+
+
+class EndAnswer(BaseModel):
+    ok: Literal[True]
+    run: dict[str, Any]
+    item: dict[str, Any]
+    rerun: dict[str, Any] | None
+
+
+#: What every route about one run may refuse.
+_RUN_REFUSALS = refusals(401, 403, 404, 409, 413, 422, 503)
+
+
+def _answers(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model}, **_RUN_REFUSALS}
 
 
 def runs_router(scheduler: Scheduler) -> APIRouter:
@@ -128,7 +180,11 @@ def _owner_check(scheduler: Scheduler) -> Any:
 def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
     store = scheduler.store
 
-    @router.post("/work", summary="Ask for work: up to `free` runs (long poll)")
+    @router.post(
+        "/work",
+        summary="Ask for work: up to `free` runs (long poll)",
+        responses={200: {"model": WorkAnswer}, **refusals(401, 403, 413, 422, 503)},
+    )
     async def work(body: WorkBody, me: Me) -> Any:
         project = scheduler.project
         agents = fleet_runs.runner_agents(project, me.labels)
@@ -201,18 +257,26 @@ def _report_routes(router: APIRouter, scheduler: Scheduler) -> None:
     store = scheduler.store
     own = _owner_check(scheduler)
 
-    @router.get("/runs/{run_id}", summary="One of this runner's runs")
+    @router.get(
+        "/runs/{run_id}", summary="One of this runner's runs", responses=_answers(RunAnswer)
+    )
     async def get_run(run_id: str, me: Me) -> Any:
         run = await own(me, run_id, None)
         return {"ok": True, "run": fleet_runs.run_wire(run)}
 
-    @router.post("/runs/{run_id}/secret", summary="The run secret's hash")
+    @router.post(
+        "/runs/{run_id}/secret", summary="The run secret's hash", responses=_answers(RunAnswer)
+    )
     async def secret(run_id: str, body: SecretBody, me: Me) -> Any:
         await own(me, run_id, body.fence)
         run = await _conflicts(store.set_run_secret(run_id, body.hash))
         return {"ok": True, "run": fleet_runs.run_wire(run)}
 
-    @router.post("/runs/{run_id}/running", summary="The run's process started")
+    @router.post(
+        "/runs/{run_id}/running",
+        summary="The run's process started",
+        responses=_answers(RunAnswer),
+    )
     async def running(run_id: str, body: RunningBody, me: Me) -> Any:
         await own(me, run_id, body.fence)
         # The host names the runner: a control plane never takes it for one of its own
@@ -221,9 +285,14 @@ def _report_routes(router: APIRouter, scheduler: Scheduler) -> None:
         run = await _conflicts(store.mark_run_running(run_id, pid=body.pid, host=host))
         return {"ok": True, "run": fleet_runs.run_wire(run)}
 
-    @router.post("/runs/{run_id}/log", summary="Output of the run (raw bytes), appended")
+    @router.post(
+        "/runs/{run_id}/log",
+        summary="Output of the run (raw bytes), appended",
+        responses=_answers(LogAnswer),
+        openapi_extra=_RAW_BODY,
+    )
     async def append_log(
-        run_id: str, request: Request, me: Me, fence: Annotated[int, Query(ge=0)]
+        run_id: str, request: Request, me: Me, fence: Annotated[int, Query(ge=0, le=2**62)]
     ) -> Any:
         run = await own(me, run_id, fence)
         data = await request.body()
@@ -234,7 +303,9 @@ def _report_routes(router: APIRouter, scheduler: Scheduler) -> None:
                 await anomalies.hooks_from_log(store, run, path)
         return {"ok": True, "bytes": len(data)}
 
-    @router.post("/runs/{run_id}/usage", summary="What the run used so far")
+    @router.post(
+        "/runs/{run_id}/usage", summary="What the run used so far", responses=_answers(RunAnswer)
+    )
     async def usage(run_id: str, body: UsageBody, me: Me) -> Any:
         await own(me, run_id, body.fence)
         run = await store.record_usage(
@@ -248,7 +319,11 @@ def _report_routes(router: APIRouter, scheduler: Scheduler) -> None:
         )
         return {"ok": True, "run": None if run is None else fleet_runs.run_wire(run)}
 
-    @router.post("/runs/{run_id}/cap", summary="Why the run may not start now, if it may not")
+    @router.post(
+        "/runs/{run_id}/cap",
+        summary="Why the run may not start now, if it may not",
+        responses=_answers(CapAnswer),
+    )
     async def cap(run_id: str, body: FenceBody, me: Me) -> Any:
         run = await own(me, run_id, body.fence)
         return {"ok": True, "refusal": await store.daily_cap_refusal(run.agent)}
@@ -258,7 +333,11 @@ def _end_routes(router: APIRouter, scheduler: Scheduler) -> None:
     store = scheduler.store
     own = _owner_check(scheduler)
 
-    @router.post("/runs/{run_id}/end", summary="The run ended: finalise it with its fence")
+    @router.post(
+        "/runs/{run_id}/end",
+        summary="The run ended: finalise it with its fence",
+        responses=_answers(EndAnswer),
+    )
     async def end(run_id: str, body: EndBody, me: Me) -> Any:
         run = await own(me, run_id, None)
         try:
@@ -291,7 +370,11 @@ def _end_routes(router: APIRouter, scheduler: Scheduler) -> None:
             "rerun": None if result.rerun_item is None else fleet_runs.item_wire(result.rerun_item),
         }
 
-    @router.post("/runs/{run_id}/release", summary="Give the run's item back to the queue")
+    @router.post(
+        "/runs/{run_id}/release",
+        summary="Give the run's item back to the queue",
+        responses=_answers(RunAnswer),
+    )
     async def release(run_id: str, body: ReleaseBody, me: Me) -> Any:
         await own(me, run_id, None)
         try:
