@@ -81,8 +81,9 @@ def test_kill_cut_and_freeze_of_three_runners(tmp_path: Path, store_url: str) ->
     with (
         hosts("r1", "r2", "r3") as made,
         control_plane(root, store_url, tmp_path / "start.log", "--expose") as plane,
-        Sampler({"edge": "fmark-edge", "gpu": "fmark-gpu"}, {"edge": EDGE_SCALE, "gpu": 1}, CAP)
-        as sampler,
+        Sampler(
+            {"edge": "fmark-edge", "gpu": "fmark-gpu"}, {"edge": EDGE_SCALE, "gpu": 1}, CAP
+        ) as sampler,
     ):
         plane.push()
         try:
