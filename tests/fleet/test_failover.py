@@ -172,3 +172,29 @@ def test_a_restarted_control_plane_resumes_its_runners_leases(
     assert len(ends) == 2 and set(ends.values()) == {1}, ends
     assert "self-fenced" not in runner.output()
     print(f"\ncontrol plane restarted in {back:.1f} s: {len(runs)} runs resumed, none run again")
+
+
+def test_a_runner_gone_mid_request_is_given_nothing(tmp_path: Path, store_url: str) -> None:
+    """A runner killed while its request for work waits: the control plane ends that
+    request (it claims nothing for a runner that cannot receive it) and stops at once
+    rather than at the end of the long poll."""
+    root, out = tmp_path / "project", tmp_path / "out"
+    _project(root, out, 1)
+    with control_plane(root, store_url, tmp_path / "cp.log") as plane:
+        plane.push()
+        runner = start_runner(join_runner(plane, tmp_path, "a", ["linux"], 1))
+        try:
+            wait_for(lambda: "starting: 1 slot(s)" in runner.output(), 30)
+            time.sleep(2)  # its request for work is open, waiting
+            runner.kill9()
+            time.sleep(1)
+            plane.trigger("work")
+            time.sleep(2)
+            assert _runs(store_url) == []  # queued, not handed to the dead runner
+            stopping = time.monotonic()
+            assert plane.process.stop(timeout=60) == 0
+            stopped = time.monotonic() - stopping
+        finally:
+            runner.stop()
+    assert stopped < 15, stopped  # the long poll lasts 25 s
+    print(f"\ncontrol plane stopped {stopped:.1f} s after SIGTERM, a runner's poll was open")
