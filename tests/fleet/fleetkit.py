@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,10 +70,39 @@ class Plane:
         assert done.status_code in (200, 201, 202), done.text
 
 
+#: The lease of runs on runners in these tests (``CORRAL_FLEET_LEASE_SECONDS``): half the
+#: default 12 s, so a lost run is recovered in about half the time; the runners adopt it
+#: (self-fencing at 7/12 of it), so every margin keeps its ratio.
+TEST_LEASE = 6.0
+
+
+class PlaneProcess(SchedulerProcess):
+    """`corral start --headless` as ``SchedulerProcess`` starts it, with more environment
+    (``CORRAL_FLEET_LEASE_SECONDS``)."""
+
+    def __init__(
+        self, project: Path, store_url: str, log: Path, *extra: str, env: dict[str, str]
+    ) -> None:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+        full.update({"CORRAL_STATE_URL": store_url, "HOME": str(project.parent), **env})
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "corral", "start", "--headless", "--port", "0", *extra],
+                cwd=project,
+                env=full,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+
 @contextlib.contextmanager
-def control_plane(root: Path, store_url: str, log: Path, *extra: str) -> Iterator[Plane]:
+def control_plane(
+    root: Path, store_url: str, log: Path, *extra: str, lease: float | None = TEST_LEASE
+) -> Iterator[Plane]:
     """`corral start` on ``store_url``; with ``--expose`` (listening on every address, so
-    simulated hosts reach it), an operator token is made first, as exposing requires."""
+    simulated hosts reach it), an operator token is made first, as exposing requires.
+    ``lease``: the lease of runs on runners (None: the default, 12 s)."""
     operator = ""
     if "--expose" in extra:
         env = clean_env(root.parent) | {"CORRAL_STATE_URL": store_url}
@@ -86,7 +116,8 @@ def control_plane(root: Path, store_url: str, log: Path, *extra: str) -> Iterato
         )
         assert made.returncode == 0, made.stderr
         operator = made.stdout.strip()
-    with SchedulerProcess(root, store_url, log, *extra) as process:
+    env = {} if lease is None else {"CORRAL_FLEET_LEASE_SECONDS": f"{lease:g}"}
+    with PlaneProcess(root, store_url, log, *extra, env=env) as process:
         wait_until(lambda: "started; gateway on" in process.output(), 90)
         found = re.search(r"gateway on (http://[0-9.]+):(\d+)", process.output())
         assert found is not None, process.output()
@@ -166,9 +197,10 @@ def start_runner(runner: RunnerProcess) -> RunnerProcess:
     return runner
 
 
-def run_processes(marker: str) -> dict[str, list[int]]:
+def run_processes(marker: str, *, stopped: bool = True) -> dict[str, list[int]]:
     """Live processes whose command line holds ``marker``, by the item they run
-    (CORRAL_ITEM_ID in their environment)."""
+    (CORRAL_ITEM_ID in their environment); ``stopped=False`` leaves out the stopped ones
+    (SIGSTOP: they execute nothing until continued)."""
     found: dict[str, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -178,7 +210,8 @@ def run_processes(marker: str) -> dict[str, list[int]]:
             if marker.encode() not in cmdline:
                 continue
             status = Path(f"/proc/{entry}/stat").read_text()
-            if status.rsplit(")", 1)[1].split()[0] == "Z":
+            state = status.rsplit(")", 1)[1].split()[0]
+            if state == "Z" or (not stopped and state in ("T", "t")):
                 continue
             environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
@@ -198,3 +231,58 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+class Sampler:
+    """Samples the live run processes from /proc in a thread, all along, against each
+    agent's ``scale`` and the project's cap: a violation is two live processes for one
+    item, more live processes of an agent than its scale, or more in all than the cap.
+    ``markers``: agent -> the marker in its command line. Stopped processes (a frozen
+    host) execute nothing and are counted apart (``stopped_seen``)."""
+
+    def __init__(
+        self, markers: dict[str, str], scales: dict[str, int], cap: int, every: float = 0.05
+    ) -> None:
+        self.markers, self.scales, self.cap, self.every = markers, scales, cap, every
+        self.samples = 0
+        self.violations: list[str] = []
+        self.most: dict[str, int] = dict.fromkeys(markers, 0)
+        self.stopped_seen = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self.every)
+
+    def sample(self) -> None:
+        total = 0
+        for agent, marker in self.markers.items():
+            live = run_processes(marker, stopped=False)
+            every = run_processes(marker)
+            self.stopped_seen += sum(len(p) for p in every.values()) - sum(
+                len(p) for p in live.values()
+            )
+            count = sum(len(pids) for pids in live.values())
+            total += count
+            self.most[agent] = max(self.most[agent], count)
+            for item, pids in live.items():
+                if len(pids) > 1:
+                    self.violations.append(f"item {item}: {len(pids)} live processes {pids}")
+            if count > self.scales[agent]:
+                self.violations.append(f"{agent}: {count} live > scale {self.scales[agent]}")
+        if total > self.cap:
+            self.violations.append(f"{total} live run processes > the project's cap {self.cap}")
+        self.samples += 1

@@ -14,6 +14,8 @@ plane uses.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
@@ -24,6 +26,7 @@ from corral.scheduler.prepare import implied_keys
 from corral.store import Claim, QueueItem, Run
 
 __all__ = [
+    "FENCE_SHARE",
     "LEASE_SECONDS",
     "MAX_WAIT",
     "claim_from_json",
@@ -32,15 +35,53 @@ __all__ = [
     "implied_keys",
     "item_from_wire",
     "item_wire",
+    "lease_seconds",
     "run_from_wire",
     "run_wire",
     "runner_agents",
     "runner_labels",
 ]
 
-#: The lease of a run on a runner: its heartbeat (every 5 s) renews it; a runner that
-#: stops heartbeating loses its runs after this long (plus the recovery period, 2 s).
-LEASE_SECONDS = 12.0
+log = logging.getLogger("corral.fleet")
+
+#: The lease of a run on a runner, by default: its heartbeat (every 5 s) renews it; a
+#: runner that stops heartbeating loses its runs after this long (plus the recovery
+#: period, 2 s).
+DEFAULT_LEASE_SECONDS = 12.0
+#: The bounds of ``CORRAL_FLEET_LEASE_SECONDS``.
+LEASE_BOUNDS = (3.0, 600.0)
+#: A runner fences itself off this share of the lease after its last acknowledged
+#: heartbeat (7 s of 12 s): the other 5/12 is the margin for clock rates and the kill.
+FENCE_SHARE = 7.0 / 12.0
+
+
+def lease_seconds(environ: Mapping[str, str] | None = None) -> float:
+    """The lease of runs on runners: ``CORRAL_FLEET_LEASE_SECONDS`` when set (read once,
+    when the control plane starts; a value out of bounds is refused with a warning), else
+    12 s. Runners adopt it from the control plane's answers (``leaseSeconds``)."""
+    raw = (os.environ if environ is None else environ).get("CORRAL_FLEET_LEASE_SECONDS")
+    if raw is None or not raw.strip():
+        return DEFAULT_LEASE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    low, high = LEASE_BOUNDS
+    if not low <= value <= high:  # NaN fails too
+        log.warning(
+            "CORRAL_FLEET_LEASE_SECONDS=%r is not a number of seconds from %g to %g: "
+            "runs on runners keep the %g s lease",
+            raw,
+            low,
+            high,
+            DEFAULT_LEASE_SECONDS,
+        )
+        return DEFAULT_LEASE_SECONDS
+    return value
+
+
+#: The lease of a run on a runner, as this process started with it.
+LEASE_SECONDS = lease_seconds()
 #: The longest a runner's request for work is held open, in seconds.
 MAX_WAIT = 25.0
 

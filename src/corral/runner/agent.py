@@ -8,13 +8,16 @@ The runner keeps three loops:
   lapsed and they were handed on, or an operator killed them): those are stopped at
   once.
 - self-fencing (every 0.5 s): when no heartbeat has been acknowledged for
-  ``FENCE_AFTER`` seconds (7 s: the 12 s lease less a 5 s margin for clock rates and
-  the kill), every run's process group is killed and no work is asked for until a
+  7/12 of the lease (``FENCE_SHARE``: 7 s of the default 12 s lease, a 5 s margin for
+  clock rates and the kill), every run's process group is killed and no work is asked for until a
   heartbeat is acknowledged again. The clock is monotonic: a runner that was frozen
   (SIGSTOP) finds on waking that the deadline passed and kills before anything else.
   The scheduler's watchdog process (``corral.scheduler.watchdog``) holds the same
   deadline: it kills the runs' processes when the deadline passes, and at once when the
-  runner process dies (kill -9), so no run outlives its runner.
+  runner process dies (kill -9), so no run outlives its runner. The lease is the one
+  the control plane announces (``leaseSeconds`` in every heartbeat answer and with
+  every run): the runner fences itself off at 7/12 of it, so a control plane started
+  with a shorter lease (``CORRAL_FLEET_LEASE_SECONDS``) keeps the same margins.
 - work: a long poll (``POST /fleet/v1/work``) with the number of free slots; each run it
   is given is executed by the same ``RunExecutor`` the control plane uses, over a
   ``RemoteLedger`` (the executor's store calls as runner API calls, each with the run's
@@ -82,8 +85,9 @@ __all__ = [
 
 log = logging.getLogger("corral.runner")
 
-#: Self-fence after this long without an acknowledged heartbeat (lease 12 s - 5 s margin).
-FENCE_AFTER = 7.0
+#: Self-fence after this long without an acknowledged heartbeat, until the control plane
+#: announces its lease (then 7/12 of it): the default 12 s lease less a 5 s margin.
+FENCE_AFTER = fleet_runs.DEFAULT_LEASE_SECONDS * fleet_runs.FENCE_SHARE
 #: How often the self-fencing deadline is checked.
 FENCE_CHECK = 0.5
 #: The run log is sent in batches: at most this often, and at most this large.
@@ -395,6 +399,9 @@ class Runner:
         self.live: dict[str, _Live] = {}
         self.projects: dict[str, Project] = {}
         self.acked = time.monotonic()
+        #: The lease the control plane announced, and the self-fencing delay it implies.
+        self.lease = fleet_runs.DEFAULT_LEASE_SECONDS
+        self.fence_after = settings.fence_after
         self.fenced = False
         self.draining = False
         self.state = "active"
@@ -416,7 +423,7 @@ class Runner:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(path, 0o700)
         install_commands(self.bin_dir)
-        self.watchdog.deadline = boottime() + self.settings.fence_after
+        self.watchdog.deadline = boottime() + self.fence_after
         self.watchdog.start()
         log.info(
             "runner %s (%s) starting: %d slot(s), control plane %s",
@@ -471,7 +478,7 @@ class Runner:
         body = {"version": __version__, "running": running, "bundles": self.cache.cached()[:256]}
         try:
             answer = await self.client.call(
-                "POST", "/fleet/v1/heartbeat", json=body, timeout=self.settings.fence_after
+                "POST", "/fleet/v1/heartbeat", json=body, timeout=self.fence_after
             )
         except ControlPlaneError as exc:
             log.error("heartbeat refused (%s): %s", exc.status, exc)
@@ -482,7 +489,8 @@ class Runner:
             log.warning("heartbeat failed: %s", exc)
             raise
         self.acked = max(self.acked, sent)
-        self.watchdog.set_deadline(sent_boot + self.settings.fence_after)
+        self.adopt_lease(answer.get("leaseSeconds"))
+        self.watchdog.set_deadline(sent_boot + self.fence_after)
         self.state = str(answer.get("state", "active"))
         if self.fenced:
             log.info("heartbeats are acknowledged again: asking for work again")
@@ -508,11 +516,28 @@ class Runner:
             await asyncio.sleep(FENCE_CHECK)
             self.watchdog.ensure()
             silent = time.monotonic() - self.acked
-            if silent >= self.settings.fence_after and not self.fenced:
+            if silent >= self.fence_after and not self.fenced:
                 await self._fence_all(
                     f"self-fenced: runner {self.settings.runner_id} had no heartbeat "
-                    f"acknowledged for {silent:.1f} s (lease {fleet_runs.LEASE_SECONDS:g} s)"
+                    f"acknowledged for {silent:.1f} s (lease {self.lease:g} s)"
                 )
+
+    def adopt_lease(self, announced: Any) -> None:
+        """The lease a control plane announced: self-fencing follows it (7/12 of it).
+        Anything but a number of seconds within the bounds leaves it as it was."""
+        if isinstance(announced, bool) or not isinstance(announced, int | float):
+            return
+        low, high = fleet_runs.LEASE_BOUNDS
+        lease = float(announced)
+        if not low <= lease <= high or lease == self.lease:
+            return
+        log.info(
+            "the control plane's lease is %g s: self-fencing after %g s",
+            lease,
+            lease * fleet_runs.FENCE_SHARE,
+        )
+        self.lease = lease
+        self.fence_after = lease * fleet_runs.FENCE_SHARE
 
     async def _fence_all(self, reason: str) -> None:
         self.fenced = True
@@ -552,6 +577,7 @@ class Runner:
 
     def _start(self, given: Mapping[str, Any]) -> None:
         claim = fleet_runs.claim_from_json(given)
+        self.adopt_lease(given.get("leaseSeconds"))
         run_id = claim.run.id
         task = asyncio.create_task(self._execute(claim, given), name=f"run {run_id}")
         self.live[run_id] = _Live(claim, _placeholder_executor(), task)

@@ -185,7 +185,7 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
         summary="Ask for work: up to `free` runs (long poll)",
         responses={200: {"model": WorkAnswer}, **refusals(401, 403, 413, 422, 503)},
     )
-    async def work(body: WorkBody, me: Me) -> Any:
+    async def work(body: WorkBody, me: Me, request: Request) -> Any:
         project = scheduler.project
         agents = fleet_runs.runner_agents(project, me.labels)
         answer: dict[str, Any] = {"ok": True, "state": me.state.value, "runs": []}
@@ -213,6 +213,12 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
         try:
             while True:
                 woken.clear()
+                # Over as soon as the control plane stops or the runner is gone: nothing
+                # is claimed for a runner that cannot receive it (it would only lapse),
+                # and a request left waiting would hold the control plane's shutdown for
+                # the rest of the long poll (up to 25 s).
+                if scheduler.draining or await request.is_disconnected():
+                    return answer
                 claims = await store.claim(
                     me.id,
                     lease_seconds=fleet_runs.LEASE_SECONDS,
