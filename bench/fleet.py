@@ -64,6 +64,7 @@ from bench._common import (
     print_table,
     summarize_ms,
 )
+
 from corral.bundles import pack
 from corral.store import open_store
 
@@ -278,6 +279,23 @@ async def _ended(url: str, agent: str, items: set[str], timeout: float = 300.0) 
             await asyncio.sleep(0.2)
 
 
+async def _parts(url: str, agent: str, waits: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Where the latency goes: enqueue to claim (the run row is made by the claim) and
+    claim to exec, from the store's times."""
+    await _ended(url, agent, set(waits))
+    async with await open_store(url) as store:
+        runs = {str(r.item_id): r for r in await store.list_runs(agent=agent, limit=100_000)}
+    claimed = [_epoch(runs[i].created_at) for i in waits]
+    return {
+        "to_claim_ms": summarize_ms(
+            [c - t for c, (t, _) in zip(claimed, waits.values(), strict=True)]
+        ),
+        "claim_to_exec_ms": summarize_ms(
+            [s - c for c, (_, s) in zip(claimed, waits.values(), strict=True)]
+        ),
+    }
+
+
 def _epoch(when: dt.datetime | None) -> float:
     assert when is not None
     return when.replace(tzinfo=when.tzinfo or dt.UTC).timestamp()
@@ -303,12 +321,13 @@ async def measure_runs(store: str, latency_n: int, burst: int) -> dict[str, Any]
             await _ended(url, "remote", {i for i, _ in warm[:9]})
             figures: dict[str, Any] = {"runner_pids": pids}
             for agent in ("local", "remote"):
-                waits = []
+                waits: dict[str, tuple[float, float]] = {}  # item -> (sent, stamp)
                 for _ in range(latency_n):
                     item, sent = await _queue(http, plane, agent)
-                    waits.append(max(0.0, await _stamp(out, item) - sent))
+                    waits[item] = (sent, await _stamp(out, item))
                     await asyncio.sleep(0.05)  # the run ends; its runner asks again
-                figures[f"{agent}_latency"] = summarize_ms(waits)
+                figures[f"{agent}_latency"] = summarize_ms([s - t for t, s in waits.values()])
+                figures[f"{agent}_latency_parts"] = await _parts(url, agent, waits)
             for agent in ("local", "remote"):
                 figures[f"{agent}_throughput"] = await _throughput(http, plane, url, agent, burst)
         figures.pop("runner_pids")
@@ -338,6 +357,74 @@ async def _throughput(
         "runs_per_s": round(n / elapsed, 2),
         "cp_cpu_ms_per_run": round(1000 * cpu / n, 2),
     }
+
+
+# --------------------------------------------------------------------------- raw HTTP
+
+
+class RawPool:
+    """Keep-alive HTTP/1.1 over ``size`` connections, one worker each, fed from one
+    queue: cheap enough on the client that a 2-core machine can offer 1,000 runners'
+    heartbeats (an httpx client with a thousand waiting tasks cannot)."""
+
+    def __init__(self, url: str, size: int) -> None:
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.host, self.port, self.size = host, int(port), size
+        self.jobs: asyncio.Queue[tuple[bytes, asyncio.Future[tuple[int, bytes]]]] = asyncio.Queue()
+        self.workers: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> RawPool:
+        self.workers = [asyncio.create_task(self._worker()) for _ in range(self.size)]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for worker in self.workers:
+            worker.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
+
+    def post(self, path: str, body: bytes, token: str) -> asyncio.Future[tuple[int, bytes]]:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        done: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self.jobs.put_nowait((head.encode() + body, done))
+        return done
+
+    async def _worker(self) -> None:
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        while True:
+            request, done = await self.jobs.get()
+            try:
+                if writer is None or reader is None:
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                writer.write(request)
+                status, body, close = await _response(reader)
+                if close:
+                    writer.close()
+                    reader = writer = None
+                done.set_result((status, body))
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+                done.set_exception(exc)
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    status = int((await reader.readuntil(b"\r\n")).split()[1])
+    length, close = 0, False
+    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+        elif name.lower() == "connection":
+            close = value.strip().lower() == "close"
+        elif name.lower() == "transfer-encoding":
+            raise ValueError("a chunked answer: not expected from the runner API")
+    return status, await reader.readexactly(length), close
 
 
 # --------------------------------------------------------------------------- part 2: sim
@@ -395,27 +482,36 @@ async def _sim(
         start = loop.time()
         stop_at = start + 2 * seconds  # phase 1, then phase 2
         beats: list[tuple[float, float]] = []  # (when, latency)
+        lags: list[float] = []  # how late the client sent (it is busy too)
         failures = 0
+        body = b'{"version":"0"}'
 
-        async def beat(i: int) -> None:
+        async def one(credential: str, due: float) -> None:
             nonlocal failures
-            headers = {"Authorization": f"Bearer {credentials[i]}"}
-            at = start + interval * i / runners
-            while at < stop_at:
-                await asyncio.sleep(max(0.0, at - loop.time()))
-                sent = time.perf_counter()
-                try:
-                    answer = await http.post(
-                        f"{plane.url}/fleet/v1/heartbeat", json={"version": "0"}, headers=headers
-                    )
-                except httpx.TransportError:
-                    failures += 1
-                else:
-                    beats.append((loop.time(), time.perf_counter() - sent))
-                    failures += answer.status_code != 200
-                at += interval
+            sent = time.perf_counter()
+            lags.append(max(0.0, loop.time() - due))
+            try:
+                status, _ = await raw.post("/fleet/v1/heartbeat", body, credential)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                failures += 1
+            else:
+                beats.append((loop.time(), time.perf_counter() - sent))
+                failures += status != 200
 
-        beating = asyncio.gather(*(beat(i) for i in range(runners)))
+        async def beat() -> None:
+            """Every runner's heartbeat every ``interval``, spread evenly."""
+            pending: set[asyncio.Task[None]] = set()
+            tick, n = interval / runners, 0
+            while (due := start + n * tick) < stop_at:
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                task = asyncio.create_task(one(credentials[n % runners], due))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                n += 1
+            await asyncio.gather(*pending)
+
+        raw = await RawPool(plane.url, 32).__aenter__()
+        beating = asyncio.create_task(beat())
         cpu0 = _cpu_seconds(pid)
         await asyncio.sleep(max(0.0, start + seconds - loop.time()))
         cpu1 = _cpu_seconds(pid)
@@ -423,6 +519,7 @@ async def _sim(
         mid = loop.time()
         claims = await _claims(plane, http, poll, credentials[:claimers], stop_at, rate)
         await beating
+        await raw.__aexit__()
         cpu2 = _cpu_seconds(pid)
         end = loop.time()
         rss_end = _rss_mib(pid)
@@ -440,9 +537,12 @@ async def _sim(
             "offered_per_s": round(runners / interval, 1),
             "achieved_per_s": round(achieved, 1),
             "heartbeat_ms": summarize_ms(phase1),
+            "client_lag_ms": summarize_ms(lags),
             "cpu_share": round(cpu_share, 3),
             "cpu_ms_per_heartbeat": round(per_beat_ms, 3),
-            "cpu_share_at_offered_rate": round(idle_rate + per_beat_ms * runners / interval / 1000, 3),
+            "cpu_share_at_offered_rate": round(
+                idle_rate + per_beat_ms * runners / interval / 1000, 3
+            ),
             "rss_mib": rss_beating,
         },
         "with_claims": {
@@ -496,7 +596,7 @@ async def _claims(
                 continue
             for given in answer.json().get("runs", []):
                 requests.append(time.perf_counter() - sent)
-                arrived[given["item"]["id"]] = now
+                arrived[str(given["item"]["id"])] = now
                 run = given["run"]
                 ended = await poll.post(
                     f"{plane.url}/fleet/v1/runs/{run['id']}/end",
@@ -536,7 +636,16 @@ def _runs_rows(store: str, f: dict[str, Any]) -> list[list[Any]]:
     for agent, where in (("local", "control plane"), ("remote", f"{_RUNNERS} runners")):
         lat, thr = f[f"{agent}_latency"], f[f"{agent}_throughput"]
         rows.append(
-            [store, where, lat["p50_ms"], lat["p99_ms"], thr["runs_per_s"], thr["cp_cpu_ms_per_run"]]
+            [
+                store,
+                where,
+                lat["p50_ms"],
+                lat["p99_ms"],
+                f[f"{agent}_latency_parts"]["to_claim_ms"]["p50_ms"],
+                f[f"{agent}_latency_parts"]["claim_to_exec_ms"]["p50_ms"],
+                thr["runs_per_s"],
+                thr["cp_cpu_ms_per_run"],
+            ]
         )
     return rows
 
@@ -550,6 +659,41 @@ def _sim_row(store: str, f: dict[str, Any]) -> list[Any]:
         c["claim_ms"]["p50_ms"], c["claim_ms"]["p99_ms"], c["heartbeat_ms"]["p99_ms"],
         c["cpu_share"], f["failures"] + c["unclaimed"],
     ]  # fmt: skip
+
+
+async def _runs_part(
+    result: Result, store: str, reps: int, latency_n: int, burst: int
+) -> dict[str, Any]:
+    done = []
+    for rep in range(reps):
+        figures = await measure_runs(store, latency_n, burst)
+        result.runs.append({"part": "runs", "store": store, "rep": rep, **figures})
+        done.append(figures)
+    merged = median_of_runs(done)
+    for agent in ("local", "remote"):
+        merged[f"{agent}_latency"]["p99_ms_max_over_reps"] = max(
+            r[f"{agent}_latency"]["p99_ms"] for r in done
+        )
+    merged["remote_over_local_runs_per_s"] = round(
+        merged["remote_throughput"]["runs_per_s"] / merged["local_throughput"]["runs_per_s"], 2
+    )
+    result.figures[f"runs_{store}"] = merged
+    return merged
+
+
+async def _sim_part(
+    result: Result, store: str, args: argparse.Namespace, runners: int, seconds: float
+) -> dict[str, Any]:
+    done = []
+    for rep in range(args.reps):
+        figures = await measure_sim(
+            store, runners, seconds, args.interval, args.claimers, args.rate
+        )
+        result.runs.append({"part": "sim", "store": store, "rep": rep, **figures})
+        done.append(figures)
+    merged = median_of_runs(done)
+    result.figures[f"sim_{store}"] = merged
+    return merged
 
 
 async def main() -> int:
@@ -581,46 +725,39 @@ async def main() -> int:
         parser.error("--runners 1..5000, --seconds 1..120, --burst <= 2000")
     if not 1 <= args.claimers <= min(200, sim_runners) or not 0.1 <= args.rate <= 200:
         parser.error("--claimers 1..min(200, runners), --rate 0.1..200")
-    params = vars(args) | {"latency_runs": latency_n, "burst": burst, "runners": sim_runners,
-                           "seconds": seconds, "stores": stores, "out": str(args.out or "")}  # fmt: skip
+    params = vars(args) | {
+        "latency_runs": latency_n,
+        "burst": burst,
+        "runners": sim_runners,
+        "seconds": seconds,
+        "stores": stores,
+        "out": str(args.out or ""),
+    }
     result = Result("fleet", params=params)
     runs_rows: list[list[Any]] = []
     sim_rows: list[list[Any]] = []
     for store in stores:
         if args.only in (None, "runs"):
-            reps = []
-            for rep in range(args.reps):
-                figures = await measure_runs(store, latency_n, burst)
-                result.runs.append({"part": "runs", "store": store, "rep": rep, **figures})
-                reps.append(figures)
-            merged = median_of_runs(reps)
-            for agent in ("local", "remote"):
-                merged[f"{agent}_latency"]["p99_ms_max_over_reps"] = max(
-                    r[f"{agent}_latency"]["p99_ms"] for r in reps
-                )
-            merged["remote_over_local_runs_per_s"] = round(
-                merged["remote_throughput"]["runs_per_s"] / merged["local_throughput"]["runs_per_s"],
-                2,
-            )
-            result.figures[f"runs_{store}"] = merged
+            merged = await _runs_part(result, store, args.reps, latency_n, burst)
             runs_rows += _runs_rows(store, merged)
         if args.only in (None, "sim"):
-            reps = []
-            for rep in range(args.reps):
-                figures = await measure_sim(
-                    store, sim_runners, seconds, args.interval, args.claimers, args.rate
-                )
-                result.runs.append({"part": "sim", "store": store, "rep": rep, **figures})
-                reps.append(figures)
-            merged = median_of_runs(reps)
-            result.figures[f"sim_{store}"] = merged
+            merged = await _sim_part(result, store, args, sim_runners, seconds)
             sim_rows.append(_sim_row(store, merged))
     if runs_rows:
         print_table(
             f"runs: dispatch latency (enqueue to exec, one at a time) and throughput ({burst} "
             f"runs queued at once; scale {_SCALE} on the control plane, {_RUNNERS} runners x "
             f"{_SLOTS} slots)",
-            ["store", "where", "latency p50 ms", "p99 ms", "runs/s", "cp cpu ms/run"],
+            [
+                "store",
+                "where",
+                "latency p50 ms",
+                "p99 ms",
+                "to claim p50",
+                "claim to exec p50",
+                "runs/s",
+                "cp cpu ms/run",
+            ],
             runs_rows,
         )
     if sim_rows:
