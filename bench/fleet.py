@@ -1,7 +1,7 @@
 """Fleet benchmark: runs on real runners, and a simulated fleet of 1,000 runners, against
 one real `corral start` control plane (PostgreSQL, and SQLite for reference).
 
-    .venv/bin/python bench/fleet.py            # both parts, both stores (about 6-8 min)
+    .venv/bin/python bench/fleet.py            # both parts, both stores (about 7-9 min)
     .venv/bin/python bench/fleet.py --quick    # smaller counts (under 2 min)
     .venv/bin/python bench/fleet.py --only sim --stores postgresql --runners 1000
 
@@ -605,14 +605,19 @@ async def _claims(
                 )
                 failures += ended.status_code != 200
 
+    async def enqueue() -> None:
+        item, sent = await _queue(http, plane, "sim")
+        queued[item] = sent
+
     polling = [asyncio.create_task(claimer(c)) for c in credentials]
     await asyncio.sleep(0.5)  # the long polls are waiting
     at = loop.time()
-    while at < stop_at:
+    queueing: list[asyncio.Task[None]] = []
+    while at < stop_at:  # open loop: the rate holds however long a POST takes
         await asyncio.sleep(max(0.0, at - loop.time()))
-        item, sent = await _queue(http, plane, "sim")
-        queued[item] = sent
+        queueing.append(asyncio.create_task(enqueue()))
         at += 1.0 / rate
+    await asyncio.gather(*queueing)
     deadline = loop.time() + 10.0
     while len(arrived.keys() & queued.keys()) < len(queued) and loop.time() < deadline:
         await asyncio.sleep(0.05)
@@ -705,17 +710,17 @@ async def main() -> int:
     parser.add_argument("--latency-runs", type=int, help="runs per agent, one at a time (60)")
     parser.add_argument("--burst", type=int, help="runs per agent queued at once (150)")
     parser.add_argument("--runners", type=int, help="simulated runners (1000)")
-    parser.add_argument("--seconds", type=float, help="each sim phase (20)")
+    parser.add_argument("--seconds", type=float, help="each sim phase (15)")
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--claimers", type=int, default=20)
     parser.add_argument("--rate", type=float, default=10.0, help="runs/s queued for claimers")
     parser.add_argument("--out", type=Path, help="the JSON file (default bench/results/)")
     args = parser.parse_args()
     quick = args.quick
-    latency_n = args.latency_runs or (15 if quick else 60)
-    burst = args.burst or (40 if quick else 150)
-    sim_runners = args.runners or (300 if quick else 1000)
-    seconds = args.seconds or (8.0 if quick else 20.0)
+    latency_n = args.latency_runs or (10 if quick else 60)
+    burst = args.burst or (30 if quick else 150)
+    sim_runners = args.runners or (200 if quick else 1000)
+    seconds = args.seconds or (6.0 if quick else 15.0)
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     if quick and args.stores == parser.get_default("stores"):
         stores = ["postgresql"]
