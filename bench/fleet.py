@@ -1,8 +1,8 @@
 """Fleet benchmark: runs on real runners, and a simulated fleet of 1,000 runners, against
 one real `corral start` control plane (PostgreSQL, and SQLite for reference).
 
-    .venv/bin/python bench/fleet.py            # both parts, both stores (about 7-9 min)
-    .venv/bin/python bench/fleet.py --quick    # smaller counts (under 2 min)
+    .venv/bin/python bench/fleet.py            # both parts, both stores (7-9 min)
+    .venv/bin/python bench/fleet.py --quick    # smaller counts (about 2 min)
     .venv/bin/python bench/fleet.py --only sim --stores postgresql --runners 1000
 
 Two parts, each on a fresh store and a fresh `corral start --headless` process:
