@@ -223,6 +223,23 @@ async def test_a_stuck_run_and_an_expired_lock(tmp_path: Path, store: Store) -> 
     assert evidence["host"] == "h1"
 
 
+async def test_the_scheduler_finds_an_expired_lock(tmp_path: Path, store: Store) -> None:
+    """A real run takes a lock with a 1 s lease and keeps it without a heartbeat: the
+    running scheduler's sweep records it, once, naming the holder."""
+    agents = {"holder": {"command": 'rlock "repo:z" && sleep 4', "scale": 1}}
+    async with running_fleet(
+        tmp_path / "p", store, agents, project_toml="resourceLockTimeout = 1\n"
+    ) as fleet:
+        await fleet.trigger("holder")
+        [expired] = await _settled(store, AnomalyKind.LOCK_EXPIRED)
+        [run] = await fleet.finished("holder", 1)
+    evidence = expired.evidence or {}
+    assert expired.subject == "repo:z" and evidence["run"] == run.id
+    assert evidence["agent"] == "holder" and evidence["runState"] == "running"
+    assert run.state is RunState.SUCCEEDED
+    assert len(await _open(store, AnomalyKind.LOCK_EXPIRED)) == 1
+
+
 async def test_a_released_lock_is_no_anomaly(tmp_path: Path, store: Store) -> None:
     project = write_project(tmp_path / "p", {"slow": {"command": "sleep 1", "scale": 1}})
     await _setup(store, slow=1)
