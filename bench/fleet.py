@@ -1,8 +1,8 @@
 """Fleet benchmark: runs on real runners, and a simulated fleet of 1,000 runners, against
 one real `corral start` control plane (PostgreSQL, and SQLite for reference).
 
-    .venv/bin/python bench/fleet.py            # both parts, both stores (about 6-8 min)
-    .venv/bin/python bench/fleet.py --quick    # smaller counts (under 2 min)
+    .venv/bin/python bench/fleet.py            # both parts, both stores (7-9 min)
+    .venv/bin/python bench/fleet.py --quick    # smaller counts (about 2 min)
     .venv/bin/python bench/fleet.py --only sim --stores postgresql --runners 1000
 
 Two parts, each on a fresh store and a fresh `corral start --headless` process:
@@ -480,7 +480,7 @@ async def _sim(
 
         loop = asyncio.get_running_loop()
         start = loop.time()
-        stop_at = start + 2 * seconds  # phase 1, then phase 2
+        stop_at = start + 2 * seconds  # phase 1, then phase 2 (queueing runs)
         beats: list[tuple[float, float]] = []  # (when, latency)
         lags: list[float] = []  # how late the client sent (it is busy too)
         failures = 0
@@ -520,8 +520,6 @@ async def _sim(
         claims = await _claims(plane, http, poll, credentials[:claimers], stop_at, rate)
         await beating
         await raw.__aexit__()
-        cpu2 = _cpu_seconds(pid)
-        end = loop.time()
         rss_end = _rss_mib(pid)
 
     phase1 = [lat for when, lat in beats if when <= mid]
@@ -547,12 +545,18 @@ async def _sim(
         },
         "with_claims": {
             "claimers": claimers,
-            "runs_per_s": round(claims["claimed"] / max(1e-9, end - mid), 2),
+            "claimed_per_s": round(claims["claimed"] / seconds, 2),
             "claim_ms": summarize_ms(claims["latency"]),
             "work_request_ms": summarize_ms(claims["request"]),
             "heartbeat_ms": summarize_ms(phase2),
-            "cpu_share": round((cpu2 - cpu1) / (end - mid), 3),
+            "cpu_share": round((claims["cpu_queued"] - cpu1) / (claims["queued_at"] - mid), 3),
             "unclaimed": claims["unclaimed"],
+            # after the heartbeats, the long polls waiting with nothing queued: the
+            # share of one core, and over the idle share, per waiting runner
+            "cpu_share_polls_waiting": round(claims["waiting_share"], 3),
+            "cpu_share_per_waiting_poll": round(
+                max(0.0, claims["waiting_share"] - idle_rate) / claimers, 4
+            ),
             "rss_mib": rss_end,
         },
         "rss_joined_mib": rss_joined,
@@ -605,17 +609,27 @@ async def _claims(
                 )
                 failures += ended.status_code != 200
 
+    async def enqueue() -> None:
+        item, sent = await _queue(http, plane, "sim")
+        queued[item] = sent
+
     polling = [asyncio.create_task(claimer(c)) for c in credentials]
     await asyncio.sleep(0.5)  # the long polls are waiting
     at = loop.time()
-    while at < stop_at:
+    queueing: list[asyncio.Task[None]] = []
+    while at < stop_at:  # open loop: the rate holds however long a POST takes
         await asyncio.sleep(max(0.0, at - loop.time()))
-        item, sent = await _queue(http, plane, "sim")
-        queued[item] = sent
+        queueing.append(asyncio.create_task(enqueue()))
         at += 1.0 / rate
+    await asyncio.gather(*queueing)
+    cpu_queued, queued_at = _cpu_seconds(plane.pid), loop.time()
     deadline = loop.time() + 10.0
     while len(arrived.keys() & queued.keys()) < len(queued) and loop.time() < deadline:
         await asyncio.sleep(0.05)
+    # nothing queued, heartbeats over: what the waiting long polls alone cost
+    cpu_from, waited_from = _cpu_seconds(plane.pid), loop.time()
+    await asyncio.sleep(_IDLE_SECONDS)
+    waiting_share = (_cpu_seconds(plane.pid) - cpu_from) / (loop.time() - waited_from)
     done.set()
     await asyncio.gather(*polling)  # each ends when its long poll answers (<= 5 s)
     latency = [arrived[i] - queued[i] for i in queued if i in arrived]
@@ -625,6 +639,9 @@ async def _claims(
         "request": requests,
         "unclaimed": len(queued) - len(latency),
         "failures": failures,
+        "waiting_share": waiting_share,
+        "cpu_queued": cpu_queued,
+        "queued_at": queued_at,
     }
 
 
@@ -705,17 +722,17 @@ async def main() -> int:
     parser.add_argument("--latency-runs", type=int, help="runs per agent, one at a time (60)")
     parser.add_argument("--burst", type=int, help="runs per agent queued at once (150)")
     parser.add_argument("--runners", type=int, help="simulated runners (1000)")
-    parser.add_argument("--seconds", type=float, help="each sim phase (20)")
+    parser.add_argument("--seconds", type=float, help="each sim phase (15)")
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--claimers", type=int, default=20)
     parser.add_argument("--rate", type=float, default=10.0, help="runs/s queued for claimers")
     parser.add_argument("--out", type=Path, help="the JSON file (default bench/results/)")
     args = parser.parse_args()
     quick = args.quick
-    latency_n = args.latency_runs or (15 if quick else 60)
-    burst = args.burst or (40 if quick else 150)
-    sim_runners = args.runners or (300 if quick else 1000)
-    seconds = args.seconds or (8.0 if quick else 20.0)
+    latency_n = args.latency_runs or (8 if quick else 60)
+    burst = args.burst or (24 if quick else 150)
+    sim_runners = args.runners or (200 if quick else 1000)
+    seconds = args.seconds or (5.0 if quick else 15.0)
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     if quick and args.stores == parser.get_default("stores"):
         stores = ["postgresql"]

@@ -15,7 +15,16 @@ from typing import Any
 import pytest
 
 from corral.scheduler.anomalies import STUCK_MARGIN, sweep
-from corral.store import AgentSpec, Anomaly, AnomalyKind, NewItem, RunState, Store, TriggerKind
+from corral.store import (
+    AgentSpec,
+    Anomaly,
+    AnomalyKind,
+    NewItem,
+    Run,
+    RunState,
+    Store,
+    TriggerKind,
+)
 from corral.store._anomalies import CRASH_LOOP_RUNS, hook_failure
 from tests.fleet.fleetkit import control_plane, join_runner, start_runner
 from tests.fleet.fleetkit import wait_for as wait_until
@@ -164,12 +173,13 @@ async def test_a_runners_crash_loop_and_a_budget_overrun(store: Store) -> None:
         cost_usd=0.42,
         budget="tokens",
     )
-    error = "budget exceeded: tokens 1200 > maxTokens 1000"
+    error = "stopped by the tokens budget (1000 tokens)"
     await store.finalize(run.id, fence=fence, state=RunState.FAILED, exit_code=1, error=error)
     [over] = await _open(store, AnomalyKind.BUDGET_OVERRUN)
     assert over.subject == "remote:tokens"
     evidence = over.evidence or {}
     assert evidence["budget"] == "tokens" and evidence["error"] == error
+    assert evidence["limit"] == "1000 tokens"
     assert evidence["spent"]["costUsd"] == 0.42 and evidence["spent"]["outputTokens"] == 300
     assert evidence["runner"] == "rnr-c" and evidence["run"] == run.id
 
@@ -213,6 +223,23 @@ async def test_a_stuck_run_and_an_expired_lock(tmp_path: Path, store: Store) -> 
     assert evidence["host"] == "h1"
 
 
+async def test_the_scheduler_finds_an_expired_lock(tmp_path: Path, store: Store) -> None:
+    """A real run takes a lock with a 1 s lease and keeps it without a heartbeat: the
+    running scheduler's sweep records it, once, naming the holder."""
+    agents = {"holder": {"command": 'rlock "repo:z" && sleep 4', "scale": 1}}
+    async with running_fleet(
+        tmp_path / "p", store, agents, project_toml="resourceLockTimeout = 1\n"
+    ) as fleet:
+        await fleet.trigger("holder")
+        [expired] = await _settled(store, AnomalyKind.LOCK_EXPIRED)
+        [run] = await fleet.finished("holder", 1)
+    evidence = expired.evidence or {}
+    assert expired.subject == "repo:z" and evidence["run"] == run.id
+    assert evidence["agent"] == "holder" and evidence["runState"] == "running"
+    assert run.state is RunState.SUCCEEDED
+    assert len(await _open(store, AnomalyKind.LOCK_EXPIRED)) == 1
+
+
 async def test_a_released_lock_is_no_anomaly(tmp_path: Path, store: Store) -> None:
     project = write_project(tmp_path / "p", {"slow": {"command": "sleep 1", "scale": 1}})
     await _setup(store, slow=1)
@@ -246,6 +273,38 @@ async def test_one_open_anomaly_per_episode_under_concurrency(store: Store) -> N
     assert not new
     [still] = await _open(store, AnomalyKind.RUN_STUCK)
     assert still.evidence == one.evidence
+
+
+async def test_a_daily_cost_cap_on_the_control_plane(tmp_path: Path, store: Store) -> None:
+    """The scheduler refuses a run queued before its agent's day's spend reached the cap:
+    the run fails with the ``daily cost`` budget, an overrun with the cap and the spend."""
+    agents = {"capped": {"command": "sleep 1", "scale": 1}}
+    tables = {"capped": "[budget]\ndailyCost = 0.5"}
+    async with running_fleet(tmp_path / "p", store, agents, tables=tables) as fleet:
+        await fleet.trigger("capped")
+        await fleet.trigger("capped")  # queued while the day's spend is under the cap
+
+        async def started() -> list[Run]:
+            return [r for r in await store.list_runs(agent="capped") if r.started_at]
+
+        await wait_for(started, timeout=10)
+        [first] = await started()
+        await store.record_usage(  # what the first run spends reaches the cap
+            first.id,
+            input_tokens=10,
+            output_tokens=10,
+            cache_read_tokens=0,
+            cache_write_tokens=0,
+            cost_usd=0.75,
+        )
+        ended = await fleet.finished("capped", 2)
+        assert ended[0].state is RunState.SUCCEEDED
+        assert ended[-1].state is RunState.FAILED and ended[-1].budget == "daily cost"
+        [over] = await _settled(store, AnomalyKind.BUDGET_OVERRUN)
+    evidence = over.evidence or {}
+    assert over.subject == "capped:daily cost" and evidence["run"] == ended[-1].id
+    assert evidence["limit"] == "$0.50 a day" and evidence["spentToday"] == "$0.75"
+    assert evidence["cap"] == "agent"
 
 
 def test_hook_failures_are_read_from_the_error() -> None:

@@ -28,7 +28,7 @@ from corral.errors import StoreError
 from corral.store._core import Row, StoreCore, Transaction
 from corral.store.records import AnomalyKind, Run, RunState
 
-__all__ = ["CRASH_LOOP_RUNS", "hook_failure", "note_run_end", "record_episode_in"]
+__all__ = ["CRASH_LOOP_RUNS", "budget_limit", "hook_failure", "note_run_end", "record_episode_in"]
 
 log = logging.getLogger("corral.store")
 
@@ -42,6 +42,28 @@ _HOOK = re.compile(
     r"(?:exited with code (?P<code>-?\d+)|timed out after (?P<timeout>[\d.]+) s)",
     re.DOTALL,
 )
+
+
+_RUN_LIMIT = re.compile(r"stopped by the .+? budget \((?P<limit>[^)]*)\)")
+_DAILY = re.compile(
+    r"(?P<who>agent '[^']*'|the project) has spent \$(?P<spent>[\d.]+) today \(UTC\) "
+    r"of its \$(?P<limit>[\d.]+) a day"
+)
+
+
+def budget_limit(error: str | None) -> dict[str, Any]:
+    """The limit (and, for a daily cap, what was spent today and whose cap it is) as a
+    run's error words it: the built-in harness's ``stopped by the tokens budget (1000
+    tokens)``, the daily cap's ``agent 'a' has spent $1.20 today (UTC) of its $1.00``."""
+    daily = None if error is None else _DAILY.search(error)
+    if daily is not None:
+        return {
+            "limit": f"${daily['limit']} a day",
+            "spentToday": f"${daily['spent']}",
+            "cap": "project" if daily["who"] == "the project" else "agent",
+        }
+    found = None if error is None else _RUN_LIMIT.search(error)
+    return {"limit": None if found is None else found["limit"]}
 
 
 def hook_failure(error: str | None, *, anchored: bool = False) -> dict[str, Any] | None:
@@ -110,7 +132,8 @@ async def _budget_overrun(store: StoreCore, tx: Transaction, run: Run) -> None:
         "run": run.id,
         "agent": run.agent,
         "budget": run.budget,
-        # The limit, as the run's error words it (the project's config may change since).
+        # The limit as the run's error words it: the config may have changed since.
+        **budget_limit(run.error),
         "error": run.error,
         "spent": {
             "costUsd": run.cost_usd,
