@@ -43,6 +43,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -70,7 +71,7 @@ from corral.errors import (
 )
 from corral.project import Project, load_project
 from corral.runner.proxy import AgentApiProxy
-from corral.scheduler.agentlink import AgentLink
+from corral.scheduler.agentlink import AgentLink, hash_secret
 from corral.scheduler.executor import RunExecutor
 from corral.scheduler.watchdog import Watchdog, boottime
 from corral.store import Claim, FinalizeResult, Run, RunState, Store
@@ -406,6 +407,9 @@ class Runner:
         self.draining = False
         self.state = "active"
         self._slot_freed = asyncio.Event()
+        #: Run secrets made ahead, (hash, secret): their hashes go with a request for
+        #: work, and the claim stores one with each run it gives (no request per run).
+        self._spare: list[tuple[str, str]] = []
         self._stops: set[asyncio.Task[bool]] = set()
         self._loading: dict[str, asyncio.Lock] = {}
         #: A process of its own that kills the runs' processes when the fencing deadline
@@ -558,28 +562,42 @@ class Runner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot_freed.wait(), 1.0)
                 continue
+            while len(self._spare) < free:
+                secret = secrets.token_urlsafe(32)
+                self._spare.append((hash_secret(secret), secret))
+            offered = self._spare[:free]
             try:
                 answer = await self.client.call(
                     "POST",
                     "/fleet/v1/work",
-                    json={"free": free, "wait": _LONG_POLL},
+                    json={
+                        "free": free,
+                        "wait": _LONG_POLL,
+                        "secretHashes": [digest for digest, _ in offered],
+                    },
                     timeout=_LONG_POLL + 15,
                 )
             except (StoreUnavailable, ControlPlaneError) as exc:
+                # A claim may have committed before the failure was seen: none of the
+                # hashes it was offered is offered again.
+                self._spare.clear()
                 log.warning("asking for work failed: %s", exc)
                 refused = isinstance(exc, ControlPlaneError) and exc.status in (401, 403)
                 await asyncio.sleep(5.0 if refused else 1.0)  # revoked: ask rarely
                 continue
             if answer.get("waiting"):
                 log.warning("%s", answer["waiting"])
+            made = dict(offered)
+            used = {given.get("secretHash") for given in answer.get("runs", [])}
+            self._spare = [pair for pair in self._spare if pair[0] not in used]
             for given in answer.get("runs", []):
-                self._start(given)
+                self._start(given, made.get(str(given.get("secretHash"))))
 
-    def _start(self, given: Mapping[str, Any]) -> None:
+    def _start(self, given: Mapping[str, Any], secret: str | None = None) -> None:
         claim = fleet_runs.claim_from_json(given)
         self.adopt_lease(given.get("leaseSeconds"))
         run_id = claim.run.id
-        task = asyncio.create_task(self._execute(claim, given), name=f"run {run_id}")
+        task = asyncio.create_task(self._execute(claim, given, secret), name=f"run {run_id}")
         self.live[run_id] = _Live(claim, _placeholder_executor(), task)
         self.watchdog.track(run_id)
 
@@ -590,7 +608,9 @@ class Runner:
 
         task.add_done_callback(done)
 
-    async def _execute(self, claim: Claim, given: Mapping[str, Any]) -> None:
+    async def _execute(
+        self, claim: Claim, given: Mapping[str, Any], secret: str | None = None
+    ) -> None:
         run = claim.run
         extra = {"run_id": run.id, "agent": run.agent}
         creds_dir = self.settings.work_dir / "credentials" / run.id
@@ -613,6 +633,8 @@ class Runner:
                 return
             credentials = _write_credentials(creds_dir, given.get("credentials") or [])
             link = AgentLink(f"unix:{sock}", bin_dir=self.bin_dir, unix_url=f"unix:{sock}")
+            if secret is not None:  # its hash was stored by the claim
+                link.adopt(run.id, run.agent, run.trigger.value, secret)
             executor = RunExecutor(
                 project,
                 cast(Store, ledger),

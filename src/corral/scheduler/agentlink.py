@@ -109,6 +109,12 @@ class AgentLink:
         failure was seen, so none of those hashes is offered again."""
         self._spare.clear()
 
+    def adopt(self, run_id: str, agent: str, trigger: str, secret: str) -> None:
+        """A secret made ahead elsewhere whose hash a claim stored with ``run_id`` (a
+        runner's, offered with its request for work): registered, and kept for ``take``."""
+        self._register(secret, run_id, agent, trigger)
+        self._claimed[run_id] = secret
+
     def take(self, run_id: str) -> str | None:
         """The secret a claim stored for ``run_id`` (once), or None when it stored none
         (then ``issue`` one and store its hash)."""

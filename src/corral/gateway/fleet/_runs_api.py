@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from corral.credentials import CredentialStore
 from corral.credentials.errors import CredentialError
@@ -40,15 +40,50 @@ from corral.gateway.fleet._runner_api import Me, refusals
 from corral.locate import open_private, private_dirs
 from corral.scheduler import anomalies
 from corral.scheduler.service import Scheduler
-from corral.store import Run, RunnerState, RunState, StaleFence
+from corral.store import Claim, Run, RunnerState, RunState, StaleFence
 from corral.store._notify import QUEUE
 
 __all__ = ["runs_router"]
 
 log = logging.getLogger("corral.fleet")
 
-#: How often a waiting request for work looks at the queue when nothing woke it.
+#: How often a waiting request for work looks at the queue when nothing woke it: on
+#: PostgreSQL with its listener connected every process's enqueue wakes it, so the poll
+#: is only the fallback for a lost notice; on SQLite, other processes' enqueues are seen
+#: only by polling.
 _POLL = 0.5
+_POLL_NOTIFIED = 2.0
+
+
+class _EmptyClaims:
+    """What this process's waiting requests for work learnt: the agent sets whose last
+    claim came back empty, and when.
+
+    A queue notice wakes every waiting request; without this, each would claim, and all
+    but a few would find nothing (one statement each, on the store, per notice and per
+    waiting runner). With it, a waiter skips its claim when a claim for the same agents
+    found nothing since the last notice (``generation``) and within the poll period;
+    runners with the same labels share one claim's answer. Correctness does not rest on
+    it: a notice between that claim and now moves the generation on, and the poll period
+    bounds how long a lost notice can be missed, as before."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._empty: dict[frozenset[str], tuple[int, float]] = {}
+
+    def notice(self) -> None:
+        self.generation += 1
+        self._empty.clear()
+
+    def fresh(self, agents: frozenset[str], now: float, period: float) -> bool:
+        seen = self._empty.get(agents)
+        return seen is not None and seen[0] == self.generation and now - seen[1] < period
+
+    def found_nothing(self, agents: frozenset[str], generation: int, now: float) -> None:
+        if generation == self.generation:
+            self._empty[agents] = (generation, now)
+
+
 #: The log route's body: the run's output as it came, any bytes.
 _RAW_BODY = {
     "requestBody": {
@@ -69,6 +104,23 @@ class WorkBody(_Body):
     bundles: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
         default=[], max_length=256
     )
+    secret_hashes: list[Annotated[str, Field(pattern="^[0-9a-f]{64}$")]] = Field(
+        default=[],
+        max_length=1024,
+        alias="secretHashes",
+        description=(
+            "SHA-256 hashes (hex) of run secrets the runner made ahead, one per run it "
+            "may be given: the claim stores the i-th with the i-th run, so a run's secret "
+            "costs no request of its own; each answered run names the hash it holds"
+        ),
+    )
+
+    @field_validator("secret_hashes")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("secretHashes names a hash twice: each run needs its own secret")
+        return value
 
 
 class FenceBody(_Body):
@@ -179,6 +231,9 @@ def _owner_check(scheduler: Scheduler) -> Any:
 
 def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
     store = scheduler.store
+    empty = _EmptyClaims()
+    store.changes.subscribe(QUEUE, empty.notice)
+    scheduler.wake_listeners.add(empty.notice)
 
     @router.post(
         "/work",
@@ -210,6 +265,8 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
         scheduler.wake_listeners.add(woken.set)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + body.wait
+        key = frozenset(agents)
+        hashes = body.secret_hashes[:free]
         try:
             while True:
                 woken.clear()
@@ -219,32 +276,39 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
                 # the rest of the long poll (up to 25 s).
                 if scheduler.draining or await request.is_disconnected():
                     return answer
-                claims = await store.claim(
-                    me.id,
-                    lease_seconds=fleet_runs.LEASE_SECONDS,
-                    limit=free,
-                    bundle=project.bundle,
-                    agents=agents,
-                    runner=True,
-                )
-                if claims:
-                    break
+                period = _POLL_NOTIFIED if store.changes.remote else _POLL
+                claims: list[Claim] = []
+                if not empty.fresh(key, loop.time(), period):
+                    generation = empty.generation
+                    claims = await store.claim(
+                        me.id,
+                        lease_seconds=fleet_runs.LEASE_SECONDS,
+                        limit=free,
+                        bundle=project.bundle,
+                        agents=agents,
+                        runner=True,
+                        secret_hashes=hashes,
+                    )
+                    if claims:
+                        break
+                    empty.found_nothing(key, generation, loop.time())
                 left = deadline - loop.time()
                 if left <= 0:
                     return answer
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), min(_POLL, left))
+                    await asyncio.wait_for(woken.wait(), min(period, left))
         finally:
             unsubscribe()
             scheduler.wake_listeners.discard(woken.set)
         head = await store.get_bundle(project.bundle)
         manifest = dict(head.agents) if head is not None else {}
-        for claim in claims:
+        for index, claim in enumerate(claims):  # in item order, as the hashes were used
             agent = project.agents[claim.run.agent]
             answer["runs"].append(
                 {
                     **fleet_runs.claim_json(claim),
                     "leaseSeconds": fleet_runs.LEASE_SECONDS,
+                    "secretHash": hashes[index] if index < len(hashes) else None,
                     "bundle": project.bundle,
                     "agentBundle": manifest.get(agent.name),
                     "credentials": fleet_runs.credentials_json(_credentials(project, agent)),
