@@ -37,6 +37,9 @@ from corral.scheduler.service import Scheduler
 from corral.store import open_store
 from tests.scheduler.helpers import write_project
 
+# about 100 s for the module on a loaded machine: six rounds of every operation
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
 OPERATOR = "fuzz-operator-token"
 CHECKS = [
     not_a_server_error,
