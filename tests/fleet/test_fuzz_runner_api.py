@@ -11,6 +11,7 @@ fence), with B's (half aimed at A's run), with garbage, and with none.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 from collections.abc import Iterator
@@ -35,6 +36,9 @@ from corral.gateway.server import GatewayServer, bind
 from corral.scheduler.service import Scheduler
 from corral.store import open_store
 from tests.scheduler.helpers import write_project
+
+# about 100 s for the module on a loaded machine: six rounds of every operation
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 OPERATOR = "fuzz-operator-token"
 CHECKS = [
@@ -135,10 +139,25 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         assert ready.wait(30), "the gateway did not start"
         if "error" in out:
             raise out["error"]
-        yield _setup(out["url"], root, out["follow"])
+        ready_served = _setup(out["url"], root, out["follow"])
+        beating = threading.Thread(target=_keep_alive, args=(ready_served, stop))
+        beating.start()
+        yield ready_served
+        stop.set()
+        beating.join(30)
     finally:
         stop.set()
         thread.join(30)
+
+
+def _keep_alive(served: Served, stop: threading.Event) -> None:
+    """Runner A's heartbeat with its run, every second: its lease (12 s) outlives the
+    fuzzing, as a live runner's does."""
+    body = {"running": [{"runId": served.run_id, "fence": served.fence}]}
+    headers = {"Authorization": f"Bearer {served.a.credential}"}
+    while not stop.wait(1.0):
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{served.url}/fleet/v1/heartbeat", json=body, headers=headers, timeout=10)
 
 
 def operations(served: Served) -> list[Any]:
@@ -161,7 +180,7 @@ def fuzz(served: Served, credential: str | None, aim: bool) -> list[tuple[str, i
     for operation in operations(served):
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
         def call(case: Any) -> None:
             if case.path == "/fleet/v1/work" and isinstance(case.body, dict):
                 wait = case.body.get("wait", 0.2)  # short long polls (25 s when absent)
@@ -210,3 +229,68 @@ def test_nothing_opens_without_a_runner_credential(served: Served, credential: s
         else:
             assert status in (400, 401, 403, 413, 422), (path, status, text)
         assert served.run_id not in text or "is not a run" in text, (path, text)
+
+
+def _as(served: Served, runner: Runner) -> Any:
+    def call(method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {runner.credential}"}
+        return httpx.request(method, f"{served.url}{path}", headers=headers, timeout=30, **kw)
+
+    return call
+
+
+def test_a_runner_credential_opens_nothing_else(served: Served) -> None:
+    call = _as(served, served.a)
+    for method, path, body in (
+        ("GET", "/control/status", None),
+        ("GET", "/control/fleet/runners", None),
+        ("POST", "/control/fleet/tokens", {}),
+        ("POST", f"/control/fleet/runners/{served.b.id}/revoke", None),
+        ("GET", "/metrics", None),
+        ("POST", "/agent/status", {"text": "hi"}),
+        ("POST", "/agent/locks/acquire", {"key": "repo:x"}),
+    ):
+        refused = call(method, path, json=body)
+        assert refused.status_code in (401, 403), (path, refused.status_code, refused.text)
+    big = call(
+        "POST", f"/fleet/v1/runs/{served.run_id}/log?fence={served.fence}", content=b"x" * 70_000
+    )
+    assert big.status_code == 413
+
+
+def test_a_runner_reads_the_current_bundle_and_its_runs_only(
+    served: Served, tmp_path: Path
+) -> None:
+    a, b = _as(served, served.a), _as(served, served.b)
+    assert a("GET", f"/fleet/v1/bundles/{served.bundle}").status_code == 200
+    # a new bundle becomes current: A still holds a run of the old one, B holds none
+    root = tmp_path / "p2"
+    write_project(root, {"remote": {"command": "echo two", "runsOn": []}})
+    pushed = httpx.post(
+        f"{served.url}/control/bundles",
+        content=pack(root).data,
+        headers={"Authorization": f"Bearer {OPERATOR}", "Content-Type": "application/x-tar"},
+        timeout=60,
+    )
+    assert pushed.status_code == 200, pushed.text
+    new = pack(root).hash
+    assert a("GET", f"/fleet/v1/bundles/{served.bundle}").status_code == 200
+    assert a("GET", f"/fleet/v1/bundles/{served.bundle}/agents/remote").status_code == 200
+    old = b("GET", f"/fleet/v1/bundles/{served.bundle}")
+    assert old.status_code == 403 and "not the current bundle" in old.json()["error"]
+    assert b("GET", f"/fleet/v1/bundles/{served.bundle}/agents/remote").status_code == 403
+    assert b("GET", f"/fleet/v1/bundles/{new}").status_code == 200
+    # an operator reads any
+    operator = {"Authorization": f"Bearer {OPERATOR}"}
+    got = httpx.get(f"{served.url}/fleet/v1/bundles/{served.bundle}", headers=operator)
+    assert got.status_code == 200
+
+
+def test_a_run_secret_is_set_before_the_run_starts_only(served: Served) -> None:
+    a = _as(served, served.a)
+    path = f"/fleet/v1/runs/{served.run_id}"
+    started = a("POST", f"{path}/running", json={"fence": served.fence, "pid": 1})
+    assert started.status_code in (200, 409), started.text  # 409: the fuzzing ran it already
+    again = a("POST", f"{path}/secret", json={"fence": served.fence, "hash": "1" * 64})
+    assert again.status_code == 409, again.text
+    assert "its secret is set before it starts" in again.json()["error"]

@@ -152,3 +152,30 @@ def test_run_locally_is_validated(tmp_path: Path, corral: Any) -> None:
     shown = corral("stat", cwd=root)
     assert shown.returncode == 2
     assert "'fleet.runLocally' must be true or false" in shown.stderr
+
+
+def test_corral_run_of_a_runners_agent_wants_here(tmp_path: Path, corral: Any) -> None:
+    root = tmp_path / "project"
+    write_project(
+        root,
+        {
+            "gpu": {"command": ["/bin/sh", "-c", "echo gpu-ran-here"], "runsOn": ["gpu"]},
+            "any": {"command": ["/bin/sh", "-c", "echo any-ran-here"], "runsOn": []},
+            "dev": {"command": ["/bin/sh", "-c", "echo dev-ran-here"]},
+        },
+    )
+    refused = corral("run", "gpu", cwd=root)
+    assert refused.returncode == 2, refused.stderr
+    assert "runs on a runner with labels gpu of the fleet" in refused.stderr
+    assert "--here" in refused.stderr and "gpu-ran-here" not in refused.stdout
+    assert "any runner" in corral("run", "any", "--foreground", cwd=root).stderr
+    listed = corral("runs", "--json", cwd=root)
+    assert json.loads(listed.stdout) == [], listed.stdout  # nothing ran, nothing queued
+    here = corral("run", "gpu", "--here", cwd=root)
+    assert here.returncode == 0, here.stderr
+    assert "gpu-ran-here" in here.stdout and "running it on this host as asked" in here.stderr
+    assert "dev-ran-here" in corral("run", "dev", cwd=root).stdout  # the others as before
+    # under runLocally = false every agent is the runners'
+    (root / "config.toml").write_text("[fleet]\nrunLocally = false\n")
+    again = corral("run", "dev", cwd=root)
+    assert again.returncode == 2 and "runs on any runner of the fleet" in again.stderr

@@ -19,7 +19,8 @@ Runners:
 A bundle never changes under its name, so each answer carries its hash as a strong ETag
 and ``Cache-Control: immutable``, and ``If-None-Match`` with that ETag is answered 304.
 Every runner-facing route authenticates through ``bundle_reader``: a runner's
-credential, or an operator token.
+credential, or an operator token. A runner reads the current bundle and the bundles of
+the runs it holds, no other (an older bundle may hold what the project dropped since).
 """
 
 from __future__ import annotations
@@ -172,8 +173,9 @@ def _fleet_router(scheduler: Scheduler) -> APIRouter:
             **refusals(400, 401, 403, 404, 503),
         },
     )
-    async def fetch_bundle(bundle: str, request: Request, _: Reader) -> Response:
+    async def fetch_bundle(bundle: str, request: Request, reader: Reader) -> Response:
         wanted = _hash(bundle)
+        await _may_read(scheduler, reader, wanted)
         if _matches(request, wanted):
             return _not_modified(wanted)
         data = await store.bundle_data(wanted)
@@ -191,8 +193,11 @@ def _fleet_router(scheduler: Scheduler) -> APIRouter:
             **refusals(400, 401, 403, 404, 503),
         },
     )
-    async def fetch_agent_bundle(bundle: str, agent: str, request: Request, _: Reader) -> Response:
+    async def fetch_agent_bundle(
+        bundle: str, agent: str, request: Request, reader: Reader
+    ) -> Response:
         wanted = _hash(bundle)
+        await _may_read(scheduler, reader, wanted)
         found = await store.get_bundle(wanted)
         if found is None:
             raise ActionError(404, f"no bundle {wanted} in the store")
@@ -210,6 +215,28 @@ def _fleet_router(scheduler: Scheduler) -> APIRouter:
         return _bytes(cut, agent_hash)
 
     return router
+
+
+async def _may_read(scheduler: Scheduler, reader: str, wanted: str) -> None:
+    """A runner reads the current bundle and those of the runs it holds (an older
+    bundle may hold what the project dropped since): 403 for any other. An operator
+    reads every one."""
+    if not reader.startswith("runner:"):
+        return
+    runner_id = reader.removeprefix("runner:")
+    store = scheduler.store
+    head = await store.bundle_head()
+    if head is not None and wanted == head.hash:
+        return
+    for run_id in await store.runner_holdings(runner_id):
+        run = await store.get_run(run_id)
+        if run is not None and run.bundle == wanted:
+            return
+    raise ActionError(
+        403,
+        f"bundle {wanted} is not the current bundle nor one of a run of runner "
+        f"{runner_id}: a runner reads only those",
+    )
 
 
 async def _body(request: Request) -> bytes:

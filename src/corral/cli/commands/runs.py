@@ -29,6 +29,7 @@ from corral.cli._render import (
 from corral.cli.commands.logs import read_from
 from corral.cli.remote_run import remote_gateway, run_remote
 from corral.engine.actions import cli_actor
+from corral.engine.fleet_runs import runner_labels
 from corral.errors import RunError, UsageError
 from corral.inert import OutputFilter, inert
 from corral.project import Agent, Project
@@ -108,6 +109,11 @@ async def live_scheduler(store: Store) -> SchedulerInfo | None:
     is_flag=True,
     help="Run here even when a scheduler is running (the item is reserved for this command).",
 )
+@click.option(
+    "--here",
+    is_flag=True,
+    help="Run an agent that runs on the fleet's runners (runsOn) on this host all the same.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Do not stream the run's output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the finished (or queued) run as JSON.")
 @click.pass_obj
@@ -117,6 +123,7 @@ def run_cmd(
     prompt: str | None,
     wait: bool,
     foreground: bool,
+    here: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -128,6 +135,10 @@ def run_cmd(
     its outcome; its item is reserved for this command, so no scheduler takes it.
     PROMPT, when given, is the task (`-` reads it from stdin); without it the
     agent gets the manual-trigger instruction to look for work.
+
+    An agent that runs on the fleet's runners (`runsOn`, or every agent under
+    `[fleet] runLocally = false`) is queued for them through the scheduler; this
+    host runs it only with `--here` (it may lack what the runners have).
     """
     project = obj.project()
     agent = pick_agent(project, agent_name)
@@ -142,8 +153,11 @@ def run_cmd(
             run_remote(project, remote, agent.name, prompt, here=here, as_json=as_json)
         )
     stream = not (quiet or as_json)
+    placed = _Placement(runner_labels(project, agent), here)
     try:
-        code = asyncio.run(_run(obj, project, agent, prompt, stream, wait, foreground, as_json))
+        code = asyncio.run(
+            _run(obj, project, agent, prompt, stream, wait, foreground, as_json, placed)
+        )
     except KeyboardInterrupt:
         err_console.print("run stopped by the operator and recorded as killed")
         raise SystemExit(130) from None
@@ -159,6 +173,7 @@ async def _run(
     wait: bool,
     foreground: bool,
     as_json: bool,
+    placed: _Placement,
 ) -> int:
     # A run in the foreground serves the agent API itself; the gateway is imported only
     # here (see `corral start`), so the other commands start without it.
@@ -168,6 +183,7 @@ async def _run(
     async with await obj.store(project) as store:
         scheduler = None if foreground else await live_scheduler(store)
         if scheduler is None:
+            placed.check_here(agent.name)
             output = _Output()
             async with serve_agent_api(project, store) as link:
                 results = await run_in_foreground(
@@ -183,6 +199,8 @@ async def _run(
             runs = [r.run for r in results]
         else:
             item = await _queue(store, agent, prompt, scheduler, as_json and not wait)
+            if placed.labels is not None:
+                err_console.print(f"it runs on {placed.where()} of the fleet")
             if not wait:
                 return 0
             runs = [await _follow(store, project, item, stream)]
@@ -192,6 +210,37 @@ async def _run(
         else:
             _summary(run, project)
     return outcome_exit_code(runs[-1])
+
+
+class _Placement:
+    """Where an agent runs: ``labels`` a runner needs (None: on the control plane), and
+    whether the user asked for this host all the same (``--here``)."""
+
+    def __init__(self, labels: tuple[str, ...] | None, here: bool) -> None:
+        self.labels = labels
+        self.here = here
+
+    def where(self) -> str:
+        if not self.labels:
+            return "any runner"
+        return f"a runner with labels {', '.join(self.labels)}"
+
+    def check_here(self, agent: str) -> None:
+        """Refuse to run an agent of the runners on this host unless ``--here``; with it,
+        say so."""
+        if self.labels is None:
+            return
+        if not self.here:
+            raise UsageError(
+                f"agent '{agent}' runs on {self.where()} of the fleet (runsOn, or [fleet] "
+                "runLocally = false), not on this host: start the control plane (`corral "
+                "start`) and `corral run` queues it for the runners, or pass --here to run "
+                "it on this host all the same"
+            )
+        err_console.print(
+            f"[yellow]note:[/] agent '{agent}' runs on {self.where()} of the fleet; running "
+            "it on this host as asked (--here)"
+        )
 
 
 async def _queue(

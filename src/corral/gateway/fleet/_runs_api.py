@@ -338,7 +338,13 @@ def _report_routes(router: APIRouter, scheduler: Scheduler) -> None:
         "/runs/{run_id}/secret", summary="The run secret's hash", responses=_answers(RunAnswer)
     )
     async def secret(run_id: str, body: SecretBody, me: Me) -> Any:
-        await own(me, run_id, body.fence)
+        run = await own(me, run_id, body.fence)
+        if run.state is not RunState.STARTING:
+            # set before the run's process starts (a retry then is harmless); once it
+            # runs, a runner cannot swap the secret its agent API calls are checked by
+            raise ActionError(
+                409, f"run {run_id} is {run.state.value}: its secret is set before it starts"
+            )
         run = await _conflicts(store.set_run_secret(run_id, body.hash))
         return {"ok": True, "run": fleet_runs.run_wire(run)}
 
