@@ -70,10 +70,11 @@ class Plane:
         assert done.status_code in (200, 201, 202), done.text
 
 
-#: The lease of runs on runners in these tests (``CORRAL_FLEET_LEASE_SECONDS``): half the
-#: default 12 s, so a lost run is recovered in about half the time; the runners adopt it
-#: (self-fencing at 7/12 of it), so every margin keeps its ratio.
-TEST_LEASE = 6.0
+#: The lease of runs on runners in these tests (``CORRAL_FLEET_LEASE_SECONDS``): 2/3 of
+#: the default 12 s, so a lost run is recovered sooner; the runners adopt it (self-fencing
+#: at 7/12 of it, 4.7 s), so every margin keeps its ratio, and the margin between a
+#: runner's self-fencing and its lease lapsing (3.3 s) still holds on a loaded machine.
+TEST_LEASE = 8.0
 
 
 class PlaneProcess(SchedulerProcess):
@@ -201,7 +202,16 @@ def run_processes(marker: str, *, stopped: bool = True) -> dict[str, list[int]]:
     """Live processes whose command line holds ``marker``, by the item they run
     (CORRAL_ITEM_ID in their environment); ``stopped=False`` leaves out the stopped ones
     (SIGSTOP: they execute nothing until continued)."""
-    found: dict[str, list[int]] = {}
+    return {
+        item: pids
+        for item, found in process_states(marker).items()
+        if (pids := [pid for pid, state in found if stopped or state not in ("T", "t")])
+    }
+
+
+def process_states(marker: str) -> dict[str, list[tuple[int, str]]]:
+    """Like ``run_processes``, with each process's state (/proc/PID/stat: R, S, T, ...)."""
+    found: dict[str, list[tuple[int, str]]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -209,16 +219,16 @@ def run_processes(marker: str, *, stopped: bool = True) -> dict[str, list[int]]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
             if marker.encode() not in cmdline:
                 continue
-            status = Path(f"/proc/{entry}/stat").read_text()
-            state = status.rsplit(")", 1)[1].split()[0]
-            if state == "Z" or (not stopped and state in ("T", "t")):
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
                 continue
             environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
         for var in environ:
             if var.startswith(b"CORRAL_ITEM_ID="):
-                found.setdefault(var.split(b"=", 1)[1].decode(), []).append(int(entry))
+                item = var.split(b"=", 1)[1].decode()
+                found.setdefault(item, []).append((int(entry), state))
     return found
 
 
@@ -270,10 +280,14 @@ class Sampler:
     def sample(self) -> None:
         total = 0
         for agent, marker in self.markers.items():
-            live = run_processes(marker, stopped=False)
-            every = run_processes(marker)
-            self.stopped_seen += sum(len(p) for p in every.values()) - sum(
-                len(p) for p in live.values()
+            states = process_states(marker)
+            live = {
+                item: pids
+                for item, found in states.items()
+                if (pids := [pid for pid, state in found if state not in ("T", "t")])
+            }
+            self.stopped_seen += sum(len(found) for found in states.values()) - sum(
+                len(pids) for pids in live.values()
             )
             count = sum(len(pids) for pids in live.values())
             total += count
