@@ -210,8 +210,13 @@ def run_processes(marker: str, *, stopped: bool = True) -> dict[str, list[int]]:
 
 
 def process_states(marker: str) -> dict[str, list[tuple[int, str]]]:
-    """Like ``run_processes``, with each process's state (/proc/PID/stat: R, S, T, ...)."""
+    """Like ``run_processes``, with each process's state (/proc/PID/stat: R, S, T, ...).
+
+    A run is counted by its topmost process: a process whose parent also holds the marker
+    is a fork of the run's shell (a command substitution, or a child between fork and
+    exec, which still shows its parent's command line), not another execution."""
     found: dict[str, list[tuple[int, str]]] = {}
+    parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -219,7 +224,7 @@ def process_states(marker: str) -> dict[str, list[tuple[int, str]]]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
             if marker.encode() not in cmdline:
                 continue
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            state, ppid = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
             if state == "Z":
                 continue
             environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
@@ -229,7 +234,12 @@ def process_states(marker: str) -> dict[str, list[tuple[int, str]]]:
             if var.startswith(b"CORRAL_ITEM_ID="):
                 item = var.split(b"=", 1)[1].decode()
                 found.setdefault(item, []).append((int(entry), state))
-    return found
+                parents[int(entry)] = int(ppid)
+    return {
+        item: top
+        for item, procs in found.items()
+        if (top := [(pid, state) for pid, state in procs if parents[pid] not in parents])
+    }
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any:
