@@ -165,8 +165,11 @@ def join_runner(
     *,
     host: Host | None = None,
     url: str | None = None,
+    drain: float = 1,
 ) -> RunnerProcess:
-    """`corral runner join` (from this namespace, to the URL the runner will use)."""
+    """`corral runner join` (from this namespace, to the URL the runner will use); the
+    config gets ``drainSeconds`` = ``drain`` (1 s: a test's runner stops within seconds
+    rather than letting its runs finish for the default 60 s)."""
     home = base / f"runner-{name}"
     home.mkdir(parents=True, exist_ok=True)
     config = home / "runner.json"
@@ -180,7 +183,9 @@ def join_runner(
             ["env", *[f"{k}={v}" for k, v in clean_env(home).items()], *argv], timeout=60
         )
     assert done.returncode == 0, done.stderr + done.stdout
-    runner_id = json.loads(config.read_text())["runnerId"]
+    written = json.loads(config.read_text())
+    config.write_text(json.dumps(written | {"drainSeconds": drain}))
+    runner_id = written["runnerId"]
     return RunnerProcess(name, home, config, home / "runner.log", runner_id=runner_id, host=host)
 
 
