@@ -70,10 +70,11 @@ class Plane:
         assert done.status_code in (200, 201, 202), done.text
 
 
-#: The lease of runs on runners in these tests (``CORRAL_FLEET_LEASE_SECONDS``): half the
-#: default 12 s, so a lost run is recovered in about half the time; the runners adopt it
-#: (self-fencing at 7/12 of it), so every margin keeps its ratio.
-TEST_LEASE = 6.0
+#: The lease of runs on runners in these tests (``CORRAL_FLEET_LEASE_SECONDS``): 2/3 of
+#: the default 12 s, so a lost run is recovered sooner; the runners adopt it (self-fencing
+#: at 7/12 of it, 4.7 s), so every margin keeps its ratio, and the margin between a
+#: runner's self-fencing and its lease lapsing (3.3 s) still holds on a loaded machine.
+TEST_LEASE = 8.0
 
 
 class PlaneProcess(SchedulerProcess):
@@ -164,8 +165,11 @@ def join_runner(
     *,
     host: Host | None = None,
     url: str | None = None,
+    drain: float = 1,
 ) -> RunnerProcess:
-    """`corral runner join` (from this namespace, to the URL the runner will use)."""
+    """`corral runner join` (from this namespace, to the URL the runner will use); the
+    config gets ``drainSeconds`` = ``drain`` (1 s: a test's runner stops within seconds
+    rather than letting its runs finish for the default 60 s)."""
     home = base / f"runner-{name}"
     home.mkdir(parents=True, exist_ok=True)
     config = home / "runner.json"
@@ -179,7 +183,9 @@ def join_runner(
             ["env", *[f"{k}={v}" for k, v in clean_env(home).items()], *argv], timeout=60
         )
     assert done.returncode == 0, done.stderr + done.stdout
-    runner_id = json.loads(config.read_text())["runnerId"]
+    written = json.loads(config.read_text())
+    config.write_text(json.dumps(written | {"drainSeconds": drain}))
+    runner_id = written["runnerId"]
     return RunnerProcess(name, home, config, home / "runner.log", runner_id=runner_id, host=host)
 
 
@@ -201,7 +207,21 @@ def run_processes(marker: str, *, stopped: bool = True) -> dict[str, list[int]]:
     """Live processes whose command line holds ``marker``, by the item they run
     (CORRAL_ITEM_ID in their environment); ``stopped=False`` leaves out the stopped ones
     (SIGSTOP: they execute nothing until continued)."""
-    found: dict[str, list[int]] = {}
+    return {
+        item: pids
+        for item, found in process_states(marker).items()
+        if (pids := [pid for pid, state in found if stopped or state not in ("T", "t")])
+    }
+
+
+def process_states(marker: str) -> dict[str, list[tuple[int, str]]]:
+    """Like ``run_processes``, with each process's state (/proc/PID/stat: R, S, T, ...).
+
+    A run is counted by its topmost process: a process whose parent also holds the marker
+    is a fork of the run's shell (a command substitution, or a child between fork and
+    exec, which still shows its parent's command line), not another execution."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -209,17 +229,22 @@ def run_processes(marker: str, *, stopped: bool = True) -> dict[str, list[int]]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
             if marker.encode() not in cmdline:
                 continue
-            status = Path(f"/proc/{entry}/stat").read_text()
-            state = status.rsplit(")", 1)[1].split()[0]
-            if state == "Z" or (not stopped and state in ("T", "t")):
+            state, ppid = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+            if state == "Z":
                 continue
             environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
         for var in environ:
             if var.startswith(b"CORRAL_ITEM_ID="):
-                found.setdefault(var.split(b"=", 1)[1].decode(), []).append(int(entry))
-    return found
+                item = var.split(b"=", 1)[1].decode()
+                found.setdefault(item, []).append((int(entry), state))
+                parents[int(entry)] = int(ppid)
+    return {
+        item: top
+        for item, procs in found.items()
+        if (top := [(pid, state) for pid, state in procs if parents[pid] not in parents])
+    }
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any:
@@ -270,10 +295,14 @@ class Sampler:
     def sample(self) -> None:
         total = 0
         for agent, marker in self.markers.items():
-            live = run_processes(marker, stopped=False)
-            every = run_processes(marker)
-            self.stopped_seen += sum(len(p) for p in every.values()) - sum(
-                len(p) for p in live.values()
+            states = process_states(marker)
+            live = {
+                item: pids
+                for item, found in states.items()
+                if (pids := [pid for pid, state in found if state not in ("T", "t")])
+            }
+            self.stopped_seen += sum(len(found) for found in states.values()) - sum(
+                len(pids) for pids in live.values()
             )
             count = sum(len(pids) for pids in live.values())
             total += count

@@ -338,6 +338,6 @@ def test_an_operator_kill_and_a_drain_reach_the_runner(tmp_path: Path, store_url
             assert runner.proc is not None and runner.proc.returncode == 0, runner.output()
             [after] = [r for r in _runs(store_url) if r.id == two.id]
             assert after.state is RunState.KILLED and "queued again" in (after.error or "")
-            assert not run_processes(marker)
+            wait_for(lambda: not run_processes(marker), 5)  # its processes are exiting
         finally:
             runner.stop()

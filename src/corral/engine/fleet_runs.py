@@ -26,7 +26,9 @@ from corral.scheduler.prepare import implied_keys
 from corral.store import Claim, QueueItem, Run
 
 __all__ = [
+    "DEFAULT_LEASE_SECONDS",
     "FENCE_SHARE",
+    "LEASE_BOUNDS",
     "LEASE_SECONDS",
     "MAX_WAIT",
     "claim_from_json",

@@ -7,9 +7,9 @@ The runner keeps three loops:
   on the control plane) and names the runs that are no longer its own (their lease
   lapsed and they were handed on, or an operator killed them): those are stopped at
   once.
-- self-fencing (every 0.5 s): when no heartbeat has been acknowledged for
-  7/12 of the lease (``FENCE_SHARE``: 7 s of the default 12 s lease, a 5 s margin for
-  clock rates and the kill), every run's process group is killed and no work is asked for until a
+- self-fencing (every 0.5 s): when no heartbeat has been acknowledged for 7/12 of the
+  lease (``FENCE_SHARE``: 7 s of the default 12 s lease, a 5 s margin for clock rates
+  and the kill), every run's process group is killed and no work is asked for until a
   heartbeat is acknowledged again. The clock is monotonic: a runner that was frozen
   (SIGSTOP) finds on waking that the deadline passed and kills before anything else.
   The scheduler's watchdog process (``corral.scheduler.watchdog``) holds the same
