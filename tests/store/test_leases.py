@@ -397,7 +397,9 @@ ON_POSTGRESQL = pytest.mark.parametrize(
 @ON_POSTGRESQL
 async def test_finalize_is_one_round_trip_on_postgresql(store_url: str) -> None:
     """The usual end of a run (no rerun, no lock anyone waits for) is one statement: the
-    item done, the run ended, its locks, wants and waits gone, in one round trip."""
+    item done, the run ended, its locks, wants and waits gone, in one round trip. A failed
+    run costs one more: the read of its agent's last ends (a crash loop is recorded only
+    when they all failed)."""
     async with counted_store(store_url) as (store, trips):
         await setup(store)
         claim = await claimed(store)
@@ -409,13 +411,19 @@ async def test_finalize_is_one_round_trip_on_postgresql(store_url: str) -> None:
             result = await store.finalize(
                 claim.run.id, fence=fence(claim), state=RunState.FAILED, exit_code=1, error="x"
             )
-        assert seen.statements == 1, seen.queries
-        assert seen.checks <= 1  # the pool's check of the connection, if it makes one
+        assert seen.statements == 2, seen.queries
+        assert seen.checks <= 2  # the pool's check of the connection, if it makes one
         assert result.run == await store.get_run(claim.run.id)
         assert result.item == await store.get_item(claim.item.id)
         assert (result.run.state, result.item.state) == (RunState.FAILED, ItemState.DONE)
         assert [lock.key for lock in await store.list_locks()] == ["k2"]
         assert await store.list_lock_wants() == []
+        with trips.counting() as seen:
+            done = await store.finalize(
+                other.run.id, fence=fence(other), state=RunState.SUCCEEDED, exit_code=0
+            )
+        assert seen.statements == 1, seen.queries
+        assert done.run.state is RunState.SUCCEEDED
 
 
 @ON_POSTGRESQL

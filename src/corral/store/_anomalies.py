@@ -93,13 +93,18 @@ async def note_run_end(store: StoreCore, run: Run) -> None:
     if hook is None and run.budget is None and not crashed:
         return
     try:
+        # The usual failed run: one read (its runner's or agent's last ends) and no
+        # write; a transaction only when there is something to record.
+        loop = await _crash_loop_rows(store, run) if crashed else None
+        if hook is None and run.budget is None and loop is None:
+            return
         async with store.transaction() as tx:
             if hook is not None:
                 await _hook_failed(store, tx, run, hook)
             if run.budget is not None:
                 await _budget_overrun(store, tx, run)
-            if crashed:
-                await _crash_loop(store, tx, run)
+            if loop is not None:
+                await _crash_loop(store, tx, run, *loop)
     except StoreError as exc:
         log.warning(
             "could not record the anomalies of run %s: %s",
@@ -147,19 +152,24 @@ async def _budget_overrun(store: StoreCore, tx: Transaction, run: Run) -> None:
     await record_episode_in(store, tx, AnomalyKind.BUDGET_OVERRUN, subject, evidence)
 
 
-async def _crash_loop(store: StoreCore, tx: Transaction, run: Run) -> None:
+async def _crash_loop_rows(store: StoreCore, run: Run) -> tuple[str, list[Any]] | None:
+    """The subject and the last ends that make a crash loop of ``run``'s end (its
+    runner's, or its agent's on the control plane), or None when they do not."""
     if run.runner_id is not None:
         subject = run.runner_id
-        rows = await tx.fetch_all(
-            "last_ends_on_runner", {"runner_id": run.runner_id, "limit": CRASH_LOOP_RUNS}
-        )
+        query, params = "last_ends_on_runner", {"runner_id": run.runner_id}
     else:
         subject = f"agent:{run.agent}"
-        rows = await tx.fetch_all(
-            "last_ends_of_agent_here", {"agent": run.agent, "limit": CRASH_LOOP_RUNS}
-        )
+        query, params = "last_ends_of_agent_here", {"agent": run.agent}
+    rows = await store.statement(query, {**params, "limit": CRASH_LOOP_RUNS})
     if len(rows) < CRASH_LOOP_RUNS or any(row["state"] not in _CRASHED for row in rows):
-        return
+        return None
+    return subject, rows
+
+
+async def _crash_loop(
+    store: StoreCore, tx: Transaction, run: Run, subject: str, rows: list[Any]
+) -> None:
     evidence = {
         "rule": f"the last {CRASH_LOOP_RUNS} runs ended failed or timed out",
         "runs": [
