@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.engine.fleet_runs import FENCE_SHARE
 from corral.store import Run, RunState, open_store
 from tests.fleet.fleetkit import (
     TEST_LEASE,
@@ -184,7 +186,13 @@ def test_kill_cut_and_freeze_of_three_runners(tmp_path: Path, store_url: str) ->
     executions = sum(starts.values())
     assert {int(item) for item, n in starts.items() if n == 2} == set(items), starts
     assert all(n in (1, 2) for n in starts.values()) and len(starts) == 5, starts
-    assert "self-fenced" in runners["r2"].output()
+    # the cut-off runner fenced itself off by the lease the control plane announced
+    fenced = re.search(
+        r"self-fenced: .* for ([0-9.]+) s \(lease ([0-9.]+) s\)", runners["r2"].output()
+    )
+    assert fenced is not None, runners["r2"].output()[-3000:]
+    assert float(fenced.group(2)) == TEST_LEASE
+    assert float(fenced.group(1)) < TEST_LEASE * FENCE_SHARE + 1, fenced.group(0)
     assert sampler.violations == [], sampler.violations[:20]
     assert sampler.samples > 100 and sampler.most["edge"] == EDGE_SCALE
     print(
