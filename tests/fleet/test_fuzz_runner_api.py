@@ -188,8 +188,10 @@ def fuzz(served: Served, credential: str | None, aim: bool) -> list[tuple[str, i
             if aim and "run_id" in (case.path_parameters or {}) and chance.random() < 0.5:
                 case.path_parameters["run_id"] = served.run_id
                 ending = case.path.endswith(("/end", "/release"))
-                if isinstance(case.body, dict) and "fence" in case.body and not ending:
-                    case.body["fence"] = served.fence
+                if isinstance(case.body, dict) and "fence" in case.body:
+                    # its own fence, except to end or release it: a wrong one then (a
+                    # generated fence is often 1, the run's own, and would end it)
+                    case.body["fence"] = served.fence + 7 if ending else served.fence
                 if isinstance(case.query, dict) and "fence" in case.query:
                     case.query["fence"] = served.fence
             response = case.call(headers=headers, timeout=30)
