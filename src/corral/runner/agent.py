@@ -407,6 +407,9 @@ class Runner:
         self.draining = False
         self.state = "active"
         self._slot_freed = asyncio.Event()
+        #: One connection pool for every run's agent API proxy: a client of its own per
+        #: run cost ~80 ms before each run could start (its TLS context, made anew).
+        self.proxy_client: httpx.AsyncClient | None = None
         #: Run secrets made ahead, (hash, secret): their hashes go with a request for
         #: work, and the claim stores one with each run it gives (no request per run).
         self._spare: list[tuple[str, str]] = []
@@ -436,6 +439,9 @@ class Runner:
             self.settings.slots,
             ", ".join(self.settings.urls),
         )
+        # no overall timeout: the runs' long polls (rlock --wait, al-subagent-wait) last as
+        # long as they asked; connecting is bounded
+        self.proxy_client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
         await self._beat()  # the first heartbeat before any work
         loops = [
             asyncio.create_task(self._heartbeats(), name="heartbeat"),
@@ -450,6 +456,8 @@ class Runner:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self.client.close()
+            if self.proxy_client is not None:
+                await self.proxy_client.aclose()
             self.watchdog.close(kill_runs=True)
 
     async def drain(self) -> None:
@@ -661,6 +669,7 @@ class Runner:
                 sock,
                 self.settings.urls,
                 headers={"X-Corral-Runner": self.settings.runner_id},
+                client=self.proxy_client,
                 on_answer=answered,
             )
             stream = LogStream(self.client, run.id, ledger.fence)
