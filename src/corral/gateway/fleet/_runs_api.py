@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -70,10 +71,42 @@ class _EmptyClaims:
     def __init__(self) -> None:
         self.generation = 0
         self._empty: dict[frozenset[str], tuple[int, float]] = {}
+        self._turns: dict[frozenset[str], asyncio.Lock] = {}
+
+    def turn(self, agents: frozenset[str]) -> asyncio.Lock:
+        """The lock the waiters for ``agents`` claim under, one after the other: when an
+        item arrives, the first claims it, the second finds nothing and says so, and the
+        rest skip, instead of every waiter claiming at once."""
+        lock = self._turns.get(agents)
+        if lock is None:
+            lock = self._turns[agents] = asyncio.Lock()
+        return lock
 
     def notice(self) -> None:
         self.generation += 1
         self._empty.clear()
+
+    async def claim(
+        self,
+        agents: frozenset[str],
+        period: float,
+        claim: Callable[[], Awaitable[list[Claim]]],
+    ) -> list[Claim]:
+        """``claim()``'s answer, or nothing without calling it when a claim for the same
+        agents found nothing since the last notice and within ``period``. One claim at
+        a time per set of agents: a waiter that gets its turn after another found
+        nothing skips its own."""
+        loop = asyncio.get_running_loop()
+        if self.fresh(agents, loop.time(), period):
+            return []
+        async with self.turn(agents):
+            if self.fresh(agents, loop.time(), period):
+                return []
+            generation = self.generation
+            claims = await claim()
+            if not claims:
+                self.found_nothing(agents, generation, loop.time())
+            return claims
 
     def fresh(self, agents: frozenset[str], now: float, period: float) -> bool:
         seen = self._empty.get(agents)
@@ -277,10 +310,10 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
                 if scheduler.draining or await request.is_disconnected():
                     return answer
                 period = _POLL_NOTIFIED if store.changes.remote else _POLL
-                claims: list[Claim] = []
-                if not empty.fresh(key, loop.time(), period):
-                    generation = empty.generation
-                    claims = await store.claim(
+                claims = await empty.claim(
+                    key,
+                    period,
+                    lambda: store.claim(
                         me.id,
                         lease_seconds=fleet_runs.LEASE_SECONDS,
                         limit=free,
@@ -288,10 +321,10 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
                         agents=agents,
                         runner=True,
                         secret_hashes=hashes,
-                    )
-                    if claims:
-                        break
-                    empty.found_nothing(key, generation, loop.time())
+                    ),
+                )
+                if claims:
+                    break
                 left = deadline - loop.time()
                 if left <= 0:
                     return answer
