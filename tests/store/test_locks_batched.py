@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 
 from corral.errors import StoreConflict
@@ -174,3 +175,35 @@ async def test_a_batch_that_fails_is_sent_again_one_request_at_a_time(
     )
     assert released == [True, True]
     assert await store.list_locks() == []
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
+async def test_a_lone_call_chosen_as_a_deadlock_victim_is_sent_again(
+    store: Store, store_url: str
+) -> None:
+    """The order another process's batch can take the advisory locks in (the wait-for
+    graph's, then a key's), against a lone try-lock of that key that wants it (the key's,
+    then the graph's): PostgreSQL's deadlock detector rolls the lone call back, and the
+    store sends it again instead of failing the caller."""
+    holder, wanter = await live_run(store), await live_run(store)
+    assert isinstance(await store.acquire_lock("db://k", holder.id, ttl_seconds=TTL), LockGrant)
+    other = await psycopg.AsyncConnection.connect(store_url)
+    try:
+        await other.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('corral_wait_graph'), "
+            "hashtext(current_schema()))"
+        )
+        asked = asyncio.create_task(store.acquire_lock("db://k", wanter.id, ttl_seconds=TTL))
+        await asyncio.sleep(0.3)  # the lone call holds the key's lock, waits for the graph
+        assert not asked.done()
+        # now the other side wants the key: a cycle; the lone call waited first, so the
+        # server's check (after deadlock_timeout) finds it and rolls it back
+        await other.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('corral_locks'), "
+            "hashtext(current_schema() || ':' || 'db://k'))"
+        )
+        await other.commit()
+        answer = await asyncio.wait_for(asked, 30)
+    finally:
+        await other.close()
+    assert isinstance(answer, LockHeld) and answer.holder == holder.id

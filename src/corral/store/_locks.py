@@ -38,6 +38,7 @@ cycle at the same moment are checked one after the other: the second is told.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NoReturn
@@ -49,6 +50,8 @@ from corral.store._time import utc_now
 from corral.store.records import Deadlock, Lock, LockGrant, LockHeld, LockWaiter, RunState
 
 __all__ = ["WANT_SECONDS", "LockOps"]
+
+log = logging.getLogger("corral.store")
 
 _LIVE = frozenset({RunState.STARTING.value, RunState.RUNNING.value})
 
@@ -123,7 +126,26 @@ class LockOps(StoreCore):
         return [answers.get(id(waiting), _GONE) for waiting in batch]
 
     async def _lock_call_alone(self, call: _LockCall) -> Row:
-        """``call`` as one statement of its own (the functions of migration 0013)."""
+        """``call`` as one statement of its own (the functions of migration 0013).
+
+        On PostgreSQL a lone call can be the victim of the server's deadlock detector:
+        a batch of another process holds the wait-for graph's advisory lock (taken for
+        one key's want) while it takes a later key's lock, and a lone call holds that key
+        and wants the graph. The victim's transaction was rolled back, nothing of it
+        happened, so it is sent again (a few times: each try costs the server's
+        ``deadlock_timeout``)."""
+        for attempt in range(_DEADLOCK_TRIES):
+            try:
+                return await self._lock_call_once(call)
+            except StoreBusy:
+                raise
+            except StoreError as exc:
+                if attempt + 1 == _DEADLOCK_TRIES or not _deadlock_victim(exc):
+                    raise
+                log.info("lock call on %r was a deadlock victim; sent again", call.key)
+        raise AssertionError("unreachable")
+
+    async def _lock_call_once(self, call: _LockCall) -> Row:
         params: dict[str, object] = {"key": call.key, "run_id": call.run_id, "now": call.now}
         if call.op == "rlock":
             rows = await self.statement("rlock", params | {"ttl": call.ttl, "want": call.want})
@@ -564,3 +586,18 @@ def _raise_not_live(key: str, run_id: str, state: str | None, url: str) -> NoRet
 def _check_ttl(ttl_seconds: float) -> None:
     if ttl_seconds <= 0:
         raise ValueError(f"ttl_seconds must be > 0, got {ttl_seconds}")
+
+
+#: How many times a lone lock call that lost to the server's deadlock detector is sent.
+_DEADLOCK_TRIES = 5
+
+
+def _deadlock_victim(exc: BaseException) -> bool:
+    """Whether ``exc`` (a StoreError) is PostgreSQL's "deadlock detected" (SQLSTATE
+    40P01): the statement's transaction was rolled back whole."""
+    cause = exc.__cause__
+    while cause is not None:
+        if getattr(cause, "sqlstate", None) == "40P01":
+            return True
+        cause = cause.__cause__
+    return False
