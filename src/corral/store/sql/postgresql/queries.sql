@@ -533,17 +533,19 @@ JOIN corral_webhook_receipts r ON r.source = d.source AND r.delivery_id = d.deli
 WHERE r.replay_of IS NULL AND r.outcome IN ('accepted', 'ping')
 
 -- name: insert_receipts
--- insert_receipt for a whole batch of deliveries in one statement: one array per column.
+-- insert_receipt for a whole batch of deliveries in one statement: one array per column,
+-- each sent in binary: a text array would spell every body in escaped hex and
+-- quote each element, ~0.1 ms of the gateway's CPU per delivery.
 INSERT INTO corral_webhook_receipts
     (id, source, event, delivery_id, received_at, headers, body, body_size, body_truncated,
      verified, verification, outcome, error, results, replay_of, duplicate_of,
      repeat_key)
 SELECT * FROM unnest(
-    %(id)s::text[], %(source)s::text[], %(event)s::text[], %(delivery_id)s::text[],
-    %(received_at)s::timestamptz[], %(headers)s::jsonb[], %(body)s::bytea[],
-    %(body_size)s::bigint[], %(body_truncated)s::boolean[], %(verified)s::boolean[],
-    %(verification)s::text[], %(outcome)s::text[], %(error)s::text[], %(results)s::jsonb[],
-    %(replay_of)s::text[], %(duplicate_of)s::text[], %(repeat_key)s::text[])
+    %(id)b::text[], %(source)b::text[], %(event)b::text[], %(delivery_id)b::text[],
+    %(received_at)b::timestamptz[], %(headers)b::jsonb[], %(body)b::bytea[],
+    %(body_size)b::bigint[], %(body_truncated)b::boolean[], %(verified)b::boolean[],
+    %(verification)b::text[], %(outcome)b::text[], %(error)b::text[], %(results)b::jsonb[],
+    %(replay_of)b::text[], %(duplicate_of)b::text[], %(repeat_key)b::text[])
 
 -- name: list_receipts
 -- Newest first; each filter applies only when its parameter is not NULL.
