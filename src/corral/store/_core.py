@@ -64,6 +64,18 @@ class Transaction(ABC):
         _, rowcount = await self._run(name, params)
         return rowcount
 
+    async def fetch_many(self, steps: Sequence[tuple[str, Params | None]]) -> list[list[Row]]:
+        """The rows of each of ``steps``, run in order. In a pipelined transaction
+        (``StoreCore.pipelined_transaction``) they are sent together and waited for once:
+        one round trip for the lot (with the transaction's BEGIN, if they come first)."""
+        return [await self.fetch_all(name, params) for name, params in steps]
+
+    async def execute_with_commit(self, name: str, params: Params | None = None) -> None:
+        """Run a statement whose result is not read, as the transaction's last. In a
+        pipelined transaction it is sent with the COMMIT (one round trip for both), and
+        its failure is the commit's: the transaction raises and nothing of it happened."""
+        await self.execute(name, params)
+
     async def execute_script(self, sql: str, *, what: str) -> None:
         """Run a parameterless multi-statement script (schema, migration)."""
         try:
@@ -149,6 +161,13 @@ class StoreCore(ABC):
             return rows
 
         return await self.atomic(body)
+
+    def pipelined_transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """A write transaction for a body that groups its statements with
+        ``Transaction.fetch_many`` and ends with ``Transaction.execute_with_commit``:
+        PostgreSQL sends each group as one round trip (pipeline mode), BEGIN with the
+        first and COMMIT with the last. Elsewhere it is ``transaction()``."""
+        return self.transaction()
 
     @abstractmethod
     def transaction(self, *, write: bool = True) -> AbstractAsyncContextManager[Transaction]:

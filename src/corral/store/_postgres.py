@@ -145,6 +145,54 @@ class PostgresTransaction(Transaction):
         return _failure(what, exc)
 
 
+class PipelinedTransaction(PostgresTransaction):
+    """A transaction in pipeline mode (``PostgresStore.pipelined_transaction``): a
+    statement whose rows are read costs a round trip as usual (sent, then a Sync);
+    ``fetch_many`` sends its statements together and syncs once; ``execute_with_commit``
+    syncs not at all (its outcome arrives with the COMMIT's)."""
+
+    def __init__(
+        self,
+        store: PostgresStore,
+        conn: psycopg.AsyncConnection[Any],
+        pipeline: psycopg.AsyncPipeline,
+    ) -> None:
+        super().__init__(store, conn)
+        self._pipeline = pipeline
+
+    async def _execute(self, sql: str, params: dict[str, Any]) -> tuple[list[Row], int]:
+        cursor = await self._send_sql(sql, params)
+        await self._pipeline.sync()
+        rows = await cursor.fetchall() if cursor.description is not None else []
+        return rows, cursor.rowcount
+
+    async def fetch_many(self, steps: Sequence[tuple[str, Params | None]]) -> list[list[Row]]:
+        names = ", ".join(name for name, _ in steps)
+        try:
+            cursors = [await self._send_sql(self._queries[n], dict(p or {})) for n, p in steps]
+            await self._pipeline.sync()
+            return [
+                await cursor.fetchall() if cursor.description is not None else []
+                for cursor in cursors
+            ]
+        except psycopg.Error as exc:
+            raise self.failure(f"queries {names} failed on {self._url}", exc) from exc
+
+    async def execute_with_commit(self, name: str, params: Params | None = None) -> None:
+        try:
+            await self._send_sql(self._queries[name], dict(params or {}))
+        except psycopg.Error as exc:
+            raise self.failure(f"query {name} failed on {self._url}", exc) from exc
+
+    async def _send_sql(
+        self, sql: str, params: dict[str, Any]
+    ) -> psycopg.AsyncCursor[dict[str, Any]]:
+        safe = {key: _text_safe(value) for key, value in params.items()}
+        cursor = self._conn.cursor(row_factory=dict_row)
+        await cursor.execute(sql, safe)
+        return cursor
+
+
 def _failure(what: str, exc: Exception) -> StoreError:
     """``StoreBusy`` when a wait for another writer's row ran out, else ``StoreError``."""
     if isinstance(exc, psycopg.errors.LockNotAvailable):
@@ -225,6 +273,32 @@ class PostgresStore(Store):
             raise self._no_connection() from exc
         except psycopg.Error as exc:
             raise StoreError(f"transaction failed on {self.url}: {exc}") from exc
+
+    @asynccontextmanager
+    async def pipelined_transaction(self) -> AsyncIterator[Transaction]:
+        """``transaction()`` in pipeline mode: BEGIN goes with the first statements, the
+        COMMIT with the last (see ``PipelinedTransaction``); both are sent as statements
+        of the pipeline, since psycopg's transaction block would wait for each alone. A
+        failure (of a statement, of the commit, of the body) rolls the lot back."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"the store {self.url} is closed")
+        try:
+            async with pool.connection() as conn:
+                try:
+                    async with conn.pipeline() as pipeline:
+                        await conn.execute("BEGIN")
+                        yield PipelinedTransaction(self, conn, pipeline)
+                        await conn.execute("COMMIT")
+                finally:
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        # A broken connection cannot roll back; the pool discards it.
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.rollback()
+        except PoolTimeout as exc:
+            raise self._no_connection() from exc
+        except psycopg.Error as exc:
+            raise _failure(f"transaction failed on {self.url}", exc) from exc
 
     async def statement(self, name: str, params: Params | None = None) -> list[Row]:
         """One named statement in autocommit: its own transaction, one round trip."""

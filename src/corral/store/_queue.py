@@ -199,6 +199,8 @@ class QueueOps(UsageOps):
         project: ProjectState | None,
         items: Sequence[NewItem],
         overflow: Overflow,
+        *,
+        sent: Sequence[Row] | None = None,
     ) -> list[EnqueueResult]:
         """``_enqueue_locked`` for each of ``items`` in order, inside ``tx``.
 
@@ -206,7 +208,8 @@ class QueueOps(UsageOps):
         round trip whatever the count; an item it leaves to Python (an agent that takes no
         triggers, a cost cap: it stops there, having changed nothing for that item) is
         enqueued by ``_enqueue_locked`` and the rest go in another call. ``project`` is
-        read when None and that is needed.
+        read when None and that is needed. ``sent``: the rows of an ``enqueue_items`` of
+        all ``items`` the caller already ran in ``tx`` (sent with other statements).
         """
         results: list[EnqueueResult] = []
         start = 0
@@ -216,8 +219,13 @@ class QueueOps(UsageOps):
         )
         while start < len(items):
             if at_once:
-                params = self._enqueue_params(items[start:], overflow)
-                done = self._enqueued(await tx.fetch_all("enqueue_items", params))
+                rows: Sequence[Row]
+                if sent is None:
+                    params = self._enqueue_params(items[start:], overflow)
+                    rows = await tx.fetch_all("enqueue_items", params)
+                else:
+                    rows, sent = sent, None
+                done = self._enqueued(rows)
                 results += done
                 start += len(done)
                 if start >= len(items):

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from corral.store._batching import Failed, GroupCommit, Waiting
-from corral.store._core import Row, Transaction
+from corral.store._core import Params, Row, Transaction
 from corral.store._queue import QueueOps
 from corral.store._time import require_aware
 from corral.store.records import (
@@ -453,40 +453,57 @@ class _DeliveryBatches:
         return outcomes
 
     async def _together(self, store: WebhookOps, batch: list[_Pending]) -> list[_Recorded]:
-        """The batch without savepoints, its statements set-wise: the project lock, one
-        query for the delivery ids already taken, ONE enqueue for every item of every
-        delivery (``_enqueue_many_locked``), one insert for every receipt; a stranger's
-        receipt alone is recorded as it comes (its hourly count reads the ones before)."""
-        async with store.transaction() as tx:
+        """The batch without savepoints, its statements set-wise and pipelined
+        (``_together_in``): two round trips for the lot. A failure anywhere, the commit
+        included, rolls it all back: the batch runs again with savepoints."""
+        try:
             try:
-                return await self._together_in(tx, store, batch)
-            except Exception as exc:  # rolled back: the batch runs again with savepoints
-                raise _BodyFailed from exc
+                return await self._pipelined(store, batch, hopeful=True)
+            except _AlreadyTaken:
+                return await self._pipelined(store, batch, hopeful=False)
+        except _AlreadyTaken as exc:  # cannot happen without hope; kept for the types
+            raise _BodyFailed from exc
+        except Exception as exc:  # rolled back: the batch runs again with savepoints
+            raise _BodyFailed from exc
+
+    async def _pipelined(
+        self, store: WebhookOps, batch: list[_Pending], *, hopeful: bool
+    ) -> list[_Recorded]:
+        async with store.pipelined_transaction() as tx:
+            return await self._together_in(tx, store, batch, hopeful=hopeful)
 
     async def _together_in(
-        self, tx: Transaction, store: WebhookOps, batch: list[_Pending]
+        self, tx: Transaction, store: WebhookOps, batch: list[_Pending], *, hopeful: bool
     ) -> list[_Recorded]:
-        project = await store.lock_project(tx)
-        together = await _Batch.read(tx, batch)
-        # First what needs no enqueue: a duplicate of a delivery id taken before (or
-        # earlier in this batch: the first holds it), a stranger; and the items to queue.
-        plans: list[str | tuple[int, int]] = []
-        queue: list[NewItem] = []
-        for pending in batch:
-            receipt = pending.job.receipt
-            if _takes_delivery_id(receipt):
-                first_id = together.taken.get(_Batch.key(receipt))
-                if first_id is not None:
-                    plans.append(first_id)
-                    continue
-                together.taken[_Batch.key(receipt)] = receipt.id
-            if receipt.repeat_key is not None:
-                plans.append("")
-                continue
-            matched = _matched_items(receipt, pending.job.items)
-            plans.append((len(queue), len(matched)))
-            queue += matched
-        enqueued = await store._enqueue_many_locked(tx, project, queue, "drop_oldest")
+        """The batch in ``tx``: the project lock, one query for the delivery ids already
+        taken, ONE enqueue for every item of every delivery (``_enqueue_many_locked``),
+        one insert for every receipt; a stranger's receipt alone is recorded as it comes
+        (its hourly count reads the ones before).
+
+        ``hopeful``: the lock, the query and the enqueue go in one round trip, on the
+        hope that no delivery id of the batch was taken by an earlier transaction (a
+        redelivery is rare); if one was, ``_AlreadyTaken`` is raised and the caller runs
+        the batch again without hope: the enqueue then waits for the query's answer."""
+        steps: list[tuple[str, Params | None]] = [("lock_project", None)]
+        lookup = _Batch.lookup(batch)
+        if lookup is not None:
+            steps.append(("find_receipt_deliveries", lookup))
+        plans, queue = _plan(batch, {})
+        sent = hopeful and bool(queue)
+        if sent:
+            steps.append(("enqueue_items", store._enqueue_params(queue, "drop_oldest")))
+        rows = await tx.fetch_many(steps)
+        project = ProjectState.from_row(
+            store._returned(rows[0][0] if rows[0] else None, "lock_project")
+        )
+        together = _Batch.taking(rows[1] if lookup is not None else [])
+        if sent and together.taken:
+            raise _AlreadyTaken
+        if not sent:
+            plans, queue = _plan(batch, together.taken)
+        enqueued = await store._enqueue_many_locked(
+            tx, project, queue, "drop_oldest", sent=rows[-1] if sent else None
+        )
         outcomes: list[_Recorded] = []
         for pending, plan in zip(batch, plans, strict=True):
             receipt = pending.job.receipt
@@ -513,6 +530,32 @@ class _DeliveryBatches:
         return outcomes
 
 
+def _plan(
+    batch: list[_Pending], taken: dict[tuple[str, str], str]
+) -> tuple[list[str | tuple[int, int]], list[NewItem]]:
+    """What each delivery of ``batch`` needs, given the delivery ids ``taken`` before it
+    (updated in place: the first of a batch to take an id holds it): the id of the receipt
+    it duplicates, ``""`` for a stranger, or (first, count) of its items in the list of
+    items to queue, which is returned with the plans."""
+    plans: list[str | tuple[int, int]] = []
+    queue: list[NewItem] = []
+    for pending in batch:
+        receipt = pending.job.receipt
+        if _takes_delivery_id(receipt):
+            first_id = taken.get(_Batch.key(receipt))
+            if first_id is not None:
+                plans.append(first_id)
+                continue
+            taken[_Batch.key(receipt)] = receipt.id
+        if receipt.repeat_key is not None:
+            plans.append("")
+            continue
+        matched = _matched_items(receipt, pending.job.items)
+        plans.append((len(queue), len(matched)))
+        queue += matched
+    return plans, queue
+
+
 @dataclass
 class _Batch:
     """What the deliveries of one batch transaction share (PostgreSQL): the delivery ids
@@ -529,20 +572,26 @@ class _Batch:
         return (_text(receipt.source), _text(str(receipt.delivery_id)))
 
     @classmethod
-    async def read(cls, tx: Transaction, batch: list[_Pending]) -> _Batch:
-        """The batch's shared state, read inside ``tx`` (which holds the project lock, so
-        no other delivery takes an id before it commits)."""
+    def lookup(cls, batch: list[_Pending]) -> dict[str, list[str]] | None:
+        """The parameters of ``find_receipt_deliveries`` for ``batch`` (None: no delivery
+        of it has an id). Run inside the transaction that holds the project lock, so no
+        other delivery takes an id before it commits."""
         pairs = sorted(
             {cls.key(p.job.receipt) for p in batch if p.job.receipt.delivery_id is not None}
         )
+        if not pairs:
+            return None
+        return {
+            "sources": [source for source, _ in pairs],
+            "delivery_ids": [delivery_id for _, delivery_id in pairs],
+        }
+
+    @classmethod
+    def taking(cls, rows: Sequence[Row]) -> _Batch:
+        """The batch's shared state from the rows of ``find_receipt_deliveries``."""
         together = cls()
-        if pairs:
-            params = {
-                "sources": [source for source, _ in pairs],
-                "delivery_ids": [delivery_id for _, delivery_id in pairs],
-            }
-            for row in await tx.fetch_all("find_receipt_deliveries", params):
-                together.taken[(row["source"], row["delivery_id"])] = str(row["id"])
+        for row in rows:
+            together.taken[(row["source"], row["delivery_id"])] = str(row["id"])
         return together
 
     async def insert(self, tx: Transaction) -> None:
@@ -552,7 +601,7 @@ class _Batch:
         columns = {
             name: [_text(receipt[name]) for receipt in self.receipts] for name in self.receipts[0]
         }
-        await tx.execute("insert_receipts", columns)
+        await tx.execute_with_commit("insert_receipts", columns)
 
 
 def _text(value: Any) -> Any:
@@ -561,6 +610,10 @@ def _text(value: Any) -> Any:
     if isinstance(value, str) and "\x00" in value:
         return value.replace("\x00", "\ufffd")
     return value
+
+
+class _AlreadyTaken(Exception):
+    """A delivery id of a batch sent in hope (see ``_together_in``) was taken before."""
 
 
 class _BodyFailed(Exception):
