@@ -56,7 +56,7 @@ def load_object(body: bytes) -> dict[str, Any]:
             f"({exc.reason})"
         ) from None
     try:
-        value = json.loads(text.removeprefix("\ufeff"), parse_constant=_no_constant)
+        value = _DECODER.decode(text.removeprefix("\ufeff"))
     except json.JSONDecodeError as exc:
         hint = ""
         if text.startswith("payload="):
@@ -117,6 +117,10 @@ def _has_surrogate(text: str) -> bool:
 
 def _no_constant(name: str) -> Any:
     raise PayloadError(f"the body is not valid JSON: {name} is not a JSON value")
+
+
+#: One decoder for every body (``json.loads`` with an option builds a new one per call).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def _first_line(exc: BaseException) -> str:
