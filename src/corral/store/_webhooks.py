@@ -461,8 +461,6 @@ class _DeliveryBatches:
                 return await self._pipelined(store, batch, hopeful=True)
             except _AlreadyTaken:
                 return await self._pipelined(store, batch, hopeful=False)
-        except _AlreadyTaken as exc:  # cannot happen without hope; kept for the types
-            raise _BodyFailed from exc
         except Exception as exc:  # rolled back: the batch runs again with savepoints
             raise _BodyFailed from exc
 
