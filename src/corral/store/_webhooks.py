@@ -405,9 +405,11 @@ class _DeliveryBatches:
     lock and one commit for the lot, each delivery all or nothing (see ``_run``).
 
     Every delivery takes the project lock anyway, so they never ran in parallel; what a
-    batch saves is a transaction's round trips and commit per delivery. A failed delivery
-    rolls back to its savepoint and fails alone; a failed commit fails the whole batch
-    (none of it happened), so no sender is told a delivery was accepted unless it was.
+    batch saves is a transaction's round trips and commit per delivery. The batch runs
+    first in two round trips (``_together``); if anything fails there, its commit
+    included, none of it happened and it runs again with a savepoint per delivery, where
+    a failed delivery rolls back to its savepoint and fails alone; a failed commit there
+    fails the whole batch. So no sender is told a delivery was accepted unless it was.
     """
 
     def __init__(self, store: WebhookOps) -> None:
