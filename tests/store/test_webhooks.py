@@ -471,3 +471,66 @@ async def test_a_batch_with_refusals_and_a_full_queue_queues_as_one_at_a_time(
     assert all("queue full (2 items)" in (i.reason or "") for i in dropped)
     counted = {state.agent: state.queued for state in await store.agent_states()}
     assert counted["a"] == 2
+
+
+def _receipt_params(store: Store, receipt_id: str) -> dict[str, object]:
+    """The parameters of ``insert_receipt`` for a bare accepted receipt ``receipt_id``."""
+    return {
+        "repeat_key": None,
+        "id": receipt_id,
+        "source": "gh",
+        "event": "issues",
+        "delivery_id": None,
+        "received_at": store.encode_time(store.now()),
+        "headers": store.encode_json({}),
+        "body": b"{}",
+        "body_size": 2,
+        "body_truncated": False,
+        "verified": True,
+        "verification": "signature verified",
+        "outcome": ReceiptOutcome.ACCEPTED.value,
+        "error": None,
+        "results": store.encode_json([]),
+        "replay_of": None,
+        "duplicate_of": None,
+    }
+
+
+async def test_a_pipelined_transaction_answers_each_statement_and_commits_all_or_nothing(
+    store: Store,
+) -> None:
+    """``pipelined_transaction`` (a batch's transaction): ``fetch_many`` answers each of
+    its statements, in order; a last statement sent with the COMMIT that fails fails the
+    transaction, and nothing done before it in the transaction stays."""
+    await setup(store, ("a", 1, 5))
+    first, _ = await store.record_delivery(receipt(matched=(), delivery_id=None))
+    async with store.pipelined_transaction() as tx:
+        locked, found, missing = await tx.fetch_many(
+            [
+                ("lock_project", None),
+                ("get_receipt", {"id": first.id}),
+                ("get_receipt", {"id": "wh_none"}),
+            ]
+        )
+    assert len(locked) == 1
+    assert [row["id"] for row in found] == [first.id]
+    assert missing == []
+
+    later = store.now() + timedelta(days=1)
+    with pytest.raises(StoreError):
+        async with store.pipelined_transaction() as tx:
+            pruned = await tx.execute(
+                "prune_receipts",
+                {
+                    "older_than": store.encode_time(later),
+                    "strangers_before": store.encode_time(later),
+                },
+            )
+            assert pruned == 1
+            await tx.execute("insert_receipt", _receipt_params(store, "wh_twice"))
+            await tx.execute_with_commit("insert_receipt", _receipt_params(store, "wh_twice"))
+    assert await store.get_receipt(first.id) == first
+    assert await store.get_receipt("wh_twice") is None
+    # The connection went back clean: the next transaction works.
+    again, _ = await store.record_delivery(receipt(matched=(), delivery_id=None))
+    assert await store.get_receipt(again.id) == again
