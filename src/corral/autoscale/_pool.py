@@ -52,9 +52,9 @@ class Autoscaler:
     def decide(self, observation: Observation) -> Decision:
         now, size = observation.now, observation.size
         wish = self.policy.recommend(observation)
-        self._recent.append((now, wish.size))
         while self._recent and self._recent[0][0] <= now - self.settings.stabilization:
             self._recent.popleft()
+        self._recent.append((now, wish.size))  # kept even with no stabilisation window
         stable = wish.size
         if wish.size < size:
             stable = min(size, max(s for _, s in self._recent))
