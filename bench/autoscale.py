@@ -349,7 +349,7 @@ def _panel(
 ) -> list[str]:
     left, top, width, height = box
     y_max = max((y for pts in series.values() for _, y in pts), default=1.0) or 1.0
-    y_max = _nice(y_max)
+    y_max = _nice(y_max * 1.05)
     x0, x1 = x_range
     out = [
         f'<text x="{left}" y="{top - 8}" font-size="14" font-weight="bold">{title}</text>',
