@@ -25,7 +25,7 @@ from typing import Literal, Protocol, TypeVar
 
 from corral.engine.deliveries import ReplayRefused, replay_receipt
 from corral.errors import CorralError, RequestKeyReused, StoreConflict
-from corral.project import Project
+from corral.project import Project, ScaleConfig
 from corral.scheduler.service import log_dropped
 from corral.store import (
     AgentState,
@@ -220,6 +220,13 @@ async def scale(scheduler: Target, agent: str, scale: int, *, actor: str) -> Age
             400, f"scale must be a whole number from 0 to {MAX_SCALE:,}, got {scale!r}"
         )
     found = _require_agent(scheduler, agent)
+    pool = scheduler.project.agents[agent].config.scale
+    if isinstance(pool, ScaleConfig):  # `scale = N` beside the table would break the file
+        raise ActionError(
+            409,
+            f"agent {agent!r} sizes its pool with a [scale] table in its config.toml "
+            f"(policy {pool.policy!r}, min {pool.min}, max {pool.max}): change max there",
+        )
     before = next((a.scale for a in await scheduler.store.agent_states() if a.agent == agent), None)
     state = await _agent_change(scheduler.store.set_agent_scale(agent, scale))
     write_scale(found / "config.toml", scale)

@@ -340,7 +340,7 @@ def _agent_routes(router: APIRouter, scheduler: Scheduler) -> None:
     @router.put(
         "/agents/{agent}/scale",
         summary="Set how many runs of an agent may go at once (saved in its config.toml)",
-        responses=_errors(400, 404),
+        responses=_errors(400, 404, 409),
     )
     async def scale_agent(agent: str, body: ScaleBody, actor: Operator) -> dict[str, Any]:
         state = await actions.scale(scheduler, agent, body.scale, actor=actor)

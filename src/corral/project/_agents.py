@@ -18,6 +18,7 @@ from corral.project._models import (
     AgentConfig,
     HarnessConfig,
     ProjectConfig,
+    ScaleConfig,
 )
 from corral.project._overlay import Layer, Merged, merge
 from corral.project._project import Agent, resolved_values
@@ -334,7 +335,11 @@ def _build(
         layer = files.merged.origin.get(loc)
         return layer.label if layer else "default"
 
-    scale = config.scale if config.scale is not None else context.config.default_agent_scale
+    # A [scale] pool may run up to its max at once (the scheduler does not size pools yet).
+    if isinstance(config.scale, ScaleConfig):
+        scale = config.scale.max
+    else:
+        scale = config.scale if config.scale is not None else context.config.default_agent_scale
     resolved = []
     for value in resolved_values(config, source_of, prefix=f"agents.{path.name}."):
         if value.key == f"agents.{path.name}.scale" and config.scale is None:

@@ -11,7 +11,7 @@ import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 from pydantic_core import ErrorDetails
 
 from corral.errors import ConfigIssue
@@ -53,7 +53,7 @@ def translate(
     """One :class:`ConfigIssue` per error; ``extra_keys`` adds valid top-level keys per file."""
     issues = []
     for error in exc.errors(include_url=False):
-        loc = tuple(error["loc"])
+        loc = _without_tags(model, tuple(error["loc"]))
         shown, locator = attribute(loc)
         extra = (extra_keys or {}).get(shown, ()) if len(loc) == 1 else ()
         message = _message(error, model, loc, shown, extra)
@@ -123,6 +123,41 @@ def _table_holding(model: type[BaseModel], parent: Loc, key: str) -> str | None:
 # --- reading the expected type back from the model ----------------------------
 
 
+def _tags(annotation: Any) -> dict[str, Any]:
+    """The members of a tagged union (``scale = N`` or ``[scale]``) by tag."""
+    annotation, _ = _unwrap(annotation)
+    if get_origin(annotation) not in (Union, types.UnionType):
+        return {}
+    found = {}
+    for member in get_args(annotation):
+        if get_origin(member) is Annotated:
+            for meta in member.__metadata__:
+                if isinstance(meta, Tag) and isinstance(meta.tag, str):
+                    found[meta.tag] = member
+    return found
+
+
+def _without_tags(model: type[BaseModel], loc: Loc) -> Loc:
+    """pydantic puts a tagged union's tag in ``loc`` (``scale.pool.min``): a config's
+    reader never wrote it, so it is dropped (``scale.min``)."""
+    kept: list[str | int] = []
+    for part in loc:
+        found = _field_at(model, tuple(kept))
+        if found is not None and isinstance(part, str) and part in _tags(found[0]):
+            continue
+        kept.append(part)
+    return tuple(kept)
+
+
+def _member_with(annotation: Any, part: str) -> Any:
+    """The model member of a union that has the key ``part``, if any."""
+    for member in get_args(annotation):
+        inner, _ = _unwrap(member)
+        if _is_model(inner) and any((f.alias or n) == part for n, f in inner.model_fields.items()):
+            return inner
+    return None
+
+
 def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
     """Strip ``Annotated`` and ``X | None``, collecting constraint metadata."""
     metadata: list[Any] = []
@@ -150,6 +185,9 @@ def _field_at(model: type[BaseModel], loc: Loc) -> tuple[Any, list[Any]] | None:
     for part in loc:
         annotation, _ = _unwrap(annotation)
         origin = get_origin(annotation)
+        if origin in (Union, types.UnionType) and isinstance(part, str):
+            annotation = _member_with(annotation, part) or annotation
+            origin = get_origin(annotation)
         if _is_model(annotation) and isinstance(part, str):
             fields = annotation.model_fields
             name = next((n for n, f in fields.items() if (f.alias or n) == part), None)
@@ -170,9 +208,9 @@ def _keys_at(model: type[BaseModel], loc: Loc) -> list[str]:
     if found is None:
         return []
     annotation, _ = _unwrap(found[0])
-    if not _is_model(annotation):
-        return []
-    return [f.alias or n for n, f in annotation.model_fields.items()]
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else ()
+    models = [m for m in (_unwrap(m)[0] for m in members) if _is_model(m)] or [annotation]
+    return [f.alias or n for m in models if _is_model(m) for n, f in m.model_fields.items()]
 
 
 def _literal_values(annotation: Any) -> list[str]:

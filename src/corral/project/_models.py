@@ -11,19 +11,21 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
+    Tag,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -45,6 +47,7 @@ __all__ = [
     "ProjectBudget",
     "ProjectConfig",
     "RuntimeConfig",
+    "ScaleConfig",
     "StateConfig",
     "TelemetryConfig",
     "WebhookSource",
@@ -394,6 +397,88 @@ class HooksConfig(_Model):
     post: Strings = ()
 
 
+def _fraction(value: Any) -> float:
+    """A utilisation: a number above 0 and at most 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _checks.problem(
+            "must be a utilisation between 0 and 1, such as 0.7; found "
+            + _checks.describe_value(value)
+        )
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise _checks.problem(f"must be above 0 and at most 1, such as 0.7; found {value!r}")
+    return float(value)
+
+
+Fraction = Annotated[float, BeforeValidator(_fraction)]
+
+
+class ScaleConfig(_Model):
+    """``[scale]`` in an agent's config.toml: a pool that a policy sizes between min and
+    max (corral.autoscale; docs/scaling.md). ``scale = N`` is a fixed pool of N."""
+
+    min: StrictInt = Field(0, ge=0)
+    max: StrictInt = Field(ge=1)
+    #: The utilisation (busy instances / pool size) a policy sizes the pool for.
+    target: Fraction = 0.6
+    scale_up: Fraction = 0.7
+    scale_down: Fraction = 0.2
+    #: Seconds a smaller size must be wanted before the pool shrinks to it.
+    stabilization: StrictInt = Field(300, ge=0, le=86_400)
+    #: Seconds of the rolling windows the predictive policy measures rates over.
+    window: StrictInt = Field(300, ge=15, le=86_400)
+    policy: Literal["fixed", "reactive", "predictive"] = "reactive"
+    #: Instances to keep prepared before work arrives (read and checked; not acted on yet).
+    warm: StrictInt = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScaleConfig:
+        if self.min > self.max:
+            raise _checks.problem(
+                f"has min = {self.min} above max = {self.max}: the pool's size runs from min "
+                "to max; lower min or raise max"
+            )
+        if self.warm > self.max:
+            raise _checks.problem(
+                f"has warm = {self.warm} above max = {self.max}: warm instances are part of "
+                "the pool; lower warm or raise max"
+            )
+        if not self.scale_down < self.target <= self.scale_up:
+            raise _checks.problem(
+                f"needs scaleDown < target <= scaleUp; found scaleDown = {self.scale_down:g}, "
+                f"target = {self.target:g}, scaleUp = {self.scale_up:g} (the defaults are "
+                "0.2, 0.6 and 0.7)"
+            )
+        if self.policy == "fixed" and self.min != self.max:
+            raise _checks.problem(
+                f'has policy = "fixed" with min = {self.min} and max = {self.max}: a fixed '
+                "pool has one size; set min = max, or write scale = N above the tables"
+            )
+        return self
+
+
+def _scale_kind(value: Any) -> str:
+    return "pool" if isinstance(value, dict | ScaleConfig) else "size"
+
+
+def _scale_shape(value: Any) -> Any:
+    """``scale = N`` (N >= 0) or a ``[scale]`` table; the table is checked by ScaleConfig."""
+    if isinstance(value, dict | ScaleConfig):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        # The wording of `scale = N` from before [scale] tables, kept for its readers.
+        raise _checks.problem("must be an integer >= 0, got " + _checks.describe_value(value))
+    return value
+
+
+Scale = Annotated[
+    Annotated[
+        Union[Annotated[StrictInt, Tag("size")], Annotated[ScaleConfig, Tag("pool")]],  # noqa: UP007
+        Discriminator(_scale_kind),
+    ],
+    BeforeValidator(_scale_shape),
+]
+
+
 class AgentConfig(_Model):
     source: StrictStr | None = None
     models: Strings = ()
@@ -402,7 +487,8 @@ class AgentConfig(_Model):
     webhooks: tuple[WebhookTrigger, ...] = ()
     hooks: HooksConfig = HooksConfig()
     params: Mapping[str, Any] = Field(default_factory=dict)
-    scale: StrictInt | None = Field(None, ge=0)
+    #: ``scale = N``: a fixed pool of N; ``[scale]``: a pool sized by a policy.
+    scale: Scale | None = None
     timeout: StrictInt = Field(DEFAULT_AGENT_TIMEOUT, gt=0)
     max_work_queue_size: StrictInt = Field(100, ge=1)
     runtime: RuntimeConfig = RuntimeConfig()
