@@ -5,7 +5,9 @@ recent refusals; and the same document from a remote gateway with `-E`."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
 import signal
 import time
 from pathlib import Path
@@ -128,9 +130,21 @@ def test_logs_follow_a_run_until_it_ends(corral: Corral, project: Path, tmp_path
 
 def test_top_redraws_until_interrupted(project: Path, tmp_path: Path) -> None:
     with corral_process("top", "-n", "0.2", cwd=project, home=tmp_path / "home") as proc:
-        time.sleep(1.5)  # several redraws, each reading the store again
+        # Several redraws, each reading the store again, before the interrupt: wait for
+        # them on the output rather than for a fixed time, which a loaded machine can
+        # spend importing the CLI (an interrupt then lands in the import).
+        assert proc.stdout is not None
+        seen, deadline = b"", time.monotonic() + 60
+        while seen.count(b" hello ") < 3 and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                assert chunk, "corral top ended before redrawing"
+                seen += chunk
+        assert seen.count(b" hello ") >= 3, seen
         assert proc.poll() is None  # still redrawing
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        rest, err = proc.communicate(timeout=30)
+        out = seen.decode(errors="replace") + rest
     assert proc.returncode == 0, err
     assert re.search(r"^ hello +schedule +idle +0/1 +0", out, re.M), out

@@ -256,7 +256,9 @@ def status_view(status: dict[str, Any]) -> Group:
 @click.option("--once", is_flag=True, help="Draw once and exit (for scripts and tests).")
 @click.pass_obj
 def top_cmd(obj: CliContext, interval: float, once: bool) -> None:
-    """A live view of `corral stat`, redrawn every second until Ctrl-C."""
+    """A live view of `corral stat`, redrawn every second until Ctrl-C.
+
+    Into a pipe or a file, each frame is written in turn instead."""
     project = obj.project()
 
     async def go() -> None:
@@ -264,6 +266,14 @@ def top_cmd(obj: CliContext, interval: float, once: bool) -> None:
         if once:
             console.print(status_view(status))
             return
+        if not console.is_terminal:
+            # Into a pipe or a file, as `top -b` does: each frame in turn, as it is drawn
+            # (a live display would show nothing there until Ctrl-C).
+            while True:
+                console.print(status_view(status))
+                console.file.flush()
+                await asyncio.sleep(interval)
+                status = await load_status(obj, project)
         with Live(status_view(status), console=console, screen=False, auto_refresh=False) as live:
             while True:
                 await asyncio.sleep(interval)
