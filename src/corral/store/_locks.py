@@ -73,6 +73,12 @@ class _LockCall:
     want: float = 0.0
 
 
+#: How many batches of lock calls one store sends at once, each on its own connection of
+#: the pool (8, D48), leaving the rest to everything else. A batch takes every key's lock
+#: first, in one order (migration 0020), so batches in flight together never deadlock.
+LOCK_BATCHES_IN_FLIGHT = 3
+LOCK_BATCH_GATHER_STEPS = 0
+
 #: The outcome given to a batched call whose caller stopped waiting (it is not sent).
 _GONE = Failed(asyncio.CancelledError())
 
@@ -86,7 +92,10 @@ class LockOps(StoreCore):
         """``call``'s answer, as a row of ``corral_rlock``'s shape (see ``lock_batch``):
         sent in the next batch of this store's lock calls."""
         if self._lock_calls is None:
-            self._lock_calls = GroupCommit(self._run_lock_calls, name="corral-lock-calls")
+            self._lock_calls = GroupCommit(
+                self._run_lock_calls, name="corral-lock-calls", in_flight=LOCK_BATCHES_IN_FLIGHT,
+                gather_steps=LOCK_BATCH_GATHER_STEPS,
+            )
         return await self._lock_calls.submit(call)
 
     async def _run_lock_calls(self, batch: list[Waiting[_LockCall, Row]]) -> list[Row | Failed]:
@@ -317,9 +326,16 @@ class LockOps(StoreCore):
         return held
 
     async def cancel_lock_wait(self, key: str, run_id: str) -> bool:
-        """Stop waiting for ``key`` (timed out, or the request went away)."""
+        """Stop waiting for ``key`` (timed out, or the request went away); False if the
+        run was not waiting for it, which includes a release that handed it the key
+        first: then it holds the key (see ``get_lock``).
+
+        Serialised with the key's takers and releases (``lock_key``), so a release either
+        committed its hand-over before (the wait is gone) or comes after (and passes the
+        run over): never a hand-over to a run told its wait was cancelled."""
 
         async def body(tx: Transaction) -> int:
+            await self._lock_key(tx, key)
             return await tx.execute("delete_wait", {"key": key, "run_id": run_id})
 
         return bool(await self.atomic(body))
