@@ -12,12 +12,6 @@ A batch's ``run`` returns one outcome per job, in order: the job's result, or
 itself raises, every job of the batch fails with that error: none of them happened. A
 caller that stops waiting (cancelled) leaves its job in the batch; ``run`` sees it as
 ``waiting.gone`` and may skip it, and its outcome is dropped.
-
-By default one batch is in flight at a time. With ``in_flight=n``, up to ``n`` batches
-run at once, each on its own connection: a job that arrives while every one of them is
-busy waits for the first to finish. Lock calls use this (``_locks``): with one batch in
-flight, a batch of one that left just as the others arrived made all of them wait a
-whole round trip and commit, idle on both sides.
 """
 
 from __future__ import annotations
@@ -63,40 +57,22 @@ class GroupCommit(Generic[J, R]):
         run: Callable[[list[Waiting[J, R]]], Awaitable[Sequence[R | Failed]]],
         *,
         name: str,
-        in_flight: int = 1,
-        gather_steps: int = 0,
     ) -> None:
-        if in_flight < 1:
-            raise ValueError(f"in_flight must be >= 1, got {in_flight}")
         self._run = run
         self._name = name
-        self._in_flight = in_flight
-        self._gather_steps = gather_steps
         self._pending: list[Waiting[J, R]] = []
-        self._drainers: set[asyncio.Task[None]] = set()
-        self._draining = 0  # drainers started and not yet out of their loop
+        self._drainer: asyncio.Task[None] | None = None
 
     async def submit(self, job: J) -> R:
         """Run ``job`` in the next batch; its own outcome (result or error)."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append(Waiting(job, future))
-        if self._draining < self._in_flight:
-            self._draining += 1
-            drainer = asyncio.create_task(self._drain(), name=self._name)
-            self._drainers.add(drainer)
-            drainer.add_done_callback(self._drainers.discard)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name=self._name)
         return await future
 
     async def _drain(self) -> None:
-        try:
-            await self._drain_pending()
-        finally:
-            self._draining -= 1
-
-    async def _drain_pending(self) -> None:
         while self._pending:
-            for _ in range(self._gather_steps):
-                await asyncio.sleep(0)  # let callers already woken join this batch
             batch, self._pending = self._pending, []
             try:
                 outcomes = await self._run(batch)

@@ -73,12 +73,6 @@ class _LockCall:
     want: float = 0.0
 
 
-#: How many batches of lock calls one store sends at once, each on its own connection of
-#: the pool (8, D48), leaving the rest to everything else. A batch takes every key's lock
-#: first, in one order (migration 0020), so batches in flight together never deadlock.
-LOCK_BATCHES_IN_FLIGHT = 3
-LOCK_BATCH_GATHER_STEPS = 0
-
 #: The outcome given to a batched call whose caller stopped waiting (it is not sent).
 _GONE = Failed(asyncio.CancelledError())
 
@@ -92,10 +86,7 @@ class LockOps(StoreCore):
         """``call``'s answer, as a row of ``corral_rlock``'s shape (see ``lock_batch``):
         sent in the next batch of this store's lock calls."""
         if self._lock_calls is None:
-            self._lock_calls = GroupCommit(
-                self._run_lock_calls, name="corral-lock-calls", in_flight=LOCK_BATCHES_IN_FLIGHT,
-                gather_steps=LOCK_BATCH_GATHER_STEPS,
-            )
+            self._lock_calls = GroupCommit(self._run_lock_calls, name="corral-lock-calls")
         return await self._lock_calls.submit(call)
 
     async def _run_lock_calls(self, batch: list[Waiting[_LockCall, Row]]) -> list[Row | Failed]:
@@ -137,12 +128,12 @@ class LockOps(StoreCore):
     async def _lock_call_alone(self, call: _LockCall) -> Row:
         """``call`` as one statement of its own (the functions of migration 0013).
 
-        On PostgreSQL a lone call can be the victim of the server's deadlock detector:
-        a batch of another process holds the wait-for graph's advisory lock (taken for
-        one key's want) while it takes a later key's lock, and a lone call holds that key
-        and wants the graph. The victim's transaction was rolled back, nothing of it
-        happened, so it is sent again (a few times: each try costs the server's
-        ``deadlock_timeout``)."""
+        On PostgreSQL a lone call could be the victim of the server's deadlock detector
+        when a batch held the wait-for graph's advisory lock while it took a later key's
+        lock (D81). Batches now take all their keys first (migration 0020), so that cycle
+        no longer forms; the retry stays for any other: the victim's transaction was
+        rolled back, nothing of it happened, so it is sent again (a few times: each try
+        costs the server's ``deadlock_timeout``)."""
         for attempt in range(_DEADLOCK_TRIES):
             try:
                 return await self._lock_call_once(call)

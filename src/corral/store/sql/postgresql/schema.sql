@@ -1050,8 +1050,9 @@ $$;
 -- Row n of the answer is operation n (1-based): rlock's columns; runlock: outcome
 -- 'released' or 'not_held'; heartbeat: outcome 'extended' (expires_at) or 'lost'.
 -- 0020: every key's lock is taken first, in one order (the lock's number), before any
--- operation runs, so that batches in flight together (and lone calls, which take their
--- key then the wait-for graph's lock) never wait for one another in a cycle.
+-- operation runs, so a batch never holds the wait-for graph's lock while it waits for a
+-- key (a lone call takes its key, then the graph): no deadlock with lone calls or with
+-- another process's batch.
 CREATE FUNCTION corral_lock_batch(
     p_ops text[], p_keys text[], p_run_ids text[], p_nows timestamptz[],
     p_ttls double precision[], p_wants double precision[]

@@ -1,11 +1,11 @@
--- 0020 lock batches in flight together: corral_lock_batch takes the advisory lock of
--- every key of its batch first, in one order (by the lock's number), before it runs any
--- operation. A gateway now sends several batches at once (store/_locks.py); with the keys
--- taken as each operation came, a batch holding the wait-for graph's lock (taken for one
--- key's want) could wait for a later key held by another batch that waited for the
--- graph, and PostgreSQL's deadlock detector rolled one back after deadlock_timeout.
--- Now every transaction takes key locks before the graph's lock (a lone call: its one
--- key, then the graph), and batches take theirs in the same order, so no cycle forms.
+-- 0020 lock batches take their keys first: corral_lock_batch takes the advisory lock of
+-- every key of its batch, in one order (by the lock's number), before it runs any
+-- operation. Before, it took each key as its operation came, so a batch holding the
+-- wait-for graph's lock (taken for one key's want) could wait for a later key held by a
+-- lone call (key, then graph) or another process's batch that waited for the graph:
+-- PostgreSQL's deadlock detector rolled one back after deadlock_timeout (1 s), and it was
+-- sent again (D81). Now every transaction takes its key locks before the graph's lock,
+-- batches in the same order, so that cycle cannot form.
 -- The operations themselves are unchanged: each is the call of corral_rlock,
 -- corral_runlock or corral_rlock_heartbeat it would have been alone, in the order given.
 CREATE OR REPLACE FUNCTION corral_lock_batch(
