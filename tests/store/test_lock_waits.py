@@ -4,6 +4,7 @@ detection through locks and calls, on both stores."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -640,3 +641,48 @@ async def test_a_late_heartbeat_does_not_take_an_expired_lock_back_from_waiters(
     assert await store.heartbeat_lock("k1", h.id, ttl_seconds=60) is None
     assert (await holder(store, "k1") or ("", 0))[0] == w.id
     assert await waiters(store) == []
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
+async def test_a_wait_cancelled_during_a_release_is_not_handed_the_key_behind_its_back(
+    store: Store,
+) -> None:
+    """A release, on its own connection, has read the head waiter and is about to hand it
+    the key when that waiter's wait is cancelled on another connection (its time-out).
+    The cancel waits for the release (the key's lock) and then reports no wait left, so
+    the run that holds the key is never one that was told its wait was cancelled.
+    (SQLite has one writer at a time: the two cannot interleave there.)"""
+    owner, waiter = await live_run(store), await live_run(store)
+    await granted(store, "k", owner)
+    await held(store, "k", waiter)
+    cancel: asyncio.Task[bool] | None = None
+    async with store.transaction() as tx:
+        # a release's steps, as release_lock runs them, up to the hand-over
+        await tx.execute("lock_key", {"key": "k"})
+        assert await tx.fetch_one("release_lock_returning", {"key": "k", "run_id": owner.id})
+        now = store.encode_time(store.now())
+        head = await tx.fetch_one("head_waiter", {"key": "k", "now": now})
+        assert head is not None and head["run_id"] == waiter.id
+        # the waiter times out now, on another connection of the pool
+        cancel = asyncio.create_task(store.cancel_lock_wait("k", waiter.id))
+        await asyncio.sleep(0.5)
+        # the release goes on: the key goes to the head waiter it read
+        token = await tx.fetch_one("next_lock_token")
+        assert token is not None
+        await tx.fetch_one(
+            "hand_over_lock",
+            {
+                "key": "k",
+                "run_id": waiter.id,
+                "token": int(token["token"]),
+                "now": now,
+                "expires_at": store.encode_time(store.now() + timedelta(seconds=TTL)),
+            },
+        )
+        await tx.execute("delete_wait", {"key": "k", "run_id": waiter.id})
+    cancelled = await asyncio.wait_for(cancel, 10)
+    lock = await store.get_lock("k")
+    assert lock is not None and lock.run_id == waiter.id
+    # the key went to the waiter, so its wait was not there to cancel
+    assert cancelled is False
+    assert await store.list_lock_waiters() == []

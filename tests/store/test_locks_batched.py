@@ -207,3 +207,55 @@ async def test_a_lone_call_chosen_as_a_deadlock_victim_is_sent_again(
     finally:
         await other.close()
     assert isinstance(answer, LockHeld) and answer.holder == holder.id
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
+async def test_a_batch_takes_its_keys_before_the_wait_for_graph(
+    store: Store, store_url: str
+) -> None:
+    """A batch whose first try-lock is refused (its want takes the wait-for graph's lock)
+    and whose second key is held by another transaction, which then wants the graph (a
+    lone try-lock of that key, refused): no deadlock, because the batch takes every key's
+    lock before it runs any operation, so it never holds the graph while it waits for a
+    key. Batches sent at once by one gateway rely on it."""
+    holder, asker = await live_run(store), await live_run(store)
+    assert isinstance(await store.acquire_lock("db://a", holder.id, ttl_seconds=TTL), LockGrant)
+    batch = await psycopg.AsyncConnection.connect(store_url, autocommit=True)
+    other = await psycopg.AsyncConnection.connect(store_url)
+    try:
+        await other.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('corral_locks'), "
+            "hashtext(current_schema() || ':' || 'db://b'))"
+        )
+        sent = asyncio.create_task(
+            batch.execute(
+                "SELECT * FROM corral_lock_batch(%s::text[], %s::text[], %s::text[], "
+                "%s::timestamptz[], %s::float8[], %s::float8[])",
+                (
+                    ["rlock", "rlock"],
+                    ["db://a", "db://b"],
+                    [asker.id, asker.id],
+                    [None, None],
+                    [TTL, TTL],
+                    [30.0, 30.0],
+                ),
+            )
+        )
+        await asyncio.sleep(0.3)  # the batch waits for db://b
+        assert not sent.done()
+        # the other side now wants the graph, as a refused lone try-lock of db://b does
+        await asyncio.wait_for(
+            other.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('corral_wait_graph'), "
+                "hashtext(current_schema()))"
+            ),
+            0.8,  # under deadlock_timeout (1 s): it must not wait for the batch at all
+        )
+        await other.commit()
+        cursor = await asyncio.wait_for(sent, 30)
+        rows = await cursor.fetchall()
+    finally:
+        await other.close()
+        await batch.close()
+    outcomes = {row[0]: row[1] for row in rows}
+    assert outcomes == {1: "held", 2: "granted"}

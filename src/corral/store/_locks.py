@@ -128,12 +128,12 @@ class LockOps(StoreCore):
     async def _lock_call_alone(self, call: _LockCall) -> Row:
         """``call`` as one statement of its own (the functions of migration 0013).
 
-        On PostgreSQL a lone call can be the victim of the server's deadlock detector:
-        a batch of another process holds the wait-for graph's advisory lock (taken for
-        one key's want) while it takes a later key's lock, and a lone call holds that key
-        and wants the graph. The victim's transaction was rolled back, nothing of it
-        happened, so it is sent again (a few times: each try costs the server's
-        ``deadlock_timeout``)."""
+        On PostgreSQL a lone call could be the victim of the server's deadlock detector
+        when a batch held the wait-for graph's advisory lock while it took a later key's
+        lock (D81). Batches now take all their keys first (migration 0020), so that cycle
+        no longer forms; the retry stays for any other: the victim's transaction was
+        rolled back, nothing of it happened, so it is sent again (a few times: each try
+        costs the server's ``deadlock_timeout``)."""
         for attempt in range(_DEADLOCK_TRIES):
             try:
                 return await self._lock_call_once(call)
@@ -317,9 +317,16 @@ class LockOps(StoreCore):
         return held
 
     async def cancel_lock_wait(self, key: str, run_id: str) -> bool:
-        """Stop waiting for ``key`` (timed out, or the request went away)."""
+        """Stop waiting for ``key`` (timed out, or the request went away); False if the
+        run was not waiting for it, which includes a release that handed it the key
+        first: then it holds the key (see ``get_lock``).
+
+        Serialised with the key's takers and releases (``lock_key``), so a release either
+        committed its hand-over before (the wait is gone) or comes after (and passes the
+        run over): never a hand-over to a run told its wait was cancelled."""
 
         async def body(tx: Transaction) -> int:
+            await self._lock_key(tx, key)
             return await tx.execute("delete_wait", {"key": key, "run_id": run_id})
 
         return bool(await self.atomic(body))

@@ -291,6 +291,11 @@ class AgentApi:
                     return answer(200, grant_answer(result))
                 left = deadline - loop.time()
                 if left <= 0:
+                    finished = True
+                    grant = await self._stop_waiting(key, run_id)
+                    if grant is not None:  # a release handed it over at the deadline
+                        count_lock("acquire", "granted")
+                        return answer(200, grant_answer(grant))
                     count_lock("acquire", "timed_out")
                     held = held_answer(result)
                     held["reason"] = f"timed out after {timeout:g} s waiting for the lock"
@@ -300,6 +305,25 @@ class AgentApi:
             if not finished:
                 with contextlib.suppress(StoreError):
                     await asyncio.shield(self.store.cancel_lock_wait(key, run_id))
+
+    async def _stop_waiting(self, key: str, run_id: str) -> LockGrant | None:
+        """End a wait that timed out; the key if a release handed it to ``run_id`` after
+        its last check (it then holds it, and is told so rather than refused)."""
+        try:
+            if await asyncio.shield(self.store.cancel_lock_wait(key, run_id)):
+                return None
+            lock = await self.store.get_lock(key)
+        except StoreError:  # answered as timed out, as before; the wait lapses by itself
+            return None
+        if lock is None or lock.run_id != run_id:
+            return None
+        return LockGrant(
+            key=key,
+            run_id=run_id,
+            token=lock.token,
+            acquired_at=lock.acquired_at,
+            expires_at=lock.expires_at,
+        )
 
     # -- calls -------------------------------------------------------------------------
 

@@ -1049,6 +1049,10 @@ $$;
 -- caller is answered only after the batch committed.
 -- Row n of the answer is operation n (1-based): rlock's columns; runlock: outcome
 -- 'released' or 'not_held'; heartbeat: outcome 'extended' (expires_at) or 'lost'.
+-- 0020: every key's lock is taken first, in one order (the lock's number), before any
+-- operation runs, so a batch never holds the wait-for graph's lock while it waits for a
+-- key (a lone call takes its key, then the graph): no deadlock with lone calls or with
+-- another process's batch.
 CREATE FUNCTION corral_lock_batch(
     p_ops text[], p_keys text[], p_run_ids text[], p_nows timestamptz[],
     p_ttls double precision[], p_wants double precision[]
@@ -1058,8 +1062,15 @@ RETURNS TABLE (n integer, outcome text, holder text, token bigint, acquired_at t
 LANGUAGE plpgsql AS $$
 DECLARE
     i integer;
+    v_lock integer;
     v_expires_at timestamptz;
 BEGIN
+    FOR v_lock IN
+        SELECT DISTINCT hashtext(current_schema() || ':' || k) AS lock_id
+        FROM unnest(p_keys) AS k ORDER BY lock_id
+    LOOP
+        PERFORM pg_advisory_xact_lock(hashtext('corral_locks'), v_lock);
+    END LOOP;
     FOR i IN 1 .. coalesce(array_length(p_ops, 1), 0) LOOP
         IF p_ops[i] = 'rlock' THEN
             RETURN QUERY SELECT i, f.* FROM corral_rlock(
