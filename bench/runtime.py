@@ -297,9 +297,13 @@ async def run_dispatch(stamp: Stamp, root: Path, args: argparse.Namespace, resul
     from corral.store import NewItem, TriggerKind, open_store
 
     project_dir = root / "dispatch"
+    (project_dir / "shared").mkdir(parents=True, exist_ok=True)
+    program = Path(stamp.argv[0])
+    if program.is_absolute():  # a sandboxed run sees the project's shared/, not the bench's
+        shutil.copy2(program, project_dir / "shared" / program.name)
+        stamp = Stamp([str(project_dir / "shared" / program.name)], stamp.clock, stamp.kind)
     argv = json.dumps(stamp.argv)
     agents = {"host": "", "sandbox": '[runtime]\ntype = "sandbox"\n'}
-    (project_dir / "shared").mkdir(parents=True, exist_ok=True)
     (project_dir / "config.toml").write_text("")
     for name, runtime in agents.items():
         folder = project_dir / "agents" / name

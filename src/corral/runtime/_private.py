@@ -238,7 +238,10 @@ _KEPT_FLAGS = ((0x2, 0x2), (0x4, 0x4), (0x8, 0x8), (0x400, 0x400), (0x800, 0x800
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
+    # PyDLL: the calls keep the GIL (each takes microseconds); handing it back and taking
+    # it again could wait out the interpreter's switch interval (5 ms) while the event
+    # loop runs, on every call.
+    libc = ctypes.PyDLL(None, use_errno=True)
     libc.unshare.argtypes = [ctypes.c_int]
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
                            ctypes.c_ulong, ctypes.c_char_p]  # fmt: skip
