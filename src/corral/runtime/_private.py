@@ -299,8 +299,9 @@ class PrivateMounts:
                 shown = f"{view}/{name}"
                 if kind is StaticKind.DIRECTORY:
                     os.mkdir(shown)
-                else:
-                    os.close(os.open(shown, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+                else:  # no descriptor: one open for writing, inherited by a process
+                    # another thread is starting, would make the read-only remount busy
+                    os.mknod(shown, stat.S_IFREG | 0o666)
                 _mount(str(source), shown, None, _MS_BIND)
                 flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _kept_flags(shown)
                 _mount(None, shown, None, flags)
