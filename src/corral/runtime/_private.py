@@ -237,11 +237,13 @@ _KEPT_FLAGS = ((0x2, 0x2), (0x4, 0x4), (0x8, 0x8), (0x400, 0x400), (0x800, 0x800
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL:
-    # PyDLL: the calls keep the GIL (each takes microseconds); handing it back and taking
-    # it again could wait out the interpreter's switch interval (5 ms) while the event
-    # loop runs, on every call.
-    libc = ctypes.PyDLL(None, use_errno=True)
+def _libc(keep_gil: bool = True) -> ctypes.CDLL:
+    """libc's unshare and mount. With ``keep_gil`` a call keeps the GIL: most take
+    microseconds, and handing the GIL back and taking it again could wait out the
+    interpreter's switch interval (5 ms) on each call while the event loop is busy. The
+    two calls that walk the whole mount table (their time grows with the host's mounts)
+    let the loop go on meanwhile."""
+    libc = (ctypes.PyDLL if keep_gil else ctypes.CDLL)(None, use_errno=True)
     libc.unshare.argtypes = [ctypes.c_int]
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
                            ctypes.c_ulong, ctypes.c_char_p]  # fmt: skip
@@ -249,9 +251,9 @@ def _libc() -> ctypes.CDLL:
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,
-           data: str | None = None) -> None:  # fmt: skip
+           data: str | None = None, *, keep_gil: bool = True) -> None:  # fmt: skip
     encode = os.fsencode
-    done = _libc().mount(
+    done = _libc(keep_gil).mount(
         None if source is None else encode(source),
         encode(target),
         None if fstype is None else encode(fstype),
@@ -288,10 +290,11 @@ class PrivateMounts:
     def enter(self) -> None:
         """Make the calling thread's mount namespace and mount the run's view in it (what
         `namespace_prefix`'s script does); RunError when a step fails."""
-        if _libc().unshare(_CLONE_NEWNS | _CLONE_FS) != 0:
+        if _libc(keep_gil=False).unshare(_CLONE_NEWNS | _CLONE_FS) != 0:
             errno = ctypes.get_errno()
             raise RunError(f"could not give the run its own /tmp: unshare: {os.strerror(errno)}")
-        _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing propagates to the host
+        # nothing propagates to or from the host
+        _mount(None, "/", None, _MS_REC | _MS_PRIVATE, keep_gil=False)
         if self.static is not None:
             view = str(STATIC_DIR)
             _mount("corral-static", view, "tmpfs", 0, "mode=0755")
