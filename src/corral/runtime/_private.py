@@ -266,6 +266,18 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int,
                        f"mount on {target}: {os.strerror(errno)}")  # fmt: skip
 
 
+def _mount_point(path: str, kind: StaticKind) -> None:
+    """The empty directory or file at ``path`` an entry of the view is bound on."""
+    try:
+        if kind is StaticKind.DIRECTORY:
+            os.mkdir(path)
+        else:  # no descriptor: one open for writing, inherited by a process another
+            # thread is starting, would make the view's read-only remount busy
+            os.mknod(path, stat.S_IFREG | 0o666)
+    except OSError as exc:
+        raise RunError(f"could not show {path} to the run: {exc.strerror}") from exc
+
+
 def _kept_flags(path: str) -> int:
     """The MS_* flags (nosuid, nodev, noexec, atime) of the mount at ``path``."""
     have = os.statvfs(path).f_flag
@@ -300,11 +312,7 @@ class PrivateMounts:
             _mount("corral-static", view, "tmpfs", 0, "mode=0755")
             for kind, name, source in self.static:
                 shown = f"{view}/{name}"
-                if kind is StaticKind.DIRECTORY:
-                    os.mkdir(shown)
-                else:  # no descriptor: one open for writing, inherited by a process
-                    # another thread is starting, would make the read-only remount busy
-                    os.mknod(shown, stat.S_IFREG | 0o666)
+                _mount_point(shown, kind)
                 _mount(str(source), shown, None, _MS_BIND)
                 flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _kept_flags(shown)
                 _mount(None, shown, None, flags)
