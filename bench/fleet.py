@@ -11,7 +11,9 @@ Two parts, each on a fresh store and a fresh `corral start --headless` process:
   activation token, then `corral runner start`, 4 slots each) and two agents doing the
   same work: ``local`` runs on the control plane (scale 12), ``remote`` on the runners
   (``runsOn = ["bench"]``, scale 12). Each run's command is ``date +%s.%N`` into a file
-  named after its item.
+  named after its item. The project lives under ``--dir`` (/var/tmp): under /tmp a host
+  run keeps the host's /tmp (a private one would hide the project), so the private /tmp
+  and /app/static real projects get (a mount namespace per process) would go unmeasured.
   - *dispatch latency*: one run at a time (``POST /control/runs``, then wait for its
     stamp), enqueue to exec = the stamp less the wall-clock time just before the POST;
     p50/p99 per agent, the control plane's own dispatch as the reference.
@@ -301,8 +303,10 @@ def _epoch(when: dt.datetime | None) -> float:
     return when.replace(tzinfo=when.tzinfo or dt.UTC).timestamp()
 
 
-async def measure_runs(store: str, latency_n: int, burst: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="corral-fleet-bench-") as tmp:
+async def measure_runs(
+    store: str, latency_n: int, burst: int, where: Path | None = None
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="corral-fleet-bench-", dir=where) as tmp:
         base = Path(tmp)
         out = base / "stamps"
         out.mkdir()
@@ -679,11 +683,11 @@ def _sim_row(store: str, f: dict[str, Any]) -> list[Any]:
 
 
 async def _runs_part(
-    result: Result, store: str, reps: int, latency_n: int, burst: int
+    result: Result, store: str, reps: int, latency_n: int, burst: int, where: Path
 ) -> dict[str, Any]:
     done = []
     for rep in range(reps):
-        figures = await measure_runs(store, latency_n, burst)
+        figures = await measure_runs(store, latency_n, burst, where)
         result.runs.append({"part": "runs", "store": store, "rep": rep, **figures})
         done.append(figures)
     merged = median_of_runs(done)
@@ -727,6 +731,13 @@ async def main() -> int:
     parser.add_argument("--claimers", type=int, default=20)
     parser.add_argument("--rate", type=float, default=10.0, help="runs/s queued for claimers")
     parser.add_argument("--out", type=Path, help="the JSON file (default bench/results/)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("/var/tmp"),
+        help="where the runs part's project lives (default /var/tmp: a project under /tmp "
+        "keeps its host runs on the host's /tmp, which real projects do not)",
+    )
     args = parser.parse_args()
     quick = args.quick
     latency_n = args.latency_runs or (8 if quick else 60)
@@ -743,6 +754,7 @@ async def main() -> int:
     if not 1 <= args.claimers <= min(200, sim_runners) or not 0.1 <= args.rate <= 200:
         parser.error("--claimers 1..min(200, runners), --rate 0.1..200")
     params = vars(args) | {
+        "dir": str(args.dir),
         "latency_runs": latency_n,
         "burst": burst,
         "runners": sim_runners,
@@ -755,7 +767,7 @@ async def main() -> int:
     sim_rows: list[list[Any]] = []
     for store in stores:
         if args.only in (None, "runs"):
-            merged = await _runs_part(result, store, args.reps, latency_n, burst)
+            merged = await _runs_part(result, store, args.reps, latency_n, burst, args.dir)
             runs_rows += _runs_rows(store, merged)
         if args.only in (None, "sim"):
             merged = await _sim_part(result, store, args, sim_runners, seconds)

@@ -10,11 +10,12 @@ Figures (see docs/sandbox.md, Start-up cost):
 * launch->exit: until ``pump()`` has returned (the program exited, its output
   was read, the process reaped): what a run of ``/bin/true`` costs end to end.
 
-Configurations: ``host``; ``sandbox`` with the isolation the executor gives a
-run (the state dir and ~/.corral hidden, the work dir bound writable, shared/,
-the agent dir and the bin dir read-only); the same with ``network = "none"``;
-and with memory and CPU limits (the sandbox is held while it is put in its
-cgroup, or given RLIMIT_AS). ``--only options`` measures each bwrap option on
+Configurations: ``host``; ``host`` with the run's own /tmp and /app/static (corral as
+root: a mount namespace per process, as every host run of a project gets); ``sandbox``
+with the isolation the executor gives a run (the state dir and ~/.corral hidden, the
+work dir bound writable, shared/, the agent dir and the bin dir read-only); the same
+with ``network = "none"``; and with memory and CPU limits (the sandbox is held while it
+is put in its cgroup, or given RLIMIT_AS). ``--only options`` measures each bwrap option on
 its own: ``bwrap --ro-bind / /`` with one option added, launched alternately
 with ``bwrap --ro-bind / /`` alone; its cost is the median paired difference.
 
@@ -51,6 +52,7 @@ from _common import (
 
 from corral.runtime import Bind, HostRuntime, Isolation, LaunchSpec, Process, Runtime
 from corral.runtime._limits import limit_support
+from corral.runtime._private import make_static
 from corral.runtime.host import start_process
 from corral.runtime.sandbox import SandboxRuntime, host_root, sandbox_support
 
@@ -160,7 +162,7 @@ async def measure(
 
 def runtime_configs(stamp: Stamp, layout: Layout) -> dict[str, Callable[[], Awaitable[Process]]]:
     env = {"PATH": PATH}
-    host: Runtime = HostRuntime()
+    host = HostRuntime()
     sandbox: Runtime = SandboxRuntime()
     host_spec = LaunchSpec(stamp.argv, layout.root / "host-work", env)
     specs = {
@@ -169,6 +171,16 @@ def runtime_configs(stamp: Stamp, layout: Layout) -> dict[str, Callable[[], Awai
         "sandbox, memory + cpus limits": layout.isolation(memory_bytes=1 << 30, cpus=1.0),
     }
     configs: dict[str, Callable[[], Awaitable[Process]]] = {"host": lambda: host.launch(host_spec)}
+    if host.mounts.unshare is not None:  # corral as root: the run's own /tmp and /app/static
+        p = layout.root / "project"
+        (p / "agents/dev/SKILL.md").write_text("# dev\n")
+        tmp = layout.root / "host-work/.corral/tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        private = LaunchSpec(
+            stamp.argv, layout.root / "host-work", env, tmp=tmp,
+            static=make_static(p / "agents/dev", p / "shared"),
+        )  # fmt: skip
+        configs["host, private /tmp + /app/static"] = lambda: host.launch(private)
     for label, iso in specs.items():
         spec = LaunchSpec(stamp.argv, Path("/tmp/work"), env, isolation=iso)
         configs[label] = lambda spec=spec: sandbox.launch(spec)
@@ -297,9 +309,13 @@ async def run_dispatch(stamp: Stamp, root: Path, args: argparse.Namespace, resul
     from corral.store import NewItem, TriggerKind, open_store
 
     project_dir = root / "dispatch"
+    (project_dir / "shared").mkdir(parents=True, exist_ok=True)
+    program = Path(stamp.argv[0])
+    if program.is_absolute():  # a sandboxed run sees the project's shared/, not the bench's
+        shutil.copy2(program, project_dir / "shared" / program.name)
+        stamp = Stamp([str(project_dir / "shared" / program.name)], stamp.clock, stamp.kind)
     argv = json.dumps(stamp.argv)
     agents = {"host": "", "sandbox": '[runtime]\ntype = "sandbox"\n'}
-    (project_dir / "shared").mkdir(parents=True, exist_ok=True)
     (project_dir / "config.toml").write_text("")
     for name, runtime in agents.items():
         folder = project_dir / "agents" / name
@@ -342,7 +358,7 @@ def report(result: Result, args: argparse.Namespace) -> None:
     if runtimes:
         rows = []
         for label, f in runtimes.items():
-            target = TARGET_P50_MS["host" if label == "host" else "sandbox"]
+            target = TARGET_P50_MS["host" if label.startswith("host") else "sandbox"]
             ok = "yes" if f["exec_p50_ms"] <= target else "NO"
             rows.append(
                 (label, f["exec_p50_ms"], f["exec_p99_ms"], f["exit_p50_ms"],

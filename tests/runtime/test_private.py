@@ -7,7 +7,9 @@ Run directories live under /var/tmp: one under /tmp is exactly the case where a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import shutil
 import tempfile
 import uuid
@@ -16,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from corral.errors import RunError
 from corral.runtime import HostRuntime, LaunchSpec
+from corral.runtime._children import ON_LOOP_ENV, _spawn_pool
+from corral.runtime._contain import MARKER, contain_support, run_cgroups
 from corral.runtime._private import (
     MountSupport,
     make_static,
@@ -166,3 +171,106 @@ def test_what_a_private_tmp_would_hide_is_named(base: Path) -> None:
     link = base / "link"
     link.symlink_to("/tmp")
     assert tmp_blocked(cwd, {"PATH": str(link)}, ()) is not None
+
+
+def _logging_wrapper(directory: Path, program: str, log: Path) -> str:
+    """A stand-in for ``program`` that notes each call in ``log`` and runs the real one."""
+    real = shutil.which(program)
+    assert real is not None, program
+    wrapper = directory / program
+    wrapper.write_text(f'#!/bin/sh\necho "{program} $*" >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+async def test_no_program_runs_before_the_run_s_own_to_make_its_mounts(base: Path) -> None:
+    """The namespace and the mounts are made by corral itself, in the thread that starts
+    the process: no unshare, shell or mount process (each cost milliseconds) runs first."""
+    real = needs_mounts()
+    tools, log = base / "tools", base / "calls.log"
+    tools.mkdir()
+    support = MountSupport(
+        _logging_wrapper(tools, "unshare", log),
+        mount=_logging_wrapper(tools, "mount", log),
+        mkdir=_logging_wrapper(tools, "mkdir", log),
+        static=real.static,
+    )
+    agent = base / "agents" / "dev"
+    (agent / "docs").mkdir(parents=True)
+    (agent / "SKILL.md").write_text("# dev\n")
+    spec = spec_in(
+        base, "ls /app/static; ls -A /tmp; echo x > /tmp/mine", static=make_static(agent, None)
+    )
+    code, out = await run(HostRuntime(support), spec)
+    assert (code, out.split()) == (0, ["SKILL.md", "docs"]), out
+    assert spec.tmp is not None and (spec.tmp / "mine").read_text() == "x\n"
+    assert not log.exists(), log.read_text()
+
+
+async def test_the_mounts_are_the_same_as_when_started_on_the_loop(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started on the event loop (``unshare`` and a script), a run sees the same mounts,
+    with the same flags, as one whose mounts corral made itself."""
+    needs_mounts()
+    agent, shared = base / "agents" / "dev", base / "shared"
+    agent.mkdir(parents=True)
+    shared.mkdir()
+    (agent / "SKILL.md").write_text("# dev\n")
+    view = make_static(agent, shared)
+    script = "grep -E ' /(tmp|app/static)[ /]' /proc/self/mountinfo | cut -d' ' -f4-"
+    seen = []
+    for on_loop in ("", "1"):
+        monkeypatch.setenv(ON_LOOP_ENV, on_loop)
+        code, out = await run(HostRuntime(), spec_in(base / f"l{on_loop}", script, static=view))
+        assert code == 0, out
+        seen.append(out.replace(f"/l{on_loop}/run/", "/RUN/"))
+    assert seen[0] == seen[1]
+    assert len(seen[0].splitlines()) == 4, seen[0]  # the view, two entries, /tmp
+    assert " /app/static ro," in seen[0] and "/app/static/SKILL.md ro," in seen[0], seen[0]
+
+
+async def test_a_mount_that_fails_fails_the_launch_and_corral_keeps_its_namespace(
+    base: Path,
+) -> None:
+    """A mount corral cannot make is a RunError at launch (the run's cgroup removed), and
+    neither that nor a run's namespace is ever corral's own: its threads keep the host's
+    /tmp and mount namespace."""
+    needs_mounts()
+    ours = os.readlink("/proc/thread-self/ns/mnt")
+    spec = spec_in(base, "true")
+    assert spec.tmp is not None
+    gone = LaunchSpec(
+        argv=spec.argv, cwd=spec.cwd, env={**spec.env, MARKER: "failing-mount"},
+        tmp=spec.tmp / "missing",
+    )  # fmt: skip
+    with pytest.raises(RunError, match="its own /tmp"):
+        await HostRuntime().launch(gone)
+    assert run_cgroups(contain_support(), "failing-mount") == []
+    code, out = await run(HostRuntime(), spec_in(base / "b", "readlink /proc/self/ns/mnt"))
+    assert code == 0 and out.strip() != ours, out
+    assert os.readlink("/proc/thread-self/ns/mnt") == ours
+    loop, where = asyncio.get_running_loop(), "/proc/thread-self/ns/mnt"
+    spawners = [loop.run_in_executor(_spawn_pool(), os.readlink, where) for _ in range(8)]
+    assert set(await asyncio.gather(*spawners)) == {ours}  # the threads that start runs
+
+
+async def test_runs_started_at_once_each_get_their_view(base: Path) -> None:
+    """Many processes started at the same moment (a burst of runs) each get their mounts:
+    what one start does never makes another's mount fail (a descriptor one thread opened
+    on its view, inherited by a process another thread started, once made the view's
+    read-only remount busy)."""
+    needs_mounts()
+    agent = base / "agents" / "dev"
+    agent.mkdir(parents=True)
+    for name in ("SKILL.md", "config.toml", "notes.md"):
+        (agent / name).write_text(name)
+    view = make_static(agent, None)
+    runtime = HostRuntime()
+
+    async def one(i: int) -> tuple[int, str]:
+        return await run(runtime, spec_in(base / str(i), "cat /app/static/notes.md", static=view))
+
+    for round_ in range(5):
+        done = await asyncio.gather(*(one(round_ * 12 + i) for i in range(12)))
+        assert set(done) == {(0, "notes.md")}, done

@@ -559,7 +559,12 @@ async def test_the_run_cgroup_holds_the_run_and_is_removed_after(
     pump = asyncio.create_task(process.pump(Collect()))
     await wait_for_file(project.workdir / "ready")
     [cgroup] = list(support.memory.path.glob(f"run-{os.getpid()}-*"))
-    inside = {int(p) for p in (cgroup / "cgroup.procs").read_text().split()}
+    deadline = time.monotonic() + 10
+    while True:  # "ready" is there before sh has forked and exec'd sleep
+        inside = {int(p) for p in (cgroup / "cgroup.procs").read_text().split()}
+        if {"sh", "sleep"} <= {comm(pid) for pid in inside} or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
     assert {"sh", "sleep"} <= {comm(pid) for pid in inside}
     assert process.pid not in inside  # bwrap's monitor stays outside
     limit = "memory.max" if support.memory.version == 2 else "memory.limit_in_bytes"

@@ -3,11 +3,16 @@
 Skills written for Action Llama clone into fixed paths such as ``/tmp/repo``: in
 Action Llama's containers each run has its own ``/tmp``, so concurrent runs of one
 agent never meet there. A host run gets the same where a mount namespace can be made
-(corral runs as root): the process enters a private mount namespace before its program
-starts (``unshare --mount``, through the same kind of ``/bin/sh`` stub that puts it in
-its cgroup), a tmpfs of its own is mounted on ``/app/static`` with the static view's
-sources bound read-only in it, then the run's own directory (``<run>/.corral/tmp``,
-0700) is bound on ``/tmp``. Every process of the run (hooks, context injection, the
+(corral runs as root): the process is born in a private mount namespace where a tmpfs
+of its own is mounted on ``/app/static`` with the static view's sources bound
+read-only in it, then the run's own directory (``<run>/.corral/tmp``, 0700) is bound on
+``/tmp``. The namespace is made by a short-lived thread of corral's that calls
+``unshare(2)`` and ``mount(2)`` itself and then starts the process (`PrivateMounts`):
+a mount namespace belongs to a thread once it unshared it, and a child inherits its
+parent thread's. No program runs before the run's own (an ``unshare`` and one ``mount``
+process per mount cost 10-40 ms a process). Where processes are started on the event
+loop (see _children) the same is done by ``unshare --mount`` and a ``/bin/sh`` script
+before the program (`namespace_prefix`). Every process of the run (hooks, context injection, the
 agent) gets a namespace of its own over the same directories, so they share that
 ``/tmp`` with each other. It prevents collisions; it is no wall (a host run is corral's
 own user): the sandbox is the wall.
@@ -19,6 +24,7 @@ or something the run needs lives under the host's ``/tmp``), the run keeps the h
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import functools
 import logging
@@ -27,15 +33,20 @@ import shlex
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from corral.errors import RunError
+
+_T = TypeVar("_T")
 
 __all__ = [
     "STATIC_DIR",
     "MountSupport",
+    "PrivateMounts",
     "StaticEntry",
     "StaticKind",
     "StaticView",
@@ -43,6 +54,7 @@ __all__ = [
     "mount_support",
     "namespace_prefix",
     "note_shared_tmp",
+    "private_mounts",
     "probe_mounts",
     "tmp_blocked",
 ]
@@ -193,6 +205,139 @@ def namespace_prefix(
     if env_pwd is None:
         return [*head, script + _PLAIN, str(tmp), *shown]
     return [*head, script + _WITH_PWD, str(tmp), *shown, env_pwd]
+
+
+def private_mounts(support: MountSupport, tmp: Path, static: StaticView | None) -> PrivateMounts:
+    """What `PrivateMounts.enter` mounts for a run with ``tmp`` on /tmp (and ``static`` on
+    /app/static): the same as `namespace_prefix`'s script, checked the same way."""
+    assert support.unshare is not None
+    entries: tuple[tuple[StaticKind, str, Path], ...] | None = None
+    if static is not None and support.static:
+        static.check(links=True)
+        # A host run is corral's own user: a linked entry is bound from where it leads.
+        entries = tuple(
+            (entry.kind, entry.name, entry.source)
+            for entry in static.entries
+            if entry.source is not None
+        )
+    return PrivateMounts(tmp, entries)
+
+
+# Linux's flags (<sched.h>, <sys/mount.h>); the values are the kernel's ABI.
+_CLONE_FS = 0x00000200
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY = 0x1
+_MS_REMOUNT = 0x20
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MS_PRIVATE = 0x40000
+#: statvfs's ST_* flags of a mount and the MS_* flag that keeps each on a remount.
+_KEPT_FLAGS = ((0x2, 0x2), (0x4, 0x4), (0x8, 0x8), (0x400, 0x400), (0x800, 0x800),
+               (0x1000, 0x200000))  # fmt: skip
+
+
+@functools.cache
+def _libc(keep_gil: bool = True) -> ctypes.CDLL:
+    """libc's unshare and mount. With ``keep_gil`` a call keeps the GIL: most take
+    microseconds, and handing the GIL back and taking it again could wait out the
+    interpreter's switch interval (5 ms) on each call while the event loop is busy. The
+    two calls that walk the whole mount table (their time grows with the host's mounts)
+    let the loop go on meanwhile."""
+    libc = (ctypes.PyDLL if keep_gil else ctypes.CDLL)(None, use_errno=True)
+    libc.unshare.argtypes = [ctypes.c_int]
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                           ctypes.c_ulong, ctypes.c_char_p]  # fmt: skip
+    return libc
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None, *, keep_gil: bool = True) -> None:  # fmt: skip
+    encode = os.fsencode
+    done = _libc(keep_gil).mount(
+        None if source is None else encode(source),
+        encode(target),
+        None if fstype is None else encode(fstype),
+        flags,
+        None if data is None else encode(data),
+    )
+    if done != 0:
+        errno = ctypes.get_errno()
+        raise RunError(f"could not give the run its own /tmp and {STATIC_DIR}: "
+                       f"mount on {target}: {os.strerror(errno)}")  # fmt: skip
+
+
+def _mount_point(path: str, kind: StaticKind) -> None:
+    """The empty directory or file at ``path`` an entry of the view is bound on."""
+    try:
+        if kind is StaticKind.DIRECTORY:
+            os.mkdir(path)
+        else:  # no descriptor: one open for writing, inherited by a process another
+            # thread is starting, would make the view's read-only remount busy
+            os.mknod(path, stat.S_IFREG | 0o666)
+    except OSError as exc:
+        raise RunError(f"could not show {path} to the run: {exc.strerror}") from exc
+
+
+def _kept_flags(path: str) -> int:
+    """The MS_* flags (nosuid, nodev, noexec, atime) of the mount at ``path``."""
+    have = os.statvfs(path).f_flag
+    return functools.reduce(lambda kept, pair: kept | (pair[1] if have & pair[0] else 0),
+                            _KEPT_FLAGS, 0)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PrivateMounts:
+    """A run's own /tmp (and /app/static) in a mount namespace made for one process.
+
+    `start` calls ``spawn`` in a new thread of corral's that first enters a mount
+    namespace of its own (``unshare(CLONE_NEWNS)``, which unshares the thread's
+    filesystem attributes too, so the rest of corral is untouched) and mounts there: the
+    process it starts is born in that namespace, and the thread ends with it handed over.
+    """
+
+    tmp: Path
+    #: (kind, name, source) of each entry of /app/static; None: no view.
+    static: tuple[tuple[StaticKind, str, Path], ...] | None = None
+
+    def enter(self) -> None:
+        """Make the calling thread's mount namespace and mount the run's view in it (what
+        `namespace_prefix`'s script does); RunError when a step fails."""
+        if _libc(keep_gil=False).unshare(_CLONE_NEWNS | _CLONE_FS) != 0:
+            errno = ctypes.get_errno()
+            raise RunError(f"could not give the run its own /tmp: unshare: {os.strerror(errno)}")
+        # nothing propagates to or from the host
+        _mount(None, "/", None, _MS_REC | _MS_PRIVATE, keep_gil=False)
+        if self.static is not None:
+            view = str(STATIC_DIR)
+            _mount("corral-static", view, "tmpfs", 0, "mode=0755")
+            for kind, name, source in self.static:
+                shown = f"{view}/{name}"
+                _mount_point(shown, kind)
+                _mount(str(source), shown, None, _MS_BIND)
+                flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _kept_flags(shown)
+                _mount(None, shown, None, flags)
+            _mount(None, view, None, _MS_REMOUNT | _MS_RDONLY)
+        _mount(str(self.tmp), str(_TMP), None, _MS_BIND)
+
+    def start(self, spawn: Callable[[], _T]) -> _T:
+        """``spawn()`` (which starts the process) called in a new thread in the run's
+        mount namespace; what it returned, or what it raised."""
+        done: list[_T] = []
+        failed: list[BaseException] = []
+
+        def inside() -> None:
+            try:
+                self.enter()
+                done.append(spawn())
+            except BaseException as exc:  # handed to the caller's thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=inside, name="corral-namespace", daemon=True)
+        thread.start()
+        thread.join()
+        if failed:
+            raise failed[0]
+        return done[0]
 
 
 @functools.cache

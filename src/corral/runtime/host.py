@@ -17,9 +17,11 @@ from corral.runtime._children import can_spawn_off_loop, spawn_off_loop
 from corral.runtime._contain import MARKER, Containment, contain_support
 from corral.runtime._private import (
     MountSupport,
+    PrivateMounts,
     mount_support,
     namespace_prefix,
     note_shared_tmp,
+    private_mounts,
     tmp_blocked,
 )
 
@@ -57,31 +59,41 @@ class HostRuntime:
                 spec.before()
             containment.make()
 
+        mounts = self._mounts_for(spec)
+        in_thread = mounts is not None and can_spawn_off_loop()
         proc = await start_process(
             spec.argv,
             cwd=spec.cwd,
             env=spec.env,
             stdin=spec.stdin,
             containment=containment,
-            namespace=self._namespace(spec),
+            namespace=self._namespace(spec) if mounts is not None and not in_thread else (),
+            mounts=mounts if in_thread else None,
             before=before,
         )
         await feed_stdin(proc, spec.stdin)
         return Process(proc, containment)
 
-    def _namespace(self, spec: LaunchSpec) -> list[str]:
-        """The mount namespace prefix giving the run its own /tmp, or [] (see _private)."""
+    def _mounts_for(self, spec: LaunchSpec) -> PrivateMounts | None:
+        """The mounts giving the run its own /tmp (and /app/static), or None where it
+        keeps the host's (see _private); the static view checked."""
         if spec.tmp is None:
-            return []
+            return None
         support = self.mounts
         if support.unshare is None:
             note_shared_tmp(support.why_not)
-            return []
+            return None
         why = tmp_blocked(spec.cwd, spec.env, spec.reach)
         if why is not None:
             note_shared_tmp(why)
-            return []
-        return namespace_prefix(support, spec.tmp, spec.static, spec.env.get("PWD"))
+            return None
+        return private_mounts(support, spec.tmp, spec.static)
+
+    def _namespace(self, spec: LaunchSpec) -> list[str]:
+        """The same as a command prefix (``unshare`` and a script), for a process started
+        on the event loop."""
+        assert spec.tmp is not None
+        return namespace_prefix(self.mounts, spec.tmp, spec.static, spec.env.get("PWD"))
 
 
 def contain_for(env: Mapping[str, str], *, make: bool = True) -> Containment:
@@ -101,6 +113,7 @@ async def start_process(
     pass_fds: Collection[int] = (),
     containment: Containment | None = None,
     namespace: Sequence[str] = (),
+    mounts: PrivateMounts | None = None,
     before: Callable[[], None] | None = None,
 ) -> asyncio.subprocess.Process:
     """Start ``argv`` leading a new session, stdout and stderr merged, inside
@@ -111,17 +124,20 @@ async def start_process(
     The checks and the fork/exec run in a worker thread where asyncio allows it (see
     _children): a burst of runs then does not hold up the event loop that serves the
     gateway. ``before`` is called first, where the start runs (the run's directory, its
-    containment's cgroup).
+    containment's cgroup). With ``mounts`` (off the loop only) the process is started in a
+    mount namespace of its own with those mounts, from a thread made for it.
     """
-    command = _command(argv, cwd, env, containment, namespace)
+    command = _command(argv, cwd, env, containment, namespace, mounts)
     stdin_to = subprocess.PIPE if stdin is not None else subprocess.DEVNULL
 
     def start() -> subprocess.Popen[bytes]:
         if before is not None:
             before()
-        try:
+        whole = command()
+
+        def spawn() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
-                command(),
+                whole,
                 cwd=cwd,
                 env=dict(env),
                 stdin=stdin_to,
@@ -130,11 +146,18 @@ async def start_process(
                 start_new_session=True,
                 pass_fds=tuple(pass_fds),
             )
-        except OSError as exc:
+
+        try:
+            return spawn() if mounts is None else mounts.start(spawn)
+        except (OSError, RunError) as exc:
             if containment is not None:
                 containment.discard()
+            if isinstance(exc, RunError):
+                raise
             raise RunError(f"could not start {argv[0]!r}: {exc.strerror or exc}") from exc
 
+    if mounts is not None and not can_spawn_off_loop():
+        raise RunError("private mounts are made only where processes start off the loop")
     if can_spawn_off_loop():
         return await spawn_off_loop(
             start,
@@ -167,13 +190,14 @@ def _command(
     env: Mapping[str, str],
     containment: Containment | None,
     namespace: Sequence[str],
+    mounts: PrivateMounts | None = None,
 ) -> Callable[[], list[str]]:
     """What to exec, checked first (a RunError for a missing program, as exec would
     say it, and the containment discarded): a call, so it runs where the start does."""
 
     def command() -> list[str]:
         whole = list(argv)
-        if namespace or (containment is not None and containment.path is not None):
+        if namespace or mounts or (containment is not None and containment.path is not None):
             try:
                 _check_program(whole, cwd, env)
             except RunError:
