@@ -28,7 +28,9 @@ Two parts, each on a fresh store and a fresh `corral start --headless` process:
   (enqueue to the work answer arriving with the run; each claimed run is then ended
   with its fence) and heartbeat p99 under that load. ``--busy N``: each runner first
   claims N runs and holds them, so every heartbeat reports and renews N leases (a fleet
-  where every runner is busy); ``failed`` then counts held runs answered gone too.
+  where every runner is busy; the lease is then 300 s, so that the runs claimed first
+  do not lapse while the others are claimed); ``failed`` then counts held runs answered
+  gone too (none expected).
 
 Figures are medians over ``--reps`` (default 1: the whole default mode stays under 10
 minutes). The client shares the 2 cores with the control plane: when it cannot offer
@@ -77,6 +79,8 @@ _IDLE_SECONDS = 5.0
 _RUNNERS = 3
 _SLOTS = 4
 _SCALE = _RUNNERS * _SLOTS
+#: The runners' lease in the busy variant of the sim (s).
+_BUSY_LEASE = 300.0
 _STARTED = re.compile(r"gateway on (http://127\.0\.0\.1:\d+)")
 
 # --------------------------------------------------------------------------- processes
@@ -124,14 +128,18 @@ class Plane:
 
 
 @contextlib.asynccontextmanager
-async def control_plane(root: Path, home: Path, store_url: str) -> AsyncIterator[Plane]:
-    """`corral start --headless --port 0` on ``store_url``; the project's bundle pushed."""
+async def control_plane(
+    root: Path, home: Path, store_url: str, lease: float | None = None
+) -> AsyncIterator[Plane]:
+    """`corral start --headless --port 0` on ``store_url``; the project's bundle pushed.
+    ``lease``: the runners' lease (``CORRAL_FLEET_LEASE_SECONDS``), else the default."""
     log = root.parent / "start.log"
+    extra = {} if lease is None else {"CORRAL_FLEET_LEASE_SECONDS": f"{lease:g}"}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [PYTHON, "-m", "corral", "start", "--headless", "--port", "0", "--grace", "0"],
             cwd=root,
-            env=_env(home, CORRAL_STATE_URL=store_url),
+            env=_env(home, CORRAL_STATE_URL=store_url, **extra),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -453,7 +461,13 @@ async def measure_sim(
         base = Path(tmp)
         root = base / "project"
         _sim_project(root, runners, busy)
-        async with store_url(store, base) as url, control_plane(root, base, url) as plane:
+        # Busy runners: a lease long enough that the runs claimed first do not lapse
+        # while the last runners claim theirs (the heartbeats renew them after).
+        lease = _BUSY_LEASE if busy else None
+        async with (
+            store_url(store, base) as url,
+            control_plane(root, base, url, lease) as plane,
+        ):
             return await _sim(plane, runners, seconds, interval, claimers, rate, busy)
 
 

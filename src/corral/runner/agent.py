@@ -231,6 +231,13 @@ class RemoteLedger:
         self.client = client
         self.run_id = run.id
         self.fence = run.fence
+        #: The run's log stream: what it holds is sent before the run ends (the control
+        #: plane takes no more of a run's log once it ended).
+        self.log: LogStream | None = None
+
+    async def _send_log(self) -> None:
+        if self.log is not None:
+            await self.log.drain()
 
     def _path(self, run_id: str, what: str = "") -> str:
         if run_id != self.run_id:
@@ -302,6 +309,7 @@ class RemoteLedger:
         reserve_rerun_for: str | None = None,
     ) -> FinalizeResult:
         body = {"fence": fence, "state": state.value, "exitCode": exit_code, "error": error}
+        await self._send_log()
         try:
             answer = await self.client.call("POST", self._path(run_id, "end"), json=body)
         except ControlPlaneError as exc:
@@ -317,6 +325,7 @@ class RemoteLedger:
 
     async def release(self, run_id: str, *, fence: int, reason: str) -> Run:
         body = {"fence": fence, "reason": reason[:4000]}
+        await self._send_log()
         try:
             answer = await self.client.call("POST", self._path(run_id, "release"), json=body)
         except ControlPlaneError as exc:
@@ -339,6 +348,8 @@ class LogStream:
         self._wake = asyncio.Event()
         self._closed = False
         self.refused = False
+        #: One sender at a time: a batch is sent once, in order.
+        self._sending = asyncio.Lock()
         self._task = asyncio.create_task(self._send_loop(), name=f"log {run_id}")
 
     async def write(self, chunk: bytes) -> None:
@@ -357,7 +368,16 @@ class LogStream:
             if self._closed and not self._buffer:
                 return
 
-    async def _flush(self) -> None:
+    async def drain(self) -> None:
+        """Send what was written so far now, not at the next batch (before the run
+        ends); a control plane out of reach keeps it for the send loop."""
+        await self._flush(once=True)
+
+    async def _flush(self, *, once: bool = False) -> None:
+        async with self._sending:
+            await self._send(once)
+
+    async def _send(self, once: bool) -> None:
         while self._buffer and not self.refused:
             batch = bytes(self._buffer[:LOG_BATCH_BYTES])
             try:
@@ -370,6 +390,8 @@ class LogStream:
                 self._buffer.clear()
                 return
             except StoreUnavailable:
+                if once:
+                    return  # kept: the send loop sends it once the control plane answers
                 await asyncio.sleep(0.5)  # kept: sent once the control plane answers
                 if self._closed:
                     return
@@ -701,6 +723,7 @@ class Runner:
                 on_answer=answered,
             )
             stream = LogStream(self.client, run.id, ledger.fence)
+            ledger.log = stream
             async with proxy:
                 log.info("run %s starting", run.id, extra=extra)
                 result = await executor.execute(claim, stream.write)
