@@ -28,7 +28,11 @@ Two parts, each on a fresh store and a fresh `corral start --headless` process:
   heartbeat p50/p99. Then the same heartbeats while ``--claimers`` of those runners
   long-poll ``POST /fleet/v1/work`` and ``--rate`` runs/s are queued: the claim latency
   (enqueue to the work answer arriving with the run; each claimed run is then ended
-  with its fence) and heartbeat p99 under that load.
+  with its fence) and heartbeat p99 under that load. ``--busy N``: each runner first
+  claims N runs and holds them, so every heartbeat reports and renews N leases (a fleet
+  where every runner is busy; the lease is then 300 s, so that the runs claimed first
+  do not lapse while the others are claimed); ``failed`` then counts held runs answered
+  gone too (none expected).
 
 Figures are medians over ``--reps`` (default 1: the whole default mode stays under 10
 minutes). The client shares the 2 cores with the control plane: when it cannot offer
@@ -77,6 +81,8 @@ _IDLE_SECONDS = 5.0
 _RUNNERS = 3
 _SLOTS = 4
 _SCALE = _RUNNERS * _SLOTS
+#: The runners' lease in the busy variant of the sim (s).
+_BUSY_LEASE = 300.0
 _STARTED = re.compile(r"gateway on (http://127\.0\.0\.1:\d+)")
 
 # --------------------------------------------------------------------------- processes
@@ -124,14 +130,18 @@ class Plane:
 
 
 @contextlib.asynccontextmanager
-async def control_plane(root: Path, home: Path, store_url: str) -> AsyncIterator[Plane]:
-    """`corral start --headless --port 0` on ``store_url``; the project's bundle pushed."""
+async def control_plane(
+    root: Path, home: Path, store_url: str, lease: float | None = None
+) -> AsyncIterator[Plane]:
+    """`corral start --headless --port 0` on ``store_url``; the project's bundle pushed.
+    ``lease``: the runners' lease (``CORRAL_FLEET_LEASE_SECONDS``), else the default."""
     log = root.parent / "start.log"
+    extra = {} if lease is None else {"CORRAL_FLEET_LEASE_SECONDS": f"{lease:g}"}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [PYTHON, "-m", "corral", "start", "--headless", "--port", "0", "--grace", "0"],
             cwd=root,
-            env=_env(home, CORRAL_STATE_URL=store_url),
+            env=_env(home, CORRAL_STATE_URL=store_url, **extra),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -434,27 +444,77 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
 # --------------------------------------------------------------------------- part 2: sim
 
 
-def _sim_project(root: Path, runners: int) -> None:
+def _sim_project(root: Path, runners: int, busy: int) -> None:
     root.mkdir(parents=True)
     (root / "config.toml").write_text(
         f"maxRunners = {runners + 10}\n[fleet]\nheartbeatSeconds = 5\nofflineAfterSeconds = 15\n"
     )
-    _agent(root, "sim", ["/bin/true"], ["scale = 1000", "runsOn = []"])
+    _agent(root, "sim", ["/bin/true"], [f"scale = {1000 + runners * busy}", "runsOn = []"])
 
 
 async def measure_sim(
-    store: str, runners: int, seconds: float, interval: float, claimers: int, rate: float
+    store: str,
+    runners: int,
+    seconds: float,
+    interval: float,
+    claimers: int,
+    rate: float,
+    busy: int = 0,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="corral-fleet-sim-") as tmp:
         base = Path(tmp)
         root = base / "project"
-        _sim_project(root, runners)
-        async with store_url(store, base) as url, control_plane(root, base, url) as plane:
-            return await _sim(plane, runners, seconds, interval, claimers, rate)
+        _sim_project(root, runners, busy)
+        # Busy runners: a lease long enough that the runs claimed first do not lapse
+        # while the last runners claim theirs (the heartbeats renew them after).
+        lease = _BUSY_LEASE if busy else None
+        async with (
+            store_url(store, base) as url,
+            control_plane(root, base, url, lease) as plane,
+        ):
+            return await _sim(plane, runners, seconds, interval, claimers, rate, busy)
+
+
+async def _hold(
+    plane: Plane, http: httpx.AsyncClient, credentials: list[str], busy: int
+) -> list[list[dict[str, Any]]]:
+    """Each runner claims ``busy`` runs (queued first) and holds them: what its
+    heartbeats report (``running``), so that every heartbeat renews leases."""
+    gate = asyncio.Semaphore(16)
+
+    async def enqueue() -> None:
+        async with gate:
+            await _queue(http, plane, "sim")
+
+    await asyncio.gather(*(enqueue() for _ in range(len(credentials) * busy)))
+    held: list[list[dict[str, Any]]] = [[] for _ in credentials]
+
+    async def claim(i: int) -> None:
+        headers = {"Authorization": f"Bearer {credentials[i]}"}
+        async with gate:
+            while len(held[i]) < busy:
+                answer = await http.post(
+                    f"{plane.url}/fleet/v1/work",
+                    json={"free": busy - len(held[i]), "wait": 1},
+                    headers=headers,
+                )
+                answer.raise_for_status()
+                for given in answer.json().get("runs", []):
+                    run = given["run"]
+                    held[i].append({"runId": run["id"], "fence": run["fence"]})
+
+    await asyncio.gather(*(claim(i) for i in range(len(credentials))))
+    return held
 
 
 async def _sim(
-    plane: Plane, runners: int, seconds: float, interval: float, claimers: int, rate: float
+    plane: Plane,
+    runners: int,
+    seconds: float,
+    interval: float,
+    claimers: int,
+    rate: float,
+    busy: int = 0,
 ) -> dict[str, Any]:
     pid = plane.pid
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -469,7 +529,13 @@ async def _sim(
         async def join(i: int) -> None:
             async with gate:
                 token = await _token(http, plane, [])
-                body = {"token": token, "name": f"sim{i}", "hostname": f"sim{i}", "version": "0"}
+                body = {
+                    "token": token,
+                    "name": f"sim{i}",
+                    "hostname": f"sim{i}",
+                    "version": "0",
+                    "slots": busy + 1,  # its held runs, and one for the claims phase
+                }
                 started = time.perf_counter()
                 answer = await http.post(f"{plane.url}/fleet/v1/join", json=body)
                 joins.append(time.perf_counter() - started)
@@ -477,6 +543,11 @@ async def _sim(
             credentials[i] = answer.json()["credential"]
 
         await asyncio.gather(*(join(i) for i in range(runners)))
+        held = await _hold(plane, http, credentials, busy) if busy else [[]] * runners
+        bodies = [
+            json.dumps({"version": "0", "running": runs} if runs else {"version": "0"}).encode()
+            for runs in held
+        ]
         rss_joined = _rss_mib(pid)
         idle_from = _cpu_seconds(pid)
         await asyncio.sleep(_IDLE_SECONDS)
@@ -487,20 +558,21 @@ async def _sim(
         stop_at = start + 2 * seconds  # phase 1, then phase 2 (queueing runs)
         beats: list[tuple[float, float]] = []  # (when, latency)
         lags: list[float] = []  # how late the client sent (it is busy too)
-        failures = 0
-        body = b'{"version":"0"}'
+        failures = gone = 0
 
-        async def one(credential: str, due: float) -> None:
-            nonlocal failures
+        async def one(i: int, due: float) -> None:
+            nonlocal failures, gone
             sent = time.perf_counter()
             lags.append(max(0.0, loop.time() - due))
             try:
-                status, _ = await raw.post("/fleet/v1/heartbeat", body, credential)
+                status, answer = await raw.post("/fleet/v1/heartbeat", bodies[i], credentials[i])
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 failures += 1
             else:
                 beats.append((loop.time(), time.perf_counter() - sent))
                 failures += status != 200
+                if status == 200 and held[i]:
+                    gone += len(json.loads(answer)["gone"])  # held runs that lapsed
 
         async def beat() -> None:
             """Every runner's heartbeat every ``interval``, spread evenly."""
@@ -508,7 +580,7 @@ async def _sim(
             tick, n = interval / runners, 0
             while (due := start + n * tick) < stop_at:
                 await asyncio.sleep(max(0.0, due - loop.time()))
-                task = asyncio.create_task(one(credentials[n % runners], due))
+                task = asyncio.create_task(one(n % runners, due))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 n += 1
@@ -533,6 +605,8 @@ async def _sim(
     per_beat_ms = 1000 * max(0.0, cpu1 - cpu0 - idle_rate * (mid - start)) / max(1, len(phase1))
     return {
         "runners": runners,
+        "busy": busy,
+        "held_runs_gone": gone,
         "join_ms": summarize_ms(joins),
         "idle_cpu_share": round(idle_rate, 3),
         "beats": {
@@ -674,11 +748,11 @@ def _runs_rows(store: str, f: dict[str, Any]) -> list[list[Any]]:
 def _sim_row(store: str, f: dict[str, Any]) -> list[Any]:
     b, c = f["beats"], f["with_claims"]
     return [
-        store, f["runners"], b["achieved_per_s"], b["heartbeat_ms"]["p50_ms"],
+        store, f["runners"], f["busy"], b["achieved_per_s"], b["heartbeat_ms"]["p50_ms"],
         b["heartbeat_ms"]["p99_ms"], b["cpu_share"], f["idle_cpu_share"],
         b["cpu_ms_per_heartbeat"], b["cpu_share_at_offered_rate"], b["rss_mib"],
         c["claim_ms"]["p50_ms"], c["claim_ms"]["p99_ms"], c["heartbeat_ms"]["p99_ms"],
-        c["cpu_share"], f["failures"] + c["unclaimed"],
+        c["cpu_share"], f["failures"] + c["unclaimed"] + f["held_runs_gone"],
     ]  # fmt: skip
 
 
@@ -708,7 +782,7 @@ async def _sim_part(
     done = []
     for rep in range(args.reps):
         figures = await measure_sim(
-            store, runners, seconds, args.interval, args.claimers, args.rate
+            store, runners, seconds, args.interval, args.claimers, args.rate, args.busy
         )
         result.runs.append({"part": "sim", "store": store, "rep": rep, **figures})
         done.append(figures)
@@ -730,6 +804,9 @@ async def main() -> int:
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--claimers", type=int, default=20)
     parser.add_argument("--rate", type=float, default=10.0, help="runs/s queued for claimers")
+    parser.add_argument(
+        "--busy", type=int, default=0, help="sim: runs each runner holds (its heartbeats renew)"
+    )
     parser.add_argument("--out", type=Path, help="the JSON file (default bench/results/)")
     parser.add_argument(
         "--dir",
@@ -753,6 +830,8 @@ async def main() -> int:
         parser.error("--runners 1..5000, --seconds 1..120, --burst <= 2000")
     if not 1 <= args.claimers <= min(200, sim_runners) or not 0.1 <= args.rate <= 200:
         parser.error("--claimers 1..min(200, runners), --rate 0.1..200")
+    if not 0 <= args.busy <= 16:
+        parser.error("--busy 0..16")
     params = vars(args) | {
         "dir": str(args.dir),
         "latency_runs": latency_n,
@@ -793,8 +872,8 @@ async def main() -> int:
         print_table(
             f"simulated fleet: heartbeats every {args.interval:g} s; then {args.claimers} "
             f"long-polling claimers at {args.rate:g} runs/s",
-            ["store", "runners", "beats/s", "beat p50", "beat p99", "cpu/core", "idle/core",
-             "cpu ms/beat", "cpu at offered", "rss MiB", "claim p50", "claim p99",
+            ["store", "runners", "runs held each", "beats/s", "beat p50", "beat p99", "cpu/core",
+             "idle/core", "cpu ms/beat", "cpu at offered", "rss MiB", "claim p50", "claim p99",
              "beat p99 (claims)", "cpu/core (claims)", "failed"],
             sim_rows,
         )  # fmt: skip

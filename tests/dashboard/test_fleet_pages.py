@@ -35,7 +35,7 @@ from corral.store import (
     TriggerKind,
     open_store,
 )
-from tests.dashboard.support import ACTOR, TOKEN, DashFleet, dashboard_fleet, login
+from tests.dashboard.support import ACTOR, TOKEN, DashFleet, Events, dashboard_fleet, login
 from tests.scheduler.helpers import wait_for, write_project
 
 Client = tuple[httpx.AsyncClient, dict[str, str]]
@@ -338,3 +338,53 @@ async def test_metrics_carry_the_four_numbers(
 def _between(text: str, start: str, end: str) -> str:
     at = text.index(start)
     return text[at : text.index(end, at)]
+
+
+# -- live ------------------------------------------------------------------------------
+
+
+async def test_the_runners_page_is_live(remote_fleet: DashFleet, client: Client) -> None:
+    """The runners page follows the fleet without a reload: a runner that joins, and one
+    whose heartbeats stop (nothing the shared snapshot of runs and locks watches)."""
+    http, _ = client
+    page = (await http.get("/dashboard/runners")).text
+    assert 'sse-connect="/dashboard/runners/events?by=agent"' in page
+    assert 'id="runners-live" sse-swap="runners"' in page
+    store = remote_fleet.store
+    async with http.stream("GET", "/dashboard/runners/events?by=agent") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = Events(stream)
+        assert "No runner has joined" in await events.until("runners")
+        box = await join(store, "box-<i>", version=__version__)
+        shown = await events.until("runners", f'data-runner="{box.id}"')
+        assert "box-&lt;i&gt;" in shown and "b-online" in shown
+        with back_in_time(store, 1):  # its last heartbeat an hour ago: it went silent
+            await store.runner_heartbeat(box.id, version=__version__)
+        gone = await events.until("runners", "b-offline")
+        assert "0 of 1 (0%)" in _between(gone, 'id="online-ratio">', "</dd>")
+    async with http.stream("GET", "/dashboard/runners/events?by=nobody") as refused:
+        assert refused.status_code == 422
+    async with httpx.AsyncClient(base_url=remote_fleet.url, timeout=15) as stranger:
+        async with stranger.stream("GET", "/dashboard/runners/events") as anonymous:
+            assert anonymous.status_code in (401, 303)
+
+
+async def test_the_anomalies_page_is_live(remote_fleet: DashFleet, client: Client) -> None:
+    http, headers = client
+    page = (await http.get("/dashboard/anomalies")).text
+    assert 'sse-connect="/dashboard/anomalies/events"' in page
+    store = remote_fleet.store
+    async with http.stream("GET", "/dashboard/anomalies/events") as stream:
+        events = Events(stream)
+        assert "No open anomaly." in await events.until("anomalies")
+        found = await store.record_anomaly(AnomalyKind.TOKEN_REUSED, "tok-9", {"tries": 2})
+        assert found is not None
+        shown = await events.until("anomalies", f'data-anomaly="{found.id}"')
+        assert "b-token_reused" in shown and "tok-9" in shown
+        url = f"/dashboard/anomalies/{found.id}/resolve"
+        done = await http.post(url, data={"note": "a copy in CI; revoked"}, headers=headers)
+        assert done.status_code == 200
+        await events.until("anomalies", "No open anomaly.")
+    async with http.stream("GET", "/dashboard/anomalies/events?all=1") as stream:
+        everything = await Events(stream).until("anomalies", f'data-anomaly="{found.id}"')
+        assert "a copy in CI; revoked" in everything

@@ -10,7 +10,6 @@ fence), with B's (half aimed at A's run), with garbage, and with none.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import threading
@@ -31,11 +30,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from corral.bundles import pack
-from corral.gateway.app import create_app
-from corral.gateway.server import GatewayServer, bind
-from corral.scheduler.service import Scheduler
-from corral.store import open_store
 from tests.scheduler.helpers import write_project
+from tests.served import serve_gateway
 
 # about 100 s for the module on a loaded machine: six rounds of every operation
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -63,35 +59,6 @@ class Served:
     run_id: str
     fence: int
     bundle: str
-
-
-def _serve(root: Path, ready: threading.Event, stop: threading.Event, out: dict[str, Any]) -> None:
-    async def main() -> None:
-        agents: dict[str, dict[str, object]] = {"remote": {"command": "true", "runsOn": []}}
-        project = write_project(root, agents)
-        loop = asyncio.get_running_loop()
-        async with await open_store(f"sqlite:///{root / 'state.db'}") as store:
-            sock = bind("127.0.0.1", 0)
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-            scheduler = Scheduler(project, store, gateway_url=url)
-            await scheduler.start()
-            server = GatewayServer.for_app(create_app(scheduler, OPERATOR))
-            serving = asyncio.create_task(server.serve(sockets=[sock]))
-            out["url"] = url
-            out["follow"] = lambda: asyncio.run_coroutine_threadsafe(
-                scheduler.bundles.check(), loop
-            ).result(30)
-            ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
-            server.should_exit = True
-            await serving
-
-    try:
-        asyncio.run(main())
-    except BaseException as exc:  # surfaced by the fixture
-        out["error"] = exc
-        ready.set()
 
 
 def _setup(url: str, root: Path, follow: Any) -> Served:
@@ -132,22 +99,21 @@ def _setup(url: str, root: Path, follow: Any) -> Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("fuzz-runner") / "p"
-    ready, stop, out = threading.Event(), threading.Event(), {}
-    thread = threading.Thread(target=_serve, args=(root, ready, stop, out))
-    thread.start()
-    try:
-        assert ready.wait(30), "the gateway did not start"
-        if "error" in out:
-            raise out["error"]
-        ready_served = _setup(out["url"], root, out["follow"])
+    agents: dict[str, dict[str, object]] = {"remote": {"command": "true", "runsOn": []}}
+    with serve_gateway(root, agents, operator=OPERATOR) as gateway:
+
+        def follow() -> None:
+            gateway.call(gateway.scheduler.bundles.check)
+
+        ready_served = _setup(gateway.url, root, follow)
+        stop = threading.Event()
         beating = threading.Thread(target=_keep_alive, args=(ready_served, stop))
         beating.start()
-        yield ready_served
-        stop.set()
-        beating.join(30)
-    finally:
-        stop.set()
-        thread.join(30)
+        try:
+            yield ready_served
+        finally:
+            stop.set()
+            beating.join(30)
 
 
 def _keep_alive(served: Served, stop: threading.Event) -> None:

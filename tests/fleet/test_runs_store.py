@@ -5,6 +5,7 @@ runner's heartbeat renewing only what it holds; and `runsOn` validation."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from corral.errors import ConfigError
 from corral.project import load_project
 from corral.scheduler.service import local_agents
 from corral.store import AgentSpec, NewItem, RunState, StaleFence, Store, TriggerKind
+from corral.store._fleet_runs import Renewal
 from tests.scheduler.helpers import write_project
 
 
@@ -57,14 +59,68 @@ async def test_a_runners_heartbeat_renews_what_it_holds(store: Store) -> None:
     held = await store.runner_holdings("rnr-a")
     assert set(held) == {one.id, two.id} and held[one.id].fence == one.fence
     reported = {one.id: one.fence, two.id: two.fence + 1, "ghost-1": 1}
-    gone = await store.renew_runner_runs("rnr-a", reported, lease_seconds=12)
-    assert gone == sorted([two.id, "ghost-1"])  # a wrong fence is not its run
+    renewal = await store.renew_runner_runs("rnr-a", reported, lease_seconds=12)
+    assert renewal.gone == tuple(sorted([two.id, "ghost-1"]))  # a wrong fence is not its run
+    assert renewal.kill == ()
     assert not await store.runner_holds("rnr-b", one.id, one.fence)
     # ended: no longer held; a late end with the fence is refused
     await store.finalize(one.id, fence=one.fence, state=RunState.SUCCEEDED, exit_code=0)
-    assert await store.renew_runner_runs("rnr-a", {one.id: one.fence}, lease_seconds=12) == [one.id]
+    renewal = await store.renew_runner_runs("rnr-a", {one.id: one.fence}, lease_seconds=12)
+    assert renewal.gone == (one.id,)
     with pytest.raises(StaleFence):
         await store.finalize(one.id, fence=one.fence, state=RunState.FAILED, exit_code=1)
+
+
+async def test_a_runners_heartbeat_never_renews_a_lapsed_lease(store: Store) -> None:
+    """Renewal takes no project row lock, so it must not race recovery: a lease that
+    lapsed is not renewed (the run is answered gone) and recovery takes it back."""
+    await _setup(store, remote=2)
+    await _queue(store, "remote", 2)
+    claims = await store.claim("rnr-a", lease_seconds=0.3, limit=2, agents=["remote"], runner=True)
+    one, two = (c.run for c in claims)
+    assert one.fence is not None and two.fence is not None
+    assert await store.recover_lapsed() == []  # nothing lapsed: nothing taken
+    await store.renew_runner_runs("rnr-a", {two.id: two.fence}, lease_seconds=30)
+    await asyncio.sleep(0.5)  # one's lease lapses; two's was renewed
+    reported = {one.id: one.fence, two.id: two.fence}
+    renewal = await store.renew_runner_runs("rnr-a", reported, lease_seconds=30)
+    assert renewal.gone == (one.id,)
+    recovered = await store.recover_lapsed()
+    assert [r.run.id for r in recovered if r.run is not None] == [one.id]
+    assert (await store.get_run(one.id)).state is RunState.LOST  # type: ignore[union-attr]
+    assert (await store.get_run(two.id)).state is not RunState.LOST  # type: ignore[union-attr]
+    assert set(await store.runner_holdings("rnr-a")) == {two.id}
+
+
+async def test_a_runners_heartbeat_answers_its_kill_requests(store: Store) -> None:
+    await _setup(store, remote=2)
+    await _queue(store, "remote", 2)
+    claims = await store.claim("rnr-a", lease_seconds=12, limit=2, agents=["remote"], runner=True)
+    one, two = (c.run for c in claims)
+    assert one.fence is not None and two.fence is not None
+    await store.request_kill(one.id)
+    renewal = await store.renew_runner_runs(
+        "rnr-a", {one.id: one.fence, two.id: two.fence}, lease_seconds=12
+    )
+    assert renewal == Renewal(gone=(), kill=(one.id,))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
+async def test_a_runners_heartbeat_does_not_wait_for_the_project_row(store: Store) -> None:
+    """On PostgreSQL, where writers run side by side: a transaction holding the project
+    row (an enqueue, a claim, a recovery) does not hold up a runner's lease renewal."""
+    await _setup(store, remote=1)
+    await _queue(store, "remote")
+    [claim] = await store.claim("rnr-a", lease_seconds=12, limit=1, agents=["remote"], runner=True)
+    assert claim.run.fence is not None
+    async with store.transaction() as tx:
+        await store.lock_project(tx)
+        renewal = await asyncio.wait_for(
+            store.renew_runner_runs("rnr-a", {claim.run.id: claim.run.fence}, lease_seconds=12),
+            timeout=5,
+        )
+    assert renewal == Renewal(gone=(), kill=())
 
 
 async def test_a_claim_travels_as_json(store: Store) -> None:

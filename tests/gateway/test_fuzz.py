@@ -7,22 +7,17 @@ a live run's secret (agent API), the operator token (control API), and with neit
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from corral.gateway.app import create_app
-from corral.gateway.server import GatewayServer, bind
 from corral.scheduler.service import Scheduler
-from corral.store import NewItem, TriggerKind, open_store
-from tests.scheduler.helpers import write_project
+from corral.store import NewItem, Store, TriggerKind
+from tests.served import serve_gateway
 
 OPERATOR = "fuzz-operator-token"
 
@@ -33,50 +28,25 @@ class Served:
     secret: str
 
 
-def _serve(root: Path, ready: threading.Event, stop: threading.Event, out: dict[str, Any]) -> None:
-    async def main() -> None:
-        project = write_project(
-            root, {"dev": {"scale": 2, "command": "true"}, "reviewer": {"command": "true"}}
-        )
-        async with await open_store(f"sqlite:///{root / 'state.db'}") as store:
-            sock = bind("127.0.0.1", 0)
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-            scheduler = Scheduler(project, store, gateway_url=url)
-            await scheduler.start()
-            await store.enqueue(NewItem(agent="dev", trigger=TriggerKind.MANUAL))
-            (claim,) = await store.claim(scheduler.id, lease_seconds=3600, limit=1)
-            await store.mark_run_running(claim.run.id, pid=None, host=None)
-            secret, ref = scheduler.link.issue(claim.run.id, "dev", "manual")
-            await store.set_run_secret(claim.run.id, ref.secret_hash)
-            server = GatewayServer.for_app(create_app(scheduler, OPERATOR))
-            serving = asyncio.create_task(server.serve(sockets=[sock]))
-            out["served"] = Served(url, secret)
-            ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
-            server.should_exit = True
-            await serving
-
-    try:
-        asyncio.run(main())
-    except BaseException as exc:  # surfaced by the fixture
-        out["error"] = exc
-        ready.set()
+async def _prepare(scheduler: Scheduler, store: Store) -> str:
+    """A live run of dev's and its secret: the in-run API's credential."""
+    await store.enqueue(NewItem(agent="dev", trigger=TriggerKind.MANUAL))
+    (claim,) = await store.claim(scheduler.id, lease_seconds=3600, limit=1)
+    await store.mark_run_running(claim.run.id, pid=None, host=None)
+    secret, ref = scheduler.link.issue(claim.run.id, "dev", "manual")
+    await store.set_run_secret(claim.run.id, ref.secret_hash)
+    return secret
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    ready, stop, out = threading.Event(), threading.Event(), {}
-    thread = threading.Thread(
-        target=_serve, args=(tmp_path_factory.mktemp("fuzz") / "p", ready, stop, out)
-    )
-    thread.start()
-    assert ready.wait(30), "the gateway did not start"
-    if "error" in out:
-        raise out["error"]
-    yield out["served"]
-    stop.set()
-    thread.join(30)
+    root = tmp_path_factory.mktemp("fuzz") / "p"
+    agents: dict[str, dict[str, object]] = {
+        "dev": {"scale": 2, "command": "true"},
+        "reviewer": {"command": "true"},
+    }
+    with serve_gateway(root, agents, operator=OPERATOR, prepare=_prepare) as gateway:
+        yield Served(gateway.url, gateway.prepared)
 
 
 def operations(served: Served) -> list[Any]:

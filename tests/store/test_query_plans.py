@@ -35,7 +35,8 @@ HOT = (
     "prune_runs", "prune_items", "finish_run", "request_kill", "set_run_status_live",
     "page_runs", "page_agent_runs", "calls_made_by", "call_answered_by", "child_runs",
     "runner_holdings", "claimed_for_runner", "runs_ended_by_agent_and_runner",
-    "runs_ended_by_hour", "live_runs_by_runner_and_bundle",
+    "runs_ended_by_hour", "live_runs_by_runner_and_bundle", "renew_runner_leases",
+    "any_lapsed",
 )  # fmt: skip
 #: PostgreSQL's own hot queries (no SQLite twin): the one-statement batch claim.
 HOT_PG = ("claim_batch",)
@@ -91,6 +92,8 @@ def _param(name: str, dialect: str, query: str = "") -> Any:
         return '["agent-0001"]' if dialect == "sqlite" else ["agent-0001"]
     if name == "run_ids":
         return '["run-000005"]' if dialect == "sqlite" else ["run-000005"]
+    if name == "held":
+        return '["run-000005:5"]' if dialect == "sqlite" else ["run-000005:5"]
     value = PARAMS[name]
     if isinstance(value, datetime) and dialect == "sqlite":
         return value.isoformat(timespec="microseconds")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from corral.credentials import CredentialStore
-from corral.gateway.app import create_app
-from corral.gateway.server import GatewayServer, bind
 from corral.scheduler.service import Scheduler
 from corral.store import open_store
-from tests.scheduler.helpers import write_project
+from tests.served import serve_gateway
 from tests.webhooks.signing import SECRET, github_signature
 
 PROJECT = """
@@ -55,50 +52,26 @@ class Served:
     state_url: str
 
 
-def _serve(root: Path, ready: threading.Event, stop: threading.Event, out: dict[str, Any]) -> None:
-    async def main() -> None:
-        agents: dict[str, dict[str, object]] = {
-            "dev": {"command": "true"},
-            "ops": {"command": "true"},
-        }
-        project = write_project(root, agents, PROJECT, TABLES)
-        credentials = CredentialStore(root.parent / "credentials")
-        credentials.add("webhook_secret", "gh", {"secret": SECRET})
-        state_url = f"sqlite:///{root / 'state.db'}"
-        async with await open_store(state_url) as store:
-            sock = bind("127.0.0.1", 0)
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-            scheduler = Scheduler(project, store, gateway_url=url)
-            scheduler.executor.credentials = credentials
-            await scheduler.start()  # not dispatching: the queue only fills
-            server = GatewayServer.for_app(create_app(scheduler, "fuzz-operator-token"))
-            serving = asyncio.create_task(server.serve(sockets=[sock]))
-            out["served"] = Served(url, state_url)
-            ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
-            server.should_exit = True
-            await serving
-
-    try:
-        asyncio.run(main())
-    except BaseException as exc:  # surfaced by the fixture
-        out["error"] = exc
-        ready.set()
+def _credentials(scheduler: Scheduler, home: Path) -> None:
+    credentials = CredentialStore(home / "credentials")
+    credentials.add("webhook_secret", "gh", {"secret": SECRET})
+    scheduler.executor.credentials = credentials
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    ready, stop, out = threading.Event(), threading.Event(), {}
     root = tmp_path_factory.mktemp("fuzz-webhooks") / "p"
-    thread = threading.Thread(target=_serve, args=(root, ready, stop, out))
-    thread.start()
-    assert ready.wait(30), "the gateway did not start"
-    if "error" in out:
-        raise out["error"]
-    yield out["served"]
-    stop.set()
-    thread.join(30)
+    agents: dict[str, dict[str, object]] = {"dev": {"command": "true"}, "ops": {"command": "true"}}
+    # the scheduler does not dispatch here: the queue only fills
+    with serve_gateway(
+        root,
+        agents,
+        operator="fuzz-operator-token",
+        project_toml=PROJECT,
+        agent_tables=TABLES,
+        configure=_credentials,
+    ) as gateway:
+        yield Served(gateway.url, gateway.state_url)
 
 
 def webhook_operation(served: Served) -> Any:

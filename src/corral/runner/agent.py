@@ -97,6 +97,9 @@ LOG_BATCH_BYTES = 60 * 1024
 #: How long a running run may take to finish after SIGTERM before it is given back.
 DRAIN_GRACE = 60.0
 _LONG_POLL = fleet_runs.MAX_WAIT
+#: How long a runner asks for work without secretHashes after a control plane refused
+#: them, before it offers them again (one refused request per this long, at most).
+_PLAIN_WORK_SECONDS = 600
 
 
 @dataclass
@@ -228,6 +231,13 @@ class RemoteLedger:
         self.client = client
         self.run_id = run.id
         self.fence = run.fence
+        #: The run's log stream: what it holds is sent before the run ends (the control
+        #: plane takes no more of a run's log once it ended).
+        self.log: LogStream | None = None
+
+    async def _send_log(self) -> None:
+        if self.log is not None:
+            await self.log.drain()
 
     def _path(self, run_id: str, what: str = "") -> str:
         if run_id != self.run_id:
@@ -299,6 +309,7 @@ class RemoteLedger:
         reserve_rerun_for: str | None = None,
     ) -> FinalizeResult:
         body = {"fence": fence, "state": state.value, "exitCode": exit_code, "error": error}
+        await self._send_log()
         try:
             answer = await self.client.call("POST", self._path(run_id, "end"), json=body)
         except ControlPlaneError as exc:
@@ -314,6 +325,7 @@ class RemoteLedger:
 
     async def release(self, run_id: str, *, fence: int, reason: str) -> Run:
         body = {"fence": fence, "reason": reason[:4000]}
+        await self._send_log()
         try:
             answer = await self.client.call("POST", self._path(run_id, "release"), json=body)
         except ControlPlaneError as exc:
@@ -336,6 +348,8 @@ class LogStream:
         self._wake = asyncio.Event()
         self._closed = False
         self.refused = False
+        #: One sender at a time: a batch is sent once, in order.
+        self._sending = asyncio.Lock()
         self._task = asyncio.create_task(self._send_loop(), name=f"log {run_id}")
 
     async def write(self, chunk: bytes) -> None:
@@ -354,7 +368,16 @@ class LogStream:
             if self._closed and not self._buffer:
                 return
 
-    async def _flush(self) -> None:
+    async def drain(self) -> None:
+        """Send what was written so far now, not at the next batch (before the run
+        ends); a control plane out of reach keeps it for the send loop."""
+        await self._flush(once=True)
+
+    async def _flush(self, *, once: bool = False) -> None:
+        async with self._sending:
+            await self._send(once)
+
+    async def _send(self, once: bool) -> None:
         while self._buffer and not self.refused:
             batch = bytes(self._buffer[:LOG_BATCH_BYTES])
             try:
@@ -367,6 +390,8 @@ class LogStream:
                 self._buffer.clear()
                 return
             except StoreUnavailable:
+                if once:
+                    return  # kept: the send loop sends it once the control plane answers
                 await asyncio.sleep(0.5)  # kept: sent once the control plane answers
                 if self._closed:
                     return
@@ -413,6 +438,9 @@ class Runner:
         #: Run secrets made ahead, (hash, secret): their hashes go with a request for
         #: work, and the claim stores one with each run it gives (no request per run).
         self._spare: list[tuple[str, str]] = []
+        #: Until then (monotonic), requests for work offer no secretHashes: the control
+        #: plane is of a version that refused them (``_ask_for_work``).
+        self._plain_work_until = 0.0
         self._stops: set[asyncio.Task[bool]] = set()
         self._loading: dict[str, asyncio.Lock] = {}
         #: A process of its own that kills the runs' processes when the fencing deadline
@@ -570,21 +598,8 @@ class Runner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot_freed.wait(), 1.0)
                 continue
-            while len(self._spare) < free:
-                secret = secrets.token_urlsafe(32)
-                self._spare.append((hash_secret(secret), secret))
-            offered = self._spare[:free]
             try:
-                answer = await self.client.call(
-                    "POST",
-                    "/fleet/v1/work",
-                    json={
-                        "free": free,
-                        "wait": _LONG_POLL,
-                        "secretHashes": [digest for digest, _ in offered],
-                    },
-                    timeout=_LONG_POLL + 15,
-                )
+                answer, offered = await self._ask_for_work(free)
             except (StoreUnavailable, ControlPlaneError) as exc:
                 # A claim may have committed before the failure was seen: none of the
                 # hashes it was offered is offered again.
@@ -600,6 +615,41 @@ class Runner:
             self._spare = [pair for pair in self._spare if pair[0] not in used]
             for given in answer.get("runs", []):
                 self._start(given, made.get(str(given.get("secretHash"))))
+
+    async def _ask_for_work(self, free: int) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """Ask for up to ``free`` runs (a long poll): the answer, and the run secrets
+        whose hashes it offered (``secretHashes``). A control plane of an older version
+        refuses that field (422 naming it): the runner then asks again without it, and
+        keeps asking without it for ``_PLAIN_WORK_SECONDS`` (its runs' secrets are set
+        with a request each, as that version expects), then offers it again, so a
+        control plane upgraded meanwhile is used fully."""
+        body: dict[str, Any] = {"free": free, "wait": _LONG_POLL}
+        offered: list[tuple[str, str]] = []
+        if time.monotonic() >= self._plain_work_until:
+            while len(self._spare) < free:
+                secret = secrets.token_urlsafe(32)
+                self._spare.append((hash_secret(secret), secret))
+            offered = self._spare[:free]
+            body["secretHashes"] = [digest for digest, _ in offered]
+        try:
+            answer = await self.client.call(
+                "POST", "/fleet/v1/work", json=body, timeout=_LONG_POLL + 15
+            )
+            return answer, offered
+        except ControlPlaneError as exc:
+            if not offered or exc.status != 422 or "secretHashes" not in str(exc):
+                raise
+        log.warning(
+            "the control plane does not take secretHashes (an older corral): asking for "
+            "work without them for the next %d s",
+            _PLAIN_WORK_SECONDS,
+        )
+        self._plain_work_until = time.monotonic() + _PLAIN_WORK_SECONDS
+        del body["secretHashes"]
+        answer = await self.client.call(
+            "POST", "/fleet/v1/work", json=body, timeout=_LONG_POLL + 15
+        )
+        return answer, []
 
     def _start(self, given: Mapping[str, Any], secret: str | None = None) -> None:
         claim = fleet_runs.claim_from_json(given)
@@ -673,6 +723,7 @@ class Runner:
                 on_answer=answered,
             )
             stream = LogStream(self.client, run.id, ledger.fence)
+            ledger.log = stream
             async with proxy:
                 log.info("run %s starting", run.id, extra=extra)
                 result = await executor.execute(claim, stream.write)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 from corral.store._leases import LeaseOps
 
-__all__ = ["FleetRunOps", "Holding"]
+__all__ = ["FleetRunOps", "Holding", "Renewal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,15 @@ class Holding:
     run_id: str
     item_id: int
     fence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a runner's heartbeat renewal answers: the reported runs it no longer holds
+    (``gone``) and those of its held runs an operator asked to kill (``kill``)."""
+
+    gone: tuple[str, ...]
+    kill: tuple[str, ...]
 
 
 class FleetRunOps(LeaseOps):
@@ -42,16 +52,29 @@ class FleetRunOps(LeaseOps):
 
     async def renew_runner_runs(
         self, runner_id: str, running: Mapping[str, int], *, lease_seconds: float
-    ) -> list[str]:
+    ) -> Renewal:
         """A runner's heartbeat: renew the leases of the runs it reports (``running``:
-        run id -> fence) that it still holds with that fence, in one statement; answer
-        the reported runs it no longer holds (lapsed and recovered, killed, finished
-        elsewhere): the runner stops them."""
-        held = await self.runner_holdings(runner_id)
-        live = [run for run, fence in running.items() if _holds(held, run, fence)]
-        if live:
-            await self.renew_leases(runner_id, lease_seconds=lease_seconds, run_ids=live)
-        return sorted(run for run in running if run not in live)
+        run id -> fence) that it still holds with that fence and that have not lapsed,
+        in one statement without the project row (recovery takes lapsed leases only, and
+        re-checks their expiry under its row locks). Answers the reported runs it no
+        longer holds (lapsed, recovered, killed, finished elsewhere: the runner stops
+        them) and those of its runs an operator asked to kill."""
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        if not running:
+            return Renewal((), ())
+        now = self.now()
+        params = {
+            "owner": runner_id,
+            "now": self.encode_time(now),
+            "expires_at": self.encode_time(now + timedelta(seconds=lease_seconds)),
+            "run_ids": self.encode_list(sorted(running)),
+            "held": self.encode_list(sorted(f"{run}:{fence}" for run, fence in running.items())),
+        }
+        rows = await self.statement("renew_runner_leases", params)
+        live = {str(row["run_id"]) for row in rows}
+        kill = sorted(str(row["run_id"]) for row in rows if row["kill"])
+        return Renewal(tuple(sorted(run for run in running if run not in live)), tuple(kill))
 
     async def runner_holds(self, runner_id: str, run_id: str, fence: int | None) -> bool:
         """True when ``runner_id`` holds run ``run_id`` now (with ``fence``, if given)."""

@@ -311,10 +311,15 @@ class LeaseOps(QueueOps):
     async def recover_lapsed(self) -> list[Recovered]:
         """Take back every lease that expired: its run becomes lost (its locks released),
         its item is queued again (or failed once it has had ``max_attempts`` attempts).
-        One transaction."""
+        One transaction, taken only when a lease has lapsed: the common case (none)
+        reads one index entry without the project row. The items are selected again
+        under their row locks, so a lease renewed meanwhile is not taken."""
+        now = {"now": self.encode_time(self.now())}
+        async with self.transaction(write=False) as tx:
+            if await tx.fetch_one("any_lapsed", now) is None:
+                return []
         async with self.transaction() as tx:
             await self.lock_project(tx)
-            now = {"now": self.encode_time(self.now())}
             items = [self.item_from_row(row) for row in await tx.fetch_all("lapsed_items", now)]
             return [
                 await self._take_back(tx, item, _lapsed_error(item.lease_owner)) for item in items

@@ -53,7 +53,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from corral.store._core import Params, Row, Transaction
-from corral.store._fleet_runs import Holding
+from corral.store._fleet_runs import Holding, Renewal
 from corral.store._locks import WANT_SECONDS
 from corral.store._notify import Changes
 from corral.store._queue import Overflow
@@ -499,7 +499,7 @@ class FleetStore(Protocol):
 
     async def renew_runner_runs(
         self, runner_id: str, running: Mapping[str, int], *, lease_seconds: float
-    ) -> list[str]: ...
+    ) -> Renewal: ...
 
     async def runner_holds(self, runner_id: str, run_id: str, fence: int | None) -> bool: ...
 

@@ -1,28 +1,44 @@
 """The fleet's pages: the runners (the four numbers, the runners table, the throughput
-chart) and the anomalies, with their buttons. Read when the page loads, through
-``corral.engine.fleet``: the numbers are the ones ``corral fleet status`` and
-``GET /control/fleet/status`` give, and every change is the one the control API and the
-CLI make, audited as ``dashboard:<token name>``."""
+chart) and the anomalies, with their buttons. Read through ``corral.engine.fleet``: the
+numbers are the ones ``corral fleet status`` and ``GET /control/fleet/status`` give, and
+every change is the one the control API and the CLI make, audited as
+``dashboard:<token name>``.
+
+Both pages are live: their content is a fragment that ``/dashboard/runners/events`` and
+``/dashboard/anomalies/events`` push again when it changes. What they show changes with
+heartbeats and anomalies, which the shared snapshot does not watch, so their streams
+look every ``FLEET_TICK`` seconds as well as on each new snapshot; a fragment is read
+from the store at most once per ``_FRESH`` seconds however many viewers look."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 
 from corral.engine import fleet
 from corral.gateway.dashboard._chart import stacked_chart
 from corral.gateway.dashboard._context import Dashboard, Signed
 from corral.gateway.dashboard._posts import Checked, _act, _flash, read_form
+from corral.gateway.dashboard._sse import EventStream
+from corral.gateway.dashboard._streams import ticking_stream
 from corral.store import RunnerState
 
-__all__ = ["NOTE_LIMIT", "fleet_routes"]
+__all__ = ["FLEET_TICK", "NOTE_LIMIT", "fleet_routes"]
 
 #: The longest resolution note (as the control API takes).
 NOTE_LIMIT = 2000
 #: How many anomalies the page lists.
 ANOMALY_LIMIT = 200
+#: How often a fleet page's stream looks again (seconds): heartbeats and anomalies are
+#: not in the shared snapshot.
+FLEET_TICK = 2.0
+#: How long a fragment read from the store serves every viewer of it (seconds).
+_FRESH = 1.0
 #: The runner actions, by the last part of their URL.
 RUNNER_VERBS = {
     "cordon": RunnerState.CORDONED,
@@ -40,36 +56,104 @@ _DONE = {
 
 def fleet_routes(dash: Dashboard) -> APIRouter:
     router = APIRouter(prefix="/dashboard", include_in_schema=False)
-    _pages(router, dash)
+    fragments = _Fragments(dash)
+    _pages(router, dash, fragments)
+    _streams(router, dash, fragments)
     _posts(router, dash)
     return router
 
 
-def _pages(router: APIRouter, dash: Dashboard) -> None:
-    scheduler = dash.scheduler
+class _Fragments:
+    """The fleet pages' fragments, each read at most once per ``_FRESH`` seconds and
+    shared by every viewer (as ``Snapshot.memo`` shares the other pages')."""
 
+    def __init__(self, dash: Dashboard) -> None:
+        self._dash = dash
+        self._made: dict[Hashable, tuple[float, asyncio.Future[str]]] = {}
+
+    async def _shared(self, key: Hashable, make: Callable[[], Awaitable[str]], fresh: bool) -> str:
+        """The fragment under ``key``: made anew when ``fresh`` (a page load reads the
+        store as it is), when the last one is older than ``_FRESH`` or failed."""
+        now = time.monotonic()
+        found = self._made.get(key)
+        if fresh or found is None or now - found[0] >= _FRESH or _failed(found[1]):
+            found = (now, asyncio.ensure_future(make()))
+            self._made[key] = found
+        return await asyncio.shield(found[1])
+
+    async def runners(self, by: str, *, fresh: bool = False) -> str:
+        async def make() -> str:
+            context = await runners_context(self._dash, by) | {"now": _now(self._dash)}
+            return self._dash.renderer.render("_runners.html", context)
+
+        return await self._shared(("runners", by), make, fresh)
+
+    async def anomalies(self, everything: bool, *, fresh: bool = False) -> str:
+        async def make() -> str:
+            context = await anomalies_context(self._dash, everything) | {"now": _now(self._dash)}
+            return self._dash.renderer.render("_anomalies.html", context)
+
+        return await self._shared(("anomalies", everything), make, fresh)
+
+
+def _failed(future: asyncio.Future[str]) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
+
+
+def _now(dash: Dashboard) -> Any:
+    return dash.scheduler.store.now()
+
+
+def _pages(router: APIRouter, dash: Dashboard, fragments: _Fragments) -> None:
     @router.get("/runners")
     async def runners(
         operator: Signed, by: Annotated[str, Query(pattern="^(agent|runner)$")] = "agent"
     ) -> HTMLResponse:
-        context = await runners_context(dash, by)
+        context = {"by": by, "live": await fragments.runners(by, fresh=True)}
         return dash.page("runners.html", operator, context, title="Runners", nav="runners")
 
     @router.get("/anomalies")
     async def anomalies(operator: Signed, all: str | None = None) -> HTMLResponse:
         everything = all not in (None, "", "0")
-        store = scheduler.store
-        await fleet.check_offline(store, fleet.fleet_settings(scheduler.project))
-        found = await store.list_anomalies(include_resolved=everything, limit=ANOMALY_LIMIT)
-        names = {r.id: r.name for r in await store.list_runners()}
-        context = {
-            "anomalies": found,
-            "everything": everything,
-            "limit": ANOMALY_LIMIT,
-            "runner_names": names,
-            "note_limit": NOTE_LIMIT,
-        }
+        live = await fragments.anomalies(everything, fresh=True)
+        context = {"everything": everything, "live": live}
         return dash.page("anomalies.html", operator, context, title="Anomalies", nav="anomalies")
+
+
+def _streams(router: APIRouter, dash: Dashboard, fragments: _Fragments) -> None:
+    @router.get("/runners/events")
+    async def runners_events(
+        request: Request,
+        operator: Signed,
+        by: Annotated[str, Query(pattern="^(agent|runner)$")] = "agent",
+    ) -> Response:
+        render = lambda: fragments.runners(by)  # noqa: E731
+        return EventStream(ticking_stream(dash, request, "runners", render, FLEET_TICK))
+
+    @router.get("/anomalies/events")
+    async def anomalies_events(
+        request: Request, operator: Signed, all: str | None = None
+    ) -> Response:
+        everything = all not in (None, "", "0")
+        render = lambda: fragments.anomalies(everything)  # noqa: E731
+        return EventStream(ticking_stream(dash, request, "anomalies", render, FLEET_TICK))
+
+
+async def anomalies_context(dash: Dashboard, everything: bool) -> dict[str, Any]:
+    """What the anomalies page shows: the open ones (or all), newest first, with the
+    names of the runners they are about; runners gone silent are looked for first."""
+    scheduler = dash.scheduler
+    store = scheduler.store
+    await fleet.check_offline(store, fleet.fleet_settings(scheduler.project))
+    found = await store.list_anomalies(include_resolved=everything, limit=ANOMALY_LIMIT)
+    names = {r.id: r.name for r in await store.list_runners()}
+    return {
+        "anomalies": found,
+        "everything": everything,
+        "limit": ANOMALY_LIMIT,
+        "runner_names": names,
+        "note_limit": NOTE_LIMIT,
+    }
 
 
 async def runners_context(dash: Dashboard, by: str) -> dict[str, Any]:

@@ -10,8 +10,9 @@ the page's script sends it to the login form.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -24,12 +25,15 @@ from corral.gateway.dashboard._runlist import BadQuery, RunList, runs_view
 from corral.gateway.dashboard._sse import KEEPALIVE, KEEPALIVE_SECONDS, EventStream, sse_event
 from corral.gateway.dashboard._views import LiveView, live_view, run_html, run_record
 
-__all__ = ["stream_routes"]
+__all__ = ["stream_routes", "ticking_stream"]
 
 #: How often a run page's stream looks for new log lines.
 LOG_POLL = 0.25
 #: Tells the browser how soon to reconnect a dropped stream (ms).
 RETRY = "retry: 2000\n\n"
+#: The text of the ages in a fragment (``<time ...>3s</time>``): the page's script ticks
+#: them, so a fragment that changed in its ages alone is not sent again.
+_AGES = re.compile(r"(<time [^>]*>)[^<]*(</time>)")
 #: Enough chunks for the largest log (the run log is capped at 16 MiB).
 MAX_CHUNKS = 300
 
@@ -103,6 +107,35 @@ async def _view_stream(dash: Dashboard, request: Request, view: LiveView) -> Asy
                 continue
             last = html
             yield sse_event(view.event, html)
+        elif time.monotonic() - sent >= KEEPALIVE_SECONDS:
+            yield KEEPALIVE
+        else:
+            continue
+        sent = time.monotonic()
+
+
+async def ticking_stream(
+    dash: Dashboard,
+    request: Request,
+    event: str,
+    render: Callable[[], Awaitable[str]],
+    every: float,
+) -> AsyncIterator[str]:
+    """A fragment that changes with what the shared snapshot does not watch (the fleet
+    pages': heartbeats, anomalies): rendered on each new snapshot and every ``every``
+    seconds, and sent when it changed other than in its ages."""
+    yield RETRY
+    session = _Session(dash, request)
+    last: str | None = None
+    sent = time.monotonic()
+    async for _ in dash.feed.updates(keepalive=min(every, dash.recheck)):
+        if not await session.valid():
+            return
+        html = await render()
+        shape = _AGES.sub(r"\1\2", html)
+        if shape != last:
+            last = shape
+            yield sse_event(event, html)
         elif time.monotonic() - sent >= KEEPALIVE_SECONDS:
             yield KEEPALIVE
         else:

@@ -7,7 +7,8 @@ body (and the guard's bounds on the head, time and connections).
 
 Heartbeats, most of a fleet's traffic, are answered here (as ``LockFastPath`` answers
 locks, decision D16): the body is validated with the route's model, and the runner is
-authenticated and its heartbeat recorded in one statement (``heartbeat_by_credential``).
+authenticated and its heartbeat recorded in one statement (``heartbeat_by_credential``),
+and the leases of the runs it reports renewed in one more (``renew_runner_runs``).
 Anything else (a body that does not validate, an unknown or revoked credential, a store
 failure) goes on to the FastAPI route, which answers it as documented."""
 
@@ -22,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral.engine import fleet
 from corral.engine.token import hash_token
 from corral.errors import StoreError
-from corral.gateway.fleet._runner_api import HeartbeatBody, heartbeat_answer
+from corral.gateway.fleet._runner_api import HeartbeatBody, heartbeat_with_runs
 
 __all__ = ["MAX_BODY", "FleetDoor"]
 
@@ -109,17 +110,16 @@ async def _fast_heartbeat(scope: Scope, body: bytes, credential: str) -> dict[st
         parsed = HeartbeatBody.model_validate_json(body or b"null")
     except ValidationError:
         return None
-    if parsed.running:  # leases to renew, runs to answer for: the route does that
-        return None
     try:
         runner = await scheduler.store.heartbeat_by_credential(
             hash_token(credential), version=parsed.version
         )
+        if runner is None:
+            return None
+        settings = fleet.fleet_settings(scheduler.project)
+        return await heartbeat_with_runs(scheduler.store, runner, parsed, settings)
     except StoreError:
         return None
-    if runner is None:
-        return None
-    return heartbeat_answer(runner, fleet.fleet_settings(scheduler.project))
 
 
 async def _send_json(send: Send, status: int, answer: dict[str, Any]) -> None:

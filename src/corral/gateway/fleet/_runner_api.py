@@ -22,13 +22,14 @@ from corral.engine.actions import ActionError
 from corral.engine.token import hash_token
 from corral.gateway.edge import WholeNumber, json_response
 from corral.scheduler.service import Scheduler
-from corral.store import JoinRefusal, NewRunner, Runner, RunnerState
+from corral.store import JoinRefusal, NewRunner, Runner, RunnerState, Store
 
 __all__ = [
     "RUNNER_SCOPE_KEY",
     "HeartbeatBody",
     "Me",
     "heartbeat_answer",
+    "heartbeat_with_runs",
     "refusals",
     "require_runner",
     "runner_router",
@@ -223,16 +224,26 @@ def runner_router(scheduler: Scheduler) -> APIRouter:
         beat = await store.runner_heartbeat(me.id, version=body.version or me.version)
         if beat is None:  # revoked between the check and the write
             raise ActionError(403, f"runner {me.id} was revoked; it may not act for the fleet")
-        # The leases of the runs it still holds are renewed (one statement); the ones it
-        # reports but no longer holds are answered, so it stops them.
-        reported = {run.run_id: run.fence for run in body.running}
-        gone = await store.renew_runner_runs(
-            me.id, reported, lease_seconds=fleet_runs.LEASE_SECONDS
-        )
-        kill = [run.id for run in await store.kill_requests(me.id)] if reported else []
-        return {**heartbeat_answer(beat, settings), "gone": gone, "kill": kill}
+        return await heartbeat_with_runs(store, beat, body, settings)
 
     return router
+
+
+async def heartbeat_with_runs(
+    store: Store, runner: Runner, body: HeartbeatBody, settings: fleet.FleetSettings
+) -> dict[str, Any]:
+    """The answer of a recorded heartbeat (the route's and ``FleetDoor``'s alike): the
+    leases of the runs it still holds are renewed (one statement, no project row lock);
+    the ones it reports but no longer holds are answered, so it stops them, with those
+    an operator asked to kill."""
+    answer = heartbeat_answer(runner, settings)
+    if body.running:
+        reported = {run.run_id: run.fence for run in body.running}
+        renewal = await store.renew_runner_runs(
+            runner.id, reported, lease_seconds=fleet_runs.LEASE_SECONDS
+        )
+        answer["gone"], answer["kill"] = list(renewal.gone), list(renewal.kill)
+    return answer
 
 
 def heartbeat_answer(runner: Runner, settings: fleet.FleetSettings) -> dict[str, Any]:

@@ -692,6 +692,11 @@ SELECT * FROM corral_calls WHERE callee_run_id = :run_id
 -- corral_runs_parent.
 SELECT * FROM corral_runs WHERE parent_run_id = :run_id
 ORDER BY created_at, id LIMIT :limit
+-- name: any_lapsed
+-- Is there a lease to take back? Read without locks: recovery takes the project row and
+-- selects the lapsed items again only when one is found.
+SELECT id FROM corral_queue WHERE state = 'claimed' AND lease_expires_at < :now LIMIT 1
+
 -- name: runner_holdings
 -- The runs a runner holds now (their items claimed by it), read without locking them:
 -- every report of a runner checks it, and the writes that follow check the fence again.

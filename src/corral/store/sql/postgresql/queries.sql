@@ -306,6 +306,18 @@ UPDATE corral_queue SET lease_expires_at = %(expires_at)s
 WHERE state = 'claimed' AND lease_owner = %(owner)s
   AND run_id = ANY(%(run_ids)s)
 
+-- name: renew_runner_leases
+-- A runner's heartbeat: the leases of the runs it reports (``held``: 'run_id:fence') that
+-- it still holds with that fence and that have not lapsed, renewed without the project
+-- row: recovery takes only lapsed leases, re-checked under its row locks, and a lapsed
+-- lease is never renewed here. Answers each renewed run and whether it is to be killed.
+UPDATE corral_queue SET lease_expires_at = %(expires_at)s
+WHERE state = 'claimed' AND lease_owner = %(owner)s AND lease_expires_at >= %(now)s
+  AND run_id = ANY(%(run_ids)s) AND (run_id || ':' || fence) = ANY(%(held)s)
+RETURNING run_id,
+    (SELECT r.kill_requested_at IS NOT NULL FROM corral_runs r
+     WHERE r.id = corral_queue.run_id AND r.state IN ('queued', 'starting', 'running')) AS kill
+
 -- name: lock_item_to_end
 -- finalize_run's first step, a statement of its own: the run's item row, locked (item,
 -- run, agent: the order recovery and the transactional finalise take them in). NO KEY

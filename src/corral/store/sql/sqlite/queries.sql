@@ -202,6 +202,16 @@ UPDATE corral_queue SET lease_expires_at = :expires_at
 WHERE state = 'claimed' AND lease_owner = :owner
   AND run_id IN (SELECT value FROM json_each(:run_ids))
 
+-- name: renew_runner_leases
+-- See the PostgreSQL twin.
+UPDATE corral_queue SET lease_expires_at = :expires_at
+WHERE state = 'claimed' AND lease_owner = :owner AND lease_expires_at >= :now
+  AND run_id IN (SELECT value FROM json_each(:run_ids))
+  AND (run_id || ':' || fence) IN (SELECT value FROM json_each(:held))
+RETURNING run_id,
+    (SELECT r.kill_requested_at IS NOT NULL FROM corral_runs r
+     WHERE r.id = corral_queue.run_id AND r.state IN ('queued', 'starting', 'running')) AS kill
+
 -- name: lapsed_items
 SELECT * FROM corral_queue INDEXED BY corral_queue_claimed
 WHERE state = 'claimed' AND lease_expires_at < :now
