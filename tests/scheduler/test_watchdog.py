@@ -136,3 +136,52 @@ async def test_a_passed_deadline_with_nothing_to_kill_does_not_spin() -> None:
         assert _cpu_seconds(watchdog.pid) - before < 0.3
     finally:
         watchdog.close()
+
+
+def _writes() -> int:
+    """Write calls made by this process so far (the kernel's count)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("syscw:"):
+            return int(line.split()[1])
+    raise AssertionError("no syscw in /proc/self/io")
+
+
+async def test_runs_started_in_one_turn_reach_the_watchdog_in_one_write(
+    tmp_path: Path,
+) -> None:
+    """A claim of 64 runs tracks 64 runs in one turn of the loop: one write to the
+    watchdog, not 64; and the watchdog knows each of them (a passed deadline kills the
+    one that has a process)."""
+    watchdog = Watchdog()
+    watchdog.start()
+    run_id, process, pidfile = await start_run(tmp_path)
+    try:
+        await asyncio.sleep(0.2)
+        before = _writes()
+        for n in range(63):
+            watchdog.track(f"wd-other-{n}")
+        watchdog.track(run_id)
+        await asyncio.sleep(0)  # the end of this turn
+        await asyncio.sleep(0)
+        assert _writes() - before <= 3
+        watchdog.set_deadline(boottime() + 0.3)
+        assert await dead(process, pidfile, 5)
+    finally:
+        watchdog.close()
+        await process.stop(0.1)
+
+
+async def test_a_run_tracked_just_before_the_close_is_killed_with_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Closed in the same turn as a run was tracked: the run reaches the watchdog before
+    its end of the pipe closes, and is killed as the scheduler's runs are."""
+    watchdog = Watchdog()
+    watchdog.start()
+    run_id, process, pidfile = await start_run(tmp_path)
+    try:
+        watchdog.track(run_id)
+        watchdog.close()
+        assert await dead(process, pidfile, 5)
+    finally:
+        await process.stop(0.1)

@@ -11,6 +11,7 @@ COMMIT), running 3, finalise 1: 14. SQLite: one write transaction each, 3 per ru
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,17 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from corral.store import AgentSpec, ItemState, NewItem, RunState, Store, TriggerKind, open_store
+from corral.errors import StoreError
+from corral.store import (
+    AgentSpec,
+    ItemState,
+    NewItem,
+    Run,
+    RunState,
+    Store,
+    TriggerKind,
+    open_store,
+)
 from corral.store._sqlite import SqliteStore
 from tests.store._roundtrips import WARM_UP, counted_store
 
@@ -130,3 +141,61 @@ async def test_a_claim_refuses_a_hash_given_twice(store: Store) -> None:
     with pytest.raises(ValueError, match="names a hash twice"):
         await store.claim("s1", lease_seconds=LEASE, limit=2, secret_hashes=[_hash(1)] * 2)
     assert (await store.list_items())[0].state is ItemState.QUEUED
+
+
+@pytest.mark.parametrize(
+    "dialect", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_runs_marked_running_together_each_get_their_own_outcome(store: Store) -> None:
+    """Sixteen marks at once, as a claim's runs start: each run gets its own pid, host
+    and start; one already running and one unknown are refused alone, as one at a time."""
+    await _setup(store)
+    for n in range(17):
+        await store.enqueue(NewItem("a" if n % 2 else "b", TriggerKind.MANUAL, prompt="p"))
+    claims = await store.claim("s1", lease_seconds=LEASE, limit=BATCH)
+    assert len(claims) == 8  # scale 4 each
+    first = claims[0].run.id
+    await store.mark_run_running(first, pid=1, host="h0")
+    ids = [c.run.id for c in claims] + ["ghost-1"]
+    outcomes = await asyncio.gather(
+        *(
+            store.mark_run_running(run_id, pid=2000 + n, host=f"h{n}")
+            for n, run_id in enumerate(ids)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], StoreError) and "it is running" in str(outcomes[0])
+    assert isinstance(outcomes[-1], StoreError) and "no run 'ghost-1'" in str(outcomes[-1])
+    for n, (run_id, outcome) in enumerate(zip(ids[1:-1], outcomes[1:-1], strict=True), 1):
+        assert isinstance(outcome, Run), outcome
+        assert (outcome.id, outcome.state, outcome.pid, outcome.host) == (
+            run_id,
+            RunState.RUNNING,
+            2000 + n,
+            f"h{n}",
+        )
+        assert outcome.started_at is not None
+        assert await store.get_run(run_id) == outcome
+    kept = await store.get_run(first)
+    assert kept is not None and (kept.pid, kept.host) == (1, "h0")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
+async def test_marks_sent_together_share_a_round_trip(store_url: str) -> None:
+    """PostgreSQL: marks that arrive while one is in flight go in one statement; 32
+    runs starting at once cost a few round trips, not 32."""
+    async with counted_store(store_url) as (store, proxy):
+        await store.sync_project(
+            [AgentSpec("a", 64, 1000)], scale_cap=None, max_attempts=2, max_reruns=2
+        )
+        for _ in range(32):
+            await store.enqueue(NewItem("a", TriggerKind.MANUAL, prompt="p"))
+        claims = await store.claim("s1", lease_seconds=LEASE, limit=BATCH)
+        assert len(claims) == 32
+        with proxy.counting() as seen:
+            done = await asyncio.gather(
+                *(store.mark_run_running(c.run.id, pid=n, host="h") for n, c in enumerate(claims))
+            )
+        assert [run.pid for run in done] == list(range(32))
+        assert seen.statements <= 4, seen.queries

@@ -113,11 +113,19 @@ def _unpack_into(data: bytes, target: Path, hash_: str) -> None:
 class BundleFollower:
     """Keeps ``scheduler`` on the store's current bundle."""
 
-    def __init__(self, scheduler: Scheduler, *, interval: float = 2.0) -> None:
+    def __init__(
+        self, scheduler: Scheduler, *, interval: float = 2.0, settle: float = 0.25
+    ) -> None:
         self.scheduler = scheduler
         self.root = scheduler.project.root
         self.env = scheduler.project.environment
         self.interval = interval
+        #: The least time between two looks woken by notices. Every run's end wakes
+        #: every waiter of the store's hub (its locks and its call may have moved on),
+        #: so without it a busy scheduler read the bundle head once per run.
+        self.settle = settle
+        #: How many times the store's head was read (``check``).
+        self.checks = 0
         #: The bundle running now (None: the project directory's files).
         self.applied: str | None = None
         #: The last bundle that did not load, and why (until one does).
@@ -125,12 +133,24 @@ class BundleFollower:
         self.error: str | None = None
 
     async def run(self) -> None:
-        while True:
-            await self.scheduler.store.wait_for_change([BUNDLE], self.interval)
-            await self.check()
+        """Look at the head when a notice wakes it (``bundle``, or everything), at most
+        once per ``settle`` seconds, and every ``interval`` seconds. A notice that comes
+        while it looks or settles is kept: the next look follows the settling."""
+        woken = asyncio.Event()
+        unsubscribe = self.scheduler.store.changes.subscribe(BUNDLE, woken.set)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), self.interval)
+                woken.clear()
+                await self.check()
+                await asyncio.sleep(self.settle)
+        finally:
+            unsubscribe()
 
     async def check(self) -> bool:
         """Apply the store's current bundle if it is new; True when one was applied."""
+        self.checks += 1
         head = await self.scheduler.store.bundle_head()
         if head is None or head.hash in (self.applied, self.failed):
             return False

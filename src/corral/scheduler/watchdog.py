@@ -27,6 +27,7 @@ Run as ``python -m corral.scheduler.watchdog KIND BASE``; one command a line on 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -68,7 +69,10 @@ class Watchdog:
     """The scheduler's side: starts the watchdog process and feeds it.
 
     Writes never block: a watchdog that does not read (or died) is restarted and told
-    everything again.
+    everything again. On an event loop, the runs started and ended in one turn of the
+    loop go in one write at the end of that turn (a run's process starts turns later,
+    after its preparation), so a burst costs one write and one wake-up of the watchdog
+    per turn, not two per run; a deadline is written at once, with whatever waits.
     """
 
     def __init__(self, support: ContainSupport | None = None) -> None:
@@ -76,6 +80,9 @@ class Watchdog:
         self.runs: set[str] = set()
         self.deadline = math.inf
         self._proc: subprocess.Popen[bytes] | None = None
+        #: Lines waiting for the end of this turn of the loop (``_flush``).
+        self._pending: list[str] = []
+        self._flush_scheduled = False
 
     @property
     def pid(self) -> int | None:
@@ -104,11 +111,29 @@ class Watchdog:
 
     def track(self, run_id: str) -> None:
         self.runs.add(run_id)
-        self._send([f"run {run_id}"])
+        self._later(f"run {run_id}")
 
     def untrack(self, run_id: str) -> None:
         self.runs.discard(run_id)
-        self._send([f"done {run_id}"])
+        self._later(f"done {run_id}")
+
+    def _later(self, line: str) -> None:
+        """``line`` in the write at the end of this turn of the loop (at once without a
+        running loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._send([line])
+            return
+        self._pending.append(line)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._pending:
+            self._send([])
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -125,6 +150,8 @@ class Watchdog:
             self._restart()
 
     def _send(self, lines: list[str]) -> None:
+        """Write what waits for the end of the turn, then ``lines``, in one write."""
+        lines, self._pending = [*self._pending, *lines], []
         if self._proc is None or self._proc.stdin is None:
             return
         data = "".join(f"{line}\n" for line in lines).encode()
@@ -141,6 +168,9 @@ class Watchdog:
 
     def close(self, *, kill_runs: bool = True) -> None:
         """Stop the watchdog; with ``kill_runs`` it kills the runs it still knows of."""
+        if kill_runs and self._pending:
+            self._send([])  # the runs it must know of, and those it must not kill
+        self._pending = []
         proc, self._proc = self._proc, None
         if proc is None:
             return

@@ -301,6 +301,17 @@ SELECT pr.capped, pr.paused, (SELECT count(*) FROM calls) AS calls_started,
 FROM project pr
 LEFT JOIN (runs r JOIN items i ON i.id = r.item_id) ON true
 ORDER BY r.item_id
+-- name: mark_runs_running
+-- mark_run_running for several runs at once (Store.mark_run_running's batch): each run
+-- that is still starting gets its own start time, pid and host; the others are left
+-- as they are and are not returned.
+UPDATE corral_runs r
+SET state = 'running', started_at = m.started_at, pid = m.pid, host = m.host
+FROM unnest(%(ids)s::text[], %(pids)s::integer[], %(hosts)s::text[],
+            %(started)s::timestamptz[]) AS m(id, pid, host, started_at)
+WHERE r.id = m.id AND r.state = 'starting'
+RETURNING r.*
+
 -- name: renew_run_leases
 UPDATE corral_queue SET lease_expires_at = %(expires_at)s
 WHERE state = 'claimed' AND lease_owner = %(owner)s

@@ -340,3 +340,17 @@ SELECT substr(ended_at, 1, 13) AS hour, agent, runner_id, count(*) AS ended
 FROM corral_runs
 WHERE ended_at >= :since AND ended_at IS NOT NULL
 GROUP BY substr(ended_at, 1, 13), agent, runner_id
+
+-- name: mark_runs_running
+-- PostgreSQL's batch of marks (Store.mark_run_running), in SQLite's terms for parity of
+-- the named queries: SQLite marks each run in a transaction of its own. :ids, :pids,
+-- :hosts and :started are JSON arrays of one length; each run that is still starting
+-- gets the values at its index.
+UPDATE corral_runs
+SET state = 'running',
+    started_at = json_extract(:started, '$[' || m.key || ']'),
+    pid = json_extract(:pids, '$[' || m.key || ']'),
+    host = json_extract(:hosts, '$[' || m.key || ']')
+FROM json_each(:ids) AS m
+WHERE corral_runs.id = m.value AND corral_runs.state = 'starting'
+RETURNING *
