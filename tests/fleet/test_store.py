@@ -212,3 +212,58 @@ async def test_a_heartbeat_by_credential_is_one_statement_for_members_only(store
     assert await store.heartbeat_by_credential(hash_token("cred-a"), version="3") is None
     after = await store.get_runner(runner.id)
     assert after is not None and after.version == "2.0"
+
+
+async def test_heartbeats_heard_together_each_get_their_own_answer(store: Store) -> None:
+    """Heartbeats that arrive together (on PostgreSQL one statement for the lot) answer
+    each runner alone: its own row and version, none for a revoked or unknown runner, and
+    the last version of a runner heard twice."""
+    await store.create_fleet_token(hash_token("t"), ttl=DAY, actor="t")
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        await store.create_fleet_token(hash_token(f"t-{name}"), ttl=DAY, actor="t")
+        assert isinstance(await _join(store, f"t-{name}", name), Runner)
+    revoked = await store.heartbeat_by_credential(hash_token("cred-d"), version="")
+    assert revoked is not None
+    await store.set_runner_state(revoked.id, RunnerState.REVOKED, actor="op")
+
+    beats = await asyncio.gather(
+        store.heartbeat_by_credential(hash_token("cred-a"), version="2.0"),
+        store.heartbeat_by_credential(hash_token("cred-b"), version=""),
+        store.heartbeat_by_credential(hash_token("cred-c"), version="3.0"),
+        store.heartbeat_by_credential(hash_token("cred-d"), version="9.9"),
+        store.heartbeat_by_credential(hash_token("cred-x"), version="1.0"),
+        store.heartbeat_by_credential(hash_token("cred-c"), version=""),
+    )
+    a, b, c, d, unknown, c_again = beats
+    assert a is not None and (a.name, a.version) == ("a", "2.0")
+    assert b is not None and (b.name, b.version) == ("b", "1.0.0")  # empty: unchanged
+    assert c is not None and c_again is not None
+    assert (c.name, c.version) == (c_again.name, c_again.version) == ("c", "3.0")
+    assert d is None and unknown is None
+    kept = await store.get_runner(revoked.id)
+    assert kept is not None and kept.version == "1.0.0" and kept.state is RunnerState.REVOKED
+    for runner in (a, b, c):
+        assert runner.last_heartbeat_at is not None
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
+async def test_heartbeats_heard_together_share_a_round_trip(store_url: str) -> None:
+    """PostgreSQL: 40 runners' heartbeats arriving together cost a few round trips, not
+    40 (each was one statement of its own)."""
+    from tests.store._roundtrips import counted_store
+
+    async with counted_store(store_url) as (store, proxy):
+        for n in range(40):
+            await store.create_fleet_token(hash_token(f"t{n}"), ttl=DAY, actor="t")
+            assert isinstance(await _join(store, f"t{n}", f"r{n}"), Runner)
+        with proxy.counting() as seen:
+            beats = await asyncio.gather(
+                *(
+                    store.heartbeat_by_credential(hash_token(f"cred-r{n}"), version="")
+                    for n in range(40)
+                )
+            )
+        assert sorted(b.name for b in beats if b is not None) == sorted(f"r{n}" for n in range(40))
+        assert seen.statements <= 4, seen.queries

@@ -51,6 +51,30 @@ async def test_jobs_that_arrive_during_a_batch_go_together_in_the_next() -> None
     assert runner.batches == [["a"], ["b", "c", "d", "e"]]
 
 
+async def test_with_a_linger_jobs_that_arrive_close_together_share_the_first_batch() -> None:
+    """Without a linger the first job goes alone; with one, jobs arriving within it go
+    with it (runners' heartbeats, which would otherwise each be a statement)."""
+    runner = Runner()
+    group = GroupCommit[str, str](runner, name="test-linger", linger=0.1)
+    first = asyncio.create_task(group.submit("a"))
+    await asyncio.sleep(0.02)
+    rest = [asyncio.create_task(group.submit(job)) for job in "bc"]
+    assert await asyncio.gather(first, *rest) == ["A", "B", "C"]
+    assert runner.batches == [["a", "b", "c"]]
+
+
+async def test_jobs_waiting_out_a_linger_fail_when_the_batcher_is_cancelled() -> None:
+    runner = Runner()
+    group = GroupCommit[str, str](runner, name="test-linger", linger=5.0)
+    job = asyncio.create_task(group.submit("a"))
+    await asyncio.sleep(0.02)
+    assert group._drainer is not None
+    group._drainer.cancel()
+    with pytest.raises(StoreError, match="closing"):
+        await job
+    assert runner.batches == []
+
+
 async def test_a_job_that_fails_alone_fails_only_its_caller() -> None:
     group = GroupCommit[str, str](Runner(), name="test-batches")
     results = await asyncio.gather(

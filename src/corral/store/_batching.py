@@ -50,18 +50,36 @@ class Waiting(Generic[J, R]):
 
 
 class GroupCommit(Generic[J, R]):
-    """Jobs submitted while a batch runs wait and run together in the next batch."""
+    """Jobs submitted while a batch runs wait and run together in the next batch.
+
+    With ``linger`` (seconds), a job that finds nothing in flight waits that long for
+    others before its batch is sent: for work that is frequent, cheap to delay and costly
+    per statement (runners' heartbeats), where batches would otherwise hold one job."""
 
     def __init__(
         self,
         run: Callable[[list[Waiting[J, R]]], Awaitable[Sequence[R | Failed]]],
         *,
         name: str,
+        linger: float = 0.0,
     ) -> None:
         self._run = run
         self._name = name
+        self._linger = linger
         self._pending: list[Waiting[J, R]] = []
         self._drainer: asyncio.Task[None] | None = None
+
+    async def _wait_for_company(self) -> None:
+        """The linger: jobs that arrive meanwhile join the first batch. Cancelled
+        (closing), the jobs waiting fail: none of them ran."""
+        try:
+            await asyncio.sleep(self._linger)
+        except asyncio.CancelledError:
+            left, self._pending = self._pending, []
+            for waiting in left:
+                if not waiting.future.done():
+                    waiting.future.set_exception(StoreError("the store is closing"))
+            raise
 
     async def submit(self, job: J) -> R:
         """Run ``job`` in the next batch; its own outcome (result or error)."""
@@ -72,6 +90,8 @@ class GroupCommit(Generic[J, R]):
         return await future
 
     async def _drain(self) -> None:
+        if self._linger > 0:
+            await self._wait_for_company()
         while self._pending:
             batch, self._pending = self._pending, []
             try:

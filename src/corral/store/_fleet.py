@@ -27,6 +27,7 @@ from typing import Any
 
 from corral.errors import StoreError
 from corral.store._anomalies import record_episode_in
+from corral.store._batching import Failed, GroupCommit, Waiting
 from corral.store._core import Row, StoreCore, Transaction
 from corral.store.records import (
     Anomaly,
@@ -43,6 +44,10 @@ __all__ = ["FleetOps", "TransitionRefused"]
 _TOKEN_TIMES = ("created_at", "expires_at", "redeemed_at", "revoked_at")
 _RUNNER_TIMES = ("joined_at", "last_heartbeat_at", "offline_since", "revoked_at")
 _ANOMALY_TIMES = ("at", "resolved_at")
+
+#: PostgreSQL: how long a runner's heartbeat that finds none in flight waits for others
+#: to share its statement (a fleet heartbeats every few seconds; offline is 15 s).
+HEARTBEAT_LINGER = 0.02
 
 #: Which states each operator change may start from.
 _CHANGES: dict[RunnerState, frozenset[RunnerState]] = {
@@ -63,6 +68,9 @@ _VERBS = {
 
 class FleetOps(StoreCore):
     """Activation tokens, runners and anomalies; part of ``Store``."""
+
+    #: PostgreSQL: runners' heartbeats that arrive together share one statement.
+    _heartbeats: GroupCommit[dict[str, Any], list[Row]] | None = None
 
     # -- activation tokens -------------------------------------------------------------
 
@@ -272,8 +280,53 @@ class FleetOps(StoreCore):
             "version": version,
             "now": self.encode_time(self.now()),
         }
-        rows = await self.statement("heartbeat_by_credential", params)
+        if self.dialect == "sqlite":
+            rows = await self.statement("heartbeat_by_credential", params)
+        else:
+            if self._heartbeats is None:
+                self._heartbeats = GroupCommit(
+                    self._record_heartbeats, name="corral-heartbeats", linger=HEARTBEAT_LINGER
+                )
+            rows = await self._heartbeats.submit(params)
         return self._runner(rows[0]) if rows else None
+
+    async def _record_heartbeats(
+        self, batch: list[Waiting[dict[str, Any], list[Row]]]
+    ) -> list[list[Row] | Failed]:
+        """PostgreSQL: the heartbeats of ``batch`` as one statement
+        (``heartbeats_by_credential``); each gets its runner's row, or none (unknown or
+        revoked). A runner heard twice in one batch keeps its last version. Should that
+        statement fail (a deadlock with a statement that marks runners offline, say), each
+        heartbeat is sent alone, with its own outcome."""
+        live = [w for w in batch if not w.gone]
+        if len(live) <= 1:
+            return [[] if w.gone else await self._heartbeat_alone(w.job) for w in batch]
+        versions: dict[str, str] = {}
+        for waiting in live:
+            job = waiting.job
+            if job["version"] or job["credential_hash"] not in versions:
+                versions[job["credential_hash"]] = job["version"]
+        hashes = sorted(versions)
+        params = {
+            "hashes": hashes,
+            "versions": [versions[h] for h in hashes],
+            "now": max(w.job["now"] for w in live),
+        }
+        try:
+            rows = await self.statement("heartbeats_by_credential", params)
+        except StoreError:
+            return [[] if w.gone else await self._heartbeat_alone(w.job) for w in batch]
+        by_hash = {row["credential_hash"]: row for row in rows}
+        return [
+            [by_hash[w.job["credential_hash"]]] if w.job["credential_hash"] in by_hash else []
+            for w in batch
+        ]
+
+    async def _heartbeat_alone(self, job: dict[str, Any]) -> list[Row] | Failed:
+        try:
+            return await self.statement("heartbeat_by_credential", job)
+        except StoreError as exc:
+            return Failed(exc)
 
     async def set_runner_state(
         self, runner_id: str, state: RunnerState, *, actor: str

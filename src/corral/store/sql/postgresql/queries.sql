@@ -627,3 +627,14 @@ SELECT to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24') AS hour, agent,
 FROM corral_runs
 WHERE ended_at >= %(since)s AND ended_at IS NOT NULL
 GROUP BY to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24'), agent, runner_id
+
+-- name: heartbeats_by_credential
+-- heartbeat_by_credential for several runners at once (the runner API's heartbeats that
+-- arrive together): each known, unrevoked runner among :hashes is recorded as heard at
+-- :now, with the version at its index (empty: unchanged); the others are not returned.
+UPDATE corral_runners r
+SET last_heartbeat_at = %(now)s, offline_since = NULL,
+    version = CASE WHEN h.version = '' THEN r.version ELSE h.version END
+FROM unnest(%(hashes)s::text[], %(versions)s::text[]) AS h(credential_hash, version)
+WHERE r.credential_hash = h.credential_hash AND r.state <> 'revoked'
+RETURNING r.*

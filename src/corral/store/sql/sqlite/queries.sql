@@ -354,3 +354,15 @@ SET state = 'running',
 FROM json_each(:ids) AS m
 WHERE corral_runs.id = m.value AND corral_runs.state = 'starting'
 RETURNING *
+
+-- name: heartbeats_by_credential
+-- PostgreSQL's batch of heartbeats, in SQLite's terms for parity of the named queries:
+-- SQLite records each heartbeat alone. :hashes and :versions are JSON arrays of one
+-- length; each known, unrevoked runner gets the version at its index (empty: unchanged).
+UPDATE corral_runners
+SET last_heartbeat_at = :now, offline_since = NULL,
+    version = CASE WHEN json_extract(:versions, '$[' || h.key || ']') = '' THEN version
+                   ELSE json_extract(:versions, '$[' || h.key || ']') END
+FROM json_each(:hashes) AS h
+WHERE corral_runners.credential_hash = h.value AND corral_runners.state <> 'revoked'
+RETURNING *
