@@ -17,7 +17,8 @@ from corral.errors import ConfigError, CorralError, RunError
 from corral.locate import resolve_project_root
 from corral.project import Project, load_project
 from corral.runtime import HostRuntime, Isolation, LaunchSpec
-from corral.runtime._limits import detect_limits
+from corral.runtime._contain import contain_support
+from corral.runtime._limits import CgroupMount, detect_limits, parse_cgroup_mounts
 from corral.runtime._private import mount_support
 from corral.runtime.sandbox import INSTALL_HINT, SandboxRuntime, probe_sandbox
 from corral.scheduler.prepare import RUN_ID_BASE, RUN_ID_SPAN
@@ -47,6 +48,8 @@ async def run_checks(project_dir: Path | None, env: str | None) -> list[Check]:
         checks.append(_credentials.check_credentials(project))
     checks.append(await check_host_runtime())
     checks.append(check_host_tmp())
+    moves = check_cgroup_moves()
+    checks += [moves] if moves is not None else []
     checks.append(await check_sandbox(project))
     checks.append(check_sandbox_limits(project))
     checks.append(await check_sandbox_walls(project))
@@ -117,6 +120,43 @@ def check_host_tmp() -> Check:
         fix = 'run corral as root, or set [runtime] type = "sandbox" in config.toml'
         return Check("host /tmp", "warn", support.describe(), fix)
     return Check("host /tmp", "ok", support.describe())
+
+
+def check_cgroup_moves() -> Check | None:
+    """Whether a run's processes wait for the kernel to enter their cgroup (cgroup2
+    without ``favordynmods``: an RCU grace period per move, often 5-15 ms, paid by every
+    process of every run before its program starts). None where runs are not contained
+    by cgroup2."""
+    support = contain_support()
+    if support.kind != "cgroup2" or support.base is None:
+        return None
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return None
+    return cgroup_moves_check(support.base, parse_cgroup_mounts(mountinfo))
+
+
+def cgroup_moves_check(base: Path, mounts: list[CgroupMount]) -> Check | None:
+    """`check_cgroup_moves` for the cgroup2 mount holding ``base``."""
+    holding = [m for m in mounts if m.version == 2 and base.is_relative_to(m.mountpoint)]
+    if not holding:
+        return None
+    mount = max(holding, key=lambda m: len(m.mountpoint.parts))
+    if "favordynmods" in mount.options:
+        return Check(
+            "cgroup moves",
+            "ok",
+            f"cgroup2 at {mount.mountpoint} favours dynamic changes: a run's processes "
+            "enter their cgroups without waiting",
+        )
+    return Check(
+        "cgroup moves",
+        "ok",
+        "each process of a run waits for the kernel (an RCU grace period, often 5-15 ms) "
+        f"to enter its cgroup; `mount -o remount,favordynmods {mount.mountpoint}` "
+        '(Linux 6.0 or later) removes the wait: see docs/sandbox.md, "Starting fast"',
+    )
 
 
 def _sandbox_agents(project: Project | None) -> list[str]:

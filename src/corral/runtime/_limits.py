@@ -113,6 +113,7 @@ class CgroupMount:
     mountpoint: Path
     root: str  # the cgroup mounted there
     controllers: frozenset[str]  # v1: from the mount options; v2: empty (see cgroup.controllers)
+    options: frozenset[str] = frozenset()  # v2: the hierarchy's options (favordynmods, ...)
 
 
 def parse_proc_cgroup(text: str) -> dict[str, str]:
@@ -144,7 +145,7 @@ def parse_cgroup_mounts(mountinfo: str) -> list[CgroupMount]:
         fstype, options = fields[sep + 1], fields[sep + 3].split(",")
         root, mountpoint = _unescape(fields[3]), Path(_unescape(fields[4]))
         if fstype == "cgroup2":
-            mounts.append(CgroupMount(2, mountpoint, root, frozenset()))
+            mounts.append(CgroupMount(2, mountpoint, root, frozenset(), frozenset(options)))
         elif fstype == "cgroup":
             mounts.append(CgroupMount(1, mountpoint, root, frozenset(options)))
     return mounts
