@@ -391,10 +391,10 @@ class GitBoard:
 
     # ----------------------------------------------------------------- operations
 
-    def init(self, specs: Iterable[TaskSpec]) -> list[Task]:
-        """Create the board with these tasks, all open. Refused if the remote already has
-        the ref (use :meth:`add` to add tasks to an existing board)."""
-        tasks = [Task(spec=s, status=TaskStatus.OPEN, created_at=time.time()) for s in specs]
+    def init(self, specs: Iterable[TaskSpec | Task]) -> list[Task]:
+        """Create the board with these tasks (a spec is open, a Task keeps its state).
+        Refused if the remote already has the ref (:meth:`add` adds to a board)."""
+        tasks = [_as_task(s) for s in specs]
         _check_graph(tasks)
         _no_duplicates(tasks)
         old = self._fetch()
@@ -412,12 +412,7 @@ class GitBoard:
     def add(self, tasks: Iterable[Task | TaskSpec]) -> list[Task]:
         """Add tasks (a Task keeps its state, so a board in the seed's layout moves over
         as it is); creates the board if the remote has none. Refuses ids already there."""
-        incoming = [
-            t
-            if isinstance(t, Task)
-            else Task(spec=t, status=TaskStatus.OPEN, created_at=time.time())
-            for t in tasks
-        ]
+        incoming = [_as_task(t) for t in tasks]
         _no_duplicates(incoming)
 
         def change(current: list[Task]) -> list[tuple[Task | None, Task]]:
@@ -588,6 +583,12 @@ class GitBoard:
     def drop_cache(self) -> None:
         """Remove the private cache (the next operation recreates it)."""
         shutil.rmtree(self.cache, ignore_errors=True)
+
+
+def _as_task(item: Task | TaskSpec) -> Task:
+    if isinstance(item, Task):
+        return item
+    return Task(spec=item, status=TaskStatus.OPEN, created_at=time.time())
 
 
 def _reopened(task: Task, now: float) -> Task:
