@@ -66,6 +66,13 @@ technical_details:
   de-AT,"Grüß Gott, willkommen",true
   en,Hello,false
 
+flows[3]:
+ signup[3]:
+  Signup → Verified
+ pay[1]:
+  Paywall → Paid
+ a plain step
+
 metadata:
  created_by: test-author
  created_at: 2026-01-02T03:04:05Z
@@ -122,6 +129,12 @@ def test_example_in_the_dialect_reads_every_construct() -> None:
         {"locale": "en", "text": "Hello", "formal": False},
     ]
     assert extra["metadata"]["estimated_hours"] == 3
+    # a list item with its own indented list is an object (its [N] undercounted too)
+    assert extra["flows"] == [
+        {"signup": ["Signup → Verified"]},
+        {"pay": ["Paywall → Paid"]},
+        "a plain step",
+    ]
     assert extra["notes"] == "Keep the list short.\nAsk the café staff first."
 
 
@@ -232,6 +245,11 @@ def test_a_task_in_two_folders_is_refused(tmp_path: Path) -> None:
         ),
         ("task:\n id: bad id\n project: p\n title: t\n", 2, "task id 'bad id' is not valid"),
         ("", None, "empty"),
+        (
+            "task:\n id: T-1\n project: p\n title: t\nsteps[1]:\n first step\n  more text\n",
+            6,
+            "must be a 'key:' or 'key[N]:' line",
+        ),
         ("task:\n id: T-1\n project: p\n title: t\nacceptance_criteria: 3\n", 5, "list"),
     ],
 )

@@ -89,9 +89,13 @@ class _Normaliser:
     """Rewrites the seed's dialect as strict TOON (indent 2), remembering for each line
     written the 1-based line of the source it came from."""
 
-    def __init__(self, text: str, path: str | Path | None) -> None:
-        self.lines = text.replace("\r\n", "\n").split("\n")
+    def __init__(
+        self, lines: list[str], path: str | Path | None, start: int = 0, stop: int | None = None
+    ) -> None:
+        self.lines = lines
         self.path = path
+        self.start = start
+        self.stop = len(lines) if stop is None else stop
         self.out: list[str] = []
         self.origin: list[int] = []
         #: source indents of the keys that opened the objects we are inside
@@ -104,7 +108,7 @@ class _Normaliser:
     def end_of_children(self, start: int, parent_indent: int) -> int:
         """Index just past the lines that belong under a header at parent_indent."""
         j = last = start
-        while j < len(self.lines):
+        while j < self.stop:
             line = self.lines[j]
             j += 1
             if not line.strip():
@@ -115,8 +119,8 @@ class _Normaliser:
         return last
 
     def run(self) -> tuple[str, list[int]]:
-        i = 0
-        while i < len(self.lines):
+        i = self.start
+        while i < self.stop:
             raw = self.lines[i]
             lead = raw[: len(raw) - len(raw.lstrip())]
             if "\t" in lead:
@@ -165,19 +169,48 @@ class _Normaliser:
 
     def array(self, i: int, ind: int, depth: int, qkey: str, arr: str) -> int:
         """A ``key[N]:`` list of bare lines, or a ``key[N]{fields}:`` table; the count
-        written is the number of items present."""
+        written is the number of items present. A bare item with lines indented under it
+        (``name[N]:`` and its own items) is an object, written as TOON's ``- `` item."""
         end = self.end_of_children(i + 1, ind)
-        items = [(k, self.lines[k]) for k in range(i + 1, end) if self.lines[k].strip()]
         fields = arr[arr.index("]") + 1 :]
+        items: list[tuple[int, int]] = []  # (first line, end) of each item
+        k = i + 1
+        while k < end:
+            if not self.lines[k].strip():
+                k += 1
+                continue
+            stop = k + 1 if fields else self.end_of_children(k + 1, _indent_of(self.lines[k]))
+            items.append((k, max(stop, k + 1)))
+            k = max(stop, k + 1)
         self.emit(depth, f"{qkey}[{len(items)}]{fields}:", i)
-        for k, item in items:
-            row = item.strip() if fields else "- " + _quote(_item_text(item))
-            self.emit(depth + 1, row, k)
+        for first, stop in items:
+            if fields:
+                self.emit(depth + 1, self.lines[first].strip(), first)
+            elif stop == first + 1:
+                self.emit(depth + 1, "- " + _quote(_item_text(self.lines[first])), first)
+            else:
+                self.nested_item(depth, first, stop)
         return end
+
+    def nested_item(self, depth: int, first: int, stop: int) -> None:
+        if _LINE.match(self.lines[first].strip()) is None:
+            raise SeedFormatError(
+                f"{_where(self.path, first + 1)}: a list item with lines indented under it "
+                "must be a 'key:' or 'key[N]:' line; indent the lines as the item's text "
+                "or make the item a key"
+            )
+        sub = _Normaliser(self.lines, self.path, first, stop)
+        sub.run()
+        for n, (line, src) in enumerate(zip(sub.out, sub.origin, strict=True)):
+            if n == 0:
+                self.out.append("  " * (depth + 1) + "- " + line)
+            else:
+                self.out.append("  " * (depth + 2) + line)
+            self.origin.append(src)
 
 
 def _normalise(text: str, path: str | Path | None) -> tuple[str, list[int]]:
-    return _Normaliser(text, path).run()
+    return _Normaliser(text.replace("\r\n", "\n").split("\n"), path).run()
 
 
 def decode(text: str, *, path: str | Path | None = None) -> dict[str, Any]:
