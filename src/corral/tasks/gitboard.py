@@ -178,6 +178,7 @@ class GitBoard:
         base_max: float = 0.5,
         cap: float = 2.0,
         give_up_after: float = 300.0,
+        yield_after_win: bool = True,
     ) -> None:
         if not remote:
             raise GitBoardError("no remote given: pass --remote URL or set CORRAL_TASKS_GIT")
@@ -192,6 +193,8 @@ class GitBoard:
         self.base_max = base_max
         self.cap = cap
         self.give_up_after = give_up_after
+        self.yield_after_win = yield_after_win
+        self._won_last = False
         #: Exponentially weighted share of this claimer's pushes that were rejected.
         self.conflict_rate = 0.0
         self.pushes = 0
@@ -337,6 +340,7 @@ class GitBoard:
         )
         self.pushes += 1
         ok = proc.returncode == 0
+        self._won_last = ok
         if not ok:
             text = (proc.stdout + proc.stderr).decode(errors="replace")
             lost = (
@@ -355,9 +359,11 @@ class GitBoard:
         self.conflict_rate = 0.8 * self.conflict_rate + 0.2 * (0.0 if ok else 1.0)
         return ok
 
+    def _base(self) -> float:
+        return self.base_min + (self.base_max - self.base_min) * self.conflict_rate
+
     def _backoff(self, attempt: int) -> float:
-        base = self.base_min + (self.base_max - self.base_min) * self.conflict_rate
-        delay = random.uniform(0.0, min(self.cap, base * 2**attempt))
+        delay = random.uniform(0.0, min(self.cap, self._base() * 2**attempt))
         time.sleep(delay)
         return delay
 
@@ -429,6 +435,13 @@ class GitBoard:
     def claim(self, project: str | None = None, labels: Iterable[str] = ()) -> ClaimResult | None:
         """Claim the best eligible task; None when no task is eligible."""
         labels = tuple(labels)
+        waited = 0.0
+        if self.yield_after_win and self._won_last and self.conflict_rate > 0.0:
+            # Our last push landed while others were being refused: they are sleeping,
+            # and we would take the ref again before any of them wakes (the capture
+            # effect of exponential backoff). Wait a jittered base first.
+            waited = random.uniform(0.0, self._base())
+            time.sleep(waited)
 
         def change(current: list[Task]) -> list[tuple[Task | None, Task]] | None:
             best = pick(current, project, labels)
@@ -448,12 +461,12 @@ class GitBoard:
             )
             return [(best, after)]
 
-        done, retries, waited = self._cas(change, f"[corral] {self.claimer} claimed {{0}}")
+        done, retries, slept = self._cas(change, f"[corral] {self.claimer} claimed {{0}}")
         if not done:
             return None
         task = done[0]
         self._held[(task.project, task.id)] = task.token
-        return ClaimResult(task=task, generation=task.token, retries=retries, waited=waited)
+        return ClaimResult(task=task, generation=task.token, retries=retries, waited=waited + slept)
 
     def _held_change(
         self,
