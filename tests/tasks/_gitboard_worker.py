@@ -21,7 +21,7 @@ from corral.tasks.gitboard import GitBoard
 
 def main() -> None:
     remote, claimer, cache = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    board = GitBoard(remote, claimer, cache=cache, give_up_after=120.0)
+    board = GitBoard(remote, claimer, cache=cache, give_up_after=250.0)
     print("ready", flush=True)
     sys.stdin.readline()
     claims: list[list[object]] = []

@@ -128,7 +128,7 @@ def test_eight_processes_claim_thirty_tasks_once_each(dirty_repo: Path, tmp_path
         p.stdin.flush()
     reports = []
     for p in procs:
-        out, err = p.communicate(timeout=300)
+        out, err = p.communicate(timeout=400)
         assert p.returncode == 0, err
         reports.append(json.loads(out.strip().splitlines()[-1]))
     elapsed = time.monotonic() - started
