@@ -297,7 +297,10 @@ class GitBoard:
                 self._parsed[(sha, path)] = read_task_state(
                     body, path=f"{self.ref}:{path}", folder=_folder_of(path)
                 )
-        return [self._parsed[(sha, path)] for sha, path in entries]
+        tasks = [self._parsed[(sha, path)] for sha, path in entries]
+        # Keep only the files of this tree, so a long-lived claimer's cache stays small.
+        self._parsed = {key: self._parsed[key] for key in entries}
+        return tasks
 
     def _commit(
         self, old: str | None, changes: Sequence[tuple[Task | None, Task]], message: str
