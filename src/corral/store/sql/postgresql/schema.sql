@@ -598,42 +598,31 @@ CREATE TRIGGER corral_queue_updated AFTER UPDATE ON corral_queue
 
 CREATE FUNCTION corral_notify_locks() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    channel text := 'corral_' || md5(TG_TABLE_SCHEMA);
+    v_key text := CASE WHEN TG_OP = 'DELETE' THEN OLD.key ELSE NEW.key END;
 BEGIN
     -- Only keys someone waits for (rlock --wait): a plain try-lock or release with nobody
     -- waiting sends nothing, so the hot lock path pays one index probe, not a notice.
-    IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify(channel, CASE WHEN octet_length(o.key) < 7000 THEN 'lock:' || o.key
-                                        ELSE '*' END)
-        FROM corral_old_rows o
-        WHERE EXISTS (SELECT 1 FROM corral_lock_waits w WHERE w.key = o.key);
-    ELSIF TG_OP = 'INSERT' THEN
-        PERFORM pg_notify(channel, CASE WHEN octet_length(n.key) < 7000 THEN 'lock:' || n.key
-                                        ELSE '*' END)
-        FROM corral_new_rows n
-        WHERE EXISTS (SELECT 1 FROM corral_lock_waits w WHERE w.key = n.key);
-    ELSE
-        PERFORM pg_notify(channel, CASE WHEN octet_length(n.key) < 7000 THEN 'lock:' || n.key
-                                        ELSE '*' END)
-        FROM corral_new_rows n JOIN corral_old_rows o ON o.key = n.key
-        WHERE n.run_id <> o.run_id
-          AND EXISTS (SELECT 1 FROM corral_lock_waits w WHERE w.key = n.key);
+    IF EXISTS (SELECT 1 FROM corral_lock_waits w WHERE w.key = v_key) THEN
+        PERFORM pg_notify('corral_' || md5(TG_TABLE_SCHEMA),
+                          CASE WHEN octet_length(v_key) < 7000 THEN 'lock:' || v_key
+                               ELSE '*' END);
     END IF;
     RETURN NULL;
 END
 $$;
 
+-- Row-level (0023): a lock statement touches one row or a run's few, and a statement that
+-- changes none (a release of a key not held, a refused take-over) costs no call; an
+-- update that keeps the holder (a heartbeat, a refresh) fails the WHEN and costs none.
 CREATE TRIGGER corral_locks_deleted AFTER DELETE ON corral_locks
-    REFERENCING OLD TABLE AS corral_old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION corral_notify_locks();
+    FOR EACH ROW EXECUTE FUNCTION corral_notify_locks();
 
 CREATE TRIGGER corral_locks_inserted AFTER INSERT ON corral_locks
-    REFERENCING NEW TABLE AS corral_new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION corral_notify_locks();
+    FOR EACH ROW EXECUTE FUNCTION corral_notify_locks();
 
 CREATE TRIGGER corral_locks_updated AFTER UPDATE ON corral_locks
-    REFERENCING OLD TABLE AS corral_old_rows NEW TABLE AS corral_new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION corral_notify_locks();
+    FOR EACH ROW WHEN (OLD.run_id IS DISTINCT FROM NEW.run_id OR OLD.key IS DISTINCT FROM NEW.key)
+    EXECUTE FUNCTION corral_notify_locks();
 
 CREATE FUNCTION corral_notify_calls() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -128,3 +128,41 @@ BEGIN
         q.lease_expires_at, q.fence, q.run_id;
 END
 $$;
+
+-- Lock notices, row by row. 0014's triggers on corral_locks were statement-level with
+-- transition tables: every statement of a lock function (a take, a release, a heartbeat,
+-- even one changing no row) filled a tuplestore and ran a join over it in a PL/pgSQL call,
+-- a fifth of the server's CPU per acquire + release pair. The same notices now come from
+-- row-level triggers (one probe of corral_lock_waits per changed row); a heartbeat or a
+-- refresh, which keeps the holder, calls nothing.
+CREATE OR REPLACE FUNCTION corral_notify_locks() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_key text := CASE WHEN TG_OP = 'DELETE' THEN OLD.key ELSE NEW.key END;
+BEGIN
+    -- Only keys someone waits for (rlock --wait): a plain try-lock or release with nobody
+    -- waiting sends nothing, so the hot lock path pays one index probe, not a notice.
+    IF EXISTS (SELECT 1 FROM corral_lock_waits w WHERE w.key = v_key) THEN
+        PERFORM pg_notify('corral_' || md5(TG_TABLE_SCHEMA),
+                          CASE WHEN octet_length(v_key) < 7000 THEN 'lock:' || v_key
+                               ELSE '*' END);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER corral_locks_deleted ON corral_locks;
+DROP TRIGGER corral_locks_inserted ON corral_locks;
+DROP TRIGGER corral_locks_updated ON corral_locks;
+
+-- Row-level (0023): a lock statement touches one row or a run's few, and a statement that
+-- changes none (a release of a key not held, a refused take-over) costs no call; an
+-- update that keeps the holder (a heartbeat, a refresh) fails the WHEN and costs none.
+CREATE TRIGGER corral_locks_deleted AFTER DELETE ON corral_locks
+    FOR EACH ROW EXECUTE FUNCTION corral_notify_locks();
+
+CREATE TRIGGER corral_locks_inserted AFTER INSERT ON corral_locks
+    FOR EACH ROW EXECUTE FUNCTION corral_notify_locks();
+
+CREATE TRIGGER corral_locks_updated AFTER UPDATE ON corral_locks
+    FOR EACH ROW WHEN (OLD.run_id IS DISTINCT FROM NEW.run_id OR OLD.key IS DISTINCT FROM NEW.key)
+    EXECUTE FUNCTION corral_notify_locks();
