@@ -85,9 +85,10 @@ async def backend_pids(dsn: str, dbname: str) -> list[int]:
 
 
 def body_of(kib: float, n: int) -> bytes:
-    filler = "x" * max(0, int(kib * 1024) - 200)
-    doc = {"action": "opened", "issue": {"number": n, "title": f"issue {n}", "body": filler}}
-    return json.dumps(doc).encode()
+    """The body ``bench/webhooks.py`` posts: a realistic ``issues`` delivery of ~``kib`` KiB."""
+    from webhooks import issue_payload
+
+    return json.dumps(issue_payload(n, kib)).encode()
 
 
 async def prepare(store: Any, kind: str, concurrency: int) -> list[Any]:
