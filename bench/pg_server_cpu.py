@@ -10,6 +10,7 @@ own fresh database before and after. Per store process and kind:
 * ``deliveries``: ``--count`` signed-looking ``issues`` deliveries (a ~``--body-kib`` KiB
   body, one matched agent, a fresh delivery id each) through ``Store.record_delivery``
   from ``--concurrency`` coroutines, as the gateway records them;
+  With ``--depth N`` the agent's queue holds N items first;
 * ``locks``: ``--count`` pairs of ``acquire_lock`` + ``release_lock``, each coroutine a
   live run on a key of its own, as ``bench/locks.py``'s load does through the gateway.
 
@@ -103,6 +104,20 @@ async def prepare(store: Any, kind: str, concurrency: int) -> list[Any]:
             for _ in range(concurrency)
         ]
     return []
+
+
+async def prefill(url: str, depth: int) -> None:
+    """``depth`` queued webhook items for the agent, each with its own dedupe key, in one
+    statement (the queue counters are kept by the store's triggers, as for any insert)."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO corral_queue (agent, trigger_kind, state, enqueued_at, max_attempts,"
+            " dedupe_key) SELECT %s, 'webhook', 'queued', now(), 3, 'prefill-' || g"
+            " FROM generate_series(1, %s) g",
+            (AGENT, depth),
+        )
 
 
 async def drive(
@@ -204,6 +219,8 @@ async def one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         store = await open_store(url)
         try:
             runs = await prepare(store, kind, args.concurrency)
+            if args.depth:
+                await prefill(url, args.depth)
             body = body_of(args.body_kib, 0)
             # Warm-up: fills the pool (every connection opened) and the plan caches.
             await drive(store, kind, args.warmup, args.concurrency, runs, body)
@@ -268,6 +285,7 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=300, help="operations before the window")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--body-kib", type=float, default=6.0)
+    p.add_argument("--depth", type=int, default=0, help="items queued before the warm-up")
     p.add_argument("--perf", metavar="PREFIX", help="perf record the backends to PREFIX.<kind>")
     return p.parse_args(argv)
 
