@@ -125,6 +125,39 @@ async def test_a_lock_handed_to_a_waiter_wakes_it_in_another_store(
 
 
 @postgres_only
+async def test_lock_notices_follow_the_holder_not_every_lock_statement(
+    make_store_url: UrlFactory,
+) -> None:
+    """While a run waits for a key, the holder keeping it (a heartbeat, a try-lock of its
+    own key) tells nobody; the key changing hands, even by a take-over of its row, tells
+    the waiters' processes (row-level triggers since 0023)."""
+    url = make_store_url()
+    key = "github://acme/app/issues/2"
+    async with await open_store(url) as actor, await open_store(url) as waiter:
+        await _project(actor)
+        holder = await actor.create_run(NewRun("worker", TriggerKind.MANUAL))
+        blocked = await actor.create_run(NewRun("worker", TriggerKind.MANUAL))
+        other = await actor.create_run(NewRun("worker", TriggerKind.MANUAL))
+        await actor.acquire_lock(key, holder.id, ttl_seconds=60)
+        assert isinstance(
+            await actor.wait_for_lock(key, blocked.id, ttl_seconds=60, wait_seconds=30), LockHeld
+        )
+        quiet = asyncio.ensure_future(waiter.wait_for_change([lock_topic(key)], 0.5))
+        await asyncio.sleep(0.02)
+        await actor.heartbeat_lock(key, holder.id, ttl_seconds=0.3)
+        refreshed = await actor.acquire_lock(key, holder.id, ttl_seconds=0.3)
+        assert getattr(refreshed, "refreshed", False)
+        assert not await quiet
+        # Expired with a run waiting: another run's try-lock hands the key to the waiter
+        # (the row is taken over, not deleted): the waiter's process is told.
+        await asyncio.sleep(0.4)
+        await _woken(
+            waiter, [lock_topic(key)], lambda: actor.acquire_lock(key, other.id, ttl_seconds=60)
+        )
+        assert (await actor.get_lock(key)).run_id == blocked.id  # type: ignore[union-attr]
+
+
+@postgres_only
 async def test_stores_in_other_schemas_are_not_woken(make_store_url: UrlFactory) -> None:
     one, other = make_store_url(), make_store_url()
     async with await open_store(one) as writer, await open_store(other) as stranger:

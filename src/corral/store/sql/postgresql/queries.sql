@@ -550,10 +550,17 @@ ORDER BY day DESC, agent
 -- name: find_receipt_deliveries
 -- find_receipt_delivery for a whole batch of deliveries (``record_delivery`` on
 -- PostgreSQL): the receipts that took any of these (source, delivery id) pairs.
-SELECT r.source, r.delivery_id, r.id
+-- One probe of the receipts' unique delivery index per pair: the LIMIT keeps the lookup a
+-- subquery of its own (a plain join was planned as a hash join over a full scan of that
+-- index, every receipt ever taken read by every batch).
+SELECT d.source, d.delivery_id, r.id
 FROM unnest(%(sources)s::text[], %(delivery_ids)s::text[]) AS d (source, delivery_id)
-JOIN corral_webhook_receipts r ON r.source = d.source AND r.delivery_id = d.delivery_id
-WHERE r.replay_of IS NULL AND r.outcome IN ('accepted', 'ping')
+CROSS JOIN LATERAL (
+    SELECT t.id FROM corral_webhook_receipts t
+    WHERE t.source = d.source AND t.delivery_id = d.delivery_id
+      AND t.replay_of IS NULL AND t.outcome IN ('accepted', 'ping')
+    LIMIT 1
+) AS r
 
 -- name: insert_receipts
 -- insert_receipt for a whole batch of deliveries in one statement: one array per column,

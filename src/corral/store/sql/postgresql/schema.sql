@@ -598,42 +598,31 @@ CREATE TRIGGER corral_queue_updated AFTER UPDATE ON corral_queue
 
 CREATE FUNCTION corral_notify_locks() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    channel text := 'corral_' || md5(TG_TABLE_SCHEMA);
+    v_key text := CASE WHEN TG_OP = 'DELETE' THEN OLD.key ELSE NEW.key END;
 BEGIN
     -- Only keys someone waits for (rlock --wait): a plain try-lock or release with nobody
     -- waiting sends nothing, so the hot lock path pays one index probe, not a notice.
-    IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify(channel, CASE WHEN octet_length(o.key) < 7000 THEN 'lock:' || o.key
-                                        ELSE '*' END)
-        FROM corral_old_rows o
-        WHERE EXISTS (SELECT 1 FROM corral_lock_waits w WHERE w.key = o.key);
-    ELSIF TG_OP = 'INSERT' THEN
-        PERFORM pg_notify(channel, CASE WHEN octet_length(n.key) < 7000 THEN 'lock:' || n.key
-                                        ELSE '*' END)
-        FROM corral_new_rows n
-        WHERE EXISTS (SELECT 1 FROM corral_lock_waits w WHERE w.key = n.key);
-    ELSE
-        PERFORM pg_notify(channel, CASE WHEN octet_length(n.key) < 7000 THEN 'lock:' || n.key
-                                        ELSE '*' END)
-        FROM corral_new_rows n JOIN corral_old_rows o ON o.key = n.key
-        WHERE n.run_id <> o.run_id
-          AND EXISTS (SELECT 1 FROM corral_lock_waits w WHERE w.key = n.key);
+    IF EXISTS (SELECT 1 FROM corral_lock_waits w WHERE w.key = v_key) THEN
+        PERFORM pg_notify('corral_' || md5(TG_TABLE_SCHEMA),
+                          CASE WHEN octet_length(v_key) < 7000 THEN 'lock:' || v_key
+                               ELSE '*' END);
     END IF;
     RETURN NULL;
 END
 $$;
 
+-- Row-level (0023): a lock statement touches one row or a run's few, and a statement that
+-- changes none (a release of a key not held, a refused take-over) costs no call; an
+-- update that keeps the holder (a heartbeat, a refresh) fails the WHEN and costs none.
 CREATE TRIGGER corral_locks_deleted AFTER DELETE ON corral_locks
-    REFERENCING OLD TABLE AS corral_old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION corral_notify_locks();
+    FOR EACH ROW EXECUTE FUNCTION corral_notify_locks();
 
 CREATE TRIGGER corral_locks_inserted AFTER INSERT ON corral_locks
-    REFERENCING NEW TABLE AS corral_new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION corral_notify_locks();
+    FOR EACH ROW EXECUTE FUNCTION corral_notify_locks();
 
 CREATE TRIGGER corral_locks_updated AFTER UPDATE ON corral_locks
-    REFERENCING OLD TABLE AS corral_old_rows NEW TABLE AS corral_new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION corral_notify_locks();
+    FOR EACH ROW WHEN (OLD.run_id IS DISTINCT FROM NEW.run_id OR OLD.key IS DISTINCT FROM NEW.key)
+    EXECUTE FUNCTION corral_notify_locks();
 
 CREATE FUNCTION corral_notify_calls() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -756,6 +745,28 @@ CREATE TRIGGER corral_bundle_head_changed AFTER INSERT OR UPDATE ON corral_bundl
     FOR EACH ROW EXECUTE FUNCTION corral_notify_bundle();
 -- Enqueue functions (0017): intake and create_call, one round trip each (see
 -- migrations/0017_enqueue_functions.sql for what they leave to Python).
+-- The item holding any of p_keys (a dedupe key and its aliases), the oldest if several:
+-- one probe of the unique index per key. Not "dedupe_key = ANY(keys) ORDER BY id LIMIT 1":
+-- PL/pgSQL caches a generic plan, which guesses ten items per array of keys and so walks
+-- the primary key in id order, filtering every item ever queued (nearly always to find
+-- none); an equality on the unique index is planned as one probe whatever the key.
+CREATE FUNCTION corral_dedupe_holder(p_keys text[]) RETURNS corral_queue
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_key text;
+    found_item corral_queue;
+    oldest corral_queue;
+BEGIN
+    FOREACH v_key IN ARRAY p_keys LOOP
+        SELECT * INTO found_item FROM corral_queue WHERE corral_queue.dedupe_key = v_key;
+        IF FOUND AND (oldest.id IS NULL OR found_item.id < oldest.id) THEN
+            oldest := found_item;
+        END IF;
+    END LOOP;
+    RETURN oldest;
+END
+$$;
+
 -- One item. Rows: the items dropped for it ('dropped'), then the item itself ('queued',
 -- 'rejected' for a full queue under 'refuse', 'duplicate': the item already holding its
 -- dedupe key); or one row 'fallback' (all columns NULL) having changed nothing.
@@ -783,9 +794,8 @@ BEGIN
     IF v_key IS NOT NULL THEN
         v_keys := ARRAY[v_key] || coalesce(
             ARRAY(SELECT jsonb_array_elements_text(p_item->'dedupe_aliases')), '{}');
-        SELECT * INTO q FROM corral_queue WHERE corral_queue.dedupe_key = ANY(v_keys)
-        ORDER BY corral_queue.id LIMIT 1;
-        IF FOUND THEN
+        q := corral_dedupe_holder(v_keys);
+        IF q.id IS NOT NULL THEN
             RETURN QUERY SELECT 'duplicate', q.id, q.agent, q.trigger_kind, q.trigger_detail,
                 q.prompt, q.parent_run_id, q.rerun_count, q.dedupe_key, q.state, q.reason,
                 q.enqueued_at, q.claimed_at, q.finished_at, q.attempts, q.max_attempts,
@@ -847,8 +857,7 @@ BEGIN
     IF q.id IS NULL THEN
         -- Another transaction committed the same key meanwhile (only possible across
         -- agents): its item is the duplicate.
-        SELECT * INTO q FROM corral_queue WHERE corral_queue.dedupe_key = ANY(v_keys)
-        ORDER BY corral_queue.id LIMIT 1;
+        q := corral_dedupe_holder(v_keys);
         outcome := 'duplicate';
     ELSE
         outcome := CASE WHEN v_reason IS NULL THEN 'queued' ELSE 'rejected' END;
