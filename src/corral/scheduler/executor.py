@@ -34,6 +34,7 @@ from corral.scheduler.builtin_run import run_builtin
 from corral.scheduler.prepare import RunPlan, plan_run
 from corral.scheduler.runlog import DEFAULT_LOG_LIMIT, RunLog
 from corral.store import Claim, QueueItem, Run, RunState, StaleFence, Store, StoreError
+from corral.store._notify import RUN_ENDED
 
 __all__ = ["STORE_RETRY", "TIMEOUT_EXIT_CODE", "RunExecutor", "RunResult", "StoreGaveUp"]
 
@@ -302,7 +303,10 @@ class RunExecutor:
             self._exit_codes.pop(run_id, None)
             if self.link is not None:
                 self.link.revoke(claim.run.id)
-                self.link.changes.notify_all()  # its locks and its call may have moved on
+                # Only the dashboard's feed hears of the end itself; the run's keys and its
+                # call were notified by the store as its end committed, the dispatcher by
+                # the scheduler (a slot is free). Not everyone (D107).
+                self.link.changes.notify(RUN_ENDED)
 
     async def _execute(self, claim: Claim, sink: Sink | None) -> RunResult:
         run = claim.run

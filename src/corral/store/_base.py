@@ -108,6 +108,17 @@ class Store(
     #: together in the next statement (``mark_run_running``).
     _running_marks: GroupCommit[dict[str, Any], list[Row]] | None = None
 
+    def notify_committed(self, topics: Collection[str]) -> None:
+        """Wake this process's waiters of ``topics``, which a transaction of this process
+        has just changed: a run's end releases its keys (``lock:<key>``) and answers its
+        call (``call:<id>``). On SQLite this is the only notice of those changes. On
+        PostgreSQL the tables' triggers send the same topics to every process (migration
+        0014), so this is skipped while the listener is connected (``changes.remote``)
+        and no waiter is woken twice for one change; while it is not, this process's
+        waiters still hear of their own process's changes."""
+        if topics and not self.changes.remote:
+            self.changes.notify_many(topics)
+
     # -- lifecycle -------------------------------------------------------------------
 
     @abstractmethod
@@ -234,12 +245,14 @@ class Store(
             "error": error,
             "ended_at": self.encode_time(self.now()),
         }
+        notices: list[str] = []
         async with self.transaction() as tx:
             row = await tx.fetch_one("finish_unqueued_run", params)
             if row is None:
                 current = await self._require_run(tx, run_id)
                 raise StoreError(_finish_refusal(current, state, self.url))
-            await self.release_run_locks_in(tx, run_id)
+            await self.release_run_locks_in(tx, run_id, notices)
+        self.notify_committed(notices)
         return self.run_from_row(row)
 
     async def get_run(self, run_id: str) -> Run | None:

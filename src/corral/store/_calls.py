@@ -19,6 +19,7 @@ from typing import Any
 
 from corral.errors import StoreConflict, StoreError
 from corral.store._core import Row, Transaction
+from corral.store._notify import call_topic
 from corral.store._queue import QUEUE_FULL, QueueOps
 from corral.store.records import (
     AuditEntry,
@@ -196,7 +197,9 @@ class CallOps(QueueOps):
 
         return await self.atomic(body)
 
-    async def settle_calls_in(self, tx: Transaction, run: Run) -> None:
+    async def settle_calls_in(
+        self, tx: Transaction, run: Run, notices: list[str] | None = None
+    ) -> None:
         if run.trigger is not TriggerKind.CALL:
             return
         if run.state is RunState.SUCCEEDED:
@@ -211,7 +214,9 @@ class CallOps(QueueOps):
             "error": error,
             "now": self.encode_time(self.now()),
         }
-        await tx.execute("answer_call", params)
+        answered = await tx.fetch_all("answer_call", params)
+        if notices is not None:
+            notices.extend(call_topic(str(row["id"])) for row in answered)
 
     async def start_calls_in(self, tx: Transaction, item: QueueItem, run_id: str) -> None:
         """The call whose item was just claimed is now running as ``run_id``."""

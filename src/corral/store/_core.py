@@ -231,9 +231,17 @@ class StoreCore(ABC):
         return ProjectState.from_row(self._returned(row, "lock_project"))
 
     @abstractmethod
-    async def release_run_locks_in(self, tx: Transaction, run_id: str) -> int:
+    async def release_run_locks_in(
+        self, tx: Transaction, run_id: str, notices: list[str] | None = None
+    ) -> int:
         """Release every lock of ``run_id`` inside ``tx`` (see ``_locks``): each transaction
-        that ends a run calls this, so a run's locks end with it (invariant 4)."""
+        that ends a run calls this, so a run's locks end with it (invariant 4). The topic
+        of each key released is added to ``notices`` (see ``notify_committed``)."""
+
+    @abstractmethod
+    def notify_committed(self, topics: Collection[str]) -> None:
+        """Wake this process's waiters of ``topics``, changed by a transaction that has
+        just committed (see ``Store``)."""
 
     @abstractmethod
     async def find_cycle(
@@ -254,9 +262,11 @@ class StoreCore(ABC):
         """Inside ``tx``, which gave ``item`` up: its call, if any, answers ``error``."""
 
     @abstractmethod
-    async def settle_calls_in(self, tx: Transaction, run: Run) -> None:
+    async def settle_calls_in(
+        self, tx: Transaction, run: Run, notices: list[str] | None = None
+    ) -> None:
         """Inside ``tx``, which ended ``run``: answer the call it was running for, if any
-        (see ``_calls``)."""
+        (see ``_calls``), adding the call's topic to ``notices``."""
 
     async def audit_in(
         self,

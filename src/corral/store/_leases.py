@@ -91,15 +91,19 @@ class LeaseOps(QueueOps):
             raise ValueError(f"finalize needs a terminal state, got {state.value!r}")
         done = None
         if self.dialect == "postgresql":
+            # (a run that holds no key anyone waits for: no lock notice is due)
             done = await self._finalize_plain(run_id, fence, state, exit_code, error)
+        notices: list[str] = []
 
         async def body(tx: Transaction) -> FinalizeResult:
+            del notices[:]  # of an earlier try of this body, if any
             return await self._finalize_in(
-                tx, run_id, fence, state, exit_code, error, reserve_rerun_for
+                tx, run_id, fence, state, exit_code, error, reserve_rerun_for, notices
             )
 
         if done is None:
             done = await self.atomic(body)
+            self.notify_committed(notices)
         if state is not RunState.SUCCEEDED:  # a success costs nothing more
             await note_run_end(self, done.run)
         return done
@@ -148,8 +152,10 @@ class LeaseOps(QueueOps):
         exit_code: int | None,
         error: str | None,
         reserve_rerun_for: str | None,
+        notices: list[str] | None = None,
     ) -> FinalizeResult:
-        """``finalize`` inside ``tx``: every case, on both stores."""
+        """``finalize`` inside ``tx``: every case, on both stores; the topics it changed
+        go to ``notices``."""
         run = await self._require_run(tx, run_id)
         # Ending a claim only frees a slot, so it cannot break a cap: the project lock
         # is taken only when a rerun may be queued. The fence check is the conditional
@@ -165,8 +171,8 @@ class LeaseOps(QueueOps):
         if item_row is None:
             raise StaleFence(await self._stale(tx, run, fence))
         ended = await self._end_run(tx, run, state, exit_code, error)
-        await self.release_run_locks_in(tx, run.id)
-        await self.settle_calls_in(tx, ended)
+        await self.release_run_locks_in(tx, run.id, notices)
+        await self.settle_calls_in(tx, ended, notices)
         item = self.item_from_row(item_row)
         rerun = None if project is None else await self._rerun(tx, project, ended, item)
         if rerun is not None and reserve_rerun_for is not None:
@@ -182,6 +188,7 @@ class LeaseOps(QueueOps):
         run's locks are released and a call it was answering is pending again. Refused
         with StaleFence, changing nothing, unless the item is still claimed with ``fence``.
         """
+        notices: list[str] = []
         async with self.transaction() as tx:
             await self.lock_project(tx)
             run = await self._require_run(tx, run_id)
@@ -190,8 +197,9 @@ class LeaseOps(QueueOps):
             if item_row is None:
                 raise StaleFence(await self._stale(tx, run, fence))
             ended = await self._end_run(tx, run, RunState.KILLED, None, reason)
-            await self.release_run_locks_in(tx, run.id)
+            await self.release_run_locks_in(tx, run.id, notices)
             await self.requeue_calls_in(tx, self.item_from_row(item_row))
+        self.notify_committed(notices)
         return ended
 
     async def reserve(self, item_id: int, owner: str, *, seconds: float) -> QueueItem | None:
@@ -318,23 +326,32 @@ class LeaseOps(QueueOps):
         async with self.transaction(write=False) as tx:
             if await tx.fetch_one("any_lapsed", now) is None:
                 return []
+        notices: list[str] = []
         async with self.transaction() as tx:
             await self.lock_project(tx)
             items = [self.item_from_row(row) for row in await tx.fetch_all("lapsed_items", now)]
-            return [
-                await self._take_back(tx, item, _lapsed_error(item.lease_owner)) for item in items
+            taken = [
+                await self._take_back(tx, item, _lapsed_error(item.lease_owner), notices)
+                for item in items
             ]
+        self.notify_committed(notices)
+        return taken
 
     async def release_owner(self, owner: str, *, reason: str) -> list[Recovered]:
         """Take back every lease ``owner`` holds now, as ``recover_lapsed`` does on expiry;
         ``reason`` becomes the error of each run it loses."""
+        notices: list[str] = []
         async with self.transaction() as tx:
             await self.lock_project(tx)
             rows = await tx.fetch_all("owner_items", {"owner": owner})
             items = [self.item_from_row(row) for row in rows]
-            return [await self._take_back(tx, item, reason) for item in items]
+            taken = [await self._take_back(tx, item, reason, notices) for item in items]
+        self.notify_committed(notices)
+        return taken
 
-    async def _take_back(self, tx: Transaction, item: QueueItem, error: str) -> Recovered:
+    async def _take_back(
+        self, tx: Transaction, item: QueueItem, error: str, notices: list[str] | None = None
+    ) -> Recovered:
         now = self.encode_time(self.now())
         run_row = None
         if item.run_id is not None:
@@ -346,7 +363,7 @@ class LeaseOps(QueueOps):
                 "ended_at": now,
             }
             run_row = await tx.fetch_one("finish_run", params)
-            await self.release_run_locks_in(tx, item.run_id)
+            await self.release_run_locks_in(tx, item.run_id, notices)
         if item.attempts < item.max_attempts:
             row = await tx.fetch_one("requeue_item", {"id": item.id})
             await self.requeue_calls_in(tx, item)

@@ -46,6 +46,7 @@ from typing import NoReturn
 from corral.errors import StoreBusy, StoreConflict, StoreError
 from corral.store._batching import Failed, GroupCommit, Waiting
 from corral.store._core import Row, StoreCore, Transaction
+from corral.store._notify import lock_topic
 from corral.store._time import utc_now
 from corral.store.records import Deadlock, Lock, LockGrant, LockHeld, LockWaiter, RunState
 
@@ -541,15 +542,23 @@ class LockOps(StoreCore):
 
     async def release_run_locks(self, run_id: str) -> int:
         """Release every lock ``run_id`` holds; return how many."""
+        notices: list[str] = []
         async with self.transaction() as tx:
-            return await self.release_run_locks_in(tx, run_id)
+            released = await self.release_run_locks_in(tx, run_id, notices)
+        self.notify_committed(notices)
+        return released
 
-    async def release_run_locks_in(self, tx: Transaction, run_id: str) -> int:
+    async def release_run_locks_in(
+        self, tx: Transaction, run_id: str, notices: list[str] | None = None
+    ) -> int:
         """Inside ``tx``, which ends ``run_id``: release its locks (each to its first
-        waiter, if any) and drop its edges in the wait-for graph (invariant 4)."""
+        waiter, if any) and drop its edges in the wait-for graph (invariant 4). Each key's
+        topic goes to ``notices``, for ``notify_committed`` after the commit."""
         keys = sorted(
             row["key"] for row in await tx.fetch_all("release_run_locks", {"run_id": run_id})
         )
+        if notices is not None:
+            notices.extend(lock_topic(key) for key in keys)
         await tx.execute("delete_run_waits", {"run_id": run_id})
         await tx.execute("delete_run_wants", {"run_id": run_id})
         await tx.execute("clear_run_call_waits", {"run_id": run_id})

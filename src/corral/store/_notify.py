@@ -42,12 +42,23 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["QUEUE", "ChangeOps", "Changes", "PgListener", "call_topic", "lock_topic"]
+__all__ = [
+    "QUEUE",
+    "RUN_ENDED",
+    "ChangeOps",
+    "Changes",
+    "PgListener",
+    "Watch",
+    "call_topic",
+    "lock_topic",
+]
 
 log = logging.getLogger("corral.store")
 
 #: The dispatcher's topic: there may be something to claim.
 QUEUE = "queue"
+#: A run executed by this process ended (the dashboard's feed); notified in-process only.
+RUN_ENDED = "run-ended"
 #: A notice for every waiter (a lock key too long for a notice's payload).
 EVERYONE = "*"
 
@@ -108,12 +119,48 @@ class Changes:
 
         return unsubscribe
 
-    async def wait(self, topics: list[str], timeout: float) -> bool:
-        """Return when one of ``topics`` (or everything) is notified (True), or after
-        ``timeout`` seconds (False)."""
+    def watch(self, topics: Iterable[str]) -> Watch:
+        """Start listening for ``topics`` (and everything) now; ``Watch.wait`` returns at
+        once if a notice came in between. Made *before* a waiter looks at the store, so
+        that a change landing while it looks is not missed (see ``Watch``)."""
         events = [self._topics.setdefault(topic, asyncio.Event()) for topic in topics]
         events.append(self._all)
-        waiters = [asyncio.ensure_future(event.wait()) for event in events]
+        return Watch(events)
+
+    async def wait(self, topics: list[str], timeout: float) -> bool:
+        """Return when one of ``topics`` (or everything) is notified (True), or after
+        ``timeout`` seconds (False). Only notices from now on count: a waiter that looks
+        at the store first and waits after should ``watch`` before it looks."""
+        return await self.watch(topics).wait(timeout)
+
+
+class Watch:
+    """Notices of some topics since the watch was made.
+
+    A waiter's loop is: ``watch``, look at the store, then ``wait`` if it must. A notice
+    that arrives while it looks sets one of the watch's events (a notice sets the topic's
+    current event and forgets it; the watch keeps it), so ``wait`` returns at once and the
+    waiter looks again, instead of sleeping until its timeout as it would if it started
+    listening only after looking. A watch left without waiting costs nothing more: its
+    events are dropped by the next notice of their topics.
+    """
+
+    __slots__ = ("_events",)
+
+    def __init__(self, events: list[asyncio.Event]) -> None:
+        self._events = events
+
+    @property
+    def fired(self) -> bool:
+        """True once a notice of one of the topics (or everything) came."""
+        return any(event.is_set() for event in self._events)
+
+    async def wait(self, timeout: float) -> bool:
+        """Return True as soon as a notice came since the watch was made (at once if one
+        already did), or False after ``timeout`` seconds without one."""
+        if self.fired:
+            return True
+        waiters = [asyncio.ensure_future(event.wait()) for event in self._events]
         try:
             done, _ = await asyncio.wait(
                 waiters, timeout=max(timeout, 0.0), return_when="FIRST_COMPLETED"

@@ -278,8 +278,12 @@ class AgentApi:
         # The store's deadline outlives ours a little: a stale waiter is skipped by handovers.
         wait_seconds = timeout + 2 * POLL_SECONDS
         finished = False
+        topics = [f"lock:{key}"]
         try:
             while True:
+                # Listening before looking: a release that lands while the store is asked
+                # wakes the wait below at once instead of leaving it to the poll.
+                watch = self.link.changes.watch(topics)
                 result = await self.store.wait_for_lock(
                     key, run_id, ttl_seconds=self.ttl, wait_seconds=wait_seconds
                 )
@@ -300,7 +304,7 @@ class AgentApi:
                     held = held_answer(result)
                     held["reason"] = f"timed out after {timeout:g} s waiting for the lock"
                     return answer(409, held)
-                await self.link.changes.wait([f"lock:{key}"], min(left, POLL_SECONDS))
+                await watch.wait(min(left, POLL_SECONDS))
         finally:
             if not finished:
                 with contextlib.suppress(StoreError):
@@ -355,6 +359,7 @@ class AgentApi:
         topics = [f"call:{call_id}" for call_id in ids]
         try:
             while True:
+                watch = self.link.changes.watch(topics)  # before looking: see _wait_for_lock
                 calls = [await self.store.get_call(c, caller_run_id=run.run_id) for c in ids]
                 states = {
                     call_id: dict(NOT_FOUND_CALL) if call is None else call_status(call)
@@ -370,7 +375,7 @@ class AgentApi:
                 deadlock = await self.store.wait_on_calls(run.run_id, ids, waiting=True)
                 if deadlock is not None:
                     return answer(409, deadlock_answer(deadlock))
-                await self.link.changes.wait(topics, min(left, POLL_SECONDS))
+                await watch.wait(min(left, POLL_SECONDS))
         finally:
             with contextlib.suppress(StoreError):
                 await asyncio.shield(self.store.wait_on_calls(run.run_id, ids, waiting=False))

@@ -1,7 +1,8 @@
 """One shared producer of fleet snapshots for every open dashboard stream.
 
 However many browsers watch, one task reads the store: on a change notice from this
-process (``scheduler.link.changes``: a run ended, a lock moved), on ``poke()`` (a
+process (``scheduler.link.changes``: a run of it ended, or every waiter was woken), on
+``poke()`` (a
 dashboard action), and every ``interval`` seconds for what other processes sharing the
 store did. A snapshot that differs from the last one is published with a new version;
 streams wait for the next version and render fragments from it. A fragment is rendered
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from corral.status import fleet_status, lock_entry
 from corral.store import ItemState, LockWaiter, QueueItem, Run, RunState
+from corral.store._notify import RUN_ENDED, Watch
 
 if TYPE_CHECKING:
     from corral.scheduler.service import Scheduler
@@ -161,6 +163,9 @@ class Feed:
                 self._publish()
                 return
             self._poke.clear()
+            # Listening before reading, so that a run ending while the snapshot is built
+            # is not left to the interval.
+            watch = self._scheduler.link.changes.watch([RUN_ENDED])
             try:
                 snapshot = await self._build(self._version + 1)
             except Exception:
@@ -177,7 +182,7 @@ class Feed:
                     self._current = snapshot
                     self._publish()
                     await asyncio.sleep(self._gap)
-            await self._wait_for_change()
+            await self._wait_for_change(watch)
 
     def _publish(self) -> None:
         published, self._published = self._published, asyncio.Event()
@@ -186,8 +191,8 @@ class Feed:
     def _finished(self) -> bool:
         return self._scheduler.draining and not self._scheduler.running
 
-    async def _wait_for_change(self) -> None:
-        changed = asyncio.ensure_future(self._scheduler.link.changes.wait([], self.interval))
+    async def _wait_for_change(self, watch: Watch) -> None:
+        changed = asyncio.ensure_future(watch.wait(self.interval))
         poked = asyncio.ensure_future(self._poke.wait())
         try:
             await asyncio.wait({changed, poked}, return_when=asyncio.FIRST_COMPLETED)
