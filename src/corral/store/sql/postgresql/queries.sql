@@ -638,3 +638,71 @@ SET last_heartbeat_at = %(now)s, offline_since = NULL,
 FROM unnest(%(hashes)s::text[], %(versions)s::text[]) AS h(credential_hash, version)
 WHERE r.credential_hash = h.credential_hash AND r.state <> 'revoked'
 RETURNING r.*
+
+-- ---------------------------------------------------------------------------------------
+-- The task board (_tasks).
+
+-- Changes to a project's dependency graph (adding tasks, editing requirements) are
+-- serialised per project, so two of them cannot close a cycle together.
+-- name: lock_task_graph
+SELECT pg_advisory_xact_lock(hashtextextended('corral_tasks:' || %(project)s, 0));
+
+-- The best open task whose every requirement is done and that has every label in
+-- the labels asked for (distinct), in any project, claimed in ONE statement: the candidate row is locked
+-- SKIP LOCKED (concurrent claimers take different tasks), and the claim's history event
+-- is written by the same statement.
+-- name: claim_task
+WITH picked AS (
+    UPDATE corral_tasks t
+    SET status = 'claimed', assignee = %(claimer)s, run_id = %(run_id)s, token = t.token + 1,
+        claimed_at = %(now)s, heartbeat_at = %(now)s, expires_at = %(expires_at)s,
+        attempts = t.attempts + 1, result = NULL, updated_at = %(now)s
+    WHERE t.status = 'open' AND (t.project, t.id) = (
+        SELECT c.project, c.id FROM corral_tasks c
+        WHERE c.status = 'open'
+            AND NOT EXISTS (
+                SELECT 1 FROM corral_task_edges e
+                JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
+                WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
+            AND (cardinality(%(labels)s::text[]) = 0 OR (
+                SELECT count(*) FROM corral_task_labels l
+                WHERE l.project = c.project AND l.task_id = c.id
+                    AND l.label = ANY(%(labels)s::text[])) = cardinality(%(labels)s::text[]))
+        ORDER BY c.priority DESC, c.created_at, c.id, c.project
+        LIMIT 1
+        FOR UPDATE OF c SKIP LOCKED
+    )
+    RETURNING t.*
+), logged AS (
+    INSERT INTO corral_task_events (project, task_id, at, kind, actor, token, detail)
+    SELECT project, id, %(now)s, 'claimed', %(claimer)s, token, %(run_id)s FROM picked
+)
+SELECT * FROM picked;
+
+-- name: claim_project_task
+WITH picked AS (
+    UPDATE corral_tasks t
+    SET status = 'claimed', assignee = %(claimer)s, run_id = %(run_id)s, token = t.token + 1,
+        claimed_at = %(now)s, heartbeat_at = %(now)s, expires_at = %(expires_at)s,
+        attempts = t.attempts + 1, result = NULL, updated_at = %(now)s
+    WHERE t.status = 'open' AND (t.project, t.id) = (
+        SELECT c.project, c.id FROM corral_tasks c
+        WHERE c.status = 'open' AND c.project = %(project)s
+            AND NOT EXISTS (
+                SELECT 1 FROM corral_task_edges e
+                JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
+                WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
+            AND (cardinality(%(labels)s::text[]) = 0 OR (
+                SELECT count(*) FROM corral_task_labels l
+                WHERE l.project = c.project AND l.task_id = c.id
+                    AND l.label = ANY(%(labels)s::text[])) = cardinality(%(labels)s::text[]))
+        ORDER BY c.priority DESC, c.created_at, c.id
+        LIMIT 1
+        FOR UPDATE OF c SKIP LOCKED
+    )
+    RETURNING t.*
+), logged AS (
+    INSERT INTO corral_task_events (project, task_id, at, kind, actor, token, detail)
+    SELECT project, id, %(now)s, 'claimed', %(claimer)s, token, %(run_id)s FROM picked
+)
+SELECT * FROM picked;
