@@ -194,3 +194,14 @@ async def test_list_pages_and_filters(store: Store) -> None:
     assert [t.id for t in await store.list_tasks(project="q")] == ["z"]
     await store.claim_task(claimer="x", project="p")
     assert [t.id for t in await store.list_tasks(status="claimed")] == ["t00"]
+
+
+async def test_a_claimed_or_done_task_gains_no_requirement(store: Store) -> None:
+    await store.add_tasks([spec("a"), spec("b")])
+    a = await store.claim_task(claimer="x")
+    assert a is not None
+    with pytest.raises(TaskError, match="blocks a, which is already claimed"):
+        await store.add_tasks([spec("c", blocks=("a",))])
+    with pytest.raises(TaskError, match="already claimed"):
+        await store.edit_task("p", "a", requires=["b"])
+    await store.edit_task("p", "a", title="still editable")

@@ -46,6 +46,8 @@ __all__ = ["TaskOps"]
 
 #: Fields ``edit_task`` changes.
 EDITABLE = frozenset({"title", "description", "priority", "labels", "acceptance", "requires"})
+#: Statuses in which a task can no longer gain a requirement.
+_STARTED = frozenset({TaskStatus.CLAIMED.value, TaskStatus.DONE.value})
 #: The largest page ``list_tasks`` returns.
 LIST_MAX = 1000
 
@@ -108,14 +110,19 @@ class TaskOps(StoreCore):
     ) -> list[tuple[str, str, str]]:
         """The edges (project, task, requirement) ``specs`` name, each end checked to be in
         the batch or on the board in the same project."""
-        known = set(new)
 
         async def check(spec: TaskSpec, field: str, other: str) -> None:
-            if (spec.project, other) in known:
+            if (spec.project, other) in new:
                 return
-            if await tx.fetch_one("get_task", {"project": spec.project, "id": other}) is None:
+            row = await tx.fetch_one("get_task", {"project": spec.project, "id": other})
+            if row is None:
                 raise TaskError(_unknown_dependency(spec, field, other))
-            known.add((spec.project, other))
+            if field == "blocks" and row["status"] in _STARTED:
+                raise TaskError(
+                    f"task {spec.id} blocks {other}, which is already {row['status']} in "
+                    f"project {spec.project}: a task cannot gain a requirement once claimed "
+                    "or done; drop it from blocks"
+                )
 
         edges: list[tuple[str, str, str]] = []
         for spec in specs:
@@ -166,6 +173,13 @@ class TaskOps(StoreCore):
             except TypeError as exc:
                 raise TaskError(f"cannot edit task {task_id}: {exc}") from exc
             if "requires" in changes:
+                if current.status.value in _STARTED and set(spec.requires) - set(
+                    current.spec.requires
+                ):
+                    raise TaskError(
+                        f"cannot add requirements to task {task_id} of project {project}: "
+                        f"it is already {current.status.value}"
+                    )
                 graph = await self._graph(tx, project)
                 for other in spec.requires:
                     if not await tx.fetch_one("get_task", {"project": project, "id": other}):
