@@ -380,7 +380,7 @@ async def test_batched_prune_deletes_finished_items_and_leaves_no_dangling_refer
 TASK_HOT = (
     "claim_task", "claim_project_task", "heartbeat_task", "finish_task", "release_task",
     "release_stalled_tasks", "release_run_tasks", "claimed_task_of_run", "get_task",
-    "task_events", "task_dependents",
+    "task_events", "task_dependents", "find_tasks",
 )  # fmt: skip
 #: The claims must walk the open-task index in claim order, not sort the board.
 TASK_INDEX = {"claim_task": "corral_tasks_open", "claim_project_task": "corral_tasks_project_open"}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from corral.store import Store
+from corral.store import AgentSpec, NewItem, NewRun, RunState, Store, TriggerKind
 from corral.tasks._model import StaleClaim, TaskError, TaskSpec, TaskStatus, UnknownTask
 from tests.store.conftest import Clock
 
@@ -205,3 +205,54 @@ async def test_a_claimed_or_done_task_gains_no_requirement(store: Store) -> None
     with pytest.raises(TaskError, match="already claimed"):
         await store.edit_task("p", "a", requires=["b"])
     await store.edit_task("p", "a", title="still editable")
+
+
+# -- a run's claims end with the run ------------------------------------------------------
+
+
+async def _claimed_run(store: Store) -> tuple[str, int]:
+    await store.enqueue(NewItem(agent="a", trigger=TriggerKind.MANUAL))
+    (claim,) = await store.claim("sched-1", lease_seconds=30, limit=1)
+    return claim.run.id, claim.item.fence or 0
+
+
+async def _holding(store: Store, run_id: str, *ids: str) -> None:
+    for task_id in ids:
+        got = await store.claim_task(claimer="a", run_id=run_id, project="p")
+        assert got is not None and got.id == task_id
+
+
+@pytest.mark.parametrize(
+    "end", ["succeeded", "failed", "shutdown", "lost", "unqueued", "unqueued-killed"]
+)
+async def test_every_end_of_a_run_releases_its_claims(store: Store, clock: Clock, end: str) -> None:
+    await store.sync_project([AgentSpec("a", 2, 10)], scale_cap=None, max_attempts=3, max_reruns=1)
+    await store.add_tasks([spec("t1", priority=9), spec("t2", priority=8), spec("t3")])
+    if end.startswith("unqueued"):
+        run = await store.create_run(NewRun(agent="a", trigger=TriggerKind.MANUAL))
+        run_id = run.id
+        await _holding(store, run_id, "t1", "t2")
+        state = RunState.SUCCEEDED if end == "unqueued" else RunState.KILLED
+        await store.finish_run(run_id, state=state, exit_code=0)
+    else:
+        run_id, fence = await _claimed_run(store)
+        await _holding(store, run_id, "t1", "t2")
+        done = await store.claim_task(claimer="other", run_id="elsewhere", project="p")
+        assert done is not None and done.id == "t3"
+        if end in ("succeeded", "failed"):
+            state = RunState(end)
+            await store.finalize(run_id, fence=fence, state=state, exit_code=0)
+        elif end == "shutdown":
+            await store.release(run_id, fence=fence, reason="shutting down")
+        else:
+            clock.advance(31)
+            assert [r.run.id for r in await store.recover_lapsed() if r.run] == [run_id]
+    board = {t.id: t for t in await store.list_tasks()}
+    assert board["t1"].status is TaskStatus.OPEN and board["t2"].status is TaskStatus.OPEN
+    assert board["t1"].assignee is None and board["t1"].run_id is None
+    if not end.startswith("unqueued"):
+        assert board["t3"].status is TaskStatus.CLAIMED  # another run's claim stays
+    last = (await store.task_history("p", "t1"))[-1]
+    assert (last.kind, last.detail, last.token) == ("run ended", run_id, 1)
+    again = await store.claim_task(claimer="b", project="p")
+    assert again is not None and again.id == "t1" and again.token == 2

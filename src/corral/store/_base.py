@@ -243,6 +243,7 @@ class Store(
                 current = await self._require_run(tx, run_id)
                 raise StoreError(_finish_refusal(current, state, self.url))
             await self.release_run_locks_in(tx, run_id)
+            await self.release_run_tasks_in(tx, run_id)
         return self.run_from_row(row)
 
     async def get_run(self, run_id: str) -> Run | None:

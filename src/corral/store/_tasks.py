@@ -361,8 +361,21 @@ class TaskOps(StoreCore):
 
     async def release_tasks_of_run(self, run_id: str) -> list[Task]:
         """The claims ``run_id`` still holds go back to open (its run ended), each recorded
-        as "run ended"."""
-        return await self._release_many("release_run_tasks", {"run_id": run_id}, "run ended")
+        as "run ended". Every transaction that ends a run does this itself
+        (``release_run_tasks_in``); this is for a run the board's caller ends."""
+
+        async def body(tx: Transaction) -> list[Task]:
+            return await self.release_run_tasks_in(tx, run_id)
+
+        return await self.atomic(body)
+
+    async def release_run_tasks_in(self, tx: Transaction, run_id: str) -> list[Task]:
+        now = self.encode_time(self.now())
+        rows = await tx.fetch_all("release_run_tasks", {"run_id": run_id, "now": now})
+        tasks = [self._task_from_row(row) for row in rows]
+        for task in tasks:
+            await self._event(tx, task.project, task.id, "run ended", None, task.token, run_id, now)
+        return tasks
 
     async def _release_many(self, query: str, extra: Mapping[str, Any], kind: str) -> list[Task]:
         now = self.encode_time(self.now())
@@ -371,8 +384,7 @@ class TaskOps(StoreCore):
             rows = await tx.fetch_all(query, {**extra, "now": now})
             tasks = [self._task_from_row(row) for row in rows]
             for task in tasks:
-                detail = extra.get("run_id")
-                await self._event(tx, task.project, task.id, kind, None, task.token, detail, now)
+                await self._event(tx, task.project, task.id, kind, None, task.token, None, now)
             return tasks
 
         return await self.atomic(body)
@@ -414,6 +426,12 @@ class TaskOps(StoreCore):
         }
         async with self.transaction(write=False) as tx:
             rows = await tx.fetch_all("list_tasks", params)
+        return [self._task_from_row(row) for row in rows]
+
+    async def find_tasks(self, task_id: str) -> list[Task]:
+        """The tasks of id ``task_id`` in every project (by project)."""
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all("find_tasks", {"id": task_id})
         return [self._task_from_row(row) for row in rows]
 
     async def task_history(self, project: str, task_id: str) -> list[TaskEvent]:
@@ -466,6 +484,7 @@ class TaskOps(StoreCore):
             created_at=self._epoch(row["created_at"]) or 0.0,
             updated_at=self._epoch(row["updated_at"]) or 0.0,
             attempts=int(row["attempts"]),
+            expires_at=self._epoch(row["expires_at"]),
         )
 
     def _epoch(self, value: Any) -> float | None:

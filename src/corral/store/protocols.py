@@ -591,6 +591,8 @@ class TaskStore(Protocol):
         after: tuple[str, str] | None = None,
     ) -> list[Task]: ...
 
+    async def find_tasks(self, task_id: str) -> list[Task]: ...
+
     async def task_history(self, project: str, task_id: str) -> list[TaskEvent]: ...
 
     async def task_dependents(self, project: str, task_id: str) -> list[str]: ...
@@ -696,6 +698,10 @@ class TransactionHooks(Protocol):
         """Locks: release every lock ``run_id`` holds (each to its first waiter) and drop
         its wait edges. Called when a run ends (leases ``finalize``, recovery,
         ``finish_run``)."""
+        ...
+
+    async def release_run_tasks_in(self, tx: Transaction, run_id: str) -> list[Task]:
+        """Tasks: a run ended; its task claims go back to open (leases, runs)."""
         ...
 
     async def find_cycle(

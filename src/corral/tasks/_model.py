@@ -175,6 +175,8 @@ class Task:
     updated_at: float = 0.0
     #: Claims so far (a released or stalled claim counts).
     attempts: int = 0
+    #: When the current claim's lease lapses unless heartbeaten (None when not claimed).
+    expires_at: float | None = None
 
     @property
     def id(self) -> str:

@@ -709,6 +709,9 @@ WHERE state = 'claimed' AND lease_owner = :owner
 -- name: get_task
 SELECT * FROM corral_tasks WHERE project = :project AND id = :id;
 
+-- name: find_tasks
+SELECT * FROM corral_tasks WHERE id = :id ORDER BY project;
+
 -- name: project_task_edges
 SELECT task_id, requires FROM corral_task_edges WHERE project = :project;
 

@@ -357,7 +357,8 @@ FOR NO KEY UPDATE
 -- name: finalize_run
 -- ``finalize`` as ONE statement (one round trip, autocommit), for the usual end of a run:
 -- the same steps as its transaction (finish_item, finish_run, release_run_locks,
--- delete_run_waits, delete_run_wants, clear_run_call_waits, answer_call), each fed by
+-- delete_run_waits, delete_run_wants, clear_run_call_waits, answer_call, and the run's
+-- task claims back to open: release_run_tasks), each fed by
 -- the one before, so the item row is locked before the run's (as recovery does).
 -- ``plain`` admits only a run that queues no rerun and holds no lock anyone waits for;
 -- any other case (and a stale fence) returns no row and changes nothing: ``finalize``
@@ -413,6 +414,17 @@ answered AS (
     WHERE e.trigger_kind = 'call' AND c.callee_run_id = e.id
       AND c.state IN ('pending', 'running')
     RETURNING c.id
+),
+tasks AS (
+    UPDATE corral_tasks
+    SET status = 'open', assignee = NULL, run_id = NULL, expires_at = NULL,
+        updated_at = %(now)s
+    WHERE status = 'claimed' AND run_id IN (SELECT id FROM ended)
+    RETURNING project, id, token
+),
+task_events AS (
+    INSERT INTO corral_task_events (project, task_id, at, kind, token, detail)
+    SELECT project, id, %(now)s, 'run ended', token, %(run_id)s FROM tasks
 )
 SELECT e.*, to_jsonb(i) AS finished_item FROM ended e JOIN item i ON i.id = e.item_id
 

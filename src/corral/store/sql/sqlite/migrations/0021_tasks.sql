@@ -35,6 +35,7 @@ CREATE INDEX corral_tasks_project_open ON corral_tasks (project, priority DESC, 
 CREATE INDEX corral_tasks_claimed ON corral_tasks (expires_at) WHERE status = 'claimed';
 CREATE INDEX corral_tasks_run ON corral_tasks (run_id) WHERE status = 'claimed';
 CREATE INDEX corral_tasks_status ON corral_tasks (status, project, id);
+CREATE INDEX corral_tasks_id ON corral_tasks (id);
 
 CREATE TABLE corral_task_edges (
     project TEXT NOT NULL,
