@@ -124,3 +124,18 @@ async def test_a_stale_complete_is_refused(tmp_path: Path, store: Store) -> None
     assert f.out("usage.code").read_text().strip() == "9"
     task = await store.get_task("web", "a")
     assert task is not None and task.status is TaskStatus.CLAIMED and task.assignee == "intruder"
+
+
+async def test_the_scheduler_puts_a_lapsed_claim_back(tmp_path: Path, store: Store) -> None:
+    await store.add_tasks([spec("a")])
+    async with running_fleet(tmp_path / "p", store, {"dev": {"command": "true"}}):
+        claim = await store.claim_task(claimer="gone", lease=0.2)
+        assert claim is not None
+
+        async def reopened() -> bool:
+            task = await store.get_task("web", "a")
+            return task is not None and task.status is TaskStatus.OPEN
+
+        await wait_for(reopened, timeout=15)
+    kinds = [event.kind for event in await store.task_history("web", "a")]
+    assert kinds == ["created", "claimed", "stalled"]
