@@ -26,6 +26,7 @@ from corral.engine import actions
 from corral.errors import UsageError
 from corral.store import Store
 from corral.tasks._model import Task, TaskError, TaskEvent, TaskSpec, TaskStatus, check_id
+from corral.views import task_event_json, task_json
 
 _T = TypeVar("_T")
 
@@ -44,46 +45,6 @@ FILE_FIELDS = frozenset(
         "extra",
     }
 )
-
-
-def task_json(task: Task) -> dict[str, Any]:
-    """A task as `corral tasks --json` prints it."""
-
-    def when(epoch: float | None) -> str | None:
-        return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
-
-    return {
-        "id": task.id,
-        "project": task.project,
-        "title": task.spec.title,
-        "description": task.spec.description,
-        "priority": task.spec.priority,
-        "requires": list(task.spec.requires),
-        "labels": list(task.spec.labels),
-        "acceptance": list(task.spec.acceptance),
-        "extra": dict(task.spec.extra),
-        "status": task.status.value,
-        "assignee": task.assignee,
-        "runId": task.run_id,
-        "token": task.token,
-        "attempts": task.attempts,
-        "result": task.result,
-        "claimedAt": when(task.claimed_at),
-        "heartbeatAt": when(task.heartbeat_at),
-        "expiresAt": when(task.expires_at),
-        "createdAt": when(task.created_at),
-        "updatedAt": when(task.updated_at),
-    }
-
-
-def event_json(event: TaskEvent) -> dict[str, Any]:
-    return {
-        "at": datetime.fromtimestamp(event.at, UTC).isoformat(),
-        "kind": event.kind,
-        "actor": event.actor,
-        "token": event.token,
-        "detail": event.detail,
-    }
 
 
 def _run(obj: CliContext, work: Callable[[Store], Awaitable[_T]]) -> _T:
@@ -343,7 +304,7 @@ def show_cmd(obj: CliContext, task_id: str, project: str | None, as_json: bool) 
     if as_json:
         body = task_json(task) | {
             "blocks": dependents,
-            "history": [event_json(e) for e in history],
+            "history": [task_event_json(e) for e in history],
         }
         print_json(body)
         return
