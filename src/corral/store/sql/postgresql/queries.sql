@@ -659,8 +659,9 @@ RETURNING r.*
 -- name: lock_task_graph
 SELECT pg_advisory_xact_lock(hashtextextended('corral_tasks:' || %(project)s, 0));
 
--- The best open task whose every requirement is done and that has every label in
--- the labels asked for (distinct), in any project, claimed in ONE statement: the candidate row is locked
+-- The best open task whose every requirement is done and that has every label asked
+-- for (read from the row's own copy of its labels: no probe per label), in any project,
+-- claimed in ONE statement: the candidate row is locked
 -- SKIP LOCKED (concurrent claimers take different tasks), and the claim's history event
 -- is written by the same statement.
 -- name: claim_task
@@ -676,10 +677,8 @@ WITH picked AS (
                 SELECT 1 FROM corral_task_edges e
                 JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
                 WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
-            AND (cardinality(%(labels)s::text[]) = 0 OR (
-                SELECT count(*) FROM corral_task_labels l
-                WHERE l.project = c.project AND l.task_id = c.id
-                    AND l.label = ANY(%(labels)s::text[])) = cardinality(%(labels)s::text[]))
+            AND (cardinality(%(labels)s::text[]) = 0
+                 OR (SELECT c.labels @> to_jsonb(%(labels)s::text[])))
         ORDER BY c.priority DESC, c.created_at, c.id, c.project
         LIMIT 1
         FOR UPDATE OF c SKIP LOCKED
@@ -704,10 +703,8 @@ WITH picked AS (
                 SELECT 1 FROM corral_task_edges e
                 JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
                 WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
-            AND (cardinality(%(labels)s::text[]) = 0 OR (
-                SELECT count(*) FROM corral_task_labels l
-                WHERE l.project = c.project AND l.task_id = c.id
-                    AND l.label = ANY(%(labels)s::text[])) = cardinality(%(labels)s::text[]))
+            AND (cardinality(%(labels)s::text[]) = 0
+                 OR (SELECT c.labels @> to_jsonb(%(labels)s::text[])))
         ORDER BY c.priority DESC, c.created_at, c.id
         LIMIT 1
         FOR UPDATE OF c SKIP LOCKED

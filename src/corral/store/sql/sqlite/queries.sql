@@ -388,11 +388,9 @@ WHERE status = 'open' AND (project, id) = (
             SELECT 1 FROM corral_task_edges e
             JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
             WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
-        AND (json_array_length(:labels) = 0 OR (
-            SELECT count(*) FROM corral_task_labels l
-            WHERE l.project = c.project AND l.task_id = c.id
-                AND l.label IN (SELECT value FROM json_each(:labels))
-        ) = json_array_length(:labels))
+        AND NOT EXISTS (
+            SELECT 1 FROM json_each(:labels) w
+            WHERE w.value NOT IN (SELECT value FROM json_each(c.labels)))
     ORDER BY c.priority DESC, c.created_at, c.id, c.project
     LIMIT 1)
 RETURNING *;
@@ -409,11 +407,9 @@ WHERE status = 'open' AND project = :project AND id = (
             SELECT 1 FROM corral_task_edges e
             JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
             WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
-        AND (json_array_length(:labels) = 0 OR (
-            SELECT count(*) FROM corral_task_labels l
-            WHERE l.project = c.project AND l.task_id = c.id
-                AND l.label IN (SELECT value FROM json_each(:labels))
-        ) = json_array_length(:labels))
+        AND NOT EXISTS (
+            SELECT 1 FROM json_each(:labels) w
+            WHERE w.value NOT IN (SELECT value FROM json_each(c.labels)))
     ORDER BY c.priority DESC, c.created_at, c.id
     LIMIT 1)
 RETURNING *;
