@@ -23,6 +23,7 @@ from corral.store import (
     RunState,
     TriggerKind,
 )
+from corral.tasks._model import Task, TaskEvent
 
 __all__ = [
     "agent_json",
@@ -34,6 +35,8 @@ __all__ = [
     "parse_moment",
     "run_filter",
     "run_json",
+    "task_event_json",
+    "task_json",
 ]
 
 
@@ -205,3 +208,43 @@ def run_filter(
         until=None if not until else parse_moment(until, "until", now),
         search=text,
     )
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    """A task as `corral tasks --json` and the control API show it."""
+
+    def when(epoch: float | None) -> str | None:
+        return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
+
+    return {
+        "id": task.id,
+        "project": task.project,
+        "title": task.spec.title,
+        "description": task.spec.description,
+        "priority": task.spec.priority,
+        "requires": list(task.spec.requires),
+        "labels": list(task.spec.labels),
+        "acceptance": list(task.spec.acceptance),
+        "extra": dict(task.spec.extra),
+        "status": task.status.value,
+        "assignee": task.assignee,
+        "runId": task.run_id,
+        "token": task.token,
+        "attempts": task.attempts,
+        "result": task.result,
+        "claimedAt": when(task.claimed_at),
+        "heartbeatAt": when(task.heartbeat_at),
+        "expiresAt": when(task.expires_at),
+        "createdAt": when(task.created_at),
+        "updatedAt": when(task.updated_at),
+    }
+
+
+def task_event_json(event: TaskEvent) -> dict[str, Any]:
+    return {
+        "at": datetime.fromtimestamp(event.at, UTC).isoformat(),
+        "kind": event.kind,
+        "actor": event.actor,
+        "token": event.token,
+        "detail": event.detail,
+    }

@@ -44,6 +44,11 @@ def test_commands_and_files(tmp_path: Path) -> None:
         "al-exit",
         "al-shutdown",
         "setenv",
+        "task-claim",
+        "task-heartbeat",
+        "task-complete",
+        "task-release",
+        "task-fail",
     }
     for name in COMMANDS:
         script = target / name

@@ -113,6 +113,33 @@ CASES: list[tuple[str, list[str], bytes | None, str, str, Any]] = [
         "/agent/shutdown",
         {"reason": 'token in "a" comment'},
     ),
+    ("task-claim", [], None, "POST", "/agent/tasks/claim", {"labels": []}),
+    (
+        "task-claim",
+        ["--label", "api", "--project=web", "--label=db"],
+        None,
+        "POST",
+        "/agent/tasks/claim",
+        {"labels": ["api", "db"], "project": "web"},
+    ),
+    ("task-heartbeat", ["T-1"], None, "POST", "/agent/tasks/heartbeat", {"id": "T-1"}),
+    (
+        "task-complete",
+        ["T-1", "--result", 'merged "#4"'],
+        None,
+        "POST",
+        "/agent/tasks/complete",
+        {"id": "T-1", "result": 'merged "#4"'},
+    ),
+    (
+        "task-fail",
+        ["--project", "web", "T-1", "--reason=flaky"],
+        None,
+        "POST",
+        "/agent/tasks/fail",
+        {"id": "T-1", "project": "web", "reason": "flaky"},
+    ),
+    ("task-release", ["T-1"], None, "POST", "/agent/tasks/release", {"id": "T-1"}),
 ]
 
 
@@ -229,6 +256,15 @@ USAGE_ERRORS = [
     ("al-exit", ["abc"]),
     ("al-exit", ["1.5"]),
     ("al-exit", ["1", "2"]),
+    ("task-claim", ["--label"]),
+    ("task-claim", ["--label="]),
+    ("task-claim", ["T-1"]),
+    ("task-claim", ["--owner", "me"]),
+    ("task-heartbeat", []),
+    ("task-complete", ["a", "b"]),
+    ("task-complete", ["a", "--reason", "x"]),
+    ("task-fail", ["a", "--result", "x"]),
+    ("task-release", []),
 ]
 
 

@@ -372,3 +372,123 @@ async def test_batched_prune_deletes_finished_items_and_leaves_no_dangling_refer
         "AND item_id NOT IN (SELECT id FROM corral_queue)",
     ):
         assert raw_sql(store_url, check) == [(0,)], check
+
+
+# -- the task board ------------------------------------------------------------------------
+
+#: The board's hot statements: claims, the claim's upkeep, and the reads of a task.
+TASK_HOT = (
+    "claim_task", "claim_project_task", "heartbeat_task", "finish_task", "release_task",
+    "release_stalled_tasks", "release_run_tasks", "claimed_task_of_run", "get_task",
+    "task_events", "task_dependents", "find_tasks",
+)  # fmt: skip
+#: The claims must walk the open-task index in claim order, not sort the board.
+TASK_INDEX = {"claim_task": "corral_tasks_open", "claim_project_task": "corral_tasks_project_open"}
+TASKS_DONE = 50_000
+TASKS_OPEN = 1_000
+TASK_PARAMS: dict[str, Any] = {
+    "claimer": "agent-1", "run_id": "run-1", "project": "p", "id": "t-000001",
+    "token": 1, "status": "done", "result": None, "now": NOW,
+    "expires_at": NOW + timedelta(minutes=10),
+}  # fmt: skip
+
+_SQLITE_TASK_SEED = f"""
+BEGIN;
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {TASKS_DONE + TASKS_OPEN})
+INSERT INTO corral_tasks (project, id, title, priority, status, created_at, updated_at, token)
+SELECT 'p', printf('t-%06d', i), 'a task', 1 + i % 10,
+       CASE WHEN i <= {TASKS_DONE} THEN 'done' ELSE 'open' END,
+       {_SQLITE_TIME.format("i")}, {_SQLITE_TIME.format("i")}, 1 FROM n;
+INSERT INTO corral_task_edges (project, task_id, requires)
+SELECT 'p', id, printf('t-%06d', CAST(substr(id, 3) AS INTEGER) - 1)
+FROM corral_tasks WHERE status = 'open' AND CAST(substr(id, 3) AS INTEGER) % 2 = 0;
+INSERT INTO corral_task_labels (project, task_id, label)
+SELECT project, id, 'backend' FROM corral_tasks WHERE CAST(substr(id, 3) AS INTEGER) % 3 = 0;
+INSERT INTO corral_task_events (project, task_id, at, kind)
+SELECT project, id, created_at, 'created' FROM corral_tasks;
+COMMIT;
+"""
+
+_PG_TASK_SEED = f"""
+INSERT INTO corral_tasks (project, id, title, priority, status, created_at, updated_at, token)
+SELECT 'p', format('t-%s', lpad(i::text, 6, '0')), 'a task', 1 + i % 10,
+       CASE WHEN i <= {TASKS_DONE} THEN 'done' ELSE 'open' END,
+       {_PG_TIME.format("i")}, {_PG_TIME.format("i")}, 1
+FROM generate_series(1, {TASKS_DONE + TASKS_OPEN}) i;
+INSERT INTO corral_task_edges (project, task_id, requires)
+SELECT 'p', id, format('t-%s', lpad((substr(id, 3)::int - 1)::text, 6, '0'))
+FROM corral_tasks WHERE status = 'open' AND substr(id, 3)::int % 2 = 0;
+INSERT INTO corral_task_labels (project, task_id, label)
+SELECT project, id, 'backend' FROM corral_tasks WHERE substr(id, 3)::int % 3 = 0;
+INSERT INTO corral_task_events (project, task_id, at, kind)
+SELECT project, id, created_at, 'created' FROM corral_tasks;
+"""
+
+
+def _task_param(key: str, dialect: str) -> Any:
+    if key == "labels":
+        return '["backend"]' if dialect == "sqlite" else ["backend"]
+    value = TASK_PARAMS[key]
+    if isinstance(value, datetime) and dialect == "sqlite":
+        return value.isoformat(timespec="microseconds")
+    return value
+
+
+def _pg_task_seq_scans(plan: dict[str, Any]) -> list[str]:
+    found = []
+    if plan.get("Node Type") == "Seq Scan" and plan.get("Relation Name", "").startswith(
+        "corral_task"
+    ):
+        found.append(f"Seq Scan on {plan['Relation Name']} (rows {plan.get('Plan Rows')})")
+    for child in plan.get("Plans", []):
+        found.extend(_pg_task_seq_scans(child))
+    return found
+
+
+@pytest.mark.slow
+async def test_task_board_queries_read_indexes(dialect: str, store_url: str) -> None:
+    """On a board with 50,000 done tasks and 1,000 open ones (half waiting for another),
+    the claims walk the open-task index in claim order and no hot statement scans a table
+    of the board."""
+    await _migrated(store_url)
+    bad: list[str] = []
+    if dialect == "sqlite":
+        path = store_url.removeprefix("sqlite:///")
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.executescript(_SQLITE_TASK_SEED)
+        conn.execute("ANALYZE")
+        queries = load_sql_files("sqlite").queries
+        for name in TASK_HOT:
+            sql = queries[name]
+            params = {key: _task_param(key, dialect) for key in set(re.findall(r":(\w+)", sql))}
+            plan = [str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+            if name in TASK_INDEX and not any(TASK_INDEX[name] in line for line in plan):
+                bad.append(f"{name}: {TASK_INDEX[name]} unused: {plan}")
+            for line in plan:
+                if re.match(r"SCAN corral_task\w*( |$)", line) and "INDEX" not in line:
+                    bad.append(f"{name}: {line}")
+                if "TEMP B-TREE FOR ORDER BY" in line:
+                    bad.append(f"{name}: sorts: {line}")
+        conn.close()
+    else:
+        queries = load_sql_files("postgresql").queries
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            pg.execute(_PG_TASK_SEED.encode())
+            pg.execute("ANALYZE")
+            for name in TASK_HOT:
+                sql = queries[name]
+                keys = re.findall(r"%\((\w+)\)s", sql)
+                params = {key: _task_param(key, dialect) for key in keys}
+                with psycopg.ClientCursor(pg, row_factory=dict_row) as cursor:
+                    cursor.execute("BEGIN")
+                    cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+                    row = cursor.fetchone()
+                    cursor.execute("ROLLBACK")
+                assert row is not None
+                tree = next(iter(row.values()))[0]["Plan"]
+                bad.extend(f"{name}: {line}" for line in _pg_task_seq_scans(tree))
+                if name in TASK_INDEX and TASK_INDEX[name] not in str(tree):
+                    bad.append(f"{name}: {TASK_INDEX[name]} unused: {tree}")
+                if name in TASK_INDEX and "'Node Type': 'Sort'" in str(tree):
+                    bad.append(f"{name}: sorts: {tree}")
+    assert bad == []

@@ -33,6 +33,11 @@ COMMANDS = (
     "al-exit",
     "al-shutdown",
     "setenv",
+    "task-claim",
+    "task-heartbeat",
+    "task-complete",
+    "task-release",
+    "task-fail",
 )
 
 MODULE_NAME = "_corral_agentcmd"

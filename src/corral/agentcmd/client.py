@@ -57,6 +57,11 @@ USAGE = {
     "al-exit": "al-exit [code 0-255, default 15]",
     "al-shutdown": "al-shutdown [reason ...]",
     "setenv": "setenv NAME VALUE [NAME VALUE ...]",
+    "task-claim": "task-claim [--project PROJECT] [--label LABEL]...",
+    "task-heartbeat": "task-heartbeat <taskId> [--project PROJECT]",
+    "task-complete": "task-complete <taskId> [--result TEXT] [--project PROJECT]",
+    "task-release": "task-release <taskId> [--project PROJECT]",
+    "task-fail": "task-fail <taskId> [--reason TEXT] [--project PROJECT]",
 }
 
 CONNECT_TIMEOUT = 5.0
@@ -297,6 +302,65 @@ def al_shutdown(argv: list[str]) -> Request:
     return "POST", "/agent/shutdown", '{"reason":' + json_string(reason) + "}", REQUEST_TIMEOUT
 
 
+def task_claim(argv: list[str]) -> Request:
+    """``--label`` may be given several times (the task must have every one)."""
+    project = ""
+    labels: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        index += 1
+        name, eq, value = arg.partition("=")
+        if name not in ("--project", "--label"):
+            raise Usage()
+        if not eq:
+            if index >= len(argv):
+                raise Usage()
+            value = argv[index]
+            index += 1
+        if not value:
+            raise Usage()
+        if name == "--project":
+            project = from_argv(value)
+        else:
+            labels.append(json_string(from_argv(value)))
+    body = '{"labels":[' + ",".join(labels) + "]"
+    if project:
+        body += ',"project":' + json_string(project)
+    return "POST", "/agent/tasks/claim", body + "}", REQUEST_TIMEOUT
+
+
+def task_request(argv: list[str], path: str, text: str = "") -> Request:
+    """A request about one task this run holds: its id, its --project if given, and the
+    text option named ``text`` (``--result``, ``--reason``) if any."""
+    valued = ("--project", "--" + text) if text else ("--project",)
+    positionals, options = parse(argv, (), valued)
+    if len(positionals) != 1 or not positionals[0]:
+        raise Usage()
+    body = '{"id":' + json_string(from_argv(positionals[0]))
+    if "--project" in options:
+        body += ',"project":' + json_string(from_argv(options["--project"]))
+    if text and "--" + text in options:
+        body += ',"' + text + '":' + json_string(from_argv(options["--" + text]))
+    return "POST", "/agent/tasks/" + path, body + "}", REQUEST_TIMEOUT
+
+
+def task_heartbeat(argv: list[str]) -> Request:
+    return task_request(argv, "heartbeat")
+
+
+def task_complete(argv: list[str]) -> Request:
+    return task_request(argv, "complete", "result")
+
+
+def task_release(argv: list[str]) -> Request:
+    return task_request(argv, "release")
+
+
+def task_fail(argv: list[str]) -> Request:
+    return task_request(argv, "fail", "reason")
+
+
 HANDLERS = {
     "rlock": rlock,
     "runlock": runlock,
@@ -309,6 +373,11 @@ HANDLERS = {
     "al-status": al_status,
     "al-exit": al_exit,
     "al-shutdown": al_shutdown,
+    "task-claim": task_claim,
+    "task-heartbeat": task_heartbeat,
+    "task-complete": task_complete,
+    "task-release": task_release,
+    "task-fail": task_fail,
 }
 
 

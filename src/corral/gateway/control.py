@@ -37,6 +37,7 @@ from corral.gateway.edge import WholeNumber, json_response, problems
 from corral.scheduler.service import Scheduler
 from corral.status import RUNNING_PAGE, RUNNING_PAGE_MAX, fleet_status
 from corral.store import AuditEntry, ItemState, RunCursor, RunState, TriggerKind
+from corral.tasks._model import TaskError, TaskSpec, TaskStatus, UnknownTask
 from corral.views import (
     SEARCH_MAX,
     agent_json,
@@ -45,6 +46,8 @@ from corral.views import (
     lock_json,
     run_filter,
     run_json,
+    task_event_json,
+    task_json,
 )
 
 __all__ = [
@@ -160,6 +163,7 @@ def control_router(scheduler: Scheduler) -> APIRouter:
     _run_routes(router, scheduler)
     _agent_routes(router, scheduler)
     _lock_routes(router, scheduler)
+    _task_routes(router, scheduler)
     return router
 
 
@@ -393,6 +397,138 @@ def _lock_routes(router: APIRouter, scheduler: Scheduler) -> None:
     ) -> dict[str, Any]:
         entries = await store.list_audit(limit=limit)
         return {"ok": True, "entries": [audit_json(entry) for entry in entries]}
+
+
+class TaskIn(BaseModel):
+    """A task to add (the fields of a task file's entry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    project: str
+    title: str
+    description: str = ""
+    priority: int = 5
+    requires: list[str] = Field(default_factory=list)
+    blocks: list[str] = Field(default_factory=list)
+    acceptance: list[str] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class TasksIn(BaseModel):
+    tasks: list[TaskIn] = Field(min_length=1, max_length=10_000)
+
+
+class TaskEdit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = None
+    description: str | None = None
+    priority: int | None = None
+    requires: list[str] | None = None
+    labels: list[str] | None = None
+    acceptance: list[str] | None = None
+
+
+def _task_refusal(exc: TaskError) -> ActionError:
+    if isinstance(exc, UnknownTask):
+        return ActionError(404, str(exc))
+    if "already" in str(exc):
+        return ActionError(409, str(exc))
+    return ActionError(400, str(exc))
+
+
+def _task_routes(router: APIRouter, scheduler: Scheduler) -> None:
+    store = scheduler.store
+
+    @router.get("/tasks", summary="Tasks on the board, by project and id")
+    async def list_tasks(
+        project: str | None = None,
+        status: TaskStatus | None = None,
+        label: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 200,
+        after_project: str | None = None,
+        after_id: str | None = None,
+    ) -> dict[str, Any]:
+        after = (after_project, after_id) if after_project and after_id else None
+        tasks = await store.list_tasks(
+            project=project, status=status, label=label, limit=limit, after=after
+        )
+        return {"ok": True, "tasks": [task_json(task) for task in tasks]}
+
+    @router.post(
+        "/tasks",
+        summary="Add tasks to the board, all or nothing",
+        responses=_errors(400, 409),
+    )
+    async def add_tasks(body: TasksIn, actor: Operator) -> dict[str, Any]:
+        try:
+            specs = [
+                TaskSpec(
+                    id=t.id,
+                    project=t.project,
+                    title=t.title,
+                    description=t.description,
+                    priority=t.priority,
+                    requires=tuple(t.requires),
+                    blocks=tuple(t.blocks),
+                    acceptance=tuple(t.acceptance),
+                    labels=tuple(t.labels),
+                    extra=t.extra,
+                )
+                for t in body.tasks
+            ]
+            added = await store.add_tasks(specs, actor=actor)
+        except TaskError as exc:
+            raise _task_refusal(exc) from None
+        return {"ok": True, "tasks": [task_json(task) for task in added]}
+
+    @router.get(
+        "/tasks/{project}/{task_id}",
+        summary="One task, what waits for it, and its history",
+        responses=_errors(404),
+    )
+    async def show_task(project: str, task_id: str) -> dict[str, Any]:
+        task = await store.get_task(project, task_id)
+        if task is None:
+            raise _task_refusal(UnknownTask(project, task_id))
+        blocks = await store.task_dependents(project, task_id)
+        history = await store.task_history(project, task_id)
+        body = task_json(task) | {
+            "blocks": blocks,
+            "history": [task_event_json(e) for e in history],
+        }
+        return {"ok": True, "task": body}
+
+    @router.patch(
+        "/tasks/{project}/{task_id}",
+        summary="Change a task's title, description, priority, requirements, labels",
+        responses=_errors(400, 404, 409),
+    )
+    async def edit_task(
+        project: str, task_id: str, body: TaskEdit, actor: Operator
+    ) -> dict[str, Any]:
+        changes = body.model_dump(exclude_none=True)
+        if not changes:
+            raise ActionError(400, "nothing to change: give title, priority, requires...")
+        try:
+            task = await store.edit_task(project, task_id, actor=actor, **changes)
+        except TaskError as exc:
+            raise _task_refusal(exc) from None
+        return {"ok": True, "task": task_json(task)}
+
+    @router.post(
+        "/tasks/{project}/{task_id}/cancel",
+        summary="Cancel a task (a run holding it learns at its next task command)",
+        responses=_errors(404, 409),
+    )
+    async def cancel_task(project: str, task_id: str, actor: Operator) -> dict[str, Any]:
+        try:
+            task = await store.cancel_task(project, task_id, actor)
+        except TaskError as exc:
+            raise _task_refusal(exc) from None
+        return {"ok": True, "task": task_json(task)}
 
 
 async def _status(

@@ -619,6 +619,17 @@ class Scheduler:
         if recovered:
             reap_orphans(recovered)
             self.wake()
+        # Task claims whose heartbeat lease lapsed go back to the board (a run's claims
+        # also end with the run, in the transaction that ends it).
+        stalled = await self.store.release_stalled_tasks()
+        for task in stalled:
+            log.info(
+                "task %s of project %s is open again: its claim (token %s) lapsed",
+                task.id,
+                task.project,
+                task.token,
+                extra={"action": "task_stalled", "task": task.id, "project": task.project},
+            )
 
     async def _check_runners(self) -> None:
         """Mark the fleet's runners that stopped heartbeating offline (an anomaly each,

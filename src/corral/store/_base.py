@@ -17,6 +17,7 @@ says) live in the parts, once, for both dialects:
     _fleet     the fleet's membership: activation tokens, runners, liveness, anomalies
     _metrics   what /metrics reads: runs and set-aside items since a time
     _bundles   pushed project bundles by content hash, and the current one
+    _tasks     the task board: tasks, dependencies, labels, fenced claims, history
     _base      this module: lifecycle, migrations, plain run operations
 
 Clock: timestamps are taken from Python (``self.clock()``, by default
@@ -58,6 +59,7 @@ from corral.store._locks import LockOps
 from corral.store._metrics import MetricsOps
 from corral.store._migrator import Migrator
 from corral.store._notify import ChangeOps
+from corral.store._tasks import TaskOps
 from corral.store._time import require_aware
 from corral.store._tokens import TokenOps
 from corral.store._webhooks import WebhookOps
@@ -90,6 +92,7 @@ _GONE = Failed(asyncio.CancelledError())
 
 
 class Store(
+    TaskOps,
     FleetRunOps,
     LeaseOps,
     CallOps,
@@ -252,6 +255,7 @@ class Store(
                 current = await self._require_run(tx, run_id)
                 raise StoreError(_finish_refusal(current, state, self.url))
             await self.release_run_locks_in(tx, run_id, notices)
+            await self.release_run_tasks_in(tx, run_id)
         self.notify_committed(notices)
         return self.run_from_row(row)
 

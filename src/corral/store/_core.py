@@ -244,6 +244,11 @@ class StoreCore(ABC):
         just committed (see ``Store``)."""
 
     @abstractmethod
+    async def release_run_tasks_in(self, tx: Transaction, run_id: str) -> list[Any]:
+        """Release every task claim of ``run_id`` inside ``tx`` (see ``_tasks``): each
+        transaction that ends a run calls this, so a run's claims end with it."""
+
+    @abstractmethod
     async def find_cycle(
         self, tx: Transaction, waiter: str, via: str, holder: str
     ) -> Deadlock | None:

@@ -172,6 +172,7 @@ class LeaseOps(QueueOps):
             raise StaleFence(await self._stale(tx, run, fence))
         ended = await self._end_run(tx, run, state, exit_code, error)
         await self.release_run_locks_in(tx, run.id, notices)
+        await self.release_run_tasks_in(tx, run.id)
         await self.settle_calls_in(tx, ended, notices)
         item = self.item_from_row(item_row)
         rerun = None if project is None else await self._rerun(tx, project, ended, item)
@@ -198,6 +199,7 @@ class LeaseOps(QueueOps):
                 raise StaleFence(await self._stale(tx, run, fence))
             ended = await self._end_run(tx, run, RunState.KILLED, None, reason)
             await self.release_run_locks_in(tx, run.id, notices)
+            await self.release_run_tasks_in(tx, run.id)
             await self.requeue_calls_in(tx, self.item_from_row(item_row))
         self.notify_committed(notices)
         return ended
@@ -364,6 +366,7 @@ class LeaseOps(QueueOps):
             }
             run_row = await tx.fetch_one("finish_run", params)
             await self.release_run_locks_in(tx, item.run_id, notices)
+            await self.release_run_tasks_in(tx, item.run_id)
         if item.attempts < item.max_attempts:
             row = await tx.fetch_one("requeue_item", {"id": item.id})
             await self.requeue_calls_in(tx, item)

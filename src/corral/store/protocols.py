@@ -19,6 +19,7 @@ concern, so that a caller can ask for only what it uses and a reader can see the
     FleetStore     the fleet's membership: activation tokens, runners and their
                    liveness, anomalies
     BundleStore    pushed project bundles by content hash, and the current one
+    TaskStore      the task board: tasks, dependencies, labels, fenced claims, history
     MetricsStore   what /metrics reads since its previous scrape
     ChangeStore    wake-ups: wait until a topic may have changed
     StoreLifecycle opening, closing, migrating
@@ -101,6 +102,7 @@ from corral.store.records import (
     SchedulerState,
     UsageTotal,
 )
+from corral.tasks._model import Task, TaskEvent, TaskSpec, TaskStatus
 
 __all__ = [
     "CONCERNS",
@@ -532,6 +534,71 @@ class BundleStore(Protocol):
 
 
 @runtime_checkable
+class TaskStore(Protocol):
+    """The task board (``_tasks``): tasks with priorities, dependencies and labels,
+    claimed with a fencing token and a heartbeat lease."""
+
+    async def add_tasks(
+        self, specs: Sequence[TaskSpec], *, actor: str | None = None
+    ) -> list[Task]: ...
+
+    async def edit_task(
+        self, project: str, task_id: str, *, actor: str | None = None, **changes: Any
+    ) -> Task: ...
+
+    async def cancel_task(self, project: str, task_id: str, actor: str | None = None) -> Task: ...
+
+    async def claim_task(
+        self,
+        *,
+        claimer: str,
+        run_id: str | None = None,
+        project: str | None = None,
+        labels: Sequence[str] = (),
+        lease: float = 600.0,
+    ) -> Task | None: ...
+
+    async def heartbeat_task(
+        self, project: str, task_id: str, token: int, *, lease: float = 600.0
+    ) -> Task: ...
+
+    async def finish_task(
+        self,
+        project: str,
+        task_id: str,
+        token: int,
+        status: TaskStatus | str,
+        result: str | None = None,
+    ) -> Task: ...
+
+    async def release_task(self, project: str, task_id: str, token: int) -> Task: ...
+
+    async def release_stalled_tasks(self) -> list[Task]: ...
+
+    async def release_tasks_of_run(self, run_id: str) -> list[Task]: ...
+
+    async def claimed_tasks_of_run(self, run_id: str, task_id: str) -> list[Task]: ...
+
+    async def get_task(self, project: str, task_id: str) -> Task | None: ...
+
+    async def list_tasks(
+        self,
+        *,
+        project: str | None = None,
+        status: TaskStatus | str | None = None,
+        label: str | None = None,
+        limit: int = 200,
+        after: tuple[str, str] | None = None,
+    ) -> list[Task]: ...
+
+    async def find_tasks(self, task_id: str) -> list[Task]: ...
+
+    async def task_history(self, project: str, task_id: str) -> list[TaskEvent]: ...
+
+    async def task_dependents(self, project: str, task_id: str) -> list[str]: ...
+
+
+@runtime_checkable
 class MetricsStore(Protocol):
     """What /metrics reads (``_metrics``): what changed since the previous scrape."""
 
@@ -633,6 +700,10 @@ class TransactionHooks(Protocol):
         ``finish_run``)."""
         ...
 
+    async def release_run_tasks_in(self, tx: Transaction, run_id: str) -> list[Task]:
+        """Tasks: a run ended; its task claims go back to open (leases, runs)."""
+        ...
+
     async def find_cycle(
         self, tx: Transaction, waiter: str, via: str, holder: str
     ) -> Deadlock | None:
@@ -677,6 +748,7 @@ CONCERNS: tuple[type, ...] = (
     TokenStore,
     FleetStore,
     BundleStore,
+    TaskStore,
     MetricsStore,
     ChangeStore,
     StoreLifecycle,

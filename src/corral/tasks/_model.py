@@ -19,11 +19,13 @@ from typing import Any
 __all__ = [
     "CLAIMABLE",
     "FINAL",
+    "StaleClaim",
     "Task",
     "TaskError",
     "TaskEvent",
     "TaskSpec",
     "TaskStatus",
+    "UnknownTask",
     "check_id",
 ]
 
@@ -34,6 +36,51 @@ TITLE_MAX = 500
 
 class TaskError(ValueError):
     """A task, or a change to one, that the board refuses; the message says why."""
+
+
+class UnknownTask(TaskError):
+    """No task of that id in that project."""
+
+    def __init__(self, project: str, task_id: str, where: str = "") -> None:
+        self.project = project
+        self.task_id = task_id
+        suffix = f" ({where})" if where else ""
+        super().__init__(
+            f"no task {task_id!r} in project {project!r}{suffix}; "
+            "list the board with `corral tasks ls`"
+        )
+
+
+class StaleClaim(TaskError):
+    """A heartbeat, completion or release whose claim is no longer the task's current one:
+    the token is stale (the claim lapsed and the task was claimed again, or released), or
+    the task is not claimed at all. Says who holds the task now and with which token."""
+
+    def __init__(
+        self,
+        project: str,
+        task_id: str,
+        token: int,
+        *,
+        status: TaskStatus,
+        holder: str | None,
+        current: int,
+        what: str,
+    ) -> None:
+        self.project = project
+        self.task_id = task_id
+        self.token = token
+        self.status = status
+        self.holder = holder
+        self.current = current
+        if status is TaskStatus.CLAIMED:
+            now = f"it is claimed by {holder} with token {current}"
+        else:
+            now = f"it is {status.value} (last token {current})"
+        super().__init__(
+            f"cannot {what} task {task_id} of project {project} with token {token}: {now}; "
+            "your claim is gone, claim a task again"
+        )
 
 
 class TaskStatus(enum.StrEnum):
@@ -128,6 +175,8 @@ class Task:
     updated_at: float = 0.0
     #: Claims so far (a released or stalled claim counts).
     attempts: int = 0
+    #: When the current claim's lease lapses unless heartbeaten (None when not claimed).
+    expires_at: float | None = None
 
     @property
     def id(self) -> str:

@@ -52,13 +52,27 @@ from corral.gateway.agent_api._models import (
     iso,
     shutdown_reason,
 )
+from corral.gateway.agent_api._tasks import (
+    TaskBody,
+    TaskClaimBody,
+    TaskCompleteBody,
+    TaskFailBody,
+    TaskRoutes,
+)
 from corral.gateway.metrics import count_lock
 from corral.inert import inert
 from corral.project import Project
 from corral.scheduler.agentlink import AgentLink, RunRef, hash_secret
 from corral.scheduler.prepare import implied_keys
 from corral.store import CallRefusal, Deadlock, LockGrant, LockHeld, RunState, StoreError
-from corral.store.protocols import CallStore, ControlStore, LeaseStore, LockStore, RunStore
+from corral.store.protocols import (
+    CallStore,
+    ControlStore,
+    LeaseStore,
+    LockStore,
+    RunStore,
+    TaskStore,
+)
 
 __all__ = ["RUN_SCOPE_KEY", "AgentApi", "Caller", "agent_router", "current_run"]
 
@@ -96,9 +110,10 @@ async def current_run(
 Caller = Annotated[RunRef, Depends(current_run)]
 
 
-class AgentStore(LockStore, CallStore, RunStore, LeaseStore, ControlStore, Protocol):
+class AgentStore(LockStore, CallStore, RunStore, LeaseStore, ControlStore, TaskStore, Protocol):
     """What the agent API asks of the store: locks, calls, the run's own signals and
-    secret, kill and rerun requests, and the audit entry of a run's kill."""
+    secret, kill and rerun requests, the audit entry of a run's kill, and the task
+    board's claims."""
 
 
 class AgentApi:
@@ -472,6 +487,30 @@ def agent_router(api: AgentApi) -> APIRouter:
         ("POST", "/rerun", api.rerun, "al-rerun: run again after this run succeeds"),
         ("POST", "/exit", api.exit, "al-exit: end this run with an exit code"),
         ("POST", "/shutdown", api.shutdown, "al-shutdown: kill this run now, with a reason"),
+    ]
+    tasks = TaskRoutes(api)
+
+    async def task_claim(body: TaskClaimBody, run: Caller) -> JSONResponse:
+        return await tasks.claim(body, run)
+
+    async def task_heartbeat(body: TaskBody, run: Caller) -> JSONResponse:
+        return await tasks.heartbeat(body, run)
+
+    async def task_complete(body: TaskCompleteBody, run: Caller) -> JSONResponse:
+        return await tasks.complete(body, run)
+
+    async def task_fail(body: TaskFailBody, run: Caller) -> JSONResponse:
+        return await tasks.fail(body, run)
+
+    async def task_release(body: TaskBody, run: Caller) -> JSONResponse:
+        return await tasks.release(body, run)
+
+    routes += [
+        ("POST", "/tasks/claim", task_claim, "task-claim: claim the best ready task"),
+        ("POST", "/tasks/heartbeat", task_heartbeat, "task-heartbeat: extend a claim"),
+        ("POST", "/tasks/complete", task_complete, "task-complete: a claimed task is done"),
+        ("POST", "/tasks/fail", task_fail, "task-fail: a claimed task failed"),
+        ("POST", "/tasks/release", task_release, "task-release: put a claimed task back"),
     ]
     for method, path, handler, summary in routes:
         router.add_api_route(path, handler, methods=[method], summary=summary)

@@ -702,3 +702,120 @@ SELECT id FROM corral_queue WHERE state = 'claimed' AND lease_expires_at < :now 
 -- every report of a runner checks it, and the writes that follow check the fence again.
 SELECT id, run_id, fence FROM corral_queue
 WHERE state = 'claimed' AND lease_owner = :owner
+
+-- ---------------------------------------------------------------------------------------
+-- The task board (_tasks): tasks, their dependency edges, labels and history (0021).
+
+-- name: get_task
+SELECT * FROM corral_tasks WHERE project = :project AND id = :id;
+
+-- name: find_tasks
+SELECT * FROM corral_tasks WHERE id = :id ORDER BY project;
+
+-- name: project_task_edges
+SELECT task_id, requires FROM corral_task_edges WHERE project = :project;
+
+-- name: task_dependents
+SELECT task_id FROM corral_task_edges
+WHERE project = :project AND requires = :id
+ORDER BY task_id;
+
+-- name: insert_task
+INSERT INTO corral_tasks (project, id, title, description, priority, requires, labels,
+                          acceptance, extra, created_at, updated_at)
+VALUES (:project, :id, :title, :description, :priority, :requires, :labels,
+        :acceptance, :extra, :now, :now)
+ON CONFLICT (project, id) DO NOTHING
+RETURNING *;
+
+-- name: insert_task_edge
+INSERT INTO corral_task_edges (project, task_id, requires)
+VALUES (:project, :task_id, :requires)
+ON CONFLICT (project, task_id, requires) DO NOTHING;
+
+-- name: delete_task_edges
+DELETE FROM corral_task_edges WHERE project = :project AND task_id = :id;
+
+-- name: insert_task_label
+INSERT INTO corral_task_labels (project, task_id, label)
+VALUES (:project, :task_id, :label)
+ON CONFLICT (project, task_id, label) DO NOTHING;
+
+-- name: delete_task_labels
+DELETE FROM corral_task_labels WHERE project = :project AND task_id = :id;
+
+-- name: set_task_requires
+UPDATE corral_tasks SET requires = :requires, updated_at = :now
+WHERE project = :project AND id = :id;
+
+-- name: update_task
+UPDATE corral_tasks
+SET title = :title, description = :description, priority = :priority,
+    acceptance = :acceptance, labels = :labels, requires = :requires, updated_at = :now
+WHERE project = :project AND id = :id
+RETURNING *;
+
+-- name: insert_task_event
+INSERT INTO corral_task_events (project, task_id, at, kind, actor, token, detail)
+VALUES (:project, :task_id, :now, :kind, :actor, :token, :detail);
+
+-- name: task_events
+SELECT * FROM corral_task_events
+WHERE project = :project AND task_id = :id
+ORDER BY seq;
+
+-- A heartbeat, a completion and a release act only on the claim whose token they carry.
+-- name: heartbeat_task
+UPDATE corral_tasks
+SET heartbeat_at = :now, expires_at = :expires_at, updated_at = :now
+WHERE project = :project AND id = :id AND status = 'claimed' AND token = :token
+RETURNING *;
+
+-- name: finish_task
+UPDATE corral_tasks
+SET status = :status, result = :result, expires_at = NULL, updated_at = :now
+WHERE project = :project AND id = :id AND status = 'claimed' AND token = :token
+RETURNING *;
+
+-- name: release_task
+UPDATE corral_tasks
+SET status = 'open', assignee = NULL, run_id = NULL, expires_at = NULL, updated_at = :now
+WHERE project = :project AND id = :id AND status = 'claimed' AND token = :token
+RETURNING *;
+
+-- Claims whose lease lapsed (corral_tasks_claimed) go back to open.
+-- name: release_stalled_tasks
+UPDATE corral_tasks
+SET status = 'open', assignee = NULL, run_id = NULL, expires_at = NULL, updated_at = :now
+WHERE status = 'claimed' AND expires_at < :now
+RETURNING *;
+
+-- A run that ended: its claims go back to open (corral_tasks_run).
+-- name: release_run_tasks
+UPDATE corral_tasks
+SET status = 'open', assignee = NULL, run_id = NULL, expires_at = NULL, updated_at = :now
+WHERE status = 'claimed' AND run_id = :run_id
+RETURNING *;
+
+-- name: claimed_task_of_run
+SELECT * FROM corral_tasks
+WHERE status = 'claimed' AND run_id = :run_id AND id = :id
+ORDER BY project;
+
+-- name: cancel_task
+UPDATE corral_tasks
+SET status = 'cancelled', expires_at = NULL, updated_at = :now
+WHERE project = :project AND id = :id AND status IN ('open', 'claimed', 'failed')
+RETURNING *;
+
+-- A page of tasks in (project, id) order after the key (:after_project, :after_id).
+-- name: list_tasks
+SELECT * FROM corral_tasks t
+WHERE (CAST(:project AS TEXT) IS NULL OR t.project = :project)
+    AND (CAST(:status AS TEXT) IS NULL OR t.status = :status)
+    AND (CAST(:label AS TEXT) IS NULL OR EXISTS (
+        SELECT 1 FROM corral_task_labels l
+        WHERE l.project = t.project AND l.task_id = t.id AND l.label = :label))
+    AND (t.project > :after_project OR (t.project = :after_project AND t.id > :after_id))
+ORDER BY t.project, t.id
+LIMIT :limit;

@@ -357,7 +357,8 @@ FOR NO KEY UPDATE
 -- name: finalize_run
 -- ``finalize`` as ONE statement (one round trip, autocommit), for the usual end of a run:
 -- the same steps as its transaction (finish_item, finish_run, release_run_locks,
--- delete_run_waits, delete_run_wants, clear_run_call_waits, answer_call), each fed by
+-- delete_run_waits, delete_run_wants, clear_run_call_waits, answer_call, and the run's
+-- task claims back to open: release_run_tasks), each fed by
 -- the one before, so the item row is locked before the run's (as recovery does).
 -- ``plain`` admits only a run that queues no rerun and holds no lock anyone waits for;
 -- any other case (and a stale fence) returns no row and changes nothing: ``finalize``
@@ -413,6 +414,17 @@ answered AS (
     WHERE e.trigger_kind = 'call' AND c.callee_run_id = e.id
       AND c.state IN ('pending', 'running')
     RETURNING c.id
+),
+tasks AS (
+    UPDATE corral_tasks
+    SET status = 'open', assignee = NULL, run_id = NULL, expires_at = NULL,
+        updated_at = %(now)s
+    WHERE status = 'claimed' AND run_id IN (SELECT id FROM ended)
+    RETURNING project, id, token
+),
+task_events AS (
+    INSERT INTO corral_task_events (project, task_id, at, kind, token, detail)
+    SELECT project, id, %(now)s, 'run ended', token, %(run_id)s FROM tasks
 )
 SELECT e.*, to_jsonb(i) AS finished_item FROM ended e JOIN item i ON i.id = e.item_id
 
@@ -645,3 +657,68 @@ SET last_heartbeat_at = %(now)s, offline_since = NULL,
 FROM unnest(%(hashes)s::text[], %(versions)s::text[]) AS h(credential_hash, version)
 WHERE r.credential_hash = h.credential_hash AND r.state <> 'revoked'
 RETURNING r.*
+
+-- ---------------------------------------------------------------------------------------
+-- The task board (_tasks).
+
+-- Changes to a project's dependency graph (adding tasks, editing requirements) are
+-- serialised per project, so two of them cannot close a cycle together.
+-- name: lock_task_graph
+SELECT pg_advisory_xact_lock(hashtextextended('corral_tasks:' || %(project)s, 0));
+
+-- The best open task whose every requirement is done and that has every label asked
+-- for (read from the row's own copy of its labels: no probe per label), in any project,
+-- claimed in ONE statement: the candidate row is locked
+-- SKIP LOCKED (concurrent claimers take different tasks), and the claim's history event
+-- is written by the same statement.
+-- name: claim_task
+WITH picked AS (
+    UPDATE corral_tasks t
+    SET status = 'claimed', assignee = %(claimer)s, run_id = %(run_id)s, token = t.token + 1,
+        claimed_at = %(now)s, heartbeat_at = %(now)s, expires_at = %(expires_at)s,
+        attempts = t.attempts + 1, result = NULL, updated_at = %(now)s
+    WHERE t.status = 'open' AND (t.project, t.id) = (
+        SELECT c.project, c.id FROM corral_tasks c
+        WHERE c.status = 'open'
+            AND NOT EXISTS (
+                SELECT 1 FROM corral_task_edges e
+                JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
+                WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
+            AND (cardinality(%(labels)s::text[]) = 0
+                 OR (SELECT c.labels @> to_jsonb(%(labels)s::text[])))
+        ORDER BY c.priority DESC, c.created_at, c.id, c.project
+        LIMIT 1
+        FOR UPDATE OF c SKIP LOCKED
+    )
+    RETURNING t.*
+), logged AS (
+    INSERT INTO corral_task_events (project, task_id, at, kind, actor, token, detail)
+    SELECT project, id, %(now)s, 'claimed', %(claimer)s, token, %(run_id)s FROM picked
+)
+SELECT * FROM picked;
+
+-- name: claim_project_task
+WITH picked AS (
+    UPDATE corral_tasks t
+    SET status = 'claimed', assignee = %(claimer)s, run_id = %(run_id)s, token = t.token + 1,
+        claimed_at = %(now)s, heartbeat_at = %(now)s, expires_at = %(expires_at)s,
+        attempts = t.attempts + 1, result = NULL, updated_at = %(now)s
+    WHERE t.status = 'open' AND (t.project, t.id) = (
+        SELECT c.project, c.id FROM corral_tasks c
+        WHERE c.status = 'open' AND c.project = %(project)s
+            AND NOT EXISTS (
+                SELECT 1 FROM corral_task_edges e
+                JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
+                WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
+            AND (cardinality(%(labels)s::text[]) = 0
+                 OR (SELECT c.labels @> to_jsonb(%(labels)s::text[])))
+        ORDER BY c.priority DESC, c.created_at, c.id
+        LIMIT 1
+        FOR UPDATE OF c SKIP LOCKED
+    )
+    RETURNING t.*
+), logged AS (
+    INSERT INTO corral_task_events (project, task_id, at, kind, actor, token, detail)
+    SELECT project, id, %(now)s, 'claimed', %(claimer)s, token, %(run_id)s FROM picked
+)
+SELECT * FROM picked;

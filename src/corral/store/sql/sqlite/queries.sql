@@ -366,3 +366,50 @@ SET last_heartbeat_at = :now, offline_since = NULL,
 FROM json_each(:hashes) AS h
 WHERE corral_runners.credential_hash = h.value AND corral_runners.state <> 'revoked'
 RETURNING *
+
+-- ---------------------------------------------------------------------------------------
+-- The task board (_tasks).
+
+-- name: lock_task_graph
+SELECT 1;
+
+-- The best open task whose every requirement is done and that has every label in :labels
+-- (a JSON list), in any project: taken in the same statement (BEGIN IMMEDIATE already
+-- serialises writers).
+-- name: claim_task
+UPDATE corral_tasks
+SET status = 'claimed', assignee = :claimer, run_id = :run_id, token = token + 1,
+    claimed_at = :now, heartbeat_at = :now, expires_at = :expires_at,
+    attempts = attempts + 1, result = NULL, updated_at = :now
+WHERE status = 'open' AND (project, id) = (
+    SELECT c.project, c.id FROM corral_tasks c INDEXED BY corral_tasks_open
+    WHERE c.status = 'open'
+        AND NOT EXISTS (
+            SELECT 1 FROM corral_task_edges e
+            JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
+            WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
+        AND NOT EXISTS (
+            SELECT 1 FROM json_each(:labels) w
+            WHERE w.value NOT IN (SELECT value FROM json_each(c.labels)))
+    ORDER BY c.priority DESC, c.created_at, c.id, c.project
+    LIMIT 1)
+RETURNING *;
+
+-- name: claim_project_task
+UPDATE corral_tasks
+SET status = 'claimed', assignee = :claimer, run_id = :run_id, token = token + 1,
+    claimed_at = :now, heartbeat_at = :now, expires_at = :expires_at,
+    attempts = attempts + 1, result = NULL, updated_at = :now
+WHERE status = 'open' AND project = :project AND id = (
+    SELECT c.id FROM corral_tasks c INDEXED BY corral_tasks_project_open
+    WHERE c.status = 'open' AND c.project = :project
+        AND NOT EXISTS (
+            SELECT 1 FROM corral_task_edges e
+            JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
+            WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
+        AND NOT EXISTS (
+            SELECT 1 FROM json_each(:labels) w
+            WHERE w.value NOT IN (SELECT value FROM json_each(c.labels)))
+    ORDER BY c.priority DESC, c.created_at, c.id
+    LIMIT 1)
+RETURNING *;
