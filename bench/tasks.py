@@ -66,7 +66,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -720,68 +720,81 @@ def final_state_peer(remote: str, scratch: Path) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Tally:
+    """The claimers' records of one row, merged."""
+
+    deadline: float
+    last_done: float
+    holders: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    in_budget: set[str] = field(default_factory=set)
+    done: set[str] = field(default_factory=set)
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    stats: Counter[str] = field(default_factory=Counter)
+    exits: Counter[str] = field(default_factory=Counter)
+
+    def add(self, who: str, rec: dict[str, Any]) -> None:
+        k = rec["k"]
+        if k == "claim":
+            # Safety counts whenever it happened; figures only within the budget (a call
+            # that cannot be cut, like the git backend's, may answer late).
+            self.holders[rec["task"]].add(who)
+            if rec["t1"] > self.deadline:
+                self.counts["late"] += 1
+                return
+            self.counts["claims"] += 1
+            self.counts["retries"] += rec["retries"]
+            self.in_budget.add(rec["task"])
+            self.latencies.append(rec["t1"] - rec["t0"])
+            if rec.get("exit") is not None:
+                self.exits[str(rec["exit"])] += 1
+        elif k == "done" and rec["t1"] <= self.deadline:
+            self.done.add(rec["task"])
+            self.last_done = max(self.last_done, rec["t1"])
+        elif k == "none":
+            self.counts["nones"] += 1
+            self.counts["retries"] += rec.get("retries", 0)
+        elif k == "cut":
+            self.counts[f"cut_{rec['during']}"] += 1
+        elif k == "error":
+            self.errors.append(f"{who} ({rec['at']}): {rec['msg']}")
+        elif k == "end":
+            self.stats.update(rec.get("stats", {}))
+
+
 def merge(out_dir: Path, tasks: Sequence[GenTask], go: float, deadline: float) -> dict[str, Any]:
-    holders: dict[str, set[str]] = defaultdict(set)
-    latencies: list[float] = []
-    retries = 0
-    claims = 0
-    done: set[str] = set()
-    last_done = go
-    nones = 0
-    errors: list[str] = []
-    cuts = Counter()
-    stats: Counter[str] = Counter()
-    exits: Counter[str] = Counter()
+    t = Tally(deadline=deadline, last_done=go)
     for path in sorted(out_dir.glob("*.jsonl")):
-        who = path.stem
         for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            k = rec["k"]
-            if k == "claim":
-                claims += 1
-                holders[rec["task"]].add(who)
-                latencies.append(rec["t1"] - rec["t0"])
-                retries += rec["retries"]
-                if rec.get("exit") is not None:
-                    exits[str(rec["exit"])] += 1
-            elif k == "done":
-                done.add(rec["task"])
-                last_done = max(last_done, rec["t1"])
-            elif k == "none":
-                nones += 1
-                retries += rec.get("retries", 0)
-            elif k == "cut":
-                cuts[rec["during"]] += 1
-            elif k == "error":
-                errors.append(f"{who} ({rec['at']}): {rec['msg']}")
-            elif k == "end":
-                for key, val in rec.get("stats", {}).items():
-                    stats[key] += val
-    claimed = set(holders)
-    drained = len(done) == len(tasks)
-    window = (last_done if drained else deadline) - go
-    ms = [x * 1000.0 for x in latencies]
+            t.add(path.stem, json.loads(line))
+    claims = t.counts["claims"]
+    drained = len(t.done) == len(tasks)
+    window = (t.last_done if drained else deadline) - go
+    ms = [x * 1000.0 for x in t.latencies]
     fig: dict[str, Any] = {
         "claims": claims,
-        "completed": len(done),
-        "conflicts": sum(len(h) - 1 for h in holders.values() if len(h) > 1),
-        "retries_per_claim": round(retries / claims, 3) if claims else math.nan,
+        "completed": len(t.done),
+        "conflicts": sum(len(h) - 1 for h in t.holders.values() if len(h) > 1),
+        "retries_per_claim": round(t.counts["retries"] / claims, 3) if claims else math.nan,
         "claim_p50_ms": round(percentile(ms, 50), 1),
         "claim_p99_ms": round(percentile(ms, 99), 1),
         "claim_max_ms": round(max(ms), 1) if ms else math.nan,
-        "tasks_per_s": round(len(done) / window, 2) if window > 0 else math.nan,
-        "never_claimed": len(tasks) - len(claimed),
+        "tasks_per_s": round(len(t.done) / window, 2) if window > 0 else math.nan,
+        "never_claimed": len(tasks) - len(t.in_budget),
+        "late_claims": t.counts["late"],
         "drained": drained,
-        "window_s": round(window, 1),
-        "no_task_answers": nones,
-        "cut_claims": cuts["claim"],
-        "cut_completions": cuts["complete"],
-        "errors": len(errors),
-        "error_samples": sorted(set(errors))[:5],
+        "window_s": round(window, 2),
+        "no_task_answers": t.counts["nones"],
+        "cut_claims": t.counts["cut_claim"],
+        "cut_completions": t.counts["cut_complete"],
+        "errors": len(t.errors),
+        "error_samples": sorted(set(t.errors))[:5],
     }
-    if exits:
-        fig["claim_exit_status"] = dict(exits)
-    fig.update({f"driver_{k}": v for k, v in stats.items()})
+    if t.exits:
+        fig["claim_exit_status"] = dict(t.exits)
+    fig.update({f"driver_{k}": v for k, v in t.stats.items()})
     return fig
 
 
