@@ -411,25 +411,51 @@ class CorralDriver:
         self.url = cfg["url"]
         self.name = name
         self.store: Any = None
+        self.busy = 0
+        self.last_retries = 0
 
     async def open(self) -> None:
         from corral.store import open_store
 
         self.store = await open_store(self.url, migrate=False)
 
+    async def _busy_retry(self, call: Any, deadline: float) -> tuple[Any, int]:
+        """``call()``, again after StoreBusy (the store's "nothing was changed, try
+        again"), as a claimer would; (answer, how many times it was busy)."""
+        from corral.errors import StoreBusy
+
+        busy = 0
+        while True:
+            try:
+                return await call(), busy
+            except StoreBusy:
+                busy += 1
+                self.busy += 1
+                if time.monotonic() >= deadline:
+                    raise Cut from None
+                await asyncio.sleep(random.uniform(0.0, 0.1))
+
     async def claim(self, deadline: float) -> Claimed | None:
-        task = await self.store.claim_task(claimer=self.name)
+        task, busy = await self._busy_retry(
+            lambda: self.store.claim_task(claimer=self.name), deadline
+        )
+        self.last_retries = busy
         if task is None:
             return None
-        return Claimed(f"{task.project}/{task.id}", task.project, task.id, 0, handle=task.token)
+        return Claimed(f"{task.project}/{task.id}", task.project, task.id, busy, handle=task.token)
 
     async def complete(self, claimed: Claimed, deadline: float) -> None:
         from corral.tasks import TaskStatus
 
-        await self.store.finish_task(claimed.project, claimed.id, claimed.handle, TaskStatus.DONE)
+        await self._busy_retry(
+            lambda: self.store.finish_task(
+                claimed.project, claimed.id, claimed.handle, TaskStatus.DONE
+            ),
+            deadline,
+        )
 
     def stats(self) -> dict[str, Any]:
-        return {}
+        return {"store_busy": self.busy}
 
     async def close(self) -> None:
         if self.store is not None:
@@ -476,6 +502,7 @@ async def _worker(cfg_path: str, index: int) -> None:
     counter = Path(cfg["scratch"]) / "completed.count"
     total = cfg["total"]
     emit(k="start", t=time.monotonic())
+    idle = 0.05
     try:
         while time.monotonic() < deadline:
             t0 = time.monotonic()
@@ -489,8 +516,12 @@ async def _worker(cfg_path: str, index: int) -> None:
                 emit(k="none", t0=t0, t1=t1, retries=getattr(driver, "last_retries", 0))
                 if counter.exists() and counter.stat().st_size >= total:
                     break
-                await asyncio.sleep(0.05)
+                # Nothing eligible (the rest waits on tasks others hold): ask again after a
+                # jittered wait that doubles from 50 ms to 0.8 s, as a patient agent would.
+                await asyncio.sleep(rng.uniform(0.5, 1.0) * idle)
+                idle = min(idle * 2, 0.8)
                 continue
+            idle = 0.05
             emit(
                 k="claim",
                 task=got.key,
