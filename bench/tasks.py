@@ -34,6 +34,10 @@ backend the claim's ``retries``; corral's board does not retry), claim latency p
 (from the call to the answer, for calls that returned a task; for the seed's script the
 call is the chain of script runs until one holds a task, as an agent would rerun it),
 completed tasks per second over the budget, and tasks never claimed in the budget.
+A store claimer told "busy" (StoreBusy: nothing was changed) asks again after 0-100 ms
+and counts that as a retry. After an empty answer a claimer waits 50 ms, doubling to
+0.8 s (jittered), before asking again. A call still running at the deadline is cut (the
+seed's script is killed) or, when it cannot be cut, counted as late and left out.
 
 A driver whose code is absent (the git backend or the store's board not merged yet) is
 reported as unavailable, with the reason, and the others still run. PostgreSQL at sizes

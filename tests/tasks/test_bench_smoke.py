@@ -99,9 +99,9 @@ def test_bench_runs_every_driver_at_tiny_size(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     figs = data["figures"]
-    assert set(figs) == {
-        f"{d}_2" for d in ("peer", "peer-fixed", "git", "corral-sqlite", "corral-postgres")
-    }
+    drivers = ("peer", "peer-fixed", "git", "corral-sqlite", "corral-postgres")
+    assert set(figs) == {f"{d}_2" for d in drivers} | {"peer_solo_claim_s"}
+    assert figs["peer_solo_claim_s"] > 0
 
     fixed = figs["peer-fixed_2"]
     assert fixed["drained"] and fixed["completed"] == 8 and fixed["never_claimed"] == 0
