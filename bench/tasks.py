@@ -1018,7 +1018,10 @@ def main() -> None:
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.sizes, args.projects, args.per_project, args.budget = "5", 2, 50, 20.0
+        # Only what was not given on the command line.
+        for name, value in (("sizes", "5"), ("projects", 2), ("per_project", 50), ("budget", 20.0)):
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     sys.exit(asyncio.run(_main(args)))
 
 
