@@ -237,3 +237,32 @@ async def _set(store: Store, size: int) -> int | None:
 
 async def _pool_size(store: Store, agent: str, size: int) -> bool:
     return any(p.agent == agent and p.size == size for p in await store.pool_states())
+
+
+async def test_two_scheduler_processes_decide_a_pool_in_one_place(
+    tmp_path: Path, store_url: str
+) -> None:
+    """Two `corral start` sizing one pool: one of them decides (the lease holder), both
+    claim, and together they never run more than the pool's max."""
+    root = tmp_path / "p"
+    project = pooled_project(root, "[scale]\nmin = 0\nmax = 3\nstabilization = 1\n")
+    async with await open_store(store_url) as store:
+        with (
+            ProcessCounter(project.agents["burst"].dir) as counter,
+            SchedulerProcess(root, store_url, tmp_path / "a.log") as a,
+            SchedulerProcess(root, store_url, tmp_path / "b.log") as b,
+        ):
+            await wait_for(lambda: _schedulers_running(store, 2), timeout=60)
+            for _ in range(12):
+                await store.enqueue(NewItem("burst", TriggerKind.MANUAL, prompt="sleep=1;"))
+            await wait_for(lambda: _ended(store, 12), timeout=90)
+            await wait_for(lambda: _pool_size(store, "burst", 0), timeout=30)
+            decisions = await store.pool_decisions("burst", limit=1000)
+            assert a.stop() == 0 and b.stop() == 0
+        runs = await all_runs(store, "burst")
+    assert counter.most <= 3, (a.output(), b.output())
+    assert all(r.state is RunState.SUCCEEDED for r in runs)
+    assert len({d.scheduler_id for d in decisions}) == 1, decisions  # one decider
+    directions = {d.direction for d in decisions}
+    assert {"grow", "shrink"} <= directions
+    assert max(d.desired for d in decisions) <= 3
