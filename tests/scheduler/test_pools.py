@@ -100,10 +100,10 @@ async def test_a_reactive_pool_grows_to_max_then_shrinks_to_min_without_killing_
             await wait_for(lambda: scheduler.info is not None)
             assert [p.size for p in await store.pool_states()] == [0]  # starts at min
             # One long run first, then a burst of short ones.
-            prompts = ["sleep=8;"] + ["sleep=1;"] * 11
+            prompts = ["sleep=20;"] + ["sleep=0.5;"] * 11
             for prompt in prompts:
                 await scheduler.submit(NewItem("burst", TriggerKind.MANUAL, prompt=prompt))
-            await wait_for(lambda: _ended(store, len(prompts)), timeout=60)
+            await wait_for(lambda: _ended(store, len(prompts)), timeout=90)
             # After the last run ends, the pool goes back to min once 2 s have passed.
             await wait_for(lambda: _pool_size(store, "burst", 0), timeout=15)
         finally:
@@ -126,7 +126,7 @@ async def test_a_reactive_pool_grows_to_max_then_shrinks_to_min_without_killing_
     assert first_grow.inputs["queued"] > 0 and first_grow.inputs["policy"] == "reactive"
     assert "utilisation" in first_grow.reason
     # The long run was busy when the pool shrank below 4, and it succeeded.
-    long_run = next(r for r in runs if r.prompt == "sleep=8;")
+    long_run = next(r for r in runs if r.prompt == "sleep=20;")
     assert long_run.ended_at is not None
     during = [d for d in log if d.direction == "shrink" and d.decided_at < long_run.ended_at]
     assert during, changes

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from corral.store import AgentSpec, NewItem, Store, TriggerKind
+from corral.store import AgentSpec, NewItem, RunState, Store, TriggerKind
 
 
 async def _sync(store: Store, *specs: AgentSpec, cap: int | None = None) -> None:
@@ -109,3 +109,29 @@ async def test_decisions_are_kept_with_their_inputs_and_pruned(store: Store) -> 
     assert await store.prune_pool_decisions(datetime.now(UTC) - timedelta(days=1)) == 0
     assert await store.prune_pool_decisions(datetime.now(UTC) + timedelta(seconds=1)) == 3
     assert await store.pool_decisions() == []
+
+
+async def test_an_observation_counts_each_arrival_and_end_once(store: Store) -> None:
+    await _sync(store, POOLED, FIXED, cap=5)
+    t0 = store.now()
+    for _ in range(3):
+        await store.enqueue(NewItem("burst", TriggerKind.MANUAL))
+    await store.enqueue(NewItem("plain", TriggerKind.MANUAL))
+    t1 = store.now()
+    claims = await store.claim("s", lease_seconds=30, limit=10)  # burst 1 (pool), plain 1
+    assert sorted(c.run.agent for c in claims) == ["burst", "plain"]
+    first = await store.observe_pool("burst", t0, t1)
+    assert first.arrivals == 3 and first.durations == ()
+    assert [run_id for run_id, _ in first.busy] == [
+        c.run.id for c in claims if c.run.agent == "burst"
+    ]
+    assert first.cap_room == 4  # the cap of 5 less plain's run
+    assert first.budget_stop is None
+    burst = next(c for c in claims if c.run.agent == "burst")
+    await store.mark_run_running(burst.run.id, pid=None, host=None)
+    fence = burst.run.fence or 0
+    await store.finalize(burst.run.id, fence=fence, state=RunState.SUCCEEDED, exit_code=0)
+    t2 = store.now()
+    second = await store.observe_pool("burst", t1, t2)
+    assert second.arrivals == 0 and second.busy == ()
+    assert len(second.durations) == 1 and 0 <= second.durations[0] < 30

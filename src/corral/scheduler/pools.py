@@ -23,7 +23,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from corral.autoscale import Autoscaler, Instance, Limits, Observation, Settings, settings_for
 from corral.project import Project, ScaleConfig
@@ -125,13 +125,13 @@ class PoolSizer:
             self._pools.pop(agent, None)  # its history starts again if it comes back here
             return None
         loop_now = asyncio.get_running_loop().time()
-        wall_now = datetime.now(UTC)
+        wall_now = self.store.now()
         state = self._pools.get(agent)
         if state is None or state.settings != settings:
             since = wall_now - timedelta(seconds=self.tick_every)
             state = _Pool(settings, Autoscaler(settings), since, loop_now - self.hold_every)
             self._pools[agent] = state
-        snapshot = await self.store.observe_pool(agent, state.since)
+        snapshot = await self.store.observe_pool(agent, state.since, wall_now)
         state.since = wall_now
         observation = _observation(loop_now, wall_now, pool, snapshot)
         decision = state.scaler.decide(observation)

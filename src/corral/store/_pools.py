@@ -55,10 +55,16 @@ class PoolOps(UsageOps):
             lease_until=now + timedelta(seconds=lease_seconds),
         )
 
-    async def observe_pool(self, agent: str, since: datetime) -> PoolSnapshot:
-        """``agent``'s live runs, what arrived and ended after ``since``, the project cap's
-        room and whether a daily cost cap stops new runs: one autoscaler tick's reading."""
-        at = {"agent": agent, "since": self.encode_time(require_aware(since, "since"))}
+    async def observe_pool(self, agent: str, since: datetime, until: datetime) -> PoolSnapshot:
+        """``agent``'s live runs, what arrived and ended in (``since``, ``until``], the
+        project cap's room and whether a daily cost cap stops new runs: one autoscaler
+        tick's reading (consecutive ticks pass the previous ``until`` as ``since``, so an
+        arrival is counted once)."""
+        at = {
+            "agent": agent,
+            "since": self.encode_time(require_aware(since, "since")),
+            "until": self.encode_time(require_aware(until, "until")),
+        }
         async with self.transaction(write=False) as tx:
             busy = await tx.fetch_all("pool_busy_runs", {"agent": agent})
             arrived = await tx.fetch_one("pool_arrivals", at)

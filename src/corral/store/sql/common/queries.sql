@@ -740,13 +740,15 @@ WHERE agent = :agent AND state IN ('starting', 'running')
 ORDER BY created_at, id
 
 -- name: pool_arrivals
--- Items of an agent queued after :since (arrivals since the previous tick).
-SELECT count(*) AS n FROM corral_queue WHERE agent = :agent AND enqueued_at > :since
+-- Items of an agent queued in (:since, :until] (arrivals since the previous tick).
+SELECT count(*) AS n FROM corral_queue
+WHERE agent = :agent AND enqueued_at > :since AND enqueued_at <= :until
 
 -- name: pool_completions
--- Runs of an agent that ended after :since, with their times (their durations).
+-- Runs of an agent that ended in (:since, :until], with their times (their durations).
 SELECT created_at, started_at, ended_at FROM corral_runs
-WHERE agent = :agent AND ended_at > :since AND state NOT IN ('starting', 'running')
+WHERE agent = :agent AND ended_at > :since AND ended_at <= :until
+  AND state NOT IN ('starting', 'running')
 
 -- name: pool_project_room
 -- The project cap and the runs of the other agents, in one statement (one snapshot on
