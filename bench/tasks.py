@@ -609,9 +609,8 @@ async def _setup_store(url: str, tasks: Sequence[GenTask]) -> None:
 
 
 async def _setup_git(remote: Path, tasks: Sequence[GenTask], cache: Path) -> None:
-    from corral.tasks.gitboard import GitBoard
-
     from corral.tasks import TaskSpec
+    from corral.tasks.gitboard import GitBoard
 
     _git("init", "-q", "--bare", str(remote))
     specs = [

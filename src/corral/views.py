@@ -17,6 +17,8 @@ from corral.store import (
     BundleHead,
     Lock,
     LockWaiter,
+    PoolDecision,
+    PoolState,
     QueueItem,
     Run,
     RunFilter,
@@ -33,6 +35,8 @@ __all__ = [
     "item_json",
     "lock_json",
     "parse_moment",
+    "pool_decision_json",
+    "pool_json",
     "run_filter",
     "run_json",
     "task_event_json",
@@ -122,6 +126,40 @@ def agent_json(state: AgentState) -> dict[str, Any]:
         "enabled": state.enabled,
         "queued": state.queued,
         "running": state.active,
+    }
+
+
+def pool_json(pool: PoolState, now: datetime) -> dict[str, Any]:
+    """An agent's pool as the autoscaler sized it (`corral pools --json`, the control API).
+
+    ``desired`` bounds the agent's claims (with ``max``); ``size`` counts its instances,
+    above ``desired`` while runs that were busy when it shrank finish. ``decidedBy`` is
+    the scheduler holding the pool's lease (None when none holds it now)."""
+    held = pool.owner is not None and pool.lease_until is not None and pool.lease_until > now
+    return {
+        "agent": pool.agent,
+        "max": pool.scale,
+        "desired": pool.size,
+        "size": max(pool.size, pool.running),
+        "busy": pool.running,
+        "queued": pool.queued,
+        "decidedBy": pool.owner if held else None,
+    }
+
+
+def pool_decision_json(decision: PoolDecision) -> dict[str, Any]:
+    """One autoscaler decision with its inputs (`corral pools log --json`, the API)."""
+    return {
+        "id": decision.id,
+        "agent": decision.agent,
+        "decidedAt": iso_time(decision.decided_at),
+        "scheduler": decision.scheduler_id,
+        "policy": decision.policy,
+        "direction": decision.direction,
+        "from": decision.size,
+        "to": decision.desired,
+        "reason": decision.reason,
+        "inputs": decision.inputs,
     }
 
 

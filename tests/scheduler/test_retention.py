@@ -102,3 +102,35 @@ async def test_old_webhook_receipts_go_recent_stay(tmp_path: Path, store: Store)
 
     assert pruned.receipts == 1
     assert await store.get_receipt(old) is None and await store.get_receipt(recent) is not None
+
+
+async def test_old_pool_decisions_go_recent_stay(tmp_path: Path, store: Store) -> None:
+    project = write_project(
+        tmp_path / "p",
+        {"dev": {"command": "true"}},
+        "historyRetentionDays = 7\n",
+        tables={"dev": "[scale]\nmin = 0\nmax = 2\n"},
+    )
+    await store.sync_project(agent_specs(project), scale_cap=None, max_attempts=3, max_reruns=10)
+    assert await store.take_pool_lease("dev", "s", lease_seconds=60) is not None
+
+    async def decide(size: int) -> None:
+        await store.set_pool_size(
+            "dev",
+            "s",
+            size=size,
+            previous=0,
+            policy="reactive",
+            reason="r",
+            inputs={},
+            record=True,
+        )
+
+    real_clock = store.clock
+    store.clock = lambda: real_clock() - timedelta(days=8)
+    await decide(2)
+    store.clock = real_clock
+    await decide(1)
+    pruned = await prune_history(project, store)
+    assert pruned.decisions == 1
+    assert [d.desired for d in await store.pool_decisions("dev")] == [1]

@@ -44,6 +44,8 @@ from corral.views import (
     iso_time,
     item_json,
     lock_json,
+    pool_decision_json,
+    pool_json,
     run_filter,
     run_json,
     task_event_json,
@@ -164,6 +166,7 @@ def control_router(scheduler: Scheduler) -> APIRouter:
     _agent_routes(router, scheduler)
     _lock_routes(router, scheduler)
     _task_routes(router, scheduler)
+    _pool_routes(router, scheduler)
     return router
 
 
@@ -529,6 +532,23 @@ def _task_routes(router: APIRouter, scheduler: Scheduler) -> None:
         except TaskError as exc:
             raise _task_refusal(exc) from None
         return {"ok": True, "task": task_json(task)}
+
+
+def _pool_routes(router: APIRouter, scheduler: Scheduler) -> None:
+    store = scheduler.store
+
+    @router.get("/pools", summary="The agents' pools as the autoscaler sized them")
+    async def list_pools() -> dict[str, Any]:
+        now = datetime.now(UTC)
+        return {"ok": True, "pools": [pool_json(p, now) for p in await store.pool_states()]}
+
+    @router.get("/pools/log", summary="The autoscaler's decisions with their inputs, newest first")
+    async def pool_log(
+        agent: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    ) -> dict[str, Any]:
+        decisions = await store.pool_decisions(agent, limit=limit)
+        return {"ok": True, "decisions": [pool_decision_json(d) for d in decisions]}
 
 
 async def _status(

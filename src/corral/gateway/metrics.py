@@ -46,7 +46,15 @@ from corral import __version__
 from corral.engine import fleet
 from corral.engine.fleet import version_key
 from corral.project import Project
-from corral.store import AgentState, AnomalyKind, ItemState, Run, RunnerState, Store
+from corral.store import (
+    AgentState,
+    AnomalyKind,
+    ItemState,
+    PoolState,
+    Run,
+    RunnerState,
+    Store,
+)
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -136,7 +144,22 @@ class _Gauges(Collector):
             depth.add_metric([agent.agent], agent.queued)
             running.add_metric([agent.agent], agent.active)
             scale.add_metric([agent.agent], agent.scale)
-        yield from (depth, running, scale)
+        desired = GaugeMetricFamily(
+            "corral_pool_desired",
+            "The pool size the autoscaler decided, by agent with a [scale] table: at most "
+            "this many runs of it start at once",
+            labels=["agent"],
+        )
+        size = GaugeMetricFamily(
+            "corral_pool_size",
+            "The pool's instances, by agent: the desired size, or more while runs that were "
+            "busy when it shrank finish",
+            labels=["agent"],
+        )
+        for pool in self.metrics.pools:
+            desired.add_metric([pool.agent], pool.size)
+            size.add_metric([pool.agent], max(pool.size, pool.running))
+        yield from (depth, running, scale, desired, size)
 
 
 class _FleetGauges(Collector):
@@ -248,7 +271,15 @@ class FleetMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.pool_decisions = Counter(
+            "corral_pool_decisions",
+            "Autoscaler decisions recorded, by agent and direction (grow, shrink, hold)",
+            ["agent", "direction"],
+            registry=self.registry,
+        )
         self.agents: list[AgentState] = []
+        self.pools: list[PoolState] = []
+        self._last_decision: int | None = None
         self.registry.register(_Gauges(self))
         self.registry.register(_FleetGauges(self))
         self.registry.register(_Forward(LOCAL_REGISTRY))
@@ -285,6 +316,7 @@ class FleetMetrics:
                 counter = self.dropped if item.state is ItemState.DROPPED else self.rejected
                 counter.labels(item.agent).inc()
             self.agents = [a for a in await self.store.agent_states() if a.present]
+            await self._refresh_pools()
             await self._refresh_fleet()
             self._since = max(self._start, now - self.overlap)
             for seen in (self._started, self._ended):
@@ -292,6 +324,17 @@ class FleetMetrics:
                     del seen[key]
             for number in [k for k, at in self._set_aside.items() if at < self._since]:
                 del self._set_aside[number]
+
+    async def _refresh_pools(self) -> None:
+        """The pools now, and the decisions recorded since the previous scrape (counted
+        once each, by id; those before this gateway started are not counted)."""
+        self.pools = await self.store.pool_states()
+        recent = await self.store.pool_decisions(limit=1000)
+        last = self._last_decision
+        for decision in recent:
+            if decision.id > last if last is not None else decision.decided_at >= self._start:
+                self.pool_decisions.labels(decision.agent, decision.direction).inc()
+        self._last_decision = max([last or 0, *(d.id for d in recent)])
 
     async def _refresh_fleet(self) -> None:
         settings = fleet.fleet_settings(self.project()) if self.project else fleet.FleetSettings()

@@ -335,7 +335,8 @@ def _build(
         layer = files.merged.origin.get(loc)
         return layer.label if layer else "default"
 
-    # A [scale] pool may run up to its max at once (the scheduler does not size pools yet).
+    # A [scale] pool's max is its scale; the scheduler sizes the pool below it
+    # (corral.scheduler.pools, docs/scaling.md).
     if isinstance(config.scale, ScaleConfig):
         scale = config.scale.max
     else:

@@ -1,5 +1,5 @@
-"""`historyRetentionDays`: forget runs, finished queue items, run directories, logs and
-webhook receipts older than that.
+"""`historyRetentionDays`: forget runs, finished queue items, run directories, logs,
+webhook receipts and the autoscaler's decisions older than that.
 
 The store deletes rows in small batches, one transaction each, so a pass over a long
 history never holds the store's writer for long (see ``Store.prune_runs``)."""
@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Protocol
 
 from corral.project import Project
-from corral.store.protocols import QueueStore, RunStore, WebhookStore
+from corral.store.protocols import PoolStore, QueueStore, RunStore, WebhookStore
 
 __all__ = ["HistoryStore", "Pruned", "prune_history"]
 
 log = logging.getLogger("corral.retention")
 
 
-class HistoryStore(RunStore, QueueStore, WebhookStore, Protocol):
-    """What retention prunes: runs, finished queue items and webhook receipts."""
+class HistoryStore(RunStore, QueueStore, WebhookStore, PoolStore, Protocol):
+    """What retention prunes: runs, finished queue items, webhook receipts and the
+    autoscaler's decisions."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Pruned:
     logs: int
     receipts: int = 0
     items: int = 0
+    decisions: int = 0
 
 
 async def prune_history(
@@ -49,21 +51,23 @@ async def prune_history(
     runs = await store.prune_runs(cutoff)
     items = await store.prune_items(cutoff)
     receipts = await store.prune_receipts(cutoff)
+    decisions = await store.prune_pool_decisions(cutoff)
     state = project.root / ".corral"
     dirs, logs = await asyncio.to_thread(_prune_files, state, cutoff.timestamp())
-    if runs or items or dirs or logs or receipts:
+    if runs or items or dirs or logs or receipts or decisions:
         log.info(
             "pruned %d run(s), %d queue item(s), %d run directory(ies), %d log(s), "
-            "%d webhook receipt(s) older than %d days",
+            "%d webhook receipt(s), %d pool decision(s) older than %d days",
             runs,
             items,
             dirs,
             logs,
             receipts,
+            decisions,
             days,
             extra={"action": "history_pruned"},
         )
-    return Pruned(runs, dirs, logs, receipts, items)
+    return Pruned(runs, dirs, logs, receipts, items, decisions)
 
 
 def _prune_files(state: Path, cutoff: float) -> tuple[int, int]:

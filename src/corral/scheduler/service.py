@@ -19,13 +19,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from corral.agentcmd import install as install_commands
-from corral.project import Project
+from corral.project import Project, ScaleConfig
 from corral.scheduler import anomalies
 from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.bundles import BundleFollower
 from corral.scheduler.cron import CronTriggers
 from corral.scheduler.executor import RunExecutor
 from corral.scheduler.orphans import reap_orphans
+from corral.scheduler.pools import PoolSizer
 from corral.scheduler.reload import (
     ProjectWatcher,
     ReloadSummary,
@@ -77,6 +78,8 @@ class SchedulerOptions:
     kill_grace: float = 10.0  # TERM -> KILL
     reload_every: float = 1.0  # hot reload: how often the project's files are checked
     store_retry: float = 60.0  # how long a run's start and end are retried while the store fails
+    pool_tick: float = 1.0  # how often the autoscaler sizes the pools this scheduler decides
+    pool_lease_seconds: float = 10.0  # a pool's decider is replaced this long after it stops
 
 
 def agent_specs(project: Project) -> list[AgentSpec]:
@@ -86,6 +89,7 @@ def agent_specs(project: Project) -> list[AgentSpec]:
             scale=a.effective_scale,
             queue_size=a.config.max_work_queue_size,
             daily_cost_cap=a.config.budget.daily_cost,
+            pool_min=a.config.scale.min if isinstance(a.config.scale, ScaleConfig) else None,
         )
         for a in project.agents.values()
     ]
@@ -187,6 +191,17 @@ class Scheduler:
         self.bundles: BundleFollower | None = BundleFollower(
             self, interval=max(self.options.reload_every, 1.0)
         )
+        #: The pools of agents with a [scale] table (scheduler/pools.py), sized while this
+        #: scheduler holds their leases; woken with the dispatcher.
+        self.pools = PoolSizer(
+            store,
+            lambda: self.id,
+            lambda: self.project,
+            tick=self.options.pool_tick,
+            lease_seconds=self.options.pool_lease_seconds,
+            on_grown=self.wake,
+        )
+        self.wake_listeners.add(self.pools.wake)
 
     @property
     def id(self) -> str:
@@ -246,6 +261,7 @@ class Scheduler:
             asyncio.create_task(self._resilient("dispatch", self._dispatch), name="dispatch"),
             asyncio.create_task(self._resilient("supervise", self._supervise), name="supervise"),
             asyncio.create_task(self._resilient("cron", self._cron), name="cron"),
+            asyncio.create_task(self._resilient("pools", self.pools.run), name="pools"),
         ]
         if self.watcher is not None:
             watch = self._resilient("reload", self.watcher.run)
@@ -260,6 +276,8 @@ class Scheduler:
         finally:
             await self._end_loops(loops)
             await self._abandon_all("the scheduler stopped")
+            with contextlib.suppress(StoreError):
+                await self.pools.release()
             self.watchdog.close()
             await self.observer.close()
             await self.store.set_scheduler_state(self.id, "stopped")

@@ -52,6 +52,7 @@ class ControlOps(StoreCore):
                     "scale": spec.scale,
                     "queue_size": spec.queue_size,
                     "daily_cost_cap": spec.daily_cost_cap,
+                    "pool_min": spec.pool_min,
                 }
                 await tx.execute("upsert_agent", params | {"now": now})
             await tx.execute("mark_absent_agents", {"agents": self.encode_list(names), "now": now})

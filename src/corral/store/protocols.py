@@ -22,6 +22,7 @@ concern, so that a caller can ask for only what it uses and a reader can see the
     TaskStore      the task board: tasks, dependencies, labels, fenced claims, history
     MetricsStore   what /metrics reads since its previous scrape
     ChangeStore    wake-ups: wait until a topic may have changed
+    PoolStore      agents' pools: the autoscaler's size, its decider's lease, its log
     StoreLifecycle opening, closing, migrating
 
 Two more protocols describe what the concern parts are written over and how they reach
@@ -85,6 +86,9 @@ from corral.store.records import (
     NewRun,
     NewRunner,
     OperatorToken,
+    PoolDecision,
+    PoolSnapshot,
+    PoolState,
     ProjectState,
     Published,
     QueueItem,
@@ -114,6 +118,7 @@ __all__ = [
     "LeaseStore",
     "LockStore",
     "MetricsStore",
+    "PoolStore",
     "QueueStore",
     "RunStore",
     "StoreBackend",
@@ -618,6 +623,42 @@ class ChangeStore(Protocol):
 
 
 @runtime_checkable
+class PoolStore(Protocol):
+    """Agents' pools (``_pools``): the decided size, its decider's lease, the decisions."""
+
+    async def take_pool_lease(
+        self, agent: str, owner: str, *, lease_seconds: float
+    ) -> PoolState | None: ...
+
+    async def observe_pool(self, agent: str, since: datetime, until: datetime) -> PoolSnapshot: ...
+
+    async def set_pool_size(
+        self,
+        agent: str,
+        owner: str,
+        *,
+        size: int,
+        previous: int,
+        policy: str,
+        reason: str,
+        inputs: Mapping[str, Any],
+        record: bool,
+    ) -> int | None: ...
+
+    async def release_pool_leases(self, owner: str) -> int: ...
+
+    async def pool_states(self) -> list[PoolState]: ...
+
+    async def pool_decisions(
+        self, agent: str | None = None, *, limit: int = 50
+    ) -> list[PoolDecision]: ...
+
+    async def pool_decision_counts(self) -> dict[tuple[str, str], int]: ...
+
+    async def prune_pool_decisions(self, older_than: datetime) -> int: ...
+
+
+@runtime_checkable
 class StoreLifecycle(Protocol):
     """Opening, closing and migrating a store (``_base``)."""
 
@@ -751,6 +792,7 @@ CONCERNS: tuple[type, ...] = (
     TaskStore,
     MetricsStore,
     ChangeStore,
+    PoolStore,
     StoreLifecycle,
     StoreBackend,
     TransactionHooks,

@@ -37,6 +37,9 @@ __all__ = [
     "NewRun",
     "NewRunner",
     "PendingMigration",
+    "PoolDecision",
+    "PoolSnapshot",
+    "PoolState",
     "ProjectState",
     "Published",
     "QueueItem",
@@ -413,8 +416,16 @@ class AgentSpec:
     queue_size: int
     #: Dollars the agent's runs may spend per UTC day (None: no cap).
     daily_cost_cap: float | None = None
+    #: A pool sized by the autoscaler ([scale] table): its min, the size it starts at
+    #: (clamped into [min, scale] on every sync). None: ``scale`` alone bounds the agent.
+    pool_min: int | None = None
 
     def __post_init__(self) -> None:
+        if self.pool_min is not None and not 0 <= self.pool_min <= self.scale:
+            raise ValueError(
+                f"agent {self.agent!r}: pool_min must be in [0, scale = {self.scale}], "
+                f"got {self.pool_min}"
+            )
         if self.daily_cost_cap is not None and self.daily_cost_cap < 0:
             raise ValueError(
                 f"agent {self.agent!r}: daily_cost_cap must be >= 0, got {self.daily_cost_cap}"
@@ -982,3 +993,50 @@ class Published:
     @property
     def unchanged(self) -> bool:
         return not self.stored and not self.moved
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolState:
+    """An agent's pool as the store holds it (migration 0022): ``size`` bounds its claims
+    (with ``scale``, its max); ``owner`` is the scheduler deciding the size (None: none
+    yet, or it stopped); ``queued`` and ``running`` are the agent's counters."""
+
+    agent: str
+    scale: int
+    size: int
+    queued: int
+    running: int
+    owner: str | None = None
+    lease_until: datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolSnapshot:
+    """What the store shows of an agent's pool for one autoscaler tick."""
+
+    #: The live runs (busy instances): (run id, when it was claimed), oldest first.
+    busy: tuple[tuple[str, datetime], ...]
+    #: Items of the agent queued after ``since``.
+    arrivals: int
+    #: Seconds each run that ended after ``since`` took (from its claim to its end).
+    durations: tuple[float, ...]
+    #: The project cap's room for this agent (the cap less the other agents' runs), or None.
+    cap_room: int | None
+    #: Why new runs are refused today (a daily cost cap reached), or None.
+    budget_stop: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolDecision:
+    """One recorded autoscaler decision, with the inputs it used."""
+
+    id: int
+    agent: str
+    decided_at: datetime
+    scheduler_id: str
+    policy: str
+    size: int
+    desired: int
+    direction: str
+    reason: str
+    inputs: dict[str, Any]

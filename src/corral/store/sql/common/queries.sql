@@ -819,3 +819,77 @@ WHERE (CAST(:project AS TEXT) IS NULL OR t.project = :project)
     AND (t.project > :after_project OR (t.project = :after_project AND t.id > :after_id))
 ORDER BY t.project, t.id
 LIMIT :limit;
+
+-- name: take_pool_lease
+-- Take or renew the lease on an agent's pool (0022): the one scheduler that decides its
+-- size. Taken only when no live scheduler holds it; only agents with a pool (pool_size
+-- not NULL: a [scale] table). Returns the pool as the claims see it.
+UPDATE corral_agents
+SET pool_owner = :owner, pool_lease_until = :until
+WHERE agent = :agent AND pool_size IS NOT NULL
+  AND (pool_owner IS NULL OR pool_owner = :owner OR pool_lease_until < :now)
+RETURNING agent, scale, pool_size, queued + requeued AS queued, running
+
+-- name: set_pool_size
+-- The decided size, written only by the lease's holder, never above scale (the max).
+UPDATE corral_agents
+SET pool_size = CASE WHEN :size < scale THEN :size ELSE scale END
+WHERE agent = :agent AND pool_owner = :owner AND pool_size IS NOT NULL
+RETURNING pool_size
+
+-- name: release_pool_leases
+-- A scheduler that stops hands its pools on at once (another takes them at its next tick).
+UPDATE corral_agents SET pool_owner = NULL, pool_lease_until = NULL
+WHERE pool_owner = :owner
+
+-- name: pool_states
+-- Every agent with a pool: its size, its decider and the work it sees.
+SELECT agent, scale, pool_size, pool_owner, pool_lease_until,
+       queued + requeued AS queued, running
+FROM corral_agents
+WHERE pool_size IS NOT NULL
+ORDER BY agent
+
+-- name: pool_busy_runs
+-- An agent's live runs (the pool's busy instances), oldest first.
+SELECT id, created_at FROM corral_runs
+WHERE agent = :agent AND state IN ('starting', 'running')
+ORDER BY created_at, id
+
+-- name: pool_arrivals
+-- Items of an agent queued in (:since, :until] (arrivals since the previous tick).
+SELECT count(*) AS n FROM corral_queue
+WHERE agent = :agent AND enqueued_at > :since AND enqueued_at <= :until
+
+-- name: pool_completions
+-- Runs of an agent that ended in (:since, :until], with their times (their durations).
+SELECT created_at, started_at, ended_at FROM corral_runs
+WHERE agent = :agent AND ended_at > :since AND ended_at <= :until
+  AND state NOT IN ('starting', 'running')
+
+-- name: pool_project_room
+-- The project cap and the runs of the other agents, in one statement (one snapshot on
+-- PostgreSQL too): the cap's room for this agent is the cap less those.
+SELECT p.scale_cap,
+       (SELECT coalesce(sum(running), 0) FROM corral_agents WHERE agent <> :agent) AS others
+FROM corral_project p WHERE p.id = 1
+
+-- name: insert_pool_decision
+INSERT INTO corral_pool_decisions
+    (agent, decided_at, scheduler_id, policy, size, desired, direction, reason, inputs)
+VALUES (:agent, :decided_at, :scheduler_id, :policy, :size, :desired, :direction, :reason,
+        :inputs)
+RETURNING *
+
+-- name: list_pool_decisions
+SELECT * FROM corral_pool_decisions ORDER BY id DESC LIMIT :limit
+
+-- name: list_agent_pool_decisions
+SELECT * FROM corral_pool_decisions WHERE agent = :agent ORDER BY id DESC LIMIT :limit
+
+-- name: pool_decision_counts
+-- Decisions kept (within the retention) by agent and direction, for /metrics.
+SELECT agent, direction, count(*) AS n FROM corral_pool_decisions GROUP BY agent, direction
+
+-- name: prune_pool_decisions
+DELETE FROM corral_pool_decisions WHERE decided_at < :older_than

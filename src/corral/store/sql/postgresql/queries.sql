@@ -99,11 +99,16 @@ SELECT nextval('corral_fences') AS fence FROM generate_series(1, %(n)s)
 
 -- name: upsert_agent
 INSERT INTO corral_agents
-    (agent, scale, queue_size, daily_cost_cap, paused, enabled, present, updated_at)
-VALUES (%(agent)s, %(scale)s, %(queue_size)s, %(daily_cost_cap)s, false, true, true, %(now)s)
+    (agent, scale, queue_size, daily_cost_cap, paused, enabled, present, updated_at,
+     pool_size)
+VALUES (%(agent)s, %(scale)s, %(queue_size)s, %(daily_cost_cap)s, false, true, true, %(now)s,
+        %(pool_min)s::integer)
 ON CONFLICT (agent) DO UPDATE
 SET scale = excluded.scale, queue_size = excluded.queue_size,
-    daily_cost_cap = excluded.daily_cost_cap, present = true, updated_at = excluded.updated_at
+    daily_cost_cap = excluded.daily_cost_cap, present = true, updated_at = excluded.updated_at,
+    pool_size = CASE WHEN excluded.pool_size IS NULL THEN NULL
+                     ELSE least(greatest(coalesce(corral_agents.pool_size, excluded.pool_size),
+                                         excluded.pool_size), excluded.scale) END
 
 -- name: mark_absent_agents
 UPDATE corral_agents SET present = false, updated_at = %(now)s
@@ -128,15 +133,17 @@ ORDER BY id LIMIT 1
 -- Up to %(limit)s items to claim, fair across agents: round robin, each agent's oldest
 -- first, agents in the order of their oldest waiting item (so one agent's burst of a
 -- thousand holds no other agent's item back more than one batch). Per agent at most
+-- (the pool size the autoscaler decided, 0022, lowers scale: the least of the two)
 -- scale - running. The agent rows are locked FOR UPDATE SKIP LOCKED: another scheduler
 -- claiming meanwhile takes other agents, never waits; a row locked after a concurrent
 -- claim committed is read as it is now (running included), so scale holds exactly.
 -- An item reserved for a `corral run` in the foreground (a queued item with an unexpired
 -- lease) keeps its place in line, but only its owner may claim it.
 WITH candidates AS (
-    SELECT a.agent, a.scale - a.running AS free
+    SELECT a.agent, least(a.scale, coalesce(a.pool_size, a.scale)) - a.running AS free
     FROM corral_agents a
-    WHERE a.present AND a.enabled AND NOT a.paused AND a.running < a.scale
+    WHERE a.present AND a.enabled AND NOT a.paused
+      AND a.running < least(a.scale, coalesce(a.pool_size, a.scale))
       AND a.queued + a.requeued > 0
       AND (NOT %(restricted)s OR a.agent = ANY(%(agents)s))
     ORDER BY (SELECT min(q.id) FROM corral_queue q
@@ -164,6 +171,8 @@ LIMIT %(limit)s
 
 -- name: claimable_item
 -- One given item, if its agent may take it now (FIFO order aside: it was asked for).
+-- Bounded by scale, not by the autoscaler's pool size (0022): a person asked for this
+-- run in the foreground, and a pool of min 0 with no scheduler running would never take it.
 -- Waits for the agent's row (a claim of the same agent in progress), then reads it as
 -- it is now.
 SELECT q.id, q.agent, q.trigger_kind
@@ -227,7 +236,8 @@ WITH project AS (
 heads AS (
     SELECT a.agent
     FROM corral_agents a
-    WHERE a.present AND a.enabled AND NOT a.paused AND a.running < a.scale
+    WHERE a.present AND a.enabled AND NOT a.paused
+      AND a.running < least(a.scale, coalesce(a.pool_size, a.scale))
       AND a.queued + a.requeued > 0
       AND NOT EXISTS (SELECT 1 FROM corral_project pr
                       WHERE pr.id = 1 AND (pr.paused OR pr.scale_cap IS NOT NULL))
@@ -236,10 +246,11 @@ heads AS (
     LIMIT %(limit)s
 ),
 candidates AS (
-    SELECT a.agent, a.scale - a.running AS free
+    SELECT a.agent, least(a.scale, coalesce(a.pool_size, a.scale)) - a.running AS free
     FROM corral_agents a
     WHERE a.agent IN (SELECT agent FROM heads)
-      AND a.present AND a.enabled AND NOT a.paused AND a.running < a.scale
+      AND a.present AND a.enabled AND NOT a.paused
+      AND a.running < least(a.scale, coalesce(a.pool_size, a.scale))
       AND a.queued + a.requeued > 0
     ORDER BY a.agent
     FOR UPDATE OF a

@@ -92,7 +92,11 @@ CREATE TABLE corral_agents (
     -- 0012: kept by triggers on corral_queue (below)
     queued integer NOT NULL DEFAULT 0,
     requeued integer NOT NULL DEFAULT 0,
-    running integer NOT NULL DEFAULT 0
+    running integer NOT NULL DEFAULT 0,
+    -- 0022: the pool the autoscaler sized (NULL: scale alone) and its decider's lease
+    pool_size integer CHECK (pool_size IS NULL OR pool_size >= 0),
+    pool_owner text,
+    pool_lease_until timestamptz
 );
 
 CREATE TABLE corral_queue (
@@ -652,7 +656,8 @@ $$;
 
 CREATE TRIGGER corral_agents_dispatch AFTER UPDATE ON corral_agents FOR EACH ROW
     WHEN (OLD.paused IS DISTINCT FROM NEW.paused OR OLD.enabled IS DISTINCT FROM NEW.enabled
-          OR OLD.present IS DISTINCT FROM NEW.present OR OLD.scale IS DISTINCT FROM NEW.scale)
+          OR OLD.present IS DISTINCT FROM NEW.present OR OLD.scale IS DISTINCT FROM NEW.scale
+          OR OLD.pool_size IS DISTINCT FROM NEW.pool_size)
     EXECUTE FUNCTION corral_notify_dispatch();
 
 CREATE TRIGGER corral_project_dispatch AFTER UPDATE ON corral_project FOR EACH ROW
@@ -1173,3 +1178,19 @@ CREATE TABLE corral_task_events (
 );
 
 CREATE INDEX corral_task_events_task ON corral_task_events (project, task_id, seq);
+
+-- 0022: the autoscaler's decisions, with their inputs (history)
+CREATE TABLE corral_pool_decisions (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent text NOT NULL,
+    decided_at timestamptz NOT NULL,
+    scheduler_id text NOT NULL,
+    policy text NOT NULL,
+    size integer NOT NULL CHECK (size >= 0),
+    desired integer NOT NULL CHECK (desired >= 0),
+    direction text NOT NULL CHECK (direction IN ('grow', 'shrink', 'hold')),
+    reason text NOT NULL,
+    inputs jsonb NOT NULL
+);
+CREATE INDEX corral_pool_decisions_agent ON corral_pool_decisions (agent, id);
+CREATE INDEX corral_pool_decisions_time ON corral_pool_decisions (decided_at);

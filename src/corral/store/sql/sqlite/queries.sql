@@ -94,11 +94,15 @@ RETURNING fence_counter
 
 -- name: upsert_agent
 INSERT INTO corral_agents
-    (agent, scale, queue_size, daily_cost_cap, paused, enabled, present, updated_at)
-VALUES (:agent, :scale, :queue_size, :daily_cost_cap, 0, 1, 1, :now)
+    (agent, scale, queue_size, daily_cost_cap, paused, enabled, present, updated_at,
+     pool_size)
+VALUES (:agent, :scale, :queue_size, :daily_cost_cap, 0, 1, 1, :now, :pool_min)
 ON CONFLICT (agent) DO UPDATE
 SET scale = excluded.scale, queue_size = excluded.queue_size,
-    daily_cost_cap = excluded.daily_cost_cap, present = 1, updated_at = excluded.updated_at
+    daily_cost_cap = excluded.daily_cost_cap, present = 1, updated_at = excluded.updated_at,
+    pool_size = CASE WHEN excluded.pool_size IS NULL THEN NULL
+                     ELSE min(max(coalesce(corral_agents.pool_size, excluded.pool_size),
+                                  excluded.pool_size), excluded.scale) END
 
 -- name: mark_absent_agents
 UPDATE corral_agents SET present = 0, updated_at = :now
@@ -121,13 +125,15 @@ ORDER BY id LIMIT 1
 -- Up to :limit items to claim, fair across agents: round robin, each agent's oldest
 -- first, agents in the order of their oldest waiting item (so one agent's burst of a
 -- thousand holds no other agent's item back more than one batch). Per agent at most
+-- (the pool size the autoscaler decided, 0022, lowers scale: the least of the two)
 -- scale - running (the counters, 0012): only agents with work and a free slot are read.
 -- An item reserved for a `corral run` in the foreground (a queued item with an unexpired
 -- lease) keeps its place in line, but only its owner may claim it.
 WITH candidates AS (
-    SELECT a.agent, a.scale - a.running AS free
+    SELECT a.agent, min(a.scale, coalesce(a.pool_size, a.scale)) - a.running AS free
     FROM corral_agents a
-    WHERE a.present = 1 AND a.enabled = 1 AND a.paused = 0 AND a.running < a.scale
+    WHERE a.present = 1 AND a.enabled = 1 AND a.paused = 0
+      AND a.running < min(a.scale, coalesce(a.pool_size, a.scale))
       AND a.queued + a.requeued > 0
       AND (:restricted = 0 OR a.agent IN (SELECT value FROM json_each(:agents)))
 ),
@@ -145,6 +151,8 @@ LIMIT :limit
 
 -- name: claimable_item
 -- One given item, if its agent may take it now (FIFO order aside: it was asked for).
+-- Bounded by scale, not by the autoscaler's pool size (0022): a person asked for this
+-- run in the foreground, and a pool of min 0 with no scheduler running would never take it.
 SELECT q.id, q.agent, q.trigger_kind
 FROM corral_queue q
 JOIN corral_agents a ON a.agent = q.agent

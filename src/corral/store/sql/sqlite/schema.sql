@@ -92,7 +92,11 @@ CREATE TABLE corral_agents (
     -- 0012: kept by triggers on corral_queue (below)
     queued INTEGER NOT NULL DEFAULT 0,
     requeued INTEGER NOT NULL DEFAULT 0,
-    running INTEGER NOT NULL DEFAULT 0
+    running INTEGER NOT NULL DEFAULT 0,
+    -- 0022: the pool the autoscaler sized (NULL: scale alone) and its decider's lease
+    pool_size INTEGER CHECK (pool_size IS NULL OR pool_size >= 0),
+    pool_owner TEXT,
+    pool_lease_until TEXT
 );
 
 -- AUTOINCREMENT: ids are never reused, so id order is arrival (FIFO) order for good.
@@ -479,3 +483,19 @@ CREATE TABLE corral_task_events (
 );
 
 CREATE INDEX corral_task_events_task ON corral_task_events (project, task_id, seq);
+
+-- 0022: the autoscaler's decisions, with their inputs (history)
+CREATE TABLE corral_pool_decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    scheduler_id TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    size INTEGER NOT NULL CHECK (size >= 0),
+    desired INTEGER NOT NULL CHECK (desired >= 0),
+    direction TEXT NOT NULL CHECK (direction IN ('grow', 'shrink', 'hold')),
+    reason TEXT NOT NULL,
+    inputs TEXT NOT NULL
+);
+CREATE INDEX corral_pool_decisions_agent ON corral_pool_decisions (agent, id);
+CREATE INDEX corral_pool_decisions_time ON corral_pool_decisions (decided_at);
