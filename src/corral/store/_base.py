@@ -113,7 +113,7 @@ class Store(
     #: together in the next statement (``mark_run_running``).
     _running_marks: GroupCommit[dict[str, Any], list[Row]] | None = None
 
-    def notify_committed(self, topics: Collection[str]) -> None:
+    def _notify_committed(self, topics: Collection[str]) -> None:
         """Wake this process's waiters of ``topics``, which a transaction of this process
         has just changed: a run's end releases its keys (``lock:<key>``) and answers its
         call (``call:<id>``). On SQLite this is the only notice of those changes. On
@@ -258,7 +258,7 @@ class Store(
                 raise StoreError(_finish_refusal(current, state, self.url))
             await self.release_run_locks_in(tx, run_id, notices)
             await self.release_run_tasks_in(tx, run_id)
-        self.notify_committed(notices)
+        self._notify_committed(notices)
         return self.run_from_row(row)
 
     async def get_run(self, run_id: str) -> Run | None:

@@ -236,10 +236,10 @@ class StoreCore(ABC):
     ) -> int:
         """Release every lock of ``run_id`` inside ``tx`` (see ``_locks``): each transaction
         that ends a run calls this, so a run's locks end with it (invariant 4). The topic
-        of each key released is added to ``notices`` (see ``notify_committed``)."""
+        of each key released is added to ``notices`` (see ``_notify_committed``)."""
 
     @abstractmethod
-    def notify_committed(self, topics: Collection[str]) -> None:
+    def _notify_committed(self, topics: Collection[str]) -> None:
         """Wake this process's waiters of ``topics``, changed by a transaction that has
         just committed (see ``Store``)."""
 

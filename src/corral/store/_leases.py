@@ -103,7 +103,7 @@ class LeaseOps(QueueOps):
 
         if done is None:
             done = await self.atomic(body)
-            self.notify_committed(notices)
+            self._notify_committed(notices)
         if state is not RunState.SUCCEEDED:  # a success costs nothing more
             await note_run_end(self, done.run)
         return done
@@ -201,7 +201,7 @@ class LeaseOps(QueueOps):
             await self.release_run_locks_in(tx, run.id, notices)
             await self.release_run_tasks_in(tx, run.id)
             await self.requeue_calls_in(tx, self.item_from_row(item_row))
-        self.notify_committed(notices)
+        self._notify_committed(notices)
         return ended
 
     async def reserve(self, item_id: int, owner: str, *, seconds: float) -> QueueItem | None:
@@ -336,7 +336,7 @@ class LeaseOps(QueueOps):
                 await self._take_back(tx, item, _lapsed_error(item.lease_owner), notices)
                 for item in items
             ]
-        self.notify_committed(notices)
+        self._notify_committed(notices)
         return taken
 
     async def release_owner(self, owner: str, *, reason: str) -> list[Recovered]:
@@ -348,7 +348,7 @@ class LeaseOps(QueueOps):
             rows = await tx.fetch_all("owner_items", {"owner": owner})
             items = [self.item_from_row(row) for row in rows]
             taken = [await self._take_back(tx, item, reason, notices) for item in items]
-        self.notify_committed(notices)
+        self._notify_committed(notices)
         return taken
 
     async def _take_back(

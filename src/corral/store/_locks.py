@@ -545,7 +545,7 @@ class LockOps(StoreCore):
         notices: list[str] = []
         async with self.transaction() as tx:
             released = await self.release_run_locks_in(tx, run_id, notices)
-        self.notify_committed(notices)
+        self._notify_committed(notices)
         return released
 
     async def release_run_locks_in(
@@ -553,7 +553,7 @@ class LockOps(StoreCore):
     ) -> int:
         """Inside ``tx``, which ends ``run_id``: release its locks (each to its first
         waiter, if any) and drop its edges in the wait-for graph (invariant 4). Each key's
-        topic goes to ``notices``, for ``notify_committed`` after the commit."""
+        topic goes to ``notices``, for ``_notify_committed`` after the commit."""
         keys = sorted(
             row["key"] for row in await tx.fetch_all("release_run_locks", {"run_id": run_id})
         )

@@ -735,10 +735,12 @@ class StoreBackend(Protocol):
 class TransactionHooks(Protocol):
     """Steps one part runs inside another part's transaction (the seams between parts)."""
 
-    async def release_run_locks_in(self, tx: Transaction, run_id: str) -> int:
+    async def release_run_locks_in(
+        self, tx: Transaction, run_id: str, notices: list[str] | None = None
+    ) -> int:
         """Locks: release every lock ``run_id`` holds (each to its first waiter) and drop
-        its wait edges. Called when a run ends (leases ``finalize``, recovery,
-        ``finish_run``)."""
+        its wait edges; the topics to wake after the commit are added to ``notices``.
+        Called when a run ends (leases ``finalize``, recovery, ``finish_run``)."""
         ...
 
     async def release_run_tasks_in(self, tx: Transaction, run_id: str) -> list[Task]:
@@ -765,8 +767,11 @@ class TransactionHooks(Protocol):
         (queue: dropped or rejected; leases: out of attempts)."""
         ...
 
-    async def settle_calls_in(self, tx: Transaction, run: Run) -> None:
-        """Calls: a called run ended; answer its caller (leases ``finalize``)."""
+    async def settle_calls_in(
+        self, tx: Transaction, run: Run, notices: list[str] | None = None
+    ) -> None:
+        """Calls: a called run ended; answer its caller (leases ``finalize``); the call's
+        topic is added to ``notices``."""
         ...
 
     async def cost_cap_refusal(
