@@ -76,3 +76,91 @@ def test_bad_input_is_named(corral: Corral, project: Path, tmp_path: Path) -> No
     assert missing.returncode != 0 and "task B requires Z" in missing.stderr
     unknown = corral("tasks", "show", "NOPE", cwd=project)
     assert unknown.returncode != 0 and "no task 'NOPE'" in unknown.stderr
+
+
+def _seed_task(task_id: str, priority: int, required: list[str], status: str = "ready") -> str:
+    lines = [
+        "task:",
+        f" id: {task_id}",
+        " project: shop",
+        f" title: Build {task_id.lower()}",
+        " type: backend",
+        f" priority: {priority}",
+        f" status: {status}",
+        "",
+        "description:",
+        f" summary: The {task_id} part",
+        " details: |",
+        "  First line of the details.",
+        "  Second line.",
+        "",
+        "acceptance_criteria[1]:",
+        " It works",
+        "",
+        "dependencies:",
+        f" required[{len(required)}]:",
+        *[f"  {r}" for r in required],
+        " blocks[0]:",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def test_a_git_native_board_moves_in_and_back_out(
+    corral: Corral, project: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    (repo / ".agents/completed/shop").mkdir(parents=True)
+    (repo / ".agents/claimed/shop").mkdir(parents=True)
+    (repo / ".agents/projects/shop/tasks").mkdir(parents=True)
+    (repo / ".agents/completed/shop/TASK-001.toon").write_text(_seed_task("TASK-001", 10, []))
+    (repo / ".agents/claimed/shop/TASK-002.toon").write_text(
+        _seed_task("TASK-002", 7, ["TASK-001"], "in_progress")
+    )
+    (repo / ".agents/projects/shop/tasks/TASK-003.toon").write_text(
+        _seed_task("TASK-003", 5, ["TASK-001", "TASK-002"])
+    )
+    imported = corral("tasks", "import", str(repo), "--json", cwd=project)
+    assert imported.returncode == 0, imported.stderr
+    board = {t["id"]: t for t in listed(corral, project, "--project", "shop")}
+    # Done stays done; a claim held on the other board comes in open (claims don't move).
+    assert {k: v["status"] for k, v in board.items()} == {
+        "TASK-001": "done",
+        "TASK-002": "open",
+        "TASK-003": "open",
+    }
+    assert board["TASK-003"]["requires"] == ["TASK-001", "TASK-002"]
+    assert board["TASK-002"]["description"].startswith("The TASK-002 part")
+
+    again = corral("tasks", "import", str(repo), cwd=project)
+    assert again.returncode != 0 and "already on the board" in again.stderr
+
+    out = tmp_path / "out"
+    exported = corral("tasks", "export", str(out), "--project", "shop", cwd=project)
+    assert exported.returncode == 0, exported.stderr
+    assert "exported 3 tasks" in exported.stdout
+    assert (out / ".agents/completed/shop/TASK-001.toon").is_file()
+    assert (out / ".agents/projects/shop/tasks/TASK-003.toon").is_file()
+
+    from corral.tasks.seedfmt import read_board_tasks
+
+    back = {t.id: t for t in read_board_tasks(out)}
+    before = {t.id: t for t in read_board_tasks(repo)}
+    assert sorted(back) == sorted(before)
+    for task_id, task in back.items():
+        assert task.spec.title == before[task_id].spec.title
+        assert set(task.spec.requires) == set(before[task_id].spec.requires)
+        assert task.spec.priority == before[task_id].spec.priority
+    assert back["TASK-001"].status.value == "done"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = corral("tasks", "import", str(empty), cwd=project)
+    assert nothing.returncode != 0 and "no task files under" in nothing.stderr
+
+
+def test_the_git_board_commands_are_under_tasks(corral: Corral, project: Path) -> None:
+    helped = corral("tasks", "git", "--help", cwd=project)
+    assert helped.returncode == 0, helped.stderr
+    for sub in ("claim", "complete", "release-stalled"):
+        assert sub in helped.stdout

@@ -64,7 +64,22 @@ class TaskOps(StoreCore):
         dependency (``requires`` or ``blocks``) on a task that is neither in this batch nor
         on the board in the same project, and a dependency cycle.
         """
-        specs = list(specs)
+        return await self.import_tasks([(spec, TaskStatus.OPEN) for spec in specs], actor=actor)
+
+    async def import_tasks(
+        self, items: Sequence[tuple[TaskSpec, TaskStatus]], *, actor: str | None = None
+    ) -> list[Task]:
+        """Add tasks with the status another board gave them (``corral tasks import``),
+        all or nothing, refused as ``add_tasks`` refuses. A task that was claimed there
+        comes in open: a claim belongs to its claimer and does not move between boards.
+        Done, failed and cancelled tasks keep their status (so their dependents are
+        ready at once)."""
+        specs = [spec for spec, _ in items]
+        final = {
+            (spec.project, spec.id): status
+            for spec, status in items
+            if status in (TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED)
+        }
         seen = _batch_keys(specs)
         if not specs:
             return []
@@ -101,9 +116,30 @@ class TaskOps(StoreCore):
                 await tx.execute("set_task_requires", params)
             for spec in specs:
                 await self._event(tx, spec.project, spec.id, "created", actor, None, None, now)
+            await self._keep_imported_statuses(tx, added, final, actor, now)
             return added
 
         return await self.atomic(body)
+
+    async def _keep_imported_statuses(
+        self,
+        tx: Transaction,
+        added: list[Task],
+        final: Mapping[tuple[str, str], TaskStatus],
+        actor: str | None,
+        now: Any,
+    ) -> None:
+        """Inside an import: give the tasks that were done, failed or cancelled on the
+        other board that status (``added`` is updated in place)."""
+        for n, task in enumerate(added):
+            status = final.get((task.project, task.id))
+            if status is None:
+                continue
+            params = {"project": task.project, "id": task.id, "status": status.value, "now": now}
+            row = await tx.fetch_one("set_imported_task_status", params)
+            added[n] = self._task_from_row(self._returned(row, "set_imported_task_status"))
+            detail = f"imported as {status.value}"
+            await self._event(tx, task.project, task.id, "imported", actor, None, detail, now)
 
     async def _new_edges(
         self, tx: Transaction, specs: Sequence[TaskSpec], new: set[tuple[str, str]]

@@ -547,6 +547,10 @@ class TaskStore(Protocol):
         self, specs: Sequence[TaskSpec], *, actor: str | None = None
     ) -> list[Task]: ...
 
+    async def import_tasks(
+        self, items: Sequence[tuple[TaskSpec, TaskStatus]], *, actor: str | None = None
+    ) -> list[Task]: ...
+
     async def edit_task(
         self, project: str, task_id: str, *, actor: str | None = None, **changes: Any
     ) -> Task: ...

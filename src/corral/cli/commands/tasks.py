@@ -1,4 +1,5 @@
-"""The task board for operators: `corral tasks add|ls|show|edit|cancel`.
+"""The task board for operators: `corral tasks add|ls|show|edit|cancel|import|export`,
+and `corral tasks git ...` for the git-native board.
 
 Tasks live in the store, keyed by (board project, id). A board project is a name of the
 team's choosing (``web``, ``api``...); commands that take a task id find its project when
@@ -22,10 +23,12 @@ from rich.table import Table
 from corral.cli._context import CliContext
 from corral.cli._main import cli
 from corral.cli._render import cell, console, print_json, safe
+from corral.cli.commands.tasks_git import git_group
 from corral.engine import actions
 from corral.errors import UsageError
 from corral.store import Store
 from corral.tasks._model import Task, TaskError, TaskEvent, TaskSpec, TaskStatus, check_id
+from corral.tasks.seedfmt import SeedFormatError, read_board_tasks, write_board
 from corral.views import task_event_json, task_json
 
 _T = TypeVar("_T")
@@ -398,3 +401,57 @@ def cancel_cmd(obj: CliContext, task_id: str, project: str | None) -> None:
 
     task = _run(obj, work)
     console.print(f"cancelled {safe(task.project)}/{safe(task.id)}")
+
+
+@tasks_group.command("import")
+@click.argument("root", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the imported tasks as JSON.")
+@click.pass_obj
+def import_cmd(obj: CliContext, root: Path, as_json: bool) -> None:
+    """Move a git-native board into corral: every task file under ROOT/.agents (open,
+    claimed and completed folders). Done tasks stay done; claimed ones come in open."""
+    try:
+        found = read_board_tasks(root)
+    except SeedFormatError as exc:
+        raise UsageError(str(exc)) from None
+    if not found:
+        raise UsageError(
+            f"no task files under {root / '.agents'}: expected "
+            ".agents/projects/<project>/tasks/TASK-*.toon (and claimed/, completed/)"
+        )
+    actor = actions.cli_actor()
+    items = [(task.spec, task.status) for task in found]
+    added = _run(obj, lambda store: store.import_tasks(items, actor=actor))
+    if as_json:
+        print_json([task_json(task) for task in added])
+        return
+    counts: dict[str, int] = {}
+    for task in added:
+        counts[task.status.value] = counts.get(task.status.value, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    console.print(f"imported {len(added)} tasks from {safe(str(root))} ({summary})")
+
+
+@tasks_group.command("export")
+@click.argument("root", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--project", help="Only this board project.")
+@click.pass_obj
+def export_cmd(obj: CliContext, root: Path, project: str | None) -> None:
+    """Write the board into ROOT/.agents in the git-native layout (strict TOON)."""
+
+    async def work(store: Store) -> list[Task]:
+        tasks: list[Task] = []
+        after: tuple[str, str] | None = None
+        while True:
+            page = await store.list_tasks(project=project, limit=1000, after=after)
+            tasks.extend(page)
+            if len(page) < 1000:
+                return tasks
+            after = (page[-1].project, page[-1].id)
+
+    tasks = _run(obj, work)
+    written = write_board(root, tasks)
+    console.print(f"exported {len(written)} tasks to {safe(str(root / '.agents'))}")
+
+
+tasks_group.add_command(git_group)

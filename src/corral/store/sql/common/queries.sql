@@ -748,6 +748,11 @@ DELETE FROM corral_task_labels WHERE project = :project AND task_id = :id;
 UPDATE corral_tasks SET requires = :requires, updated_at = :now
 WHERE project = :project AND id = :id;
 
+-- name: set_imported_task_status
+UPDATE corral_tasks SET status = :status, updated_at = :now
+WHERE project = :project AND id = :id
+RETURNING *;
+
 -- name: update_task
 UPDATE corral_tasks
 SET title = :title, description = :description, priority = :priority,
