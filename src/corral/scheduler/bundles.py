@@ -140,8 +140,13 @@ class BundleFollower:
         unsubscribe = self.scheduler.store.changes.subscribe(BUNDLE, woken.set)
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), self.interval)
+                # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow the
+                # cancellation of a shutdown that lands as the event is set.
+                waiter = asyncio.ensure_future(woken.wait())
+                try:
+                    await asyncio.wait({waiter}, timeout=self.interval)
+                finally:
+                    waiter.cancel()
                 woken.clear()
                 await self.check()
                 await asyncio.sleep(self.settle)
