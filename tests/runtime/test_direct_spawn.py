@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 
 from corral.doctor import check_cgroup_moves
-from corral.runtime import _direct
+from corral.runtime import Isolation, LaunchSpec, _direct
 from corral.runtime._contain import ContainSupport, contain_support
 from corral.runtime._direct import CgroupPopen, direct_status, open_cgroup, uses_direct
 from corral.runtime._limits import parse_cgroup_mounts
 from corral.runtime.host import _popen, contain_for, start_process
+from corral.runtime.sandbox import SandboxRuntime
+from tests.runtime.conftest import require_sandbox
 
 PATH = {"PATH": "/usr/bin:/bin"}
 
@@ -304,3 +306,50 @@ def test_a_pids_limit_still_stops_a_fork_bomb_started_straight_into_a_cgroup(
                 break
             except OSError:
                 time.sleep(0.02)
+
+
+async def test_a_sandboxed_run_starts_in_its_cgroup_and_sees_it_as_its_root(
+    tmp_path: Path,
+) -> None:
+    """bubblewrap itself is started inside the run's cgroup (no stub before it), so the
+    cgroup namespace it makes for the run is rooted there: the run sees ``0::/``."""
+    cgroup2()
+    runtime = SandboxRuntime(require_sandbox())
+    env = {**PATH, "CORRAL_RUN_ID": f"test-{uuid.uuid4().hex[:12]}"}
+    spec = LaunchSpec(["cat", "/proc/self/cgroup"], Path("/"), env, None, Isolation())
+    process = await runtime.launch(spec)
+    popen = process._proc._transport.get_extra_info("subprocess")  # type: ignore[attr-defined]
+    assert isinstance(popen, CgroupPopen)
+    assert any(arg.endswith("bwrap") for arg in popen.args)
+    assert not any("cgroup.procs" in arg for arg in popen.args)  # no stub in front
+    assert process.containment is not None and process.containment.path is not None
+    host_view = own_v2_line(Path(f"/proc/{process.pid}/cgroup").read_text())
+    out = bytearray()
+
+    async def sink(chunk: bytes) -> None:
+        out.extend(chunk)
+
+    code = await asyncio.wait_for(process.pump(sink), 60)
+    assert code == 0, out
+    assert own_v2_line(out.decode()) == "/"
+    assert host_view == v2_name(process.containment.path)
+
+
+async def test_corral_spawn_direct_0_starts_through_the_stub_still_inside_the_cgroup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cgroup2()
+    monkeypatch.setenv(_direct.OFF_ENV, "0")
+    assert direct_status() == (False, "turned off by CORRAL_SPAWN_DIRECT=0")
+    env = {**PATH, "CORRAL_RUN_ID": f"test-{uuid.uuid4().hex[:12]}"}
+    containment = contain_for(env)
+    assert containment.path is not None
+    proc = await start_process(
+        ["cat", "/proc/self/cgroup"], cwd=tmp_path, env=env, stdin=None, containment=containment
+    )
+    popen = proc._transport.get_extra_info("subprocess")  # type: ignore[attr-defined]
+    out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    assert not isinstance(popen, CgroupPopen)
+    assert str(containment.path / "cgroup.procs") in popen.args  # the stub's target
+    assert own_v2_line(out.decode()) == v2_name(containment.path)
+    await containment.kill()
