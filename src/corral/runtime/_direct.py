@@ -94,7 +94,7 @@ def direct_status() -> tuple[bool, str]:
     why = off or _missing or _unfit or _refused
     if why:
         return False, why
-    return True, "clone3 with CLONE_INTO_CGROUP (corral.runtime._clone)"
+    return True, "clone3 with CLONE_INTO_CGROUP, by corral.runtime._clone"
 
 
 def uses_direct(kind: str) -> bool:
