@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import inspect
 import os
 import struct
@@ -43,10 +44,16 @@ __all__ = [
 
 _clone: ModuleType | None
 try:
-    from corral.runtime import _clone  # type: ignore[attr-defined,no-redef,unused-ignore]
-except ImportError as exc:  # not built here (no compiler at install, another OS)
+    _clone = importlib.import_module("corral.runtime._clone")
+except ModuleNotFoundError:  # not built here (no compiler at install, another OS)
     _clone = None
-    _missing = f"the C helper corral.runtime._clone is not built ({exc})"
+    _missing = (
+        "the C helper corral.runtime._clone is not built: it needs a C compiler and "
+        "Python's headers when corral is installed; install them, then reinstall corral"
+    )
+except ImportError as exc:  # built, but it does not load here
+    _clone = None
+    _missing = f"the C helper corral.runtime._clone does not load: {exc}"
 else:
     _missing = ""
 
