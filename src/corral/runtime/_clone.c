@@ -7,12 +7,14 @@
  *
  * spawn() does what subprocess's fork_exec does for the arguments corral uses (stdio
  * fds, fds to keep, cwd, env, a new session, default SIGPIPE/SIGXFSZ), with these
- * differences: the child is created by clone3 with CLONE_INTO_CGROUP, CLONE_VFORK (the
- * calling thread sleeps until the child has exec'd or died) and CLONE_CLEAR_SIGHAND
- * (no Python signal handler can run in the child), with every signal blocked around
- * the clone in the calling thread.  The child has its own copy of the address space
- * (no CLONE_VM, so it runs on its copy of this stack) and makes only async-signal-safe
- * system calls on memory prepared before the clone.
+ * differences: the child is created by clone3 with CLONE_INTO_CGROUP, CLONE_VM and
+ * CLONE_VFORK (as vfork: it shares this address space, on a stack of its own, while the
+ * calling thread sleeps until the child has exec'd or died) and CLONE_CLEAR_SIGHAND (no
+ * Python signal handler can run in the child), with every signal blocked around the
+ * clone in the calling thread.  The child makes only async-signal-safe system calls on
+ * memory prepared before the clone.  x86_64 only for now (the child's entry on its new
+ * stack is a few lines of assembly); elsewhere spawn() fails with ENOSYS and SUPPORTED
+ * is 0.
  *
  * Errors: a refused clone3 raises OSError(errno) with nothing started; a failure in the
  * child (cwd, fds, exec) is written as two ints (stage, errno) to errpipe_write (which
@@ -28,6 +30,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -60,6 +63,15 @@ struct corral_clone_args {
     uint64_t set_tid_size;
     uint64_t cgroup;
 };
+
+#if defined(__x86_64__)
+#define CORRAL_CLONE_SUPPORTED 1
+#else
+#define CORRAL_CLONE_SUPPORTED 0
+#endif
+
+/* The child's stack: it makes a few system calls and loops, nothing deep. */
+#define CHILD_STACK (64 * 1024)
 
 /* Where the child failed (the first int written to the error pipe). */
 enum { STAGE_FDS = 1, STAGE_CWD = 2, STAGE_SESSION = 3, STAGE_EXEC = 4 };
@@ -153,6 +165,34 @@ static void child(const struct child_plan *p) {
     }
     report(p->errpipe, STAGE_EXEC, saved ? saved : errno);
 }
+
+#if CORRAL_CLONE_SUPPORTED
+/* clone3 whose child runs ``fn(plan)`` on the stack given in ``args`` and never returns
+ * (it execs or exits).  The libc syscall() wrapper cannot be used with a new stack: the
+ * child would return through a frame that is not on it.  The child finds fn and plan in
+ * r12 and r13, which the kernel keeps across the system call; a raw -errno is returned. */
+static long clone3_call(struct corral_clone_args *args, void (*fn)(const struct child_plan *),
+                        const struct child_plan *plan) {
+    register long rax __asm__("rax") = SYS_clone3;
+    register void (*r12)(const struct child_plan *) __asm__("r12") = fn;
+    register const struct child_plan *r13 __asm__("r13") = plan;
+    __asm__ volatile("syscall\n\t"
+                     "testq %%rax, %%rax\n\t"
+                     "jnz 1f\n\t"
+                     "xorl %%ebp, %%ebp\n\t"
+                     "movq %%r13, %%rdi\n\t"
+                     "callq *%%r12\n\t"
+                     "movl $127, %%edi\n\t"
+                     "movl $60, %%eax\n\t"
+                     "syscall\n\t"
+                     "hlt\n\t"
+                     "1:\n\t"
+                     : "+r"(rax)
+                     : "D"(args), "S"(sizeof *args), "r"(r12), "r"(r13)
+                     : "rcx", "r11", "memory", "cc");
+    return rax;
+}
+#endif
 
 /* A NULL-terminated array of the bytes in ``seq`` (borrowed pointers: keep ``seq``). */
 static char **byte_array(PyObject *seq, const char *what, Py_ssize_t *count) {
@@ -275,29 +315,44 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         .max_fd = max_fd,
         .mask = &old,
     };
+#if CORRAL_CLONE_SUPPORTED
+    /* The child shares this address space (CLONE_VM, as vfork and posix_spawn do: no
+     * page tables to copy, no copy-on-write faults for the parent afterwards) on a stack
+     * of its own; CLONE_VFORK keeps this thread (and so that stack and ``plan``) waiting
+     * until the child has exec'd or exited. */
+    void *stack = mmap(NULL, CHILD_STACK, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
     struct corral_clone_args clone_args;
     memset(&clone_args, 0, sizeof clone_args);
-    clone_args.flags = CLONE_VFORK | CLONE_CLEAR_SIGHAND | CLONE_INTO_CGROUP;
+    clone_args.flags = CLONE_VM | CLONE_VFORK | CLONE_CLEAR_SIGHAND | CLONE_INTO_CGROUP;
     clone_args.exit_signal = SIGCHLD;
+    clone_args.stack = (uint64_t)(uintptr_t)stack;
+    clone_args.stack_size = CHILD_STACK;
     clone_args.cgroup = (uint64_t)cgroup_fd;
 
     long pid;
-    int clone_errno = 0;
     Py_BEGIN_ALLOW_THREADS;
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid = syscall(SYS_clone3, &clone_args, sizeof clone_args);
-    if (pid == 0) {
-        child(&plan); /* never returns */
-    }
-    clone_errno = errno;
+    pid = clone3_call(&clone_args, child, &plan);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     Py_END_ALLOW_THREADS;
+    munmap(stack, CHILD_STACK);
     if (pid < 0) {
-        errno = clone_errno;
+        errno = (int)-pid;
         PyErr_SetFromErrno(PyExc_OSError);
         goto done;
     }
     result = PyLong_FromLong(pid);
+#else
+    (void)all;
+    (void)plan;
+    errno = ENOSYS;
+    PyErr_SetFromErrno(PyExc_OSError);
+#endif
 
 done:
     PyMem_Free(argv);
@@ -333,7 +388,8 @@ PyMODINIT_FUNC PyInit__clone(void) {
     if (PyModule_AddIntConstant(m, "STAGE_FDS", STAGE_FDS) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_CWD", STAGE_CWD) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_SESSION", STAGE_SESSION) < 0 ||
-        PyModule_AddIntConstant(m, "STAGE_EXEC", STAGE_EXEC) < 0) {
+        PyModule_AddIntConstant(m, "STAGE_EXEC", STAGE_EXEC) < 0 ||
+        PyModule_AddIntConstant(m, "SUPPORTED", CORRAL_CLONE_SUPPORTED) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -55,7 +55,7 @@ except ImportError as exc:  # built, but it does not load here
     _clone = None
     _missing = f"the C helper corral.runtime._clone does not load: {exc}"
 else:
-    _missing = ""
+    _missing = "" if _clone.SUPPORTED else "the clone3 helper is written for x86_64 only"
 
 #: Errors of clone3 that are not the kernel's refusal but a passing shortage: these are
 #: reported as a failed start (as fork would), the next start tries again.
@@ -136,7 +136,7 @@ class CgroupPopen(subprocess.Popen[bytes]):
     """
 
     def __init__(self, args: list[str], *, cgroup_fd: int, **kwargs: Any) -> None:
-        if _clone is None or _unfit or _refused:
+        if _clone is None or _missing or _unfit or _refused:
             raise DirectRefused(_missing or _unfit or _refused)
         self._cgroup_fd = cgroup_fd
         super().__init__(args, **kwargs)
