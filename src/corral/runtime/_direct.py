@@ -122,7 +122,7 @@ def open_cgroup(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-_STAGES = {1: "setting up its file descriptors", 2: "changing to", 3: "starting a session"}
+_STAGES = {1: "setting up its file descriptors", 3: "starting a session"}
 
 
 class CgroupPopen(subprocess.Popen[bytes]):
