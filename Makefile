@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test install services lint typecheck pytest clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml setup.py src/corral/runtime/_clone.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -131,12 +131,18 @@ class Plane:
 
 @contextlib.asynccontextmanager
 async def control_plane(
-    root: Path, home: Path, store_url: str, lease: float | None = None
+    root: Path,
+    home: Path,
+    store_url: str,
+    lease: float | None = None,
+    more_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Plane]:
     """`corral start --headless --port 0` on ``store_url``; the project's bundle pushed.
-    ``lease``: the runners' lease (``CORRAL_FLEET_LEASE_SECONDS``), else the default."""
+    ``lease``: the runners' lease (``CORRAL_FLEET_LEASE_SECONDS``), else the default;
+    ``more_env``: more of its environment."""
     log = root.parent / "start.log"
     extra = {} if lease is None else {"CORRAL_FLEET_LEASE_SECONDS": f"{lease:g}"}
+    extra.update(more_env or {})
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [PYTHON, "-m", "corral", "start", "--headless", "--port", "0", "--grace", "0"],
@@ -187,8 +193,11 @@ async def _token(http: httpx.AsyncClient, plane: Plane, labels: list[str]) -> st
 
 
 @contextlib.asynccontextmanager
-async def runners(plane: Plane, base: Path, count: int) -> AsyncIterator[list[int]]:
-    """``count`` real runners: `corral runner join` then `corral runner start`; their pids."""
+async def runners(
+    plane: Plane, base: Path, count: int, more_env: dict[str, str] | None = None
+) -> AsyncIterator[list[int]]:
+    """``count`` real runners: `corral runner join` then `corral runner start`; their pids.
+    ``more_env``: more of their environment."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         async with httpx.AsyncClient(timeout=30) as http:
@@ -212,7 +221,7 @@ async def runners(plane: Plane, base: Path, count: int) -> AsyncIterator[list[in
                     procs.append(
                         subprocess.Popen(
                             [PYTHON, "-m", "corral", "runner", "start", "--config", str(config)],
-                            env=_env(home),
+                            env=_env(home, **(more_env or {})),
                             stdin=subprocess.DEVNULL,
                             stdout=out,
                             stderr=subprocess.STDOUT,
@@ -321,8 +330,12 @@ def _epoch(when: dt.datetime | None) -> float:
     return when.replace(tzinfo=when.tzinfo or dt.UTC).timestamp()
 
 
+#: How runs' processes enter their cgroups (``--spawn``): the environment that asks for it.
+SPAWN_ENV = {"direct": {}, "stub": {"CORRAL_SPAWN_DIRECT": "0"}}
+
+
 async def measure_runs(
-    store: str, latency_n: int, burst: int, where: Path | None = None
+    store: str, latency_n: int, burst: int, where: Path | None = None, spawn: str = "direct"
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="corral-fleet-bench-", dir=where) as tmp:
         base = Path(tmp)
@@ -332,8 +345,8 @@ async def measure_runs(
         _runs_project(root, out)
         async with (
             store_url(store, base) as url,
-            control_plane(root, base, url) as plane,
-            runners(plane, base, _RUNNERS) as pids,
+            control_plane(root, base, url, more_env=SPAWN_ENV[spawn]) as plane,
+            runners(plane, base, _RUNNERS, SPAWN_ENV[spawn]) as pids,
             httpx.AsyncClient(timeout=60) as http,
         ):
             # warm-up: every runner fetches the bundle and runs once
@@ -755,6 +768,13 @@ def _runs_rows(store: str, f: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def _spawn_rows(store: str, ways: dict[str, dict[str, Any]], spawn: str) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for way, merged in ways.items():
+        rows += _runs_rows(store if spawn != "both" else f"{store} ({way})", merged)
+    return rows
+
+
 def _sim_row(store: str, f: dict[str, Any]) -> list[Any]:
     b, c = f["beats"], f["with_claims"]
     return [
@@ -767,13 +787,26 @@ def _sim_row(store: str, f: dict[str, Any]) -> list[Any]:
 
 
 async def _runs_part(
-    result: Result, store: str, reps: int, latency_n: int, burst: int, where: Path
-) -> dict[str, Any]:
-    done = []
+    result: Result, store: str, reps: int, latency_n: int, burst: int, where: Path, spawn: str
+) -> dict[str, dict[str, Any]]:
+    """The runs part ``reps`` times for each way of spawning in ``spawn`` (``both``: stub
+    and direct interleaved, the order swapped every rep); medians per way."""
+    ways = ["stub", "direct"] if spawn == "both" else [spawn]
+    done: dict[str, list[dict[str, Any]]] = {way: [] for way in ways}
     for rep in range(reps):
-        figures = await measure_runs(store, latency_n, burst, where)
-        result.runs.append({"part": "runs", "store": store, "rep": rep, **figures})
-        done.append(figures)
+        for way in ways if rep % 2 == 0 else ways[::-1]:
+            figures = await measure_runs(store, latency_n, burst, where, way)
+            result.runs.append(
+                {"part": "runs", "store": store, "rep": rep, "spawn": way, **figures}
+            )
+            done[way].append(figures)
+    return {
+        way: _merge_runs(result, f"runs_{store}" + ("" if way == "direct" else f"_{way}"), d)
+        for way, d in done.items()
+    }
+
+
+def _merge_runs(result: Result, key: str, done: list[dict[str, Any]]) -> dict[str, Any]:
     merged = median_of_runs(done)
     for agent in ("local", "remote"):
         merged[f"{agent}_latency"]["p99_ms_max_over_reps"] = max(
@@ -782,7 +815,7 @@ async def _runs_part(
     merged["remote_over_local_runs_per_s"] = round(
         merged["remote_throughput"]["runs_per_s"] / merged["local_throughput"]["runs_per_s"], 2
     )
-    result.figures[f"runs_{store}"] = merged
+    result.figures[key] = merged
     return merged
 
 
@@ -816,6 +849,13 @@ async def main() -> int:
     parser.add_argument("--rate", type=float, default=10.0, help="runs/s queued for claimers")
     parser.add_argument(
         "--busy", type=int, default=0, help="sim: runs each runner holds (its heartbeats renew)"
+    )
+    parser.add_argument(
+        "--spawn",
+        choices=["direct", "stub", "both"],
+        default="direct",
+        help="runs part: how runs' processes enter their cgroups: straight (clone3, where "
+        "available), through the stub (CORRAL_SPAWN_DIRECT=0), or both interleaved",
     )
     parser.add_argument("--out", type=Path, help="the JSON file (default bench/results/)")
     parser.add_argument(
@@ -856,8 +896,10 @@ async def main() -> int:
     sim_rows: list[list[Any]] = []
     for store in stores:
         if args.only in (None, "runs"):
-            merged = await _runs_part(result, store, args.reps, latency_n, burst, args.dir)
-            runs_rows += _runs_rows(store, merged)
+            ways = await _runs_part(
+                result, store, args.reps, latency_n, burst, args.dir, args.spawn
+            )
+            runs_rows += _spawn_rows(store, ways, args.spawn)
         if args.only in (None, "sim"):
             merged = await _sim_part(result, store, args, sim_runners, seconds)
             sim_rows.append(_sim_row(store, merged))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from corral.doctor import cgroup_moves_check, check_cgroup_moves
 from corral.runtime._contain import contain_support
+from corral.runtime._direct import direct_status
 from corral.runtime._limits import parse_cgroup_mounts
 
 PLAIN = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
@@ -28,6 +29,13 @@ def test_without_favordynmods_doctor_names_the_wait_and_the_remount() -> None:
     assert "mount -o remount,favordynmods /sys/fs/cgroup/unified" in check.detail
 
 
+def test_started_inside_their_cgroups_doctor_says_nothing_waits() -> None:
+    check = cgroup_moves_check(BASE, parse_cgroup_mounts(PLAIN), (True, "clone3 helper"))
+    assert check is not None and check.status == "ok"
+    assert "start inside their cgroups (clone3 helper)" in check.detail
+    assert "RCU grace period" not in check.detail
+
+
 def test_with_favordynmods_doctor_says_moves_do_not_wait() -> None:
     check = cgroup_moves_check(BASE, parse_cgroup_mounts(FAVOURED))
     assert check is not None and "without waiting" in check.detail
@@ -38,8 +46,9 @@ def test_runs_outside_any_cgroup2_mount_get_no_word() -> None:
 
 
 def test_the_check_here_follows_this_machine_s_mount() -> None:
-    """On this machine the check reads the real mount that holds corral's runs: it speaks
-    of waiting exactly when that cgroup2 hierarchy lacks favordynmods. (How long a move
+    """On this machine the check reads the real mount that holds corral's runs: unless
+    processes start straight inside their cgroups, it speaks of waiting exactly when that
+    cgroup2 hierarchy lacks favordynmods. (How long a move
     waits depends on the kernel's state, not only on the option: it is measured in
     docs/benchmarks.md, not asserted here.)"""
     support = contain_support()
@@ -48,6 +57,10 @@ def test_the_check_here_follows_this_machine_s_mount() -> None:
         assert check is None
         return
     assert check is not None and check.status == "ok"
+    if direct_status()[0]:  # started inside their cgroups: nothing moves, nothing waits
+        assert "start inside their cgroups" in check.detail
+        assert "RCU grace period" not in check.detail
+        return
     mountinfo = Path("/proc/self/mountinfo").read_text()
     favoured = any(
         "favordynmods" in m.options

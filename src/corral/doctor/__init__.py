@@ -18,6 +18,7 @@ from corral.locate import resolve_project_root
 from corral.project import Project, load_project
 from corral.runtime import HostRuntime, Isolation, LaunchSpec
 from corral.runtime._contain import contain_support
+from corral.runtime._direct import probe_direct
 from corral.runtime._limits import CgroupMount, detect_limits, parse_cgroup_mounts
 from corral.runtime._private import mount_support
 from corral.runtime.sandbox import INSTALL_HINT, SandboxRuntime, probe_sandbox
@@ -134,26 +135,39 @@ def check_cgroup_moves() -> Check | None:
         mountinfo = Path("/proc/self/mountinfo").read_text()
     except OSError:
         return None
-    return cgroup_moves_check(support.base, parse_cgroup_mounts(mountinfo))
+    direct = probe_direct(support.base)
+    return cgroup_moves_check(support.base, parse_cgroup_mounts(mountinfo), direct)
 
 
-def cgroup_moves_check(base: Path, mounts: list[CgroupMount]) -> Check | None:
-    """`check_cgroup_moves` for the cgroup2 mount holding ``base``."""
+def cgroup_moves_check(
+    base: Path, mounts: list[CgroupMount], direct: tuple[bool, str] = (False, "")
+) -> Check | None:
+    """`check_cgroup_moves` for the cgroup2 mount holding ``base``; ``direct``: whether
+    processes start straight inside their cgroups, and how or why not (`probe_direct`)."""
     holding = [m for m in mounts if m.version == 2 and base.is_relative_to(m.mountpoint)]
     if not holding:
         return None
+    started, how = direct
+    if started:
+        return Check(
+            "cgroup moves",
+            "ok",
+            f"a run's processes start inside their cgroups ({how}): none is moved, none "
+            "waits for the kernel",
+        )
+    stub = "processes are moved into their cgroups by a stub" + (f" ({how})" if how else "")
     mount = max(holding, key=lambda m: len(m.mountpoint.parts))
     if "favordynmods" in mount.options:
         return Check(
             "cgroup moves",
             "ok",
-            f"cgroup2 at {mount.mountpoint} favours dynamic changes: a run's processes "
-            "enter their cgroups without waiting",
+            f"{stub}; cgroup2 at {mount.mountpoint} favours dynamic changes: a run's "
+            "processes enter their cgroups without waiting",
         )
     return Check(
         "cgroup moves",
         "ok",
-        "each process of a run waits for the kernel (an RCU grace period, often 5-15 ms) "
+        f"{stub}; each waits for the kernel (an RCU grace period, often 5-15 ms) "
         f"to enter its cgroup; `mount -o remount,favordynmods {mount.mountpoint}` "
         '(Linux 6.0 or later) removes the wait: see docs/sandbox.md, "Starting fast"',
     )

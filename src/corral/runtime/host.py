@@ -10,11 +10,13 @@ import signal
 import subprocess
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from corral.errors import RunError
 from corral.runtime._base import LaunchSpec, Process
 from corral.runtime._children import can_spawn_off_loop, spawn_off_loop
 from corral.runtime._contain import MARKER, Containment, contain_support
+from corral.runtime._direct import CgroupPopen, DirectRefused, open_cgroup, uses_direct
 from corral.runtime._private import (
     MountSupport,
     PrivateMounts,
@@ -129,23 +131,22 @@ async def start_process(
     """
     command = _command(argv, cwd, env, containment, namespace, mounts)
     stdin_to = subprocess.PIPE if stdin is not None else subprocess.DEVNULL
+    options: dict[str, Any] = {
+        "cwd": cwd,
+        "env": dict(env),
+        "stdin": stdin_to,
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.STDOUT,
+        "start_new_session": True,
+        "pass_fds": tuple(pass_fds),
+    }
 
     def start() -> subprocess.Popen[bytes]:
         if before is not None:
             before()
-        whole = command()
+        cgroup = _direct_cgroup(containment)
 
-        def spawn() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                whole,
-                cwd=cwd,
-                env=dict(env),
-                stdin=stdin_to,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                pass_fds=tuple(pass_fds),
-            )
+        spawn = functools.partial(_popen, command, cgroup, options)
 
         try:
             return spawn() if mounts is None else mounts.start(spawn)
@@ -155,6 +156,9 @@ async def start_process(
             if isinstance(exc, RunError):
                 raise
             raise RunError(f"could not start {argv[0]!r}: {exc.strerror or exc}") from exc
+        finally:
+            if cgroup is not None:
+                os.close(cgroup)
 
     if mounts is not None and not can_spawn_off_loop():
         raise RunError("private mounts are made only where processes start off the loop")
@@ -166,7 +170,7 @@ async def start_process(
         )
     if before is not None:
         before()
-    whole = command()
+    whole = command(False)
     try:
         return await asyncio.create_subprocess_exec(
             *whole,
@@ -191,11 +195,13 @@ def _command(
     containment: Containment | None,
     namespace: Sequence[str],
     mounts: PrivateMounts | None = None,
-) -> Callable[[], list[str]]:
+) -> Callable[[bool], list[str]]:
     """What to exec, checked first (a RunError for a missing program, as exec would
-    say it, and the containment discarded): a call, so it runs where the start does."""
+    say it, and the containment discarded): a call, so it runs where the start does.
+    Its argument: the process is started straight inside the containment's cgroup
+    (`CgroupPopen`), so it needs no stub to move it there."""
 
-    def command() -> list[str]:
+    def command(direct: bool) -> list[str]:
         whole = list(argv)
         if namespace or mounts or (containment is not None and containment.path is not None):
             try:
@@ -205,11 +211,37 @@ def _command(
                     containment.discard()
                 raise
             whole = [*namespace, *whole]
-        if containment is not None and containment.path is not None:
+        if containment is not None and containment.path is not None and not direct:
             whole = containment.wrap(whole, env.get("PWD"))
         return whole
 
     return command
+
+
+def _popen(
+    command: Callable[[bool], list[str]], cgroup: int | None, options: dict[str, Any]
+) -> subprocess.Popen[bytes]:
+    """Start the process: straight inside its cgroup when ``cgroup`` is an fd of it,
+    through the containment stub otherwise or when the kernel refuses."""
+    if cgroup is not None:
+        try:
+            return CgroupPopen(command(True), cgroup_fd=cgroup, **options)
+        except DirectRefused:  # nothing was started
+            pass
+    return subprocess.Popen(command(False), **options)
+
+
+def _direct_cgroup(containment: Containment | None) -> int | None:
+    """An fd of the containment's cgroup when the process can be started straight
+    inside it (cgroup2 and the clone3 helper; see _direct), else None (the stub)."""
+    if containment is None or containment.path is None:
+        return None
+    if not uses_direct(containment.support.kind):
+        return None
+    try:
+        return open_cgroup(containment.path)
+    except OSError:
+        return None  # the stub reports what is wrong with the cgroup
 
 
 def _kill_all(containment: Containment | None, popen: subprocess.Popen[bytes]) -> None:
