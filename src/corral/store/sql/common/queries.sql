@@ -898,3 +898,24 @@ SELECT agent, direction, count(*) AS n FROM corral_pool_decisions GROUP BY agent
 
 -- name: prune_pool_decisions
 DELETE FROM corral_pool_decisions WHERE decided_at < :older_than
+
+-- The [[tasks]] trigger (store/_stream.py): its items are those whose dedupe key starts
+-- with its prefix (no LIKE: an agent's name may hold LIKE's wildcards).
+-- name: stream_items_live
+SELECT id, state, run_id FROM corral_queue
+WHERE agent = :agent AND state IN ('queued', 'claimed')
+    AND substr(dedupe_key, 1, length(CAST(:prefix AS TEXT))) = :prefix;
+
+-- name: stream_items_ended
+SELECT id, state, run_id, finished_at, enqueued_at FROM corral_queue
+WHERE agent = :agent AND state NOT IN ('queued', 'claimed')
+    AND substr(dedupe_key, 1, length(CAST(:prefix AS TEXT))) = :prefix
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: run_holds_task
+SELECT count(*) AS n FROM corral_tasks WHERE run_id = :run_id AND status = 'claimed';
+
+-- name: run_finished_task
+SELECT count(*) AS n FROM corral_tasks
+WHERE run_id = :run_id AND run_id IS NOT NULL AND status IN ('done', 'failed');

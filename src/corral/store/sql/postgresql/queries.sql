@@ -733,3 +733,18 @@ WITH picked AS (
     SELECT project, id, %(now)s, 'claimed', %(claimer)s, token, %(run_id)s FROM picked
 )
 SELECT * FROM picked;
+
+-- The open tasks of :project of priority :min_priority or more whose every requirement
+-- is done and that have every label in :labels (what claim_project_task would take),
+-- counted up to :cap (the [[tasks]] trigger needs no more).
+-- name: count_stream_tasks
+SELECT count(*) AS n FROM (
+    SELECT 1 FROM corral_tasks c
+    WHERE c.status = 'open' AND c.project = %(project)s AND c.priority >= %(min_priority)s
+        AND NOT EXISTS (
+            SELECT 1 FROM corral_task_edges e
+            JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
+            WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
+        AND (cardinality(%(labels)s::text[]) = 0
+             OR (SELECT c.labels @> to_jsonb(%(labels)s::text[])))
+    LIMIT %(cap)s) s;

@@ -421,3 +421,19 @@ WHERE status = 'open' AND project = :project AND id = (
     ORDER BY c.priority DESC, c.created_at, c.id
     LIMIT 1)
 RETURNING *;
+
+-- The open tasks of :project of priority :min_priority or more whose every requirement
+-- is done and that have every label in :labels (what claim_project_task would take),
+-- counted up to :cap (the [[tasks]] trigger needs no more).
+-- name: count_stream_tasks
+SELECT count(*) AS n FROM (
+    SELECT 1 FROM corral_tasks c INDEXED BY corral_tasks_project_open
+    WHERE c.status = 'open' AND c.project = :project AND c.priority >= :min_priority
+        AND NOT EXISTS (
+            SELECT 1 FROM corral_task_edges e
+            JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
+            WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
+        AND NOT EXISTS (
+            SELECT 1 FROM json_each(:labels) w
+            WHERE w.value NOT IN (SELECT value FROM json_each(c.labels)))
+    LIMIT :cap);

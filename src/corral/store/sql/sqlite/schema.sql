@@ -446,6 +446,8 @@ CREATE INDEX corral_tasks_project_open ON corral_tasks (project, priority DESC, 
     WHERE status = 'open';
 CREATE INDEX corral_tasks_claimed ON corral_tasks (expires_at) WHERE status = 'claimed';
 CREATE INDEX corral_tasks_run ON corral_tasks (run_id) WHERE status = 'claimed';
+CREATE INDEX corral_tasks_finished_run ON corral_tasks (run_id)
+    WHERE run_id IS NOT NULL AND status IN ('done', 'failed');
 CREATE INDEX corral_tasks_status ON corral_tasks (status, project, id);
 CREATE INDEX corral_tasks_id ON corral_tasks (id);
 
