@@ -57,7 +57,7 @@ USAGE = {
     "al-exit": "al-exit [code 0-255, default 15]",
     "al-shutdown": "al-shutdown [reason ...]",
     "setenv": "setenv NAME VALUE [NAME VALUE ...]",
-    "task-claim": "task-claim [--project PROJECT] [--label LABEL]...",
+    "task-claim": "task-claim [--project PROJECT] [--label LABEL]... [--lease SECONDS]",
     "task-heartbeat": "task-heartbeat <taskId> [--project PROJECT]",
     "task-complete": "task-complete <taskId> [--result TEXT] [--project PROJECT]",
     "task-release": "task-release <taskId> [--project PROJECT]",
@@ -303,15 +303,19 @@ def al_shutdown(argv: list[str]) -> Request:
 
 
 def task_claim(argv: list[str]) -> Request:
-    """``--label`` may be given several times (the task must have every one)."""
+    """``--label`` may be given several times (the task must have every one). Without
+    ``--project`` and ``--label``, a run the task board started claims with its trigger's
+    filter (``CORRAL_TASK_PROJECT``, ``CORRAL_TASK_LABELS``). ``--lease SECONDS``: how
+    long the claim lasts without a heartbeat (the server checks the bounds)."""
     project = ""
+    lease = ""
     labels: list[str] = []
     index = 0
     while index < len(argv):
         arg = argv[index]
         index += 1
         name, eq, value = arg.partition("=")
-        if name not in ("--project", "--label"):
+        if name not in ("--project", "--label", "--lease"):
             raise Usage()
         if not eq:
             if index >= len(argv):
@@ -322,11 +326,22 @@ def task_claim(argv: list[str]) -> Request:
             raise Usage()
         if name == "--project":
             project = from_argv(value)
+        elif name == "--lease":
+            if not value.isascii() or not value.isdigit() or len(value) > 9:
+                raise Usage()
+            lease = str(int(value))
         else:
             labels.append(json_string(from_argv(value)))
+    if not project and not labels:
+        environ = posix.environ
+        project = environ.get(b"CORRAL_TASK_PROJECT", b"").decode("utf-8", "replace")
+        stream_labels = environ.get(b"CORRAL_TASK_LABELS", b"").decode("utf-8", "replace")
+        labels = [json_string(label) for label in stream_labels.split(",") if label]
     body = '{"labels":[' + ",".join(labels) + "]"
     if project:
         body += ',"project":' + json_string(project)
+    if lease:
+        body += ',"lease":' + lease
     return "POST", "/agent/tasks/claim", body + "}", REQUEST_TIMEOUT
 
 

@@ -136,9 +136,29 @@ def trigger_block(ctx: PromptContext) -> str:
             f'{call}\n\nYou were called by the "{caller}" agent. Review the call context above,\n'
             "do the requested work, and use `al-return` to send back your result."
         )
+    if ctx.trigger == "schedule" and (ctx.payload or {}).get("source") == "tasks":
+        return (
+            _block("task-trigger", _compact(ctx.payload or {}))
+            + "\n\n"
+            + board_words(ctx.payload or {})
+        )
     if ctx.user_prompt:
         return _block("user-prompt", ctx.user_prompt) + "\n\n" + USER_TASK
     return SCHEDULED if ctx.trigger == "schedule" else MANUAL
+
+
+def board_words(payload: dict[str, Any] | Any) -> str:
+    """What a run started by the task board (a ``[[tasks]]`` trigger) is told."""
+    claim = "task-claim --project " + str(payload.get("project", ""))
+    for label in payload.get("labels") or ():
+        claim += f" --label {label}"
+    return (
+        "The task board started you: a task matching the trigger above is claimable.\n"
+        f"Claim it with `{claim}`; if it answers that there is no task to claim, another\n"
+        "instance took it first: end without doing anything. Otherwise work on the task,\n"
+        "run `task-heartbeat <id>` while you work, and end with `task-complete <id>` or\n"
+        "`task-fail <id> --reason ...`."
+    )
 
 
 def build_prompt(ctx: PromptContext) -> str:

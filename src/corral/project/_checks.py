@@ -17,10 +17,12 @@ from pydantic_core import PydanticCustomError
 
 from corral.credentials.errors import CredentialError
 from corral.credentials.types import WEBHOOK_SECRET, credential_type, webhook_secret_ref
+from corral.tasks._model import TaskError, check_id
 
 __all__ = [
     "AGENT_NAME_RE",
     "PROBLEM",
+    "board_name",
     "command",
     "credential_ref",
     "cron",
@@ -53,6 +55,17 @@ _CRON_FIELDS = (
 def problem(message: str) -> PydanticCustomError:
     # Braces in user text must not be read as template fields.
     return PydanticCustomError(PROBLEM, message.replace("{", "{{").replace("}", "}}"))
+
+
+def board_name(value: str) -> str:
+    """A board project or a task label (the task board's names)."""
+    try:
+        return check_id(value, "name")
+    except TaskError:
+        raise problem(
+            "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or "
+            f"digit (e.g. web or api); found {value!r}"
+        ) from None
 
 
 def validate_agent_name(name: str) -> str | None:

@@ -49,6 +49,7 @@ __all__ = [
     "RuntimeConfig",
     "ScaleConfig",
     "StateConfig",
+    "TaskTrigger",
     "TelemetryConfig",
     "WebhookSource",
     "WebhookTrigger",
@@ -70,6 +71,7 @@ Cron = Annotated[StrictStr, AfterValidator(_checks.cron)]
 CredentialRef = Annotated[StrictStr, AfterValidator(_checks.credential_ref)]
 WebhookCredential = Annotated[StrictStr, AfterValidator(_checks.webhook_credential)]
 HeaderName = Annotated[StrictStr, AfterValidator(_checks.header_name)]
+BoardName = Annotated[StrictStr, AfterValidator(_checks.board_name)]
 Strings = tuple[StrictStr, ...]
 RunnerLabels = Annotated[tuple[StrictStr, ...], AfterValidator(_checks.runner_labels)]
 
@@ -392,6 +394,24 @@ class WebhookTrigger(_Model):
     label_match: Literal["present", "changed"] = "present"
 
 
+class TaskTrigger(_Model):
+    """``[[tasks]]`` in an agent's config.toml: runs started by the task board (task
+    streaming; docs/tasks.md). While open tasks of ``project`` that have every one of
+    ``labels`` and a priority of ``minPriority`` or more have every requirement done, the
+    scheduler keeps min(those tasks, scale) runs of the agent queued or running."""
+
+    #: The board project (default: the project directory's name, as `corral tasks add`).
+    project: BoardName | None = None
+    #: Labels a task must all have (the claim's ``--label`` filter).
+    labels: tuple[BoardName, ...] = ()
+    min_priority: StrictInt = Field(1, ge=1, le=10)
+
+
+#: The bounds of a task claim's lease, in seconds (``taskLease``, ``task-claim --lease``).
+TASK_LEASE_MIN = 10
+TASK_LEASE_MAX = 86_400
+
+
 class HooksConfig(_Model):
     pre: Strings = ()
     post: Strings = ()
@@ -485,6 +505,10 @@ class AgentConfig(_Model):
     credentials: tuple[CredentialRef, ...] = ()
     schedule: Cron | None = None
     webhooks: tuple[WebhookTrigger, ...] = ()
+    #: ``[[tasks]]``: runs started by the task board (task streaming).
+    tasks: tuple[TaskTrigger, ...] = ()
+    #: Seconds a task claim of this agent's runs lasts without a heartbeat (default 600).
+    task_lease: StrictInt | None = Field(None, ge=TASK_LEASE_MIN, le=TASK_LEASE_MAX)
     hooks: HooksConfig = HooksConfig()
     params: Mapping[str, Any] = Field(default_factory=dict)
     #: ``scale = N``: a fixed pool of N; ``[scale]``: a pool sized by a policy.

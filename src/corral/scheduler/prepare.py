@@ -347,6 +347,20 @@ def _corral_environment(
         "CORRAL_ITEM_ID": str(run.item_id),
         "CORRAL_ATTEMPT": str(run.attempt),
         "CORRAL_WORKDIR": str(inside.workdir),
+        **_board_environment(run),
+    }
+
+
+def _board_environment(run: Run) -> dict[str, str]:
+    """A run the task board started (a ``[[tasks]]`` trigger): its filter, which
+    ``task-claim`` without ``--project`` or ``--label`` uses."""
+    detail = run.trigger_detail or {}
+    if detail.get("source") != "tasks":
+        return {}
+    labels = detail.get("labels") or []
+    return {
+        "CORRAL_TASK_PROJECT": str(detail.get("project", "")),
+        "CORRAL_TASK_LABELS": ",".join(str(label) for label in labels),
     }
 
 

@@ -35,6 +35,7 @@ from corral.scheduler.reload import (
     weakened,
 )
 from corral.scheduler.retention import prune_history
+from corral.scheduler.streams import TaskStreams
 from corral.scheduler.watchdog import Watchdog, boottime, fence_deadline
 from corral.store import (
     AgentSpec,
@@ -79,6 +80,7 @@ class SchedulerOptions:
     reload_every: float = 1.0  # hot reload: how often the project's files are checked
     store_retry: float = 60.0  # how long a run's start and end are retried while the store fails
     pool_tick: float = 1.0  # how often the autoscaler sizes the pools this scheduler decides
+    stream_every: float = 1.0  # how often the [[tasks]] triggers recount the board unwoken
     pool_lease_seconds: float = 10.0  # a pool's decider is replaced this long after it stops
 
 
@@ -202,6 +204,11 @@ class Scheduler:
             on_grown=self.wake,
         )
         self.wake_listeners.add(self.pools.wake)
+        #: The agents' [[tasks]] triggers (scheduler/streams.py), ticked with the dispatcher.
+        self.streams = TaskStreams(
+            store, lambda: self.project, self.wake, every=self.options.stream_every
+        )
+        self.wake_listeners.add(self.streams.wake)
 
     @property
     def id(self) -> str:
@@ -262,6 +269,7 @@ class Scheduler:
             asyncio.create_task(self._resilient("supervise", self._supervise), name="supervise"),
             asyncio.create_task(self._resilient("cron", self._cron), name="cron"),
             asyncio.create_task(self._resilient("pools", self.pools.run), name="pools"),
+            asyncio.create_task(self._resilient("streams", self.streams.run), name="streams"),
         ]
         if self.watcher is not None:
             watch = self._resilient("reload", self.watcher.run)

@@ -128,8 +128,8 @@ class StreamOps(QueueOps):
                 if now < until:
                     return dataclasses.replace(tick, held_until=until)
                 wanted = 1  # one run tries again; the rest follow if it finishes a task
-            row = await tx.fetch_one("get_project")
-            state = ProjectState.from_row(self._returned(row, "get_project"))
+            project_row = await tx.fetch_one("get_project")
+            state = ProjectState.from_row(self._returned(project_row, "get_project"))
             queued: list[QueueItem] = []
             for _ in range(wanted):
                 new = NewItem(

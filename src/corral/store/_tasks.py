@@ -42,12 +42,14 @@ from corral.tasks._model import (
     check_id,
 )
 
-__all__ = ["TaskOps"]
+__all__ = ["DEFAULT_LEASE", "TaskOps"]
 
 #: Fields ``edit_task`` changes.
 EDITABLE = frozenset({"title", "description", "priority", "labels", "acceptance", "requires"})
 #: Statuses in which a task can no longer gain a requirement.
 _STARTED = frozenset({TaskStatus.CLAIMED.value, TaskStatus.DONE.value})
+#: A claim's lease when none is given, in seconds.
+DEFAULT_LEASE = 600.0
 #: The largest page ``list_tasks`` returns.
 LIST_MAX = 1000
 
@@ -307,27 +309,42 @@ class TaskOps(StoreCore):
         return await self.atomic(body)
 
     async def heartbeat_task(
-        self, project: str, task_id: str, token: int, *, lease: float = 600.0
+        self, project: str, task_id: str, token: int, *, lease: float | None = None
     ) -> Task:
-        """Extend the claim of ``token`` to ``lease`` seconds from now; StaleClaim if that
+        """Extend the claim of ``token`` to ``lease`` seconds from now (None: by the
+        claim's own lease, the one it was taken or last extended with); StaleClaim if that
         claim is no longer the task's, UnknownTask if there is no such task."""
-        _check_lease(lease)
-        now = self.now()
-        params = {
-            "project": project,
-            "id": task_id,
-            "token": token,
-            "now": self.encode_time(now),
-            "expires_at": self.encode_time(now + timedelta(seconds=lease)),
-        }
+        if lease is not None:
+            _check_lease(lease)
 
         async def body(tx: Transaction) -> Task:
+            now = self.now()
+            extend = lease
+            if extend is None:
+                current = await tx.fetch_one("get_task", {"project": project, "id": task_id})
+                extend = DEFAULT_LEASE if current is None else self._claim_lease(current)
+            params = {
+                "project": project,
+                "id": task_id,
+                "token": token,
+                "now": self.encode_time(now),
+                "expires_at": self.encode_time(now + timedelta(seconds=extend)),
+            }
             row = await tx.fetch_one("heartbeat_task", params)
             if row is None:
                 await self._refuse_stale(tx, project, task_id, token, "heartbeat")
             return self._task_from_row(self._returned(row, "heartbeat_task"))
 
         return await self.atomic(body)
+
+    def _claim_lease(self, row: Row) -> float:
+        """The lease a claim was taken or last extended with (its expiry less its last
+        heartbeat); DEFAULT_LEASE for a row that holds no claim."""
+        if row["expires_at"] is None or row["heartbeat_at"] is None:
+            return DEFAULT_LEASE
+        span = self.decode_time(row["expires_at"]) - self.decode_time(row["heartbeat_at"])
+        seconds = span.total_seconds()
+        return seconds if seconds > 0 else DEFAULT_LEASE
 
     async def finish_task(
         self,

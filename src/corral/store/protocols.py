@@ -59,6 +59,7 @@ from corral.store._fleet_runs import Holding, Renewal
 from corral.store._locks import WANT_SECONDS
 from corral.store._notify import Changes
 from corral.store._queue import Overflow
+from corral.store._stream import StreamTick
 from corral.store.records import (
     AgentSpec,
     AgentState,
@@ -568,8 +569,20 @@ class TaskStore(Protocol):
     ) -> Task | None: ...
 
     async def heartbeat_task(
-        self, project: str, task_id: str, token: int, *, lease: float = 600.0
+        self, project: str, task_id: str, token: int, *, lease: float | None = None
     ) -> Task: ...
+
+    async def stream_tasks(
+        self,
+        agent: str,
+        trigger: int,
+        *,
+        project: str,
+        labels: Sequence[str] = (),
+        min_priority: int = 1,
+        scale: int,
+        detail: dict[str, object] | None = None,
+    ) -> StreamTick: ...
 
     async def finish_task(
         self,

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from corral.gateway.agent_api._errors import AgentApiError, answer
 from corral.gateway.agent_api._models import iso
+from corral.project._models import TASK_LEASE_MAX, TASK_LEASE_MIN
 from corral.scheduler.agentlink import RunRef
 from corral.tasks._model import StaleClaim, Task, TaskError, TaskStatus
 
@@ -47,6 +48,8 @@ _TEXT = 64 * 1024
 class TaskClaimBody(BaseModel):
     project: str | None = Field(default=None, min_length=1, max_length=_NAME)
     labels: list[str] = Field(default_factory=list, max_length=32)
+    #: Seconds the claim lasts without a heartbeat (None: the agent's taskLease or 600).
+    lease: int | None = None
 
 
 class TaskBody(BaseModel):
@@ -104,14 +107,34 @@ class TaskRoutes:
     def __init__(self, api: AgentApi) -> None:
         self.api = api
 
+    def lease_of(self, body: TaskClaimBody, run: RunRef) -> int | float:
+        """The claim's lease: ``--lease``, else the agent's ``taskLease``, else
+        TASK_LEASE; AgentApiError (400) for a lease out of bounds."""
+        if body.lease is None:
+            agent = self.api.project.agents.get(run.agent)
+            configured = None if agent is None else agent.config.task_lease
+            return TASK_LEASE if configured is None else configured
+        if not TASK_LEASE_MIN <= body.lease <= TASK_LEASE_MAX:
+            raise AgentApiError(
+                400,
+                {
+                    "ok": False,
+                    "error": f"--lease {body.lease} is out of bounds: a claim's lease is "
+                    f"{TASK_LEASE_MIN} to {TASK_LEASE_MAX} seconds (24 h); heartbeat with "
+                    "task-heartbeat to hold a task longer",
+                },
+            )
+        return body.lease
+
     async def claim(self, body: TaskClaimBody, run: RunRef) -> JSONResponse:
+        lease = self.lease_of(body, run)
         try:
             task = await self.api.store.claim_task(
                 claimer=run.agent,
                 run_id=run.run_id,
                 project=body.project,
                 labels=body.labels,
-                lease=TASK_LEASE,
+                lease=lease,
             )
         except TaskError as exc:
             return answer(400, {"ok": False, "error": str(exc)})
@@ -131,9 +154,8 @@ class TaskRoutes:
     async def heartbeat(self, body: TaskBody, run: RunRef) -> JSONResponse:
         task = await self._held(body, run)
         try:
-            beat = await self.api.store.heartbeat_task(
-                task.project, task.id, task.token, lease=TASK_LEASE
-            )
+            # Extended by the claim's own lease (--lease, taskLease or the default).
+            beat = await self.api.store.heartbeat_task(task.project, task.id, task.token)
         except StaleClaim as stale:
             raise _lost(stale) from None
         return answer(200, task_answer(beat))
