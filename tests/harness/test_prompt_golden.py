@@ -51,6 +51,16 @@ def context(**changes: object) -> PromptContext:
 
 CASES = {
     "schedule": context(trigger="schedule"),
+    "tasks": context(
+        trigger="schedule",
+        payload={
+            "source": "tasks",
+            "trigger": 0,
+            "project": "web",
+            "labels": ["api", "backend"],
+            "minPriority": 1,
+        },
+    ),
     "manual": context(),
     "manual-with-prompt": context(user_prompt="Fix issue #42 and open a PR."),
     "webhook": context(trigger="webhook", payload=WEBHOOK),

@@ -11,7 +11,7 @@ def test_exports() -> None:
         "AGENT_NAME_RE", "Agent", "AgentBudget", "AgentConfig", "GatewayConfig",
         "HarnessConfig", "HooksConfig", "LocalConfig", "ModelConfig", "PriceConfig", "Project",
         "ProjectBudget", "ProjectConfig", "ResolvedValue", "RuntimeConfig", "ScaleConfig",
-        "Skill", "StateConfig", "TelemetryConfig", "WebhookSource", "WebhookTrigger",
+        "Skill", "StateConfig", "TaskTrigger", "TelemetryConfig", "WebhookSource", "WebhookTrigger",
         "load_project", "validate_agent_name", "MAX_FILE_BYTES", "load_minimal", "file_digest",
         "read_limited", "resolve_state_url",
     ])  # fmt: skip

@@ -154,10 +154,11 @@ def board_words(payload: dict[str, Any] | Any) -> str:
         claim += f" --label {label}"
     return (
         "The task board started you: a task matching the trigger above is claimable.\n"
-        f"Claim it with `{claim}`; if it answers that there is no task to claim, another\n"
-        "instance took it first: end without doing anything. Otherwise work on the task,\n"
-        "run `task-heartbeat <id>` while you work, and end with `task-complete <id>` or\n"
-        "`task-fail <id> --reason ...`."
+        "Claim it (plain `task-claim` uses the same filter):\n\n"
+        f"  {claim}\n\n"
+        "If it answers that there is no task to claim, another instance took it first:\n"
+        "end without doing anything. Otherwise work on the task, run `task-heartbeat <id>`\n"
+        "while you work, and end with `task-complete <id>` or `task-fail <id> --reason ...`."
     )
 
 
