@@ -122,6 +122,14 @@ CASES: list[tuple[str, list[str], bytes | None, str, str, Any]] = [
         "/agent/tasks/claim",
         {"labels": ["api", "db"], "project": "web"},
     ),
+    (
+        "task-claim",
+        ["--lease", "900", "--project", "web"],
+        None,
+        "POST",
+        "/agent/tasks/claim",
+        {"labels": [], "project": "web", "lease": 900},
+    ),
     ("task-heartbeat", ["T-1"], None, "POST", "/agent/tasks/heartbeat", {"id": "T-1"}),
     (
         "task-complete",
@@ -260,6 +268,10 @@ USAGE_ERRORS = [
     ("task-claim", ["--label="]),
     ("task-claim", ["T-1"]),
     ("task-claim", ["--owner", "me"]),
+    ("task-claim", ["--lease", "ten"]),
+    ("task-claim", ["--lease", "-5"]),
+    ("task-claim", ["--lease", "1.5"]),
+    ("task-claim", ["--lease", "9999999999"]),
     ("task-heartbeat", []),
     ("task-complete", ["a", "b"]),
     ("task-complete", ["a", "--reason", "x"]),
@@ -297,3 +309,15 @@ def test_usage_lines(run: Run) -> None:
 def test_usage_errors_need_no_gateway(run: Run) -> None:
     result = run("runlock", env={"GATEWAY_URL": None, "CORRAL_RUN_SECRET": None})
     assert result.returncode == 9
+
+
+def test_task_claim_without_a_filter_uses_the_board_triggers(run: Run, gateway: Gateway) -> None:
+    """A run started by a [[tasks]] trigger: plain ``task-claim`` claims with its filter;
+    any --project or --label given replaces the trigger's filter whole."""
+    env: dict[str, str | None] = {"CORRAL_TASK_PROJECT": "web", "CORRAL_TASK_LABELS": "api,db"}
+    assert run("task-claim", env=env).returncode == 0
+    assert gateway.script.last.body == {"labels": ["api", "db"], "project": "web"}
+    assert run("task-claim", "--lease", "60", env=env).returncode == 0
+    assert gateway.script.last.body == {"labels": ["api", "db"], "project": "web", "lease": 60}
+    assert run("task-claim", "--label", "ui", env=env).returncode == 0
+    assert gateway.script.last.body == {"labels": ["ui"]}
