@@ -1,7 +1,8 @@
 """Task streaming: the ``[[tasks]]`` trigger of an agent, as one transaction per tick.
 
 A trigger's items are the queue items whose dedupe key starts with its prefix
-``tasks:<agent>:<n>:`` (each item's key ends with a fresh suffix). One tick, in ONE
+``tasks:<agent>:<n>:`` (each item's key ends with a fresh suffix). A tick counts in a
+read transaction first; when runs are due it counts again and queues them in ONE write
 transaction that first locks the agent's row (``lock_agent_state``: PostgreSQL row lock;
 SQLite's BEGIN IMMEDIATE), so ticks of several schedulers take turns and each sees the
 items the one before it queued:
@@ -93,8 +94,11 @@ class StreamOps(QueueOps):
             raise TaskError(f"stream_tasks: scale and trigger must be >= 0, got {scale}, {trigger}")
         prefix = stream_prefix(agent, trigger)
 
-        async def body(tx: Transaction) -> StreamTick:
-            await tx.fetch_one("lock_agent_state", {"agent": agent})
+        async def body(tx: Transaction, write: bool) -> tuple[StreamTick, bool]:
+            """The tick; with ``write`` (the agent's row locked first) it queues the runs,
+            else it says only whether any are due."""
+            if write:
+                await tx.fetch_one("lock_agent_state", {"agent": agent})
             now = self.now()
             live_rows = await tx.fetch_all(
                 "stream_items_live", {"agent": agent, "prefix": stream_prefix(agent)}
@@ -121,13 +125,15 @@ class StreamOps(QueueOps):
             tick = StreamTick(claimable, live, waiting, streak)
             wanted = min(claimable - waiting, scale - live)
             if wanted <= 0:
-                return tick
+                return tick, False
             if streak and last_end is not None:
                 wait = min(IDLE_BASE * 2 ** (streak - 1), IDLE_MAX)
                 until = last_end + timedelta(seconds=wait)
                 if now < until:
-                    return dataclasses.replace(tick, held_until=until)
+                    return dataclasses.replace(tick, held_until=until), False
                 wanted = 1  # one run tries again; the rest follow if it finishes a task
+            if not write:
+                return tick, True
             project_row = await tx.fetch_one("get_project")
             state = ProjectState.from_row(self._returned(project_row, "get_project"))
             queued: list[QueueItem] = []
@@ -142,9 +148,22 @@ class StreamOps(QueueOps):
                 queued.append(result.item)
                 if result.item.state is not ItemState.QUEUED:
                     break  # rejected (disabled, over budget, queue full): no more this tick
-            return dataclasses.replace(tick, queued=tuple(queued))
+            return dataclasses.replace(tick, queued=tuple(queued)), True
 
-        return await self.atomic(body)
+        # Most ticks queue nothing: they read without taking the agent's row (nor, on
+        # SQLite, the database's write lock); only a tick that finds runs due takes it and
+        # counts again, locked.
+        async def read(tx: Transaction) -> tuple[StreamTick, bool]:
+            return await body(tx, False)
+
+        async def write(tx: Transaction) -> tuple[StreamTick, bool]:
+            return await body(tx, True)
+
+        seen, due = await self.atomic(read, write=False)
+        if not due:
+            return seen
+        done, _ = await self.atomic(write)
+        return done
 
     async def _idle_streak(
         self, tx: Transaction, agent: str, prefix: str
