@@ -71,6 +71,18 @@ class StreamTick:
     held_until: datetime | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Board:
+    """One trigger's filter, as a tick's queries take it."""
+
+    agent: str
+    prefix: str
+    project: str
+    labels: object  # the store's encoding of the label list
+    min_priority: int
+    scale: int
+
+
 class StreamOps(QueueOps):
     """The ``[[tasks]]`` trigger's tick; part of ``Store``."""
 
@@ -92,78 +104,80 @@ class StreamOps(QueueOps):
             check_id(label, "label")
         if scale < 0 or trigger < 0:
             raise TaskError(f"stream_tasks: scale and trigger must be >= 0, got {scale}, {trigger}")
-        prefix = stream_prefix(agent, trigger)
-
-        async def body(tx: Transaction, write: bool) -> tuple[StreamTick, bool]:
-            """The tick; with ``write`` (the agent's row locked first) it queues the runs,
-            else it says only whether any are due."""
-            if write:
-                await tx.fetch_one("lock_agent_state", {"agent": agent})
-            now = self.now()
-            live_rows = await tx.fetch_all(
-                "stream_items_live", {"agent": agent, "prefix": stream_prefix(agent)}
-            )
-            waiting = 0
-            mine = await tx.fetch_all("stream_items_live", {"agent": agent, "prefix": prefix})
-            for row in mine:
-                if row["run_id"] is None:
-                    waiting += 1
-                    continue
-                held = await tx.fetch_one("run_holds_task", {"run_id": row["run_id"]})
-                if held is None or int(held["n"]) == 0:
-                    waiting += 1
-            live = len(live_rows)
-            params = {
-                "project": project,
-                "labels": self.encode_list(sorted(set(labels))),
-                "min_priority": min_priority,
-                "cap": scale + live + 1,
-            }
-            counted = await tx.fetch_one("count_stream_tasks", params)
-            claimable = 0 if counted is None else int(counted["n"])
-            streak, last_end = await self._idle_streak(tx, agent, prefix)
-            tick = StreamTick(claimable, live, waiting, streak)
-            wanted = min(claimable - waiting, scale - live)
-            if wanted <= 0:
-                return tick, False
-            if streak and last_end is not None:
-                wait = min(IDLE_BASE * 2 ** (streak - 1), IDLE_MAX)
-                until = last_end + timedelta(seconds=wait)
-                if now < until:
-                    return dataclasses.replace(tick, held_until=until), False
-                wanted = 1  # one run tries again; the rest follow if it finishes a task
-            if not write:
-                return tick, True
-            project_row = await tx.fetch_one("get_project")
-            state = ProjectState.from_row(self._returned(project_row, "get_project"))
-            queued: list[QueueItem] = []
-            for _ in range(wanted):
-                new = NewItem(
-                    agent=agent,
-                    trigger=TriggerKind.SCHEDULE,
-                    trigger_detail=detail,
-                    dedupe_key=prefix + secrets.token_hex(8),
-                )
-                result = await self._enqueue_locked(tx, state, new, "refuse")
-                queued.append(result.item)
-                if result.item.state is not ItemState.QUEUED:
-                    break  # rejected (disabled, over budget, queue full): no more this tick
-            return dataclasses.replace(tick, queued=tuple(queued)), True
+        board = _Board(
+            agent, stream_prefix(agent, trigger), project, self.encode_list(sorted(set(labels))),
+            min_priority, scale,
+        )  # fmt: skip
 
         # Most ticks queue nothing: they read without taking the agent's row (nor, on
         # SQLite, the database's write lock); only a tick that finds runs due takes it and
         # counts again, locked.
-        async def read(tx: Transaction) -> tuple[StreamTick, bool]:
-            return await body(tx, False)
+        async def read(tx: Transaction) -> tuple[StreamTick, int]:
+            return await self._stream_count(tx, board)
 
-        async def write(tx: Transaction) -> tuple[StreamTick, bool]:
-            return await body(tx, True)
+        async def write(tx: Transaction) -> StreamTick:
+            await tx.fetch_one("lock_agent_state", {"agent": agent})
+            tick, wanted = await self._stream_count(tx, board)
+            if wanted <= 0:
+                return tick
+            queued = await self._stream_queue(tx, board, wanted, detail)
+            return dataclasses.replace(tick, queued=queued)
 
         seen, due = await self.atomic(read, write=False)
-        if not due:
+        if due <= 0:
             return seen
-        done, _ = await self.atomic(write)
-        return done
+        return await self.atomic(write)
+
+    async def _stream_count(self, tx: Transaction, board: _Board) -> tuple[StreamTick, int]:
+        """What the board calls for: the tick as seen, and how many runs to queue now."""
+        now = self.now()
+        params = {"agent": board.agent, "prefix": stream_prefix(board.agent)}
+        live = len(await tx.fetch_all("stream_items_live", params))
+        waiting = 0
+        params = {"agent": board.agent, "prefix": board.prefix}
+        for row in await tx.fetch_all("stream_items_live", params):
+            held = None
+            if row["run_id"] is not None:
+                held = await tx.fetch_one("run_holds_task", {"run_id": row["run_id"]})
+            if held is None or int(held["n"]) == 0:
+                waiting += 1
+        counting: dict[str, object] = {
+            "project": board.project,
+            "labels": board.labels,
+            "min_priority": board.min_priority,
+            "cap": board.scale + live + 1,
+        }
+        counted = await tx.fetch_one("count_stream_tasks", counting)
+        claimable = 0 if counted is None else int(counted["n"])
+        streak, last_end = await self._idle_streak(tx, board.agent, board.prefix)
+        tick = StreamTick(claimable, live, waiting, streak)
+        wanted = min(claimable - waiting, board.scale - live)
+        if wanted > 0 and streak and last_end is not None:
+            wait = min(IDLE_BASE * 2 ** (streak - 1), IDLE_MAX)
+            until = last_end + timedelta(seconds=wait)
+            if now < until:
+                return dataclasses.replace(tick, held_until=until), 0
+            wanted = 1  # one run tries again; the rest follow if it finishes a task
+        return tick, wanted
+
+    async def _stream_queue(
+        self, tx: Transaction, board: _Board, wanted: int, detail: dict[str, object] | None
+    ) -> tuple[QueueItem, ...]:
+        project_row = await tx.fetch_one("get_project")
+        state = ProjectState.from_row(self._returned(project_row, "get_project"))
+        queued: list[QueueItem] = []
+        for _ in range(wanted):
+            new = NewItem(
+                agent=board.agent,
+                trigger=TriggerKind.SCHEDULE,
+                trigger_detail=detail,
+                dedupe_key=board.prefix + secrets.token_hex(8),
+            )
+            result = await self._enqueue_locked(tx, state, new, "refuse")
+            queued.append(result.item)
+            if result.item.state is not ItemState.QUEUED:
+                break  # rejected (disabled, over budget, queue full): no more this tick
+        return tuple(queued)
 
     async def _idle_streak(
         self, tx: Transaction, agent: str, prefix: str
