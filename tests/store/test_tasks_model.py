@@ -64,6 +64,8 @@ class ModelTask:
     token: int = 0
     attempts: int = 0
     expires_at: datetime | None = None
+    #: The lease the current claim was taken or last extended with.
+    lease: float = 0.0
 
 
 class BoardModel(RuleBasedStateMachine):
@@ -215,6 +217,7 @@ class BoardModel(RuleBasedStateMachine):
         expected.token += 1
         expected.attempts += 1
         expected.expires_at = self.clock.now + timedelta(seconds=lease)
+        expected.lease = lease
         assert got.token == expected.token
 
     def pick(self, data: st.DataObject, claimed_only: bool) -> tuple[ModelTask, int]:
@@ -227,8 +230,9 @@ class BoardModel(RuleBasedStateMachine):
         return task.status is TaskStatus.CLAIMED and token == task.token
 
     @precondition(lambda self: self.tasks)
-    @rule(data=st.data(), lease=LEASES, claimed_only=st.booleans())
-    def heartbeat(self, data: st.DataObject, lease: float, claimed_only: bool) -> None:
+    @rule(data=st.data(), lease=st.one_of(st.none(), LEASES), claimed_only=st.booleans())
+    def heartbeat(self, data: st.DataObject, lease: float | None, claimed_only: bool) -> None:
+        """An explicit lease replaces the claim's; none extends by the claim's own."""
         task, token = self.pick(data, claimed_only and bool(self.claimed()))
         try:
             self.run(self.store.heartbeat_task(task.project, task.id, token, lease=lease))
@@ -237,7 +241,8 @@ class BoardModel(RuleBasedStateMachine):
             assert stale.current == task.token and stale.holder == task.holder
             return
         assert self.current(task, token)
-        task.expires_at = self.clock.now + timedelta(seconds=lease)
+        task.lease = task.lease if lease is None else lease
+        task.expires_at = self.clock.now + timedelta(seconds=task.lease)
 
     @precondition(lambda self: self.tasks)
     @rule(
