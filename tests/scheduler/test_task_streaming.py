@@ -102,13 +102,17 @@ async def test_a_task_whose_requirement_completes_starts_a_run(
 async def test_a_run_that_claims_nothing_is_not_restarted_in_a_storm(
     tmp_path: Path, store: Store
 ) -> None:
-    """The skill never claims (or someone else always wins): runs back off 1, 2, 4 s."""
+    """The skill never claims (or someone else always wins): the task stays claimable,
+    and the runs come 1 s, then 2 s after the one before ended, one at a time."""
     await store.add_tasks([spec("a", labels=("api",))])
     agents = {"dev": {"scale": 2, "command": "true"}}
-    async with running_fleet(tmp_path / "p", store, agents, tables={"dev": API_TRIGGER}):
-        await asyncio.sleep(4.0)
-        runs = await all_runs(store, "dev")
-    assert 2 <= len(runs) <= 4  # without the backoff: one every tick, dozens
+    async with running_fleet(tmp_path / "p", store, agents, tables={"dev": API_TRIGGER}) as f:
+        runs = await f.finished("dev", 3, timeout=60)
+    first, second, third = runs[:3]
+    assert first.ended_at is not None and second.ended_at is not None
+    assert (second.created_at - first.ended_at).total_seconds() >= 0.95
+    assert (third.created_at - second.ended_at).total_seconds() >= 1.95
+    assert max_overlap(runs) == 1  # one run tries again, not scale of them
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
