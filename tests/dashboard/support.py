@@ -46,7 +46,9 @@ AGENTS: dict[str, dict[str, object]] = {
     "off": {"scale": 0, "command": "true"},
 }
 PROJECT = '[webhooks.open]\ntype = "generic"\nallowUnsigned = true\n'
-TABLES = {"hooked": '[[webhooks]]\nsource = "open"\n'}
+TABLES = {
+    "hooked": '[[webhooks]]\nsource = "open"\n\n[[tasks]]\nproject = "web"\nlabels = ["api"]\n'
+}
 
 
 @dataclass

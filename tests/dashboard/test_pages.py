@@ -62,6 +62,7 @@ async def test_an_agent_page(fleet: DashFleet, signed_in: Client) -> None:
     await wait_for(lambda: _done(fleet, "hooked"))
     page = (await http.get("/dashboard/agents/hooked")).text
     assert "webhooks</dt><dd" in page and "open" in page  # config: its webhook source
+    assert "task board</dt><dd" in page and "web with api" in page  # its [[tasks]] trigger
     assert 'id="runs"' in page and "b-succeeded" in page  # recent runs, with the outcome
     for action in ("trigger", "pause", "disable", "scale"):
         assert f"/dashboard/agents/hooked/{action}" in page

@@ -26,7 +26,7 @@ from corral.gateway.dashboard._runlist import (
 )
 from corral.gateway.dashboard._runpage import run_details
 from corral.gateway.dashboard._views import FIXED_VIEWS, live_view, run_html, run_record
-from corral.project import Agent
+from corral.project import Agent, TaskTrigger
 from corral.status import RUNNING_PAGE, RUNNING_PAGE_MAX, fleet_status
 
 __all__ = ["page_routes"]
@@ -197,6 +197,16 @@ def _missing(dash: Dashboard, operator: Operator, message: str) -> HTMLResponse:
     return dash.page("missing.html", operator, {"message": message}, title="Not found", status=404)
 
 
+def _board_trigger(trigger: TaskTrigger) -> str:
+    """A ``[[tasks]]`` trigger in a line: its project, labels and minimum priority."""
+    text = trigger.project or "the project's board"
+    if trigger.labels:
+        text += " with " + ", ".join(trigger.labels)
+    if trigger.min_priority > 1:
+        text += f", priority {trigger.min_priority}+"
+    return text
+
+
 def _config(agent: Agent) -> list[tuple[str, str]]:
     """What the agent page says about the agent's configuration; no secret values
     (credentials, harness environment and params by name only)."""
@@ -213,6 +223,8 @@ def _config(agent: Agent) -> list[tuple[str, str]]:
         ("runtime", f"{config.runtime.type}, network {config.runtime.network}"),
         ("schedule", config.schedule),
         ("webhooks", ", ".join(w.source for w in config.webhooks)),
+        ("task board", "; ".join(_board_trigger(t) for t in config.tasks)),
+        ("task lease", None if config.task_lease is None else f"{config.task_lease} s"),
         ("scale (config)", agent.effective_scale),
         ("queue size", config.max_work_queue_size),
         ("timeout", f"{config.timeout} s"),
