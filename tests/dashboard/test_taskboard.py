@@ -6,13 +6,14 @@ store and one claimed by a run's ``task-claim``."""
 
 from __future__ import annotations
 
-import html
 import re
 from pathlib import Path
 
 import httpx
 import pytest
+from markupsafe import escape
 
+from corral.gateway.dashboard import _taskboard
 from corral.store import Store
 from corral.store._notify import TASKS
 from corral.tasks._model import TaskSpec, TaskStatus
@@ -75,7 +76,9 @@ def columns(page: str) -> dict[str, list[str]]:
 
 
 def card(page: str, key: str) -> str:
-    match = re.search(rf'<article class="task" data-task="{re.escape(key)}">(.*?)</article>', page, re.S)
+    match = re.search(
+        rf'<article class="task" data-task="{re.escape(key)}">(.*?)</article>', page, re.S
+    )
     assert match is not None, key
     return match.group(1)
 
@@ -87,7 +90,7 @@ async def test_the_board_shows_a_column_per_status_and_escapes_titles(
     await seed(fleet.store)
     page = (await http.get("/dashboard/tasks")).text
     assert columns(page) == {
-        "open": ["ops/other-thing", "web/endpoints", "web/flaky"],
+        "open": ["web/endpoints", "ops/other-thing", "web/flaky"],  # by priority
         "claimed": ["web/schema"],
         "done": ["web/evil"],
         "failed": ["web/logo"],
@@ -95,7 +98,7 @@ async def test_the_board_shows_a_column_per_status_and_escapes_titles(
     }
     # The hostile title is text, never markup, on the board and on its page.
     assert "<script>alert" not in page and "<img src=x" not in page
-    assert html.escape(XSS, quote=False) in card(page, "web/evil")
+    assert str(escape(XSS)) in card(page, "web/evil")
     claimed = card(page, "web/schema")
     assert "p9" in claimed and ">api<" in claimed and "alice" in claimed
     assert "blocked by" not in claimed
@@ -125,7 +128,7 @@ async def test_filters_come_from_the_query_string(fleet: DashFleet, signed_in: C
     assert 'sse-connect="/dashboard/tasks/events?project=ops"' in page  # the stream too
     assert 'name="project" value="ops"' in page
     shown, _ = await board("label=api")
-    assert shown == {"open": ["ops/other-thing", "web/endpoints"], "claimed": ["web/schema"]}
+    assert shown == {"open": ["web/endpoints", "ops/other-thing"], "claimed": ["web/schema"]}
     shown, _ = await board("label=api&project=web")
     assert shown == {"open": ["web/endpoints"], "claimed": ["web/schema"]}
     shown, _ = await board("assignee=carol")
@@ -155,7 +158,7 @@ async def test_a_tasks_page_shows_its_text_dependencies_and_history(
     await seed(fleet.store)
     page = (await http.get("/dashboard/tasks/web/endpoints")).text
     assert "line one\n&lt;i&gt;line two&lt;/i&gt;" in page
-    assert "<li class=\"wrap\">&lt;b&gt;documented&lt;/b&gt;</li>" in page
+    assert '<li class="wrap">&lt;b&gt;documented&lt;/b&gt;</li>' in page
     deps = re.search(r'<dl class="config" id="task-deps">(.*?)</dl>', page, re.S)
     assert deps is not None
     assert "/dashboard/tasks/web/schema" in deps.group(1) and "b-claimed" in deps.group(1)
@@ -183,10 +186,14 @@ async def test_the_buttons_cancel_and_set_the_priority(fleet: DashFleet, signed_
     assert refused.status_code == 403  # no CSRF token: not from this dashboard's page
     assert (await fleet.store.get_task("web", "flaky")).status is TaskStatus.OPEN  # type: ignore[union-attr]
 
-    answer = await http.post("/dashboard/tasks/web/flaky/priority", data={"priority": "10"}, headers=headers)
+    answer = await http.post(
+        "/dashboard/tasks/web/flaky/priority", data={"priority": "10"}, headers=headers
+    )
     assert answer.status_code == 200 and "has priority 10" in answer.text
     for bad in ("0", "11", "high", ""):
-        wrong = await http.post("/dashboard/tasks/web/flaky/priority", data={"priority": bad}, headers=headers)
+        wrong = await http.post(
+            "/dashboard/tasks/web/flaky/priority", data={"priority": bad}, headers=headers
+        )
         assert wrong.status_code == 400 and "from 1 to 10" in wrong.text
     answer = await http.post("/dashboard/tasks/web/flaky/cancel", headers=headers)
     assert answer.status_code == 200 and "Cancelled task flaky" in answer.text
@@ -224,8 +231,16 @@ async def test_the_store_notifies_the_tasks_topic_after_each_change(store: Store
     assert await notified(store.cancel_task("web", "b"))
 
 
+@pytest.fixture
+def no_polling(monkeypatch: pytest.MonkeyPatch, fleet: DashFleet) -> None:
+    """Streams look again only on a notice: what they show came through ``tasks`` (or a
+    run's end), not through the poll for other processes' changes."""
+    monkeypatch.setattr(_taskboard, "BOARD_TICK", 3600.0)
+    fleet.dashboard.recheck = 3600.0
+
+
 async def test_the_board_stream_shows_a_claim_through_the_store(
-    fleet: DashFleet, signed_in: Client
+    fleet: DashFleet, signed_in: Client, no_polling: None
 ) -> None:
     http, _ = signed_in
     await fleet.store.add_tasks([spec("first", title=XSS, labels=("ui",)), spec("second")])
@@ -248,10 +263,12 @@ async def test_the_board_stream_shows_a_claim_through_the_store(
 
 
 async def test_the_board_stream_shows_a_claim_by_a_runs_task_claim(
-    tmp_path: Path, store: Store
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     extra = {"claimer": {"command": CLAIMER}}
+    monkeypatch.setattr(_taskboard, "BOARD_TICK", 3600.0)  # only notices wake the streams
     async with dashboard_fleet(tmp_path / "p", store, extra) as fleet:
+        fleet.dashboard.recheck = 3600.0
         async with httpx.AsyncClient(base_url=fleet.url, timeout=15) as http:
             await login(http)
             await store.add_tasks([spec("button", labels=("ui",)), spec("api", labels=("api",))])

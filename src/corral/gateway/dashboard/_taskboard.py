@@ -93,8 +93,7 @@ class BoardQuery:
         unknown = sorted(set(params) - set(_KEYS))
         if unknown:
             raise BadBoardQuery(
-                f"unknown filter {', '.join(unknown)}: the board filters by "
-                + ", ".join(_KEYS)
+                f"unknown filter {', '.join(unknown)}: the board filters by " + ", ".join(_KEYS)
             )
         return cls(**values)
 
@@ -322,7 +321,9 @@ def _pages(router: APIRouter, dash: Dashboard, board: _Board) -> None:
             query = BoardQuery.parse(request.query_params)
         except BadBoardQuery as exc:
             context = {"query": BoardQuery(), "problem": f"This board cannot be shown: {exc}."}
-            return dash.page("tasks.html", operator, context, title="Tasks", nav="tasks", status=400)
+            return dash.page(
+                "tasks.html", operator, context, title="Tasks", nav="tasks", status=400
+            )
         context = {
             "query": query,
             "problem": None,
@@ -389,7 +390,9 @@ def _posts(router: APIRouter, dash: Dashboard) -> None:
             return _flash(dash, message, ok=False, status=400)
 
         async def work() -> str:
-            task = await store.edit_task(project, task_id, actor=operator.actor, priority=int(given))
+            task = await store.edit_task(
+                project, task_id, actor=operator.actor, priority=int(given)
+            )
             return f"Task {task.id} of project {task.project} has priority {task.spec.priority}."
 
         return await _task_act(dash, work())
@@ -406,5 +409,7 @@ async def _task_act(dash: Dashboard, work: Awaitable[str]) -> HTMLResponse:
         status = 409 if "already" in str(exc) else 400
         return _flash(dash, str(exc), ok=False, status=status)
     except StoreError:
-        return _flash(dash, "The store failed; nothing was changed. Try again.", ok=False, status=503)
+        return _flash(
+            dash, "The store failed; nothing was changed. Try again.", ok=False, status=503
+        )
     return _flash(dash, done, ok=True)
