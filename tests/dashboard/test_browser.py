@@ -400,7 +400,9 @@ async def test_the_fleet_pages_chart_buttons_and_resolving(
     assert await phone.overflow() <= 0
 
 
-async def test_the_task_board_renders_and_updates_live(tab: Tab, live: DashFleet) -> None:
+async def test_the_task_board_renders_and_updates_live(
+    tab: Tab, phone: Tab, live: DashFleet
+) -> None:
     store = live.store
     hostile = "<img src=x onerror=alert(1)> fix <b>it</b>"
     await store.add_tasks(
@@ -440,3 +442,7 @@ async def test_the_task_board_renders_and_updates_live(tab: Tab, live: DashFleet
     await tab.page.wait_for_selector("#task-priority:text-is('8')")  # the page, live
     task = await store.get_task("web", "top")
     assert task is not None and task.spec.priority == 8
+    await phone.sign_in("/dashboard/tasks")  # the columns stack on a phone
+    assert await phone.overflow() <= 0
+    await phone.open("/dashboard/tasks/web/top")
+    assert await phone.overflow() <= 0
