@@ -33,6 +33,7 @@ from corral.store import (
     TriggerKind,
     open_store,
 )
+from corral.tasks._model import TaskSpec, TaskStatus
 from tests.dashboard.support import TOKEN, DashFleet, dashboard_fleet
 from tests.scheduler.helpers import wait_for
 
@@ -396,4 +397,52 @@ async def test_the_fleet_pages_chart_buttons_and_resolving(
     await phone.sign_in("/dashboard/runners")
     assert await phone.overflow() <= 0
     await phone.open("/dashboard/anomalies")
+    assert await phone.overflow() <= 0
+
+
+async def test_the_task_board_renders_and_updates_live(
+    tab: Tab, phone: Tab, live: DashFleet
+) -> None:
+    store = live.store
+    hostile = "<img src=x onerror=alert(1)> fix <b>it</b>"
+    await store.add_tasks(
+        [
+            TaskSpec(id="base", project="web", title="the base", priority=9),
+            TaskSpec(id="top", project="web", title=hostile, labels=("ui",), requires=("base",)),
+        ]
+    )
+    await tab.sign_in()
+    await tab.page.click("nav >> text=Tasks")
+    assert await tab.page.inner_text("h1") == "Tasks"
+    await tab.page.evaluate("window.stayedHere = true")
+    open_column = tab.page.locator("section.column[data-status='open']")
+    top = open_column.locator("article[data-task='web/top']")
+    assert hostile in await top.inner_text()  # shown as text, never run
+    assert "blocked by base" in await top.inner_text()
+    claimed = await store.claim_task(claimer="alice", project="web")
+    assert claimed is not None and claimed.id == "base"
+    card = tab.page.locator("section.column[data-status='claimed'] article[data-task='web/base']")
+    await card.locator("text=alice").wait_for()  # pushed live
+    await store.finish_task("web", "base", claimed.token, TaskStatus.DONE)
+    await tab.page.locator(
+        "section.column[data-status='done'] article[data-task='web/base']"
+    ).wait_for()
+    assert "blocked by" not in await top.inner_text()
+    assert await tab.page.evaluate("window.stayedHere") is True  # never reloaded
+    # Filters are a bookmark; the task's page changes the priority.
+    await tab.page.fill("#task-filter input[name=label]", "ui")
+    await tab.page.click("#task-filter button")
+    await tab.page.wait_for_url("**/dashboard/tasks?*label=ui*")
+    assert await tab.page.locator("article[data-task]").count() == 1
+    await top.locator("a.mono").click()
+    await tab.page.wait_for_url("**/dashboard/tasks/web/top")
+    await tab.page.fill("#task-actions input[name=priority]", "8")
+    await tab.page.click("#task-actions button:text-is('Set priority')")
+    await tab.page.wait_for_selector("#flash .ok:has-text('has priority 8')")
+    await tab.page.wait_for_selector("#task-priority:text-is('8')")  # the page, live
+    task = await store.get_task("web", "top")
+    assert task is not None and task.spec.priority == 8
+    await phone.sign_in("/dashboard/tasks")  # the columns stack on a phone
+    assert await phone.overflow() <= 0
+    await phone.open("/dashboard/tasks/web/top")
     assert await phone.overflow() <= 0

@@ -126,6 +126,9 @@ class Store(
         if topics and not self.changes.remote:
             self.changes.notify_many(topics)
 
+    def _notify_here(self, topic: str) -> None:
+        self.changes.notify(topic)
+
     # -- lifecycle -------------------------------------------------------------------
 
     @abstractmethod

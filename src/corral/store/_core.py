@@ -244,6 +244,11 @@ class StoreCore(ABC):
         just committed (see ``Store``)."""
 
     @abstractmethod
+    def _notify_here(self, topic: str) -> None:
+        """Wake this process's waiters of ``topic`` after a commit of this process, whether
+        or not PostgreSQL's listener is connected (a topic no trigger sends: ``tasks``)."""
+
+    @abstractmethod
     async def release_run_tasks_in(self, tx: Transaction, run_id: str) -> list[Any]:
         """Release every task claim of ``run_id`` inside ``tx`` (see ``_tasks``): each
         transaction that ends a run calls this, so a run's claims end with it."""

@@ -6,6 +6,8 @@
                    an agent or the project was resumed, enabled or given more slots
     lock:<key>     the key was released, taken or handed over while a run waits for it
     call:<id>      the call ended (answered, or its callee failed)
+    tasks          a task on the board changed (added, edited, claimed, completed,
+                   failed, released, cancelled, its claim lapsed); this process only
 
 Waiters (the dispatcher, ``rlock --wait``, ``al-subagent-wait``) wait for a topic with a
 timeout and look at the store again when woken, or when the timeout passes: a notice
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "QUEUE",
     "RUN_ENDED",
+    "TASKS",
     "ChangeOps",
     "Changes",
     "PgListener",
@@ -59,6 +62,11 @@ log = logging.getLogger("corral.store")
 QUEUE = "queue"
 #: A run executed by this process ended (the dashboard's feed); notified in-process only.
 RUN_ENDED = "run-ended"
+#: A task on the board changed (the dashboard's board). Notified in-process only, by the
+#: store right after the transaction that changed the task committed: no trigger sends it
+#: on PostgreSQL, so that claims and completions (the board's hot path) do not take
+#: NOTIFY's commit lock; other processes' changes are seen at the board's next poll.
+TASKS = "tasks"
 #: A notice for every waiter (a lock key too long for a notice's payload).
 EVERYONE = "*"
 

@@ -26,11 +26,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.store._core import Row, StoreCore, Transaction
+from corral.store._notify import TASKS
 from corral.tasks._model import (
     StaleClaim,
     Task,
@@ -43,6 +44,8 @@ from corral.tasks._model import (
 )
 
 __all__ = ["DEFAULT_LEASE", "TaskOps"]
+
+_T = TypeVar("_T")
 
 #: Fields ``edit_task`` changes.
 EDITABLE = frozenset({"title", "description", "priority", "labels", "acceptance", "requires"})
@@ -121,7 +124,7 @@ class TaskOps(StoreCore):
             await self._keep_imported_statuses(tx, added, final, actor, now)
             return added
 
-        return await self.atomic(body)
+        return await self._changing(body)
 
     async def _keep_imported_statuses(
         self,
@@ -239,7 +242,7 @@ class TaskOps(StoreCore):
             await self._event(tx, project, task_id, "edited", actor, None, detail, now)
             return self._task_from_row(self._returned(row, "update_task"))
 
-        return await self.atomic(body)
+        return await self._changing(body)
 
     async def cancel_task(self, project: str, task_id: str, actor: str | None = None) -> Task:
         """Cancel an open, claimed or failed task (a claim on it is ended: its token is
@@ -258,7 +261,7 @@ class TaskOps(StoreCore):
             await self._event(tx, project, task_id, "cancelled", actor, task.token, None, now)
             return task
 
-        return await self.atomic(body)
+        return await self._changing(body)
 
     # -- claims ---------------------------------------------------------------------------
 
@@ -294,7 +297,10 @@ class TaskOps(StoreCore):
             params["project"] = project
         if self.dialect == "postgresql":
             rows = await self.statement(name, params)
-            return self._task_from_row(rows[0]) if rows else None
+            if not rows:
+                return None
+            self._notify_here(TASKS)
+            return self._task_from_row(rows[0])
 
         async def body(tx: Transaction) -> Task | None:
             row = await tx.fetch_one(name, params)
@@ -306,7 +312,7 @@ class TaskOps(StoreCore):
             )
             return task
 
-        return await self.atomic(body)
+        return await self._changing(body)
 
     async def heartbeat_task(
         self, project: str, task_id: str, token: int, *, lease: float | None = None
@@ -406,7 +412,7 @@ class TaskOps(StoreCore):
             await self._event(tx, project, task_id, kind, actor, token, result, now)
             return task
 
-        return await self.atomic(body)
+        return await self._changing(body)
 
     async def release_stalled_tasks(self) -> list[Task]:
         """Claims whose lease lapsed go back to open, each recorded as "stalled"."""
@@ -420,7 +426,7 @@ class TaskOps(StoreCore):
         async def body(tx: Transaction) -> list[Task]:
             return await self.release_run_tasks_in(tx, run_id)
 
-        return await self.atomic(body)
+        return await self._changing(body)
 
     async def release_run_tasks_in(self, tx: Transaction, run_id: str) -> list[Task]:
         now = self.encode_time(self.now())
@@ -440,7 +446,7 @@ class TaskOps(StoreCore):
                 await self._event(tx, task.project, task.id, kind, None, task.token, None, now)
             return tasks
 
-        return await self.atomic(body)
+        return await self._changing(body)
 
     async def claimed_tasks_of_run(self, run_id: str, task_id: str) -> list[Task]:
         """The tasks of id ``task_id`` that ``run_id`` holds a claim on (one per project):
@@ -512,6 +518,15 @@ class TaskOps(StoreCore):
         return [row["task_id"] for row in rows]
 
     # -- helpers --------------------------------------------------------------------------
+
+    async def _changing(self, body: Callable[[Transaction], Awaitable[_T]]) -> _T:
+        """``atomic(body)`` for a body that changes tasks: once it committed, and if it
+        changed any (it returned a task or a non-empty list), this process's watchers of
+        the board (topic ``tasks``) are woken to look again."""
+        changed = await self.atomic(body)
+        if changed:
+            self._notify_here(TASKS)
+        return changed
 
     def _task_from_row(self, row: Row) -> Task:
         spec = TaskSpec(

@@ -95,6 +95,11 @@ class Feed:
             return self._current
         return await self._build(self._version)
 
+    def finished(self) -> bool:
+        """True once the scheduler has drained and no run of this process is left: the
+        streams that do not read snapshots (the task board's) end then too."""
+        return self.closed or self._finished()
+
     def poke(self) -> None:
         """Something changed here (an operator action): look now, not at the next poll."""
         self._poke.set()
