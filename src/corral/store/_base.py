@@ -54,6 +54,7 @@ from corral.store._control import ControlOps
 from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
 from corral.store._fleet import FleetOps
 from corral.store._fleet_runs import FleetRunOps
+from corral.store._fleetscale import FleetScaleOps
 from corral.store._leases import LeaseOps
 from corral.store._locks import LockOps
 from corral.store._metrics import MetricsOps
@@ -95,6 +96,7 @@ _GONE = Failed(asyncio.CancelledError())
 class Store(
     TaskOps,
     PoolOps,
+    FleetScaleOps,
     FleetRunOps,
     LeaseOps,
     CallOps,
