@@ -475,8 +475,6 @@ class HooksConfig(_Model):
     post: Strings = ()
 
 
-
-
 class ScaleConfig(_Model):
     """``[scale]`` in an agent's config.toml: a pool that a policy sizes between min and
     max (corral.autoscale; docs/scaling.md). ``scale = N`` is a fixed pool of N."""

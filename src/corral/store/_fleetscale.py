@@ -6,7 +6,9 @@ decision log (0022) under the name ``FLEET``."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 from corral.store._core import StoreCore
 
@@ -138,3 +140,30 @@ class FleetScaleOps(StoreCore):
             for row in rows
         ]
         return [m for m in members if m.live] if live_only else members
+
+    async def record_fleet_decision(
+        self,
+        owner: str,
+        *,
+        size: int,
+        desired: int,
+        policy: str,
+        reason: str,
+        inputs: Mapping[str, Any],
+    ) -> None:
+        """Record one fleet autoscaler decision (runners ``size`` -> ``desired``) in the
+        pool decision log, under ``FLEET``."""
+        direction = "grow" if desired > size else "shrink" if desired < size else "hold"
+        params = {
+            "agent": FLEET,
+            "decided_at": self.encode_time(self.now()),
+            "scheduler_id": owner,
+            "policy": policy,
+            "size": max(size, 0),
+            "desired": max(desired, 0),
+            "direction": direction,
+            "reason": reason,
+            "inputs": self.encode_json(dict(inputs)),
+        }
+        async with self.transaction() as tx:
+            await tx.execute("insert_pool_decision", params)
