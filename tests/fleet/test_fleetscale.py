@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from corral.project import load_project
 from corral.errors import ConfigError
+from corral.project import load_project
 from corral.store import FLEET, RunState, open_store
 from tests.fleet.fleetkit import Plane, clean_env, control_plane, wait_for
 from tests.scheduler.helpers import write_project
@@ -127,9 +127,7 @@ def test_the_local_fleet_grows_for_a_queue_and_shrinks_without_stopping_a_busy_r
         _trigger(plane, "long", 1)
         _trigger(plane, "quick", 4)
         # the queue grows the fleet to max (3), never past it
-        wait_for(
-            lambda: sum(m.state == "active" for m in _read(store_url)["members"]) >= 3, 90
-        )
+        wait_for(lambda: sum(m.state == "active" for m in _read(store_url)["members"]) >= 3, 90)
         grown = time.monotonic() - burst
 
         def quick_done() -> bool:
@@ -225,9 +223,7 @@ def test_the_command_provider_runs_the_scripts_and_retries_a_failed_start(
 
         def done() -> dict[str, Any] | None:
             seen = _read(store_url)
-            ok = len(seen["runs"]) == 2 and all(
-                r.state is RunState.SUCCEEDED for r in seen["runs"]
-            )
+            ok = len(seen["runs"]) == 2 and all(r.state is RunState.SUCCEEDED for r in seen["runs"])
             return seen if ok else None
 
         wait_for(done, 120)
@@ -241,9 +237,7 @@ def test_the_command_provider_runs_the_scripts_and_retries_a_failed_start(
     assert served.handle is not None and served.handle.startswith("vm-")
     assert {r.runner_id for r in seen["runs"]} == {served.runner_id}
     # the start script got the URL, a fresh single-use token and the name
-    env = dict(
-        line.split("=", 1) for line in (out / f"env-{served.name}").read_text().splitlines()
-    )
+    env = dict(line.split("=", 1) for line in (out / f"env-{served.name}").read_text().splitlines())
     assert env["CORRAL_URL"] == plane.url
     assert env["CORRAL_RUNNER_TOKEN"].startswith("cft_")
     assert env["CORRAL_RUNNER_NAME"] == served.name
@@ -260,7 +254,7 @@ def test_the_command_provider_runs_the_scripts_and_retries_a_failed_start(
     )
     assert stopped["CORRAL_RUNNER_HANDLE"] == served.handle
     assert stopped["CORRAL_RUNNER_ID"] == served.runner_id
-    failures = [d for d in seen["decisions"] if "failed" in d.reason]
+    failures = [d for d in seen["decisions"] if "error" in d.inputs]
     assert len(failures) == 2 and "exited with 7" in failures[0].inputs["error"]
     pid = int(served.handle.removeprefix("vm-"))
     wait_for(lambda: not _pid_alive(pid), 30)

@@ -32,7 +32,7 @@ import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from corral.autoscale import Autoscaler, Instance, Limits, Observation, Settings
@@ -46,7 +46,7 @@ from corral.scheduler.fleet_providers import (
     ProviderError,
     StartSpec,
 )
-from corral.store import FleetMember, RunnerState, Store
+from corral.store import FleetMember, Runner, RunnerState, Store
 
 __all__ = ["ACTOR", "FleetScaler", "fleet_settings", "served_agents"]
 
@@ -98,9 +98,12 @@ class _State:
     recorded: float
     recovered: bool = False
     failures: int = 0
+    #: The (runners, desired) of the last decision recorded.
+    last: tuple[int, int] = (-1, -1)
     retry_at: float = 0.0
     starting: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: set[str] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class FleetScaler:
@@ -193,6 +196,7 @@ class FleetScaler:
                 recovered=state.recovered if state else False,
                 starting=state.starting if state else {},
                 stopping=state.stopping if state else set(),
+                tasks=state.tasks if state else set(),
             )
             self._state = state
         if not state.recovered:
@@ -227,133 +231,45 @@ class FleetScaler:
             await self.store.revoke_fleet_token(member.token_id, actor=ACTOR)
 
     async def _decide(self, state: _State, config: FleetAutoscaleConfig, now: float) -> None:
-        project = self.project()
-        members = await self.store.fleet_members(live_only=True)
         runners = await self.store.list_runners()
-        queued_by_agent, busy_by_runner = await self.store.fleet_demand()
-        by_token = {r.token_id: r for r in runners if r.token_id is not None}
-        by_id = {r.id: r for r in runners}
+        queued_by_agent, busy = await self.store.fleet_demand()
         wall = self.store.now()
         notes: list[str] = []
-
-        # joins, timeouts, runners gone
-        live: list[FleetMember] = []
-        for m in members:
-            if m.name in state.starting or m.name in state.stopping:
-                live.append(m)
-                continue
-            if m.state == "starting":
-                joined = by_token.get(m.token_id or "")
-                if joined is not None:
-                    await self.store.update_fleet_member(
-                        m.name, state="active", runner_id=joined.id
-                    )
-                    m = _with(m, state="active", runner_id=joined.id)
-                elif (wall - m.started_at).total_seconds() > config.join_timeout or (
-                    state.provider.alive(m.name, m.handle) is False and m.handle is not None
-                ):
-                    why = f"did not join within {config.join_timeout} s"
-                    await self._fail(state, m, why, now)
-                    notes.append(f"{m.name} {why}")
-                    continue
-            elif m.runner_id is not None:
-                runner = by_id.get(m.runner_id)
-                if runner is None or runner.state is RunnerState.REVOKED:
-                    await self.store.update_fleet_member(
-                        m.name, state="stopped", detail="its runner was revoked"
-                    )
-                    await self._stop_quietly(state, m)
-                    continue
-                if m.host == self.host and state.provider.alive(m.name, m.handle) is False:
-                    await self._close(m, "failed", "its runner process exited")
-                    notes.append(f"{m.name}'s process exited")
-                    continue
-            live.append(m)
-
-        # stop the draining runners that have no run left
-        for m in live:
-            if m.state == "draining" and m.name not in state.stopping:
-                if m.runner_id is None or busy_by_runner.get(m.runner_id, 0) == 0:
-                    state.stopping.add(m.name)
-                    asyncio.create_task(self._stop(state, m))  # noqa: RUF006 (kept in stopping)
-
+        live = await self._reconcile(state, config, runners, wall, now, notes)
+        self._stop_drained(state, live, busy)
         spr = config.slots_per_runner
-        agents = served_agents(project, config.labels)
-        queued = sum(queued_by_agent.get(a, 0) for a in agents)
+        queued = sum(
+            queued_by_agent.get(a, 0) for a in served_agents(self.project(), config.labels)
+        )
         serving = [m for m in live if m.state in ("starting", "active")]
-        instances: list[Instance] = []
-        busy_slots = 0
-        for m in serving:
-            started = now - (wall - m.started_at).total_seconds()
-            if m.state == "starting" or m.runner_id is None:
-                instances += [Instance(f"{m.name}/{i}", "warming", started) for i in range(spr)]
-                continue
-            busy = min(busy_by_runner.get(m.runner_id, 0), spr)
-            busy_slots += busy
-            instances += [
-                Instance(f"{m.name}/{i}", "busy" if i < busy else "idle", started)
-                for i in range(spr)
-            ]
+        instances, busy_slots = _instances(serving, busy, spr, wall, now)
+        mine = {m.runner_id for m in live} | {m.token_id for m in live}
         others = [
             r
             for r in runners
-            if r.state is not RunnerState.REVOKED
-            and r.id not in {m.runner_id for m in live}
-            and r.token_id not in {m.token_id for m in live}
+            if r.state is not RunnerState.REVOKED and r.id not in mine and r.token_id not in mine
         ]
-        cap_runners = None
-        if project.config.max_runners is not None:
-            cap_runners = max(project.config.max_runners - len(others), 0)
-        slots_cap = None if cap_runners is None else cap_runners * spr
-        if project.config.scale is not None:
-            slots_cap = min(
-                slots_cap if slots_cap is not None else project.config.scale, project.config.scale
+        cap_runners, slots_cap = self._caps(len(others), spr)
+        decision = state.scaler.decide(
+            Observation(
+                now=now, queued=queued, instances=tuple(instances), limits=Limits(slots=slots_cap)
             )
-        observation = Observation(
-            now=now,
-            queued=queued,
-            instances=tuple(instances),
-            limits=Limits(slots=slots_cap),
         )
-        decision = state.scaler.decide(observation)
         size = len(serving)
-        desired = math.ceil(decision.desired / spr)
-        desired = max(min(desired, config.max), min(config.min, config.max))
+        desired = max(min(math.ceil(decision.desired / spr), config.max), config.min)
         if cap_runners is not None:
             desired = min(desired, cap_runners)
-        started_names: list[str] = []
+        started: list[str] = []
         drained: list[str] = []
         waiting = now < state.retry_at
         if desired > size and not waiting:
-            url = config.url or self.url()
-            if url is None:
-                notes.append("no URL for runners to join at; set [fleet.autoscale] url")
-            else:
-                for _ in range(desired - size):
-                    started_names.append(await self._start(state, config, url))
+            started = await self._grow(state, config, desired - size, notes)
         elif desired < size:
-            idle = [
-                m
-                for m in serving
-                if m.state == "active"
-                and m.runner_id is not None
-                and busy_by_runner.get(m.runner_id, 0) == 0
-            ]
-            idle.sort(key=lambda m: (m.started_at, m.name))
-            for m in idle[: size - desired]:
-                try:
-                    await self.store.set_runner_state(
-                        m.runner_id or "", RunnerState.DRAINING, actor=ACTOR
-                    )
-                except StoreError as exc:
-                    notes.append(f"could not drain {m.name}: {exc}")
-                    continue
-                await self.store.update_fleet_member(m.name, state="draining")
-                drained.append(m.name)
+            drained = await self._drain(serving, busy, size - desired, notes)
         reason = decision.reason
         if waiting and desired > size:
             reason += f"; start retried in {state.retry_at - now:.0f} s (last start failed)"
-        if drained and len(drained) < size - desired:
+        if len(drained) < size - desired:
             reason += f"; {size - desired - len(drained)} busy runner(s) kept"
         inputs: dict[str, Any] = dict(decision.inputs)
         inputs.update(
@@ -366,21 +282,12 @@ class FleetScaler:
             other_runners=len(others),
             provider=config.provider,
         )
-        if started_names:
-            inputs["started"] = ",".join(started_names)
-        if drained:
-            inputs["drained"] = ",".join(drained)
-        if notes:
-            inputs["notes"] = "; ".join(notes)
-        changed = bool(started_names or drained or notes) or desired != size
-        self.last = {
-            "runners": float(size),
-            "desired": float(desired),
-            "busy_slots": float(busy_slots),
-            "slots": float(size * spr),
-            "queued": float(queued),
-            "draining": float(inputs["draining"]),
-        }
+        for key, names in (("started", started), ("drained", drained), ("notes", notes)):
+            if names:
+                inputs[key] = "; ".join(names)
+        self.last = {k: float(inputs[k]) for k in ("runners", "busy_slots", "slots", "queued")}
+        self.last["desired"] = float(desired)
+        changed = bool(started or drained or notes) or (size, desired) != state.last
         if changed or now - state.recorded >= self.hold_every:
             await self.store.record_fleet_decision(
                 self.owner(),
@@ -391,7 +298,8 @@ class FleetScaler:
                 inputs=inputs,
             )
             state.recorded = now
-        if started_names or drained:
+            state.last = (size, desired)
+        if started or drained:
             log.info(
                 "fleet: %d -> %d runners (%s)",
                 size,
@@ -399,6 +307,104 @@ class FleetScaler:
                 reason,
                 extra={"action": "fleet_resized"},
             )
+
+    def _stop_drained(self, state: _State, live: list[FleetMember], busy: dict[str, int]) -> None:
+        """Stop the draining runners this reading shows with no live run."""
+        for m in live:
+            if m.state == "draining" and m.name not in state.stopping:
+                if m.runner_id is None or busy.get(m.runner_id, 0) == 0:
+                    state.stopping.add(m.name)
+                    task = asyncio.create_task(self._stop(state, m))
+                    state.tasks.add(task)
+                    task.add_done_callback(state.tasks.discard)
+
+    def _caps(self, others: int, spr: int) -> tuple[int | None, int | None]:
+        """The most runners ``maxRunners`` leaves this autoscaler (others count), and
+        the most slots that and the project's ``scale`` cap allow."""
+        config = self.project().config
+        cap_runners = None
+        if config.max_runners is not None:
+            cap_runners = max(config.max_runners - others, 0)
+        slots_cap = None if cap_runners is None else cap_runners * spr
+        if config.scale is not None:
+            slots_cap = config.scale if slots_cap is None else min(slots_cap, config.scale)
+        return cap_runners, slots_cap
+
+    async def _reconcile(
+        self,
+        state: _State,
+        config: FleetAutoscaleConfig,
+        runners: list[Runner],
+        wall: datetime,
+        now: float,
+        notes: list[str],
+    ) -> list[FleetMember]:
+        """The live members after this reading: joins recorded, runners that did not
+        join in time failed, runners revoked or whose process exited closed."""
+        by_token = {r.token_id: r for r in runners if r.token_id is not None}
+        by_id = {r.id: r for r in runners}
+        live: list[FleetMember] = []
+        for m in await self.store.fleet_members(live_only=True):
+            if m.name in state.starting or m.name in state.stopping:
+                live.append(m)
+            elif m.state == "starting":
+                joined = by_token.get(m.token_id or "")
+                if joined is not None:
+                    await self.store.update_fleet_member(
+                        m.name, state="active", runner_id=joined.id
+                    )
+                    live.append(replace(m, state="active", runner_id=joined.id))
+                elif (wall - m.started_at).total_seconds() > config.join_timeout:
+                    why = f"did not join within {config.join_timeout} s"
+                    await self._fail(state, m, why, now)
+                    notes.append(f"{m.name} {why}")
+                else:
+                    live.append(m)
+            elif m.runner_id is not None and (
+                (runner := by_id.get(m.runner_id)) is None or runner.state is RunnerState.REVOKED
+            ):
+                await self.store.update_fleet_member(
+                    m.name, state="stopped", detail="its runner was revoked"
+                )
+                await self._stop_quietly(state, m)
+            elif m.host == self.host and state.provider.alive(m.name, m.handle) is False:
+                await self._close(m, "failed", "its runner process exited")
+                notes.append(f"{m.name}'s process exited")
+            else:
+                live.append(m)
+        return live
+
+    async def _grow(
+        self, state: _State, config: FleetAutoscaleConfig, count: int, notes: list[str]
+    ) -> list[str]:
+        url = config.url or self.url()
+        if url is None:
+            notes.append("no URL for runners to join at; set [fleet.autoscale] url")
+            return []
+        return [await self._start(state, config, url) for _ in range(count)]
+
+    async def _drain(
+        self, serving: list[FleetMember], busy: dict[str, int], count: int, notes: list[str]
+    ) -> list[str]:
+        """Drain up to ``count`` idle runners, oldest first; their names."""
+        idle = [
+            m
+            for m in serving
+            if m.state == "active" and m.runner_id is not None and busy.get(m.runner_id, 0) == 0
+        ]
+        idle.sort(key=lambda m: (m.started_at, m.name))
+        drained = []
+        for m in idle[:count]:
+            try:
+                await self.store.set_runner_state(
+                    m.runner_id or "", RunnerState.DRAINING, actor=ACTOR
+                )
+            except StoreError as exc:
+                notes.append(f"could not drain {m.name}: {exc}")
+                continue
+            await self.store.update_fleet_member(m.name, state="draining")
+            drained.append(m.name)
+        return drained
 
     async def _start(self, state: _State, config: FleetAutoscaleConfig, url: str) -> str:
         name = f"auto-{secrets.token_hex(4)}"
@@ -488,5 +494,21 @@ class FleetScaler:
             state.stopping.discard(member.name)
 
 
-def _with(member: FleetMember, **changes: Any) -> FleetMember:
-    return replace(member, **changes)
+def _instances(
+    serving: list[FleetMember], busy: dict[str, int], spr: int, wall: datetime, now: float
+) -> tuple[list[Instance], int]:
+    """The serving runners as the policy reads them, in slots: a starting runner's
+    slots warming, an active one's busy (its live runs) or idle; and the busy slots."""
+    instances: list[Instance] = []
+    busy_slots = 0
+    for m in serving:
+        started = now - (wall - m.started_at).total_seconds()
+        if m.state == "starting" or m.runner_id is None:
+            instances += [Instance(f"{m.name}/{i}", "warming", started) for i in range(spr)]
+            continue
+        n = min(busy.get(m.runner_id, 0), spr)
+        busy_slots += n
+        instances += [
+            Instance(f"{m.name}/{i}", "busy" if i < n else "idle", started) for i in range(spr)
+        ]
+    return instances, busy_slots
