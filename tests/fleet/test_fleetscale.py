@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from corral.errors import ConfigError
 from corral.project import load_project
 from corral.store import FLEET, RunState, open_store
 from tests.fleet.fleetkit import Plane, clean_env, control_plane, wait_for
+from tests.gateway.test_metrics import parse, value
 from tests.scheduler.helpers import write_project
 
 pytestmark = pytest.mark.slow
@@ -148,7 +150,17 @@ def test_the_local_fleet_grows_for_a_queue_and_shrinks_without_stopping_a_busy_r
             90,
         )
         last = _read(store_url)
-        (plane_log,) = [plane.process.output()]
+        plane_log = plane.process.output()
+        scraped = httpx.get(
+            f"{plane.url}/metrics",
+            headers={"Authorization": f"Bearer {plane.operator}"},
+            timeout=30,
+        )
+    assert scraped.status_code == 200, scraped.text
+    samples = parse(scraped.text)
+    assert value(samples, "corral_fleet_scale_runners", state="stopped") == 3
+    assert value(samples, "corral_fleet_scale_runners", state="active") == 0
+    assert value(samples, "corral_fleet_scale_desired") == 0
     assert w.most <= 3, w.most
     assert not w.violations, w.violations
     assert [r.state for r in last["runs"]] == [RunState.SUCCEEDED] * 5, plane_log[-3000:]
