@@ -11,7 +11,10 @@ and retried, the control plane carrying on."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -292,3 +295,54 @@ def test_a_bad_fleet_autoscale_table_is_refused_naming_where(
     text = str(caught.value)
     assert re.search(r"config\.toml:\d+: 'fleet\.autoscale", text), text
     assert found in text, text
+
+
+def test_local_runners_are_found_again_after_a_restart_and_dead_ones_closed(
+    tmp_path: Path, store_url: str
+) -> None:
+    """`corral start` stops; its two runners go on. One dies meanwhile: the next `corral
+    start` keeps the live one (no new runner for it), records the dead one as failed
+    and revokes it, and starts one in its place (min = 2)."""
+    root = tmp_path / "project"
+    _project(
+        root,
+        '[fleet.autoscale]\nprovider = "local"\nmin = 2\nmax = 2\nlabels = ["auto"]\n'
+        "stabilization = 0\n",
+    )
+    port = _free_port()  # the runners go on reaching the same address
+    try:
+        with control_plane(root, store_url, tmp_path / "cp1.log", "--port", str(port)):
+            first = wait_for(lambda: _when(store_url, lambda m: m.state == "active", 2), 90)
+        before = {m.name: m for m in first["members"]}
+        assert len(before) == 2
+        survivor, dead = sorted(before.values(), key=lambda m: m.name)
+        assert _pid_alive(int(survivor.handle or 0)) and _pid_alive(int(dead.handle or 0))
+        os.kill(int(dead.handle or 0), signal.SIGKILL)
+        wait_for(lambda: not _pid_alive(int(dead.handle or 0)), 30)
+        with control_plane(root, store_url, tmp_path / "cp2.log", "--port", str(port)):
+            after = wait_for(lambda: _when(store_url, lambda m: m.state == "active", 2), 90)
+            assert len(after["members"]) == 3, after["members"]
+        states = {m.name: m for m in after["members"]}
+        assert states[survivor.name].state == "active"
+        assert states[survivor.name].handle == survivor.handle  # the same process
+        assert states[dead.name].state == "failed"
+        assert "gone after a restart" in (states[dead.name].detail or "")
+        revoked = {r.id for r in after["runners"] if r.state.value == "revoked"}
+        assert dead.runner_id in revoked and survivor.runner_id not in revoked
+    finally:
+        for m in _read(store_url)["members"]:  # only the runner processes this test made
+            if m.handle and m.handle.isdigit() and str(root).encode() in _cmdline(int(m.handle)):
+                os.kill(int(m.handle), signal.SIGTERM)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

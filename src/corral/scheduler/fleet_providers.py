@@ -173,6 +173,8 @@ class LocalProvider:
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(5)
+        if not self.alive(name, handle):  # its state goes with it (the runner was revoked)
+            shutil.rmtree(self.home(name), ignore_errors=True)
 
 
 def _pid(handle: str | None) -> int | None:

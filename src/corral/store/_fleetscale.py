@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from corral.store._core import StoreCore
+from corral.store._time import require_aware
 
 __all__ = ["FLEET", "MEMBER_STATES", "FleetMember", "FleetScaleOps"]
 
@@ -167,3 +168,9 @@ class FleetScaleOps(StoreCore):
         }
         async with self.transaction() as tx:
             await tx.execute("insert_pool_decision", params)
+
+    async def prune_fleet_members(self, older_than: datetime) -> int:
+        """Forget the members that ended (stopped or failed) before ``older_than``."""
+        params = {"older_than": self.encode_time(require_aware(older_than, "older_than"))}
+        async with self.transaction() as tx:
+            return await tx.execute("prune_fleet_members", params)

@@ -936,3 +936,8 @@ WHERE name = :name
 
 -- name: list_fleet_members
 SELECT * FROM corral_fleet_members ORDER BY started_at, name
+
+-- name: prune_fleet_members
+-- Runners the fleet autoscaler started that ended (stopped or failed) before :older_than.
+DELETE FROM corral_fleet_members
+WHERE state IN ('stopped', 'failed') AND ended_at < :older_than
