@@ -313,6 +313,9 @@ def test_local_runners_are_found_again_after_a_restart_and_dead_ones_closed(
     try:
         with control_plane(root, store_url, tmp_path / "cp1.log", "--port", str(port)):
             first = wait_for(lambda: _when(store_url, lambda m: m.state == "active", 2), 90)
+            # both runner processes are up: they heartbeat (a runner that cannot reach
+            # its control plane when it starts gives up; one that is running waits)
+            wait_for(lambda: _heartbeating(store_url) >= 2, 60)
         before = {m.name: m for m in first["members"]}
         assert len(before) == 2
         survivor, dead = sorted(before.values(), key=lambda m: m.name)
@@ -320,8 +323,16 @@ def test_local_runners_are_found_again_after_a_restart_and_dead_ones_closed(
         os.kill(int(dead.handle or 0), signal.SIGKILL)
         wait_for(lambda: not _pid_alive(int(dead.handle or 0)), 30)
         with control_plane(root, store_url, tmp_path / "cp2.log", "--port", str(port)):
-            after = wait_for(lambda: _when(store_url, lambda m: m.state == "active", 2), 90)
-            assert len(after["members"]) == 3, after["members"]
+            after = wait_for(
+                lambda: (
+                    _when(store_url, lambda m: m.state == "failed", 1)
+                    and _when(store_url, lambda m: m.state == "active", 2)
+                ),
+                90,
+            )
+            assert len(after["members"]) == 3, [
+                (m.name, m.state, m.detail) for m in after["members"]
+            ]
         states = {m.name: m for m in after["members"]}
         assert states[survivor.name].state == "active"
         assert states[survivor.name].handle == survivor.handle  # the same process
@@ -333,6 +344,12 @@ def test_local_runners_are_found_again_after_a_restart_and_dead_ones_closed(
         for m in _read(store_url)["members"]:  # only the runner processes this test made
             if m.handle and m.handle.isdigit() and str(root).encode() in _cmdline(int(m.handle)):
                 os.kill(int(m.handle), signal.SIGTERM)
+
+
+def _heartbeating(store_url: str) -> int:
+    """Runners that have heartbeat since they joined."""
+    seen = _read(store_url)
+    return sum(1 for r in seen["runners"] if r.last_heartbeat_at > r.joined_at)
 
 
 def _cmdline(pid: int) -> bytes:
