@@ -66,3 +66,30 @@ async def test_pools_and_their_log(
 
     unknown = corral("pools", "log", "nosuch", cwd=project.root, env=env)
     assert unknown.returncode != 0 and "nosuch" in unknown.stderr
+
+
+async def test_scale_log_is_pools_log_and_scale_log_n_still_scales(
+    corral: Corral, tmp_path: Path, store: Store, store_url: str
+) -> None:
+    """`corral scale log [AGENT]` lists the decisions (the fleet's under :fleet);
+    `corral scale log 2` scales an agent named `log`, as it always did."""
+    project = write_project(
+        tmp_path / "p", {"burst": {"command": "true"}, "log": {"scale": 1, "command": "true"}}
+    )
+    await sync_config(store, project)
+    env = {"CORRAL_STATE_URL": store_url}
+    await store.record_fleet_decision(
+        "sched-1", size=0, desired=2, policy="reactive", reason="queue of 3", inputs={"queued": 3}
+    )
+    listed = corral("scale", "log", "--json", cwd=project.root, env=env)
+    assert listed.returncode == 0, listed.stderr
+    (decision,) = json.loads(listed.stdout)
+    assert (decision["agent"], decision["direction"], decision["to"]) == (":fleet", "grow", 2)
+    fleet = corral("scale", "log", ":fleet", cwd=project.root, env=env)
+    assert fleet.returncode == 0 and "queue of 3" in fleet.stdout, fleet.stderr
+    none = corral("scale", "log", "burst", cwd=project.root, env=env)
+    assert none.returncode == 0 and "no decisions recorded for burst" in none.stdout
+    scaled = corral("scale", "log", "2", cwd=project.root, env=env)
+    assert scaled.returncode == 0, scaled.stderr
+    assert "agent log now runs at most 2 at once" in scaled.stdout
+    assert "scale = 2" in (project.root / "agents" / "log" / "config.toml").read_text()

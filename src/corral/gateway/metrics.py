@@ -47,6 +47,7 @@ from corral.engine import fleet
 from corral.engine.fleet import version_key
 from corral.project import Project
 from corral.store import (
+    FLEET,
     AgentState,
     AnomalyKind,
     ItemState,
@@ -55,6 +56,7 @@ from corral.store import (
     RunnerState,
     Store,
 )
+from corral.store._fleetscale import MEMBER_STATES
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -203,6 +205,25 @@ class _FleetGauges(Collector):
             value=self.metrics.bundle_skew[1],
         )
         yield from (runners, ratio, anomalies, behind, stale, stale_runs)
+        scale = self.metrics.fleet_scale
+        if scale is None:
+            return  # no [fleet.autoscale], and nothing it started
+        members = GaugeMetricFamily(
+            "corral_fleet_scale_runners",
+            "Runners the fleet autoscaler started, by state (starting, active, draining, "
+            "stopped, failed; stopped and failed within the history kept)",
+            labels=["state"],
+        )
+        for state, count in scale["members"].items():
+            members.add_metric([state], count)
+        yield members
+        for key, help_text in (
+            ("desired", "The runners the fleet autoscaler's last decision wanted"),
+            ("busy_slots", "Busy slots of its runners at its last decision"),
+            ("slots", "Slots of its runners (starting and active) at its last decision"),
+            ("queued", "Runs waiting for a runner with its labels at its last decision"),
+        ):
+            yield GaugeMetricFamily(f"corral_fleet_scale_{key}", help_text, value=scale[key])
 
 
 class FleetMetrics:
@@ -219,6 +240,8 @@ class FleetMetrics:
         self.store = store
         self.project = project
         self.runner_states: dict[str, int] = {}
+        #: The fleet autoscaler's members by state and its last decision's figures.
+        self.fleet_scale: dict[str, Any] | None = None
         self.online_ratio = 1.0
         self.anomalies: dict[str, int] = {kind.value: 0 for kind in AnomalyKind}
         self.runners_behind = 0
@@ -336,7 +359,27 @@ class FleetMetrics:
                 self.pool_decisions.labels(decision.agent, decision.direction).inc()
         self._last_decision = max([last or 0, *(d.id for d in recent)])
 
+    async def _refresh_fleet_scale(self) -> None:
+        members = await self.store.fleet_members()
+        configured = self.project is not None and self.project().config.fleet.autoscale
+        if not members and not configured:
+            self.fleet_scale = None
+            return
+        counts = dict.fromkeys(MEMBER_STATES, 0)
+        for member in members:
+            counts[member.state] = counts.get(member.state, 0) + 1
+        last = await self.store.pool_decisions(FLEET, limit=1)
+        inputs = last[0].inputs if last else {}
+        self.fleet_scale = {
+            "members": counts,
+            "desired": float(last[0].desired) if last else 0.0,
+            "busy_slots": float(inputs.get("busy_slots") or 0),
+            "slots": float(inputs.get("slots") or 0),
+            "queued": float(inputs.get("queued") or 0),
+        }
+
     async def _refresh_fleet(self) -> None:
+        await self._refresh_fleet_scale()
         settings = fleet.fleet_settings(self.project()) if self.project else fleet.FleetSettings()
         await fleet.check_offline(self.store, settings)
         now = self.store.now()

@@ -37,6 +37,7 @@ __all__ = [
     "SOURCE_DEFAULTS",
     "AgentBudget",
     "AgentConfig",
+    "FleetAutoscaleConfig",
     "FleetConfig",
     "GatewayConfig",
     "HarnessConfig",
@@ -312,6 +313,81 @@ class HarnessConfig(_Model):
     env: Mapping[str, StrictStr] = Field(default_factory=dict)
 
 
+def _fraction(value: Any) -> float:
+    """A utilisation: a number above 0 and at most 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _checks.problem(
+            "must be a utilisation between 0 and 1, such as 0.7; found "
+            + _checks.describe_value(value)
+        )
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise _checks.problem(f"must be above 0 and at most 1, such as 0.7; found {value!r}")
+    return float(value)
+
+
+Fraction = Annotated[float, BeforeValidator(_fraction)]
+
+
+class FleetAutoscaleConfig(_Model):
+    """``[fleet.autoscale]``: the runner fleet grown and shrunk by a provider (docs/scaling.md,
+    "Scaling the runner fleet"). ``min`` and ``max`` count runners; utilisation is busy
+    slots over all slots of the runners it started, and the queue is the runs waiting for
+    a runner that has its ``labels``."""
+
+    provider: Literal["local", "command"]
+    min: StrictInt = Field(0, ge=0)
+    max: StrictInt = Field(ge=1, le=1000)
+    policy: Literal["fixed", "reactive", "predictive"] = "reactive"
+    target: Fraction = 0.6
+    scale_up: Fraction = 0.7
+    scale_down: Fraction = 0.2
+    #: Seconds fewer runners must be wanted before one is drained.
+    stabilization: StrictInt = Field(300, ge=0, le=86_400)
+    window: StrictInt = Field(300, ge=15, le=86_400)
+    slots_per_runner: StrictInt = Field(1, ge=1, le=1024)
+    labels: Strings = ()
+    #: Seconds a started runner has to join before it is recorded as failed and stopped.
+    join_timeout: StrictInt = Field(120, ge=1, le=3600)
+    #: ``command`` provider: the scripts that start and stop a runner host.
+    start: Annotated[str | tuple[str, ...] | None, BeforeValidator(_checks.command)] = None
+    stop: Annotated[str | tuple[str, ...] | None, BeforeValidator(_checks.command)] = None
+    #: Seconds a start or stop script may take before it is killed.
+    command_timeout: StrictInt = Field(300, ge=1, le=3600)
+    #: The URL runners reach the control plane at (default: the gateway's own URL).
+    url: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FleetAutoscaleConfig:
+        if self.min > self.max:
+            raise _checks.problem(
+                f"has min = {self.min} above max = {self.max}: the fleet's size runs from "
+                "min to max runners; lower min or raise max"
+            )
+        if not self.scale_down < self.target <= self.scale_up:
+            raise _checks.problem(
+                f"needs scaleDown < target <= scaleUp; found scaleDown = {self.scale_down:g}, "
+                f"target = {self.target:g}, scaleUp = {self.scale_up:g} (the defaults are "
+                "0.2, 0.6 and 0.7)"
+            )
+        if self.policy == "fixed" and self.min != self.max:
+            raise _checks.problem(
+                f'has policy = "fixed" with min = {self.min} and max = {self.max}: a fixed '
+                "fleet has one size; set min = max"
+            )
+        if self.provider == "command" and (self.start is None or self.stop is None):
+            missing = " and ".join(k for k in ("start", "stop") if getattr(self, k) is None)
+            raise _checks.problem(
+                f'has provider = "command" without {missing}: give the commands that start '
+                'and stop a runner host, e.g. start = ["./start-runner.sh"]'
+            )
+        if self.provider == "local" and (self.start is not None or self.stop is not None):
+            raise _checks.problem(
+                'has start or stop with provider = "local": the local provider starts '
+                'runner processes itself; remove them or set provider = "command"'
+            )
+        return self
+
+
 class FleetConfig(_Model):
     """How runners keep in touch (docs/fleet.md): a heartbeat every ``heartbeat_seconds``;
     a runner silent for ``offline_after_seconds`` is offline."""
@@ -321,6 +397,8 @@ class FleetConfig(_Model):
     #: False: the control plane runs no runs itself; every agent's runs wait for runners
     #: (an agent without ``runsOn`` goes to any runner, as ``runsOn = []`` does).
     run_locally: StrictBool = True
+    #: ``[fleet.autoscale]``: runners started and stopped by a provider (None: none).
+    autoscale: FleetAutoscaleConfig | None = None
 
     @model_validator(mode="after")
     def _window_covers_beats(self) -> FleetConfig:
@@ -415,21 +493,6 @@ TASK_LEASE_MAX = 86_400
 class HooksConfig(_Model):
     pre: Strings = ()
     post: Strings = ()
-
-
-def _fraction(value: Any) -> float:
-    """A utilisation: a number above 0 and at most 1."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _checks.problem(
-            "must be a utilisation between 0 and 1, such as 0.7; found "
-            + _checks.describe_value(value)
-        )
-    if not math.isfinite(value) or not 0 < value <= 1:
-        raise _checks.problem(f"must be above 0 and at most 1, such as 0.7; found {value!r}")
-    return float(value)
-
-
-Fraction = Annotated[float, BeforeValidator(_fraction)]
 
 
 class ScaleConfig(_Model):

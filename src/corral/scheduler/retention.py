@@ -23,8 +23,8 @@ log = logging.getLogger("corral.retention")
 
 
 class HistoryStore(RunStore, QueueStore, WebhookStore, PoolStore, Protocol):
-    """What retention prunes: runs, finished queue items, webhook receipts and the
-    autoscaler's decisions."""
+    """What retention prunes: runs, finished queue items, webhook receipts, the
+    autoscaler's decisions and the ended runners the fleet autoscaler started."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ async def prune_history(
     items = await store.prune_items(cutoff)
     receipts = await store.prune_receipts(cutoff)
     decisions = await store.prune_pool_decisions(cutoff)
+    decisions += await store.prune_fleet_members(cutoff)
     state = project.root / ".corral"
     dirs, logs = await asyncio.to_thread(_prune_files, state, cutoff.timestamp())
     if runs or items or dirs or logs or receipts or decisions:

@@ -25,6 +25,7 @@ from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.bundles import BundleFollower
 from corral.scheduler.cron import CronTriggers
 from corral.scheduler.executor import RunExecutor
+from corral.scheduler.fleetscale import FleetScaler
 from corral.scheduler.orphans import reap_orphans
 from corral.scheduler.pools import PoolSizer
 from corral.scheduler.reload import (
@@ -209,6 +210,17 @@ class Scheduler:
             store, lambda: self.project, self.wake, every=self.options.stream_every
         )
         self.wake_listeners.add(self.streams.wake)
+        #: The runner fleet's size ([fleet.autoscale]; scheduler/fleetscale.py), decided
+        #: while this scheduler holds the fleet autoscaler's lease; woken with the rest.
+        self.fleet_scaler = FleetScaler(
+            store,
+            lambda: self.id,
+            lambda: self.project,
+            lambda: self.gateway_url,
+            tick=self.options.pool_tick,
+            lease_seconds=self.options.pool_lease_seconds,
+        )
+        self.wake_listeners.add(self.fleet_scaler.wake)
 
     @property
     def id(self) -> str:
@@ -270,6 +282,7 @@ class Scheduler:
             asyncio.create_task(self._resilient("cron", self._cron), name="cron"),
             asyncio.create_task(self._resilient("pools", self.pools.run), name="pools"),
             asyncio.create_task(self._resilient("streams", self.streams.run), name="streams"),
+            asyncio.create_task(self._resilient("fleet", self.fleet_scaler.run), name="fleet"),
         ]
         if self.watcher is not None:
             watch = self._resilient("reload", self.watcher.run)
@@ -286,6 +299,8 @@ class Scheduler:
             await self._abandon_all("the scheduler stopped")
             with contextlib.suppress(StoreError):
                 await self.pools.release()
+            with contextlib.suppress(StoreError):
+                await self.fleet_scaler.release()
             self.watchdog.close()
             await self.observer.close()
             await self.store.set_scheduler_state(self.id, "stopped")

@@ -16,6 +16,7 @@ from corral.errors import MigrationError, StoreError, StoreUnavailable
 from corral.store._base import StaleFence, Store, Transaction, mask_url
 from corral.store._fleet import TransitionRefused
 from corral.store._stream import StreamTick, stream_prefix
+from corral.store._fleetscale import FLEET, FleetMember
 from corral.store._webhooks import RECEIPT_BODY_CAP, new_receipt_id
 from corral.store.records import (
     AgentResult,
@@ -71,6 +72,7 @@ from corral.store.records import (
 )
 
 __all__ = [
+    "FLEET",
     "RECEIPT_BODY_CAP",
     "AgentResult",
     "AgentSpec",
@@ -88,6 +90,7 @@ __all__ = [
     "Deadlock",
     "EnqueueResult",
     "FinalizeResult",
+    "FleetMember",
     "FleetToken",
     "ItemState",
     "JoinRefusal",

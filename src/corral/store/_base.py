@@ -54,6 +54,7 @@ from corral.store._control import ControlOps
 from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
 from corral.store._fleet import FleetOps
 from corral.store._fleet_runs import FleetRunOps
+from corral.store._fleetscale import FleetScaleOps
 from corral.store._leases import LeaseOps
 from corral.store._locks import LockOps
 from corral.store._metrics import MetricsOps
@@ -97,6 +98,7 @@ class Store(
     TaskOps,
     StreamOps,
     PoolOps,
+    FleetScaleOps,
     FleetRunOps,
     LeaseOps,
     CallOps,

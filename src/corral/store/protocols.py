@@ -23,6 +23,8 @@ concern, so that a caller can ask for only what it uses and a reader can see the
     MetricsStore   what /metrics reads since its previous scrape
     ChangeStore    wake-ups: wait until a topic may have changed
     PoolStore      agents' pools: the autoscaler's size, its decider's lease, its log
+    FleetScaleStore  the runner fleet's autoscaler: its lease, the runners it started,
+                   what it reads, its decisions (in the pools' decision log)
     StoreLifecycle opening, closing, migrating
 
 Two more protocols describe what the concern parts are written over and how they reach
@@ -56,6 +58,7 @@ from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from corral.store._core import Params, Row, Transaction
 from corral.store._fleet_runs import Holding, Renewal
+from corral.store._fleetscale import FleetMember
 from corral.store._locks import WANT_SECONDS
 from corral.store._notify import Changes
 from corral.store._queue import Overflow
@@ -115,6 +118,7 @@ __all__ = [
     "CallStore",
     "ChangeStore",
     "ControlStore",
+    "FleetScaleStore",
     "FleetStore",
     "LeaseStore",
     "LockStore",
@@ -664,6 +668,8 @@ class PoolStore(Protocol):
 
     async def release_pool_leases(self, owner: str) -> int: ...
 
+    async def prune_fleet_members(self, older_than: datetime) -> int: ...
+
     async def pool_states(self) -> list[PoolState]: ...
 
     async def pool_decisions(
@@ -673,6 +679,47 @@ class PoolStore(Protocol):
     async def pool_decision_counts(self) -> dict[tuple[str, str], int]: ...
 
     async def prune_pool_decisions(self, older_than: datetime) -> int: ...
+
+
+@runtime_checkable
+class FleetScaleStore(Protocol):
+    """The runner fleet's autoscaler (``_fleetscale``): its lease, its members, its
+    readings and its decisions (recorded in the pools' decision log under ``:fleet``)."""
+
+    async def take_fleet_scaler_lease(self, owner: str, *, lease_seconds: float) -> bool: ...
+
+    async def release_fleet_scaler_lease(self, owner: str) -> int: ...
+
+    async def fleet_scaler_owner(self) -> str | None: ...
+
+    async def fleet_demand(self) -> tuple[dict[str, int], dict[str, int]]: ...
+
+    async def add_fleet_member(
+        self, name: str, *, provider: str, host: str, token_id: str | None
+    ) -> FleetMember: ...
+
+    async def update_fleet_member(
+        self,
+        name: str,
+        *,
+        state: str,
+        handle: str | None = None,
+        runner_id: str | None = None,
+        detail: str | None = None,
+    ) -> None: ...
+
+    async def fleet_members(self, *, live_only: bool = False) -> list[FleetMember]: ...
+
+    async def record_fleet_decision(
+        self,
+        owner: str,
+        *,
+        size: int,
+        desired: int,
+        policy: str,
+        reason: str,
+        inputs: Mapping[str, Any],
+    ) -> None: ...
 
 
 @runtime_checkable
@@ -815,6 +862,7 @@ CONCERNS: tuple[type, ...] = (
     MetricsStore,
     ChangeStore,
     PoolStore,
+    FleetScaleStore,
     StoreLifecycle,
     StoreBackend,
     TransactionHooks,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -111,12 +111,34 @@ def disable_cmd(obj: CliContext, agent_name: str) -> None:
     _set_enabled(obj, agent_name, False)
 
 
-@cli.command("scale")
+class _ScaleCommand(click.Command):
+    """`corral scale AGENT N`, and `corral scale log [AGENT]`: the decision log of pools
+    and of the runner fleet, as `corral pools log`. `log` followed by a number still
+    scales an agent named `log`."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        if args and args[0] == "log" and not (len(args) > 1 and args[1].isdigit()):
+            from corral.cli.commands.pools import log_cmd
+
+            return log_cmd.make_context(f"{info_name} log", args[1:], parent=parent, **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+@cli.command("scale", cls=_ScaleCommand)
 @click.argument("agent_name", metavar="AGENT")
 @click.argument("scale", type=click.IntRange(min=0))
 @click.pass_obj
 def scale_cmd(obj: CliContext, agent_name: str, scale: int) -> None:
-    """Set how many runs of AGENT may go at once, live, and save it in its config.toml."""
+    """Set how many runs of AGENT may go at once, live, and save it in its config.toml.
+
+    `corral scale log [AGENT]` lists the autoscaler's decisions (as `corral pools log`),
+    the runner fleet's under the name :fleet."""
     project = obj.project()
     pick_agent(project, agent_name, allow_disabled=True)
     _act(obj, project, lambda target, actor: actions.scale(target, agent_name, scale, actor=actor))

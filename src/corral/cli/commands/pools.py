@@ -18,11 +18,24 @@ from corral.cli._context import CliContext
 from corral.cli._main import cli
 from corral.cli._render import cell, console, fmt_duration, print_json
 from corral.cli.commands.runs import pick_agent
-from corral.store import PoolDecision, PoolState
+from corral.store import FLEET, PoolDecision, PoolState
 from corral.views import pool_decision_json, pool_json
 
 #: The inputs `corral pools log` shows in its table (--json shows them all).
-SHOWN_INPUTS = ("queued", "busy", "arrivals", "completions", "recommended", "ceiling", "cap")
+SHOWN_INPUTS = (
+    "queued",
+    "busy",
+    "arrivals",
+    "completions",
+    "recommended",
+    "ceiling",
+    "cap",
+    "runners",
+    "busy_slots",
+    "started",
+    "drained",
+    "error",
+)
 
 
 @cli.group("pools", invoke_without_command=True)
@@ -73,9 +86,9 @@ def pools_group(ctx: click.Context, as_json: bool) -> None:
 def log_cmd(obj: CliContext, agent_name: str | None, limit: int, as_json: bool) -> None:
     """The autoscaler's decisions, newest first (of AGENT only, if given): each change of a
     pool's size, and a "hold" at most once a minute per agent, with the reason and the
-    inputs it used."""
+    inputs it used. The runner fleet's decisions ([fleet.autoscale]) are under :fleet."""
     project = obj.project()
-    if agent_name is not None:
+    if agent_name is not None and agent_name != FLEET:
         pick_agent(project, agent_name, allow_disabled=True)
 
     async def go() -> list[PoolDecision]:

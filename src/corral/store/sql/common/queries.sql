@@ -919,3 +919,46 @@ SELECT count(*) AS n FROM corral_tasks WHERE run_id = :run_id AND status = 'clai
 -- name: run_finished_task
 SELECT count(*) AS n FROM corral_tasks
 WHERE run_id = :run_id AND run_id IS NOT NULL AND status IN ('done', 'failed');
+
+-- name: take_fleet_scaler_lease
+-- Take or renew the lease of the one scheduler that sizes the runner fleet (0027).
+INSERT INTO corral_fleet_scaler (id, owner, lease_until) VALUES ('fleet', :owner, :until)
+ON CONFLICT (id) DO UPDATE SET owner = :owner, lease_until = :until
+WHERE corral_fleet_scaler.owner IS NULL OR corral_fleet_scaler.owner = :owner
+   OR corral_fleet_scaler.lease_until < :now
+RETURNING owner
+
+-- name: release_fleet_scaler_lease
+UPDATE corral_fleet_scaler SET owner = NULL, lease_until = NULL WHERE owner = :owner
+
+-- name: fleet_scaler_lease
+SELECT owner, lease_until FROM corral_fleet_scaler WHERE id = 'fleet'
+
+-- name: fleet_queued_by_agent
+-- The items waiting per agent (the fleet autoscaler keeps those of agents its runners run).
+SELECT agent, queued + requeued AS queued FROM corral_agents ORDER BY agent
+
+-- name: fleet_busy_by_runner
+-- Live runs per runner: a runner's busy slots.
+SELECT runner_id, count(*) AS n FROM corral_runs
+WHERE runner_id IS NOT NULL AND state IN ('starting', 'running')
+GROUP BY runner_id
+
+-- name: insert_fleet_member
+INSERT INTO corral_fleet_members
+    (name, provider, host, handle, token_id, runner_id, state, started_at, ended_at, detail)
+VALUES (:name, :provider, :host, NULL, :token_id, NULL, 'starting', :now, NULL, NULL)
+
+-- name: update_fleet_member
+UPDATE corral_fleet_members
+SET state = :state, handle = COALESCE(:handle, handle), runner_id = COALESCE(:runner_id, runner_id),
+    ended_at = :ended_at, detail = COALESCE(:detail, detail)
+WHERE name = :name
+
+-- name: list_fleet_members
+SELECT * FROM corral_fleet_members ORDER BY started_at, name
+
+-- name: prune_fleet_members
+-- Runners the fleet autoscaler started that ended (stopped or failed) before :older_than.
+DELETE FROM corral_fleet_members
+WHERE state IN ('stopped', 'failed') AND ended_at < :older_than

@@ -1196,3 +1196,24 @@ CREATE TABLE corral_pool_decisions (
 );
 CREATE INDEX corral_pool_decisions_agent ON corral_pool_decisions (agent, id);
 CREATE INDEX corral_pool_decisions_time ON corral_pool_decisions (decided_at);
+
+-- 0027: the fleet autoscaler's lease and the runners it started
+CREATE TABLE corral_fleet_scaler (
+    id text PRIMARY KEY CHECK (id = 'fleet'),
+    owner text,
+    lease_until timestamptz
+);
+
+CREATE TABLE corral_fleet_members (
+    name text PRIMARY KEY,
+    provider text NOT NULL,
+    host text NOT NULL,
+    handle text,
+    token_id text,
+    runner_id text,
+    state text NOT NULL CHECK (state IN ('starting', 'active', 'draining', 'stopped', 'failed')),
+    started_at timestamptz NOT NULL,
+    ended_at timestamptz,
+    detail text
+);
+CREATE INDEX corral_fleet_members_state ON corral_fleet_members (state);

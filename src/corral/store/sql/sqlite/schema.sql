@@ -501,3 +501,24 @@ CREATE TABLE corral_pool_decisions (
 );
 CREATE INDEX corral_pool_decisions_agent ON corral_pool_decisions (agent, id);
 CREATE INDEX corral_pool_decisions_time ON corral_pool_decisions (decided_at);
+
+-- 0027: the fleet autoscaler's lease and the runners it started
+CREATE TABLE corral_fleet_scaler (
+    id TEXT PRIMARY KEY CHECK (id = 'fleet'),
+    owner TEXT,
+    lease_until TEXT
+);
+
+CREATE TABLE corral_fleet_members (
+    name TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    host TEXT NOT NULL,
+    handle TEXT,
+    token_id TEXT,
+    runner_id TEXT,
+    state TEXT NOT NULL CHECK (state IN ('starting', 'active', 'draining', 'stopped', 'failed')),
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    detail TEXT
+);
+CREATE INDEX corral_fleet_members_state ON corral_fleet_members (state);

@@ -1,0 +1,176 @@
+"""The runner fleet's autoscaler (migration 0027): the lease of the one scheduler that
+sizes the fleet, the runners it started through its provider, and what it reads each
+tick (runs waiting per agent, busy slots per runner). Its decisions go to the pool
+decision log (0022) under the name ``FLEET``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from corral.store._core import StoreCore
+from corral.store._time import require_aware
+
+__all__ = ["FLEET", "MEMBER_STATES", "FleetMember", "FleetScaleOps"]
+
+#: The name the fleet's decisions are recorded under in the pool decision log.
+FLEET = ":fleet"
+
+MEMBER_STATES = ("starting", "active", "draining", "stopped", "failed")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetMember:
+    """A runner the fleet autoscaler started through its provider."""
+
+    name: str
+    provider: str
+    host: str
+    handle: str | None
+    token_id: str | None
+    runner_id: str | None
+    state: str
+    started_at: datetime
+    ended_at: datetime | None
+    detail: str | None
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("starting", "active", "draining")
+
+
+class FleetScaleOps(StoreCore):
+    """The fleet autoscaler's lease, members and readings; part of ``Store``."""
+
+    async def take_fleet_scaler_lease(self, owner: str, *, lease_seconds: float) -> bool:
+        """Take or renew the fleet autoscaler's lease for ``owner``; False when another
+        live scheduler holds it."""
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        now = self.now()
+        params = {
+            "owner": owner,
+            "now": self.encode_time(now),
+            "until": self.encode_time(now + timedelta(seconds=lease_seconds)),
+        }
+        async with self.transaction() as tx:
+            row = await tx.fetch_one("take_fleet_scaler_lease", params)
+        return row is not None and row["owner"] == owner
+
+    async def release_fleet_scaler_lease(self, owner: str) -> int:
+        async with self.transaction() as tx:
+            return await tx.execute("release_fleet_scaler_lease", {"owner": owner})
+
+    async def fleet_scaler_owner(self) -> str | None:
+        """The scheduler holding the lease now (None: nobody, or it lapsed)."""
+        async with self.transaction(write=False) as tx:
+            row = await tx.fetch_one("fleet_scaler_lease")
+        if row is None or row["owner"] is None or row["lease_until"] is None:
+            return None
+        if self.decode_time(row["lease_until"]) < self.now():
+            return None
+        return str(row["owner"])
+
+    async def fleet_demand(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Items waiting per agent and live runs per runner id, in one reading."""
+        async with self.transaction(write=False) as tx:
+            queued = await tx.fetch_all("fleet_queued_by_agent")
+            busy = await tx.fetch_all("fleet_busy_by_runner")
+        return (
+            {row["agent"]: int(row["queued"]) for row in queued},
+            {row["runner_id"]: int(row["n"]) for row in busy},
+        )
+
+    async def add_fleet_member(
+        self, name: str, *, provider: str, host: str, token_id: str | None
+    ) -> FleetMember:
+        params = {
+            "name": name,
+            "provider": provider,
+            "host": host,
+            "token_id": token_id,
+            "now": self.encode_time(self.now()),
+        }
+        async with self.transaction() as tx:
+            await tx.execute("insert_fleet_member", params)
+        found = [m for m in await self.fleet_members() if m.name == name]
+        return found[0]
+
+    async def update_fleet_member(
+        self,
+        name: str,
+        *,
+        state: str,
+        handle: str | None = None,
+        runner_id: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        if state not in MEMBER_STATES:
+            raise ValueError(f"state must be one of {', '.join(MEMBER_STATES)}; got {state!r}")
+        ended = self.encode_time(self.now()) if state in ("stopped", "failed") else None
+        params = {
+            "name": name,
+            "state": state,
+            "handle": handle,
+            "runner_id": runner_id,
+            "ended_at": ended,
+            "detail": detail,
+        }
+        async with self.transaction() as tx:
+            await tx.execute("update_fleet_member", params)
+
+    async def fleet_members(self, *, live_only: bool = False) -> list[FleetMember]:
+        """The runners the autoscaler started, oldest first."""
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all("list_fleet_members")
+        members = [
+            FleetMember(
+                name=row["name"],
+                provider=row["provider"],
+                host=row["host"],
+                handle=row["handle"],
+                token_id=row["token_id"],
+                runner_id=row["runner_id"],
+                state=row["state"],
+                started_at=self.decode_time(row["started_at"]),
+                ended_at=None if row["ended_at"] is None else self.decode_time(row["ended_at"]),
+                detail=row["detail"],
+            )
+            for row in rows
+        ]
+        return [m for m in members if m.live] if live_only else members
+
+    async def record_fleet_decision(
+        self,
+        owner: str,
+        *,
+        size: int,
+        desired: int,
+        policy: str,
+        reason: str,
+        inputs: Mapping[str, Any],
+    ) -> None:
+        """Record one fleet autoscaler decision (runners ``size`` -> ``desired``) in the
+        pool decision log, under ``FLEET``."""
+        direction = "grow" if desired > size else "shrink" if desired < size else "hold"
+        params = {
+            "agent": FLEET,
+            "decided_at": self.encode_time(self.now()),
+            "scheduler_id": owner,
+            "policy": policy,
+            "size": max(size, 0),
+            "desired": max(desired, 0),
+            "direction": direction,
+            "reason": reason,
+            "inputs": self.encode_json(dict(inputs)),
+        }
+        async with self.transaction() as tx:
+            await tx.execute("insert_pool_decision", params)
+
+    async def prune_fleet_members(self, older_than: datetime) -> int:
+        """Forget the members that ended (stopped or failed) before ``older_than``."""
+        params = {"older_than": self.encode_time(require_aware(older_than, "older_than"))}
+        async with self.transaction() as tx:
+            return await tx.execute("prune_fleet_members", params)

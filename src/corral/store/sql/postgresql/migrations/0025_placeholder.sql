@@ -1,0 +1,1 @@
+-- 0025 placeholder: this number belongs to other work; nothing here.

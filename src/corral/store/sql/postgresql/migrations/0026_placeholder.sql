@@ -1,0 +1,1 @@
+-- 0026 placeholder: this number belongs to other work; nothing here.

@@ -1,0 +1,365 @@
+"""The runner fleet sized by ``[fleet.autoscale]``, end to end on both stores: a real
+`corral start` control plane whose fleet autoscaler starts real `corral runner`
+processes (``local``), or has the project's scripts start them (``command``).
+
+A queue of runs with no runner grows the fleet (never past max), the runs complete on
+the new runners, and once the stabilisation window has passed the idle runners are
+drained and stopped while a busy one is kept until its run ends; the command provider's
+scripts get the URL, a fresh token and the name; a failing start script is recorded
+and retried, the control plane carrying on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from corral.errors import ConfigError
+from corral.project import load_project
+from corral.store import FLEET, RunState, open_store
+from tests.fleet.fleetkit import Plane, clean_env, control_plane, wait_for
+from tests.gateway.test_metrics import parse, value
+from tests.scheduler.helpers import write_project
+
+pytestmark = pytest.mark.slow
+
+
+def _project(root: Path, autoscale: str) -> None:
+    write_project(
+        root,
+        {
+            "quick": {
+                "command": ["/bin/sh", "-c", "sleep 2 # fleetscale-mark"],
+                "runsOn": ["auto"],
+                "scale": 4,
+            },
+            "long": {
+                "command": ["/bin/sh", "-c", "sleep 14 # fleetscale-mark"],
+                "runsOn": ["auto"],
+                "scale": 1,
+            },
+        },
+        "[fleet]\nheartbeatSeconds = 1\nofflineAfterSeconds = 4\n" + autoscale,
+    )
+
+
+def _read(store_url: str) -> dict[str, Any]:
+    async def read() -> dict[str, Any]:
+        async with await open_store(store_url) as store:
+            return {
+                "members": await store.fleet_members(),
+                "runs": await store.list_runs(limit=200),
+                "runners": await store.list_runners(),
+                "decisions": await store.pool_decisions(FLEET, limit=500),
+            }
+
+    return asyncio.run(read())
+
+
+class Watch:
+    """Samples the store in a thread: the most runners live at once, and every (member
+    stopped, its runner still running a run) seen."""
+
+    def __init__(self, store_url: str) -> None:
+        self.url = store_url
+        self.most = 0
+        self.violations: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(20)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            seen = _read(self.url)
+            live = [m for m in seen["members"] if m.state in ("starting", "active", "draining")]
+            self.most = max(self.most, len(live))
+            ended = {m.runner_id for m in seen["members"] if m.state == "stopped"}
+            for run in seen["runs"]:
+                if run.state is RunState.RUNNING and run.runner_id in ended:
+                    self.violations.append(f"run {run.id} running on stopped {run.runner_id}")
+            time.sleep(0.3)
+
+
+def _when(store_url: str, test: Any, count: int) -> dict[str, Any] | None:
+    """The store's reading once ``count`` members pass ``test``, else None."""
+    seen = _read(store_url)
+    return seen if sum(1 for m in seen["members"] if test(m)) >= count else None
+
+
+def _trigger(plane: Plane, agent: str, n: int) -> None:
+    for _ in range(n):
+        plane.trigger(agent)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_local_fleet_grows_for_a_queue_and_shrinks_without_stopping_a_busy_runner(
+    tmp_path: Path, store_url: str
+) -> None:
+    root = tmp_path / "project"
+    _project(
+        root,
+        '[fleet.autoscale]\nprovider = "local"\nmin = 0\nmax = 3\nlabels = ["auto"]\n'
+        "stabilization = 3\njoinTimeout = 90\n",
+    )
+    with control_plane(root, store_url, tmp_path / "start.log") as plane, Watch(store_url) as w:
+        plane.push()
+        burst = time.monotonic()
+        _trigger(plane, "long", 1)
+        _trigger(plane, "quick", 4)
+        # the queue grows the fleet to max (3), never past it
+        wait_for(lambda: sum(m.state == "active" for m in _read(store_url)["members"]) >= 3, 90)
+        grown = time.monotonic() - burst
+
+        def quick_done() -> bool:
+            runs = _read(store_url)["runs"]
+            quick = [r for r in runs if r.agent == "quick"]
+            return len(quick) == 4 and all(r.state is RunState.SUCCEEDED for r in quick)
+
+        wait_for(quick_done, 90)
+        # idle runners are drained and stopped after the window; the long run's is kept
+        seen = wait_for(lambda: _when(store_url, lambda m: m.state == "stopped", 2), 60)
+        long_run = next(r for r in seen["runs"] if r.agent == "long")
+        if long_run.state is RunState.RUNNING:
+            keeper = next(m for m in seen["members"] if m.runner_id == long_run.runner_id)
+            assert keeper.state in ("active", "draining"), keeper
+        # then the long run ends, succeeded, and its runner goes too
+        wait_for(
+            lambda: all(m.state in ("stopped", "failed") for m in _read(store_url)["members"]),
+            90,
+        )
+        last = _read(store_url)
+        plane_log = plane.process.output()
+        scraped = httpx.get(
+            f"{plane.url}/metrics",
+            headers={"Authorization": f"Bearer {plane.operator}"},
+            timeout=30,
+        )
+    assert scraped.status_code == 200, scraped.text
+    samples = parse(scraped.text)
+    assert value(samples, "corral_fleet_scale_runners", state="stopped") == 3
+    assert value(samples, "corral_fleet_scale_runners", state="active") == 0
+    assert value(samples, "corral_fleet_scale_desired") == 0
+    assert w.most <= 3, w.most
+    assert not w.violations, w.violations
+    assert [r.state for r in last["runs"]] == [RunState.SUCCEEDED] * 5, plane_log[-3000:]
+    assert all(m.state == "stopped" for m in last["members"]), last["members"]
+    assert len(last["members"]) == 3
+    used = {r.runner_id for r in last["runs"]}
+    assert used <= {m.runner_id for m in last["members"]}
+    # each stopped runner is revoked, and its process is gone
+    revoked = {r.id for r in last["runners"] if r.state.value == "revoked"}
+    assert {m.runner_id for m in last["members"]} <= revoked
+    for m in last["members"]:
+        assert m.handle is not None and not _pid_alive(int(m.handle))
+    directions = [d.direction for d in last["decisions"]]
+    assert "grow" in directions and "shrink" in directions
+    grow = next(d for d in reversed(last["decisions"]) if d.direction == "grow")
+    assert grow.inputs["queued"] >= 1 and grow.inputs["provider"] == "local"
+    # `corral scale log` shows the fleet's decisions
+    shown = subprocess.run(
+        [sys.executable, "-m", "corral", "scale", "log", FLEET],
+        cwd=root,
+        env=clean_env(tmp_path) | {"CORRAL_STATE_URL": store_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "grow" in shown.stdout and "shrink" in shown.stdout
+    print(f"burst to 3 runners joined: {grown:.1f} s")
+
+
+START = """#!/bin/sh
+# a runner host for the test: records its environment, fails its first two starts
+n=$(cat "{out}/starts" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "{out}/starts"
+env | grep '^CORRAL_' | sort > "{out}/env-$CORRAL_RUNNER_NAME"
+if [ $n -le 2 ]; then echo "no capacity in the zone (try $n)" >&2; exit 7; fi
+home="{out}/host-$CORRAL_RUNNER_NAME"; mkdir -p "$home"
+CORRAL_HOME="$home" {py} -m corral runner join "$CORRAL_URL" --token "$CORRAL_RUNNER_TOKEN" \\
+    --name "$CORRAL_RUNNER_NAME" --slots "$CORRAL_RUNNER_SLOTS" --config "$home/runner.json" \\
+    >/dev/null || exit 3
+CORRAL_HOME="$home" setsid {py} -m corral runner start --config "$home/runner.json" \\
+    >"$home/log" 2>&1 </dev/null &
+echo "vm-$!"
+"""
+
+STOP = """#!/bin/sh
+env | grep '^CORRAL_' | sort > "{out}/stop-$CORRAL_RUNNER_NAME"
+kill -TERM "${{CORRAL_RUNNER_HANDLE#vm-}}"
+"""
+
+
+def test_the_command_provider_runs_the_scripts_and_retries_a_failed_start(
+    tmp_path: Path, store_url: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "start.sh").write_text(START.format(out=out, py=sys.executable))
+    (scripts / "stop.sh").write_text(STOP.format(out=out))
+    for script in scripts.iterdir():
+        script.chmod(0o755)
+    root = tmp_path / "project"
+    _project(
+        root,
+        '[fleet.autoscale]\nprovider = "command"\nmin = 0\nmax = 1\nlabels = ["auto"]\n'
+        f'stabilization = 2\nslotsPerRunner = 2\nstart = ["{scripts / "start.sh"}"]\n'
+        f'stop = "{scripts / "stop.sh"}"\ncommandTimeout = 60\n',
+    )
+    with control_plane(root, store_url, tmp_path / "start.log") as plane:
+        plane.push()
+        _trigger(plane, "quick", 2)
+
+        def done() -> dict[str, Any] | None:
+            seen = _read(store_url)
+            ok = len(seen["runs"]) == 2 and all(r.state is RunState.SUCCEEDED for r in seen["runs"])
+            return seen if ok else None
+
+        wait_for(done, 120)
+        seen = wait_for(lambda: _when(store_url, lambda m: m.state == "stopped", 1), 60)
+        assert plane.process.proc.poll() is None  # the control plane carried on
+    failed = [m for m in seen["members"] if m.state == "failed"]
+    assert len(failed) == 2, seen["members"]
+    assert all("exited with 7" in (m.detail or "") for m in failed)
+    assert all("no capacity in the zone" in (m.detail or "") for m in failed)
+    (served,) = [m for m in seen["members"] if m.state == "stopped"]
+    assert served.handle is not None and served.handle.startswith("vm-")
+    assert {r.runner_id for r in seen["runs"]} == {served.runner_id}
+    # the start script got the URL, a fresh single-use token and the name
+    env = dict(line.split("=", 1) for line in (out / f"env-{served.name}").read_text().splitlines())
+    assert env["CORRAL_URL"] == plane.url
+    assert env["CORRAL_RUNNER_TOKEN"].startswith("cft_")
+    assert env["CORRAL_RUNNER_NAME"] == served.name
+    assert env["CORRAL_RUNNER_SLOTS"] == "2"
+    assert env["CORRAL_RUNNER_LABELS"] == "auto"
+    tokens = {
+        dict(line.split("=", 1) for line in p.read_text().splitlines())["CORRAL_RUNNER_TOKEN"]
+        for p in out.glob("env-*")
+    }
+    assert len(tokens) == 3  # one token per start
+    assert "CORRAL_STATE_URL" not in env
+    stopped = dict(
+        line.split("=", 1) for line in (out / f"stop-{served.name}").read_text().splitlines()
+    )
+    assert stopped["CORRAL_RUNNER_HANDLE"] == served.handle
+    assert stopped["CORRAL_RUNNER_ID"] == served.runner_id
+    failures = [d for d in seen["decisions"] if "error" in d.inputs]
+    assert len(failures) == 2 and "exited with 7" in failures[0].inputs["error"]
+    pid = int(served.handle.removeprefix("vm-"))
+    wait_for(lambda: not _pid_alive(pid), 30)
+
+
+@pytest.mark.parametrize(
+    ("table", "found"),
+    [
+        ('provider = "command"\nmax = 2\nstart = "./up"\n', "without stop"),
+        ('provider = "local"\nmin = 3\nmax = 2\n', "min = 3 above max = 2"),
+        ('provider = "cloud"\nmax = 2\n', "provider"),
+        ('provider = "local"\nmax = 2\nslotsPerRunner = 0\n', "slotsPerRunner"),
+    ],
+)
+def test_a_bad_fleet_autoscale_table_is_refused_naming_where(
+    tmp_path: Path, table: str, found: str
+) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "config.toml").write_text("[fleet]\n\n[fleet.autoscale]\n" + table)
+    with pytest.raises(ConfigError) as caught:
+        load_project(root)
+    text = str(caught.value)
+    assert re.search(r"config\.toml:\d+: 'fleet\.autoscale", text), text
+    assert found in text, text
+
+
+def test_local_runners_are_found_again_after_a_restart_and_dead_ones_closed(
+    tmp_path: Path, store_url: str
+) -> None:
+    """`corral start` stops; its two runners go on. One dies meanwhile: the next `corral
+    start` keeps the live one (no new runner for it), records the dead one as failed
+    and revokes it, and starts one in its place (min = 2)."""
+    root = tmp_path / "project"
+    _project(
+        root,
+        '[fleet.autoscale]\nprovider = "local"\nmin = 2\nmax = 2\nlabels = ["auto"]\n'
+        "stabilization = 0\n",
+    )
+    port = _free_port()  # the runners go on reaching the same address
+    try:
+        with control_plane(root, store_url, tmp_path / "cp1.log", "--port", str(port)):
+            first = wait_for(lambda: _when(store_url, lambda m: m.state == "active", 2), 90)
+            # both runner processes are up: they heartbeat (a runner that cannot reach
+            # its control plane when it starts gives up; one that is running waits)
+            wait_for(lambda: _heartbeating(store_url) >= 2, 60)
+        before = {m.name: m for m in first["members"]}
+        assert len(before) == 2
+        survivor, dead = sorted(before.values(), key=lambda m: m.name)
+        assert _pid_alive(int(survivor.handle or 0)) and _pid_alive(int(dead.handle or 0))
+        os.kill(int(dead.handle or 0), signal.SIGKILL)
+        wait_for(lambda: not _pid_alive(int(dead.handle or 0)), 30)
+        with control_plane(root, store_url, tmp_path / "cp2.log", "--port", str(port)):
+            after = wait_for(
+                lambda: (
+                    _when(store_url, lambda m: m.state == "failed", 1)
+                    and _when(store_url, lambda m: m.state == "active", 2)
+                ),
+                90,
+            )
+            assert len(after["members"]) == 3, [
+                (m.name, m.state, m.detail) for m in after["members"]
+            ]
+        states = {m.name: m for m in after["members"]}
+        assert states[survivor.name].state == "active"
+        assert states[survivor.name].handle == survivor.handle  # the same process
+        assert states[dead.name].state == "failed"
+        assert "gone after a restart" in (states[dead.name].detail or "")
+        revoked = {r.id for r in after["runners"] if r.state.value == "revoked"}
+        assert dead.runner_id in revoked and survivor.runner_id not in revoked
+    finally:
+        for m in _read(store_url)["members"]:  # only the runner processes this test made
+            if m.handle and m.handle.isdigit() and str(root).encode() in _cmdline(int(m.handle)):
+                os.kill(int(m.handle), signal.SIGTERM)
+
+
+def _heartbeating(store_url: str) -> int:
+    """Runners that have heartbeat since they joined."""
+    seen = _read(store_url)
+    return sum(1 for r in seen["runners"] if r.last_heartbeat_at > r.joined_at)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
