@@ -23,7 +23,8 @@ def test_a_scale_table_is_a_pool_sized_by_its_policy(tmp_path: Path) -> None:
     dev = _load(
         tmp_path,
         'models = ["sonnet"]\n\n[scale]\nmin = 1\nmax = 8\ntarget = 0.5\nscaleUp = 0.8\n'
-        'scaleDown = 0.1\nstabilization = 120\nwindow = 600\npolicy = "predictive"\nwarm = 2\n',
+        'scaleDown = 0.1\nstabilization = 120\nwindow = 600\nstartup = 12\npolicy = "predictive"\n'
+        "warm = 2\n",
     )
     assert isinstance(dev.config.scale, ScaleConfig)
     assert settings_for(dev.config.scale) == Settings(
@@ -34,6 +35,7 @@ def test_a_scale_table_is_a_pool_sized_by_its_policy(tmp_path: Path) -> None:
         scale_down=0.1,
         stabilization=120.0,
         window=600.0,
+        startup=12.0,
         policy="predictive",
         warm=2,
     )
@@ -72,6 +74,8 @@ def test_scale_n_is_still_a_fixed_pool(tmp_path: Path, written: str, size: int) 
         ('[scale]\nmax = 4\npolicy = "fixed"\n', "scale", 2, "a fixed pool has one size"),
         ("[scale]\nmax = 4\nstabilization = -5\n", "scale.stabilization", 4, "between 0 and 86400"),
         ("[scale]\nmax = 4\nwindow = 5\n", "scale.window", 4, "between 15 and 86400"),
+        ("[scale]\nmax = 4\nstartup = -1\n", "scale.startup", 4, "between 0 and 86400"),
+        ("[scale]\nmax = 4\nstartup = 1.5\n", "scale.startup", 4, "integer"),
         ("scale = -1\n", "scale", 2, "must be an integer >= 0, got -1"),
         ('scale = "4"\n', "scale", 2, 'must be an integer >= 0, got the string "4"'),
         ("scale = 2.5\n", "scale", 2, "must be an integer >= 0, got 2.5"),

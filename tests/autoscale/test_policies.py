@@ -156,3 +156,34 @@ def test_the_same_observations_give_the_same_decisions() -> None:
         return out
 
     assert run() == run()
+
+
+def test_predictive_leads_by_the_configured_startup_until_it_measures_starts() -> None:
+    """``startup`` is the lead before any instance start is measured (always, for the
+    scheduler's pool of slots): a longer start-up sizes the pool for more arrivals."""
+
+    def size(startup: float, starts: tuple[float, ...] = ()) -> tuple[int, float]:
+        settings = Settings(min=0, max=500, policy="predictive", window=300, startup=startup)
+        scaler = Autoscaler(settings)
+        decision = None
+        for n in range(20):  # 2 arrivals every 15 s, runs of 600 s
+            decision = scaler.decide(
+                Observation(
+                    now=15.0 * n,
+                    queued=2,
+                    instances=_pool(busy=2 * n),
+                    arrivals=2,
+                    durations=(600.0,),
+                    starts=starts,
+                )
+            )
+        assert decision is not None
+        return decision.desired, float(decision.inputs["start_seconds"])  # type: ignore[arg-type]
+
+    short, short_lead = size(startup=1)
+    long, long_lead = size(startup=240)
+    assert (short_lead, long_lead) == (1.0, 240.0)
+    assert long > short
+    # Measured starts replace the setting.
+    _, measured = size(startup=240, starts=(5.0,))
+    assert measured < 10

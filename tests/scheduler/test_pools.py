@@ -266,3 +266,43 @@ async def test_two_scheduler_processes_decide_a_pool_in_one_place(
     directions = {d.direction for d in decisions}
     assert {"grow", "shrink"} <= directions
     assert max(d.desired for d in decisions) <= 3
+
+
+async def test_a_corral_start_sizes_a_predictive_pool_on_compressed_time(
+    tmp_path: Path, store_url: str
+) -> None:
+    """One real `corral start` with a predictive pool whose windows are shrunk, as a
+    trace replayed at compressed time needs (window, stabilization, startup): the pool
+    grows under a burst, the decider leads by the configured startup, and the pool goes
+    back to min once the stabilisation window has passed."""
+    root = tmp_path / "p"
+    project = pooled_project(
+        root,
+        '[scale]\npolicy = "predictive"\nmin = 1\nmax = 5\n'
+        "window = 15\nstabilization = 2\nstartup = 1\n",
+    )
+    async with await open_store(store_url) as store:
+        with (
+            ProcessCounter(project.agents["burst"].dir) as counter,
+            SchedulerProcess(root, store_url, tmp_path / "a.log") as a,
+        ):
+            await wait_for(lambda: _schedulers_running(store, 1), timeout=60)
+            await wait_for(lambda: _pool_size(store, "burst", 1), timeout=30)
+            for _ in range(10):
+                await store.enqueue(NewItem("burst", TriggerKind.MANUAL, prompt="sleep=1;"))
+            await wait_for(lambda: _ended(store, 10), timeout=90)
+            await wait_for(lambda: _pool_size(store, "burst", 1), timeout=30)
+            decisions = list(reversed(await store.pool_decisions("burst", limit=1000)))
+            assert a.stop() == 0
+        runs = await all_runs(store, "burst")
+    assert all(r.state is RunState.SUCCEEDED for r in runs), a.output()
+    assert 1 < counter.most <= 5
+    grows = [d for d in decisions if d.direction == "grow"]
+    shrinks = [d for d in decisions if d.direction == "shrink"]
+    assert grows and max(d.desired for d in grows) > 1, decisions
+    assert shrinks and shrinks[-1].desired == 1
+    assert all(d.inputs["start_seconds"] == 1.0 for d in grows)
+    assert all(d.policy == "predictive" and 1 <= d.desired <= 5 for d in decisions)
+    # Shrinking waited for the stabilisation window after the last run ended.
+    last_end = max(r.ended_at for r in runs if r.ended_at is not None)
+    assert shrinks[-1].decided_at >= last_end

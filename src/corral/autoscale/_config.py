@@ -23,6 +23,7 @@ def settings_for(scale: int | ScaleConfig | None, default: int = 1) -> Settings:
         scale_down=scale.scale_down,
         stabilization=float(scale.stabilization),
         window=float(scale.window),
+        startup=float(scale.startup),
         policy=scale.policy,
         warm=scale.warm,
     )

@@ -43,6 +43,9 @@ class Settings:
     stabilization: float = 300.0
     #: Seconds of the rolling windows the predictive policy measures rates over.
     window: float = 300.0
+    #: Seconds a new instance takes to be ready: the predictive policy's lead until it
+    #: has measured starts (a pool of slots, as the scheduler's, never measures any).
+    startup: float = 60.0
     policy: PolicyName = "reactive"
     #: Instances to keep prepared ahead of work (read, not acted on yet).
     warm: int = 0

@@ -86,7 +86,6 @@ class Predictive:
 
     smoothing = 0.2  # the level's exponential average, per tick
     default_service = 60.0  # seconds, until a run has been seen to end
-    default_start = 60.0  # seconds, until an instance has been seen to start
     service_runs = 200  # the mean service time is over this many last runs
 
     def __init__(self, settings: Settings) -> None:
@@ -96,7 +95,7 @@ class Predictive:
         #: steady mean when durations are heavy-tailed.
         self._durations: deque[float] = deque(maxlen=self.service_runs)
         self._service = self.default_service
-        self._start = self.default_start
+        self._start = settings.startup  # until an instance has been seen to start
         self._level: float | None = None
         self._last: float | None = None
         self._first: float | None = None

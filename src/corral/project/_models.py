@@ -509,6 +509,8 @@ class ScaleConfig(_Model):
     stabilization: StrictInt = Field(300, ge=0, le=86_400)
     #: Seconds of the rolling windows the predictive policy measures rates over.
     window: StrictInt = Field(300, ge=15, le=86_400)
+    #: Seconds a new instance takes to be ready: the predictive policy's lead.
+    startup: StrictInt = Field(60, ge=0, le=86_400)
     policy: Literal["fixed", "reactive", "predictive"] = "reactive"
     #: Instances to keep prepared before work arrives (read and checked; not acted on yet).
     warm: StrictInt = Field(0, ge=0)
