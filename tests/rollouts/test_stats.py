@@ -69,9 +69,7 @@ def _brute_force_u_sf(a: list[float], b: list[float]) -> float:
     n1 = len(a)
     observed = sum(ranks[:n1]) - n1 * (n1 + 1) / 2
     splits = list(itertools.combinations(range(len(pooled)), n1))
-    hits = sum(
-        1 for s in splits if sum(ranks[i] for i in s) - n1 * (n1 + 1) / 2 >= observed - 1e-9
-    )
+    hits = sum(1 for s in splits if sum(ranks[i] for i in s) - n1 * (n1 + 1) / 2 >= observed - 1e-9)
     return hits / len(splits)
 
 

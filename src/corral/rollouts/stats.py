@@ -81,7 +81,7 @@ def _exact_u_sf(u: float, n1: int, n2: int) -> float:
     # counts[i][j] = arrangements of i and j values, as polynomials in U
     max_u = n1 * n2
     previous = [[1] + [0] * max_u for _ in range(n2 + 1)]  # i = 0: U = 0
-    for i in range(1, n1 + 1):
+    for _ in range(n1):
         current = [[0] * (max_u + 1) for _ in range(n2 + 1)]
         current[0][0] = 1
         for j in range(1, n2 + 1):

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from corral.agentcmd import install as install_commands
 from corral.project import Project, ScaleConfig
-from corral.scheduler import anomalies
+from corral.scheduler import anomalies, rollouts
 from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.bundles import BundleFollower
 from corral.scheduler.cron import CronTriggers
@@ -41,6 +41,7 @@ from corral.store import (
     Claim,
     EnqueueResult,
     NewItem,
+    Rollout,
     Run,
     Runner,
     RunState,
@@ -188,6 +189,9 @@ class Scheduler:
         self._cron_changed = asyncio.Event()
         #: The store's current bundle (`corral push`), followed from start on (None: the
         #: project directory only, for tests that want a fixed configuration).
+        #: The store's running rollout (`corral push --canary`), as the bundle follower
+        #: last read it: the claims of its agents' runs are assigned to the canary.
+        self.rollout: Rollout | None = None
         self.bundles: BundleFollower | None = BundleFollower(
             self, interval=max(self.options.reload_every, 1.0)
         )
@@ -485,6 +489,8 @@ class Scheduler:
             self.link.claim_failed()
             raise
         self.link.claimed([(c.run.id, c.run.agent, c.run.trigger.value) for c in claims])
+        if self.rollout is not None and claims:
+            claims = await rollouts.assign(self.store, self.rollout, claims)
         return claims
 
     def _launch(self, claim: Claim) -> None:
@@ -557,6 +563,7 @@ class Scheduler:
             if now - recovered >= self.options.recover_every:
                 await self._recover_lapsed()
                 await self._check_runners()
+                await rollouts.evaluate(self.store, actor=f"scheduler {self.id}")
                 recovered = now
             if now - pruned >= self.options.prune_every:
                 await prune_history(self.project, self.store)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from corral.errors import MigrationError, StoreError, StoreUnavailable
 from corral.store._base import StaleFence, Store, Transaction, mask_url
 from corral.store._fleet import TransitionRefused
+from corral.store._rollouts import Rollout
 from corral.store._webhooks import RECEIPT_BODY_CAP, new_receipt_id
 from corral.store.records import (
     AgentResult,
@@ -111,6 +112,7 @@ __all__ = [
     "Receipt",
     "ReceiptOutcome",
     "Recovered",
+    "Rollout",
     "Run",
     "RunCursor",
     "RunFilter",

@@ -733,3 +733,12 @@ WITH picked AS (
     SELECT project, id, %(now)s, 'claimed', %(claimer)s, token, %(run_id)s FROM picked
 )
 SELECT * FROM picked;
+
+-- name: assign_canary
+-- The runs just claimed that run the canary, while its rollout still runs (a rollout
+-- ended a moment ago assigns nothing: new runs then run the baseline).
+UPDATE corral_runs AS r
+SET bundle = o.candidate
+FROM corral_rollouts AS o
+WHERE o.id = %(rollout)s AND o.state = 'running' AND r.id = ANY(%(ids)s)
+RETURNING r.id, r.bundle

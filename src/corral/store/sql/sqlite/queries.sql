@@ -421,3 +421,12 @@ WHERE status = 'open' AND project = :project AND id = (
     ORDER BY c.priority DESC, c.created_at, c.id
     LIMIT 1)
 RETURNING *;
+
+-- name: assign_canary
+-- The runs just claimed that run the canary, while its rollout still runs (a rollout
+-- ended a moment ago assigns nothing: new runs then run the baseline).
+UPDATE corral_runs
+SET bundle = (SELECT candidate FROM corral_rollouts WHERE id = :rollout AND state = 'running')
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND EXISTS (SELECT 1 FROM corral_rollouts WHERE id = :rollout AND state = 'running')
+RETURNING id, bundle

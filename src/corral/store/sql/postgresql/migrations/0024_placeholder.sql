@@ -1,0 +1,1 @@
+-- 0024 placeholder: a migration of another branch; replaced at merge.

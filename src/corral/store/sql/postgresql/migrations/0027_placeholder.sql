@@ -1,0 +1,1 @@
+-- 0027 placeholder: a migration of another branch; replaced at merge.

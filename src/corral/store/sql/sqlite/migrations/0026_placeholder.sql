@@ -1,0 +1,1 @@
+-- 0026 placeholder: a migration of another branch; replaced at merge.
