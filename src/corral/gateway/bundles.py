@@ -54,6 +54,7 @@ from corral.rollouts import Rule, parse_share
 from corral.scheduler import rollouts
 from corral.scheduler.bundles import check_bundle
 from corral.scheduler.service import Scheduler
+from corral.store import Store
 from corral.views import bundle_head_json, bundle_json
 
 __all__ = ["bundle_reader", "install_bundles"]
@@ -92,9 +93,45 @@ def _hash(text: str) -> str:
         raise ActionError(400, str(exc)) from None
 
 
+def _rollout_routes(router: APIRouter, store: Store) -> None:
+    @router.get("/rollouts", summary="The running rollout and the last ones, compared")
+    async def list_rollouts(
+        agent: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 5,
+    ) -> dict[str, Any]:
+        return await rollouts.status(store, agent, limit=limit)
+
+    @router.post("/rollouts/{ref}/{verb}", summary="Promote or roll back a rollout by hand")
+    async def end_rollout(ref: str, verb: str, actor: Operator) -> dict[str, Any]:
+        states = {"promote": "promoted", "rollback": "rolled_back"}
+        if verb not in states:
+            raise ActionError(404, f"a rollout is ended by promote or rollback, not {verb!r}")
+        if ref != "running" and not ref.isdigit():
+            raise ActionError(400, f"a rollout is named by its number or 'running', not {ref!r}")
+        try:
+            ended = await rollouts.end_by_hand(
+                store, None if ref == "running" else int(ref), states[verb], actor=actor
+            )
+        except LookupError as exc:
+            raise ActionError(409, str(exc.args[0])) from None
+        return {"ok": True, "rollout": ended.to_json()}
+
+
+def _canary_rule(
+    canary: str | None, min_runs: int, promote_after: int | None
+) -> tuple[float, Rule | None]:
+    if canary is None:
+        return 0.0, None
+    try:
+        return parse_share(canary), Rule(min_runs=min_runs, promote_after=promote_after)
+    except ValueError as exc:
+        raise ActionError(400, f"canary: {exc}") from None
+
+
 def _control_router(scheduler: Scheduler) -> APIRouter:
     router = APIRouter(prefix="/control", tags=["bundles"], dependencies=[Depends(operator)])
     store = scheduler.store
+    _rollout_routes(router, store)
 
     @router.post(
         "/bundles",
@@ -120,14 +157,7 @@ def _control_router(scheduler: Scheduler) -> APIRouter:
         min_runs: Annotated[int, Query(ge=1, le=100000)] = 20,
         promote_after: Annotated[int | None, Query(ge=1, le=100000)] = None,
     ) -> dict[str, Any]:
-        rule: Rule | None = None
-        share = 0.0
-        if canary is not None:
-            try:
-                share = parse_share(canary)
-                rule = Rule(min_runs=min_runs, promote_after=promote_after)
-            except ValueError as exc:
-                raise ActionError(400, f"canary: {exc}") from None
+        share, rule = _canary_rule(canary, min_runs, promote_after)
         data = await _body(request)
         hash_ = bundle_hash(data)
         try:
@@ -160,28 +190,6 @@ def _control_router(scheduler: Scheduler) -> APIRouter:
             "moved": published.moved,
             "unchanged": published.unchanged,
         }
-
-    @router.get("/rollouts", summary="The running rollout and the last ones, compared")
-    async def list_rollouts(
-        agent: Annotated[str | None, Query(max_length=200)] = None,
-        limit: Annotated[int, Query(ge=1, le=100)] = 5,
-    ) -> dict[str, Any]:
-        return await rollouts.status(store, agent, limit=limit)
-
-    @router.post("/rollouts/{ref}/{verb}", summary="Promote or roll back a rollout by hand")
-    async def end_rollout(ref: str, verb: str, actor: Operator) -> dict[str, Any]:
-        states = {"promote": "promoted", "rollback": "rolled_back"}
-        if verb not in states:
-            raise ActionError(404, f"a rollout is ended by promote or rollback, not {verb!r}")
-        if ref != "running" and not ref.isdigit():
-            raise ActionError(400, f"a rollout is named by its number or 'running', not {ref!r}")
-        try:
-            ended = await rollouts.end_by_hand(
-                store, None if ref == "running" else int(ref), states[verb], actor=actor
-            )
-        except LookupError as exc:
-            raise ActionError(409, str(exc.args[0])) from None
-        return {"ok": True, "rollout": ended.to_json()}
 
     @router.get("/bundles", summary="Pushed bundles, newest first, and the current one")
     async def list_bundles(
