@@ -119,7 +119,8 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted(
         canary = [r for r in runs if r.bundle == bad["candidate"]]
         base = [r for r in runs if r.bundle == baseline]
         assert len(canary) >= 8 and len(base) >= 8 and len(canary) + len(base) == len(runs)
-        assert all(r.state.value == "succeeded" for r in base)
+        # runs in flight when it ended finish later; every ended baseline run succeeded
+        assert all(r.state.value == "succeeded" for r in base if r.state.is_terminal)
         assert sum(r.state.value == "failed" for r in canary) >= 4
         log = (root / ".corral" / "logs" / f"{canary[0].id}.log").read_text()
         assert "0.8" in log  # the canary ran the candidate bundle's files
@@ -134,7 +135,7 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted(
         shown = json.loads(status.stdout)["rollouts"][0]
         assert shown["rollout"]["state"] == "rolled_back"
         versions = shown["versions"]
-        assert versions["canary"]["runs"] == len([r for r in canary if r.state.is_terminal])
+        assert versions["canary"]["runs"] >= len([r for r in canary if r.state.is_terminal])
         assert versions["baseline"]["successRate"] == 1.0
         assert versions["canary"]["successRate"] < 0.6
         assert versions["canary"]["durationP50"] is not None
