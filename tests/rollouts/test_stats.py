@@ -12,7 +12,10 @@ from corral.rollouts import (
     Rule,
     VersionSample,
     assigned_to_canary,
+    checkpoint,
     decide,
+    judge,
+    look_alpha,
     fisher_greater,
     mann_whitney_greater,
     normal_sf,
@@ -149,3 +152,30 @@ def test_share_parsing_and_assignment() -> None:
     assert 0.08 < share < 0.12
     assert [assigned_to_canary(i, 0.1) for i in ids] == [assigned_to_canary(i, 0.1) for i in ids]
     assert not any(assigned_to_canary(i, 0.0) for i in ids)
+
+
+def test_checkpoints_and_the_alpha_they_spend() -> None:
+    rule = Rule(min_runs=20)
+    assert [checkpoint(rule, n) for n in (0, 19, 20, 39, 40, 79, 80, 160)] == [
+        -1, -1, 0, 0, 1, 1, 2, 3,
+    ]  # fmt: skip
+    assert look_alpha(rule, 0) == pytest.approx(0.0125)
+    assert look_alpha(rule, 1) == pytest.approx(0.00625)
+    # spent by halves: every look of both tests together stays under alpha
+    assert 2 * sum(look_alpha(rule, k) for k in range(60)) == pytest.approx(0.05)
+
+
+def test_judge_looks_at_the_runs_of_its_checkpoint_only() -> None:
+    rule = Rule(min_runs=10)
+    # baseline: never fails; canary: the first 10 runs fail 6 times, the next 9 succeed
+    baseline = [(t, False, 0.01) for t in range(0, 60, 2)]
+    canary = [(t, t < 20 and t % 3 != 0, 0.01) for t in range(1, 39, 2)]
+    assert len(canary) == 19
+    first = judge(rule, baseline, canary)
+    assert first.action == "rollback" and "over 10 runs" in first.reason
+    # the same decision whatever ends later before the next checkpoint (19 runs in)
+    assert judge(rule, baseline, canary[:10]).reason == first.reason
+    # too few baseline runs by the checkpoint: wait
+    late = [(t + 100, False, 0.01) for t in range(30)]
+    assert judge(rule, late, canary).action == "wait"
+    assert judge(rule, baseline, canary[:9]).action == "wait"

@@ -9,7 +9,10 @@ from corral.rollouts.rule import (
     Rule,
     VersionSample,
     assigned_to_canary,
+    checkpoint,
     decide,
+    judge,
+    look_alpha,
     parse_share,
 )
 from corral.rollouts.stats import fisher_greater, mann_whitney_greater, normal_sf
@@ -19,8 +22,11 @@ __all__ = [
     "Rule",
     "VersionSample",
     "assigned_to_canary",
+    "checkpoint",
     "decide",
     "fisher_greater",
+    "judge",
+    "look_alpha",
     "mann_whitney_greater",
     "normal_sf",
     "parse_share",

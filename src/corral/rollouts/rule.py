@@ -1,30 +1,47 @@
 """The rule that ends a rollout: roll back a canary that is significantly worse, promote
 one that ran long enough without being so.
 
-After ``min_runs`` finished canary runs (and at least ``min_runs`` finished baseline runs
-to compare with; fewer baseline runs and the rule waits), the canary is rolled back when
+The rule looks at the canary at checkpoints: after ``min_runs`` finished canary runs, then
+2, 4, 8... times as many. At checkpoint k (n_k = min_runs * 2**k canary runs) it judges
+the first n_k canary runs to end and the baseline runs that ended before the last of
+them, so however often the evaluator looks, each checkpoint is judged once, on the same
+runs. With fewer than ``min_runs`` baseline runs there it waits. The canary is rolled
+back when
 
-* its failure rate is higher than the baseline's, one-sided Fisher exact p < ``alpha``,
+* its failure rate is higher than the baseline's, one-sided Fisher exact p < alpha_k,
   by at least ``min_failure_increase`` (absolute: 0.10 = ten points); or
-* its cost per run is higher, one-sided Mann-Whitney U p < ``alpha``, with a mean cost at
-  least ``min_cost_ratio`` times the baseline's (and runs that cost anything at all).
+* its cost per run is higher, one-sided Mann-Whitney U p < alpha_k, with a mean cost at
+  least ``min_cost_ratio`` times the baseline's.
 
-Otherwise, with ``promote_after`` set, it is promoted once that many canary runs have
-finished. Each test runs at ``alpha`` (two tests: the chance of a false rollback of an
-equal canary is at most about 2 * alpha at one evaluation; the minimum effects keep
-repeated looks from rolling back a canary that is equal in practice).
+alpha_k = ``alpha`` / 2**(k + 2) per test: over every checkpoint and both tests the
+chance of rolling back a canary no worse than the baseline is at most ``alpha`` (a union
+bound: alpha spent by halves, so repeated looks do not inflate it). Otherwise, with
+``promote_after`` set, it is promoted once that many canary runs have finished and the
+last checkpoint showed no regression.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from corral.rollouts.stats import fisher_greater, mann_whitney_greater
 
-__all__ = ["Decision", "Rule", "VersionSample", "assigned_to_canary", "decide", "parse_share"]
+__all__ = [
+    "Decision",
+    "End",
+    "Rule",
+    "VersionSample",
+    "assigned_to_canary",
+    "checkpoint",
+    "decide",
+    "judge",
+    "look_alpha",
+    "parse_share",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,20 +96,70 @@ class Decision:
     cost_p: float = 1.0
 
 
-def decide(rule: Rule, baseline: VersionSample, canary: VersionSample) -> Decision:
-    """What the rollout does now; ``reason`` says why in a sentence."""
+#: A finished run, for ``judge``: when it ended (any ordered value), whether it
+#: failed, what it cost.
+End = tuple[Any, bool, float]
+
+
+def checkpoint(rule: Rule, canary_runs: int) -> int:
+    """The last checkpoint reached with ``canary_runs`` (-1: none yet)."""
+    if canary_runs < rule.min_runs:
+        return -1
+    look = 0
+    while rule.min_runs * 2 ** (look + 1) <= canary_runs:
+        look += 1
+    return look
+
+
+def look_alpha(rule: Rule, look: int) -> float:
+    """The level of each test at checkpoint ``look``: alpha spent by halves."""
+    return math.ldexp(rule.alpha, -(look + 2))
+
+
+def judge(rule: Rule, baseline: Sequence[End], canary: Sequence[End]) -> Decision:
+    """The decision at the last checkpoint the canary reached, on the runs that had
+    ended by then (``End``: ended, failed, cost)."""
+    look = checkpoint(rule, len(canary))
+    if look < 0:
+        return Decision("wait", f"{len(canary)} of {rule.min_runs} canary runs finished")
+    n = rule.min_runs * 2**look
+    ends = sorted(canary, key=lambda e: e[0])[:n]
+    cut = ends[-1][0]
+    before = [e for e in baseline if e[0] <= cut]
+    return decide(
+        rule,
+        VersionSample(len(before), sum(e[1] for e in before), [e[2] for e in before]),
+        VersionSample(n, sum(e[1] for e in ends), [e[2] for e in ends]),
+        look=look,
+        finished=len(canary),
+    )
+
+
+def decide(
+    rule: Rule,
+    baseline: VersionSample,
+    canary: VersionSample,
+    *,
+    look: int = 0,
+    finished: int | None = None,
+) -> Decision:
+    """The decision at checkpoint ``look`` on these samples (``finished``: the canary's
+    finished runs by now, for promotion; its sample's by default); ``reason`` says why."""
     if canary.runs < rule.min_runs:
         return Decision("wait", f"{canary.runs} of {rule.min_runs} canary runs finished")
     if baseline.runs < rule.min_runs:
         return Decision("wait", f"{baseline.runs} of {rule.min_runs} baseline runs finished")
+    alpha = look_alpha(rule, look)
+    finished = canary.runs if finished is None else finished
     failure_p = fisher_greater(canary.failures, canary.runs, baseline.failures, baseline.runs)
     _, cost_p = mann_whitney_greater(list(canary.costs), list(baseline.costs))
     increase = canary.failure_rate - baseline.failure_rate
-    if failure_p < rule.alpha and increase >= rule.min_failure_increase:
+    if failure_p < alpha and increase >= rule.min_failure_increase:
         return Decision(
             "rollback",
             f"failure rate {canary.failure_rate:.0%} against {baseline.failure_rate:.0%} "
-            f"(Fisher exact, one-sided p = {failure_p:.4f} < {rule.alpha})",
+            f"over {canary.runs} runs (Fisher exact, one-sided p = {failure_p:.2g} < "
+            f"{alpha:.3g})",
             failure_p,
             cost_p,
         )
@@ -101,23 +168,29 @@ def decide(rule: Rule, baseline: VersionSample, canary: VersionSample) -> Decisi
         if baseline.mean_cost > 0
         else (float("inf") if canary.mean_cost > 0 else 1.0)
     )
-    if cost_p < rule.alpha and ratio >= rule.min_cost_ratio:
+    if cost_p < alpha and ratio >= rule.min_cost_ratio:
         return Decision(
             "rollback",
             f"cost per run ${canary.mean_cost:.4f} against ${baseline.mean_cost:.4f} "
-            f"({ratio:.2f}x; Mann-Whitney U, one-sided p = {cost_p:.4f} < {rule.alpha})",
+            f"({ratio:.2f}x over {canary.runs} runs; Mann-Whitney U, one-sided "
+            f"p = {cost_p:.2g} < {alpha:.3g})",
             failure_p,
             cost_p,
         )
-    if rule.promote_after is not None and canary.runs >= rule.promote_after:
+    if rule.promote_after is not None and finished >= rule.promote_after:
         return Decision(
             "promote",
-            f"{canary.runs} canary runs without a significant regression "
+            f"{finished} canary runs without a significant regression "
             f"(failures p = {failure_p:.3f}, cost p = {cost_p:.3f})",
             failure_p,
             cost_p,
         )
-    return Decision("wait", "no significant regression so far", failure_p, cost_p)
+    return Decision(
+        "wait",
+        f"no significant regression at {canary.runs} canary runs (next look at {canary.runs * 2})",
+        failure_p,
+        cost_p,
+    )
 
 
 _SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%?\s*$")

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from corral.rollouts import Decision, Rule, VersionSample, assigned_to_canary, decide
+from corral.rollouts import Decision, Rule, assigned_to_canary, judge
 from corral.store import Rollout, Store
 from corral.store._core import Row
 from corral.store.records import Claim
@@ -72,6 +72,10 @@ def _version(
         if (d := _seconds(_time(store, r["started_at"]), _time(store, r["ended_at"]))) is not None
     ]
     costs = [float(r["cost_usd"] or 0.0) for r in ended]
+    ends = [
+        (_time(store, r["ended_at"]) or since, r["state"] in _FAILED, float(r["cost_usd"] or 0.0))
+        for r in ended
+    ]
     tokens = [
         sum(
             int(r[k] or 0)
@@ -98,7 +102,7 @@ def _version(
         "throughputPerHour": len(ended) / hours,
         "anomalies": seen,
         "runners": sorted({str(r["runner_id"]) for r in live if r["runner_id"]}),
-        "_costs": costs,
+        "_ends": ends,
     }
 
 
@@ -119,7 +123,7 @@ async def compare(store: Store, rollout: Rollout) -> dict[str, Any]:
     }
     decision = _decide(rollout, versions)
     for figures in versions.values():
-        figures.pop("_costs")
+        figures.pop("_ends")
     live = versions["baseline"]["live"] + versions["canary"]["live"]
     return {
         "rollout": rollout.to_json(),
@@ -136,11 +140,8 @@ async def compare(store: Store, rollout: Rollout) -> dict[str, Any]:
 
 
 def _decide(rollout: Rollout, versions: dict[str, dict[str, Any]]) -> Decision:
-    samples = {
-        name: VersionSample(runs=v["runs"], failures=v["failures"], costs=v["_costs"])
-        for name, v in versions.items()
-    }
-    return decide(Rule.from_json(rollout.rule), samples["baseline"], samples["canary"])
+    rule = Rule.from_json(rollout.rule)
+    return judge(rule, versions["baseline"]["_ends"], versions["canary"]["_ends"])
 
 
 async def evaluate(store: Store, *, actor: str) -> Rollout | None:
