@@ -531,6 +531,19 @@ class Scheduler:
                 extra={"action": "run_crashed", "run_id": claim.run.id},
             )
 
+    async def _evaluate_rollout(self) -> None:
+        """Judge the running rollout (scheduler/rollouts.py). A store error goes up (the
+        loop retries); anything else is logged and never stops the scheduler."""
+        try:
+            await rollouts.evaluate(self.store, actor=f"scheduler {self.id}")
+        except StoreError:
+            raise
+        except Exception:
+            log.exception(
+                "the running rollout could not be evaluated; it runs on until the next look",
+                extra={"action": "rollout_failed"},
+            )
+
     def hooks_to_check(self, run: Run) -> bool:
         """Whether a run's log may show a failed hook: a pre hook failed it, or its agent
         has post hooks (a success of an agent without any costs nothing)."""
@@ -563,7 +576,7 @@ class Scheduler:
             if now - recovered >= self.options.recover_every:
                 await self._recover_lapsed()
                 await self._check_runners()
-                await rollouts.evaluate(self.store, actor=f"scheduler {self.id}")
+                await self._evaluate_rollout()
                 recovered = now
             if now - pruned >= self.options.prune_every:
                 await prune_history(self.project, self.store)
