@@ -37,6 +37,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,6 +129,8 @@ class BundleFollower:
         self.checks = 0
         #: The bundle running now (None: the project directory's files).
         self.applied: str | None = None
+        #: When the running rollout was last read (``time.monotonic``).
+        self._rollout_read = -float("inf")
         #: The last bundle that did not load, and why (until one does).
         self.failed: str | None = None
         self.error: str | None = None
@@ -191,6 +194,10 @@ class BundleFollower:
         loaded for the runs the claims assign to it. A candidate that does not load is
         reported once and assigned no runs (the baseline runs them all)."""
         store = self.scheduler.store
+        now = time.monotonic()
+        if now - self._rollout_read < self.interval:
+            return  # read at most once per interval: notices wake ``check`` far more often
+        self._rollout_read = now
         rollout = await store.running_rollout()
         if rollout is None:
             self.scheduler.rollout = None
