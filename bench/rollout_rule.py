@@ -6,9 +6,10 @@ canary runs it takes to roll back a worse one, by simulation of the pure rule.
 Runs end one at a time, each the canary's with probability SHARE; the rule
 (corral.rollouts.judge: min_runs 20, alpha 0.05 spent over checkpoints at 20, 40, 80,
 160 canary runs, minimum effects 10 points / 1.2x) is applied after every 5th canary
-run, as the evaluator applies it on its tick, up to 300 canary runs. Costs are log-normal (sigma 0.6), the canary's scaled by its cost ratio.
-Prints, per scenario: the share of trials rolled back, and the median and 90th
-percentile of canary runs at the rollback.
+run, as the evaluator applies it on its tick, up to 300 canary runs. Costs are
+log-normal (sigma 0.6), the canary's scaled by its cost ratio. Prints, per scenario: the
+share of trials rolled back, and the median and 90th percentile of canary runs at the
+rollback.
 """
 
 from __future__ import annotations
