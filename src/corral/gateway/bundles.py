@@ -8,6 +8,10 @@ Operators (an operator token, as for the rest of /control):
     GET  /control/bundles                 the pushed bundles, newest first, and the head
     GET  /control/bundles/{hash}          one bundle: size, files, each agent's hash
     POST /control/bundles/{hash}/apply    make a stored bundle current (a rollback)
+    POST /control/bundles?canary=10%      stored, not current: a rollout to 10% of the runs
+                                          of the agents it changes (min_runs, promote_after)
+    GET  /control/rollouts?agent=         the running rollout and the last ones, compared
+    POST /control/rollouts/{id|running}/promote|rollback   end one by hand
 
 Runners:
 
@@ -46,8 +50,11 @@ from corral.engine.fleet import CREDENTIAL_PREFIX
 from corral.errors import ConfigError, StoreConflict
 from corral.gateway.control import Operator, operator
 from corral.gateway.fleet import refusals, require_runner
+from corral.rollouts import Rule, parse_share
+from corral.scheduler import rollouts
 from corral.scheduler.bundles import check_bundle
 from corral.scheduler.service import Scheduler
+from corral.store import Store
 from corral.views import bundle_head_json, bundle_json
 
 __all__ = ["bundle_reader", "install_bundles"]
@@ -86,9 +93,45 @@ def _hash(text: str) -> str:
         raise ActionError(400, str(exc)) from None
 
 
+def _rollout_routes(router: APIRouter, store: Store) -> None:
+    @router.get("/rollouts", summary="The running rollout and the last ones, compared")
+    async def list_rollouts(
+        agent: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 5,
+    ) -> dict[str, Any]:
+        return await rollouts.status(store, agent, limit=limit)
+
+    @router.post("/rollouts/{ref}/{verb}", summary="Promote or roll back a rollout by hand")
+    async def end_rollout(ref: str, verb: str, actor: Operator) -> dict[str, Any]:
+        states = {"promote": "promoted", "rollback": "rolled_back"}
+        if verb not in states:
+            raise ActionError(404, f"a rollout is ended by promote or rollback, not {verb!r}")
+        if ref != "running" and not ref.isdigit():
+            raise ActionError(400, f"a rollout is named by its number or 'running', not {ref!r}")
+        try:
+            ended = await rollouts.end_by_hand(
+                store, None if ref == "running" else int(ref), states[verb], actor=actor
+            )
+        except LookupError as exc:
+            raise ActionError(409, str(exc.args[0])) from None
+        return {"ok": True, "rollout": ended.to_json()}
+
+
+def _canary_rule(
+    canary: str | None, min_runs: int, promote_after: int | None
+) -> tuple[float, Rule | None]:
+    if canary is None:
+        return 0.0, None
+    try:
+        return parse_share(canary), Rule(min_runs=min_runs, promote_after=promote_after)
+    except ValueError as exc:
+        raise ActionError(400, f"canary: {exc}") from None
+
+
 def _control_router(scheduler: Scheduler) -> APIRouter:
     router = APIRouter(prefix="/control", tags=["bundles"], dependencies=[Depends(operator)])
     store = scheduler.store
+    _rollout_routes(router, store)
 
     @router.post(
         "/bundles",
@@ -110,7 +153,11 @@ def _control_router(scheduler: Scheduler) -> APIRouter:
         request: Request,
         actor: Operator,
         note: Annotated[str | None, Query(max_length=500)] = None,
+        canary: Annotated[str | None, Query(max_length=20)] = None,
+        min_runs: Annotated[int, Query(ge=1, le=100000)] = 20,
+        promote_after: Annotated[int | None, Query(ge=1, le=100000)] = None,
     ) -> dict[str, Any]:
+        share, rule = _canary_rule(canary, min_runs, promote_after)
         data = await _body(request)
         hash_ = bundle_hash(data)
         try:
@@ -121,6 +168,20 @@ def _control_router(scheduler: Scheduler) -> APIRouter:
         except ConfigError as exc:
             raise ActionError(400, "the bundle's project does not load:\n" + exc.render()) from None
         manifest = {"agents": manifest_of(entries), "files": len(entries)}
+        if rule is not None:
+            try:
+                rollout = await store.publish_canary(
+                    hash_,
+                    data,
+                    manifest,
+                    share=share,
+                    rule=rule.to_json(),
+                    actor=actor,
+                    note=note,
+                )
+            except StoreConflict as exc:
+                raise ActionError(409, str(exc)) from None
+            return {"ok": True, "rollout": rollout.to_json()}
         published = await store.publish_bundle(hash_, data, manifest, actor=actor, note=note)
         return {
             "ok": True,

@@ -37,6 +37,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,6 +129,8 @@ class BundleFollower:
         self.checks = 0
         #: The bundle running now (None: the project directory's files).
         self.applied: str | None = None
+        #: When the running rollout was last read (``time.monotonic``).
+        self._rollout_read = -float("inf")
         #: The last bundle that did not load, and why (until one does).
         self.failed: str | None = None
         self.error: str | None = None
@@ -156,6 +159,7 @@ class BundleFollower:
     async def check(self) -> bool:
         """Apply the store's current bundle if it is new; True when one was applied."""
         self.checks += 1
+        await self._follow_rollout()
         head = await self.scheduler.store.bundle_head()
         if head is None or head.hash in (self.applied, self.failed):
             return False
@@ -184,6 +188,51 @@ class BundleFollower:
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self._prune)
         return True
+
+    async def _follow_rollout(self) -> None:
+        """Keep the scheduler on the store's running rollout, with its candidate bundle
+        loaded for the runs the claims assign to it. A candidate that does not load is
+        reported once and assigned no runs (the baseline runs them all)."""
+        store = self.scheduler.store
+        now = time.monotonic()
+        if now - self._rollout_read < self.interval:
+            return  # read at most once per interval: notices wake ``check`` far more often
+        self._rollout_read = now
+        rollout = await store.running_rollout()
+        if rollout is None:
+            self.scheduler.rollout = None
+            return
+        variants = self.scheduler.executor.variants
+        if rollout.candidate not in variants:
+            if rollout.candidate == self.failed:
+                self.scheduler.rollout = None
+                return
+            try:
+                project = await load_bundle(store, self.root, rollout.candidate, self.env)
+            except Exception as exc:  # the baseline keeps every run
+                self.failed, self.error = rollout.candidate, _describe(exc)
+                self.scheduler.rollout = None
+                log.error(
+                    "the canary bundle %s of rollout %d does not load; its agents run the "
+                    "baseline. %s",
+                    rollout.candidate,
+                    rollout.id,
+                    self.error,
+                    extra={"action": "bundle_failed", "bundle": rollout.candidate},
+                )
+                return
+            for old in list(variants)[:-2]:  # runs of older canaries have long finished
+                variants.pop(old, None)
+            variants[rollout.candidate] = project
+            log.info(
+                "rollout %d: %.0f%% of the runs of %s run bundle %s",
+                rollout.id,
+                rollout.share * 100,
+                ", ".join(rollout.agents),
+                rollout.candidate,
+                extra={"action": "rollout_followed", "bundle": rollout.candidate},
+            )
+        self.scheduler.rollout = rollout
 
     def _prune(self) -> None:
         """Remove unpacked bundles beyond the newest ``KEEP`` (never the running one)."""

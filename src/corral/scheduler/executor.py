@@ -141,6 +141,9 @@ class RunExecutor:
         reserve_reruns: bool = False,
     ) -> None:
         self.project = project
+        #: Projects of bundles other than the current one that runs may run: a rollout's
+        #: candidate (scheduler/rollouts.py), by bundle hash.
+        self.variants: dict[str, Project] = {}
         self.store = store
         self.grace = grace
         #: How long the start and the end of a run are retried while the store fails.
@@ -323,9 +326,17 @@ class RunExecutor:
             return RunResult(current if current is not None else run)
         return await self._end(run, outcome)
 
+    def project_for(self, run: Run) -> Project:
+        """The project a run runs: a rollout's candidate bundle when the claim assigned
+        it to the canary (``variants``), else the current one."""
+        if run.bundle is not None and run.bundle != self.project.bundle:
+            return self.variants.get(run.bundle, self.project)
+        return self.project
+
     async def _outcome(self, run: Run, sink: Sink | None) -> _Outcome | None:
         """Execute the run; how it ended (None: it was fenced off while it started)."""
-        agent = self.project.agents.get(run.agent)
+        project = self.project_for(run)
+        agent = project.agents.get(run.agent)
         if agent is None:
             return _Outcome(
                 RunState.FAILED, None, f"agent '{run.agent}' is no longer in the project"
@@ -333,7 +344,7 @@ class RunExecutor:
         capped = (
             await self.store.daily_cap_refusal(run.agent)
             if agent.config.budget.daily_cost is not None
-            or self.project.config.budget.daily_cost is not None
+            or project.config.budget.daily_cost is not None
             else None
         )
         if capped is not None:  # queued before the day's spend reached a cap
@@ -348,7 +359,7 @@ class RunExecutor:
         logfile = RunLog(self.log_path(run.id), sink, limit=self.log_limit, on_error=log_failed)
         try:
             plan = await plan_run(
-                self.project,
+                project,
                 self.store,
                 run,
                 agent,
@@ -395,7 +406,7 @@ class RunExecutor:
         if agent.config.harness.type == "builtin":
             return await self._builtin(plan, runlog, system_prompt)
         try:
-            process = await plan.runtime.launch(plan.launch(self.project, system_prompt))
+            process = await plan.runtime.launch(plan.launch(self.project_for(run), system_prompt))
         except CorralError as exc:
             return _Outcome(RunState.FAILED, None, str(exc))
         self._processes[run.id] = process
@@ -424,7 +435,13 @@ class RunExecutor:
 
         loop = asyncio.create_task(
             run_builtin(
-                self.project, plan, system_prompt, runlog, launch, self._breakers, self.store
+                self.project_for(run),
+                plan,
+                system_prompt,
+                runlog,
+                launch,
+                self._breakers,
+                self.store,
             ),
             name=f"builtin {run.id}",
         )

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from corral.agentcmd import install as install_commands
 from corral.project import Project, ScaleConfig
-from corral.scheduler import anomalies
+from corral.scheduler import anomalies, rollouts
 from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.bundles import BundleFollower
 from corral.scheduler.cron import CronTriggers
@@ -43,6 +43,7 @@ from corral.store import (
     Claim,
     EnqueueResult,
     NewItem,
+    Rollout,
     Run,
     Runner,
     RunState,
@@ -191,6 +192,9 @@ class Scheduler:
         self._cron_changed = asyncio.Event()
         #: The store's current bundle (`corral push`), followed from start on (None: the
         #: project directory only, for tests that want a fixed configuration).
+        #: The store's running rollout (`corral push --canary`), as the bundle follower
+        #: last read it: the claims of its agents' runs are assigned to the canary.
+        self.rollout: Rollout | None = None
         self.bundles: BundleFollower | None = BundleFollower(
             self, interval=max(self.options.reload_every, 1.0)
         )
@@ -508,6 +512,8 @@ class Scheduler:
             self.link.claim_failed()
             raise
         self.link.claimed([(c.run.id, c.run.agent, c.run.trigger.value) for c in claims])
+        if self.rollout is not None and claims:
+            claims = await rollouts.assign(self.store, self.rollout, claims)
         return claims
 
     def _launch(self, claim: Claim) -> None:
@@ -548,6 +554,19 @@ class Scheduler:
                 extra={"action": "run_crashed", "run_id": claim.run.id},
             )
 
+    async def _evaluate_rollout(self) -> None:
+        """Judge the running rollout (scheduler/rollouts.py). A store error goes up (the
+        loop retries); anything else is logged and never stops the scheduler."""
+        try:
+            await rollouts.evaluate(self.store, actor=f"scheduler {self.id}")
+        except StoreError:
+            raise
+        except Exception:
+            log.exception(
+                "the running rollout could not be evaluated; it runs on until the next look",
+                extra={"action": "rollout_failed"},
+            )
+
     def hooks_to_check(self, run: Run) -> bool:
         """Whether a run's log may show a failed hook: a pre hook failed it, or its agent
         has post hooks (a success of an agent without any costs nothing)."""
@@ -580,6 +599,7 @@ class Scheduler:
             if now - recovered >= self.options.recover_every:
                 await self._recover_lapsed()
                 await self._check_runners()
+                await self._evaluate_rollout()
                 recovered = now
             if now - pruned >= self.options.prune_every:
                 await prune_history(self.project, self.store)

@@ -16,6 +16,7 @@ from corral.errors import MigrationError, StoreError, StoreUnavailable
 from corral.store._base import StaleFence, Store, Transaction, mask_url
 from corral.store._fleet import TransitionRefused
 from corral.store._fleetscale import FLEET, FleetMember
+from corral.store._rollouts import Rollout
 from corral.store._stream import StreamTick, stream_prefix
 from corral.store._webhooks import RECEIPT_BODY_CAP, new_receipt_id
 from corral.store.records import (
@@ -115,6 +116,7 @@ __all__ = [
     "Receipt",
     "ReceiptOutcome",
     "Recovered",
+    "Rollout",
     "Run",
     "RunCursor",
     "RunFilter",

@@ -48,7 +48,6 @@ from typing import Any, Self
 
 from corral.errors import StoreError
 from corral.store._batching import Failed, GroupCommit, Waiting
-from corral.store._bundles import BundleOps
 from corral.store._calls import CallOps
 from corral.store._control import ControlOps
 from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
@@ -61,6 +60,7 @@ from corral.store._metrics import MetricsOps
 from corral.store._migrator import Migrator
 from corral.store._notify import ChangeOps
 from corral.store._pools import PoolOps
+from corral.store._rollouts import RolloutOps
 from corral.store._stream import StreamOps
 from corral.store._tasks import TaskOps
 from corral.store._time import require_aware
@@ -108,7 +108,7 @@ class Store(
     TokenOps,
     FleetOps,
     MetricsOps,
-    BundleOps,
+    RolloutOps,
     ChangeOps,
 ):
     """Durable state of a corral project. Open with ``corral.store.open_store(url)``."""

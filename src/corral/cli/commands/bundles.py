@@ -30,6 +30,7 @@ from corral.engine import actions
 from corral.errors import ConfigError, ConfigIssue, StoreConflict, UsageError
 from corral.inert import inert
 from corral.project import Project
+from corral.rollouts import Rule, parse_share
 from corral.scheduler.bundles import check_bundle
 from corral.store import Store
 from corral.views import bundle_head_json, bundle_json
@@ -48,15 +49,47 @@ _TIMEOUT_S = 120.0
     metavar="HASH",
     help="Make an earlier pushed bundle current again instead (a rollback).",
 )
+@click.option(
+    "--canary",
+    default=None,
+    metavar="SHARE",
+    help="Roll out to this share of the changed agents' runs first (like 10%), not current.",
+)
+@click.option(
+    "--min-runs",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 100000),
+    help="With --canary: finished canary (and baseline) runs before the rule judges.",
+)
+@click.option(
+    "--promote-after",
+    default=None,
+    type=click.IntRange(1, 100000),
+    help="With --canary: promote after this many canary runs without a regression.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def push_cmd(obj: CliContext, note: str | None, bundle_ref: str | None, as_json: bool) -> None:
+def push_cmd(
+    obj: CliContext,
+    note: str | None,
+    bundle_ref: str | None,
+    as_json: bool,
+    canary: str | None = None,
+    min_runs: int = 20,
+    promote_after: int | None = None,
+) -> None:
     """Publish the project (config.toml, agents/, shared/) as the current bundle.
 
     The control plane applies it without a restart; each run records the bundle it ran.
+    With --canary, the bundle runs a share of the changed agents' runs until it is
+    promoted (by hand or by the rule) or rolled back (`corral rollout status`).
     """
     if bundle_ref is not None:
         _apply(obj, bundle_ref, as_json)
+        return
+    if canary is not None:
+        _push_canary(obj, canary, min_runs, promote_after, note, as_json)
         return
     project = obj.project()  # an invalid project stops here, with the loader's errors
     packed = _pack(project)
@@ -83,6 +116,71 @@ def push_cmd(obj: CliContext, note: str | None, bundle_ref: str | None, as_json:
             + ", ".join(safe(path) for path in packed.skipped),
             soft_wrap=True,
         )
+
+
+def _push_canary(
+    obj: CliContext,
+    canary: str,
+    min_runs: int,
+    promote_after: int | None,
+    note: str | None,
+    as_json: bool,
+) -> None:
+    try:
+        share = parse_share(canary)
+        rule = Rule(min_runs=min_runs, promote_after=promote_after)
+    except ValueError as exc:
+        raise UsageError(f"--canary: {exc}") from None
+    project = obj.project()
+    packed = _pack(project)
+    remote = remote_gateway(project)
+    if remote is not None:
+        params: dict[str, Any] = {"canary": canary, "min_runs": min_runs}
+        if promote_after is not None:
+            params["promote_after"] = promote_after
+        if note:
+            params["note"] = note
+        headers = {
+            "Authorization": f"Bearer {_token(project)}",
+            "Content-Type": "application/x-tar",
+        }
+        answer = asyncio.run(
+            _call(
+                "POST",
+                f"{remote}/control/bundles",
+                headers=headers,
+                params=params,
+                content=packed.data,
+            )
+        )
+    else:
+
+        async def go() -> dict[str, Any]:
+            async with await obj.store(project) as store:
+                try:
+                    rollout = await store.publish_canary(
+                        packed.hash,
+                        packed.data,
+                        packed.manifest(),
+                        share=share,
+                        rule=rule.to_json(),
+                        actor=actions.cli_actor(),
+                        note=note,
+                    )
+                except StoreConflict as exc:
+                    raise UsageError(str(exc)) from None
+            return {"ok": True, "rollout": rollout.to_json()}
+
+        answer = asyncio.run(go())
+    if as_json:
+        print_json(answer)
+        return
+    r = answer["rollout"]
+    console.print(
+        f"rollout {r['id']}: bundle {safe(r['candidate'])} runs {r['share']:.0%} of the runs "
+        f"of {safe(', '.join(r['agents']))}; the current bundle {safe(r['baseline'])} the "
+        "rest. `corral rollout status` compares them"
+    )
 
 
 def _pack(project: Project) -> Packed:

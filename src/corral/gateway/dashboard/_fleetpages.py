@@ -1,5 +1,6 @@
 """The fleet's pages: the runners (the four numbers, the runners table, the throughput
-chart) and the anomalies, with their buttons. Read through ``corral.engine.fleet``: the
+chart), the rollouts (a canary bundle against the current one, scheduler/rollouts.py)
+and the anomalies, with their buttons. Read through ``corral.engine.fleet``: the
 numbers are the ones ``corral fleet status`` and ``GET /control/fleet/status`` give, and
 every change is the one the control API and the CLI make, audited as
 ``dashboard:<token name>``.
@@ -26,6 +27,7 @@ from corral.gateway.dashboard._context import Dashboard, Signed
 from corral.gateway.dashboard._posts import Checked, _act, _flash, read_form
 from corral.gateway.dashboard._sse import EventStream
 from corral.gateway.dashboard._streams import ticking_stream
+from corral.scheduler import rollouts
 from corral.store import RunnerState
 
 __all__ = ["FLEET_TICK", "NOTE_LIMIT", "fleet_routes"]
@@ -111,6 +113,12 @@ def _pages(router: APIRouter, dash: Dashboard, fragments: _Fragments) -> None:
     ) -> HTMLResponse:
         context = {"by": by, "live": await fragments.runners(by, fresh=True)}
         return dash.page("runners.html", operator, context, title="Runners", nav="runners")
+
+    @router.get("/rollouts")
+    async def rollout_page(operator: Signed) -> HTMLResponse:
+        shown = await rollouts.status(dash.scheduler.store, limit=5)
+        context = {"rollouts": shown["rollouts"]}
+        return dash.page("rollouts.html", operator, context, title="Rollouts", nav="rollouts")
 
     @router.get("/anomalies")
     async def anomalies(operator: Signed, all: str | None = None) -> HTMLResponse:

@@ -39,7 +39,7 @@ from corral.errors import StoreError
 from corral.gateway.edge import WholeNumber
 from corral.gateway.fleet._runner_api import Me, refusals
 from corral.locate import open_private, private_dirs
-from corral.scheduler import anomalies
+from corral.scheduler import anomalies, rollouts
 from corral.scheduler.service import Scheduler
 from corral.store import Claim, Run, RunnerState, RunState, StaleFence
 from corral.store._notify import QUEUE
@@ -333,17 +333,22 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
         finally:
             unsubscribe()
             scheduler.wake_listeners.discard(woken.set)
-        head = await store.get_bundle(project.bundle)
-        manifest = dict(head.agents) if head is not None else {}
+        # a running rollout's canary share of these runs runs its candidate bundle
+        claims = await rollouts.assign(store, scheduler.rollout, claims)
+        manifests: dict[str, dict[str, str]] = {}
+        for bundle in {c.run.bundle or project.bundle for c in claims}:
+            stored = await store.get_bundle(bundle)
+            manifests[bundle] = dict(stored.agents) if stored is not None else {}
         for index, claim in enumerate(claims):  # in item order, as the hashes were used
             agent = project.agents[claim.run.agent]
+            bundle = claim.run.bundle or project.bundle
             answer["runs"].append(
                 {
                     **fleet_runs.claim_json(claim),
                     "leaseSeconds": fleet_runs.LEASE_SECONDS,
                     "secretHash": hashes[index] if index < len(hashes) else None,
-                    "bundle": project.bundle,
-                    "agentBundle": manifest.get(agent.name),
+                    "bundle": bundle,
+                    "agentBundle": manifests[bundle].get(agent.name),
                     "credentials": fleet_runs.credentials_json(_credentials(project, agent)),
                 }
             )

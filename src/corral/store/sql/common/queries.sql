@@ -962,3 +962,39 @@ SELECT * FROM corral_fleet_members ORDER BY started_at, name
 -- Runners the fleet autoscaler started that ended (stopped or failed) before :older_than.
 DELETE FROM corral_fleet_members
 WHERE state IN ('stopped', 'failed') AND ended_at < :older_than
+
+-- rollouts ------------------------------------------------------------------------------
+
+-- name: insert_rollout
+INSERT INTO corral_rollouts (baseline, candidate, agents, share, rule, state, created_at,
+                             created_by)
+VALUES (:baseline, :candidate, :agents, :share, :rule, 'running', :now, :actor)
+RETURNING *
+
+-- name: running_rollout
+SELECT * FROM corral_rollouts WHERE state = 'running'
+
+-- name: get_rollout
+SELECT * FROM corral_rollouts WHERE id = :id
+
+-- name: list_rollouts
+SELECT * FROM corral_rollouts ORDER BY id DESC LIMIT :limit
+
+-- name: end_rollout
+-- One statement decides: of two evaluators (or an operator and an evaluator) ending the
+-- same rollout, one finds it running and ends it; the other gets no row.
+UPDATE corral_rollouts
+SET state = :state, ended_at = :now, ended_by = :actor, reason = :reason
+WHERE id = :id AND state = 'running'
+RETURNING *
+
+-- name: rollout_runs
+-- The runs of a rollout's two bundles since it began (the caller keeps its agents').
+SELECT id, agent, bundle, state, created_at, started_at, ended_at, input_tokens,
+       output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, status_text,
+       return_value, runner_id
+FROM corral_runs
+WHERE created_at >= :since AND bundle IN (:baseline, :candidate)
+
+-- name: anomalies_since
+SELECT kind, subject, evidence FROM corral_anomalies WHERE at >= :since

@@ -748,3 +748,12 @@ SELECT count(*) AS n FROM (
         AND (cardinality(%(labels)s::text[]) = 0
              OR (SELECT c.labels @> to_jsonb(%(labels)s::text[])))
     LIMIT %(cap)s) s;
+
+-- name: assign_canary
+-- The runs just claimed that run the canary, while its rollout still runs (a rollout
+-- ended a moment ago assigns nothing: new runs then run the baseline).
+UPDATE corral_runs AS r
+SET bundle = o.candidate
+FROM corral_rollouts AS o
+WHERE o.id = %(rollout)s AND o.state = 'running' AND r.id = ANY(%(ids)s)
+RETURNING r.id, r.bundle

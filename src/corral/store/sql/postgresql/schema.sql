@@ -1217,3 +1217,23 @@ CREATE TABLE corral_fleet_members (
     detail text
 );
 CREATE INDEX corral_fleet_members_state ON corral_fleet_members (state);
+
+-- Rollouts (0028): a canary bundle run by a share of its agents' runs.
+CREATE TABLE corral_rollouts (
+    id bigserial PRIMARY KEY,
+    baseline text NOT NULL REFERENCES corral_bundles (hash),
+    candidate text NOT NULL REFERENCES corral_bundles (hash),
+    agents jsonb NOT NULL,
+    share double precision NOT NULL CHECK (share > 0 AND share <= 1),
+    rule jsonb NOT NULL,
+    state text NOT NULL
+        CHECK (state IN ('running', 'promoted', 'rolled_back', 'halted')),
+    created_at timestamptz NOT NULL,
+    created_by text NOT NULL,
+    ended_at timestamptz,
+    ended_by text,
+    reason text
+);
+
+CREATE UNIQUE INDEX corral_rollouts_one_running ON corral_rollouts (state)
+    WHERE state = 'running';

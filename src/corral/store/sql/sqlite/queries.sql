@@ -437,3 +437,12 @@ SELECT count(*) AS n FROM (
             SELECT 1 FROM json_each(:labels) w
             WHERE w.value NOT IN (SELECT value FROM json_each(c.labels)))
     LIMIT :cap);
+
+-- name: assign_canary
+-- The runs just claimed that run the canary, while its rollout still runs (a rollout
+-- ended a moment ago assigns nothing: new runs then run the baseline).
+UPDATE corral_runs
+SET bundle = (SELECT candidate FROM corral_rollouts WHERE id = :rollout AND state = 'running')
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND EXISTS (SELECT 1 FROM corral_rollouts WHERE id = :rollout AND state = 'running')
+RETURNING id, bundle

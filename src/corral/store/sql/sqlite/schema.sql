@@ -522,3 +522,23 @@ CREATE TABLE corral_fleet_members (
     detail TEXT
 );
 CREATE INDEX corral_fleet_members_state ON corral_fleet_members (state);
+
+-- Rollouts (0028): a canary bundle run by a share of its agents' runs.
+CREATE TABLE corral_rollouts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    baseline TEXT NOT NULL REFERENCES corral_bundles (hash),
+    candidate TEXT NOT NULL REFERENCES corral_bundles (hash),
+    agents TEXT NOT NULL,
+    share REAL NOT NULL CHECK (share > 0 AND share <= 1),
+    rule TEXT NOT NULL,
+    state TEXT NOT NULL
+        CHECK (state IN ('running', 'promoted', 'rolled_back', 'halted')),
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    ended_at TEXT,
+    ended_by TEXT,
+    reason TEXT
+);
+
+CREATE UNIQUE INDEX corral_rollouts_one_running ON corral_rollouts (state)
+    WHERE state = 'running';
