@@ -54,6 +54,7 @@ from corral.store._control import ControlOps
 from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
 from corral.store._fleet import FleetOps
 from corral.store._fleet_runs import FleetRunOps
+from corral.store._rollouts import RolloutOps
 from corral.store._leases import LeaseOps
 from corral.store._locks import LockOps
 from corral.store._metrics import MetricsOps
@@ -103,6 +104,7 @@ class Store(
     WebhookOps,
     TokenOps,
     FleetOps,
+    RolloutOps,
     MetricsOps,
     BundleOps,
     ChangeOps,

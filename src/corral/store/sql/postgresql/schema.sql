@@ -1194,3 +1194,20 @@ CREATE TABLE corral_pool_decisions (
 );
 CREATE INDEX corral_pool_decisions_agent ON corral_pool_decisions (agent, id);
 CREATE INDEX corral_pool_decisions_time ON corral_pool_decisions (decided_at);
+
+CREATE TABLE corral_fleet_rollouts (
+    id text PRIMARY KEY,
+    target text NOT NULL,
+    channel text NOT NULL,
+    canary integer NOT NULL CHECK (canary >= 0),
+    batch_share double precision NOT NULL CHECK (batch_share > 0 AND batch_share <= 1),
+    watch_seconds double precision NOT NULL CHECK (watch_seconds >= 0),
+    source text NOT NULL,
+    state text NOT NULL,
+    revision integer NOT NULL,
+    detail text NOT NULL,
+    created_by text NOT NULL,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+CREATE INDEX corral_fleet_rollouts_created ON corral_fleet_rollouts (created_at);
