@@ -13,7 +13,7 @@ def main() -> int:
     import corral
     import corral.runner.agent
     import corral.scheduler.executor
-    import corral.store  # noqa: F401
+    import corral.store
 
     print(f"corral probe ok {corral.__version__}")
     return 0

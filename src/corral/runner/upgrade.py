@@ -106,7 +106,9 @@ class Versions:
         if not self.root.is_dir():
             return []
         return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and (p / "venv").exists()
+            p.name
+            for p in self.root.iterdir()
+            if not p.is_symlink() and p.is_dir() and (p / "venv").exists()
         )
 
     def current_version(self) -> str | None:
@@ -380,21 +382,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def start_guard(work_dir: Path, pid: int, log_path: Path | None) -> None:
-    """The guard, a process of its own with the running (old) interpreter."""
-    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
-    try:
-        subprocess.Popen(
-            [sys.executable, "-m", "corral.runner.upgrade", "guard", str(work_dir), str(pid)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-    finally:
-        if not isinstance(out, int):
-            out.close()
+def start_guard(work_dir: Path, pid: int) -> None:
+    """The guard, a process of its own with the running (old) interpreter; its output
+    goes where the runner's goes."""
+    subprocess.Popen(
+        [sys.executable, "-m", "corral.runner.upgrade", "guard", str(work_dir), str(pid)],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover - the guard's entry point

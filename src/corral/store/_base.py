@@ -54,13 +54,13 @@ from corral.store._control import ControlOps
 from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
 from corral.store._fleet import FleetOps
 from corral.store._fleet_runs import FleetRunOps
-from corral.store._rollouts import RolloutOps
 from corral.store._leases import LeaseOps
 from corral.store._locks import LockOps
 from corral.store._metrics import MetricsOps
 from corral.store._migrator import Migrator
 from corral.store._notify import ChangeOps
 from corral.store._pools import PoolOps
+from corral.store._rollouts import RolloutOps
 from corral.store._tasks import TaskOps
 from corral.store._time import require_aware
 from corral.store._tokens import TokenOps

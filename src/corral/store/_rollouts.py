@@ -109,7 +109,9 @@ class RolloutOps(StoreCore):
         """Runs on runners ended since ``since``: ``runner_id``, ``state``, ``seconds``
         (None when the run never started)."""
         async with self.transaction(write=False) as tx:
-            rows = await tx.fetch_all("runs_ended_by_runner_since", {"since": self.encode_time(since)})
+            rows = await tx.fetch_all(
+                "runs_ended_by_runner_since", {"since": self.encode_time(since)}
+            )
         found = []
         for row in rows:
             started = None if row["started_at"] is None else self.decode_time(row["started_at"])
