@@ -13,9 +13,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def build_wheel(version: str, out: Path, *, patch: dict[str, str] | None = None) -> Path:
+def build_wheel(
+    version: str, out: Path, *, patch: dict[str, tuple[str, str]] | None = None
+) -> Path:
     """A wheel of this corral saying it is ``version``; ``patch``: paths under corral/
-    -> Python text appended to that module (a broken probe, a failing start)."""
+    -> (text, its replacement) in that module (a broken probe, a failing start)."""
     out.mkdir(parents=True, exist_ok=True)
     wheel = out / f"corral-{version}-py3-none-any.whl"
     files: dict[str, bytes] = {}
@@ -28,7 +30,9 @@ def build_wheel(version: str, out: Path, *, patch: dict[str, str] | None = None)
         if rel == "_version.py":
             data = f'__version__ = "{version}"\n'.encode()
         if patch and rel in patch:
-            data += ("\n" + patch[rel] + "\n").encode()
+            old, new = patch[rel]
+            assert old.encode() in data, f"{rel} has no {old!r}"
+            data = data.replace(old.encode(), new.encode())
         files[f"corral/{rel}"] = data
     info = f"corral-{version}.dist-info"
     files[f"{info}/METADATA"] = (
