@@ -196,13 +196,12 @@ def test_a_version_whose_smoke_check_fails_rolls_back_on_the_canary_alone(
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])
-def test_a_version_that_fails_to_start_rolls_back_by_itself(
-    tmp_path: Path, store_url: str
-) -> None:
+def test_a_version_that_fails_to_start_rolls_back_by_itself(tmp_path: Path, store_url: str) -> None:
     broken = {
         "cli/commands/runner.py": (
             "settings = RunnerSettings.from_config(",
-            'raise SystemExit("this corral cannot start")\n    settings = RunnerSettings.from_config(',
+            'raise SystemExit("this corral cannot start")\n'
+            "    settings = RunnerSettings.from_config(",
         )
     }
     wheel = build_wheel(NEW, tmp_path / "wheels", patch=broken)

@@ -261,7 +261,7 @@ async def _fleet(store: Store) -> list[Runner]:
     return [r for r in await store.list_runners() if r.state is not RunnerState.REVOKED]
 
 
-def _advance(
+def _advance(  # noqa: C901 - the rollout's state machine, read in one place
     rollout: FleetRollout,
     runner: Runner,
     report: dict[str, Any] | None,
