@@ -236,3 +236,30 @@ def test_a_version_that_fails_more_runs_is_halted_by_the_comparison(
         assert step["verdict"]["worse"] and "failure rate" in step["verdict"]["why"]
         versions = _versions(store_url)
         assert sorted(versions.values()) == sorted([NEW, __version__, __version__])
+        # the operator rolls it back: the canary goes back to the version it ran before
+        back = _upgrade(plane, store_url, "rollback", "--json")
+        assert back.returncode == 0, back.stderr
+        wait_for(lambda: set(_versions(store_url).values()) == {__version__}, 120, interval=1)
+        rollout = _rollout(plane, store_url)
+        [canary] = step["runners"]
+        assert rollout["state"] == "rolled_back"
+        wait_for(
+            lambda: _rollout(plane, store_url)["runners"][canary]["state"] == "rolled_back", 30
+        )
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_a_runner_outside_the_version_window_is_refused(tmp_path: Path, store_url: str) -> None:
+    root = tmp_path / "project"
+    _project(root, tmp_path)
+    window = {"CORRAL_FLEET_RUNNER_VERSIONS": "0.2.0,0.3.0"}
+    with control_plane(root, store_url, tmp_path / "start.log", env=window) as plane:
+        home = tmp_path / "runner-old"
+        home.mkdir()
+        argv = [sys.executable, "-m", "corral", "runner", "join", plane.url]
+        argv += ["--token", plane.token(["edge"]), "--config", str(home / "runner.json")]
+        done = subprocess.run(argv, env=clean_env(home), capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0
+        said = done.stderr + done.stdout
+        assert f"corral {__version__} is outside" in said, said
+        assert "0.2.0 to 0.3.0" in said, said

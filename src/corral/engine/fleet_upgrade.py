@@ -66,8 +66,9 @@ FAILURE_MARGIN = 0.2
 MIN_RUNS = 3
 #: ... or their median run lasts more than this many times the rest's (plus 1 s).
 DURATION_FACTOR = 1.5
-#: States of a rollout that still orders runners about.
-ACTIVE = ("running", "rolled_back")
+#: A runner restarting into a new version is silent for a while (the re-exec, the smoke
+#: check): silent past the offline window plus this, it counts as lost to its upgrade.
+RESTART_GRACE = 60.0
 _FAILED_RUNS = ("failed", "timed_out", "lost")
 _DURATION = re.compile(r"(\d{1,7}(?:\.\d+)?)\s*([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -236,12 +237,11 @@ async def on_heartbeat(
     """Record what ``runner`` reports of its upgrade, advance the rollout, and answer
     its order (None: nothing to do)."""
     rollout = await store.latest_fleet_rollout()
-    if rollout is None or rollout.state not in ACTIVE:
+    if rollout is None or not _active(rollout):
         return None
     for _ in range(3):  # compare and set: another process may have moved it meanwhile
-        state, detail = _advance(
-            rollout, runner, report, await _fleet(store), store.now(), settings
-        )
+        fleet = await _fleet(store) if rollout.state == "running" else [runner]
+        state, detail = _advance(rollout, runner, report, fleet, store.now(), settings)
         if state == "watch":
             state, detail = await _judge(store, rollout, detail, settings)
         if state == rollout.state and detail == rollout.detail:
@@ -255,6 +255,16 @@ async def on_heartbeat(
             return None
         rollout = again
     return _order(rollout, runner)
+
+
+def _active(rollout: FleetRollout) -> bool:
+    """Whether heartbeats still have a part in ``rollout``: it runs, or it was rolled
+    back and a runner it upgraded has not gone back yet."""
+    if rollout.state == "running":
+        return True
+    if rollout.state != "rolled_back":
+        return False
+    return any(r.get("state") == "upgraded" for r in rollout.detail.get("runners", {}).values())
 
 
 async def _fleet(store: Store) -> list[Runner]:
@@ -310,6 +320,20 @@ def _advance(  # noqa: C901 - the rollout's state machine, read in one place
     ]
     if steps and steps[-1].get("verdict") is None:
         step = steps[-1]
+        lost = [
+            r
+            for r in fleet
+            if r.id in step["runners"]
+            and runners.get(r.id, {}).get("state") in ("ordered", "draining")
+            and not r.online(now, settings.offline_after_seconds + RESTART_GRACE)
+        ]
+        if lost:  # heartbeat health: a runner went silent during its upgrade
+            names = ", ".join(r.name for r in lost)
+            for r in lost:
+                runners[r.id] = {**runners[r.id], "state": "failed", "stage": "offline"}
+                runners[r.id]["error"] = "went offline during its upgrade"
+            step["verdict"] = {"worse": True, "why": f"runner(s) offline while upgrading: {names}"}
+            return "halted", _note(detail, now, f"runner(s) {names} went offline upgrading; halted")
         if step.get("upgradedAt") is None:
             if all(runners.get(rid, {}).get("state") == "upgraded" for rid in step["runners"]):
                 step["upgradedAt"] = iso_time(now)

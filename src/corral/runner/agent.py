@@ -657,9 +657,7 @@ class Runner:
         if report is not None:
             body["upgrade"] = report
         try:
-            answer = await self.client.call(
-                "POST", "/fleet/v1/heartbeat", json=body, timeout=self.fence_after
-            )
+            answer = await self._send_beat(body)
         except ControlPlaneError as exc:
             log.error("heartbeat refused (%s): %s", exc.status, exc)
             if exc.status in (401, 403):  # revoked or unknown: nothing may go on
@@ -695,6 +693,20 @@ class Runner:
                 task = asyncio.create_task(live.executor.stop(run_id, "killed by an operator"))
                 self._stops.add(task)
                 task.add_done_callback(self._stops.discard)
+
+    async def _send_beat(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.client.call(
+                "POST", "/fleet/v1/heartbeat", json=body, timeout=self.fence_after
+            )
+        except ControlPlaneError as exc:
+            if exc.status != 422 or "upgrade" not in str(exc) or "upgrade" not in body:
+                raise
+        # a control plane older than upgrades: it is not told (nor asked) about them
+        body.pop("upgrade")
+        return await self.client.call(
+            "POST", "/fleet/v1/heartbeat", json=body, timeout=self.fence_after
+        )
 
     async def _fencing(self) -> None:
         while True:
