@@ -19,9 +19,8 @@ plane process hears one; every change is a compare and set on the rollout's revi
    the rollout upgraded is told to go back to the version it ran before.
 
 The version window: a control plane serves runners whose corral version lies within
-``runner_version_window()`` (``CORRAL_FLEET_RUNNER_VERSIONS="MIN,MAX"``, by default from
-``MIN_RUNNER_VERSION`` to the last version of the control plane's major version); a
-runner outside it is refused with an error naming both versions.
+``runner_version_window()`` (``CORRAL_FLEET_RUNNER_VERSIONS="MIN,MAX"``; open by
+default); a runner outside it is refused with an error naming both versions.
 """
 
 from __future__ import annotations
@@ -58,8 +57,8 @@ __all__ = [
     "window_refusal",
 ]
 
-#: The oldest runner version this control plane speaks with.
-MIN_RUNNER_VERSION = "0.1.0"
+#: The oldest runner version this control plane speaks with (None: no floor yet).
+MIN_RUNNER_VERSION: str | None = None
 #: Comparison: the upgraded runners are worse when their failure rate exceeds the rest's
 #: by this much, over at least ``MIN_RUNS`` of their runs ...
 FAILURE_MARGIN = 0.2
@@ -94,22 +93,27 @@ def parse_duration(text: str, what: str = "--watch") -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def runner_version_window() -> tuple[str, str]:
-    """The runner versions this control plane serves, lowest and highest (inclusive)."""
+def runner_version_window() -> tuple[str | None, str | None]:
+    """The runner versions this control plane serves, lowest and highest (inclusive;
+    None: unbounded), from ``CORRAL_FLEET_RUNNER_VERSIONS="MIN,MAX"`` (either may be
+    empty). Unset, every version is served: corral has one runner protocol so far, and
+    its changes are negotiated per field (a refused field is sent again without it)."""
     given = os.environ.get("CORRAL_FLEET_RUNNER_VERSIONS", "").strip()
-    if given:
-        low, _, high = given.partition(",")
-        return low.strip() or MIN_RUNNER_VERSION, high.strip() or _top_of_major()
-    return MIN_RUNNER_VERSION, _top_of_major()
+    low, _, high = given.partition(",")
+    return low.strip() or MIN_RUNNER_VERSION, high.strip() or None
 
 
-def _top_of_major() -> str:
-    return f"{__version__.split('.')[0]}.999999.999999"
+def _window_text() -> str:
+    low, high = runner_version_window()
+    if low and high:
+        return f"{low} to {high}"
+    return f"{low} and later" if low else f"up to {high}"
 
 
 def in_window(version: str) -> bool:
     low, high = runner_version_window()
-    return version_key(low) <= version_key(version) <= version_key(high)
+    key = version_key(version)
+    return (low is None or version_key(low) <= key) and (high is None or key <= version_key(high))
 
 
 def window_refusal(version: str) -> str | None:
@@ -117,12 +121,11 @@ def window_refusal(version: str) -> str | None:
     runner that did not say its version)."""
     if not version or in_window(version):
         return None
-    low, high = runner_version_window()
     return (
         f"this runner's corral {version} is outside the runner versions this control plane "
-        f"(corral {__version__}) serves, {low} to {high}: install a corral within them on "
-        f"the runner (`pip install 'corral>={low},<={high}'`), or roll the fleet to one "
-        f"(`corral fleet upgrade --to {__version__}`)"
+        f"(corral {__version__}) serves, {_window_text()}: install a corral within them on "
+        f"the runner, or roll the fleet to one (`corral fleet upgrade --to {__version__}`), "
+        "or widen the window (CORRAL_FLEET_RUNNER_VERSIONS on the control plane)"
     )
 
 
@@ -152,11 +155,10 @@ async def start_rollout(
             "`corral fleet upgrade halt` / `corral fleet upgrade rollback` first",
         )
     if not in_window(target):
-        low, high = runner_version_window()
         raise ActionError(
             400,
             f"corral {target} is outside the runner versions this control plane "
-            f"({__version__}) serves, {low} to {high}: upgrade the control plane first",
+            f"({__version__}) serves, {_window_text()}: upgrade the control plane first",
         )
     if on_worse not in ("halt", "rollback"):
         raise ActionError(400, f"bad --on-worse {on_worse!r}: halt or rollback")
