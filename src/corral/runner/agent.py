@@ -462,6 +462,8 @@ class Runner:
         self.reexec: list[str] | None = None
         self._stop: asyncio.Event | None = None
         self._upgrade_task: asyncio.Task[None] | None = None
+        #: A request for work is under way (its answer may bring runs).
+        self.polling = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -570,7 +572,9 @@ class Runner:
             }
             self.upgrading = None
             return
-        while self.live:  # no run is killed: they end first
+        # no run is killed: the running ones end first, and a request for work under way
+        # (a long poll, up to its wait) is answered first: the runs it brings run too
+        while self.live or self.polling:
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), 1.0)
@@ -756,7 +760,11 @@ class Runner:
                     await asyncio.wait_for(self._slot_freed.wait(), 1.0)
                 continue
             try:
-                answer, offered = await self._ask_for_work(free)
+                self.polling = True
+                try:
+                    answer, offered = await self._ask_for_work(free)
+                finally:
+                    self.polling = False
             except (StoreUnavailable, ControlPlaneError) as exc:
                 # A claim may have committed before the failure was seen: none of the
                 # hashes it was offered is offered again.
