@@ -99,11 +99,17 @@ class PlaneProcess(SchedulerProcess):
 
 @contextlib.contextmanager
 def control_plane(
-    root: Path, store_url: str, log: Path, *extra: str, lease: float | None = TEST_LEASE
+    root: Path,
+    store_url: str,
+    log: Path,
+    *extra: str,
+    lease: float | None = TEST_LEASE,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Plane]:
     """`corral start` on ``store_url``; with ``--expose`` (listening on every address, so
     simulated hosts reach it), an operator token is made first, as exposing requires.
-    ``lease``: the lease of runs on runners (None: the default, 12 s)."""
+    ``lease``: the lease of runs on runners (None: the default, 12 s); ``env``: more of
+    the control plane's environment."""
     operator = ""
     if "--expose" in extra:
         env = clean_env(root.parent) | {"CORRAL_STATE_URL": store_url}
@@ -117,8 +123,8 @@ def control_plane(
         )
         assert made.returncode == 0, made.stderr
         operator = made.stdout.strip()
-    env = {} if lease is None else {"CORRAL_FLEET_LEASE_SECONDS": f"{lease:g}"}
-    with PlaneProcess(root, store_url, log, *extra, env=env) as process:
+    more = {} if lease is None else {"CORRAL_FLEET_LEASE_SECONDS": f"{lease:g}"}
+    with PlaneProcess(root, store_url, log, *extra, env=more | (env or {})) as process:
         wait_until(lambda: "started; gateway on" in process.output(), 90)
         found = re.search(r"gateway on (http://[0-9.]+):(\d+)", process.output())
         assert found is not None, process.output()

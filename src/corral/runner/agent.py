@@ -47,6 +47,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -71,6 +72,7 @@ from corral.errors import (
 )
 from corral.project import Project, load_project
 from corral.runner.proxy import AgentApiProxy
+from corral.runner.upgrade import UpgradeError, Versions, check_wheel, smoke_check, start_guard
 from corral.scheduler.agentlink import AgentLink, hash_secret
 from corral.scheduler.executor import RunExecutor
 from corral.scheduler.watchdog import Watchdog, boottime
@@ -450,6 +452,18 @@ class Runner:
             f"corral-{os.getuid()}-{settings.runner_id}"
         )
         self.socket_dir = socket_dir
+        #: corral's own versions on this runner (``corral.runner.upgrade``).
+        self.versions = Versions(settings.work_dir)
+        #: What the next heartbeat reports of an upgrade (its state, version, error).
+        self.upgrade_report: dict[str, Any] | None = None
+        #: Set while this runner upgrades (drains, installs, swaps): no new work.
+        self.upgrading: str | None = None
+        #: After run() returns: the interpreter and arguments to re-execute into.
+        self.reexec: list[str] | None = None
+        self._stop: asyncio.Event | None = None
+        self._upgrade_task: asyncio.Task[None] | None = None
+        #: A request for work is under way (its answer may bring runs).
+        self.polling = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -458,6 +472,9 @@ class Runner:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(path, 0o700)
         install_commands(self.bin_dir)
+        self._stop = stop
+        if not await self._after_upgrade():
+            return
         self.watchdog.deadline = boottime() + self.fence_after
         self.watchdog.start()
         log.info(
@@ -483,10 +500,130 @@ class Runner:
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            if self._upgrade_task is not None:
+                self._upgrade_task.cancel()
             await self.client.close()
             if self.proxy_client is not None:
                 await self.proxy_client.aclose()
             self.watchdog.close(kill_runs=True)
+
+    # -- upgrades -------------------------------------------------------------------------
+
+    async def _after_upgrade(self) -> bool:
+        """On start: adopt the running install as a version; when this process is the
+        new version of an upgrade under trial, run the smoke check first: healthy, it
+        goes on (True); failed, ``current`` is swapped back and the old version is
+        re-executed (False: run() returns, the caller re-executes)."""
+        await asyncio.to_thread(self.versions.adopt_running)
+        failure = self.versions.take_failure()
+        if failure is not None:
+            self.upgrade_report = {"state": "failed", **failure}
+        trial = self.versions.trial()
+        if trial is None or trial.get("to") != __version__:
+            return True
+        log.info("corral %s: the smoke check after the upgrade from %s", __version__, trial["from"])
+        try:
+            await smoke_check(self.settings.work_dir)
+        except Exception as exc:  # any failure of the new version rolls back
+            error = f"the smoke check of corral {__version__} failed: {exc}"
+            log.error("%s; swapping back to %s", error, trial["from"])
+            self.versions.swap_back(trial, "smoke", error)
+            self.reexec = [str(trial["oldPython"]), *list(trial["argv"])]
+            return False
+        self.versions.mark_healthy(__version__)
+        self.versions.end_trial()
+        removed = await asyncio.to_thread(self.versions.prune)
+        log.info("corral %s is healthy (removed old versions: %s)", __version__, removed or "none")
+        self.upgrade_report = {"state": "upgraded", "version": __version__, "from": trial["from"]}
+        return True
+
+    def _consider_upgrade(self, order: Any) -> None:
+        """A heartbeat answer's ``upgrade`` order: start upgrading, unless one is under
+        way, this is the version already, or this version failed here already."""
+        if not isinstance(order, dict) or self.upgrading or self.draining:
+            return
+        version = str(order.get("version") or "")
+        if not version or version == __version__:
+            return
+        failed = self.upgrade_report or {}
+        if failed.get("state") == "failed" and failed.get("version") == version:
+            return
+        done = self.versions.take_failure()
+        if done is not None and done.get("version") == version and not order.get("retry"):
+            return
+        self.upgrading = version
+        self._upgrade_task = asyncio.create_task(self._upgrade(order), name="upgrade")
+
+    async def _upgrade(self, order: dict[str, Any]) -> None:
+        version = str(order["version"])
+        log.info("upgrading to corral %s: draining (%d run(s) running)", version, len(self.live))
+        self.upgrade_report = {"state": "draining", "version": version}
+        try:
+            python = await self._install(version, order)
+        except Exception as exc:
+            error = f"the install of corral {version} failed: {exc}"
+            log.error("%s", error)
+            self.versions.record_failure(version, "install", error)
+            self.upgrade_report = {
+                "state": "failed",
+                "version": version,
+                "stage": "install",
+                "error": error,
+            }
+            self.upgrading = None
+            return
+        # no run is killed: the running ones end first, and a request for work under way
+        # (a long poll, up to its wait) is answered first: the runs it brings run too
+        while self.live or self.polling:
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), 1.0)
+        argv = ["-m", "corral", *sys.argv[1:]]
+        self.versions.begin_trial(__version__, version, argv, upgrade_start_timeout())
+        self.versions.point_at(version)
+        start_guard(self.settings.work_dir, os.getpid())
+        log.info("corral %s installed and current: restarting into it", version)
+        self.reexec = [str(python), *argv]
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _install(self, version: str, order: dict[str, Any]) -> Path:
+        if version in self.versions.installed() and self.versions.python(version).exists():
+            return self.versions.python(version)  # kept from before: a rollback
+        wheel = order.get("wheel")
+        if isinstance(wheel, dict):
+            data = await self._fetch_wheel(version)
+            check_wheel(data, str(wheel.get("sha256", "")))
+            name = str(wheel.get("name") or f"corral-{version}-py3-none-any.whl")
+            if "/" in name or not name.endswith(".whl"):
+                raise UpgradeError(f"the control plane named the wheel {name!r}: no wheel name")
+            folder = self.settings.work_dir / "versions" / ".wheels"
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = folder / name
+            path.write_bytes(data)
+            try:
+                return await asyncio.to_thread(self.versions.install, version, path)
+            finally:
+                path.unlink(missing_ok=True)
+        index = order.get("index")
+        if isinstance(index, str) and index:
+            return await asyncio.to_thread(self.versions.install, version, None, index)
+        raise UpgradeError("the upgrade order names neither a wheel nor an index")
+
+    async def _fetch_wheel(self, version: str) -> bytes:
+        base = self.client.urls[self.client.preferred]
+        response = await self.client._http.get(
+            f"{base}/fleet/v1/upgrade/wheel",
+            params={"version": version},
+            headers=self.client._headers,
+            timeout=120.0,
+        )
+        if response.status_code != 200:
+            raise UpgradeError(
+                f"the control plane did not serve the wheel of {version} "
+                f"({response.status_code}): {response.text[:300]}"
+            )
+        return response.content
 
     async def drain(self) -> None:
         """No new work; running runs finish within the grace, then are given back."""
@@ -515,11 +652,16 @@ class Runner:
         running = [
             {"runId": run_id, "fence": live.claim.run.fence} for run_id, live in self.live.items()
         ]
-        body = {"version": __version__, "running": running, "bundles": self.cache.cached()[:256]}
+        body: dict[str, Any] = {
+            "version": __version__,
+            "running": running,
+            "bundles": self.cache.cached()[:256],
+        }
+        report = self.upgrade_report
+        if report is not None:
+            body["upgrade"] = report
         try:
-            answer = await self.client.call(
-                "POST", "/fleet/v1/heartbeat", json=body, timeout=self.fence_after
-            )
+            answer = await self._send_beat(body)
         except ControlPlaneError as exc:
             log.error("heartbeat refused (%s): %s", exc.status, exc)
             if exc.status in (401, 403):  # revoked or unknown: nothing may go on
@@ -529,6 +671,11 @@ class Runner:
             log.warning("heartbeat failed: %s", exc)
             raise
         self.acked = max(self.acked, sent)
+        if report is not None and report is self.upgrade_report and report["state"] != "draining":
+            self.upgrade_report = None  # told once
+            if report["state"] == "failed":
+                self.versions.clear_failure()
+        self._consider_upgrade(answer.get("upgrade"))
         self.adopt_lease(answer.get("leaseSeconds"))
         self.watchdog.set_deadline(sent_boot + self.fence_after)
         self.state = str(answer.get("state", "active"))
@@ -550,6 +697,20 @@ class Runner:
                 task = asyncio.create_task(live.executor.stop(run_id, "killed by an operator"))
                 self._stops.add(task)
                 task.add_done_callback(self._stops.discard)
+
+    async def _send_beat(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.client.call(
+                "POST", "/fleet/v1/heartbeat", json=body, timeout=self.fence_after
+            )
+        except ControlPlaneError as exc:
+            if exc.status != 422 or "upgrade" not in str(exc) or "upgrade" not in body:
+                raise
+        # a control plane older than upgrades: it is not told (nor asked) about them
+        body.pop("upgrade")
+        return await self.client.call(
+            "POST", "/fleet/v1/heartbeat", json=body, timeout=self.fence_after
+        )
 
     async def _fencing(self) -> None:
         while True:
@@ -593,13 +754,17 @@ class Runner:
     async def _work(self) -> None:
         while not self.draining:
             free = self.settings.slots - len(self.live)
-            if self.fenced or free <= 0 or self.state != "active":
+            if self.fenced or free <= 0 or self.state != "active" or self.upgrading:
                 self._slot_freed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot_freed.wait(), 1.0)
                 continue
             try:
-                answer, offered = await self._ask_for_work(free)
+                self.polling = True
+                try:
+                    answer, offered = await self._ask_for_work(free)
+                finally:
+                    self.polling = False
             except (StoreUnavailable, ControlPlaneError) as exc:
                 # A claim may have committed before the failure was seen: none of the
                 # hashes it was offered is offered again.
@@ -842,6 +1007,12 @@ RestartSec=2
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def upgrade_start_timeout() -> float:
+    from corral.runner import upgrade
+
+    return upgrade.START_TIMEOUT
 
 
 def install_signals(stop: asyncio.Event) -> None:

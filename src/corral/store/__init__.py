@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from corral.errors import MigrationError, StoreError, StoreUnavailable
 from corral.store._base import StaleFence, Store, Transaction, mask_url
 from corral.store._fleet import TransitionRefused
+from corral.store._fleet_rollouts import FleetRollout
 from corral.store._fleetscale import FLEET, FleetMember
 from corral.store._rollouts import Rollout
 from corral.store._stream import StreamTick, stream_prefix
@@ -92,6 +93,7 @@ __all__ = [
     "EnqueueResult",
     "FinalizeResult",
     "FleetMember",
+    "FleetRollout",
     "FleetToken",
     "ItemState",
     "JoinRefusal",

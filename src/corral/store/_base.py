@@ -52,6 +52,7 @@ from corral.store._calls import CallOps
 from corral.store._control import ControlOps
 from corral.store._core import Dialect, Row, StaleFence, Transaction, mask_url
 from corral.store._fleet import FleetOps
+from corral.store._fleet_rollouts import FleetRolloutOps
 from corral.store._fleet_runs import FleetRunOps
 from corral.store._fleetscale import FleetScaleOps
 from corral.store._leases import LeaseOps
@@ -107,8 +108,9 @@ class Store(
     WebhookOps,
     TokenOps,
     FleetOps,
-    MetricsOps,
     RolloutOps,
+    MetricsOps,
+    FleetRolloutOps,
     ChangeOps,
 ):
     """Durable state of a corral project. Open with ``corral.store.open_store(url)``."""

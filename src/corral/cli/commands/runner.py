@@ -259,9 +259,17 @@ def start_cmd(config_path: Path | None, print_systemd_unit: bool, verbose: bool)
     )
     logging.getLogger("corral.runner").setLevel(logging.INFO)
 
-    async def main() -> None:
+    async def main() -> list[str] | None:
         stop = asyncio.Event()
         install_signals(stop)
-        await Runner(settings).run(stop)
+        runner = Runner(settings)
+        await runner.run(stop)
+        return runner.reexec
 
-    asyncio.run(main())
+    reexec = asyncio.run(main())
+    if reexec is not None:  # an upgrade (or its rollback): the same process, another corral
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(reexec[0], reexec)

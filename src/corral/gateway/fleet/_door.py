@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.engine import fleet
+from corral.engine import fleet, fleet_upgrade
 from corral.engine.token import hash_token
 from corral.errors import StoreError
 from corral.gateway.fleet._runner_api import HeartbeatBody, heartbeat_with_runs
@@ -110,6 +110,8 @@ async def _fast_heartbeat(scope: Scope, body: bytes, credential: str) -> dict[st
         parsed = HeartbeatBody.model_validate_json(body or b"null")
     except ValidationError:
         return None
+    if fleet_upgrade.window_refusal(parsed.version) is not None:
+        return None  # the route refuses it, naming the versions
     try:
         runner = await scheduler.store.heartbeat_by_credential(
             hash_token(credential), version=parsed.version

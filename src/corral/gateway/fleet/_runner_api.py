@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral import __version__
-from corral.engine import fleet, fleet_runs
+from corral.engine import fleet, fleet_runs, fleet_upgrade
 from corral.engine.actions import ActionError
 from corral.engine.token import hash_token
 from corral.gateway.edge import WholeNumber, json_response
@@ -107,6 +108,9 @@ class HeartbeatBody(BaseModel):
     bundles: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
         default=[], max_length=256
     )
+    upgrade: dict[str, Any] | None = Field(
+        default=None, description="What the runner reports of an upgrade (state, version, error)"
+    )
 
 
 class JoinAnswer(BaseModel):
@@ -125,6 +129,9 @@ class JoinAnswer(BaseModel):
 class HeartbeatAnswer(BaseModel):
     ok: Literal[True]
     gone: list[str] = Field(description="Reported runs this runner no longer holds: stop them")
+    upgrade: dict[str, Any] | None = Field(
+        default=None, description="Upgrade (or roll back) to this corral version: how"
+    )
     kill: list[str] = Field(description="Its runs an operator asked to kill")
     leaseSeconds: float
     runnerId: str
@@ -180,6 +187,9 @@ def runner_router(scheduler: Scheduler) -> APIRouter:
     )
     async def join(body: JoinBody, request: Request) -> Any:
         settings = fleet.fleet_settings(scheduler.project)
+        refused = fleet_upgrade.window_refusal(body.version)
+        if refused is not None:
+            return json_response({"ok": False, "error": refused, "reason": "version"}, 409)
         credential = fleet.new_runner_credential()
         new = NewRunner(
             name=body.name,
@@ -221,10 +231,25 @@ def runner_router(scheduler: Scheduler) -> APIRouter:
     )
     async def heartbeat(body: HeartbeatBody, me: Me) -> Any:
         settings = fleet.fleet_settings(scheduler.project)
+        refused = fleet_upgrade.window_refusal(body.version)
+        if refused is not None:
+            return json_response({"ok": False, "error": refused, "reason": "version"}, 409)
         beat = await store.runner_heartbeat(me.id, version=body.version or me.version)
         if beat is None:  # revoked between the check and the write
             raise ActionError(403, f"runner {me.id} was revoked; it may not act for the fleet")
         return await heartbeat_with_runs(store, beat, body, settings)
+
+    @router.get(
+        "/upgrade/wheel",
+        summary="The corral wheel of the running rollout (GET ?version=V)",
+        responses=_errors(401, 403, 404),
+    )
+    async def upgrade_wheel(version: str, me: Me) -> Any:
+        rollout = await store.latest_fleet_rollout()
+        path = fleet_upgrade.wheel_of(rollout, version)
+        if path is None:
+            raise ActionError(404, f"no wheel of corral {version} is being rolled out")
+        return FileResponse(path, media_type="application/octet-stream", filename=path.name)
 
     return router
 
@@ -243,6 +268,9 @@ async def heartbeat_with_runs(
             runner.id, reported, lease_seconds=fleet_runs.LEASE_SECONDS
         )
         answer["gone"], answer["kill"] = list(renewal.gone), list(renewal.kill)
+    order = await fleet_upgrade.on_heartbeat(store, runner, body.upgrade, settings)
+    if order is not None:
+        answer["upgrade"] = order
     return answer
 
 

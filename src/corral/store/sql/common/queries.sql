@@ -998,3 +998,29 @@ WHERE created_at >= :since AND bundle IN (:baseline, :candidate)
 
 -- name: anomalies_since
 SELECT kind, subject, evidence FROM corral_anomalies WHERE at >= :since
+
+-- name: insert_fleet_rollout
+INSERT INTO corral_fleet_rollouts
+    (id, target, channel, canary, batch_share, watch_seconds, source, state, revision,
+     detail, created_by, created_at, updated_at)
+VALUES (:id, :target, :channel, :canary, :batch_share, :watch_seconds, :source, :state, 1,
+     :detail, :created_by, :now, :now)
+
+-- name: latest_fleet_rollout
+SELECT * FROM corral_fleet_rollouts ORDER BY created_at DESC, id DESC LIMIT 1
+
+-- name: get_fleet_rollout
+SELECT * FROM corral_fleet_rollouts WHERE id = :id
+
+-- name: update_fleet_rollout
+UPDATE corral_fleet_rollouts
+SET state = :state, detail = :detail, revision = revision + 1, updated_at = :now
+WHERE id = :id AND revision = :revision
+RETURNING *
+
+-- name: runs_ended_by_runner_since
+-- The comparison of a rollout step: per runner, runs ended since :since, those that
+-- failed, and their summed duration in seconds (computed by the caller from the rows).
+SELECT runner_id, state, started_at, ended_at
+FROM corral_runs
+WHERE ended_at >= :since AND ended_at IS NOT NULL AND runner_id IS NOT NULL

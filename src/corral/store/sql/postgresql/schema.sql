@@ -1237,3 +1237,20 @@ CREATE TABLE corral_rollouts (
 
 CREATE UNIQUE INDEX corral_rollouts_one_running ON corral_rollouts (state)
     WHERE state = 'running';
+
+CREATE TABLE corral_fleet_rollouts (
+    id text PRIMARY KEY,
+    target text NOT NULL,
+    channel text NOT NULL,
+    canary integer NOT NULL CHECK (canary >= 0),
+    batch_share double precision NOT NULL CHECK (batch_share > 0 AND batch_share <= 1),
+    watch_seconds double precision NOT NULL CHECK (watch_seconds >= 0),
+    source text NOT NULL,
+    state text NOT NULL,
+    revision integer NOT NULL,
+    detail text NOT NULL,
+    created_by text NOT NULL,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+CREATE INDEX corral_fleet_rollouts_created ON corral_fleet_rollouts (created_at);

@@ -542,3 +542,20 @@ CREATE TABLE corral_rollouts (
 
 CREATE UNIQUE INDEX corral_rollouts_one_running ON corral_rollouts (state)
     WHERE state = 'running';
+
+CREATE TABLE corral_fleet_rollouts (
+    id TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    canary INTEGER NOT NULL CHECK (canary >= 0),
+    batch_share REAL NOT NULL CHECK (batch_share > 0 AND batch_share <= 1),
+    watch_seconds REAL NOT NULL CHECK (watch_seconds >= 0),
+    source TEXT NOT NULL,
+    state TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX corral_fleet_rollouts_created ON corral_fleet_rollouts (created_at);

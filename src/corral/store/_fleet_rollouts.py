@@ -1,0 +1,138 @@
+"""Fleet rollouts: `corral fleet upgrade` moves the runners to a corral version in steps.
+
+A rollout is one row: what it rolls out (target version, channel, where the runners get
+it), how (canary count, batch share, watch window) and its progress (``state`` and
+``detail``, a JSON document of the steps and each runner's report). Every change is a
+compare and set on ``revision``: of several control plane processes advancing the same
+rollout at once, one wins and the others read it again.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from corral.store._core import Row, StoreCore
+
+__all__ = ["FleetRollout", "FleetRolloutOps"]
+
+
+@dataclass(frozen=True)
+class FleetRollout:
+    id: str
+    target: str
+    channel: str
+    canary: int
+    batch_share: float
+    watch_seconds: float
+    source: dict[str, Any]
+    state: str
+    revision: int
+    detail: dict[str, Any]
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class FleetRolloutOps(StoreCore):
+    """Fleet rollouts; part of ``Store``."""
+
+    async def create_fleet_rollout(
+        self,
+        *,
+        target: str,
+        channel: str,
+        canary: int,
+        batch_share: float,
+        watch_seconds: float,
+        source: dict[str, Any],
+        detail: dict[str, Any],
+        actor: str,
+    ) -> FleetRollout:
+        rollout_id = "ro_" + secrets.token_hex(6)
+        params = {
+            "id": rollout_id,
+            "target": target,
+            "channel": channel,
+            "canary": canary,
+            "batch_share": batch_share,
+            "watch_seconds": watch_seconds,
+            "source": json.dumps(source),
+            "state": "running",
+            "detail": json.dumps(detail),
+            "created_by": actor,
+            "now": self.encode_time(self.now()),
+        }
+        async with self.transaction() as tx:
+            await tx.execute("insert_fleet_rollout", params)
+            row = await tx.fetch_one("get_fleet_rollout", {"id": rollout_id})
+            await self.audit_in(
+                tx,
+                actor=actor,
+                action="fleet.upgrade.start",
+                subject=rollout_id,
+                detail={"target": target, "channel": channel},
+            )
+        assert row is not None
+        return self._rollout(row)
+
+    async def latest_fleet_rollout(self) -> FleetRollout | None:
+        async with self.transaction(write=False) as tx:
+            row = await tx.fetch_one("latest_fleet_rollout")
+        return None if row is None else self._rollout(row)
+
+    async def get_fleet_rollout(self, rollout_id: str) -> FleetRollout | None:
+        async with self.transaction(write=False) as tx:
+            row = await tx.fetch_one("get_fleet_rollout", {"id": rollout_id})
+        return None if row is None else self._rollout(row)
+
+    async def update_fleet_rollout(
+        self, rollout: FleetRollout, *, state: str, detail: dict[str, Any]
+    ) -> FleetRollout | None:
+        """Change ``rollout`` if nobody changed it since it was read (None: somebody did;
+        read it again)."""
+        params = {
+            "id": rollout.id,
+            "revision": rollout.revision,
+            "state": state,
+            "detail": json.dumps(detail),
+            "now": self.encode_time(self.now()),
+        }
+        async with self.transaction() as tx:
+            row = await tx.fetch_one("update_fleet_rollout", params)
+        return None if row is None else self._rollout(row)
+
+    async def runs_ended_by_runner(self, since: datetime) -> list[Row]:
+        """Runs on runners ended since ``since``: ``runner_id``, ``state``, ``seconds``
+        (None when the run never started)."""
+        async with self.transaction(write=False) as tx:
+            rows = await tx.fetch_all(
+                "runs_ended_by_runner_since", {"since": self.encode_time(since)}
+            )
+        found = []
+        for row in rows:
+            started = None if row["started_at"] is None else self.decode_time(row["started_at"])
+            ended = self.decode_time(row["ended_at"])
+            seconds = None if started is None else (ended - started).total_seconds()
+            found.append({"runner_id": row["runner_id"], "state": row["state"], "seconds": seconds})
+        return found
+
+    def _rollout(self, row: Row) -> FleetRollout:
+        return FleetRollout(
+            id=row["id"],
+            target=row["target"],
+            channel=row["channel"],
+            canary=int(row["canary"]),
+            batch_share=float(row["batch_share"]),
+            watch_seconds=float(row["watch_seconds"]),
+            source=json.loads(row["source"]),
+            state=row["state"],
+            revision=int(row["revision"]),
+            detail=json.loads(row["detail"]),
+            created_by=row["created_by"],
+            created_at=self.decode_time(row["created_at"]),
+            updated_at=self.decode_time(row["updated_at"]),
+        )

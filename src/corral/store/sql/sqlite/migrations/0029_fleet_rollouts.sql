@@ -1,0 +1,21 @@
+-- 0029 fleet rollouts: `corral fleet upgrade` records the rollout of a corral version
+-- across the runners (target, channel, canary count, batch share, watch window, where
+-- the runners get it) and its progress (state, the steps and each runner's report, as
+-- JSON). revision guards every change (compare and set: several control plane
+-- processes advance the same rollout).
+CREATE TABLE corral_fleet_rollouts (
+    id TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    canary INTEGER NOT NULL CHECK (canary >= 0),
+    batch_share REAL NOT NULL CHECK (batch_share > 0 AND batch_share <= 1),
+    watch_seconds REAL NOT NULL CHECK (watch_seconds >= 0),
+    source TEXT NOT NULL,
+    state TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX corral_fleet_rollouts_created ON corral_fleet_rollouts (created_at);
