@@ -60,6 +60,7 @@ from corral.store._metrics import MetricsOps
 from corral.store._migrator import Migrator
 from corral.store._notify import ChangeOps
 from corral.store._pools import PoolOps
+from corral.store._providers import ProviderOps
 from corral.store._tasks import TaskOps
 from corral.store._time import require_aware
 from corral.store._tokens import TokenOps
@@ -95,6 +96,7 @@ _GONE = Failed(asyncio.CancelledError())
 class Store(
     TaskOps,
     PoolOps,
+    ProviderOps,
     FleetRunOps,
     LeaseOps,
     CallOps,

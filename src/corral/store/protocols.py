@@ -23,6 +23,7 @@ concern, so that a caller can ask for only what it uses and a reader can see the
     MetricsStore   what /metrics reads since its previous scrape
     ChangeStore    wake-ups: wait until a topic may have changed
     PoolStore      agents' pools: the autoscaler's size, its decider's lease, its log
+    ProviderStore  model providers' shared rate-limit buckets, their throttles and turns
     StoreLifecycle opening, closing, migrating
 
 Two more protocols describe what the concern parts are written over and how they reach
@@ -60,6 +61,8 @@ from corral.store._locks import WANT_SECONDS
 from corral.store._notify import Changes
 from corral.store._queue import Overflow
 from corral.store.records import (
+    BucketLimits,
+    ProviderBucket,
     AgentSpec,
     AgentState,
     Anomaly,
@@ -119,6 +122,7 @@ __all__ = [
     "LockStore",
     "MetricsStore",
     "PoolStore",
+    "ProviderStore",
     "QueueStore",
     "RunStore",
     "StoreBackend",
@@ -663,6 +667,28 @@ class PoolStore(Protocol):
 
 
 @runtime_checkable
+@runtime_checkable
+class ProviderStore(Protocol):
+    """Model providers' rate limits (``_providers``): one shared bucket per (provider,
+    key), its permits, tokens, throttles and fair turns between agents."""
+
+    async def take_provider_permit(
+        self, bucket: str, provider: str, waiter: str, agent: str, limits: BucketLimits
+    ) -> float: ...
+
+    async def charge_provider_tokens(
+        self, bucket: str, provider: str, tokens: int, limits: BucketLimits
+    ) -> None: ...
+
+    async def throttle_provider(
+        self, bucket: str, provider: str, retry_after: float | None, limits: BucketLimits
+    ) -> float: ...
+
+    async def provider_buckets(self) -> list[ProviderBucket]: ...
+
+    async def provider_shares(self, bucket: str) -> dict[str, int]: ...
+
+
 class StoreLifecycle(Protocol):
     """Opening, closing and migrating a store (``_base``)."""
 
@@ -802,6 +828,7 @@ CONCERNS: tuple[type, ...] = (
     MetricsStore,
     ChangeStore,
     PoolStore,
+    ProviderStore,
     StoreLifecycle,
     StoreBackend,
     TransactionHooks,

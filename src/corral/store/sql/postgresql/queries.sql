@@ -733,3 +733,7 @@ WITH picked AS (
     SELECT project, id, %(now)s, 'claimed', %(claimer)s, token, %(run_id)s FROM picked
 )
 SELECT * FROM picked;
+
+-- name: lock_provider_bucket
+-- One grant at a time per bucket, across every process sharing the store.
+SELECT * FROM corral_provider_buckets WHERE bucket = %(bucket)s FOR UPDATE

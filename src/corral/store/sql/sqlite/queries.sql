@@ -421,3 +421,7 @@ WHERE status = 'open' AND project = :project AND id = (
     ORDER BY c.priority DESC, c.created_at, c.id
     LIMIT 1)
 RETURNING *;
+
+-- name: lock_provider_bucket
+-- (BEGIN IMMEDIATE already serialises writers.)
+SELECT * FROM corral_provider_buckets WHERE bucket = :bucket

@@ -499,3 +499,34 @@ CREATE TABLE corral_pool_decisions (
 );
 CREATE INDEX corral_pool_decisions_agent ON corral_pool_decisions (agent, id);
 CREATE INDEX corral_pool_decisions_time ON corral_pool_decisions (decided_at);
+
+-- 0026: provider rate limits (see migrations/0026_provider_buckets.sql)
+CREATE TABLE corral_provider_buckets (
+    bucket TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    requests REAL NOT NULL,
+    tokens REAL NOT NULL,
+    refilled_at TEXT NOT NULL,
+    throttled_until TEXT,
+    last_throttle_at TEXT,
+    factor REAL NOT NULL DEFAULT 1.0 CHECK (factor > 0 AND factor <= 1),
+    granted INTEGER NOT NULL DEFAULT 0,
+    throttles INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE corral_provider_waiters (
+    bucket TEXT NOT NULL,
+    waiter TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    since TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    PRIMARY KEY (bucket, waiter)
+);
+
+CREATE TABLE corral_provider_shares (
+    bucket TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    last_granted_at TEXT NOT NULL,
+    granted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, agent)
+);

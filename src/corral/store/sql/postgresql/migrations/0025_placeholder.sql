@@ -1,0 +1,1 @@
+-- 0025 placeholder: reserved for a migration of another branch; removed at merge.

@@ -1,0 +1,1 @@
+-- 0024 placeholder: reserved for a migration of another branch; removed at merge.
