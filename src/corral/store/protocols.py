@@ -667,7 +667,6 @@ class PoolStore(Protocol):
 
 
 @runtime_checkable
-@runtime_checkable
 class ProviderStore(Protocol):
     """Model providers' rate limits (``_providers``): one shared bucket per (provider,
     key), its permits, tokens, throttles and fair turns between agents."""
@@ -689,6 +688,7 @@ class ProviderStore(Protocol):
     async def provider_shares(self, bucket: str) -> dict[str, int]: ...
 
 
+@runtime_checkable
 class StoreLifecycle(Protocol):
     """Opening, closing and migrating a store (``_base``)."""
 
