@@ -44,6 +44,7 @@ __all__ = [
     "LocalConfig",
     "ModelConfig",
     "PriceConfig",
+    "ProviderLimitsConfig",
     "ProjectBudget",
     "ProjectConfig",
     "RuntimeConfig",
@@ -132,6 +133,17 @@ class ModelConfig(_Model):
     base_url: StrictStr | None = None
     #: Overrides the built-in price table (corral.llm.pricing) for this model.
     price: PriceConfig | None = None
+
+
+class ProviderLimitsConfig(_Model):
+    """``[providers.<name>]``: the provider's rate limits for each API key, shared by
+    every run of the built-in harness across the fleet (docs/scaling.md). A table with
+    no limit still shares the provider's 429 throttles between runs."""
+
+    requests_per_minute: StrictInt | None = Field(None, ge=1)
+    tokens_per_minute: StrictInt | None = Field(None, ge=1)
+    #: Requests that may go at once after a quiet spell (the rest are spaced evenly).
+    burst: StrictInt = Field(1, ge=1)
 
 
 class LocalConfig(_Model):
@@ -347,6 +359,7 @@ class ProjectConfig(_Model):
     fleet: FleetConfig = FleetConfig()
     state: StateConfig = StateConfig()
     models: Mapping[str, ModelConfig] = Field(default_factory=dict)
+    providers: Mapping[Provider, ProviderLimitsConfig] = Field(default_factory=dict)
     local: LocalConfig = LocalConfig()
     gateway: GatewayConfig = GatewayConfig()
     webhooks: Mapping[str, WebhookSource] = Field(default_factory=dict)
