@@ -56,7 +56,7 @@ async def requests(client: GatedClient, n: int) -> int:
 async def test_clients_sharing_a_budget_all_succeed_unrefused(store: Store) -> None:
     """Six clients of three agents, 30 requests at 10/s: none refused by the provider,
     and the bucket kept them at the rate (not faster than the provider allows)."""
-    limits = BucketLimits(requests_per_second=10.0, burst=1, window=10.0)
+    limits = BucketLimits(requests_per_second=9.5, burst=1, window=10.0)
     async with RateLimitedProvider(rate=10, period=1.0, capacity=2) as fake:
         clients = [gated(fake, store, limits, f"r{i}", f"agent{i % 3}") for i in range(6)]
         started = time.monotonic()
@@ -64,7 +64,7 @@ async def test_clients_sharing_a_budget_all_succeed_unrefused(store: Store) -> N
         took = time.monotonic() - started
     assert sum(done) == 30 and fake.granted == 30
     assert fake.refused == 0
-    assert took >= 2.8  # 29 gaps of 0.1 s after the first permit
+    assert took >= 29 / 9.5 * 0.95  # 29 gaps after the first permit
     assert await store.provider_shares("anthropic:test") == {
         "agent0": 10,
         "agent1": 10,
@@ -103,17 +103,17 @@ async def test_two_processes_share_one_bucket_without_over_granting(
     """Two worker processes (two clients each) against one provider key: the provider
     counts every request and refuses none; the rate held across processes."""
     async with RateLimitedProvider(rate=8, period=1.0, capacity=2) as fake:
-        procs = [await spawn(WORKER, store_url, fake.url, agent, 10, 8.0) for agent in "ab"]
+        procs = [await spawn(WORKER, store_url, fake.url, agent, 10, 7.5) for agent in "ab"]
         started = time.monotonic()
         results = await run_together(procs)
         took = time.monotonic() - started
     assert [r["done"] for r in results] == [10, 10]
     assert fake.granted == 20 and fake.refused == 0
-    assert took >= 19 / 8 * 0.95
+    assert took >= 19 / 7.5 * 0.95
     assert await store.provider_shares("anthropic:shared") == {"a": 10, "b": 10}
     gaps = [b - a for a, b in zip(fake.times, fake.times[1:], strict=False)]
     # No two permits closer than the rate allows, give or take the network's jitter.
-    assert sum(1 for gap in gaps if gap < 0.125 * 0.5) <= 1
+    assert sum(1 for gap in gaps if gap < 0.5 / 7.5) <= 1
 
 
 def test_config_limits_are_per_second_over_a_minute() -> None:
