@@ -55,9 +55,7 @@ async def test_contended_permits_take_turns_between_agents(store: Store, clock: 
     assert await store.provider_shares(BUCKET) == {"a": 4, "b": 1}
 
 
-async def test_an_agent_with_many_runs_gets_its_share_not_more(
-    store: Store, clock: Clock
-) -> None:
+async def test_an_agent_with_many_runs_gets_its_share_not_more(store: Store, clock: Clock) -> None:
     """Two agents keep asking, a with four runs and b with one: they alternate."""
     granted = {"a": 0, "b": 0}
     runs = [("a1", "a"), ("a2", "a"), ("a3", "a"), ("a4", "a"), ("b1", "b")]

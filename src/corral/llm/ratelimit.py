@@ -137,9 +137,7 @@ class GatedClient:
                 continue
             u = completion.usage
             used = u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens
-            await self.permits.charge_provider_tokens(
-                self.bucket, self.provider, used, self.limits
-            )
+            await self.permits.charge_provider_tokens(self.bucket, self.provider, used, self.limits)
             return completion
 
     async def aclose(self) -> None:

@@ -12,7 +12,10 @@ Fair turns: when permits are short, the runs asking are queued in
 k-th waiting run of each agent before any agent's (k+1)-th, and among equals the agent
 served longest ago first, then the run waiting longest. So each agent that keeps asking
 gets an equal share of a contended bucket, however many runs it has. A waiter that stops
-asking for ``WAITER_STALE`` seconds loses its place.
+asking for ``WAITER_STALE`` seconds loses its place. The rule never leaves a permit idle:
+one that the run whose turn it is has not come for within a quarter of the gap between
+permits (``_grace``) goes to whoever asks next (runs ask again when their estimated turn
+comes, and the order may have changed meanwhile).
 
 A 429 (``throttle_provider``) empties the bucket and stops every grant until the
 provider's ``Retry-After`` (or a doubling default when it gave none) has passed. A 429
@@ -43,6 +46,12 @@ _RECOVERY = 0.1
 _MAX_WAIT = 1.0
 
 
+def _grace(rate: float) -> float:
+    """How long a permit waits for the run whose turn it is before anyone may take it:
+    a quarter of the gap between permits, within [10 ms, 500 ms]."""
+    return min(max(0.25 / rate, 0.01), 0.5)
+
+
 @dataclass
 class _Bucket:
     requests: float
@@ -50,6 +59,8 @@ class _Bucket:
     refilled_at: datetime
     throttled_until: datetime | None
     last_throttle_at: datetime | None
+    #: Since when a whole permit has been lying in the bucket (None: less than one).
+    available_since: datetime | None
     factor: float
     granted: int
     throttles: int
@@ -79,6 +90,7 @@ class ProviderOps(StoreCore):
             refilled_at=self.decode_time(row["refilled_at"]),
             throttled_until=self._time_or_none(row["throttled_until"]),
             last_throttle_at=self._time_or_none(row["last_throttle_at"]),
+            available_since=self._time_or_none(row["available_since"]),
             factor=float(row["factor"]),
             granted=int(row["granted"]),
             throttles=int(row["throttles"]),
@@ -97,7 +109,12 @@ class ProviderOps(StoreCore):
             b.factor = min(1.0, b.factor + elapsed * _RECOVERY / limits.window)
         if limits.requests_per_second is not None:
             rate = limits.requests_per_second * b.factor
-            b.requests = min(float(limits.burst), b.requests + elapsed * rate)
+            old = b.requests
+            b.requests = min(float(limits.burst), old + elapsed * rate)
+            if b.requests < 1.0 - 1e-9:
+                b.available_since = None
+            elif old < 1.0 - 1e-9 or b.available_since is None:
+                b.available_since = start + timedelta(seconds=max(1.0 - old, 0.0) / rate)
         if limits.tokens_per_second is not None:
             rate = limits.tokens_per_second * b.factor
             b.tokens = min(float(limits.token_capacity), b.tokens + elapsed * rate)
@@ -116,6 +133,9 @@ class ProviderOps(StoreCore):
                 ),
                 "last_throttle_at": (
                     None if b.last_throttle_at is None else self.encode_time(b.last_throttle_at)
+                ),
+                "available_since": (
+                    None if b.available_since is None else self.encode_time(b.available_since)
                 ),
                 "factor": b.factor,
                 "granted": b.granted,
@@ -153,9 +173,17 @@ class ProviderOps(StoreCore):
                 math.inf if limits.requests_per_second is None else math.floor(b.requests + 1e-9)
             )
             tokens_ok = limits.tokens_per_second is None or b.tokens > 0
-            if position < available and tokens_ok:
+            overdue = (
+                limits.requests_per_second is not None
+                and b.available_since is not None
+                and (now - b.available_since).total_seconds()
+                > _grace(limits.requests_per_second * b.factor)
+            )
+            if (position < available or overdue) and tokens_ok:
                 if limits.requests_per_second is not None:
                     b.requests -= 1.0
+                    if b.requests < 1.0 - 1e-9:
+                        b.available_since = None
                 b.granted += 1
                 await tx.execute("delete_provider_waiter", {"bucket": bucket, "waiter": waiter})
                 await tx.execute(
@@ -239,6 +267,7 @@ class ProviderOps(StoreCore):
             if not throttled:
                 b.last_throttle_at = now
             b.requests = min(b.requests, 0.0)
+            b.available_since = None
             b.throttles += 1
             await self._save(tx, bucket, b)
             assert b.throttled_until is not None

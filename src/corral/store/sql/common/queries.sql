@@ -909,6 +909,7 @@ ON CONFLICT (bucket) DO NOTHING
 UPDATE corral_provider_buckets
 SET requests = :requests, tokens = :tokens, refilled_at = :refilled_at,
     throttled_until = :throttled_until, last_throttle_at = :last_throttle_at,
+    available_since = :available_since,
     factor = :factor, granted = :granted, throttles = :throttles
 WHERE bucket = :bucket
 

@@ -1204,6 +1204,7 @@ CREATE TABLE corral_provider_buckets (
     refilled_at timestamptz NOT NULL,
     throttled_until timestamptz,
     last_throttle_at timestamptz,
+    available_since timestamptz,
     factor double precision NOT NULL DEFAULT 1.0 CHECK (factor > 0 AND factor <= 1),
     granted bigint NOT NULL DEFAULT 0,
     throttles bigint NOT NULL DEFAULT 0

@@ -10,6 +10,7 @@ CREATE TABLE corral_provider_buckets (
     refilled_at TEXT NOT NULL,
     throttled_until TEXT,
     last_throttle_at TEXT,
+    available_since TEXT,
     factor REAL NOT NULL DEFAULT 1.0 CHECK (factor > 0 AND factor <= 1),
     granted INTEGER NOT NULL DEFAULT 0,
     throttles INTEGER NOT NULL DEFAULT 0
