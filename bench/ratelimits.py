@@ -36,12 +36,13 @@ from _common import Result, fresh_schema, median, print_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from corral.llm import AnthropicClient, Message, Text, ToolResult, ToolUse  # noqa: E402
-from corral.llm.fallback import ChainEntry, ModelChain  # noqa: E402
-from corral.llm.ratelimit import GatedClient  # noqa: E402
-from corral.llm.types import LLMClient  # noqa: E402
-from corral.store import BucketLimits, Store, open_store  # noqa: E402
-from tests.llm.ratelimited import RateLimitedProvider  # noqa: E402
+from tests.llm.ratelimited import RateLimitedProvider
+
+from corral.llm import AnthropicClient, Message, Text, ToolResult, ToolUse
+from corral.llm.fallback import ChainEntry, ModelChain
+from corral.llm.ratelimit import GatedClient
+from corral.llm.types import LLMClient
+from corral.store import BucketLimits, Store, open_store
 
 BUCKET = "anthropic:bench"
 

@@ -11,15 +11,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from corral.llm import AnthropicClient, Message, Text  # noqa: E402
-from corral.llm.ratelimit import GatedClient  # noqa: E402
-from corral.store import BucketLimits, open_store  # noqa: E402
+from corral.llm import AnthropicClient, Message, Text
+from corral.llm.ratelimit import GatedClient
+from corral.store import BucketLimits, open_store
 
 
 async def main(store_url: str, provider_url: str, agent: str, n: int, rps: float) -> None:
     limits = BucketLimits(requests_per_second=rps, burst=1, window=10.0)
     async with await open_store(store_url, migrate=False) as store:
-        inner = AnthropicClient(provider_url, "key")
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
@@ -43,7 +42,6 @@ async def main(store_url: str, provider_url: str, agent: str, n: int, rps: float
             return done
 
         done = await asyncio.gather(one(0), one(1))
-        await inner.aclose()
     print(json.dumps({"done": sum(done)}), flush=True)
 
 

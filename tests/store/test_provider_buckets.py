@@ -132,3 +132,20 @@ def test_limits_refuse_nonsense() -> None:
         BucketLimits(requests_per_second=0)
     with pytest.raises(ValueError, match="burst must be >= 1"):
         BucketLimits(burst=0)
+
+
+async def test_a_permit_the_turn_holder_leaves_goes_to_the_next_asker(
+    store: Store, clock: Clock
+) -> None:
+    """Fair turns never leave a permit idle: b's run is first in line, but once a
+    permit has waited a quarter of a gap for it, a's run may take it."""
+    await take(store, "warm", "a", PER_SECOND_2)
+    assert await take(store, "b1", "b", PER_SECOND_2) > 0  # b never served: first in line
+    assert await take(store, "a1", "a", PER_SECOND_2) > 0
+    clock.advance(0.5)  # one permit, b1's
+    assert await take(store, "a1", "a", PER_SECOND_2) > 0
+    clock.advance(0.1)  # idle for less than the grace (0.125 s at 2/s)
+    assert await take(store, "a1", "a", PER_SECOND_2) > 0
+    clock.advance(0.05)
+    assert await take(store, "a1", "a", PER_SECOND_2) == 0.0
+    assert await store.provider_shares(BUCKET) == {"a": 2}

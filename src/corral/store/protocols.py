@@ -61,13 +61,12 @@ from corral.store._locks import WANT_SECONDS
 from corral.store._notify import Changes
 from corral.store._queue import Overflow
 from corral.store.records import (
-    BucketLimits,
-    ProviderBucket,
     AgentSpec,
     AgentState,
     Anomaly,
     AnomalyKind,
     AuditEntry,
+    BucketLimits,
     Bundle,
     BundleHead,
     Call,
@@ -93,6 +92,7 @@ from corral.store.records import (
     PoolSnapshot,
     PoolState,
     ProjectState,
+    ProviderBucket,
     Published,
     QueueItem,
     Receipt,

@@ -15,13 +15,12 @@ from typing import Any, NamedTuple, Self
 
 __all__ = [
     "AgentResult",
-    "BucketLimits",
-    "ProviderBucket",
     "AgentSpec",
     "AgentState",
     "Anomaly",
     "AnomalyKind",
     "AppliedMigration",
+    "BucketLimits",
     "Bundle",
     "BundleHead",
     "Claim",
@@ -43,6 +42,7 @@ __all__ = [
     "PoolSnapshot",
     "PoolState",
     "ProjectState",
+    "ProviderBucket",
     "Published",
     "QueueItem",
     "Receipt",
