@@ -18,10 +18,11 @@ permits (``_grace``) goes to whoever asks next (runs ask again when their estima
 comes, and the order may have changed meanwhile).
 
 A 429 (``throttle_provider``) empties the bucket and stops every grant until the
-provider's ``Retry-After`` (or a doubling default when it gave none) has passed. A 429
-that arrives after the previous throttle ended, within ``window`` seconds of it, also
-lowers the bucket's rate (``factor`` times 0.75, at least 0.1): the configured limit was
-too high. The factor recovers by 0.1 per ``window`` without a 429.
+provider's ``Retry-After`` has passed (when it gave none: 1 s, doubled for each lowering
+of the rate in force, at most ``window``). A 429 that arrives after the previous
+throttle ended, within ``window`` seconds of it, also lowers the bucket's rate
+(``factor`` times 0.75, at least 0.1): the configured limit was too high. The factor
+recovers by 0.1 per ``window`` without a 429.
 """
 
 from __future__ import annotations
@@ -70,20 +71,22 @@ class ProviderOps(StoreCore):
     """Providers' shared token buckets; part of ``Store``."""
 
     async def _bucket(self, tx: Any, bucket: str, provider: str, limits: BucketLimits) -> _Bucket:
-        now = self.now()
-        await tx.execute(
-            "ensure_provider_bucket",
-            {
-                "bucket": bucket,
-                "provider": provider,
-                "requests": float(limits.burst),
-                "tokens": float(limits.token_capacity),
-                "now": self.encode_time(now),
-            },
-        )
-        row = self._returned(
-            await tx.fetch_one("lock_provider_bucket", {"bucket": bucket}), "lock_provider_bucket"
-        )
+        row = await tx.fetch_one("lock_provider_bucket", {"bucket": bucket})
+        if row is None:  # first use: a full bucket
+            await tx.execute(
+                "ensure_provider_bucket",
+                {
+                    "bucket": bucket,
+                    "provider": provider,
+                    "requests": float(limits.burst),
+                    "tokens": float(limits.token_capacity),
+                    "now": self.encode_time(self.now()),
+                },
+            )
+            row = self._returned(
+                await tx.fetch_one("lock_provider_bucket", {"bucket": bucket}),
+                "lock_provider_bucket",
+            )
         return _Bucket(
             requests=float(row["requests"]),
             tokens=float(row["tokens"]),
@@ -154,20 +157,21 @@ class ProviderOps(StoreCore):
         async with self.transaction() as tx:
             b = await self._bucket(tx, bucket, provider, limits)
             self._refill(b, limits, now)
-            if b.throttled_until is not None and now < b.throttled_until:
-                await tx.execute(
-                    "upsert_provider_waiter",
-                    {"bucket": bucket, "waiter": waiter, "agent": agent, "now": at},
-                )
-                await self._save(tx, bucket, b)
-                return min((b.throttled_until - now).total_seconds(), _MAX_WAIT) or 0.001
-            stale = self.encode_time(now - timedelta(seconds=WAITER_STALE))
-            await tx.execute("prune_provider_waiters", {"bucket": bucket, "stale": stale})
+            # Refilling is a function of the stored state and the time, so an answer that
+            # grants nothing writes only the waiter's row (fewer round trips under the
+            # bucket's lock).
             await tx.execute(
                 "upsert_provider_waiter",
                 {"bucket": bucket, "waiter": waiter, "agent": agent, "now": at},
             )
-            rows = await tx.fetch_all("list_provider_waiters", {"bucket": bucket})
+            if b.throttled_until is not None and now < b.throttled_until:
+                return min((b.throttled_until - now).total_seconds(), _MAX_WAIT) or 0.001
+            stale = now - timedelta(seconds=WAITER_STALE)
+            rows = [
+                row
+                for row in await tx.fetch_all("list_provider_waiters", {"bucket": bucket})
+                if self.decode_time(row["seen_at"]) >= stale
+            ]
             position = self._position(rows, waiter)
             available = (
                 math.inf if limits.requests_per_second is None else math.floor(b.requests + 1e-9)
@@ -186,12 +190,13 @@ class ProviderOps(StoreCore):
                         b.available_since = None
                 b.granted += 1
                 await tx.execute("delete_provider_waiter", {"bucket": bucket, "waiter": waiter})
+                params = {"bucket": bucket, "stale": self.encode_time(stale)}
+                await tx.execute("prune_provider_waiters", params)
                 await tx.execute(
                     "record_provider_share", {"bucket": bucket, "agent": agent, "now": at}
                 )
                 await self._save(tx, bucket, b)
                 return 0.0
-            await self._save(tx, bucket, b)
         wait = 0.0
         if limits.requests_per_second is not None:
             rate = limits.requests_per_second * b.factor
@@ -259,8 +264,9 @@ class ProviderOps(StoreCore):
             if not throttled and recent:
                 b.factor = max(_FLOOR, b.factor * _BACKOFF)
             if retry_after is None:
-                streak = 0 if not recent else min(b.throttles, 6)
-                retry_after = min(limits.window, 2.0**streak)
+                # 1 s, doubled for each lowering of the rate still in force.
+                lowered = round(math.log(b.factor) / math.log(_BACKOFF)) if b.factor < 1 else 0
+                retry_after = min(limits.window, 2.0 ** max(lowered, 0))
             until = now + timedelta(seconds=max(retry_after, 0.0))
             if b.throttled_until is None or until > b.throttled_until:
                 b.throttled_until = until

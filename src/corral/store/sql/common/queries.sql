@@ -924,7 +924,7 @@ ON CONFLICT (bucket, waiter) DO UPDATE SET seen_at = excluded.seen_at
 
 -- name: list_provider_waiters
 -- The runs waiting for a permit of a bucket, with when their agent was last served.
-SELECT w.waiter, w.agent, w.since, s.last_granted_at
+SELECT w.waiter, w.agent, w.since, w.seen_at, s.last_granted_at
 FROM corral_provider_waiters w
 LEFT JOIN corral_provider_shares s ON s.bucket = w.bucket AND s.agent = w.agent
 WHERE w.bucket = :bucket
