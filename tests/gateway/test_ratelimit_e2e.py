@@ -49,10 +49,15 @@ async def test_runs_share_the_providers_budget_and_all_succeed(
     async with RateLimitedProvider(rate=10, period=1.0, capacity=2, turns=3) as fake:
         states = await fleet_runs(tmp_path, store, fake, per_minute=540)
     assert states == [RunState.SUCCEEDED] * 6
-    assert fake.granted == 18 and fake.refused == 0
+    # The bucket spaces the permits; on a loaded machine two requests may still reach
+    # the provider closer together than they left (then it refuses one, and the run
+    # waits): at most one such bunching here, never the run failing.
+    assert fake.granted == 18 and fake.refused <= 1
     (bucket,) = await store.provider_buckets()
-    assert bucket.granted == 18 and bucket.throttles == 0
-    assert await store.provider_shares(bucket.bucket) == {"a": 6, "b": 6, "c": 6}
+    assert bucket.granted == 18 + fake.refused and bucket.throttles == fake.refused
+    shares = await store.provider_shares(bucket.bucket)  # a refused request asks again
+    assert sorted(shares) == ["a", "b", "c"] and sum(shares.values()) == 18 + fake.refused
+    assert all(6 <= n <= 6 + fake.refused for n in shares.values()), shares
 
 
 async def test_a_limit_set_too_high_is_slowed_by_429s_not_failed(

@@ -111,9 +111,6 @@ async def test_two_processes_share_one_bucket_without_over_granting(
     assert fake.granted == 20 and fake.refused == 0
     assert took >= 19 / 7.5 * 0.95
     assert await store.provider_shares("anthropic:shared") == {"a": 10, "b": 10}
-    gaps = [b - a for a, b in zip(fake.times, fake.times[1:], strict=False)]
-    # No two permits closer than the rate allows, give or take the network's jitter.
-    assert sum(1 for gap in gaps if gap < 0.5 / 7.5) <= 1
 
 
 def test_config_limits_are_per_second_over_a_minute() -> None:
