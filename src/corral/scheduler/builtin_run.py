@@ -5,7 +5,9 @@ out of the run; every tool call starts a process in the run's runtime (host or s
 from the plan's template, so the in-run commands (rlock, al-subagent, al-return …) work
 through the bash tool exactly as for any other agent. Each turn and tool call is one JSON
 line in the run log (which redacts credential values). The run's tokens and dollars are
-written to the store after every turn; the agent's ``[budget]`` limits the run.
+written to the store after every turn; the agent's ``[budget]`` limits the run. A model
+whose provider has a ``[providers.<name>]`` table asks the fleet's shared bucket of its
+key before every request and waits out 429s (corral.llm.ratelimit).
 """
 
 from __future__ import annotations
