@@ -334,6 +334,14 @@ class FakeProvider:
             error = {"type": "authentication_error", "message": "invalid or missing API key"}
             await self._status(writer, Status(401, {"type": "error", "error": error}))
             return
+        refused = self.admit(api, body)
+        if refused is not None:
+            await self._status(writer, refused)
+            return
+        if not self._queues[api] and (answer := self.answer(api, body)) is not None:
+            model = str(body.get("model", "")) if isinstance(body, dict) else ""
+            await self._respond(writer, api, answer, model)
+            return
         if not self._queues[api]:
             msg = f"fake provider: nothing scripted for {api}"
             await self._status(
@@ -343,6 +351,15 @@ class FakeProvider:
         response = self._queues[api].popleft()
         model = str(body.get("model", "")) if isinstance(body, dict) else ""
         await self._respond(writer, api, response, model)
+
+    def admit(self, api: Api, body: Any) -> Status | None:
+        """A refusal of an authorised request before the script is read (None: go on);
+        subclasses limit rates here."""
+        return None
+
+    def answer(self, api: Api, body: Any) -> Response | None:
+        """The response when nothing is scripted (None: HTTP 500 "nothing scripted")."""
+        return None
 
     def _authorized(self, api: Api, headers: dict[str, str]) -> bool:
         if self.require_key is None:

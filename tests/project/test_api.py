@@ -10,8 +10,9 @@ def test_exports() -> None:
     assert sorted(corral.project.__all__) == sorted([
         "AGENT_NAME_RE", "Agent", "AgentBudget", "AgentConfig", "GatewayConfig",
         "HarnessConfig", "HooksConfig", "LocalConfig", "ModelConfig", "PriceConfig", "Project",
-        "ProjectBudget", "ProjectConfig", "ResolvedValue", "RuntimeConfig", "ScaleConfig",
-        "Skill", "StateConfig", "TaskTrigger", "TelemetryConfig", "WebhookSource", "WebhookTrigger",
+        "ProjectBudget", "ProjectConfig", "ProviderLimitsConfig", "ResolvedValue",
+        "RuntimeConfig", "ScaleConfig", "Skill", "StateConfig", "TaskTrigger",
+        "TelemetryConfig", "WebhookSource", "WebhookTrigger",
         "load_project", "validate_agent_name", "MAX_FILE_BYTES", "load_minimal", "file_digest",
         "read_limited", "resolve_state_url",
     ])  # fmt: skip

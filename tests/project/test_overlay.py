@@ -112,8 +112,8 @@ def test_environment_file_is_validated_under_its_own_name(root: Path, environmen
         f"{path}:1: unknown key 'maxRerun' in {path}: did you mean 'maxReruns'?",
         f"{path}:2: unknown key 'server' in {path}; valid keys are: budget, defaultAgentScale, "
         "fleet, gateway, harness, historyRetentionDays, local, maxAttempts, maxCallDepth, "
-        "maxReruns, maxRunners, models, projectName, resourceLockTimeout, runtime, scale, "
-        "state, telemetry, webhooks, workQueueSize",
+        "maxReruns, maxRunners, models, projectName, providers, resourceLockTimeout, runtime, "
+        "scale, state, telemetry, webhooks, workQueueSize",
     ]
 
 

@@ -83,6 +83,9 @@ class Limits:
     slots: int | None = None
     #: The agent's or the project's daily budget is spent: no new instances.
     budget_stop: bool = False
+    #: Why the model provider cannot feed more runs now (throttled by a 429, runs already
+    #: waiting for its permits, or its rate lowered), or None: no new instances.
+    provider_stop: str | None = None
 
 
 @dataclass(frozen=True)

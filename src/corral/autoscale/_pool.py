@@ -14,12 +14,12 @@ __all__ = ["Autoscaler", "bound", "ceiling", "removable"]
 
 def ceiling(settings: Settings, limits: Limits, size: int) -> int:
     """The largest size allowed now: max, the project cap, the fleet's slots, and no
-    growth past ``size`` once the budget is spent."""
+    growth past ``size`` once the budget is spent or the model provider is saturated."""
     high = settings.max
     for limit in (limits.cap, limits.slots):
         if limit is not None:
             high = min(high, max(limit, 0))
-    if limits.budget_stop:
+    if limits.budget_stop or limits.provider_stop is not None:
         high = min(high, size)
     return high
 
@@ -65,6 +65,8 @@ class Autoscaler:
             reason += f"; held at {stable} by the {self.settings.stabilization:g}s stabilisation"
         if desired != stable:
             reason += f"; bounded to {desired}"
+            if observation.limits.provider_stop is not None and desired < stable:
+                reason += f" (provider: {observation.limits.provider_stop})"
         inputs = {
             **wish.inputs,
             "queued": observation.queued,
@@ -79,6 +81,8 @@ class Autoscaler:
             "slots": observation.limits.slots,
             "budget_stop": observation.limits.budget_stop,
         }
+        if observation.limits.provider_stop is not None:
+            inputs["provider_stop"] = observation.limits.provider_stop
         return Decision(
             now=now,
             size=size,

@@ -8,8 +8,10 @@ name, e.g. ``'schedule' <text>``.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
@@ -47,6 +49,7 @@ __all__ = [
     "PriceConfig",
     "ProjectBudget",
     "ProjectConfig",
+    "ProviderLimitsConfig",
     "RuntimeConfig",
     "ScaleConfig",
     "StateConfig",
@@ -135,6 +138,33 @@ class ModelConfig(_Model):
     base_url: StrictStr | None = None
     #: Overrides the built-in price table (corral.llm.pricing) for this model.
     price: PriceConfig | None = None
+
+
+def _provider_name(value: Any) -> str:
+    """A key of ``[providers]``: one of the providers a model may name."""
+    known = typing.get_args(Provider)
+    if isinstance(value, str) and value in known:
+        return value
+    close = difflib.get_close_matches(str(value), known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise _checks.problem(
+        f"names no provider ({value!r}): {hint}[providers.<name>] takes the provider of "
+        f"[models.<name>], one of {', '.join(known)}"
+    )
+
+
+ProviderName = Annotated[str, BeforeValidator(_provider_name)]
+
+
+class ProviderLimitsConfig(_Model):
+    """``[providers.<name>]``: the provider's rate limits for each API key, shared by
+    every run of the built-in harness across the fleet (docs/scaling.md). A table with
+    no limit still shares the provider's 429 throttles between runs."""
+
+    requests_per_minute: StrictInt | None = Field(None, ge=1)
+    tokens_per_minute: StrictInt | None = Field(None, ge=1)
+    #: Requests that may go at once after a quiet spell (the rest are spaced evenly).
+    burst: StrictInt = Field(1, ge=1)
 
 
 class LocalConfig(_Model):
@@ -427,6 +457,7 @@ class ProjectConfig(_Model):
     fleet: FleetConfig = FleetConfig()
     state: StateConfig = StateConfig()
     models: Mapping[str, ModelConfig] = Field(default_factory=dict)
+    providers: Mapping[ProviderName, ProviderLimitsConfig] = Field(default_factory=dict)
     local: LocalConfig = LocalConfig()
     gateway: GatewayConfig = GatewayConfig()
     webhooks: Mapping[str, WebhookSource] = Field(default_factory=dict)

@@ -5,12 +5,15 @@ out of the run; every tool call starts a process in the run's runtime (host or s
 from the plan's template, so the in-run commands (rlock, al-subagent, al-return …) work
 through the bash tool exactly as for any other agent. Each turn and tool call is one JSON
 line in the run log (which redacts credential values). The run's tokens and dollars are
-written to the store after every turn; the agent's ``[budget]`` limits the run.
+written to the store after every turn; the agent's ``[budget]`` limits the run. A model
+whose provider has a ``[providers.<name>]`` table asks the fleet's shared bucket of its
+key before every request and waits out 429s (corral.llm.ratelimit).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -21,12 +24,14 @@ from corral.llm import client_for
 from corral.llm.errors import ProviderError
 from corral.llm.fallback import Breaker, ChainEntry, ModelChain
 from corral.llm.pricing import Price, price_for
+from corral.llm.ratelimit import GatedClient, Permits, bucket_for, limits_for
 from corral.llm.types import Usage
 from corral.project import Agent, Project
 from corral.runtime import Process
 from corral.scheduler.prepare import MODEL_KEY_VARIABLES, RunPlan
 from corral.scheduler.runlog import RunLog
 from corral.store import Store
+from corral.store.protocols import ProviderStore
 
 __all__ = ["budgets_for", "pricer_for", "run_builtin"]
 
@@ -37,8 +42,17 @@ _STORED_BUDGETS = frozenset({"turns", "tokens", "cost"})
 Launcher = Callable[[Sequence[str], bytes | None], Awaitable[Process]]
 
 
-async def model_chain(project: Project, plan: RunPlan, breakers: dict[str, Breaker]) -> ModelChain:
-    """The agent's ``models`` in order of preference, each with its provider's key."""
+async def model_chain(
+    project: Project,
+    plan: RunPlan,
+    breakers: dict[str, Breaker],
+    permits: Permits | None = None,
+    deadline: float | None = None,
+) -> ModelChain:
+    """The agent's ``models`` in order of preference, each with its provider's key; a
+    model whose provider has a ``[providers.<name>]`` table asks ``permits`` (the fleet's
+    shared bucket of its key) before every request and waits out 429s until
+    ``deadline`` (loop time)."""
     configs = []
     for name in plan.agent.config.models:
         config = project.config.models.get(name)
@@ -54,6 +68,18 @@ async def model_chain(project: Project, plan: RunPlan, breakers: dict[str, Break
             for made in entries:  # the clients made so far hold connection pools
                 await made.client.aclose()
             raise RunError(f"model {name!r}: {exc}") from exc
+        limits = project.config.providers.get(config.provider)
+        if limits is not None and permits is not None:
+            client = GatedClient(
+                client,
+                permits,
+                bucket_for(config.provider, config.base_url, key),
+                config.provider,
+                limits_for(limits),
+                waiter=plan.run.id,
+                agent=plan.agent.name,
+                deadline=deadline,
+            )
         entries.append(ChainEntry(name, config.model, client))
     return ModelChain(entries, breakers=breakers)
 
@@ -121,7 +147,11 @@ async def run_builtin(
     """Run the tool loop for ``plan`` to its end (a budget, a failure, or the answer)."""
     prompt = plan.write_prompt(project, system_prompt)
     pricer, output_price = pricer_for(project, plan.agent)
-    chain = await model_chain(project, plan, breakers)
+    # Runs on a runner host reach the store through the runner API, which has no
+    # buckets: their model calls are not gated (docs/scaling.md).
+    permits = store if isinstance(store, ProviderStore) else None
+    deadline = time.monotonic() + float(plan.agent.config.timeout)
+    chain = await model_chain(project, plan, breakers, permits, deadline)
     toolbox = Toolbox(launch, workdir=str(plan.inside.workdir))
 
     async def transcript(entry: dict[str, Any]) -> None:

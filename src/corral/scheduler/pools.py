@@ -110,13 +110,29 @@ class PoolSizer:
         await self.store.release_pool_leases(self.owner())
 
     async def tick_all(self) -> None:
-        wanted = pooled_agents(self.project())
+        project = self.project()
+        wanted = pooled_agents(project)
         for gone in set(self._pools) - set(wanted):
             del self._pools[gone]
+        saturated = await self.saturated_providers(project) if wanted else {}
         for agent, settings in sorted(wanted.items()):
-            await self.tick(agent, settings)
+            await self.tick(agent, settings, _provider_stop(project, agent, saturated))
 
-    async def tick(self, agent: str, settings: Settings) -> int | None:
+    async def saturated_providers(self, project: Project) -> dict[str, str]:
+        """The providers with a ``[providers.<name>]`` table that cannot feed more runs
+        now (any of their keys' buckets throttled, waited for, or slowed), and why."""
+        if not project.config.providers:
+            return {}
+        out: dict[str, str] = {}
+        for bucket in await self.store.provider_buckets():
+            why = bucket.saturated
+            if why is not None and bucket.provider in project.config.providers:
+                out.setdefault(bucket.provider, f"{bucket.provider} {why}")
+        return out
+
+    async def tick(
+        self, agent: str, settings: Settings, provider_stop: str | None = None
+    ) -> int | None:
         """One decision for ``agent``'s pool if this scheduler holds its lease: the size
         now in force, or None (another scheduler decides it)."""
         owner = self.owner()
@@ -133,7 +149,7 @@ class PoolSizer:
             self._pools[agent] = state
         snapshot = await self.store.observe_pool(agent, state.since, wall_now)
         state.since = wall_now
-        observation = _observation(loop_now, wall_now, pool, snapshot)
+        observation = _observation(loop_now, wall_now, pool, snapshot, provider_stop)
         decision = state.scaler.decide(observation)
         record = decision.desired != pool.size or loop_now - state.recorded >= self.hold_every
         inputs = dict(decision.inputs)
@@ -174,11 +190,25 @@ class PoolSizer:
         return size
 
 
+def _provider_stop(project: Project, agent: str, saturated: dict[str, str]) -> str | None:
+    """Why ``agent``'s pool must not grow for its models' providers, or None; only the
+    built-in harness's runs call the models from corral."""
+    found = project.agents.get(agent)
+    if not saturated or found is None or found.config.harness.type != "builtin":
+        return None
+    for name in found.config.models:
+        model = project.config.models.get(name)
+        if model is not None and model.provider in saturated:
+            return saturated[model.provider]
+    return None
+
+
 def _observation(
     now: float,
     wall_now: datetime,
     pool: PoolState,
     snapshot: PoolSnapshot,
+    provider_stop: str | None = None,
 ) -> Observation:
     """The pool as the autoscaler reads it: the live runs busy, the rest of the stored
     size idle slots (no process behind them), the limits from the store."""
@@ -196,5 +226,9 @@ def _observation(
         arrivals=snapshot.arrivals,
         completions=len(snapshot.durations),
         durations=snapshot.durations,
-        limits=Limits(cap=snapshot.cap_room, budget_stop=snapshot.budget_stop is not None),
+        limits=Limits(
+            cap=snapshot.cap_room,
+            budget_stop=snapshot.budget_stop is not None,
+            provider_stop=provider_stop,
+        ),
     )

@@ -61,6 +61,7 @@ from corral.store._metrics import MetricsOps
 from corral.store._migrator import Migrator
 from corral.store._notify import ChangeOps
 from corral.store._pools import PoolOps
+from corral.store._providers import ProviderOps
 from corral.store._rollouts import RolloutOps
 from corral.store._stream import StreamOps
 from corral.store._tasks import TaskOps
@@ -100,6 +101,7 @@ class Store(
     StreamOps,
     PoolOps,
     FleetScaleOps,
+    ProviderOps,
     FleetRunOps,
     LeaseOps,
     CallOps,

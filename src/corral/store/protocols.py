@@ -25,6 +25,7 @@ concern, so that a caller can ask for only what it uses and a reader can see the
     PoolStore      agents' pools: the autoscaler's size, its decider's lease, its log
     FleetScaleStore  the runner fleet's autoscaler: its lease, the runners it started,
                    what it reads, its decisions (in the pools' decision log)
+    ProviderStore  model providers' shared rate-limit buckets, their throttles and turns
     StoreLifecycle opening, closing, migrating
 
 Two more protocols describe what the concern parts are written over and how they reach
@@ -69,6 +70,7 @@ from corral.store.records import (
     Anomaly,
     AnomalyKind,
     AuditEntry,
+    BucketLimits,
     Bundle,
     BundleHead,
     Call,
@@ -94,6 +96,7 @@ from corral.store.records import (
     PoolSnapshot,
     PoolState,
     ProjectState,
+    ProviderBucket,
     Published,
     QueueItem,
     Receipt,
@@ -124,6 +127,7 @@ __all__ = [
     "LockStore",
     "MetricsStore",
     "PoolStore",
+    "ProviderStore",
     "QueueStore",
     "RunStore",
     "StoreBackend",
@@ -722,6 +726,27 @@ class FleetScaleStore(Protocol):
     ) -> None: ...
 
 
+class ProviderStore(Protocol):
+    """Model providers' rate limits (``_providers``): one shared bucket per (provider,
+    key), its permits, tokens, throttles and fair turns between agents."""
+
+    async def take_provider_permit(
+        self, bucket: str, provider: str, waiter: str, agent: str, limits: BucketLimits
+    ) -> float: ...
+
+    async def charge_provider_tokens(
+        self, bucket: str, provider: str, tokens: int, limits: BucketLimits
+    ) -> None: ...
+
+    async def throttle_provider(
+        self, bucket: str, provider: str, retry_after: float | None, limits: BucketLimits
+    ) -> float: ...
+
+    async def provider_buckets(self) -> list[ProviderBucket]: ...
+
+    async def provider_shares(self, bucket: str) -> dict[str, int]: ...
+
+
 @runtime_checkable
 class StoreLifecycle(Protocol):
     """Opening, closing and migrating a store (``_base``)."""
@@ -863,6 +888,7 @@ CONCERNS: tuple[type, ...] = (
     ChangeStore,
     PoolStore,
     FleetScaleStore,
+    ProviderStore,
     StoreLifecycle,
     StoreBackend,
     TransactionHooks,

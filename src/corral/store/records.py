@@ -20,6 +20,7 @@ __all__ = [
     "Anomaly",
     "AnomalyKind",
     "AppliedMigration",
+    "BucketLimits",
     "Bundle",
     "BundleHead",
     "Claim",
@@ -41,6 +42,7 @@ __all__ = [
     "PoolSnapshot",
     "PoolState",
     "ProjectState",
+    "ProviderBucket",
     "Published",
     "QueueItem",
     "Receipt",
@@ -1040,3 +1042,64 @@ class PoolDecision:
     direction: str
     reason: str
     inputs: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BucketLimits:
+    """A provider key's limits (``[providers.<name>]``), in per-second rates.
+
+    ``None``: that dimension is not limited (a bucket with neither still shares the
+    provider's 429 throttles between runs). ``window`` is the provider's period (60 s for
+    "per minute"): the token capacity is one window's tokens, and a repeated 429 within a
+    window lowers the rate.
+    """
+
+    requests_per_second: float | None = None
+    tokens_per_second: float | None = None
+    #: Requests that may go at once after a quiet spell.
+    burst: int = 1
+    window: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_second", "tokens_per_second"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.burst < 1:
+            raise ValueError(f"burst must be >= 1, got {self.burst}")
+        if not self.window > 0:
+            raise ValueError(f"window must be > 0, got {self.window}")
+
+    @property
+    def token_capacity(self) -> float:
+        """The most tokens the bucket holds: one window's worth (0 when unlimited)."""
+        return 0.0 if self.tokens_per_second is None else self.tokens_per_second * self.window
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProviderBucket:
+    """A (provider, key)'s shared bucket as it stands."""
+
+    bucket: str
+    provider: str
+    requests: float
+    tokens: float
+    #: The share of the configured rate in force (below 1 after repeated 429s).
+    factor: float
+    #: Seconds until a 429's throttle ends (0: not throttled).
+    throttled_for: float
+    #: Runs asking for a permit now.
+    waiting: int
+    granted: int
+    throttles: int
+
+    @property
+    def saturated(self) -> str | None:
+        """Why no more runs should be started on this provider now, or None."""
+        if self.throttled_for > 0:
+            return f"throttled by the provider for {self.throttled_for:.1f} s more"
+        if self.waiting > 0:
+            return f"{self.waiting} runs waiting for a permit"
+        if self.factor < 1:
+            return f"rate lowered to {self.factor:.0%} after repeated 429s"
+        return None

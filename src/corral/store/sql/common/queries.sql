@@ -1024,3 +1024,54 @@ RETURNING *
 SELECT runner_id, state, started_at, ended_at
 FROM corral_runs
 WHERE ended_at >= :since AND ended_at IS NOT NULL AND runner_id IS NOT NULL
+
+-- name: ensure_provider_bucket
+-- A (provider, key)'s bucket (0026), full when first used.
+INSERT INTO corral_provider_buckets (bucket, provider, requests, tokens, refilled_at)
+VALUES (:bucket, :provider, :requests, :tokens, :now)
+ON CONFLICT (bucket) DO NOTHING
+
+-- name: update_provider_bucket
+UPDATE corral_provider_buckets
+SET requests = :requests, tokens = :tokens, refilled_at = :refilled_at,
+    throttled_until = :throttled_until, last_throttle_at = :last_throttle_at,
+    available_since = :available_since,
+    factor = :factor, granted = :granted, throttles = :throttles
+WHERE bucket = :bucket
+
+-- name: prune_provider_waiters
+-- Waiters that stopped asking (their run ended or its process died) lose their place.
+DELETE FROM corral_provider_waiters WHERE bucket = :bucket AND seen_at < :stale
+
+-- name: upsert_provider_waiter
+INSERT INTO corral_provider_waiters (bucket, waiter, agent, since, seen_at)
+VALUES (:bucket, :waiter, :agent, :now, :now)
+ON CONFLICT (bucket, waiter) DO UPDATE SET seen_at = excluded.seen_at
+
+-- name: list_provider_waiters
+-- The runs waiting for a permit of a bucket, with when their agent was last served.
+SELECT w.waiter, w.agent, w.since, w.seen_at, s.last_granted_at
+FROM corral_provider_waiters w
+LEFT JOIN corral_provider_shares s ON s.bucket = w.bucket AND s.agent = w.agent
+WHERE w.bucket = :bucket
+
+-- name: delete_provider_waiter
+DELETE FROM corral_provider_waiters WHERE bucket = :bucket AND waiter = :waiter
+
+-- name: record_provider_share
+INSERT INTO corral_provider_shares (bucket, agent, last_granted_at, granted)
+VALUES (:bucket, :agent, :now, 1)
+ON CONFLICT (bucket, agent) DO UPDATE
+SET last_granted_at = excluded.last_granted_at,
+    granted = corral_provider_shares.granted + 1
+
+-- name: list_provider_buckets
+-- Every bucket with how many runs wait for it now (what the autoscaler reads).
+SELECT b.*,
+       (SELECT count(*) FROM corral_provider_waiters w
+        WHERE w.bucket = b.bucket AND w.seen_at >= :live) AS waiting
+FROM corral_provider_buckets b
+ORDER BY b.bucket
+
+-- name: list_provider_shares
+SELECT * FROM corral_provider_shares WHERE bucket = :bucket ORDER BY agent

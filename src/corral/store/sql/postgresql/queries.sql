@@ -757,3 +757,7 @@ SET bundle = o.candidate
 FROM corral_rollouts AS o
 WHERE o.id = %(rollout)s AND o.state = 'running' AND r.id = ANY(%(ids)s)
 RETURNING r.id, r.bundle
+
+-- name: lock_provider_bucket
+-- One grant at a time per bucket, across every process sharing the store.
+SELECT * FROM corral_provider_buckets WHERE bucket = %(bucket)s FOR UPDATE

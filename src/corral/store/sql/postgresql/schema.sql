@@ -1254,3 +1254,35 @@ CREATE TABLE corral_fleet_rollouts (
     updated_at timestamptz NOT NULL
 );
 CREATE INDEX corral_fleet_rollouts_created ON corral_fleet_rollouts (created_at);
+
+-- 0026: provider rate limits (see migrations/0026_provider_buckets.sql)
+CREATE TABLE corral_provider_buckets (
+    bucket text PRIMARY KEY,
+    provider text NOT NULL,
+    requests double precision NOT NULL,
+    tokens double precision NOT NULL,
+    refilled_at timestamptz NOT NULL,
+    throttled_until timestamptz,
+    last_throttle_at timestamptz,
+    available_since timestamptz,
+    factor double precision NOT NULL DEFAULT 1.0 CHECK (factor > 0 AND factor <= 1),
+    granted bigint NOT NULL DEFAULT 0,
+    throttles bigint NOT NULL DEFAULT 0
+);
+
+CREATE TABLE corral_provider_waiters (
+    bucket text NOT NULL,
+    waiter text NOT NULL,
+    agent text NOT NULL,
+    since timestamptz NOT NULL,
+    seen_at timestamptz NOT NULL,
+    PRIMARY KEY (bucket, waiter)
+);
+
+CREATE TABLE corral_provider_shares (
+    bucket text NOT NULL,
+    agent text NOT NULL,
+    last_granted_at timestamptz NOT NULL,
+    granted bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, agent)
+);

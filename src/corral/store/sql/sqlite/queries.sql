@@ -446,3 +446,7 @@ SET bundle = (SELECT candidate FROM corral_rollouts WHERE id = :rollout AND stat
 WHERE id IN (SELECT value FROM json_each(:ids))
   AND EXISTS (SELECT 1 FROM corral_rollouts WHERE id = :rollout AND state = 'running')
 RETURNING id, bundle
+
+-- name: lock_provider_bucket
+-- (BEGIN IMMEDIATE already serialises writers.)
+SELECT * FROM corral_provider_buckets WHERE bucket = :bucket

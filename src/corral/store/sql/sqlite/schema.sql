@@ -559,3 +559,35 @@ CREATE TABLE corral_fleet_rollouts (
     updated_at TEXT NOT NULL
 );
 CREATE INDEX corral_fleet_rollouts_created ON corral_fleet_rollouts (created_at);
+
+-- 0026: provider rate limits (see migrations/0026_provider_buckets.sql)
+CREATE TABLE corral_provider_buckets (
+    bucket TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    requests REAL NOT NULL,
+    tokens REAL NOT NULL,
+    refilled_at TEXT NOT NULL,
+    throttled_until TEXT,
+    last_throttle_at TEXT,
+    available_since TEXT,
+    factor REAL NOT NULL DEFAULT 1.0 CHECK (factor > 0 AND factor <= 1),
+    granted INTEGER NOT NULL DEFAULT 0,
+    throttles INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE corral_provider_waiters (
+    bucket TEXT NOT NULL,
+    waiter TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    since TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    PRIMARY KEY (bucket, waiter)
+);
+
+CREATE TABLE corral_provider_shares (
+    bucket TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    last_granted_at TEXT NOT NULL,
+    granted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, agent)
+);

@@ -1,1 +1,0 @@
--- 0026 placeholder: this number belongs to other work; nothing here.
