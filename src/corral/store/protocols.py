@@ -726,6 +726,7 @@ class FleetScaleStore(Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
 class ProviderStore(Protocol):
     """Model providers' rate limits (``_providers``): one shared bucket per (provider,
     key), its permits, tokens, throttles and fair turns between agents."""
