@@ -111,6 +111,14 @@ class WarmPool:
             return []
         return sorted(name[: -len(".ready")] for name in names if name.endswith(".ready"))
 
+    def instances(self, agent: str) -> int:
+        """``agent``'s workspaces on this host: ready, taken by a run, being prepared."""
+        try:
+            names = os.listdir(self._dir(agent))
+        except FileNotFoundError:
+            return 0
+        return sum(1 for name in names if name.endswith((".ready", ".busy", ".prep")))
+
     def counts(self) -> dict[str, int]:
         """Ready workspaces per agent that asks for them."""
         return {
@@ -172,8 +180,8 @@ class WarmPool:
             why = f"it served warmMaxRuns = {settings.warm_max_runs} runs"
         elif instance.age() >= settings.warm_max_age:
             why = f"it is older than warmMaxAge = {settings.warm_max_age} s"
-        elif len(self.ready(instance.agent)) >= settings.warm:
-            why = f"the agent has its warm = {settings.warm} workspaces ready"
+        elif self.instances(instance.agent) > settings.warm:
+            why = f"the agent has more than its warm = {settings.warm} workspaces"
         if why is not None:
             self._delete(folder, instance.key, why)
             self._kick.set()
@@ -286,7 +294,7 @@ class WarmPool:
             self._expire(agent, settings)
             if name in self._preparing or now < self._not_before.get(name, 0.0):
                 continue
-            if len(self.ready(name)) < settings.warm:
+            if self.instances(name) < settings.warm:
                 task = asyncio.create_task(self._prepare(agent), name=f"warm {name}")
                 self._preparing[name] = task
                 task.add_done_callback(functools.partial(self._done, name))
