@@ -7,7 +7,7 @@ Dispatch is the moment the scheduler claimed the item (``Scheduler.on_claim``). 
 each run a new commit is pushed to the bare repository (outside the timing), so a
 refresh has something to fetch. Three ways, one after the other, ``--n`` runs each:
 
-* ``cold``: ``hooks.warm = ["git clone -q BARE ."]``, no warm workspaces: each run
+* ``cold``: ``hooks.warm`` clones BARE into the run's directory, no warm workspaces: each run
   clones at its start (what every run did before warm instances);
 * ``warm``: ``[scale] warm = 1``, the same ``hooks.warm``, and ``hooks.refresh =
   ["git fetch -q origin && git reset -q --hard origin/main"]``: the run takes the
@@ -40,8 +40,11 @@ from corral.project import load_project
 from corral.scheduler.service import Scheduler, SchedulerOptions
 from corral.store import NewItem, Store, TriggerKind, open_store
 
-FIRST = (
-    "exec bash -c 'echo \"$EPOCHREALTIME\" > \"$CORRAL_AGENT_DIR/stamps/$CORRAL_RUN_ID\"'"
+FIRST = 'exec bash -c \'echo "$EPOCHREALTIME" > "$CORRAL_AGENT_DIR/stamps/$CORRAL_RUN_ID"\''
+#: A clone into the run's directory, which is not empty (its .corral holds the run's files).
+CLONE = (
+    "git init -q -b main . && git remote add origin {bare} && git fetch -q origin "
+    "&& git reset -q --hard origin/main"
 )
 REFRESH = "git fetch -q origin && git reset -q --hard origin/main"
 
@@ -84,7 +87,7 @@ def write_agent(root: Path, bare: Path, way: str) -> None:
         "[harness]",
         f"command = {json.dumps(FIRST)}",
         "[hooks]",
-        f"warm = {json.dumps([f'git clone -q {bare} .'])}",
+        f"warm = {json.dumps([CLONE.format(bare=bare)])}",
     ]
     if way == "warm":
         lines.append(f"refresh = {json.dumps([REFRESH])}")
@@ -133,20 +136,26 @@ async def measure(base: Path, work: Path, bare: Path, way: str, n: int) -> list[
             text = (stamps / run_id).read_text().strip()
             if i >= 2:
                 samples.append(float(text) - claimed[run_id])
-        runs = await store.list_runs(agent="dev", limit=1000)
-        bad = [(r.id, r.state.value, r.error) for r in runs if r.state.value != "succeeded"]
-        if bad:
-            raise SystemExit(f"{way}: runs did not succeed: {bad}")
-        if way != "cold":
-            logs = [scheduler.executor.log_path(r.id).read_text() for r in runs]
-            warm = sum("warm start" in text for text in logs)
-            if warm != len(runs):
-                raise SystemExit(f"{way}: only {warm} of {len(runs)} runs started warm")
+        await check(store, scheduler, way)
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
         await store.close()
     return samples
+
+
+async def check(store: Store, scheduler: Scheduler, way: str) -> None:
+    """Every run succeeded, its hooks too, and started warm unless it was meant cold."""
+    runs = await store.list_runs(agent="dev", limit=1000)
+    bad = [(r.id, r.state.value, r.error) for r in runs if r.state.value != "succeeded"]
+    if bad:
+        raise SystemExit(f"{way}: runs did not succeed: {bad}")
+    logs = [scheduler.executor.log_path(r.id).read_text() for r in runs]
+    if any("exited with code" in text for text in logs):
+        raise SystemExit(f"{way}: a hook failed; see {scheduler.executor.log_path(runs[0].id)}")
+    warm = sum("warm start" in text for text in logs)
+    if warm != (0 if way == "cold" else len(runs)):
+        raise SystemExit(f"{way}: {warm} of {len(runs)} runs started warm")
 
 
 async def main() -> int:

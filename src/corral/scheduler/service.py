@@ -25,7 +25,6 @@ from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.bundles import BundleFollower
 from corral.scheduler.cron import CronTriggers
 from corral.scheduler.executor import RunExecutor
-from corral.scheduler.warm import WarmPool
 from corral.scheduler.orphans import reap_orphans
 from corral.scheduler.pools import PoolSizer
 from corral.scheduler.reload import (
@@ -36,6 +35,7 @@ from corral.scheduler.reload import (
     weakened,
 )
 from corral.scheduler.retention import prune_history
+from corral.scheduler.warm import WarmPool
 from corral.scheduler.watchdog import Watchdog, boottime, fence_deadline
 from corral.store import (
     AgentSpec,

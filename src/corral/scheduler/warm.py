@@ -1,9 +1,10 @@
 """Warm instances: workspaces prepared (``hooks.warm``) before work arrives.
 
-An agent with ``[scale] warm = N`` has up to N prepared workspaces on each host that
-executes its runs. Each lives under the project's state, at a path that never changes
-(so whatever ``hooks.warm`` built, a virtual environment with absolute paths say, keeps
-working), with a marker file beside it that says what it is doing::
+An agent with ``[scale] warm = N`` has up to N workspaces, ready or in use by a run, on
+each host whose scheduler executes its runs. Each lives under the project's state, at a
+path that never changes (so whatever ``hooks.warm`` built, a virtual environment with
+absolute paths say, keeps working), with a marker file beside it that says what it is
+doing::
 
     .corral/warm/AGENT/KEY/          the workspace (the run's working directory)
     .corral/warm/AGENT/KEY.prep      being prepared (hooks.warm running)
@@ -15,9 +16,10 @@ atomic, so of two runs (or two schedulers on one project directory) that try the
 workspace only one succeeds. After the run, the workspace is given back (``.ready``
 again, with one more run counted) when the run succeeded and the workspace is under
 ``warmMaxRuns`` and ``warmMaxAge``, and its agent's configuration is the one it was
-prepared for; otherwise it is deleted. The pool is replenished in the background, one
-preparation at a time per agent; a preparation that fails is logged
-(``.corral/logs/warm-AGENT.log``) and retried with exponential backoff. Nothing here
+prepared for; otherwise it is deleted. A run that finds none ready starts cold. The
+pool is replenished in the background (up to N), one preparation at a time per agent; a
+preparation that fails is logged (``.corral/logs/warm-AGENT.log``) and retried with
+exponential backoff. Nothing here
 ever blocks or fails a run: without a ready workspace a run starts cold.
 """
 
