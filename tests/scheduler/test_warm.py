@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.gateway.metrics import FleetMetrics
 from corral.project import Project, load_project
 from corral.scheduler.service import Scheduler, SchedulerOptions
 from corral.store import NewItem, Run, RunState, Store, TriggerKind
@@ -118,6 +119,8 @@ async def test_a_warm_run_starts_in_the_prepared_workspace_after_its_refresh(
         first = await fleet.run()
         second = await fleet.run()
         assert fleet.scheduler.warm.counts() == {"w": 1}
+        metrics = FleetMetrics(store, warm=fleet.scheduler.warm.counts)
+        assert 'corral_warm_ready{agent="w"} 1.0' in (await metrics.render()).decode()
     assert (first.state, second.state) == (RunState.SUCCEEDED, RunState.SUCCEEDED)
     one, two = fleet.log(first), fleet.log(second)
     assert "[corral] warm start: workspace" in one["text"], one["text"]
