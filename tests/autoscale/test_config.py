@@ -44,6 +44,23 @@ def test_a_scale_table_is_a_pool_sized_by_its_policy(tmp_path: Path) -> None:
     assert keys["agents.dev.scale.policy"] == "predictive"
 
 
+def test_warm_workspaces_are_configured_by_hooks_and_the_scale_table(tmp_path: Path) -> None:
+    dev = _load(
+        tmp_path,
+        'models = ["sonnet"]\n[hooks]\nwarm = ["git clone /r ."]\nrefresh = ["git pull"]\n'
+        "[scale]\nmax = 4\nwarm = 2\nwarmMaxRuns = 5\nwarmMaxAge = 600\n",
+    )
+    assert dev.config.hooks.warm == ("git clone /r .",)
+    assert dev.config.hooks.refresh == ("git pull",)
+    assert isinstance(dev.config.scale, ScaleConfig)
+    assert (dev.config.scale.warm, dev.config.scale.warm_max_runs) == (2, 5)
+    assert dev.config.scale.warm_max_age == 600
+    plain = _load(tmp_path / "q", 'models = ["sonnet"]\n[scale]\nmax = 4\n')
+    assert isinstance(plain.config.scale, ScaleConfig)
+    assert (plain.config.scale.warm_max_runs, plain.config.scale.warm_max_age) == (20, 3600)
+    assert plain.config.hooks.warm == () and plain.config.hooks.refresh == ()
+
+
 def test_the_defaults_of_a_scale_table(tmp_path: Path) -> None:
     dev = _load(tmp_path, 'models = ["sonnet"]\n[scale]\nmax = 4\n')
     assert settings_for(dev.config.scale) == Settings(min=0, max=4)
@@ -76,6 +93,12 @@ def test_scale_n_is_still_a_fixed_pool(tmp_path: Path, written: str, size: int) 
         ("[scale]\nmax = 4\nwindow = 5\n", "scale.window", 4, "between 15 and 86400"),
         ("[scale]\nmax = 4\nstartup = -1\n", "scale.startup", 4, "between 0 and 86400"),
         ("[scale]\nmax = 4\nstartup = 1.5\n", "scale.startup", 4, "integer"),
+        ("[scale]\nmax = 4\nwarmMaxRuns = 0\n", "scale.warmMaxRuns", 4, "between 1 and 1000000"),
+        ('[scale]\nmax = 4\nwarmMaxAge = "1h"\n', "scale.warmMaxAge", 4, "the string"),
+        ("[scale]\nmax = 4\nwarmMaxAge = 0\n", "scale.warmMaxAge", 4, "between 1 and 2592000"),
+        ('[hooks]\nwarm = "git clone x"\n', "hooks.warm", 3, "list"),
+        ("[hooks]\nrefresh = [1]\n", "hooks.refresh[0]", 3, "string"),
+        ("[hooks]\nwram = []\n", "hooks.wram", 3, "did you mean 'warm'?"),
         ("scale = -1\n", "scale", 2, "must be an integer >= 0, got -1"),
         ('scale = "4"\n', "scale", 2, 'must be an integer >= 0, got the string "4"'),
         ("scale = 2.5\n", "scale", 2, "must be an integer >= 0, got 2.5"),

@@ -54,7 +54,9 @@ def create_app(
     install_fleet(app, scheduler)
     install_bundles(app, scheduler)
     install_dashboard(app, scheduler)
-    app.state.metrics = FleetMetrics(scheduler.store, project=lambda: scheduler.project)
+    app.state.metrics = FleetMetrics(
+        scheduler.store, project=lambda: scheduler.project, warm=scheduler.warm.counts
+    )
     guard = [] if public_metrics else [Depends(operator)]
     app.include_router(metrics_router(app.state.metrics), dependencies=guard)
 

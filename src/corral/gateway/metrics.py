@@ -161,7 +161,16 @@ class _Gauges(Collector):
         for pool in self.metrics.pools:
             desired.add_metric([pool.agent], pool.size)
             size.add_metric([pool.agent], max(pool.size, pool.running))
-        yield from (depth, running, scale, desired, size)
+        warm = GaugeMetricFamily(
+            "corral_warm_ready",
+            "Prepared workspaces free for a run on this gateway's scheduler host, by agent "
+            "with [scale] warm",
+            labels=["agent"],
+        )
+        if self.metrics.warm is not None:
+            for name, count in sorted(self.metrics.warm().items()):
+                warm.add_metric([name], count)
+        yield from (depth, running, scale, desired, size, warm)
 
 
 class _FleetGauges(Collector):
@@ -236,9 +245,12 @@ class FleetMetrics:
         *,
         overlap_seconds: float = OVERLAP_SECONDS,
         project: Callable[[], Project] | None = None,
+        warm: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.store = store
         self.project = project
+        #: Ready warm workspaces by agent, on this host (scheduler/warm.py).
+        self.warm = warm
         self.runner_states: dict[str, int] = {}
         #: The fleet autoscaler's members by state and its last decision's figures.
         self.fleet_scale: dict[str, Any] | None = None

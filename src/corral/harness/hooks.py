@@ -6,6 +6,10 @@
 - Dynamic context: each `` !`cmd` `` in SKILL.md's body runs after the pre hooks (60 s
   each, output capped) and is replaced by its output; a failure becomes
   ``[Error: <message>]`` inline.
+- ``hooks.warm`` prepare a warm workspace before work arrives (corral.scheduler.warm),
+  or run first in a cold run of an agent that has them (a failure is logged, the run goes
+  on); ``hooks.refresh`` run first in a warm workspace a run took (a failure fails the
+  run, as a pre hook's does).
 - ``hooks.post`` run in order after the agent ends, whatever its outcome; a failure is
   logged and changes nothing.
 

@@ -524,6 +524,10 @@ TASK_LEASE_MAX = 86_400
 class HooksConfig(_Model):
     pre: Strings = ()
     post: Strings = ()
+    #: Prepare a workspace before work arrives (warm instances; docs/scaling.md).
+    warm: Strings = ()
+    #: Bring a warm workspace up to date when a run takes it.
+    refresh: Strings = ()
 
 
 class ScaleConfig(_Model):
@@ -543,8 +547,12 @@ class ScaleConfig(_Model):
     #: Seconds a new instance takes to be ready: the predictive policy's lead.
     startup: StrictInt = Field(60, ge=0, le=86_400)
     policy: Literal["fixed", "reactive", "predictive"] = "reactive"
-    #: Instances to keep prepared before work arrives (read and checked; not acted on yet).
+    #: Workspaces to keep prepared (``hooks.warm``) before work arrives.
     warm: StrictInt = Field(0, ge=0)
+    #: A warm workspace is deleted after this many runs ...
+    warm_max_runs: StrictInt = Field(20, ge=1, le=1_000_000)
+    #: ... or once it is this many seconds old.
+    warm_max_age: StrictInt = Field(3600, ge=1, le=30 * 86_400)
 
     @model_validator(mode="after")
     def _consistent(self) -> ScaleConfig:

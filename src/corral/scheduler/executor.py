@@ -7,9 +7,11 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import shutil
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -26,14 +28,24 @@ from corral.harness.hooks import (
     run_hooks,
 )
 from corral.llm.fallback import Breaker
-from corral.project import Project
+from corral.project import Agent, Project
 from corral.runtime import Process, Sink
 from corral.runtime._contain import kill_run_async
 from corral.scheduler.agentlink import AgentLink
 from corral.scheduler.builtin_run import run_builtin
 from corral.scheduler.prepare import RunPlan, plan_run
 from corral.scheduler.runlog import DEFAULT_LOG_LIMIT, RunLog
-from corral.store import Claim, QueueItem, Run, RunState, StaleFence, Store, StoreError
+from corral.scheduler.warm import WarmInstance, WarmPool, warm_settings
+from corral.store import (
+    Claim,
+    QueueItem,
+    Run,
+    RunState,
+    StaleFence,
+    Store,
+    StoreError,
+    TriggerKind,
+)
 from corral.store._notify import RUN_ENDED
 
 __all__ = ["STORE_RETRY", "TIMEOUT_EXIT_CODE", "RunExecutor", "RunResult", "StoreGaveUp"]
@@ -171,6 +183,9 @@ class RunExecutor:
         #: Built-in harness loops, by run; and model health shared by all of them.
         self._loops: dict[str, asyncio.Task[LoopResult]] = {}
         self._breakers: dict[str, Breaker] = {}
+        #: This host's warm workspaces (a scheduler's); None: every run starts cold.
+        self.warm: WarmPool | None = None
+        self._taken: dict[str, WarmInstance] = {}
         if link is not None:
             link.on_exit = self.request_exit
             link.on_shutdown = self.request_shutdown
@@ -298,6 +313,7 @@ class RunExecutor:
                     claim.run, _Outcome(RunState.FAILED, None, failure_reason(exc))
                 )
         finally:
+            self._give_back(claim.run, succeeded=False)  # a run that ended some other way
             self._active.discard(run_id)
             self._fenced.pop(run_id, None)
             self._stop_reasons.pop(run_id, None)
@@ -322,9 +338,26 @@ class RunExecutor:
             await asyncio.shield(self._end(run, _Outcome(RunState.KILLED, None, reason)))
             raise
         if outcome is None:  # fenced off while starting: nothing more to record
+            self._give_back(run, succeeded=False)
             current = await self.store.get_run(run.id)
             return RunResult(current if current is not None else run)
-        return await self._end(run, outcome)
+        ended = await self._end(run, outcome)
+        # After _end: the run's leftover processes are gone before another run may
+        # take its workspace.
+        self._give_back(run, succeeded=ended.run.state is RunState.SUCCEEDED)
+        return ended
+
+    def _give_back(self, run: Run, *, succeeded: bool) -> None:
+        instance = self._taken.pop(run.id, None)
+        if instance is None or self.warm is None:
+            return
+        try:
+            kept = self.warm.give_back(self.project.agents.get(run.agent), instance, succeeded)
+        except OSError as exc:
+            log.warning("could not give back warm workspace %s: %s", instance.key, exc)
+            return
+        extra = {"action": "warm_returned" if kept else "warm_dropped", "run_id": run.id}
+        log.info("warm workspace %s %s", instance.key, "kept" if kept else "deleted", extra=extra)
 
     def project_for(self, run: Run) -> Project:
         """The project a run runs: a rollout's candidate bundle when the claim assigned
@@ -357,16 +390,18 @@ class RunExecutor:
         # The log is made with the run's files, in the preparation thread; its secrets
         # are known once the plan is.
         logfile = RunLog(self.log_path(run.id), sink, limit=self.log_limit, on_error=log_failed)
+        instance = self._take_warm(run, agent)
         try:
             plan = await plan_run(
                 project,
                 self.store,
                 run,
                 agent,
-                self.workdir(run.id),
+                self.workdir(run.id) if instance is None else instance.path,
                 link=self.link,
                 credentials=self.credentials,
                 then=logfile.open,
+                ids_key=None if instance is None else instance.key,
             )
         except CorralError as exc:
             logfile.discard()
@@ -382,9 +417,103 @@ class RunExecutor:
             await self._post_hooks(plan, runlog, outcome)
         return _redacted(outcome, plan.secrets)
 
+    def _take_warm(self, run: Run, agent: Agent) -> WarmInstance | None:
+        """A ready warm workspace of the agent for ``run``, when this host has one."""
+        if self.warm is None or warm_settings(agent) is None:
+            return None
+        try:
+            instance = self.warm.take(agent)
+        except OSError as exc:  # a warm workspace is an optimisation: the run goes cold
+            log.warning("could not take a warm workspace of %s: %s", agent.name, exc)
+            return None
+        if instance is not None:
+            self._taken[run.id] = instance
+        return instance
+
+    async def _warm_or_refresh(self, plan: RunPlan, runlog: RunLog) -> _Outcome | None:
+        """In a warm workspace, ``hooks.refresh`` (a failure fails the run, as a pre
+        hook's does); in a cold one, ``hooks.warm`` first (a failure is logged and the
+        run goes on, as it would have in a workspace that was never prepared)."""
+        run, hooks = plan.run, plan.agent.config.hooks
+        instance = self._taken.get(run.id)
+        if instance is not None:
+            await runlog.write(
+                f"[corral] warm start: workspace {instance.key}, prepared "
+                f"{instance.age():.0f} s ago, {instance.runs} runs before this one\n".encode()
+            )
+            log.info(
+                "run %s starts warm in %s",
+                run.id,
+                instance.key,
+                extra={"action": "run_warm", "run_id": run.id},
+            )
+            failure = await run_hooks(
+                "refresh", hooks.refresh, self._shell(plan), runlog.write, timeout=self.hook_timeout
+            )
+            if failure is not None:
+                return _Outcome(RunState.FAILED, failure.result.exit_code, str(failure))
+            return None
+        if hooks.warm:
+            await runlog.write(b"[corral] cold start: no warm workspace ready; warm hooks first\n")
+            await run_hooks(
+                "warm", hooks.warm, self._shell(plan), runlog.write, timeout=self.hook_timeout
+            )
+        return None
+
+    async def prepare_warm(self, agent: Agent, path: Path, key: str) -> bool:
+        """Run ``hooks.warm`` of ``agent`` in the workspace ``path``, in the agent's
+        runtime, with its credentials and environment as a run has them but no run:
+        no gateway, no run secret, ``CORRAL_TRIGGER=warm``. Its output goes to
+        ``.corral/logs/warm-AGENT.log`` (redacted). True when every hook succeeded."""
+        now = datetime.now(UTC)
+        run = Run(
+            f"warm-{key}", agent.name, TriggerKind.MANUAL, None, None, RunState.STARTING,
+            None, now, None, None, None, None, None, None, None, None, None, None, None,
+            False, None,
+        )  # fmt: skip
+        logfile = RunLog(self.project.root / ".corral" / "logs" / f"warm-{agent.name}.log")
+        try:
+            plan = await plan_run(
+                self.project,
+                self.store,
+                run,
+                agent,
+                path,
+                link=None,
+                credentials=self.credentials,
+                then=logfile.open,
+                ids_key=key,
+            )
+        except CorralError as exc:
+            logfile.discard()
+            log.warning("cannot prepare a warm workspace of %s: %s", agent.name, exc)
+            return False
+        env = {**plan.template.env, "CORRAL_TRIGGER": "warm"}
+        plan = dataclasses.replace(plan, template=dataclasses.replace(plan.template, env=env))
+        logfile.secrets = plan.secrets
+        try:
+            async with logfile as runlog:
+                failure = await run_hooks(
+                    "warm",
+                    agent.config.hooks.warm,
+                    self._shell(plan),
+                    runlog.write,
+                    timeout=self.hook_timeout,
+                )
+        finally:
+            await asyncio.shield(kill_run_async(run.id))
+            shutil.rmtree(path / ".corral", ignore_errors=True)
+        return failure is None
+
     async def _run_plan(self, plan: RunPlan, runlog: RunLog) -> _Outcome | None:
         """Pre hooks, dynamic context, the agent itself; its outcome (None: fenced off)."""
         run, agent = plan.run, plan.agent
+        warmed = await self._warm_or_refresh(plan, runlog)
+        cut = self._cut_short(run.id)
+        if cut is not None:
+            return cut
+        if warmed is not None:
+            return warmed
         failure = await run_hooks(
             "pre",
             agent.config.hooks.pre,

@@ -155,6 +155,7 @@ async def plan_run(
     link: AgentLink | None,
     credentials: CredentialStore | None = None,
     then: Callable[[], None] | None = None,
+    ids_key: str | None = None,
 ) -> RunPlan:
     """Resolve the agent's credentials (a missing one is a RunError naming the fix), pick
     its runtime, and build the environment and isolation of ``run``.
@@ -164,9 +165,13 @@ async def plan_run(
     (`in_prepare_thread`), not on the event loop, and ``then`` (the run log's open)
     right after it in the same thread; only the run secret (the gateway's table and a
     store write) is issued on the loop.
+
+    ``ids_key`` (a warm workspace's name) is what a sandboxed run's uid is derived from
+    instead of the run's id: every run in one warm workspace, and the hooks that
+    prepared it, are the same uid, which owns the workspace's files.
     """
     made = await in_prepare_thread(
-        _prepare_files, project, run, agent, workdir, link, credentials, then
+        _prepare_files, project, run, agent, workdir, link, credentials, then, ids_key
     )
     env = made.env
     model_keys: dict[str, str] = {}
@@ -228,11 +233,12 @@ def _prepare_files(
     link: AgentLink | None,
     credentials: CredentialStore | None,
     then: Callable[[], None] | None,
+    ids_key: str | None = None,
 ) -> _Made:
     """The blocking part of `plan_run`: directories, links, the credential store's reads."""
     files = RunFiles.under(workdir)
     sandboxed = agent.config.runtime.type == "sandbox"
-    ids = run_ids(project, run) if sandboxed else None
+    ids = run_ids(project, run, ids_key) if sandboxed else None
     _private_run_dir(project, files, ids)
     runtime = runtime_for(agent.config.runtime.type)
     store_of_creds = credentials or CredentialStore()
@@ -294,12 +300,13 @@ def _scratch(
     return tmp, static, tuple(reach)
 
 
-def run_ids(project: Project, run: Run) -> tuple[int, int] | None:
+def run_ids(project: Project, run: Run, key: str | None = None) -> tuple[int, int] | None:
     """The host uid and gid a sandboxed run gets when corral runs as root (else None:
-    it runs as corral's user). See RUN_ID_BASE."""
+    it runs as corral's user). See RUN_ID_BASE. The uid is derived from ``key`` (a warm
+    workspace's name) when given, else from the run's id."""
     if os.geteuid() != 0:
         return None
-    return _in_range(run.id), _in_range(str(project.root.resolve()))
+    return _in_range(key or run.id), _in_range(str(project.root.resolve()))
 
 
 def _in_range(text: str) -> int:

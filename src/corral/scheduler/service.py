@@ -37,6 +37,7 @@ from corral.scheduler.reload import (
 )
 from corral.scheduler.retention import prune_history
 from corral.scheduler.streams import TaskStreams
+from corral.scheduler.warm import WarmPool
 from corral.scheduler.watchdog import Watchdog, boottime, fence_deadline
 from corral.store import (
     AgentSpec,
@@ -169,6 +170,9 @@ class Scheduler:
             link=self.link,
             store_retry=self.options.store_retry,
         )
+        #: Warm workspaces of the agents that ask for them (scheduler/warm.py).
+        self.warm = WarmPool(project, self.executor.prepare_warm)
+        self.executor.warm = self.warm
         self.info: SchedulerInfo | None = None
         self.draining = False
         self._wake = asyncio.Event()
@@ -280,6 +284,7 @@ class Scheduler:
             await self.start()
         await self.observer.open(self.store, self.id)
         self._start_watchdog()
+        self.warm.start()
         loops = [
             asyncio.create_task(self._resilient("dispatch", self._dispatch), name="dispatch"),
             asyncio.create_task(self._resilient("supervise", self._supervise), name="supervise"),
@@ -300,6 +305,7 @@ class Scheduler:
             await self.drain(stop_now or asyncio.Event())
         finally:
             await self._end_loops(loops)
+            await self.warm.stop()
             await self._abandon_all("the scheduler stopped")
             with contextlib.suppress(StoreError):
                 await self.pools.release()
@@ -399,6 +405,7 @@ class Scheduler:
         schedules_changed = _schedules(self.project) != _schedules(project)
         self.project = project
         self.executor.project = project
+        self.warm.reload(project)
         if schedules_changed:
             self._cron_changed.set()
         for listener in self.reload_listeners:
