@@ -1,1 +1,1 @@
--- 0025 placeholder: this number belongs to other work; nothing here.
+-- 0025: unused (the number was reserved for work that needed no schema change); nothing here.
