@@ -26,6 +26,8 @@ concern, so that a caller can ask for only what it uses and a reader can see the
     FleetScaleStore  the runner fleet's autoscaler: its lease, the runners it started,
                    what it reads, its decisions (in the pools' decision log)
     ProviderStore  model providers' shared rate-limit buckets, their throttles and turns
+    RolloutStore   bundle rollouts: canary bundles, their assignment and their end
+    FleetRolloutStore  fleet upgrades: one rollout row advanced by compare and set
     StoreLifecycle opening, closing, migrating
 
 Two more protocols describe what the concern parts are written over and how they reach
@@ -58,11 +60,13 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from corral.store._core import Params, Row, Transaction
+from corral.store._fleet_rollouts import FleetRollout
 from corral.store._fleet_runs import Holding, Renewal
 from corral.store._fleetscale import FleetMember
 from corral.store._locks import WANT_SECONDS
 from corral.store._notify import Changes
 from corral.store._queue import Overflow
+from corral.store._rollouts import Rollout
 from corral.store._stream import StreamTick
 from corral.store.records import (
     AgentSpec,
@@ -121,6 +125,7 @@ __all__ = [
     "CallStore",
     "ChangeStore",
     "ControlStore",
+    "FleetRolloutStore",
     "FleetScaleStore",
     "FleetStore",
     "LeaseStore",
@@ -129,6 +134,7 @@ __all__ = [
     "PoolStore",
     "ProviderStore",
     "QueueStore",
+    "RolloutStore",
     "RunStore",
     "StoreBackend",
     "StoreLifecycle",
@@ -749,6 +755,69 @@ class ProviderStore(Protocol):
 
 
 @runtime_checkable
+class RolloutStore(Protocol):
+    """Bundle rollouts (``_rollouts``): a canary bundle run by a share of its agents' runs,
+    judged and ended by one statement."""
+
+    async def publish_canary(
+        self,
+        hash_: str,
+        data: bytes,
+        manifest: dict[str, Any],
+        *,
+        share: float,
+        rule: dict[str, Any],
+        actor: str,
+        note: str | None = None,
+    ) -> Rollout: ...
+
+    async def running_rollout(self) -> Rollout | None: ...
+
+    async def get_rollout(self, rollout_id: int) -> Rollout | None: ...
+
+    async def list_rollouts(self, *, limit: int = 20) -> list[Rollout]: ...
+
+    async def assign_canary(self, rollout_id: int, run_ids: Collection[str]) -> set[str]: ...
+
+    async def end_rollout(
+        self, rollout_id: int, state: str, *, actor: str, reason: str
+    ) -> Rollout | None: ...
+
+    async def rollout_runs(self, rollout: Rollout) -> list[Row]: ...
+
+    async def anomalies_since(self, since: datetime) -> Sequence[Row]: ...
+
+
+@runtime_checkable
+class FleetRolloutStore(Protocol):
+    """Fleet upgrades (``_fleet_rollouts``): `corral fleet upgrade` as one row advanced by
+    compare and set on its revision."""
+
+    async def create_fleet_rollout(
+        self,
+        *,
+        target: str,
+        channel: str,
+        canary: int,
+        batch_share: float,
+        watch_seconds: float,
+        source: dict[str, Any],
+        detail: dict[str, Any],
+        actor: str,
+    ) -> FleetRollout: ...
+
+    async def latest_fleet_rollout(self) -> FleetRollout | None: ...
+
+    async def get_fleet_rollout(self, rollout_id: str) -> FleetRollout | None: ...
+
+    async def update_fleet_rollout(
+        self, rollout: FleetRollout, *, state: str, detail: dict[str, Any]
+    ) -> FleetRollout | None: ...
+
+    async def runs_ended_by_runner(self, since: datetime) -> list[Row]: ...
+
+
+@runtime_checkable
 class StoreLifecycle(Protocol):
     """Opening, closing and migrating a store (``_base``)."""
 
@@ -890,6 +959,8 @@ CONCERNS: tuple[type, ...] = (
     PoolStore,
     FleetScaleStore,
     ProviderStore,
+    RolloutStore,
+    FleetRolloutStore,
     StoreLifecycle,
     StoreBackend,
     TransactionHooks,
