@@ -4,6 +4,7 @@ evaluators wins); promotion moves the head; everything audited. And the dashboar
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -11,13 +12,13 @@ import httpx
 import pytest
 
 from corral.bundles import Packed, pack
-from corral.errors import StoreConflict
+from corral.errors import StoreConflict, StoreUnavailable
 from corral.project import Project
 from corral.scheduler import rollouts
-from corral.scheduler.service import sync_config
-from corral.store import NewItem, Store, TriggerKind
+from corral.scheduler.service import Scheduler, SchedulerOptions, sync_config
+from corral.store import NewItem, RunState, Store, TriggerKind
 from tests.dashboard.support import DashFleet
-from tests.scheduler.helpers import write_project
+from tests.scheduler.helpers import wait_for, write_project
 
 
 def two_bundles(tmp_path: Path) -> tuple[Project, Packed, Packed]:
@@ -109,3 +110,38 @@ async def test_the_dashboard_compares_the_versions(
     assert "Rollout 1: running" in page.text and "25% of the runs of " + agent.name in page.text
     assert 'class="version-baseline"' in page.text and 'class="version-canary"' in page.text
     assert "Rule: <strong>wait</strong>" in page.text
+
+
+async def test_a_failed_canary_assignment_still_launches_the_claimed_runs(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, first, second = two_bundles(tmp_path)
+    await sync_config(store, project)
+    await store.publish_bundle(first.hash, first.data, first.manifest(), actor="t")
+    rollout = await store.publish_canary(
+        second.hash, second.data, second.manifest(), share=1.0, rule={}, actor="t"
+    )
+
+    async def blip(rollout_id: int, run_ids: object) -> set[str]:
+        raise StoreUnavailable("connection lost")
+
+    # the store fails the assignment only (a blip after the claim committed)
+    monkeypatch.setattr(store, "assign_canary", blip)
+    scheduler = Scheduler(project, store, SchedulerOptions(poll_interval=0.05))
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    try:
+        await wait_for(lambda: scheduler.rollout is not None, 10)
+        assert scheduler.rollout == rollout
+        queued = await store.enqueue(NewItem(agent="dev", trigger=TriggerKind.MANUAL))
+
+        async def ended() -> bool:
+            runs = await store.list_runs(limit=10)
+            return any(r.item_id == queued.item.id and r.state.is_terminal for r in runs)
+
+        await wait_for(ended, 10)  # launched and ended, not left to lapse
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    (run,) = [r for r in await store.list_runs(limit=10) if r.item_id == queued.item.id]
+    assert run.state is RunState.SUCCEEDED and run.bundle == first.hash  # the baseline

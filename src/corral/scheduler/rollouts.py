@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from corral.errors import StoreError
 from corral.rollouts import Decision, Rule, assigned_to_canary, judge
 from corral.store import Rollout, Store
 from corral.store._core import Row
@@ -37,7 +38,11 @@ _FAILED = {"failed", "timed_out", "lost"}
 
 
 async def assign(store: Store, rollout: Rollout | None, claims: Sequence[Claim]) -> list[Claim]:
-    """``claims`` with the canary's runs moved to the candidate bundle."""
+    """``claims`` with the canary's runs moved to the candidate bundle.
+
+    The claims are committed already: when the assignment cannot be written (the store
+    failed), they are returned unchanged and run the baseline, rather than the error
+    leaving claimed runs unlaunched until their leases lapse."""
     if rollout is None or not rollout.running or not claims:
         return list(claims)
     agents = set(rollout.agents)
@@ -48,7 +53,16 @@ async def assign(store: Store, rollout: Rollout | None, claims: Sequence[Claim])
     ]
     if not chosen:
         return list(claims)
-    moved = await store.assign_canary(rollout.id, chosen)
+    try:
+        moved = await store.assign_canary(rollout.id, chosen)
+    except StoreError:
+        log.exception(
+            "could not assign %d run(s) to rollout %d's canary; they run the baseline",
+            len(chosen),
+            rollout.id,
+            extra={"action": "rollout_assign_failed", "rollout": rollout.id},
+        )
+        return list(claims)
     return [
         Claim(c.item, c.run.evolve(bundle=rollout.candidate)) if c.run.id in moved else c
         for c in claims
