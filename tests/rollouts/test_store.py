@@ -145,3 +145,48 @@ async def test_a_failed_canary_assignment_still_launches_the_claimed_runs(
         await asyncio.wait_for(task, 30)
     (run,) = [r for r in await store.list_runs(limit=10) if r.item_id == queued.item.id]
     assert run.state is RunState.SUCCEEDED and run.bundle == first.hash  # the baseline
+
+
+async def test_a_push_during_a_rollout_ends_it_and_promotion_never_undoes_it(
+    tmp_path: Path, store: Store
+) -> None:
+    project, first, second = two_bundles(tmp_path)
+    (tmp_path / "p" / "agents" / "ops" / "SKILL.md").write_text("---\nname: ops\n---\nC\n")
+    third = pack(tmp_path / "p")
+    await sync_config(store, project)
+    await store.publish_bundle(first.hash, first.data, first.manifest(), actor="t")
+
+    # A -> B running; a plain push of C ends it (halted) as it makes C current
+    rollout = await store.publish_canary(
+        second.hash, second.data, second.manifest(), share=0.5, rule={}, actor="t"
+    )
+    await store.publish_bundle(third.hash, third.data, third.manifest(), actor="op")
+    halted = await store.get_rollout(rollout.id)
+    assert halted is not None and halted.state == "halted" and halted.ended_by == "op"
+    assert halted.reason == f"superseded by push of {third.hash}"
+    assert await store.running_rollout() is None
+    # the evaluator's promotion comes too late: C stays current
+    assert await store.end_rollout(rollout.id, "promoted", actor="ev", reason="x") is None
+    assert (await store.bundle_head()).hash == third.hash  # type: ignore[union-attr]
+
+    # C -> B running; an apply of A ends it the same way
+    again = await store.publish_canary(
+        second.hash, second.data, second.manifest(), share=0.5, rule={}, actor="t"
+    )
+    await store.set_bundle_head(first.hash, actor="op")
+    applied = await store.get_rollout(again.id)
+    assert applied is not None and applied.state == "halted"
+    assert applied.reason == f"superseded by apply of {first.hash}"
+
+    # A -> B running and the head moved behind its back: promotion halts it instead
+    last = await store.publish_canary(
+        second.hash, second.data, second.manifest(), share=0.5, rule={}, actor="t"
+    )
+    now = store.encode_time(store.now())
+    await store.statement("set_bundle_head", {"hash": third.hash, "now": now, "actor": "x"})
+    ended = await store.end_rollout(last.id, "promoted", actor="ev", reason="better")
+    assert ended is not None and ended.state == "halted"
+    assert ended.reason is not None and "not promoted" in ended.reason
+    assert (await store.bundle_head()).hash == third.hash  # type: ignore[union-attr]
+    halts = [e for e in await store.list_audit(limit=50) if e.action == "rollout.halt"]
+    assert {e.subject for e in halts} == {str(rollout.id), str(again.id), str(last.id)}

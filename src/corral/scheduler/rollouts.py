@@ -174,9 +174,9 @@ async def evaluate(store: Store, *, actor: str) -> Rollout | None:
             "rollout %d of %s %s: %s",
             rollout.id,
             rollout.candidate,
-            "promoted" if state == "promoted" else "rolled back",
-            decision["reason"],
-            extra={"action": f"rollout_{state}", "rollout": rollout.id},
+            ended.state.replace("_", " "),
+            ended.reason,
+            extra={"action": f"rollout_{ended.state}", "rollout": rollout.id},
         )
     return ended
 

@@ -13,7 +13,7 @@ import hashlib
 from typing import Any
 
 from corral.errors import StoreConflict, StoreError
-from corral.store._core import Row, StoreCore
+from corral.store._core import Row, StoreCore, Transaction
 from corral.store._notify import ChangeOps
 from corral.store.records import Bundle, BundleHead, Published
 
@@ -66,6 +66,7 @@ class BundleOps(StoreCore, ChangeOps):
                     tx, actor=actor, action="bundle.push", subject=hash_, detail=detail
                 )
             if moved:
+                await self._supersede_rollout(tx, f"superseded by push of {hash_}", actor)
                 head_row = await tx.fetch_one("set_bundle_head", params)
                 await self.audit_in(tx, actor=actor, action="bundle.apply", subject=hash_)
             else:
@@ -91,10 +92,35 @@ class BundleOps(StoreCore, ChangeOps):
                     f"no bundle {hash_} in {self.url}; `corral bundles ls` lists the "
                     "pushed ones (`corral push` publishes the project)"
                 )
+            before = await tx.fetch_one("get_bundle_head")
+            if before is None or before["hash"] != hash_:
+                await self._supersede_rollout(tx, f"superseded by apply of {hash_}", actor)
             row = await tx.fetch_one("set_bundle_head", params)
             await self.audit_in(tx, actor=actor, action="bundle.apply", subject=hash_)
         self.changes.notify(BUNDLE)
         return self._head_from_row(self._returned(row, "set_bundle_head"))
+
+    async def _supersede_rollout(self, tx: Transaction, reason: str, actor: str) -> None:
+        """Halt the running rollout, if any, in ``tx`` (which moves the head past it): a
+        later promotion would otherwise put its candidate over the newer bundle."""
+        running = await tx.fetch_one("running_rollout")
+        if running is None:
+            return
+        params = {
+            "id": running["id"],
+            "state": "halted",
+            "now": self.encode_time(self.now()),
+            "actor": actor,
+            "reason": reason,
+        }
+        if await tx.fetch_one("end_rollout", params) is not None:  # None: ended meanwhile
+            await self.audit_in(
+                tx,
+                actor=actor,
+                action="rollout.halt",
+                subject=str(running["id"]),
+                detail={"candidate": running["candidate"], "reason": reason},
+            )
 
     async def bundle_head(self) -> BundleHead | None:
         """The current bundle, or None before the first push."""

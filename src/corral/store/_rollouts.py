@@ -6,7 +6,9 @@ differs. While it runs, ``assign_canary`` moves the runs a claim chose for the c
 the candidate bundle, in one statement that assigns nothing once the rollout has ended
 (so a rollback leaves the baseline the only version for new runs; runs already started
 finish). ``end_rollout`` ends it in one statement (only one of several evaluators, or an
-operator, wins); promoting moves the head to the candidate in the same transaction.
+operator, wins); promoting moves the head to the candidate in the same transaction, only
+while the head is still the baseline (else it halts). A plain push or apply while a rollout
+runs halts it (``_bundles.py``), so a promotion never puts back an older bundle.
 Every step is in the audit log: ``rollout.start``, ``rollout.promote``,
 ``rollout.rollback``, ``rollout.halt``.
 """
@@ -193,8 +195,9 @@ class RolloutOps(BundleOps):
         self, rollout_id: int, state: str, *, actor: str, reason: str
     ) -> Rollout | None:
         """End rollout ``rollout_id`` as ``state`` (promoted: the candidate becomes the
-        current bundle, in the same transaction); None when it was not running (another
-        evaluator or operator ended it first)."""
+        current bundle, in the same transaction, if the head is still the baseline; else
+        the rollout is halted, its state says so); None when it was not running (another
+        evaluator or operator, or a push, ended it first)."""
         if state not in _ENDINGS:
             raise ValueError(f"a rollout ends promoted, rolled_back or halted, not {state!r}")
         params = {
@@ -205,6 +208,17 @@ class RolloutOps(BundleOps):
             "reason": reason,
         }
         async with self.transaction() as tx:
+            if state == "promoted":
+                # Only over its baseline: a head moved since (by any path) stays current.
+                found = await tx.fetch_one("get_rollout", {"id": rollout_id})
+                head = await tx.fetch_one("get_bundle_head")
+                if found is not None and (head is None or head["hash"] != found["baseline"]):
+                    current = None if head is None else head["hash"]
+                    state = params["state"] = "halted"
+                    params["reason"] = (
+                        f"not promoted: the current bundle is {current}, no longer the "
+                        f"baseline {found['baseline']}"
+                    )
             row = await tx.fetch_one("end_rollout", params)
             if row is None:
                 return None
@@ -214,7 +228,7 @@ class RolloutOps(BundleOps):
                 actor=actor,
                 action=_ENDINGS[state],
                 subject=str(rollout_id),
-                detail={"candidate": rollout.candidate, "reason": reason},
+                detail={"candidate": rollout.candidate, "reason": params["reason"]},
             )
             if state == "promoted":
                 head = {"hash": rollout.candidate, "now": params["now"], "actor": actor}

@@ -174,6 +174,8 @@ def _end(obj: CliContext, rollout_id: int | None, verb: str, as_json: bool) -> N
     r = answer["rollout"]
     if r["state"] == "promoted":
         console.print(f"rollout {r['id']} promoted: {safe(r['candidate'])} is current")
+    elif r["state"] == "halted":
+        console.print(f"rollout {r['id']} halted: {safe(r['reason'] or '')}")
     else:
         console.print(
             f"rollout {r['id']} rolled back: new runs run {safe(r['baseline'])}; "
