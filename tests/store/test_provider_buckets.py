@@ -189,3 +189,21 @@ async def test_a_bucket_idle_for_ten_minutes_is_not_saturated(store: Store, cloc
     clock.advance(2 * 60.0 + 1.0)
     (bucket,) = await store.provider_buckets({"anthropic": limits})
     assert bucket.factor < 0.3 and bucket.idle_for > 600 and bucket.saturated is None
+
+
+async def test_a_grant_does_not_open_the_remaining_permits_to_anyone(
+    store: Store, clock: Clock
+) -> None:
+    """Two permits lie in a bucket for a while; the first run in line takes one. The
+    second permit is the second run's turn: the third may not take it until it has been
+    left a quarter of a gap since that grant."""
+    limits = BucketLimits(requests_per_second=2.0, burst=3, window=10.0)
+    assert [await take(store, f"w{i}", "a", limits) for i in range(3)] == [0.0] * 3
+    for waiter in ("a1", "a2", "a3"):
+        assert await take(store, waiter, "a", limits) > 0
+    clock.advance(1.0)  # two permits, the first since 0.5 s
+    assert await take(store, "a1", "a", limits) == 0.0
+    assert await take(store, "a3", "a", limits) > 0  # a2's turn
+    assert await take(store, "a2", "a", limits) == 0.0
+    clock.advance(0.5)  # the next permit is a3's
+    assert await take(store, "a3", "a", limits) == 0.0

@@ -192,8 +192,9 @@ class ProviderOps(StoreCore):
             if (position < available or overdue) and tokens_ok:
                 if limits.requests_per_second is not None:
                     b.requests -= 1.0
-                    if b.requests < 1.0 - 1e-9:
-                        b.available_since = None
+                    # The permits left wait from now for the runs whose turn they are (a
+                    # permit that lay here before this grant has not been left idle).
+                    b.available_since = None if b.requests < 1.0 - 1e-9 else now
                 b.granted += 1
                 await tx.execute("delete_provider_waiter", {"bucket": bucket, "waiter": waiter})
                 params = {"bucket": bucket, "stale": self.encode_time(stale)}
