@@ -11,6 +11,7 @@ from pathlib import Path
 from corral.scheduler.service import Scheduler, SchedulerOptions
 from corral.store import BucketLimits, NewItem, Store, TriggerKind
 from tests.scheduler.helpers import write_project
+from tests.store.conftest import Clock
 
 OPTIONS = SchedulerOptions(poll_interval=0.05, supervise_every=0.05, pool_tick=0.2)
 PROJECT = (
@@ -64,3 +65,23 @@ async def test_a_pool_does_not_grow_while_its_provider_is_throttled(
     assert {p.agent: p.size for p in await store.pool_states()}["dev"] == 4
     grown = (await store.pool_decisions("dev"))[0]
     assert grown.direction == "grow" and "provider_stop" not in grown.inputs
+
+
+async def test_a_provider_slowed_by_429s_recovers_for_the_decider_without_asks(
+    tmp_path: Path, store: Store
+) -> None:
+    """Two 429s lower the bucket's rate; nobody asks for it any more (the key rotated, or
+    the pool down to none). As time passes the decider sees the rate climb back (0.1 per
+    60 s window) and stops holding the provider's pools."""
+    agents: dict[str, dict[str, object]] = {"dev": {"command": "unused", "models": ["first"]}}
+    project = write_project(tmp_path / "p", agents, PROJECT, {"dev": SCALE})
+    store.clock = clock = Clock()
+    scheduler = Scheduler(project, store, OPTIONS)
+    await store.throttle_provider("anthropic:k", "anthropic", 1.0, LIMITS)
+    clock.advance(1.5)
+    await store.throttle_provider("anthropic:k", "anthropic", 1.0, LIMITS)  # rate: 75 %
+    clock.advance(60.0)
+    saturated = await scheduler.pools.saturated_providers(project)
+    assert saturated["anthropic"].startswith("anthropic rate lowered to 85%")
+    clock.advance(2 * 60.0)
+    assert await scheduler.pools.saturated_providers(project) == {}

@@ -149,3 +149,61 @@ async def test_a_permit_the_turn_holder_leaves_goes_to_the_next_asker(
     clock.advance(0.05)
     assert await take(store, "a1", "a", PER_SECOND_2) == 0.0
     assert await store.provider_shares(BUCKET) == {"a": 2}
+
+
+async def test_a_lowered_bucket_recovers_when_read_though_nobody_asks(
+    store: Store, clock: Clock
+) -> None:
+    """The factor's climb back and the throttle's end are computed when the buckets are
+    read, not only when a permit is asked for: a key nobody uses any more (rotated, or its
+    pool down to nothing) does not stay saturated for good."""
+    limits = BucketLimits(requests_per_second=10.0, burst=1, window=10.0)
+    await store.throttle_provider(BUCKET, "anthropic", 1.0, limits)
+    clock.advance(1.5)
+    await store.throttle_provider(BUCKET, "anthropic", 1.0, limits)  # lowers: 0.75
+    (bucket,) = await store.provider_buckets({"anthropic": limits})
+    assert bucket.factor == pytest.approx(0.75) and bucket.saturated is not None
+    clock.advance(1.0 + 20.0)  # the throttle ends, then two windows without a 429
+    (bucket,) = await store.provider_buckets({"anthropic": limits})
+    assert bucket.throttled_for == 0.0 and bucket.factor == pytest.approx(0.95)
+    assert bucket.saturated is not None and bucket.saturated.startswith("rate lowered")
+    clock.advance(5.0)
+    (bucket,) = await store.provider_buckets({"anthropic": limits})
+    assert bucket.factor == 1.0 and bucket.saturated is None
+    # Nothing was written: the next ask refills from the stored state to the same result.
+    assert await take(store, "r1", "a", limits) == 0.0
+
+
+async def test_a_bucket_idle_for_ten_minutes_is_not_saturated(store: Store, clock: Clock) -> None:
+    """A bucket lowered to the floor with a long window takes 90 minutes to climb back;
+    one nobody asked for in 10 minutes (its key rotated away) no longer counts."""
+    limits = BucketLimits(requests_per_second=10.0, burst=1, window=600.0)
+    for _ in range(10):  # each 429 after the previous throttle ended lowers the rate
+        wait = await store.throttle_provider(BUCKET, "anthropic", 0.5, limits)
+        clock.advance(wait + 0.1)
+    (bucket,) = await store.provider_buckets({"anthropic": limits})
+    assert bucket.factor < 0.1 + 0.01 and bucket.saturated is not None
+    clock.advance(8 * 60.0)
+    (bucket,) = await store.provider_buckets({"anthropic": limits})
+    assert bucket.factor < 0.2 and bucket.saturated is not None  # asked 8 minutes ago
+    clock.advance(2 * 60.0 + 1.0)
+    (bucket,) = await store.provider_buckets({"anthropic": limits})
+    assert bucket.factor < 0.3 and bucket.idle_for > 600 and bucket.saturated is None
+
+
+async def test_a_grant_does_not_open_the_remaining_permits_to_anyone(
+    store: Store, clock: Clock
+) -> None:
+    """Two permits lie in a bucket for a while; the first run in line takes one. The
+    second permit is the second run's turn: the third may not take it until it has been
+    left a quarter of a gap since that grant."""
+    limits = BucketLimits(requests_per_second=2.0, burst=3, window=10.0)
+    assert [await take(store, f"w{i}", "a", limits) for i in range(3)] == [0.0] * 3
+    for waiter in ("a1", "a2", "a3"):
+        assert await take(store, waiter, "a", limits) > 0
+    clock.advance(1.0)  # two permits, the first since 0.5 s
+    assert await take(store, "a1", "a", limits) == 0.0
+    assert await take(store, "a3", "a", limits) > 0  # a2's turn
+    assert await take(store, "a2", "a", limits) == 0.0
+    clock.advance(0.5)  # the next permit is a3's
+    assert await take(store, "a3", "a", limits) == 0.0

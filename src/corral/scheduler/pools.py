@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from corral.autoscale import Autoscaler, Instance, Limits, Observation, Settings, settings_for
+from corral.llm.ratelimit import limits_for
 from corral.project import Project, ScaleConfig
 from corral.store import PoolSnapshot, PoolState, Store
 
@@ -124,7 +125,8 @@ class PoolSizer:
         if not project.config.providers:
             return {}
         out: dict[str, str] = {}
-        for bucket in await self.store.provider_buckets():
+        limits = {name: limits_for(c) for name, c in project.config.providers.items()}
+        for bucket in await self.store.provider_buckets(limits):
             why = bucket.saturated
             if why is not None and bucket.provider in project.config.providers:
                 out.setdefault(bucket.provider, f"{bucket.provider} {why}")

@@ -23,11 +23,17 @@ of the rate in force, at most ``window``). A 429 that arrives after the previous
 throttle ended, within ``window`` seconds of it, also lowers the bucket's rate
 (``factor`` times 0.75, at least 0.1): the configured limit was too high. The factor
 recovers by 0.1 per ``window`` without a 429.
+
+Reading the buckets (``provider_buckets``, what the pool decider asks) computes the same
+recovery and the throttle's end from the stored state and the time, without writing: a
+bucket nobody asks for any more still climbs back. A bucket nobody used for 10 minutes
+(its key rotated away) does not count as saturated.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -186,8 +192,9 @@ class ProviderOps(StoreCore):
             if (position < available or overdue) and tokens_ok:
                 if limits.requests_per_second is not None:
                     b.requests -= 1.0
-                    if b.requests < 1.0 - 1e-9:
-                        b.available_since = None
+                    # The permits left wait from now for the runs whose turn they are (a
+                    # permit that lay here before this grant has not been left idle).
+                    b.available_since = None if b.requests < 1.0 - 1e-9 else now
                 b.granted += 1
                 await tx.execute("delete_provider_waiter", {"bucket": bucket, "waiter": waiter})
                 params = {"bucket": bucket, "stale": self.encode_time(stale)}
@@ -279,28 +286,52 @@ class ProviderOps(StoreCore):
             assert b.throttled_until is not None
             return max((b.throttled_until - now).total_seconds(), 0.0)
 
-    async def provider_buckets(self) -> list[ProviderBucket]:
-        """Every bucket as it stands (its throttle, its rate factor, runs waiting now)."""
+    async def provider_buckets(
+        self, limits: Mapping[str, BucketLimits] | None = None
+    ) -> list[ProviderBucket]:
+        """Every bucket as it stands now (its throttle, its rate factor recovered since it
+        was last written, runs waiting now, seconds since it was last used). ``limits``:
+        each provider's, to compute the refill and recovery with (default: the default
+        limits, a 60 s window)."""
         now = self.now()
         live = self.encode_time(now - timedelta(seconds=WAITER_STALE))
         async with self.transaction(write=False) as tx:
             rows = await tx.fetch_all("list_provider_buckets", {"live": live})
         out = []
         for row in rows:
-            until = self._time_or_none(row["throttled_until"])
+            b = _Bucket(
+                requests=float(row["requests"]),
+                tokens=float(row["tokens"]),
+                refilled_at=self.decode_time(row["refilled_at"]),
+                throttled_until=self._time_or_none(row["throttled_until"]),
+                last_throttle_at=self._time_or_none(row["last_throttle_at"]),
+                available_since=self._time_or_none(row["available_since"]),
+                factor=float(row["factor"]),
+                granted=int(row["granted"]),
+                throttles=int(row["throttles"]),
+            )
+            # Every grant, charge and throttle writes refilled_at; an ask that is not
+            # granted writes its waiter's seen_at.
+            used = b.refilled_at
+            asked = self._time_or_none(row["asked_at"])
+            if asked is not None and asked > used:
+                used = asked
+            self._refill(b, (limits or {}).get(row["provider"], BucketLimits()), now)
+            until = b.throttled_until
             out.append(
                 ProviderBucket(
                     bucket=row["bucket"],
                     provider=row["provider"],
-                    requests=float(row["requests"]),
-                    tokens=float(row["tokens"]),
-                    factor=float(row["factor"]),
+                    requests=b.requests,
+                    tokens=b.tokens,
+                    factor=b.factor,
                     throttled_for=(
                         0.0 if until is None else max((until - now).total_seconds(), 0.0)
                     ),
                     waiting=int(row["waiting"]),
-                    granted=int(row["granted"]),
-                    throttles=int(row["throttles"]),
+                    granted=b.granted,
+                    throttles=b.throttles,
+                    idle_for=max((now - used).total_seconds(), 0.0),
                 )
             )
         return out

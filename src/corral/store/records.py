@@ -1076,6 +1076,11 @@ class BucketLimits:
         return 0.0 if self.tokens_per_second is None else self.tokens_per_second * self.window
 
 
+#: Seconds after which a bucket nobody used (its key rotated away, its pools empty) no
+#: longer counts as saturated.
+PROVIDER_IDLE = 600.0
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProviderBucket:
     """A (provider, key)'s shared bucket as it stands."""
@@ -1092,10 +1097,14 @@ class ProviderBucket:
     waiting: int
     granted: int
     throttles: int
+    #: Seconds since anyone last asked for a permit, was charged or throttled.
+    idle_for: float = 0.0
 
     @property
     def saturated(self) -> str | None:
         """Why no more runs should be started on this provider now, or None."""
+        if self.idle_for > PROVIDER_IDLE:
+            return None
         if self.throttled_for > 0:
             return f"throttled by the provider for {self.throttled_for:.1f} s more"
         if self.waiting > 0:

@@ -1066,10 +1066,13 @@ SET last_granted_at = excluded.last_granted_at,
     granted = corral_provider_shares.granted + 1
 
 -- name: list_provider_buckets
--- Every bucket with how many runs wait for it now (what the autoscaler reads).
+-- Every bucket with how many runs wait for it now and the latest ask not granted
+-- (what the autoscaler reads).
 SELECT b.*,
        (SELECT count(*) FROM corral_provider_waiters w
-        WHERE w.bucket = b.bucket AND w.seen_at >= :live) AS waiting
+        WHERE w.bucket = b.bucket AND w.seen_at >= :live) AS waiting,
+       (SELECT max(w.seen_at) FROM corral_provider_waiters w
+        WHERE w.bucket = b.bucket) AS asked_at
 FROM corral_provider_buckets b
 ORDER BY b.bucket
 
