@@ -130,6 +130,14 @@ CASES: list[tuple[str, list[str], bytes | None, str, str, Any]] = [
         "/agent/tasks/claim",
         {"labels": [], "project": "web", "lease": 900},
     ),
+    (
+        "task-claim",
+        ["--min-priority", "7", "--project", "web"],
+        None,
+        "POST",
+        "/agent/tasks/claim",
+        {"labels": [], "project": "web", "minPriority": 7},
+    ),
     ("task-heartbeat", ["T-1"], None, "POST", "/agent/tasks/heartbeat", {"id": "T-1"}),
     (
         "task-complete",
@@ -272,6 +280,9 @@ USAGE_ERRORS = [
     ("task-claim", ["--lease", "-5"]),
     ("task-claim", ["--lease", "1.5"]),
     ("task-claim", ["--lease", "9999999999"]),
+    ("task-claim", ["--min-priority", "high"]),
+    ("task-claim", ["--min-priority", "-1"]),
+    ("task-claim", ["--min-priority", "9999999999"]),
     ("task-heartbeat", []),
     ("task-complete", ["a", "b"]),
     ("task-complete", ["a", "--reason", "x"]),
@@ -313,11 +324,21 @@ def test_usage_errors_need_no_gateway(run: Run) -> None:
 
 def test_task_claim_without_a_filter_uses_the_board_triggers(run: Run, gateway: Gateway) -> None:
     """A run started by a [[tasks]] trigger: plain ``task-claim`` claims with its filter;
-    any --project or --label given replaces the trigger's filter whole."""
-    env: dict[str, str | None] = {"CORRAL_TASK_PROJECT": "web", "CORRAL_TASK_LABELS": "api,db"}
+    any --project, --label or --min-priority given replaces the trigger's filter whole."""
+    env: dict[str, str | None] = {
+        "CORRAL_TASK_PROJECT": "web",
+        "CORRAL_TASK_LABELS": "api,db",
+        "CORRAL_TASK_MIN_PRIORITY": "6",
+    }
+    web = {"labels": ["api", "db"], "project": "web", "minPriority": 6}
     assert run("task-claim", env=env).returncode == 0
-    assert gateway.script.last.body == {"labels": ["api", "db"], "project": "web"}
+    assert gateway.script.last.body == web
     assert run("task-claim", "--lease", "60", env=env).returncode == 0
-    assert gateway.script.last.body == {"labels": ["api", "db"], "project": "web", "lease": 60}
+    assert gateway.script.last.body == web | {"lease": 60}
     assert run("task-claim", "--label", "ui", env=env).returncode == 0
     assert gateway.script.last.body == {"labels": ["ui"]}
+    assert run("task-claim", "--min-priority", "2", env=env).returncode == 0
+    assert gateway.script.last.body == {"labels": [], "minPriority": 2}
+    env["CORRAL_TASK_MIN_PRIORITY"] = "1"
+    assert run("task-claim", env=env).returncode == 0
+    assert gateway.script.last.body == {"labels": ["api", "db"], "project": "web"}

@@ -58,7 +58,7 @@ CASES = {
             "trigger": 0,
             "project": "web",
             "labels": ["api", "backend"],
-            "minPriority": 1,
+            "minPriority": 3,
         },
     ),
     "manual": context(),

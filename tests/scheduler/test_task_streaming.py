@@ -115,6 +115,39 @@ async def test_a_run_that_claims_nothing_is_not_restarted_in_a_storm(
     assert max_overlap(runs) == 1  # one run tries again, not scale of them
 
 
+#: Claim with the trigger's filter, complete the task, then claim again and keep the
+#: second answer and its exit code (and the run's CORRAL_TASK_MIN_PRIORITY).
+CLAIM_TWICE = (
+    'printf %s "$CORRAL_TASK_MIN_PRIORITY" > "$OUT/$CORRAL_RUN_ID.min"; '
+    'task-claim > "$OUT/$CORRAL_RUN_ID.claim" || exit 0; '
+    "ID=$(python3 -c \"import json,sys; print(json.load(open(sys.argv[1]))['id'])\" "
+    '"$OUT/$CORRAL_RUN_ID.claim"); '
+    'task-complete "$ID" > /dev/null; '
+    'task-claim > "$OUT/$CORRAL_RUN_ID.second"; echo $? > "$OUT/$CORRAL_RUN_ID.rc"'
+)
+
+
+async def test_a_streamed_run_claims_nothing_below_the_triggers_min_priority(
+    tmp_path: Path, store: Store
+) -> None:
+    """The trigger counts only tasks of minPriority or more; plain ``task-claim`` in the
+    run it starts claims with the same minimum, so a lower task is never taken."""
+    await store.add_tasks([spec("hi", labels=("api",), priority=8), spec("lo", labels=("api",))])
+    agents = {"dev": {"scale": 1, "command": CLAIM_TWICE}}
+    trigger = API_TRIGGER + "minPriority = 7\n"
+    async with running_fleet(tmp_path / "p", store, agents, tables={"dev": trigger}) as f:
+        (run,) = await f.finished("dev", 1)
+        await asyncio.sleep(1.5)  # nothing of priority 7 or more is left: no more runs
+        assert len(await all_runs(store, "dev")) == 1
+    out = f.root / "out"
+    assert (out / f"{run.id}.min").read_text() == "7"
+    assert [c["id"] for c in claims(f)] == ["hi"]
+    assert (out / f"{run.id}.rc").read_text().strip() == "1"
+    assert json.loads((out / f"{run.id}.second").read_text())["reason"] == "no task to claim"
+    lo = await store.get_task("web", "lo")
+    assert lo is not None and lo.status is TaskStatus.OPEN and lo.attempts == 0
+
+
 @pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
 async def test_two_schedulers_on_postgresql_do_not_over_start(
     tmp_path: Path, store_url: str

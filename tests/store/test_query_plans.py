@@ -389,7 +389,7 @@ TASKS_OPEN = 1_000
 TASK_PARAMS: dict[str, Any] = {
     "claimer": "agent-1", "run_id": "run-1", "project": "p", "id": "t-000001",
     "token": 1, "status": "done", "result": None, "now": NOW,
-    "expires_at": NOW + timedelta(minutes=10),
+    "expires_at": NOW + timedelta(minutes=10), "min_priority": 1,
 }  # fmt: skip
 
 _SQLITE_TASK_SEED = f"""

@@ -66,6 +66,28 @@ async def test_labels_and_projects_filter_claims(store: Store) -> None:
     assert got is not None and (got.project, got.id) == ("q", "c")
 
 
+async def test_a_minimum_priority_filters_claims(store: Store) -> None:
+    """``min_priority``: only tasks of that priority or more, in or out of a project; out
+    of 1 to 10 is refused."""
+    await store.add_tasks(
+        [spec("hi", priority=8), spec("mid", priority=5), spec("lo", priority=3),
+         spec("q-lo", project="q", priority=4)]
+    )  # fmt: skip
+    got = await store.claim_task(claimer="x", project="p", min_priority=5)
+    assert got is not None and got.id == "hi"
+    got = await store.claim_task(claimer="x", min_priority=5)
+    assert got is not None and got.id == "mid"
+    assert await store.claim_task(claimer="x", project="p", min_priority=5) is None
+    assert await store.claim_task(claimer="x", min_priority=5) is None
+    for bad in (0, 11):
+        with pytest.raises(TaskError, match="priority"):
+            await store.claim_task(claimer="x", min_priority=bad)
+    got = await store.claim_task(claimer="x", min_priority=4)
+    assert got is not None and got.id == "q-lo"
+    got = await store.claim_task(claimer="x")
+    assert got is not None and got.id == "lo"
+
+
 async def test_adding_is_all_or_nothing(store: Store) -> None:
     await store.add_tasks([spec("a")])
     with pytest.raises(TaskError, match="task a is already on the board"):

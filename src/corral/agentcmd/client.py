@@ -57,7 +57,8 @@ USAGE = {
     "al-exit": "al-exit [code 0-255, default 15]",
     "al-shutdown": "al-shutdown [reason ...]",
     "setenv": "setenv NAME VALUE [NAME VALUE ...]",
-    "task-claim": "task-claim [--project PROJECT] [--label LABEL]... [--lease SECONDS]",
+    "task-claim": "task-claim [--project PROJECT] [--label LABEL]... [--min-priority N] "
+    "[--lease SECONDS]",
     "task-heartbeat": "task-heartbeat <taskId> [--project PROJECT]",
     "task-complete": "task-complete <taskId> [--result TEXT] [--project PROJECT]",
     "task-release": "task-release <taskId> [--project PROJECT]",
@@ -302,20 +303,15 @@ def al_shutdown(argv: list[str]) -> Request:
     return "POST", "/agent/shutdown", '{"reason":' + json_string(reason) + "}", REQUEST_TIMEOUT
 
 
-def task_claim(argv: list[str]) -> Request:
-    """``--label`` may be given several times (the task must have every one). Without
-    ``--project`` and ``--label``, a run the task board started claims with its trigger's
-    filter (``CORRAL_TASK_PROJECT``, ``CORRAL_TASK_LABELS``). ``--lease SECONDS``: how
-    long the claim lasts without a heartbeat (the server checks the bounds)."""
-    project = ""
-    lease = ""
-    labels: list[str] = []
+def _claim_options(argv: list[str]) -> list[tuple[str, str]]:
+    """``task-claim``'s options, ``--name value`` or ``--name=value``, in order."""
+    options: list[tuple[str, str]] = []
     index = 0
     while index < len(argv):
         arg = argv[index]
         index += 1
         name, eq, value = arg.partition("=")
-        if name not in ("--project", "--label", "--lease"):
+        if name not in ("--project", "--label", "--lease", "--min-priority"):
             raise Usage()
         if not eq:
             if index >= len(argv):
@@ -324,22 +320,57 @@ def task_claim(argv: list[str]) -> Request:
             index += 1
         if not value:
             raise Usage()
+        options.append((name, value))
+    return options
+
+
+def _whole(value: str) -> str:
+    """A whole number of at most nine digits, as JSON; Usage otherwise."""
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        raise Usage()
+    return str(int(value))
+
+
+def _stream_filter() -> tuple[str, list[str], str]:
+    """The filter of the ``[[tasks]]`` trigger that started this run, if one did."""
+    environ = posix.environ
+    project = environ.get(b"CORRAL_TASK_PROJECT", b"").decode("utf-8", "replace")
+    labels = environ.get(b"CORRAL_TASK_LABELS", b"").decode("utf-8", "replace")
+    least = environ.get(b"CORRAL_TASK_MIN_PRIORITY", b"").decode("ascii", "replace")
+    try:
+        min_priority = _whole(least) if least else ""
+    except Usage:
+        min_priority = ""
+    return project, [json_string(label) for label in labels.split(",") if label], min_priority
+
+
+def task_claim(argv: list[str]) -> Request:
+    """``--label`` may be given several times (the task must have every one);
+    ``--min-priority N``: only tasks of priority N or more. Without ``--project``,
+    ``--label`` and ``--min-priority``, a run the task board started claims with its
+    trigger's filter (``CORRAL_TASK_PROJECT``, ``CORRAL_TASK_LABELS``,
+    ``CORRAL_TASK_MIN_PRIORITY``). ``--lease SECONDS``: how long the claim lasts without
+    a heartbeat (the server checks the bounds, and those of the priority)."""
+    project = ""
+    lease = ""
+    min_priority = ""
+    labels: list[str] = []
+    for name, value in _claim_options(argv):
         if name == "--project":
             project = from_argv(value)
         elif name == "--lease":
-            if not value.isascii() or not value.isdigit() or len(value) > 9:
-                raise Usage()
-            lease = str(int(value))
+            lease = _whole(value)
+        elif name == "--min-priority":
+            min_priority = _whole(value)
         else:
             labels.append(json_string(from_argv(value)))
-    if not project and not labels:
-        environ = posix.environ
-        project = environ.get(b"CORRAL_TASK_PROJECT", b"").decode("utf-8", "replace")
-        stream_labels = environ.get(b"CORRAL_TASK_LABELS", b"").decode("utf-8", "replace")
-        labels = [json_string(label) for label in stream_labels.split(",") if label]
+    if not project and not labels and not min_priority:
+        project, labels, min_priority = _stream_filter()
     body = '{"labels":[' + ",".join(labels) + "]"
     if project:
         body += ',"project":' + json_string(project)
+    if min_priority and min_priority != "1":
+        body += ',"minPriority":' + min_priority
     if lease:
         body += ',"lease":' + lease
     return "POST", "/agent/tasks/claim", body + "}", REQUEST_TIMEOUT

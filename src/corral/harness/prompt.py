@@ -152,6 +152,9 @@ def board_words(payload: dict[str, Any] | Any) -> str:
     claim = "task-claim --project " + str(payload.get("project", ""))
     for label in payload.get("labels") or ():
         claim += f" --label {label}"
+    min_priority = payload.get("minPriority", 1)
+    if min_priority != 1:
+        claim += f" --min-priority {min_priority}"
     return (
         "The task board started you: a task matching the trigger above is claimable.\n"
         "Claim it (plain `task-claim` uses the same filter):\n\n"

@@ -360,7 +360,7 @@ def _corral_environment(
 
 def _board_environment(run: Run) -> dict[str, str]:
     """A run the task board started (a ``[[tasks]]`` trigger): its filter, which
-    ``task-claim`` without ``--project`` or ``--label`` uses."""
+    ``task-claim`` without ``--project``, ``--label`` or ``--min-priority`` uses."""
     detail = run.trigger_detail or {}
     if detail.get("source") != "tasks":
         return {}
@@ -368,6 +368,7 @@ def _board_environment(run: Run) -> dict[str, str]:
     return {
         "CORRAL_TASK_PROJECT": str(detail.get("project", "")),
         "CORRAL_TASK_LABELS": ",".join(str(label) for label in labels),
+        "CORRAL_TASK_MIN_PRIORITY": str(detail.get("minPriority", 1)),
     }
 
 

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from corral.store._core import Row, StoreCore, Transaction
 from corral.store._notify import TASKS
 from corral.tasks._model import (
+    PRIORITY_RANGE,
     StaleClaim,
     Task,
     TaskError,
@@ -273,16 +274,24 @@ class TaskOps(StoreCore):
         project: str | None = None,
         labels: Sequence[str] = (),
         lease: float = 600.0,
+        min_priority: int = 1,
     ) -> Task | None:
         """Claim the highest-priority open task whose every requirement is done (ties: the
-        oldest, then by id), in ``project`` if given, having every label in ``labels``;
-        None when there is none. The claim's token is the task's next; its lease lapses
-        ``lease`` seconds from now unless heartbeaten."""
+        oldest, then by id), in ``project`` if given, having every label in ``labels`` and
+        a priority of ``min_priority`` or more; None when there is none. The claim's token
+        is the task's next; its lease lapses ``lease`` seconds from now unless
+        heartbeaten."""
         _check_lease(lease)
         if project is not None:
             check_id(project, "project")
         for label in labels:
             check_id(label, "label")
+        if (
+            isinstance(min_priority, bool)
+            or not isinstance(min_priority, int)
+            or min_priority not in PRIORITY_RANGE
+        ):
+            raise TaskError(f"minimum priority {min_priority!r} is not a whole number from 1 to 10")
         now = self.now()
         params: dict[str, Any] = {
             "claimer": claimer,
@@ -290,6 +299,7 @@ class TaskOps(StoreCore):
             "now": self.encode_time(now),
             "expires_at": self.encode_time(now + timedelta(seconds=lease)),
             "labels": self.encode_list(sorted(set(labels))),
+            "min_priority": min_priority,
         }
         name = "claim_task"
         if project is not None:

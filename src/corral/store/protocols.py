@@ -580,6 +580,7 @@ class TaskStore(Protocol):
         project: str | None = None,
         labels: Sequence[str] = (),
         lease: float = 600.0,
+        min_priority: int = 1,
     ) -> Task | None: ...
 
     async def heartbeat_task(

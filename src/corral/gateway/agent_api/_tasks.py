@@ -50,6 +50,8 @@ class TaskClaimBody(BaseModel):
     labels: list[str] = Field(default_factory=list, max_length=32)
     #: Seconds the claim lasts without a heartbeat (None: the agent's taskLease or 600).
     lease: int | None = None
+    #: Only tasks of this priority or more (the store checks 1 to 10).
+    min_priority: int = Field(default=1, alias="minPriority")
 
 
 class TaskBody(BaseModel):
@@ -135,12 +137,15 @@ class TaskRoutes:
                 project=body.project,
                 labels=body.labels,
                 lease=lease,
+                min_priority=body.min_priority,
             )
         except TaskError as exc:
             return answer(400, {"ok": False, "error": str(exc)})
         if task is None:
             where = f" in project {body.project}" if body.project else ""
             labels = f" with labels {', '.join(body.labels)}" if body.labels else ""
+            if body.min_priority > 1:
+                labels += f" of priority {body.min_priority} or more"
             return answer(
                 409,
                 {

@@ -677,9 +677,9 @@ RETURNING r.*
 -- name: lock_task_graph
 SELECT pg_advisory_xact_lock(hashtextextended('corral_tasks:' || %(project)s, 0));
 
--- The best open task whose every requirement is done and that has every label asked
--- for (read from the row's own copy of its labels: no probe per label), in any project,
--- claimed in ONE statement: the candidate row is locked
+-- The best open task of the minimum priority or more whose every requirement is done
+-- and that has every label asked for (read from the row's own copy of its labels: no
+-- probe per label), in any project, claimed in ONE statement: the candidate row is locked
 -- SKIP LOCKED (concurrent claimers take different tasks), and the claim's history event
 -- is written by the same statement.
 -- name: claim_task
@@ -690,7 +690,7 @@ WITH picked AS (
         attempts = t.attempts + 1, result = NULL, updated_at = %(now)s
     WHERE t.status = 'open' AND (t.project, t.id) = (
         SELECT c.project, c.id FROM corral_tasks c
-        WHERE c.status = 'open'
+        WHERE c.status = 'open' AND c.priority >= %(min_priority)s
             AND NOT EXISTS (
                 SELECT 1 FROM corral_task_edges e
                 JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
@@ -717,6 +717,7 @@ WITH picked AS (
     WHERE t.status = 'open' AND (t.project, t.id) = (
         SELECT c.project, c.id FROM corral_tasks c
         WHERE c.status = 'open' AND c.project = %(project)s
+            AND c.priority >= %(min_priority)s
             AND NOT EXISTS (
                 SELECT 1 FROM corral_task_edges e
                 JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires

@@ -381,9 +381,9 @@ RETURNING *
 -- name: lock_task_graph
 SELECT 1;
 
--- The best open task whose every requirement is done and that has every label in :labels
--- (a JSON list), in any project: taken in the same statement (BEGIN IMMEDIATE already
--- serialises writers).
+-- The best open task of priority :min_priority or more whose every requirement is done
+-- and that has every label in :labels (a JSON list), in any project: taken in the same
+-- statement (BEGIN IMMEDIATE already serialises writers).
 -- name: claim_task
 UPDATE corral_tasks
 SET status = 'claimed', assignee = :claimer, run_id = :run_id, token = token + 1,
@@ -391,7 +391,7 @@ SET status = 'claimed', assignee = :claimer, run_id = :run_id, token = token + 1
     attempts = attempts + 1, result = NULL, updated_at = :now
 WHERE status = 'open' AND (project, id) = (
     SELECT c.project, c.id FROM corral_tasks c INDEXED BY corral_tasks_open
-    WHERE c.status = 'open'
+    WHERE c.status = 'open' AND c.priority >= :min_priority
         AND NOT EXISTS (
             SELECT 1 FROM corral_task_edges e
             JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
@@ -410,7 +410,7 @@ SET status = 'claimed', assignee = :claimer, run_id = :run_id, token = token + 1
     attempts = attempts + 1, result = NULL, updated_at = :now
 WHERE status = 'open' AND project = :project AND id = (
     SELECT c.id FROM corral_tasks c INDEXED BY corral_tasks_project_open
-    WHERE c.status = 'open' AND c.project = :project
+    WHERE c.status = 'open' AND c.project = :project AND c.priority >= :min_priority
         AND NOT EXISTS (
             SELECT 1 FROM corral_task_edges e
             JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
