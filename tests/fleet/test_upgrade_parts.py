@@ -192,3 +192,28 @@ def test_the_version_window_and_the_options(monkeypatch: pytest.MonkeyPatch) -> 
         fleet_upgrade.parse_share("0%")
     with pytest.raises(UsageError, match="bad --watch 'soon'"):
         fleet_upgrade.parse_duration("soon")
+
+
+@pytest.mark.parametrize("bad", ["../../x", "0.1.1/../..", "..", "", "v0.1.1", "0.1.1 "])
+async def test_a_rollout_to_what_is_no_version_is_refused(store: Store, bad: str) -> None:
+    with pytest.raises(ActionError, match="is not a corral version: give one as PEP 440") as no:
+        await fleet_upgrade.start_rollout(
+            store, target=bad, index="https://example.invalid/simple", actor="test"
+        )
+    assert no.value.status == 400
+    assert await store.latest_fleet_rollout() is None
+
+
+def test_the_runner_uses_no_version_that_is_not_one_as_a_path(tmp_path: Path) -> None:
+    work = tmp_path / "deep" / "work"
+    versions = Versions(work)
+    outside = tmp_path / "deep" / "x"  # what versions/../../x would name
+    outside.mkdir(parents=True)
+    (outside / "keep").write_text("kept")
+    for bad in ("../../deep/x", "../x", "..", "0.1.1/../../x"):
+        with pytest.raises(UpgradeError, match="is not a corral version"):
+            versions.install(bad, index="https://example.invalid/simple")
+        with pytest.raises(UpgradeError, match="is not a corral version"):
+            versions.mark_healthy(bad)
+    assert (outside / "keep").read_text() == "kept"
+    assert not (outside / "healthy").exists()

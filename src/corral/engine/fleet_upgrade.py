@@ -38,6 +38,7 @@ from corral import __version__
 from corral.engine.actions import ActionError
 from corral.engine.fleet import FleetSettings, version_key
 from corral.errors import UsageError
+from corral.pep440 import is_version
 from corral.store import FleetRollout, Runner, RunnerState, Store
 from corral.views import iso_time
 
@@ -146,7 +147,14 @@ async def start_rollout(
     actor: str,
 ) -> FleetRollout:
     """Record a rollout of ``target``. 409 while another runs; 400 for a wheel that is
-    not there or not of that version, a target outside the version window."""
+    not there or not of that version, a target that is no version or is outside the
+    version window."""
+    if not is_version(target):
+        raise ActionError(
+            400,
+            f"--to {target!r} is not a corral version: give one as PEP 440 spells it, "
+            "e.g. 1.2.0, 1.2.0rc1 or 1.2.0.post1",
+        )
     latest = await store.latest_fleet_rollout()
     if latest is not None and latest.state == "running":
         raise ActionError(
