@@ -217,3 +217,23 @@ def test_the_runner_uses_no_version_that_is_not_one_as_a_path(tmp_path: Path) ->
             versions.mark_healthy(bad)
     assert (outside / "keep").read_text() == "kept"
     assert not (outside / "healthy").exists()
+
+
+async def test_two_rollouts_started_at_once_are_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def nothing_yet() -> None:  # both read "none running" before either recorded
+        return None
+
+    index = "https://example.invalid/simple"
+    first = await fleet_upgrade.start_rollout(store, target="0.1.1", index=index, actor="a")
+    monkeypatch.setattr(store, "latest_fleet_rollout", nothing_yet)
+    with pytest.raises(ActionError, match="another fleet rollout is running") as refused:
+        await fleet_upgrade.start_rollout(store, target="0.1.2", index=index, actor="b")
+    assert refused.value.status == 409
+    monkeypatch.undo()
+    assert await store.latest_fleet_rollout() == first
+    # once it no longer runs, the next one is recorded
+    await fleet_upgrade.halt_rollout(store, actor="a")
+    second = await fleet_upgrade.start_rollout(store, target="0.1.2", index=index, actor="b")
+    assert second.state == "running" and second.id != first.id

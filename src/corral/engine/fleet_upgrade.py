@@ -37,7 +37,7 @@ from typing import Any
 from corral import __version__
 from corral.engine.actions import ActionError
 from corral.engine.fleet import FleetSettings, version_key
-from corral.errors import UsageError
+from corral.errors import StoreConflict, UsageError
 from corral.pep440 import is_version
 from corral.store import FleetRollout, Runner, RunnerState, Store
 from corral.views import iso_time
@@ -189,16 +189,19 @@ async def start_rollout(
     else:
         raise ActionError(400, "say where the runners get it: --wheel FILE or --index URL")
     detail = {"steps": [], "runners": {}, "onWorse": on_worse, "log": []}
-    return await store.create_fleet_rollout(
-        target=target,
-        channel=channel,
-        canary=canary,
-        batch_share=batch_share,
-        watch_seconds=watch_seconds,
-        source=source,
-        detail=detail,
-        actor=actor,
-    )
+    try:
+        return await store.create_fleet_rollout(
+            target=target,
+            channel=channel,
+            canary=canary,
+            batch_share=batch_share,
+            watch_seconds=watch_seconds,
+            source=source,
+            detail=detail,
+            actor=actor,
+        )
+    except StoreConflict as exc:  # another was started meanwhile
+        raise ActionError(409, str(exc)) from None
 
 
 async def _latest(store: Store) -> FleetRollout:
