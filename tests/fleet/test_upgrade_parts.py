@@ -237,3 +237,81 @@ async def test_two_rollouts_started_at_once_are_one(
     await fleet_upgrade.halt_rollout(store, actor="a")
     second = await fleet_upgrade.start_rollout(store, target="0.1.2", index=index, actor="b")
     assert second.state == "running" and second.id != first.id
+
+
+async def test_a_report_is_acknowledged_only_once_recorded(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = store.now()
+    at = now.isoformat()
+    step = {"kind": "canary", "runners": ["r1"], "startedAt": at, "upgradedAt": None}
+    await store.create_fleet_rollout(
+        target="0.1.2",
+        channel="stable",
+        canary=1,
+        batch_share=0.25,
+        watch_seconds=10,
+        source={"index": "https://example.invalid/simple"},
+        detail={
+            "steps": [{**step, "verdict": None}],
+            "runners": {"r1": {"state": "ordered", "from": "0.1.1", "name": "r1", "at": at}},
+        },
+        actor="test",
+    )
+    runner, settings = _runner("r1", now), FleetSettings()
+    report = {"state": "failed", "version": "0.1.2", "stage": "install", "error": "boom"}
+    real_update = store.update_fleet_rollout
+
+    async def always_lost(*args: object, **kwargs: object) -> None:
+        return None  # another process moved the rollout each time
+
+    monkeypatch.setattr(store, "update_fleet_rollout", always_lost)
+    _, recorded = await fleet_upgrade.on_heartbeat(store, runner, report, settings)
+    assert recorded is False
+    latest = await store.latest_fleet_rollout()
+    assert latest is not None and latest.state == "running"
+    monkeypatch.setattr(store, "update_fleet_rollout", real_update)
+    _, recorded = await fleet_upgrade.on_heartbeat(store, runner, report, settings)
+    assert recorded is True
+    latest = await store.latest_fleet_rollout()
+    assert latest is not None and latest.state == "failed"
+    assert latest.detail["runners"]["r1"]["error"] == "boom"
+    # told again once recorded: nothing changes, and it is acknowledged
+    assert await fleet_upgrade.on_heartbeat(store, runner, report, settings) == (None, True)
+
+
+async def test_the_runner_keeps_its_failure_report_until_it_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.runner.agent import Runner as RunnerAgent
+    from corral.runner.agent import RunnerSettings
+
+    agent = RunnerAgent(
+        RunnerSettings(
+            urls=["http://127.0.0.1:9"],
+            runner_id="r1",
+            credential="c",
+            name="r1",
+            work_dir=tmp_path / "work",
+        )
+    )
+    agent.versions.record_failure("0.1.2", "install", "boom")
+    failure = agent.versions.take_failure()
+    assert failure is not None
+    agent.upgrade_report = agent_report = {"state": "failed", **failure}
+    answers = [
+        {"state": "active", "upgradeRecorded": False},
+        {"state": "active", "upgradeRecorded": True},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def beat(body: dict[str, object]) -> dict[str, object]:
+        sent.append(dict(body))
+        return answers.pop(0)
+
+    monkeypatch.setattr(agent, "_send_beat", beat)
+    await agent._beat()  # the control plane lost its compare and set: not recorded
+    assert agent.upgrade_report is not None and agent.versions.take_failure() is not None
+    await agent._beat()
+    assert agent.upgrade_report is None and agent.versions.take_failure() is None
+    assert [b["upgrade"] for b in sent] == [agent_report, agent_report]

@@ -246,28 +246,31 @@ def _note(detail: dict[str, Any], now: datetime, text: str) -> dict[str, Any]:
 
 async def on_heartbeat(
     store: Store, runner: Runner, report: dict[str, Any] | None, settings: FleetSettings
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, bool]:
     """Record what ``runner`` reports of its upgrade, advance the rollout, and answer
-    its order (None: nothing to do)."""
+    its order (None: nothing to do) and whether the report is recorded (False: every
+    compare and set was lost to other processes; the runner reports it again)."""
     rollout = await store.latest_fleet_rollout()
     if rollout is None or not _active(rollout):
-        return None
+        return None, True
+    recorded = False
     for _ in range(3):  # compare and set: another process may have moved it meanwhile
         fleet = await _fleet(store) if rollout.state == "running" else [runner]
         state, detail = _advance(rollout, runner, report, fleet, store.now(), settings)
         if state == "watch":
             state, detail = await _judge(store, rollout, detail, settings)
         if state == rollout.state and detail == rollout.detail:
+            recorded = True
             break
         moved = await store.update_fleet_rollout(rollout, state=state, detail=detail)
         if moved is not None:
-            rollout = moved
+            rollout, recorded = moved, True
             break
         again = await store.latest_fleet_rollout()
         if again is None:
-            return None
+            return None, True
         rollout = again
-    return _order(rollout, runner)
+    return _order(rollout, runner), recorded
 
 
 def _active(rollout: FleetRollout) -> bool:

@@ -268,9 +268,11 @@ async def heartbeat_with_runs(
             runner.id, reported, lease_seconds=fleet_runs.LEASE_SECONDS
         )
         answer["gone"], answer["kill"] = list(renewal.gone), list(renewal.kill)
-    order = await fleet_upgrade.on_heartbeat(store, runner, body.upgrade, settings)
+    order, recorded = await fleet_upgrade.on_heartbeat(store, runner, body.upgrade, settings)
     if order is not None:
         answer["upgrade"] = order
+    if body.upgrade is not None:
+        answer["upgradeRecorded"] = recorded  # False: the runner reports it again
     return answer
 
 
