@@ -315,3 +315,17 @@ async def test_the_runner_keeps_its_failure_report_until_it_is_recorded(
     await agent._beat()
     assert agent.upgrade_report is None and agent.versions.take_failure() is None
     assert [b["upgrade"] for b in sent] == [agent_report, agent_report]
+
+
+async def test_the_wheel_served_is_the_one_recorded(store: Store, tmp_path: Path) -> None:
+    wheel = build_wheel("0.1.1", tmp_path / "wheels")
+    relative = Path(os.path.relpath(wheel))
+    made = await fleet_upgrade.start_rollout(store, target="0.1.1", wheel=relative, actor="t")
+    assert made.source["wheel"] == str(wheel.resolve())  # absolute: the path the CP reads
+    assert made.source["sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert fleet_upgrade.wheel_of(made, "0.1.1") == wheel.resolve()
+    assert fleet_upgrade.wheel_of(made, "0.1.2") is None
+    wheel.write_bytes(wheel.read_bytes() + b"changed")  # replaced on disk meanwhile
+    assert fleet_upgrade.wheel_of(made, "0.1.1") is None
+    wheel.unlink()
+    assert fleet_upgrade.wheel_of(made, "0.1.1") is None

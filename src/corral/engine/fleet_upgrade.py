@@ -182,7 +182,10 @@ async def start_rollout(
                 400,
                 f"--wheel {path.name} is not a wheel of corral {target} (corral-{target}-*.whl)",
             )
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise ActionError(400, f"--wheel {path}: cannot read it ({exc})") from None
         source = {"wheel": str(path), "name": path.name, "sha256": digest}
     elif index:
         source = {"index": index}
@@ -477,11 +480,18 @@ def _order(rollout: FleetRollout, runner: Runner) -> dict[str, Any] | None:
 
 
 def wheel_of(rollout: FleetRollout | None, version: str) -> Path | None:
-    """The wheel the control plane serves for ``version`` (the latest rollout's)."""
+    """The wheel the control plane serves for ``version`` (the latest rollout's). None
+    also when this process cannot read the file at the recorded path, or it is no longer
+    the wheel recorded (its sha256 differs): the path is the one `corral fleet upgrade
+    --wheel` resolved, read by every control plane process from its own disk."""
     if rollout is None or rollout.target != version or "wheel" not in rollout.source:
         return None
     path = Path(rollout.source["wheel"])
-    return path if path.is_file() else None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return path if hashlib.sha256(data).hexdigest() == rollout.source.get("sha256") else None
 
 
 def rollout_json(rollout: FleetRollout, fleet: list[Runner] | None = None) -> dict[str, Any]:

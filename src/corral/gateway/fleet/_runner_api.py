@@ -10,6 +10,7 @@ a field of the request.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -246,9 +247,13 @@ def runner_router(scheduler: Scheduler) -> APIRouter:
     )
     async def upgrade_wheel(version: str, me: Me) -> Any:
         rollout = await store.latest_fleet_rollout()
-        path = fleet_upgrade.wheel_of(rollout, version)
+        path = await asyncio.to_thread(fleet_upgrade.wheel_of, rollout, version)
         if path is None:
-            raise ActionError(404, f"no wheel of corral {version} is being rolled out")
+            raise ActionError(
+                404,
+                f"no wheel of corral {version} is being rolled out, or this control plane "
+                "process cannot read it (the --wheel path, on its own disk) or it changed",
+            )
         return FileResponse(path, media_type="application/octet-stream", filename=path.name)
 
     return router
