@@ -192,3 +192,140 @@ def test_the_version_window_and_the_options(monkeypatch: pytest.MonkeyPatch) -> 
         fleet_upgrade.parse_share("0%")
     with pytest.raises(UsageError, match="bad --watch 'soon'"):
         fleet_upgrade.parse_duration("soon")
+
+
+@pytest.mark.parametrize("bad", ["../../x", "0.1.1/../..", "..", "", "v0.1.1", "0.1.1 "])
+async def test_a_rollout_to_what_is_no_version_is_refused(store: Store, bad: str) -> None:
+    with pytest.raises(ActionError, match="is not a corral version: give one as PEP 440") as no:
+        await fleet_upgrade.start_rollout(
+            store, target=bad, index="https://example.invalid/simple", actor="test"
+        )
+    assert no.value.status == 400
+    assert await store.latest_fleet_rollout() is None
+
+
+def test_the_runner_uses_no_version_that_is_not_one_as_a_path(tmp_path: Path) -> None:
+    work = tmp_path / "deep" / "work"
+    versions = Versions(work)
+    outside = tmp_path / "deep" / "x"  # what versions/../../x would name
+    outside.mkdir(parents=True)
+    (outside / "keep").write_text("kept")
+    for bad in ("../../deep/x", "../x", "..", "0.1.1/../../x"):
+        with pytest.raises(UpgradeError, match="is not a corral version"):
+            versions.install(bad, index="https://example.invalid/simple")
+        with pytest.raises(UpgradeError, match="is not a corral version"):
+            versions.mark_healthy(bad)
+    assert (outside / "keep").read_text() == "kept"
+    assert not (outside / "healthy").exists()
+
+
+async def test_two_rollouts_started_at_once_are_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def nothing_yet() -> None:  # both read "none running" before either recorded
+        return None
+
+    index = "https://example.invalid/simple"
+    first = await fleet_upgrade.start_rollout(store, target="0.1.1", index=index, actor="a")
+    monkeypatch.setattr(store, "latest_fleet_rollout", nothing_yet)
+    with pytest.raises(ActionError, match="another fleet rollout is running") as refused:
+        await fleet_upgrade.start_rollout(store, target="0.1.2", index=index, actor="b")
+    assert refused.value.status == 409
+    monkeypatch.undo()
+    assert await store.latest_fleet_rollout() == first
+    # once it no longer runs, the next one is recorded
+    await fleet_upgrade.halt_rollout(store, actor="a")
+    second = await fleet_upgrade.start_rollout(store, target="0.1.2", index=index, actor="b")
+    assert second.state == "running" and second.id != first.id
+
+
+async def test_a_report_is_acknowledged_only_once_recorded(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = store.now()
+    at = now.isoformat()
+    step = {"kind": "canary", "runners": ["r1"], "startedAt": at, "upgradedAt": None}
+    await store.create_fleet_rollout(
+        target="0.1.2",
+        channel="stable",
+        canary=1,
+        batch_share=0.25,
+        watch_seconds=10,
+        source={"index": "https://example.invalid/simple"},
+        detail={
+            "steps": [{**step, "verdict": None}],
+            "runners": {"r1": {"state": "ordered", "from": "0.1.1", "name": "r1", "at": at}},
+        },
+        actor="test",
+    )
+    runner, settings = _runner("r1", now), FleetSettings()
+    report = {"state": "failed", "version": "0.1.2", "stage": "install", "error": "boom"}
+    real_update = store.update_fleet_rollout
+
+    async def always_lost(*args: object, **kwargs: object) -> None:
+        return None  # another process moved the rollout each time
+
+    monkeypatch.setattr(store, "update_fleet_rollout", always_lost)
+    _, recorded = await fleet_upgrade.on_heartbeat(store, runner, report, settings)
+    assert recorded is False
+    latest = await store.latest_fleet_rollout()
+    assert latest is not None and latest.state == "running"
+    monkeypatch.setattr(store, "update_fleet_rollout", real_update)
+    _, recorded = await fleet_upgrade.on_heartbeat(store, runner, report, settings)
+    assert recorded is True
+    latest = await store.latest_fleet_rollout()
+    assert latest is not None and latest.state == "failed"
+    assert latest.detail["runners"]["r1"]["error"] == "boom"
+    # told again once recorded: nothing changes, and it is acknowledged
+    assert await fleet_upgrade.on_heartbeat(store, runner, report, settings) == (None, True)
+
+
+async def test_the_runner_keeps_its_failure_report_until_it_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.runner.agent import Runner as RunnerAgent
+    from corral.runner.agent import RunnerSettings
+
+    agent = RunnerAgent(
+        RunnerSettings(
+            urls=["http://127.0.0.1:9"],
+            runner_id="r1",
+            credential="c",
+            name="r1",
+            work_dir=tmp_path / "work",
+        )
+    )
+    agent.versions.record_failure("0.1.2", "install", "boom")
+    failure = agent.versions.take_failure()
+    assert failure is not None
+    agent.upgrade_report = agent_report = {"state": "failed", **failure}
+    answers = [
+        {"state": "active", "upgradeRecorded": False},
+        {"state": "active", "upgradeRecorded": True},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def beat(body: dict[str, object]) -> dict[str, object]:
+        sent.append(dict(body))
+        return answers.pop(0)
+
+    monkeypatch.setattr(agent, "_send_beat", beat)
+    await agent._beat()  # the control plane lost its compare and set: not recorded
+    assert agent.upgrade_report is not None and agent.versions.take_failure() is not None
+    await agent._beat()
+    assert agent.upgrade_report is None and agent.versions.take_failure() is None
+    assert [b["upgrade"] for b in sent] == [agent_report, agent_report]
+
+
+async def test_the_wheel_served_is_the_one_recorded(store: Store, tmp_path: Path) -> None:
+    wheel = build_wheel("0.1.1", tmp_path / "wheels")
+    relative = Path(os.path.relpath(wheel))
+    made = await fleet_upgrade.start_rollout(store, target="0.1.1", wheel=relative, actor="t")
+    assert made.source["wheel"] == str(wheel.resolve())  # absolute: the path the CP reads
+    assert made.source["sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert fleet_upgrade.wheel_of(made, "0.1.1") == wheel.resolve()
+    assert fleet_upgrade.wheel_of(made, "0.1.2") is None
+    wheel.write_bytes(wheel.read_bytes() + b"changed")  # replaced on disk meanwhile
+    assert fleet_upgrade.wheel_of(made, "0.1.1") is None
+    wheel.unlink()
+    assert fleet_upgrade.wheel_of(made, "0.1.1") is None

@@ -37,7 +37,8 @@ from typing import Any
 from corral import __version__
 from corral.engine.actions import ActionError
 from corral.engine.fleet import FleetSettings, version_key
-from corral.errors import UsageError
+from corral.errors import StoreConflict, UsageError
+from corral.pep440 import is_version
 from corral.store import FleetRollout, Runner, RunnerState, Store
 from corral.views import iso_time
 
@@ -146,7 +147,14 @@ async def start_rollout(
     actor: str,
 ) -> FleetRollout:
     """Record a rollout of ``target``. 409 while another runs; 400 for a wheel that is
-    not there or not of that version, a target outside the version window."""
+    not there or not of that version, a target that is no version or is outside the
+    version window."""
+    if not is_version(target):
+        raise ActionError(
+            400,
+            f"--to {target!r} is not a corral version: give one as PEP 440 spells it, "
+            "e.g. 1.2.0, 1.2.0rc1 or 1.2.0.post1",
+        )
     latest = await store.latest_fleet_rollout()
     if latest is not None and latest.state == "running":
         raise ActionError(
@@ -174,23 +182,29 @@ async def start_rollout(
                 400,
                 f"--wheel {path.name} is not a wheel of corral {target} (corral-{target}-*.whl)",
             )
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise ActionError(400, f"--wheel {path}: cannot read it ({exc})") from None
         source = {"wheel": str(path), "name": path.name, "sha256": digest}
     elif index:
         source = {"index": index}
     else:
         raise ActionError(400, "say where the runners get it: --wheel FILE or --index URL")
     detail = {"steps": [], "runners": {}, "onWorse": on_worse, "log": []}
-    return await store.create_fleet_rollout(
-        target=target,
-        channel=channel,
-        canary=canary,
-        batch_share=batch_share,
-        watch_seconds=watch_seconds,
-        source=source,
-        detail=detail,
-        actor=actor,
-    )
+    try:
+        return await store.create_fleet_rollout(
+            target=target,
+            channel=channel,
+            canary=canary,
+            batch_share=batch_share,
+            watch_seconds=watch_seconds,
+            source=source,
+            detail=detail,
+            actor=actor,
+        )
+    except StoreConflict as exc:  # another was started meanwhile
+        raise ActionError(409, str(exc)) from None
 
 
 async def _latest(store: Store) -> FleetRollout:
@@ -235,28 +249,31 @@ def _note(detail: dict[str, Any], now: datetime, text: str) -> dict[str, Any]:
 
 async def on_heartbeat(
     store: Store, runner: Runner, report: dict[str, Any] | None, settings: FleetSettings
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, bool]:
     """Record what ``runner`` reports of its upgrade, advance the rollout, and answer
-    its order (None: nothing to do)."""
+    its order (None: nothing to do) and whether the report is recorded (False: every
+    compare and set was lost to other processes; the runner reports it again)."""
     rollout = await store.latest_fleet_rollout()
     if rollout is None or not _active(rollout):
-        return None
+        return None, True
+    recorded = False
     for _ in range(3):  # compare and set: another process may have moved it meanwhile
         fleet = await _fleet(store) if rollout.state == "running" else [runner]
         state, detail = _advance(rollout, runner, report, fleet, store.now(), settings)
         if state == "watch":
             state, detail = await _judge(store, rollout, detail, settings)
         if state == rollout.state and detail == rollout.detail:
+            recorded = True
             break
         moved = await store.update_fleet_rollout(rollout, state=state, detail=detail)
         if moved is not None:
-            rollout = moved
+            rollout, recorded = moved, True
             break
         again = await store.latest_fleet_rollout()
         if again is None:
-            return None
+            return None, True
         rollout = again
-    return _order(rollout, runner)
+    return _order(rollout, runner), recorded
 
 
 def _active(rollout: FleetRollout) -> bool:
@@ -463,11 +480,18 @@ def _order(rollout: FleetRollout, runner: Runner) -> dict[str, Any] | None:
 
 
 def wheel_of(rollout: FleetRollout | None, version: str) -> Path | None:
-    """The wheel the control plane serves for ``version`` (the latest rollout's)."""
+    """The wheel the control plane serves for ``version`` (the latest rollout's). None
+    also when this process cannot read the file at the recorded path, or it is no longer
+    the wheel recorded (its sha256 differs): the path is the one `corral fleet upgrade
+    --wheel` resolved, read by every control plane process from its own disk."""
     if rollout is None or rollout.target != version or "wheel" not in rollout.source:
         return None
     path = Path(rollout.source["wheel"])
-    return path if path.is_file() else None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return path if hashlib.sha256(data).hexdigest() == rollout.source.get("sha256") else None
 
 
 def rollout_json(rollout: FleetRollout, fleet: list[Runner] | None = None) -> dict[str, Any]:

@@ -671,7 +671,14 @@ class Runner:
             log.warning("heartbeat failed: %s", exc)
             raise
         self.acked = max(self.acked, sent)
-        if report is not None and report is self.upgrade_report and report["state"] != "draining":
+        if (
+            report is not None
+            and report is self.upgrade_report
+            and report["state"] != "draining"
+            # False: the control plane could not record it (lost its compare and set);
+            # absent: a control plane that does not say, and records what it is told
+            and answer.get("upgradeRecorded", True) is not False
+        ):
             self.upgrade_report = None  # told once
             if report["state"] == "failed":
                 self.versions.clear_failure()

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from corral import __version__
+from corral.pep440 import is_version
 
 __all__ = [
     "KEEP",
@@ -96,8 +97,17 @@ class Versions:
         self.trial_file = self.root / "trial.json"
         self.failure_file = self.root / "failure.json"
 
+    def dir(self, version: str) -> Path:
+        """The directory of ``version``: UpgradeError unless it is a version (PEP 440), so
+        that no order names a path outside ``versions/``."""
+        if not is_version(version):
+            raise UpgradeError(
+                f"{version!r} is not a corral version (PEP 440, e.g. 1.2.0 or 1.2.0rc1): refused"
+            )
+        return self.root / version
+
     def venv(self, version: str) -> Path:
-        return self.root / version / "venv"
+        return self.dir(version) / "venv"
 
     def python(self, version: str) -> Path:
         return self.venv(version) / "bin" / "python"
@@ -138,8 +148,8 @@ class Versions:
     def install(self, version: str, wheel: Path | None = None, index: str | None = None) -> Path:
         """Install corral ``version`` side by side (from ``wheel``, or from ``index``):
         its interpreter. UpgradeError when it cannot be installed."""
+        target = self.dir(version)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        target = self.root / version
         if (target / "healthy").exists() and self.python(version).exists():
             return self.python(version)
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".install-{version}-"))
@@ -216,8 +226,8 @@ class Versions:
             self.trial_file.unlink()
 
     def mark_healthy(self, version: str) -> None:
-        (self.root / version).mkdir(mode=0o700, parents=True, exist_ok=True)
-        (self.root / version / "healthy").write_text(f"{time.time()}\n")
+        self.dir(version).mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.dir(version) / "healthy").write_text(f"{time.time()}\n")
 
     def record_failure(self, version: str, stage: str, error: str) -> None:
         _write_json(
@@ -239,7 +249,7 @@ class Versions:
         """Point ``current`` at the version the trial came from; record the failure."""
         self.point_at(str(trial["from"]))
         self.record_failure(str(trial["to"]), stage, error)
-        shutil.rmtree(self.root / str(trial["to"]) / "healthy", ignore_errors=True)
+        shutil.rmtree(self.dir(str(trial["to"])) / "healthy", ignore_errors=True)
         self.end_trial()
 
 

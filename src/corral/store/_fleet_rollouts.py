@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from corral.errors import StoreConflict
 from corral.store._core import Row, StoreCore
 
 __all__ = ["FleetRollout", "FleetRolloutOps"]
@@ -52,6 +53,8 @@ class FleetRolloutOps(StoreCore):
         detail: dict[str, Any],
         actor: str,
     ) -> FleetRollout:
+        """Record a running rollout. StoreConflict while another runs (the unique index
+        on the running one: of two started at once, one is recorded)."""
         rollout_id = "ro_" + secrets.token_hex(6)
         params = {
             "id": rollout_id,
@@ -67,7 +70,11 @@ class FleetRolloutOps(StoreCore):
             "now": self.encode_time(self.now()),
         }
         async with self.transaction() as tx:
-            await tx.execute("insert_fleet_rollout", params)
+            if await tx.fetch_one("insert_fleet_rollout", params) is None:
+                raise StoreConflict(
+                    "another fleet rollout is running: wait for it, or `corral fleet upgrade "
+                    "halt` / `corral fleet upgrade rollback` first"
+                )
             row = await tx.fetch_one("get_fleet_rollout", {"id": rollout_id})
             await self.audit_in(
                 tx,

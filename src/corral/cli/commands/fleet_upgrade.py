@@ -71,7 +71,8 @@ def _show(answer: dict[str, Any], as_json: bool) -> None:
 @click.option(
     "--wheel",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="A corral wheel the control plane serves to the runners.",
+    help="A corral wheel the control plane serves to the runners (a path every control "
+    "plane process can read).",
 )
 @click.option("--index", help="Or: a package index URL the runners install from.")
 @click.option(

@@ -10,6 +10,7 @@ a field of the request.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -246,9 +247,13 @@ def runner_router(scheduler: Scheduler) -> APIRouter:
     )
     async def upgrade_wheel(version: str, me: Me) -> Any:
         rollout = await store.latest_fleet_rollout()
-        path = fleet_upgrade.wheel_of(rollout, version)
+        path = await asyncio.to_thread(fleet_upgrade.wheel_of, rollout, version)
         if path is None:
-            raise ActionError(404, f"no wheel of corral {version} is being rolled out")
+            raise ActionError(
+                404,
+                f"no wheel of corral {version} is being rolled out, or this control plane "
+                "process cannot read it (the --wheel path, on its own disk) or it changed",
+            )
         return FileResponse(path, media_type="application/octet-stream", filename=path.name)
 
     return router
@@ -268,9 +273,11 @@ async def heartbeat_with_runs(
             runner.id, reported, lease_seconds=fleet_runs.LEASE_SECONDS
         )
         answer["gone"], answer["kill"] = list(renewal.gone), list(renewal.kill)
-    order = await fleet_upgrade.on_heartbeat(store, runner, body.upgrade, settings)
+    order, recorded = await fleet_upgrade.on_heartbeat(store, runner, body.upgrade, settings)
     if order is not None:
         answer["upgrade"] = order
+    if body.upgrade is not None:
+        answer["upgradeRecorded"] = recorded  # False: the runner reports it again
     return answer
 
 

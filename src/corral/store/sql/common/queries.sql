@@ -1005,6 +1005,9 @@ INSERT INTO corral_fleet_rollouts
      detail, created_by, created_at, updated_at)
 VALUES (:id, :target, :channel, :canary, :batch_share, :watch_seconds, :source, :state, 1,
      :detail, :created_by, :now, :now)
+-- Another rollout running (one started meanwhile by another process) answers no row.
+ON CONFLICT (state) WHERE state = 'running' DO NOTHING
+RETURNING id
 
 -- name: latest_fleet_rollout
 SELECT * FROM corral_fleet_rollouts ORDER BY created_at DESC, id DESC LIMIT 1

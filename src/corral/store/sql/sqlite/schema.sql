@@ -559,6 +559,9 @@ CREATE TABLE corral_fleet_rollouts (
     updated_at TEXT NOT NULL
 );
 CREATE INDEX corral_fleet_rollouts_created ON corral_fleet_rollouts (created_at);
+-- One rollout runs at a time: a second one started meanwhile is refused.
+CREATE UNIQUE INDEX corral_fleet_rollouts_one_running ON corral_fleet_rollouts (state)
+    WHERE state = 'running';
 
 -- 0026: provider rate limits (see migrations/0026_provider_buckets.sql)
 CREATE TABLE corral_provider_buckets (

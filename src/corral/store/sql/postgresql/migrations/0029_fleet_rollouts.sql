@@ -19,3 +19,6 @@ CREATE TABLE corral_fleet_rollouts (
     updated_at timestamptz NOT NULL
 );
 CREATE INDEX corral_fleet_rollouts_created ON corral_fleet_rollouts (created_at);
+-- One rollout runs at a time: a second one started meanwhile is refused.
+CREATE UNIQUE INDEX corral_fleet_rollouts_one_running ON corral_fleet_rollouts (state)
+    WHERE state = 'running';
