@@ -98,6 +98,8 @@ class WarmPool:
         self._not_before: dict[str, float] = {}
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Deletions of renamed-away trees, running in threads (never on the loop).
+        self._cleaning: set[asyncio.Future[None]] = set()
         self.root = project.root / ".corral" / "warm"
 
     # -- the workspaces on disk ------------------------------------------------------------
@@ -189,8 +191,11 @@ class WarmPool:
             self._kick.set()
             return False
         # The run's own corral files (prompt, credential links, setenv file, scratch)
-        # are not the next run's.
-        shutil.rmtree(instance.path / ".corral", ignore_errors=True)
+        # are not the next run's: renamed away, deleted in a thread.
+        trash = folder / f".trash-{instance.key}-{secrets.token_hex(4)}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(instance.path / ".corral", trash)
+            self._remove(trash)
         marker = folder / f"{instance.key}.busy"
         _write(marker, {"created": instance.created, "runs": runs, "config": instance.config})
         os.rename(marker, folder / f"{instance.key}.ready")
@@ -208,10 +213,28 @@ class WarmPool:
         trash = folder / f".trash-{key}-{secrets.token_hex(4)}"
         with contextlib.suppress(FileNotFoundError):
             os.rename(folder / key, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+            self._remove(trash)
         for suffix in (".busy", ".ready", ".prep"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / f"{key}{suffix}")
+
+    def _remove(self, tree: Path) -> None:
+        """Delete ``tree`` (a workspace renamed away: a virtual environment, node_modules)
+        in a thread, never blocking the event loop; where no loop runs, at once. Should
+        this process stop first, the next one's sweep deletes what is left."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            shutil.rmtree(tree, ignore_errors=True)
+            return
+        future = loop.run_in_executor(None, functools.partial(shutil.rmtree, tree, True))
+        self._cleaning.add(future)
+        future.add_done_callback(self._cleaning.discard)
+
+    async def cleaned(self) -> None:
+        """Wait for the deletions under way."""
+        while self._cleaning:
+            await asyncio.gather(*self._cleaning, return_exceptions=True)
 
     def discard(self, agent: str) -> int:
         """Delete every free workspace of ``agent``; how many went."""
@@ -236,7 +259,7 @@ class WarmPool:
             with contextlib.suppress(OSError):
                 for entry in os.listdir(folder):
                     if entry.startswith(".trash-"):
-                        shutil.rmtree(folder / entry, ignore_errors=True)
+                        self._remove(folder / entry)
                         continue
                     key, dot, suffix = entry.rpartition(".")
                     if not dot or suffix not in ("busy", "prep"):
@@ -261,6 +284,7 @@ class WarmPool:
                 await task
         self._task = None
         self._preparing.clear()
+        await self.cleaned()
 
     def reload(self, project: Project) -> None:
         """A new configuration: workspaces of removed or changed agents are discarded."""
