@@ -300,6 +300,24 @@ async def test_deleting_a_big_workspace_never_blocks_the_loop(
     assert max(gaps) < 0.5, max(gaps)
 
 
+async def test_a_preparation_that_raises_is_retried_with_backoff(tmp_path: Path) -> None:
+    project = warm_project(tmp_path / "p", "[scale]\nmin = 1\nmax = 1\nwarm = 1\n")
+    attempts: list[float] = []
+
+    async def broken(agent: Agent, path: Path, key: str) -> bool:
+        attempts.append(time.monotonic())
+        raise OSError(28, "No space left on device")
+
+    pool = WarmPool(project, broken)
+    pool.start()
+    await asyncio.sleep(2.5)
+    await pool.stop()
+    # At once, then after FIRST_BACKOFF (2 s): not a hot loop.
+    assert 1 <= len(attempts) <= 3, len(attempts)
+    assert pool._failures.get("w", 0) == len(attempts)
+    assert [p.name for p in (tmp_path / "p" / ".corral" / "warm" / "w").iterdir()] == []
+
+
 @pytest.fixture
 def outside_tmp() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="corral-warm-", dir="/var/tmp"))

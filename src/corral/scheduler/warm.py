@@ -344,23 +344,29 @@ class WarmPool:
 
     async def _prepare(self, agent: Agent) -> None:
         folder = self._dir(agent.name)
-        private_dirs(folder, self.project.root / ".corral")
         key = f"w{time.time_ns():x}{secrets.token_hex(3)}"
         path = folder / key
         marker = folder / f"{key}.prep"
-        _write(marker, {"pid": os.getpid()})
-        os.mkdir(path, 0o700)
         created = time.time()
         ok = False
+        why = "its preparation did not finish"
         try:
-            ok = await self._preparer(agent, path, key)
+            private_dirs(folder, self.project.root / ".corral")
+            _write(marker, {"pid": os.getpid()})
+            os.mkdir(path, 0o700)
+            created = time.time()
+            if await self._preparer(agent, path, key):
+                meta = {"created": created, "runs": 0, "config": config_fingerprint(agent)}
+                _write(marker, meta)
+                os.rename(marker, folder / f"{key}.ready")
+                ok = True
+        except Exception as exc:  # a full disk, a permission: a failure like any other
+            why = f"its preparation failed: {exc}"
         finally:
             if not ok:
-                self._delete(folder, key, "its preparation did not finish")
+                with contextlib.suppress(OSError):
+                    self._delete(folder, key, why)
         if ok:
-            meta = {"created": created, "runs": 0, "config": config_fingerprint(agent)}
-            _write(marker, meta)
-            os.rename(marker, folder / f"{key}.ready")
             self._failures.pop(agent.name, None)
             self._not_before.pop(agent.name, None)
             log.info(
@@ -376,10 +382,11 @@ class WarmPool:
         wait = min(FIRST_BACKOFF * 2 ** (failures - 1), MAX_BACKOFF)
         self._not_before[agent.name] = time.monotonic() + wait
         log.warning(
-            "preparing a warm workspace of %s failed (%d in a row; see "
+            "preparing a warm workspace of %s failed (%d in a row; %s; see "
             ".corral/logs/warm-%s.log); trying again in %.0f s",
             agent.name,
             failures,
+            why,
             agent.name,
             wait,
             extra={"action": "warm_failed", "agent": agent.name},
