@@ -242,6 +242,10 @@ async def test_a_reload_that_changes_the_agent_discards_its_workspaces(
         assert fleet.scheduler.warm.ready("w") != [old]
 
 
+async def _ready(agent: Agent, path: Path, key: str) -> bool:
+    return True
+
+
 async def _big(agent: Agent, path: Path, key: str) -> bool:
     """A workspace of 10,000 files (a virtual environment, node_modules)."""
 
@@ -316,6 +320,25 @@ async def test_a_preparation_that_raises_is_retried_with_backoff(tmp_path: Path)
     assert 1 <= len(attempts) <= 3, len(attempts)
     assert pool._failures.get("w", 0) == len(attempts)
     assert [p.name for p in (tmp_path / "p" / ".corral" / "warm" / "w").iterdir()] == []
+
+
+async def test_a_run_of_another_config_starts_cold_and_leaves_the_pool_alone(
+    tmp_path: Path,
+) -> None:
+    """A rollout's canary runs a changed config: it does not wipe the pool."""
+    project = warm_project(tmp_path / "p", "[scale]\nmin = 1\nmax = 1\nwarm = 1\n")
+    canary = warm_project(tmp_path / "q", "[scale]\nmin = 1\nmax = 1\nwarm = 1\nwarmMaxRuns = 3\n")
+    pool = WarmPool(project, _ready)
+    await pool._prepare(project.agents["w"])
+    await pool._prepare(project.agents["w"])
+    keys = pool.ready("w")
+    assert len(keys) == 2
+    assert pool.take(canary.agents["w"]) is None
+    assert pool.ready("w") == keys
+    assert all((tmp_path / "p" / ".corral" / "warm" / "w" / key).is_dir() for key in keys)
+    taken = pool.take(project.agents["w"])
+    assert taken is not None and taken.key == keys[0]
+    await pool.stop()
 
 
 @pytest.fixture

@@ -138,6 +138,11 @@ class WarmPool:
             return None
         folder = self._dir(agent.name)
         fingerprint = config_fingerprint(agent)
+        current = self.project.agents.get(agent.name)
+        if current is None or config_fingerprint(current) != fingerprint:
+            # Not the configuration the pool prepares for (a rollout's canary, say): the
+            # run starts cold, the pool's workspaces stay (reload discards stale ones).
+            return None
         now = time.time()
         taken: WarmInstance | None = None
         for key in self.ready(agent.name):
@@ -155,12 +160,12 @@ class WarmPool:
                 int(meta.get("runs", 0)),
                 str(meta.get("config", "")),
             )
-            if (
-                instance.config != fingerprint
-                or instance.age(now) >= settings.warm_max_age
-                or not instance.path.is_dir()
-            ):
-                self._delete(folder, key, "its agent's config changed or it is too old")
+            if instance.config != fingerprint:  # prepared for another config: left alone
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(marker, folder / f"{key}.ready")
+                continue
+            if instance.age(now) >= settings.warm_max_age or not instance.path.is_dir():
+                self._delete(folder, key, "it is too old or gone")
                 continue
             _write(marker, {**meta, "pid": os.getpid()})
             taken = instance
