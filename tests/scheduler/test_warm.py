@@ -341,6 +341,23 @@ async def test_a_run_of_another_config_starts_cold_and_leaves_the_pool_alone(
     await pool.stop()
 
 
+async def test_the_sweep_spares_a_workspace_just_taken(tmp_path: Path) -> None:
+    """Taken (renamed to .busy) but its taker's pid not yet written: not abandoned."""
+    project = warm_project(tmp_path / "p", "[scale]\nmin = 1\nmax = 1\nwarm = 1\n")
+    pool = WarmPool(project, _ready)
+    await pool._prepare(project.agents["w"])
+    (key,) = pool.ready("w")
+    folder = tmp_path / "p" / ".corral" / "warm" / "w"
+    os.rename(folder / f"{key}.ready", folder / f"{key}.busy")
+    pool.sweep_abandoned()
+    assert (folder / key).is_dir() and (folder / f"{key}.busy").exists()
+    # One whose holder is gone is deleted.
+    (folder / f"{key}.busy").write_text('{"pid": 999999999}')
+    pool.sweep_abandoned()
+    await pool.stop()
+    assert not (folder / key).exists() and not (folder / f"{key}.busy").exists()
+
+
 @pytest.fixture
 def outside_tmp() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="corral-warm-", dir="/var/tmp"))

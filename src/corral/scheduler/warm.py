@@ -270,6 +270,8 @@ class WarmPool:
                     if not dot or suffix not in ("busy", "prep"):
                         continue
                     pid = _read(folder / entry).get("pid")
+                    if not isinstance(pid, int) and _young(folder / entry):
+                        continue  # just taken: its taker writes its pid next
                     if not isinstance(pid, int) or not _alive(pid):
                         self._delete(folder, key, "the process that held it is gone")
 
@@ -410,6 +412,19 @@ def _write(path: Path, data: dict[str, object]) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temp.write_text(json.dumps(data))
     os.replace(temp, path)
+
+
+#: A marker without a pid younger than this may be one a run has just taken.
+YOUNG = 60.0
+
+
+def _young(path: Path) -> bool:
+    """Renamed or written in the last ``YOUNG`` seconds (a rename sets its ctime)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return time.time() - max(stat.st_mtime, stat.st_ctime) < YOUNG
 
 
 def _alive(pid: int) -> bool:
