@@ -8,16 +8,21 @@ Real schedulers, real runs on both stores; the host runtime here, the sandbox be
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from corral.gateway.metrics import FleetMetrics
-from corral.project import Project, load_project
+from corral.project import Agent, Project, load_project
+from corral.scheduler import warm as warm_module
 from corral.scheduler.service import Scheduler, SchedulerOptions
+from corral.scheduler.warm import WarmPool
 from corral.store import NewItem, Run, RunState, Store, TriggerKind
 from tests.runtime.conftest import require_sandbox
 from tests.scheduler.helpers import all_runs, wait_for, write_project
@@ -235,6 +240,122 @@ async def test_a_reload_that_changes_the_agent_discards_its_workspaces(
         assert not (root / ".corral" / "warm" / "w" / old).exists()
         await fleet.ready(1)
         assert fleet.scheduler.warm.ready("w") != [old]
+
+
+async def _ready(agent: Agent, path: Path, key: str) -> bool:
+    return True
+
+
+async def _big(agent: Agent, path: Path, key: str) -> bool:
+    """A workspace of 10,000 files (a virtual environment, node_modules)."""
+
+    def fill() -> None:
+        for d in range(50):
+            (path / f"d{d}").mkdir()
+            for f in range(200):
+                os.close(os.open(path / f"d{d}" / f"f{f}", os.O_CREAT | os.O_WRONLY, 0o600))
+        (path / ".corral").mkdir()
+        (path / ".corral" / "prompt").write_text("x")
+
+    await asyncio.to_thread(fill)
+    return True
+
+
+async def test_deleting_a_big_workspace_never_blocks_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = warm_project(tmp_path / "p", "[scale]\nmin = 1\nmax = 1\nwarm = 1\n")
+    agent = project.agents["w"]
+    pool = WarmPool(project, _big)
+    await pool._prepare(agent)
+    where: list[threading.Thread] = []
+    rmtree = shutil.rmtree
+
+    def spy(path: object, *args: object, **kwargs: object) -> None:
+        where.append(threading.current_thread())
+        rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(warm_module.shutil, "rmtree", spy)
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.05)
+    first = pool.take(agent)
+    assert first is not None
+    assert pool.give_back(agent, first, succeeded=True)  # its .corral goes
+    second = pool.take(agent)
+    assert second is not None and not (second.path / ".corral").exists()
+    assert not pool.give_back(agent, second, succeeded=False)  # the whole tree goes
+    folder = tmp_path / "p" / ".corral" / "warm" / "w"
+    await wait_for(lambda: not list(folder.iterdir()), timeout=30)
+    stop.set()
+    await ticker
+    await pool.stop()
+    assert len(where) == 2 and threading.main_thread() not in where
+    assert max(gaps) < 0.5, max(gaps)
+
+
+async def test_a_preparation_that_raises_is_retried_with_backoff(tmp_path: Path) -> None:
+    project = warm_project(tmp_path / "p", "[scale]\nmin = 1\nmax = 1\nwarm = 1\n")
+    attempts: list[float] = []
+
+    async def broken(agent: Agent, path: Path, key: str) -> bool:
+        attempts.append(time.monotonic())
+        raise OSError(28, "No space left on device")
+
+    pool = WarmPool(project, broken)
+    pool.start()
+    await asyncio.sleep(2.5)
+    await pool.stop()
+    # At once, then after FIRST_BACKOFF (2 s): not a hot loop.
+    assert 1 <= len(attempts) <= 3, len(attempts)
+    assert pool._failures.get("w", 0) == len(attempts)
+    assert [p.name for p in (tmp_path / "p" / ".corral" / "warm" / "w").iterdir()] == []
+
+
+async def test_a_run_of_another_config_starts_cold_and_leaves_the_pool_alone(
+    tmp_path: Path,
+) -> None:
+    """A rollout's canary runs a changed config: it does not wipe the pool."""
+    project = warm_project(tmp_path / "p", "[scale]\nmin = 1\nmax = 1\nwarm = 1\n")
+    canary = warm_project(tmp_path / "q", "[scale]\nmin = 1\nmax = 1\nwarm = 1\nwarmMaxRuns = 3\n")
+    pool = WarmPool(project, _ready)
+    await pool._prepare(project.agents["w"])
+    await pool._prepare(project.agents["w"])
+    keys = pool.ready("w")
+    assert len(keys) == 2
+    assert pool.take(canary.agents["w"]) is None
+    assert pool.ready("w") == keys
+    assert all((tmp_path / "p" / ".corral" / "warm" / "w" / key).is_dir() for key in keys)
+    taken = pool.take(project.agents["w"])
+    assert taken is not None and taken.key == keys[0]
+    await pool.stop()
+
+
+async def test_the_sweep_spares_a_workspace_just_taken(tmp_path: Path) -> None:
+    """Taken (renamed to .busy) but its taker's pid not yet written: not abandoned."""
+    project = warm_project(tmp_path / "p", "[scale]\nmin = 1\nmax = 1\nwarm = 1\n")
+    pool = WarmPool(project, _ready)
+    await pool._prepare(project.agents["w"])
+    (key,) = pool.ready("w")
+    folder = tmp_path / "p" / ".corral" / "warm" / "w"
+    os.rename(folder / f"{key}.ready", folder / f"{key}.busy")
+    pool.sweep_abandoned()
+    assert (folder / key).is_dir() and (folder / f"{key}.busy").exists()
+    # One whose holder is gone is deleted.
+    (folder / f"{key}.busy").write_text('{"pid": 999999999}')
+    pool.sweep_abandoned()
+    await pool.stop()
+    assert not (folder / key).exists() and not (folder / f"{key}.busy").exists()
 
 
 @pytest.fixture

@@ -98,6 +98,8 @@ class WarmPool:
         self._not_before: dict[str, float] = {}
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Deletions of renamed-away trees, running in threads (never on the loop).
+        self._cleaning: set[asyncio.Future[None]] = set()
         self.root = project.root / ".corral" / "warm"
 
     # -- the workspaces on disk ------------------------------------------------------------
@@ -136,6 +138,11 @@ class WarmPool:
             return None
         folder = self._dir(agent.name)
         fingerprint = config_fingerprint(agent)
+        current = self.project.agents.get(agent.name)
+        if current is None or config_fingerprint(current) != fingerprint:
+            # Not the configuration the pool prepares for (a rollout's canary, say): the
+            # run starts cold, the pool's workspaces stay (reload discards stale ones).
+            return None
         now = time.time()
         taken: WarmInstance | None = None
         for key in self.ready(agent.name):
@@ -153,12 +160,12 @@ class WarmPool:
                 int(meta.get("runs", 0)),
                 str(meta.get("config", "")),
             )
-            if (
-                instance.config != fingerprint
-                or instance.age(now) >= settings.warm_max_age
-                or not instance.path.is_dir()
-            ):
-                self._delete(folder, key, "its agent's config changed or it is too old")
+            if instance.config != fingerprint:  # prepared for another config: left alone
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(marker, folder / f"{key}.ready")
+                continue
+            if instance.age(now) >= settings.warm_max_age or not instance.path.is_dir():
+                self._delete(folder, key, "it is too old or gone")
                 continue
             _write(marker, {**meta, "pid": os.getpid()})
             taken = instance
@@ -189,8 +196,11 @@ class WarmPool:
             self._kick.set()
             return False
         # The run's own corral files (prompt, credential links, setenv file, scratch)
-        # are not the next run's.
-        shutil.rmtree(instance.path / ".corral", ignore_errors=True)
+        # are not the next run's: renamed away, deleted in a thread.
+        trash = folder / f".trash-{instance.key}-{secrets.token_hex(4)}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(instance.path / ".corral", trash)
+            self._remove(trash)
         marker = folder / f"{instance.key}.busy"
         _write(marker, {"created": instance.created, "runs": runs, "config": instance.config})
         os.rename(marker, folder / f"{instance.key}.ready")
@@ -208,10 +218,28 @@ class WarmPool:
         trash = folder / f".trash-{key}-{secrets.token_hex(4)}"
         with contextlib.suppress(FileNotFoundError):
             os.rename(folder / key, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+            self._remove(trash)
         for suffix in (".busy", ".ready", ".prep"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / f"{key}{suffix}")
+
+    def _remove(self, tree: Path) -> None:
+        """Delete ``tree`` (a workspace renamed away: a virtual environment, node_modules)
+        in a thread, never blocking the event loop; where no loop runs, at once. Should
+        this process stop first, the next one's sweep deletes what is left."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            shutil.rmtree(tree, ignore_errors=True)
+            return
+        future = loop.run_in_executor(None, functools.partial(shutil.rmtree, tree, True))
+        self._cleaning.add(future)
+        future.add_done_callback(self._cleaning.discard)
+
+    async def cleaned(self) -> None:
+        """Wait for the deletions under way."""
+        while self._cleaning:
+            await asyncio.gather(*self._cleaning, return_exceptions=True)
 
     def discard(self, agent: str) -> int:
         """Delete every free workspace of ``agent``; how many went."""
@@ -236,12 +264,14 @@ class WarmPool:
             with contextlib.suppress(OSError):
                 for entry in os.listdir(folder):
                     if entry.startswith(".trash-"):
-                        shutil.rmtree(folder / entry, ignore_errors=True)
+                        self._remove(folder / entry)
                         continue
                     key, dot, suffix = entry.rpartition(".")
                     if not dot or suffix not in ("busy", "prep"):
                         continue
                     pid = _read(folder / entry).get("pid")
+                    if not isinstance(pid, int) and _young(folder / entry):
+                        continue  # just taken: its taker writes its pid next
                     if not isinstance(pid, int) or not _alive(pid):
                         self._delete(folder, key, "the process that held it is gone")
 
@@ -261,6 +291,7 @@ class WarmPool:
                 await task
         self._task = None
         self._preparing.clear()
+        await self.cleaned()
 
     def reload(self, project: Project) -> None:
         """A new configuration: workspaces of removed or changed agents are discarded."""
@@ -320,23 +351,29 @@ class WarmPool:
 
     async def _prepare(self, agent: Agent) -> None:
         folder = self._dir(agent.name)
-        private_dirs(folder, self.project.root / ".corral")
         key = f"w{time.time_ns():x}{secrets.token_hex(3)}"
         path = folder / key
         marker = folder / f"{key}.prep"
-        _write(marker, {"pid": os.getpid()})
-        os.mkdir(path, 0o700)
         created = time.time()
         ok = False
+        why = "its preparation did not finish"
         try:
-            ok = await self._preparer(agent, path, key)
+            private_dirs(folder, self.project.root / ".corral")
+            _write(marker, {"pid": os.getpid()})
+            os.mkdir(path, 0o700)
+            created = time.time()
+            if await self._preparer(agent, path, key):
+                meta = {"created": created, "runs": 0, "config": config_fingerprint(agent)}
+                _write(marker, meta)
+                os.rename(marker, folder / f"{key}.ready")
+                ok = True
+        except Exception as exc:  # a full disk, a permission: a failure like any other
+            why = f"its preparation failed: {exc}"
         finally:
             if not ok:
-                self._delete(folder, key, "its preparation did not finish")
+                with contextlib.suppress(OSError):
+                    self._delete(folder, key, why)
         if ok:
-            meta = {"created": created, "runs": 0, "config": config_fingerprint(agent)}
-            _write(marker, meta)
-            os.rename(marker, folder / f"{key}.ready")
             self._failures.pop(agent.name, None)
             self._not_before.pop(agent.name, None)
             log.info(
@@ -352,10 +389,11 @@ class WarmPool:
         wait = min(FIRST_BACKOFF * 2 ** (failures - 1), MAX_BACKOFF)
         self._not_before[agent.name] = time.monotonic() + wait
         log.warning(
-            "preparing a warm workspace of %s failed (%d in a row; see "
+            "preparing a warm workspace of %s failed (%d in a row; %s; see "
             ".corral/logs/warm-%s.log); trying again in %.0f s",
             agent.name,
             failures,
+            why,
             agent.name,
             wait,
             extra={"action": "warm_failed", "agent": agent.name},
@@ -374,6 +412,19 @@ def _write(path: Path, data: dict[str, object]) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temp.write_text(json.dumps(data))
     os.replace(temp, path)
+
+
+#: A marker without a pid younger than this may be one a run has just taken.
+YOUNG = 60.0
+
+
+def _young(path: Path) -> bool:
+    """Renamed or written in the last ``YOUNG`` seconds (a rename sets its ctime)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return time.time() - max(stat.st_mtime, stat.st_ctime) < YOUNG
 
 
 def _alive(pid: int) -> bool:
