@@ -363,3 +363,32 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_provider_scripts_get_no_secret_of_the_schedulers_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.scheduler.fleet_providers import CommandProvider, StartSpec
+
+    for key, secret in {
+        "PGPASSWORD": "pg-secret",
+        "OPENAI_API_KEY": "sk-secret",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+        "GITHUB_TOKEN": "gh-secret",
+        "CORRAL_STATE_URL": "postgresql://u:p@db/x",
+        "LC_ALL": "C.UTF-8",
+    }.items():
+        monkeypatch.setenv(key, secret)
+    out = tmp_path / "env"
+    script = tmp_path / "start.sh"
+    script.write_text(f"#!/bin/sh\nenv > {out}\necho vm-1\n")
+    script.chmod(0o755)
+    provider = CommandProvider(tmp_path, (str(script),), "true", timeout=30)
+    spec = StartSpec("auto-1", "http://127.0.0.1:1", "cft_x", ("auto",), 1)
+    assert asyncio.run(provider.start(spec)) == "vm-1"
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    assert "secret" not in out.read_text()
+    for key in ("PGPASSWORD", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "CORRAL_STATE_URL"):
+        assert key not in env
+    assert env["PATH"] == os.environ["PATH"] and env["LC_ALL"] == "C.UTF-8"
+    assert env["CORRAL_RUNNER_TOKEN"] == "cft_x"
