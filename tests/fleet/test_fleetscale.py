@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from corral.engine.fleet_runs import MAX_WAIT
 from corral.errors import ConfigError
 from corral.project import load_project
 from corral.store import FLEET, RunState, open_store
@@ -142,7 +143,7 @@ def test_the_local_fleet_grows_for_a_queue_and_shrinks_without_stopping_a_busy_r
 
         wait_for(quick_done, 90)
         # idle runners are drained and stopped after the window; the long run's is kept
-        seen = wait_for(lambda: _when(store_url, lambda m: m.state == "stopped", 2), 60)
+        seen = wait_for(lambda: _when(store_url, lambda m: m.state == "stopped", 2), 120)
         long_run = next(r for r in seen["runs"] if r.agent == "long")
         if long_run.state is RunState.RUNNING:
             keeper = next(m for m in seen["members"] if m.runner_id == long_run.runner_id)
@@ -150,7 +151,7 @@ def test_the_local_fleet_grows_for_a_queue_and_shrinks_without_stopping_a_busy_r
         # then the long run ends, succeeded, and its runner goes too
         wait_for(
             lambda: all(m.state in ("stopped", "failed") for m in _read(store_url)["members"]),
-            90,
+            150,
         )
         last = _read(store_url)
         plane_log = plane.process.output()
@@ -168,6 +169,12 @@ def test_the_local_fleet_grows_for_a_queue_and_shrinks_without_stopping_a_busy_r
     assert not w.violations, w.violations
     assert [r.state for r in last["runs"]] == [RunState.SUCCEEDED] * 5, plane_log[-3000:]
     assert all(m.state == "stopped" for m in last["members"]), last["members"]
+    # a drained runner is stopped no sooner than one long poll for work after its drain
+    # (a request it had open may still have claimed a run)
+    for m in last["members"]:
+        drains = [d for d in last["decisions"] if m.name in d.inputs.get("drained", "")]
+        assert drains and m.ended_at is not None, (m, last["decisions"])
+        assert (m.ended_at - drains[-1].decided_at).total_seconds() >= MAX_WAIT, m
     assert len(last["members"]) == 3
     used = {r.runner_id for r in last["runs"]}
     assert used <= {m.runner_id for m in last["members"]}
@@ -392,3 +399,4 @@ def test_provider_scripts_get_no_secret_of_the_schedulers_environment(
         assert key not in env
     assert env["PATH"] == os.environ["PATH"] and env["LC_ALL"] == "C.UTF-8"
     assert env["CORRAL_RUNNER_TOKEN"] == "cft_x"
+
