@@ -28,7 +28,7 @@ import pytest
 from corral.engine.fleet_runs import MAX_WAIT
 from corral.errors import ConfigError
 from corral.project import load_project
-from corral.store import FLEET, RunState, open_store
+from corral.store import FLEET, RunState, Store, open_store
 from tests.fleet.fleetkit import Plane, clean_env, control_plane, wait_for
 from tests.gateway.test_metrics import parse, value
 from tests.scheduler.helpers import write_project
@@ -400,3 +400,46 @@ def test_provider_scripts_get_no_secret_of_the_schedulers_environment(
     assert env["PATH"] == os.environ["PATH"] and env["LC_ALL"] == "C.UTF-8"
     assert env["CORRAL_RUNNER_TOKEN"] == "cft_x"
 
+
+async def test_a_slow_provider_stop_does_not_hold_the_tick_under_the_lease(
+    tmp_path: Path, store: Store
+) -> None:
+    """A runner that did not join in time is failed and stopped; its stop (here a
+    script that takes 20 s) runs in the background, so the tick, which holds a lease of
+    a few seconds, never waits for it."""
+    from corral.scheduler.fleetscale import FleetScaler
+
+    out = tmp_path / "out"
+    out.mkdir()
+    start = tmp_path / "start.sh"
+    start.write_text("#!/bin/sh\necho vm-1\n")
+    stop = tmp_path / "stop.sh"
+    stop.write_text(f"#!/bin/sh\ntouch {out}/stopping\nsleep 20\n")
+    for script in (start, stop):
+        script.chmod(0o755)
+    root = tmp_path / "project"
+    write_project(
+        root,
+        {"quick": {"command": ["true"], "runsOn": ["auto"]}},
+        '[fleet.autoscale]\nprovider = "command"\nmin = 1\nmax = 1\nlabels = ["auto"]\n'
+        f'joinTimeout = 1\nstart = ["{start}"]\nstop = ["{stop}"]\ncommandTimeout = 60\n',
+    )
+    project = load_project(root)
+    scaler = FleetScaler(store, lambda: "s1", lambda: project, lambda: "http://127.0.0.1:1")
+    longest = 0.0
+    try:
+        deadline = time.monotonic() + 30
+        while not (out / "stopping").exists() and time.monotonic() < deadline:
+            began = time.monotonic()
+            await scaler.tick()
+            longest = max(longest, time.monotonic() - began)
+            await asyncio.sleep(0.3)
+        assert (out / "stopping").exists()
+        failed = [m for m in await store.fleet_members() if m.state == "failed"]
+        assert failed and "did not join" in (failed[0].detail or "")
+        assert longest < 5.0, longest
+    finally:
+        state_tasks = list(scaler._state.tasks) if scaler._state else []
+        for task in state_tasks:
+            task.cancel()
+        await scaler.release()

@@ -32,7 +32,7 @@ import logging
 import math
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -246,6 +246,12 @@ class FleetScaler:
         wall = self.store.now()
         notes: list[str] = []
         live = await self._reconcile(state, config, runners, wall, now, notes)
+        # the lease again right before acting: another scheduler may decide now
+        if not await self.store.take_fleet_scaler_lease(
+            self.owner(), lease_seconds=self.lease_seconds
+        ):
+            self._state = None
+            return
         self._stop_drained(state, live, busy, now)
         spr = config.slots_per_runner
         queued = sum(
@@ -330,9 +336,7 @@ class FleetScaler:
                     continue
                 if m.runner_id is None or busy.get(m.runner_id, 0) == 0:
                     state.stopping.add(m.name)
-                    task = asyncio.create_task(self._stop(state, m))
-                    state.tasks.add(task)
-                    task.add_done_callback(state.tasks.discard)
+                    self._background(state, self._stop(state, m))
 
     def _caps(self, others: int, spr: int) -> tuple[int | None, int | None]:
         """The most runners ``maxRunners`` leaves this autoscaler (others count), and
@@ -382,7 +386,7 @@ class FleetScaler:
                 await self.store.update_fleet_member(
                     m.name, state="stopped", detail="its runner was revoked"
                 )
-                await self._stop_quietly(state, m)
+                self._background(state, self._stop_quietly(state, m))
             elif m.host == self.host and state.provider.alive(m.name, m.handle) is False:
                 await self._close(m, "failed", "its runner process exited")
                 notes.append(f"{m.name}'s process exited")
@@ -482,7 +486,15 @@ class FleetScaler:
             extra={"action": "fleet_runner_failed"},
         )
         await self._close(member, "failed", why)
-        await self._stop_quietly(state, member)
+        self._background(state, self._stop_quietly(state, member))
+
+    @staticmethod
+    def _background(state: _State, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (a provider's stop: up to its timeout) off the tick, which must
+        stay well within the lease."""
+        task = asyncio.create_task(work)
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
 
     async def _stop_quietly(self, state: _State, member: FleetMember) -> None:
         try:
