@@ -54,7 +54,11 @@ def test_tokens_join_status_revoke_and_remote(corral: Corral, tmp_path: Path) ->
         assert found is not None
         url = found.group(1)
 
-        joined = corral("runner", "join", url, "--token", token, "--name", "gpu1", "--slots", "2")
+        # the token from the environment (kept off the command line, where ps shows it)
+        joined = corral(
+            "runner", "join", url, "--name", "gpu1", "--slots", "2",
+            env={"CORRAL_RUNNER_TOKEN": token},
+        )  # fmt: skip
         ok(joined)
         config = home / "runner.json"
         assert stat.S_IMODE(config.stat().st_mode) == 0o600

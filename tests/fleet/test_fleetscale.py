@@ -25,9 +25,10 @@ from typing import Any
 import httpx
 import pytest
 
+from corral.engine.fleet_runs import MAX_WAIT
 from corral.errors import ConfigError
 from corral.project import load_project
-from corral.store import FLEET, RunState, open_store
+from corral.store import FLEET, RunState, Store, open_store
 from tests.fleet.fleetkit import Plane, clean_env, control_plane, wait_for
 from tests.gateway.test_metrics import parse, value
 from tests.scheduler.helpers import write_project
@@ -142,7 +143,7 @@ def test_the_local_fleet_grows_for_a_queue_and_shrinks_without_stopping_a_busy_r
 
         wait_for(quick_done, 90)
         # idle runners are drained and stopped after the window; the long run's is kept
-        seen = wait_for(lambda: _when(store_url, lambda m: m.state == "stopped", 2), 60)
+        seen = wait_for(lambda: _when(store_url, lambda m: m.state == "stopped", 2), 120)
         long_run = next(r for r in seen["runs"] if r.agent == "long")
         if long_run.state is RunState.RUNNING:
             keeper = next(m for m in seen["members"] if m.runner_id == long_run.runner_id)
@@ -150,7 +151,7 @@ def test_the_local_fleet_grows_for_a_queue_and_shrinks_without_stopping_a_busy_r
         # then the long run ends, succeeded, and its runner goes too
         wait_for(
             lambda: all(m.state in ("stopped", "failed") for m in _read(store_url)["members"]),
-            90,
+            150,
         )
         last = _read(store_url)
         plane_log = plane.process.output()
@@ -168,6 +169,12 @@ def test_the_local_fleet_grows_for_a_queue_and_shrinks_without_stopping_a_busy_r
     assert not w.violations, w.violations
     assert [r.state for r in last["runs"]] == [RunState.SUCCEEDED] * 5, plane_log[-3000:]
     assert all(m.state == "stopped" for m in last["members"]), last["members"]
+    # a drained runner is stopped no sooner than one long poll for work after its drain
+    # (a request it had open may still have claimed a run)
+    for m in last["members"]:
+        drains = [d for d in last["decisions"] if m.name in d.inputs.get("drained", "")]
+        assert drains and m.ended_at is not None, (m, last["decisions"])
+        assert (m.ended_at - drains[-1].decided_at).total_seconds() >= MAX_WAIT, m
     assert len(last["members"]) == 3
     used = {r.runner_id for r in last["runs"]}
     assert used <= {m.runner_id for m in last["members"]}
@@ -363,3 +370,76 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_provider_scripts_get_no_secret_of_the_schedulers_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corral.scheduler.fleet_providers import CommandProvider, StartSpec
+
+    for key, secret in {
+        "PGPASSWORD": "pg-secret",
+        "OPENAI_API_KEY": "sk-secret",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+        "GITHUB_TOKEN": "gh-secret",
+        "CORRAL_STATE_URL": "postgresql://u:p@db/x",
+        "LC_ALL": "C.UTF-8",
+    }.items():
+        monkeypatch.setenv(key, secret)
+    out = tmp_path / "env"
+    script = tmp_path / "start.sh"
+    script.write_text(f"#!/bin/sh\nenv > {out}\necho vm-1\n")
+    script.chmod(0o755)
+    provider = CommandProvider(tmp_path, (str(script),), "true", timeout=30)
+    spec = StartSpec("auto-1", "http://127.0.0.1:1", "cft_x", ("auto",), 1)
+    assert asyncio.run(provider.start(spec)) == "vm-1"
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    assert "secret" not in out.read_text()
+    for key in ("PGPASSWORD", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "CORRAL_STATE_URL"):
+        assert key not in env
+    assert env["PATH"] == os.environ["PATH"] and env["LC_ALL"] == "C.UTF-8"
+    assert env["CORRAL_RUNNER_TOKEN"] == "cft_x"
+
+
+async def test_a_slow_provider_stop_does_not_hold_the_tick_under_the_lease(
+    tmp_path: Path, store: Store
+) -> None:
+    """A runner that did not join in time is failed and stopped; its stop (here a
+    script that takes 20 s) runs in the background, so the tick, which holds a lease of
+    a few seconds, never waits for it."""
+    from corral.scheduler.fleetscale import FleetScaler
+
+    out = tmp_path / "out"
+    out.mkdir()
+    start = tmp_path / "start.sh"
+    start.write_text("#!/bin/sh\necho vm-1\n")
+    stop = tmp_path / "stop.sh"
+    stop.write_text(f"#!/bin/sh\ntouch {out}/stopping\nsleep 20\n")
+    for script in (start, stop):
+        script.chmod(0o755)
+    root = tmp_path / "project"
+    write_project(
+        root,
+        {"quick": {"command": ["true"], "runsOn": ["auto"]}},
+        '[fleet.autoscale]\nprovider = "command"\nmin = 1\nmax = 1\nlabels = ["auto"]\n'
+        f'joinTimeout = 1\nstart = ["{start}"]\nstop = ["{stop}"]\ncommandTimeout = 60\n',
+    )
+    project = load_project(root)
+    scaler = FleetScaler(store, lambda: "s1", lambda: project, lambda: "http://127.0.0.1:1")
+    longest = 0.0
+    try:
+        deadline = time.monotonic() + 30
+        while not (out / "stopping").exists() and time.monotonic() < deadline:
+            began = time.monotonic()
+            await scaler.tick()
+            longest = max(longest, time.monotonic() - began)
+            await asyncio.sleep(0.3)
+        assert (out / "stopping").exists()
+        failed = [m for m in await store.fleet_members() if m.state == "failed"]
+        assert failed and "did not join" in (failed[0].detail or "")
+        assert longest < 5.0, longest
+    finally:
+        state_tasks = list(scaler._state.tasks) if scaler._state else []
+        for task in state_tasks:
+            task.cancel()
+        await scaler.release()

@@ -4,6 +4,7 @@ queue notice does not make every waiting runner claim."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
 import secrets
@@ -15,6 +16,7 @@ import httpx
 import psycopg
 import pytest
 
+from corral.store import RunnerState, open_store
 from tests.conftest import PG_BASE_URL
 from tests.fleet.fleetkit import Plane, control_plane
 from tests.scheduler.helpers import write_project
@@ -96,6 +98,33 @@ def test_the_claim_stores_the_runners_secrets(tmp_path: Path, store_url: str) ->
             )
             assert wrong.status_code in (401, 403), wrong.text
         assert len({given["secretHash"] for given in runs}) == 2
+
+
+def test_a_runner_drained_while_its_request_waits_claims_nothing(
+    tmp_path: Path, store_url: str
+) -> None:
+    root = tmp_path / "project"
+    _project(root)
+    with control_plane(root, store_url, tmp_path / "start.log") as plane:
+        plane.push()
+        body = {"token": plane.token(["w"]), "name": "r1", "hostname": "r1", "version": "1.0"}
+        joined = httpx.post(f"{plane.url}/fleet/v1/join", json=body, timeout=30)
+        assert joined.status_code == 201, joined.text
+        credential, runner_id = joined.json()["credential"], joined.json()["runnerId"]
+
+        async def drain() -> None:
+            async with await open_store(store_url) as store:
+                await store.set_runner_state(runner_id, RunnerState.DRAINING, actor="test")
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(_work, plane, credential, free=1, wait=20)
+            time.sleep(2)  # its request is in its long poll, the runner still active
+            asyncio.run(drain())
+            plane.trigger("remote")
+            answer = waiting.result(timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["runs"] == [], answer.text
+        assert answer.json()["state"] == "draining"
 
 
 def _commits(database: str) -> int:

@@ -56,10 +56,24 @@ class Provider(Protocol):
         ...
 
 
+#: The scheduler's variables a runner or a provider script inherits: the basics a
+#: process needs, nothing that may carry the control plane's secrets (its store URL,
+#: PG* passwords, API keys, cloud credentials).
+_ENV_KEEP = frozenset(
+    {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "USER", "LOGNAME", "SHELL"}
+    | {"VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR"}
+)
+_ENV_KEEP_PREFIXES = ("LC_", "PYTHON", "XDG_")
+
+
 def _runner_env(home: Path | None = None) -> dict[str, str]:
-    """This process's environment without corral's own variables (a runner must not
-    inherit the control plane's store URL or tokens)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    """The part of this process's environment a runner or a provider script inherits:
+    an allow-list (``PATH``, ``HOME``, locale, ``TMPDIR``, ``PYTHON*``, ...), so neither
+    corral's own variables (the control plane's store URL, tokens) nor any other secret
+    of the scheduler's (``PG*``, ``*_API_KEY``, ``AWS_*``, ...) reaches them."""
+    env = {
+        k: v for k, v in os.environ.items() if k in _ENV_KEEP or k.startswith(_ENV_KEEP_PREFIXES)
+    }
     if home is not None:
         env["CORRAL_HOME"] = str(home)
     return env
@@ -124,9 +138,13 @@ class LocalProvider:
         home.mkdir(parents=True)
         env = _runner_env(home / "home")
         corral = [sys.executable, "-m", "corral", "runner"]
-        join = [*corral, "join", spec.url, "--token", spec.token, "--name", spec.name]
+        # the token in the environment, not on the command line (where ps shows it)
+        join = [*corral, "join", spec.url, "--name", spec.name]
         join += ["--slots", str(spec.slots), "--config", str(self.config(spec.name))]
-        await _run(join, env=env, cwd=self.cwd, timeout=self.timeout, what="corral runner join")
+        join_env = env | {"CORRAL_RUNNER_TOKEN": spec.token}
+        await _run(
+            join, env=join_env, cwd=self.cwd, timeout=self.timeout, what="corral runner join"
+        )
         with (home / "runner.log").open("ab") as log:
             proc = subprocess.Popen(
                 [*corral, "start", "--config", str(self.config(spec.name))],

@@ -15,7 +15,9 @@ joined within ``joinTimeout`` is recorded as failed, its token revoked and the
 provider's stop called. A failed start is recorded and retried after a backoff (2, 4,
 ... 60 s). Shrinking drains idle runners, oldest first (the fleet's drain: they take no
 new work); a draining runner is stopped (provider stop, then revoked) only once a
-reading shows it with no live run, so a busy runner is never stopped.
+reading shows it with no live run, and no sooner than one long poll for work (25 s)
+after it was drained (a request for work it had open then may still have claimed a run
+through it), so a busy runner is never stopped.
 
 After a restart, the new decider finds the members in the store: a ``local`` member
 whose process still runs on this host (its pid, with its own config on the command
@@ -30,12 +32,13 @@ import logging
 import math
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from corral.autoscale import Autoscaler, Instance, Limits, Observation, Settings
+from corral.engine.fleet_runs import MAX_WAIT
 from corral.errors import StoreError
 from corral.project import Project
 from corral.project._models import FleetAutoscaleConfig
@@ -103,6 +106,8 @@ class _State:
     retry_at: float = 0.0
     starting: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: set[str] = field(default_factory=set)
+    #: When (loop time) each draining runner was drained, or first seen draining.
+    drained_at: dict[str, float] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -119,6 +124,7 @@ class FleetScaler:
         tick: float = 1.0,
         lease_seconds: float = 10.0,
         hold_every: float = 60.0,
+        drain_grace: float = MAX_WAIT + 1.0,
     ) -> None:
         self.store = store
         self.owner = owner
@@ -127,6 +133,9 @@ class FleetScaler:
         self.tick_every = tick
         self.lease_seconds = lease_seconds
         self.hold_every = hold_every
+        #: How long a drained runner is left before it is stopped: its open request for
+        #: work (a long poll, at most MAX_WAIT) may still claim a run through it.
+        self.drain_grace = drain_grace
         self.host = socket.gethostname()
         self._state: _State | None = None
         self._wake = asyncio.Event()
@@ -196,6 +205,7 @@ class FleetScaler:
                 recovered=state.recovered if state else False,
                 starting=state.starting if state else {},
                 stopping=state.stopping if state else set(),
+                drained_at=state.drained_at if state else {},
                 tasks=state.tasks if state else set(),
             )
             self._state = state
@@ -236,7 +246,13 @@ class FleetScaler:
         wall = self.store.now()
         notes: list[str] = []
         live = await self._reconcile(state, config, runners, wall, now, notes)
-        self._stop_drained(state, live, busy)
+        # the lease again right before acting: another scheduler may decide now
+        if not await self.store.take_fleet_scaler_lease(
+            self.owner(), lease_seconds=self.lease_seconds
+        ):
+            self._state = None
+            return
+        self._stop_drained(state, live, busy, now)
         spr = config.slots_per_runner
         queued = sum(
             queued_by_agent.get(a, 0) for a in served_agents(self.project(), config.labels)
@@ -265,7 +281,7 @@ class FleetScaler:
         if desired > size and not waiting:
             started = await self._grow(state, config, desired - size, notes)
         elif desired < size:
-            drained = await self._drain(serving, busy, size - desired, notes)
+            drained = await self._drain(state, serving, busy, size - desired, notes)
         reason = decision.reason
         if waiting and desired > size:
             reason += f"; start retried in {state.retry_at - now:.0f} s (last start failed)"
@@ -308,15 +324,19 @@ class FleetScaler:
                 extra={"action": "fleet_resized"},
             )
 
-    def _stop_drained(self, state: _State, live: list[FleetMember], busy: dict[str, int]) -> None:
-        """Stop the draining runners this reading shows with no live run."""
+    def _stop_drained(
+        self, state: _State, live: list[FleetMember], busy: dict[str, int], now: float
+    ) -> None:
+        """Stop the draining runners this reading shows with no live run, once a long
+        poll for work has passed since they were drained."""
         for m in live:
             if m.state == "draining" and m.name not in state.stopping:
+                since = state.drained_at.setdefault(m.name, now)
+                if now - since < self.drain_grace:
+                    continue
                 if m.runner_id is None or busy.get(m.runner_id, 0) == 0:
                     state.stopping.add(m.name)
-                    task = asyncio.create_task(self._stop(state, m))
-                    state.tasks.add(task)
-                    task.add_done_callback(state.tasks.discard)
+                    self._background(state, self._stop(state, m))
 
     def _caps(self, others: int, spr: int) -> tuple[int | None, int | None]:
         """The most runners ``maxRunners`` leaves this autoscaler (others count), and
@@ -366,7 +386,7 @@ class FleetScaler:
                 await self.store.update_fleet_member(
                     m.name, state="stopped", detail="its runner was revoked"
                 )
-                await self._stop_quietly(state, m)
+                self._background(state, self._stop_quietly(state, m))
             elif m.host == self.host and state.provider.alive(m.name, m.handle) is False:
                 await self._close(m, "failed", "its runner process exited")
                 notes.append(f"{m.name}'s process exited")
@@ -384,7 +404,12 @@ class FleetScaler:
         return [await self._start(state, config, url) for _ in range(count)]
 
     async def _drain(
-        self, serving: list[FleetMember], busy: dict[str, int], count: int, notes: list[str]
+        self,
+        state: _State,
+        serving: list[FleetMember],
+        busy: dict[str, int],
+        count: int,
+        notes: list[str],
     ) -> list[str]:
         """Drain up to ``count`` idle runners, oldest first; their names."""
         idle = [
@@ -404,6 +429,7 @@ class FleetScaler:
                 continue
             await self.store.update_fleet_member(m.name, state="draining")
             drained.append(m.name)
+            state.drained_at[m.name] = asyncio.get_running_loop().time()
         return drained
 
     async def _start(self, state: _State, config: FleetAutoscaleConfig, url: str) -> str:
@@ -460,7 +486,15 @@ class FleetScaler:
             extra={"action": "fleet_runner_failed"},
         )
         await self._close(member, "failed", why)
-        await self._stop_quietly(state, member)
+        self._background(state, self._stop_quietly(state, member))
+
+    @staticmethod
+    def _background(state: _State, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (a provider's stop: up to its timeout) off the tick, which must
+        stay well within the lease."""
+        task = asyncio.create_task(work)
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
 
     async def _stop_quietly(self, state: _State, member: FleetMember) -> None:
         try:
@@ -487,6 +521,7 @@ class FleetScaler:
                 )
                 return  # still draining: tried again next tick
             await self._close(member, "stopped", "drained and stopped")
+            state.drained_at.pop(member.name, None)
             log.info("fleet autoscaler: stopped runner %s", member.name)
         except StoreError as exc:
             log.warning("fleet autoscaler: stopping %s: the store failed: %s", member.name, exc)

@@ -53,7 +53,9 @@ def runner_group() -> None:
 
 @runner_group.command("join")
 @click.argument("url")
-@click.option("--token", required=True, help="The activation token (`corral fleet tokens create`).")
+@click.option("--token", required=True, envvar="CORRAL_RUNNER_TOKEN",
+              help="The activation token (`corral fleet tokens create`); or set "
+              "CORRAL_RUNNER_TOKEN, which keeps it off the command line.")  # fmt: skip
 @click.option("--name", default=None, help="The runner's name (default: this host's name).")
 @click.option("--labels", default=None, help="Labels this runner offers, e.g. gpu,big.")
 @click.option("--slots", default=1, show_default=True, type=click.IntRange(1, 1024),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,39 @@ log = logging.getLogger("corral.fleet")
 #: only by polling.
 _POLL = 0.5
 _POLL_NOTIFIED = 2.0
+
+
+class _NotActive(Exception):
+    """The runner is no longer active (its state): its request for work ends empty."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(state)
+        self.state = state
+
+
+async def _claim_if_active(
+    store: Any,
+    runner_id: str,
+    free: int,
+    bundle: str,
+    agents: list[str],
+    hashes: list[str],
+) -> list[Claim]:
+    """The runner's claim, its state read again right before it: one drained (or
+    cordoned, revoked) while its request for work waits gets no new work through it."""
+    current = await store.get_runner(runner_id)
+    if current is None or current.state is not RunnerState.ACTIVE:
+        raise _NotActive(current.state.value if current is not None else "revoked")
+    claims: list[Claim] = await store.claim(
+        runner_id,
+        lease_seconds=fleet_runs.LEASE_SECONDS,
+        limit=free,
+        bundle=bundle,
+        agents=agents,
+        runner=True,
+        secret_hashes=hashes,
+    )
+    return claims
 
 
 class _EmptyClaims:
@@ -262,7 +296,7 @@ def _owner_check(scheduler: Scheduler) -> Any:
     return own
 
 
-def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
+def _work_route(router: APIRouter, scheduler: Scheduler) -> None:  # noqa: C901 - one long poll
     store = scheduler.store
     empty = _EmptyClaims()
     store.changes.subscribe(QUEUE, empty.notice)
@@ -300,6 +334,10 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
         deadline = loop.time() + body.wait
         key = frozenset(agents)
         hashes = body.secret_hashes[:free]
+
+        claim_now = functools.partial(
+            _claim_if_active, store, me.id, free, project.bundle, agents, hashes
+        )
         try:
             while True:
                 woken.clear()
@@ -310,19 +348,7 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
                 if scheduler.draining or await request.is_disconnected():
                     return answer
                 period = _POLL_NOTIFIED if store.changes.remote else _POLL
-                claims = await empty.claim(
-                    key,
-                    period,
-                    lambda: store.claim(
-                        me.id,
-                        lease_seconds=fleet_runs.LEASE_SECONDS,
-                        limit=free,
-                        bundle=project.bundle,
-                        agents=agents,
-                        runner=True,
-                        secret_hashes=hashes,
-                    ),
-                )
+                claims = await empty.claim(key, period, claim_now)
                 if claims:
                     break
                 left = deadline - loop.time()
@@ -330,6 +356,9 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:
                     return answer
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), min(period, left))
+        except _NotActive as gone:
+            answer["state"] = gone.state
+            return answer
         finally:
             unsubscribe()
             scheduler.wake_listeners.discard(woken.set)
