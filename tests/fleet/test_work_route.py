@@ -177,6 +177,9 @@ def test_waiting_runners_do_not_all_claim(tmp_path: Path, own_database: tuple[st
         assert time.monotonic() - started >= window
         # Measured (loaded machine, 6 s window): 20 waiters each claiming on its own
         # poll made 113 commits more than idle; sharing the empty answer, 48, most of
-        # them each request's own look-ups (its runner, its holdings), made once.
+        # them each request's own look-ups (its runner, its holdings), made once. Each
+        # shared claim after a request's first second also reads its runner's state again
+        # (a drained runner claims nothing): about one more read per poll period, 20-50
+        # in the window. One claim per runner would be well over 200.
         print(f"commits in {window:.0f} s: idle {idle}, 20 runners waiting {waiting}")
-        assert waiting - idle <= 80, (idle, waiting)
+        assert waiting - idle <= 120, (idle, waiting)

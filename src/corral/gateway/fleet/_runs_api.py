@@ -72,12 +72,16 @@ async def _claim_if_active(
     bundle: str,
     agents: list[str],
     hashes: list[str],
+    started: float,
 ) -> list[Claim]:
-    """The runner's claim, its state read again right before it: one drained (or
-    cordoned, revoked) while its request for work waits gets no new work through it."""
-    current = await store.get_runner(runner_id)
-    if current is None or current.state is not RunnerState.ACTIVE:
-        raise _NotActive(current.state.value if current is not None else "revoked")
+    """The runner's claim, its state read again right before it once the request has
+    waited: one drained (or cordoned, revoked) while its request for work waits gets no
+    new work through it. A claim at the request's start (within a second of the state
+    read that let it in) needs no second read."""
+    if asyncio.get_running_loop().time() - started > 1.0:
+        current = await store.get_runner(runner_id)
+        if current is None or current.state is not RunnerState.ACTIVE:
+            raise _NotActive(current.state.value if current is not None else "revoked")
     claims: list[Claim] = await store.claim(
         runner_id,
         lease_seconds=fleet_runs.LEASE_SECONDS,
@@ -336,7 +340,7 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:  # noqa: C901 
         hashes = body.secret_hashes[:free]
 
         claim_now = functools.partial(
-            _claim_if_active, store, me.id, free, project.bundle, agents, hashes
+            _claim_if_active, store, me.id, free, project.bundle, agents, hashes, loop.time()
         )
         try:
             while True:
