@@ -443,3 +443,12 @@ async def test_a_slow_provider_stop_does_not_hold_the_tick_under_the_lease(
         for task in state_tasks:
             task.cancel()
         await scaler.release()
+
+
+def test_the_scaler_waits_out_the_runners_longest_request_for_work() -> None:
+    """The scaler stops a drained runner only after the longest request for work a runner
+    can have open: its own copy of that bound is the engine's."""
+    from corral.engine.fleet_runs import MAX_WAIT
+    from corral.scheduler.fleetscale import LONG_POLL_SECONDS
+
+    assert LONG_POLL_SECONDS == MAX_WAIT

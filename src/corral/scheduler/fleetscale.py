@@ -38,7 +38,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from corral.autoscale import Autoscaler, Instance, Limits, Observation, Settings
-from corral.engine.fleet_runs import MAX_WAIT
 from corral.errors import StoreError
 from corral.project import Project
 from corral.project._models import FleetAutoscaleConfig
@@ -50,6 +49,11 @@ from corral.scheduler.fleet_providers import (
     StartSpec,
 )
 from corral.store import FleetMember, Runner, RunnerState, Store
+
+#: The longest a runner's request for work waits (the engine's ``fleet_runs.MAX_WAIT``,
+#: which this layer may not import; a test keeps the two equal): a drained runner is
+#: stopped only after one such wait has passed.
+LONG_POLL_SECONDS = 25.0
 
 __all__ = ["ACTOR", "FleetScaler", "fleet_settings", "served_agents"]
 
@@ -124,7 +128,7 @@ class FleetScaler:
         tick: float = 1.0,
         lease_seconds: float = 10.0,
         hold_every: float = 60.0,
-        drain_grace: float = MAX_WAIT + 1.0,
+        drain_grace: float = LONG_POLL_SECONDS + 1.0,
     ) -> None:
         self.store = store
         self.owner = owner
@@ -134,7 +138,7 @@ class FleetScaler:
         self.lease_seconds = lease_seconds
         self.hold_every = hold_every
         #: How long a drained runner is left before it is stopped: its open request for
-        #: work (a long poll, at most MAX_WAIT) may still claim a run through it.
+        #: work (a long poll, at most LONG_POLL_SECONDS) may still claim a run through it.
         self.drain_grace = drain_grace
         self.host = socket.gethostname()
         self._state: _State | None = None
