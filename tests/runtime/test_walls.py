@@ -108,7 +108,7 @@ async def test_a_sandboxed_run_reads_nothing_of_another_project(
     home = walls / "home"
     monkeypatch.setenv("CORRAL_HOME", str(home))
     if mode == "corral-user":
-        monkeypatch.setattr(prepare, "run_ids", lambda project, run: None)
+        monkeypatch.setattr(prepare, "run_ids", lambda project, run, key=None: None)
     creds = CredentialStore(home / "credentials")
     creds.add("github_token", "default", {"token": TOKEN_A})
     creds.add("github_token", "bproject", {"token": TOKEN_B})
