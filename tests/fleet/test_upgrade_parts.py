@@ -329,3 +329,13 @@ async def test_the_wheel_served_is_the_one_recorded(store: Store, tmp_path: Path
     assert fleet_upgrade.wheel_of(made, "0.1.1") is None
     wheel.unlink()
     assert fleet_upgrade.wheel_of(made, "0.1.1") is None
+
+
+def test_a_version_key_takes_any_text_a_runner_reports() -> None:
+    """A runner's heartbeat reports its version as free text: a superscript digit (a
+    digit to str.isdigit, not to int) sorts as text instead of failing the heartbeat."""
+    from corral.engine.fleet import version_key
+
+    assert version_key("²") == ((1, "²"),)
+    assert version_key("1.10.0") > version_key("1.9.0")
+    assert version_key("v0.2") == ((0, 0), (0, 2))

@@ -140,7 +140,8 @@ def fleet_settings(project: Project) -> FleetSettings:
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """A sort key for a version string: numeric parts as numbers (1.10 after 1.9)."""
     parts = re.split(r"[.+-]", version.strip().lstrip("v"))
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p)
+    # isascii: "²" is a digit to str.isdigit but not to int().
+    return tuple((0, int(p)) if p.isascii() and p.isdigit() else (1, p) for p in parts if p)
 
 
 # -- JSON ------------------------------------------------------------------------------
