@@ -31,6 +31,7 @@ from corral.project import load_project
 from corral.store import FLEET, RunState, Store, open_store
 from tests.fleet.fleetkit import Plane, clean_env, control_plane, wait_for
 from tests.gateway.test_metrics import parse, value
+from tests.processes import alive
 from tests.scheduler.helpers import write_project
 
 pytestmark = pytest.mark.slow
@@ -399,6 +400,52 @@ def test_provider_scripts_get_no_secret_of_the_schedulers_environment(
         assert key not in env
     assert env["PATH"] == os.environ["PATH"] and env["LC_ALL"] == "C.UTF-8"
     assert env["CORRAL_RUNNER_TOKEN"] == "cft_x"
+
+
+def test_a_start_script_that_leaves_a_process_in_the_background_is_done_when_it_exits(
+    tmp_path: Path,
+) -> None:
+    """A start script that starts its runner with ``&`` and no redirection (the runner
+    inherits the script's output) is done when the script exits, not when the runner
+    closes that output; what the script printed is still its handle."""
+    from corral.scheduler.fleet_providers import CommandProvider, StartSpec
+
+    pidfile = tmp_path / "bg.pid"
+    script = tmp_path / "start.sh"
+    script.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {pidfile}\necho vm-7\n")
+    script.chmod(0o755)
+    provider = CommandProvider(tmp_path, (str(script),), "true", timeout=20)
+    began = time.monotonic()
+    try:
+        handle = asyncio.run(provider.start(StartSpec("auto-1", "http://127.0.0.1:1", "t", (), 1)))
+        took = time.monotonic() - began
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert handle == "vm-7"
+    assert took < 10, took  # before: waited for the background sleep, until the timeout
+
+
+async def test_a_cancelled_provider_script_is_killed_with_its_group(tmp_path: Path) -> None:
+    """A provider call cancelled (the scheduler stopping) does not leave the script, or
+    what it started, running unwatched."""
+    from corral.scheduler.fleet_providers import CommandProvider
+
+    pids = tmp_path / "pids"
+    stop = tmp_path / "stop.sh"
+    stop.write_text(f"#!/bin/sh\nsleep 60 &\necho $$ $! > {pids}\nwait\n")
+    stop.chmod(0o755)
+    provider = CommandProvider(tmp_path, ("true",), (str(stop),), timeout=60)
+    call = asyncio.create_task(provider.stop("auto-1", "vm-1", None))
+    for _ in range(200):
+        if pids.exists() and len(pids.read_text().split()) == 2:
+            break
+        await asyncio.sleep(0.05)
+    script, child = map(int, pids.read_text().split())
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert not alive(script) and not alive(child)
 
 
 async def test_a_slow_provider_stop_does_not_hold_the_tick_under_the_lease(

@@ -17,14 +17,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 __all__ = ["CommandProvider", "LocalProvider", "Provider", "ProviderError", "StartSpec"]
 
 #: The most of a failed script's output kept in its error.
 _TAIL = 600
+#: The most of a script's output read back.
+_READ_LIMIT = 1 << 20
 
 
 class ProviderError(Exception):
@@ -88,30 +91,60 @@ async def _run(
     argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float, what: str
 ) -> str:
     """Run ``argv`` to its end within ``timeout`` (killed past it, with its process
-    group); its standard output. A non-zero exit or the timeout raise ProviderError."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise ProviderError(f"{what}: cannot run {argv[0]!r}: {exc}") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        raise ProviderError(f"{what}: still running after {timeout:g} s; killed") from None
+    group); its standard output. A non-zero exit or the timeout raise ProviderError.
+
+    Its output goes to unnamed files, not pipes: a script that starts a runner in the
+    background without redirecting it is done when the script exits, not when that
+    runner closes the output it inherited. Cancelled (the scheduler stopping), the
+    script and its process group are killed and reaped before the cancellation goes
+    on: nothing is left running unwatched."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ProviderError(f"{what}: cannot run {argv[0]!r}: {exc}") from None
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            await _kill_group(proc)
+            raise ProviderError(f"{what}: still running after {timeout:g} s; killed") from None
+        except BaseException:
+            await _kill_group(proc)
+            raise
+        said_out, said_err = _read_back(out), _read_back(err)
     if proc.returncode != 0:
-        said = _tail(err) or _tail(out) or "no output"
+        said = _tail(said_err) or _tail(said_out) or "no output"
         raise ProviderError(f"{what}: exited with {proc.returncode}: {said}")
-    return out.decode("utf-8", "replace")
+    return said_out.decode("utf-8", "replace")
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL ``proc``'s process group and wait for ``proc`` (at once: the signal
+    cannot be ignored); a second cancellation meanwhile does not leave it unreaped."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    waiting = asyncio.ensure_future(proc.wait())
+    try:
+        await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(waiting, 5.0)
+        raise
+
+
+def _read_back(file: IO[bytes]) -> bytes:
+    """What a script wrote to ``file`` (at most ``_READ_LIMIT`` bytes: a process it left
+    running in the background may still be writing)."""
+    file.seek(0)
+    return file.read(_READ_LIMIT)
 
 
 class LocalProvider:
