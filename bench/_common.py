@@ -25,6 +25,7 @@ import os
 import platform
 import secrets
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -413,3 +414,17 @@ async def fresh_schema(base_dsn: str = DEFAULT_PG_DSN, prefix: str = "bench") ->
     finally:
         async with await psycopg.AsyncConnection.connect(base_dsn, autocommit=True) as conn:
             await conn.execute(f"DROP SCHEMA IF EXISTS {_ident(name)} CASCADE")  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def fresh_store(dialect: str, base_dsn: str = DEFAULT_PG_DSN) -> AsyncIterator[str]:
+    """The URL of an empty store of ``dialect`` for one measurement, removed after it: a
+    SQLite file in a temporary directory, or a PostgreSQL schema of its own."""
+    if dialect == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
+            yield f"sqlite:///{Path(tmp) / 'state.db'}"
+    elif dialect == "postgresql":
+        async with fresh_schema(base_dsn) as url:
+            yield url
+    else:
+        raise SystemExit(f"unknown store {dialect!r}: say sqlite or postgresql (--stores)")

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
-from _common import Result, fresh_schema, median, print_table
+from _common import Result, fresh_store, median, print_table
 
 from corral.autoscale import Settings
 from corral.scheduler.pools import PoolSizer
@@ -87,13 +85,8 @@ async def main() -> None:
     result = Result("pools", vars(args))
     rows = []
     for dialect in args.stores.split(","):
-        if dialect == "sqlite":
-            with tempfile.TemporaryDirectory() as tmp:
-                url = f"sqlite:///{Path(tmp) / 'state.db'}"
-                figures = await _measure(url, args.ticks, args.reps, args.batch)
-        else:
-            async with fresh_schema() as url:
-                figures = await _measure(url, args.ticks, args.reps, args.batch)
+        async with fresh_store(dialect) as url:
+            figures = await _measure(url, args.ticks, args.reps, args.batch)
         result.figures[dialect] = figures
         rows.append([dialect, *(round(v, 3) for v in figures.values())])
     print_table("pools", ["store", "tick ms", "claim (pool) ms", "claim (scale) ms"], rows)

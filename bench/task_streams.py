@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
-from _common import Result, fresh_schema, median, percentile, print_table
+from _common import Result, fresh_store, median, percentile, print_table
 
 from corral.store import AgentSpec, RunState, open_store
 from corral.tasks._model import TaskSpec
@@ -84,13 +82,8 @@ async def main() -> None:
     result = Result("task_streams", vars(args))
     rows = []
     for dialect in args.stores.split(","):
-        if dialect == "sqlite":
-            with tempfile.TemporaryDirectory() as tmp:
-                url = f"sqlite:///{Path(tmp) / 'state.db'}"
-                figures = await _measure(url, args.tasks, args.ticks, args.scale)
-        else:
-            async with fresh_schema() as url:
-                figures = await _measure(url, args.tasks, args.ticks, args.scale)
+        async with fresh_store(dialect) as url:
+            figures = await _measure(url, args.tasks, args.ticks, args.scale)
         result.figures[dialect] = figures
         rows.append([dialect, *(round(v, 3) for v in figures.values())])
     print_table(

@@ -23,13 +23,12 @@ import asyncio
 import json
 import multiprocessing
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from _common import DEFAULT_PG_DSN, fresh_schema, machine_info, summarize_ms
+from _common import DEFAULT_PG_DSN, fresh_store, machine_info, summarize_ms
 
 from corral.gateway.dashboard._render import Renderer
 from corral.gateway.dashboard._taskboard import BoardQuery, board_context
@@ -92,12 +91,9 @@ async def render_round(url: str, size: int, rounds: int) -> dict[str, Any]:
 async def render_bench(sizes: list[int], rounds: int, pg_dsn: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for size in sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            out[f"sqlite/{size}"] = await render_round(
-                f"sqlite:///{Path(tmp) / 'state.db'}", size, rounds
-            )
-        async with fresh_schema(pg_dsn, "bench_board") as url:
-            out[f"postgresql/{size}"] = await render_round(url, size, rounds)
+        for dialect in ("sqlite", "postgresql"):
+            async with fresh_store(dialect, pg_dsn) as url:
+                out[f"{dialect}/{size}"] = await render_round(url, size, rounds)
     return out
 
 
