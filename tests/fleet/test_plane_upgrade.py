@@ -1,0 +1,272 @@
+"""The control plane processes upgrade themselves, one at a time: two real `corral start`
+processes on one PostgreSQL, a wheel of corral made in the test. A good version moves
+both, never both down at once, with no run killed; one whose smoke check fails swaps
+back on the first process and the rollout stops there. A process outside the control
+plane version window is refused at start."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from corral import __version__
+from corral.store import NewItem, Run, TriggerKind, open_store
+from tests.fleet.fleetkit import clean_env, wait_for
+from tests.fleet.wheels import build_wheel
+from tests.scheduler.helpers import write_project
+
+pytestmark = pytest.mark.slow
+
+NEW = "0.1.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Plane:
+    """`corral start --headless --port PORT` (a fixed port: the same after a re-exec)."""
+
+    def __init__(self, root: Path, store_url: str, log: Path, env: dict[str, str]) -> None:
+        self.port = _free_port()
+        self.log = log
+        full = clean_env(root.parent) | {"CORRAL_STATE_URL": store_url, **env}
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "corral", "start", "--headless", "--port", str(self.port)],
+                cwd=root,
+                env=full,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            answer = httpx.get(f"{self.url}/health", timeout=1.0)
+        except httpx.HTTPError:
+            return None
+        return dict(answer.json()) if answer.status_code == 200 else None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class Watch:
+    """Samples both gateways' /health every 0.1 s, in a thread: (time, versions), a
+    version None while that process does not answer."""
+
+    def __init__(self, planes: list[Plane]) -> None:
+        self.planes = planes
+        self.samples: list[tuple[float, list[str | None]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            seen = [(p.health() or {}).get("version") for p in self.planes]
+            self.samples.append((time.monotonic(), seen))
+
+
+class Load:
+    """Queues a run of ``work`` every ``every`` seconds, through the store, in a thread."""
+
+    def __init__(self, store_url: str, every: float = 0.5) -> None:
+        self.store_url, self.every = store_url, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        async def enqueue() -> None:
+            async with await open_store(self.store_url) as store:
+                await store.enqueue(NewItem(agent="work", trigger=TriggerKind.MANUAL))
+
+        while not self._stop.wait(self.every):
+            with contextlib.suppress(Exception):
+                asyncio.run(enqueue())
+
+
+def _runs(store_url: str) -> list[Run]:
+    async def read() -> list[Run]:
+        async with await open_store(store_url) as store:
+            return await store.list_runs(limit=1000)
+
+    return asyncio.run(read())
+
+
+def _cli(root: Path, store_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        cwd=root,
+        env=clean_env(root.parent) | {"CORRAL_STATE_URL": store_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _rollout(root: Path, store_url: str) -> dict[str, Any]:
+    done = _cli(root, store_url, "fleet", "upgrade", "status", "--json")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+@contextlib.contextmanager
+def two_planes(tmp_path: Path, store_url: str) -> Iterator[tuple[Path, list[Plane], Path]]:
+    root, done = tmp_path / "project", tmp_path / "done"
+    done.mkdir()
+    command = f'echo "start $CORRAL_RUN_ID"; sleep 2; touch {done}/$CORRAL_RUN_ID; echo done'
+    write_project(root, {"work": {"command": ["/bin/sh", "-c", command], "scale": 4}})
+    env = {"CORRAL_UPGRADE_START_TIMEOUT": "90"}
+    planes = [Plane(root, store_url, tmp_path / f"plane{n}.log", env) for n in (1, 2)]
+    try:
+        for plane in planes:
+            wait_for(lambda p=plane: p.health() is not None, 90)  # type: ignore[misc]
+        yield root, planes, done
+    finally:
+        for plane in planes:
+            plane.stop()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_two_control_plane_processes_upgrade_one_at_a_time_with_no_run_killed(
+    tmp_path: Path, store_url: str
+) -> None:
+    wheel = build_wheel(NEW, tmp_path / "wheels")
+    with two_planes(tmp_path, store_url) as (root, planes, done), Watch(planes) as watch:
+        pids = [p.proc.pid for p in planes]
+        with Load(store_url):
+            wait_for(lambda: any(done.iterdir()), 60)
+            args = ["fleet", "upgrade", "--to", NEW, "--wheel", str(wheel), "--control-plane"]
+            started = _cli(root, store_url, *args)
+            assert started.returncode == 0, started.stderr
+            wait_for(
+                lambda: (_rollout(root, store_url)["controlPlane"] or {}).get("state") == "done",
+                240,
+                interval=1,
+            )
+        rollout = _rollout(root, store_url)
+        planes_done = rollout["controlPlane"]["done"]
+        keys = {key.rsplit(":", 1)[1] for key in planes_done}
+        assert keys == {str(pid) for pid in pids}, rollout["controlPlane"]
+        assert all(entry["from"] == __version__ for entry in planes_done.values())
+        for plane in planes:  # the same processes, re-executed into the new version
+            assert plane.proc.poll() is None
+            assert (plane.health() or {}).get("version") == NEW
+            assert f"corral {NEW} is healthy" in plane.output()
+        # the queued runs end on the upgraded processes
+        wait_for(lambda: all(r.state.is_terminal for r in _runs(store_url)), 60)
+    # from outside: each process was down a while (it restarted), never both at once
+    seen = [versions for _, versions in watch.samples]
+    assert not [v for v in seen if v[0] is None and v[1] is None], "both were down at once"
+    for n in (0, 1):
+        assert any(v[n] is None for v in seen[1:]), f"process {n + 1} never restarted"
+        assert any(v[n] == NEW for v in seen)
+    # one at a time: the first to come back on the new version came back before the
+    # second went down
+    first_down = [next(i for i, v in enumerate(seen) if v[n] is None) for n in (0, 1)]
+    first, second = sorted((0, 1), key=lambda n: first_down[n])
+    back = next(i for i, v in enumerate(seen) if v[first] == NEW)
+    assert back < first_down[second]
+    runs = _runs(store_url)
+    ended = [r for r in runs if r.state.is_terminal]
+    bad = [(r.id, r.state.value, r.error) for r in ended if r.state.value != "succeeded"]
+    assert not bad, bad  # no run killed
+    assert {r.id for r in ended} <= {p.name for p in done.iterdir()}
+    assert len(ended) >= 4
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_a_control_plane_version_whose_check_fails_swaps_back_on_the_first_and_halts(
+    tmp_path: Path, store_url: str
+) -> None:
+    broken = {"runner/probe.py": ('print(f"corral probe ok', 'raise SystemExit(f"broken probe')}
+    wheel = build_wheel(NEW, tmp_path / "wheels", patch=broken)
+    with two_planes(tmp_path, store_url) as (root, planes, _done):
+        args = ["fleet", "upgrade", "--to", NEW, "--wheel", str(wheel), "--control-plane"]
+        started = _cli(root, store_url, *args)
+        assert started.returncode == 0, started.stderr
+        wait_for(lambda: _rollout(root, store_url)["state"] == "failed", 180, interval=1)
+        rollout = _rollout(root, store_url)
+        failed = rollout["controlPlane"]["failed"]
+        assert failed["stage"] == "smoke", failed
+        assert "probe run ended failed" in failed["error"], failed
+        assert rollout["controlPlane"]["done"] == {}
+        tried = [p for p in planes if str(p.proc.pid) == failed["id"].rsplit(":", 1)[1]]
+        assert len(tried) == 1
+        # both serve the old version again; the other one was never told
+        for plane in planes:
+            wait_for(lambda p=plane: (p.health() or {}).get("version") == __version__, 60)  # type: ignore[misc]
+            assert plane.proc.poll() is None
+        assert "swapping back" in tried[0].output()
+        other = next(p for p in planes if p is not tried[0])
+        assert "upgrading the control plane" not in other.output()
+        time.sleep(3)  # a few more ticks: nobody takes a turn after the failure
+        assert _rollout(root, store_url)["controlPlane"]["turn"] is None
+        assert "upgrading the control plane" not in other.output()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_a_control_plane_outside_the_version_window_is_refused(
+    tmp_path: Path, store_url: str
+) -> None:
+    root = tmp_path / "project"
+    write_project(root, {"work": {"command": "true"}})
+    env = clean_env(tmp_path) | {
+        "CORRAL_STATE_URL": store_url,
+        "CORRAL_CONTROL_PLANE_VERSIONS": "99.0,",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "corral", "start", "--headless", "--port", str(_free_port())],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    said = done.stderr + done.stdout
+    assert f"corral {__version__}, outside the control plane versions" in said, said
+    assert "99.0 and later" in said, said
