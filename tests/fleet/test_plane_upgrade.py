@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import pytest
 
 from corral import __version__
 from corral.store import NewItem, Run, TriggerKind, open_store
+from corral.views import iso_time
 from tests.fleet.fleetkit import clean_env, wait_for
 from tests.fleet.wheels import build_wheel
 from tests.scheduler.helpers import write_project
@@ -170,7 +173,7 @@ def two_planes(tmp_path: Path, store_url: str) -> Iterator[tuple[Path, list[Plan
             plane.stop()
 
 
-@pytest.mark.parametrize("dialect", ["postgresql"])
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
 def test_two_control_plane_processes_upgrade_one_at_a_time_with_no_run_killed(
     tmp_path: Path, store_url: str
 ) -> None:
@@ -216,6 +219,53 @@ def test_two_control_plane_processes_upgrade_one_at_a_time_with_no_run_killed(
     assert not bad, bad  # no run killed
     assert {r.id for r in ended} <= {p.name for p in done.iterdir()}
     assert len(ended) >= 4
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_a_turn_its_dead_holder_left_lapses_and_the_others_go_on(
+    tmp_path: Path, store_url: str
+) -> None:
+    wheel = build_wheel(NEW, tmp_path / "wheels")
+    source = {
+        "wheel": str(wheel),
+        "name": wheel.name,
+        "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+    }
+    with two_planes(tmp_path, store_url) as (root, planes, _done):
+
+        async def create() -> float:
+            async with await open_store(store_url) as store:
+                # the state a process leaves that took the turn and died (kill -9)
+                until = store.now() + timedelta(seconds=8)
+                turn = {"id": "gone-host:999999", "at": iso_time(store.now())}
+                turn["until"] = iso_time(until)
+                planes = {"state": "running", "turn": turn, "done": {}, "log": []}
+                detail = {"steps": [], "runners": {}, "onWorse": "halt", "log": []}
+                await store.create_fleet_rollout(
+                    target=NEW,
+                    channel="stable",
+                    canary=1,
+                    batch_share=0.25,
+                    watch_seconds=2.0,
+                    source=source,
+                    detail={**detail, "planes": planes},
+                    actor="test",
+                )
+                return time.monotonic() + (until - store.now()).total_seconds()
+
+        lapses = asyncio.run(create())
+        time.sleep(max(0.0, lapses - time.monotonic() - 1.5))
+        for plane in planes:  # nobody moved while the turn held
+            assert "upgrading the control plane" not in plane.output()
+        wait_for(
+            lambda: (_rollout(root, store_url)["controlPlane"] or {}).get("state") == "done",
+            240,
+            interval=1,
+        )
+        planes_log = [e["note"] for e in _rollout(root, store_url)["controlPlane"]["log"]]
+        assert "the turn of gone-host:999999 lapsed" in planes_log, planes_log
+        for plane in planes:
+            assert (plane.health() or {}).get("version") == NEW
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])
