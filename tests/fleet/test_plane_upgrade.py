@@ -299,6 +299,27 @@ def test_a_control_plane_version_whose_check_fails_swaps_back_on_the_first_and_h
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])
+def test_a_control_plane_version_that_does_not_install_stops_the_rollout(
+    tmp_path: Path, store_url: str
+) -> None:
+    # a wheel named 0.1.1 whose corral says it is 0.1.2: the install refuses it
+    made = build_wheel("0.1.2", tmp_path / "wheels")
+    wheel = made.rename(made.with_name(f"corral-{NEW}-py3-none-any.whl"))
+    with two_planes(tmp_path, store_url) as (root, planes, _done):
+        args = ["fleet", "upgrade", "--to", NEW, "--wheel", str(wheel), "--control-plane"]
+        started = _cli(root, store_url, *args)
+        assert started.returncode == 0, started.stderr
+        wait_for(lambda: _rollout(root, store_url)["state"] == "failed", 120, interval=1)
+        failed = _rollout(root, store_url)["controlPlane"]["failed"]
+        assert failed["stage"] == "install", failed
+        assert "says it is version '0.1.2'" in failed["error"], failed
+        for plane in planes:  # neither restarted; both serve the old version
+            assert plane.proc.poll() is None
+            assert (plane.health() or {}).get("version") == __version__
+            assert "restarting into it" not in plane.output()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
 def test_a_control_plane_outside_the_version_window_is_refused(
     tmp_path: Path, store_url: str
 ) -> None:
