@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral import __version__
 from corral.engine.token import operator_token
 from corral.gateway.app import create_app
 from corral.scheduler.service import Scheduler, SchedulerOptions
@@ -37,7 +38,12 @@ async def test_health_needs_no_token(client: tuple[httpx.AsyncClient, Scheduler]
     http, scheduler = client
     response = await http.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"ok": True, "scheduler": scheduler.id, "draining": False}
+    assert response.json() == {
+        "ok": True,
+        "scheduler": scheduler.id,
+        "draining": False,
+        "version": __version__,
+    }
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,7 @@ __all__ = [
     "on_heartbeat",
     "parse_duration",
     "parse_share",
+    "planes_pending",
     "rollback_rollout",
     "rollout_json",
     "runner_version_window",
@@ -130,6 +131,13 @@ def window_refusal(version: str) -> str | None:
     )
 
 
+def planes_pending(detail: dict[str, Any]) -> bool:
+    """Whether the rollout's control plane phase (``corral.engine.plane_upgrade``) still
+    runs: until it ends, no runner is told to upgrade."""
+    planes = detail.get("planes")
+    return isinstance(planes, dict) and planes.get("state") == "running"
+
+
 # -- starting and stopping -----------------------------------------------------------
 
 
@@ -144,6 +152,7 @@ async def start_rollout(
     wheel: Path | None = None,
     index: str | None = None,
     on_worse: str = "halt",
+    control_plane: bool = False,
     actor: str,
 ) -> FleetRollout:
     """Record a rollout of ``target``. 409 while another runs; 400 for a wheel that is
@@ -172,6 +181,28 @@ async def start_rollout(
         raise ActionError(400, f"bad --on-worse {on_worse!r}: halt or rollback")
     if canary < 0:
         raise ActionError(400, "--canary is a number of runners, 0 or more")
+    source = _source(target, wheel, index)
+    detail: dict[str, Any] = {"steps": [], "runners": {}, "onWorse": on_worse, "log": []}
+    if control_plane:  # the control plane processes first, one at a time
+        detail["planes"] = {"state": "running", "turn": None, "done": {}, "log": []}
+    try:
+        return await store.create_fleet_rollout(
+            target=target,
+            channel=channel,
+            canary=canary,
+            batch_share=batch_share,
+            watch_seconds=watch_seconds,
+            source=source,
+            detail=detail,
+            actor=actor,
+        )
+    except StoreConflict as exc:  # another was started meanwhile
+        raise ActionError(409, str(exc)) from None
+
+
+def _source(target: str, wheel: Path | None, index: str | None) -> dict[str, Any]:
+    """Where the rollout's processes get ``target``: a wheel (its absolute path and
+    sha256) or an index. ActionError 400 for a wheel that is not there or not of it."""
     source: dict[str, Any]
     if wheel is not None:
         path = wheel.expanduser().resolve()
@@ -191,20 +222,7 @@ async def start_rollout(
         source = {"index": index}
     else:
         raise ActionError(400, "say where the runners get it: --wheel FILE or --index URL")
-    detail = {"steps": [], "runners": {}, "onWorse": on_worse, "log": []}
-    try:
-        return await store.create_fleet_rollout(
-            target=target,
-            channel=channel,
-            canary=canary,
-            batch_share=batch_share,
-            watch_seconds=watch_seconds,
-            source=source,
-            detail=detail,
-            actor=actor,
-        )
-    except StoreConflict as exc:  # another was started meanwhile
-        raise ActionError(409, str(exc)) from None
+    return source
 
 
 async def _latest(store: Store) -> FleetRollout:
@@ -329,7 +347,7 @@ def _advance(  # noqa: C901 - the rollout's state machine, read in one place
             and runner.version == mine.get("from")
         ):
             mine.update(state="rolled_back", at=iso_time(now))
-    if state != "running":
+    if state != "running" or planes_pending(detail):
         return state, detail
     steps: list[dict[str, Any]] = detail["steps"]
     online = [
@@ -463,6 +481,8 @@ def _order(rollout: FleetRollout, runner: Runner) -> dict[str, Any] | None:
     mine = rollout.detail.get("runners", {}).get(runner.id)
     if mine is None:
         return None
+    if planes_pending(rollout.detail):
+        return None
     if rollout.state == "running" and mine.get("state") in ("ordered", "draining"):
         if runner.version == rollout.target:
             return None
@@ -510,6 +530,7 @@ def rollout_json(rollout: FleetRollout, fleet: list[Runner] | None = None) -> di
         "steps": steps,
         "runners": detail.get("runners", {}),
         "log": detail.get("log", []),
+        "controlPlane": detail.get("planes"),
         "createdBy": rollout.created_by,
         "createdAt": iso_time(rollout.created_at),
         "updatedAt": iso_time(rollout.updated_at),

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
+from corral import __version__
 from corral.engine.token import ENV_TOKEN_NAME, TokenVerifier
 from corral.gateway.agent_api import AgentApi, install_agent_api
 from corral.gateway.bundles import install_bundles
@@ -63,7 +64,12 @@ def create_app(
     @app.get("/health")
     async def health() -> dict[str, Any]:
         info = scheduler.info
-        return {"ok": True, "scheduler": info.id if info else None, "draining": scheduler.draining}
+        return {
+            "ok": True,
+            "scheduler": info.id if info else None,
+            "draining": scheduler.draining,
+            "version": __version__,
+        }
 
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -27,6 +28,7 @@ from corral.cli._render import (
     safe_lines,
 )
 from corral.cli.commands.logs import scheduler_log_path
+from corral.engine.plane_upgrade import PlaneUpgrader, plane_window_refusal
 from corral.engine.token import (
     ENV_TOKEN_NAME,
     LOCAL_TOKEN_NAME,
@@ -115,7 +117,13 @@ def start_cmd(
     options = SchedulerOptions(drain_grace=grace)
     live = not headless and console.is_terminal
     gateway = _Gateway(host, chosen, expose=expose, public_metrics=public_metrics)
-    asyncio.run(_serve(project, gateway, options, live=live, env=obj.env))
+    reexec = asyncio.run(_serve(project, gateway, options, live=live, env=obj.env))
+    if reexec is not None:  # an upgrade (or its rollback): the same process, another corral
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(reexec[0], reexec)
 
 
 #: The scheduler's log lines (on stderr and in .corral/logs/scheduler.log).
@@ -199,7 +207,9 @@ async def _serve(
     *,
     live: bool,
     env: str | None = None,
-) -> None:
+) -> list[str] | None:
+    """Serve until stopped: None, or (an upgrade of this process, or its rollback) the
+    interpreter and arguments to re-execute into."""
     # The one place the CLI reaches into the gateway: serving it. Imported here, not at the
     # top, so that every other command starts without FastAPI and uvicorn (the import-linter
     # contract `cli-no-gateway` allows exactly this import and `corral run`'s).
@@ -207,6 +217,9 @@ async def _serve(
     from corral.gateway.server import GatewayServer, bind, bind_unix, unix_socket_path
 
     use_pidfd_child_watcher()
+    refusal = plane_window_refusal()
+    if refusal is not None:
+        raise UsageError(refusal)
     async with await open_store(project.state_url) as store:
         fixed = await _operator_tokens(project, store, gateway.expose)
         host = gateway.host
@@ -232,6 +245,8 @@ async def _serve(
         server = GatewayServer.for_app(app)
         stop, stop_now = asyncio.Event(), asyncio.Event()
         _handle_signals(stop, stop_now, scheduler)
+        upgrader = PlaneUpgrader(store, scheduler, stop)
+        trial = await asyncio.to_thread(upgrader.under_trial)
         err_console.print(f"scheduler {info.id} started; gateway on {safe(url)}")
         err_console.print(f"pid {os.getpid()}; `corral stop` stops it, as Ctrl-C here does")
         err_console.print(safe_lines(login_hint(project, url, gateway.expose)))
@@ -241,9 +256,18 @@ async def _serve(
         )
         serving = asyncio.create_task(server.serve(sockets=[sock, unix_sock]))
         view = asyncio.create_task(LiveView(scheduler, url, warning).run()) if live else None
+        upgrading: asyncio.Task[None] | None = None
         try:
+            # the new version of an upgrade takes no work before its smoke check passed
+            if trial is not None and not await upgrader.check(trial, url):
+                stop.set()
+            upgrading = asyncio.create_task(upgrader.run(), name="plane upgrade")
             await scheduler.run(stop, stop_now)
         finally:
+            if upgrading is not None:
+                upgrading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upgrading
             if view is not None:
                 view.cancel()
             server.should_exit = True
@@ -251,6 +275,7 @@ async def _serve(
             socket_path.unlink(missing_ok=True)
             record.release()
     err_console.print(f"scheduler {info.id} stopped")
+    return upgrader.reexec
 
 
 def follow_reloads(app: FastAPI, scheduler: Scheduler, env: str | None) -> None:

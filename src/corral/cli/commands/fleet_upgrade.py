@@ -47,6 +47,17 @@ def _show(answer: dict[str, Any], as_json: bool) -> None:
         f"[bold]rollout {safe(answer['id'])}[/]  to corral {safe(answer['target'])} "
         f"({safe(answer['channel'])}): [bold]{safe(answer['state'])}[/]"
     )
+    planes = answer.get("controlPlane")
+    if planes:
+        turn = (planes.get("turn") or {}).get("id")
+        said = f", upgrading: {turn}" if turn else ""
+        console.print(
+            f"  control plane: {safe(planes.get('state'))}, {len(planes.get('done', {}))} "
+            f"process(es) run it{safe(said)}"
+        )
+        failed = planes.get("failed")
+        if failed:
+            console.print(f"  {safe(failed.get('id'))} failed: {safe(failed.get('error'))}")
     fleet = answer.get("fleet")
     if fleet:
         console.print(f"  {fleet['atTarget']} of {fleet['runners']} runner(s) run it")
@@ -82,6 +93,12 @@ def _show(answer: dict[str, Any], as_json: bool) -> None:
     show_default=True,
     help="What a step compared worse than the rest does.",
 )
+@click.option(
+    "--control-plane",
+    is_flag=True,
+    help="Upgrade the control plane processes (`corral start`) first, one at a time, "
+    "then the runners.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def upgrade_group(
@@ -94,9 +111,11 @@ def upgrade_group(
     wheel: Path | None,
     index: str | None,
     on_worse: str,
+    control_plane: bool,
     as_json: bool,
 ) -> None:
-    """Roll corral VERSION out across the runners: `--canary` runner(s) first, then
+    """Roll corral VERSION out across the runners (with --control-plane, the control
+    plane processes first, one at a time): `--canary` runner(s) first, then
     batches of `--batch`, each watched `--watch` and compared with the rest; a runner
     rolls itself back on a failed install, start or smoke check (docs/upgrades.md)."""
     if ctx.invoked_subcommand is not None:
@@ -118,6 +137,7 @@ def upgrade_group(
             wheel=wheel,
             index=index,
             on_worse=on_worse,
+            control_plane=control_plane,
             actor=actions.cli_actor(),
         )
         return fleet_upgrade.rollout_json(made, await store.list_runners())
