@@ -6,7 +6,9 @@ reason (what `corral pools` and `corral pools log` print; docs/scaling.md).
 The pools and the fleet are live: ``/dashboard/scaling/events`` pushes their fragment
 again when it changes (read at most once per ``_FRESH`` seconds however many viewers
 look, every ``SCALING_TICK`` seconds and on each new snapshot: decisions are not in the
-shared snapshot). The log is read when the page loads, newest first, ``LOG_PAGE`` to a
+shared snapshot); the chart's hours, rebuilt from the decision log, are read at most
+every ``HISTORY_FRESH`` seconds, the current hour completed with each pool's size
+now. The log is read when the page loads, newest first, ``LOG_PAGE`` to a
 page, by decision id (``?before=``), of one agent with ``?agent=`` (``:fleet``: the
 runner fleet's).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -27,7 +30,7 @@ from corral.gateway.dashboard._context import Dashboard, Signed
 from corral.gateway.dashboard._sse import EventStream
 from corral.gateway.dashboard._streams import ticking_stream
 from corral.project import ScaleConfig
-from corral.store import FLEET, PoolDecision, PoolState
+from corral.store import FLEET, PoolDecision, PoolState, Store
 from corral.views import pool_json
 
 __all__ = ["HISTORY_HOURS", "LOG_PAGE", "SCALING_TICK", "scaling_routes"]
@@ -43,6 +46,11 @@ HISTORY_LIMIT = 20_000
 SCALING_TICK = 2.0
 #: How long a fragment read from the store serves every viewer of it (seconds).
 _FRESH = 1.0
+#: How long the chart's hours read from the decision log serve (seconds): reading them
+#: takes a while (a day of holds for 20 agents is 14,400 decisions, about 0.5 s on
+#: SQLite), and an hour's bar moves little in a minute; the current hour also counts
+#: each pool's size now, read with the fragment.
+HISTORY_FRESH = 60.0
 #: The inputs the log shows first, in this order (the rest follow by name).
 FIRST_INPUTS = (
     "queued",
@@ -89,6 +97,7 @@ class _Live:
     def __init__(self, dash: Dashboard) -> None:
         self._dash = dash
         self._made: tuple[float, asyncio.Future[str]] | None = None
+        self._history: tuple[float, datetime, asyncio.Future[dict[str, list[int]]]] | None = None
 
     async def fragment(self, *, fresh: bool = False) -> str:
         now = time.monotonic()
@@ -99,15 +108,31 @@ class _Live:
         return await asyncio.shield(found[1])
 
     async def _make(self) -> str:
-        context = await pools_context(self._dash)
+        context = await pools_context(self._dash, self.history)
         return self._dash.renderer.render("_scaling.html", context)
 
+    async def history(self, first: datetime) -> dict[str, list[int]]:
+        """The pools' hourly sizes from ``first`` on, read at most every ``HISTORY_FRESH``
+        seconds (and anew when the hours move on)."""
+        now = time.monotonic()
+        found = self._history
+        stale = found is None or found[1] != first or now - found[0] >= HISTORY_FRESH
+        if stale or found is None or _failed(found[2]):
+            store = self._dash.scheduler.store
+            found = (now, first, asyncio.ensure_future(pool_history(store, first)))
+            self._history = found
+        return await asyncio.shield(found[2])
 
-def _failed(future: asyncio.Future[str]) -> bool:
+
+def _failed(future: asyncio.Future[Any]) -> bool:
     return future.done() and (future.cancelled() or future.exception() is not None)
 
 
-async def pools_context(dash: Dashboard) -> dict[str, Any]:
+#: The pools' hourly sizes from an hour on (``pool_history``, perhaps remembered).
+History = Callable[[datetime], Awaitable[dict[str, list[int]]]]
+
+
+async def pools_context(dash: Dashboard, history: History) -> dict[str, Any]:
     """The pools (by agent), the fleet's autoscaler and the chart of the pools' sizes."""
     scheduler = dash.scheduler
     store = scheduler.store
@@ -132,7 +157,7 @@ async def pools_context(dash: Dashboard) -> dict[str, Any]:
     return {
         "pools": rows,
         "fleet": await fleet_context(dash),
-        "chart": await size_chart(dash, pools, now),
+        "chart": await size_chart(history, pools, now),
         "hours": HISTORY_HOURS,
         "now": now,
     }
@@ -172,33 +197,46 @@ def _count(value: object) -> int | None:
     return int(value)
 
 
-async def size_chart(dash: Dashboard, pools: list[PoolState], now: datetime) -> Chart:
+async def size_chart(history: History, pools: list[PoolState], now: datetime) -> Chart:
     """Each pool's largest decided size in each of the last ``HISTORY_HOURS`` hours,
-    stacked by agent: rebuilt from the decisions (every change is recorded), starting
-    from the size the first one changed; a pool without any keeps its size now."""
+    stacked by agent; the current hour counts its size now too."""
     first = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=HISTORY_HOURS - 1)
     hours = [first + timedelta(hours=i) for i in range(HISTORY_HOURS)]
-    found = await dash.scheduler.store.pool_decisions(since=first, limit=HISTORY_LIMIT)
-    by_agent: dict[str, list[PoolDecision]] = defaultdict(list)
-    for decision in reversed(found):  # oldest first
-        by_agent[decision.agent].append(decision)
+    read = await history(first)
     series = {}
     for pool in pools:
+        values = list(read.get(pool.agent) or [0] * HISTORY_HOURS)
+        values[-1] = max(values[-1], pool.size)
+        series[pool.agent] = values
+    return stacked_chart([h.isoformat() for h in hours], series, _instances)
+
+
+async def pool_history(store: Store, first: datetime) -> dict[str, list[int]]:
+    """Each pool's largest decided size in each hour from ``first`` (``HISTORY_HOURS``
+    of them), by agent: rebuilt from the decisions (every change is recorded), starting
+    from the size the first one changed; a pool without any in the hours keeps its size
+    now (the runner fleet's, counted in runners, is left out)."""
+    found = await store.pool_decisions(since=first, limit=HISTORY_LIMIT)
+    by_agent: dict[str, list[PoolDecision]] = defaultdict(list)
+    for decision in reversed(found):  # oldest first
+        if decision.agent != FLEET:
+            by_agent[decision.agent].append(decision)
+    series = {}
+    for pool in await store.pool_states():
         decisions = by_agent.get(pool.agent, [])
         level = decisions[0].size if decisions else pool.size
         values = []
         at = 0
-        for start in hours:
-            end = start + timedelta(hours=1)
+        for i in range(HISTORY_HOURS):
+            end = first + timedelta(hours=i + 1)
             peak = level
             while at < len(decisions) and decisions[at].decided_at < end:
                 level = decisions[at].desired
                 peak = max(peak, level)
                 at += 1
             values.append(peak)
-        values[-1] = max(values[-1], pool.size)
         series[pool.agent] = values
-    return stacked_chart([h.isoformat() for h in hours], series, _instances)
+    return series
 
 
 def _instances(count: int) -> str:
