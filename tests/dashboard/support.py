@@ -97,15 +97,21 @@ class DashFleet:
 
 @contextlib.asynccontextmanager
 async def dashboard_fleet(
-    root: Path, store: Store, extra: dict[str, dict[str, object]] | None = None
+    root: Path,
+    store: Store,
+    extra: dict[str, dict[str, object]] | None = None,
+    *,
+    tables: dict[str, str] | None = None,
+    project_toml: str = "",
 ) -> AsyncIterator[DashFleet]:
-    """Run the project of ``AGENTS`` (and ``extra`` agents) with its gateway on a loopback
-    port."""
+    """Run the project of ``AGENTS`` (and ``extra`` agents, with ``tables`` appended to
+    their config.toml, and ``project_toml`` to the project's) with its gateway on a
+    loopback port."""
     (root / "out").mkdir(parents=True, exist_ok=True)
     commands = {name: dict(values) for name, values in (AGENTS | (extra or {})).items()}
     for values in commands.values():
         values["command"] = f'OUT="{root / "out"}"; export OUT; {values["command"]}'
-    project = write_project(root, commands, PROJECT, TABLES)
+    project = write_project(root, commands, PROJECT + project_toml, TABLES | (tables or {}))
     sock = bind("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     options = SchedulerOptions(

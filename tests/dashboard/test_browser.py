@@ -400,6 +400,32 @@ async def test_the_fleet_pages_chart_buttons_and_resolving(
     assert await phone.overflow() <= 0
 
 
+async def test_the_scaling_page_loads_with_its_log_and_filter(
+    tab: Tab, phone: Tab, live: DashFleet
+) -> None:
+    store = live.store
+    await store.record_fleet_decision(
+        "test",
+        size=0,
+        desired=2,
+        policy="reactive",
+        reason="queue <2> waiting",
+        inputs={"queued": 2, "error": "x" * 300},
+    )
+    await tab.sign_in()
+    await tab.page.click("nav >> text=Scaling")
+    assert await tab.page.inner_text("h1") == "Scaling"
+    assert "No agent has a pool" in await tab.page.inner_text("#scaling-live")
+    row = tab.page.locator("#decision-log tr[data-agent=':fleet']")
+    assert "queue <2> waiting" in await row.inner_text()
+    assert "0 → 2" in await row.inner_text()
+    await tab.page.select_option("#decision-filter select[name=agent]", "dev")
+    await tab.page.click("#decision-filter button")
+    await tab.page.wait_for_selector("#decisions-none:has-text('No decision recorded for dev')")
+    await phone.sign_in("/dashboard/scaling")
+    assert await phone.overflow() <= 0
+
+
 async def test_the_task_board_renders_and_updates_live(
     tab: Tab, phone: Tab, live: DashFleet
 ) -> None:

@@ -10,9 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral.gateway.app import create_app
-from corral.gateway.metrics import MAX_SOURCES, FleetMetrics, count_delivery
+from corral.gateway.metrics import DECISION_PAGE, MAX_SOURCES, FleetMetrics, count_delivery
 from corral.scheduler.service import Scheduler
-from corral.store import NewRun, RunState, Store, TriggerKind
+from corral.store import FLEET, NewRun, RunState, Store, TriggerKind
 from tests.gateway.fleet import TOKEN, Fleet, running_fleet
 from tests.scheduler.helpers import wait_for, write_project
 
@@ -179,3 +179,24 @@ async def test_webhook_deliveries_are_counted_with_bounded_sources(
         if name == "corral_webhook_deliveries_total"
     }
     assert len(sources) <= MAX_SOURCES + 1 and "other" in sources
+
+
+async def test_every_decision_between_two_scrapes_is_counted(store: Store) -> None:
+    """More decisions than one read takes between two scrapes: each is counted once."""
+    metrics = FleetMetrics(store)
+    await store.record_fleet_decision("s", size=1, desired=1, policy="p", reason="r", inputs={})
+    await metrics.refresh()
+    first = parse((await metrics.render()).decode())
+    assert value(first, "corral_pool_decisions_total", agent=FLEET, direction="hold") == 1
+    for n in range(DECISION_PAGE + 5):
+        grow = n % 2 == 0
+        await store.record_fleet_decision(
+            "s", size=1, desired=2 if grow else 0, policy="p", reason="r", inputs={}
+        )
+    after = parse((await metrics.render()).decode())
+    grows = value(after, "corral_pool_decisions_total", agent=FLEET, direction="grow")
+    shrinks = value(after, "corral_pool_decisions_total", agent=FLEET, direction="shrink")
+    assert (grows, shrinks) == (503, 502)
+    assert value(after, "corral_pool_decisions_total", agent=FLEET, direction="hold") == 1
+    again = parse((await metrics.render()).decode())
+    assert value(again, "corral_pool_decisions_total", agent=FLEET, direction="grow") == 503

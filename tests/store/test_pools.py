@@ -111,6 +111,35 @@ async def test_decisions_are_kept_with_their_inputs_and_pruned(store: Store) -> 
     assert await store.pool_decisions() == []
 
 
+async def test_decisions_are_read_in_pages_and_from_a_time(store: Store) -> None:
+    """The dashboard's log pages by id (``before``) and its chart reads from a time."""
+    await _sync(store, POOLED)
+    assert await store.take_pool_lease("burst", "a", lease_seconds=30) is not None
+    clock = store.clock
+    store.clock = lambda: clock() - timedelta(hours=3)
+    try:
+        await _set(store, 2, previous=1)  # three hours ago
+    finally:
+        store.clock = clock
+    for size in (3, 4, 2):
+        await _set(store, size, previous=size - 1)
+    await store.record_fleet_decision("a", size=0, desired=1, policy="p", reason="r", inputs={})
+    everything = await store.pool_decisions()
+    assert [d.agent for d in everything] == [":fleet", "burst", "burst", "burst", "burst"]
+    first = await store.pool_decisions("burst", limit=2)
+    assert [d.desired for d in first] == [2, 4]
+    second = await store.pool_decisions("burst", limit=2, before=first[-1].id)
+    assert [d.desired for d in second] == [3, 2]
+    assert await store.pool_decisions("burst", limit=2, before=second[-1].id) == []
+    assert [d.agent for d in await store.pool_decisions(limit=1, before=everything[0].id)] == [
+        "burst"
+    ]
+    recent = await store.pool_decisions("burst", since=datetime.now(UTC) - timedelta(hours=1))
+    assert [d.desired for d in recent] == [2, 4, 3]
+    since = await store.pool_decisions(since=datetime.now(UTC) - timedelta(hours=1), limit=10)
+    assert len(since) == 4
+
+
 async def test_an_observation_counts_each_arrival_and_end_once(store: Store) -> None:
     await _sync(store, POOLED, FIXED, cap=5)
     t0 = store.now()

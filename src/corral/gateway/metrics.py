@@ -51,6 +51,7 @@ from corral.store import (
     AgentState,
     AnomalyKind,
     ItemState,
+    PoolDecision,
     PoolState,
     Run,
     RunnerState,
@@ -74,6 +75,8 @@ OVERLAP_SECONDS = 60.0
 #: Distinct webhook source labels kept; past that, deliveries count under "other" (the
 #: source comes from the request path, and a label per probe would grow without bound).
 MAX_SOURCES = 64
+#: Decisions read at a time when counting those recorded since the previous scrape.
+DECISION_PAGE = 1000
 
 # -- this process's requests -------------------------------------------------------------
 
@@ -364,8 +367,18 @@ class FleetMetrics:
         """The pools now, and the decisions recorded since the previous scrape (counted
         once each, by id; those before this gateway started are not counted)."""
         self.pools = await self.store.pool_states()
-        recent = await self.store.pool_decisions(limit=1000)
         last = self._last_decision
+        recent: list[PoolDecision] = []
+        before: int | None = None
+        while True:  # newest first, a page at a time, back to the last one counted
+            page = await self.store.pool_decisions(limit=DECISION_PAGE, before=before)
+            recent += page
+            if len(page) < DECISION_PAGE:
+                break
+            oldest = page[-1]
+            if oldest.id <= last if last is not None else oldest.decided_at < self._start:
+                break
+            before = oldest.id
         for decision in recent:
             if decision.id > last if last is not None else decision.decided_at >= self._start:
                 self.pool_decisions.labels(decision.agent, decision.direction).inc()

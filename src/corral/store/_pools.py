@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from corral.store._time import require_aware
@@ -22,6 +22,10 @@ from corral.store.records import AgentState, PoolDecision, PoolSnapshot, PoolSta
 __all__ = ["DIRECTIONS", "PoolOps"]
 
 DIRECTIONS = ("grow", "shrink", "hold")
+#: Above every decision's id (``pool_decisions`` without ``before``).
+_NO_ID = 2**63 - 1
+#: Before every decision (``pool_decisions`` without ``since``).
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class PoolOps(UsageOps):
@@ -162,18 +166,28 @@ class PoolOps(UsageOps):
         ]
 
     async def pool_decisions(
-        self, agent: str | None = None, *, limit: int = 50
+        self,
+        agent: str | None = None,
+        *,
+        limit: int = 50,
+        before: int | None = None,
+        since: datetime | None = None,
     ) -> list[PoolDecision]:
-        """The recorded decisions, newest first (of ``agent`` only, if given)."""
+        """The recorded decisions, newest first (of ``agent`` only, if given): those with
+        an id below ``before`` (the next page after a decision), recorded at ``since`` or
+        later."""
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
+        params: dict[str, Any] = {
+            "limit": limit,
+            "before": _NO_ID if before is None else before,
+            "since": self.encode_time(_EPOCH if since is None else require_aware(since, "since")),
+        }
         async with self.transaction(write=False) as tx:
             if agent is None:
-                rows = await tx.fetch_all("list_pool_decisions", {"limit": limit})
+                rows = await tx.fetch_all("list_pool_decisions", params)
             else:
-                rows = await tx.fetch_all(
-                    "list_agent_pool_decisions", {"agent": agent, "limit": limit}
-                )
+                rows = await tx.fetch_all("list_agent_pool_decisions", params | {"agent": agent})
         decisions = []
         for row in rows:
             inputs = row["inputs"]

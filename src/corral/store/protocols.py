@@ -684,7 +684,12 @@ class PoolStore(Protocol):
     async def pool_states(self) -> list[PoolState]: ...
 
     async def pool_decisions(
-        self, agent: str | None = None, *, limit: int = 50
+        self,
+        agent: str | None = None,
+        *,
+        limit: int = 50,
+        before: int | None = None,
+        since: datetime | None = None,
     ) -> list[PoolDecision]: ...
 
     async def pool_decision_counts(self) -> dict[tuple[str, str], int]: ...

@@ -9,6 +9,7 @@ operator token (see ``_auth``); docs/dashboard.md is the user's page.
     _pages    the pages (GET)
     _fleetpages  the runners and anomalies pages and their buttons (the fleet of runners)
     _taskboard   the task board and a task's page, live on the store's ``tasks`` notices
+    _scaling  the pools, the runner fleet's autoscaler and their decision log
     _chart    the throughput chart's geometry (server-drawn SVG)
     _runlist  the runs list: filters from the query string, keyset pages, a live table
     _runpage  what a run's page shows besides its status and log (trigger, calls, reruns)
@@ -32,6 +33,7 @@ from corral.gateway.dashboard._host import HostCheck, served_names
 from corral.gateway.dashboard._pages import page_routes
 from corral.gateway.dashboard._posts import Refused, post_routes, refused_handler
 from corral.gateway.dashboard._render import Renderer, security_headers
+from corral.gateway.dashboard._scaling import scaling_routes
 from corral.gateway.dashboard._streams import stream_routes
 from corral.gateway.dashboard._taskboard import task_routes
 
@@ -49,6 +51,7 @@ def install_dashboard(app: FastAPI, scheduler: Scheduler) -> Dashboard:
     app.include_router(post_routes(dash))
     app.include_router(fleet_routes(dash))
     app.include_router(task_routes(dash))
+    app.include_router(scaling_routes(dash))
     app.include_router(stream_routes(dash))
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(Refused, refused_handler(dash))
@@ -73,7 +76,7 @@ def _is_api(path: str) -> bool:
     """An event stream or the session probe: answered 401, not sent to the login page."""
     if path.startswith("/dashboard/events/") or path == "/dashboard/session":
         return True
-    if path == "/dashboard/tasks/events":
+    if path in ("/dashboard/tasks/events", "/dashboard/scaling/events"):
         return True
     if path.startswith("/dashboard/tasks/") and path.count("/") == 5 and path.endswith("/events"):
         return True

@@ -1,4 +1,5 @@
-"""The throughput chart: stacked bars of runs ended per hour, drawn on the server as SVG.
+"""The hourly charts: stacked bars per hour (the runs ended, on the runners page; the
+pools' largest sizes, on the scaling page), drawn on the server as SVG.
 
 Only geometry is computed here; ``_chart.html`` writes the SVG through the autoescaping
 templates (agent and runner names are text from outside). Colours are CSS classes
@@ -9,10 +10,11 @@ served, printable and readable without JavaScript.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-__all__ = ["COLOURS", "Chart", "stacked_chart"]
+__all__ = ["COLOURS", "Chart", "runs_ended", "stacked_chart"]
 
 #: Distinct colours (``.c0`` … ``.c7`` in dashboard.css); past that, the smallest series
 #: are drawn together as "other".
@@ -61,9 +63,19 @@ class Chart:
     right: int = WIDTH - RIGHT
 
 
-def stacked_chart(hours: list[str], series: dict[str, list[int]]) -> Chart:
+def runs_ended(count: int) -> str:
+    """What a bar of the throughput chart counts, for its tooltip."""
+    return f"{count} run{'s' if count != 1 else ''} ended"
+
+
+def stacked_chart(
+    hours: list[str],
+    series: dict[str, list[int]],
+    describe: Callable[[int], str] = runs_ended,
+) -> Chart:
     """Bars for ``hours`` (ISO times of the hours' starts, oldest first), each the stack of
-    ``series`` (name -> a count per hour), the largest series at the bottom."""
+    ``series`` (name -> a count per hour), the largest series at the bottom; ``describe``
+    says what a count is, in each bar's tooltip."""
     kept = _keep(series)
     slots = len(hours)
     totals = [sum(values[i] for values in kept.values()) for i in range(slots)]
@@ -87,7 +99,7 @@ def stacked_chart(hours: list[str], series: dict[str, list[int]]) -> Chart:
                 continue
             h = round(plot_h * count / top, 2)
             base -= h
-            title = f"{entry.name}: {count} run{'s' if count != 1 else ''} ended {labels[i]} UTC"
+            title = f"{entry.name}: {describe(count)} {labels[i]} UTC"
             bars.append(Bar(x, round(base, 2), bar_w, h, entry.colour, title))
     step = _nice(top / 4) if top >= 4 else 1
     ticks = [

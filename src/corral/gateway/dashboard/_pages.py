@@ -26,7 +26,7 @@ from corral.gateway.dashboard._runlist import (
 )
 from corral.gateway.dashboard._runpage import run_details
 from corral.gateway.dashboard._views import FIXED_VIEWS, live_view, run_html, run_record
-from corral.project import Agent, TaskTrigger
+from corral.project import Agent, ScaleConfig, TaskTrigger
 from corral.status import RUNNING_PAGE, RUNNING_PAGE_MAX, fleet_status
 
 __all__ = ["page_routes"]
@@ -102,7 +102,12 @@ def _detail_pages(router: APIRouter, dash: Dashboard) -> None:
         if found is None or view is None:
             return _missing(dash, operator, f"The project has no agent {name!r}.")
         snap = await dash.feed.snapshot()
-        context = {"name": name, "live": await view.render(snap), "config": _config(found)}
+        context = {
+            "name": name,
+            "live": await view.render(snap),
+            "config": _config(found),
+            "pooled": isinstance(found.config.scale, ScaleConfig),
+        }
         return dash.page("agent.html", operator, context, title=name)
 
     @router.get("/runs/{run_id}")

@@ -887,10 +887,15 @@ VALUES (:agent, :decided_at, :scheduler_id, :policy, :size, :desired, :direction
 RETURNING *
 
 -- name: list_pool_decisions
-SELECT * FROM corral_pool_decisions ORDER BY id DESC LIMIT :limit
+-- Newest first, below the id :before (a page's keyset) and recorded at :since or later.
+SELECT * FROM corral_pool_decisions
+WHERE id < :before AND decided_at >= :since
+ORDER BY id DESC LIMIT :limit
 
 -- name: list_agent_pool_decisions
-SELECT * FROM corral_pool_decisions WHERE agent = :agent ORDER BY id DESC LIMIT :limit
+SELECT * FROM corral_pool_decisions
+WHERE agent = :agent AND id < :before AND decided_at >= :since
+ORDER BY id DESC LIMIT :limit
 
 -- name: pool_decision_counts
 -- Decisions kept (within the retention) by agent and direction, for /metrics.
