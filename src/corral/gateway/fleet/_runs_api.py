@@ -10,8 +10,9 @@
     POST /fleet/v1/runs/{id}/cap         {fence}: why the run may not start (daily cost)
     POST /fleet/v1/runs/{id}/permit      {fence, bucket, provider, limits}: a model
                                          request permit of the provider key's bucket for
-                                         the run (its agent's fair turn), or how long to
-                                         wait before asking again
+                                         the run (its agent's fair turn; the request
+                                         waits for it up to 2 s), or how long to wait
+                                         before asking again
     POST /fleet/v1/runs/{id}/tokens      {..., tokens}: what a request used, charged
     POST /fleet/v1/runs/{id}/throttle    {..., retryAfter}: the provider answered 429:
                                          the bucket is closed for everyone until then
@@ -161,6 +162,11 @@ class _EmptyClaims:
     def found_nothing(self, agents: frozenset[str], generation: int, now: float) -> None:
         if generation == self.generation:
             self._empty[agents] = (generation, now)
+
+
+#: How long a permit request may wait on the control plane for the run's turn before it
+#: answers how long is left (the runner asks again).
+PERMIT_HOLD = 2.0
 
 
 #: The log route's body: the run's output as it came, any bytes.
@@ -544,13 +550,24 @@ def _bucket_routes(router: APIRouter, scheduler: Scheduler) -> None:
         summary="A model request permit for the run, or how long to wait",
         responses=_answers(WaitAnswer),
     )
-    async def permit(run_id: str, body: BucketBody, me: Me) -> Any:
+    async def permit(run_id: str, body: BucketBody, me: Me, request: Request) -> Any:
         run = await own(me, run_id, body.fence)
         limits = body.limits(scheduler.project)
-        wait = await store.take_provider_permit(
-            body.bucket, body.provider, run.id, run.agent, limits
-        )
-        return {"ok": True, "wait": wait}
+        # The run waits for its turn here, next to the store, for up to PERMIT_HOLD
+        # seconds (as a run on the control plane waits in its own loop): asking again
+        # from the runner would cost a round trip each time, and the permit that comes
+        # free while an answer travels lies idle.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + PERMIT_HOLD
+        while True:
+            wait = await store.take_provider_permit(
+                body.bucket, body.provider, run.id, run.agent, limits
+            )
+            if wait <= 0 or loop.time() + wait > until or scheduler.draining:
+                return {"ok": True, "wait": wait}
+            await asyncio.sleep(wait)
+            if await request.is_disconnected():  # the runner gave up: no permit for it
+                return {"ok": True, "wait": wait}
 
     @router.post(
         "/runs/{run_id}/tokens",
