@@ -43,14 +43,18 @@ from _common import Result, fresh_schema, median, print_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.gateway.fleet import TOKEN, running_fleet
 from tests.llm.ratelimited import RateLimitedProvider
+from tests.scheduler.helpers import write_project
 
+from corral.gateway.app import create_app
+from corral.gateway.server import GatewayServer, bind
 from corral.llm import AnthropicClient, Message, Text, ToolResult, ToolUse
 from corral.llm.fallback import ChainEntry, ModelChain
 from corral.llm.ratelimit import GatedClient, Permits, bucket_for
 from corral.llm.types import LLMClient
+from corral.project import load_project
 from corral.runner.agent import ControlClient, RemoteLedger
+from corral.scheduler.service import Scheduler, SchedulerOptions
 from corral.store import BucketLimits, NewItem, Store, TriggerKind, open_store
 
 #: A provider key's bucket id, as the runner API requires it.
@@ -76,11 +80,32 @@ async def one_run(client: LLMClient, turns: int) -> bool:
         await client.aclose()
 
 
+OPERATOR = "bench-operator-token"
+
+
+@contextlib.asynccontextmanager
+async def control_plane(root: Path, store: Store) -> AsyncIterator[str]:
+    """The control plane's gateway (its runner API) over ``store``, in this process; its
+    scheduler is started (registered, the project synced) but dispatches nothing: the
+    runs are the runner's."""
+    sock = bind("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    scheduler = Scheduler(load_project(root), store, SchedulerOptions(), gateway_url=url)
+    await scheduler.start()
+    server = GatewayServer.for_app(create_app(scheduler, OPERATOR))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        await serving
+
+
 @contextlib.asynccontextmanager
 async def runner_permits(
     args: argparse.Namespace, store: Store, workdir: Path
 ) -> AsyncIterator[list[tuple[str, str, Permits]]]:
-    """A control plane (scheduler and gateway, in this process) on ``store``, a runner
+    """A control plane (its gateway, in this process) on ``store``, a runner
     joined to it, and every run claimed by that runner: (run id, agent, its
     ``RemoteLedger``) for each."""
     agents: dict[str, dict[str, object]] = {
@@ -88,14 +113,15 @@ async def runner_permits(
         for a in range(args.agents)
     }
     toml = "[fleet]\nheartbeatSeconds = 60\nofflineAfterSeconds = 3600\n"
+    write_project(workdir / "project", agents, toml)
     async with (
-        running_fleet(workdir / "project", store, agents, toml) as plane,
-        httpx.AsyncClient(base_url=plane.url, timeout=30) as http,
+        control_plane(workdir / "project", store) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
         made = await http.post(
             "/control/fleet/tokens",
             json={"labels": ["bench"]},
-            headers={"Authorization": f"Bearer {TOKEN}"},
+            headers={"Authorization": f"Bearer {OPERATOR}"},
         )
         made.raise_for_status()
         body = {"token": made.json()["token"], "name": "bench", "hostname": "bench"}
@@ -111,7 +137,7 @@ async def runner_permits(
             runner=True,
         )
         assert len(claims) == args.agents * args.runs, len(claims)
-        control = ControlClient([plane.url], joined["credential"])
+        control = ControlClient([url], joined["credential"])
         try:
             yield [(c.run.id, c.run.agent, RemoteLedger(control, c.run)) for c in claims]
         finally:
