@@ -11,7 +11,11 @@ turn by turn; the tools are not run). Two fleets do the same work:
   ``[providers.anthropic]`` set to ``--configured`` times the provider's rate) and waits
   out 429s;
 * ``ungated``: no ``[providers]`` table, as before: a 429 opens the model's breaker and,
-  with no other model, fails the run (exit 12).
+  with no other model, fails the run (exit 12);
+* ``runner`` (``--runner``): as ``shared``, but every run is a run claimed by a runner
+  and asks through the control plane's runner API (``RemoteLedger`` over HTTP to an
+  in-process gateway and scheduler on the same store, D127), as the built-in harness on
+  a runner host does: the runner API hop (and its owner/fence check) on every ask.
 
 Figures (medians over ``--reps``): wall time from the start (every run's client made) to
 the last answer,
@@ -19,32 +23,42 @@ the ideal schedule (total requests / the provider's rate), the overhead over it,
 runs that failed, the provider's 429s and the largest and smallest share an agent got.
 Target: zero failed runs and <= 10% over the ideal.
 
-.venv/bin/python bench/ratelimits.py [--reps 3] [--stores sqlite,postgresql]
+.venv/bin/python bench/ratelimits.py [--reps 3] [--stores sqlite,postgresql] [--runner]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 from _common import Result, fresh_schema, median, print_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.llm.ratelimited import RateLimitedProvider
+from tests.scheduler.helpers import write_project
 
+from corral.gateway.app import create_app
+from corral.gateway.server import GatewayServer, bind
 from corral.llm import AnthropicClient, Message, Text, ToolResult, ToolUse
 from corral.llm.fallback import ChainEntry, ModelChain
-from corral.llm.ratelimit import GatedClient
+from corral.llm.ratelimit import GatedClient, Permits, bucket_for
 from corral.llm.types import LLMClient
-from corral.store import BucketLimits, Store, open_store
+from corral.project import load_project
+from corral.runner.agent import ControlClient, RemoteLedger
+from corral.scheduler.service import Scheduler, SchedulerOptions
+from corral.store import BucketLimits, NewItem, Store, TriggerKind, open_store
 
-BUCKET = "anthropic:bench"
+#: A provider key's bucket id, as the runner API requires it.
+BUCKET = bucket_for("anthropic", "bench", "key")
 
 
 async def one_run(client: LLMClient, turns: int) -> bool:
@@ -66,7 +80,87 @@ async def one_run(client: LLMClient, turns: int) -> bool:
         await client.aclose()
 
 
-async def fleet(args: argparse.Namespace, store: Store | None) -> dict[str, Any]:
+OPERATOR = "bench-operator-token"
+
+
+@contextlib.asynccontextmanager
+async def control_plane(root: Path, store: Store) -> AsyncIterator[str]:
+    """The control plane's gateway (its runner API) over ``store``, in this process; its
+    scheduler is started (registered, the project synced) but dispatches nothing: the
+    runs are the runner's."""
+    sock = bind("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    scheduler = Scheduler(load_project(root), store, SchedulerOptions(), gateway_url=url)
+    await scheduler.start()
+    server = GatewayServer.for_app(create_app(scheduler, OPERATOR))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        await serving
+
+
+@contextlib.asynccontextmanager
+async def runner_permits(
+    args: argparse.Namespace, store: Store, workdir: Path
+) -> AsyncIterator[list[tuple[str, str, Permits]]]:
+    """A control plane (its gateway, in this process) on ``store``, a runner
+    joined to it, and every run claimed by that runner: (run id, agent, its
+    ``RemoteLedger``) for each."""
+    agents: dict[str, dict[str, object]] = {
+        f"a{a}": {"command": "true", "runsOn": ["bench"], "scale": args.runs}
+        for a in range(args.agents)
+    }
+    toml = "[fleet]\nheartbeatSeconds = 60\nofflineAfterSeconds = 3600\n"
+    write_project(workdir / "project", agents, toml)
+    async with (
+        control_plane(workdir / "project", store) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        made = await http.post(
+            "/control/fleet/tokens",
+            json={"labels": ["bench"]},
+            headers={"Authorization": f"Bearer {OPERATOR}"},
+        )
+        made.raise_for_status()
+        body = {"token": made.json()["token"], "name": "bench", "hostname": "bench"}
+        joined = (await http.post("/fleet/v1/join", json=body | {"version": "1.0"})).json()
+        for agent in agents:
+            for _ in range(args.runs):
+                await store.enqueue(NewItem(agent=agent, trigger=TriggerKind.MANUAL))
+        claims = await store.claim(
+            joined["runnerId"],
+            lease_seconds=3600,
+            limit=args.agents * args.runs,
+            agents=list(agents),
+            runner=True,
+        )
+        assert len(claims) == args.agents * args.runs, len(claims)
+        control = ControlClient([url], joined["credential"])
+        try:
+            yield [(c.run.id, c.run.agent, RemoteLedger(control, c.run)) for c in claims]
+        finally:
+            await control.close()
+
+
+async def fleet(
+    args: argparse.Namespace, store: Store | None, workdir: Path | None = None
+) -> dict[str, Any]:
+    async with contextlib.AsyncExitStack() as stack:
+        asking: list[tuple[str, str, Permits]] = []
+        if store is not None:
+            asking = [
+                (f"a{a}-r{r}", f"a{a}", store) for a in range(args.agents) for r in range(args.runs)
+            ]
+            if workdir is not None:
+                asking = await stack.enter_async_context(runner_permits(args, store, workdir))
+        return await _fleet(args, store, asking)
+
+
+async def _fleet(
+    args: argparse.Namespace, store: Store | None, asking: list[tuple[str, str, Permits]]
+) -> dict[str, Any]:
     per_second = args.rate / args.period
     limits = BucketLimits(
         requests_per_second=per_second * args.configured, burst=1, window=args.period
@@ -76,22 +170,18 @@ async def fleet(args: argparse.Namespace, store: Store | None) -> dict[str, Any]
         args.rate, args.period, capacity=args.capacity, turns=args.turns
     ) as fake:
 
-        def client(agent: int, run: int) -> LLMClient:
+        def client(waiter: str, agent: str, permits: Permits) -> LLMClient:
             inner = AnthropicClient(fake.url, "key")
-            if store is None:
-                return inner
             return GatedClient(
-                inner,
-                store,
-                BUCKET,
-                "anthropic",
-                limits,
-                waiter=f"a{agent}-r{run}",
-                agent=f"a{agent}",
+                inner, permits, BUCKET, "anthropic", limits, waiter=waiter, agent=agent
             )
 
         # The clients (an HTTP connection pool each) are made before the clock starts.
-        clients = [client(a, r) for a in range(args.agents) for r in range(args.runs)]
+        clients: list[LLMClient] = (
+            [client(*one) for one in asking]
+            if asking
+            else [AnthropicClient(fake.url, "key") for _ in range(args.agents * args.runs)]
+        )
         started = time.monotonic()
         outcomes = await asyncio.gather(*(one_run(c, args.turns) for c in clients))
         wall = time.monotonic() - started
@@ -110,16 +200,14 @@ async def fleet(args: argparse.Namespace, store: Store | None) -> dict[str, Any]
     }
 
 
-async def measure(args: argparse.Namespace, dialect: str) -> dict[str, Any]:
-    async def once() -> dict[str, Any]:
+async def measure(args: argparse.Namespace, dialect: str, runner: bool = False) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp) if runner else None
         if dialect == "sqlite":
-            with tempfile.TemporaryDirectory() as tmp:
-                async with await open_store(f"sqlite:///{Path(tmp) / 'state.db'}") as store:
-                    return await fleet(args, store)
+            async with await open_store(f"sqlite:///{Path(tmp) / 'state.db'}") as store:
+                return await fleet(args, store, workdir)
         async with fresh_schema() as url, await open_store(url) as store:
-            return await fleet(args, store)
-
-    return await once()
+            return await fleet(args, store, workdir)
 
 
 async def main() -> None:
@@ -133,6 +221,9 @@ async def main() -> None:
     parser.add_argument("--turns", type=int, default=4, help="model requests per run")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument(
+        "--runner", action="store_true", help="also the runs on a runner (runner API)"
+    )
     args = parser.parse_args()
     result = Result("ratelimits", vars(args))
     rows = []
@@ -141,6 +232,9 @@ async def main() -> None:
     for dialect in args.stores.split(","):
         reps = [await measure(args, dialect) for _ in range(args.reps)]
         result.runs.append({"fleet": f"shared ({dialect})", "reps": reps})
+        if args.runner:
+            reps = [await measure(args, dialect, runner=True) for _ in range(args.reps)]
+            result.runs.append({"fleet": f"runner ({dialect})", "reps": reps})
     for entry in result.runs:
         reps = entry["reps"]
         figures = {key: median(r[key] for r in reps) for key in reps[0]}

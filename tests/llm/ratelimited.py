@@ -19,7 +19,7 @@ from typing import Any
 from corral.llm.types import ToolUse
 from tests.llm.fakeprovider import Api, FakeProvider, Reply, Response, Status
 
-__all__ = ["RateLimitedProvider", "conversation"]
+__all__ = ["RateLimitedProvider", "conversation", "most_in_window"]
 
 
 def conversation(body: Any, turns: int) -> Reply:
@@ -30,6 +30,17 @@ def conversation(body: Any, turns: int) -> Reply:
     if answered + 1 >= turns:
         return Reply.text("Done.")
     return Reply.tools(ToolUse(f"t{answered}", "bash", {"command": "true"}))
+
+
+def most_in_window(times: list[float], window: float) -> int:
+    """The most of ``times`` within any ``window`` seconds."""
+    ordered = sorted(times)
+    most = start = 0
+    for end, at in enumerate(ordered):
+        while at - ordered[start] >= window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
 
 
 class RateLimitedProvider(FakeProvider):
@@ -46,13 +57,15 @@ class RateLimitedProvider(FakeProvider):
         self.turns = turns
         self.granted = 0
         self.refused = 0
-        #: The monotonic time of every granted request.
+        #: The monotonic time of every granted request, and of every request.
         self.times: list[float] = []
+        self.arrivals: list[float] = []
         self._level = capacity
         self._at = time.monotonic()
 
     def admit(self, api: Api, body: Any) -> Status | None:
         now = time.monotonic()
+        self.arrivals.append(now)
         per_second = self.rate / self.period
         self._level = min(self.capacity, self._level + (now - self._at) * per_second)
         self._at = now

@@ -76,7 +76,7 @@ from corral.runner.upgrade import UpgradeError, Versions, check_wheel, smoke_che
 from corral.scheduler.agentlink import AgentLink, hash_secret
 from corral.scheduler.executor import RunExecutor
 from corral.scheduler.watchdog import Watchdog, boottime
-from corral.store import Claim, FinalizeResult, Run, RunState, Store
+from corral.store import BucketLimits, Claim, FinalizeResult, Run, RunState, Store
 
 __all__ = [
     "FENCE_AFTER",
@@ -99,6 +99,9 @@ LOG_BATCH_BYTES = 60 * 1024
 #: How long a running run may take to finish after SIGTERM before it is given back.
 DRAIN_GRACE = 60.0
 _LONG_POLL = fleet_runs.MAX_WAIT
+#: How long a provider permit's request to the control plane may take (the run waits
+#: and asks again after that).
+PERMIT_TIMEOUT = 10.0
 #: How long a runner asks for work without secretHashes after a control plane refused
 #: them, before it offers them again (one refused request per this long, at most).
 _PLAIN_WORK_SECONDS = 600
@@ -299,6 +302,51 @@ class RemoteLedger:
         }
         answer = await self._post(run_id, "usage", body)
         return None if answer.get("run") is None else fleet_runs.run_from_wire(answer["run"])
+
+    # The provider buckets (corral.llm.ratelimit.Permits): the built-in harness's loop
+    # runs here, and asks the control plane's buckets for each model request, as the run
+    # (its fence); an unreachable control plane is StoreUnavailable, which GatedClient
+    # waits out within the run's deadline.
+
+    def _bucket_body(self, bucket: str, provider: str, limits: BucketLimits) -> dict[str, Any]:
+        return {
+            "fence": self.fence,
+            "bucket": bucket,
+            "provider": provider,
+            "requestsPerSecond": limits.requests_per_second,
+            "tokensPerSecond": limits.tokens_per_second,
+            "burst": limits.burst,
+            "window": limits.window,
+        }
+
+    async def _bucket_call(self, what: str, body: dict[str, Any]) -> float:
+        try:
+            answer = await self.client.call(
+                "POST", self._path(self.run_id, what), json=body, timeout=PERMIT_TIMEOUT
+            )
+        except ControlPlaneError as exc:
+            if exc.status in (403, 404, 409):
+                raise StoreConflict(str(exc)) from None
+            raise
+        return float(answer.get("wait") or 0.0)
+
+    async def take_provider_permit(
+        self, bucket: str, provider: str, waiter: str, agent: str, limits: BucketLimits
+    ) -> float:
+        # the waiter and its agent are the run's own: the control plane knows them
+        return await self._bucket_call("permit", self._bucket_body(bucket, provider, limits))
+
+    async def charge_provider_tokens(
+        self, bucket: str, provider: str, tokens: int, limits: BucketLimits
+    ) -> None:
+        body = self._bucket_body(bucket, provider, limits) | {"tokens": tokens}
+        await self._bucket_call("tokens", body)
+
+    async def throttle_provider(
+        self, bucket: str, provider: str, retry_after: float | None, limits: BucketLimits
+    ) -> float:
+        body = self._bucket_body(bucket, provider, limits) | {"retryAfter": retry_after}
+        return await self._bucket_call("throttle", body)
 
     async def finalize(
         self,

@@ -7,7 +7,9 @@ through the bash tool exactly as for any other agent. Each turn and tool call is
 line in the run log (which redacts credential values). The run's tokens and dollars are
 written to the store after every turn; the agent's ``[budget]`` limits the run. A model
 whose provider has a ``[providers.<name>]`` table asks the fleet's shared bucket of its
-key before every request and waits out 429s (corral.llm.ratelimit).
+key before every request and waits out 429s (corral.llm.ratelimit); on a runner host
+the loop runs in the runner's process and asks the control plane's buckets through the
+runner API (``RemoteLedger``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from corral.runtime import Process
 from corral.scheduler.prepare import MODEL_KEY_VARIABLES, RunPlan
 from corral.scheduler.runlog import RunLog
 from corral.store import Store
-from corral.store.protocols import ProviderStore
 
 __all__ = ["budgets_for", "pricer_for", "run_builtin"]
 
@@ -147,9 +148,9 @@ async def run_builtin(
     """Run the tool loop for ``plan`` to its end (a budget, a failure, or the answer)."""
     prompt = plan.write_prompt(project, system_prompt)
     pricer, output_price = pricer_for(project, plan.agent)
-    # Runs on a runner host reach the store through the runner API, which has no
-    # buckets: their model calls are not gated (docs/scaling.md).
-    permits = store if isinstance(store, ProviderStore) else None
+    # The store's buckets; a run on a runner host asks the control plane for its permits
+    # (RemoteLedger, over the runner API, authenticated by the run's fence).
+    permits = store if isinstance(store, Permits) else None
     deadline = time.monotonic() + float(plan.agent.config.timeout)
     chain = await model_chain(project, plan, breakers, permits, deadline)
     toolbox = Toolbox(launch, workdir=str(plan.inside.workdir))

@@ -8,6 +8,14 @@
     POST /fleet/v1/runs/{id}/log?fence=N the run's output (raw bytes, appended to its log)
     POST /fleet/v1/runs/{id}/usage       {fence, ...}: what a built-in run used so far
     POST /fleet/v1/runs/{id}/cap         {fence}: why the run may not start (daily cost)
+    POST /fleet/v1/runs/{id}/permit      {fence, bucket, provider, limits}: a model
+                                         request permit of the provider key's bucket for
+                                         the run (its agent's fair turn; the request
+                                         waits for it up to 2 s), or how long to wait
+                                         before asking again
+    POST /fleet/v1/runs/{id}/tokens      {..., tokens}: what a request used, charged
+    POST /fleet/v1/runs/{id}/throttle    {..., retryAfter}: the provider answered 429:
+                                         the bucket is closed for everyone until then
     GET  /fleet/v1/runs/{id}             the run as the store holds it
     POST /fleet/v1/runs/{id}/end         {fence, state, exitCode, error}: finalised with
                                          the fence
@@ -30,7 +38,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from corral.credentials import CredentialStore
 from corral.credentials.errors import CredentialError
@@ -39,10 +47,11 @@ from corral.engine.actions import ActionError
 from corral.errors import StoreError
 from corral.gateway.edge import WholeNumber
 from corral.gateway.fleet._runner_api import Me, refusals
+from corral.llm.ratelimit import limits_for
 from corral.locate import open_private, private_dirs
 from corral.scheduler import anomalies, rollouts
 from corral.scheduler.service import Scheduler
-from corral.store import Claim, Run, RunnerState, RunState, StaleFence
+from corral.store import BucketLimits, Claim, Run, RunnerState, RunState, StaleFence
 from corral.store._notify import QUEUE
 
 __all__ = ["runs_router"]
@@ -155,6 +164,11 @@ class _EmptyClaims:
             self._empty[agents] = (generation, now)
 
 
+#: How long a permit request may wait on the control plane for the run's turn before it
+#: answers how long is left (the runner asks again).
+PERMIT_HOLD = 2.0
+
+
 #: The log route's body: the run's output as it came, any bytes.
 _RAW_BODY = {
     "requestBody": {
@@ -223,6 +237,46 @@ class UsageBody(FenceBody):
     budget: str | None = Field(default=None, max_length=64)
 
 
+class BucketBody(FenceBody):
+    bucket: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}:[0-9a-f]{16}$",
+        description="The provider key's bucket: provider:<16 hex of sha256(base URL, key)>",
+    )
+    provider: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    requests_per_second: float | None = Field(default=None, alias="requestsPerSecond", gt=0, le=1e6)
+    tokens_per_second: float | None = Field(default=None, alias="tokensPerSecond", gt=0, le=1e9)
+    burst: WholeNumber = Field(default=1, ge=1, le=1_000_000)
+    window: float = Field(default=60.0, gt=0, le=86_400)
+
+    def limits(self, project: Any) -> BucketLimits:
+        """The control plane's ``[providers.<name>]`` when it has the table (every
+        asker of a bucket then counts with the same limits), else the runner's (its
+        bundle's, e.g. a rollout's candidate)."""
+        config = project.config.providers.get(self.provider)
+        if config is not None:
+            return limits_for(config)
+        return BucketLimits(
+            requests_per_second=self.requests_per_second,
+            tokens_per_second=self.tokens_per_second,
+            burst=self.burst,
+            window=self.window,
+        )
+
+    @model_validator(mode="after")
+    def _named(self) -> BucketBody:
+        if not self.bucket.startswith(f"{self.provider}:"):
+            raise ValueError(f"bucket {self.bucket!r} is not provider {self.provider!r}'s")
+        return self
+
+
+class TokensBody(BucketBody):
+    tokens: WholeNumber = Field(ge=0, le=MAX_TOKENS)
+
+
+class ThrottleBody(BucketBody):
+    retry_after: float | None = Field(default=None, alias="retryAfter", ge=0, le=86_400)
+
+
 class EndBody(FenceBody):
     state: Literal["succeeded", "failed", "timed_out", "killed"]
     exit_code: int | None = Field(default=None, alias="exitCode", ge=-(2**31), le=2**31)
@@ -255,6 +309,14 @@ class CapAnswer(BaseModel):
     refusal: str | None = Field(description="Why the run may not start now; null: it may")
 
 
+class WaitAnswer(BaseModel):
+    ok: Literal[True]
+    wait: float = Field(
+        description="Seconds to wait before asking again (permit: 0 means granted; "
+        "throttle: until the bucket opens)"
+    )
+
+
 class EndAnswer(BaseModel):
     ok: Literal[True]
     run: dict[str, Any]
@@ -275,6 +337,7 @@ def runs_router(scheduler: Scheduler) -> APIRouter:
     router = APIRouter(prefix="/fleet/v1", tags=["fleet"])
     _work_route(router, scheduler)
     _report_routes(router, scheduler)
+    _bucket_routes(router, scheduler)
     _end_routes(router, scheduler)
     return router
 
@@ -474,6 +537,59 @@ def _report_routes(router: APIRouter, scheduler: Scheduler) -> None:
     async def cap(run_id: str, body: FenceBody, me: Me) -> Any:
         run = await own(me, run_id, body.fence)
         return {"ok": True, "refusal": await store.daily_cap_refusal(run.agent)}
+
+
+def _bucket_routes(router: APIRouter, scheduler: Scheduler) -> None:
+    """The provider buckets (D113) for built-in runs on runners: the run is the waiter
+    and its agent takes the fair turn, as for runs on the control plane."""
+    store = scheduler.store
+    own = _owner_check(scheduler)
+
+    @router.post(
+        "/runs/{run_id}/permit",
+        summary="A model request permit for the run, or how long to wait",
+        responses=_answers(WaitAnswer),
+    )
+    async def permit(run_id: str, body: BucketBody, me: Me, request: Request) -> Any:
+        run = await own(me, run_id, body.fence)
+        limits = body.limits(scheduler.project)
+        # The run waits for its turn here, next to the store, for up to PERMIT_HOLD
+        # seconds (as a run on the control plane waits in its own loop): asking again
+        # from the runner would cost a round trip each time, and the permit that comes
+        # free while an answer travels lies idle.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + PERMIT_HOLD
+        while True:
+            wait = await store.take_provider_permit(
+                body.bucket, body.provider, run.id, run.agent, limits
+            )
+            if wait <= 0 or loop.time() + wait > until or scheduler.draining:
+                return {"ok": True, "wait": wait}
+            await asyncio.sleep(wait)
+            if await request.is_disconnected():  # the runner gave up: no permit for it
+                return {"ok": True, "wait": wait}
+
+    @router.post(
+        "/runs/{run_id}/tokens",
+        summary="Charge the tokens a model request used",
+        responses=_answers(WaitAnswer),
+    )
+    async def tokens(run_id: str, body: TokensBody, me: Me) -> Any:
+        await own(me, run_id, body.fence)
+        limits = body.limits(scheduler.project)
+        await store.charge_provider_tokens(body.bucket, body.provider, body.tokens, limits)
+        return {"ok": True, "wait": 0.0}
+
+    @router.post(
+        "/runs/{run_id}/throttle",
+        summary="The provider refused a request (429): slow everyone down",
+        responses=_answers(WaitAnswer),
+    )
+    async def throttle(run_id: str, body: ThrottleBody, me: Me) -> Any:
+        await own(me, run_id, body.fence)
+        limits = body.limits(scheduler.project)
+        wait = await store.throttle_provider(body.bucket, body.provider, body.retry_after, limits)
+        return {"ok": True, "wait": wait}
 
 
 def _end_routes(router: APIRouter, scheduler: Scheduler) -> None:
