@@ -163,6 +163,13 @@ async def test_the_channel_picks_the_version_on_the_index(store: Store, tmp_path
         await fleet_upgrade.start_rollout(
             store, target=None, index=(tmp_path / "nowhere").as_uri(), actor="t"
         )
+    for bad, said in (
+        ("http://[", "is no URL"),
+        ("file://corral", "names an absolute path"),
+        ("ftp://example.invalid/simple", "give an http"),
+    ):
+        with pytest.raises(ActionError, match=said):
+            await fleet_upgrade.start_rollout(store, target=None, index=bad, actor="t")
     with pytest.raises(ActionError, match="bad --channel 'nightly'"):
         await fleet_upgrade.start_rollout(
             store, target=None, channel="nightly", index=index, actor="t"

@@ -331,9 +331,14 @@ async def index_versions(index: str) -> list[str]:
     """The corral versions a package index offers: its PEP 503 page ``<index>/corral/``
     (``http(s)://``, or ``file://`` a directory laid out so, whose ``corral/`` holds an
     ``index.html`` or just the files). 400 when the index cannot be read."""
-    parts = urlsplit(index)
+    try:
+        parts = urlsplit(index)
+    except ValueError as exc:
+        raise ActionError(400, f"--index {index!r} is no URL: {exc}") from None
     names: list[str] = []
     if parts.scheme == "file":
+        if not parts.path.startswith("/"):
+            raise ActionError(400, f"--index {index!r}: a file:// URL names an absolute path")
         folder = Path(unquote(parts.path)) / "corral"
         page = folder / "index.html"
         try:
@@ -349,7 +354,7 @@ async def index_versions(index: str) -> list[str]:
         try:
             async with httpx.AsyncClient(timeout=_INDEX_TIMEOUT, follow_redirects=True) as http:
                 response = await http.get(where, headers={"Accept": "text/html"})
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
             raise ActionError(400, f"cannot read the index at {where}: {exc}") from None
         if response.status_code != 200:
             raise ActionError(400, f"the index at {where} answered {response.status_code}")
