@@ -110,6 +110,13 @@ def test_upgrade_through_the_control_api(corral: Corral, tmp_path: Path, store_u
         )
         assert damaged.status_code == 400 and "damaged" in damaged.json()["error"]
 
+        junk = elsewhere / "corral-0.1.9-py3-none-any.whl"
+        junk.write_bytes(b"not a zip")
+        refused_upload = upgrade("--to", "0.1.9", "--wheel", str(junk))
+        assert refused_upload.returncode == 2 and "these bytes are no wheel" in (
+            refused_upload.stderr
+        )
+
         # a channel picks the version on an index the control plane reads
         index = tmp_path / "simple"
         (index / "corral").mkdir(parents=True)

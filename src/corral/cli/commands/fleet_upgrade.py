@@ -21,6 +21,7 @@ from corral.cli.commands.fleet_admin import _do, _remote, fleet_group
 from corral.engine import actions, fleet_upgrade
 from corral.engine.actions import ActionError
 from corral.errors import UsageError
+from corral.inert import inert
 from corral.project import Project
 from corral.store import Store
 
@@ -62,7 +63,10 @@ def _upload_wheel(remote: tuple[str, str], wheel: Path) -> dict[str, str]:
             f"the gateway at {url} refused the operator token ({response.status_code})"
         )
     if response.status_code != 201:
-        raise UsageError(f"the wheel upload to {where} was refused: {answer.get('error')}")
+        said = inert(str(answer.get("error")))
+        raise UsageError(
+            f"the wheel upload to {where} was refused ({response.status_code}): {said}"
+        )
     kept = answer["wheel"]
     if kept.get("sha256") != digest:  # what it kept is not what was sent
         raise UsageError(f"the control plane kept sha256 {kept.get('sha256')}, not {digest}")
