@@ -317,18 +317,35 @@ async def test_the_runner_keeps_its_failure_report_until_it_is_recorded(
     assert [b["upgrade"] for b in sent] == [agent_report, agent_report]
 
 
-async def test_the_wheel_served_is_the_one_recorded(store: Store, tmp_path: Path) -> None:
+async def test_a_rollout_recorded_with_a_path_is_still_served_from_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """A rollout recorded before wheels were kept in the store names a path on the
+    control plane's disk: served from there while the file is the one recorded."""
     wheel = build_wheel("0.1.1", tmp_path / "wheels")
-    relative = Path(os.path.relpath(wheel))
-    made = await fleet_upgrade.start_rollout(store, target="0.1.1", wheel=relative, actor="t")
-    assert made.source["wheel"] == str(wheel.resolve())  # absolute: the path the CP reads
-    assert made.source["sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
-    assert fleet_upgrade.wheel_of(made, "0.1.1") == wheel.resolve()
-    assert fleet_upgrade.wheel_of(made, "0.1.2") is None
+    source = {
+        "wheel": str(wheel),
+        "name": wheel.name,
+        "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+    }
+    made = await store.create_fleet_rollout(
+        target="0.1.1",
+        channel="stable",
+        canary=1,
+        batch_share=0.25,
+        watch_seconds=10,
+        source=source,
+        detail={"steps": []},
+        actor="test",
+    )
+    served = await fleet_upgrade.wheel_data(store, made, "0.1.1")
+    assert served == (wheel.name, wheel.read_bytes())
+    assert await fleet_upgrade.wheel_data(store, made, "0.1.2") is None
     wheel.write_bytes(wheel.read_bytes() + b"changed")  # replaced on disk meanwhile
-    assert fleet_upgrade.wheel_of(made, "0.1.1") is None
+    assert await fleet_upgrade.wheel_data(store, made, "0.1.1") is None
     wheel.unlink()
-    assert fleet_upgrade.wheel_of(made, "0.1.1") is None
+    assert await fleet_upgrade.wheel_data(store, made, "0.1.1") is None
+    assert "wheel" not in fleet_upgrade.rollout_json(made)["source"]  # no CP path shown
 
 
 def test_a_version_key_takes_any_text_a_runner_reports() -> None:

@@ -119,11 +119,13 @@ _COMMON = (
 
 def add_common_options(command: click.Command) -> None:
     """Give ``command`` (and every command under it) ``-p/--project`` and ``-E/--env``,
-    unless it has an option of that name already. Idempotent."""
+    unless it has an option of that name already; a group too when it runs by itself
+    (`corral fleet upgrade --to V -E NAME`). Idempotent."""
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             add_common_options(sub)
-        return
+        if not command.invoke_without_command:
+            return
     taken = {opt for param in command.params for opt in param.opts}
     for short, long, field, help_text in _COMMON:
         if short in taken or long in taken:

@@ -25,37 +25,49 @@ default); a runner outside it is refused with an error naming both versions.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import html
 import math
 import os
 import re
 import statistics
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
 
 from corral import __version__
 from corral.engine.actions import ActionError
-from corral.engine.fleet import FleetSettings, version_key
+from corral.engine.fleet import ONLINE_RATIO_WINDOW, FleetSettings, version_key
 from corral.errors import StoreConflict, UsageError
-from corral.pep440 import is_version
+from corral.pep440 import is_prerelease, is_version, sort_key
 from corral.store import FleetRollout, Runner, RunnerState, Store
 from corral.views import iso_time
 
 __all__ = [
+    "CHANNELS",
+    "MAX_WHEEL_BYTES",
     "MIN_RUNNER_VERSION",
     "compare",
     "halt_rollout",
     "in_window",
+    "index_versions",
+    "keep_wheel",
     "on_heartbeat",
     "parse_duration",
     "parse_share",
+    "pick_version",
     "planes_pending",
     "rollback_rollout",
+    "rollout_answer",
     "rollout_json",
     "runner_version_window",
     "start_rollout",
-    "wheel_of",
+    "version_figures",
+    "wheel_data",
     "window_refusal",
 ]
 
@@ -71,6 +83,19 @@ DURATION_FACTOR = 1.5
 #: check): silent past the offline window plus this, it counts as lost to its upgrade.
 RESTART_GRACE = 60.0
 _FAILED_RUNS = ("failed", "timed_out", "lost")
+#: Per-version figures count the runs that ended within this window (seconds).
+FIGURES_WINDOW = 3600.0
+#: The release channels: ``stable`` takes final releases only, ``beta`` and ``pre`` (the
+#: same) pre-releases and development releases too.
+CHANNELS = ("stable", "beta", "pre")
+#: The largest corral wheel the control plane keeps (as large as a bundle may be).
+MAX_WHEEL_BYTES = 64 << 20
+#: How many earlier versions' sources a rollout keeps, for a rollback to reinstall.
+KEEP_BACK = 5
+_WHEEL_NAME = re.compile(r"corral-([^-/\\]{1,64})-[A-Za-z0-9_.-]{1,150}\.whl")
+_INDEX_FILE = re.compile(r"corral-([^-/]{1,64}?)(?:-[^/]*\.whl|\.tar\.gz|\.zip)", re.IGNORECASE)
+_HREF = re.compile(r"""href\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
+_INDEX_TIMEOUT = 20.0
 _DURATION = re.compile(r"(\d{1,7}(?:\.\d+)?)\s*([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -144,26 +169,25 @@ def planes_pending(detail: dict[str, Any]) -> bool:
 async def start_rollout(
     store: Store,
     *,
-    target: str,
+    target: str | None,
     canary: int = 1,
     batch_share: float = 0.25,
     watch_seconds: float = 3600.0,
-    channel: str = "stable",
+    channel: str | None = None,
     wheel: Path | None = None,
+    stored_wheel: dict[str, str] | None = None,
     index: str | None = None,
     on_worse: str = "halt",
     control_plane: bool = False,
     actor: str,
 ) -> FleetRollout:
-    """Record a rollout of ``target``. 409 while another runs; 400 for a wheel that is
-    not there or not of that version, a target that is no version or is outside the
-    version window."""
-    if not is_version(target):
-        raise ActionError(
-            400,
-            f"--to {target!r} is not a corral version: give one as PEP 440 spells it, "
-            "e.g. 1.2.0, 1.2.0rc1 or 1.2.0.post1",
-        )
+    """Record a rollout of ``target`` (None: the newest version of ``channel`` on
+    ``index``). The runners get it from a wheel the store keeps (``wheel``: a file read
+    here and kept; ``stored_wheel``: ``{name, sha256}`` of one uploaded already, see
+    ``keep_wheel``) or from ``index``. 409 while another runs; 400 for a wheel that is not
+    there or not of that version, a target that is no version or outside the window, a
+    channel that does not take it or finds nothing."""
+    target, channel = await _choose(target, channel, index)
     latest = await store.latest_fleet_rollout()
     if latest is not None and latest.state == "running":
         raise ActionError(
@@ -181,7 +205,10 @@ async def start_rollout(
         raise ActionError(400, f"bad --on-worse {on_worse!r}: halt or rollback")
     if canary < 0:
         raise ActionError(400, "--canary is a number of runners, 0 or more")
-    source = _source(target, wheel, index)
+    source = await _source(store, target, wheel, stored_wheel, index, actor)
+    back = _back_sources(latest, target)
+    if back:
+        source["back"] = back
     detail: dict[str, Any] = {"steps": [], "runners": {}, "onWorse": on_worse, "log": []}
     if control_plane:  # the control plane processes first, one at a time
         detail["planes"] = {"state": "running", "turn": None, "done": {}, "log": []}
@@ -200,29 +227,172 @@ async def start_rollout(
         raise ActionError(409, str(exc)) from None
 
 
-def _source(target: str, wheel: Path | None, index: str | None) -> dict[str, Any]:
-    """Where the rollout's processes get ``target``: a wheel (its absolute path and
-    sha256) or an index. ActionError 400 for a wheel that is not there or not of it."""
-    source: dict[str, Any]
+async def _choose(target: str | None, channel: str | None, index: str | None) -> tuple[str, str]:
+    """The version to roll out and its channel: ``target``, or the newest version on
+    ``index`` that ``channel`` takes; the channel, when not given, is the target's kind."""
+    if channel is not None and channel not in CHANNELS:
+        raise ActionError(400, f"bad --channel {channel!r}: {', '.join(CHANNELS)}")
+    if target is None:
+        if not index:
+            raise ActionError(
+                400, "say which version (--to VERSION), or name an --index for --channel to pick"
+            )
+        channel = channel or "stable"
+        target = pick_version(await index_versions(index), channel, index)
+    if not is_version(target):
+        raise ActionError(
+            400,
+            f"--to {target!r} is not a corral version: give one as PEP 440 spells it, "
+            "e.g. 1.2.0, 1.2.0rc1 or 1.2.0.post1",
+        )
+    if channel is None:
+        channel = "beta" if is_prerelease(target) else "stable"
+    elif channel == "stable" and is_prerelease(target):
+        raise ActionError(
+            400,
+            f"corral {target} is a pre-release: the stable channel takes final releases "
+            "only; say --channel beta to roll it out",
+        )
+    return target, channel
+
+
+async def _source(
+    store: Store,
+    target: str,
+    wheel: Path | None,
+    stored_wheel: dict[str, str] | None,
+    index: str | None,
+    actor: str,
+) -> dict[str, Any]:
+    """Where the runners get ``target``: a wheel the store keeps, or the index."""
     if wheel is not None:
         path = wheel.expanduser().resolve()
         if not path.is_file() or path.suffix != ".whl":
             raise ActionError(400, f"--wheel {wheel}: no wheel file there")
-        if not path.name.startswith(f"corral-{target}-"):
-            raise ActionError(
-                400,
-                f"--wheel {path.name} is not a wheel of corral {target} (corral-{target}-*.whl)",
-            )
+        _wheel_version(path.name, target)
         try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            data = await asyncio.to_thread(path.read_bytes)
         except OSError as exc:
             raise ActionError(400, f"--wheel {path}: cannot read it ({exc})") from None
-        source = {"wheel": str(path), "name": path.name, "sha256": digest}
-    elif index:
-        source = {"index": index}
+        kept = await keep_wheel(store, data, path.name, actor=actor)
+        return {"name": kept["name"], "sha256": kept["sha256"], "stored": True}
+    if stored_wheel is not None:
+        name, digest = str(stored_wheel.get("name", "")), str(stored_wheel.get("sha256", ""))
+        _wheel_version(name, target)
+        known = re.fullmatch(r"[0-9a-f]{64}", digest) and await store.fleet_wheel(digest)
+        if not known:
+            raise ActionError(400, f"no corral wheel with sha256 {digest} is kept: upload it first")
+        return {"name": name, "sha256": digest, "stored": True}
+    if index:
+        return {"index": index}
+    raise ActionError(400, "say where the runners get it: --wheel FILE or --index URL")
+
+
+def _wheel_version(name: str, target: str | None) -> str:
+    """The version a corral wheel's file name says (400 when it is no corral wheel's
+    name, or says another version than ``target``)."""
+    match = _WHEEL_NAME.fullmatch(name)
+    if match is None or not is_version(match.group(1)):
+        raise ActionError(
+            400, f"{name!r} is not the file name of a corral wheel (corral-VERSION-*.whl)"
+        )
+    if target is not None and match.group(1) != target:
+        raise ActionError(
+            400, f"--wheel {name} is not a wheel of corral {target} (corral-{target}-*.whl)"
+        )
+    return match.group(1)
+
+
+def _back_sources(latest: FleetRollout | None, target: str) -> dict[str, dict[str, Any]]:
+    """Where the runners get the versions rolled out before (by version, newest last, at
+    most ``KEEP_BACK``): a rollback order names it, so a runner that no longer keeps the
+    version it goes back to can install it again."""
+    if latest is None:
+        return {}
+    back: dict[str, dict[str, Any]] = dict(latest.source.get("back") or {})
+    back.pop(latest.target, None)
+    back[latest.target] = {k: v for k, v in latest.source.items() if k != "back"}
+    back.pop(target, None)
+    return dict(list(back.items())[-KEEP_BACK:])
+
+
+async def keep_wheel(
+    store: Store, data: bytes, name: str, *, actor: str, sha256: str | None = None
+) -> dict[str, Any]:
+    """Keep a corral wheel in the store (by content: any control plane process serves
+    it); 400 when ``name`` is no corral wheel's, the bytes are no zip, or they do not hash
+    to ``sha256`` (the uploader's own hash of them, when given)."""
+    version = _wheel_version(name, None)
+    if len(data) > MAX_WHEEL_BYTES:
+        raise ActionError(413, f"a corral wheel may be at most {MAX_WHEEL_BYTES} bytes")
+    if not data.startswith(b"PK"):
+        raise ActionError(400, f"{name}: these bytes are no wheel (a wheel is a zip)")
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and sha256.lower() != digest:
+        raise ActionError(
+            400,
+            f"{name}: the bytes received hash to sha256 {digest}, not the {sha256} sent "
+            "with them: the upload was damaged; send it again",
+        )
+    digest, stored = await store.store_fleet_wheel(data, name=name, version=version, actor=actor)
+    return {"name": name, "version": version, "sha256": digest, "size": len(data), "stored": stored}
+
+
+async def index_versions(index: str) -> list[str]:
+    """The corral versions a package index offers: its PEP 503 page ``<index>/corral/``
+    (``http(s)://``, or ``file://`` a directory laid out so, whose ``corral/`` holds an
+    ``index.html`` or just the files). 400 when the index cannot be read."""
+    try:
+        parts = urlsplit(index)
+    except ValueError as exc:
+        raise ActionError(400, f"--index {index!r} is no URL: {exc}") from None
+    names: list[str] = []
+    if parts.scheme == "file":
+        if not parts.path.startswith("/"):
+            raise ActionError(400, f"--index {index!r}: a file:// URL names an absolute path")
+        folder = Path(unquote(parts.path)) / "corral"
+        page = folder / "index.html"
+        try:
+            if page.is_file():
+                text = await asyncio.to_thread(page.read_text, "utf-8", "replace")
+                names = [unquote(h) for h in _HREF.findall(html.unescape(text))]
+            else:
+                names = [p.name for p in await asyncio.to_thread(lambda: list(folder.iterdir()))]
+        except OSError as exc:
+            raise ActionError(400, f"cannot read the index {index}: {exc}") from None
+    elif parts.scheme in ("http", "https"):
+        where = index.rstrip("/") + "/corral/"
+        try:
+            async with httpx.AsyncClient(timeout=_INDEX_TIMEOUT, follow_redirects=True) as http:
+                response = await http.get(where, headers={"Accept": "text/html"})
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+            raise ActionError(400, f"cannot read the index at {where}: {exc}") from None
+        if response.status_code != 200:
+            raise ActionError(400, f"the index at {where} answered {response.status_code}")
+        names = [unquote(h) for h in _HREF.findall(html.unescape(response.text))]
     else:
-        raise ActionError(400, "say where the runners get it: --wheel FILE or --index URL")
-    return source
+        raise ActionError(400, f"--index {index!r}: give an http(s):// or file:// URL")
+    found = set()
+    for name in names:
+        base = name.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        match = _INDEX_FILE.fullmatch(base)
+        if match is not None and is_version(match.group(1)):
+            found.add(match.group(1))
+    return sorted(found, key=sort_key)
+
+
+def pick_version(versions: list[str], channel: str, index: str) -> str:
+    """The newest of ``versions`` that ``channel`` takes (400 when none)."""
+    taken = [v for v in versions if channel != "stable" or not is_prerelease(v)]
+    if not taken:
+        offered = ", ".join(versions[-5:]) or "none"
+        raise ActionError(
+            400,
+            f"the index {index} offers no corral version for the {channel} channel "
+            f"(its newest: {offered}); name one with --to VERSION"
+            + (", or --channel beta for pre-releases" if channel == "stable" and versions else ""),
+        )
+    return max(taken, key=sort_key)
 
 
 async def _latest(store: Store) -> FleetRollout:
@@ -487,31 +657,63 @@ def _order(rollout: FleetRollout, runner: Runner) -> dict[str, Any] | None:
         if runner.version == rollout.target:
             return None
         order: dict[str, Any] = {"version": rollout.target, "rollout": rollout.id}
-        if "wheel" in rollout.source:
-            order["wheel"] = {"name": rollout.source["name"], "sha256": rollout.source["sha256"]}
-        else:
-            order["index"] = rollout.source["index"]
-        return order
+        return {**order, **_where(rollout.source)}
     if rollout.state == "rolled_back" and mine.get("state") == "upgraded":
         back = str(mine.get("from") or "")
         if back and runner.version != back:
-            return {"version": back, "rollout": rollout.id, "rollback": True}
+            order = {"version": back, "rollout": rollout.id, "rollback": True}
+            # where to get it again, for a runner that no longer keeps it
+            return {**order, **_where((rollout.source.get("back") or {}).get(back) or {})}
     return None
 
 
-def wheel_of(rollout: FleetRollout | None, version: str) -> Path | None:
-    """The wheel the control plane serves for ``version`` (the latest rollout's). None
-    also when this process cannot read the file at the recorded path, or it is no longer
-    the wheel recorded (its sha256 differs): the path is the one `corral fleet upgrade
-    --wheel` resolved, read by every control plane process from its own disk."""
-    if rollout is None or rollout.target != version or "wheel" not in rollout.source:
+def _where(source: dict[str, Any]) -> dict[str, Any]:
+    """Where an order tells a runner to get its version: the wheel (name, sha256) the
+    control plane serves, or the index."""
+    if "sha256" in source:
+        return {"wheel": {"name": source["name"], "sha256": source["sha256"]}}
+    if source.get("index"):
+        return {"index": source["index"]}
+    return {}
+
+
+def _source_for(rollout: FleetRollout, version: str) -> dict[str, Any] | None:
+    if version == rollout.target:
+        return rollout.source
+    found = (rollout.source.get("back") or {}).get(version)
+    return found if isinstance(found, dict) else None
+
+
+async def wheel_data(
+    store: Store, rollout: FleetRollout | None, version: str
+) -> tuple[str, bytes] | None:
+    """The wheel (file name, bytes) the control plane serves for ``version``: the latest
+    rollout's target, or a version it rolls back to. Kept in the store; a rollout recorded
+    before (``source.wheel``, a path on the control plane's disk) is read from there."""
+    source = None if rollout is None else _source_for(rollout, version)
+    if source is None or "sha256" not in source:
         return None
-    path = Path(rollout.source["wheel"])
-    try:
-        data = path.read_bytes()
-    except OSError:
+    if source.get("stored"):
+        data = await store.fleet_wheel(str(source["sha256"]))
+    else:
+        path = await asyncio.to_thread(_legacy_wheel, source)
+        data = None if path is None else await asyncio.to_thread(path.read_bytes)
+    if data is None or hashlib.sha256(data).hexdigest() != source["sha256"]:
         return None
-    return path if hashlib.sha256(data).hexdigest() == rollout.source.get("sha256") else None
+    return str(source["name"]), data
+
+
+def _legacy_wheel(source: dict[str, Any]) -> Path | None:
+    path = Path(str(source.get("wheel") or ""))
+    return path if source.get("wheel") and path.is_file() else None
+
+
+def _shown(source: dict[str, Any]) -> dict[str, Any]:
+    """A rollout's source as shown: without a control plane path (an old rollout's)."""
+    shown = {k: v for k, v in source.items() if k not in ("wheel", "back")}
+    if source.get("back"):
+        shown["back"] = {v: _shown(s) for v, s in source["back"].items()}
+    return shown
 
 
 def rollout_json(rollout: FleetRollout, fleet: list[Runner] | None = None) -> dict[str, Any]:
@@ -524,7 +726,7 @@ def rollout_json(rollout: FleetRollout, fleet: list[Runner] | None = None) -> di
         "canary": rollout.canary,
         "batch": rollout.batch_share,
         "watchSeconds": rollout.watch_seconds,
-        "source": {k: v for k, v in rollout.source.items() if k != "wheel"},
+        "source": _shown(rollout.source),
         "state": rollout.state,
         "onWorse": detail.get("onWorse", "halt"),
         "steps": steps,
@@ -542,4 +744,59 @@ def rollout_json(rollout: FleetRollout, fleet: list[Runner] | None = None) -> di
             "atTarget": sum(1 for r in live if r.version == rollout.target),
             "versions": sorted({r.version for r in live}, key=version_key),
         }
+    return answer
+
+
+async def version_figures(store: Store) -> list[dict[str, Any]]:
+    """Per corral version the runners run (revoked ones left out), oldest first: the
+    runners, how many heartbeat in the last 3 minutes and that over the runners (the
+    online ratio), the runs they ended in the last hour (per hour), the share of those
+    that failed (failed, timed out, lost), and the open anomalies about them (whose
+    subject is one of its runners, or whose evidence names one)."""
+    now = store.now()
+    live = [r for r in await store.list_runners() if r.state is not RunnerState.REVOKED]
+    version_of = {r.id: r.version or "unknown" for r in live}
+    ended = await store.runs_ended_by_runner(now - timedelta(seconds=FIGURES_WINDOW))
+    anomalies = await store.list_anomalies(limit=1000)
+    figures: dict[str, dict[str, Any]] = {}
+    for runner in live:
+        row = figures.setdefault(
+            version_of[runner.id],
+            {"runners": 0, "online": 0, "ended": 0, "failed": 0, "anomalies": 0},
+        )
+        row["runners"] += 1
+        if now - runner.last_heartbeat_at <= ONLINE_RATIO_WINDOW:
+            row["online"] += 1
+    for run in ended:
+        version = version_of.get(run["runner_id"])
+        if version is not None:
+            figures[version]["ended"] += 1
+            figures[version]["failed"] += run["state"] in _FAILED_RUNS
+    for anomaly in anomalies:
+        named = {anomaly.subject}
+        for key in ("runner", "runnerId", "runner_id"):
+            if anomaly.evidence and isinstance(anomaly.evidence.get(key), str):
+                named.add(anomaly.evidence[key])
+        for version in {version_of[r] for r in named if r in version_of}:
+            figures[version]["anomalies"] += 1
+    hours = FIGURES_WINDOW / 3600
+    return [
+        {
+            "version": version,
+            "runners": row["runners"],
+            "online": row["online"],
+            "onlineRatio": round(row["online"] / row["runners"], 4),
+            "runsPerHour": round(row["ended"] / hours, 3),
+            "failureRate": round(row["failed"] / row["ended"], 4) if row["ended"] else None,
+            "openAnomalies": row["anomalies"],
+        }
+        for version, row in sorted(figures.items(), key=lambda item: sort_key(item[0]))
+    ]
+
+
+async def rollout_answer(store: Store, rollout: FleetRollout) -> dict[str, Any]:
+    """What `corral fleet upgrade status` and ``GET /control/fleet/upgrade`` show: the
+    rollout, the fleet against its target, and the figures per version."""
+    answer = rollout_json(rollout, await store.list_runners())
+    answer["versions"] = await version_figures(store)
     return answer

@@ -44,7 +44,7 @@ import httpx
 
 from corral import __version__
 from corral.engine.fleet import version_key
-from corral.engine.fleet_upgrade import planes_pending, wheel_of
+from corral.engine.fleet_upgrade import planes_pending, wheel_data
 from corral.engine.versions import START_TIMEOUT, UpgradeError, Versions, start_guard
 from corral.project import load_project
 from corral.scheduler.service import Scheduler, SchedulerOptions, is_live
@@ -318,7 +318,7 @@ class PlaneUpgrader:
         version = rollout.target
         log.info("upgrading the control plane to corral %s", version)
         try:
-            python = await asyncio.to_thread(self._install, rollout)
+            python = await self._install(rollout)
         except Exception as exc:
             error = f"the install of corral {version} failed: {exc}"
             log.error("%s", error)
@@ -341,21 +341,32 @@ class PlaneUpgrader:
         self.reexec = [str(python), *argv]
         self.stop.set()
 
-    def _install(self, rollout: FleetRollout) -> Path:
+    async def _install(self, rollout: FleetRollout) -> Path:
+        """The interpreter of the rollout's version, installed side by side from the wheel
+        the store keeps (written to a private file first) or from the index."""
         version = rollout.target
-        self.versions.adopt_running()
+        await asyncio.to_thread(self.versions.adopt_running)
         if version in self.versions.installed() and self.versions.python(version).exists():
             return self.versions.python(version)
         source = rollout.source
-        if "wheel" in source:
-            wheel = wheel_of(rollout, version)
-            if wheel is None:
-                raise UpgradeError(
-                    f"cannot read the wheel {source['wheel']} here, or it is no longer the "
-                    "wheel the rollout recorded (its sha256 differs)"
-                )
+        if "sha256" not in source:
+            index = str(source.get("index") or "")
+            return await asyncio.to_thread(self.versions.install, version, None, index)
+        found = await wheel_data(self.store, rollout, version)
+        if found is None:
+            raise UpgradeError(
+                f"the wheel of corral {version} the rollout recorded is not in the store "
+                "(or its sha256 differs): start the rollout again with --wheel"
+            )
+        name, data = found
+        return await asyncio.to_thread(self._install_wheel, version, name, data)
+
+    def _install_wheel(self, version: str, name: str, data: bytes) -> Path:
+        self.versions.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.versions.root, prefix=".wheel-") as tmp:
+            wheel = Path(tmp) / Path(name).name
+            wheel.write_bytes(data)
             return self.versions.install(version, wheel)
-        return self.versions.install(version, None, str(source.get("index") or ""))
 
 
 def _lapsed(turn: dict[str, Any], now: datetime) -> bool:

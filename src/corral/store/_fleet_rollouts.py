@@ -9,6 +9,7 @@ rollout at once, one wins and the others read it again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from dataclasses import dataclass
@@ -18,7 +19,10 @@ from typing import Any
 from corral.errors import StoreConflict
 from corral.store._core import Row, StoreCore
 
-__all__ = ["FleetRollout", "FleetRolloutOps"]
+__all__ = ["WHEEL_PREFIX", "FleetRollout", "FleetRolloutOps"]
+
+#: The key of a stored corral wheel in the bundles' table, before its sha256 in hex.
+WHEEL_PREFIX = "wheel:sha256:"
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,41 @@ class FleetRolloutOps(StoreCore):
         async with self.transaction() as tx:
             row = await tx.fetch_one("update_fleet_rollout", params)
         return None if row is None else self._rollout(row)
+
+    async def store_fleet_wheel(
+        self, data: bytes, *, name: str, version: str, actor: str
+    ) -> tuple[str, bool]:
+        """Keep the corral wheel ``data`` (file name ``name``, of corral ``version``) by
+        content; its sha256 in hex, and whether it was stored now (False: the same bytes
+        were kept already)."""
+        digest = hashlib.sha256(data).hexdigest()
+        manifest = {"kind": "corral-wheel", "name": name, "version": version}
+        params = {
+            "hash": WHEEL_PREFIX + digest,
+            "data": data,
+            "size": len(data),
+            "manifest": self.encode_json(manifest),
+            "now": self.encode_time(self.now()),
+            "actor": actor,
+            "note": name,
+        }
+        async with self.transaction() as tx:
+            stored = await tx.fetch_one("insert_bundle", params) is not None
+            if stored:
+                await self.audit_in(
+                    tx,
+                    actor=actor,
+                    action="fleet.wheel.store",
+                    subject=digest,
+                    detail={"name": name, "version": version, "size": len(data)},
+                )
+        return digest, stored
+
+    async def fleet_wheel(self, sha256: str) -> bytes | None:
+        """The bytes of the stored corral wheel whose sha256 is ``sha256`` (hex), if kept."""
+        async with self.transaction(write=False) as tx:
+            row = await tx.fetch_one("get_bundle_data", {"hash": WHEEL_PREFIX + sha256})
+        return None if row is None else bytes(row["data"])
 
     async def runs_ended_by_runner(self, since: datetime) -> list[Row]:
         """Runs on runners ended since ``since``: ``runner_id``, ``state``, ``seconds``

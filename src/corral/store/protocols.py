@@ -824,6 +824,12 @@ class FleetRolloutStore(Protocol):
 
     async def runs_ended_by_runner(self, since: datetime) -> list[Row]: ...
 
+    async def store_fleet_wheel(
+        self, data: bytes, *, name: str, version: str, actor: str
+    ) -> tuple[str, bool]: ...
+
+    async def fleet_wheel(self, sha256: str) -> bytes | None: ...
+
 
 @runtime_checkable
 class StoreLifecycle(Protocol):

@@ -1,42 +1,76 @@
 """`corral fleet upgrade`: roll a corral version out across the runners (canary, then
 batches, each watched and compared with the rest), and its status, halt and rollback.
-These work on the project's store (which the control plane processes share)."""
+These work on the project's store (which the control plane processes share), or, with an
+environment (`-E NAME`) whose file sets ``[gateway] url``, through that control plane's
+control API (``/control/fleet/upgrade``, an operator token): a ``--wheel`` is uploaded
+first (``POST /control/fleet/wheels``, its sha256 checked there) and kept in the store."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import click
+import httpx
+from rich.table import Table
 
 from corral.cli._context import CliContext
-from corral.cli._render import console, print_json, safe
-from corral.cli.commands.fleet_admin import fleet_group
+from corral.cli._render import cell, console, print_json, safe
+from corral.cli.commands.fleet_admin import _do, _remote, fleet_group
 from corral.engine import actions, fleet_upgrade
 from corral.engine.actions import ActionError
 from corral.errors import UsageError
+from corral.inert import inert
+from corral.project import Project
 from corral.store import Store
 
 __all__ = ["upgrade_group"]
 
 
-def _with_store(
-    obj: CliContext, work: Callable[[Store], Awaitable[dict[str, Any]]]
-) -> dict[str, Any]:
-    project = obj.project()
+_UPLOAD_TIMEOUT = 300.0
 
-    async def go() -> dict[str, Any]:
-        async with await obj.store(project) as store:
-            return await work(store)
 
+def _upload_wheel(remote: tuple[str, str], wheel: Path) -> dict[str, str]:
+    """Send ``wheel`` to the control plane's store; its ``{name, sha256}``."""
+    url, token = remote
     try:
-        return asyncio.run(go())
-    except ActionError as exc:
-        if exc.status in (400, 404, 422):
-            raise UsageError(exc.message) from None
-        raise
+        data = wheel.expanduser().read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--wheel {wheel}: cannot read it ({exc})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    where = f"{url}/control/fleet/wheels"
+    params = {"name": wheel.name, "sha256": digest}
+    try:
+        with httpx.Client(timeout=_UPLOAD_TIMEOUT) as http:
+            response = http.post(
+                where,
+                params=params,
+                content=data,
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/octet-stream",
+                },
+            )
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot reach the control plane at {where}: {exc}") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {"error": response.text[:300]}
+    if response.status_code in (401, 403):
+        raise UsageError(
+            f"the gateway at {url} refused the operator token ({response.status_code})"
+        )
+    if response.status_code != 201:
+        said = inert(str(answer.get("error")))
+        raise UsageError(
+            f"the wheel upload to {where} was refused ({response.status_code}): {said}"
+        )
+    kept = answer["wheel"]
+    if kept.get("sha256") != digest:  # what it kept is not what was sent
+        raise UsageError(f"the control plane kept sha256 {kept.get('sha256')}, not {digest}")
+    return {"name": str(kept["name"]), "sha256": digest}
 
 
 def _show(answer: dict[str, Any], as_json: bool) -> None:
@@ -71,6 +105,22 @@ def _show(answer: dict[str, Any], as_json: bool) -> None:
     for rid, runner in answer["runners"].items():
         if runner.get("state") == "failed":
             console.print(f"  {safe(runner.get('name', rid))} failed: {safe(runner.get('error'))}")
+    versions = answer.get("versions") or []
+    if versions:
+        table = Table(box=None, title="per version (runs: the last hour)", title_justify="left")
+        for column in ("version", "runners", "online", "runs/h", "failed", "anomalies"):
+            table.add_column(column, justify="left" if column == "version" else "right")
+        for row in versions:
+            rate = row.get("failureRate")
+            table.add_row(
+                cell(row["version"]),
+                str(row["runners"]),
+                f"{row['online']} ({row['onlineRatio']:.0%})",
+                f"{row['runsPerHour']:g}",
+                "-" if rate is None else f"{rate:.0%}",
+                str(row["openAnomalies"]),
+            )
+        console.print(table)
 
 
 @fleet_group.group("upgrade", invoke_without_command=True)
@@ -78,12 +128,17 @@ def _show(answer: dict[str, Any], as_json: bool) -> None:
 @click.option("--canary", default=1, show_default=True, help="Runners upgraded first, alone.")
 @click.option("--batch", default="25%", show_default=True, help="Then this share at a time.")
 @click.option("--watch", default="1h", show_default=True, help="Each step is watched this long.")
-@click.option("--channel", default="stable", show_default=True, help="The release channel.")
+@click.option(
+    "--channel",
+    type=click.Choice(list(fleet_upgrade.CHANNELS)),
+    help="stable: final releases only; beta (or pre): pre-releases too. With --index and "
+    "no --to, the channel's newest version there. Default: the kind of --to.",
+)
 @click.option(
     "--wheel",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="A corral wheel the control plane serves to the runners (a path every control "
-    "plane process can read).",
+    help="A corral wheel the control plane keeps in its store and serves to the runners "
+    "(uploaded through the gateway with -E NAME).",
 )
 @click.option("--index", help="Or: a package index URL the runners install from.")
 @click.option(
@@ -107,7 +162,7 @@ def upgrade_group(
     canary: int,
     batch: str,
     watch: str,
-    channel: str,
+    channel: str | None,
     wheel: Path | None,
     index: str | None,
     on_worse: str,
@@ -120,13 +175,30 @@ def upgrade_group(
     rolls itself back on a failed install, start or smoke check (docs/upgrades.md)."""
     if ctx.invoked_subcommand is not None:
         return
-    if not target:
-        raise UsageError("say which version: `corral fleet upgrade --to VERSION --wheel FILE`")
+    if not target and not index:
+        raise UsageError(
+            "say which version: `corral fleet upgrade --to VERSION --wheel FILE`, or "
+            "`--index URL [--channel stable|beta]` for the channel's newest"
+        )
     share = fleet_upgrade.parse_share(batch)
     seconds = fleet_upgrade.parse_duration(watch)
     obj: CliContext = ctx.obj
+    project = obj.project()
+    remote = _remote(project)
+    body: dict[str, Any] = {
+        "to": target,
+        "canary": canary,
+        "batchShare": share,
+        "watchSeconds": seconds,
+        "channel": channel,
+        "index": index,
+        "onWorse": on_worse,
+        "controlPlane": control_plane,
+    }
+    if remote is not None and wheel is not None:
+        body["wheel"] = _upload_wheel(remote, wheel)
 
-    async def work(store: Store) -> dict[str, Any]:
+    async def local(store: Store, _: Project) -> dict[str, Any]:
         made = await fleet_upgrade.start_rollout(
             store,
             target=target,
@@ -140,9 +212,9 @@ def upgrade_group(
             control_plane=control_plane,
             actor=actions.cli_actor(),
         )
-        return fleet_upgrade.rollout_json(made, await store.list_runners())
+        return await fleet_upgrade.rollout_answer(store, made)
 
-    _show(_with_store(obj, work), as_json)
+    _show(_do(obj, "POST", "/upgrade", local, body=body), as_json)
 
 
 @upgrade_group.command("status")
@@ -151,13 +223,13 @@ def upgrade_group(
 def status_cmd(obj: CliContext, as_json: bool) -> None:
     """The latest rollout: its steps, each runner's state, the comparisons."""
 
-    async def work(store: Store) -> dict[str, Any]:
+    async def local(store: Store, _: Project) -> dict[str, Any]:
         latest = await store.latest_fleet_rollout()
         if latest is None:
             raise ActionError(404, "no rollout yet; `corral fleet upgrade --to VERSION` starts one")
-        return fleet_upgrade.rollout_json(latest, await store.list_runners())
+        return await fleet_upgrade.rollout_answer(store, latest)
 
-    _show(_with_store(obj, work), as_json)
+    _show(_do(obj, "GET", "/upgrade", local), as_json)
 
 
 @upgrade_group.command("halt")
@@ -166,11 +238,11 @@ def status_cmd(obj: CliContext, as_json: bool) -> None:
 def halt_cmd(obj: CliContext, as_json: bool) -> None:
     """Stop the rollout: no more runner is told to upgrade; the upgraded stay."""
 
-    async def work(store: Store) -> dict[str, Any]:
+    async def local(store: Store, _: Project) -> dict[str, Any]:
         done = await fleet_upgrade.halt_rollout(store, actor=actions.cli_actor())
-        return fleet_upgrade.rollout_json(done, await store.list_runners())
+        return await fleet_upgrade.rollout_answer(store, done)
 
-    _show(_with_store(obj, work), as_json)
+    _show(_do(obj, "POST", "/upgrade/halt", local), as_json)
 
 
 @upgrade_group.command("rollback")
@@ -179,8 +251,8 @@ def halt_cmd(obj: CliContext, as_json: bool) -> None:
 def rollback_cmd(obj: CliContext, as_json: bool) -> None:
     """Tell every runner the rollout upgraded to go back to its previous version."""
 
-    async def work(store: Store) -> dict[str, Any]:
+    async def local(store: Store, _: Project) -> dict[str, Any]:
         done = await fleet_upgrade.rollback_rollout(store, actor=actions.cli_actor())
-        return fleet_upgrade.rollout_json(done, await store.list_runners())
+        return await fleet_upgrade.rollout_answer(store, done)
 
-    _show(_with_store(obj, work), as_json)
+    _show(_do(obj, "POST", "/upgrade/rollback", local), as_json)

@@ -1,9 +1,10 @@
 """The fleet's pages: the runners (the four numbers, the runners table, the throughput
-chart), the rollouts (a canary bundle against the current one, scheduler/rollouts.py)
-and the anomalies, with their buttons. Read through ``corral.engine.fleet``: the
-numbers are the ones ``corral fleet status`` and ``GET /control/fleet/status`` give, and
-every change is the one the control API and the CLI make, audited as
-``dashboard:<token name>``.
+chart), the rollouts (a canary bundle against the current one, scheduler/rollouts.py;
+and the latest corral upgrade of the runners with its figures per corral version,
+engine/fleet_upgrade.py) and the anomalies, with their buttons. Read through
+``corral.engine.fleet``: the numbers are the ones ``corral fleet status`` and
+``GET /control/fleet/status`` give, and every change is the one the control API and the
+CLI make, audited as ``dashboard:<token name>``.
 
 Both pages are live: their content is a fragment that ``/dashboard/runners/events`` and
 ``/dashboard/anomalies/events`` push again when it changes. What they show changes with
@@ -21,7 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import HTMLResponse, Response
 
-from corral.engine import fleet
+from corral.engine import fleet, fleet_upgrade
 from corral.gateway.dashboard._chart import stacked_chart
 from corral.gateway.dashboard._context import Dashboard, Signed
 from corral.gateway.dashboard._posts import Checked, _act, _flash, read_form
@@ -116,8 +117,11 @@ def _pages(router: APIRouter, dash: Dashboard, fragments: _Fragments) -> None:
 
     @router.get("/rollouts")
     async def rollout_page(operator: Signed) -> HTMLResponse:
-        shown = await rollouts.status(dash.scheduler.store, limit=5)
-        context = {"rollouts": shown["rollouts"]}
+        store = dash.scheduler.store
+        shown = await rollouts.status(store, limit=5)
+        latest = await store.latest_fleet_rollout()
+        upgrade = None if latest is None else await fleet_upgrade.rollout_answer(store, latest)
+        context = {"rollouts": shown["rollouts"], "upgrade": upgrade}
         return dash.page("rollouts.html", operator, context, title="Rollouts", nav="rollouts")
 
     @router.get("/anomalies")

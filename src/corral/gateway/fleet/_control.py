@@ -8,10 +8,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 
-from corral.engine import fleet
+from corral.engine import fleet, fleet_upgrade
 from corral.engine.actions import ActionError
 from corral.errors import UsageError
 from corral.gateway.control import Operator, operator
@@ -37,6 +37,32 @@ class TokenBody(BaseModel):
 
 class ResolveBody(BaseModel):
     note: str = Field(min_length=1, max_length=2000, description="What was found and done")
+
+
+class WheelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255, description="corral-VERSION-*.whl")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="As POST /wheels answered it")
+
+
+class UpgradeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str | None = Field(
+        default=None, max_length=64, description="The version (default: --channel's newest)"
+    )
+    canary: WholeNumber = Field(default=1, ge=0, le=10000)
+    batchShare: float = Field(default=0.25, gt=0, le=1)
+    watchSeconds: float = Field(default=3600.0, ge=0, le=30 * 86400)
+    channel: str | None = Field(default=None, max_length=32, description="stable, beta or pre")
+    wheel: WheelRef | None = Field(default=None, description="A wheel uploaded to /wheels")
+    index: str | None = Field(default=None, max_length=2000, description="Or a package index")
+    onWorse: str = Field(default="halt", pattern="^(halt|rollback)$")
+    controlPlane: bool = Field(
+        default=False,
+        description="Upgrade the control plane processes first, one at a time, then the runners",
+    )
 
 
 _VERBS = {
@@ -125,4 +151,85 @@ def fleet_control_router(scheduler: Scheduler) -> APIRouter:
         found, changed = await fleet.resolve_anomaly(store, anomaly_id, body.note, actor=actor)
         return {"ok": True, "changed": changed, "anomaly": fleet.anomaly_json(found)}
 
+    _upgrade_routes(router, scheduler)
     return router
+
+
+def _upgrade_routes(router: APIRouter, scheduler: Scheduler) -> None:
+    """`corral fleet upgrade` through the control API: a wheel uploaded into the store,
+    a rollout started, its status with the figures per version, halt and rollback."""
+    store = scheduler.store
+
+    @router.post(
+        "/wheels",
+        status_code=201,
+        summary="Keep a corral wheel in the store for a fleet upgrade (the body: its bytes)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
+        },
+    )
+    async def upload_wheel(
+        request: Request,
+        actor: Operator,
+        name: Annotated[str, Query(min_length=1, max_length=255)],
+        sha256: Annotated[str | None, Query(pattern=r"^[0-9a-fA-F]{64}$")] = None,
+    ) -> dict[str, Any]:
+        data = await _wheel_body(request)
+        kept = await fleet_upgrade.keep_wheel(store, data, name, actor=actor, sha256=sha256)
+        return {"ok": True, "wheel": kept}
+
+    @router.post("/upgrade", status_code=201, summary="Start rolling a corral version out")
+    async def start_upgrade(body: UpgradeBody, actor: Operator) -> dict[str, Any]:
+        made = await fleet_upgrade.start_rollout(
+            store,
+            target=body.to,
+            canary=body.canary,
+            batch_share=body.batchShare,
+            watch_seconds=body.watchSeconds,
+            channel=body.channel,
+            stored_wheel=body.wheel.model_dump() if body.wheel else None,
+            index=body.index,
+            on_worse=body.onWorse,
+            control_plane=body.controlPlane,
+            actor=actor,
+        )
+        return {"ok": True, **await fleet_upgrade.rollout_answer(store, made)}
+
+    @router.get("/upgrade", summary="The latest fleet upgrade, and the figures per version")
+    async def upgrade_status() -> dict[str, Any]:
+        await fleet.check_offline(store, fleet.fleet_settings(scheduler.project))
+        latest = await store.latest_fleet_rollout()
+        if latest is None:
+            raise ActionError(404, "no rollout yet; `corral fleet upgrade --to VERSION` starts one")
+        return {"ok": True, **await fleet_upgrade.rollout_answer(store, latest)}
+
+    @router.post("/upgrade/halt", summary="Stop the fleet upgrade (the upgraded runners stay)")
+    async def halt_upgrade(actor: Operator) -> dict[str, Any]:
+        done = await fleet_upgrade.halt_rollout(store, actor=actor)
+        return {"ok": True, **await fleet_upgrade.rollout_answer(store, done)}
+
+    @router.post("/upgrade/rollback", summary="Send the upgraded runners back")
+    async def rollback_upgrade(actor: Operator) -> dict[str, Any]:
+        done = await fleet_upgrade.rollback_rollout(store, actor=actor)
+        return {"ok": True, **await fleet_upgrade.rollout_answer(store, done)}
+
+
+async def _wheel_body(request: Request) -> bytes:
+    limit = fleet_upgrade.MAX_WHEEL_BYTES
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ActionError(413, f"a corral wheel may be at most {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ActionError(413, f"a corral wheel may be at most {limit} bytes")
+        chunks.append(chunk)
+    if size == 0:
+        raise ActionError(400, "the body is empty: send the wheel's bytes")
+    return b"".join(chunks)

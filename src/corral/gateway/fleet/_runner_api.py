@@ -10,11 +10,10 @@ a field of the request.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -247,14 +246,18 @@ def runner_router(scheduler: Scheduler) -> APIRouter:
     )
     async def upgrade_wheel(version: str, me: Me) -> Any:
         rollout = await store.latest_fleet_rollout()
-        path = await asyncio.to_thread(fleet_upgrade.wheel_of, rollout, version)
-        if path is None:
+        found = await fleet_upgrade.wheel_data(store, rollout, version)
+        if found is None:
             raise ActionError(
                 404,
-                f"no wheel of corral {version} is being rolled out, or this control plane "
-                "process cannot read it (the --wheel path, on its own disk) or it changed",
+                f"no wheel of corral {version} is being rolled out (or rolled back to) here",
             )
-        return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+        name, data = found
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     return router
 

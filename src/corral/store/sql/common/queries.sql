@@ -645,7 +645,10 @@ WHERE hash = :hash
 SELECT data FROM corral_bundles WHERE hash = :hash
 
 -- name: list_bundles
+-- Project bundles only: their hashes start with "sha256:" (a corral wheel a fleet
+-- upgrade stores here is "wheel:sha256:...", see _fleet_rollouts.py).
 SELECT hash, size, manifest, created_at, created_by, note FROM corral_bundles
+WHERE hash >= 'sha256:' AND hash < 'sha256;'
 ORDER BY created_at DESC, hash
 LIMIT :limit
 
