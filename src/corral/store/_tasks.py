@@ -412,6 +412,15 @@ class TaskOps(StoreCore):
             "result": result,
         }
 
+        if self.dialect == "postgresql" and query == "finish_task":
+            # One statement, one round trip (D123): the UPDATE and its event.
+            rows = await self.statement("finish_task_logged", {**params, "kind": kind})
+            if not rows:
+                async with self.transaction(write=False) as tx:
+                    await self._refuse_stale(tx, project, task_id, token, what)
+            self._notify_here(TASKS)
+            return self._task_from_row(rows[0])
+
         async def body(tx: Transaction) -> Task:
             before = await tx.fetch_one("get_task", {"project": project, "id": task_id})
             row = await tx.fetch_one(query, params)
@@ -461,8 +470,13 @@ class TaskOps(StoreCore):
     async def claimed_tasks_of_run(self, run_id: str, task_id: str) -> list[Task]:
         """The tasks of id ``task_id`` that ``run_id`` holds a claim on (one per project):
         how the in-run commands find the claim's token from the run's identity."""
-        async with self.transaction(write=False) as tx:
-            rows = await tx.fetch_all("claimed_task_of_run", {"run_id": run_id, "id": task_id})
+        params = {"run_id": run_id, "id": task_id}
+        if self.dialect == "postgresql":
+            # Autocommit: one round trip, not BEGIN, SELECT, COMMIT (D123).
+            rows = await self.statement("claimed_task_of_run", params)
+        else:
+            async with self.transaction(write=False) as tx:
+                rows = await tx.fetch_all("claimed_task_of_run", params)
         return [self._task_from_row(row) for row in rows]
 
     # -- reading --------------------------------------------------------------------------

@@ -708,6 +708,20 @@ WITH picked AS (
 )
 SELECT * FROM picked;
 
+-- A completion or a failure and its history event in one statement (D123): the claim's
+-- holder (the event's actor) is the row's assignee, which finishing keeps.
+-- name: finish_task_logged
+WITH ended AS (
+    UPDATE corral_tasks
+    SET status = %(status)s, result = %(result)s, expires_at = NULL, updated_at = %(now)s
+    WHERE project = %(project)s AND id = %(id)s AND status = 'claimed' AND token = %(token)s
+    RETURNING *
+), logged AS (
+    INSERT INTO corral_task_events (project, task_id, at, kind, actor, token, detail)
+    SELECT project, id, %(now)s, %(kind)s, assignee, %(token)s, %(result)s FROM ended
+)
+SELECT * FROM ended;
+
 -- name: claim_project_task
 WITH picked AS (
     UPDATE corral_tasks t
