@@ -1285,11 +1285,14 @@ async def _run_all(
     other at each size, so drift on the machine hits all drivers alike)."""
     rows: list[list[Any]] = []
     failed = False
+    cmd_sizes = {int(s) for s in args.cmd_sizes.split(",") if s.strip()}
     for rep in range(args.reps):
         for n in sizes:
             for d in drivers:
                 if d in unavailable:
                     fig: dict[str, Any] = {"skipped": f"unavailable: {unavailable[d]}"}
+                elif "-cmd-" in d and n not in cmd_sizes:
+                    fig = {"skipped": f"the command's sample runs at --cmd-sizes {args.cmd_sizes}"}
                 elif d == "corral-postgres" and (why := await _pg_too_small(args.dsn, n)):
                     fig = {"skipped": why}
                     print(f"corral-postgres x{n} not run: {why}", flush=True)
@@ -1357,6 +1360,12 @@ def main() -> None:
         help="corral-gateway drivers: run the claimers (the runs) under nice -n N, so "
         "the control plane is not starved of CPU by its own agents on one small machine "
         "(agents run on other hosts in a real fleet); 0: as they are",
+    )
+    parser.add_argument(
+        "--cmd-sizes",
+        default="5",
+        help="the sizes at which the corral-gateway-cmd drivers run (a process per call: "
+        "a smaller sample); comma-separated",
     )
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
