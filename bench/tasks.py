@@ -18,9 +18,17 @@ earlier tasks of its project; from ``--seed``):
   local bare repository.
 * ``corral-sqlite`` / ``corral-postgres``: corral's board in the store (``claim_task`` /
   ``finish_task``), a SQLite file or a fresh PostgreSQL database.
+* ``corral-gateway-sqlite`` / ``corral-gateway-postgres``: a real control plane
+  (``corral start``) over that store; each claimer is a run of its agent ``claimer``
+  (scale N), holding its run's secret, claiming and completing over the agent API on one
+  kept-alive HTTP connection. Its claims belong to its run and end with it.
+* ``corral-gateway-cmd-sqlite`` / ``corral-gateway-cmd-postgres``: the same, each call
+  the real ``task-claim`` / ``task-complete`` command (process start included); only at
+  ``--cmd-sizes`` (default 5), a smaller sample.
 
 Each claimer is a process of its own. All start together (a barrier: every process says
-it is ready, then all are told to go with the same deadline) and loop until the board is
+it is ready, then all are told to go with the same deadline; for a run of the control
+plane, by files: ``ready/<run>`` and the bench's ``go``) and loop until the board is
 drained or the budget (``--budget`` seconds per driver and size) ends: claim the best
 eligible task, work ``--work-ms`` (uniform 0..work-ms, from the claimer's seed), complete
 it. When no task is eligible (all remaining ones wait for dependencies held by others) a
