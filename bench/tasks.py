@@ -18,9 +18,17 @@ earlier tasks of its project; from ``--seed``):
   local bare repository.
 * ``corral-sqlite`` / ``corral-postgres``: corral's board in the store (``claim_task`` /
   ``finish_task``), a SQLite file or a fresh PostgreSQL database.
+* ``corral-gateway-sqlite`` / ``corral-gateway-postgres``: a real control plane
+  (``corral start``) over that store; each claimer is a run of its agent ``claimer``
+  (scale N), holding its run's secret, claiming and completing over the agent API on one
+  kept-alive HTTP connection. Its claims belong to its run and end with it.
+* ``corral-gateway-cmd-sqlite`` / ``corral-gateway-cmd-postgres``: the same, each call
+  the real ``task-claim`` / ``task-complete`` command (process start included); only at
+  ``--cmd-sizes`` (default 5), a smaller sample.
 
 Each claimer is a process of its own. All start together (a barrier: every process says
-it is ready, then all are told to go with the same deadline) and loop until the board is
+it is ready, then all are told to go with the same deadline; for a run of the control
+plane, by files: ``ready/<run>`` and the bench's ``go``) and loop until the board is
 drained or the budget (``--budget`` seconds per driver and size) ends: claim the best
 eligible task, work ``--work-ms`` (uniform 0..work-ms, from the claimer's seed), complete
 it. When no task is eligible (all remaining ones wait for dependencies held by others) a
@@ -62,6 +70,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -78,7 +87,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DEFAULT_PG_DSN, Result, fresh_database, percentile, print_table
 
-DRIVERS = ("peer", "peer-fixed", "git", "corral-sqlite", "corral-postgres")
+DRIVERS = (
+    "peer",
+    "peer-fixed",
+    "git",
+    "corral-sqlite",
+    "corral-postgres",
+    "corral-gateway-sqlite",
+    "corral-gateway-postgres",
+    "corral-gateway-cmd-sqlite",
+    "corral-gateway-cmd-postgres",
+)
 DEFAULT_PEER_REPO = Path("/work/.mirror/vmatresu+saltbitter/repo")
 PEER_SCRIPT = ".agents-core/scripts/claim-task-v2.sh"
 PEER_BRANCH = "develop"
@@ -466,12 +485,187 @@ class CorralDriver:
             await self.store.close()
 
 
+class KeepAlive:
+    """A minimal HTTP/1.1 client on one kept-alive connection (asyncio streams): what a
+    long-lived agent tool holds. Lighter than httpx, so on a small machine the claimers
+    take less CPU from the control plane they measure."""
+
+    def __init__(self, url: str, secret: str) -> None:
+        self.url = url
+        self.head = (
+            "Host: corral\r\nAuthorization: Bearer "
+            + secret
+            + "\r\nContent-Type: application/json\r\nAccept: application/json\r\n"
+        )
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        if self.url.startswith("unix:"):
+            self.reader, self.writer = await asyncio.open_unix_connection(self.url[5:])
+        else:
+            host, _, port = self.url[len("http://") :].rstrip("/").partition(":")
+            self.reader, self.writer = await asyncio.open_connection(host, int(port or 80))
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, str]:
+        payload = json.dumps(body).encode()
+        request = (
+            f"POST {path} HTTP/1.1\r\n{self.head}Content-Length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
+        for attempt in (0, 1):
+            if self.writer is None:
+                await self._connect()
+            assert self.reader is not None and self.writer is not None
+            try:
+                self.writer.write(request)
+                head = await self.reader.readuntil(b"\r\n\r\n")
+            except (ConnectionError, asyncio.IncompleteReadError):
+                # The gateway closed the kept-alive connection: once more on a new one.
+                await self.aclose()
+                if attempt:
+                    raise
+                continue
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            length = 0
+            close = False
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+                elif name.lower() == "connection" and value.strip().lower() == "close":
+                    close = True
+            text = (await self.reader.readexactly(length)).decode()
+            if close:
+                await self.aclose()
+            return status, text
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+class GatewayDriver:
+    """A real run of a control plane (``corral start``) claiming over the agent API.
+
+    ``http``: one keep-alive HTTP client for the whole run, as a long-lived agent tool
+    would hold (the run's own secret, the gateway the scheduler gave it). ``cmd``: the
+    installed in-run commands ``task-claim`` / ``task-complete``, a process per call, so
+    the latency includes the command's start, as a shell agent sees it."""
+
+    def __init__(self, cfg: dict[str, Any], name: str, via: str) -> None:
+        self.via = via
+        self.name = name
+        self.busy = 0
+        self.last_retries = 0
+        self.client: Any = None
+        self.url = os.environ.get("GATEWAY_URL", "")
+        self.secret = os.environ.get("CORRAL_RUN_SECRET", "")
+        if not self.url or not self.secret:
+            raise RuntimeError("GATEWAY_URL or CORRAL_RUN_SECRET is not set: not a corral run")
+        if via == "cmd":
+            found = shutil.which("task-claim")
+            if found is None:
+                raise RuntimeError("task-claim is not on the run's PATH")
+            self.bin = Path(found).parent
+
+    async def open(self) -> None:
+        if self.via == "http":
+            self.client = KeepAlive(self.url, self.secret)
+
+    async def _post(self, path: str, body: dict[str, Any], deadline: float) -> tuple[int, Any]:
+        """POST, again after 503 (a busy store: nothing was changed); (status, answer)."""
+        while True:
+            if self.via == "http":
+                status, text = await self.client.post(path, body)
+            else:
+                status, text = await self._command(path, body)
+            if status != 503:
+                return status, (json.loads(text) if text.strip() else {})
+            self.busy += 1
+            self.last_retries += 1
+            if time.monotonic() >= deadline:
+                raise Cut
+            await asyncio.sleep(random.uniform(0.0, 0.1))
+
+    async def _command(self, path: str, body: dict[str, Any]) -> tuple[int, str]:
+        """The in-run command for ``path``; its exit code mapped back to a status."""
+        if path.endswith("/claim"):
+            argv = [str(self.bin / "task-claim")]
+        else:
+            argv = [str(self.bin / "task-complete"), body["id"], "--project", body["project"]]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await proc.communicate()
+        status = {0: 200, 1: 409, 5: 503}.get(proc.returncode or 0, 500)
+        if status == 500:
+            raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {(out + err).decode()[-300:]}")
+        return status, out.decode()
+
+    async def claim(self, deadline: float) -> Claimed | None:
+        self.last_retries = 0
+        status, got = await self._post("/agent/tasks/claim", {"labels": []}, deadline)
+        if status == 409:
+            return None
+        if status != 200:
+            raise RuntimeError(f"task-claim answered {status}: {got}")
+        key = f"{got['project']}/{got['id']}"
+        return Claimed(key, got["project"], got["id"], self.last_retries, handle=got["token"])
+
+    async def complete(self, claimed: Claimed, deadline: float) -> None:
+        body = {"id": claimed.id, "project": claimed.project}
+        status, got = await self._post("/agent/tasks/complete", body, deadline)
+        if status != 200:
+            raise RuntimeError(f"task-complete {claimed.key} answered {status}: {got}")
+
+    def stats(self) -> dict[str, Any]:
+        return {"gateway_busy": self.busy}
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+
 # --------------------------------------------------------------------------- a claimer process
 
 
 async def _worker(cfg_path: str, index: int) -> None:
     cfg = json.loads(Path(cfg_path).read_text())
-    name = f"claimer-{index:03d}"
+    if not cfg["driver"].startswith("corral-gateway"):
+        await _claimer(cfg, f"claimer-{index:03d}", index)
+        return
+    # A run of the control plane: its name is its run's id; the bench counts the runs
+    # that ended by their files in ``ended/``.
+    name = f"run-{os.environ.get('CORRAL_RUN_ID', os.getpid())}"
+    try:
+        await _claimer(cfg, name, index)
+    finally:
+        (Path(cfg["scratch"]) / "ended" / name).write_text("end")
+
+
+async def _open_driver(cfg: dict[str, Any], name: str) -> Any:
+    kind = cfg["driver"]
+    if kind in ("peer", "peer-fixed"):
+        return PeerDriver(cfg, name)
+    if kind == "git":
+        return GitDriver(cfg, name)
+    driver: GatewayDriver | CorralDriver
+    if kind.startswith("corral-gateway"):
+        driver = GatewayDriver(cfg, name, "cmd" if "-cmd-" in kind else "http")
+    else:
+        driver = CorralDriver(cfg, name)
+    await driver.open()
+    return driver
+
+
+async def _claimer(cfg: dict[str, Any], name: str, index: int) -> None:
+    kind = cfg["driver"]
+    gateway = kind.startswith("corral-gateway")
     out = open(Path(cfg["scratch"]) / "out" / f"{name}.jsonl", "w")
 
     def emit(**rec: Any) -> None:
@@ -479,30 +673,23 @@ async def _worker(cfg_path: str, index: int) -> None:
 
     driver: Any = None
     try:
-        kind = cfg["driver"]
-        if kind in ("peer", "peer-fixed"):
-            driver = PeerDriver(cfg, name)
-        elif kind == "git":
-            driver = GitDriver(cfg, name)
-        else:
-            driver = CorralDriver(cfg, name)
-            await driver.open()
+        driver = await _open_driver(cfg, name)
     except Exception as exc:
         emit(k="error", at="setup", msg=f"{type(exc).__name__}: {exc}")
         out.close()
-        print("ready", flush=True)
-        sys.stdin.readline()
+        await _barrier(cfg, name, gateway)
         return
-    print("ready", flush=True)
-    line = sys.stdin.readline().split()
+    line = await _barrier(cfg, name, gateway)
     if len(line) != 3 or line[0] != "go":
         out.close()
+        if driver is not None:
+            await driver.close()
         return
     # The barrier: every claimer starts at the same monotonic instant (the clock is the
     # machine's, shared by all processes).
     start, deadline = float(line[1]), float(line[2])
     await asyncio.sleep(max(0.0, start - time.monotonic()))
-    rng = random.Random(f"{cfg['seed']}-{index}")
+    rng = random.Random(f"{cfg['seed']}-{name if gateway else index}")
     counter = Path(cfg["scratch"]) / "completed.count"
     total = cfg["total"]
     emit(k="start", t=time.monotonic())
@@ -551,6 +738,24 @@ async def _worker(cfg_path: str, index: int) -> None:
     with contextlib.suppress(Exception):
         await driver.close()
     out.close()
+
+
+async def _barrier(cfg: dict[str, Any], name: str, gateway: bool) -> list[str]:
+    """Say "ready" and wait for "go <start> <deadline>": on stdin and stdout for a
+    claimer the bench started; for a run of the control plane (whose stdin and stdout
+    are its own), a file ``ready/<name>`` and the bench's file ``go``."""
+    if not gateway:
+        print("ready", flush=True)
+        return sys.stdin.readline().split()
+    scratch = Path(cfg["scratch"])
+    (scratch / "ready" / name).write_text("ready")
+    go = scratch / "go"
+    give_up = time.monotonic() + cfg["ready_timeout"]
+    while time.monotonic() < give_up:
+        if go.exists():
+            return go.read_text().split()
+        await asyncio.sleep(0.05)
+    return []
 
 
 # --------------------------------------------------------------------------- the parent
@@ -655,10 +860,160 @@ def _kill(procs: Sequence[asyncio.subprocess.Process]) -> None:
                 os.killpg(p.pid, signal.SIGKILL)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_gateway_project(root: Path, url: str, n: int, cfg_path: Path, nice: int = 0) -> None:
+    """A corral project whose agent ``claimer`` (scale ``n``, the project's cap too) runs
+    this file's claimer loop as its command, against the board in ``url``; under
+    ``nice -n <nice>`` when ``nice`` is not 0."""
+    agent = root / "agents" / "claimer"
+    agent.mkdir(parents=True)
+    (root / "config.toml").write_text(
+        f"scale = {n}\nworkQueueSize = {2 * n + 10}\n\n[state]\nurl = {json.dumps(url)}\n"
+    )
+    (agent / "SKILL.md").write_text("---\nname: claimer\n---\n# claimer\nbench/tasks.py\n")
+    niced = f"nice -n {nice} " if nice else ""
+    command = (
+        f"exec {niced}{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} "
+        f"--worker {shlex.quote(str(cfg_path))} --index -1"
+    )
+    (agent / "config.toml").write_text(
+        f"scale = {n}\n\n[harness]\ncommand = {json.dumps(command)}\n"
+    )
+
+
+async def _control_plane(
+    root: Path, log: Path, token: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """``corral start`` in ``root`` on a free loopback port; (process, gateway URL) once
+    its /health answers."""
+    import httpx
+
+    port = _free_port()
+    corral = Path(sys.executable).parent / "corral"
+    with open(log, "ab") as errf:
+        proc = await asyncio.create_subprocess_exec(
+            str(corral),
+            "start",
+            "--headless",
+            "--port",
+            str(port),
+            cwd=root,
+            env={**os.environ, "CORRAL_OPERATOR_TOKEN": token},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=errf,
+            stderr=errf,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    give_up = time.monotonic() + 60.0
+    async with httpx.AsyncClient(base_url=url, timeout=2.0) as client:
+        while True:
+            if proc.returncode is not None:
+                raise RuntimeError(f"corral start exited {proc.returncode}; see {log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("/health")).status_code == 200:
+                    return proc, url
+            if time.monotonic() > give_up:
+                _kill([proc])
+                await proc.wait()
+                raise RuntimeError(f"corral start did not answer /health in 60 s; see {log}")
+            await asyncio.sleep(0.1)
+
+
+async def _stop_control_plane(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=60.0)
+        except TimeoutError:
+            _kill([proc])
+            await proc.wait()
+
+
+async def _count(directory: Path, n: int, timeout: float, proc: Any) -> int:
+    """Wait until ``directory`` holds ``n`` files (or ``timeout`` s, or the control plane
+    exits); how many it holds."""
+    give_up = time.monotonic() + timeout
+    while True:
+        have = sum(1 for _ in directory.iterdir())
+        if have >= n or time.monotonic() > give_up or proc.returncode is not None:
+            return have
+        await asyncio.sleep(0.1)
+
+
+async def measure_gateway(
+    driver: str, n: int, tasks: Sequence[GenTask], args: argparse.Namespace, scratch: Path
+) -> dict[str, Any]:
+    """``n`` runs of a real control plane (``corral start`` over the board's store), each
+    a claimer with its own run token; the bench queues them over the control API."""
+    import httpx
+
+    for sub in ("out", "ready", "ended"):
+        (scratch / sub).mkdir(parents=True)
+    cfg: dict[str, Any] = {
+        "driver": driver,
+        "scratch": str(scratch),
+        "seed": args.seed,
+        "work_ms": args.work_ms,
+        "total": len(tasks),
+        "ready_timeout": args.ready_timeout,
+    }
+    cfg_path = scratch / "config.json"
+    cfg_path.write_text(json.dumps(cfg))
+    token = f"bench-{os.getpid()}-{random.getrandbits(64):x}"
+    async with contextlib.AsyncExitStack() as stack:
+        t_setup = time.monotonic()
+        if driver.endswith("-sqlite"):
+            url = f"sqlite:///{scratch}/board.db"
+        else:
+            url = await stack.enter_async_context(fresh_database(args.dsn, prefix="tasks"))
+        await _setup_store(url, tasks)
+        root = scratch / "project"
+        write_gateway_project(root, url, n, cfg_path, args.claimer_nice)
+        proc, gw = await _control_plane(root, scratch / "control-plane.log", token)
+        try:
+            auth = {"Authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(base_url=gw, headers=auth, timeout=30.0) as client:
+                for _ in range(n):
+                    resp = await client.post("/control/runs", json={"agent": "claimer"})
+                    if resp.status_code != 202:
+                        raise RuntimeError(f"queueing a run: {resp.status_code} {resp.text}")
+            ready = await _count(scratch / "ready", n, args.ready_timeout, proc)
+            if ready < n:
+                raise RuntimeError(
+                    f"{driver} x{n}: {ready} of {n} runs got ready; see {scratch}/project"
+                )
+            setup_s = time.monotonic() - t_setup
+            go = time.monotonic() + 0.5 + n * 0.002
+            deadline = go + args.budget
+            tmp = scratch / "go.tmp"
+            tmp.write_text(f"go {go} {deadline}\n")
+            tmp.rename(scratch / "go")
+            wait = go - time.monotonic() + args.budget + 30.0
+            ended = await _count(scratch / "ended", n, wait, proc)
+            stragglers = n - ended
+        finally:
+            await _stop_control_plane(proc)
+    fig = merge(scratch / "out", tasks, go, deadline)
+    fig["setup_s"] = round(setup_s, 1)
+    fig["stragglers_killed"] = stragglers
+    return fig
+
+
 async def measure(
     driver: str, n: int, tasks: Sequence[GenTask], args: argparse.Namespace, scratch: Path
 ) -> dict[str, Any]:
     """One driver at one size: set up a fresh board, run ``n`` claimers, merge figures."""
+    if driver.startswith("corral-gateway"):
+        return await measure_gateway(driver, n, tasks, args, scratch)
     scratch.mkdir(parents=True)
     (scratch / "out").mkdir()
     cfg: dict[str, Any] = {
@@ -938,11 +1293,14 @@ async def _run_all(
     other at each size, so drift on the machine hits all drivers alike)."""
     rows: list[list[Any]] = []
     failed = False
+    cmd_sizes = {int(s) for s in args.cmd_sizes.split(",") if s.strip()}
     for rep in range(args.reps):
         for n in sizes:
             for d in drivers:
                 if d in unavailable:
                     fig: dict[str, Any] = {"skipped": f"unavailable: {unavailable[d]}"}
+                elif "-cmd-" in d and n not in cmd_sizes:
+                    fig = {"skipped": f"the command's sample runs at --cmd-sizes {args.cmd_sizes}"}
                 elif d == "corral-postgres" and (why := await _pg_too_small(args.dsn, n)):
                     fig = {"skipped": why}
                     print(f"corral-postgres x{n} not run: {why}", flush=True)
@@ -1003,6 +1361,20 @@ def main() -> None:
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument("--peer-repo", default=str(DEFAULT_PEER_REPO))
     parser.add_argument("--dsn", default=DEFAULT_PG_DSN)
+    parser.add_argument(
+        "--claimer-nice",
+        type=int,
+        default=0,
+        help="corral-gateway drivers: run the claimers (the runs) under nice -n N, so "
+        "the control plane is not starved of CPU by its own agents on one small machine "
+        "(agents run on other hosts in a real fleet); 0: as they are",
+    )
+    parser.add_argument(
+        "--cmd-sizes",
+        default="5",
+        help="the sizes at which the corral-gateway-cmd drivers run (a process per call: "
+        "a smaller sample); comma-separated",
+    )
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument(

@@ -5,6 +5,7 @@ run-ended releases, editing, cancelling, listing and history."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -278,3 +279,49 @@ async def test_every_end_of_a_run_releases_its_claims(store: Store, clock: Clock
     assert (last.kind, last.detail, last.token) == ("run ended", run_id, 1)
     again = await store.claim_task(claimer="b", project="p")
     assert again is not None and again.id == "t1" and again.token == 2
+
+
+async def test_concurrent_claims_and_completions_act_as_if_one_after_the_other(
+    store: Store,
+) -> None:
+    """Claims that arrive together (PostgreSQL sends them as one statement, D123) give
+    the best tasks to the claimers in the order they asked, each task once; completions
+    and claim lookups that arrive together each get their own answer, a stale one its
+    refusal."""
+    await store.add_tasks([spec(f"t{i:02d}", priority=1 + i % 10) for i in range(30)])
+    expected = [
+        t.id
+        for t in sorted(
+            (await store.list_tasks(project="p")), key=lambda t: (-t.spec.priority, t.spec.id)
+        )
+    ]
+    claims = await asyncio.gather(
+        *(store.claim_task(claimer=f"c{n:02d}", run_id=f"run-{n:02d}") for n in range(34))
+    )
+    got = [task for task in claims if task is not None]
+    assert [task.id for task in claims[:30] if task is not None] == expected
+    assert claims[30:] == [None] * 4
+    assert [(t.assignee, t.run_id, t.token) for t in got] == [
+        (f"c{n:02d}", f"run-{n:02d}", 1) for n in range(30)
+    ]
+
+    found = await asyncio.gather(
+        *(store.claimed_tasks_of_run(t.run_id or "", t.id) for t in got),
+        store.claimed_tasks_of_run("run-00", got[1].id),
+    )
+    assert [[task.id for task in held] for held in found] == [[t.id] for t in got] + [[]]
+
+    stale = asyncio.ensure_future(store.finish_task("p", got[0].id, 7, "done"))
+    finished = await asyncio.gather(
+        *(store.finish_task("p", t.id, t.token, "done", f"by {t.assignee}") for t in got[1:]),
+        store.finish_task("p", got[0].id, got[0].token, "failed", "no"),
+    )
+    with pytest.raises(StaleClaim):
+        await stale
+    assert [t.status for t in finished] == [TaskStatus.DONE] * 29 + [TaskStatus.FAILED]
+    assert finished[0].result == f"by {got[1].assignee}"
+    history = await store.task_history("p", got[1].id)
+    assert [(e.kind, e.actor, e.token, e.detail) for e in history][1:] == [
+        ("claimed", "c01", 1, "run-01"),
+        ("done", "c01", 1, f"by {got[1].assignee}"),
+    ]

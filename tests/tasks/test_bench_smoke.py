@@ -28,6 +28,17 @@ needs_peer = pytest.mark.skipif(
 )
 
 
+#: The drivers that need no control plane (the gateway's have a test of their own, so
+#: that each stays within the tests' time limit).
+LOCAL = ("peer", "peer-fixed", "git", "corral-sqlite", "corral-postgres")
+GATEWAY = (
+    "corral-gateway-sqlite",
+    "corral-gateway-postgres",
+    "corral-gateway-cmd-sqlite",
+    "corral-gateway-cmd-postgres",
+)
+
+
 def _bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_tasks", BENCH)
     assert spec is not None and spec.loader is not None
@@ -86,6 +97,8 @@ def test_bench_runs_every_driver_at_tiny_size(tmp_path: Path) -> None:
             "60",
             "--work-ms",
             "5",
+            "--drivers",
+            ",".join(LOCAL),
             "--peer-repo",
             str(PEER_REPO),
             "--json",
@@ -99,7 +112,7 @@ def test_bench_runs_every_driver_at_tiny_size(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     figs = data["figures"]
-    drivers = ("peer", "peer-fixed", "git", "corral-sqlite", "corral-postgres")
+    drivers = LOCAL
     assert set(figs) == {f"{d}_2" for d in drivers} | {"peer_solo_claim_s"}
     assert figs["peer_solo_claim_s"] > 0
 
@@ -124,3 +137,46 @@ def test_bench_runs_every_driver_at_tiny_size(tmp_path: Path) -> None:
         else:
             assert fig["conflicts"] == 0 and fig["errors"] == 0, fig
             assert fig["drained"] and fig["completed"] == 8, fig
+
+
+@pytest.mark.timeout(600)  # four control planes, each started and stopped
+def test_gateway_drivers_claim_as_runs_of_a_control_plane(tmp_path: Path) -> None:
+    """The corral-gateway drivers at a tiny size, without the seed: a `corral start` whose
+    runs claim over the agent API (a kept-alive client, and the task-claim command)
+    drain the board, each task once, and every run ends."""
+    out = tmp_path / "tasks.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--drivers",
+            ",".join(GATEWAY),
+            "--sizes",
+            "3",
+            "--cmd-sizes",
+            "3",
+            "--projects",
+            "1",
+            "--per-project",
+            "8",
+            "--budget",
+            "60",
+            "--work-ms",
+            "5",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figs = json.loads(out.read_text())["figures"]
+    assert set(figs) == {f"{d}_3" for d in GATEWAY}
+    for driver in GATEWAY:
+        fig = figs[f"{driver}_3"]
+        assert "skipped" not in fig, fig
+        assert fig["conflicts"] == 0 and fig["errors"] == 0, fig
+        assert fig["drained"] and fig["completed"] == 8 and fig["claims"] == 8, fig
+        assert fig["stragglers_killed"] == 0, fig

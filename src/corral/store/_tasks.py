@@ -23,6 +23,7 @@ IMMEDIATE serialises writers), so two of them never close a cycle together.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import math
@@ -30,6 +31,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from corral.errors import StoreError
+from corral.store._batching import Failed, GroupCommit, Waiting
 from corral.store._core import Row, StoreCore, Transaction
 from corral.store._notify import TASKS
 from corral.tasks._model import (
@@ -58,8 +61,103 @@ DEFAULT_LEASE = 600.0
 LIST_MAX = 1000
 
 
+#: The outcome of a batched claim whose caller stopped waiting (it is not sent).
+_GONE = Failed(asyncio.CancelledError())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ClaimJob:
+    """A claim waiting for the next batch (PostgreSQL, no project filter)."""
+
+    claimer: str
+    run_id: str | None
+    labels: tuple[str, ...]
+    min_priority: int
+    lease: float
+
+    @property
+    def filter(self) -> tuple[tuple[str, ...], int, float]:
+        """Claims with one filter and lease go in one statement."""
+        return (self.labels, self.min_priority, self.lease)
+
+
 class TaskOps(StoreCore):
     """The task board; part of ``Store``."""
+
+    _claims: GroupCommit[_ClaimJob, Row | None] | None = None
+
+    _finishes: GroupCommit[dict[str, Any], Row | None] | None = None
+    _lookups: GroupCommit[tuple[str, str], list[Row]] | None = None
+
+    async def _run_finishes(
+        self, batch: list[Waiting[dict[str, Any], Row | None]]
+    ) -> list[Row | Failed | None]:
+        """The completions and failures of ``batch`` in one statement (D123); None for a
+        claim that is no longer the task's (its caller refuses it as stale)."""
+        live = [w for w in batch if not w.gone]
+        if not live:
+            return [_GONE for _ in batch]
+        jobs = [w.job for w in live]
+        params = {
+            "projects": [j["project"] for j in jobs],
+            "ids": [j["id"] for j in jobs],
+            "tokens": [j["token"] for j in jobs],
+            "statuses": [j["status"] for j in jobs],
+            "results": [j["result"] for j in jobs],
+            "now": self.encode_time(self.now()),
+        }
+        rows = await self.statement("finish_tasks_batch", params)
+        by_n = {int(row["finish_n"]): row for row in rows}
+        outcomes = {id(w): by_n.get(n) for n, w in enumerate(live, start=1)}
+        return [outcomes.get(id(w), _GONE) for w in batch]
+
+    async def _run_lookups(
+        self, batch: list[Waiting[tuple[str, str], list[Row]]]
+    ) -> list[list[Row] | Failed]:
+        """The claims each (run, task id) of ``batch`` holds, in one statement (D123)."""
+        params = {"run_ids": [w.job[0] for w in batch], "ids": [w.job[1] for w in batch]}
+        rows = await self.statement("claimed_tasks_of_runs", params)
+        found: list[list[Row] | Failed] = [[] for _ in batch]
+        for row in rows:
+            held = found[int(row["lookup_n"]) - 1]
+            assert not isinstance(held, Failed)
+            held.append(row)
+        return found
+
+    async def _run_claims(
+        self, batch: list[Waiting[_ClaimJob, Row | None]]
+    ) -> list[Row | Failed | None]:
+        """The claims of ``batch``, one statement per filter (D123): ``claim_tasks_batch``
+        gives the best eligible tasks to the claimers in the order they asked, as that
+        many claims one after the other would. A claim whose caller stopped waiting is
+        not sent (it would hold a task for a run that never hears of it)."""
+        outcomes: dict[int, Row | Failed | None] = {}
+        groups: dict[tuple[tuple[str, ...], int, float], list[Waiting[_ClaimJob, Row | None]]]
+        groups = {}
+        for waiting in batch:
+            if not waiting.gone:
+                groups.setdefault(waiting.job.filter, []).append(waiting)
+        for (labels, min_priority, lease), group in groups.items():
+            now = self.now()
+            params: dict[str, Any] = {
+                "claimers": [w.job.claimer for w in group],
+                "run_ids": [w.job.run_id for w in group],
+                "k": len(group),
+                "now": self.encode_time(now),
+                "expires_at": self.encode_time(now + timedelta(seconds=lease)),
+                "labels": self.encode_list(labels),
+                "min_priority": min_priority,
+            }
+            try:
+                rows = await self.statement("claim_tasks_batch", params)
+            except StoreError as exc:
+                for waiting in group:
+                    outcomes[id(waiting)] = Failed(exc)
+                continue
+            by_n = {int(row["claim_n"]): row for row in rows}
+            for n, waiting in enumerate(group, start=1):
+                outcomes[id(waiting)] = by_n.get(n)
+        return [outcomes.get(id(waiting), _GONE) for waiting in batch]
 
     # -- adding and editing ---------------------------------------------------------------
 
@@ -306,7 +404,15 @@ class TaskOps(StoreCore):
             name = "claim_project_task"
             params["project"] = project
         if self.dialect == "postgresql":
-            rows = await self.statement(name, params)
+            if project is None:
+                # Batched with the claims that arrive while one is in flight (D123).
+                job = _ClaimJob(claimer, run_id, tuple(sorted(set(labels))), min_priority, lease)
+                if self._claims is None:
+                    self._claims = GroupCommit(self._run_claims, name="corral-task-claims")
+                row = await self._claims.submit(job)
+                rows = [] if row is None else [row]
+            else:
+                rows = await self.statement(name, params)
             if not rows:
                 return None
             self._notify_here(TASKS)
@@ -412,6 +518,18 @@ class TaskOps(StoreCore):
             "result": result,
         }
 
+        if self.dialect == "postgresql" and query == "finish_task":
+            # Batched with the completions that arrive while one is in flight (D123).
+            if self._finishes is None:
+                self._finishes = GroupCommit(self._run_finishes, name="corral-task-finishes")
+            row = await self._finishes.submit(params)
+            if row is None:
+                async with self.transaction(write=False) as tx:
+                    await self._refuse_stale(tx, project, task_id, token, what)
+                raise AssertionError("unreachable: a stale claim is refused")
+            self._notify_here(TASKS)
+            return self._task_from_row(row)
+
         async def body(tx: Transaction) -> Task:
             before = await tx.fetch_one("get_task", {"project": project, "id": task_id})
             row = await tx.fetch_one(query, params)
@@ -461,8 +579,15 @@ class TaskOps(StoreCore):
     async def claimed_tasks_of_run(self, run_id: str, task_id: str) -> list[Task]:
         """The tasks of id ``task_id`` that ``run_id`` holds a claim on (one per project):
         how the in-run commands find the claim's token from the run's identity."""
-        async with self.transaction(write=False) as tx:
-            rows = await tx.fetch_all("claimed_task_of_run", {"run_id": run_id, "id": task_id})
+        params = {"run_id": run_id, "id": task_id}
+        if self.dialect == "postgresql":
+            # Batched with the lookups that arrive while one is in flight (D123).
+            if self._lookups is None:
+                self._lookups = GroupCommit(self._run_lookups, name="corral-task-lookups")
+            rows = await self._lookups.submit((run_id, task_id))
+        else:
+            async with self.transaction(write=False) as tx:
+                rows = await tx.fetch_all("claimed_task_of_run", params)
         return [self._task_from_row(row) for row in rows]
 
     # -- reading --------------------------------------------------------------------------

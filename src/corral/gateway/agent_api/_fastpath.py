@@ -11,7 +11,9 @@ The lock requests (``rlock``, ``runlock``, ``rlock-heartbeat``) are most of a fl
 gateway traffic, and FastAPI's routing, dependency and validation machinery was most of
 their CPU cost (docs/decisions.md D16): they are answered here, with the handlers, body
 models and answers the FastAPI routes use (those routes remain, and make the OpenAPI
-document). Every other /agent/ request goes on to FastAPI with its body and its run
+document). The task board's requests (``task-claim``, ``task-complete``, ``task-fail``,
+``task-heartbeat``, ``task-release``) are answered here as well (D123), with a full
+authentication each. Every other /agent/ request goes on to FastAPI with its body and its run
 (``RUN_SCOPE_KEY``), so it is not authenticated twice.
 
 The middleware is part of the app (``install_agent_api``); wrapping the app in it once
@@ -41,6 +43,13 @@ from corral.gateway.agent_api._models import (
     MAX_RETURN_BYTES,
     AcquireBody,
     LockBody,
+)
+from corral.gateway.agent_api._tasks import (
+    TaskBody,
+    TaskClaimBody,
+    TaskCompleteBody,
+    TaskFailBody,
+    TaskRoutes,
 )
 from corral.store import StoreError
 
@@ -77,6 +86,20 @@ class LockFastPath:
             "/agent/locks/release": (LockBody, api.release),
             "/agent/locks/heartbeat": (LockBody, api.heartbeat),
         }
+        tasks = TaskRoutes(api)
+        #: The task board's routes, answered here too (D123): a claim and a completion
+        #: are what every claimer sends, and FastAPI's machinery was most of their cost.
+        #: Unlike a lock request, the run is authenticated in full (an ended run's
+        #: claim would hold a task that nothing releases until its lease lapses).
+        self.task_routes: dict[
+            str, tuple[type[BaseModel], Callable[..., Awaitable[JSONResponse]]]
+        ] = {
+            "/agent/tasks/claim": (TaskClaimBody, tasks.claim),
+            "/agent/tasks/heartbeat": (TaskBody, tasks.heartbeat),
+            "/agent/tasks/complete": (TaskCompleteBody, tasks.complete),
+            "/agent/tasks/fail": (TaskFailBody, tasks.fail),
+            "/agent/tasks/release": (TaskBody, tasks.release),
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -87,11 +110,12 @@ class LockFastPath:
             await self.app(scope, receive, send)
             return
         run = None
-        route = self.routes.get(scope["path"]) if scope["method"] == "POST" else None
+        lock = self.routes.get(scope["path"]) if scope["method"] == "POST" else None
+        route = lock or (self.task_routes.get(scope["path"]) if scope["method"] == "POST" else None)
         unchecked = False
         try:
             secret = _bearer_secret(scope)
-            if route is None:
+            if lock is None:
                 run = await self.api.authenticate(secret)
             else:
                 run, unchecked = await self.api.authenticate_lock_request(secret)

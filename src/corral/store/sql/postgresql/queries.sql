@@ -708,6 +708,73 @@ WITH picked AS (
 )
 SELECT * FROM picked;
 
+-- The claims of several claimers with one filter (no project; D123), in one statement:
+-- the best %(k)s eligible tasks, taken FOR UPDATE SKIP LOCKED once (a MATERIALIZED CTE is
+-- evaluated once, not per target row), numbered in claim order and given to the
+-- claimers in the order of %(claimers)s (row n to claimer n). Fewer tasks than claimers:
+-- the last claimers get none. Each claim's history event in the same statement.
+-- name: claim_tasks_batch
+WITH wanted AS (
+    SELECT w.claimer, w.run_id, w.n
+    FROM unnest(%(claimers)s::text[], %(run_ids)s::text[]) WITH ORDINALITY AS w(claimer, run_id, n)
+), picked AS MATERIALIZED (
+    SELECT c.project, c.id, c.priority, c.created_at FROM corral_tasks c
+    WHERE c.status = 'open' AND c.priority >= %(min_priority)s
+        AND NOT EXISTS (
+            SELECT 1 FROM corral_task_edges e
+            JOIN corral_tasks r ON r.project = e.project AND r.id = e.requires
+            WHERE e.project = c.project AND e.task_id = c.id AND r.status <> 'done')
+        AND (cardinality(%(labels)s::text[]) = 0
+             OR (SELECT c.labels @> to_jsonb(%(labels)s::text[])))
+    ORDER BY c.priority DESC, c.created_at, c.id, c.project
+    LIMIT %(k)s
+    FOR UPDATE OF c SKIP LOCKED
+), numbered AS (
+    SELECT p.project, p.id,
+        row_number() OVER (ORDER BY p.priority DESC, p.created_at, p.id, p.project) AS n
+    FROM picked p
+), claimed AS (
+    UPDATE corral_tasks t
+    SET status = 'claimed', assignee = w.claimer, run_id = w.run_id, token = t.token + 1,
+        claimed_at = %(now)s, heartbeat_at = %(now)s, expires_at = %(expires_at)s,
+        attempts = t.attempts + 1, result = NULL, updated_at = %(now)s
+    FROM numbered p JOIN wanted w ON w.n = p.n
+    WHERE t.project = p.project AND t.id = p.id AND t.status = 'open'
+    RETURNING t.*, w.n AS claim_n
+), logged AS (
+    INSERT INTO corral_task_events (project, task_id, at, kind, actor, token, detail)
+    SELECT project, id, %(now)s, 'claimed', assignee, token, run_id FROM claimed
+)
+SELECT * FROM claimed;
+
+-- Completions and failures of several claims in one statement (D123), each with its
+-- history event (the actor is the row's assignee, which finishing keeps). A claim that is
+-- no longer the task's returns no row for its n.
+-- name: finish_tasks_batch
+WITH wanted AS (
+    SELECT w.project, w.id, w.token, w.status, w.result, w.n
+    FROM unnest(%(projects)s::text[], %(ids)s::text[], %(tokens)s::bigint[],
+                %(statuses)s::text[], %(results)s::text[])
+        WITH ORDINALITY AS w(project, id, token, status, result, n)
+), ended AS (
+    UPDATE corral_tasks t
+    SET status = w.status, result = w.result, expires_at = NULL, updated_at = %(now)s
+    FROM wanted w
+    WHERE t.project = w.project AND t.id = w.id AND t.status = 'claimed' AND t.token = w.token
+    RETURNING t.*, w.n AS finish_n
+), logged AS (
+    INSERT INTO corral_task_events (project, task_id, at, kind, actor, token, detail)
+    SELECT project, id, %(now)s, status, assignee, token, result FROM ended
+)
+SELECT * FROM ended;
+
+-- The claims several runs hold on tasks of the given ids (D123): row n's run and id.
+-- name: claimed_tasks_of_runs
+SELECT t.*, w.n AS lookup_n
+FROM unnest(%(run_ids)s::text[], %(ids)s::text[]) WITH ORDINALITY AS w(run_id, id, n)
+JOIN corral_tasks t ON t.run_id = w.run_id AND t.id = w.id AND t.status = 'claimed'
+ORDER BY w.n, t.project;
+
 -- name: claim_project_task
 WITH picked AS (
     UPDATE corral_tasks t
