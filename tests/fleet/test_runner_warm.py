@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -175,3 +176,35 @@ def test_a_failing_warm_hook_on_a_runner_fails_no_run(tmp_path: Path, store_url:
             assert "made=" in second and "refreshes=0" in second, second
         finally:
             runner.stop()
+
+
+def test_a_runner_with_a_ready_workspace_is_given_the_run(tmp_path: Path, store_url: str) -> None:
+    """Of two runners waiting for work, the one that reported a ready workspace of the
+    run's agent claims it (the other lets it go first)."""
+    root = tmp_path / "project"
+    _project(root, 'echo "prepared by $CORRAL_TRIGGER" >> made-by-warm', max_runs=100)
+    with control_plane(root, store_url, tmp_path / "start.log") as plane:
+        plane.push()
+        warm = start_runner(join_runner(plane, tmp_path, "warm", [], 1))
+        cold: RunnerProcess | None = None
+        try:
+            _run_once(plane, store_url, warm, 1)  # the warm runner learns the agent
+            cold = start_runner(join_runner(plane, tmp_path, "cold", [], 1))
+
+            def reported(runner: RunnerProcess, ready: dict[str, int] | None) -> bool:
+                listed = plane.control("GET", "/fleet/runners").json()["runners"]
+                return any(
+                    r["id"] == runner.runner_id and r["online"] and r["warm"] == ready
+                    for r in listed
+                )
+
+            wait_for(lambda: reported(cold, None), 60)
+            for count in range(2, 10):
+                wait_for(lambda: reported(warm, {"w": 1}), 60)
+                time.sleep(0.5)  # both requests for work are waiting
+                log = _run_once(plane, store_url, warm, count)
+                assert "[corral] warm start" in log, log
+        finally:
+            if cold is not None:
+                cold.stop()
+            warm.stop()
