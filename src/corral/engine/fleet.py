@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +40,7 @@ __all__ = [
     "DEFAULT_TTL",
     "ONLINE_RATIO_WINDOW",
     "FleetSettings",
+    "WarmReports",
     "anomaly_json",
     "bundles_running",
     "change_runner",
@@ -162,7 +165,44 @@ def fleet_token_json(token: FleetToken, now: datetime) -> dict[str, Any]:
     }
 
 
-def runner_json(runner: Runner, now: datetime, settings: FleetSettings) -> dict[str, Any]:
+class WarmReports:
+    """The ready warm workspaces each runner reported in its last heartbeat (by agent),
+    as this control plane process heard them: kept in memory, not in the store. A
+    runner heartbeats to one control plane at a time, so the sum over control planes'
+    ``corral_warm_ready`` counts each workspace once; a report older than ``max_age``
+    (the runner went silent or moved to another control plane) counts for nothing."""
+
+    def __init__(self, max_age: float = 30.0) -> None:
+        self.max_age = max_age
+        self._heard: dict[str, tuple[float, dict[str, int]]] = {}
+
+    def record(self, runner_id: str, counts: Mapping[str, int]) -> None:
+        self._heard[runner_id] = (time.monotonic(), dict(counts))
+
+    def of(self, runner_id: str) -> dict[str, int] | None:
+        """``runner_id``'s last report (None: none heard lately)."""
+        heard = self._heard.get(runner_id)
+        if heard is None or time.monotonic() - heard[0] > self.max_age:
+            return None
+        return dict(heard[1])
+
+    def by_agent(self) -> dict[str, int]:
+        """Ready workspaces on runners by agent, over the runners heard lately."""
+        total: dict[str, int] = {}
+        for runner_id in list(self._heard):
+            for agent, count in (self.of(runner_id) or {}).items():
+                total[agent] = total.get(agent, 0) + count
+        return total
+
+
+def runner_json(
+    runner: Runner,
+    now: datetime,
+    settings: FleetSettings,
+    warm: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """A runner as the control API and the CLI show it; ``warm``: its ready warm
+    workspaces by agent, when this process heard them (``WarmReports``)."""
     online = runner.online(now, settings.offline_after_seconds)
     if runner.state is RunnerState.REVOKED:
         status = "revoked"
@@ -185,6 +225,7 @@ def runner_json(runner: Runner, now: datetime, settings: FleetSettings) -> dict[
         "revokedAt": iso_time(runner.revoked_at),
         "address": runner.address,
         "tokenId": runner.token_id,
+        "warm": None if warm is None else dict(warm),
     }
 
 

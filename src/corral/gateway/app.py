@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from corral import __version__
+from corral.engine.fleet import WarmReports
 from corral.engine.token import ENV_TOKEN_NAME, TokenVerifier
 from corral.gateway.agent_api import AgentApi, install_agent_api
 from corral.gateway.bundles import install_bundles
@@ -55,8 +56,17 @@ def create_app(
     install_fleet(app, scheduler)
     install_bundles(app, scheduler)
     install_dashboard(app, scheduler)
+    runner_warm: WarmReports = app.state.runner_warm
+
+    def warm_ready() -> dict[str, int]:
+        """Ready warm workspaces by agent: this host's and its runners' (as reported)."""
+        counts = scheduler.warm.counts()
+        for agent, count in runner_warm.by_agent().items():
+            counts[agent] = counts.get(agent, 0) + count
+        return counts
+
     app.state.metrics = FleetMetrics(
-        scheduler.store, project=lambda: scheduler.project, warm=scheduler.warm.counts
+        scheduler.store, project=lambda: scheduler.project, warm=warm_ready
     )
     guard = [] if public_metrics else [Depends(operator)]
     app.include_router(metrics_router(app.state.metrics), dependencies=guard)

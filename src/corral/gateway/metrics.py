@@ -166,8 +166,9 @@ class _Gauges(Collector):
             size.add_metric([pool.agent], max(pool.size, pool.running))
         warm = GaugeMetricFamily(
             "corral_warm_ready",
-            "Prepared workspaces free for a run on this gateway's scheduler host, by agent "
-            "with [scale] warm",
+            "Prepared workspaces free for a run, by agent with [scale] warm: on this "
+            "gateway's scheduler host, and on the runners that heartbeat to it (as they "
+            "last reported)",
             labels=["agent"],
         )
         if self.metrics.warm is not None:
@@ -252,7 +253,8 @@ class FleetMetrics:
     ) -> None:
         self.store = store
         self.project = project
-        #: Ready warm workspaces by agent, on this host (scheduler/warm.py).
+        #: Ready warm workspaces by agent, on this host (scheduler/warm.py) and on the
+        #: runners that heartbeat to it.
         self.warm = warm
         self.runner_states: dict[str, int] = {}
         #: The fleet autoscaler's members by state and its last decision's figures.

@@ -30,6 +30,14 @@ are written to a private (0700) directory used as the run's credential store, re
 with the run; the run's output streams back to the control plane's run log (batched:
 every 100 ms or 64 KiB).
 
+Warm workspaces (``corral.scheduler.warm``, the control plane's own pool code): once a
+runner has run an agent with ``[scale] warm = N``, it keeps up to N prepared workspaces
+of it under ``WORKDIR/work/.corral/warm/AGENT/`` (``hooks.warm`` from the agent's
+bundle, in the runtime its runs use, with the credentials its last run was delivered,
+held in memory and written for each preparation to a private directory removed after
+it). Its next runs take a ready one as a control plane's do; a newer bundle whose
+config differs discards them. Each heartbeat reports the ready counts (``warm``).
+
 Several control plane URLs may be configured: a request that cannot connect moves to
 the next. SIGTERM drains: no new work; running runs may finish within the drain grace,
 then they are stopped and their items given back to the queue.
@@ -40,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -70,11 +79,12 @@ from corral.errors import (
     StoreUnavailable,
     UsageError,
 )
-from corral.project import Project, load_project
+from corral.project import Agent, Project, load_project
 from corral.runner.proxy import AgentApiProxy
 from corral.runner.upgrade import UpgradeError, Versions, check_wheel, smoke_check, start_guard
 from corral.scheduler.agentlink import AgentLink, hash_secret
 from corral.scheduler.executor import RunExecutor
+from corral.scheduler.warm import WarmPool, warm_settings
 from corral.scheduler.watchdog import Watchdog, boottime
 from corral.store import BucketLimits, Claim, FinalizeResult, Run, RunState, Store
 
@@ -105,6 +115,9 @@ PERMIT_TIMEOUT = 10.0
 #: How long a runner asks for work without secretHashes after a control plane refused
 #: them, before it offers them again (one refused request per this long, at most).
 _PLAIN_WORK_SECONDS = 600
+#: How long a runner leaves its warm counts out of heartbeats after a control plane
+#: refused them (an older corral), before it reports them again.
+_PLAIN_BEAT_SECONDS = 600
 
 
 @dataclass
@@ -512,6 +525,13 @@ class Runner:
         self._upgrade_task: asyncio.Task[None] | None = None
         #: A request for work is under way (its answer may bring runs).
         self.polling = False
+        #: Warm workspaces, one pool per agent this runner ran that asks for them.
+        self.warm: dict[str, WarmPool] = {}
+        #: The credentials delivered with each warm agent's latest run: what its
+        #: workspaces are prepared with (in memory; on disk only while one is prepared).
+        self._warm_credentials: dict[str, list[Mapping[str, Any]]] = {}
+        #: Until then (monotonic), heartbeats carry no warm counts (an older control plane).
+        self._plain_beat_until = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -550,6 +570,8 @@ class Runner:
             await asyncio.gather(*loops, return_exceptions=True)
             if self._upgrade_task is not None:
                 self._upgrade_task.cancel()
+            for pool in self.warm.values():
+                await pool.stop()
             await self.client.close()
             if self.proxy_client is not None:
                 await self.proxy_client.aclose()
@@ -697,17 +719,8 @@ class Runner:
 
     async def _beat(self) -> None:
         sent, sent_boot = time.monotonic(), boottime()
-        running = [
-            {"runId": run_id, "fence": live.claim.run.fence} for run_id, live in self.live.items()
-        ]
-        body: dict[str, Any] = {
-            "version": __version__,
-            "running": running,
-            "bundles": self.cache.cached()[:256],
-        }
         report = self.upgrade_report
-        if report is not None:
-            body["upgrade"] = report
+        body = self._beat_body(report)
         try:
             answer = await self._send_beat(body)
         except ControlPlaneError as exc:
@@ -753,12 +766,39 @@ class Runner:
                 self._stops.add(task)
                 task.add_done_callback(self._stops.discard)
 
+    def _beat_body(self, report: dict[str, Any] | None) -> dict[str, Any]:
+        """What a heartbeat says: the runs and their fences, the bundles cached, an
+        upgrade's report, the ready warm workspaces."""
+        running = [
+            {"runId": run_id, "fence": live.claim.run.fence} for run_id, live in self.live.items()
+        ]
+        body: dict[str, Any] = {
+            "version": __version__,
+            "running": running,
+            "bundles": self.cache.cached()[:256],
+        }
+        if report is not None:
+            body["upgrade"] = report
+        if self.warm and time.monotonic() >= self._plain_beat_until:
+            body["warm"] = self.warm_counts()
+        return body
+
     async def _send_beat(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             return await self.client.call(
                 "POST", "/fleet/v1/heartbeat", json=body, timeout=self.fence_after
             )
         except ControlPlaneError as exc:
+            if exc.status == 422 and "warm" in str(exc) and "warm" in body:
+                # a control plane older than warm workspaces on runners: not told them
+                log.warning(
+                    "the control plane does not take warm counts (an older corral): not "
+                    "reporting them for the next %d s",
+                    _PLAIN_BEAT_SECONDS,
+                )
+                self._plain_beat_until = time.monotonic() + _PLAIN_BEAT_SECONDS
+                body.pop("warm")
+                return await self._send_beat(body)
             if exc.status != 422 or "upgrade" not in str(exc) or "upgrade" not in body:
                 raise
         # a control plane older than upgrades: it is not told (nor asked) about them
@@ -920,6 +960,7 @@ class Runner:
                 link=link,
                 credentials=credentials,
             )
+            executor.warm = self._warm_pool(project, run.agent, given)
             live = self.live.get(run.id)
             if live is not None:
                 live.executor = executor
@@ -956,6 +997,58 @@ class Runner:
             shutil.rmtree(creds_dir, ignore_errors=True)
             with contextlib.suppress(OSError):
                 sock.unlink()
+
+    # -- warm workspaces ----------------------------------------------------------------
+
+    def warm_counts(self) -> dict[str, int]:
+        """Ready warm workspaces on this runner, by agent (what heartbeats report)."""
+        counts: dict[str, int] = {}
+        for pool in self.warm.values():
+            counts.update(pool.counts())
+        return counts
+
+    def _warm_pool(self, project: Project, name: str, given: Mapping[str, Any]) -> WarmPool | None:
+        """The warm pool of the run's agent, made on its first run here and following
+        the bundle of its latest run (a changed config discards the ready workspaces);
+        None when the agent asks for none (a pool it had is emptied)."""
+        agent = project.agents.get(name)
+        pool = self.warm.get(name)
+        if agent is None or warm_settings(agent) is None:
+            if pool is not None and pool.project is not project:
+                pool.reload(project)
+            return None
+        self._warm_credentials[name] = list(given.get("credentials") or [])
+        if pool is None:
+            pool = WarmPool(
+                project,
+                functools.partial(self._prepare_warm, name),
+                serves=functools.partial(_named, name),
+            )
+            self.warm[name] = pool
+            if not self.draining:
+                pool.start()
+        elif pool.project is not project:
+            pool.reload(project)
+        return pool
+
+    async def _prepare_warm(self, name: str, agent: Agent, path: Path, key: str) -> bool:
+        """``hooks.warm`` of ``agent`` in ``path``, as the control plane prepares one
+        (``RunExecutor.prepare_warm``), with the credentials of the agent's latest run
+        written for the preparation only."""
+        pool = self.warm[name]
+        folder = self.settings.work_dir / "credentials" / f"warm-{key}"
+        given = self._warm_credentials.get(name, [])
+        try:
+            credentials = await asyncio.to_thread(_write_credentials, folder, given)
+            executor = RunExecutor(
+                pool.project,
+                cast(Store, _NoStore()),
+                grace=self.settings.kill_grace,
+                credentials=credentials,
+            )
+            return await executor.prepare_warm(agent, path, key)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
 
     async def _project(self, given: Mapping[str, Any], agent: str) -> Project:
         """The project of the run's agent bundle: fetched, unpacked once, loaded."""
@@ -1023,6 +1116,18 @@ def _write_credentials(directory: Path, given: Sequence[Mapping[str, Any]]) -> C
         except CorralError as exc:
             log.warning("a delivered credential was not usable: %s", exc)
     return store
+
+
+def _named(name: str, agent: Agent) -> bool:
+    return agent.name == name
+
+
+class _NoStore:
+    """The store of a warm preparation's executor: a preparation is no run and asks the
+    control plane nothing (``plan_run`` without a link reads and writes no store)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise StoreConflict(f"a warm preparation on a runner has no store ({name})")
 
 
 def _placeholder_executor() -> RunExecutor:

@@ -21,6 +21,10 @@ pool is replenished in the background (up to N), one preparation at a time per a
 preparation that fails is logged (``.corral/logs/warm-AGENT.log``) and retried with
 exponential backoff. Nothing here
 ever blocks or fails a run: without a ready workspace a run starts cold.
+
+The same pool serves runner hosts (``corral.runner.agent``): a runner keeps one per
+agent it has run (``serves``), under its own work directory, prepared from the agent's
+bundle in the runtime its runs use.
 """
 
 from __future__ import annotations
@@ -44,7 +48,14 @@ from corral.locate import private_dirs
 from corral.project import Agent, Project
 from corral.project._models import ScaleConfig
 
-__all__ = ["WarmInstance", "WarmPool", "config_fingerprint", "warm_settings"]
+__all__ = [
+    "Serves",
+    "WarmInstance",
+    "WarmPool",
+    "config_fingerprint",
+    "runs_here",
+    "warm_settings",
+]
 
 log = logging.getLogger("corral.warm")
 
@@ -55,6 +66,13 @@ FIRST_BACKOFF = 2.0
 
 #: Prepare ``agent``'s workspace at ``path`` (hooks.warm in its runtime); True if it worked.
 Preparer = Callable[[Agent, Path, str], Awaitable[bool]]
+#: Whether this host keeps ``agent`` warm (a scheduler: the agents it runs itself).
+Serves = Callable[[Agent], bool]
+
+
+def runs_here(agent: Agent) -> bool:
+    """A scheduler's agents: those that do not run on the fleet's runners."""
+    return agent.config.runs_on is None
 
 
 def warm_settings(agent: Agent) -> ScaleConfig | None:
@@ -90,9 +108,10 @@ class WarmInstance:
 class WarmPool:
     """The warm workspaces of one project on this host, and their upkeep."""
 
-    def __init__(self, project: Project, preparer: Preparer) -> None:
+    def __init__(self, project: Project, preparer: Preparer, *, serves: Serves = runs_here) -> None:
         self.project = project
         self._preparer = preparer
+        self._serves = serves
         self._preparing: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
@@ -128,7 +147,7 @@ class WarmPool:
         return {
             name: len(self.ready(name))
             for name, agent in self.project.agents.items()
-            if warm_settings(agent) is not None
+            if warm_settings(agent) is not None and self._serves(agent)
         }
 
     def take(self, agent: Agent) -> WarmInstance | None:
@@ -298,6 +317,8 @@ class WarmPool:
         old, self.project = self.project, project
         for name, agent in old.agents.items():
             new = project.agents.get(name)
+            if not self._serves(agent) and (new is None or not self._serves(new)):
+                continue  # another pool's (a runner keeps one per agent in one folder)
             if new is None or config_fingerprint(new) != config_fingerprint(agent):
                 task = self._preparing.pop(name, None)
                 if task is not None:
@@ -322,7 +343,7 @@ class WarmPool:
         now = time.monotonic()
         for name, agent in self.project.agents.items():
             settings = warm_settings(agent)
-            if settings is None or agent.config.runs_on is not None:
+            if settings is None or not self._serves(agent):
                 continue
             self._expire(agent, settings)
             if name in self._preparing or now < self._not_before.get(name, 0.0):

@@ -222,7 +222,8 @@ def _runners(obj: CliContext) -> list[dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_obj
 def runners_ls(obj: CliContext, as_json: bool) -> None:
-    """List the runners: state, online or offline, last heartbeat, version, labels, slots."""
+    """List the runners: state, online or offline, last heartbeat, version, labels, slots,
+    ready warm workspaces by agent (as the control plane last heard them)."""
     runners = _runners(obj)
     if as_json:
         print_json(runners)
@@ -234,7 +235,7 @@ def runners_ls(obj: CliContext, as_json: bool) -> None:
         )
         return
     table = Table("id", "name", "host", "state", "status", "last heartbeat", "version", "labels",
-                  "slots", box=None)  # fmt: skip
+                  "slots", "warm ready", box=None)  # fmt: skip
     styles = {"online": "green", "offline": "red", "revoked": "dim"}
     for runner in runners:
         table.add_row(
@@ -247,8 +248,16 @@ def runners_ls(obj: CliContext, as_json: bool) -> None:
             cell(runner["version"] or None),
             cell(",".join(runner["labels"]) or None),
             cell(runner["slots"]),
+            cell(_warm_cell(runner.get("warm"))),
         )
     console.print(table)
+
+
+def _warm_cell(warm: Any) -> str | None:
+    """``agent=N`` per agent a runner keeps warm workspaces of (None: not reported)."""
+    if not isinstance(warm, dict) or not warm:
+        return None
+    return ",".join(f"{agent}={count}" for agent, count in sorted(warm.items()))
 
 
 _CHANGES = {

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from corral.engine.fleet import WarmReports
 from corral.gateway.control import openapi_part
 from corral.gateway.fleet._control import fleet_control_router
 from corral.gateway.fleet._door import MAX_BODY, FleetDoor
@@ -43,9 +44,11 @@ def install_fleet(app: FastAPI, scheduler: Scheduler) -> None:
     """Serve the runner API and the fleet's control routes in ``app`` (after
     ``install_control``, whose operator check and error answers they use)."""
     app.state.fleet_scheduler = scheduler
-    app.include_router(runner_router(scheduler))
+    #: The warm counts runners report in heartbeats to this process (/metrics, /runners).
+    app.state.runner_warm = warm = WarmReports()
+    app.include_router(runner_router(scheduler, warm))
     app.include_router(runs_router(scheduler))
-    app.include_router(fleet_control_router(scheduler))
+    app.include_router(fleet_control_router(scheduler, warm))
     app.add_middleware(FleetDoor)
     cached: dict[str, Any] = {}
 

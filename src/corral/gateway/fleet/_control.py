@@ -73,7 +73,7 @@ _VERBS = {
 }
 
 
-def fleet_control_router(scheduler: Scheduler) -> APIRouter:
+def fleet_control_router(scheduler: Scheduler, warm: fleet.WarmReports | None = None) -> APIRouter:
     router = APIRouter(prefix="/control/fleet", tags=["fleet"], dependencies=[Depends(operator)])
     store = scheduler.store
 
@@ -111,7 +111,13 @@ def fleet_control_router(scheduler: Scheduler) -> APIRouter:
         await fleet.check_offline(store, settings())
         now = store.now()
         runners = await store.list_runners()
-        return {"ok": True, "runners": [fleet.runner_json(r, now, settings()) for r in runners]}
+        return {
+            "ok": True,
+            "runners": [
+                fleet.runner_json(r, now, settings(), None if warm is None else warm.of(r.id))
+                for r in runners
+            ],
+        }
 
     @router.post(
         "/runners/{runner}/{verb}",

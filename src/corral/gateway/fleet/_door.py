@@ -119,7 +119,8 @@ async def _fast_heartbeat(scope: Scope, body: bytes, credential: str) -> dict[st
         if runner is None:
             return None
         settings = fleet.fleet_settings(scheduler.project)
-        return await heartbeat_with_runs(scheduler.store, runner, parsed, settings)
+        warm = getattr(scope["app"].state, "runner_warm", None)
+        return await heartbeat_with_runs(scheduler.store, runner, parsed, settings, warm)
     except StoreError:
         return None
 

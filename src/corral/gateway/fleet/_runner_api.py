@@ -111,6 +111,11 @@ class HeartbeatBody(BaseModel):
     upgrade: dict[str, Any] | None = Field(
         default=None, description="What the runner reports of an upgrade (state, version, error)"
     )
+    warm: dict[Annotated[str, Field(max_length=64)], WholeNumber] | None = Field(
+        default=None,
+        max_length=256,
+        description="Its ready warm workspaces, by agent (agents with [scale] warm it ran)",
+    )
 
 
 class JoinAnswer(BaseModel):
@@ -173,8 +178,9 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return refusals(*statuses)
 
 
-def runner_router(scheduler: Scheduler) -> APIRouter:
-    """The runner API's routes over ``scheduler`` (its project and store)."""
+def runner_router(scheduler: Scheduler, warm: fleet.WarmReports | None = None) -> APIRouter:
+    """The runner API's routes over ``scheduler`` (its project and store); heartbeats'
+    warm counts go to ``warm``."""
     router = APIRouter(prefix="/fleet/v1", tags=["fleet"])
     store = scheduler.store
 
@@ -237,7 +243,7 @@ def runner_router(scheduler: Scheduler) -> APIRouter:
         beat = await store.runner_heartbeat(me.id, version=body.version or me.version)
         if beat is None:  # revoked between the check and the write
             raise ActionError(403, f"runner {me.id} was revoked; it may not act for the fleet")
-        return await heartbeat_with_runs(store, beat, body, settings)
+        return await heartbeat_with_runs(store, beat, body, settings, warm)
 
     @router.get(
         "/upgrade/wheel",
@@ -263,12 +269,18 @@ def runner_router(scheduler: Scheduler) -> APIRouter:
 
 
 async def heartbeat_with_runs(
-    store: Store, runner: Runner, body: HeartbeatBody, settings: fleet.FleetSettings
+    store: Store,
+    runner: Runner,
+    body: HeartbeatBody,
+    settings: fleet.FleetSettings,
+    warm: fleet.WarmReports | None = None,
 ) -> dict[str, Any]:
     """The answer of a recorded heartbeat (the route's and ``FleetDoor``'s alike): the
     leases of the runs it still holds are renewed (one statement, no project row lock);
     the ones it reports but no longer holds are answered, so it stops them, with those
-    an operator asked to kill."""
+    an operator asked to kill. Its warm counts go to ``warm`` (this process's memory)."""
+    if warm is not None and body.warm is not None:
+        warm.record(runner.id, body.warm)
     answer = heartbeat_answer(runner, settings)
     if body.running:
         reported = {run.run_id: run.fence for run in body.running}

@@ -44,6 +44,7 @@ from corral.credentials import CredentialStore
 from corral.credentials.errors import CredentialError
 from corral.engine import fleet_runs
 from corral.engine.actions import ActionError
+from corral.engine.fleet import WarmReports
 from corral.errors import StoreError
 from corral.gateway.edge import WholeNumber
 from corral.gateway.fleet._runner_api import Me, refusals
@@ -63,6 +64,9 @@ log = logging.getLogger("corral.fleet")
 #: is only the fallback for a lost notice; on SQLite, other processes' enqueues are seen
 #: only by polling.
 _POLL = 0.5
+#: How long a waiting request for work lets another runner's go first when that runner
+#: reported a ready warm workspace of an agent both may run and this one reported none.
+WARM_HEAD_START = 0.25
 _POLL_NOTIFIED = 2.0
 
 
@@ -368,6 +372,23 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:  # noqa: C901 
     empty = _EmptyClaims()
     store.changes.subscribe(QUEUE, empty.notice)
     scheduler.wake_listeners.add(empty.notice)
+    #: The requests for work waiting in this process: the runner and the agents it may run.
+    waiting: dict[object, tuple[str, frozenset[str]]] = {}
+
+    def head_start(runner_id: str, agents: frozenset[str], warm: WarmReports | None) -> float:
+        """``WARM_HEAD_START`` when another waiting runner has a ready warm workspace of
+        an agent this one may run and has none of (as their heartbeats last said): that
+        one claims first. Else 0."""
+        if warm is None:
+            return 0.0
+        mine = warm.of(runner_id) or {}
+        wanted = {a for a in agents if mine.get(a, 0) <= 0}
+        for other, theirs in waiting.values():
+            if other != runner_id and any(
+                (warm.of(other) or {}).get(a, 0) > 0 for a in wanted & theirs
+            ):
+                return WARM_HEAD_START
+        return 0.0
 
     @router.post(
         "/work",
@@ -405,6 +426,9 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:  # noqa: C901 
         claim_now = functools.partial(
             _claim_if_active, store, me.id, free, project.bundle, agents, hashes, loop.time()
         )
+        warm: WarmReports | None = getattr(request.app.state, "runner_warm", None)
+        me_waiting = object()
+        waiting[me_waiting] = (me.id, key)
         try:
             while True:
                 woken.clear()
@@ -415,6 +439,7 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:  # noqa: C901 
                 if scheduler.draining or await request.is_disconnected():
                     return answer
                 period = _POLL_NOTIFIED if store.changes.remote else _POLL
+                await asyncio.sleep(head_start(me.id, key, warm))  # a warm runner first
                 claims = await empty.claim(key, period, claim_now)
                 if claims:
                     break
@@ -427,6 +452,7 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:  # noqa: C901 
             answer["state"] = gone.state
             return answer
         finally:
+            waiting.pop(me_waiting, None)
             unsubscribe()
             scheduler.wake_listeners.discard(woken.set)
         # a running rollout's canary share of these runs runs its candidate bundle
