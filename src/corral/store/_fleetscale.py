@@ -1,19 +1,21 @@
 """The runner fleet's autoscaler (migration 0027): the lease of the one scheduler that
 sizes the fleet, the runners it started through its provider, and what it reads each
-tick (runs waiting per agent, busy slots per runner). Its decisions go to the pool
-decision log (0022) under the name ``FLEET``."""
+tick (runs waiting per agent that may start now, and those held back with why; busy
+slots per runner). Its decisions go to the pool decision log (0022) under the name
+``FLEET``."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from corral.store._core import StoreCore
 from corral.store._time import require_aware
+from corral.store._usage import UsageOps
+from corral.store.records import AgentState, ProjectState
 
-__all__ = ["FLEET", "MEMBER_STATES", "FleetMember", "FleetScaleOps"]
+__all__ = ["FLEET", "MEMBER_STATES", "FleetDemand", "FleetMember", "FleetScaleOps"]
 
 #: The name the fleet's decisions are recorded under in the pool decision log.
 FLEET = ":fleet"
@@ -41,7 +43,40 @@ class FleetMember:
         return self.state in ("starting", "active", "draining")
 
 
-class FleetScaleOps(StoreCore):
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetDemand:
+    """One reading of the work for the fleet's runners: what the fleet autoscaler (and
+    the pools of agents that run on runners) size themselves by."""
+
+    #: Items waiting per agent whose runs may start now.
+    queued: dict[str, int]
+    #: Items waiting per agent whose runs may not start now: (how many, why): the
+    #: project or the agent paused, the agent disabled or gone, a daily cost cap reached.
+    held: dict[str, tuple[int, str]]
+    #: Live runs per runner id (its busy slots) ...
+    busy: dict[str, int]
+    #: ... and per runner id and agent.
+    busy_by_agent: dict[str, dict[str, int]]
+    #: Why no run of any agent may start now (the project paused, or its daily cost cap
+    #: reached), or None.
+    stop: str | None = None
+    #: True when ``stop`` is the project's daily cost cap.
+    budget_stop: bool = False
+
+    def held_by_budget(self, agents: Collection[str]) -> dict[str, tuple[int, str]]:
+        """The held items of ``agents`` that a daily cost cap holds back."""
+        return {
+            a: held
+            for a, held in self.held.items()
+            if a in agents and held[1].startswith(BUDGET_REFUSAL)
+        }
+
+
+#: How every daily cost cap refusal begins (store/_usage.py).
+BUDGET_REFUSAL = "daily cost cap reached"
+
+
+class FleetScaleOps(UsageOps):
     """The fleet autoscaler's lease, members and readings; part of ``Store``."""
 
     async def take_fleet_scaler_lease(self, owner: str, *, lease_seconds: float) -> bool:
@@ -73,15 +108,37 @@ class FleetScaleOps(StoreCore):
             return None
         return str(row["owner"])
 
-    async def fleet_demand(self) -> tuple[dict[str, int], dict[str, int]]:
-        """Items waiting per agent and live runs per runner id, in one reading."""
+    async def fleet_demand(self) -> FleetDemand:
+        """The items waiting per agent, split into those whose runs may start now and
+        those held back (with why, as a claim would refuse them: paused, disabled or
+        gone, over a daily cost cap), and the live runs per runner: one reading."""
         async with self.transaction(write=False) as tx:
-            queued = await tx.fetch_all("fleet_queued_by_agent")
-            busy = await tx.fetch_all("fleet_busy_by_runner")
-        return (
-            {row["agent"]: int(row["queued"]) for row in queued},
-            {row["runner_id"]: int(row["n"]) for row in busy},
-        )
+            project = ProjectState.from_row(
+                self._returned(await tx.fetch_one("get_project"), "get_project")
+            )
+            rows = await tx.fetch_all("fleet_queued_by_agent")
+            busy_rows = await tx.fetch_all("fleet_busy_by_runner")
+            stop = "the project is paused" if project.paused else None
+            budget = None if stop is not None else await self._project_cap_refusal(tx, project)
+            stop = stop or budget
+            queued: dict[str, int] = {}
+            held: dict[str, tuple[int, str]] = {}
+            for row in rows:
+                agent = AgentState.from_row(row)
+                why = stop or _held(agent)
+                if why is None:
+                    why = await self.cost_cap_refusal(tx, project, agent)
+                if why is None:
+                    queued[agent.agent] = agent.queued
+                else:
+                    held[agent.agent] = (agent.queued, why)
+        busy: dict[str, int] = {}
+        by_agent: dict[str, dict[str, int]] = {}
+        for row in busy_rows:
+            n = int(row["n"])
+            busy[row["runner_id"]] = busy.get(row["runner_id"], 0) + n
+            by_agent.setdefault(row["runner_id"], {})[row["agent"]] = n
+        return FleetDemand(queued, held, busy, by_agent, stop, budget is not None)
 
     async def add_fleet_member(
         self, name: str, *, provider: str, host: str, token_id: str | None
@@ -174,3 +231,16 @@ class FleetScaleOps(StoreCore):
         params = {"older_than": self.encode_time(require_aware(older_than, "older_than"))}
         async with self.transaction() as tx:
             return await tx.execute("prune_fleet_members", params)
+
+
+def _held(agent: AgentState) -> str | None:
+    """Why no run of ``agent`` may be claimed now (paused, disabled, gone), or None."""
+    if not agent.present:
+        return f"agent {agent.agent!r} is no longer in the project"
+    if not agent.enabled:
+        return f"agent {agent.agent!r} is disabled by an operator"
+    if agent.scale == 0:
+        return f"agent {agent.agent!r} is disabled (scale = 0)"
+    if agent.paused:
+        return f"agent {agent.agent!r} is paused"
+    return None

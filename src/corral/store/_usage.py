@@ -109,12 +109,19 @@ class UsageOps(StoreCore):
                     f"today (UTC) of its ${agent.daily_cost_cap:.2f} a day "
                     f"([budget] dailyCost in agents/{agent.agent}/config.toml); {until}"
                 )
-        if project.daily_cost_cap is not None:
-            spent = await self._spent_since(tx, start, None)
-            if spent >= project.daily_cost_cap:
-                return (
-                    f"daily cost cap reached: the project has spent ${spent:.2f} today (UTC) "
-                    f"of its ${project.daily_cost_cap:.2f} a day ([budget] dailyCost in "
-                    f"config.toml); {until}"
-                )
-        return None
+        return await self._project_cap_refusal(tx, project)
+
+    async def _project_cap_refusal(self, tx: Transaction, project: ProjectState) -> str | None:
+        """Why no new run of any agent starts today, if the project's daily cost cap is
+        reached."""
+        if project.daily_cost_cap is None:
+            return None
+        now = self.now()
+        spent = await self._spent_since(tx, day_start(now), None)
+        if spent < project.daily_cost_cap:
+            return None
+        return (
+            f"daily cost cap reached: the project has spent ${spent:.2f} today (UTC) "
+            f"of its ${project.daily_cost_cap:.2f} a day ([budget] dailyCost in "
+            f"config.toml); new runs are refused until 00:00 UTC (in {_until(now)})"
+        )
