@@ -616,3 +616,48 @@ async def test_the_fleet_never_grows_for_runs_a_daily_budget_holds_back(
         for task in list(scaler._state.tasks) if scaler._state else []:
             task.cancel()
         await scaler.release()
+
+
+def test_a_pool_on_the_fleets_runners_grows_with_their_slots(
+    tmp_path: Path, store_url: str
+) -> None:
+    """A pooled agent that runs on runners, with a fleet that starts at none: the runs
+    waiting grow the fleet (the pool's size is no hold), and the pool grows with the
+    slots the new runners bring, never past them; every run succeeds."""
+    root = tmp_path / "project"
+    write_project(
+        root,
+        {"pooled": {"command": ["/bin/sh", "-c", "sleep 3 # fleetscale-mark"], "runsOn": ["auto"]}},
+        "[fleet]\nheartbeatSeconds = 1\nofflineAfterSeconds = 4\n"
+        '[fleet.autoscale]\nprovider = "local"\nmin = 0\nmax = 2\nlabels = ["auto"]\n'
+        "stabilization = 3\njoinTimeout = 90\n",
+        tables={"pooled": '[scale]\nmin = 0\nmax = 4\npolicy = "reactive"\nstabilization = 2\n'},
+    )
+    with control_plane(root, store_url, tmp_path / "start.log") as plane:
+        plane.push()
+        _trigger(plane, "pooled", 4)
+
+        def done() -> dict[str, Any] | None:
+            seen = _read(store_url)
+            ok = len(seen["runs"]) == 4 and all(r.state.is_terminal for r in seen["runs"])
+            return seen if ok else None
+
+        seen = wait_for(done, 150)
+        decisions = _read_pool(store_url, "pooled")
+        plane_log = plane.process.output()
+    assert all(r.state is RunState.SUCCEEDED for r in seen["runs"]), plane_log[-3000:]
+    assert decisions, plane_log[-3000:]
+    # never a pool larger than 2 runners' slots, nor than the slots each decision saw
+    assert max(d.desired for d in decisions) <= 2, [(d.desired, d.inputs) for d in decisions]
+    assert all(d.desired <= max(d.inputs["slots"], d.size) for d in decisions), decisions
+    grows = [d for d in decisions if d.direction == "grow"]
+    assert grows and all(d.inputs["runners"] >= 1 for d in grows), decisions
+    assert {r.runner_id for r in seen["runs"]} <= {m.runner_id for m in seen["members"]}
+
+
+def _read_pool(store_url: str, agent: str) -> list[Any]:
+    async def read() -> list[Any]:
+        async with await open_store(store_url) as store:
+            return await store.pool_decisions(agent, limit=1000)
+
+    return asyncio.run(read())
