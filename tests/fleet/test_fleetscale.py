@@ -612,6 +612,18 @@ async def test_the_fleet_never_grows_for_runs_a_daily_budget_holds_back(
         assert last.desired <= 1 and last.inputs["queued"] == 0
         assert last.inputs["budget_stop"] is True
         assert "daily cost cap reached: the project" in last.inputs["budget"]
+        # `corral scale log` shows the runs held back with the fleet's decisions
+        shown = subprocess.run(
+            [sys.executable, "-m", "corral", "scale", "log", FLEET],
+            cwd=root,
+            env=clean_env(tmp_path) | {"CORRAL_STATE_URL": store.url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert '"budget_held":4' in shown.stdout.replace(" ", ""), shown.stdout
+        assert "held by a daily budget" in shown.stdout
     finally:
         for task in list(scaler._state.tasks) if scaler._state else []:
             task.cancel()
