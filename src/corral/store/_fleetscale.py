@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from corral.store._time import require_aware
-from corral.store._usage import UsageOps
+from corral.store._usage import UsageOps, cap_refusal, project_cap_refusal
 from corral.store.records import AgentState, ProjectState
 
 __all__ = ["FLEET", "MEMBER_STATES", "FleetDemand", "FleetMember", "FleetScaleOps"]
@@ -111,34 +111,36 @@ class FleetScaleOps(UsageOps):
     async def fleet_demand(self) -> FleetDemand:
         """The items waiting per agent, split into those whose runs may start now and
         those held back (with why, as a claim would refuse them: paused, disabled or
-        gone, over a daily cost cap), and the live runs per runner: one reading."""
+        gone, over a daily cost cap), and the live runs per runner: one reading (one
+        statement for the day's spend, whatever the number of agents)."""
         async with self.transaction(write=False) as tx:
             project = ProjectState.from_row(
                 self._returned(await tx.fetch_one("get_project"), "get_project")
             )
-            rows = await tx.fetch_all("fleet_queued_by_agent")
+            agents = [AgentState.from_row(r) for r in await tx.fetch_all("fleet_queued_by_agent")]
             busy_rows = await tx.fetch_all("fleet_busy_by_runner")
-            stop = "the project is paused" if project.paused else None
-            budget = None if stop is not None else await self._project_cap_refusal(tx, project)
-            stop = stop or budget
-            queued: dict[str, int] = {}
-            held: dict[str, tuple[int, str]] = {}
-            for row in rows:
-                agent = AgentState.from_row(row)
-                why = stop or _held(agent)
-                if why is None:
-                    why = await self.cost_cap_refusal(tx, project, agent)
-                if why is None:
-                    queued[agent.agent] = agent.queued
-                else:
-                    held[agent.agent] = (agent.queued, why)
+            capped = project.daily_cost_cap is not None or any(
+                a.daily_cost_cap is not None for a in agents
+            )
+            spent = await self._spent_today_by_agent(tx) if capped else {}
+        now = self.now()
+        budget = project_cap_refusal(project, sum(spent.values()), now)
+        stop = "the project is paused" if project.paused else budget
+        queued: dict[str, int] = {}
+        held: dict[str, tuple[int, str]] = {}
+        for agent in agents:
+            why = stop or _held(agent) or cap_refusal(agent, spent.get(agent.agent, 0.0), now)
+            if why is None:
+                queued[agent.agent] = agent.queued
+            else:
+                held[agent.agent] = (agent.queued, why)
         busy: dict[str, int] = {}
         by_agent: dict[str, dict[str, int]] = {}
         for row in busy_rows:
             n = int(row["n"])
             busy[row["runner_id"]] = busy.get(row["runner_id"], 0) + n
             by_agent.setdefault(row["runner_id"], {})[row["agent"]] = n
-        return FleetDemand(queued, held, busy, by_agent, stop, budget is not None)
+        return FleetDemand(queued, held, busy, by_agent, stop, stop is not None and stop == budget)
 
     async def add_fleet_member(
         self, name: str, *, provider: str, host: str, token_id: str | None

@@ -944,9 +944,11 @@ WHERE a.queued + a.requeued > 0
 ORDER BY a.agent
 
 -- name: fleet_busy_by_runner
--- Live runs per runner and agent: a runner's busy slots, and whose.
+-- Live runs per runner and agent: a runner's busy slots, and whose. The IN is the partial
+-- index corral_runs_live's own condition, word for word (as live_runs_by_runner_and_bundle).
 SELECT runner_id, agent, count(*) AS n FROM corral_runs
-WHERE runner_id IS NOT NULL AND state IN ('starting', 'running')
+WHERE state IN ('queued', 'starting', 'running') AND state <> 'queued'
+  AND runner_id IS NOT NULL
 GROUP BY runner_id, agent
 
 -- name: insert_fleet_member
