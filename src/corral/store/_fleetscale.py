@@ -62,18 +62,12 @@ class FleetDemand:
     stop: str | None = None
     #: True when ``stop`` is the project's daily cost cap.
     budget_stop: bool = False
+    #: The agents in ``held`` that a daily cost cap (theirs or the project's) holds back.
+    budget_held: frozenset[str] = frozenset()
 
     def held_by_budget(self, agents: Collection[str]) -> dict[str, tuple[int, str]]:
         """The held items of ``agents`` that a daily cost cap holds back."""
-        return {
-            a: held
-            for a, held in self.held.items()
-            if a in agents and held[1].startswith(BUDGET_REFUSAL)
-        }
-
-
-#: How every daily cost cap refusal begins (store/_usage.py).
-BUDGET_REFUSAL = "daily cost cap reached"
+        return {a: h for a, h in self.held.items() if a in agents and a in self.budget_held}
 
 
 class FleetScaleOps(UsageOps):
@@ -128,8 +122,15 @@ class FleetScaleOps(UsageOps):
         stop = "the project is paused" if project.paused else budget
         queued: dict[str, int] = {}
         held: dict[str, tuple[int, str]] = {}
+        by_budget: set[str] = set()
         for agent in agents:
-            why = stop or _held(agent) or cap_refusal(agent, spent.get(agent.agent, 0.0), now)
+            why = stop or _held(agent)
+            if why is None:
+                why = cap_refusal(agent, spent.get(agent.agent, 0.0), now)
+                if why is not None:
+                    by_budget.add(agent.agent)
+            elif budget is not None and why == budget:
+                by_budget.add(agent.agent)
             if why is None:
                 queued[agent.agent] = agent.queued
             else:
@@ -140,7 +141,8 @@ class FleetScaleOps(UsageOps):
             n = int(row["n"])
             busy[row["runner_id"]] = busy.get(row["runner_id"], 0) + n
             by_agent.setdefault(row["runner_id"], {})[row["agent"]] = n
-        return FleetDemand(queued, held, busy, by_agent, stop, stop is not None and stop == budget)
+        budget_stop = stop is not None and stop == budget
+        return FleetDemand(queued, held, busy, by_agent, stop, budget_stop, frozenset(by_budget))
 
     async def add_fleet_member(
         self, name: str, *, provider: str, host: str, token_id: str | None
