@@ -2,7 +2,9 @@
 ready, budgets running out, and the autoscaler's decisions applied as the scheduler will
 apply them. After every decision:
 
-* the pool is never above max, the project cap or the fleet's slots;
+* the pool is never above max, the project cap or the fleet's slots; the fleet's slots
+  change as runners join, drain and take other agents' runs, and a decision never
+  starts an instance past the slots it saw, and leaves no idle instance above them;
 * never below min (where the limits leave room for min);
 * no busy or warming instance is removed; idle ones go oldest first;
 * the budget stop starts nothing;
@@ -78,6 +80,7 @@ class PoolModel(RuleBasedStateMachine):
         cap=st.none() | st.integers(0, 12),
         slots=st.none() | st.integers(0, 12),
         utilisation=st.sampled_from([0.3, 0.6, 0.7]),
+        fleet=st.booleans(),
     )
     def setup(
         self,
@@ -88,6 +91,7 @@ class PoolModel(RuleBasedStateMachine):
         cap: int | None,
         slots: int | None,
         utilisation: float,
+        fleet: bool,
     ) -> None:
         high = max(low + extra, 1)
         if policy == "fixed":
@@ -103,6 +107,10 @@ class PoolModel(RuleBasedStateMachine):
         self.scaler = Autoscaler(self.settings, self.drawn or make_policy(self.settings))
         self.cap, self.slots = cap, slots
         self.ceiling = min(x for x in (high, cap, slots) if x is not None)
+        #: The pool runs on runners whose slots change between decisions.
+        self.fleet = fleet and slots is not None
+        #: The pool's size after the last decision (only a decision starts instances).
+        self.decided = 0
 
     # --- the world ----------------------------------------------------------------
 
@@ -143,6 +151,13 @@ class PoolModel(RuleBasedStateMachine):
     def toggle_budget(self) -> None:
         self.budget_stop = not self.budget_stop
 
+    @precondition(lambda self: self.fleet)
+    @rule(slots=st.integers(0, 12))
+    def fleet_changes(self, slots: int) -> None:
+        """Runners join or drain, other agents' runs take or free their slots."""
+        self.slots = slots
+        self.ceiling = min(x for x in (self.settings.max, self.cap, slots) if x is not None)
+
     # --- the autoscaler -----------------------------------------------------------
 
     @rule(dt=st.sampled_from([1.0, 5.0, 15.0, 60.0, 400.0]), wish=st.integers(-5, 40))
@@ -175,6 +190,11 @@ class PoolModel(RuleBasedStateMachine):
             self.pool[f"i{self.serial}"] = _Inst(f"i{self.serial}", "warming", self.now)
         self._check_after(len(before), decision)
         self.decisions += 1
+        # Above the slots it saw (they fell since the last decision) the pool keeps only
+        # its busy and warming instances, which are never stopped: no idle one.
+        working = sum(1 for i in before.values() if i.state != "idle")
+        assert len(self.pool) <= max(self.ceiling, working), (len(self.pool), working, decision)
+        self.decided = len(self.pool)
 
     def _check(self, before: dict[str, _Inst], decision: Decision) -> None:
         assert decision.add == 0 or not decision.remove, decision
@@ -213,8 +233,12 @@ class PoolModel(RuleBasedStateMachine):
 
     @invariant()
     def within_the_ceiling(self) -> None:
-        # Limits are fixed for a run and the pool starts empty, so it is never above them.
-        if hasattr(self, "ceiling"):
+        if not hasattr(self, "ceiling"):
+            return
+        # Only a decision starts instances.
+        assert len(self.pool) <= self.decided
+        if not self.fleet:
+            # Fixed limits and a pool that starts empty: never above them.
             assert len(self.pool) <= self.ceiling
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,28 @@ import httpx
 import pytest
 
 from corral.engine.fleet_runs import MAX_WAIT
+from corral.engine.token import hash_token
 from corral.errors import ConfigError
 from corral.project import load_project
-from corral.store import FLEET, RunState, Store, open_store
+from corral.scheduler.fleetscale import FleetScaler
+from corral.scheduler.service import agent_specs, sync_config
+from corral.store import (
+    FLEET,
+    AgentSpec,
+    NewItem,
+    NewRun,
+    NewRunner,
+    Runner,
+    RunState,
+    Store,
+    TriggerKind,
+    open_store,
+)
 from tests.fleet.fleetkit import Plane, clean_env, control_plane, wait_for
 from tests.gateway.test_metrics import parse, value
 from tests.processes import alive
 from tests.scheduler.helpers import write_project
+from tests.store.conftest import Clock
 
 pytestmark = pytest.mark.slow
 
@@ -499,3 +515,208 @@ def test_the_scaler_waits_out_the_runners_longest_request_for_work() -> None:
     from corral.scheduler.fleetscale import LONG_POLL_SECONDS
 
     assert LONG_POLL_SECONDS == MAX_WAIT
+
+
+NOON = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+async def _spend(store: Store, agent: str, dollars: float) -> None:
+    run = await store.create_run(NewRun(agent=agent, trigger=TriggerKind.MANUAL))
+    zero = {"input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0}
+    assert await store.record_usage(run.id, **zero, cache_write_tokens=0, cost_usd=dollars)
+
+
+async def _join(store: Store, name: str, labels: tuple[str, ...], slots: int) -> Runner:
+    made = await store.create_fleet_token(
+        hash_token(f"tok-{name}"), ttl=timedelta(days=1), labels=labels, actor="test"
+    )
+    assert made.labels == labels
+    runner = await store.redeem_fleet_token(
+        hash_token(f"tok-{name}"),
+        hash_token(f"cred-{name}"),
+        NewRunner(name=name, hostname=f"{name}.example", labels=labels, slots=slots),
+    )
+    assert isinstance(runner, Runner), runner
+    return runner
+
+
+async def test_fleet_demand_counts_only_runs_that_may_start(store: Store) -> None:
+    """Items of paused, disabled or over-budget agents are held back, with why; the
+    project's daily cap holds every agent's; live runs are counted per runner and agent."""
+    store.clock = Clock(NOON)
+    specs = [AgentSpec(n, 2, 10) for n in ("free", "paused", "off")]
+    specs.append(AgentSpec("capped", 2, 10, daily_cost_cap=1.0))
+    sync = {"scale_cap": None, "max_attempts": 3, "max_reruns": 0}
+    await store.sync_project(specs, **sync)
+    for agent, n in (("free", 2), ("capped", 3), ("paused", 1), ("off", 1)):
+        for _ in range(n):
+            await store.enqueue(NewItem(agent=agent, trigger=TriggerKind.MANUAL))
+    await _spend(store, "capped", 1.5)  # after its items were queued: they wait, held
+    await store.set_paused("paused", True)
+    await store.set_enabled("off", False)
+    runner = await _join(store, "r1", ("gpu",), 2)
+    (claim,) = await store.claim(runner.id, lease_seconds=30, limit=1, agents=["free"], runner=True)
+    demand = await store.fleet_demand()
+    assert demand.queued == {"free": 1}
+    assert demand.held["capped"][0] == 3
+    assert demand.held["capped"][1].startswith("daily cost cap reached: agent 'capped'")
+    assert demand.held["paused"] == (1, "agent 'paused' is paused")
+    assert demand.held["off"] == (1, "agent 'off' is disabled by an operator")
+    assert demand.stop is None and not demand.budget_stop
+    assert set(demand.held_by_budget({"free", "capped", "paused"})) == {"capped"}
+    assert demand.busy == {runner.id: 1}
+    assert demand.busy_by_agent == {runner.id: {"free": 1}}
+    assert claim.run.runner_id == runner.id
+    # the project's daily cap reached: nothing may start, and it is a budget stop
+    await store.sync_project(specs, **sync, daily_cost_cap=1.0)
+    demand = await store.fleet_demand()
+    assert demand.queued == {} and demand.budget_stop
+    assert (demand.stop or "").startswith("daily cost cap reached: the project")
+    assert set(demand.held_by_budget({"free", "capped", "paused", "off"})) == {
+        "free",
+        "capped",
+        "paused",
+        "off",
+    }
+    # the project paused: held, but not by a budget
+    await store.sync_project(specs, **sync)
+    await store.set_paused(None, True)
+    demand = await store.fleet_demand()
+    assert demand.queued == {} and not demand.budget_stop
+    assert demand.stop == "the project is paused" and demand.held_by_budget({"free"}) == {}
+
+
+async def test_the_fleet_never_grows_for_runs_a_daily_budget_holds_back(
+    tmp_path: Path, store: Store
+) -> None:
+    """Runs waiting for the fleet's runners whose agent is over its daily budget (or
+    paused) are not demand: the autoscaler starts no runner for them (its start script,
+    a real process, never runs) and records them, with the cap's words, in its decision;
+    a run that may start grows the fleet by one runner, and the project's cap reached
+    stops all growth."""
+    store.clock = Clock(NOON)
+    out = tmp_path / "out"
+    out.mkdir()
+    start = tmp_path / "start.sh"
+    start.write_text(f'#!/bin/sh\necho "$CORRAL_RUNNER_NAME" >> {out}/started\necho vm-1\n')
+    start.chmod(0o755)
+    root = tmp_path / "project"
+    project = write_project(
+        root,
+        {
+            "capped": {"command": ["true"], "runsOn": ["auto"], "scale": 4},
+            "paused": {"command": ["true"], "runsOn": ["auto"], "scale": 4},
+            "free": {"command": ["true"], "runsOn": ["auto"], "scale": 4},
+        },
+        '[fleet.autoscale]\nprovider = "command"\nmin = 0\nmax = 3\nlabels = ["auto"]\n'
+        f'joinTimeout = 600\nslotsPerRunner = 2\nstart = ["{start}"]\nstop = ["true"]\n'
+        "commandTimeout = 60\n",
+        tables={"capped": "[budget]\ndailyCost = 1.0\n"},
+    )
+    await sync_config(store, project)
+    for _ in range(4):
+        await store.enqueue(NewItem(agent="capped", trigger=TriggerKind.MANUAL))
+    await store.enqueue(NewItem(agent="paused", trigger=TriggerKind.MANUAL))
+    await _spend(store, "capped", 2.0)
+    await store.set_paused("paused", True)
+    scaler = FleetScaler(store, lambda: "s1", lambda: project, lambda: "http://127.0.0.1:1")
+    try:
+        for _ in range(3):
+            await scaler.tick()
+        await asyncio.sleep(0.5)  # a start, had one been asked for, has run by now
+        assert not (out / "started").exists()
+        assert await store.fleet_members() == []
+        (held,) = await store.pool_decisions(FLEET, limit=10)
+        assert held.desired == 0 and held.inputs["queued"] == 0
+        assert held.inputs["budget_held"] == 4 and held.inputs["held"] == 5
+        assert "daily cost cap reached: agent 'capped'" in held.inputs["budget"]
+        assert "paused: 1 (agent 'paused' is paused)" in held.inputs["held_agents"]
+        assert "4 run(s) held by a daily budget" in held.reason
+        # a run that may start is demand: one runner, for it alone
+        await store.enqueue(NewItem(agent="free", trigger=TriggerKind.MANUAL))
+        await scaler.tick()
+        for _ in range(300):  # the start runs in the background
+            if (out / "started").exists():
+                break
+            await asyncio.sleep(0.1)
+        assert (out / "started").exists()
+        grow = (await store.pool_decisions(FLEET, limit=1))[0]
+        assert (grow.direction, grow.desired, grow.inputs["queued"]) == ("grow", 1, 1)
+        assert grow.inputs["budget_held"] == 4
+        # the project's daily cap reached: no growth, whatever waits
+        await store.sync_project(
+            agent_specs(project), scale_cap=None, max_attempts=3, max_reruns=0, daily_cost_cap=1.0
+        )
+        for _ in range(3):
+            await store.enqueue(NewItem(agent="free", trigger=TriggerKind.MANUAL))
+        await _spend(store, "free", 0.5)
+        for _ in range(3):
+            await scaler.tick()
+        await asyncio.sleep(0.5)
+        assert len((out / "started").read_text().split()) == 1
+        assert len(await store.fleet_members()) == 1
+        last = (await store.pool_decisions(FLEET, limit=1))[0]
+        assert last.desired <= 1 and last.inputs["queued"] == 0
+        assert last.inputs["budget_stop"] is True
+        assert "daily cost cap reached: the project" in last.inputs["budget"]
+        # `corral scale log` shows the runs held back with the fleet's decisions
+        shown = subprocess.run(
+            [sys.executable, "-m", "corral", "scale", "log", FLEET],
+            cwd=root,
+            env=clean_env(tmp_path) | {"CORRAL_STATE_URL": store.url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert '"budget_held":4' in shown.stdout.replace(" ", ""), shown.stdout
+        assert "held by a daily budget" in shown.stdout
+    finally:
+        for task in list(scaler._state.tasks) if scaler._state else []:
+            task.cancel()
+        await scaler.release()
+
+
+def test_a_pool_on_the_fleets_runners_grows_with_their_slots(
+    tmp_path: Path, store_url: str
+) -> None:
+    """A pooled agent that runs on runners, with a fleet that starts at none: the runs
+    waiting grow the fleet (the pool's size is no hold), and the pool grows with the
+    slots the new runners bring, never past them; every run succeeds."""
+    root = tmp_path / "project"
+    write_project(
+        root,
+        {"pooled": {"command": ["/bin/sh", "-c", "sleep 3 # fleetscale-mark"], "runsOn": ["auto"]}},
+        "[fleet]\nheartbeatSeconds = 1\nofflineAfterSeconds = 4\n"
+        '[fleet.autoscale]\nprovider = "local"\nmin = 0\nmax = 2\nlabels = ["auto"]\n'
+        "stabilization = 3\njoinTimeout = 90\n",
+        tables={"pooled": '[scale]\nmin = 0\nmax = 4\npolicy = "reactive"\nstabilization = 2\n'},
+    )
+    with control_plane(root, store_url, tmp_path / "start.log") as plane:
+        plane.push()
+        _trigger(plane, "pooled", 4)
+
+        def done() -> dict[str, Any] | None:
+            seen = _read(store_url)
+            ok = len(seen["runs"]) == 4 and all(r.state.is_terminal for r in seen["runs"])
+            return seen if ok else None
+
+        seen = wait_for(done, 150)
+        decisions = _read_pool(store_url, "pooled")
+        plane_log = plane.process.output()
+    assert all(r.state is RunState.SUCCEEDED for r in seen["runs"]), plane_log[-3000:]
+    assert decisions, plane_log[-3000:]
+    # never a pool larger than 2 runners' slots, nor than the slots each decision saw
+    assert max(d.desired for d in decisions) <= 2, [(d.desired, d.inputs) for d in decisions]
+    assert all(d.desired <= max(d.inputs["slots"], d.size) for d in decisions), decisions
+    grows = [d for d in decisions if d.direction == "grow"]
+    assert grows and all(d.inputs["runners"] >= 1 for d in grows), decisions
+    assert {r.runner_id for r in seen["runs"]} <= {m.runner_id for m in seen["members"]}
+
+
+def _read_pool(store_url: str, agent: str) -> list[Any]:
+    async def read() -> list[Any]:
+        async with await open_store(store_url) as store:
+            return await store.pool_decisions(agent, limit=1000)
+
+    return asyncio.run(read())

@@ -6,11 +6,23 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from datetime import timedelta
 from pathlib import Path
 
+from corral.engine.token import hash_token
 from corral.project import Project
-from corral.scheduler.service import Scheduler, SchedulerOptions
-from corral.store import NewItem, RunState, Store, TriggerKind, open_store
+from corral.scheduler.pools import PoolSizer
+from corral.scheduler.service import Scheduler, SchedulerOptions, sync_config
+from corral.store import (
+    NewItem,
+    NewRunner,
+    Runner,
+    RunnerState,
+    RunState,
+    Store,
+    TriggerKind,
+    open_store,
+)
 from tests.scheduler.helpers import all_runs, max_overlap, wait_for, write_project
 from tests.scheduler.procs import SchedulerProcess
 
@@ -306,3 +318,65 @@ async def test_a_corral_start_sizes_a_predictive_pool_on_compressed_time(
     # Shrinking waited for the stabilisation window after the last run ended.
     last_end = max(r.ended_at for r in runs if r.ended_at is not None)
     assert shrinks[-1].decided_at >= last_end
+
+
+async def _join(store: Store, name: str, labels: tuple[str, ...], slots: int) -> Runner:
+    await store.create_fleet_token(
+        hash_token(f"tok-{name}"), ttl=timedelta(days=1), labels=labels, actor="test"
+    )
+    runner = await store.redeem_fleet_token(
+        hash_token(f"tok-{name}"),
+        hash_token(f"cred-{name}"),
+        NewRunner(name=name, hostname=f"{name}.example", labels=labels, slots=slots),
+    )
+    assert isinstance(runner, Runner), runner
+    return runner
+
+
+async def test_the_runners_free_slots_bound_a_pool_that_runs_on_them(
+    tmp_path: Path, store: Store
+) -> None:
+    """An agent that runs on the fleet's runners (``runsOn``) gets no more pool than the
+    slots its runners have free for it: runners with its labels, active and online, less
+    the other agents' runs on them, its own runs counted wherever they are. The bound is
+    an input of every decision."""
+    project = write_project(
+        tmp_path / "p",
+        {
+            "gpu": {"command": "true", "runsOn": ["gpu"]},
+            "other": {"command": "true", "runsOn": ["gpu"], "scale": 2},
+        },
+        "[fleet]\nheartbeatSeconds = 5\nofflineAfterSeconds = 3600\n",
+        tables={"gpu": '[scale]\nmin = 0\nmax = 6\npolicy = "reactive"\nstabilization = 0\n'},
+    )
+    await sync_config(store, project)
+    big = await _join(store, "big", ("gpu", "linux"), 3)
+    await _join(store, "cpu", ("linux",), 4)  # not the agent's labels: no slot for it
+    await store.enqueue(NewItem("other", TriggerKind.MANUAL))
+    assert await store.claim(big.id, lease_seconds=60, limit=1, agents=["other"], runner=True)
+    for _ in range(8):
+        await store.enqueue(NewItem("gpu", TriggerKind.MANUAL))
+    sizer = PoolSizer(store, lambda: "s1", lambda: project)
+    for _ in range(3):
+        await sizer.tick_all()
+    assert await _pool_size(store, "gpu", 2)  # 3 slots, 1 of them busy with "other"
+    (decision,) = await store.pool_decisions("gpu", limit=1)
+    assert decision.inputs["slots"] == 2 and decision.inputs["ceiling"] == 2
+    assert decision.inputs["runners"] == 1 and decision.inputs["runner_slots"] == 3
+    assert "fleet: 2 runner slot(s)" in decision.reason
+    # one run of its own on the runner: still its slot
+    (mine,) = await store.claim(big.id, lease_seconds=60, limit=1, agents=["gpu"], runner=True)
+    await sizer.tick_all()
+    assert await _pool_size(store, "gpu", 2)
+    # the runner drained: no slot for new runs, but its own live run is still an instance
+    await store.set_runner_state(big.id, RunnerState.DRAINING, actor="test")
+    await sizer.tick_all()
+    assert await _pool_size(store, "gpu", 1)
+    last = (await store.pool_decisions("gpu", limit=1))[0]
+    assert (last.inputs["slots"], last.inputs["runners"], last.direction) == (1, 0, "shrink")
+    assert mine.run.runner_id == big.id
+    # a second runner with its labels joins: its slots are the pool's room
+    await _join(store, "more", ("gpu",), 4)
+    await sizer.tick_all()
+    assert await _pool_size(store, "gpu", 5)
+    assert (await store.pool_decisions("gpu", limit=1))[0].inputs["slots"] == 5

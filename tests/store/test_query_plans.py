@@ -32,6 +32,7 @@ HOT = (
     "agent_states", "agent_state", "list_live_runs", "list_runs", "list_agent_runs",
     "list_open_items", "list_set_aside_items", "list_agent_items", "kill_requests",
     "metrics_runs_since", "metrics_items_set_aside_since", "spend_since", "usage_by_day",
+    "spend_by_agent_since", "fleet_busy_by_runner",
     "prune_runs", "prune_items", "finish_run", "request_kill", "set_run_status_live",
     "page_runs", "page_agent_runs", "calls_made_by", "call_answered_by", "child_runs",
     "runner_holdings", "claimed_for_runner", "runs_ended_by_agent_and_runner",

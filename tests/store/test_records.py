@@ -73,6 +73,7 @@ def test_public_surface_is_pinned() -> None:
         "EnqueueResult",
         "FLEET",
         "FinalizeResult",
+        "FleetDemand",
         "FleetMember",
         "FleetRollout",
         "FleetToken",

@@ -235,6 +235,11 @@ class _FleetGauges(Collector):
             ("busy_slots", "Busy slots of its runners at its last decision"),
             ("slots", "Slots of its runners (starting and active) at its last decision"),
             ("queued", "Runs waiting for a runner with its labels at its last decision"),
+            (
+                "budget_held",
+                "Runs waiting for a runner with its labels that a daily cost cap held back "
+                "(not counted as demand) at its last decision",
+            ),
         ):
             yield GaugeMetricFamily(f"corral_fleet_scale_{key}", help_text, value=scale[key])
 
@@ -403,6 +408,7 @@ class FleetMetrics:
             "busy_slots": float(inputs.get("busy_slots") or 0),
             "slots": float(inputs.get("slots") or 0),
             "queued": float(inputs.get("queued") or 0),
+            "budget_held": float(inputs.get("budget_held") or 0),
         }
 
     async def _refresh_fleet(self) -> None:

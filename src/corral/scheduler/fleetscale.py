@@ -48,7 +48,7 @@ from corral.scheduler.fleet_providers import (
     ProviderError,
     StartSpec,
 )
-from corral.store import FleetMember, Runner, RunnerState, Store
+from corral.store import FleetDemand, FleetMember, Runner, RunnerState, Store
 
 #: The longest a runner's request for work waits (the engine's ``fleet_runs.MAX_WAIT``,
 #: which this layer may not import; a test keeps the two equal): a drained runner is
@@ -246,7 +246,8 @@ class FleetScaler:
 
     async def _decide(self, state: _State, config: FleetAutoscaleConfig, now: float) -> None:
         runners = await self.store.list_runners()
-        queued_by_agent, busy = await self.store.fleet_demand()
+        demand = await self.store.fleet_demand()
+        busy = demand.busy
         wall = self.store.now()
         notes: list[str] = []
         live = await self._reconcile(state, config, runners, wall, now, notes)
@@ -258,9 +259,10 @@ class FleetScaler:
             return
         self._stop_drained(state, live, busy, now)
         spr = config.slots_per_runner
-        queued = sum(
-            queued_by_agent.get(a, 0) for a in served_agents(self.project(), config.labels)
-        )
+        served = served_agents(self.project(), config.labels)
+        # only runs that may start now are demand: not those of paused or disabled
+        # agents, nor those a daily cost cap holds back (they would fail at once)
+        queued = sum(demand.queued.get(a, 0) for a in served)
         serving = [m for m in live if m.state in ("starting", "active")]
         instances, busy_slots = _instances(serving, busy, spr, wall, now)
         mine = {m.runner_id for m in live} | {m.token_id for m in live}
@@ -270,10 +272,9 @@ class FleetScaler:
             if r.state is not RunnerState.REVOKED and r.id not in mine and r.token_id not in mine
         ]
         cap_runners, slots_cap = self._caps(len(others), spr)
+        limits = Limits(slots=slots_cap, budget_stop=demand.budget_stop)
         decision = state.scaler.decide(
-            Observation(
-                now=now, queued=queued, instances=tuple(instances), limits=Limits(slots=slots_cap)
-            )
+            Observation(now=now, queued=queued, instances=tuple(instances), limits=limits)
         )
         size = len(serving)
         desired = max(min(math.ceil(decision.desired / spr), config.max), config.min)
@@ -291,6 +292,8 @@ class FleetScaler:
             reason += f"; start retried in {state.retry_at - now:.0f} s (last start failed)"
         if len(drained) < size - desired:
             reason += f"; {size - desired - len(drained)} busy runner(s) kept"
+        held_reason, held_inputs = _held(demand, served)
+        reason += held_reason
         inputs: dict[str, Any] = dict(decision.inputs)
         inputs.update(
             runners=size,
@@ -301,6 +304,7 @@ class FleetScaler:
             draining=sum(1 for m in live if m.state == "draining"),
             other_runners=len(others),
             provider=config.provider,
+            **held_inputs,
         )
         for key, names in (("started", started), ("drained", drained), ("notes", notes)):
             if names:
@@ -531,6 +535,33 @@ class FleetScaler:
             log.warning("fleet autoscaler: stopping %s: the store failed: %s", member.name, exc)
         finally:
             state.stopping.discard(member.name)
+
+
+def _held(demand: FleetDemand, served: list[str]) -> tuple[str, dict[str, Any]]:
+    """What the decision records of the runs waiting that may not start now (not
+    counted as demand): a note for its reason, and its inputs (``held``, ``budget_held``,
+    ``budget``: the daily caps' words, ``held_agents``: each agent's count and why)."""
+    held = {a: h for a, h in demand.held.items() if a in served}
+    by_budget = demand.held_by_budget(served)
+    budget_held = sum(n for n, _ in by_budget.values())
+    inputs: dict[str, Any] = {
+        "held": sum(n for n, _ in held.values()),
+        "budget_held": budget_held,
+    }
+    budget = demand.stop if demand.budget_stop else None
+    if budget is None and by_budget:
+        budget = "; ".join(f"{a}: {why}" for a, (_, why) in sorted(by_budget.items()))
+    if budget is not None:
+        inputs["budget"] = budget[:600]
+    if held:
+        listed = "; ".join(f"{a}: {n} ({why})" for a, (n, why) in sorted(held.items()))
+        inputs["held_agents"] = listed[:600]
+    note = ""
+    if budget_held:
+        note = f"; {budget_held} run(s) held by a daily budget"
+    elif demand.budget_stop:
+        note = "; the project's daily budget is spent"
+    return note, inputs
 
 
 def _instances(

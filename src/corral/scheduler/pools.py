@@ -7,7 +7,8 @@ renewed at every tick (``Store.take_pool_lease``); the others keep no autoscaler
 The holder ticks once a second, and sooner when the dispatcher is woken (an item queued,
 a run ended), at most ``min_gap`` apart. A tick reads the agent's queue, its live runs
 (the pool's busy instances), what arrived and ended since the previous tick and the
-limits (the project cap's room, the daily budgets), lets the agent's ``Autoscaler``
+limits (the project cap's room, the daily budgets, and for an agent that runs on the
+fleet's runners the slots they have free for it), lets the agent's ``Autoscaler``
 decide, and writes the decided size with, when it changed (or every ``hold_every``
 seconds when it did not), the decision and its inputs.
 
@@ -28,7 +29,7 @@ from datetime import datetime, timedelta
 from corral.autoscale import Autoscaler, Instance, Limits, Observation, Settings, settings_for
 from corral.llm.ratelimit import limits_for
 from corral.project import Project, ScaleConfig
-from corral.store import PoolSnapshot, PoolState, Store
+from corral.store import FleetDemand, PoolSnapshot, PoolState, Runner, RunnerState, Store
 
 __all__ = ["PoolSizer", "pooled_agents"]
 
@@ -116,8 +117,18 @@ class PoolSizer:
         for gone in set(self._pools) - set(wanted):
             del self._pools[gone]
         saturated = await self.saturated_providers(project) if wanted else {}
+        fleet = None
+        if any(runner_labels(project, a) is not None for a in wanted):
+            fleet = (await self.store.list_runners(), await self.store.fleet_demand())
         for agent, settings in sorted(wanted.items()):
-            await self.tick(agent, settings, _provider_stop(project, agent, saturated))
+            capacity = None
+            labels = runner_labels(project, agent)
+            if fleet is not None and labels is not None:
+                offline_after = float(project.config.fleet.offline_after_seconds)
+                capacity = fleet_capacity(
+                    agent, labels, *fleet, now=self.store.now(), offline_after=offline_after
+                )
+            await self.tick(agent, settings, _provider_stop(project, agent, saturated), capacity)
 
     async def saturated_providers(self, project: Project) -> dict[str, str]:
         """The providers with a ``[providers.<name>]`` table that cannot feed more runs
@@ -133,10 +144,15 @@ class PoolSizer:
         return out
 
     async def tick(
-        self, agent: str, settings: Settings, provider_stop: str | None = None
+        self,
+        agent: str,
+        settings: Settings,
+        provider_stop: str | None = None,
+        capacity: Capacity | None = None,
     ) -> int | None:
         """One decision for ``agent``'s pool if this scheduler holds its lease: the size
-        now in force, or None (another scheduler decides it)."""
+        now in force, or None (another scheduler decides it). ``capacity``: the runners'
+        slots the pool may use, for an agent that runs on the fleet's runners."""
         owner = self.owner()
         pool = await self.store.take_pool_lease(agent, owner, lease_seconds=self.lease_seconds)
         if pool is None:
@@ -151,7 +167,8 @@ class PoolSizer:
             self._pools[agent] = state
         snapshot = await self.store.observe_pool(agent, state.since, wall_now)
         state.since = wall_now
-        observation = _observation(loop_now, wall_now, pool, snapshot, provider_stop)
+        slots = None if capacity is None else capacity.slots
+        observation = _observation(loop_now, wall_now, pool, snapshot, provider_stop, slots)
         decision = state.scaler.decide(observation)
         record = decision.desired != pool.size or loop_now - state.recorded >= self.hold_every
         inputs = dict(decision.inputs)
@@ -163,13 +180,20 @@ class PoolSizer:
         )
         if snapshot.budget_stop is not None:
             inputs["budget"] = snapshot.budget_stop
+        if capacity is not None:
+            inputs.update(runners=capacity.runners, runner_slots=capacity.total)
+        reason = decision.reason
+        stable = decision.inputs["stabilized"]
+        if capacity is not None and isinstance(stable, int) and decision.desired < stable:
+            if decision.desired == capacity.slots:
+                reason += f" (fleet: {capacity.slots} runner slot(s) for it)"
         size = await self.store.set_pool_size(
             agent,
             owner,
             size=decision.desired,
             previous=pool.size,
             policy=settings.policy,
-            reason=decision.reason,
+            reason=reason,
             inputs=inputs,
             record=record,
         )
@@ -192,6 +216,64 @@ class PoolSizer:
         return size
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """The fleet's room for one agent that runs on runners."""
+
+    #: The slots its pool may use: the free slots of the runners that may take its runs
+    #: (active, online, with its ``runsOn`` labels), and the slots its own runs hold on
+    #: any runner.
+    slots: int
+    #: The runners that may take its runs now ...
+    runners: int
+    #: ... and their slots, busy or not.
+    total: int
+
+
+def runner_labels(project: Project, agent: str) -> tuple[str, ...] | None:
+    """The labels a runner needs to run ``agent``; None: it runs on the control plane
+    (as the fleet routes it: ``runsOn``, or any runner under ``[fleet] runLocally =
+    false``)."""
+    found = project.agents.get(agent)
+    if found is None:
+        return None
+    if found.config.runs_on is not None:
+        return tuple(found.config.runs_on)
+    return None if project.config.fleet.run_locally else ()
+
+
+def fleet_capacity(
+    agent: str,
+    labels: tuple[str, ...],
+    runners: list[Runner],
+    demand: FleetDemand,
+    *,
+    now: datetime,
+    offline_after: float,
+) -> Capacity:
+    """The runners' slots ``agent``'s pool may use (``Limits.slots``): each runner that
+    may take its runs counts its slots less the other agents' live runs on it; its own
+    live runs count wherever they are (a draining runner's included: they are instances
+    of the pool)."""
+    need = set(labels)
+    slots = runners_now = total = 0
+    for runner in runners:
+        mine = demand.busy_by_agent.get(runner.id, {}).get(agent, 0)
+        takes = (
+            runner.state is RunnerState.ACTIVE
+            and runner.online(now, offline_after)
+            and need <= set(runner.labels)
+        )
+        if not takes:
+            slots += mine
+            continue
+        runners_now += 1
+        total += runner.slots
+        others = demand.busy.get(runner.id, 0) - mine
+        slots += max(runner.slots - others, mine, 0)
+    return Capacity(slots=slots, runners=runners_now, total=total)
+
+
 def _provider_stop(project: Project, agent: str, saturated: dict[str, str]) -> str | None:
     """Why ``agent``'s pool must not grow for its models' providers, or None; only the
     built-in harness's runs call the models from corral."""
@@ -211,6 +293,7 @@ def _observation(
     pool: PoolState,
     snapshot: PoolSnapshot,
     provider_stop: str | None = None,
+    slots: int | None = None,
 ) -> Observation:
     """The pool as the autoscaler reads it: the live runs busy, the rest of the stored
     size idle slots (no process behind them), the limits from the store."""
@@ -232,5 +315,6 @@ def _observation(
             cap=snapshot.cap_room,
             budget_stop=snapshot.budget_stop is not None,
             provider_stop=provider_stop,
+            slots=slots,
         ),
     )

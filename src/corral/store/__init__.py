@@ -16,7 +16,7 @@ from corral.errors import MigrationError, StoreError, StoreUnavailable
 from corral.store._base import StaleFence, Store, Transaction, mask_url
 from corral.store._fleet import TransitionRefused
 from corral.store._fleet_rollouts import FleetRollout
-from corral.store._fleetscale import FLEET, FleetMember
+from corral.store._fleetscale import FLEET, FleetDemand, FleetMember
 from corral.store._rollouts import Rollout
 from corral.store._stream import StreamTick, stream_prefix
 from corral.store._webhooks import RECEIPT_BODY_CAP, new_receipt_id
@@ -95,6 +95,7 @@ __all__ = [
     "Deadlock",
     "EnqueueResult",
     "FinalizeResult",
+    "FleetDemand",
     "FleetMember",
     "FleetRollout",
     "FleetToken",

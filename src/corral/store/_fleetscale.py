@@ -1,19 +1,21 @@
 """The runner fleet's autoscaler (migration 0027): the lease of the one scheduler that
 sizes the fleet, the runners it started through its provider, and what it reads each
-tick (runs waiting per agent, busy slots per runner). Its decisions go to the pool
-decision log (0022) under the name ``FLEET``."""
+tick (runs waiting per agent that may start now, and those held back with why; busy
+slots per runner). Its decisions go to the pool decision log (0022) under the name
+``FLEET``."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from corral.store._core import StoreCore
 from corral.store._time import require_aware
+from corral.store._usage import UsageOps, cap_refusal, project_cap_refusal
+from corral.store.records import AgentState, ProjectState
 
-__all__ = ["FLEET", "MEMBER_STATES", "FleetMember", "FleetScaleOps"]
+__all__ = ["FLEET", "MEMBER_STATES", "FleetDemand", "FleetMember", "FleetScaleOps"]
 
 #: The name the fleet's decisions are recorded under in the pool decision log.
 FLEET = ":fleet"
@@ -41,7 +43,34 @@ class FleetMember:
         return self.state in ("starting", "active", "draining")
 
 
-class FleetScaleOps(StoreCore):
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetDemand:
+    """One reading of the work for the fleet's runners: what the fleet autoscaler (and
+    the pools of agents that run on runners) size themselves by."""
+
+    #: Items waiting per agent whose runs may start now.
+    queued: dict[str, int]
+    #: Items waiting per agent whose runs may not start now: (how many, why): the
+    #: project or the agent paused, the agent disabled or gone, a daily cost cap reached.
+    held: dict[str, tuple[int, str]]
+    #: Live runs per runner id (its busy slots) ...
+    busy: dict[str, int]
+    #: ... and per runner id and agent.
+    busy_by_agent: dict[str, dict[str, int]]
+    #: Why no run of any agent may start now (the project paused, or its daily cost cap
+    #: reached), or None.
+    stop: str | None = None
+    #: True when ``stop`` is the project's daily cost cap.
+    budget_stop: bool = False
+    #: The agents in ``held`` that a daily cost cap (theirs or the project's) holds back.
+    budget_held: frozenset[str] = frozenset()
+
+    def held_by_budget(self, agents: Collection[str]) -> dict[str, tuple[int, str]]:
+        """The held items of ``agents`` that a daily cost cap holds back."""
+        return {a: h for a, h in self.held.items() if a in agents and a in self.budget_held}
+
+
+class FleetScaleOps(UsageOps):
     """The fleet autoscaler's lease, members and readings; part of ``Store``."""
 
     async def take_fleet_scaler_lease(self, owner: str, *, lease_seconds: float) -> bool:
@@ -73,15 +102,47 @@ class FleetScaleOps(StoreCore):
             return None
         return str(row["owner"])
 
-    async def fleet_demand(self) -> tuple[dict[str, int], dict[str, int]]:
-        """Items waiting per agent and live runs per runner id, in one reading."""
+    async def fleet_demand(self) -> FleetDemand:
+        """The items waiting per agent, split into those whose runs may start now and
+        those held back (with why, as a claim would refuse them: paused, disabled or
+        gone, over a daily cost cap), and the live runs per runner: one reading (one
+        statement for the day's spend, whatever the number of agents)."""
         async with self.transaction(write=False) as tx:
-            queued = await tx.fetch_all("fleet_queued_by_agent")
-            busy = await tx.fetch_all("fleet_busy_by_runner")
-        return (
-            {row["agent"]: int(row["queued"]) for row in queued},
-            {row["runner_id"]: int(row["n"]) for row in busy},
-        )
+            project = ProjectState.from_row(
+                self._returned(await tx.fetch_one("get_project"), "get_project")
+            )
+            agents = [AgentState.from_row(r) for r in await tx.fetch_all("fleet_queued_by_agent")]
+            busy_rows = await tx.fetch_all("fleet_busy_by_runner")
+            capped = project.daily_cost_cap is not None or any(
+                a.daily_cost_cap is not None for a in agents
+            )
+            spent = await self._spent_today_by_agent(tx) if capped else {}
+        now = self.now()
+        budget = project_cap_refusal(project, sum(spent.values()), now)
+        stop = "the project is paused" if project.paused else budget
+        queued: dict[str, int] = {}
+        held: dict[str, tuple[int, str]] = {}
+        by_budget: set[str] = set()
+        for agent in agents:
+            why = stop or _held(agent)
+            if why is None:
+                why = cap_refusal(agent, spent.get(agent.agent, 0.0), now)
+                if why is not None:
+                    by_budget.add(agent.agent)
+            elif budget is not None and why == budget:
+                by_budget.add(agent.agent)
+            if why is None:
+                queued[agent.agent] = agent.queued
+            else:
+                held[agent.agent] = (agent.queued, why)
+        busy: dict[str, int] = {}
+        by_agent: dict[str, dict[str, int]] = {}
+        for row in busy_rows:
+            n = int(row["n"])
+            busy[row["runner_id"]] = busy.get(row["runner_id"], 0) + n
+            by_agent.setdefault(row["runner_id"], {})[row["agent"]] = n
+        budget_stop = stop is not None and stop == budget
+        return FleetDemand(queued, held, busy, by_agent, stop, budget_stop, frozenset(by_budget))
 
     async def add_fleet_member(
         self, name: str, *, provider: str, host: str, token_id: str | None
@@ -174,3 +235,16 @@ class FleetScaleOps(StoreCore):
         params = {"older_than": self.encode_time(require_aware(older_than, "older_than"))}
         async with self.transaction() as tx:
             return await tx.execute("prune_fleet_members", params)
+
+
+def _held(agent: AgentState) -> str | None:
+    """Why no run of ``agent`` may be claimed now (paused, disabled, gone), or None."""
+    if not agent.present:
+        return f"agent {agent.agent!r} is no longer in the project"
+    if not agent.enabled:
+        return f"agent {agent.agent!r} is disabled by an operator"
+    if agent.scale == 0:
+        return f"agent {agent.agent!r} is disabled (scale = 0)"
+    if agent.paused:
+        return f"agent {agent.agent!r} is paused"
+    return None

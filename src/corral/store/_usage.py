@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from corral.store._core import StoreCore, Transaction
 from corral.store.records import AgentState, ProjectState, Run, UsageTotal
 
-__all__ = ["UsageOps", "day_start"]
+__all__ = ["UsageOps", "cap_refusal", "day_start", "project_cap_refusal"]
 
 
 def day_start(moment: datetime) -> datetime:
@@ -100,21 +100,44 @@ class UsageOps(StoreCore):
             return None
         now = self.now()
         start = day_start(now)
-        until = f"new runs are refused until 00:00 UTC (in {_until(now)})"
         if agent.daily_cost_cap is not None:
             spent = await self._spent_since(tx, start, agent.agent)
-            if spent >= agent.daily_cost_cap:
-                return (
-                    f"daily cost cap reached: agent {agent.agent!r} has spent ${spent:.2f} "
-                    f"today (UTC) of its ${agent.daily_cost_cap:.2f} a day "
-                    f"([budget] dailyCost in agents/{agent.agent}/config.toml); {until}"
-                )
-        if project.daily_cost_cap is not None:
-            spent = await self._spent_since(tx, start, None)
-            if spent >= project.daily_cost_cap:
-                return (
-                    f"daily cost cap reached: the project has spent ${spent:.2f} today (UTC) "
-                    f"of its ${project.daily_cost_cap:.2f} a day ([budget] dailyCost in "
-                    f"config.toml); {until}"
-                )
+            refused = cap_refusal(agent, spent, now)
+            if refused is not None:
+                return refused
+        if project.daily_cost_cap is None:
+            return None
+        return project_cap_refusal(project, await self._spent_since(tx, start, None), now)
+
+    async def _spent_today_by_agent(self, tx: Transaction) -> dict[str, float]:
+        """Dollars spent since midnight UTC per agent, in one statement (their sum is the
+        project's spend)."""
+        params = {"since": self.encode_time(day_start(self.now()))}
+        rows = await tx.fetch_all("spend_by_agent_since", params)
+        return {row["agent"]: float(row["cost"]) for row in rows}
+
+
+def _refused_until(now: datetime) -> str:
+    return f"new runs are refused until 00:00 UTC (in {_until(now)})"
+
+
+def cap_refusal(agent: AgentState, spent: float, now: datetime) -> str | None:
+    """Why ``agent``'s own daily cost cap refuses a new run, having ``spent`` today."""
+    if agent.daily_cost_cap is None or spent < agent.daily_cost_cap:
         return None
+    return (
+        f"daily cost cap reached: agent {agent.agent!r} has spent ${spent:.2f} "
+        f"today (UTC) of its ${agent.daily_cost_cap:.2f} a day "
+        f"([budget] dailyCost in agents/{agent.agent}/config.toml); {_refused_until(now)}"
+    )
+
+
+def project_cap_refusal(project: ProjectState, spent: float, now: datetime) -> str | None:
+    """Why the project's daily cost cap refuses every new run, having ``spent`` today."""
+    if project.daily_cost_cap is None or spent < project.daily_cost_cap:
+        return None
+    return (
+        f"daily cost cap reached: the project has spent ${spent:.2f} today (UTC) "
+        f"of its ${project.daily_cost_cap:.2f} a day ([budget] dailyCost in "
+        f"config.toml); {_refused_until(now)}"
+    )

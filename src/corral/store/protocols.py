@@ -62,7 +62,7 @@ from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 from corral.store._core import Params, Row, Transaction
 from corral.store._fleet_rollouts import FleetRollout
 from corral.store._fleet_runs import Holding, Renewal
-from corral.store._fleetscale import FleetMember
+from corral.store._fleetscale import FleetDemand, FleetMember
 from corral.store._locks import WANT_SECONDS
 from corral.store._notify import Changes
 from corral.store._queue import Overflow
@@ -708,7 +708,7 @@ class FleetScaleStore(Protocol):
 
     async def fleet_scaler_owner(self) -> str | None: ...
 
-    async def fleet_demand(self) -> tuple[dict[str, int], dict[str, int]]: ...
+    async def fleet_demand(self) -> FleetDemand: ...
 
     async def add_fleet_member(
         self, name: str, *, provider: str, host: str, token_id: str | None

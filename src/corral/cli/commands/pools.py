@@ -24,12 +24,14 @@ from corral.views import pool_decision_json, pool_json
 #: The inputs `corral pools log` shows in its table (--json shows them all).
 SHOWN_INPUTS = (
     "queued",
+    "budget_held",
     "busy",
     "arrivals",
     "completions",
     "recommended",
     "ceiling",
     "cap",
+    "slots",
     "runners",
     "busy_slots",
     "started",

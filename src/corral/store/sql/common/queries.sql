@@ -943,14 +943,21 @@ UPDATE corral_fleet_scaler SET owner = NULL, lease_until = NULL WHERE owner = :o
 SELECT owner, lease_until FROM corral_fleet_scaler WHERE id = 'fleet'
 
 -- name: fleet_queued_by_agent
--- The items waiting per agent (the fleet autoscaler keeps those of agents its runners run).
-SELECT agent, queued + requeued AS queued FROM corral_agents ORDER BY agent
+-- The agents with items waiting, with what decides whether a run of theirs may start now
+-- (the fleet autoscaler keeps those of agents its runners run).
+SELECT a.agent, a.scale, a.queue_size, a.paused, a.enabled, a.present, a.daily_cost_cap,
+       a.queued + a.requeued AS queued, a.running AS active
+FROM corral_agents a
+WHERE a.queued + a.requeued > 0
+ORDER BY a.agent
 
 -- name: fleet_busy_by_runner
--- Live runs per runner: a runner's busy slots.
-SELECT runner_id, count(*) AS n FROM corral_runs
-WHERE runner_id IS NOT NULL AND state IN ('starting', 'running')
-GROUP BY runner_id
+-- Live runs per runner and agent: a runner's busy slots, and whose. The IN is the partial
+-- index corral_runs_live's own condition, word for word (as live_runs_by_runner_and_bundle).
+SELECT runner_id, agent, count(*) AS n FROM corral_runs
+WHERE state IN ('queued', 'starting', 'running') AND state <> 'queued'
+  AND runner_id IS NOT NULL
+GROUP BY runner_id, agent
 
 -- name: insert_fleet_member
 INSERT INTO corral_fleet_members

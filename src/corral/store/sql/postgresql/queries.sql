@@ -557,6 +557,12 @@ FOR UPDATE OF p
 SELECT COALESCE(sum(cost_usd), 0) AS cost FROM corral_runs
 WHERE created_at >= %(since)s AND (%(agent)s::text IS NULL OR agent = %(agent)s::text)
 
+-- name: spend_by_agent_since
+-- Dollars spent per agent by runs created at or after :since (their sum: the project's).
+SELECT agent, COALESCE(sum(cost_usd), 0) AS cost FROM corral_runs
+WHERE created_at >= %(since)s
+GROUP BY agent
+
 -- name: usage_by_day
 -- Runs, tokens and dollars per agent and UTC day, for runs created at or after :since.
 SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, agent, count(*) AS runs, count(cost_usd) AS priced_runs,

@@ -312,6 +312,14 @@ WHERE p.id = 1
 SELECT COALESCE(sum(cost_usd), 0) AS cost FROM corral_runs
 WHERE created_at >= :since AND (:agent IS NULL OR agent = :agent)
 
+-- name: spend_by_agent_since
+-- Dollars spent per agent by runs created at or after :since (their sum: the project's).
+-- (read by the creation index, as spend_since: grouping by the agent's own index would
+-- read every run ever made)
+SELECT agent, COALESCE(sum(cost_usd), 0) AS cost FROM corral_runs INDEXED BY corral_runs_created
+WHERE created_at >= :since
+GROUP BY agent
+
 -- name: usage_by_day
 -- Runs, tokens and dollars per agent and UTC day, for runs created at or after :since.
 SELECT substr(created_at, 1, 10) AS day, agent, count(*) AS runs, count(cost_usd) AS priced_runs,
