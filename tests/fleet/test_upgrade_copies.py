@@ -165,12 +165,16 @@ async def test_a_change_decided_on_a_stale_copy_is_not_recorded(
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
-async def test_heartbeats_read_the_rollout_and_the_runners_once_per_copy(store_url: str) -> None:
+async def test_heartbeats_read_the_rollout_and_the_runners_once_per_copy(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """PostgreSQL's wire: 20 heartbeats outside a rollout read it once (each read it
     before), and 20 during a rollout's open step read it and the runner list once (each
-    read both before)."""
+    read both before); 30 arriving together once the copies aged read each once too
+    (they wait for the first one's reads)."""
     from tests.store._roundtrips import counted_store
 
+    monkeypatch.setattr(fleet_upgrade, "COPY_SECONDS", 60.0)
     async with counted_store(store_url) as (store, proxy):
         await _runners(store, "r1", "r2")
         runner = await _beat(store, "r1")
@@ -187,6 +191,13 @@ async def test_heartbeats_read_the_rollout_and_the_runners_once_per_copy(store_u
             for _ in range(20):
                 await fleet_upgrade.on_heartbeat(store, runner, None, SETTINGS)
         assert len(_reads(seen.queries)) <= 2, seen.queries
+        monkeypatch.setattr(fleet_upgrade, "COPY_SECONDS", 0.1)
+        await asyncio.sleep(0.15)
+        with proxy.counting() as seen:
+            await asyncio.gather(
+                *(fleet_upgrade.on_heartbeat(store, runner, None, SETTINGS) for _ in range(30))
+            )
+        assert len(_reads(seen.queries)) == 2, seen.queries
 
 
 def _reads(queries: list[str]) -> list[str]:

@@ -25,6 +25,7 @@ default); a runner outside it is refused with an error naming both versions.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import os
@@ -315,6 +316,7 @@ class _Fleet:
 
 
 _fleets: weakref.WeakKeyDictionary[Store, tuple[float, _Fleet]] = weakref.WeakKeyDictionary()
+_fleet_reads: weakref.WeakKeyDictionary[Store, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 async def _fleet(store: Store) -> list[Runner]:
@@ -322,14 +324,20 @@ async def _fleet(store: Store) -> list[Runner]:
 
 
 async def _fleet_copy(store: Store) -> _Fleet:
-    """The runner list, read again once the copy is ``COPY_SECONDS`` old."""
+    """The runner list, read again once the copy is ``COPY_SECONDS`` old (by one
+    heartbeat: the others arriving meanwhile wait for its read)."""
     held = _fleets.get(store)
-    started = time.monotonic()
-    if held is not None and started - held[0] <= COPY_SECONDS:
+    if held is not None and time.monotonic() - held[0] <= COPY_SECONDS:
         return held[1]
-    fleet = _Fleet(await _fleet(store))
-    _fleets[store] = (started, fleet)
-    return fleet
+    reading = _fleet_reads.setdefault(store, asyncio.Lock())
+    async with reading:
+        held = _fleets.get(store)
+        started = time.monotonic()
+        if held is not None and started - held[0] <= COPY_SECONDS:
+            return held[1]
+        fleet = _Fleet(await _fleet(store))
+        _fleets[store] = (started, fleet)
+        return fleet
 
 
 def _advance(  # noqa: C901 - the rollout's state machine, read in one place

@@ -10,11 +10,12 @@ Every heartbeat asks for the latest rollout (D130): ``latest_fleet_rollout(max_a
 answers this store object's own copy while it is at most ``s`` seconds old. The copy is
 the last one read or written through this object; a write through it replaces the copy
 (a lost compare and set drops it), so this process sees its own changes at once and
-other processes' within ``s``.
+other processes' within ``s``; while a read renews it, the others wait for that read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -53,6 +54,9 @@ class FleetRolloutOps(StoreCore):
     _rollout_copy: tuple[FleetRollout | None, float] | None = None
     #: Writes through this object so far: a read that a write overtook keeps no copy.
     _rollout_writes: int = 0
+    #: Held by the read that renews the copy: heartbeats arriving meanwhile wait for it
+    #: rather than each send the same read.
+    _rollout_reading: asyncio.Lock | None = None
 
     def _hold_rollout(self, rollout: FleetRollout | None, at: float) -> None:
         self._rollout_copy = (rollout, at)
@@ -109,10 +113,21 @@ class FleetRolloutOps(StoreCore):
         """The newest rollout (None: none yet). With ``max_age`` > 0, this object's copy
         will do while it is at most that many seconds old (the copy of its last read or
         write; see the module's docstring)."""
+        if max_age <= 0:
+            return await self._read_latest_rollout()
         held = self._rollout_copy
-        started = time.monotonic()
-        if max_age > 0 and held is not None and started - held[1] <= max_age:
+        if held is not None and time.monotonic() - held[1] <= max_age:
             return held[0]
+        if self._rollout_reading is None:
+            self._rollout_reading = asyncio.Lock()
+        async with self._rollout_reading:  # who waited for a read finds its copy
+            held = self._rollout_copy
+            if held is not None and time.monotonic() - held[1] <= max_age:
+                return held[0]
+            return await self._read_latest_rollout()
+
+    async def _read_latest_rollout(self) -> FleetRollout | None:
+        started = time.monotonic()
         writes = self._rollout_writes
         rows = await self.statement("latest_fleet_rollout")  # one round trip, no BEGIN
         found = self._rollout(rows[0]) if rows else None
