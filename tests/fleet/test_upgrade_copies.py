@@ -85,6 +85,14 @@ async def test_the_copy_is_this_store_objects_writes_at_once_and_others_within_i
             actor="test",
         )
         assert await store.latest_fleet_rollout(max_age=60) == second
+        # a write to an older rollout, on a copy that aged, does not make it the latest
+        halted_here = await store.update_fleet_rollout(second, state="halted", detail={})
+        assert halted_here is not None
+        await asyncio.sleep(0.15)
+        newest = await _rollout(other)
+        older = await store.update_fleet_rollout(halted_here, state="completed", detail={})
+        assert older is not None
+        assert await store.latest_fleet_rollout(max_age=0.1) == newest
 
 
 async def test_orders_reach_the_runners_and_the_rollout_completes_on_copies(

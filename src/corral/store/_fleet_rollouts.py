@@ -10,7 +10,8 @@ Every heartbeat asks for the latest rollout (D130): ``latest_fleet_rollout(max_a
 answers this store object's own copy while it is at most ``s`` seconds old. The copy is
 the last one read or written through this object; a write through it replaces the copy
 (a lost compare and set drops it), so this process sees its own changes at once and
-other processes' within ``s``; while a read renews it, the others wait for that read.
+other processes' (a newer rollout too) within ``s`` of its last read; while a read
+renews it, the others wait for that read.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ class FleetRolloutOps(StoreCore):
             "detail": json.dumps(detail),
             "now": self.encode_time(self.now()),
         }
+        held = self._rollout_copy
         try:
             async with self.transaction() as tx:
                 row = await tx.fetch_one("update_fleet_rollout", params)
@@ -161,7 +163,10 @@ class FleetRolloutOps(StoreCore):
         if row is None:  # another process moved it: the copy is stale too
             return None
         moved = self._rollout(row)
-        self._hold_rollout(moved, time.monotonic())
+        if held is not None and held[0] is not None and held[0].id == moved.id:
+            # the copy's age stays that of its read: the write proves this rollout's
+            # state, not that no newer one was started elsewhere since
+            self._hold_rollout(moved, held[1])
         return moved
 
     async def runs_ended_by_runner(self, since: datetime) -> list[Row]:
