@@ -32,7 +32,9 @@ Two parts, each on a fresh store and a fresh `corral start --headless` process:
   claims N runs and holds them, so every heartbeat reports and renews N leases (a fleet
   where every runner is busy; the lease is then 300 s, so that the runs claimed first
   do not lapse while the others are claimed); ``failed`` then counts held runs answered
-  gone too (none expected).
+  gone too (none expected). ``--rollout``: a fleet upgrade runs all along (`corral
+  fleet upgrade`'s own call, to a version no simulated runner reaches: its canary stays
+  ordered, so every heartbeat is one of a running rollout's open step).
 
 Figures are medians over ``--reps`` (default 1: the whole default mode stays under 10
 minutes). The client shares the 2 cores with the control plane: when it cannot offer
@@ -72,6 +74,7 @@ from bench._common import (
 )
 
 from corral.bundles import pack
+from corral.engine import fleet_upgrade
 from corral.store import open_store
 
 PYTHON = sys.executable
@@ -481,6 +484,7 @@ async def measure_sim(
     claimers: int,
     rate: float,
     busy: int = 0,
+    rollout: bool = False,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="corral-fleet-sim-") as tmp:
         base = Path(tmp)
@@ -493,7 +497,8 @@ async def measure_sim(
             store_url(store, base) as url,
             control_plane(root, base, url, lease) as plane,
         ):
-            return await _sim(plane, runners, seconds, interval, claimers, rate, busy)
+            upgrade = url if rollout else None
+            return await _sim(plane, runners, seconds, interval, claimers, rate, busy, upgrade)
 
 
 async def _hold(
@@ -536,7 +541,9 @@ async def _sim(
     claimers: int,
     rate: float,
     busy: int = 0,
+    upgrade: str | None = None,
 ) -> dict[str, Any]:
+    """``upgrade``: the store's URL, to start a rollout on once the runners joined."""
     pid = plane.pid
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with (
@@ -565,6 +572,11 @@ async def _sim(
 
         await asyncio.gather(*(join(i) for i in range(runners)))
         held = await _hold(plane, http, credentials, busy) if busy else [[]] * runners
+        if upgrade is not None:
+            async with await open_store(upgrade) as store:
+                await fleet_upgrade.start_rollout(
+                    store, target="9.9.9", index="https://example.invalid/simple", actor="bench"
+                )
         bodies = [
             json.dumps({"version": "0", "running": runs} if runs else {"version": "0"}).encode()
             for runs in held
@@ -627,6 +639,7 @@ async def _sim(
     return {
         "runners": runners,
         "busy": busy,
+        "rollout": upgrade is not None,
         "held_runs_gone": gone,
         "join_ms": summarize_ms(joins),
         "idle_cpu_share": round(idle_rate, 3),
@@ -825,7 +838,14 @@ async def _sim_part(
     done = []
     for rep in range(args.reps):
         figures = await measure_sim(
-            store, runners, seconds, args.interval, args.claimers, args.rate, args.busy
+            store,
+            runners,
+            seconds,
+            args.interval,
+            args.claimers,
+            args.rate,
+            args.busy,
+            args.rollout,
         )
         result.runs.append({"part": "sim", "store": store, "rep": rep, **figures})
         done.append(figures)
@@ -849,6 +869,9 @@ async def main() -> int:
     parser.add_argument("--rate", type=float, default=10.0, help="runs/s queued for claimers")
     parser.add_argument(
         "--busy", type=int, default=0, help="sim: runs each runner holds (its heartbeats renew)"
+    )
+    parser.add_argument(
+        "--rollout", action="store_true", help="sim: a fleet upgrade runs all along"
     )
     parser.add_argument(
         "--spawn",

@@ -32,6 +32,8 @@ import math
 import os
 import re
 import statistics
+import time
+import weakref
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -440,13 +442,18 @@ async def on_heartbeat(
 ) -> tuple[dict[str, Any] | None, bool]:
     """Record what ``runner`` reports of its upgrade, advance the rollout, and answer
     its order (None: nothing to do) and whether the report is recorded (False: every
-    compare and set was lost to other processes; the runner reports it again)."""
-    rollout = await store.latest_fleet_rollout()
+    compare and set was lost to other processes; the runner reports it again).
+
+    It acts on copies at most ``COPY_SECONDS`` old (D130): the latest rollout as this
+    process last read or wrote it, and, while one runs, the runner list. A change is
+    still a compare and set on the rollout's revision, so a decision taken on a stale
+    copy is never recorded: the write fails and the rollout is read again."""
+    rollout = await store.latest_fleet_rollout(max_age=COPY_SECONDS)
     if rollout is None or not _active(rollout):
         return None, True
     recorded = False
     for _ in range(3):  # compare and set: another process may have moved it meanwhile
-        fleet = await _fleet(store) if rollout.state == "running" else [runner]
+        fleet = await _fleet_copy(store) if rollout.state == "running" else _Fleet([])
         state, detail = _advance(rollout, runner, report, fleet, store.now(), settings)
         if state == "watch":
             state, detail = await _judge(store, rollout, detail, settings)
@@ -464,6 +471,12 @@ async def on_heartbeat(
     return _order(rollout, runner), recorded
 
 
+#: How old the copies a heartbeat acts on may be (s): the latest rollout and the runner
+#: list (D130). An order reaches a runner at most this much (and one heartbeat) later.
+COPY_SECONDS = 1.0
+_actives: dict[tuple[str, int], bool] = {}
+
+
 def _active(rollout: FleetRollout) -> bool:
     """Whether heartbeats still have a part in ``rollout``: it runs, or it was rolled
     back and a runner it upgraded has not gone back yet."""
@@ -471,23 +484,61 @@ def _active(rollout: FleetRollout) -> bool:
         return True
     if rollout.state != "rolled_back":
         return False
-    return any(r.get("state") == "upgraded" for r in rollout.detail.get("runners", {}).values())
+    key = (rollout.id, rollout.revision)  # the answer of a revision never changes
+    known = _actives.get(key)
+    if known is None:
+        runners = rollout.detail.get("runners", {}).values()
+        known = any(r.get("state") == "upgraded" for r in runners)
+        _actives.clear()
+        _actives[key] = known
+    return known
+
+
+class _Fleet:
+    """The runners not revoked, in the store's order, and by id."""
+
+    def __init__(self, runners: list[Runner]) -> None:
+        self.runners = runners
+        self.by_id = {r.id: r for r in runners}
+
+
+_fleets: weakref.WeakKeyDictionary[Store, tuple[float, _Fleet]] = weakref.WeakKeyDictionary()
+_fleet_reads: weakref.WeakKeyDictionary[Store, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 async def _fleet(store: Store) -> list[Runner]:
     return [r for r in await store.list_runners() if r.state is not RunnerState.REVOKED]
 
 
+async def _fleet_copy(store: Store) -> _Fleet:
+    """The runner list, read again once the copy is ``COPY_SECONDS`` old (by one
+    heartbeat: the others arriving meanwhile wait for its read)."""
+    held = _fleets.get(store)
+    if held is not None and time.monotonic() - held[0] <= COPY_SECONDS:
+        return held[1]
+    reading = _fleet_reads.setdefault(store, asyncio.Lock())
+    async with reading:
+        held = _fleets.get(store)
+        started = time.monotonic()
+        if held is not None and started - held[0] <= COPY_SECONDS:
+            return held[1]
+        fleet = _Fleet(await _fleet(store))
+        _fleets[store] = (started, fleet)
+        return fleet
+
+
 def _advance(  # noqa: C901 - the rollout's state machine, read in one place
     rollout: FleetRollout,
     runner: Runner,
     report: dict[str, Any] | None,
-    fleet: list[Runner],
+    fleet: _Fleet,
     now: datetime,
     settings: FleetSettings,
 ) -> tuple[str, dict[str, Any]]:
     """The rollout's next state and detail after this heartbeat (pure). ``watch``: the
-    current step's window passed, judge it."""
+    current step's window passed, judge it. ``fleet`` may be a little older than
+    ``runner``, which stands for itself in it. While a step is open this looks at the
+    step's runners only; the whole fleet is read to pick the next step."""
     detail = {**rollout.detail, "runners": dict(rollout.detail.get("runners", {}))}
     detail["steps"] = [dict(step) for step in rollout.detail.get("steps", [])]
     runners: dict[str, dict[str, Any]] = detail["runners"]
@@ -520,18 +571,14 @@ def _advance(  # noqa: C901 - the rollout's state machine, read in one place
     if state != "running" or planes_pending(detail):
         return state, detail
     steps: list[dict[str, Any]] = detail["steps"]
-    online = [
-        r
-        for r in fleet
-        if r.state is RunnerState.ACTIVE and r.online(now, settings.offline_after_seconds)
-    ]
     if steps and steps[-1].get("verdict") is None:
         step = steps[-1]
         lost = [
             r
-            for r in fleet
-            if r.id in step["runners"]
-            and runners.get(r.id, {}).get("state") in ("ordered", "draining")
+            for rid in dict.fromkeys(step["runners"])
+            if (r := runner if rid == runner.id else fleet.by_id.get(rid)) is not None
+            and r.state is not RunnerState.REVOKED
+            and runners.get(rid, {}).get("state") in ("ordered", "draining")
             and not r.online(now, settings.offline_after_seconds + RESTART_GRACE)
         ]
         if lost:  # heartbeat health: a runner went silent during its upgrade
@@ -550,16 +597,22 @@ def _advance(  # noqa: C901 - the rollout's state machine, read in one place
             return "watch", detail
         return state, detail
     chosen = {rid for step in steps for rid in step["runners"]}
+    everyone = [runner if r.id == runner.id else r for r in fleet.runners]
+    online = [
+        r
+        for r in everyone
+        if r.state is RunnerState.ACTIVE and r.online(now, settings.offline_after_seconds)
+    ]
     waiting = [r for r in online if r.version != rollout.target and r.id not in chosen]
     if not waiting:
-        behind = [r for r in fleet if r.version != rollout.target and r.id not in chosen]
+        behind = [r for r in everyone if r.version != rollout.target and r.id not in chosen]
         if not behind:
             return "completed", _note(detail, now, f"every runner runs {rollout.target}")
         return state, detail  # the rest are offline or cordoned: wait for them
     if not steps:
         count, kind = max(1, rollout.canary), "canary"
     else:
-        count, kind = max(1, math.ceil(rollout.batch_share * len(fleet))), "batch"
+        count, kind = max(1, math.ceil(rollout.batch_share * len(everyone))), "batch"
     picked = waiting[:count]
     steps.append(
         {

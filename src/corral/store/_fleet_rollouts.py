@@ -5,13 +5,22 @@ it), how (canary count, batch share, watch window) and its progress (``state`` a
 ``detail``, a JSON document of the steps and each runner's report). Every change is a
 compare and set on ``revision``: of several control plane processes advancing the same
 rollout at once, one wins and the others read it again.
+
+Every heartbeat asks for the latest rollout (D130): ``latest_fleet_rollout(max_age=s)``
+answers this store object's own copy while it is at most ``s`` seconds old. The copy is
+the last one read or written through this object; a write through it replaces the copy
+(a lost compare and set drops it), so this process sees its own changes at once and
+other processes' (a newer rollout too) within ``s`` of its last read; while a read
+renews it, the others wait for that read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,6 +53,18 @@ class FleetRollout:
 
 class FleetRolloutOps(StoreCore):
     """Fleet rollouts; part of ``Store``."""
+
+    #: The latest rollout as last read or written here (None: none yet), and when
+    #: (``time.monotonic``, the start of the read); None: no copy held.
+    _rollout_copy: tuple[FleetRollout | None, float] | None = None
+    #: Writes through this object so far: a read that a write overtook keeps no copy.
+    _rollout_writes: int = 0
+    #: Held by the read that renews the copy: heartbeats arriving meanwhile wait for it
+    #: rather than each send the same read.
+    _rollout_reading: asyncio.Lock | None = None
+
+    def _hold_rollout(self, rollout: FleetRollout | None, at: float) -> None:
+        self._rollout_copy = (rollout, at)
 
     async def create_fleet_rollout(
         self,
@@ -88,12 +109,36 @@ class FleetRolloutOps(StoreCore):
                 detail={"target": target, "channel": channel},
             )
         assert row is not None
-        return self._rollout(row)
+        made = self._rollout(row)
+        self._rollout_writes += 1
+        self._hold_rollout(made, time.monotonic())
+        return made
 
-    async def latest_fleet_rollout(self) -> FleetRollout | None:
-        async with self.transaction(write=False) as tx:
-            row = await tx.fetch_one("latest_fleet_rollout")
-        return None if row is None else self._rollout(row)
+    async def latest_fleet_rollout(self, *, max_age: float = 0.0) -> FleetRollout | None:
+        """The newest rollout (None: none yet). With ``max_age`` > 0, this object's copy
+        will do while it is at most that many seconds old (the copy of its last read or
+        write; see the module's docstring)."""
+        if max_age <= 0:
+            return await self._read_latest_rollout()
+        held = self._rollout_copy
+        if held is not None and time.monotonic() - held[1] <= max_age:
+            return held[0]
+        if self._rollout_reading is None:
+            self._rollout_reading = asyncio.Lock()
+        async with self._rollout_reading:  # who waited for a read finds its copy
+            held = self._rollout_copy
+            if held is not None and time.monotonic() - held[1] <= max_age:
+                return held[0]
+            return await self._read_latest_rollout()
+
+    async def _read_latest_rollout(self) -> FleetRollout | None:
+        started = time.monotonic()
+        writes = self._rollout_writes
+        rows = await self.statement("latest_fleet_rollout")  # one round trip, no BEGIN
+        found = self._rollout(rows[0]) if rows else None
+        if writes == self._rollout_writes:  # no write of ours overtook the read
+            self._hold_rollout(found, started)
+        return found
 
     async def get_fleet_rollout(self, rollout_id: str) -> FleetRollout | None:
         async with self.transaction(write=False) as tx:
@@ -112,9 +157,21 @@ class FleetRolloutOps(StoreCore):
             "detail": json.dumps(detail),
             "now": self.encode_time(self.now()),
         }
-        async with self.transaction() as tx:
-            row = await tx.fetch_one("update_fleet_rollout", params)
-        return None if row is None else self._rollout(row)
+        held = self._rollout_copy
+        try:
+            async with self.transaction() as tx:
+                row = await tx.fetch_one("update_fleet_rollout", params)
+        finally:
+            self._rollout_writes += 1
+            self._rollout_copy = None
+        if row is None:  # another process moved it: the copy is stale too
+            return None
+        moved = self._rollout(row)
+        if held is not None and held[0] is not None and held[0].id == moved.id:
+            # the copy's age stays that of its read: the write proves this rollout's
+            # state, not that no newer one was started elsewhere since
+            self._hold_rollout(moved, held[1])
+        return moved
 
     async def store_fleet_wheel(
         self, data: bytes, *, name: str, version: str, actor: str
