@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -341,3 +343,75 @@ def test_a_control_plane_outside_the_version_window_is_refused(
     said = done.stderr + done.stdout
     assert f"corral {__version__}, outside the control plane versions" in said, said
     assert "99.0 and later" in said, said
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie is dead
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _end(pid: int) -> None:
+    """Stop a process this test did not start itself (the old version the guard became)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not _pid_alive(pid), 60)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_a_control_plane_version_that_fails_to_start_swaps_back_by_itself(
+    tmp_path: Path, store_url: str
+) -> None:
+    # the new corral exits before it serves anything, let alone runs its smoke check
+    broken = {
+        "cli/commands/fleet.py": (
+            "    project = obj.project()\n    configured",
+            '    raise SystemExit("this corral cannot start")\n    configured',
+        )
+    }
+    wheel = build_wheel(NEW, tmp_path / "wheels", patch=broken)
+    resumed: list[int] = []
+    with two_planes(tmp_path, store_url) as (root, planes, _done):
+        try:
+            args = ["fleet", "upgrade", "--to", NEW, "--wheel", str(wheel), "--control-plane"]
+            started = _cli(root, store_url, *args)
+            assert started.returncode == 0, started.stderr
+            # the first to take its turn restarts into the new version, which dies
+            wait_for(lambda: any(p.proc.poll() is not None for p in planes), 120, interval=0.5)
+            [tried] = [p for p in planes if p.proc.poll() is not None]
+            other = next(p for p in planes if p is not tried)
+            assert "this corral cannot start" in tried.output()
+            # its guard becomes the old version: same arguments, same port, another pid
+            pidfile = root / ".corral" / "versions" / f"{tried.proc.pid}.pid"
+            wait_for(pidfile.is_file, 30)
+            resumed.append(int(pidfile.read_text()))
+            wait_for(lambda: (tried.health() or {}).get("version") == __version__, 90)
+            # which records the failure: the rollout stops there
+            wait_for(lambda: _rollout(root, store_url)["state"] == "failed", 60, interval=1)
+            rollout = _rollout(root, store_url)
+            failed = rollout["controlPlane"]["failed"]
+            assert failed["stage"] == "start", failed
+            assert failed["version"] == NEW, failed
+            assert "exited before it was healthy" in failed["error"], failed
+            assert failed["id"].rsplit(":", 1)[1] == str(resumed[0]), failed
+            assert rollout["controlPlane"]["state"] == "failed"
+            assert rollout["controlPlane"]["done"] == {}
+            # the other one was never told, and both serve the old version
+            assert other.proc.poll() is None
+            assert (other.health() or {}).get("version") == __version__
+            time.sleep(3)  # a few more ticks: nobody takes a turn after the failure
+            assert _rollout(root, store_url)["controlPlane"]["turn"] is None
+            assert "upgrading the control plane" not in other.output()
+            assert tried.output().count("upgrading the control plane") == 1
+            assert _pid_alive(resumed[0])
+            assert (root / ".corral" / "versions" / "current").resolve().name == __version__
+        finally:
+            for pid in resumed:
+                _end(pid)
