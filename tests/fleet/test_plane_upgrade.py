@@ -415,3 +415,55 @@ def test_a_control_plane_version_that_fails_to_start_swaps_back_by_itself(
         finally:
             for pid in resumed:
                 _end(pid)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_a_halt_while_a_control_plane_process_drains_keeps_it_on_its_version(
+    tmp_path: Path, store_url: str
+) -> None:
+    root, release, done = tmp_path / "project", tmp_path / "release", tmp_path / "done"
+    done.mkdir()
+    command = (
+        f"while [ ! -e {release} ]; do sleep 0.1; done; touch {done}/$CORRAL_RUN_ID; echo done"
+    )
+    write_project(root, {"work": {"command": ["/bin/sh", "-c", command], "scale": 4}})
+    wheel = build_wheel(NEW, tmp_path / "wheels")
+    plane = Plane(root, store_url, tmp_path / "plane.log", {})
+    try:
+        wait_for(lambda: plane.health() is not None, 90)
+        asyncio.run(_enqueue(store_url))
+        wait_for(lambda: any(r.state.value == "running" for r in _runs(store_url)), 60)
+        args = ["fleet", "upgrade", "--to", NEW, "--wheel", str(wheel), "--control-plane"]
+        started = _cli(root, store_url, *args)
+        assert started.returncode == 0, started.stderr
+        # its turn: installed, it drains the run it has (which waits for the release)
+        wait_for(lambda: "draining 1 run(s)" in plane.output(), 90)
+        assert (plane.health() or {}).get("draining") is True
+        halted = _cli(root, store_url, "fleet", "upgrade", "halt")
+        assert halted.returncode == 0, halted.stderr
+        time.sleep(2.5)  # a few ticks: it sees the halt
+        # it goes on serving, on its version, taking new work, its run never killed
+        release.touch()
+        asyncio.run(_enqueue(store_url))
+        wait_for(lambda: len(list(done.iterdir())) == 2, 60)
+        wait_for(lambda: all(r.state.is_terminal for r in _runs(store_url)), 30)
+        assert {r.state.value for r in _runs(store_url)} == {"succeeded"}
+        time.sleep(2)  # a few more ticks: no restart after the run ended
+        assert plane.proc.poll() is None
+        health = plane.health() or {}
+        assert health.get("version") == __version__ and health.get("draining") is False
+        assert "restarting into it" not in plane.output()
+        assert (root / ".corral" / "versions" / "current").resolve().name == __version__
+        assert "it takes work again on corral" in plane.output()
+        rollout = _rollout(root, store_url)
+        assert rollout["state"] == "halted"
+        assert rollout["controlPlane"]["turn"] is None
+        notes = [e["note"] for e in rollout["controlPlane"]["log"]]
+        assert any("gave its turn up: the rollout is halted" in n for n in notes), notes
+    finally:
+        plane.stop()
+
+
+async def _enqueue(store_url: str) -> None:
+    async with await open_store(store_url) as store:
+        await store.enqueue(NewItem(agent="work", trigger=TriggerKind.MANUAL))
