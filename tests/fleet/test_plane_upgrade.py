@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -341,3 +343,127 @@ def test_a_control_plane_outside_the_version_window_is_refused(
     said = done.stderr + done.stdout
     assert f"corral {__version__}, outside the control plane versions" in said, said
     assert "99.0 and later" in said, said
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie is dead
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _end(pid: int) -> None:
+    """Stop a process this test did not start itself (the old version the guard became)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not _pid_alive(pid), 60)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_a_control_plane_version_that_fails_to_start_swaps_back_by_itself(
+    tmp_path: Path, store_url: str
+) -> None:
+    # the new corral exits before it serves anything, let alone runs its smoke check
+    broken = {
+        "cli/commands/fleet.py": (
+            "    project = obj.project()\n    configured",
+            '    raise SystemExit("this corral cannot start")\n    configured',
+        )
+    }
+    wheel = build_wheel(NEW, tmp_path / "wheels", patch=broken)
+    resumed: list[int] = []
+    with two_planes(tmp_path, store_url) as (root, planes, _done):
+        try:
+            args = ["fleet", "upgrade", "--to", NEW, "--wheel", str(wheel), "--control-plane"]
+            started = _cli(root, store_url, *args)
+            assert started.returncode == 0, started.stderr
+            # the first to take its turn restarts into the new version, which dies
+            wait_for(lambda: any(p.proc.poll() is not None for p in planes), 120, interval=0.5)
+            [tried] = [p for p in planes if p.proc.poll() is not None]
+            other = next(p for p in planes if p is not tried)
+            assert "this corral cannot start" in tried.output()
+            # its guard becomes the old version: same arguments, same port, another pid
+            pidfile = root / ".corral" / "versions" / f"{tried.proc.pid}.pid"
+            wait_for(pidfile.is_file, 30)
+            resumed.append(int(pidfile.read_text()))
+            wait_for(lambda: (tried.health() or {}).get("version") == __version__, 90)
+            # which records the failure: the rollout stops there
+            wait_for(lambda: _rollout(root, store_url)["state"] == "failed", 60, interval=1)
+            rollout = _rollout(root, store_url)
+            failed = rollout["controlPlane"]["failed"]
+            assert failed["stage"] == "start", failed
+            assert failed["version"] == NEW, failed
+            assert "exited before it was healthy" in failed["error"], failed
+            assert failed["id"].rsplit(":", 1)[1] == str(resumed[0]), failed
+            assert rollout["controlPlane"]["state"] == "failed"
+            assert rollout["controlPlane"]["done"] == {}
+            # the other one was never told, and both serve the old version
+            assert other.proc.poll() is None
+            assert (other.health() or {}).get("version") == __version__
+            time.sleep(3)  # a few more ticks: nobody takes a turn after the failure
+            assert _rollout(root, store_url)["controlPlane"]["turn"] is None
+            assert "upgrading the control plane" not in other.output()
+            assert tried.output().count("upgrading the control plane") == 1
+            assert _pid_alive(resumed[0])
+            assert (root / ".corral" / "versions" / "current").resolve().name == __version__
+        finally:
+            for pid in resumed:
+                _end(pid)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_a_halt_while_a_control_plane_process_drains_keeps_it_on_its_version(
+    tmp_path: Path, store_url: str
+) -> None:
+    root, release, done = tmp_path / "project", tmp_path / "release", tmp_path / "done"
+    done.mkdir()
+    command = (
+        f"while [ ! -e {release} ]; do sleep 0.1; done; touch {done}/$CORRAL_RUN_ID; echo done"
+    )
+    write_project(root, {"work": {"command": ["/bin/sh", "-c", command], "scale": 4}})
+    wheel = build_wheel(NEW, tmp_path / "wheels")
+    plane = Plane(root, store_url, tmp_path / "plane.log", {})
+    try:
+        wait_for(lambda: plane.health() is not None, 90)
+        asyncio.run(_enqueue(store_url))
+        wait_for(lambda: any(r.state.value == "running" for r in _runs(store_url)), 60)
+        args = ["fleet", "upgrade", "--to", NEW, "--wheel", str(wheel), "--control-plane"]
+        started = _cli(root, store_url, *args)
+        assert started.returncode == 0, started.stderr
+        # its turn: installed, it drains the run it has (which waits for the release)
+        wait_for(lambda: "draining 1 run(s)" in plane.output(), 90)
+        assert (plane.health() or {}).get("draining") is True
+        halted = _cli(root, store_url, "fleet", "upgrade", "halt")
+        assert halted.returncode == 0, halted.stderr
+        time.sleep(2.5)  # a few ticks: it sees the halt
+        # it goes on serving, on its version, taking new work, its run never killed
+        release.touch()
+        asyncio.run(_enqueue(store_url))
+        wait_for(lambda: len(list(done.iterdir())) == 2, 60)
+        wait_for(lambda: all(r.state.is_terminal for r in _runs(store_url)), 30)
+        assert {r.state.value for r in _runs(store_url)} == {"succeeded"}
+        time.sleep(2)  # a few more ticks: no restart after the run ended
+        assert plane.proc.poll() is None
+        health = plane.health() or {}
+        assert health.get("version") == __version__ and health.get("draining") is False
+        assert "restarting into it" not in plane.output()
+        assert (root / ".corral" / "versions" / "current").resolve().name == __version__
+        assert "it takes work again on corral" in plane.output()
+        rollout = _rollout(root, store_url)
+        assert rollout["state"] == "halted"
+        assert rollout["controlPlane"]["turn"] is None
+        notes = [e["note"] for e in rollout["controlPlane"]["log"]]
+        assert any("gave its turn up: the rollout is halted" in n for n in notes), notes
+    finally:
+        plane.stop()
+
+
+async def _enqueue(store_url: str) -> None:
+    async with await open_store(store_url) as store:
+        await store.enqueue(NewItem(agent="work", trigger=TriggerKind.MANUAL))

@@ -184,6 +184,8 @@ class PlaneUpgrader:
         self.came_from: str | None = None
         self.failure: dict[str, Any] | None = None
         self._upgrading = False
+        #: Set when the rollout stopped (halted) while this process drained for its turn.
+        self._abandon = asyncio.Event()
 
     # -- on start ---------------------------------------------------------------------
 
@@ -238,7 +240,21 @@ class PlaneUpgrader:
                     self.versions.clear_failure()
                     self.failure = None
                 continue
-            if rollout.state != "running" or not planes_pending(rollout.detail):
+            stopped = rollout.state != "running" or not planes_pending(rollout.detail)
+            if stopped and self._upgrading:
+                # halted while this process installs or drains for its turn: it gives the
+                # turn up and goes on serving its version (no restart)
+                self._abandon.set()
+                planes = _planes(rollout)
+                given = planes.get("turn")
+                if isinstance(given, dict) and given.get("id") == self.key:
+                    planes["turn"] = None
+                    note = f"{self.key} gave its turn up: the rollout is {rollout.state}"
+                    _log(planes, self.store.now(), note)
+                    if not await self._update(rollout, planes):
+                        continue
+                return
+            if stopped:
                 return
             planes = _planes(rollout)
             given = planes.get("turn")
@@ -317,6 +333,7 @@ class PlaneUpgrader:
     async def _upgrade(self, rollout: FleetRollout) -> None:
         version = rollout.target
         log.info("upgrading the control plane to corral %s", version)
+        self._abandon.clear()
         try:
             python = await self._install(rollout)
         except Exception as exc:
@@ -326,13 +343,25 @@ class PlaneUpgrader:
             self._upgrading = False
             return
         # no new work; the running runs end first (none is killed); the others take the queue
-        self.scheduler.draining = True
-        self.scheduler.wake()
-        log.info("corral %s installed: draining %d run(s)", version, len(self.scheduler.running))
-        while self.scheduler.running and not self.stop.is_set():
+        if not self._abandon.is_set():
+            self.scheduler.draining = True
+            self.scheduler.wake()
+            running = len(self.scheduler.running)
+            log.info("corral %s installed: draining %d run(s)", version, running)
+        while self.scheduler.running and not self.stop.is_set() and not self._abandon.is_set():
             await asyncio.sleep(0.2)
         if self.stop.is_set():
             return  # stopped meanwhile (by the operator): no restart
+        if self._abandon.is_set():  # the rollout was halted meanwhile: no restart either
+            self.scheduler.resume()
+            self._upgrading = False
+            log.info(
+                "the rollout stopped while this process drained for corral %s: it takes "
+                "work again on corral %s",
+                version,
+                __version__,
+            )
+            return
         argv = ["-m", "corral", *sys.argv[1:]]
         self.versions.begin_trial(__version__, version, argv, START_TIMEOUT)
         self.versions.point_at(version)

@@ -355,7 +355,8 @@ def guard(work_dir: Path, pid: int, poll: float = 0.2, tag: str = "") -> int:
     """Watch a trial: returns once the new version is healthy (0) or the trial ended;
     when the deadline passes first, or the process dies, swap back, stop the process
     and start the old version in its place (this process becomes it: same argv, old
-    interpreter; its pid written to ``runner.pid``, or ``versions/<tag>.pid``)."""
+    interpreter; its pid written to ``runner.pid``, or ``versions/<tag>.pid``, and the
+    failure filed under that pid's tag for a control plane process)."""
     versions = Versions(work_dir, tag)
     while True:
         trial = versions.trial()
@@ -374,6 +375,10 @@ def guard(work_dir: Path, pid: int, poll: float = 0.2, tag: str = "") -> int:
         else f"the new process was not healthy within {START_TIMEOUT:g} s"
     )
     versions.swap_back(trial, "start", f"corral {trial['to']} did not start: {why}")
+    if tag:
+        # a control plane process's files carry its pid, and the old version comes back
+        # as this process (another pid): the failure it must report is filed under it
+        os.replace(versions.failure_file, Versions(work_dir, str(os.getpid())).failure_file)
     if _alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

@@ -256,6 +256,12 @@ class Scheduler:
         for listener in list(self.wake_listeners):  # runners' requests for work
             listener()
 
+    def resume(self) -> None:
+        """Take new work again after a drain that was given up (a control plane upgrade's
+        drain, its rollout halted meanwhile)."""
+        self.draining = False
+        self.wake()
+
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> SchedulerInfo:
@@ -482,8 +488,12 @@ class Scheduler:
         batch = self.options.claim_batch
         unsubscribe = self.store.changes.subscribe(QUEUE, self.wake)
         try:
-            while not self.draining:
+            while True:
                 self._wake.clear()
+                if self.draining:  # no new work; a drain given up (``resume``) takes it again
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.options.poll_interval)
+                    continue
                 if self.overdue() is not None:  # no new work until a renewal succeeds
                     await asyncio.sleep(self.options.poll_interval)
                     continue
