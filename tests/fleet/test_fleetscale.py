@@ -11,6 +11,7 @@ and retried, the control plane carrying on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -692,18 +693,21 @@ def test_a_pool_on_the_fleets_runners_grows_with_their_slots(
         "stabilization = 3\njoinTimeout = 90\n",
         tables={"pooled": '[scale]\nmin = 0\nmax = 4\npolicy = "reactive"\nstabilization = 2\n'},
     )
-    with control_plane(root, store_url, tmp_path / "start.log") as plane:
-        plane.push()
-        _trigger(plane, "pooled", 4)
+    try:
+        with control_plane(root, store_url, tmp_path / "start.log") as plane:
+            plane.push()
+            _trigger(plane, "pooled", 4)
 
-        def done() -> dict[str, Any] | None:
-            seen = _read(store_url)
-            ok = len(seen["runs"]) == 4 and all(r.state.is_terminal for r in seen["runs"])
-            return seen if ok else None
+            def done() -> dict[str, Any] | None:
+                seen = _read(store_url)
+                ok = len(seen["runs"]) == 4 and all(r.state.is_terminal for r in seen["runs"])
+                return seen if ok else None
 
-        seen = wait_for(done, 150)
-        decisions = _read_pool(store_url, "pooled")
-        plane_log = plane.process.output()
+            seen = wait_for(done, 150)
+            decisions = _read_pool(store_url, "pooled")
+            plane_log = plane.process.output()
+    finally:
+        _end_local_runners(store_url)
     assert all(r.state is RunState.SUCCEEDED for r in seen["runs"]), plane_log[-3000:]
     assert decisions, plane_log[-3000:]
     # never a pool larger than 2 runners' slots, nor than the slots each decision saw
@@ -712,6 +716,18 @@ def test_a_pool_on_the_fleets_runners_grows_with_their_slots(
     grows = [d for d in decisions if d.direction == "grow"]
     assert grows and all(d.inputs["runners"] >= 1 for d in grows), decisions
     assert {r.runner_id for r in seen["runs"]} <= {m.runner_id for m in seen["members"]}
+
+
+def _end_local_runners(store_url: str) -> None:
+    """Stop the `local` runner processes the fleet started (they outlive `corral start` by
+    design, so a test that ends before the fleet shrank must end them itself)."""
+    for member in _read(store_url)["members"]:
+        if member.handle and member.handle.isdigit():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(member.handle), signal.SIGKILL)
+    for member in _read(store_url)["members"]:
+        if member.handle and member.handle.isdigit():
+            wait_for(lambda pid=int(member.handle): not _pid_alive(pid), 15)
 
 
 def _read_pool(store_url: str, agent: str) -> list[Any]:
