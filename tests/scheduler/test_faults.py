@@ -179,3 +179,30 @@ async def test_a_run_whose_end_cannot_be_recorded_is_recovered(
     assert sorted(r.state.value for r in runs) == ["lost", "succeeded", "succeeded"]
     [lost] = [r for r in runs if r.state is RunState.LOST]
     assert lost.item_id == first.id and lost.error is not None and "lapsed" in lost.error
+
+
+async def test_a_store_fault_during_an_upgrades_drain_is_waited_out(
+    tmp_path: Path, store: Store
+) -> None:
+    """A loop whose store fails while the scheduler drains for an upgrade (no new work,
+    but not stopping) retries as usual instead of stopping the whole process; once it
+    stops, a store fault ends the loop (the shutdown does not wait on a broken store)."""
+    from corral.errors import StoreUnavailable
+
+    project = write_project(tmp_path / "p", {"work": {"command": "true"}})
+    scheduler = scheduler_for(project, store, FAST).scheduler
+    calls = 0
+
+    async def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreUnavailable("the store restarted")
+
+    scheduler.draining = True  # an upgrade's drain (plane_upgrade), not a stop
+    await asyncio.wait_for(scheduler._resilient("test", flaky), 10)
+    assert calls == 2
+    scheduler.stopping = True
+    calls = 0
+    with pytest.raises(StoreUnavailable):
+        await scheduler._resilient("test", flaky)

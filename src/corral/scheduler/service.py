@@ -175,6 +175,9 @@ class Scheduler:
         self.executor.warm = self.warm
         self.info: SchedulerInfo | None = None
         self.draining = False
+        #: Set once the scheduler is on its way out (``drain``): unlike ``draining`` (no
+        #: new work: also an upgrade's drain, which may be given up), it is never undone.
+        self.stopping = False
         self._wake = asyncio.Event()
         #: Called with every wake-up of the dispatcher (work may be claimable).
         self.wake_listeners: set[Callable[[], None]] = set()
@@ -363,6 +366,7 @@ class Scheduler:
 
     async def drain(self, stop_now: asyncio.Event) -> None:
         """No new dispatch; running runs get ``drain_grace`` seconds, then they are stopped."""
+        self.stopping = True
         self.draining = True
         self.wake()
         await self.store.set_scheduler_state(self.id, "draining")
@@ -468,7 +472,7 @@ class Scheduler:
                 await loop()
                 return
             except StoreError as exc:
-                if self.draining:
+                if self.stopping:  # not an upgrade's drain, which waits out store faults
                     raise
                 log.error(
                     "%s: the store failed (%s); retrying in %.1f s",

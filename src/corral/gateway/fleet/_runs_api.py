@@ -435,8 +435,9 @@ def _work_route(router: APIRouter, scheduler: Scheduler) -> None:  # noqa: C901 
                 # Over as soon as the control plane stops or the runner is gone: nothing
                 # is claimed for a runner that cannot receive it (it would only lapse),
                 # and a request left waiting would hold the control plane's shutdown for
-                # the rest of the long poll (up to 25 s).
-                if scheduler.draining or await request.is_disconnected():
+                # the rest of the long poll (up to 25 s). A drain for an upgrade goes on
+                # serving runners: their runs are not this process's.
+                if scheduler.stopping or await request.is_disconnected():
                     return answer
                 period = _POLL_NOTIFIED if store.changes.remote else _POLL
                 await asyncio.sleep(head_start(me.id, key, warm))  # a warm runner first
@@ -589,7 +590,7 @@ def _bucket_routes(router: APIRouter, scheduler: Scheduler) -> None:
             wait = await store.take_provider_permit(
                 body.bucket, body.provider, run.id, run.agent, limits
             )
-            if wait <= 0 or loop.time() + wait > until or scheduler.draining:
+            if wait <= 0 or loop.time() + wait > until or scheduler.stopping:
                 return {"ok": True, "wait": wait}
             await asyncio.sleep(wait)
             if await request.is_disconnected():  # the runner gave up: no permit for it
