@@ -325,3 +325,29 @@ async def test_concurrent_claims_and_completions_act_as_if_one_after_the_other(
         ("claimed", "c01", 1, "run-01"),
         ("done", "c01", 1, f"by {got[1].assignee}"),
     ]
+
+
+async def test_a_nul_in_one_result_does_not_fail_the_completions_sent_with_it(
+    store: Store,
+) -> None:
+    """A run's result with U+0000 (which PostgreSQL's text cannot hold) is kept with
+    U+FFFD in its place, and the completions and look-ups that go in the same
+    statement as it (D123) are answered as if it were not there."""
+    await store.add_tasks([spec(f"t{i}") for i in range(6)])
+    got = [await store.claim_task(claimer=f"c{n}", run_id=f"run-{n}") for n in range(6)]
+    held = [t for t in got if t is not None]
+    assert len(held) == 6
+    found = await asyncio.gather(
+        store.claimed_tasks_of_run("run-0\x00", held[0].id),
+        *(store.claimed_tasks_of_run(t.run_id or "", t.id) for t in held[1:]),
+    )
+    assert [[task.id for task in f] for f in found] == [[]] + [[t.id] for t in held[1:]]
+    finished = await asyncio.gather(
+        *(
+            store.finish_task("p", t.id, t.token, "done", "nul\x00here" if n == 0 else "ok")
+            for n, t in enumerate(held)
+        )
+    )
+    assert [t.status for t in finished] == [TaskStatus.DONE] * 6
+    assert finished[0].result in ("nul\x00here", "nul\ufffdhere")  # SQLite keeps it
+    assert [t.result for t in finished[1:]] == ["ok"] * 5

@@ -106,9 +106,12 @@ async def _check_idle(pool: AsyncConnectionPool) -> None:
 
 def _text_safe(value: Any) -> Any:
     """PostgreSQL's text cannot hold U+0000 (SQLite's can): it is stored as U+FFFD, so a
-    run's status text or a webhook's field with one is kept, not refused."""
+    run's status text or a webhook's field with one is kept, not refused. A batched
+    statement's list of texts too: one caller's text must not fail the others'."""
     if isinstance(value, str) and "\x00" in value:
         return value.replace("\x00", "\ufffd")
+    if isinstance(value, list) and any(isinstance(v, str) and "\x00" in v for v in value):
+        return [_text_safe(v) for v in value]
     return value
 
 
