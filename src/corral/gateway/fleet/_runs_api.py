@@ -273,12 +273,19 @@ class BucketBody(FenceBody):
         return self
 
 
+#: The most tokens one model request may charge to a bucket (far above any context
+#: window): one report cannot sink a shared bucket for everyone.
+MAX_REQUEST_TOKENS = 10_000_000
+#: The longest a 429 reported by a runner may close a shared bucket (s).
+MAX_RETRY_AFTER = 3_600
+
+
 class TokensBody(BucketBody):
-    tokens: WholeNumber = Field(ge=0, le=MAX_TOKENS)
+    tokens: WholeNumber = Field(ge=0, le=MAX_REQUEST_TOKENS)
 
 
 class ThrottleBody(BucketBody):
-    retry_after: float | None = Field(default=None, alias="retryAfter", ge=0, le=86_400)
+    retry_after: float | None = Field(default=None, alias="retryAfter", ge=0, le=MAX_RETRY_AFTER)
 
 
 class EndBody(FenceBody):
@@ -579,6 +586,7 @@ def _bucket_routes(router: APIRouter, scheduler: Scheduler) -> None:
     )
     async def permit(run_id: str, body: BucketBody, me: Me, request: Request) -> Any:
         run = await own(me, run_id, body.fence)
+        _uses(scheduler.project, run, body.provider)
         limits = body.limits(scheduler.project)
         # The run waits for its turn here, next to the store, for up to PERMIT_HOLD
         # seconds (as a run on the control plane waits in its own loop): asking again
@@ -602,7 +610,7 @@ def _bucket_routes(router: APIRouter, scheduler: Scheduler) -> None:
         responses=_answers(WaitAnswer),
     )
     async def tokens(run_id: str, body: TokensBody, me: Me) -> Any:
-        await own(me, run_id, body.fence)
+        _uses(scheduler.project, await own(me, run_id, body.fence), body.provider)
         limits = body.limits(scheduler.project)
         await store.charge_provider_tokens(body.bucket, body.provider, body.tokens, limits)
         return {"ok": True, "wait": 0.0}
@@ -613,10 +621,29 @@ def _bucket_routes(router: APIRouter, scheduler: Scheduler) -> None:
         responses=_answers(WaitAnswer),
     )
     async def throttle(run_id: str, body: ThrottleBody, me: Me) -> Any:
-        await own(me, run_id, body.fence)
+        _uses(scheduler.project, await own(me, run_id, body.fence), body.provider)
         limits = body.limits(scheduler.project)
         wait = await store.throttle_provider(body.bucket, body.provider, body.retry_after, limits)
         return {"ok": True, "wait": wait}
+
+
+def _uses(project: Any, run: Run, provider: str) -> None:
+    """403 unless ``provider`` is one that ``run``'s agent's models use (as the control
+    plane knows the agent; an agent it does not know, of another bundle, is let through):
+    a runner acts on the buckets its run needs, not on every provider's."""
+    agent = project.agents.get(run.agent)
+    if agent is None:
+        return
+    used = {
+        model.provider
+        for name in agent.config.models
+        if (model := project.config.models.get(name)) is not None
+    }
+    if provider not in used:
+        raise ActionError(
+            403,
+            f"run {run.id}'s agent {run.agent!r} uses no model of provider {provider!r}",
+        )
 
 
 def _end_routes(router: APIRouter, scheduler: Scheduler) -> None:
