@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -186,12 +186,20 @@ class WarmReports:
             return None
         return dict(heard[1])
 
-    def by_agent(self) -> dict[str, int]:
-        """Ready workspaces on runners by agent, over the runners heard lately."""
+    def by_agent(self, agents: Collection[str] | None = None) -> dict[str, int]:
+        """Ready workspaces on runners by agent, over the runners heard lately (only of
+        ``agents``, when given: a runner names its agents, the project decides which
+        exist). Reports too old to count are forgotten here, so a process that heard
+        many short-lived runners keeps only the live ones."""
+        now = time.monotonic()
+        for runner_id, (at, _) in list(self._heard.items()):
+            if now - at > self.max_age:
+                del self._heard[runner_id]
         total: dict[str, int] = {}
-        for runner_id in list(self._heard):
-            for agent, count in (self.of(runner_id) or {}).items():
-                total[agent] = total.get(agent, 0) + count
+        for _, counts in self._heard.values():
+            for agent, count in counts.items():
+                if agents is None or agent in agents:
+                    total[agent] = total.get(agent, 0) + count
         return total
 
 

@@ -61,7 +61,7 @@ def create_app(
     def warm_ready() -> dict[str, int]:
         """Ready warm workspaces by agent: this host's and its runners' (as reported)."""
         counts = scheduler.warm.counts()
-        for agent, count in runner_warm.by_agent().items():
+        for agent, count in runner_warm.by_agent(scheduler.project.agents).items():
             counts[agent] = counts.get(agent, 0) + count
         return counts
 
