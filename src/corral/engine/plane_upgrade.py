@@ -45,7 +45,13 @@ import httpx
 from corral import __version__
 from corral.engine.fleet import version_key
 from corral.engine.fleet_upgrade import planes_pending, wheel_data
-from corral.engine.versions import START_TIMEOUT, UpgradeError, Versions, start_guard
+from corral.engine.versions import (
+    START_TIMEOUT,
+    UpgradeError,
+    Versions,
+    judge_trial,
+    start_guard,
+)
 from corral.project import load_project
 from corral.scheduler.service import Scheduler, SchedulerOptions, is_live
 from corral.store import FleetRollout, NewItem, RunState, Store, TriggerKind, open_store
@@ -203,19 +209,15 @@ class PlaneUpgrader:
     async def check(self, trial: dict[str, Any], gateway_url: str | None) -> bool:
         """The smoke check of the new version: healthy (True, the trial ends), or
         ``current`` is swapped back and ``reexec`` names the old version (False)."""
-        log.info("corral %s: the smoke check after the upgrade from %s", __version__, trial["from"])
-        try:
-            await plane_smoke_check(self.versions.root.parent, gateway_url)
-        except Exception as exc:  # any failure of the new version rolls back
-            error = f"the smoke check of corral {__version__} failed: {exc}"
-            log.error("%s; swapping back to %s", error, trial["from"])
-            self.versions.swap_back(trial, "smoke", error)
-            self.reexec = [str(trial["oldPython"]), *list(trial["argv"])]
+        back = await judge_trial(
+            self.versions,
+            trial,
+            lambda: plane_smoke_check(self.versions.root.parent, gateway_url),
+            log,
+        )
+        if back is not None:
+            self.reexec = back
             return False
-        self.versions.mark_healthy(__version__)
-        self.versions.end_trial()
-        removed = await asyncio.to_thread(self.versions.prune)
-        log.info("corral %s is healthy (removed old versions: %s)", __version__, removed or "none")
         self.came_from = str(trial["from"])
         return True
 

@@ -48,7 +48,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -425,3 +425,29 @@ if __name__ == "__main__":  # pragma: no cover - the guard's entry point
         tag = sys.argv[4] if len(sys.argv) == 5 else ""
         sys.exit(guard(Path(sys.argv[2]), int(sys.argv[3]), tag=tag))
     sys.exit("usage: python -m corral.engine.versions guard WORK_DIR PID [TAG]")
+
+
+async def judge_trial(
+    versions: Versions,
+    trial: dict[str, Any],
+    check: Callable[[], Awaitable[object]],
+    logger: logging.Logger = log,
+) -> list[str] | None:
+    """The smoke check ``check`` of the version this process runs on ``trial``. Passed:
+    the version is marked healthy, the trial ends and old versions are pruned (None).
+    Failed (any exception): ``current`` is swapped back and the command line of the old
+    version is returned, for the caller to re-execute. Said in the caller's ``logger``
+    (its own log is where an operator looks)."""
+    logger.info("corral %s: the smoke check after the upgrade from %s", __version__, trial["from"])
+    try:
+        await check()
+    except Exception as exc:  # any failure of the new version rolls back
+        error = f"the smoke check of corral {__version__} failed: {exc}"
+        logger.error("%s; swapping back to %s", error, trial["from"])
+        versions.swap_back(trial, "smoke", error)
+        return [str(trial["oldPython"]), *list(trial["argv"])]
+    versions.mark_healthy(__version__)
+    versions.end_trial()
+    removed = await asyncio.to_thread(versions.prune)
+    logger.info("corral %s is healthy (removed old versions: %s)", __version__, removed or "none")
+    return None

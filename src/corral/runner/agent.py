@@ -81,7 +81,14 @@ from corral.errors import (
 )
 from corral.project import Agent, Project, load_project
 from corral.runner.proxy import AgentApiProxy
-from corral.runner.upgrade import UpgradeError, Versions, check_wheel, smoke_check, start_guard
+from corral.runner.upgrade import (
+    UpgradeError,
+    Versions,
+    check_wheel,
+    judge_trial,
+    smoke_check,
+    start_guard,
+)
 from corral.scheduler.agentlink import AgentLink, hash_secret
 from corral.scheduler.executor import RunExecutor
 from corral.scheduler.warm import WarmPool, warm_settings
@@ -591,19 +598,12 @@ class Runner:
         trial = self.versions.trial()
         if trial is None or trial.get("to") != __version__:
             return True
-        log.info("corral %s: the smoke check after the upgrade from %s", __version__, trial["from"])
-        try:
-            await smoke_check(self.settings.work_dir)
-        except Exception as exc:  # any failure of the new version rolls back
-            error = f"the smoke check of corral {__version__} failed: {exc}"
-            log.error("%s; swapping back to %s", error, trial["from"])
-            self.versions.swap_back(trial, "smoke", error)
-            self.reexec = [str(trial["oldPython"]), *list(trial["argv"])]
+        back = await judge_trial(
+            self.versions, trial, lambda: smoke_check(self.settings.work_dir), log
+        )
+        if back is not None:
+            self.reexec = back
             return False
-        self.versions.mark_healthy(__version__)
-        self.versions.end_trial()
-        removed = await asyncio.to_thread(self.versions.prune)
-        log.info("corral %s is healthy (removed old versions: %s)", __version__, removed or "none")
         self.upgrade_report = {"state": "upgraded", "version": __version__, "from": trial["from"]}
         return True
 

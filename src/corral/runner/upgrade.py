@@ -19,6 +19,7 @@ from corral.engine.versions import (
     base_paths,
     check_wheel,
     guard,
+    judge_trial,
     smoke_check,
     start_guard,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "base_paths",
     "check_wheel",
     "guard",
+    "judge_trial",
     "smoke_check",
     "start_guard",
 ]
