@@ -49,6 +49,7 @@ from corral.engine.actions import ActionError
 from corral.engine.fleet import CREDENTIAL_PREFIX
 from corral.errors import ConfigError, StoreConflict
 from corral.gateway.control import Operator, operator
+from corral.gateway.edge import read_body
 from corral.gateway.fleet import refusals, require_runner
 from corral.rollouts import Rule, parse_share
 from corral.scheduler import rollouts
@@ -301,18 +302,9 @@ async def _may_read(scheduler: Scheduler, reader: str, wanted: str) -> None:
 
 
 async def _body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BUNDLE_BYTES:
-        raise ActionError(413, f"a bundle may be at most {MAX_BUNDLE_BYTES} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BUNDLE_BYTES:
-            raise ActionError(413, f"a bundle may be at most {MAX_BUNDLE_BYTES} bytes")
-        chunks.append(chunk)
-    if size == 0:
-        raise ActionError(400, "the body is empty: send the bundle's bytes (`corral push`)")
-    return b"".join(chunks)
+    return await read_body(
+        request, MAX_BUNDLE_BYTES, "a bundle", "the bundle's bytes (`corral push`)"
+    )
 
 
 def _etag(hash_: str) -> str:

@@ -15,9 +15,19 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, ValidationInfo
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-__all__ = ["SafeJSONResponse", "Seconds", "WholeNumber", "json_response", "problems"]
+from corral.engine.actions import ActionError
+
+__all__ = [
+    "SafeJSONResponse",
+    "Seconds",
+    "WholeNumber",
+    "json_response",
+    "problems",
+    "read_body",
+]
 
 
 class SafeJSONResponse(JSONResponse):
@@ -70,3 +80,21 @@ def problems(errors: Sequence[Any]) -> str:
             message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         found.append(f"{where or 'body'}: {message}")
     return "bad request: " + "; ".join(found)
+
+
+async def read_body(request: Request, limit: int, what: str, send: str) -> bytes:
+    """The request's body, read as it streams in: 413 past ``limit`` bytes (said or
+    sent), 400 when empty. ``what``: "a bundle"; ``send``: what to send instead."""
+    too_big = f"{what} may be at most {limit} bytes"
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ActionError(413, too_big)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ActionError(413, too_big)
+        chunks.append(chunk)
+    if size == 0:
+        raise ActionError(400, f"the body is empty: send {send}")
+    return b"".join(chunks)

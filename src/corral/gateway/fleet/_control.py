@@ -15,7 +15,7 @@ from corral.engine import fleet, fleet_upgrade
 from corral.engine.actions import ActionError
 from corral.errors import UsageError
 from corral.gateway.control import Operator, operator
-from corral.gateway.edge import WholeNumber
+from corral.gateway.edge import WholeNumber, read_body
 from corral.scheduler.service import Scheduler
 from corral.store import RunnerState
 
@@ -226,16 +226,6 @@ def _upgrade_routes(router: APIRouter, scheduler: Scheduler) -> None:
 
 
 async def _wheel_body(request: Request) -> bytes:
-    limit = fleet_upgrade.MAX_WHEEL_BYTES
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ActionError(413, f"a corral wheel may be at most {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ActionError(413, f"a corral wheel may be at most {limit} bytes")
-        chunks.append(chunk)
-    if size == 0:
-        raise ActionError(400, "the body is empty: send the wheel's bytes")
-    return b"".join(chunks)
+    return await read_body(
+        request, fleet_upgrade.MAX_WHEEL_BYTES, "a corral wheel", "the wheel's bytes"
+    )
